@@ -1,0 +1,432 @@
+"""Typed configuration: what a run is, validated once in the submitting process.
+
+Hydra composes a plain dict at the edge (``launcher.config.compose``); ``parse_config`` turns it into these
+dataclasses, rejecting unknown keys, wrong types and impossible combinations with one-line messages that
+name the key. Ranks never see Hydra: they read the resolved ``config.yaml`` from the run dir and call
+``load_run_config``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from launcher.errors import ConfigError
+
+
+# --------------------------------------------------------------------------------------------- groups
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny-qwen2"
+    """Short name used in run dir names."""
+    name_or_path: Optional[str] = None
+    """A hub id or a local folder with a HF model. None: build a random-init model from ``arch`` + ``config``."""
+    arch: str = "qwen2"
+    """model_type for random init (qwen2, llama, mistral, qwen3); ignored when name_or_path is set."""
+    config: dict = field(default_factory=dict)
+    """Architecture overrides for random init (hidden_size, num_hidden_layers, ...)."""
+    tokenizer: Optional[str] = None
+    """Tokenizer folder or hub id; defaults to name_or_path. ``builtin:chars`` and ``builtin:qwen`` are offline."""
+    dtype: str = "auto"
+    """auto (bf16 on a GPU that has it, fp32 on CPU), float32, bfloat16, float16."""
+    attn_implementation: str = "auto"
+    """auto (flash_attention_2 when installed and supported, else sdpa), sdpa, eager, flash_attention_2."""
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DatasetEntry:
+    """One dataset of a mix: a name from dataset_info.json / conf/data, with its own share."""
+
+    name: str
+    max_samples: Optional[int] = None
+    weight: Optional[float] = None
+
+
+@dataclass
+class DataConfig:
+    name: str = "arith"
+    """Short name used in run dir names."""
+    dataset_dir: str = "data"
+    """Folder holding dataset_info.json and the files it names (LLaMA-Factory layout). Relative to the repo."""
+    datasets: list = field(default_factory=list)
+    """Dataset names (strings) or {name, max_samples, weight} entries; mixed in that order."""
+    eval_datasets: list = field(default_factory=list)
+    """Held-out datasets by name; when empty, ``val_size`` carves a split from the training mix."""
+    val_size: float = 0.0
+    """Fraction (0-1) or count (>=1) of the training mix held out for evaluation."""
+    template: Optional[str] = None
+    """Named chat template (chatml, qwen, llama3, mistral, plain) used when the tokenizer has none, or to force one."""
+    cutoff_len: int = 1024
+    train_on_prompt: bool = False
+    mask_history: bool = False
+    packing: bool = False
+    """Pack samples into rows of cutoff_len; attention stays within each sample."""
+    lenient: bool = False
+    """Drop (and count) samples that end up with no trained token instead of raising."""
+    max_samples: Optional[int] = None
+    """Cap on every dataset (after per-dataset caps)."""
+    mix_strategy: str = "concat"
+    """concat, or interleave (uses the entries' weights)."""
+    cache_dir: Optional[str] = None
+    """Where tokenized data is cached; default ``.cache/launcher/data`` under the repo."""
+    num_proc: int = 1
+    preprocess_batch_size: int = 1000
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    """Rule of thumb: twice the rank."""
+    dropout: float = 0.0
+    target_modules: Any = "all-linear"
+    """all-linear, or a list of module names (q_proj, v_proj, ...)."""
+    use_dora: bool = False
+    use_rslora: bool = False
+    modules_to_save: Optional[list] = None
+
+
+@dataclass
+class DpoConfig:
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    loss_type: str = "sigmoid"
+    """sigmoid, ipo, hinge, simpo, orpo."""
+    simpo_gamma: float = 0.5
+    precompute_ref_log_probs: bool = False
+
+
+@dataclass
+class MethodConfig:
+    name: str = "sft_full"
+    """sft_full, lora, dpo."""
+    finetuning: str = "full"
+    """full or lora (dpo can use either)."""
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    optimizer: str = "adamw"
+    """adamw or sgd."""
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 42
+    max_steps: int = -1
+    """Optimizer steps; -1: derive from epochs."""
+    epochs: float = 1.0
+    micro_batch_size: int = 4
+    grad_accum: Optional[int] = None
+    """Micro-batches per optimizer step; derived from global_batch_size when None."""
+    global_batch_size: Optional[int] = None
+    """micro_batch_size x grad_accum x world size; must divide exactly."""
+    lr_scheduler: str = "cosine"
+    """cosine, linear, constant."""
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    min_lr_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = False
+    log_every: int = 1
+    eval_every: int = 0
+    """0: evaluate only at the end (when there is eval data)."""
+    save_every: int = 0
+    """0: save only the final model."""
+    keep_checkpoints: int = 2
+    eval_max_batches: int = 0
+    """0: the whole eval set."""
+    exact_match_samples: int = 0
+    """Held-out prompts answered greedily before and after training, scored by exact match (0: off)."""
+    max_new_tokens: int = 32
+    loss_chunk_size: int = 1024
+    """Positions per chunk of the LM head + cross-entropy; logits are never materialized for all positions."""
+    num_workers: int = 0
+
+
+@dataclass
+class ParallelismConfig:
+    name: str = "ddp"
+    """ddp, zero2, zero3, zero3_offload, fsdp, fsdp_offload."""
+    strategy: str = "ddp"
+    """ddp, deepspeed, fsdp."""
+    zero_stage: int = 0
+    offload: bool = False
+    backend: str = "auto"
+    """auto (nccl on GPU, gloo on CPU), nccl, gloo."""
+    deepspeed: dict = field(default_factory=dict)
+    """Extra DeepSpeed config merged over the generated one."""
+
+
+@dataclass
+class ClusterConfig:
+    name: str = "local"
+    kind: str = "local"
+    """local (torchrun on this host) or slurm (submitit)."""
+    nodes: int = 1
+    nproc_per_node: int = 1
+    """Processes per node: GPUs, or CPU processes on gloo."""
+    gpus_per_node: int = 0
+    cpus_per_task: Optional[int] = None
+    mem_gb: Optional[float] = None
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    time_min: int = 60
+    constraint: Optional[str] = None
+    exclusive: bool = False
+    gpu_memory_gb: Optional[float] = None
+    """Memory of one GPU, for the preflight's fit check (80 for A100-80G/H100)."""
+    signal_delay_s: int = 120
+    max_requeues: int = 3
+    max_restarts: int = 2
+    array_parallelism: int = 16
+    sbatch_extra: dict = field(default_factory=dict)
+    setup: list = field(default_factory=list)
+    """Shell lines run before the job (module load, environment activation)."""
+    env: dict = field(default_factory=dict)
+    """Environment variables for the job (NCCL_*, ...). Secrets are passed through, never written here."""
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+    """none or wandb."""
+    project: str = "launcher"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: list = field(default_factory=list)
+    mode: str = "auto"
+    """auto (online with credentials, offline without), online, offline, disabled."""
+
+
+@dataclass
+class RunConfig:
+    name: Optional[str] = None
+    """Run name; default ``<model>-<method>-<data>``."""
+    output_root: str = "outputs"
+    dir: Optional[str] = None
+    """Set by the launcher: the run dir."""
+    resume: str = "auto"
+    """auto (latest complete checkpoint of this run dir), never, or a checkpoint path."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallelism: ParallelismConfig = field(default_factory=ParallelismConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# ---------------------------------------------------------------------------------------- conversion
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (int -> float is allowed)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0] if errors else ConfigError(f"{key}: must not be null")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
+        return _build(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is list or origin is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    elif tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    else:
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for raw_key, value in data.items():
+        key = f"{prefix}.{raw_key}" if prefix else str(raw_key)
+        if raw_key not in names:
+            known = ", ".join(sorted(names))
+            raise ConfigError(f"unknown config key '{key}' (known keys here: {known})")
+        kwargs[raw_key] = _convert(value, hints[raw_key], key)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        raise ConfigError(f"{prefix or 'config'}: {exc}") from None
+
+
+def parse_config(data: dict) -> Config:
+    """Plain dict (resolved) -> validated Config. Raises ConfigError naming the key."""
+    cfg = _build(Config, data, "")
+    cfg.data.datasets = [_dataset_entry(d, f"data.datasets[{i}]") for i, d in enumerate(cfg.data.datasets)]
+    cfg.data.eval_datasets = [
+        _dataset_entry(d, f"data.eval_datasets[{i}]") for i, d in enumerate(cfg.data.eval_datasets)
+    ]
+    validate(cfg)
+    return cfg
+
+
+def _dataset_entry(value: Any, key: str) -> DatasetEntry:
+    if isinstance(value, DatasetEntry):
+        return value
+    if isinstance(value, str):
+        return DatasetEntry(name=value)
+    if isinstance(value, dict):
+        return _build(DatasetEntry, value, key)
+    raise ConfigError(f"{key}: expected a dataset name or {{name, max_samples, weight}}, got {value!r}")
+
+
+def _choice(value: str, allowed: tuple, key: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
+
+
+def validate(cfg: Config) -> None:
+    """Reject impossible combinations, naming the key and what to change."""
+    m, t, d, p, c = cfg.method, cfg.train, cfg.data, cfg.parallelism, cfg.cluster
+    _choice(m.name, ("sft_full", "lora", "dpo"), "method.name")
+    _choice(m.finetuning, ("full", "lora"), "method.finetuning")
+    if m.name == "lora" and m.finetuning != "lora":
+        raise ConfigError("method.finetuning: method=lora needs method.finetuning=lora")
+    if m.name == "sft_full" and m.finetuning != "full":
+        raise ConfigError("method.finetuning: method=sft_full needs method.finetuning=full; use method=lora")
+    _choice(m.optimizer, ("adamw", "sgd"), "method.optimizer")
+    _choice(m.dpo.loss_type, ("sigmoid", "ipo", "hinge", "simpo", "orpo"), "method.dpo.loss_type")
+    if m.lr <= 0:
+        raise ConfigError(f"method.lr: must be > 0, got {m.lr}")
+    if m.lora.r <= 0:
+        raise ConfigError(f"method.lora.r: must be a positive rank, got {m.lora.r}")
+    if not 0.0 <= m.lora.dropout < 1.0:
+        raise ConfigError(f"method.lora.dropout: must be in [0, 1), got {m.lora.dropout}")
+    if not (m.lora.target_modules == "all-linear" or isinstance(m.lora.target_modules, list)):
+        raise ConfigError("method.lora.target_modules: use all-linear or a list of module names")
+    _choice(t.lr_scheduler, ("cosine", "linear", "constant"), "train.lr_scheduler")
+    if t.micro_batch_size < 1:
+        raise ConfigError(f"train.micro_batch_size: must be >= 1, got {t.micro_batch_size}")
+    if t.grad_accum is not None and t.grad_accum < 1:
+        raise ConfigError(f"train.grad_accum: must be >= 1, got {t.grad_accum}")
+    if t.max_steps == 0 or t.max_steps < -1:
+        raise ConfigError(f"train.max_steps: must be > 0, or -1 to train for train.epochs, got {t.max_steps}")
+    if t.max_steps == -1 and t.epochs <= 0:
+        raise ConfigError("train.epochs: must be > 0 when train.max_steps is -1")
+    if not 0.0 <= t.warmup_ratio < 1.0:
+        raise ConfigError(f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
+    for key in ("eval_every", "save_every", "warmup_steps", "exact_match_samples", "eval_max_batches"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key}: must be >= 0, got {getattr(t, key)}")
+    if t.loss_chunk_size < 1:
+        raise ConfigError(f"train.loss_chunk_size: must be >= 1, got {t.loss_chunk_size}")
+    if t.keep_checkpoints < 1:
+        raise ConfigError(f"train.keep_checkpoints: must be >= 1, got {t.keep_checkpoints}")
+    if d.cutoff_len < 8:
+        raise ConfigError(f"data.cutoff_len: must be >= 8, got {d.cutoff_len}")
+    if not d.datasets:
+        raise ConfigError("data.datasets: name at least one dataset (e.g. data.datasets=[alpaca_en_demo])")
+    if d.val_size < 0:
+        raise ConfigError(f"data.val_size: must be >= 0, got {d.val_size}")
+    _choice(d.mix_strategy, ("concat", "interleave"), "data.mix_strategy")
+    _choice(cfg.model.dtype, ("auto", "float32", "bfloat16", "float16"), "model.dtype")
+    _choice(
+        cfg.model.attn_implementation,
+        ("auto", "sdpa", "eager", "flash_attention_2"),
+        "model.attn_implementation",
+    )
+    _choice(p.strategy, ("ddp", "deepspeed", "fsdp"), "parallelism.strategy")
+    _choice(p.backend, ("auto", "nccl", "gloo"), "parallelism.backend")
+    if p.strategy == "deepspeed" and p.zero_stage not in (1, 2, 3):
+        raise ConfigError("parallelism.zero_stage: DeepSpeed needs zero_stage 1, 2 or 3")
+    if p.offload and p.strategy == "ddp":
+        raise ConfigError("parallelism.offload: CPU offload needs parallelism=zero3_offload or fsdp_offload")
+    _choice(c.kind, ("local", "slurm"), "cluster.kind")
+    if c.nodes < 1 or c.nproc_per_node < 1:
+        raise ConfigError("cluster.nodes and cluster.nproc_per_node must be >= 1")
+    if c.kind == "local" and c.nodes != 1:
+        raise ConfigError("cluster.nodes: cluster=local runs on this host only; use cluster=slurm for nodes > 1")
+    _choice(cfg.logger.name, ("none", "wandb"), "logger.name")
+    _choice(cfg.logger.mode, ("auto", "online", "offline", "disabled"), "logger.mode")
+    resolve_grad_accum(cfg)
+
+
+def world_size(cfg: Config) -> int:
+    return cfg.cluster.nodes * cfg.cluster.nproc_per_node
+
+
+def resolve_grad_accum(cfg: Config, world: Optional[int] = None) -> int:
+    """Micro-batches per optimizer step, from global batch = micro x accum x world (must divide)."""
+    t = cfg.train
+    world = world or world_size(cfg)
+    per_pass = t.micro_batch_size * world
+    if t.global_batch_size is None:
+        return t.grad_accum or 1
+    if t.global_batch_size % per_pass:
+        raise ConfigError(
+            f"train.global_batch_size: {t.global_batch_size} is not divisible by micro_batch_size x world size"
+            f" = {t.micro_batch_size} x {world} = {per_pass}; pick a multiple of {per_pass}"
+        )
+    accum = t.global_batch_size // per_pass
+    if t.grad_accum is not None and t.grad_accum != accum:
+        raise ConfigError(
+            f"train.grad_accum: {t.grad_accum} contradicts train.global_batch_size={t.global_batch_size}"
+            f" (which gives {accum} with micro_batch_size {t.micro_batch_size} and world size {world});"
+            " set only one of them"
+        )
+    return accum
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def load_run_config(run_dir: Union[str, Path]) -> Config:
+    """What ranks call: the resolved config written by the launcher, no Hydra involved."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    with open(path) as fh:
+        data = yaml.safe_load(fh)
+    return parse_config(data)

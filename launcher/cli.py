@@ -12,6 +12,7 @@ USAGE = """usage: launcher <command> [args]
 commands:
   train [OVERRIDES...] [--dry-run] [--name NAME]   compose, check and launch a training run
   data preview|dump [OVERRIDES...]                 look at the tokenized data (labels, packing)
+  bench [OVERRIDES...] [--steps N]                 speed and memory of N training steps (experiment=bench_reference)
   plot RUN_DIR                                     redraw the loss plot of a run
 
 Overrides are Hydra's: `launcher train method=lora method.lora.r=16 train.max_steps=100`.
@@ -66,9 +67,16 @@ def data_main(argv: list[str]) -> int:
     return impl(argv)
 
 
+def bench_main(argv: list[str]) -> int:
+    from launcher.bench import bench_main as impl
+
+    return impl(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": train_main,
     "data": data_main,
+    "bench": bench_main,
     "plot": plot_main,
 }
 

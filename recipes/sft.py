@@ -24,6 +24,7 @@ from launcher.config.schema import Config, resolve_grad_accum
 from recipes import checkpoint as ckpt
 from recipes.batching import epoch_plan, eval_batches, steps_per_epoch
 from recipes.distributed import DistInfo, all_reduce_sum
+from recipes.flops import causal_pairs, training_flops
 from recipes.engine import build_engine
 from recipes.modeling import (
     apply_lora,
@@ -47,6 +48,18 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 def _trained_tokens(batch: dict) -> int:
     return int((batch["shift_labels"] != -100).sum())
+
+
+def _process_start_time() -> float:
+    import psutil
+
+    return psutil.Process().create_time()
+
+
+def _peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
 
 
 class SFTRecipe:
@@ -143,8 +156,9 @@ class SFTRecipe:
 
     # ------------------------------------------------------------------------------------ train
 
-    def _micro_batches_for_step(self, step: int) -> list[tuple[dict, int]]:
-        """The collated micro-batches of this rank for ``step``, each with its count of real (non-pad) tokens."""
+    def _micro_batches_for_step(self, step: int) -> list[tuple[dict, int, int]]:
+        """This rank's collated micro-batches for ``step``, each with its real (non-pad) tokens and the
+        causal (query, key) pairs its samples attend (for FLOP counts)."""
         epoch, index = divmod(step, self.steps_per_epoch)
         if not hasattr(self, "_plan") or self._plan_epoch != epoch:
             t = self.cfg.train
@@ -154,7 +168,8 @@ class SFTRecipe:
         out = []
         for idx in self._plan[index]:
             rows = [self.data.train[i] for i in idx]
-            out.append((self.data.collate(rows), sum(len(r["input_ids"]) for r in rows)))
+            pairs = causal_pairs([n for r in rows for n in r.get("segment_lengths", [len(r["input_ids"])])])
+            out.append((self.data.collate(rows), sum(len(r["input_ids"]) for r in rows), pairs))
         return out
 
     def _autocast(self):
@@ -167,13 +182,14 @@ class SFTRecipe:
     def train_step(self, step: int) -> dict:
         batches = self._micro_batches_for_step(step)
         counts = torch.tensor(
-            [sum(_trained_tokens(b) for b, _ in batches), sum(n for _, n in batches)],
+            [sum(_trained_tokens(b) for b, _, _ in batches), sum(n for _, n, _ in batches),
+             sum(p for _, _, p in batches)],
             dtype=torch.float64, device=self.dist.device,
         )
         all_reduce_sum(counts)
-        global_trained, global_real = float(counts[0]), float(counts[1])
+        global_trained, global_real, global_pairs = float(counts[0]), float(counts[1]), float(counts[2])
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.dist.device)
-        for i, (batch, _) in enumerate(batches):
+        for i, (batch, _, _) in enumerate(batches):
             batch = _to_device(batch, self.dist.device)
             with self.engine.accumulation_context(i == len(batches) - 1), self._autocast():
                 token_loss_sum = self.engine.module(**batch)
@@ -191,6 +207,7 @@ class SFTRecipe:
             "grad_norm": grad_norm,
             "trained_tokens": int(global_trained),
             "tokens": int(global_real),
+            "attended_pairs": int(global_pairs),
         }
 
     @torch.no_grad()
@@ -263,6 +280,11 @@ class SFTRecipe:
             stats = self.train_step(self.step)
             if first_step_at is None:
                 first_step_at = time.time()
+                steady_start, steady_trained, steady_tokens, steady_pairs = first_step_at, 0, 0, 0
+            else:
+                steady_trained += stats["trained_tokens"]
+                steady_tokens += stats["tokens"]
+                steady_pairs += stats["attended_pairs"]
             self.step += 1
             self.trained_tokens_total += stats["trained_tokens"]
             window_trained += stats["trained_tokens"]
@@ -289,11 +311,27 @@ class SFTRecipe:
         if progress is not None:
             progress.close()
 
+        train_end = time.time()
+        if first_step_at is not None and self.step - start_step > 1:
+            # Throughput over the steps after the first (which pays for warm-up and lazy allocation).
+            steady = max(train_end - steady_start, 1e-9)
+            flops = training_flops(self.model.config, steady_tokens, steady_trained, steady_pairs)
+            summary.update(steady_trained_tokens_per_s=steady_trained / steady,
+                           steady_tokens_per_s=steady_tokens / steady, steady_steps=self.step - start_step - 1,
+                           steady_seconds=steady, model_flops_per_s=flops / steady)
+        if first_step_at is not None:
+            summary["time_to_first_step_s"] = round(first_step_at - _process_start_time(), 3)
+        summary["peak_rss_gb"] = round(_peak_rss_gb(), 3)
+        if self.dist.device.type == "cuda":
+            summary["cuda_max_allocated_gb"] = torch.cuda.max_memory_allocated(self.dist.device) / 2**30
+            summary["cuda_max_reserved_gb"] = torch.cuda.max_memory_reserved(self.dist.device) / 2**30
+        summary["data_stats"] = {k: v for k, v in self.data.stats.items() if isinstance(v, (int, float, str))}
         final_eval = self._log_eval()
         em_after = self.exact_match()
         if em_after is not None and self.metrics:
             self.metrics.log({"kind": "exact_match", "step": self.step, "exact_match": em_after["exact_match"]})
-        self.save_final()
+        if self.cfg.train.save_model:
+            self.save_final()
         summary.update(
             final_step=self.step, final_train_loss=last_loss, eval_loss_after=final_eval,
             exact_match_after=em_after and em_after["exact_match"],

@@ -144,6 +144,8 @@ class TrainConfig:
     """0: evaluate only at the end (when there is eval data)."""
     save_every: int = 0
     """0: save only the final model."""
+    save_model: bool = True
+    """Write the final model (benchmarks turn it off)."""
     keep_checkpoints: int = 2
     eval_max_batches: int = 0
     """0: the whole eval set."""

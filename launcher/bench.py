@@ -1,0 +1,101 @@
+"""``launcher bench [OVERRIDES] [--steps N] [--out FILE.json]``: train N steps and report speed and memory.
+
+Prints and writes as JSON: trained tokens/s and non-pad tokens/s (steady state: the steps after the first),
+seconds from the command to the end of the first step, peak memory (RSS on CPU; allocated and reserved on
+GPU), packing fill, achieved model FLOP/s and, on a GPU with a known bf16 peak, the MFU.
+
+The fixed reference case anyone can rerun offline: ``launcher bench experiment=bench_reference``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def bench_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="launcher bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: train.max_steps)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file (default: RUN_DIR/bench.json)")
+    args = parser.parse_args(argv)
+
+    from launcher.config.compose import compose_config, default_run_name
+    from launcher.errors import ConfigError
+    from launcher.rundir import make_run_dir, write_run_config
+
+    overrides = list(args.overrides) + ["train.save_model=false", "train.exact_match_samples=0", "train.eval_every=0"]
+    if args.steps:
+        overrides.append(f"train.max_steps={args.steps}")
+    cfg = compose_config(overrides)
+    if cfg.train.max_steps < 2:
+        raise ConfigError("train.max_steps: a benchmark needs at least 2 steps (--steps N)")
+    if cfg.cluster.nproc_per_node != 1 or cfg.cluster.kind != "local":
+        raise ConfigError("cluster: launcher bench measures one local process; use cluster=local cluster.nproc_per_node=1")
+    run_dir = make_run_dir(cfg.run.output_root, "bench-" + default_run_name(cfg))
+    write_run_config(run_dir, cfg)
+
+    from recipes.run import run
+
+    summary = run(run_dir)
+    report = bench_report(summary, run_dir)
+    out = args.out or run_dir / "bench.json"
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(format_report(report))
+    print(f"written: {out}")
+    return 0
+
+
+def bench_report(summary: dict, run_dir: Path) -> dict:
+    from launcher.config.schema import load_run_config
+
+    cfg = load_run_config(run_dir)
+    data = summary.get("data_stats", {})
+    report = {
+        "model": cfg.model.name,
+        "method": cfg.method.name,
+        "data": cfg.data.name,
+        "cutoff_len": cfg.data.cutoff_len,
+        "packing": cfg.data.packing,
+        "micro_batch_size": cfg.train.micro_batch_size,
+        "steps": summary.get("final_step"),
+        "steady_steps": summary.get("steady_steps"),
+        "trained_tokens_per_s": summary.get("steady_trained_tokens_per_s"),
+        "non_pad_tokens_per_s": summary.get("steady_tokens_per_s"),
+        "time_to_first_step_s": summary.get("time_to_first_step_s"),
+        "setup_seconds": summary.get("setup_seconds"),
+        "peak_rss_gb": summary.get("peak_rss_gb"),
+        "cuda_max_allocated_gb": summary.get("cuda_max_allocated_gb"),
+        "cuda_max_reserved_gb": summary.get("cuda_max_reserved_gb"),
+        "packing_fill": data.get("packing_fill"),
+        "data_cache_hit": data.get("cache_hit"),
+        "model_tflops_per_s": (summary.get("model_flops_per_s") or 0) / 1e12,
+        "run_dir": str(run_dir),
+    }
+    import torch
+
+    if torch.cuda.is_available():
+        from recipes.flops import gpu_peak_flops
+
+        name = torch.cuda.get_device_name()
+        peak = gpu_peak_flops(name)
+        report["gpu"] = name
+        if peak and summary.get("model_flops_per_s"):
+            report["mfu"] = summary["model_flops_per_s"] / peak
+    return report
+
+
+def format_report(report: dict) -> str:
+    def fmt(value):
+        if isinstance(value, float):
+            return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+        return str(value)
+
+    width = max(len(k) for k in report)
+    return "\n".join(f"{k:<{width}}  {fmt(v)}" for k, v in report.items() if v is not None)
+
+
+if __name__ == "__main__":
+    sys.exit(bench_main(sys.argv[1:]))

@@ -17,6 +17,7 @@ from typing import Optional, Union
 from launcher.config.schema import Config
 from launcher.errors import LauncherError
 from launcher.rundir import CONFIG_FILE, write_code_version, write_run_config
+from launcher.slurm.jobs import JOB_FILE
 from launcher.slurm.node import REPO_ROOT, NodeLauncher
 from launcher.slurm.render import (
     SUBMITIT_DIR,
@@ -28,7 +29,7 @@ from launcher.slurm.render import (
 )
 
 SUBMITTED_SCRIPT = "submitted.sbatch"
-JOB_FILE = "slurm_job.json"
+
 
 
 def render_plan(cfg: Config, run_dir: Union[str, Path], python: Optional[str] = None) -> str:

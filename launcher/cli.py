@@ -1,0 +1,96 @@
+"""``launcher <subcommand> ...``: a table from subcommand to function."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from launcher.errors import LauncherError
+
+USAGE = """usage: launcher <command> [args]
+
+commands:
+  train [OVERRIDES...] [--dry-run] [--name NAME]   compose, check and launch a training run
+  data preview|dump [OVERRIDES...]                 look at the tokenized data (labels, packing)
+  plot RUN_DIR                                     redraw the loss plot of a run
+
+Overrides are Hydra's: `launcher train method=lora method.lora.r=16 train.max_steps=100`.
+"""
+
+
+def train_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="launcher train", add_help=True)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, key=value or group=option")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and run the preflight; launch nothing")
+    parser.add_argument("--name", default=None, help="run name (default: <model>-<method>-<data>)")
+    args = parser.parse_args(argv)
+
+    from launcher.config.compose import REPO_ROOT, compose_config, default_run_name
+    from launcher.rundir import make_run_dir, write_code_version, write_overrides, write_run_config
+
+    cfg = compose_config(args.overrides)  # raises ConfigError before anything is written
+    name = default_run_name(cfg, args.name)
+    if args.dry_run:
+        import yaml
+
+        from launcher.config.schema import config_to_dict
+
+        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        return 0
+    run_dir = make_run_dir(cfg.run.output_root, name)
+    write_run_config(run_dir, cfg)
+    write_overrides(run_dir, args.overrides)
+    write_code_version(run_dir, REPO_ROOT)
+    print(f"run dir: {run_dir}", flush=True)
+    if cfg.cluster.kind == "local":
+        from launcher.launch_local import run_local
+
+        return run_local(cfg, run_dir)
+    raise LauncherError("cluster.kind=slurm: SLURM submission is not available yet")
+
+
+def plot_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="launcher plot")
+    parser.add_argument("run_dir")
+    args = parser.parse_args(argv)
+    from recipes.tracking import plot_loss
+
+    out = plot_loss(args.run_dir)
+    print(out or "no metrics to plot")
+    return 0 if out else 1
+
+
+def data_main(argv: list[str]) -> int:
+    from launcher.data_cli import data_main as impl
+
+    return impl(argv)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "train": train_main,
+    "data": data_main,
+    "plot": plot_main,
+}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"error: unknown command '{argv[0]}'\n\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        return command(argv[1:])
+    except LauncherError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

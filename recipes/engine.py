@@ -1,0 +1,108 @@
+"""Training engines: how a model is wrapped for a parallelism, stepped, checkpointed and saved.
+
+The loop talks to an engine only: ``module(**batch)`` gives a summed loss, ``backward``, ``step`` and the
+checkpoint/save methods. DDP lives here; DeepSpeed and FSDP engines follow the same interface.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from launcher.config.schema import Config
+from recipes.distributed import DistInfo
+from recipes.loss import CausalLMLoss
+from recipes.optim import build_optimizer, build_scheduler
+
+
+class DDPEngine:
+    """Every rank holds the whole model; DDP all-reduces (averages) gradients on the last micro-batch."""
+
+    name = "ddp"
+
+    def __init__(self, cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps: int):
+        self.cfg = cfg
+        self.dist = dist_info
+        self.model = model.to(dist_info.device)
+        loss_module = CausalLMLoss(self.model, cfg.train.loss_chunk_size)
+        if dist_info.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
+            self.module = DistributedDataParallel(loss_module, device_ids=device_ids)
+        else:
+            self.module = loss_module
+        self.optimizer = build_optimizer(self.model, cfg.method)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train, total_steps)
+
+    def accumulation_context(self, is_last_micro_batch: bool):
+        if self.dist.world_size > 1 and not is_last_micro_batch:
+            return self.module.no_sync()
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> float:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = self.cfg.train.max_grad_norm if self.cfg.train.max_grad_norm > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(grad_norm)
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def train(self) -> None:
+        self.module.train()
+
+    def eval(self) -> None:
+        self.module.eval()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "model": self.trainable_state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        missing = self.model.load_state_dict(state["model"], strict=False)
+        unexpected = [k for k in missing.unexpected_keys]
+        if unexpected:
+            raise RuntimeError(f"checkpoint has parameters this model lacks: {unexpected[:5]}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def save_checkpoint(self, directory: Path, extra: dict[str, Any]) -> None:
+        """Rank 0 writes one file; every rank's RNG state is saved by the caller."""
+        if self.dist.is_main:
+            torch.save({**self.checkpoint_state(), **extra}, Path(directory) / "state.pt")
+
+    def load_checkpoint(self, directory: Path) -> dict[str, Any]:
+        state = torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=False)
+        self.load_checkpoint_state(state)
+        return state
+
+    def save_final(self, directory: Path, tokenizer) -> None:
+        if self.dist.is_main:
+            self.model.save_pretrained(directory, safe_serialization=True)
+            tokenizer.save_pretrained(directory)
+
+
+def build_engine(cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps: int):
+    strategy = cfg.parallelism.strategy
+    if strategy == "ddp":
+        return DDPEngine(cfg, model, dist_info, total_steps)
+    raise NotImplementedError(f"parallelism.strategy={strategy} is not available yet; use parallelism=ddp")

@@ -1,0 +1,56 @@
+"""Optimizer and learning-rate schedule, built from the method and train configs."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from launcher.config.schema import MethodConfig, TrainConfig
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and norm weights (1-D tensors), as is usual for transformers."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: torch.nn.Module, method: MethodConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, method.weight_decay)
+    if method.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=method.lr, momentum=0.9)
+    # foreach=False keeps the update order (and so the bits) identical across runs and resumes.
+    return torch.optim.AdamW(
+        groups, lr=method.lr, betas=(method.adam_beta1, method.adam_beta2), eps=method.adam_eps, foreach=False
+    )
+
+
+def warmup_steps(train: TrainConfig, total_steps: int) -> int:
+    return train.warmup_steps or int(math.ceil(train.warmup_ratio * total_steps))
+
+
+def lr_multiplier(step: int, total_steps: int, warmup: int, kind: str, min_ratio: float) -> float:
+    """Multiplier of the peak lr for optimizer step ``step`` (0-based): linear warmup, then decay."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    if kind == "linear":
+        decay = 1.0 - progress
+    else:
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_ratio + (1.0 - min_ratio) * decay
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, total_steps: int):
+    warm = warmup_steps(train, total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(s, total_steps, warm, train.lr_scheduler, train.min_lr_ratio)
+    )

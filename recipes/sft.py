@@ -1,0 +1,336 @@
+"""Supervised fine-tuning, full or LoRA, on every rank.
+
+Features: chat-template tokenization with assistant-only labels (recipes.data), optional packing, loss only
+at trained positions in chunks, normalized by the trained tokens of the whole optimizer step across
+micro-batches and ranks; gradient accumulation; warmup + cosine/linear schedule; gradient checkpointing;
+eval loss every N steps; exact-match on held-out prompts before and after; atomic checkpoints every N steps
+with automatic resume; metrics.jsonl, a progress bar with ETA, W&B on rank 0, a loss plot; the final model
+in HF format (or a PEFT adapter, with the random-init base beside it when there is no hub base).
+
+Raises ConfigError / DataError (one line, naming the key or row) before any training starts.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from launcher.config.schema import Config, resolve_grad_accum
+from recipes import checkpoint as ckpt
+from recipes.batching import epoch_plan, eval_batches, steps_per_epoch
+from recipes.distributed import DistInfo, all_reduce_sum
+from recipes.engine import build_engine
+from recipes.modeling import (
+    apply_lora,
+    build_base_model,
+    choose_attn_implementation,
+    choose_dtype,
+    count_parameters,
+    load_tokenizer,
+)
+from recipes.tracking import MetricsLogger, plot_loss
+
+log = logging.getLogger("launcher.sft")
+
+MODEL_DIR = "model"
+BASE_MODEL_DIR = "base_model"
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def _trained_tokens(batch: dict) -> int:
+    return int((batch["shift_labels"] != -100).sum())
+
+
+def _real_tokens(batch: dict) -> int:
+    mask = batch.get("attention_mask")
+    if mask is None or mask.dim() != 2:
+        return int(batch["input_ids"].numel())
+    return int(mask.sum())
+
+
+class SFTRecipe:
+    def __init__(self, cfg: Config, run_dir: Path, dist_info: DistInfo):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.dist = dist_info
+        self.metrics: Optional[MetricsLogger] = None
+
+    # ------------------------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        cfg, dist = self.cfg, self.dist
+        t0 = time.time()
+        torch.manual_seed(cfg.train.seed)
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.attn_impl = choose_attn_implementation(cfg.model.attn_implementation, dist.device)
+        self.dtype = choose_dtype(cfg.model.dtype, dist.device)
+        if dist.is_main:
+            log.info("attention: %s, dtype: %s, device: %s, world size: %d",
+                     self.attn_impl, str(self.dtype).replace("torch.", ""), dist.device, dist.world_size)
+
+        from recipes.data import build_datasets
+
+        self.data = build_datasets(cfg, self.tokenizer)
+        if dist.is_main:
+            log.info("data: %s", ", ".join(f"{k}={v}" for k, v in self.data.stats.items() if not isinstance(v, dict)))
+
+        # Master weights stay fp32; bf16 runs under autocast (full fine-tuning in pure bf16 loses updates).
+        model = build_base_model(cfg, self.tokenizer, self.attn_impl, torch.float32)
+        if cfg.method.finetuning == "lora":
+            if cfg.model.name_or_path is None and dist.is_main:
+                # A random-init base exists nowhere else: keep it so the adapter can be reloaded.
+                model.save_pretrained(self.run_dir / BASE_MODEL_DIR, safe_serialization=True)
+                self.tokenizer.save_pretrained(self.run_dir / BASE_MODEL_DIR)
+            model = apply_lora(model, cfg.method.lora)
+        if cfg.train.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if cfg.method.finetuning == "lora":
+                model.enable_input_require_grads()
+        total, trainable = count_parameters(model)
+        if dist.is_main:
+            log.info("model: %.2fM parameters, %.2fM trainable (%s)", total / 1e6, trainable / 1e6,
+                     cfg.method.name)
+
+        self.grad_accum = resolve_grad_accum(cfg, dist.world_size)
+        n_rows = len(self.data.train)
+        self.steps_per_epoch = steps_per_epoch(n_rows, dist.world_size, cfg.train.micro_batch_size, self.grad_accum)
+        if self.steps_per_epoch == 0:
+            from launcher.errors import DataError
+
+            raise DataError(
+                f"data: {n_rows} training rows are fewer than one global batch"
+                f" ({cfg.train.micro_batch_size} x {self.grad_accum} x {dist.world_size}); lower train.micro_batch_size"
+            )
+        if cfg.train.max_steps > 0:
+            self.total_steps = cfg.train.max_steps
+        else:
+            self.total_steps = max(1, int(math.ceil(cfg.train.epochs * self.steps_per_epoch)))
+        self.engine = build_engine(cfg, model, dist, self.total_steps)
+        self.model = self.engine.model
+        self.step = 0
+        self.trained_tokens_total = 0
+        self._resume()
+        self.metrics = MetricsLogger(cfg, self.run_dir, enabled=dist.is_main)
+        self.setup_seconds = time.time() - t0
+
+    def _resume(self) -> None:
+        source = self.cfg.run.resume
+        if source == "never":
+            return
+        directory = ckpt.latest_checkpoint(self.run_dir) if source == "auto" else Path(source)
+        if directory is None:
+            return
+        if not (directory / ckpt.COMPLETE).is_file():
+            from launcher.errors import ConfigError
+
+            raise ConfigError(f"run.resume: {directory} is not a complete checkpoint (no {ckpt.COMPLETE} marker)")
+        meta = json.loads((directory / "meta.json").read_text())
+        if meta["world_size"] != self.dist.world_size:
+            from launcher.errors import ConfigError
+
+            raise ConfigError(
+                f"run.resume: checkpoint {directory.name} was written with world size {meta['world_size']},"
+                f" this run has {self.dist.world_size}; resume with the same nodes x nproc_per_node,"
+                " or start fresh with run.resume=never"
+            )
+        self.engine.load_checkpoint(directory)
+        ckpt.load_rng(directory, self.dist.rank)
+        self.step = meta["step"]
+        self.trained_tokens_total = meta["trained_tokens"]
+        if self.dist.is_main:
+            log.info("resumed from %s (step %d)", directory, self.step)
+
+    # ------------------------------------------------------------------------------------ train
+
+    def _micro_batches_for_step(self, step: int) -> list[dict]:
+        epoch, index = divmod(step, self.steps_per_epoch)
+        if not hasattr(self, "_plan") or self._plan_epoch != epoch:
+            t = self.cfg.train
+            self._plan = epoch_plan(len(self.data.train), t.seed, epoch, self.dist.rank, self.dist.world_size,
+                                    t.micro_batch_size, self.grad_accum)
+            self._plan_epoch = epoch
+        return [self.data.collate([self.data.train[i] for i in idx]) for idx in self._plan[index]]
+
+    def _autocast(self):
+        if self.dtype in (torch.bfloat16, torch.float16) and self.dist.device.type == "cuda":
+            return torch.autocast("cuda", dtype=self.dtype)
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def train_step(self, step: int) -> dict:
+        batches = self._micro_batches_for_step(step)
+        counts = torch.tensor(
+            [sum(_trained_tokens(b) for b in batches), sum(_real_tokens(b) for b in batches)],
+            dtype=torch.float64, device=self.dist.device,
+        )
+        all_reduce_sum(counts)
+        global_trained, global_real = float(counts[0]), float(counts[1])
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.dist.device)
+        for i, batch in enumerate(batches):
+            batch = _to_device(batch, self.dist.device)
+            with self.engine.accumulation_context(i == len(batches) - 1), self._autocast():
+                token_loss_sum = self.engine.module(**batch)
+                # DDP averages gradients over ranks; scaling by world size makes the result a mean over
+                # every trained token of the step, whatever the micro-batch or rank it came from.
+                loss = token_loss_sum * self.dist.world_size / max(global_trained, 1.0)
+                self.engine.backward(loss)
+            loss_sum += token_loss_sum.detach().double()
+        all_reduce_sum(loss_sum)
+        lr = self.engine.lr
+        grad_norm = self.engine.step()
+        return {
+            "loss": float(loss_sum) / max(global_trained, 1.0),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "trained_tokens": int(global_trained),
+            "tokens": int(global_real),
+        }
+
+    @torch.no_grad()
+    def evaluate(self) -> Optional[float]:
+        rows = self.data.eval
+        if not rows:
+            return None
+        self.engine.eval()
+        t = self.cfg.train
+        batches = eval_batches(len(rows), self.dist.rank, self.dist.world_size, t.micro_batch_size)
+        if t.eval_max_batches:
+            batches = batches[: t.eval_max_batches]
+        totals = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
+        loss_module = self.engine.module.module if hasattr(self.engine.module, "no_sync") else self.engine.module
+        for idx in batches:
+            batch = _to_device(self.data.collate([rows[i] for i in idx]), self.dist.device)
+            with self._autocast():
+                totals[0] += loss_module(**batch).double()
+            totals[1] += _trained_tokens(batch)
+        all_reduce_sum(totals)
+        self.engine.train()
+        return float(totals[0] / max(float(totals[1]), 1.0))
+
+    def exact_match(self) -> Optional[dict]:
+        n = self.cfg.train.exact_match_samples
+        if not n or not self.data.eval_samples or not self.dist.is_main:
+            return None
+        from recipes.generation import exact_match_eval
+
+        with self._autocast():
+            return exact_match_eval(self.model, self.tokenizer, self.data.eval_samples[:n],
+                                    self.cfg.train.max_new_tokens, self.dist.device)
+
+    def save_checkpoint(self) -> None:
+        meta = {"step": self.step, "world_size": self.dist.world_size, "trained_tokens": self.trained_tokens_total,
+                "epoch": self.step // self.steps_per_epoch, "step_in_epoch": self.step % self.steps_per_epoch}
+        path = ckpt.save_checkpoint(self.run_dir, self.step, self.engine, meta, self.dist,
+                                    self.cfg.train.keep_checkpoints)
+        if self.dist.is_main:
+            log.info("checkpoint saved: %s", path)
+
+    def train(self) -> dict:
+        cfg, t = self.cfg, self.cfg.train
+        summary: dict = {"run_dir": str(self.run_dir), "total_steps": self.total_steps}
+        start_step = self.step
+        if start_step == 0:
+            before = self.evaluate()
+            em_before = self.exact_match()
+            if self.dist.is_main:
+                if before is not None:
+                    self.metrics.log({"kind": "eval", "step": 0, "eval_loss": before})
+                if em_before is not None:
+                    self.metrics.log({"kind": "exact_match", "step": 0, "exact_match": em_before["exact_match"]})
+            summary.update(eval_loss_before=before, exact_match_before=em_before and em_before["exact_match"])
+
+        progress = None
+        if self.dist.is_main:
+            from tqdm import tqdm
+
+            progress = tqdm(total=self.total_steps, initial=start_step, desc="train", unit="step",
+                            dynamic_ncols=True, mininterval=1.0)
+        self.engine.train()
+        window_start, window_trained, window_tokens = time.time(), 0, 0
+        first_step_at = None
+        last_loss = None
+        while self.step < self.total_steps:
+            stats = self.train_step(self.step)
+            if first_step_at is None:
+                first_step_at = time.time()
+            self.step += 1
+            self.trained_tokens_total += stats["trained_tokens"]
+            window_trained += stats["trained_tokens"]
+            window_tokens += stats["tokens"]
+            last_loss = stats["loss"]
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
+            if self.step % t.log_every == 0 or self.step == self.total_steps:
+                elapsed = max(time.time() - window_start, 1e-9)
+                record = {
+                    "kind": "train", "step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
+                    "loss": stats["loss"], "lr": stats["lr"], "grad_norm": stats["grad_norm"],
+                    "trained_tokens_per_s": window_trained / elapsed, "tokens_per_s": window_tokens / elapsed,
+                    "trained_tokens_seen": self.trained_tokens_total,
+                }
+                if self.metrics:
+                    self.metrics.log(record)
+                window_start, window_trained, window_tokens = time.time(), 0, 0
+            if t.eval_every and self.step % t.eval_every == 0 and self.step != self.total_steps:
+                self._log_eval()
+            if t.save_every and self.step % t.save_every == 0 and self.step != self.total_steps:
+                self.save_checkpoint()
+        if progress is not None:
+            progress.close()
+
+        final_eval = self._log_eval()
+        em_after = self.exact_match()
+        if em_after is not None and self.metrics:
+            self.metrics.log({"kind": "exact_match", "step": self.step, "exact_match": em_after["exact_match"]})
+        self.save_final()
+        summary.update(
+            final_step=self.step, final_train_loss=last_loss, eval_loss_after=final_eval,
+            exact_match_after=em_after and em_after["exact_match"],
+            exact_match_examples=em_after and em_after["examples"],
+            trained_tokens=self.trained_tokens_total, setup_seconds=round(self.setup_seconds, 2),
+        )
+        if self.dist.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            plot = plot_loss(self.run_dir)
+            log.info("done: %s", self.run_dir)
+            if summary.get("eval_loss_before") is not None and final_eval is not None:
+                log.info("eval loss %.4f -> %.4f", summary["eval_loss_before"], final_eval)
+            if summary.get("exact_match_before") is not None and em_after is not None:
+                log.info("held-out exact match %.1f%% -> %.1f%% (%d prompts)", 100 * summary["exact_match_before"],
+                         100 * em_after["exact_match"], em_after["n"])
+            if plot:
+                log.info("loss plot: %s", plot)
+        return summary
+
+    def _log_eval(self) -> Optional[float]:
+        value = self.evaluate()
+        if value is not None and self.metrics:
+            self.metrics.log({"kind": "eval", "step": self.step, "eval_loss": value})
+        return value
+
+    def save_final(self) -> None:
+        directory = self.run_dir / MODEL_DIR
+        self.engine.save_final(directory, self.tokenizer)
+        if self.dist.is_main and self.cfg.method.finetuning == "lora" and self.cfg.model.name_or_path is None:
+            # Point the adapter at the random-init base saved beside it, so standard PEFT loading works;
+            # load_trained_model also finds it there if the run dir has moved.
+            path = directory / "adapter_config.json"
+            adapter_cfg = json.loads(path.read_text())
+            adapter_cfg["base_model_name_or_path"] = str((self.run_dir / BASE_MODEL_DIR).resolve())
+            path.write_text(json.dumps(adapter_cfg, indent=2))
+        if self.dist.is_main:
+            log.info("model saved: %s", directory)
+
+    def cleanup(self) -> None:
+        if self.metrics:
+            self.metrics.finish()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from launcher.config.schema import load_run_config
 from launcher.slurm.head_node import resolve_head_node_from_env
-from launcher.slurm.render import RANK_LOG_DIR, WORKER_MODULE, port_for_job, render_torchrun_command
+from launcher.slurm.render import RANK_LOG_DIR, WORKER_MODULE, format_command, port_for_job, render_torchrun_command
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +36,7 @@ class NodeLauncher:
         )
         log_dir = Path(self.run_dir) / RANK_LOG_DIR / f"node{node_rank}"
         log_dir.mkdir(parents=True, exist_ok=True)
-        (log_dir / "command.txt").write_text(" ".join(argv) + "\n")
+        (log_dir / "command.txt").write_text(format_command(argv) + "\n")
         print(
             f"[launcher] node {node_rank}/{cfg.cluster.nodes} ({env.get('SLURMD_NODENAME', '?')}): head {head}"
             f" at {addr}:{port}, job {job_id}; rank logs under {log_dir}",

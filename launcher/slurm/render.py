@@ -196,3 +196,15 @@ def render_torchrun_command(
         argv.append(f"--rdzv-conf=is_host={1 if int(node_rank) == 0 else 0}")
     argv += ["-m", worker_module, "--run-dir", run_dir]
     return argv
+
+
+def format_command(argv: list) -> str:
+    """argv -> one shell command, one option per line (for plans, logs and golden files)."""
+    parts: list = []
+    for i, token in enumerate(argv):
+        quoted = token if "$" in token else shlex.quote(token)
+        if token.startswith("-") and i > 1:
+            parts.append(" \\\n  " + quoted)
+        else:
+            parts.append((" " if parts else "") + quoted)
+    return "".join(parts)

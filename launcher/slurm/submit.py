@@ -23,6 +23,7 @@ from launcher.slurm.render import (
     SUBMITIT_DIR,
     WORKER_MODULE,
     check_no_secrets,
+    format_command,
     render_sbatch,
     render_torchrun_command,
     sbatch_parameters,
@@ -50,7 +51,7 @@ def render_plan(cfg: Config, run_dir: Union[str, Path], python: Optional[str] = 
         "#   HEAD_ADDR = NodeAddr of the first host of SLURM_JOB_NODELIST (scontrol show hostnames / show node)",
         "#   PORT      = 20000 + SLURM_JOB_ID % 10000",
         "#   is_host=1 on node 0 (it hosts the c10d rendezvous), 0 elsewhere",
-        " ".join(a if "$" in a else shlex.quote(a) for a in torchrun),
+        format_command(torchrun),
         "",
     ])
 

@@ -62,17 +62,21 @@ def resolve_target(target: str) -> JobRef:
 
 
 def job_state(job_id: str) -> dict:
-    """State and a few facts of the job: from squeue while queued/running, else from accounting."""
-    out = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,Elapsed,NodeList,ExitCode,Start,End"]).stdout
-    lines = [line for line in out.splitlines() if line.strip()]
-    if lines:
-        state, elapsed, nodes, exit_code, start, end = (lines[-1].split("|") + [""] * 6)[:6]
-        return {"state": state.split()[0] if state else "UNKNOWN", "detail": state, "elapsed": elapsed,
-                "nodes": nodes, "exit_code": exit_code, "start": start, "end": end}
-    out = _run(["squeue", "-h", "-j", job_id, "-o", "%T|%M|%N"]).stdout.strip()
+    """State and a few facts of the job: the controller's view while it remembers the job (accounting lags
+    by a second or two), else accounting's."""
+    out = _run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T|%M|%N"]).stdout.strip()
+    acct = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,Elapsed,NodeList,ExitCode"]).stdout
+    acct_lines = [line for line in acct.splitlines() if line.strip()]
+    acct_state, acct_elapsed, acct_nodes, exit_code = (
+        (acct_lines[-1].split("|") + [""] * 4)[:4] if acct_lines else ("", "", "", ""))
     if out:
-        state, elapsed, nodes = (out.split("|") + ["", ""])[:3]
-        return {"state": state, "detail": state, "elapsed": elapsed, "nodes": nodes, "exit_code": ""}
+        state, elapsed, nodes = (out.splitlines()[0].split("|") + ["", ""])[:3]
+        detail = acct_state if acct_state.split()[:1] == [state] else state
+        return {"state": state, "detail": detail, "elapsed": elapsed, "nodes": nodes,
+                "exit_code": exit_code if acct_state.split()[:1] == [state] else ""}
+    if acct_lines:
+        return {"state": acct_state.split()[0] if acct_state else "UNKNOWN", "detail": acct_state,
+                "elapsed": acct_elapsed, "nodes": acct_nodes, "exit_code": exit_code}
     return {"state": "UNKNOWN", "detail": "not known to squeue or sacct", "elapsed": "", "nodes": "", "exit_code": ""}
 
 

@@ -155,3 +155,25 @@ def test_dry_run_submits_nothing(slurm_cluster, runs_root, known_job_ids):
     time.sleep(1)
     assert known_job_ids() <= before, f"new jobs: {known_job_ids() - before}"
     assert not list(runs_root.rglob("slurm_job.json"))
+
+
+def test_failed_job_is_reported(slurm_cluster, runs_root, capsys):
+    _, run_dir, info = launch(runs_root, ["cluster.nodes=1", "cluster.nproc_per_node=1"],
+                              worker_module="tests.slurm.no_such_payload")
+    job_id = info["job_id"]
+    assert wait_for_state(job_id, TERMINAL_STATES, timeout_s=120) == "FAILED"
+    assert "torchrun on node 0 exited with code 1" in node_logs(run_dir, job_id)
+    capsys.readouterr()
+    status_main([str(run_dir)])
+    assert f"job {job_id}: FAILED" in capsys.readouterr().out
+
+
+def test_start_cluster_is_idempotent(slurm_cluster):
+    pids = sorted(p.read_text() for p in Path(slurm_cluster).parents[1].glob("run/*.pid"))
+    started = time.time()
+    done = subprocess.run(["bash", str(REPO_ROOT / "slurm" / "start-cluster.sh"), "--nodes", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert time.time() - started < 15 and "cluster ready: 2 node(s)" in done.stdout
+    assert "up" not in done.stdout.replace("cluster ready", "")  # no daemon was (re)started
+    assert sorted(p.read_text() for p in Path(slurm_cluster).parents[1].glob("run/*.pid")) == pids

@@ -17,11 +17,11 @@ def make(rng: random.Random) -> dict:
     kind = rng.choice(["upper", "reverse", "add"])
     if kind == "add":
         a, b = rng.randint(0, 49), rng.randint(0, 49)
-        return {"instruction": "Add the two numbers.", "input": f"{a}+{b}", "output": str(a + b)}
-    word = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 6)))
+        return {"instruction": "Add.", "input": f"{a}+{b}", "output": str(a + b)}
+    word = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 5)))
     if kind == "upper":
-        return {"instruction": "Write the word in capital letters.", "input": word, "output": word.upper()}
-    return {"instruction": "Write the word backwards.", "input": word, "output": word[::-1]}
+        return {"instruction": "Capitalize.", "input": word, "output": word.upper()}
+    return {"instruction": "Reverse.", "input": word, "output": word[::-1]}
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ def build_char_tokenizer():
     chars = [chr(i) for i in range(32, 127)] + ["\n"]
     vocab = {tok: i for i, tok in enumerate(special + chars)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,

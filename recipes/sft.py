@@ -49,13 +49,6 @@ def _trained_tokens(batch: dict) -> int:
     return int((batch["shift_labels"] != -100).sum())
 
 
-def _real_tokens(batch: dict) -> int:
-    mask = batch.get("attention_mask")
-    if mask is None or mask.dim() != 2:
-        return int(batch["input_ids"].numel())
-    return int(mask.sum())
-
-
 class SFTRecipe:
     def __init__(self, cfg: Config, run_dir: Path, dist_info: DistInfo):
         self.cfg = cfg
@@ -78,7 +71,7 @@ class SFTRecipe:
 
         from recipes.data import build_datasets
 
-        self.data = build_datasets(cfg, self.tokenizer)
+        self.data = build_datasets(cfg, self.tokenizer, attn_implementation=self.attn_impl)
         if dist.is_main:
             log.info("data: %s", ", ".join(f"{k}={v}" for k, v in self.data.stats.items() if not isinstance(v, dict)))
 
@@ -150,14 +143,19 @@ class SFTRecipe:
 
     # ------------------------------------------------------------------------------------ train
 
-    def _micro_batches_for_step(self, step: int) -> list[dict]:
+    def _micro_batches_for_step(self, step: int) -> list[tuple[dict, int]]:
+        """The collated micro-batches of this rank for ``step``, each with its count of real (non-pad) tokens."""
         epoch, index = divmod(step, self.steps_per_epoch)
         if not hasattr(self, "_plan") or self._plan_epoch != epoch:
             t = self.cfg.train
             self._plan = epoch_plan(len(self.data.train), t.seed, epoch, self.dist.rank, self.dist.world_size,
                                     t.micro_batch_size, self.grad_accum)
             self._plan_epoch = epoch
-        return [self.data.collate([self.data.train[i] for i in idx]) for idx in self._plan[index]]
+        out = []
+        for idx in self._plan[index]:
+            rows = [self.data.train[i] for i in idx]
+            out.append((self.data.collate(rows), sum(len(r["input_ids"]) for r in rows)))
+        return out
 
     def _autocast(self):
         if self.dtype in (torch.bfloat16, torch.float16) and self.dist.device.type == "cuda":
@@ -169,13 +167,13 @@ class SFTRecipe:
     def train_step(self, step: int) -> dict:
         batches = self._micro_batches_for_step(step)
         counts = torch.tensor(
-            [sum(_trained_tokens(b) for b in batches), sum(_real_tokens(b) for b in batches)],
+            [sum(_trained_tokens(b) for b, _ in batches), sum(n for _, n in batches)],
             dtype=torch.float64, device=self.dist.device,
         )
         all_reduce_sum(counts)
         global_trained, global_real = float(counts[0]), float(counts[1])
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.dist.device)
-        for i, batch in enumerate(batches):
+        for i, (batch, _) in enumerate(batches):
             batch = _to_device(batch, self.dist.device)
             with self.engine.accumulation_context(i == len(batches) - 1), self._autocast():
                 token_loss_sum = self.engine.module(**batch)
@@ -220,10 +218,13 @@ class SFTRecipe:
         n = self.cfg.train.exact_match_samples
         if not n or not self.data.eval_samples or not self.dist.is_main:
             return None
+        samples = [s for s in self.data.eval_samples if any(m["role"] == "assistant" for m in s.get("messages", []))]
+        if not samples:  # pretraining text has no prompt/answer to check
+            return None
         from recipes.generation import exact_match_eval
 
         with self._autocast():
-            return exact_match_eval(self.model, self.tokenizer, self.data.eval_samples[:n],
+            return exact_match_eval(self.model, self.tokenizer, samples[:n],
                                     self.cfg.train.max_new_tokens, self.dist.device)
 
     def save_checkpoint(self) -> None:

@@ -77,6 +77,8 @@ class DataConfig:
     """Where tokenized data is cached; default ``.cache/launcher/data`` under the repo."""
     num_proc: int = 1
     preprocess_batch_size: int = 1000
+    use_cache: bool = True
+    """Reuse tokenized data from cache_dir when files, tokenizer, template and options are unchanged."""
 
 
 @dataclass
@@ -370,6 +372,15 @@ def validate(cfg: Config) -> None:
     if d.val_size < 0:
         raise ConfigError(f"data.val_size: must be >= 0, got {d.val_size}")
     _choice(d.mix_strategy, ("concat", "interleave"), "data.mix_strategy")
+    if d.template is not None:
+        _choice(d.template, ("auto", "chatml", "qwen", "llama3", "mistral", "plain"), "data.template")
+    for i, entry in enumerate(d.datasets):
+        if entry.max_samples is not None and entry.max_samples < 1:
+            raise ConfigError(f"data.datasets[{i}].max_samples: must be >= 1, got {entry.max_samples}")
+        if entry.weight is not None and entry.weight < 0:
+            raise ConfigError(f"data.datasets[{i}].weight: must be >= 0, got {entry.weight}")
+    if d.max_samples is not None and d.max_samples < 1:
+        raise ConfigError(f"data.max_samples: must be >= 1, got {d.max_samples}")
     _choice(cfg.model.dtype, ("auto", "float32", "bfloat16", "float16"), "model.dtype")
     _choice(
         cfg.model.attn_implementation,

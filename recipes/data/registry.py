@@ -1,12 +1,25 @@
-"""Which datasets exist: LLaMA-Factory's ``dataset_info.json`` in a dataset dir, read unchanged."""
+"""Which datasets exist: LLaMA-Factory's ``dataset_info.json`` in a dataset dir, read unchanged.
+
+A ``dataset_info.yaml`` next to it (same schema) is merged over it, so a project can add entries without
+editing a file it copied from LLaMA-Factory.
+"""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
 from launcher.errors import DataError
+
+# Columns and tags as LLaMA-Factory defaults them (data/README.md there).
+ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "history": None,
+                  "system": None, "tools": None, "images": None, "videos": None, "audios": None,
+                  "chosen": None, "rejected": None, "kto_tag": None}
+SHAREGPT_COLUMNS = {"messages": "conversations", "system": None, "tools": None, "images": None,
+                    "videos": None, "audios": None, "chosen": None, "rejected": None, "kto_tag": None}
+SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+                 "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}
 
 
 @dataclass
@@ -14,9 +27,14 @@ class DatasetSpec:
     name: str
     file_name: Optional[str] = None
     hf_hub_url: Optional[str] = None
+    ms_hub_url: Optional[str] = None
+    om_hub_url: Optional[str] = None
+    script_url: Optional[str] = None
+    cloud_file_name: Optional[str] = None
     formatting: str = "alpaca"
     ranking: bool = False
     columns: dict = field(default_factory=dict)
+    """Column names, merged over the format's defaults by ``resolved_columns``."""
     tags: dict = field(default_factory=dict)
     split: str = "train"
     subset: Optional[str] = None
@@ -24,22 +42,73 @@ class DatasetSpec:
     num_samples: Optional[int] = None
     dataset_dir: Optional[Path] = None
 
+    def resolved_columns(self) -> dict:
+        base = SHAREGPT_COLUMNS if self.formatting == "sharegpt" else ALPACA_COLUMNS
+        return {**base, **self.columns}
+
+    def resolved_tags(self) -> dict:
+        return {**SHAREGPT_TAGS, **self.tags}
+
+    def is_text(self) -> bool:
+        """Pretraining text: an alpaca entry that names only a text column (``columns: {prompt: text}``)."""
+        named = set(self.columns)
+        return self.formatting == "alpaca" and not self.ranking and named == {"prompt"}
+
+    def source(self) -> Path:
+        """The local file or folder of this dataset."""
+        assert self.file_name and self.dataset_dir is not None
+        return Path(self.dataset_dir) / self.file_name
+
+
+def _read_info_file(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable ({exc.strerror}); check the file's permissions") from None
+    if path.suffix == ".json":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg}); fix the file") from None
+    else:
+        import yaml
+
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise DataError(f"{path}: malformed YAML ({' '.join(str(exc).split())}); fix the file") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected a mapping from dataset name to entry")
+    return raw
+
+
+def parse_entry(name: str, entry: dict, dataset_dir: Path, where: Path) -> DatasetSpec:
+    if not isinstance(entry, dict):
+        raise DataError(f"{where}: entry '{name}' must be a mapping (file_name, formatting, columns, ...)")
+    known = {f.name for f in fields(DatasetSpec)} - {"name", "dataset_dir"}
+    spec = DatasetSpec(name=name, dataset_dir=Path(dataset_dir))
+    for key, value in entry.items():
+        if key in known:
+            setattr(spec, key, value)
+        # Other keys (e.g. LLaMA-Factory's load_from) are ignored, as LLaMA-Factory ignores unknown ones.
+    if spec.formatting not in ("alpaca", "sharegpt"):
+        raise DataError(f"{where}: entry '{name}': formatting '{spec.formatting}' is not alpaca or sharegpt")
+    if not isinstance(spec.columns, dict) or not isinstance(spec.tags, dict):
+        raise DataError(f"{where}: entry '{name}': columns and tags must be mappings")
+    return spec
+
 
 def load_registry(dataset_dir: Path) -> dict[str, DatasetSpec]:
-    path = Path(dataset_dir) / "dataset_info.json"
-    if not path.is_file():
-        raise DataError(f"{path}: no dataset_info.json in data.dataset_dir; point data.dataset_dir at the folder that has it")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg}); fix the file") from None
-    specs = {}
-    for name, entry in raw.items():
-        spec = DatasetSpec(name=name, dataset_dir=Path(dataset_dir))
-        for key, value in entry.items():
-            if hasattr(spec, key):
-                setattr(spec, key, value)
-        specs[name] = spec
+    dataset_dir = Path(dataset_dir)
+    paths = [p for p in (dataset_dir / "dataset_info.json", dataset_dir / "dataset_info.yaml") if p.is_file()]
+    if not paths:
+        raise DataError(
+            f"{dataset_dir}: no dataset_info.json in data.dataset_dir; point data.dataset_dir at the folder that has it"
+        )
+    specs: dict[str, DatasetSpec] = {}
+    for path in paths:
+        for name, entry in _read_info_file(path).items():
+            specs[name] = parse_entry(name, entry, dataset_dir, path)
     return specs
 
 

@@ -1,0 +1,72 @@
+"""Preprocess once: tokenized data cached under a hash of everything that shapes it.
+
+The key covers the dataset files' content, the tokenizer (vocab, special tokens, chat template), the
+template and the data options. One process builds while the others wait on a file lock, then read the
+result: this works with or without torch.distributed, across nodes on a shared filesystem, and never sits
+in a collective that a slow preprocessing would time out (NCCL's watchdog, LlamaFactory#2902).
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Callable
+
+CACHE_VERSION = 1
+"""Bump when the row format or the preprocessing changes meaning."""
+
+HASH_CONTENT_UP_TO = 1 << 30
+"""Files up to this size are hashed by content (a copy hits the cache); bigger ones by size and mtime."""
+
+
+def file_fingerprint(path: Path) -> str:
+    path = Path(path)
+    if path.is_dir():
+        parts = [f"{p.relative_to(path)}:{file_fingerprint(p)}" for p in sorted(path.rglob("*")) if p.is_file()]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    if not path.exists():
+        return "missing"
+    stat = path.stat()
+    if stat.st_size > HASH_CONTENT_UP_TO:
+        return f"size={stat.st_size},mtime={stat.st_mtime_ns}"
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    vocab = sorted(tokenizer.get_vocab().items())
+    parts = [type(tokenizer).__name__, str(len(tokenizer)), tokenizer.chat_template or "",
+             json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str), json.dumps(vocab)]
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+
+def cache_key(parts: dict) -> str:
+    blob = json.dumps({"version": CACHE_VERSION, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def cached(cache_dir: Path, key: str, build: Callable[[], Any]) -> tuple[Any, bool]:
+    """(value, hit). The first caller builds under an exclusive lock; the others block, then load."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    data_path = cache_dir / f"{key}.pkl"
+    with open(cache_dir / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if data_path.is_file():
+                with open(data_path, "rb") as fh:
+                    return pickle.load(fh), True
+            value = build()
+            tmp = data_path.with_suffix(f".tmp{os.getpid()}")
+            with open(tmp, "wb") as fh:
+                pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, data_path)  # readers never see a half-written file
+            return value, False
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -2,7 +2,7 @@
 # Start a real single-host SLURM cluster for tests and demos: munged, MariaDB, slurmdbd (accounting, which
 # submitit needs to see cancelled and failed jobs), slurmctld and one or two slurmd.
 #
-#   slurm/start-cluster.sh [--nodes 1|2]      # then: source $LAUNCHER_SLURM_HOME/env.sh
+#   slurm/start-cluster.sh [--nodes 1|2]      # default 2; then: source $LAUNCHER_SLURM_HOME/env.sh
 #
 # Idempotent: installs the Debian packages when missing, leaves running daemons alone, restarts slurmctld
 # and the slurmds only when the generated slurm.conf changed (e.g. switching to two-node mode).
@@ -12,7 +12,7 @@
 # (default /var/tmp/launcher-slurm); stop with slurm/stop-cluster.sh. Nothing here needs systemd.
 set -euo pipefail
 
-NODES="${LAUNCHER_SLURM_NODES:-1}"
+NODES="${LAUNCHER_SLURM_NODES:-2}"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --nodes) NODES="$2"; shift 2 ;;

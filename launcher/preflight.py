@@ -21,9 +21,9 @@ from typing import Callable, Optional
 
 from launcher.config.schema import Config, resolve_grad_accum, validate, world_size
 from launcher.errors import ConfigError, LauncherError, PreflightError
+from recipes.data.templates import NAMED_TEMPLATES as KNOWN_TEMPLATES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-KNOWN_TEMPLATES = ("chatml", "qwen", "llama3", "mistral", "plain")
 BUILTIN_TOKENIZERS = ("builtin:chars", "builtin:qwen")  # both carry a chat template
 FIRST_ROWS = 5
 # Vocab sizes of the builtin tokenizers, for the memory estimate of random-init models.
@@ -104,7 +104,8 @@ def dataset_dir_of(cfg: Config) -> Path:
 
 
 def check_datasets(problems: Problems, cfg: Config) -> None:
-    from recipes.data.formats import read_rows, to_sample
+    from recipes.data.formats import row_to_sample
+    from recipes.data.readers import hub_reachable, read_spec_rows
     from recipes.data.registry import load_registry
 
     dataset_dir = dataset_dir_of(cfg)
@@ -120,19 +121,29 @@ def check_datasets(problems: Problems, cfg: Config) -> None:
                 continue
             spec = specs[name]
             if not spec.file_name:
-                problems.errors.append(
-                    f"{key}: dataset '{name}' has no file_name in dataset_info.json; only local files work offline"
-                )
+                if spec.hf_hub_url and not hub_reachable():
+                    problems.errors.append(
+                        f"{key}: dataset '{name}' comes from the hub ({spec.hf_hub_url}), which is not reachable"
+                        " from here; download it and set file_name in dataset_info.json"
+                    )
+                elif spec.hf_hub_url:
+                    problems.warnings.append(f"{key}: dataset '{name}' comes from the hub; its rows are not checked")
+                    continue
+                else:
+                    problems.errors.append(
+                        f"{key}: dataset '{name}' has no file_name in dataset_info.json; only local files and"
+                        " hf_hub_url are supported"
+                    )
                 continue
-            path = dataset_dir / spec.file_name
+            path = spec.source()
             if not path.exists():
                 problems.errors.append(
                     f"{key}: dataset '{name}': file {path} not found; fix file_name in {dataset_dir}/dataset_info.json"
                 )
                 continue
             try:
-                for count, (row_no, row) in enumerate(read_rows(path)):
-                    to_sample(row, spec, f"{path}:{row_no}")
+                for count, (where, row) in enumerate(read_spec_rows(spec)):
+                    row_to_sample(row, spec, where)
                     if count + 1 >= FIRST_ROWS:
                         break
             except LauncherError as exc:
@@ -209,7 +220,8 @@ def _has_chat_template(folder: Path) -> bool:
 
 def check_tokenizer(problems: Problems, cfg: Config) -> None:
     m, d = cfg.model, cfg.data
-    if d.template is not None and d.template not in KNOWN_TEMPLATES:
+    template = None if d.template in (None, "auto") else d.template
+    if template is not None and template not in KNOWN_TEMPLATES:
         raise ConfigError(f"data.template: '{d.template}' is not a known template; use one of {', '.join(KNOWN_TEMPLATES)}")
     source = m.tokenizer or m.name_or_path
     if source is None:
@@ -230,7 +242,7 @@ def check_tokenizer(problems: Problems, cfg: Config) -> None:
         if cached is None:
             return  # not inspectable offline; the warning from check_model covers it
         has_template = _has_chat_template(Path(cached).parent)
-    if not has_template and d.template is None:
+    if not has_template and template is None:
         raise ConfigError(
             f"data.template: tokenizer {source} has no chat template; name one with data.template="
             f" ({', '.join(KNOWN_TEMPLATES)})"

@@ -103,8 +103,12 @@ def test_tokenizer_without_chat_template(tmp_path):
 
 
 # 7
+def with_data(cfg, **changes):
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **changes))
+
+
 def test_unknown_template_name():
-    refused(["data.template=vicuna"], r"data\.template: 'vicuna' is not a known template; use one of chatml")
+    refused(with_data(compose_config([]), template="vicuna"), r"data\.template: 'vicuna' is not one of auto, chatml")
 
 
 # 8
@@ -188,8 +192,8 @@ def test_reserved_sbatch_option():
 
 
 def test_all_problems_reported_at_once():
-    msg = refused(["data.datasets=[nope]", "data.template=vicuna"], r"2 problem\(s\)")
-    assert "data.datasets: unknown dataset 'nope'" in msg and "data.template: 'vicuna'" in msg
+    msg = refused(["data.datasets=[nope]", "run.output_root=/proc/no/such"], r"2 problem\(s\)")
+    assert "data.datasets: unknown dataset 'nope'" in msg and "run.output_root: /proc/no/such is not writable" in msg
 
 
 # 16 (needs the real cluster: sinfo lists partitions)

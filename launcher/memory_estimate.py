@@ -1,0 +1,160 @@
+"""Memory per GPU of a run, estimated before it waits in a queue: weights, gradients, optimizer, activations.
+
+A rule-of-thumb model (ZeRO paper accounting; Korthikanti et al. for activations), meant to catch runs that
+cannot fit by a wide margin, not to predict the allocator to the last gigabyte:
+
+- weights: bytes/param of the training dtype; gradients: the same, for trainable parameters only;
+- AdamW: fp32 master copy + two fp32 moments = 12 bytes/param in mixed precision, 8 in fp32;
+- sharding over the world: ZeRO-1 shards the optimizer, ZeRO-2 also gradients, ZeRO-3/FSDP also weights;
+  offload moves optimizer states (and with ZeRO-3/FSDP the sharded weights' master copy) to CPU;
+- activations per layer ~ 34 x seq x batch x hidden bytes in 16-bit (attention with a fused kernel), about
+  2 x seq x batch x hidden with gradient checkpointing (plus one layer recomputed at a time).
+All functions are pure.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+from launcher.config.schema import Config
+
+GIB = 1024**3
+CUDA_OVERHEAD_GB = 1.5
+"""CUDA context, NCCL buffers and allocator slack, per GPU."""
+
+
+@dataclass
+class ModelShape:
+    hidden: int
+    layers: int
+    intermediate: int
+    vocab: int
+    heads: int
+    kv_heads: int
+    tied: bool
+
+    @classmethod
+    def from_hf_config(cls, hf: dict) -> "ModelShape":
+        hf = hf.get("text_config", hf)  # VLMs nest the language model's config
+        hidden = int(hf.get("hidden_size") or hf.get("d_model") or hf.get("n_embd"))
+        heads = int(hf.get("num_attention_heads") or hf.get("n_head") or 1)
+        return cls(
+            hidden=hidden,
+            layers=int(hf.get("num_hidden_layers") or hf.get("n_layer")),
+            intermediate=int(hf.get("intermediate_size") or 4 * hidden),
+            vocab=int(hf.get("vocab_size") or 32000),
+            heads=heads,
+            kv_heads=int(hf.get("num_key_value_heads") or heads),
+            tied=bool(hf.get("tie_word_embeddings", False)),
+        )
+
+    def kv_dim(self) -> int:
+        return self.hidden * self.kv_heads // self.heads
+
+    def num_params(self) -> int:
+        h, i = self.hidden, self.intermediate
+        attention = 2 * h * h + 2 * h * self.kv_dim()
+        mlp = 3 * h * i  # gate, up, down (SwiGLU)
+        per_layer = attention + mlp + 2 * h
+        embeddings = self.vocab * h * (1 if self.tied else 2)
+        return self.layers * per_layer + embeddings + h
+
+    def num_lora_params(self, rank: int, target_modules) -> int:
+        h, i, kv = self.hidden, self.intermediate, self.kv_dim()
+        shapes = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+                  "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        names = shapes if target_modules == "all-linear" else [m for m in target_modules if m in shapes]
+        return self.layers * sum(rank * (shapes[n][0] + shapes[n][1]) for n in names)
+
+
+@dataclass
+class MemoryEstimate:
+    params: int
+    trainable: int
+    weights_gb: float
+    grads_gb: float
+    optimizer_gb: float
+    activations_gb: float
+    overhead_gb: float
+
+    @property
+    def total_gb(self) -> float:
+        return self.weights_gb + self.grads_gb + self.optimizer_gb + self.activations_gb + self.overhead_gb
+
+    def breakdown(self) -> str:
+        return (f"weights {self.weights_gb:.1f} + grads {self.grads_gb:.1f} + optimizer {self.optimizer_gb:.1f}"
+                f" + activations {self.activations_gb:.1f} + overhead {self.overhead_gb:.1f}"
+                f" = {self.total_gb:.1f} GB")
+
+
+def _dtype_bytes(dtype: str, on_gpu: bool) -> int:
+    if dtype == "float32" or (dtype == "auto" and not on_gpu):
+        return 4
+    return 2
+
+
+def estimate_memory_per_gpu(cfg: Config, shape: ModelShape) -> MemoryEstimate:
+    c, p, m, t = cfg.cluster, cfg.parallelism, cfg.method, cfg.train
+    world = c.nodes * c.nproc_per_node
+    wb = _dtype_bytes(cfg.model.dtype, on_gpu=c.gpus_per_node > 0)
+    params = shape.num_params()
+    lora = m.finetuning == "lora"
+    trainable = shape.num_lora_params(m.lora.r, m.lora.target_modules) if lora else params
+    opt_per_param = (12 if wb == 2 else 8) if m.optimizer == "adamw" else (4 if wb == 2 else 0)
+
+    stage = 3 if p.strategy == "fsdp" else (p.zero_stage if p.strategy == "deepspeed" else 0)
+    shard_weights = world if stage >= 3 else 1
+    shard_grads = world if stage >= 2 else 1
+    shard_opt = world if stage >= 1 else 1
+
+    weights = params * wb / shard_weights + (trainable * wb / shard_weights if lora else 0)
+    grads = trainable * wb / shard_grads
+    optimizer = 0.0 if p.offload else trainable * opt_per_param / shard_opt
+
+    seq, batch, h = cfg.data.cutoff_len, t.micro_batch_size, shape.hidden
+    per_layer_full = 34 * seq * batch * h * wb / 2
+    if t.gradient_checkpointing:
+        activations = shape.layers * 2 * seq * batch * h * wb / 2 + per_layer_full
+    else:
+        activations = shape.layers * per_layer_full
+    # The chunked LM head keeps loss_chunk_size x vocab fp32 logits (and their gradient) alive at a time.
+    activations += 2 * min(t.loss_chunk_size, seq * batch) * shape.vocab * 4
+    return MemoryEstimate(
+        params=params, trainable=trainable, weights_gb=weights / GIB, grads_gb=grads / GIB,
+        optimizer_gb=optimizer / GIB, activations_gb=activations / GIB, overhead_gb=CUDA_OVERHEAD_GB,
+    )
+
+
+# What to try, in order of least change to the run: each is (override shown to the user, config change).
+ALTERNATIVES = (
+    ("train.gradient_checkpointing=true", lambda c: _set(c, "train", gradient_checkpointing=True)),
+    ("parallelism=zero2", lambda c: _set(c, "parallelism", name="zero2", strategy="deepspeed", zero_stage=2)),
+    ("parallelism=zero3", lambda c: _set(c, "parallelism", name="zero3", strategy="deepspeed", zero_stage=3)),
+    ("parallelism=zero3 train.gradient_checkpointing=true",
+     lambda c: _set(_set(c, "parallelism", name="zero3", strategy="deepspeed", zero_stage=3), "train",
+                    gradient_checkpointing=True)),
+    ("parallelism=zero3_offload",
+     lambda c: _set(c, "parallelism", name="zero3_offload", strategy="deepspeed", zero_stage=3, offload=True)),
+    ("method=lora", lambda c: _set(c, "method", name="lora", finetuning="lora")),
+    ("method=lora train.gradient_checkpointing=true",
+     lambda c: _set(_set(c, "method", name="lora", finetuning="lora"), "train", gradient_checkpointing=True)),
+)
+
+
+def _set(cfg: Config, group: str, **changes) -> Config:
+    return dataclasses.replace(cfg, **{group: dataclasses.replace(getattr(cfg, group), **changes)})
+
+
+def suggest_fits(cfg: Config, shape: ModelShape, limit_gb: float, max_suggestions: int = 2) -> list:
+    """Overrides (as the user would type them) under which the run fits, cheapest change first."""
+    fits = []
+    for override, change in ALTERNATIVES:
+        candidate = change(cfg)
+        if candidate == cfg:
+            continue
+        if estimate_memory_per_gpu(candidate, shape).total_gb <= limit_gb:
+            fits.append(override)
+        if len(fits) >= max_suggestions:
+            break
+    return fits

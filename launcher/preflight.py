@@ -1,0 +1,311 @@
+"""Preflight: refuse, before anything is queued, a run that would fail after waiting for nodes.
+
+``run_preflight(cfg)`` runs every check, collects every problem (so one round trip fixes them all) and
+raises ``PreflightError`` listing them, one line each, naming the key and what to do. Things that might
+still work (a hub model that is not cached here) come back as warnings.
+
+Checks: config valid; cluster settings coherent (launch pattern, signal vs time limit, partition exists,
+secrets only in the environment); datasets exist and their first rows parse; model config readable;
+tokenizer has a chat template or data.template names one; batch sizes divide the world size; output root
+writable; memory per GPU fits cluster.gpu_memory_gb.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+from launcher.config.schema import Config, resolve_grad_accum, validate, world_size
+from launcher.errors import ConfigError, LauncherError, PreflightError
+from recipes.data.templates import NAMED_TEMPLATES as KNOWN_TEMPLATES
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUILTIN_TOKENIZERS = ("builtin:chars", "builtin:qwen")  # both carry a chat template
+FIRST_ROWS = 5
+# Vocab sizes of the builtin tokenizers, for the memory estimate of random-init models.
+BUILTIN_VOCAB = {"builtin:chars": 512, "builtin:qwen": 151_669}
+
+
+class Problems:
+    def __init__(self) -> None:
+        self.errors: list = []
+        self.warnings: list = []
+
+    def check(self, fn: Callable, *args) -> None:
+        """Run one check; a LauncherError it raises becomes one error line (later checks still run)."""
+        try:
+            fn(self, *args)
+        except LauncherError as exc:
+            self.errors.append(str(exc))
+
+
+# ------------------------------------------------------------------------------------------- config
+
+
+def check_config(problems: Problems, cfg: Config) -> None:
+    validate(cfg)
+
+
+def check_batch(problems: Problems, cfg: Config) -> None:
+    resolve_grad_accum(cfg)
+
+
+def check_cluster(problems: Problems, cfg: Config) -> None:
+    c, p = cfg.cluster, cfg.parallelism
+    from launcher.slurm.render import check_no_secrets, check_sbatch_extra
+
+    check_no_secrets(cfg, dict(os.environ))
+    if c.gpus_per_node > 0 and c.nproc_per_node != c.gpus_per_node:
+        problems.errors.append(
+            f"cluster.nproc_per_node: {c.nproc_per_node} processes on nodes with {c.gpus_per_node} GPUs; one torchrun"
+            f" per node starts one rank per GPU: set cluster.nproc_per_node={c.gpus_per_node}"
+        )
+    if p.backend == "nccl" and c.gpus_per_node == 0:
+        problems.errors.append(
+            "parallelism.backend: nccl needs GPUs but cluster.gpus_per_node=0; use parallelism.backend=gloo (or auto)"
+        )
+    if c.gpus_per_node > 0 and c.gpu_memory_gb is None:
+        problems.warnings.append("cluster.gpu_memory_gb is not set: the memory fit check is skipped")
+    if c.kind != "slurm":
+        return
+    check_sbatch_extra(cfg)
+    if c.time_min < 1:
+        problems.errors.append(f"cluster.time_min: must be >= 1 minute, got {c.time_min}")
+    elif c.signal_delay_s >= c.time_min * 60:
+        problems.errors.append(
+            f"cluster.signal_delay_s: {c.signal_delay_s} s is not shorter than the time limit"
+            f" (cluster.time_min={c.time_min} min); lower it or raise cluster.time_min"
+        )
+    if c.signal_delay_s < 0 or c.max_requeues < 0:
+        problems.errors.append("cluster.signal_delay_s and cluster.max_requeues must be >= 0")
+    if c.mem_gb is not None and c.mem_gb <= 0:
+        problems.errors.append(f"cluster.mem_gb: must be > 0 (or null for the partition default), got {c.mem_gb}")
+    if c.cpus_per_task is not None and c.cpus_per_task < 1:
+        problems.errors.append(f"cluster.cpus_per_task: must be >= 1, got {c.cpus_per_task}")
+    if c.partition and shutil.which("sinfo"):
+        out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=30, check=False)
+        partitions = sorted(set(out.stdout.split()))
+        if out.returncode == 0 and partitions and c.partition not in partitions:
+            problems.errors.append(
+                f"cluster.partition: '{c.partition}' does not exist on this cluster; partitions: {', '.join(partitions)}"
+            )
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def dataset_dir_of(cfg: Config) -> Path:
+    path = Path(cfg.data.dataset_dir)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def check_datasets(problems: Problems, cfg: Config) -> None:
+    from recipes.data.formats import row_to_sample
+    from recipes.data.readers import hub_reachable, read_spec_rows
+    from recipes.data.registry import load_registry
+
+    dataset_dir = dataset_dir_of(cfg)
+    specs = load_registry(dataset_dir)
+    for key, entries in (("data.datasets", cfg.data.datasets), ("data.eval_datasets", cfg.data.eval_datasets)):
+        for entry in entries:
+            name = entry.name if hasattr(entry, "name") else str(entry)
+            if name not in specs:
+                problems.errors.append(
+                    f"{key}: unknown dataset '{name}' in {dataset_dir}/dataset_info.json;"
+                    f" datasets there: {', '.join(sorted(specs)) or '(none)'}"
+                )
+                continue
+            spec = specs[name]
+            if not spec.file_name:
+                if spec.hf_hub_url and not hub_reachable():
+                    problems.errors.append(
+                        f"{key}: dataset '{name}' comes from the hub ({spec.hf_hub_url}), which is not reachable"
+                        " from here; download it and set file_name in dataset_info.json"
+                    )
+                elif spec.hf_hub_url:
+                    problems.warnings.append(f"{key}: dataset '{name}' comes from the hub; its rows are not checked")
+                    continue
+                else:
+                    problems.errors.append(
+                        f"{key}: dataset '{name}' has no file_name in dataset_info.json; only local files and"
+                        " hf_hub_url are supported"
+                    )
+                continue
+            path = spec.source()
+            if not path.exists():
+                problems.errors.append(
+                    f"{key}: dataset '{name}': file {path} not found; fix file_name in {dataset_dir}/dataset_info.json"
+                )
+                continue
+            try:
+                for count, (where, row) in enumerate(read_spec_rows(spec)):
+                    row_to_sample(row, spec, where)
+                    if count + 1 >= FIRST_ROWS:
+                        break
+            except LauncherError as exc:
+                problems.errors.append(f"{key}: dataset '{name}': {exc}")
+
+
+# ------------------------------------------------------------------------------------ model, tokenizer
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith(("/", ".", "~")) or os.path.exists(os.path.expanduser(text))
+
+
+def _hub_cached_file(repo_id: str, filename: str) -> Optional[str]:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, filename)
+        return found if isinstance(found, str) else None
+    except Exception:  # an invalid repo id or no huggingface_hub: treat as not cached
+        return None
+
+
+def read_model_config(cfg: Config, problems: Optional[Problems] = None) -> Optional[dict]:
+    """The HF config dict of the model (random init: arch defaults + overrides); None when unknown."""
+    m = cfg.model
+    if m.name_or_path is None:
+        from transformers import CONFIG_MAPPING
+
+        if m.arch not in CONFIG_MAPPING:
+            raise ConfigError(f"model.arch: '{m.arch}' is not a transformers model_type (e.g. qwen2, llama, mistral)")
+        data = CONFIG_MAPPING[m.arch]().to_dict()
+        data.update(m.config)
+        if "vocab_size" not in m.config and m.tokenizer in BUILTIN_VOCAB:
+            data["vocab_size"] = BUILTIN_VOCAB[m.tokenizer]
+        return data
+    source = os.path.expanduser(m.name_or_path)
+    if _looks_like_path(m.name_or_path):
+        config_file = Path(source) / "config.json"
+        if not Path(source).is_dir():
+            raise ConfigError(f"model.name_or_path: folder {source} does not exist; point it at a HF model folder")
+        if not config_file.is_file():
+            raise ConfigError(f"model.name_or_path: {source} has no config.json; is it a HF model folder?")
+        try:
+            return json.loads(config_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"model.name_or_path: {config_file} is unreadable ({exc}); fix or re-download it")
+    cached = _hub_cached_file(m.name_or_path, "config.json")
+    if cached:
+        return json.loads(Path(cached).read_text())
+    if problems is not None:
+        problems.warnings.append(
+            f"model.name_or_path: '{m.name_or_path}' is not in the local HF cache; every node will download it"
+            f" (pre-fetch with `huggingface-cli download {m.name_or_path}`); memory check skipped"
+        )
+    return None
+
+
+def check_model(problems: Problems, cfg: Config) -> None:
+    read_model_config(cfg, problems)
+
+
+def _has_chat_template(folder: Path) -> bool:
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            return bool(json.loads(config.read_text()).get("chat_template"))
+        except (OSError, json.JSONDecodeError):
+            return False
+    return False
+
+
+def check_tokenizer(problems: Problems, cfg: Config) -> None:
+    m, d = cfg.model, cfg.data
+    template = None if d.template in (None, "auto") else d.template
+    if template is not None and template not in KNOWN_TEMPLATES:
+        raise ConfigError(f"data.template: '{d.template}' is not a known template; use one of {', '.join(KNOWN_TEMPLATES)}")
+    source = m.tokenizer or m.name_or_path
+    if source is None:
+        raise ConfigError("model.tokenizer: a random-init model needs a tokenizer (builtin:chars, builtin:qwen, or a path)")
+    if source in BUILTIN_TOKENIZERS:
+        return
+    folder: Optional[Path] = None
+    if _looks_like_path(source):
+        folder = Path(os.path.expanduser(source))
+        if not folder.is_dir():
+            raise ConfigError(f"model.tokenizer: folder {folder} does not exist")
+        if not ((folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()
+                or (folder / "vocab.json").is_file() or (folder / "tokenizer.model").is_file()):
+            raise ConfigError(f"model.tokenizer: {folder} has no tokenizer files (tokenizer.json, tokenizer_config.json)")
+        has_template = _has_chat_template(folder)
+    else:
+        cached = _hub_cached_file(source, "tokenizer_config.json")
+        if cached is None:
+            return  # not inspectable offline; the warning from check_model covers it
+        has_template = _has_chat_template(Path(cached).parent)
+    if not has_template and template is None:
+        raise ConfigError(
+            f"data.template: tokenizer {source} has no chat template; name one with data.template="
+            f" ({', '.join(KNOWN_TEMPLATES)})"
+        )
+
+
+# ------------------------------------------------------------------------------------ output, memory
+
+
+def check_output_root(problems: Problems, cfg: Config) -> None:
+    root = Path(cfg.run.output_root)
+    root = root if root.is_absolute() else Path.cwd() / root
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".preflight-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"run.output_root: {root} is not writable ({exc.strerror}); point run.output_root at a writable folder"
+        ) from None
+
+
+def check_memory(problems: Problems, cfg: Config) -> None:
+    from launcher.memory_estimate import ModelShape, estimate_memory_per_gpu, suggest_fits
+
+    c = cfg.cluster
+    if c.gpus_per_node == 0 or c.gpu_memory_gb is None:
+        return
+    hf = read_model_config(cfg)
+    if hf is None:
+        return
+    try:
+        shape = ModelShape.from_hf_config(hf)
+    except (TypeError, ValueError):
+        problems.warnings.append("memory check skipped: the model config has no hidden_size/num_hidden_layers")
+        return
+    estimate = estimate_memory_per_gpu(cfg, shape)
+    if estimate.total_gb <= c.gpu_memory_gb:
+        if estimate.total_gb > 0.9 * c.gpu_memory_gb:
+            problems.warnings.append(
+                f"memory: about {estimate.total_gb:.0f} of {c.gpu_memory_gb:.0f} GB per GPU: close to the limit"
+            )
+        return
+    fits = suggest_fits(cfg, shape, c.gpu_memory_gb)
+    hint = f"try {' or '.join(fits)}" if fits else (
+        "no single change fits: add nodes (cluster.nodes), lower train.micro_batch_size or data.cutoff_len")
+    raise PreflightError(
+        f"cluster.gpu_memory_gb: the run needs about {estimate.total_gb:.0f} GB per GPU but the GPUs have"
+        f" {c.gpu_memory_gb:.0f} GB ({estimate.params / 1e9:.2f}B params, method={cfg.method.name},"
+        f" parallelism={cfg.parallelism.name}, world size {world_size(cfg)}: {estimate.breakdown()}); {hint}"
+    )
+
+
+CHECKS = (check_config, check_cluster, check_batch, check_datasets, check_model, check_tokenizer,
+          check_output_root, check_memory)
+
+
+def run_preflight(cfg: Config) -> list:
+    """Run every check; return warnings, or raise PreflightError listing every problem found."""
+    problems = Problems()
+    for check in CHECKS:
+        problems.check(check, cfg)
+    if problems.errors:
+        lines = "\n".join(f"  - {e}" for e in problems.errors)
+        raise PreflightError(f"preflight refused the run ({len(problems.errors)} problem(s)):\n{lines}")
+    return problems.warnings

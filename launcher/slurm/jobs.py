@@ -1,0 +1,180 @@
+"""``launcher status | logs [--follow] | cancel`` for a run dir or a SLURM job id.
+
+A run dir knows its job from ``slurm_job.json``; a job id finds its run dir through the job's comment
+(``launcher:RUN_DIR``, set at submit time), from scontrol while SLURM remembers the job, else sacct.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from launcher.errors import LauncherError
+from launcher.slurm.render import RANK_LOG_DIR, SUBMITIT_DIR
+
+JOB_FILE = "slurm_job.json"
+TERMINAL_STATES = {
+    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+    "DEADLINE", "REVOKED",
+}
+
+
+@dataclass
+class JobRef:
+    job_id: str
+    run_dir: Optional[Path]
+
+
+def _run(cmd: list) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    except FileNotFoundError:
+        raise LauncherError(f"{cmd[0]} is not on PATH: run this on a SLURM login node (export SLURM_CONF for the"
+                            " test cluster)") from None
+
+
+def run_dir_of_job(job_id: str) -> Optional[Path]:
+    out = _run(["scontrol", "show", "job", "-o", job_id]).stdout
+    match = re.search(r"\bComment=launcher:(\S+)", out)
+    if not match:
+        out = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "Comment"]).stdout
+        match = re.search(r"launcher:(\S+)", out)
+    return Path(match.group(1)) if match else None
+
+
+def resolve_target(target: str) -> JobRef:
+    """A run dir (with slurm_job.json) or a job id -> JobRef; errors say what was expected."""
+    path = Path(target)
+    if path.is_dir():
+        job_file = path / JOB_FILE
+        if not job_file.exists():
+            raise LauncherError(f"{path}: no {JOB_FILE} here; is it a run dir submitted with cluster=slurm?")
+        return JobRef(job_id=str(json.loads(job_file.read_text())["job_id"]), run_dir=path.resolve())
+    if re.fullmatch(r"\d+(_\d+)?", target):
+        return JobRef(job_id=target, run_dir=run_dir_of_job(target))
+    raise LauncherError(f"'{target}' is neither a run dir nor a SLURM job id")
+
+
+def job_state(job_id: str) -> dict:
+    """State and a few facts of the job: the controller's view while it remembers the job (accounting lags
+    by a second or two), else accounting's."""
+    out = _run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T|%M|%N"]).stdout.strip()
+    acct = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,Elapsed,NodeList,ExitCode"]).stdout
+    acct_lines = [line for line in acct.splitlines() if line.strip()]
+    acct_state, acct_elapsed, acct_nodes, exit_code = (
+        (acct_lines[-1].split("|") + [""] * 4)[:4] if acct_lines else ("", "", "", ""))
+    if out:
+        state, elapsed, nodes = (out.splitlines()[0].split("|") + ["", ""])[:3]
+        detail = acct_state if acct_state.split()[:1] == [state] else state
+        return {"state": state, "detail": detail, "elapsed": elapsed, "nodes": nodes,
+                "exit_code": exit_code if acct_state.split()[:1] == [state] else ""}
+    if acct_lines:
+        return {"state": acct_state.split()[0] if acct_state else "UNKNOWN", "detail": acct_state,
+                "elapsed": acct_elapsed, "nodes": acct_nodes, "exit_code": exit_code}
+    return {"state": "UNKNOWN", "detail": "not known to squeue or sacct", "elapsed": "", "nodes": "", "exit_code": ""}
+
+
+def _last_metrics(run_dir: Optional[Path]) -> Optional[str]:
+    if run_dir is None or not (run_dir / "metrics.jsonl").exists():
+        return None
+    lines = (run_dir / "metrics.jsonl").read_text().strip().splitlines()
+    return lines[-1] if lines else None
+
+
+def node_log_files(ref: JobRef) -> list:
+    """Per-node stdout/stderr that submitit's srun writes (``<job>_<node>_log.out|err``), in node order."""
+    if ref.run_dir is None:
+        return []
+    folder = ref.run_dir / SUBMITIT_DIR
+    files = sorted(folder.glob(f"{ref.job_id}_*_log.out")) + sorted(folder.glob(f"{ref.job_id}_*_log.err"))
+    return sorted(files, key=lambda p: (int(p.name.split("_")[1]), p.suffix != ".out"))
+
+
+def rank_log_files(ref: JobRef) -> list:
+    if ref.run_dir is None:
+        return []
+    return sorted((ref.run_dir / RANK_LOG_DIR).glob("node*/*/attempt_*/*/std*.log"))
+
+
+def _parser(prog: str, help_text: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=help_text)
+    parser.add_argument("target", help="a run dir (with slurm_job.json) or a SLURM job id")
+    return parser
+
+
+def status_main(argv: Optional[list] = None) -> int:
+    args = _parser("launcher status", "State of a SLURM run.").parse_args(argv)
+    ref = resolve_target(args.target)
+    info = job_state(ref.job_id)
+    print(f"job {ref.job_id}: {info['detail']}")
+    for key in ("elapsed", "nodes", "exit_code"):
+        if info.get(key):
+            print(f"  {key}: {info[key]}")
+    print(f"  run dir: {ref.run_dir or '(unknown: the job has no launcher comment)'}")
+    metrics = _last_metrics(ref.run_dir)
+    if metrics:
+        print(f"  last metrics: {metrics}")
+    if ref.run_dir is not None:
+        print(f"  logs: launcher logs {ref.run_dir}")
+    return 0
+
+
+def _print_new(path: Path, offsets: dict, prefix: str) -> None:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offsets.get(path, 0))
+            data = fh.read()
+    except FileNotFoundError:
+        return
+    # Print whole lines only; a partial last line is printed once it is complete.
+    complete = data[: data.rfind(b"\n") + 1]
+    offsets[path] = offsets.get(path, 0) + len(complete)
+    for line in complete.decode("utf-8", "replace").splitlines():
+        print(f"{prefix}{line}", flush=True)
+
+
+def logs_main(argv: Optional[list] = None) -> int:
+    parser = _parser("launcher logs", "Per-node logs of a SLURM run (every rank's lines, prefixed).")
+    parser.add_argument("-f", "--follow", action="store_true", help="keep printing until the job ends")
+    parser.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    ref = resolve_target(args.target)
+    if ref.run_dir is None:
+        raise LauncherError(f"job {ref.job_id}: no run dir known for it (not submitted by launcher?)")
+    offsets: dict = {}
+
+    def dump() -> None:
+        for path in node_log_files(ref):
+            node = path.name.split("_")[1]
+            _print_new(path, offsets, f"[node{node}{' err' if path.suffix == '.err' else ''}] ")
+
+    dump()
+    while args.follow:
+        state = job_state(ref.job_id)["state"]
+        time.sleep(args.interval)
+        dump()
+        if state in TERMINAL_STATES:
+            print(f"[launcher] job {ref.job_id} ended: {state}", flush=True)
+            break
+    if not args.follow:
+        ranks = rank_log_files(ref)
+        if ranks:
+            print(f"[launcher] per-rank logs: {ref.run_dir / RANK_LOG_DIR}/node*/*/attempt_*/<local rank>/", flush=True)
+    return 0
+
+
+def cancel_main(argv: Optional[list] = None) -> int:
+    args = _parser("launcher cancel", "Cancel a SLURM run.").parse_args(argv)
+    ref = resolve_target(args.target)
+    done = _run(["scancel", ref.job_id])
+    if done.returncode != 0:
+        print(f"scancel {ref.job_id} failed: {done.stderr.strip()}", file=sys.stderr)
+        return 1
+    print(f"cancelled job {ref.job_id}" + (f" (run dir {ref.run_dir})" if ref.run_dir else ""))
+    return 0

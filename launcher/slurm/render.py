@@ -1,0 +1,210 @@
+"""Pure rendering: a Config and a run dir in, sbatch parameters, script text and torchrun argv out.
+
+Nothing here reads the environment, the clock or the cluster, so the same inputs always give the same
+text: ``render_sbatch`` is checked against golden files and against the script submitit really submits.
+"""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Optional, Union
+
+from launcher.config.compose import default_run_name
+from launcher.config.schema import Config
+from launcher.errors import ConfigError
+
+WORKER_MODULE = "recipes.run"
+"""What every rank runs: ``python -m recipes.run --run-dir RUN_DIR`` (reads RUN_DIR/config.yaml)."""
+
+SUBMITIT_DIR = "slurm"
+"""Run dir subfolder for submitit's files: the pickled node launcher, per-node stdout/stderr (%j_%t_log.*)."""
+
+RANK_LOG_DIR = "logs"
+"""Run dir subfolder for torchrun's per-rank logs: logs/node<K>/<attempt>/<local rank>/{stdout,stderr}.log."""
+
+SECRET_ENV_VARS = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+"""Only ever passed through the submitting environment (sbatch exports it); never written to a file."""
+
+# sbatch options that the launcher sets from typed keys; setting them again in sbatch_extra would make
+# the script disagree with the launch pattern (e.g. 8 tasks per node each running torchrun).
+RESERVED_SBATCH_OPTIONS = {
+    "nodes": "cluster.nodes",
+    "ntasks_per_node": "cluster.nodes (one task per node, always)",
+    "ntasks": "cluster.nodes (one task per node, always)",
+    "gpus_per_node": "cluster.gpus_per_node",
+    "gres": "cluster.gpus_per_node",
+    "cpus_per_task": "cluster.cpus_per_task",
+    "mem": "cluster.mem_gb",
+    "partition": "cluster.partition",
+    "account": "cluster.account",
+    "qos": "cluster.qos",
+    "time": "cluster.time_min",
+    "constraint": "cluster.constraint",
+    "exclusive": "cluster.exclusive",
+    "signal": "cluster.signal_delay_s",
+    "output": "(the run dir decides where logs go)",
+    "error": "(the run dir decides where logs go)",
+    "job_name": "run.name",
+    "comment": "(the launcher stores the run dir there)",
+}
+
+PORT_BASE = 20000
+PORT_SPAN = 10000
+
+
+def port_for_job(job_id: Union[int, str]) -> int:
+    """Rendezvous port from the job id: two jobs sharing a node never both pick 29500.
+
+    The range [20000, 30000) stays below Linux's ephemeral ports (32768+), so an outgoing connection
+    cannot already hold it. An array task id ("123_4") uses its numeric SLURM_JOB_ID instead.
+    """
+    text = str(job_id)
+    if not text.isdigit():
+        raise ValueError(f"port_for_job: expected a numeric SLURM job id, got {job_id!r}")
+    return PORT_BASE + int(text) % PORT_SPAN
+
+
+def _normalize_option(key: str) -> str:
+    return key.lstrip("-").replace("-", "_")
+
+
+def check_sbatch_extra(cfg: Config) -> None:
+    for key in cfg.cluster.sbatch_extra:
+        norm = _normalize_option(str(key))
+        if norm in RESERVED_SBATCH_OPTIONS:
+            raise ConfigError(
+                f"cluster.sbatch_extra.{key}: set by the launcher; use {RESERVED_SBATCH_OPTIONS[norm]} instead"
+            )
+
+
+def check_no_secrets(cfg: Config, environ: Optional[dict] = None) -> None:
+    """Refuse configs that would write a secret into the script, the config or the logs."""
+    c = cfg.cluster
+    for key in c.env:
+        if str(key).upper() in SECRET_ENV_VARS:
+            raise ConfigError(
+                f"cluster.env.{key}: secrets are never written to the run dir; remove it and export {key}"
+                " in the shell that submits (sbatch passes the environment to the job)"
+            )
+    secrets = [v for k, v in (environ or {}).items() if k in SECRET_ENV_VARS and v and len(v) >= 6]
+    written = [str(v) for v in c.env.values()] + [str(line) for line in c.setup]
+    written += [str(v) for v in c.sbatch_extra.values()]
+    for text in written:
+        for secret in secrets:
+            if secret in text:
+                raise ConfigError(
+                    "cluster.env/cluster.setup/cluster.sbatch_extra: contains the value of a secret"
+                    f" ({', '.join(SECRET_ENV_VARS)}); pass secrets only through the environment"
+                )
+
+
+def setup_lines(cfg: Config, repo_root: Union[str, Path]) -> list:
+    """Shell lines run once per job before srun: user setup, the repo on PYTHONPATH, non-secret env vars."""
+    lines = [str(line) for line in cfg.cluster.setup]
+    # Unpickling the node launcher on the nodes needs the same code that submitted it.
+    lines.append(f"export PYTHONPATH={shlex.quote(str(repo_root))}${{PYTHONPATH:+:$PYTHONPATH}}")
+    for key in sorted(cfg.cluster.env):
+        if not str(key).isidentifier():
+            raise ConfigError(f"cluster.env.{key}: not a valid environment variable name")
+        lines.append(f"export {key}={shlex.quote(str(cfg.cluster.env[key]))}")
+    return lines
+
+
+def _mem_string(mem_gb: float) -> str:
+    # Same conversion as submitit's, so that the rendered and the submitted script agree.
+    return f"{int(mem_gb)}GB" if mem_gb == int(mem_gb) else f"{int(mem_gb * 1024)}MB"
+
+
+def sbatch_parameters(cfg: Config, run_dir: Union[str, Path], repo_root: Union[str, Path]) -> dict:
+    """Parameters for submitit's SlurmExecutor (sbatch option names, underscores for dashes)."""
+    c = cfg.cluster
+    check_sbatch_extra(cfg)
+    params: dict = {
+        "job_name": default_run_name(cfg),
+        # The run dir in the comment lets `launcher status JOB_ID` find the run (scontrol / sacct Comment).
+        "comment": f"launcher:{run_dir}",
+        "nodes": c.nodes,
+        "ntasks_per_node": 1,
+        "time": c.time_min,
+        "signal_delay_s": c.signal_delay_s,
+        "setup": setup_lines(cfg, repo_root),
+    }
+    if c.cpus_per_task is not None:
+        params["cpus_per_task"] = c.cpus_per_task
+    if c.gpus_per_node:
+        params["gpus_per_node"] = c.gpus_per_node
+    if c.mem_gb is not None:
+        params["mem"] = _mem_string(c.mem_gb)
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(c, key):
+            params[key] = getattr(c, key)
+    if c.exclusive:
+        params["exclusive"] = True
+    # Requeue readiness: SLURM may requeue the job on preemption or node failure; USR2 (submitit's signal,
+    # not USR1 which NCCL claims) arrives signal_delay_s before the time limit.
+    additional = {"requeue": True}
+    additional.update({_normalize_option(str(k)): v for k, v in c.sbatch_extra.items()})
+    params["additional_parameters"] = additional
+    return params
+
+
+def submitit_command(python: str, run_dir: Union[str, Path]) -> str:
+    """The command submitit runs in each task (it unpickles and calls the node launcher)."""
+    folder = Path(run_dir) / SUBMITIT_DIR
+    return " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
+
+
+def render_sbatch(cfg: Config, run_dir: Union[str, Path], python: str, repo_root: Union[str, Path]) -> str:
+    """The sbatch script, byte for byte what ``submit_run`` hands to sbatch for the same inputs."""
+    # submitit's own renderer (a pure function) is used so that the text cannot drift from what it submits.
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    folder = Path(run_dir) / SUBMITIT_DIR
+    return _make_sbatch_string(
+        command=submitit_command(python, run_dir), folder=folder, **sbatch_parameters(cfg, run_dir, repo_root)
+    )
+
+
+def render_torchrun_command(
+    cfg: Config,
+    run_dir: Union[str, Path],
+    head_addr: str,
+    port: Union[int, str],
+    job_id: Union[int, str],
+    node_rank: Union[int, str],
+    python: str = "python",
+    worker_module: str = WORKER_MODULE,
+) -> list:
+    """argv of the one torchrun a node runs: nproc_per_node ranks, c10d rendezvous on the head node."""
+    c = cfg.cluster
+    run_dir = str(run_dir)
+    argv = [
+        python, "-m", "torch.distributed.run",
+        f"--nnodes={c.nodes}",
+        f"--nproc-per-node={c.nproc_per_node}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={head_addr}:{port}",
+        f"--rdzv-id={job_id}",
+        f"--max-restarts={c.max_restarts}",
+        f"--log-dir={run_dir}/{RANK_LOG_DIR}/node{node_rank}",
+        # Every rank's output goes to its own file and, prefixed with the rank, to the node's log.
+        "--tee=3",
+    ]
+    if str(node_rank).isdigit():
+        # The head node hosts the rendezvous store; the others are clients. Saying so avoids guessing
+        # from hostnames, which fails when several nodes share one host name or address.
+        argv.append(f"--rdzv-conf=is_host={1 if int(node_rank) == 0 else 0}")
+    argv += ["-m", worker_module, "--run-dir", run_dir]
+    return argv
+
+
+def format_command(argv: list) -> str:
+    """argv -> one shell command, one option per line (for plans, logs and golden files)."""
+    parts: list = []
+    for i, token in enumerate(argv):
+        quoted = token if "$" in token else shlex.quote(token)
+        if token.startswith("-") and i > 1:
+            parts.append(" \\\n  " + quoted)
+        else:
+            parts.append((" " if parts else "") + quoted)
+    return "".join(parts)

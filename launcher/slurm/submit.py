@@ -1,0 +1,102 @@
+"""Submit a run to SLURM through submitit, and render the plan for --dry-run. Returns as soon as queued.
+
+The run dir is expected to hold config.yaml (and code_version.txt) already; ``submit_run`` adds the exact
+submitted script (``submitted.sbatch``) and ``slurm_job.json`` (job id, when, where the logs go).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional, Union
+
+from launcher.config.schema import Config
+from launcher.errors import LauncherError
+from launcher.rundir import CONFIG_FILE, write_code_version, write_run_config
+from launcher.slurm.jobs import JOB_FILE
+from launcher.slurm.node import REPO_ROOT, NodeLauncher
+from launcher.slurm.render import (
+    SUBMITIT_DIR,
+    WORKER_MODULE,
+    check_no_secrets,
+    format_command,
+    render_sbatch,
+    render_torchrun_command,
+    sbatch_parameters,
+)
+
+SUBMITTED_SCRIPT = "submitted.sbatch"
+
+
+
+def render_plan(cfg: Config, run_dir: Union[str, Path], python: Optional[str] = None) -> str:
+    """The sbatch script and the per-node torchrun command, as text; touches nothing, submits nothing."""
+    python = python or shlex.quote(sys.executable)
+    check_no_secrets(cfg, dict(os.environ))
+    script = render_sbatch(cfg, run_dir, python=python, repo_root=REPO_ROOT)
+    torchrun = render_torchrun_command(
+        cfg, run_dir, head_addr="$HEAD_ADDR", port="$PORT", job_id="$SLURM_JOB_ID", node_rank="$SLURM_NODEID",
+        python=python,
+    )
+    c = cfg.cluster
+    return "\n".join([
+        f"# sbatch script ({c.nodes} node(s) x 1 task; saved as {Path(run_dir) / SUBMITTED_SCRIPT} on submit)",
+        script.rstrip("\n"),
+        "",
+        f"# per-node command (each of the {c.nodes} task(s) runs one torchrun with {c.nproc_per_node} rank(s)):",
+        "#   HEAD_ADDR = NodeAddr of the first host of SLURM_JOB_NODELIST (scontrol show hostnames / show node)",
+        "#   PORT      = 20000 + SLURM_JOB_ID % 10000",
+        "#   is_host=1 on node 0 (it hosts the c10d rendezvous), 0 elsewhere",
+        format_command(torchrun),
+        "",
+    ])
+
+
+def make_executor(cfg: Config, run_dir: Path):
+    import submitit
+
+    if shutil.which("sbatch") is None:
+        raise LauncherError("cluster=slurm: sbatch is not on PATH; run on a SLURM login node (or start the test"
+                            " cluster with slurm/start-cluster.sh and export SLURM_CONF)")
+    executor = submitit.SlurmExecutor(folder=run_dir / SUBMITIT_DIR, max_num_timeout=cfg.cluster.max_requeues)
+    executor.update_parameters(**sbatch_parameters(cfg, run_dir, REPO_ROOT))
+    return executor
+
+
+def submit_run(cfg: Config, run_dir: Union[str, Path], worker_module: str = WORKER_MODULE, quiet: bool = False) -> dict:
+    """Queue the run; print job id, run dir and how to follow it; return without waiting for the job.
+
+    Returns {"job_id", "run_dir", "script", "logs", "job"} (``job`` is the submitit Job).
+    """
+    run_dir = Path(run_dir).resolve()
+    check_no_secrets(cfg, dict(os.environ))
+    if not (run_dir / CONFIG_FILE).exists():
+        write_run_config(run_dir, cfg)
+    if not (run_dir / "code_version.txt").exists():
+        write_code_version(run_dir, REPO_ROOT)
+    executor = make_executor(cfg, run_dir)
+    job = executor.submit(NodeLauncher(run_dir=str(run_dir), worker_module=worker_module))
+    script = run_dir / SUBMITTED_SCRIPT
+    # submitit leaves the submitted file as <job>_submission.sh in its folder; keep a plain copy too.
+    shutil.copyfile(job.paths.submission_file, script)
+    record = {
+        "job_id": str(job.job_id),
+        "run_dir": str(run_dir),
+        "submitted_at": _dt.datetime.now().isoformat(timespec="seconds"),
+        "nodes": cfg.cluster.nodes,
+        "nproc_per_node": cfg.cluster.nproc_per_node,
+        "script": str(script),
+        "node_logs": str(run_dir / SUBMITIT_DIR),
+        "rank_logs": str(run_dir / "logs"),
+    }
+    (run_dir / JOB_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    if not quiet:
+        print(f"Submitted SLURM job {job.job_id}: {cfg.cluster.nodes} node(s) x {cfg.cluster.nproc_per_node} process(es)")
+        print(f"  run dir: {run_dir}")
+        print(f"  follow:  launcher logs --follow {run_dir}")
+        print(f"  status:  launcher status {job.job_id}    cancel: launcher cancel {job.job_id}")
+    return {**record, "script": str(script), "logs": str(run_dir / SUBMITIT_DIR), "job": job}

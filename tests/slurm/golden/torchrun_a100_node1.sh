@@ -1,0 +1,12 @@
+/opt/venv/bin/python -m torch.distributed.run \
+  --nnodes=4 \
+  --nproc-per-node=8 \
+  --rdzv-backend=c10d \
+  --rdzv-endpoint=10.0.0.11:23456 \
+  --rdzv-id=123456 \
+  --max-restarts=0 \
+  --log-dir=/shared/runs/tiny-qwen2-sft_full-tasks/2026-01-01/00-00-00/logs/node1 \
+  --tee=3 \
+  --rdzv-conf=is_host=0 \
+  -m recipes.run \
+  --run-dir /shared/runs/tiny-qwen2-sft_full-tasks/2026-01-01/00-00-00

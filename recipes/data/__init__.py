@@ -173,7 +173,10 @@ def build_datasets(cfg: Config, tokenizer, *, attn_implementation: Optional[str]
     data = cfg.data
     train_specs, eval_specs = resolve_specs(data)
     kind = data_kind(train_specs + eval_specs)
-    renderer, note = choose_renderer(tokenizer, data.template)
+    if kind == "pt" and not data.template and not getattr(tokenizer, "chat_template", None):
+        renderer, note = choose_renderer(tokenizer, "plain")  # plain text needs no chat format
+    else:
+        renderer, note = choose_renderer(tokenizer, data.template)
     if progress is None:
         progress = sys.stderr.isatty() and int(__import__("os").environ.get("RANK", "0")) == 0
 

@@ -247,8 +247,12 @@ def choose_renderer(tokenizer, template: Optional[str]):
     if template and template != "auto":
         return named_template(template, tokenizer), ""
     if not getattr(tokenizer, "chat_template", None):
-        family = template_family(tokenizer)
-        return named_template(family, tokenizer), f"the tokenizer has no chat template; using the named template '{family}'"
+        # Refused rather than guessed, as the preflight does: a guessed format trains silently on the wrong
+        # prompt layout, and a queued job should not behave differently from a local one.
+        raise DataError(
+            f"data.template: the tokenizer has no chat template; name one with data.template="
+            f" ({', '.join(NAMED_TEMPLATES)}); its special tokens suggest '{template_family(tokenizer)}'"
+        )
     own = TokenizerTemplate(tokenizer)
     probes = [PROBE] + ([PROBE_TOOLS] if own.supports_tools else [])
     try:

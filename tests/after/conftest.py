@@ -30,7 +30,7 @@ def train_run(root, name, overrides):
 def lora_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("after-lora")
     # lr high enough that the adapter moves the logits visibly within a few steps.
-    return train_run(root, "lora", ["method=lora", "method.lr=2e-2", "train.max_steps=2", "train.save_every=1"])
+    return train_run(root, "lora", ["method=lora", "method.lr=2e-2", "train.max_steps=4", "train.save_every=2"])
 
 
 @pytest.fixture(scope="session")

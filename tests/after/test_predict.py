@@ -1,0 +1,48 @@
+"""predict: predictions and metrics for a run's held-out prompts, reproducible from request.yaml."""
+from __future__ import annotations
+
+import json
+
+from launcher.predict import predict_main
+from recipes.predict import load_request
+from recipes.text_metrics import similarity_metrics
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_predict_writes_predictions_and_metrics(lora_run, capsys):
+    code = predict_main([str(lora_run), "--limit", "5", "--max-new-tokens", "6", "--batch-size", "2", "--no-progress"])
+    assert code == 0
+    out_dir = lora_run / "predict" / "tasks_eval"
+    rows = read_jsonl(out_dir / "predictions.jsonl")
+    from pathlib import Path
+
+    tasks_eval = json.loads((Path(__file__).resolve().parents[2] / "data" / "tasks_eval.json").read_text())[:5]
+    assert [r["label"] for r in rows] == [t["output"] for t in tasks_eval]  # dataset order kept despite batching
+    for row, task in zip(rows, tasks_eval):
+        assert task["input"] in row["prompt"] and row["prompt"].endswith("<|im_start|>assistant\n")
+        assert isinstance(row["prediction"], str)
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    recomputed = similarity_metrics([r["prediction"] for r in rows], [r["label"] for r in rows])
+    for key, value in recomputed.items():
+        assert metrics[key] == value
+    assert metrics["n"] == 5 and metrics["model"] == "final model" and metrics["args"]["max_new_tokens"] == 6
+    assert 0 < metrics["generated_tokens"] <= 5 * 6
+    printed = capsys.readouterr().out
+    assert "rouge-1" in printed and "bleu-4" in printed
+
+    # request.yaml holds what a SLURM job needs to run it again.
+    cfg, run_dir, args = load_request(out_dir / "request.yaml")
+    assert run_dir == lora_run.resolve() and args.limit == 5 and cfg.method.name == "lora"
+
+
+def test_predict_other_dataset_by_override_and_checkpoint(lora_run):
+    code = predict_main([str(lora_run), "data.eval_datasets=[tasks]", "--limit", "3", "--max-new-tokens", "4",
+                         "--checkpoint", "step-2", "--no-progress"])
+    assert code == 0
+    out_dir = lora_run / "predict" / "tasks@step-2"
+    assert len(read_jsonl(out_dir / "predictions.jsonl")) == 3
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["dataset"] == "tasks" and metrics["model"] == "checkpoint step-0000002"

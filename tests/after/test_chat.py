@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from tests.after.conftest import repo_env as _  # noqa: F401  (fixture lives in conftest)
+
 
 def test_scripted_two_turn_chat(lora_run, tmp_path, repo_env):
     log = tmp_path / "chat.jsonl"

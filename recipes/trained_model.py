@@ -75,7 +75,15 @@ def load_checkpoint_model(run_dir: Path, cfg: Config, checkpoint: Path, tokenize
     model = load_base(run_dir, cfg, tokenizer)
     if cfg.method.finetuning == "lora":
         model = apply_lora(model, cfg.method.lora)
-    state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)["model"]
+    state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)
+    if "model" not in state:
+        # FSDP (torch.distributed.checkpoint) and DeepSpeed keep the weights sharded beside state.pt.
+        engine = state.get("engine", "a sharded engine")
+        raise LauncherError(
+            f"{checkpoint}: written by {engine}, whose weights are sharded; loading them here is not supported yet."
+            " Use the run's final model (drop --checkpoint)"
+        )
+    state = state["model"]
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise LauncherError(f"{checkpoint}: parameters this run's model lacks: {result.unexpected_keys[:5]}")

@@ -10,8 +10,13 @@ from launcher.errors import LauncherError
 USAGE = """usage: launcher <command> [args]
 
 commands:
-  train [OVERRIDES...] [--dry-run] [--name NAME]   compose, check and launch a training run
+  train [OVERRIDES...] [--dry-run] [--name NAME]   compose, check (preflight) and launch a training run,
+                                                   here (cluster=local) or on SLURM (cluster=slurm_*)
+  status|logs [-f]|cancel RUN_DIR|JOB_ID           follow a SLURM run
   data preview|dump [OVERRIDES...]                 look at the tokenized data (labels, packing)
+  export RUN_DIR [--out DIR]                       merge LoRA / write a standalone HF model
+  predict RUN_DIR [--dataset NAME]                 generate on a dataset; ROUGE-1/2/L, BLEU-4
+  chat RUN_DIR [--system TEXT] [--base]            chat with the trained model in the terminal
   bench [OVERRIDES...] [--steps N]                 speed and memory of N training steps (experiment=bench_reference)
   plot RUN_DIR                                     redraw the loss plot of a run
 
@@ -31,12 +36,30 @@ def train_main(argv: list[str]) -> int:
 
     cfg = compose_config(args.overrides)  # raises ConfigError before anything is written
     name = default_run_name(cfg, args.name)
+
+    from launcher.preflight import run_preflight
+
+    for warning in run_preflight(cfg):  # raises PreflightError before anything is written or queued
+        print(f"warning: {warning}", file=sys.stderr)
     if args.dry_run:
         import yaml
 
         from launcher.config.schema import config_to_dict
 
+        print("# resolved config")
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        if cfg.cluster.kind == "slurm":
+            from pathlib import Path
+
+            from launcher.slurm.submit import render_plan
+
+            would_be = Path(cfg.run.output_root).resolve() / name / "<date>" / "<time>"
+            print(render_plan(cfg, would_be))
+        else:
+            from launcher.launch_local import describe_local
+
+            print(describe_local(cfg))
+        print("# preflight passed; dry run: nothing was launched")
         return 0
     run_dir = make_run_dir(cfg.run.output_root, name)
     write_run_config(run_dir, cfg)
@@ -47,7 +70,9 @@ def train_main(argv: list[str]) -> int:
         from launcher.launch_local import run_local
 
         return run_local(cfg, run_dir)
-    raise LauncherError("cluster.kind=slurm: SLURM submission is not available yet")
+    from launcher.slurm.submit import submit_run
+
+    return 0 if submit_run(cfg, run_dir).get("job_id") else 1
 
 
 def plot_main(argv: list[str]) -> int:
@@ -67,6 +92,18 @@ def data_main(argv: list[str]) -> int:
     return impl(argv)
 
 
+def _lazy(module: str, function: str) -> Callable[[list[str]], int]:
+    """A subcommand whose module is imported only when it runs (start-up time matters)."""
+
+    def call(argv: list[str]) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(argv)
+
+    call.__name__ = function
+    return call
+
+
 def bench_main(argv: list[str]) -> int:
     from launcher.bench import bench_main as impl
 
@@ -78,6 +115,12 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "data": data_main,
     "bench": bench_main,
     "plot": plot_main,
+    "status": _lazy("launcher.slurm.jobs", "status_main"),
+    "logs": _lazy("launcher.slurm.jobs", "logs_main"),
+    "cancel": _lazy("launcher.slurm.jobs", "cancel_main"),
+    "export": _lazy("launcher.export", "export_main"),
+    "predict": _lazy("launcher.predict", "predict_main"),
+    "chat": _lazy("launcher.chat", "chat_main"),
 }
 
 

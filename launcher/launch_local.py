@@ -24,6 +24,13 @@ def torchrun_command(cfg: Config, run_dir: Path) -> list[str]:
     ]
 
 
+def describe_local(cfg: Config) -> str:
+    n = cfg.cluster.nproc_per_node
+    if n == 1:
+        return "# local: one process, in the launcher's own process: python -m recipes.run --run-dir RUN_DIR"
+    return "# local: " + " ".join(torchrun_command(cfg, Path("RUN_DIR")))
+
+
 def run_local(cfg: Config, run_dir: Path) -> int:
     run_dir = Path(run_dir)
     if cfg.cluster.nproc_per_node == 1:

@@ -152,6 +152,8 @@ def test_dry_run_submits_nothing(slurm_cluster, runs_root, known_job_ids):
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr
+    assert "#SBATCH --nodes=2" in done.stdout and "--rdzv-backend=c10d" in done.stdout
+    assert "preflight passed" in done.stdout and "dry run: nothing was launched" in done.stdout
     time.sleep(1)
     assert known_job_ids() <= before, f"new jobs: {known_job_ids() - before}"
     assert not list(runs_root.rglob("slurm_job.json"))

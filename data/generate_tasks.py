@@ -13,32 +13,45 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def word(rng: random.Random, low: int = 3, high: int = 6) -> str:
+    return "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(low, high)))
+
+
 def make(rng: random.Random) -> dict:
-    kind = rng.choice(["upper", "reverse", "add"])
-    if kind == "add":
-        a, b = rng.randint(0, 49), rng.randint(0, 49)
-        return {"instruction": "Add.", "input": f"{a}+{b}", "output": str(a + b)}
-    word = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 5)))
-    if kind == "upper":
-        return {"instruction": "Capitalize.", "input": word, "output": word.upper()}
-    return {"instruction": "Reverse.", "input": word, "output": word[::-1]}
+    """One row of one of five rules; each answer depends on the input, so it cannot be memorized."""
+    kind = rng.choice(["parity", "first", "last", "next", "upper"])
+    if kind == "parity":
+        n = rng.randint(0, 99999)
+        return {"instruction": "Even or odd?", "input": str(n), "output": "even" if n % 2 == 0 else "odd"}
+    w = word(rng)
+    if kind == "first":
+        return {"instruction": "First letter.", "input": w, "output": w[0]}
+    if kind == "last":
+        return {"instruction": "Last letter.", "input": w, "output": w[-1]}
+    if kind == "next":
+        w = w[:-1] + rng.choice(string.ascii_lowercase[:-1])  # never ends in z
+        return {"instruction": "Letter after the last one.", "input": w, "output": chr(ord(w[-1]) + 1)}
+    w = word(rng, 2, 4)
+    return {"instruction": "Capitalize.", "input": w, "output": w.upper()}
+
+
+def draw(rng: random.Random, count: int, seen: set) -> list:
+    """``count`` rows whose (instruction, input) is not in ``seen`` (which grows), so splits never overlap."""
+    rows = []
+    while len(rows) < count:
+        row = make(rng)
+        key = (row["instruction"], row["input"])
+        if key not in seen:
+            seen.add(key)
+            rows.append(row)
+    return rows
 
 
 def main() -> None:
     rng = random.Random(1234)
-    seen, train, held = set(), [], []
-    while len(train) < 3000:
-        row = make(rng)
-        key = (row["instruction"], row["input"])
-        if key not in seen:
-            seen.add(key)
-            train.append(row)
-    while len(held) < 120:
-        row = make(rng)
-        key = (row["instruction"], row["input"])
-        if key not in seen:
-            seen.add(key)
-            held.append(row)
+    seen: set = set()
+    train = draw(rng, 3000, seen)
+    held = draw(rng, 120, seen)
     (HERE / "tasks_train.json").write_text(json.dumps(train, indent=0) + "\n")
     (HERE / "tasks_eval.json").write_text(json.dumps(held, indent=0) + "\n")
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from launcher.config.schema import Config, resolve_grad_accum
-from recipes.distributed import DistInfo
+from recipes.distributed import DistInfo, ensure_process_group
 from recipes.loss import CausalLMLoss
 from recipes.optim import build_optimizer, build_scheduler
 
@@ -109,8 +109,8 @@ class DeepSpeedEngine:
         grad_accum = resolve_grad_accum(cfg, dist_info.world_size)
         self.ds_config = build_deepspeed_config(cfg, dist_info.world_size, grad_accum, on_gpu, bf16)
         skip_shm_comm_build()
-        if dist_info.world_size > 1:
-            deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
+        ensure_process_group(dist_info.device)
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
 
         self.model = model.to(dist_info.device)
         loss_module = CausalLMLoss(self.model, cfg.train.loss_chunk_size)
@@ -165,7 +165,9 @@ class DeepSpeedEngine:
         return contextlib.nullcontext()
 
     def report(self) -> dict[str, Any]:
-        sharded = sum(1 for p in self.model.parameters() if hasattr(p, "ds_id") and p.numel() == 0 and p.ds_numel)
+        # A ZeRO-3 parameter keeps only its partition (ds_tensor) on this rank; whole ones have none.
+        sharded = sum(1 for p in self.model.parameters()
+                      if hasattr(p, "ds_tensor") and 0 < p.ds_tensor.numel() < p.ds_numel)
         return {"engine": "deepspeed", "zero_stage": self.zero_stage, "offload": self.cfg.parallelism.offload,
                 "world_size": self.dist.world_size, "zero3_partitioned_params": sharded,
                 "total_params": sum(1 for _ in self.model.parameters())}

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from launcher.config.schema import Config
-from recipes.distributed import DistInfo
+from recipes.distributed import DistInfo, ensure_process_group
 from recipes.loss import CausalLMLoss
 from recipes.optim import build_optimizer, build_scheduler
 
@@ -72,15 +72,7 @@ class FSDPEngine:
         self.lora = cfg.method.finetuning == "lora"
         self.offload = cfg.parallelism.offload
         device = dist_info.device
-        if dist_info.world_size > 1 and not torch.distributed.is_initialized():
-            raise RuntimeError("FSDP needs an initialized process group (run under torchrun)")
-        if not torch.distributed.is_initialized():
-            # A world of one still shards (trivially) so that one code path serves every size.
-            import os
-
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
-            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+        ensure_process_group(device)
         self.mesh = init_device_mesh(device.type, (dist_info.world_size,))
         self.bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported() and cfg.model.dtype in ("auto", "bfloat16")
         kwargs: dict[str, Any] = {"mesh": self.mesh}
@@ -216,10 +208,3 @@ class FSDPEngine:
             self.model.save_pretrained(directory, state_dict=state, safe_serialization=True)
             tokenizer.save_pretrained(directory)
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

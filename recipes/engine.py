@@ -1,7 +1,10 @@
 """Training engines: how a model is wrapped for a parallelism, stepped, checkpointed and saved.
 
 The loop talks to an engine only: ``module(**batch)`` gives a summed loss, ``backward``, ``step`` and the
-checkpoint/save methods. DDP lives here; DeepSpeed and FSDP engines follow the same interface.
+checkpoint/save methods. DDP lives here; DeepSpeed ZeRO (recipes/engine_deepspeed.py) and FSDP2
+(recipes/engine_fsdp.py) follow the same interface, plus ``forward_is_collective`` (every rank must run the
+same number of forwards), ``inference_context()`` (forward through ``model`` on every rank) and ``report()``
+(what really happened, written into summary.json).
 """
 from __future__ import annotations
 

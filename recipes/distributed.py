@@ -75,3 +75,21 @@ def destroy_distributed() -> None:
     if is_distributed():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def ensure_process_group(device: torch.device) -> None:
+    """Sharded engines (FSDP, DeepSpeed) need a process group even for a world of one (a single process
+    started without torchrun); make a one-rank group on a free local port then."""
+    if is_distributed():
+        return
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise RuntimeError("a multi-process run reached the engine without a process group; start it with torchrun")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port)), ("RANK", "0"),
+                       ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        os.environ.setdefault(key, value)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)

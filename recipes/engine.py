@@ -1,7 +1,10 @@
 """Training engines: how a model is wrapped for a parallelism, stepped, checkpointed and saved.
 
 The loop talks to an engine only: ``module(**batch)`` gives a summed loss, ``backward``, ``step`` and the
-checkpoint/save methods. DDP lives here; DeepSpeed and FSDP engines follow the same interface.
+checkpoint/save methods. DDP lives here; DeepSpeed ZeRO (recipes/engine_deepspeed.py) and FSDP2
+(recipes/engine_fsdp.py) follow the same interface, plus ``forward_is_collective`` (every rank must run the
+same number of forwards), ``inference_context()`` (forward through ``model`` on every rank) and ``report()``
+(what really happened, written into summary.json).
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ class DDPEngine:
     """Every rank holds the whole model; DDP all-reduces (averages) gradients on the last micro-batch."""
 
     name = "ddp"
+    forward_is_collective = False
 
     def __init__(self, cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps: int):
         self.cfg = cfg
@@ -65,6 +69,12 @@ class DDPEngine:
     def eval(self) -> None:
         self.module.eval()
 
+    def inference_context(self):
+        return contextlib.nullcontext()
+
+    def report(self) -> dict[str, Any]:
+        return {"engine": "ddp" if self.dist.world_size > 1 else "single", "world_size": self.dist.world_size}
+
     # ------------------------------------------------------------------ checkpoints
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -105,4 +115,12 @@ def build_engine(cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps
     strategy = cfg.parallelism.strategy
     if strategy == "ddp":
         return DDPEngine(cfg, model, dist_info, total_steps)
-    raise NotImplementedError(f"parallelism.strategy={strategy} is not available yet; use parallelism=ddp")
+    if strategy == "deepspeed":
+        from recipes.engine_deepspeed import DeepSpeedEngine
+
+        return DeepSpeedEngine(cfg, model, dist_info, total_steps)
+    if strategy == "fsdp":
+        from recipes.engine_fsdp import FSDPEngine
+
+        return FSDPEngine(cfg, model, dist_info, total_steps)
+    raise NotImplementedError(f"parallelism.strategy={strategy} is not available; use ddp, deepspeed or fsdp")

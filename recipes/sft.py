@@ -23,7 +23,7 @@ import torch
 from launcher.config.schema import Config, resolve_grad_accum
 from recipes import checkpoint as ckpt
 from recipes.batching import epoch_plan, eval_batches, steps_per_epoch
-from recipes.distributed import DistInfo, all_reduce_sum
+from recipes.distributed import DistInfo, all_reduce_max, all_reduce_sum
 from recipes.flops import causal_pairs, training_flops
 from recipes.engine import build_engine
 from recipes.modeling import (
@@ -222,18 +222,33 @@ class SFTRecipe:
             batches = batches[: t.eval_max_batches]
         totals = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
         loss_module = self.engine.module.module if hasattr(self.engine.module, "no_sync") else self.engine.module
-        for idx in batches:
+        n_forwards = len(batches)
+        if getattr(self.engine, "forward_is_collective", False):
+            # Sharded engines (FSDP, ZeRO-3) gather weights in forward: every rank must run as many forwards;
+            # a rank with fewer eval rows runs a filler batch that is not counted.
+            n_forwards = int(all_reduce_max(torch.tensor(len(batches), device=self.dist.device)))
+        for k in range(n_forwards):
+            idx = batches[k] if k < len(batches) else [0]
             batch = _to_device(self.data.collate([rows[i] for i in idx]), self.dist.device)
             with self._autocast():
-                totals[0] += loss_module(**batch).double()
-            totals[1] += _trained_tokens(batch)
+                token_loss = loss_module(**batch).double()
+            if k < len(batches):
+                totals[0] += token_loss
+                totals[1] += _trained_tokens(batch)
         all_reduce_sum(totals)
         self.engine.train()
         return float(totals[0] / max(float(totals[1]), 1.0))
 
     def exact_match(self) -> Optional[dict]:
         n = self.cfg.train.exact_match_samples
-        if not n or not self.data.eval_samples or not self.dist.is_main:
+        if not n or not self.data.eval_samples:
+            return None
+        if getattr(self.engine, "forward_is_collective", False):
+            if self.dist.is_main:
+                log.warning("train.exact_match_samples: skipped under parallelism=%s (rank-0 generation would"
+                            " wait on sharded weights); evaluate the saved model instead", self.cfg.parallelism.name)
+            return None
+        if not self.dist.is_main:
             return None
         samples = [s for s in self.data.eval_samples if any(m["role"] == "assistant" for m in s.get("messages", []))]
         if not samples:  # pretraining text has no prompt/answer to check
@@ -337,6 +352,7 @@ class SFTRecipe:
             exact_match_after=em_after and em_after["exact_match"],
             exact_match_examples=em_after and em_after["examples"],
             trained_tokens=self.trained_tokens_total, setup_seconds=round(self.setup_seconds, 2),
+            parallelism=self.engine.report(),
         )
         if self.dist.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))

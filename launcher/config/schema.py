@@ -164,11 +164,13 @@ class ParallelismConfig:
     strategy: str = "ddp"
     """ddp, deepspeed, fsdp."""
     zero_stage: int = 0
+    """DeepSpeed ZeRO stage (1, 2, 3); 0 for ddp and fsdp."""
     offload: bool = False
+    """CPU offload: ZeRO-3 parameters + optimizer state (zero3_offload), or FSDP2 CPUOffloadPolicy (fsdp_offload)."""
     backend: str = "auto"
     """auto (nccl on GPU, gloo on CPU), nccl, gloo."""
     deepspeed: dict = field(default_factory=dict)
-    """Extra DeepSpeed config merged over the generated one."""
+    """Extra DeepSpeed config merged over the generated one (recipes/engine_deepspeed.py)."""
 
 
 @dataclass
@@ -395,6 +397,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError("parallelism.zero_stage: DeepSpeed needs zero_stage 1, 2 or 3")
     if p.offload and p.strategy == "ddp":
         raise ConfigError("parallelism.offload: CPU offload needs parallelism=zero3_offload or fsdp_offload")
+    if p.strategy != "deepspeed" and p.zero_stage != 0:
+        raise ConfigError(f"parallelism.zero_stage: {p.zero_stage} applies to DeepSpeed only; with"
+                          f" parallelism.strategy={p.strategy} leave it 0 (or use parallelism=zero2/zero3)")
+    if p.deepspeed and p.strategy != "deepspeed":
+        raise ConfigError("parallelism.deepspeed: extra DeepSpeed settings need parallelism.strategy=deepspeed")
     _choice(c.kind, ("local", "slurm"), "cluster.kind")
     if c.nodes < 1 or c.nproc_per_node < 1:
         raise ConfigError("cluster.nodes and cluster.nproc_per_node must be >= 1")

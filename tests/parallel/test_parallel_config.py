@@ -1,0 +1,76 @@
+"""Pure checks, no processes: presets compose, impossible combinations are refused, the DeepSpeed config is
+consistent with our batch and accumulation, and the memory estimate shards what each strategy shards."""
+from __future__ import annotations
+
+import pytest
+
+from launcher.config.compose import compose_config
+from launcher.config.schema import resolve_grad_accum
+from launcher.errors import ConfigError
+from recipes.engine_deepspeed import build_deepspeed_config
+from recipes.sharding_memory import estimate_memory_gb
+
+PRESETS = {
+    "ddp": ("ddp", 0, False),
+    "zero2": ("deepspeed", 2, False),
+    "zero3": ("deepspeed", 3, False),
+    "zero3_offload": ("deepspeed", 3, True),
+    "fsdp": ("fsdp", 0, False),
+    "fsdp_offload": ("fsdp", 0, True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_compose(name):
+    p = compose_config([f"parallelism={name}"]).parallelism
+    assert (p.name, (p.strategy, p.zero_stage, p.offload)) == (name, PRESETS[name])
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["parallelism=fsdp", "parallelism.zero_stage=3"], "parallelism.zero_stage"),
+    (["parallelism=ddp", "parallelism.offload=true"], "parallelism.offload"),
+    (["parallelism=zero2", "parallelism.zero_stage=0"], "parallelism.zero_stage"),
+    (["parallelism=fsdp", "+parallelism.deepspeed.bf16.enabled=true"], "parallelism.deepspeed"),
+])
+def test_impossible_combinations_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        compose_config(overrides)
+
+
+def test_deepspeed_config_matches_our_batch_and_clipping():
+    cfg = compose_config(["parallelism=zero3_offload", "train.micro_batch_size=4", "train.global_batch_size=32",
+                          "train.grad_accum=null", "cluster.nproc_per_node=2", "train.max_grad_norm=0.5",
+                          "+parallelism.deepspeed.zero_optimization.reduce_bucket_size=1000"])
+    accum = resolve_grad_accum(cfg, 2)
+    ds = build_deepspeed_config(cfg, 2, accum, on_gpu=False, bf16=False)
+    assert accum == 4
+    assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 2 == ds["train_batch_size"] == 32
+    assert ds["gradient_clipping"] == 0.5
+    assert ds["bf16"]["enabled"] is False and ds["fp16"]["enabled"] is False
+    zero = ds["zero_optimization"]
+    assert zero["stage"] == 3 and zero["stage3_gather_16bit_weights_on_model_save"]
+    assert zero["offload_optimizer"]["device"] == zero["offload_param"]["device"] == "cpu"
+    assert zero["reduce_bucket_size"] == 1000  # user extras merge over the generated config
+    assert ds["zero_force_ds_cpu_optimizer"] is False  # our torch AdamW: no cpu_adam JIT build
+    gpu = build_deepspeed_config(compose_config(["parallelism=zero2"]), 8, 1, on_gpu=True, bf16=True)
+    assert gpu["bf16"]["enabled"] and "offload_optimizer" not in gpu["zero_optimization"]
+
+
+def test_memory_estimate_shards_what_each_strategy_shards():
+    n = 7_000_000_000
+    kw = dict(n_params=n, trainable_params=n, world_size=8, dtype_bytes=2)
+    ddp = estimate_memory_gb(strategy="ddp", zero_stage=0, offload=False, **kw)
+    z2 = estimate_memory_gb(strategy="deepspeed", zero_stage=2, offload=False, **kw)
+    z3 = estimate_memory_gb(strategy="deepspeed", zero_stage=3, offload=False, **kw)
+    fsdp = estimate_memory_gb(strategy="fsdp", zero_stage=0, offload=False, **kw)
+    z3o = estimate_memory_gb(strategy="deepspeed", zero_stage=3, offload=True, **kw)
+    # ZeRO paper: 16 bytes per parameter with bf16 + fp32 master + Adam.
+    assert ddp["device_gb"] == pytest.approx(16 * n / 1024 ** 3, rel=1e-3)
+    assert ddp["device_gb"] > z2["device_gb"] > z3["device_gb"] == fsdp["device_gb"]
+    assert z3["device_gb"] == pytest.approx(ddp["device_gb"] / 8, rel=1e-3)
+    assert z3o["device_gb"] < z3["device_gb"] and z3o["cpu_gb"] > 0
+    lora = estimate_memory_gb(n_params=n, trainable_params=n // 100, strategy="ddp", zero_stage=0, offload=False,
+                              world_size=1, dtype_bytes=2)
+    assert lora["device_gb"] < ddp["device_gb"] / 5
+    with pytest.raises(ValueError):
+        estimate_memory_gb(n, n, "ddp", 0, True, 1, 2)

@@ -14,7 +14,8 @@ from recipes.modeling import load_trained_model
 from recipes.sft import SFTRecipe
 
 FAST = ["train.max_steps=30", "train.micro_batch_size=8", "train.log_every=1", "train.eval_every=0",
-        "train.warmup_ratio=0", "data.max_samples=400", "train.eval_max_batches=2"]
+        "train.warmup_ratio=0", "data.max_samples=400", "train.eval_max_batches=2",
+        "train.exact_match_samples=0"]
 
 
 def run_recipe(output_root, overrides):
@@ -85,9 +86,13 @@ def test_train_then_reload_gives_same_logits(output_root, method):
 
 
 def test_cli_train_writes_run_dir(output_root, capsys):
-    code = cli_main(["train", f"run.output_root={output_root}", *FAST, "train.max_steps=3", "--name", "cli"])
+    code = cli_main(["train", f"run.output_root={output_root}", *FAST, "train.max_steps=3",
+                     "train.exact_match_samples=4", "--name", "cli"])
     assert code == 0
     (run_dir,) = list(output_root.glob("cli/*/*"))
     for name in ("config.yaml", "overrides.txt", "code_version.txt", "metrics.jsonl", "summary.json", "loss.png"):
         assert (run_dir / name).exists(), name
     assert "train.max_steps=3" in (run_dir / "overrides.txt").read_text()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["exact_match_before"] == 0.0 and 0.0 <= summary["exact_match_after"] <= 1.0
+    assert len(summary["exact_match_examples"]) == 4

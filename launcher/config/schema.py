@@ -126,7 +126,7 @@ class TrainConfig:
     seed: int = 42
     max_steps: int = -1
     """Optimizer steps; -1: derive from epochs."""
-    epochs: float = 1.0
+    epochs: float = 3.0
     micro_batch_size: int = 4
     grad_accum: Optional[int] = None
     """Micro-batches per optimizer step; derived from global_batch_size when None."""

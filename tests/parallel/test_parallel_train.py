@@ -30,7 +30,7 @@ LOSS_RTOL = 1e-5
 LOGITS_ATOL = 1e-5
 RESUME_ATOL = 1e-6
 
-COMMON = ["train.max_steps=4", "data.max_samples=200", "train.micro_batch_size=4", "train.grad_accum=2",
+COMMON = ["train.max_steps=4", "train.exact_match_samples=0", "data.max_samples=200", "train.micro_batch_size=4", "train.grad_accum=2",
           "train.log_every=1", "train.eval_every=0", "train.eval_max_batches=2", "train.warmup_ratio=0",
           "method.lr=2e-3"]
 LORA = ["method=lora", "method.lr=5e-3"]

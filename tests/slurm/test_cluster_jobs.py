@@ -25,7 +25,8 @@ SECRETS = {"WANDB_API_KEY": "wandb-secret-7f3a9c", "HF_TOKEN": "hf_secret_2b8d41
 
 def launch(runs_root: Path, overrides: list, worker_module: str = "recipes.run") -> tuple:
     """What `launcher train cluster=slurm_local ...` does: compose, preflight, run dir, submit."""
-    cfg = compose_config(["cluster=slurm_local", f"run.output_root={runs_root}", *overrides])
+    cfg = compose_config(["cluster=slurm_local", f"run.output_root={runs_root}", "train.exact_match_samples=0",
+                          *overrides])
     assert run_preflight(cfg) == []
     run_dir = make_run_dir(cfg.run.output_root, default_run_name(cfg))
     write_run_config(run_dir, cfg)

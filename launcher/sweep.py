@@ -215,9 +215,12 @@ def check_points(grid: Grid, name: Optional[str] = None, timings: Optional[dict]
 
 def _refusal(failures: list, total: int, stage: str) -> PreflightError:
     lines = []
-    for point, message in failures:
+    shown = 10  # enough to see the pattern; a grid with one bad value repeats it on every row
+    for point, message in failures[:shown]:
         indented = message.replace("\n", "\n      ")
         lines.append(f"  point {point.index} ({point.label()}):\n      {indented}")
+    if len(failures) > shown:
+        lines.append(f"  ... and {len(failures) - shown} more: points {', '.join(str(p.index) for p, _ in failures[shown:])}")
     return PreflightError(
         f"sweep refused: {len(failures)} of {total} point(s) failed the {stage}; nothing was written or submitted\n"
         + "\n".join(lines)

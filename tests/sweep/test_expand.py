@@ -157,3 +157,19 @@ def test_report_helpers(tmp_path):
     assert "best final eval loss: 1.5000 (point 1: method.lr=1e-2 method.lora.r=4)" in table
     out = plot_sweep(data, rows, tmp_path / "sweep.png")
     assert out is not None and out.stat().st_size > 1000
+
+
+def test_fast_compose_equals_hydra_compose_of_each_point():
+    from launcher.config.compose import compose_dict
+    from launcher.sweep import compose_points
+
+    grid = expand_grid(["method=glob(*)", "method.lr=1e-3,2e-3", "cluster=local,slurm_local", "train.max_steps=7",
+                        "data.datasets=[tasks],[tasks,tasks_eval]", "cluster.env.FOO=bar", "experiment=tasks_lora"])
+    fast = compose_points(grid.points)
+    assert len(fast) == 16
+    for point, composed in zip(grid.points, fast):
+        assert composed == compose_dict(point), point
+    bad = compose_points([["method.lr=1e-3"], ["method=nope"], ["method.lora.r=[1"]])
+    assert isinstance(bad[0], dict) and bad[0]["method"]["lr"] == 1e-3
+    assert isinstance(bad[1], str) and "nope" in bad[1]
+    assert isinstance(bad[2], str)

@@ -362,11 +362,25 @@ def submit_sweep(sweep_dir: Path, data: dict, points: list, worker_module: Optio
     """One job array per resource shape; sweep.json is rewritten after each so it always says what is queued."""
     from launcher.slurm.submit import submit_array
 
+    from launcher.errors import LauncherError
+
     arrays = []
     for group in group_by_shape(points):
         kwargs = {"worker_module": worker_module} if worker_module else {}
-        info = submit_array([p.cfg for p in group], [p.run_dir for p in group], sweep_dir,
-                            job_name=data["name"], **kwargs)
+        try:
+            info = submit_array([p.cfg for p in group], [p.run_dir for p in group], sweep_dir,
+                                job_name=data["name"], **kwargs)
+        except LauncherError:
+            raise
+        except Exception as exc:  # sbatch said no (a limit, a partition); say what is queued already
+            queued = ", ".join(a["array_job_id"] for a in arrays)
+            raise LauncherError(
+                f"sbatch refused the job array of points {', '.join(str(p.index) for p in group)}:"
+                f" {' '.join(str(exc).split())[-500:]}\n"
+                + (f"already queued: job array(s) {queued} (scancel {queued.replace(',', ' ')} to drop them);"
+                   if queued else "nothing of this sweep was queued;")
+                + f" sweep dir {sweep_dir}"
+            ) from None
         for task, point in enumerate(group):
             point.array_job_id = info["array_job_id"]
             point.array_task = task
@@ -404,11 +418,25 @@ def local_command(cfg: Config, run_dir: Path) -> list:
 def run_local_sweep(points: list, parallel: int = 1, poll_s: float = 0.5) -> int:
     """Run the points here, ``parallel`` at a time, each in its own process (a failing point does not stop
     the others); each point's output goes to RUN_DIR/run.log. Returns 0 when every point succeeded."""
+    pending = list(points)
+    running: dict = {}
+    failed = 0
+    try:
+        failed = _run_points(pending, running, parallel, poll_s)
+    except KeyboardInterrupt:
+        for point, proc, log, _ in running.values():
+            proc.terminate()
+            proc.wait()
+            log.close()
+            print(f"[sweep] point {point.index} interrupted; log {point.run_dir / LOCAL_LOG}", file=sys.stderr)
+        raise
+    return 0 if failed == 0 else 1
+
+
+def _run_points(pending: list, running: dict, parallel: int, poll_s: float) -> int:
     from launcher.config.compose import REPO_ROOT
     from launcher.rundir import child_env
 
-    pending = list(points)
-    running: dict = {}
     failed = 0
     while pending or running:
         while pending and len(running) < max(1, parallel):
@@ -436,10 +464,21 @@ def run_local_sweep(points: list, parallel: int = 1, poll_s: float = 0.5) -> int
             failed += rc != 0
             verdict = "done" if rc == 0 else f"FAILED (exit code {rc}; log {point.run_dir / LOCAL_LOG})"
             print(f"[sweep] point {point.index} {verdict} in {(ended - started).total_seconds():.0f} s", flush=True)
-    return 0 if failed == 0 else 1
+    return failed
 
 
 # -------------------------------------------------------------------------------------------- entry
+
+
+def compact_indices(indices: list) -> str:
+    """[0, 1, 2, 3, 7, 9, 10] -> "0-3, 7, 9-10"."""
+    runs: list = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def describe(sweep_name: str, points: list, grid: Grid) -> str:
@@ -449,9 +488,11 @@ def describe(sweep_name: str, points: list, grid: Grid) -> str:
     if points[0].cfg.cluster.kind == "slurm":
         for group in group_by_shape(points):
             c = group[0].cfg.cluster
+            what = (f"job array of {len(group)} tasks (points {compact_indices([p.index for p in group])}):"
+                    f" --array=0-{len(group) - 1}%{min(len(group), c.array_parallelism)}" if len(group) > 1
+                    else f"one job (point {group[0].index}; a group of one is not an array)")
             lines.append(
-                f"# job array of {len(group)} task(s) (points {', '.join(str(p.index) for p in group)}):"
-                f" --array=0-{len(group) - 1}%{min(len(group), c.array_parallelism)}, {c.nodes} node(s) x"
+                f"# {what}, {c.nodes} node(s) x"
                 f" {c.nproc_per_node} process(es), {c.gpus_per_node} GPU(s)/node, {c.time_min} min,"
                 f" partition {c.partition or '(default)'}"
             )
@@ -490,8 +531,12 @@ def launch_sweep(overrides: Sequence[str], name: Optional[str] = None, parallel:
     timings["submit_s"] = time.perf_counter() - start
     if not quiet:
         for array in arrays:
-            print(f"Submitted job array {array['array_job_id']}: {array['tasks']} task(s), at most"
-                  f" {array['parallelism']} running at once (cluster.array_parallelism)")
+            if array["tasks"] == 1:
+                print(f"Submitted job {array['array_job_id']}: point {array['points'][0]}")
+                continue
+            print(f"Submitted job array {array['array_job_id']}: {array['tasks']} tasks (points"
+                  f" {compact_indices(array['points'])}), at most {array['parallelism']} running at once"
+                  " (cluster.array_parallelism)")
         ids = ",".join(a["array_job_id"] for a in arrays)
         print(f"  sweep dir: {sweep_dir}")
         print(f"  report:    launcher sweep report {sweep_dir}    (works while it runs)")

@@ -107,7 +107,7 @@ def test_dry_run_prints_the_arrays_and_writes_nothing(output_root, capsys):
     rc = sweep_main(["-m", "--dry-run", f"run.output_root={output_root}", "cluster=slurm_local",
                      "cluster.array_parallelism=2", "method=lora", "method.lr=1e-3,3e-3", "method.lora.r=4,8,16"])
     out = capsys.readouterr().out
-    assert rc == 0 and "6 point(s)" in out and "--array=0-5%2" in out
+    assert rc == 0 and "6 point(s)" in out and "job array of 6 tasks (points 0-5): --array=0-5%2" in out
     assert list(output_root.iterdir()) == []
 
 
@@ -173,3 +173,10 @@ def test_fast_compose_equals_hydra_compose_of_each_point():
     assert isinstance(bad[0], dict) and bad[0]["method"]["lr"] == 1e-3
     assert isinstance(bad[1], str) and "nope" in bad[1]
     assert isinstance(bad[2], str)
+
+
+def test_compact_indices():
+    from launcher.sweep import compact_indices
+
+    assert compact_indices([0, 1, 2, 3, 7, 9, 10]) == "0-3, 7, 9-10"
+    assert compact_indices([4]) == "4"

@@ -7,6 +7,7 @@ Both sweeps are submitted once, at the start of the module, and run side by side
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -111,3 +112,20 @@ def test_bad_point_refuses_before_any_submission(slurm_cluster, runs_root):
         launch_sweep([*TINY, f"run.output_root={runs_root}", "data.datasets=[tasks],[nope]"], quiet=True)
     assert list(runs_root.iterdir()) == []
     assert _known_job_ids() - before == set()
+
+
+def test_an_array_sbatch_refuses_names_what_is_queued(slurm_cluster, runs_root):
+    """Two shapes: the 1-node array is queued (held), the one asking for a GPU is refused by sbatch (no GPUs here)."""
+    from launcher.errors import LauncherError
+
+    with pytest.raises(LauncherError) as err:
+        launch_sweep([*TINY, f"run.output_root={runs_root}", "cluster.gpus_per_node=0,1", "cluster.sbatch_extra.hold=true"],
+                     quiet=True)
+    text = str(err.value)
+    assert "sbatch refused the job array of points 1" in text, text
+    queued = re.search(r"already queued: job array\(s\) (\d+)", text)
+    assert queued, text
+    subprocess.run(["scancel", queued.group(1)], check=False)
+    data = json.loads(next(runs_root.glob(f"sweeps/*/*/*/{SWEEP_FILE}")).read_text())
+    assert [a["array_job_id"] for a in data["arrays"]] == [queued.group(1)]
+    assert data["points"][1]["job_id"] is None

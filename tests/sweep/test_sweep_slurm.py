@@ -48,11 +48,12 @@ def sweeps(slurm_cluster, tmp_path_factory):
     grid = launch_sweep([*TINY, f"run.output_root={root}", "method.lr=1e-3,3e-3", "method.lora.r=4,8"],
                         name="lora-grid", quiet=True)
     submit_s = time.time() - started
+    _, early_rows = sweep_rows(grid["sweep_dir"])  # the report works right after submission
     # 4 rows are fewer than one global batch of 8: the preflight cannot know how many rows a dataset
     # yields after tokenization and caps, so this point is queued and fails when it builds its batches.
     failing = launch_sweep([*TINY, f"run.output_root={root}", "data.max_samples=4,100"], name="with-a-failure",
                            quiet=True)
-    yield {"grid": grid, "failing": failing, "submit_s": submit_s}
+    yield {"grid": grid, "failing": failing, "submit_s": submit_s, "early_rows": early_rows}
     ids = [a["array_job_id"] for s in (grid, failing) for a in s["arrays"]]
     subprocess.run(["scancel", *ids], capture_output=True, check=False)
 
@@ -66,6 +67,8 @@ def test_four_points_are_one_array(sweeps):
     assert [p["job_id"] for p in data["points"]] == [f"{array_id}_{i}" for i in range(4)]
     assert [p["array_task"] for p in data["points"]] == [0, 1, 2, 3]
     assert "#SBATCH --array=0-3%4" in Path(grid["arrays"][0]["script"]).read_text()
+    early = [r["state"] for r in sweeps["early_rows"]]
+    assert len(early) == 4 and set(early) <= {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "COMPLETED"}, early
     rows = wait_until_done(grid["sweep_dir"])
     acct = subprocess.run(["sacct", "-n", "-X", "-P", "-j", array_id, "-o", "JobID,State"], capture_output=True,
                           text=True, check=True).stdout.split()
@@ -115,7 +118,7 @@ def test_bad_point_refuses_before_any_submission(slurm_cluster, runs_root):
 
 
 def test_an_array_sbatch_refuses_names_what_is_queued(slurm_cluster, runs_root):
-    """Two shapes: the 1-node array is queued (held), the one asking for a GPU is refused by sbatch (no GPUs here)."""
+    """Two shapes: the CPU point is queued (held); the one asking for a GPU is refused by sbatch (none here)."""
     from launcher.errors import LauncherError
 
     with pytest.raises(LauncherError) as err:

@@ -286,7 +286,8 @@ def _refusal(failures: list, total: int, stage: str) -> PreflightError:
         indented = message.replace("\n", "\n      ")
         lines.append(f"  point {point.index} ({point.label()}):\n      {indented}")
     if len(failures) > shown:
-        lines.append(f"  ... and {len(failures) - shown} more: points {', '.join(str(p.index) for p, _ in failures[shown:])}")
+        rest = compact_indices([p.index for p, _ in failures[shown:]])
+        lines.append(f"  ... and {len(failures) - shown} more: points {rest}")
     return PreflightError(
         f"sweep refused: {len(failures)} of {total} point(s) failed the {stage}; nothing was written or submitted\n"
         + "\n".join(lines)
@@ -515,6 +516,7 @@ def launch_sweep(overrides: Sequence[str], name: Optional[str] = None, parallel:
     timings = timings if timings is not None else {}
     sweep_name, points, grid = plan_sweep(overrides, name, timings)
     _print_warnings(points)
+    _note_parallel(parallel, points)
     start = time.perf_counter()
     sweep_dir, data = lay_out(sweep_name, points, grid, overrides)
     timings["write_s"] = time.perf_counter() - start
@@ -571,11 +573,18 @@ def sweep_main(argv: list) -> int:
         parser.error("--parallel must be >= 1")
     if args.dry_run:
         sweep_name, points, grid = plan_sweep(args.overrides, args.name)
+        _note_parallel(args.parallel, points)
         _print_warnings(points)
         print(describe(sweep_name, points, grid))
         print("# preflight passed for every point; dry run: nothing was written or launched")
         return 0
     return launch_sweep(args.overrides, args.name, args.parallel)["rc"]
+
+
+def _note_parallel(parallel: int, points: list) -> None:
+    if parallel > 1 and points[0].cfg.cluster.kind == "slurm":
+        print("note: --parallel is for cluster=local; on SLURM, cluster.array_parallelism caps the running tasks",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":

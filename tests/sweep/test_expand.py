@@ -180,3 +180,10 @@ def test_compact_indices():
 
     assert compact_indices([0, 1, 2, 3, 7, 9, 10]) == "0-3, 7, 9-10"
     assert compact_indices([4]) == "4"
+
+
+def test_a_sweep_keeps_to_one_cluster_kind_and_one_output_root(tmp_path):
+    with pytest.raises(ConfigError, match="mix cluster kinds"):
+        check_points(expand_grid(["cluster=local,slurm_local"]))
+    with pytest.raises(ConfigError, match="run.output_root differs"):
+        check_points(expand_grid([f"run.output_root={tmp_path}/a,{tmp_path}/b"]))

@@ -122,8 +122,8 @@ def test_an_array_sbatch_refuses_names_what_is_queued(slurm_cluster, runs_root):
     from launcher.errors import LauncherError
 
     with pytest.raises(LauncherError) as err:
-        launch_sweep([*TINY, f"run.output_root={runs_root}", "cluster.gpus_per_node=0,1", "cluster.sbatch_extra.hold=true"],
-                     quiet=True)
+        launch_sweep([*TINY, f"run.output_root={runs_root}", "cluster.gpus_per_node=0,1",
+                      "cluster.sbatch_extra.hold=true"], quiet=True)
     text = str(err.value)
     assert "sbatch refused the job array of points 1" in text, text
     queued = re.search(r"already queued: job array\(s\) (\d+)", text)

@@ -279,6 +279,28 @@ def check_points(grid: Grid, name: Optional[str] = None, timings: Optional[dict]
     return sweep_name, points
 
 
+def sweep_warnings(grid: Grid, points: list) -> list:
+    """Sweeps that waste runs: a LoRA key swept on points that train fully; points that compose alike."""
+    from launcher.config.schema import config_to_dict
+
+    out = []
+    lora_keys = [k for k in grid.swept_keys if k.lstrip("+").startswith("method.lora.")]
+    full = [p.index for p in points if p.cfg.method.finetuning != "lora"]
+    if lora_keys and full:
+        out.append(f"sweep: {', '.join(lora_keys)} is swept but point(s) {compact_indices(full)} train all weights"
+                   " (method.finetuning=full), where it has no effect; add method=lora")
+    seen: dict = {}
+    for point in points:
+        data = config_to_dict(point.cfg)
+        data["run"].pop("name", None)
+        seen.setdefault(json.dumps(data, sort_keys=True, default=str), []).append(point.index)
+    same = [group for group in seen.values() if len(group) > 1]
+    if same and not (lora_keys and full):
+        out.append("sweep: some points compose to the same config (points "
+                   + "; ".join(compact_indices(g) for g in same) + "); they will train alike")
+    return out
+
+
 def _refusal(failures: list, total: int, stage: str) -> PreflightError:
     lines = []
     shown = 10  # enough to see the pattern; a grid with one bad value repeats it on every row
@@ -507,6 +529,8 @@ def plan_sweep(overrides: Sequence[str], name: Optional[str] = None, timings: Op
     grid = expand_grid(overrides)
     timings["expand_s"] = time.perf_counter() - start
     sweep_name, points = check_points(grid, name, timings)
+    for warning in sweep_warnings(grid, points):
+        print(f"warning: {warning}", file=sys.stderr)
     return sweep_name, points, grid
 
 

@@ -187,3 +187,15 @@ def test_a_sweep_keeps_to_one_cluster_kind_and_one_output_root(tmp_path):
         check_points(expand_grid(["cluster=local,slurm_local"]))
     with pytest.raises(ConfigError, match="run.output_root differs"):
         check_points(expand_grid([f"run.output_root={tmp_path}/a,{tmp_path}/b"]))
+
+
+def test_warnings_for_wasted_points():
+    from launcher.sweep import sweep_warnings
+
+    grid = expand_grid(["method.lr=1e-3,2e-3", "method.lora.r=8,16"])
+    _, points = check_points(grid)
+    assert "method.lora.r is swept but point(s) 0-3 train all weights" in " ".join(sweep_warnings(grid, points))
+    grid = expand_grid(["method=lora", "method.lora.r=8,16"])
+    assert sweep_warnings(grid, check_points(grid)[1]) == []
+    grid = expand_grid(["method.lr=1e-3,0.001,2e-3"])
+    assert "same config (points 0-1)" in " ".join(sweep_warnings(grid, check_points(grid)[1]))

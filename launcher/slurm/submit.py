@@ -100,3 +100,78 @@ def submit_run(cfg: Config, run_dir: Union[str, Path], worker_module: str = WORK
         print(f"  follow:  launcher logs --follow {run_dir}")
         print(f"  status:  launcher status {job.job_id}    cancel: launcher cancel {job.job_id}")
     return {**record, "script": str(script), "logs": str(run_dir / SUBMITIT_DIR), "job": job}
+
+
+# ------------------------------------------------------------------------------------------ job arrays
+
+SWEEP_COMMENT_PREFIX = "launcher-sweep:"
+"""Comment of an array job: the sweep dir (not ``launcher:``, which names one run dir)."""
+
+
+def submit_array(cfgs: list, run_dirs: list, sweep_dir: Union[str, Path], job_name: Optional[str] = None,
+                 worker_module: str = WORKER_MODULE) -> dict:
+    """Queue ONE SLURM job array: task i runs the run in ``run_dirs[i]``; returns without waiting.
+
+    Every config must ask for the same resources (one sbatch script serves all tasks; the caller groups
+    points by shape); the first one's cluster section is used. At most ``cluster.array_parallelism`` tasks
+    run at once (``--array=0-N%cap``). submitit's files (pickles, per-task node logs ``<A>_<a>_<node>_log.*``)
+    go to SWEEP_DIR/slurm; each run dir gets ``slurm_job.json`` (job id ``<A>_<a>``) and links to its own
+    node logs, so ``launcher status|logs RUN_DIR`` work for a point.
+
+    Returns {"array_job_id", "task_job_ids", "script", "jobs"}.
+    """
+    import submitit
+
+    from launcher.config.compose import default_run_name
+
+    if not cfgs or len(cfgs) != len(run_dirs):
+        raise ValueError("submit_array: one config per run dir, at least one")
+    sweep_dir = Path(sweep_dir).resolve()
+    run_dirs = [Path(d).resolve() for d in run_dirs]
+    cfg = cfgs[0]
+    c = cfg.cluster
+    for other in cfgs:
+        check_no_secrets(other, dict(os.environ))
+    if shutil.which("sbatch") is None:
+        raise LauncherError("cluster=slurm: sbatch is not on PATH; run on a SLURM login node (or start the test"
+                            " cluster with slurm/start-cluster.sh and export SLURM_CONF)")
+    for other, run_dir in zip(cfgs, run_dirs):
+        if not (run_dir / CONFIG_FILE).exists():
+            write_run_config(run_dir, other)
+    folder = sweep_dir / SUBMITIT_DIR
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=c.max_requeues)
+    params = sbatch_parameters(cfg, sweep_dir, REPO_ROOT)
+    params["job_name"] = job_name or default_run_name(cfg)
+    params["comment"] = f"{SWEEP_COMMENT_PREFIX}{sweep_dir}"
+    params["array_parallelism"] = c.array_parallelism
+    executor.update_parameters(**params)
+    with executor.batch():
+        jobs = [executor.submit(NodeLauncher(run_dir=str(d), worker_module=worker_module)) for d in run_dirs]
+    # submitit submits a batch of one as a plain job (id "123", not "123_0"); its files are named to match.
+    task_ids = [str(job.job_id) for job in jobs]
+    array_job_id = task_ids[0].split("_")[0]
+    script = sweep_dir / f"array_{array_job_id}.sbatch"
+    shutil.copyfile(jobs[0].paths.submission_file, script)
+    submitted_at = _dt.datetime.now().isoformat(timespec="seconds")
+    for job, run_dir, task_id in zip(jobs, run_dirs, task_ids):
+        own_logs = run_dir / SUBMITIT_DIR
+        own_logs.mkdir(exist_ok=True)
+        for node in range(c.nodes):
+            for suffix in ("out", "err"):
+                name = f"{task_id}_{node}_log.{suffix}"
+                # Dangling until the task starts; relative, so the sweep dir can be moved as a whole.
+                (own_logs / name).symlink_to(Path("..") / ".." / SUBMITIT_DIR / name)
+        record = {
+            "job_id": task_id,
+            "array_job_id": array_job_id,
+            "run_dir": str(run_dir),
+            "sweep_dir": str(sweep_dir),
+            "submitted_at": submitted_at,
+            "nodes": c.nodes,
+            "nproc_per_node": c.nproc_per_node,
+            "script": str(script),
+            "node_logs": str(folder),
+            "rank_logs": str(run_dir / "logs"),
+        }
+        (run_dir / JOB_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return {"array_job_id": array_job_id, "task_job_ids": task_ids, "script": str(script), "jobs": jobs}

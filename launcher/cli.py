@@ -12,6 +12,9 @@ USAGE = """usage: launcher <command> [args]
 commands:
   train [OVERRIDES...] [--dry-run] [--name NAME]   compose, check (preflight) and launch a training run,
                                                    here (cluster=local) or on SLURM (cluster=slurm_*)
+  train -m OVERRIDES... [--parallel N] [--dry-run] grid sweep (a=1,2 b=x,y): one SLURM job array per
+                                                   resource shape; locally one after another or N at a time
+  sweep report SWEEP_DIR [--out PNG] [--json]      every point's state, losses, errors; a plot
   status|logs [-f]|cancel RUN_DIR|JOB_ID           follow a SLURM run
   data preview|dump [OVERRIDES...]                 look at the tokenized data (labels, packing)
   export RUN_DIR [--out DIR]                       merge LoRA / write a standalone HF model
@@ -25,6 +28,10 @@ Overrides are Hydra's: `launcher train method=lora method.lora.r=16 train.max_st
 
 
 def train_main(argv: list[str]) -> int:
+    if any(a in ("-m", "--multirun") for a in argv):
+        from launcher.sweep import sweep_main
+
+        return sweep_main(argv)
     parser = argparse.ArgumentParser(prog="launcher train", add_help=True)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, key=value or group=option")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and run the preflight; launch nothing")
@@ -115,6 +122,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "data": data_main,
     "bench": bench_main,
     "plot": plot_main,
+    "sweep": _lazy("launcher.sweep_report", "sweep_command_main"),
     "status": _lazy("launcher.slurm.jobs", "status_main"),
     "logs": _lazy("launcher.slurm.jobs", "logs_main"),
     "cancel": _lazy("launcher.slurm.jobs", "cancel_main"),

@@ -52,7 +52,7 @@ class MetricsLogger:
             entity=cfg.logger.entity,
             group=cfg.logger.group,
             tags=list(cfg.logger.tags) or None,
-            name=Path(run_dir).parent.parent.name + "/" + Path(run_dir).name,
+            name=cfg.run.name or (Path(run_dir).parent.parent.name + "/" + Path(run_dir).name),
             dir=str(run_dir),
             mode=mode,
             config=config_to_dict(cfg),

@@ -87,13 +87,18 @@ def _last_metrics(run_dir: Optional[Path]) -> Optional[str]:
     return lines[-1] if lines else None
 
 
+def node_of_log(path: Path) -> int:
+    """The node (task) number of ``<job>_<node>_log.out``; the job id itself may be ``<array>_<index>``."""
+    return int(path.name.rsplit("_log.", 1)[0].rsplit("_", 1)[1])
+
+
 def node_log_files(ref: JobRef) -> list:
     """Per-node stdout/stderr that submitit's srun writes (``<job>_<node>_log.out|err``), in node order."""
     if ref.run_dir is None:
         return []
     folder = ref.run_dir / SUBMITIT_DIR
     files = sorted(folder.glob(f"{ref.job_id}_*_log.out")) + sorted(folder.glob(f"{ref.job_id}_*_log.err"))
-    return sorted(files, key=lambda p: (int(p.name.split("_")[1]), p.suffix != ".out"))
+    return sorted(files, key=lambda p: (node_of_log(p), p.suffix != ".out"))
 
 
 def rank_log_files(ref: JobRef) -> list:
@@ -151,7 +156,7 @@ def logs_main(argv: Optional[list] = None) -> int:
 
     def dump() -> None:
         for path in node_log_files(ref):
-            node = path.name.split("_")[1]
+            node = node_of_log(path)
             _print_new(path, offsets, f"[node{node}{' err' if path.suffix == '.err' else ''}] ")
 
     dump()

@@ -285,8 +285,11 @@ class SFTRecipe:
         if self.dist.is_main:
             from tqdm import tqdm
 
+            import sys
+
+            # In a log file (SLURM, torchrun --tee) a bar redrawn every second is noise: update twice a minute.
             progress = tqdm(total=self.total_steps, initial=start_step, desc="train", unit="step",
-                            dynamic_ncols=True, mininterval=1.0)
+                            dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
         self.engine.train()
         window_start, window_trained, window_tokens = time.time(), 0, 0
         first_step_at = None

@@ -83,7 +83,8 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
 
 def orpo_odds_ratio_loss(chosen_avg_logps: torch.Tensor, rejected_avg_logps: torch.Tensor, beta: float) -> torch.Tensor:
     """-β·logσ(log odds ratio); add the chosen NLL for ORPO's full objective."""
-    c, r = chosen_avg_logps.float(), rejected_avg_logps.float()
+    # log1mexp cancels badly in half precision; never compute it below float32
+    c, r = (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x for x in (chosen_avg_logps, rejected_avg_logps))
     log_odds = (c - r) - (log1mexp(c) - log1mexp(r))
     return -beta * F.logsigmoid(log_odds)
 

@@ -143,9 +143,12 @@ class DPORecipe(SFTRecipe):
     def reference_logps(self, batch: dict) -> torch.Tensor:
         if self.ref_model is not None:
             return self.ref_scorer(**batch)[0]
-        # LoRA: the base model is the reference; the adapters are switched off for this forward only.
-        with self.scorer.model.disable_adapter():
-            return self.scorer(**batch)[0]
+        if self.cfg.method.finetuning == "lora":
+            # The base model is the reference; the adapters are switched off for this forward only.
+            with self.scorer.model.disable_adapter():
+                return self.scorer(**batch)[0]
+        # Full fine-tuning without a copy: only while precomputing, before the policy has moved.
+        return self.scorer(**batch)[0]
 
     @torch.no_grad()
     def _precompute_reference(self, engine) -> None:

@@ -267,6 +267,8 @@ class DPORecipe(SFTRecipe):
                 record[f"{prefix}/{key}"] = value
         if held_out:
             record["eval_loss"] = held_out["loss"]
+        else:  # "eval" records carry an eval_loss (the loss plot reads it); this one scored training pairs only
+            record["kind"] = "probe"
         self.evals.append(record)
         if self.metrics and len(record) > 2:
             self.metrics.log(record)

@@ -14,7 +14,7 @@ REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracy", "reward
                "logps/rejected")
 
 
-def report(run_dir, summary, label):
+def report(run_dir, summary, label):  # noqa: ARG001
     before, after = summary["rewards_before"], summary["rewards_after"]
     print(f"\n[{label}] train pairs: reward accuracy {before['train_pairs/rewards/accuracy']:.3f} -> "
           f"{after['train_pairs/rewards/accuracy']:.3f}, margin {before['train_pairs/rewards/margin']:.4f} -> "

@@ -2,9 +2,6 @@
 same loss and reward metrics; a run resumed from a checkpoint takes the same steps as one never stopped."""
 from __future__ import annotations
 
-import json
-import shutil
-
 import pytest
 
 from launcher.cli import main as cli_main

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -21,17 +21,27 @@ from recipes.loss import CausalLMLoss
 from recipes.optim import build_optimizer, build_scheduler
 
 
+LossFactory = Callable[[nn.Module, Config], nn.Module]
+"""(model, cfg) -> the module an engine wraps (DDP/FSDP/DeepSpeed) and calls as ``module(**batch)``."""
+
+
+def default_loss_module(model: nn.Module, cfg: Config) -> nn.Module:
+    """SFT: the summed token cross-entropy at trained positions."""
+    return CausalLMLoss(model, cfg.train.loss_chunk_size)
+
+
 class DDPEngine:
     """Every rank holds the whole model; DDP all-reduces (averages) gradients on the last micro-batch."""
 
     name = "ddp"
     forward_is_collective = False
 
-    def __init__(self, cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps: int):
+    def __init__(self, cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps: int,
+                 loss_module: Optional[LossFactory] = None):
         self.cfg = cfg
         self.dist = dist_info
         self.model = model.to(dist_info.device)
-        loss_module = CausalLMLoss(self.model, cfg.train.loss_chunk_size)
+        loss_module = (loss_module or default_loss_module)(self.model, cfg)
         if dist_info.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -111,16 +121,19 @@ class DDPEngine:
             tokenizer.save_pretrained(directory)
 
 
-def build_engine(cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps: int):
+def build_engine(cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps: int,
+                 loss_module: Optional[LossFactory] = None):
+    """loss_module: what ``engine.module`` wraps, built from the (device-placed) model; default CausalLMLoss.
+    DPO passes one that returns per-sequence log-probs instead of a summed loss."""
     strategy = cfg.parallelism.strategy
     if strategy == "ddp":
-        return DDPEngine(cfg, model, dist_info, total_steps)
+        return DDPEngine(cfg, model, dist_info, total_steps, loss_module)
     if strategy == "deepspeed":
         from recipes.engine_deepspeed import DeepSpeedEngine
 
-        return DeepSpeedEngine(cfg, model, dist_info, total_steps)
+        return DeepSpeedEngine(cfg, model, dist_info, total_steps, loss_module)
     if strategy == "fsdp":
         from recipes.engine_fsdp import FSDPEngine
 
-        return FSDPEngine(cfg, model, dist_info, total_steps)
+        return FSDPEngine(cfg, model, dist_info, total_steps, loss_module)
     raise NotImplementedError(f"parallelism.strategy={strategy} is not available; use ddp, deepspeed or fsdp")

@@ -20,14 +20,14 @@ import contextlib
 import copy
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from launcher.config.schema import Config, resolve_grad_accum
 from recipes.distributed import DistInfo, ensure_process_group
-from recipes.loss import CausalLMLoss
+from recipes.engine import LossFactory, default_loss_module
 from recipes.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,8 @@ class DeepSpeedEngine:
 
     name = "deepspeed"
 
-    def __init__(self, cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps: int):
+    def __init__(self, cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps: int,
+                 loss_module: Optional[LossFactory] = None):
         import deepspeed
 
         self.cfg = cfg
@@ -113,7 +114,7 @@ class DeepSpeedEngine:
         deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
 
         self.model = model.to(dist_info.device)
-        loss_module = CausalLMLoss(self.model, cfg.train.loss_chunk_size)
+        loss_module = (loss_module or default_loss_module)(self.model, cfg)
         # Built before DeepSpeed partitions the parameters (ZeRO-3 is applied to the built model here:
         # every rank built the same seeded weights, so partitioning after the build is exact), so the
         # decay/no-decay split still sees real shapes.

@@ -17,14 +17,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from launcher.config.schema import Config
 from recipes.distributed import DistInfo, ensure_process_group
-from recipes.loss import CausalLMLoss
+from recipes.engine import LossFactory, default_loss_module
 from recipes.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ class FSDPEngine:
     name = "fsdp"
     forward_is_collective = True
 
-    def __init__(self, cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps: int):
+    def __init__(self, cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps: int,
+                 loss_module: Optional[LossFactory] = None):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
@@ -83,7 +84,7 @@ class FSDPEngine:
         else:
             model = model.to(device)
         self.model = model
-        self.loss_module = CausalLMLoss(model, cfg.train.loss_chunk_size)
+        self.loss_module = (loss_module or default_loss_module)(model, cfg)
         layers = decoder_layers(model)
         for layer in layers:
             fully_shard(layer, **kwargs)

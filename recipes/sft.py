@@ -34,6 +34,7 @@ from recipes.modeling import (
     count_parameters,
     load_tokenizer,
 )
+from recipes.data.tokenize import row_length
 from recipes.tracking import MetricsLogger, plot_loss
 
 log = logging.getLogger("launcher.sft")
@@ -62,6 +63,13 @@ def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
 
 
+def _segment_lengths(row: dict) -> list[int]:
+    """Lengths of the samples a row holds (packed rows hold several; a preference row two sequences)."""
+    if "chosen_input_ids" in row:
+        return [len(row["chosen_input_ids"]), len(row["rejected_input_ids"])]
+    return row.get("segment_lengths") or [len(row["input_ids"])]
+
+
 class SFTRecipe:
     def __init__(self, cfg: Config, run_dir: Path, dist_info: DistInfo):
         self.cfg = cfg
@@ -82,9 +90,7 @@ class SFTRecipe:
             log.info("attention: %s, dtype: %s, device: %s, world size: %d",
                      self.attn_impl, str(self.dtype).replace("torch.", ""), dist.device, dist.world_size)
 
-        from recipes.data import build_datasets
-
-        self.data = build_datasets(cfg, self.tokenizer, attn_implementation=self.attn_impl)
+        self.data = self.build_data()
         if dist.is_main:
             log.info("data: %s", ", ".join(f"{k}={v}" for k, v in self.data.stats.items() if not isinstance(v, dict)))
 
@@ -119,13 +125,23 @@ class SFTRecipe:
             self.total_steps = cfg.train.max_steps
         else:
             self.total_steps = max(1, int(math.ceil(cfg.train.epochs * self.steps_per_epoch)))
-        self.engine = build_engine(cfg, model, dist, self.total_steps)
+        self.engine = self.build_engine(model)
         self.model = self.engine.model
         self.step = 0
         self.trained_tokens_total = 0
         self._resume()
         self.metrics = MetricsLogger(cfg, self.run_dir, enabled=dist.is_main)
         self.setup_seconds = time.time() - t0
+
+    def build_data(self):
+        """Hook: the DataBundle this recipe trains on."""
+        from recipes.data import build_datasets
+
+        return build_datasets(self.cfg, self.tokenizer, attn_implementation=self.attn_impl)
+
+    def build_engine(self, model):
+        """Hook: wrap the model for the parallelism (runs before a checkpoint is resumed)."""
+        return build_engine(self.cfg, model, self.dist, self.total_steps)
 
     def _resume(self) -> None:
         source = self.cfg.run.resume
@@ -168,9 +184,13 @@ class SFTRecipe:
         out = []
         for idx in self._plan[index]:
             rows = [self.data.train[i] for i in idx]
-            pairs = causal_pairs([n for r in rows for n in r.get("segment_lengths", [len(r["input_ids"])])])
-            out.append((self.data.collate(rows), sum(len(r["input_ids"]) for r in rows), pairs))
+            pairs = causal_pairs([n for r in rows for n in _segment_lengths(r)])
+            out.append((self.collate(rows), sum(row_length(r) for r in rows), pairs))
         return out
+
+    def collate(self, rows: list[dict]) -> dict:
+        """Hook: rows -> one micro-batch."""
+        return self.data.collate(rows)
 
     def _autocast(self):
         if self.dtype in (torch.bfloat16, torch.float16) and self.dist.device.type == "cuda":
@@ -272,11 +292,9 @@ class SFTRecipe:
         summary: dict = {"run_dir": str(self.run_dir), "total_steps": self.total_steps}
         start_step = self.step
         if start_step == 0:
-            before = self.evaluate()
+            before = self._log_eval()
             em_before = self.exact_match()
             if self.dist.is_main:
-                if before is not None:
-                    self.metrics.log({"kind": "eval", "step": 0, "eval_loss": before})
                 if em_before is not None:
                     self.metrics.log({"kind": "exact_match", "step": 0, "exact_match": em_before["exact_match"]})
             summary.update(eval_loss_before=before, exact_match_before=em_before and em_before["exact_match"])
@@ -302,7 +320,7 @@ class SFTRecipe:
             else:
                 steady_trained += stats["trained_tokens"]
                 steady_tokens += stats["tokens"]
-                steady_pairs += stats["attended_pairs"]
+                steady_pairs += stats.get("attended_pairs", 0)
             self.step += 1
             self.trained_tokens_total += stats["trained_tokens"]
             window_trained += stats["trained_tokens"]
@@ -319,6 +337,7 @@ class SFTRecipe:
                     "trained_tokens_per_s": window_trained / elapsed, "tokens_per_s": window_tokens / elapsed,
                     "trained_tokens_seen": self.trained_tokens_total,
                 }
+                record.update(self.extra_train_metrics(stats))
                 if self.metrics:
                     self.metrics.log(record)
                 window_start, window_trained, window_tokens = time.time(), 0, 0
@@ -369,6 +388,10 @@ class SFTRecipe:
             if plot:
                 log.info("loss plot: %s", plot)
         return summary
+
+    def extra_train_metrics(self, stats: dict) -> dict:
+        """Hook: more values for a step's metrics record, from what ``train_step`` returned."""
+        return {}
 
     def _log_eval(self) -> Optional[float]:
         value = self.evaluate()

@@ -98,10 +98,15 @@ class LoraConfig:
 class DpoConfig:
     beta: float = 0.1
     label_smoothing: float = 0.0
+    """Conservative DPO: the assumed fraction of flipped labels, in [0, 0.5); sigmoid and simpo only."""
     loss_type: str = "sigmoid"
-    """sigmoid, ipo, hinge, simpo, orpo."""
+    """sigmoid (DPO), ipo, hinge: against a reference model; simpo, orpo: reference-free."""
     simpo_gamma: float = 0.5
+    """SimPO's target reward margin (gamma); the loss is -logsigmoid(beta * (mean logp margin) - gamma)."""
     precompute_ref_log_probs: bool = False
+    """Score every pair with the reference once before training, then train with no reference in memory."""
+    probe_pairs: int = 64
+    """Training pairs whose reward accuracy/margin are logged before and after training (0: off)."""
 
 
 @dataclass
@@ -343,6 +348,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("method.finetuning: method=sft_full needs method.finetuning=full; use method=lora")
     _choice(m.optimizer, ("adamw", "sgd"), "method.optimizer")
     _choice(m.dpo.loss_type, ("sigmoid", "ipo", "hinge", "simpo", "orpo"), "method.dpo.loss_type")
+    if m.name == "dpo":
+        validate_dpo(m.dpo)
     if m.lr <= 0:
         raise ConfigError(f"method.lr: must be > 0, got {m.lr}")
     if m.lora.r <= 0:
@@ -410,6 +417,21 @@ def validate(cfg: Config) -> None:
     _choice(cfg.logger.name, ("none", "wandb"), "logger.name")
     _choice(cfg.logger.mode, ("auto", "online", "offline", "disabled"), "logger.mode")
     resolve_grad_accum(cfg)
+
+
+def validate_dpo(d: DpoConfig) -> None:
+    if d.beta <= 0:
+        raise ConfigError(f"method.dpo.beta: must be > 0, got {d.beta}")
+    if not 0.0 <= d.label_smoothing < 0.5:
+        raise ConfigError(f"method.dpo.label_smoothing: must be in [0, 0.5), got {d.label_smoothing}")
+    if d.label_smoothing and d.loss_type not in ("sigmoid", "simpo"):
+        raise ConfigError(f"method.dpo.label_smoothing: only loss_type sigmoid or simpo use it, not {d.loss_type};"
+                          " set it to 0")
+    if d.precompute_ref_log_probs and d.loss_type in ("simpo", "orpo"):
+        raise ConfigError(f"method.dpo.precompute_ref_log_probs: loss_type={d.loss_type} uses no reference model;"
+                          " set it to false")
+    if d.probe_pairs < 0:
+        raise ConfigError(f"method.dpo.probe_pairs: must be >= 0, got {d.probe_pairs}")
 
 
 def world_size(cfg: Config) -> int:

@@ -168,6 +168,11 @@ def row_to_sample(row: Any, spec: DatasetSpec, where: str) -> Optional[dict]:
             raise DataError(f"{where}: empty text; fill it or remove the row")
         return sample
     check_roles(sample["messages"], where, ends_with_prompt=spec.ranking)
+    for key in ("chosen", "rejected"):
+        # an empty answer would still train its end-of-turn token, so it would not fail later
+        if key in sample and not sample[key]["content"].strip():
+            raise DataError(f"{where}: the {key} answer is empty; a preference row needs a non-empty chosen and"
+                            " rejected answer (fill it or remove the row)")
     attach_media(sample, row, spec, where)
     cols = spec.resolved_columns()
     if cols.get("kto_tag") and cols["kto_tag"] in row:

@@ -305,7 +305,9 @@ def run_preflight(cfg: Config) -> list:
     problems = Problems()
     for check in CHECKS:
         problems.check(check, cfg)
+    if len(problems.errors) == 1:
+        raise PreflightError(f"preflight refused the run: {problems.errors[0]}")
     if problems.errors:
         lines = "\n".join(f"  - {e}" for e in problems.errors)
-        raise PreflightError(f"preflight refused the run ({len(problems.errors)} problem(s)):\n{lines}")
+        raise PreflightError(f"preflight refused the run ({len(problems.errors)} problems):\n{lines}")
     return problems.warnings

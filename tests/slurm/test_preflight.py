@@ -149,7 +149,7 @@ def test_memory_does_not_fit_and_suggests(tmp_path):
 
 def test_memory_estimate_orders_strategies(tmp_path):
     shape = ModelShape.from_hf_config(LLAMA_8B)
-    base = ["cluster=slurm_a100", "cluster.partition=null", "cluster.nodes=1"]
+    base = ["cluster=slurm_a100", "cluster.partition=null", "cluster.nodes=1", "train.micro_batch_size=8"]
     ddp = estimate_memory_per_gpu(compose_config(base), shape).total_gb
     zero2 = estimate_memory_per_gpu(compose_config(base + ["parallelism.strategy=deepspeed", "parallelism.zero_stage=2"]), shape).total_gb
     zero3 = estimate_memory_per_gpu(compose_config(base + ["parallelism.strategy=deepspeed", "parallelism.zero_stage=3"]), shape).total_gb

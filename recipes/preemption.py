@@ -90,6 +90,15 @@ def stopped_early(run_dir: Path, environ: Optional[Mapping[str, str]] = None) ->
     return None
 
 
+def clear_stop_state(run_dir: Path) -> None:
+    """Node 0, before starting the ranks: requests and stops of earlier attempts say nothing about this one."""
+    for name in (STOP_REQUESTED, STOPPED):
+        try:
+            (state_dir(run_dir) / name).unlink()
+        except FileNotFoundError:
+            pass
+
+
 class StopFlag:
     """Per rank: the signal handler only sets a flag; ``should_stop`` makes all ranks agree at a step boundary."""
 

@@ -65,6 +65,10 @@ class NodeLauncher:
         )
         child_env = dict(env)
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+        # torchrun's c10d rendezvous shares one TCP store across restart rounds without a per-attempt prefix:
+        # ranks restarted after a crash (--max-restarts) read the dead ranks' gloo addresses and fail to
+        # connect ("Connection refused"). A store per round avoids that.
+        child_env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
         returncode = self._run_torchrun(argv, child_env)
         if returncode != 0:
             raise RuntimeError(

@@ -168,3 +168,25 @@ def test_usr2_to_torchrun_ranks_checkpoints_and_stops(output_root):
     assert ckpt.latest_checkpoint(run_dir).name == ckpt.step_dir_name(stopped["step"])
     assert raw_train_steps(run_dir)[-1] == stopped["step"]
     assert "stopped at step" in out
+
+
+def test_requeues_are_bounded_by_max_requeues(tmp_path, capsys):
+    from launcher.slurm.node import NodeLauncher
+    from launcher.slurm.requeue import record_requeue, requeue_history
+
+    cfg = compose_config(["cluster=slurm_local", "cluster.max_requeues=1"])
+    node = NodeLauncher(run_dir=str(tmp_path))
+    requeued = []
+    import launcher.slurm.node as node_module
+
+    original, node_module.requeue_job = node_module.requeue_job, requeued.append
+    try:
+        with pytest.raises(SystemExit):
+            node._requeue(cfg, "5", 0, {"step": 7, "checkpoint": "ck7"})
+        assert requeued == ["5"] and [r["step"] for r in requeue_history(tmp_path)] == [7]
+        with pytest.raises(RuntimeError, match="cluster.max_requeues=1 requeues are used up.*run.resume=ck9"):
+            node._requeue(cfg, "5", 0, {"step": 9, "checkpoint": "ck9"})
+        assert requeued == ["5"] and len(requeue_history(tmp_path)) == 1
+    finally:
+        node_module.requeue_job = original
+    assert record_requeue(tmp_path, "5", 9, max_requeues=2) == 2

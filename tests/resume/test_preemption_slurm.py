@@ -93,78 +93,71 @@ def shared_root(tmp_path_factory, slurm_cluster):
 
 
 @pytest.fixture(scope="module")
-def reference(shared_root):
-    """An uninterrupted run, submitted at once; ``wait()`` gives its run dir once it has completed."""
-    run_dir, job_id = launch(shared_root, [])
-
-    class Ref:
-        def wait(self) -> Path:
-            assert wait_done(run_dir, job_id) == "COMPLETED", node_logs(run_dir)[-4000:]
-            return run_dir
-
-    return Ref()
-
-
-def test_signal_requeues_and_resumes_exactly_from_its_own_run_dir(shared_root, reference):
-    # A decoy of the same name beside it, with a complete checkpoint further on: a requeued job that looked
+def jobs(shared_root):
+    """Every job of this module, submitted at once so that they run side by side: an uninterrupted
+    reference, one to signal, one to kill inside a checkpoint write (it stalls there until killed)."""
+    # A decoy of the same name beside them, with a complete checkpoint further on: a requeued job that looked
     # for "the latest run" instead of its own run dir would jump to step 35.
     decoy = make_run_dir(shared_root, default_run_name(compose_config([*BASE, f"run.output_root={shared_root}"])))
     fake = ckpt.checkpoint_root(decoy) / "step-0000035"
     fake.mkdir(parents=True)
     (fake / "meta.json").write_text(json.dumps({"step": 35, "world_size": 2, "trained_tokens": 0}))
     (fake / ckpt.COMPLETE).write_text("")
+    return {
+        "signal": launch(shared_root, ["cluster.max_requeues=2"]),
+        "kill": launch(shared_root, ["cluster.max_restarts=1",
+                                     "+cluster.env.LAUNCHER_TEST_STALL_CHECKPOINT_STEP=20:300"]),
+        "reference": launch(shared_root, []),
+        "decoy": (decoy, None),
+    }
 
-    run_dir, job_id = launch(shared_root, [])
-    assert run_dir.parent == decoy.parent
-    wait_until("step 5", lambda: last_step(run_dir) >= 5, run_dir)
-    signal_job(job_id)
-    wait_until("the requeue", lambda: requeue_history(run_dir), run_dir)
+
+def reference_run(jobs) -> Path:
+    run_dir, job_id = jobs["reference"]
+    assert wait_done(run_dir, job_id) == "COMPLETED", node_logs(run_dir)[-4000:]
+    return run_dir
+
+
+def test_signals_at_random_steps_requeue_and_resume_exactly_from_own_run_dir(jobs):
+    run_dir, job_id = jobs["signal"]
+    assert run_dir.parent == jobs["decoy"][0].parent
+    rng = random.Random()
+    stops = []
+    for n in range(2):
+        # Past a random step of this attempt (metrics of the previous attempt end at its stop step).
+        target = (stops[-1] if stops else 0) + rng.randint(2, 10)
+        wait_until(f"step {target}", lambda: last_step(run_dir) >= target, run_dir)
+        signal_job(job_id)
+        history = wait_until(f"requeue {n + 1}",
+                             lambda: len(requeue_history(run_dir)) > n and requeue_history(run_dir), run_dir)
+        stops.append(history[-1]["step"])
     assert wait_done(run_dir, job_id) == "COMPLETED", node_logs(run_dir)[-4000:]
 
-    (stop,) = requeue_history(run_dir)
-    assert stop["job_id"] == job_id and 5 <= stop["step"] < STEPS
-    assert resumed_from(run_dir) == [(str(ckpt.checkpoint_root(run_dir) / ckpt.step_dir_name(stop["step"])),
-                                      stop["step"])]
+    history = requeue_history(run_dir)
+    assert [r["step"] for r in history] == stops and stops[0] < stops[1] < STEPS
+    assert {r["job_id"] for r in history} == {job_id}
+    # Each attempt resumed from its own run dir, at the step where the previous one stopped.
+    assert resumed_from(run_dir) == [(str(ckpt.checkpoint_root(run_dir) / ckpt.step_dir_name(s)), s) for s in stops]
     assert "caught SIGUSR2" in node_logs(run_dir)
-    assert_matches_reference(run_dir, reference.wait())
-    print(f"\nUSR2 at step {stop['step']}: requeued once, resumed from its own step-{stop['step']}, "
+    assert_matches_reference(run_dir, reference_run(jobs))
+    print(f"\nUSR2 at steps {stops}: requeued {len(stops)} times, resumed from its own checkpoints, "
           f"{STEPS} losses and final weights bit-identical to the uninterrupted run")
 
 
-def test_several_signals_at_random_steps(shared_root, reference):
-    rng = random.Random(int(time.time()))
-    run_dir, job_id = launch(shared_root, ["cluster.max_requeues=2"])
-    stops = []
-    for n in range(2):
-        after = stops[-1] if stops else 0
-        target = after + rng.randint(2, 10)
-        # Past the target in this attempt (metrics of the previous attempt end at its stop step).
-        wait_until(f"step {target}", lambda: last_step(run_dir) >= target, run_dir)
-        signal_job(job_id)
-        history = wait_until(f"requeue {n + 1}", lambda: len(requeue_history(run_dir)) > n and requeue_history(run_dir),
-                             run_dir)
-        stops.append(history[-1]["step"])
-    assert wait_done(run_dir, job_id) == "COMPLETED", node_logs(run_dir)[-4000:]
-    assert [r["step"] for r in requeue_history(run_dir)] == stops and stops[0] < stops[1] < STEPS
-    assert [s for _, s in resumed_from(run_dir)] == stops
-    assert_matches_reference(run_dir, reference.wait())
-    print(f"\nUSR2 at steps {stops}: requeued {len(stops)} times, bit-identical to the uninterrupted run")
-
-
-def test_kill_during_checkpoint_write_resumes_the_previous_checkpoint(shared_root, reference):
+def test_kill_during_checkpoint_write_resumes_the_previous_checkpoint(jobs):
     """Rank 0 is killed (-9) inside the write of step 20: torchrun restarts the ranks (max_restarts=1),
     which resume from step 10, never from the partial step 20."""
-    run_dir, job_id = launch(shared_root, ["cluster.max_restarts=1",
-                                           "+cluster.env.LAUNCHER_TEST_STALL_CHECKPOINT_STEP=20:120"])
+    run_dir, job_id = jobs["kill"]
     marker = ckpt.checkpoint_root(run_dir) / "stall-20.pid"
     wait_until("the stalled write of step 20", marker.exists, run_dir)
     time.sleep(0.2)
     pid = int(marker.read_text())
     assert (ckpt.checkpoint_root(run_dir) / ".tmp-step-0000020" / "state.pt").exists()
+    assert ckpt.latest_checkpoint(run_dir).name == "step-0000010"
     subprocess.run(["kill", "-9", str(pid)], check=True)
     assert wait_done(run_dir, job_id) == "COMPLETED", node_logs(run_dir)[-4000:]
 
     assert resumed_from(run_dir) == [(str(ckpt.checkpoint_root(run_dir) / "step-0000010"), 10)]
     assert not (run_dir / REQUEUE_FILE).exists()  # a crash is torchrun's restart, not a requeue
-    assert_matches_reference(run_dir, reference.wait())
+    assert_matches_reference(run_dir, reference_run(jobs))
     print("\nkill -9 inside the write of step 20: restarted from step-10, bit-identical to the uninterrupted run")

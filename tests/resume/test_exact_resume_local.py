@@ -190,3 +190,31 @@ def test_requeues_are_bounded_by_max_requeues(tmp_path, capsys):
     finally:
         node_module.requeue_job = original
     assert record_requeue(tmp_path, "5", 9, max_requeues=2) == 2
+
+
+def test_restarted_ranks_get_a_fresh_rendezvous_store(tmp_path):
+    """Why node.py sets TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: after a crash, torchrun's restarted ranks must
+    not read the dead ranks' gloo addresses (rank 0 is slow to come back here, as a loaded host makes it)."""
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import os, time, torch, torch.distributed as dist\n"
+        "rank, attempt = int(os.environ['RANK']), int(os.environ['TORCHELASTIC_RESTART_COUNT'])\n"
+        "if rank == 0 and attempt == 1: time.sleep(4)\n"
+        "dist.init_process_group('gloo')\n"
+        "t = torch.ones(1); dist.all_reduce(t)\n"
+        "if attempt == 0 and rank == 0: os._exit(9)\n"
+        "if attempt == 0: time.sleep(30)\n"
+        "print(f'attempt {attempt} rank {rank} sum {t.item()}', flush=True)\n"
+        "dist.destroy_process_group()\n"
+    )
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
+                           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=t",
+                           "--max-restarts=1", str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "attempt 1 rank 0 sum 2.0" in done.stdout and "attempt 1 rank 1 sum 2.0" in done.stdout

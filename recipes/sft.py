@@ -132,8 +132,6 @@ class SFTRecipe:
 
     def _resume(self) -> None:
         source = self.cfg.run.resume
-        if source == "never":
-            return
         # A requeued/restarted attempt continues from this run dir's own latest checkpoint (recipes.preemption).
         directory = preemption.choose_resume_checkpoint(source, self.run_dir, ckpt.latest_checkpoint(self.run_dir))
         if directory is None:

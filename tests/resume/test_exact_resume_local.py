@@ -218,3 +218,16 @@ def test_restarted_ranks_get_a_fresh_rendezvous_store(tmp_path):
                            "--max-restarts=1", str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "attempt 1 rank 0 sum 2.0" in done.stdout and "attempt 1 rank 1 sum 2.0" in done.stdout
+
+
+def test_requeued_attempt_with_resume_never_continues_its_own_run(output_root, monkeypatch):
+    """run.resume=never starts fresh, but the requeued attempt of that run must not start over."""
+    cfg, run_dir = make_run(output_root, "never", ["train.save_every=4", "run.resume=never"])
+    train(cfg, run_dir, stop_at=4)
+    fresh = SFTRecipe(cfg, run_dir, init_distributed())
+    fresh.setup()
+    assert fresh.step == 0
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    again = SFTRecipe(cfg, run_dir, init_distributed())
+    again.setup()
+    assert again.step == 4

@@ -114,6 +114,11 @@ class StopFlag:
     def _handle(self, signum, frame) -> None:
         self.received = signum
 
+    def close(self) -> None:
+        """Ignore the signal from now on: Python's exit restores the default action (terminate) for signals
+        it handled, and a late or forwarded USR2 must not turn a clean exit into a crash (exit code -12)."""
+        signal.signal(PREEMPT_SIGNAL, signal.SIG_IGN)
+
     def should_stop(self, device) -> bool:
         """Collective (every rank calls it at the same step): True on all ranks when any rank got the signal."""
         import torch  # not at import time: the handler is installed before torch is loaded

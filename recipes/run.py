@@ -54,6 +54,7 @@ def run(run_dir: Path) -> dict:
         recipe.setup()
         summary = recipe.train()
     finally:
+        stop_flag.close()
         recipe.cleanup()
         destroy_distributed()
     return summary

@@ -84,12 +84,14 @@ class NodeLauncher:
     # ------------------------------------------------------------------------------ preemption
 
     def _run_torchrun(self, argv: list, child_env: dict) -> int:
+        import psutil  # now, not when the signal comes: forwarding must be quick
+
         proc = subprocess.Popen(argv, cwd=str(REPO_ROOT), env=child_env,
                                 preexec_fn=_ignore_preempt_signal)
         while proc.poll() is None:
             if self._signalled is not None:
                 self._forward(proc.pid)
-            time.sleep(0.2)
+            time.sleep(0.05)
         return proc.returncode
 
     def _on_signal(self, signum, frame) -> None:

@@ -23,7 +23,7 @@ from launcher.slurm.submit import submit_run
 from recipes import checkpoint as ckpt
 from tests.resume.helpers import TINY, assert_same_weights, final_weights, raw_train_steps, train_losses
 
-STEPS = 40  # 25 steps per epoch here: the resumed runs cross an epoch boundary too
+STEPS = 30  # 25 steps per epoch here: the resumed runs cross an epoch boundary too
 BASE = ["cluster=slurm_local", "cluster.nodes=1", "cluster.nproc_per_node=2", f"train.max_steps={STEPS}",
         "train.save_every=10", *TINY]
 
@@ -125,7 +125,7 @@ def test_signals_at_random_steps_requeue_and_resume_exactly_from_own_run_dir(job
     stops = []
     for n in range(2):
         # Past a random step of this attempt (metrics of the previous attempt end at its stop step).
-        target = (stops[-1] if stops else 0) + rng.randint(2, 10)
+        target = (stops[-1] if stops else 0) + rng.randint(2, 8)
         wait_until(f"step {target}", lambda: last_step(run_dir) >= target, run_dir)
         signal_job(job_id)
         history = wait_until(f"requeue {n + 1}",

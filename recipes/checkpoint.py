@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from recipes.distributed import DistInfo, barrier
+from recipes.preemption import stall_inside_checkpoint_write
 
 COMPLETE = "COMPLETE"
 
@@ -73,6 +74,7 @@ def save_checkpoint(run_dir: Path, step: int, engine, meta: dict, dist_info: Dis
     torch.save(rng_state(), tmp / f"rng-rank{dist_info.rank}.pt")
     barrier()
     if dist_info.is_main:
+        stall_inside_checkpoint_write(tmp, step, dist_info.rank)  # a no-op unless a test asks for it
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         (tmp / COMPLETE).write_text("")
         _fsync_dir(tmp)

@@ -41,14 +41,20 @@ def recipe_for(method: str):
 def run(run_dir: Path) -> dict:
     from recipes.distributed import destroy_distributed, init_distributed
 
+    from recipes.preemption import StopFlag
+
+    # First, so that a preemption signal arriving during setup is kept for the first step boundary.
+    stop_flag = StopFlag(run_dir)
     cfg = load_run_config(run_dir)
     dist_info = init_distributed(cfg.parallelism.backend)
     setup_logging(dist_info.rank)
     recipe = recipe_for(cfg.method.name)(cfg, run_dir, dist_info)
+    recipe.stop_flag = stop_flag
     try:
         recipe.setup()
         summary = recipe.train()
     finally:
+        stop_flag.close()
         recipe.cleanup()
         destroy_distributed()
     return summary

@@ -22,6 +22,7 @@ import torch
 
 from launcher.config.schema import Config, resolve_grad_accum
 from recipes import checkpoint as ckpt
+from recipes import preemption
 from recipes.batching import epoch_plan, eval_batches, steps_per_epoch
 from recipes.distributed import DistInfo, all_reduce_max, all_reduce_sum
 from recipes.flops import causal_pairs, training_flops
@@ -76,6 +77,8 @@ class SFTRecipe:
         self.run_dir = Path(run_dir)
         self.dist = dist_info
         self.metrics: Optional[MetricsLogger] = None
+        self.stop_flag: Optional[preemption.StopFlag] = None
+        """Set by recipes.run: a preemption signal makes every rank checkpoint and stop at a step boundary."""
 
     # ------------------------------------------------------------------------------------ setup
 
@@ -145,10 +148,11 @@ class SFTRecipe:
 
     def _resume(self) -> None:
         source = self.cfg.run.resume
-        if source == "never":
-            return
-        directory = ckpt.latest_checkpoint(self.run_dir) if source == "auto" else Path(source)
+        # A requeued/restarted attempt continues from this run dir's own latest checkpoint (recipes.preemption).
+        directory = preemption.choose_resume_checkpoint(source, self.run_dir, ckpt.latest_checkpoint(self.run_dir))
         if directory is None:
+            if self.dist.is_main:  # records of an attempt that died before its first checkpoint
+                preemption.forget_metrics_after(self.run_dir, -1)
             return
         if not (directory / ckpt.COMPLETE).is_file():
             from launcher.errors import ConfigError
@@ -168,6 +172,8 @@ class SFTRecipe:
         self.step = meta["step"]
         self.trained_tokens_total = meta["trained_tokens"]
         if self.dist.is_main:
+            # Steps logged after this checkpoint by the attempt that died are trained again: log them once.
+            preemption.forget_metrics_after(self.run_dir, self.step)
             log.info("resumed from %s (step %d)", directory, self.step)
 
     # ------------------------------------------------------------------------------------ train
@@ -345,6 +351,9 @@ class SFTRecipe:
                 self._log_eval()
             if t.save_every and self.step % t.save_every == 0 and self.step != self.total_steps:
                 self.save_checkpoint()
+            if self.stop_flag is not None and self.step < self.total_steps \
+                    and self.stop_flag.should_stop(self.dist.device):
+                return self._stop_early(progress, summary)
         if progress is not None:
             progress.close()
 
@@ -392,6 +401,20 @@ class SFTRecipe:
     def extra_train_metrics(self, stats: dict) -> dict:
         """Hook: more values for a step's metrics record, from what ``train_step`` returned."""
         return {}
+
+    def _stop_early(self, progress, summary: dict) -> dict:
+        """All ranks agreed to stop (preemption or time limit near): checkpoint this step and leave."""
+        if progress is not None:
+            progress.close()
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        if latest is None or latest.name != ckpt.step_dir_name(self.step):
+            self.save_checkpoint()
+        if self.dist.is_main:
+            preemption.mark_stopped(self.run_dir, self.step, ckpt.latest_checkpoint(self.run_dir))
+            log.warning("stopped at step %d of %d on a preemption signal; checkpoint saved, the job requeues",
+                        self.step, self.total_steps)
+        summary.update(preempted=True, final_step=self.step, trained_tokens=self.trained_tokens_total)
+        return summary
 
     def _log_eval(self) -> Optional[float]:
         value = self.evaluate()

@@ -192,7 +192,7 @@ def test_reserved_sbatch_option():
 
 
 def test_all_problems_reported_at_once():
-    msg = refused(["data.datasets=[nope]", "run.output_root=/proc/no/such"], r"2 problem\(s\)")
+    msg = refused(["data.datasets=[nope]", "run.output_root=/proc/no/such"], r"2 problems")
     assert "data.datasets: unknown dataset 'nope'" in msg and "run.output_root: /proc/no/such is not writable" in msg
 
 

@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from launcher.config.compose import conf_dir
+
 from launcher.errors import ConfigError, PreflightError
 from launcher.sweep import (
     LOCAL_LOG,
@@ -43,9 +45,11 @@ def test_range_choice_and_a_repeated_key():
 
 
 def test_glob_over_a_config_group():
+    options = sorted(p.stem for p in conf_dir().joinpath("method").glob("*.yaml"))
+    assert {"lora", "sft_full"} <= set(options)
     grid = expand_grid(["method=glob(*)", "train.max_steps=5"])
-    assert sorted(p[0] for p in grid.points) == ["method=lora", "method=sft_full"]
-    assert expand_grid(["method=glob(*,exclude=lora)"]).points == [["method=sft_full"]]
+    assert sorted(p[0] for p in grid.points) == [f"method={o}" for o in options]
+    assert expand_grid(["method=glob(*,exclude=[lora,dpo*])"]).points == [["method=sft_full"]]
     with pytest.raises(ConfigError, match="matches no option"):
         expand_grid(["method=glob(nothing*)"])
 
@@ -163,7 +167,7 @@ def test_fast_compose_equals_hydra_compose_of_each_point():
     from launcher.config.compose import compose_dict
     from launcher.sweep import compose_points
 
-    grid = expand_grid(["method=glob(*)", "method.lr=1e-3,2e-3", "cluster=local,slurm_local", "train.max_steps=7",
+    grid = expand_grid(["method=sft_full,lora", "method.lr=1e-3,2e-3", "cluster=local,slurm_local", "train.max_steps=7",
                         "data.datasets=[tasks],[tasks,tasks_eval]", "cluster.env.FOO=bar", "experiment=tasks_lora"])
     fast = compose_points(grid.points)
     assert len(fast) == 16

@@ -30,11 +30,43 @@ def default_loss_module(model: nn.Module, cfg: Config) -> nn.Module:
     return CausalLMLoss(model, cfg.train.loss_chunk_size)
 
 
-class DDPEngine:
+class Engine:
+    """What every engine shares: a scheduler for ``lr``, a wrapped ``module`` to switch between train and
+    eval, and (for engines that own a torch optimizer) clip -> step -> schedule -> zero_grad."""
+
+    forward_is_collective = False
+
+    def _global_grad_norm(self, norm: torch.Tensor) -> float:
+        """Hook: the norm as one number for the whole model (sharded engines gather theirs)."""
+        return float(norm)
+
+    def step(self) -> float:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = self.cfg.train.max_grad_norm if self.cfg.train.max_grad_norm > 0 else float("inf")
+        grad_norm = self._global_grad_norm(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def train(self) -> None:
+        self.module.train()
+
+    def eval(self) -> None:
+        self.module.eval()
+
+    def inference_context(self):
+        return contextlib.nullcontext()
+
+
+class DDPEngine(Engine):
     """Every rank holds the whole model; DDP all-reduces (averages) gradients on the last micro-batch."""
 
     name = "ddp"
-    forward_is_collective = False
 
     def __init__(self, cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps: int,
                  loss_module: Optional[LossFactory] = None):
@@ -59,28 +91,6 @@ class DDPEngine:
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
-
-    def step(self) -> float:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        max_norm = self.cfg.train.max_grad_norm if self.cfg.train.max_grad_norm > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(grad_norm)
-
-    @property
-    def lr(self) -> float:
-        return self.scheduler.get_last_lr()[0]
-
-    def train(self) -> None:
-        self.module.train()
-
-    def eval(self) -> None:
-        self.module.eval()
-
-    def inference_context(self):
-        return contextlib.nullcontext()
 
     def report(self) -> dict[str, Any]:
         return {"engine": "ddp" if self.dist.world_size > 1 else "single", "world_size": self.dist.world_size}

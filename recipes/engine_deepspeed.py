@@ -27,7 +27,7 @@ from torch import nn
 
 from launcher.config.schema import Config, resolve_grad_accum
 from recipes.distributed import DistInfo, ensure_process_group
-from recipes.engine import LossFactory, default_loss_module
+from recipes.engine import Engine, LossFactory, default_loss_module
 from recipes.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def skip_shm_comm_build() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-class DeepSpeedEngine:
+class DeepSpeedEngine(Engine):
     """ZeRO-1/2/3 via DeepSpeed; ``model`` stays the unwrapped HF/PEFT model (partitioned under ZeRO-3)."""
 
     name = "deepspeed"
@@ -151,19 +151,13 @@ class DeepSpeedEngine:
         norm = self.ds.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 
-    @property
-    def lr(self) -> float:
-        return self.scheduler.get_last_lr()[0]
-
     def train(self) -> None:
         self.ds.train()
 
     def eval(self) -> None:
         self.ds.eval()
 
-    def inference_context(self):
-        """Forward through ``self.model`` on every rank works as is: ZeRO-3 hooks sit on every submodule."""
-        return contextlib.nullcontext()
+    # inference_context: the default (nothing to do); ZeRO-3's hooks gather weights in any forward.
 
     def report(self) -> dict[str, Any]:
         # A ZeRO-3 parameter keeps only its partition (ds_tensor) on this rank; whole ones have none.

@@ -24,7 +24,7 @@ from torch import nn
 
 from launcher.config.schema import Config
 from recipes.distributed import DistInfo, ensure_process_group
-from recipes.engine import LossFactory, default_loss_module
+from recipes.engine import Engine, LossFactory, default_loss_module
 from recipes.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def count_sharded(module: nn.Module, world_size: int) -> tuple[int, int]:
     return sharded, total
 
 
-class FSDPEngine:
+class FSDPEngine(Engine):
     """FSDP2 per decoder layer + root; ``model`` is the HF/PEFT model whose parameters are now DTensors."""
 
     name = "fsdp"
@@ -112,28 +112,11 @@ class FSDPEngine:
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
-    def step(self) -> float:
+    def _global_grad_norm(self, norm) -> float:
         from torch.distributed.tensor import DTensor
 
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        max_norm = self.cfg.train.max_grad_norm if self.cfg.train.max_grad_norm > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        if isinstance(grad_norm, DTensor):
-            grad_norm = grad_norm.full_tensor()
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(grad_norm)
-
-    @property
-    def lr(self) -> float:
-        return self.scheduler.get_last_lr()[0]
-
-    def train(self) -> None:
-        self.module.train()
-
-    def eval(self) -> None:
-        self.module.eval()
+        # The norm of DTensor gradients is itself a DTensor: make it the whole model's number on every rank.
+        return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
 
     @contextlib.contextmanager
     def inference_context(self):

@@ -1,7 +1,7 @@
 """``launcher bench [OVERRIDES] [--steps N] [--out FILE.json]``: train N steps and report speed and memory.
 
 Prints and writes as JSON: trained tokens/s and non-pad tokens/s (steady state: the steps after the first),
-seconds from the command to the end of the first step, peak memory (RSS on CPU; allocated and reserved on
+seconds from the command to the start of the first step (and that step's own time), peak memory (RSS on CPU; allocated and reserved on
 GPU), packing fill, achieved model FLOP/s and, on a GPU with a known bf16 peak, the MFU.
 
 The fixed reference case anyone can rerun offline: ``launcher bench experiment=bench_reference``.
@@ -65,6 +65,7 @@ def bench_report(summary: dict, run_dir: Path) -> dict:
         "trained_tokens_per_s": summary.get("steady_trained_tokens_per_s"),
         "non_pad_tokens_per_s": summary.get("steady_tokens_per_s"),
         "time_to_first_step_s": summary.get("time_to_first_step_s"),
+        "first_step_seconds": summary.get("first_step_seconds"),
         "setup_seconds": summary.get("setup_seconds"),
         "peak_rss_gb": summary.get("peak_rss_gb"),
         "cuda_max_allocated_gb": summary.get("cuda_max_allocated_gb"),

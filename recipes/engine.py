@@ -27,7 +27,9 @@ LossFactory = Callable[[nn.Module, Config], nn.Module]
 
 def default_loss_module(model: nn.Module, cfg: Config) -> nn.Module:
     """SFT: the summed token cross-entropy at trained positions."""
-    return CausalLMLoss(model, cfg.train.loss_chunk_size)
+    # ZeRO-3 gathers a weight only inside its module's forward: there the head must be called, not read.
+    zero3 = cfg.parallelism.strategy == "deepspeed" and cfg.parallelism.zero_stage == 3
+    return CausalLMLoss(model, cfg.train.loss_chunk_size, fused=not zero3)
 
 
 class Engine:

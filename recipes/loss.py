@@ -1,8 +1,15 @@
 """Causal-LM loss computed only where labels are trained, in chunks, never materializing [B, T, V] logits.
 
-The LM head is most of a small model's FLOPs and its fp32 logits most of its memory; computing it only at
-trained positions, chunk by chunk with recomputation in backward, keeps both down while the result equals
-the plain cross-entropy over all positions.
+The LM head is most of a small model's FLOPs and its fp32 logits most of its memory. Two ways, same result
+as the plain cross-entropy over all positions:
+
+- ``fused_linear_ce_sum`` (the default for a plain ``nn.Linear`` head): each chunk's logits are made once,
+  and the gradients of the head's input and weight are computed right there in the forward (the loss is a
+  sum, so its gradient is known up to the scalar that backward brings). Three matmuls per chunk, as an
+  unchunked head costs, and one chunk of logits alive at a time.
+- ``chunked_ce_sum``: calls the head module per chunk under activation checkpointing (four matmuls: the
+  forward is recomputed). Used where the head is not a plain Linear (LoRA or modules_to_save on it), or
+  where its weight may only be touched through its own forward (DeepSpeed ZeRO-3 gathers it in a hook).
 """
 from __future__ import annotations
 
@@ -32,6 +39,68 @@ def chunked_ce_sum(hidden: torch.Tensor, lm_head: nn.Module, targets: torch.Tens
     return total
 
 
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """sum_n CE(hidden[n] @ weight.T, targets[n]) with its gradients computed chunk by chunk in forward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_size):
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        for start in range(0, hidden.shape[0], chunk_size):
+            h, y = hidden[start: start + chunk_size], targets[start: start + chunk_size]
+            logits = (h @ weight.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            if need_h or need_w:
+                # d CE / d logits = softmax - onehot, made in place in the logits buffer.
+                grad_logits = logits.sub_(lse[:, None]).exp_()
+                grad_logits[torch.arange(y.shape[0], device=y.device), y] -= 1.0
+                grad_logits = grad_logits.to(weight.dtype)
+                if need_h:
+                    grad_h[start: start + chunk_size] = grad_logits @ weight
+                if need_w:
+                    grad_w.addmm_(grad_logits.t().float(), h.float())
+        ctx.save_for_backward(grad_h if need_h else None, grad_w if need_w else None)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        if grad_h is not None:
+            grad_h = grad_h * grad_out.to(grad_h.dtype)
+        if grad_w is not None:
+            grad_w = (grad_w * grad_out).to(ctx.weight_dtype)
+        return grad_h, grad_w, None, None
+
+
+def fused_linear_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                        chunk_size: int) -> torch.Tensor:
+    """Sum of token cross-entropies of ``hidden @ weight.T`` against ``targets`` ([N, H], [V, H], [N])."""
+    if hidden.shape[0] == 0:
+        return hidden.sum() * 0.0 + weight.sum() * 0.0  # keeps the graph (and DDP's hooks) connected
+    if not torch.is_grad_enabled():
+        with torch.no_grad():
+            return _FusedLinearCrossEntropy.forward(_NoGradCtx(), hidden, weight, targets, chunk_size)
+    return _FusedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size)
+
+
+class _NoGradCtx:
+    """Stands in for autograd's ctx when no gradient is wanted (evaluation)."""
+
+    needs_input_grad = (False, False, False, False)
+
+    def save_for_backward(self, *tensors):
+        pass
+
+
+def plain_linear_head(module: nn.Module) -> bool:
+    """A head whose weight we may use directly: a bias-free nn.Linear (not a PEFT or DeepSpeed wrapper)."""
+    return type(module) is nn.Linear and module.bias is None
+
+
 def chunked_token_logprobs(hidden: torch.Tensor, lm_head: nn.Module, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """Per-token log p(target) ([N]) for DPO-style sequence scores, chunked like ``chunked_ce_sum``."""
 
@@ -53,10 +122,11 @@ class CausalLMLoss(nn.Module):
     all ranks), so variable-length micro-batches are weighted by their tokens (transformers#34191).
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int = 1024):
+    def __init__(self, model: nn.Module, chunk_size: int = 256, fused: bool = True):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        self.fused = fused
 
     def backbone(self) -> nn.Module:
         return self.model.get_decoder()
@@ -70,4 +140,7 @@ class CausalLMLoss(nn.Module):
         )
         hidden = out.last_hidden_state
         trained = shift_labels != IGNORE_INDEX
-        return chunked_ce_sum(hidden[trained], self.lm_head(), shift_labels[trained], self.chunk_size)
+        head = self.lm_head()
+        if self.fused and plain_linear_head(head):
+            return fused_linear_ce_sum(hidden[trained], head.weight, shift_labels[trained], self.chunk_size)
+        return chunked_ce_sum(hidden[trained], head, shift_labels[trained], self.chunk_size)

@@ -316,9 +316,11 @@ class SFTRecipe:
                             dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
         self.engine.train()
         window_start, window_trained, window_tokens = time.time(), 0, 0
-        first_step_at = None
+        first_step_at = first_step_started = None
         last_loss = None
         while self.step < self.total_steps:
+            if first_step_started is None:
+                first_step_started = time.time()
             stats = self.train_step(self.step)
             if first_step_at is None:
                 first_step_at = time.time()
@@ -366,7 +368,9 @@ class SFTRecipe:
                            steady_tokens_per_s=steady_tokens / steady, steady_steps=self.step - start_step - 1,
                            steady_seconds=steady, model_flops_per_s=flops / steady)
         if first_step_at is not None:
-            summary["time_to_first_step_s"] = round(first_step_at - _process_start_time(), 3)
+            # From the command (process start) to the moment training starts, and the first step's own time.
+            summary["time_to_first_step_s"] = round(first_step_started - _process_start_time(), 3)
+            summary["first_step_seconds"] = round(first_step_at - first_step_started, 3)
         summary["peak_rss_gb"] = round(_peak_rss_gb(), 3)
         if self.dist.device.type == "cuda":
             summary["cuda_max_allocated_gb"] = torch.cuda.max_memory_allocated(self.dist.device) / 2**30

@@ -157,7 +157,7 @@ class TrainConfig:
     exact_match_samples: int = 0
     """Held-out prompts answered greedily before and after training, scored by exact match (0: off)."""
     max_new_tokens: int = 32
-    loss_chunk_size: int = 1024
+    loss_chunk_size: int = 256
     """Positions per chunk of the LM head + cross-entropy; logits are never materialized for all positions."""
     num_workers: int = 0
 

@@ -1,0 +1,68 @@
+"""The optimized loss (trained positions only, chunked, fused head gradients) equals the plain HF loss, and
+its gradients equal the plain gradients, on the same batch."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from recipes.loss import IGNORE_INDEX, CausalLMLoss, fused_linear_ce_sum
+
+
+def tiny_model(tied: bool) -> Qwen2ForCausalLM:
+    torch.manual_seed(0)
+    config = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=997, tie_word_embeddings=tied)
+    return Qwen2ForCausalLM(config).float()
+
+
+def batch(vocab: int):
+    g = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(0, vocab, (3, 40), generator=g)
+    labels = input_ids.clone()
+    labels[:, :15] = IGNORE_INDEX  # a prompt
+    labels[1, 30:] = IGNORE_INDEX  # padding at the end of row 1
+    attention = torch.ones_like(input_ids)
+    attention[1, 30:] = 0
+    shift = torch.full_like(labels, IGNORE_INDEX)
+    shift[:, :-1] = labels[:, 1:]
+    positions = torch.arange(40).expand(3, 40).clone()
+    return input_ids, labels, shift, attention, positions
+
+
+def grads(model) -> dict:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("fused,chunk", [(True, 7), (True, 4096), (False, 7)])
+def test_loss_and_gradients_equal_plain_hf(tied, fused, chunk):
+    model = tiny_model(tied)
+    input_ids, labels, shift, attention, positions = batch(model.config.vocab_size)
+    plain = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, labels=labels).loss
+    plain.backward()
+    expected = grads(model)
+    model.zero_grad(set_to_none=True)
+
+    n_trained = int((shift != IGNORE_INDEX).sum())
+    ours = CausalLMLoss(model, chunk_size=chunk, fused=fused)(
+        input_ids=input_ids, shift_labels=shift, position_ids=positions, attention_mask=attention) / n_trained
+    ours.backward()
+    got = grads(model)
+    torch.testing.assert_close(ours, plain, rtol=1e-6, atol=1e-6)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_fused_head_without_grad_and_with_no_trained_token():
+    weight = torch.randn(50, 8)
+    hidden = torch.randn(5, 8)
+    targets = torch.randint(0, 50, (5,))
+    with torch.no_grad():
+        value = fused_linear_ce_sum(hidden, weight, targets, chunk_size=2)
+    expected = torch.nn.functional.cross_entropy(hidden @ weight.t(), targets, reduction="sum")
+    torch.testing.assert_close(value, expected)
+    empty = fused_linear_ce_sum(hidden[:0].requires_grad_(), weight.requires_grad_(), targets[:0], 2)
+    empty.backward()
+    assert float(empty.detach()) == 0.0 and float(weight.grad.abs().sum()) == 0.0

@@ -39,10 +39,22 @@ def file_fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
-    vocab = sorted(tokenizer.get_vocab().items())
+    """What the tokenization depends on. From the tokenizer's files when it was loaded from a folder (a
+    151k-entry vocabulary takes ~0.4 s to serialize, the files ~20 ms to hash), else from its vocabulary."""
     parts = [type(tokenizer).__name__, str(len(tokenizer)), tokenizer.chat_template or "",
-             json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str), json.dumps(vocab)]
+             json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str)]
+    folder = Path(str(getattr(tokenizer, "name_or_path", "") or ""))
+    files = [folder / name for name in TOKENIZER_FILES] if folder.is_dir() else []
+    files = [f for f in files if f.is_file()]
+    if files:
+        parts += [f"{f.name}:{hashlib.sha256(f.read_bytes()).hexdigest()}" for f in files]
+    else:
+        parts.append(json.dumps(sorted(tokenizer.get_vocab().items())))
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
 

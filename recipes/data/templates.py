@@ -207,12 +207,15 @@ def _render_plain(messages, tools, gen, eos, where) -> str:
 
 def template_family(tokenizer) -> str:
     """The named template that matches a tokenizer's special tokens."""
-    vocab = tokenizer.get_vocab()
-    if "<|im_start|>" in vocab:
+    def has(token: str) -> bool:  # one lookup, not a copy of a 100k+ vocabulary
+        found = tokenizer.convert_tokens_to_ids(token)
+        return found is not None and found != tokenizer.unk_token_id
+
+    if has("<|im_start|>"):
         return "qwen"
-    if "<|start_header_id|>" in vocab:
+    if has("<|start_header_id|>"):
         return "llama3"
-    if "[INST]" in vocab:
+    if has("[INST]"):
         return "mistral"
     return "plain"
 

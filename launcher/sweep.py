@@ -609,13 +609,3 @@ def _note_parallel(parallel: int, points: list) -> None:
     if parallel > 1 and points[0].cfg.cluster.kind == "slurm":
         print("note: --parallel is for cluster=local; on SLURM, cluster.array_parallelism caps the running tasks",
               file=sys.stderr)
-
-
-if __name__ == "__main__":
-    from launcher.errors import LauncherError
-
-    try:
-        sys.exit(sweep_main(sys.argv[1:]))
-    except LauncherError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)

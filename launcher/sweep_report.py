@@ -330,13 +330,3 @@ def sweep_command_main(argv: list) -> int:
         return report_main(argv[1:])
     print(f"error: unknown sweep subcommand '{argv[0]}' (known: report)")
     return 2
-
-
-if __name__ == "__main__":
-    import sys
-
-    try:
-        sys.exit(sweep_command_main(sys.argv[1:]))
-    except LauncherError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)

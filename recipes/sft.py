@@ -294,7 +294,7 @@ class SFTRecipe:
             log.info("checkpoint saved: %s", path)
 
     def train(self) -> dict:
-        cfg, t = self.cfg, self.cfg.train
+        t = self.cfg.train
         summary: dict = {"run_dir": str(self.run_dir), "total_steps": self.total_steps}
         start_step = self.step
         if start_step == 0:

@@ -84,7 +84,7 @@ class NodeLauncher:
     # ------------------------------------------------------------------------------ preemption
 
     def _run_torchrun(self, argv: list, child_env: dict) -> int:
-        import psutil  # now, not when the signal comes: forwarding must be quick
+        import psutil  # noqa: F401  (imported now, not when the signal comes: forwarding must be quick)
 
         proc = subprocess.Popen(argv, cwd=str(REPO_ROOT), env=child_env,
                                 preexec_fn=_ignore_preempt_signal)

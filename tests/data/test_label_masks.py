@@ -94,7 +94,6 @@ def test_qwen3_template_falls_back_and_keeps_thinking_trained():
 
 
 def test_named_templates_split_into_turns():
-    tok = char_tokenizer()
     for name in ("chatml", "llama3", "mistral", "plain"):
         pairs = split_pairs(NamedTemplate(name, eos_token="</s>"), MULTI["messages"], None, "t")
         assert [a for _, a in pairs][1].startswith("4"), name

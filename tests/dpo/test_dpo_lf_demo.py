@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import SHARED_DEMO
 from tests.dpo.helpers import records, run_dpo
-from tests.dpo.test_dpo_train import assert_rewards_rise, assert_same_logits, report
+from tests.dpo.test_dpo_train import assert_rewards_rise, assert_same_logits
 
 pytestmark = [
     pytest.mark.skipif(not (SHARED_DEMO / "dpo_en_demo.json").is_file(), reason=f"no dpo_en_demo in {SHARED_DEMO}"),

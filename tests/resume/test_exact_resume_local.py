@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from launcher.config.compose import compose_config
 from launcher.errors import ConfigError

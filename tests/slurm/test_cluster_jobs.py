@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from launcher.config.compose import compose_config, default_run_name
 from launcher.preflight import run_preflight

@@ -1,5 +1,5 @@
-"""Write the embedded preference set: the tasks of generate_tasks.py, each with a correct (chosen) and a
-plausible wrong (rejected) answer, in LLaMA-Factory's alpaca ranking format (``ranking: true``).
+"""Write the embedded preference set: short tasks (add, capitalize, reverse), each with a correct (chosen)
+and a plausible wrong (rejected) answer, in LLaMA-Factory's alpaca ranking format (``ranking: true``).
 
 Wrong answers are near misses, so a model must learn the rule to tell them apart: a sum off by 1-3, a word
 capitalized only in part or left as it was, a reversal with two letters swapped or not reversed at all.
@@ -9,11 +9,23 @@ Deterministic: rerunning rewrites the same files.
 """
 import json
 import random
+import string
 from pathlib import Path
 
-from generate_tasks import make
-
 HERE = Path(__file__).resolve().parent
+
+
+def make(rng: random.Random) -> dict:
+    """One task row. Kept here, not imported from generate_tasks.py: the SFT tasks have other rules now,
+    and wrong_answer below knows these three; the shipped prefs_*.json files are exactly what this writes."""
+    kind = rng.choice(["upper", "reverse", "add"])
+    if kind == "add":
+        a, b = rng.randint(0, 49), rng.randint(0, 49)
+        return {"instruction": "Add.", "input": f"{a}+{b}", "output": str(a + b)}
+    word = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 5)))
+    if kind == "upper":
+        return {"instruction": "Capitalize.", "input": word, "output": word.upper()}
+    return {"instruction": "Reverse.", "input": word, "output": word[::-1]}
 
 
 def wrong_answer(row: dict, rng: random.Random) -> str:

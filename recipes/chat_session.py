@@ -57,20 +57,15 @@ class ChatSession:
         """(answer, prompt text): the answer is streamed to ``out`` and added to the history."""
         prompt = self.prompt_for(user_text)
         enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
-        o = self.options
-        kwargs = {"do_sample": o.do_sample}
-        if o.do_sample:
-            kwargs.update(temperature=o.temperature, top_p=o.top_p)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        from recipes.predict import eos_ids
+        from recipes.generation import answer_ids, eos_ids, sampling_kwargs
 
+        o = self.options
         stop = eos_ids(self.model, self.tokenizer)
         streamer = make_streamer(self.tokenizer, out) if out is not None else None
         generated = self.model.generate(**enc, max_new_tokens=o.max_new_tokens, streamer=streamer,
-                                        pad_token_id=self.tokenizer.pad_token_id, eos_token_id=stop, **kwargs)
+                                        pad_token_id=self.tokenizer.pad_token_id, eos_token_id=stop,
+                                        **sampling_kwargs(o.do_sample, o.temperature, o.top_p))
         new = generated[0, enc["input_ids"].shape[1]:].tolist()
-        ends = [i for i, t in enumerate(new) if t in stop]
-        answer = self.tokenizer.decode(new[: ends[0]] if ends else new, skip_special_tokens=True).strip()
+        answer = self.tokenizer.decode(answer_ids(new, stop), skip_special_tokens=True).strip()
         self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": answer}]
         return answer, prompt

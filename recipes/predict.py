@@ -66,38 +66,12 @@ def output_dir(run_dir: Path, label: str, args: PredictArgs) -> Path:
     return Path(run_dir) / PREDICT_DIR / name
 
 
-def eos_ids(model, tokenizer) -> list[int]:
-    """Every id that ends an answer: the tokenizer's eos and the generation config's (Qwen lists two)."""
-    ids = {tokenizer.eos_token_id}
-    gen = getattr(model.generation_config, "eos_token_id", None)
-    ids.update(gen if isinstance(gen, (list, tuple)) else [gen])
-    return sorted(i for i in ids if i is not None)
-
-
-@torch.no_grad()
 def generate_batch(model, tokenizer, prompts: list[str], args: PredictArgs, device) -> tuple[list[str], list[int]]:
     """Answers to already-rendered prompts, and how many tokens each generated."""
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation continues from the right edge
-    try:
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-    finally:
-        tokenizer.padding_side = side
-    kwargs = {"do_sample": args.do_sample}
-    if args.do_sample:
-        kwargs.update(temperature=args.temperature, top_p=args.top_p)
-    else:
-        kwargs.update(temperature=None, top_p=None, top_k=None)  # silence "sampling flags set" warnings
-    stop = eos_ids(model, tokenizer)
-    out = model.generate(**enc, max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=stop, **kwargs)
-    new = out[:, enc["input_ids"].shape[1]:].cpu()
-    counts = []
-    for row in new:
-        ended = [i for i, t in enumerate(row.tolist()) if t in stop]
-        counts.append(ended[0] + 1 if ended else len(row))
-    texts = [tokenizer.decode(row[:n], skip_special_tokens=True).strip() for row, n in zip(new, counts)]
-    return texts, counts
+    from recipes.generation import generate_texts
+
+    return generate_texts(model, tokenizer, prompts, args.max_new_tokens, device, args.do_sample, args.temperature,
+                          args.top_p)
 
 
 def _write_atomic(path: Path, text: str) -> None:

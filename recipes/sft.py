@@ -279,11 +279,12 @@ class SFTRecipe:
         samples = [s for s in self.data.eval_samples if any(m["role"] == "assistant" for m in s.get("messages", []))]
         if not samples:  # pretraining text has no prompt/answer to check
             return None
+        from recipes.eval_prompts import prompt_renderer
         from recipes.generation import exact_match_eval
 
         with self._autocast():
-            return exact_match_eval(self.model, self.tokenizer, samples[:n],
-                                    self.cfg.train.max_new_tokens, self.dist.device)
+            return exact_match_eval(self.model, self.tokenizer, samples[:n], self.cfg.train.max_new_tokens,
+                                    self.dist.device, prompt_renderer(self.tokenizer, self.cfg))
 
     def save_checkpoint(self) -> None:
         meta = {"step": self.step, "world_size": self.dist.world_size, "trained_tokens": self.trained_tokens_total,

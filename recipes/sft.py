@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 
 from launcher.config.schema import Config, resolve_grad_accum
+from launcher.errors import ConfigError, DataError
 from recipes import checkpoint as ckpt
 from recipes import preemption
 from recipes.batching import epoch_plan, eval_batches, steps_per_epoch
@@ -118,8 +119,6 @@ class SFTRecipe:
         n_rows = len(self.data.train)
         self.steps_per_epoch = steps_per_epoch(n_rows, dist.world_size, cfg.train.micro_batch_size, self.grad_accum)
         if self.steps_per_epoch == 0:
-            from launcher.errors import DataError
-
             raise DataError(
                 f"data: {n_rows} training rows are fewer than one global batch"
                 f" ({cfg.train.micro_batch_size} x {self.grad_accum} x {dist.world_size}); lower train.micro_batch_size"
@@ -155,13 +154,9 @@ class SFTRecipe:
                 preemption.forget_metrics_after(self.run_dir, -1)
             return
         if not (directory / ckpt.COMPLETE).is_file():
-            from launcher.errors import ConfigError
-
             raise ConfigError(f"run.resume: {directory} is not a complete checkpoint (no {ckpt.COMPLETE} marker)")
         meta = json.loads((directory / "meta.json").read_text())
         if meta["world_size"] != self.dist.world_size:
-            from launcher.errors import ConfigError
-
             raise ConfigError(
                 f"run.resume: checkpoint {directory.name} was written with world size {meta['world_size']},"
                 f" this run has {self.dist.world_size}; resume with the same nodes x nproc_per_node,"

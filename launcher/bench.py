@@ -60,6 +60,8 @@ def bench_report(summary: dict, run_dir: Path) -> dict:
         "cutoff_len": cfg.data.cutoff_len,
         "packing": cfg.data.packing,
         "micro_batch_size": cfg.train.micro_batch_size,
+        "attention": summary.get("attention"),
+        "dtype": summary.get("dtype"),
         "steps": summary.get("final_step"),
         "steady_steps": summary.get("steady_steps"),
         "trained_tokens_per_s": summary.get("steady_trained_tokens_per_s"),
@@ -67,6 +69,7 @@ def bench_report(summary: dict, run_dir: Path) -> dict:
         "time_to_first_step_s": summary.get("time_to_first_step_s"),
         "first_step_seconds": summary.get("first_step_seconds"),
         "setup_seconds": summary.get("setup_seconds"),
+        "startup_seconds": summary.get("startup_seconds"),
         "peak_rss_gb": summary.get("peak_rss_gb"),
         "cuda_max_allocated_gb": summary.get("cuda_max_allocated_gb"),
         "cuda_max_reserved_gb": summary.get("cuda_max_reserved_gb"),
@@ -95,7 +98,14 @@ def format_report(report: dict) -> str:
         return str(value)
 
     width = max(len(k) for k in report)
-    return "\n".join(f"{k:<{width}}  {fmt(v)}" for k, v in report.items() if v is not None)
+    lines = []
+    for key, value in report.items():
+        if isinstance(value, dict):  # the start-up breakdown: one indented line per phase
+            lines.append(key)
+            lines += [f"  {k:<{width - 2}}  {fmt(v)}" for k, v in value.items()]
+        elif value is not None:
+            lines.append(f"{key:<{width}}  {fmt(value)}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

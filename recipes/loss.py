@@ -39,29 +39,43 @@ def chunked_ce_sum(hidden: torch.Tensor, lm_head: nn.Module, targets: torch.Tens
     return total
 
 
+def _autocast_dtype(device: torch.device):
+    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+
+
 class _FusedLinearCrossEntropy(torch.autograd.Function):
-    """sum_n CE(hidden[n] @ weight.T, targets[n]) with its gradients computed chunk by chunk in forward."""
+    """sum_n CE(hidden[n] @ weight.T, targets[n]) with its gradients computed chunk by chunk in forward.
+
+    Under autocast (bf16 on a GPU) every matmul runs in the autocast dtype, as the plain head's would, the
+    weight's gradient included (an fp32 matmul there would run at a fraction of the tensor cores' rate); the
+    weight is cast once per call rather than per chunk; log-sum-exp and the loss stay fp32.
+    """
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk_size):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        compute_dtype = _autocast_dtype(hidden.device) or weight.dtype
+        w = weight.to(compute_dtype)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         for start in range(0, hidden.shape[0], chunk_size):
-            h, y = hidden[start: start + chunk_size], targets[start: start + chunk_size]
-            logits = (h @ weight.t()).float()
+            h, y = hidden[start: start + chunk_size].to(compute_dtype), targets[start: start + chunk_size]
+            logits = (h @ w.t()).float()
             lse = torch.logsumexp(logits, dim=-1)
             total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
             if need_h or need_w:
                 # d CE / d logits = softmax - onehot, made in place in the logits buffer.
                 grad_logits = logits.sub_(lse[:, None]).exp_()
                 grad_logits[torch.arange(y.shape[0], device=y.device), y] -= 1.0
-                grad_logits = grad_logits.to(weight.dtype)
+                grad_logits = grad_logits.to(compute_dtype)
                 if need_h:
-                    grad_h[start: start + chunk_size] = grad_logits @ weight
+                    grad_h[start: start + chunk_size] = grad_logits @ w
                 if need_w:
-                    grad_w.addmm_(grad_logits.t().float(), h.float())
+                    if compute_dtype == torch.float32:
+                        grad_w.addmm_(grad_logits.t(), h)
+                    else:  # a low-precision product per chunk, summed in fp32
+                        grad_w += grad_logits.t() @ h
         ctx.save_for_backward(grad_h if need_h else None, grad_w if need_w else None)
         ctx.weight_dtype = weight.dtype
         return total

@@ -27,6 +27,7 @@ from recipes import preemption
 from recipes.batching import epoch_plan, eval_batches, steps_per_epoch
 from recipes.distributed import DistInfo, all_reduce_max, all_reduce_sum
 from recipes.flops import causal_pairs, training_flops
+from recipes.process_stats import PhaseClock, peak_rss_gb, process_start_time
 from recipes.engine import build_engine
 from recipes.modeling import (
     apply_lora,
@@ -53,18 +54,6 @@ def _trained_tokens(batch: dict) -> int:
     return int((batch["shift_labels"] != -100).sum())
 
 
-def _process_start_time() -> float:
-    import psutil
-
-    return psutil.Process().create_time()
-
-
-def _peak_rss_gb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
-
-
 def _segment_lengths(row: dict) -> list[int]:
     """Lengths of the samples a row holds (packed rows hold several; a preference row two sequences)."""
     if "chosen_input_ids" in row:
@@ -86,8 +75,13 @@ class SFTRecipe:
     def setup(self) -> None:
         cfg, dist = self.cfg, self.dist
         t0 = time.time()
+        # Where start-up time goes, for the bench report: process start -> setup (interpreter, imports,
+        # config), then each phase of setup.
+        self.startup = PhaseClock(before_setup=t0 - process_start_time())
+        phase_done = self.startup.done
         torch.manual_seed(cfg.train.seed)
         self.tokenizer = load_tokenizer(cfg.model)
+        phase_done("tokenizer")
         self.attn_impl = choose_attn_implementation(cfg.model.attn_implementation, dist.device)
         self.dtype = choose_dtype(cfg.model.dtype, dist.device)
         if dist.is_main:
@@ -95,6 +89,7 @@ class SFTRecipe:
                      self.attn_impl, str(self.dtype).replace("torch.", ""), dist.device, dist.world_size)
 
         self.data = self.build_data()
+        phase_done("data")
         if dist.is_main:
             log.info("data: %s", ", ".join(f"{k}={v}" for k, v in self.data.stats.items() if not isinstance(v, dict)))
 
@@ -110,6 +105,7 @@ class SFTRecipe:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if cfg.method.finetuning == "lora":
                 model.enable_input_require_grads()
+        phase_done("model")
         total, trainable = count_parameters(model)
         if dist.is_main:
             log.info("model: %.2fM parameters, %.2fM trainable (%s)", total / 1e6, trainable / 1e6,
@@ -129,11 +125,14 @@ class SFTRecipe:
             self.total_steps = max(1, int(math.ceil(cfg.train.epochs * self.steps_per_epoch)))
         self.engine = self.build_engine(model)
         self.model = self.engine.model
+        phase_done("engine")
         self.step = 0
         self.trained_tokens_total = 0
         self._resume()
         self.metrics = MetricsLogger(cfg, self.run_dir, enabled=dist.is_main)
-        self.setup_seconds = time.time() - t0
+        phase_done("resume_and_metrics")
+        self._setup_end = time.time()
+        self.setup_seconds = self._setup_end - t0
 
     def build_data(self):
         """Hook: the DataBundle this recipe trains on."""
@@ -365,9 +364,11 @@ class SFTRecipe:
                            steady_seconds=steady, model_flops_per_s=flops / steady)
         if first_step_at is not None:
             # From the command (process start) to the moment training starts, and the first step's own time.
-            summary["time_to_first_step_s"] = round(first_step_started - _process_start_time(), 3)
+            summary["time_to_first_step_s"] = round(first_step_started - process_start_time(), 3)
+            self.startup.phases["after_setup"] = first_step_started - self._setup_end
+            summary["startup_seconds"] = {k: round(v, 3) for k, v in self.startup.phases.items()}
             summary["first_step_seconds"] = round(first_step_at - first_step_started, 3)
-        summary["peak_rss_gb"] = round(_peak_rss_gb(), 3)
+        summary["peak_rss_gb"] = round(peak_rss_gb(), 3)
         if self.dist.device.type == "cuda":
             summary["cuda_max_allocated_gb"] = torch.cuda.max_memory_allocated(self.dist.device) / 2**30
             summary["cuda_max_reserved_gb"] = torch.cuda.max_memory_reserved(self.dist.device) / 2**30
@@ -383,7 +384,7 @@ class SFTRecipe:
             exact_match_after=em_after and em_after["exact_match"],
             exact_match_examples=em_after and em_after["examples"],
             trained_tokens=self.trained_tokens_total, setup_seconds=round(self.setup_seconds, 2),
-            parallelism=self.engine.report(),
+            parallelism=self.engine.report(), attention=self.attn_impl, dtype=str(self.dtype).replace("torch.", ""),
         )
         if self.dist.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -66,3 +66,39 @@ def test_fused_head_without_grad_and_with_no_trained_token():
     empty = fused_linear_ce_sum(hidden[:0].requires_grad_(), weight.requires_grad_(), targets[:0], 2)
     empty.backward()
     assert float(empty.detach()) == 0.0 and float(weight.grad.abs().sum()) == 0.0
+
+
+class _MatmulDtypes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the input dtypes of every matmul that runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_, torch.ops.aten.bmm):
+            self.seen.append(tuple(a.dtype for a in args if isinstance(a, torch.Tensor)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_fused_head_under_bf16_autocast_matches_plain_head_and_stays_bf16():
+    """What a GPU run does (bf16 autocast over fp32 master weights), checked on CPU's autocast."""
+    g = torch.Generator().manual_seed(3)
+    weight = (torch.randn(997, 64, generator=g) * 0.1).requires_grad_()
+    hidden = torch.randn(50, 64, generator=g).requires_grad_()
+    targets = torch.randint(0, 997, (50,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = torch.nn.functional.cross_entropy((hidden @ weight.t()).float(), targets, reduction="sum")
+    plain.backward()
+    expected = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+
+    with _MatmulDtypes() as matmuls, torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = fused_linear_ce_sum(hidden, weight, targets, chunk_size=16)
+    ours.backward()
+    # Every forward-time matmul (logits, and both gradients) ran in bf16; none silently in fp32.
+    assert len(matmuls.seen) == 4 * 3 and all(set(d) == {torch.bfloat16} for d in matmuls.seen), matmuls.seen
+    assert hidden.grad.dtype == weight.grad.dtype == torch.float32
+    torch.testing.assert_close(ours, plain, rtol=1e-3, atol=0)
+    torch.testing.assert_close(hidden.grad, expected[0], rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(weight.grad, expected[1], rtol=2e-2, atol=2e-3)

@@ -16,10 +16,11 @@ COMMON = ["method=dpo", "method.lr=3e-3", "train.max_steps=3", "method.dpo.probe
 
 
 def assert_same_steps(a, b, tol=2e-5):
+    # fp32 sums in another order after an lr=3e-3 step: a few ulps, relative to log-probs of size ~20.
     assert len(a) == len(b) and a
     for x, y in zip(a, b):
         for key in KEYS:
-            assert x[key] == pytest.approx(y[key], abs=tol), (x["step"], key, x[key], y[key])
+            assert x[key] == pytest.approx(y[key], abs=tol, rel=5e-6), (x["step"], key, x[key], y[key])
 
 
 def test_accumulation_and_ranks_give_the_same_step(output_root):

@@ -26,7 +26,10 @@ def bench_main(argv: list[str]) -> int:
     from launcher.errors import ConfigError
     from launcher.rundir import make_run_dir, write_run_config
 
-    overrides = list(args.overrides) + ["train.save_model=false", "train.exact_match_samples=0", "train.eval_every=0"]
+    # What is measured is training: no evaluation before, during or after it (held-out loss, exact match, DPO's
+    # probe pairs: run(evaluations=False)), and no final save. The overrides spare the setup their preparation.
+    overrides = list(args.overrides) + ["train.save_model=false", "train.exact_match_samples=0",
+                                        "train.eval_every=0", "method.dpo.probe_pairs=0"]
     if args.steps:
         overrides.append(f"train.max_steps={args.steps}")
     cfg = compose_config(overrides)
@@ -39,7 +42,7 @@ def bench_main(argv: list[str]) -> int:
 
     from recipes.run import run
 
-    summary = run(run_dir)
+    summary = run(run_dir, evaluations=False)
     report = bench_report(summary, run_dir)
     out = args.out or run_dir / "bench.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
@@ -61,7 +64,7 @@ def bench_report(summary: dict, run_dir: Path) -> dict:
         "packing": cfg.data.packing,
         "micro_batch_size": cfg.train.micro_batch_size,
         "attention": summary.get("attention"),
-        "dtype": summary.get("dtype"),
+        "compute_dtype": summary.get("compute_dtype"),
         "steps": summary.get("final_step"),
         "steady_steps": summary.get("steady_steps"),
         "trained_tokens_per_s": summary.get("steady_trained_tokens_per_s"),

@@ -38,7 +38,8 @@ def recipe_for(method: str):
     raise LauncherError(f"method.name: no recipe for '{method}'")
 
 
-def run(run_dir: Path) -> dict:
+def run(run_dir: Path, evaluations: bool = True) -> dict:
+    """Set up and train. ``evaluations=False`` (launcher bench) leaves out every evaluation."""
     from recipes.distributed import destroy_distributed, init_distributed
 
     from recipes.preemption import StopFlag
@@ -50,6 +51,7 @@ def run(run_dir: Path) -> dict:
     setup_logging(dist_info.rank)
     recipe = recipe_for(cfg.method.name)(cfg, run_dir, dist_info)
     recipe.stop_flag = stop_flag
+    recipe.evaluations = evaluations
     try:
         recipe.setup()
         summary = recipe.train()

@@ -69,6 +69,8 @@ class SFTRecipe:
         self.metrics: Optional[MetricsLogger] = None
         self.stop_flag: Optional[preemption.StopFlag] = None
         """Set by recipes.run: a preemption signal makes every rank checkpoint and stop at a step boundary."""
+        self.evaluations = True
+        """False (launcher bench): no held-out loss, exact match or probes before, during or after training."""
 
     # ------------------------------------------------------------------------------------ setup
 
@@ -86,7 +88,7 @@ class SFTRecipe:
         self.dtype = choose_dtype(cfg.model.dtype, dist.device)
         if dist.is_main:
             log.info("attention: %s, dtype: %s, device: %s, world size: %d",
-                     self.attn_impl, str(self.dtype).replace("torch.", ""), dist.device, dist.world_size)
+                     self.attn_impl, str(self.compute_dtype).replace("torch.", ""), dist.device, dist.world_size)
 
         self.data = self.build_data()
         phase_done("data")
@@ -192,9 +194,16 @@ class SFTRecipe:
         """Hook: rows -> one micro-batch."""
         return self.data.collate(rows)
 
-    def _autocast(self):
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """What the matmuls run in: the requested low precision under autocast on a GPU; fp32 on a CPU."""
         if self.dtype in (torch.bfloat16, torch.float16) and self.dist.device.type == "cuda":
-            return torch.autocast("cuda", dtype=self.dtype)
+            return self.dtype
+        return torch.float32
+
+    def _autocast(self):
+        if self.compute_dtype != torch.float32:
+            return torch.autocast("cuda", dtype=self.compute_dtype)
         import contextlib
 
         return contextlib.nullcontext()
@@ -292,7 +301,7 @@ class SFTRecipe:
         t = self.cfg.train
         summary: dict = {"run_dir": str(self.run_dir), "total_steps": self.total_steps}
         start_step = self.step
-        if start_step == 0:
+        if start_step == 0 and self.evaluations:
             before = self._log_eval()
             em_before = self.exact_match()
             if self.dist.is_main:
@@ -344,7 +353,7 @@ class SFTRecipe:
                 if self.metrics:
                     self.metrics.log(record)
                 window_start, window_trained, window_tokens = time.time(), 0, 0
-            if t.eval_every and self.step % t.eval_every == 0 and self.step != self.total_steps:
+            if self.evaluations and t.eval_every and self.step % t.eval_every == 0 and self.step != self.total_steps:
                 self._log_eval()
             if t.save_every and self.step % t.save_every == 0 and self.step != self.total_steps:
                 self.save_checkpoint()
@@ -373,8 +382,8 @@ class SFTRecipe:
             summary["cuda_max_allocated_gb"] = torch.cuda.max_memory_allocated(self.dist.device) / 2**30
             summary["cuda_max_reserved_gb"] = torch.cuda.max_memory_reserved(self.dist.device) / 2**30
         summary["data_stats"] = {k: v for k, v in self.data.stats.items() if isinstance(v, (int, float, str))}
-        final_eval = self._log_eval()
-        em_after = self.exact_match()
+        final_eval = self._log_eval() if self.evaluations else None
+        em_after = self.exact_match() if self.evaluations else None
         if em_after is not None and self.metrics:
             self.metrics.log({"kind": "exact_match", "step": self.step, "exact_match": em_after["exact_match"]})
         if self.cfg.train.save_model:
@@ -384,7 +393,8 @@ class SFTRecipe:
             exact_match_after=em_after and em_after["exact_match"],
             exact_match_examples=em_after and em_after["examples"],
             trained_tokens=self.trained_tokens_total, setup_seconds=round(self.setup_seconds, 2),
-            parallelism=self.engine.report(), attention=self.attn_impl, dtype=str(self.dtype).replace("torch.", ""),
+            parallelism=self.engine.report(), attention=self.attn_impl,
+            compute_dtype=str(self.compute_dtype).replace("torch.", ""),
         )
         if self.dist.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))

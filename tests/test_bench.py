@@ -26,12 +26,15 @@ def test_bench_reports_consistent_figures(output_root, capsys):
     assert "non_pad_tokens_per_s" in printed and "  tokenizer" in printed
 
     assert report["steps"] == 4 and report["steady_steps"] == 3
-    assert (report["attention"], report["dtype"]) == ("sdpa", "float32")
+    assert (report["attention"], report["compute_dtype"]) == ("sdpa", "float32")
     # Non-pad tokens include the prompt tokens that are not trained.
     assert 0 < report["trained_tokens_per_s"] < report["non_pad_tokens_per_s"]
     assert 0 < report["packing_fill"] <= 1
     assert report["peak_rss_gb"] > 0.1
     assert report["model_tflops_per_s"] > 0
+    # Only training is measured: the held-out split data=tasks has is not scored before, during or after.
+    records = [json.loads(line) for line in open(f"{report['run_dir']}/metrics.jsonl")]
+    assert {r["kind"] for r in records} == {"train"}
     # The start-up phases are consecutive: they add up to the time from the process start to the first step.
     phases = report["startup_seconds"]
     assert set(phases) >= {"before_setup", "tokenizer", "data", "model", "engine", "after_setup"}
@@ -88,5 +91,5 @@ def test_gpu_bench_reports_mfu(output_root):
     assert cli_main(["bench", "experiment=bench_gpu", f"run.output_root={output_root}", "--steps", "4",
                      "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert 0 < report["mfu"] < 1 and report["dtype"] == "bfloat16"
+    assert 0 < report["mfu"] < 1 and report["compute_dtype"] == "bfloat16"
     assert report["cuda_max_allocated_gb"] > 10  # 1.5B parameters, fp32 master weights and AdamW states

@@ -98,8 +98,8 @@ class SFTRecipe:
         # Master weights stay fp32; bf16 runs under autocast (full fine-tuning in pure bf16 loses updates).
         model = build_base_model(cfg, self.tokenizer, self.attn_impl, torch.float32)
         if cfg.method.finetuning == "lora":
-            if cfg.model.name_or_path is None and dist.is_main:
-                # A random-init base exists nowhere else: keep it so the adapter can be reloaded.
+            if cfg.model.name_or_path is None and dist.is_main and (cfg.train.save_model or cfg.train.save_every):
+                # A random-init base exists nowhere else: keep it so a saved adapter can be reloaded.
                 model.save_pretrained(self.run_dir / BASE_MODEL_DIR, safe_serialization=True)
                 self.tokenizer.save_pretrained(self.run_dir / BASE_MODEL_DIR)
             model = apply_lora(model, cfg.method.lora)

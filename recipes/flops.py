@@ -6,10 +6,14 @@ skips the LM head at untrained positions). Training = forward + backward = 3 x f
 """
 from __future__ import annotations
 
-# Dense bf16 tensor-core peaks (no sparsity), FLOP/s.
+# Dense bf16 tensor-core peaks (no sparsity), FLOP/s, by a part of torch.cuda.get_device_name(); the more
+# specific names first (an "H100 PCIe" is also an "H100").
 GPU_BF16_PEAK = {
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
     "H100": 989e12,
     "H200": 989e12,
+    "GH200": 989e12,
     "A100": 312e12,
     "L40S": 362e12,
     "A10G": 125e12,

@@ -93,3 +93,12 @@ def test_gpu_bench_reports_mfu(output_root):
     report = json.loads(out.read_text())
     assert 0 < report["mfu"] < 1 and report["compute_dtype"] == "bfloat16"
     assert report["cuda_max_allocated_gb"] > 10  # 1.5B parameters, fp32 master weights and AdamW states
+
+
+def test_gpu_peak_by_device_name():
+    from recipes.flops import gpu_peak_flops
+
+    assert gpu_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert gpu_peak_flops("NVIDIA H100 PCIe") == 756e12  # not the SXM part's peak
+    assert gpu_peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert gpu_peak_flops("NVIDIA GeForce GTX 1080") is None  # unknown: no MFU rather than a wrong one

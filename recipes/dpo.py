@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import resource
 from typing import Optional
 
 import torch
@@ -33,6 +32,7 @@ from recipes.distributed import all_reduce_sum
 from recipes.engine import build_engine
 from recipes.loss import IGNORE_INDEX, chunked_token_logprobs
 from recipes.preference_loss import PairTerms, needs_reference, orpo_nll_sum, pair_terms
+from recipes.process_stats import peak_rss_gb
 from recipes.sft import SFTRecipe, _to_device
 
 log = logging.getLogger("launcher.dpo")
@@ -280,7 +280,7 @@ class DPORecipe(SFTRecipe):
         last = self.evals[-1] if self.evals else None
         summary["rewards_before"] = first and {k: v for k, v in first.items() if "rewards/" in k}
         summary["rewards_after"] = last and {k: v for k, v in last.items() if "rewards/" in k}
-        summary["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        summary["peak_rss_mb"] = round(peak_rss_gb() * 1024, 1)
         if self.dist.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
             for prefix in ("train_pairs", "eval"):

@@ -17,13 +17,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from launcher.errors import LauncherError
+from recipes.modeling import DTYPES
 from recipes.trained_model import adapter_info, check_run_dir, load_run_model
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 class ExportError(LauncherError):
     """The export target is unusable (exists, or is part of the run)."""

@@ -82,12 +82,15 @@ def choose_device() -> torch.device:
     return torch.device("cpu")
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def choose_dtype(requested: str, device: torch.device) -> torch.dtype:
     if requested == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
+    return DTYPES[requested]
 
 
 def flash_attn_usable(device: torch.device) -> bool:

@@ -31,11 +31,12 @@ def peak_rss_gb() -> float:
 
 
 class PhaseClock:
-    """Seconds spent in consecutive named phases."""
+    """Seconds spent in consecutive named phases, from a start time."""
 
-    def __init__(self, **earlier: float):
-        self.phases: dict[str, float] = dict(earlier)
-        self._since = time.time()
+    def __init__(self, started_at: float):
+        self.started_at = started_at
+        self.phases: dict[str, float] = {}
+        self._since = started_at
 
     def done(self, name: str) -> None:
         now = time.time()

@@ -78,12 +78,12 @@ class SFTRecipe:
         cfg, dist = self.cfg, self.dist
         t0 = time.time()
         # Where start-up time goes, for the bench report: process start -> setup (interpreter, imports,
-        # config), then each phase of setup.
-        self.startup = PhaseClock(before_setup=t0 - process_start_time())
-        phase_done = self.startup.done
+        # config), each phase of setup, then to the first step.
+        self.startup = PhaseClock(started_at=process_start_time())
+        self.startup.done("before_setup")
         torch.manual_seed(cfg.train.seed)
         self.tokenizer = load_tokenizer(cfg.model)
-        phase_done("tokenizer")
+        self.startup.done("tokenizer")
         self.attn_impl = choose_attn_implementation(cfg.model.attn_implementation, dist.device)
         self.dtype = choose_dtype(cfg.model.dtype, dist.device)
         if dist.is_main:
@@ -91,7 +91,7 @@ class SFTRecipe:
                      self.attn_impl, str(self.compute_dtype).replace("torch.", ""), dist.device, dist.world_size)
 
         self.data = self.build_data()
-        phase_done("data")
+        self.startup.done("data")
         if dist.is_main:
             log.info("data: %s", ", ".join(f"{k}={v}" for k, v in self.data.stats.items() if not isinstance(v, dict)))
 
@@ -107,7 +107,7 @@ class SFTRecipe:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if cfg.method.finetuning == "lora":
                 model.enable_input_require_grads()
-        phase_done("model")
+        self.startup.done("model")
         total, trainable = count_parameters(model)
         if dist.is_main:
             log.info("model: %.2fM parameters, %.2fM trainable (%s)", total / 1e6, trainable / 1e6,
@@ -127,14 +127,13 @@ class SFTRecipe:
             self.total_steps = max(1, int(math.ceil(cfg.train.epochs * self.steps_per_epoch)))
         self.engine = self.build_engine(model)
         self.model = self.engine.model
-        phase_done("engine")
+        self.startup.done("engine")
         self.step = 0
         self.trained_tokens_total = 0
         self._resume()
         self.metrics = MetricsLogger(cfg, self.run_dir, enabled=dist.is_main)
-        phase_done("resume_and_metrics")
-        self._setup_end = time.time()
-        self.setup_seconds = self._setup_end - t0
+        self.startup.done("resume_and_metrics")
+        self.setup_seconds = time.time() - t0
 
     def build_data(self):
         """Hook: the DataBundle this recipe trains on."""
@@ -324,6 +323,7 @@ class SFTRecipe:
         last_loss = None
         while self.step < self.total_steps:
             if first_step_started is None:
+                self.startup.done("after_setup")
                 first_step_started = time.time()
             stats = self.train_step(self.step)
             if first_step_at is None:
@@ -373,8 +373,7 @@ class SFTRecipe:
                            steady_seconds=steady, model_flops_per_s=flops / steady)
         if first_step_at is not None:
             # From the command (process start) to the moment training starts, and the first step's own time.
-            summary["time_to_first_step_s"] = round(first_step_started - process_start_time(), 3)
-            self.startup.phases["after_setup"] = first_step_started - self._setup_end
+            summary["time_to_first_step_s"] = round(first_step_started - self.startup.started_at, 3)
             summary["startup_seconds"] = {k: round(v, 3) for k, v in self.startup.phases.items()}
             summary["first_step_seconds"] = round(first_step_at - first_step_started, 3)
         summary["peak_rss_gb"] = round(peak_rss_gb(), 3)

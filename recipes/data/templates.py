@@ -101,6 +101,13 @@ class NamedTemplate:
         return render(messages, tools, add_generation_prompt, self.eos_token, where)
 
 
+def _split_system(messages: list) -> tuple[Optional[str], list]:
+    """The leading system message's content (None without one) and the messages after it."""
+    if messages and messages[0]["role"] == "system":
+        return messages[0]["content"], messages[1:]
+    return None, messages
+
+
 def _tool_lines(tools: list) -> str:
     return "".join("\n" + json.dumps(t, ensure_ascii=False) for t in tools)
 
@@ -108,10 +115,7 @@ def _tool_lines(tools: list) -> str:
 def _render_chatml(messages, tools, gen, eos, where) -> str:
     """ChatML as Qwen2.5/Qwen3 write it, tools included (Qwen3 without the think block)."""
     out = []
-    body = messages
-    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
-    if system is not None:
-        body = messages[1:]
+    system, body = _split_system(messages)
     if tools:
         out.append("<|im_start|>system\n" + (system + "\n\n" if system else "")
                    + "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
@@ -137,10 +141,7 @@ def _render_chatml(messages, tools, gen, eos, where) -> str:
 
 def _render_llama3(messages, tools, gen, eos, where) -> str:
     out = ["<|begin_of_text|>"]
-    body = messages
-    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
-    if system is not None:
-        body = messages[1:]
+    system, body = _split_system(messages)
     if tools:
         system = (system + "\n\n" if system else "") + "You have access to the following functions:" + _tool_lines(tools)
     if system is not None:
@@ -160,10 +161,7 @@ def _render_llama3(messages, tools, gen, eos, where) -> str:
 
 def _render_mistral(messages, tools, gen, eos, where) -> str:
     out = ["<s>"]
-    body = messages
-    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
-    if system is not None:
-        body = messages[1:]
+    system, body = _split_system(messages)
     if tools:
         out.append(f"[AVAILABLE_TOOLS] {json.dumps(tools, ensure_ascii=False)}[/AVAILABLE_TOOLS]")
     for k, m in enumerate(body):

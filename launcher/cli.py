@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Callable
 
-from launcher.errors import LauncherError
+from launcher.errors import ConfigError, LauncherError
 
 USAGE = """usage: launcher <command> [args]
 
@@ -38,11 +38,16 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("--name", default=None, help="run name (default: <model>-<method>-<data>)")
     args = parser.parse_args(argv)
 
-    from launcher.config.compose import REPO_ROOT, compose_config, default_run_name
+    refuse_config_files(args.overrides)
+    from launcher.config.compose import REPO_ROOT, compose_config, default_run_name, uses_implicit_data_group
     from launcher.rundir import make_run_dir, write_code_version, write_overrides, write_run_config
 
-    cfg = compose_config(args.overrides)  # raises ConfigError before anything is written
+    # Unknown keys and wrong types raise here; invalid values are listed by the preflight with its other findings.
+    cfg = compose_config(args.overrides, check=False)
     name = default_run_name(cfg, args.name)
+    if uses_implicit_data_group(args.overrides):
+        print("note: data.dataset_dir/data.datasets given without a data group: using data=custom (its own"
+              " settings, not the default tasks' epochs, held-out set and exact-match check)", file=sys.stderr)
 
     from launcher.preflight import run_preflight
 
@@ -80,6 +85,32 @@ def train_main(argv: list[str]) -> int:
     from launcher.slurm.submit import submit_run
 
     return 0 if submit_run(cfg, run_dir).get("job_id") else 1
+
+
+LLAMAFACTORY_KEYS = ("model_name_or_path", "stage", "finetuning_type", "dataset", "do_train", "output_dir")
+
+
+def refuse_config_files(overrides: list[str]) -> None:
+    """A YAML file where overrides belong: say how to use it instead of Hydra's parse error."""
+    for arg in overrides:
+        if "=" in arg or not arg.endswith((".yaml", ".yml", ".json")):
+            continue
+        keys: set = set()
+        try:
+            import yaml
+            from pathlib import Path
+
+            loaded = yaml.safe_load(Path(arg).read_text(encoding="utf-8"))
+            keys = set(loaded) if isinstance(loaded, dict) else set()
+        except Exception:  # missing, unreadable or not YAML: the generic hint below still applies
+            pass
+        if len(keys & set(LLAMAFACTORY_KEYS)) >= 2:
+            raise ConfigError(f"{arg} looks like a LLaMA-Factory config: use launcher train --from-llamafactory {arg}")
+        raise ConfigError(
+            f"{arg}: launcher train takes Hydra overrides (key=value, group=option), not a config file; put"
+            " settings in conf/experiment/NAME.yaml (first line: # @package _global_) and run launcher train"
+            " experiment=NAME"
+        )
 
 
 def plot_main(argv: list[str]) -> int:

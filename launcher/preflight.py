@@ -4,25 +4,35 @@
 raises ``PreflightError`` listing them, one line each, naming the key and what to do. Things that might
 still work (a hub model that is not cached here) come back as warnings.
 
-Checks: config valid; cluster settings coherent (launch pattern, signal vs time limit, partition exists,
-secrets only in the environment); datasets exist and their first rows parse; model config readable;
-tokenizer has a chat template or data.template names one; batch sizes divide the world size; output root
-writable; memory per GPU fits cluster.gpu_memory_gb.
+Checks: every config value in range and every combination possible; cluster settings coherent (launch
+pattern, signal vs time limit, secrets only in the environment); what the run asks for exists (CPUs or GPUs
+here, the SLURM partition's nodes, CPUs, memory and GPUs; the engine's package); datasets exist and their
+first rows parse; each dataset is the kind the method trains on and has no column the run would not use
+(launcher.preflight_data); the model's config and weights are readable and whole, a hub model is reachable,
+LoRA targets exist in it, its dtype is what will run (launcher.preflight_model); the tokenizer has a chat
+template or data.template names one; batch sizes divide the world size; run.resume is a complete checkpoint;
+output root writable; memory per GPU fits cluster.gpu_memory_gb.
+
+Cheap: a text SFT dry run of a random-init model imports neither torch nor transformers; the LoRA target
+check (a list of targets) and the memory check (GPUs) import them when they run.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
-from launcher.config.schema import Config, resolve_grad_accum, validate, world_size
+from launcher.config.schema import Config, resolve_grad_accum, validation_problems, world_size
 from launcher.errors import ConfigError, LauncherError, PreflightError
 from launcher.paths import REPO_ROOT
 from launcher.data.templates import NAMED_TEMPLATES as KNOWN_TEMPLATES
+from launcher.preflight_data import check_data_choices
+from launcher.preflight_model import (check_dtype, check_hub_model, check_lora_targets, check_weights,
+                                      hub_cached_file as _hub_cached_file, hub_offline_reason,
+                                      looks_like_path as _looks_like_path)
+from launcher.preflight_resources import check_local_resources, check_packages, check_resume, check_slurm_resources
 
 BUILTIN_TOKENIZERS = ("builtin:chars", "builtin:qwen")  # both carry a chat template
 FIRST_ROWS = 5
@@ -34,6 +44,7 @@ class Problems:
     def __init__(self) -> None:
         self.errors: list = []
         self.warnings: list = []
+        self.config_valid = True
 
     def check(self, fn: Callable, *args) -> None:
         """Run one check; a LauncherError it raises becomes one error line (later checks still run)."""
@@ -41,17 +52,25 @@ class Problems:
             fn(self, *args)
         except LauncherError as exc:
             self.errors.append(str(exc))
+        except Exception:
+            # A value already reported as out of range can break a later check (a zero divisor, a negative
+            # size); the user has the line that matters. With a valid config, such an error is a bug: raise.
+            if self.config_valid:
+                raise
 
 
 # ------------------------------------------------------------------------------------------- config
 
 
 def check_config(problems: Problems, cfg: Config) -> None:
-    validate(cfg)
+    found = validation_problems(cfg)
+    problems.errors.extend(found)
+    problems.config_valid = not found
 
 
 def check_batch(problems: Problems, cfg: Config) -> None:
-    resolve_grad_accum(cfg)
+    if problems.config_valid:  # else validation_problems reported it already
+        resolve_grad_accum(cfg)
 
 
 def check_cluster(problems: Problems, cfg: Config) -> None:
@@ -73,26 +92,12 @@ def check_cluster(problems: Problems, cfg: Config) -> None:
     if c.kind != "slurm":
         return
     check_sbatch_extra(cfg)
-    if c.time_min < 1:
-        problems.errors.append(f"cluster.time_min: must be >= 1 minute, got {c.time_min}")
-    elif c.signal_delay_s >= c.time_min * 60:
+    # (value ranges: launcher.config.ranges; the partition's limits: launcher.preflight_resources)
+    if c.time_min >= 1 and c.signal_delay_s >= c.time_min * 60:
         problems.errors.append(
             f"cluster.signal_delay_s: {c.signal_delay_s} s is not shorter than the time limit"
             f" (cluster.time_min={c.time_min} min); lower it or raise cluster.time_min"
         )
-    if c.signal_delay_s < 0 or c.max_requeues < 0:
-        problems.errors.append("cluster.signal_delay_s and cluster.max_requeues must be >= 0")
-    if c.mem_gb is not None and c.mem_gb <= 0:
-        problems.errors.append(f"cluster.mem_gb: must be > 0 (or null for the partition default), got {c.mem_gb}")
-    if c.cpus_per_task is not None and c.cpus_per_task < 1:
-        problems.errors.append(f"cluster.cpus_per_task: must be >= 1, got {c.cpus_per_task}")
-    if c.partition and shutil.which("sinfo"):
-        out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=30, check=False)
-        partitions = sorted(set(out.stdout.split()))
-        if out.returncode == 0 and partitions and c.partition not in partitions:
-            problems.errors.append(
-                f"cluster.partition: '{c.partition}' does not exist on this cluster; partitions: {', '.join(partitions)}"
-            )
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -153,18 +158,16 @@ def check_datasets(problems: Problems, cfg: Config) -> None:
 # ------------------------------------------------------------------------------------ model, tokenizer
 
 
-def _looks_like_path(text: str) -> bool:
-    return text.startswith(("/", ".", "~")) or os.path.exists(os.path.expanduser(text))
+def known_model_type(arch: str) -> bool:
+    """Whether transformers has this model_type, from its package folders (importing transformers' config
+    registry imports torch, seconds that a dry run of a random-init model does not need)."""
+    import importlib.util
 
-
-def _hub_cached_file(repo_id: str, filename: str) -> Optional[str]:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(repo_id, filename)
-        return found if isinstance(found, str) else None
-    except Exception:  # an invalid repo id or no huggingface_hub: treat as not cached
-        return None
+    spec = importlib.util.find_spec("transformers")
+    if spec is None or not spec.submodule_search_locations:
+        return True  # not installed here: the ranks' environment decides
+    models = Path(list(spec.submodule_search_locations)[0]) / "models"
+    return (models / arch.replace("-", "_")).is_dir()
 
 
 def read_model_config(cfg: Config, problems: Optional[Problems] = None) -> Optional[dict]:
@@ -194,15 +197,15 @@ def read_model_config(cfg: Config, problems: Optional[Problems] = None) -> Optio
     cached = _hub_cached_file(m.name_or_path, "config.json")
     if cached:
         return json.loads(Path(cached).read_text())
-    if problems is not None:
-        problems.warnings.append(
-            f"model.name_or_path: '{m.name_or_path}' is not in the local HF cache; every node will download it"
-            f" (pre-fetch with `huggingface-cli download {m.name_or_path}`); memory check skipped"
-        )
-    return None
+    return None  # check_hub_model says why (offline: an error; else a warning)
 
 
 def check_model(problems: Problems, cfg: Config) -> None:
+    m = cfg.model
+    if m.name_or_path is None:
+        if not known_model_type(m.arch):
+            raise ConfigError(f"model.arch: '{m.arch}' is not a transformers model_type (e.g. qwen2, llama, mistral)")
+        return
     read_model_config(cfg, problems)
 
 
@@ -240,7 +243,11 @@ def check_tokenizer(problems: Problems, cfg: Config) -> None:
     else:
         cached = _hub_cached_file(source, "tokenizer_config.json")
         if cached is None:
-            return  # not inspectable offline; the warning from check_model covers it
+            reason = hub_offline_reason() if source != m.name_or_path else None  # the model's: check_hub_model
+            if reason:
+                raise ConfigError(f"model.tokenizer: '{source}' is not in the local HF cache and the hub cannot be"
+                                  f" reached ({reason}); download it, or point model.tokenizer at a local folder")
+            return
         has_template = _has_chat_template(Path(cached).parent)
     if not has_template and template is None:
         raise ConfigError(
@@ -296,8 +303,9 @@ def check_memory(problems: Problems, cfg: Config) -> None:
     )
 
 
-CHECKS = (check_config, check_cluster, check_batch, check_datasets, check_model, check_tokenizer,
-          check_output_root, check_memory)
+CHECKS = (check_config, check_cluster, check_local_resources, check_slurm_resources, check_packages, check_batch,
+          check_datasets, check_data_choices, check_model, check_hub_model, check_weights, check_tokenizer,
+          check_lora_targets, check_dtype, check_resume, check_output_root, check_memory)
 
 
 def run_preflight(cfg: Config) -> list:

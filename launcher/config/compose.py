@@ -14,7 +14,6 @@ from launcher.errors import ConfigError
 from launcher.paths import REPO_ROOT
 
 
-
 def conf_dir() -> Path:
     """The Hydra config tree: ``$LAUNCHER_CONF_DIR`` or the repo's ``conf/``."""
     return Path(os.environ.get("LAUNCHER_CONF_DIR", REPO_ROOT / "conf")).resolve()
@@ -47,22 +46,102 @@ def config_groups() -> set:
     return {p.name for p in conf_dir().iterdir() if p.is_dir()}
 
 
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml") if not p.stem.endswith(".example"))
+
+
+def _split(override: str) -> tuple[str, Optional[str]]:
+    """``++a.b=c`` -> (``a.b``, ``c``); ``~a`` -> (``a``, None)."""
+    key, _, value = override.lstrip("+~").partition("=")
+    return key, (value if "=" in override else None)
+
+
+def check_group_options(overrides: Sequence[str], groups: set) -> None:
+    """``experiment=vl_demo``: refuse an option that has no file, with the options that do.
+
+    Hydra refuses it for most groups, but an ``optional`` group (experiment) silently drops it, and the
+    default job would run instead of the one asked for.
+    """
+    for override in overrides:
+        key, value = _split(override)
+        if key not in groups or value is None or override.startswith("~") or value in ("null", ""):
+            continue
+        options = group_options(key)
+        for option in value.split(","):  # a sweep's a,b is checked per option
+            if option.strip() not in options:
+                raise ConfigError(
+                    f"{key}={option.strip()}: conf/{key}/ has no option '{option.strip()}'; options: {', '.join(options)}"
+                )
+
+
+# Keys that name the user's own data: with them, the default data group's other settings would be a surprise.
+OWN_DATA_KEYS = ("data.dataset_dir", "data.datasets")
+DEFAULT_DATA = "tasks"
+OWN_DATA = "custom"
+
+
+def _experiment_overrides_data(option: str) -> bool:
+    import yaml
+
+    path = conf_dir() / "experiment" / f"{option}.yaml"
+    try:
+        defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults") or []
+    except (OSError, yaml.YAMLError):
+        return False
+    # entries look like {"override /data": "alpaca_demo"}
+    return any(isinstance(d, dict) and any(str(k).replace("override", "").strip(" /") == "data" for k in d)
+               for d in defaults)
+
+
+def uses_implicit_data_group(overrides: Sequence[str]) -> bool:
+    """True when the user names their own data (data.dataset_dir / data.datasets) but chooses no data group.
+
+    The default group (data=tasks) also sets the held-out set, 10 epochs and the exact-match check of the
+    embedded tasks; those must not leak into someone else's dataset, so such a run gets data=custom
+    (neutral settings, conf/data/custom.yaml) instead.
+    """
+    keys = [_split(o) for o in overrides]
+    if not any(k in OWN_DATA_KEYS for k, _ in keys) or any(k == "data" for k, _ in keys):
+        return False
+    return not any(k == "experiment" and v and _experiment_overrides_data(v) for k, v in keys)
+
+
+def prepare_overrides(overrides: Sequence[str], groups: set) -> list[str]:
+    """The user's overrides as Hydra gets them: group options checked, data=custom added where it applies."""
+    check_group_options(overrides, groups)
+    extra = [f"data={OWN_DATA}"] if uses_implicit_data_group(overrides) else []
+    return extra + [_as_value_override(o, groups) for o in overrides]
+
+
+def missing_value_message(exc: Exception) -> str:
+    """OmegaConf's MissingMandatoryValue (a ``???`` left in the chosen config) as a line that says what to set."""
+    key = getattr(exc, "full_key", "") or "config"
+    example = MISSING_VALUE_EXAMPLES.get(key, f"{key}=...")
+    return f"{key}: has no value (??? in the chosen config); set it, e.g. launcher train ... {example}"
+
+
+MISSING_VALUE_EXAMPLES = {
+    "model.name_or_path": "model.name_or_path=Qwen/Qwen2.5-0.5B-Instruct (a hub id, or a folder with a HF model)",
+}
+
+
 def compose_dict(overrides: Sequence[str] = (), config_name: str = "train") -> dict:
     """Compose the config tree with Hydra overrides into a plain, resolved dict."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+    groups = config_groups()
+    hydra_overrides = prepare_overrides(overrides, groups)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            groups = config_groups()
-            composed = compose(
-                config_name=config_name, overrides=[_as_value_override(o, groups) for o in overrides]
-            )
-        data = OmegaConf.to_container(composed, resolve=True)
+            composed = compose(config_name=config_name, overrides=hydra_overrides)
+        data = OmegaConf.to_container(composed, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as exc:
+        raise ConfigError(missing_value_message(exc)) from None
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(f"config: {_one_line(exc)}") from None
     finally:
@@ -71,9 +150,12 @@ def compose_dict(overrides: Sequence[str] = (), config_name: str = "train") -> d
     return data
 
 
-def compose_config(overrides: Sequence[str] = (), config_name: str = "train") -> Config:
-    """Compose and validate: the one place a Config is made from Hydra."""
-    return parse_config(compose_dict(overrides, config_name))
+def compose_config(overrides: Sequence[str] = (), config_name: str = "train", check: bool = True) -> Config:
+    """Compose and validate: the one place a Config is made from Hydra.
+
+    check=False: keys and types only; the preflight then lists every invalid value along with its other
+    findings (``launcher train`` does this, so one dry run shows every problem)."""
+    return parse_config(compose_dict(overrides, config_name), check=check)
 
 
 def default_run_name(cfg: Config, explicit: Optional[str] = None) -> str:

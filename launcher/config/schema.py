@@ -58,8 +58,9 @@ class DataConfig:
     """Dataset names (strings) or {name, max_samples, weight} entries; mixed in that order."""
     eval_datasets: list = field(default_factory=list)
     """Held-out datasets by name; when empty, ``val_size`` carves a split from the training mix."""
-    val_size: float = 0.0
-    """Fraction (0-1) or count (>=1) of the training mix held out for evaluation."""
+    val_size: Union[int, float] = 0.0
+    """Held out of the training mix for evaluation, as LLaMA-Factory reads it: a float is a fraction in [0, 1)
+    (0.05), an integer a count of samples (200). A float >= 1 is refused."""
     template: Optional[str] = None
     """Named chat template (chatml, qwen, llama3, mistral, plain) used when the tokenizer has none, or to force one."""
     cutoff_len: int = 1024
@@ -311,14 +312,18 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
         raise ConfigError(f"{prefix or 'config'}: {exc}") from None
 
 
-def parse_config(data: dict) -> Config:
-    """Plain dict (resolved) -> validated Config. Raises ConfigError naming the key."""
+def parse_config(data: dict, check: bool = True) -> Config:
+    """Plain dict (resolved) -> validated Config. Raises ConfigError naming the key.
+
+    check=False: types only; the caller runs ``validation_problems`` itself (the preflight, which lists every
+    problem of a run at once)."""
     cfg = _build(Config, data, "")
     cfg.data.datasets = [_dataset_entry(d, f"data.datasets[{i}]") for i, d in enumerate(cfg.data.datasets)]
     cfg.data.eval_datasets = [
         _dataset_entry(d, f"data.eval_datasets[{i}]") for i, d in enumerate(cfg.data.eval_datasets)
     ]
-    validate(cfg)
+    if check:
+        validate(cfg)
     return cfg
 
 
@@ -337,8 +342,31 @@ def _choice(value: str, allowed: tuple, key: str) -> None:
         raise ConfigError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
 
 
+def validation_problems(cfg: Config) -> list[str]:
+    """Every value out of range (launcher.config.ranges), or else the first impossible combination."""
+    from launcher.config.ranges import range_problems
+
+    problems = range_problems(cfg)
+    if problems:  # the combination checks below assume values in range
+        return problems
+    try:
+        check_combinations(cfg)
+    except ConfigError as exc:
+        return [str(exc)]
+    return []
+
+
 def validate(cfg: Config) -> None:
-    """Reject impossible combinations, naming the key and what to change."""
+    """Raise one ConfigError naming every problem that ``validation_problems`` finds."""
+    problems = validation_problems(cfg)
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} problems in the config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def check_combinations(cfg: Config) -> None:
+    """Reject impossible choices and combinations, naming the key and what to change."""
     m, t, d, p, c = cfg.method, cfg.train, cfg.data, cfg.parallelism, cfg.cluster
     _choice(m.name, ("sft_full", "lora", "dpo"), "method.name")
     _choice(m.finetuning, ("full", "lora"), "method.finetuning")
@@ -350,48 +378,18 @@ def validate(cfg: Config) -> None:
     _choice(m.dpo.loss_type, ("sigmoid", "ipo", "hinge", "simpo", "orpo"), "method.dpo.loss_type")
     if m.name == "dpo":
         validate_dpo(m.dpo)
-    if m.lr <= 0:
-        raise ConfigError(f"method.lr: must be > 0, got {m.lr}")
-    if m.lora.r <= 0:
-        raise ConfigError(f"method.lora.r: must be a positive rank, got {m.lora.r}")
-    if not 0.0 <= m.lora.dropout < 1.0:
-        raise ConfigError(f"method.lora.dropout: must be in [0, 1), got {m.lora.dropout}")
     if not (m.lora.target_modules == "all-linear" or isinstance(m.lora.target_modules, list)):
         raise ConfigError("method.lora.target_modules: use all-linear or a list of module names")
     _choice(t.lr_scheduler, ("cosine", "linear", "constant"), "train.lr_scheduler")
-    if t.micro_batch_size < 1:
-        raise ConfigError(f"train.micro_batch_size: must be >= 1, got {t.micro_batch_size}")
-    if t.grad_accum is not None and t.grad_accum < 1:
-        raise ConfigError(f"train.grad_accum: must be >= 1, got {t.grad_accum}")
-    if t.max_steps == 0 or t.max_steps < -1:
-        raise ConfigError(f"train.max_steps: must be > 0, or -1 to train for train.epochs, got {t.max_steps}")
+    if t.max_steps == 0:
+        raise ConfigError("train.max_steps: must be > 0, or -1 to train for train.epochs, got 0")
     if t.max_steps == -1 and t.epochs <= 0:
         raise ConfigError("train.epochs: must be > 0 when train.max_steps is -1")
-    if not 0.0 <= t.warmup_ratio < 1.0:
-        raise ConfigError(f"train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
-    for key in ("eval_every", "save_every", "warmup_steps", "exact_match_samples", "eval_max_batches"):
-        if getattr(t, key) < 0:
-            raise ConfigError(f"train.{key}: must be >= 0, got {getattr(t, key)}")
-    if t.loss_chunk_size < 1:
-        raise ConfigError(f"train.loss_chunk_size: must be >= 1, got {t.loss_chunk_size}")
-    if t.keep_checkpoints < 1:
-        raise ConfigError(f"train.keep_checkpoints: must be >= 1, got {t.keep_checkpoints}")
-    if d.cutoff_len < 8:
-        raise ConfigError(f"data.cutoff_len: must be >= 8, got {d.cutoff_len}")
     if not d.datasets:
         raise ConfigError("data.datasets: name at least one dataset (e.g. data.datasets=[alpaca_en_demo])")
-    if d.val_size < 0:
-        raise ConfigError(f"data.val_size: must be >= 0, got {d.val_size}")
     _choice(d.mix_strategy, ("concat", "interleave"), "data.mix_strategy")
     if d.template is not None:
         _choice(d.template, ("auto", "chatml", "qwen", "llama3", "mistral", "plain"), "data.template")
-    for i, entry in enumerate(d.datasets):
-        if entry.max_samples is not None and entry.max_samples < 1:
-            raise ConfigError(f"data.datasets[{i}].max_samples: must be >= 1, got {entry.max_samples}")
-        if entry.weight is not None and entry.weight < 0:
-            raise ConfigError(f"data.datasets[{i}].weight: must be >= 0, got {entry.weight}")
-    if d.max_samples is not None and d.max_samples < 1:
-        raise ConfigError(f"data.max_samples: must be >= 1, got {d.max_samples}")
     _choice(cfg.model.dtype, ("auto", "float32", "bfloat16", "float16"), "model.dtype")
     _choice(
         cfg.model.attn_implementation,
@@ -410,8 +408,6 @@ def validate(cfg: Config) -> None:
     if p.deepspeed and p.strategy != "deepspeed":
         raise ConfigError("parallelism.deepspeed: extra DeepSpeed settings need parallelism.strategy=deepspeed")
     _choice(c.kind, ("local", "slurm"), "cluster.kind")
-    if c.nodes < 1 or c.nproc_per_node < 1:
-        raise ConfigError("cluster.nodes and cluster.nproc_per_node must be >= 1")
     if c.kind == "local" and c.nodes != 1:
         raise ConfigError("cluster.nodes: cluster=local runs on this host only; use cluster=slurm for nodes > 1")
     _choice(cfg.logger.name, ("none", "wandb"), "logger.name")
@@ -420,18 +416,13 @@ def validate(cfg: Config) -> None:
 
 
 def validate_dpo(d: DpoConfig) -> None:
-    if d.beta <= 0:
-        raise ConfigError(f"method.dpo.beta: must be > 0, got {d.beta}")
-    if not 0.0 <= d.label_smoothing < 0.5:
-        raise ConfigError(f"method.dpo.label_smoothing: must be in [0, 0.5), got {d.label_smoothing}")
+    """Combinations of DPO settings (their ranges: launcher.config.ranges)."""
     if d.label_smoothing and d.loss_type not in ("sigmoid", "simpo"):
         raise ConfigError(f"method.dpo.label_smoothing: only loss_type sigmoid or simpo use it, not {d.loss_type};"
                           " set it to 0")
     if d.precompute_ref_log_probs and d.loss_type in ("simpo", "orpo"):
         raise ConfigError(f"method.dpo.precompute_ref_log_probs: loss_type={d.loss_type} uses no reference model;"
                           " set it to false")
-    if d.probe_pairs < 0:
-        raise ConfigError(f"method.dpo.probe_pairs: must be >= 0, got {d.probe_pairs}")
 
 
 def world_size(cfg: Config) -> int:

@@ -16,7 +16,6 @@ from launcher.config.schema import Config, DataConfig
 from launcher.errors import DataError
 from launcher.paths import REPO_ROOT
 from launcher.data.cache import cache_key, cached, file_fingerprint, tokenizer_fingerprint
-from launcher.data.collate import make_collate, resolve_attn_implementation
 from launcher.data.formats import row_to_sample
 from launcher.data.mixing import mix, resample, split_eval, take
 from launcher.data.packing import pack_rows, packing_fill, plan_packs
@@ -44,6 +43,8 @@ class DataBundle:
     pad_token_id: int = 0
 
     def collate_for(self, attn_implementation: str) -> Callable[[list], dict]:
+        from launcher.data.collate import make_collate
+
         return make_collate(self.kind, self.pad_token_id, attn_implementation)
 
 
@@ -189,6 +190,9 @@ def build_datasets(cfg: Config, tokenizer, *, attn_implementation: Optional[str]
     else:
         key, result, hit = None, build(), False
     stats = dict(result["stats"], template=renderer.name, template_note=note, cache_hit=hit, cache_key=key)
+    # imported here: collate needs torch, which the preflight (launcher.data.templates, .registry) does not
+    from launcher.data.collate import make_collate, resolve_attn_implementation
+
     attn = resolve_attn_implementation(attn_implementation or cfg.model.attn_implementation)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return DataBundle(result["train"], result["eval"], result["eval_samples"], make_collate(kind, pad_id, attn),

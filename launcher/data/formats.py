@@ -73,11 +73,18 @@ def alpaca_to_sample(row: dict, spec: DatasetSpec, where: str) -> dict:
 def _sharegpt_message(turn: Any, tags: dict, role_map: dict, where: str, k: Any) -> dict:
     if not isinstance(turn, dict):
         raise DataError(f"{where}: turn {k} must be an object with '{tags['role_tag']}' and '{tags['content_tag']}'")
+    for tag in ("role_tag", "content_tag"):
+        if tags[tag] not in turn:
+            raise DataError(f"{where}: turn {k} has no '{tags[tag]}' key (the {tag}); its keys are"
+                            f" {', '.join(map(str, turn)) or '(none)'}: set tags.role_tag and tags.content_tag of this"
+                            " dataset in dataset_info.json to the keys your turns use")
     raw_role = turn.get(tags["role_tag"])
     role = role_map.get(raw_role)
     if role is None:
-        raise DataError(f"{where}: turn {k} has unknown role {raw_role!r}; expected one of {sorted(role_map)}"
-                        " (map yours with tags in dataset_info.json)")
+        expected = ", ".join(f"{t}={tags[t]!r}" for t in ("user_tag", "assistant_tag", "observation_tag",
+                                                           "function_tag", "system_tag"))
+        raise DataError(f"{where}: turn {k} has role {raw_role!r}, which none of the tags names ({expected});"
+                        " set the tags of this dataset in dataset_info.json to the roles your turns use")
     return {"role": role, "content": _text(turn.get(tags["content_tag"]), where, f"turn {k} content")}
 
 
@@ -159,15 +166,24 @@ def attach_media(sample: dict, row: dict, spec: DatasetSpec, where: str) -> None
 def row_to_sample(row: Any, spec: DatasetSpec, where: str) -> Optional[dict]:
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected an object per row, got {type(row).__name__}")
-    if spec.formatting == "sharegpt":
-        sample = sharegpt_to_sample(row, spec, where)
-    else:
-        sample = alpaca_to_sample(row, spec, where)
-    if "text" in sample:
-        if not sample["text"].strip():
-            raise DataError(f"{where}: empty text; fill it or remove the row")
-        return sample
-    check_roles(sample["messages"], where, ends_with_prompt=spec.ranking)
+    try:
+        if spec.formatting == "sharegpt":
+            sample = sharegpt_to_sample(row, spec, where)
+        else:
+            sample = alpaca_to_sample(row, spec, where)
+        if "text" in sample:
+            if not sample["text"].strip():
+                raise DataError(f"{where}: empty text; fill it or remove the row")
+            return sample
+        check_roles(sample["messages"], where, ends_with_prompt=spec.ranking)
+    except DataError:
+        # A preference row read as an answer row fails for a reason that hides the real one (no output
+        # column, a conversation that ends with the prompt): say what it is.
+        if not spec.ranking and "chosen" in row and "rejected" in row:
+            raise DataError(f"{where}: the row has chosen and rejected answers but dataset '{spec.name}' is not"
+                            " marked as preference data; add \"ranking\": true to its entry in dataset_info.json"
+                            " (and train it with method=dpo or dpo_lora)") from None
+        raise
     for key in ("chosen", "rejected"):
         # an empty answer would still train its end-of-turn token, so it would not fail later
         if key in sample and not sample[key]["content"].strip():

@@ -61,6 +61,8 @@ def read_file_rows(path: Path) -> Iterator[tuple[str, dict]]:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); re-encode the file as UTF-8") from None
     except OSError as exc:
         raise DataError(f"{path}: unreadable ({exc.strerror}); check the path and its permissions") from None
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty; fill it (or check file_name in dataset_info.json)")
     if kind == "text":
         for lineno, line in enumerate(text.splitlines(), 1):
             if line.strip():

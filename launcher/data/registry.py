@@ -6,6 +6,7 @@ editing a file it copied from LLaMA-Factory.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
@@ -98,21 +99,46 @@ def parse_entry(name: str, entry: dict, dataset_dir: Path, where: Path) -> Datas
     return spec
 
 
-def load_registry(dataset_dir: Path) -> dict[str, DatasetSpec]:
+class Registry(Mapping):
+    """Dataset name -> DatasetSpec, each entry parsed when it is first looked up.
+
+    As in LLaMA-Factory, which reads only the entries a run uses, one broken entry that the run does not use
+    does not block it; a broken entry that it uses raises its DataError at the lookup.
+    """
+
+    def __init__(self, raw: dict[str, tuple], dataset_dir: Path) -> None:
+        self._raw = raw  # name -> (entry, file it came from)
+        self._dataset_dir = dataset_dir
+        self._parsed: dict[str, DatasetSpec] = {}
+
+    def __getitem__(self, name: str) -> DatasetSpec:
+        if name not in self._parsed:
+            entry, where = self._raw[name]
+            self._parsed[name] = parse_entry(name, entry, self._dataset_dir, where)
+        return self._parsed[name]
+
+    def __iter__(self):
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
+def load_registry(dataset_dir: Path) -> Registry:
     dataset_dir = Path(dataset_dir)
     paths = [p for p in (dataset_dir / "dataset_info.json", dataset_dir / "dataset_info.yaml") if p.is_file()]
     if not paths:
         raise DataError(
             f"{dataset_dir}: no dataset_info.json in data.dataset_dir; point data.dataset_dir at the folder that has it"
         )
-    specs: dict[str, DatasetSpec] = {}
+    raw: dict[str, tuple] = {}
     for path in paths:
         for name, entry in _read_info_file(path).items():
-            specs[name] = parse_entry(name, entry, dataset_dir, path)
-    return specs
+            raw[str(name)] = (entry, path)
+    return Registry(raw, dataset_dir)
 
 
-def lookup(specs: dict[str, DatasetSpec], name: str, where: Path) -> DatasetSpec:
+def lookup(specs: Mapping, name: str, where: Path) -> DatasetSpec:
     if name not in specs:
         known = ", ".join(sorted(specs)) or "(none)"
         raise DataError(f"unknown dataset '{name}' in {where}/dataset_info.json; datasets there: {known}")

@@ -83,7 +83,11 @@ def compose_points(point_overrides: list) -> list:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from launcher.config.compose import _as_value_override, _one_line, conf_dir, config_groups
+    from omegaconf.errors import MissingMandatoryValue
+
+    from launcher.config.compose import (OWN_DATA, _as_value_override, _one_line, check_group_options, conf_dir,
+                                         config_groups, missing_value_message, uses_implicit_data_group)
+    from launcher.errors import ConfigError
 
     try:
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
@@ -99,6 +103,13 @@ def compose_points(point_overrides: list) -> list:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             groups = config_groups()
             for overrides in point_overrides:
+                try:
+                    check_group_options(overrides, groups)
+                except ConfigError as exc:
+                    results.append(str(exc))
+                    continue
+                if uses_implicit_data_group(overrides):  # as compose_dict does (launcher.config.compose)
+                    overrides = [f"data={OWN_DATA}"] + list(overrides)
                 hydra_form = [_as_value_override(o, groups) for o in overrides]
                 values = [o for o, h in zip(overrides, hydra_form) if h == "++" + o] if apply_overrides else []
                 structural = tuple(h for o, h in zip(overrides, hydra_form) if o not in values)
@@ -108,7 +119,10 @@ def compose_points(point_overrides: list) -> list:
                     cfg = copy.deepcopy(bases[structural])
                     if values:
                         apply_overrides(parser.parse_overrides(["++" + v for v in values]), cfg)
-                    data = OmegaConf.to_container(cfg, resolve=True)
+                    data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+                except MissingMandatoryValue as exc:
+                    results.append(missing_value_message(exc))
+                    continue
                 except (HydraException, OmegaConfBaseException) as exc:
                     results.append(f"config: {_one_line(exc)}")
                     continue

@@ -1,0 +1,219 @@
+"""Preflight checks of the model: where its files are, whether its weights are whole, whether the LoRA
+targets exist in it, and what dtype the run will really compute in.
+
+Cheap first: a random-init model is checked without importing torch or transformers; the LoRA target check
+builds the model on the meta device (no memory, no weights read), and only when the targets are a list.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+from launcher.config.schema import Config
+from launcher.errors import ConfigError
+
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
+# Module types peft's LoRA can wrap (peft.tuners.lora.layer: Linear, Embedding, Conv1d/2d/3d, transformers' Conv1D).
+LORA_MODULE_TYPES = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "MultiheadAttention")
+
+
+def looks_like_path(text: str) -> bool:
+    return text.startswith(("/", ".", "~")) or os.path.exists(os.path.expanduser(text))
+
+
+def hub_cached_file(repo_id: str, filename: str) -> Optional[str]:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, filename)
+        return found if isinstance(found, str) else None
+    except Exception:  # an invalid repo id or no huggingface_hub: treat as not cached
+        return None
+
+
+def model_folder(cfg: Config) -> Optional[Path]:
+    """The folder holding the model's files: the local folder, or the cached hub snapshot; None otherwise."""
+    source = cfg.model.name_or_path
+    if source is None:
+        return None
+    if looks_like_path(source):
+        folder = Path(os.path.expanduser(source))
+        return folder if folder.is_dir() else None
+    cached = hub_cached_file(source, "config.json")
+    return Path(cached).parent if cached else None
+
+
+def hub_offline_reason() -> Optional[str]:
+    """Why the hub cannot be reached from here, at once (env) or after a 2 s probe; None when it can."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "0") not in ("0", "", "false", "False"):
+            return f"{var}={os.environ[var]}"
+    from launcher.data.readers import hub_reachable
+
+    return None if hub_reachable(timeout_s=2.0) else "huggingface.co does not answer"
+
+
+def check_hub_model(problems, cfg: Config) -> None:
+    """A hub id that is not in the local cache: refused at once when the hub cannot be reached (transformers
+    would retry for most of a minute on every rank), a warning otherwise."""
+    source = cfg.model.name_or_path
+    if source is None or looks_like_path(source) or hub_cached_file(source, "config.json"):
+        return
+    reason = hub_offline_reason()
+    if reason:
+        raise ConfigError(
+            f"model.name_or_path: '{source}' is not in the local HF cache and the hub cannot be reached ({reason});"
+            f" download it where there is network (huggingface-cli download {source}) or point model.name_or_path"
+            " at a local folder"
+        )
+    problems.warnings.append(
+        f"model.name_or_path: '{source}' is not in the local HF cache; every node will download it"
+        f" (pre-fetch with `huggingface-cli download {source}`); memory check skipped"
+    )
+
+
+# ------------------------------------------------------------------------------------- weights
+
+
+def safetensors_problem(path: Path) -> Optional[str]:
+    """What is wrong with a safetensors file, from its header alone: 8 bytes of little-endian length, a JSON
+    header of that length, then the tensors, whose data offsets must fit in the file. None when whole."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return f"{size} bytes, shorter than a safetensors header"
+        length = int.from_bytes(head, "little")
+        if length > min(size - 8, MAX_HEADER_BYTES):
+            return f"its header claims {length} bytes but the file has {size}: cut short, or not a safetensors file"
+        raw = fh.read(length)
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return f"its header is not valid JSON ({exc.__class__.__name__}): the file is damaged"
+    if not isinstance(header, dict):
+        return "its header is not a JSON object: the file is damaged"
+    data_bytes, end = size - 8 - length, 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            return f"tensor '{name}' has no valid data_offsets in the header: the file is damaged"
+        end = max(end, offsets[1])
+    if end > data_bytes:
+        return f"its tensors need {end} bytes of data but the file holds {data_bytes}: the file is cut short"
+    return None
+
+
+def check_weights(problems, cfg: Config) -> None:
+    """Every safetensors shard of a local (or cached) model is whole, and every shard its index names exists."""
+    folder = model_folder(cfg)
+    if folder is None:
+        return
+    index = folder / "model.safetensors.index.json"
+    shards = sorted(folder.glob("*.safetensors"))
+    if index.is_file():
+        try:
+            named = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, json.JSONDecodeError, KeyError, AttributeError, TypeError) as exc:
+            raise ConfigError(f"model.name_or_path: {index} is unreadable ({exc.__class__.__name__}); re-download"
+                              " the model") from None
+        missing = sorted(n for n in named if not (folder / n).is_file())
+        if missing:
+            raise ConfigError(f"model.name_or_path: {folder} lacks {len(missing)} shard(s) that"
+                              f" {index.name} names ({', '.join(missing[:3])}); re-download the model")
+    if not shards and not list(folder.glob("pytorch_model*.bin")) and (folder / "config.json").is_file():
+        raise ConfigError(f"model.name_or_path: {folder} has a config.json but no weights (*.safetensors,"
+                          " pytorch_model*.bin); copy them there, or re-download the model")
+    for shard in shards:
+        problem = safetensors_problem(shard)
+        if problem:
+            problems.errors.append(f"model.name_or_path: {shard}: {problem}; re-download or re-export the model")
+
+
+# ------------------------------------------------------------------------------------- LoRA targets
+
+
+def meta_model_modules(cfg: Config) -> Optional[dict[str, str]]:
+    """{module name: class name} of the model, built on the meta device (no memory, no weights read);
+    None when its config cannot be read from here."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    m = cfg.model
+    if m.name_or_path:
+        folder = model_folder(cfg)
+        if folder is None:
+            return None
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=m.trust_remote_code)
+    else:
+        try:
+            config = AutoConfig.for_model(m.arch, **m.config)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"model.arch / model.config: {exc}") from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=m.trust_remote_code)
+    return {name: type(module).__name__ for name, module in model.named_modules() if name}
+
+
+def matches(name: str, target: str) -> bool:
+    """peft's rule for a list of targets: the module's full name is the target, or ends with '.target'."""
+    return name == target or name.endswith("." + target)
+
+
+def lora_target_problems(targets: list, modules: dict[str, str], key: str, wrappable: bool) -> list[str]:
+    kinds = LORA_MODULE_TYPES if wrappable else None
+    candidates = {n: t for n, t in modules.items() if kinds is None or t in kinds}
+    missing = [t for t in targets if not any(matches(n, str(t)) for n in candidates)]
+    if not missing:
+        return []
+    names = sorted({n.rsplit(".", 1)[-1] for n in candidates})
+    what = "LoRA-able (Linear/Embedding/Conv) modules" if wrappable else "modules"
+    return [f"{key}: {', '.join(map(str, missing))} match no {what} of this model; its {what}: {', '.join(names)}"]
+
+
+def check_lora_targets(problems, cfg: Config) -> None:
+    lora = cfg.method.lora
+    if cfg.method.finetuning != "lora":
+        return
+    lists = [(lora.target_modules, "method.lora.target_modules", True), (lora.modules_to_save, "method.lora.modules_to_save", False)]
+    lists = [(v, k, w) for v, k, w in lists if isinstance(v, list) and v]
+    if not lists:
+        return
+    modules = meta_model_modules(cfg)
+    if modules is None:
+        problems.warnings.append("method.lora.target_modules: the model's config is not readable from here; the"
+                                 " target names are not checked")
+        return
+    for targets, key, wrappable in lists:
+        problems.errors.extend(lora_target_problems(targets, modules, key, wrappable))
+
+
+# ------------------------------------------------------------------------------------- dtype
+
+
+def check_dtype(problems, cfg: Config) -> None:
+    """model.dtype that the run will not use: low precision on a CPU (training runs in float32 there), or
+    float16 under DeepSpeed/FSDP (which train in bfloat16 or float32)."""
+    dtype, c = cfg.model.dtype, cfg.cluster
+    if dtype not in ("float16", "bfloat16"):
+        return
+    if c.kind == "local":
+        from launcher.preflight_resources import local_gpu_count
+
+        on_gpu, where = local_gpu_count() > 0, "this machine has no GPU"
+    else:
+        on_gpu, where = c.gpus_per_node > 0, "cluster.gpus_per_node=0"
+    if not on_gpu:
+        problems.warnings.append(
+            f"model.dtype={dtype}: this run has no GPU ({where}); on a CPU it trains in float32 (weights and"
+            " compute), not in " + dtype + ". Set model.dtype=float32 (or auto) to say what it does"
+        )
+    elif dtype == "float16" and cfg.parallelism.strategy in ("deepspeed", "fsdp"):
+        problems.warnings.append(
+            f"model.dtype=float16: parallelism={cfg.parallelism.name} trains in bfloat16 (model.dtype=auto or"
+            " bfloat16 on a GPU that has it) or float32; with float16 it runs in float32"
+        )

@@ -1,0 +1,255 @@
+"""Preflight checks of what a run asks for against what there is: CPUs and GPUs here, the SLURM partition's
+nodes, CPUs, memory and GPUs, the packages its engine needs, and the checkpoint it resumes from.
+
+Each ``check_*`` takes (problems, cfg) and adds one line per problem, naming the key and what to do.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from launcher.config.schema import Config
+from launcher.errors import ConfigError
+
+# What each engine or option imports on the ranks: (package, pip name).
+ENGINE_PACKAGES = {"deepspeed": ("deepspeed", "deepspeed (pip install -e '.[deepspeed]')")}
+LOGGER_PACKAGES = {"wandb": ("wandb", "wandb")}
+SINFO_FORMAT = "%R %D %c %m %G"
+RESUME_WORDS = ("auto", "never")
+
+
+# ------------------------------------------------------------------------------------- this host
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def local_gpu_count() -> int:
+    """CUDA GPUs this host can use; torch is imported only where an NVIDIA driver is present."""
+    if not (shutil.which("nvidia-smi") or Path("/dev/nvidia0").exists() or Path("/dev/nvidiactl").exists()):
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_local_resources(problems, cfg: Config) -> None:
+    c = cfg.cluster
+    if c.kind != "local":
+        return
+    gpus = local_gpu_count()
+    if gpus:
+        if c.nproc_per_node > gpus:
+            problems.errors.append(
+                f"cluster.nproc_per_node: {c.nproc_per_node} processes but this machine has {gpus} GPU(s), one per"
+                f" rank; set cluster.nproc_per_node={gpus} or less (or run on SLURM with cluster=...)"
+            )
+        return
+    cpus = usable_cpus()
+    if c.nproc_per_node > cpus:
+        problems.errors.append(
+            f"cluster.nproc_per_node: {c.nproc_per_node} CPU processes but this machine has {cpus} CPU core(s) to use;"
+            f" set cluster.nproc_per_node={cpus} or less"
+        )
+
+
+# ------------------------------------------------------------------------------------- SLURM partition
+
+
+@dataclass
+class Partition:
+    name: str
+    nodes: int
+    cpus_per_node: int
+    mem_mb_per_node: int
+    gpus_per_node: int
+    max_nodes: Optional[int] = None
+    """The partition's MaxNodes limit (None: unlimited)."""
+
+    def figures(self) -> str:
+        limit = f", at most {self.max_nodes} per job" if self.max_nodes is not None else ""
+        return (f"partition '{self.name}' has {self.nodes} node(s){limit}, {self.cpus_per_node} CPUs and"
+                f" {self.mem_mb_per_node / 1024:.1f} GB per node, {self.gpus_per_node} GPU(s) per node")
+
+
+def gpus_in_gres(gres: str) -> int:
+    """``gpu:8``, ``gpu:a100:4(S:0-1)``, ``gpu:4,shard:2`` -> GPUs per node; ``(null)`` -> 0."""
+    total = 0
+    for item in gres.split(","):
+        parts = re.sub(r"\(.*?\)", "", item).split(":")
+        if parts[0] == "gpu" and len(parts) >= 2 and parts[-1].isdigit():
+            total += int(parts[-1])
+    return total
+
+
+def parse_sinfo(text: str) -> dict[str, Partition]:
+    """``sinfo -h -o "%R %D %c %m %G"`` lines -> partitions. A partition with mixed node shapes has a line per
+    shape: nodes add up, and the per-node figures are the largest (what the biggest node can hold)."""
+    found: dict[str, Partition] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        name, nodes, cpus, mem, gres = fields[0], fields[1], fields[2], fields[3], " ".join(fields[4:])
+        cpus = cpus.rstrip("+")
+        mem = mem.rstrip("+")
+        if not (nodes.isdigit() and cpus.isdigit() and mem.isdigit()):
+            continue
+        row = Partition(name, int(nodes), int(cpus), int(mem), gpus_in_gres(gres))
+        if name in found:
+            p = found[name]
+            p.nodes += row.nodes
+            p.cpus_per_node = max(p.cpus_per_node, row.cpus_per_node)
+            p.mem_mb_per_node = max(p.mem_mb_per_node, row.mem_mb_per_node)
+            p.gpus_per_node = max(p.gpus_per_node, row.gpus_per_node)
+        else:
+            found[name] = row
+    return found
+
+
+def max_nodes_of(partition: str) -> Optional[int]:
+    """The partition's MaxNodes (scontrol), or None when unlimited or unknown."""
+    if not shutil.which("scontrol"):
+        return None
+    out = subprocess.run(["scontrol", "show", "partition", partition, "-o"], capture_output=True, text=True,
+                         timeout=30, check=False)
+    match = re.search(r"\bMaxNodes=(\d+)", out.stdout)
+    return int(match.group(1)) if out.returncode == 0 and match else None
+
+
+def read_partitions() -> Optional[dict[str, Partition]]:
+    """Every partition SLURM reports, or None when sinfo is not here or does not answer."""
+    if not shutil.which("sinfo"):
+        return None
+    out = subprocess.run(["sinfo", "-h", "-o", SINFO_FORMAT], capture_output=True, text=True, timeout=30,
+                         check=False)
+    if out.returncode != 0:
+        return None
+    return parse_sinfo(out.stdout)
+
+
+def partition_problems(cfg: Config, partition: Partition) -> list[str]:
+    """What the job asks per node and in nodes, against what the partition has."""
+    c, problems = cfg.cluster, []
+    where = f"({partition.figures()})"
+    if c.nodes > partition.nodes:
+        problems.append(f"cluster.nodes: {c.nodes} nodes asked {where}; lower cluster.nodes or pick another"
+                        " cluster.partition")
+    elif partition.max_nodes is not None and c.nodes > partition.max_nodes:
+        problems.append(f"cluster.nodes: {c.nodes} nodes asked {where}; lower cluster.nodes")
+    if c.cpus_per_task is not None and c.cpus_per_task > partition.cpus_per_node:
+        problems.append(f"cluster.cpus_per_task: {c.cpus_per_task} CPUs per node asked {where};"
+                        f" set cluster.cpus_per_task={partition.cpus_per_node} or less")
+    if c.mem_gb is not None and c.mem_gb * 1024 > partition.mem_mb_per_node:
+        problems.append(f"cluster.mem_gb: {c.mem_gb:g} GB per node asked {where};"
+                        f" set cluster.mem_gb={int(partition.mem_mb_per_node // 1024)} or less (or null)")
+    if c.gpus_per_node > partition.gpus_per_node:
+        problems.append(f"cluster.gpus_per_node: {c.gpus_per_node} GPUs per node asked {where};"
+                        " lower cluster.gpus_per_node (and cluster.nproc_per_node) or pick a GPU partition")
+    return problems
+
+
+def check_slurm_resources(problems, cfg: Config) -> None:
+    c = cfg.cluster
+    if c.kind != "slurm":
+        return
+    partitions = read_partitions()
+    if partitions is None:
+        if shutil.which("sinfo"):
+            problems.warnings.append("sinfo did not answer: the partition and its limits are not checked")
+        return
+    if not partitions:
+        return
+    name = c.partition or default_partition()
+    if name is None:
+        return
+    if name not in partitions:
+        problems.errors.append(
+            f"cluster.partition: '{name}' does not exist on this cluster; partitions: {', '.join(sorted(partitions))}"
+        )
+        return
+    partition = partitions[name]
+    partition.max_nodes = max_nodes_of(name)
+    problems.errors.extend(partition_problems(cfg, partition))
+
+
+def default_partition() -> Optional[str]:
+    """The partition sbatch uses when none is given (marked with * by sinfo)."""
+    out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30, check=False)
+    for name in out.stdout.split():
+        if name.endswith("*"):
+            return name[:-1]
+    return None
+
+
+# ------------------------------------------------------------------------------------- packages
+
+
+def package_installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a blocked import (sys.modules[name] = None) or a broken package
+        return False
+
+
+def check_packages(problems, cfg: Config) -> None:
+    """An engine or logger whose package is missing: refused here instead of every rank dying on import."""
+    needed = []
+    if cfg.parallelism.strategy in ENGINE_PACKAGES:
+        needed.append(("parallelism", f"parallelism={cfg.parallelism.name}", *ENGINE_PACKAGES[cfg.parallelism.strategy]))
+    if cfg.logger.name in LOGGER_PACKAGES:
+        needed.append(("logger", f"logger={cfg.logger.name}", *LOGGER_PACKAGES[cfg.logger.name]))
+    if cfg.model.attn_implementation == "flash_attention_2":
+        needed.append(("model.attn_implementation", "model.attn_implementation=flash_attention_2", "flash_attn",
+                       "flash-attn (pip install -e '.[gpu]')"))
+    for key, choice, package, pip_name in needed:
+        if not package_installed(package):
+            problems.errors.append(f"{key}: {choice} needs the {package} package, which is not installed in this"
+                                   f" environment; install {pip_name}, or choose another")
+
+
+# ------------------------------------------------------------------------------------- resume
+
+
+def check_resume(problems, cfg: Config) -> None:
+    """run.resume is auto, never, or the path of a complete checkpoint (launcher.training.checkpoint)."""
+    setting = cfg.run.resume
+    if setting in RESUME_WORDS:
+        return
+    path = Path(os.path.expanduser(setting))
+    looks_like_path = "/" in setting or setting.startswith((".", "~")) or path.exists()
+    if not looks_like_path:
+        raise ConfigError(f"run.resume: '{setting}' is not auto, never or a checkpoint path;"
+                          " use run.resume=auto (this run dir's latest), never, or RUN_DIR/checkpoints/step-N")
+    if not path.is_dir():
+        raise ConfigError(f"run.resume: {path} does not exist; point it at a checkpoint dir (RUN_DIR/checkpoints/step-N)")
+    # Which files make a complete checkpoint is the training side's definition (COMPLETE marker, meta.json).
+    complete, meta_file = path / "COMPLETE", path / "meta.json"
+    if not complete.is_file():
+        inside = sorted(p.name for p in (path / "checkpoints").glob("step-*") if (p / "COMPLETE").is_file()) \
+            if (path / "checkpoints").is_dir() else []
+        hint = f"; it looks like a run dir: use {path / 'checkpoints' / inside[-1]}" if inside else \
+            "; point it at RUN_DIR/checkpoints/step-N"
+        raise ConfigError(f"run.resume: {path} is not a complete checkpoint (no COMPLETE marker){hint}")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"run.resume: {meta_file} is unreadable ({exc}); the checkpoint is damaged,"
+                          " pick an earlier one") from None
+    world = cfg.cluster.nodes * cfg.cluster.nproc_per_node
+    if isinstance(meta, dict) and meta.get("world_size") not in (None, world):
+        raise ConfigError(
+            f"run.resume: {path.name} was written with world size {meta['world_size']}, this run has {world}"
+            f" (cluster.nodes x cluster.nproc_per_node); resume with the same, or start fresh with run.resume=never"
+        )

@@ -125,9 +125,6 @@ def check_weights(problems, cfg: Config) -> None:
         if missing:
             raise ConfigError(f"model.name_or_path: {folder} lacks {len(missing)} shard(s) that"
                               f" {index.name} names ({', '.join(missing[:3])}); re-download the model")
-    if not shards and not list(folder.glob("pytorch_model*.bin")) and (folder / "config.json").is_file():
-        raise ConfigError(f"model.name_or_path: {folder} has a config.json but no weights (*.safetensors,"
-                          " pytorch_model*.bin); copy them there, or re-download the model")
     for shard in shards:
         problem = safetensors_problem(shard)
         if problem:

@@ -162,7 +162,8 @@ def partition_problems(cfg: Config, partition: Partition) -> list[str]:
 
 def check_slurm_resources(problems, cfg: Config) -> None:
     c = cfg.cluster
-    if c.kind != "slurm":
+    name = c.partition
+    if c.kind != "slurm" or name is None:  # None: SLURM picks one (default, account's); its limits are unknown
         return
     partitions = read_partitions()
     if partitions is None:
@@ -170,9 +171,6 @@ def check_slurm_resources(problems, cfg: Config) -> None:
             problems.warnings.append("sinfo did not answer: the partition and its limits are not checked")
         return
     if not partitions:
-        return
-    name = c.partition or default_partition()
-    if name is None:
         return
     if name not in partitions:
         problems.errors.append(
@@ -182,15 +180,6 @@ def check_slurm_resources(problems, cfg: Config) -> None:
     partition = partitions[name]
     partition.max_nodes = max_nodes_of(name)
     problems.errors.extend(partition_problems(cfg, partition))
-
-
-def default_partition() -> Optional[str]:
-    """The partition sbatch uses when none is given (marked with * by sinfo)."""
-    out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30, check=False)
-    for name in out.stdout.split():
-        if name.endswith("*"):
-            return name[:-1]
-    return None
 
 
 # ------------------------------------------------------------------------------------- packages

@@ -21,6 +21,8 @@ def test_every_group_option_composes(group, option):
     overrides = [f"{group}={option}"]
     if group == "model" and option == "hf":
         overrides.append("model.name_or_path=/some/local/model")
+    if group == "data" and option == "custom":  # the user's own data: names no dataset of its own
+        overrides.append("data.datasets=[tasks]")
     if group == "cluster" and option != "local":
         overrides.append("cluster.nodes=1")
     cfg = compose_config(overrides)
@@ -54,7 +56,7 @@ def test_overrides_reach_typed_config():
         (["method.lr=fast"], "method.lr: expected float"),
         (["train.max_steps=ten"], "train.max_steps: expected int"),
         (["train.gradient_checkpointing=maybe"], "train.gradient_checkpointing: expected bool"),
-        (["method=nope"], "Could not find 'method/nope'"),
+        (["method=nope"], "method=nope: conf/method/ has no option 'nope'; options: dpo, dpo_lora, lora, sft_full"),
         (["train.global_batch_size=12"], "train.global_batch_size: 12 is not divisible"),
         (["method.name=lora"], "method.finetuning: method=lora needs method.finetuning=lora"),
         (["train.lr_scheduler=exp"], "train.lr_scheduler: 'exp' is not one of"),

@@ -47,7 +47,7 @@ def config_groups() -> set:
 
 
 def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml") if not p.stem.endswith(".example"))
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
 def _split(override: str) -> tuple[str, Optional[str]]:

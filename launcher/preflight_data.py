@@ -94,14 +94,14 @@ def check_data_choices(problems, cfg: Config) -> None:
     if wrong_kind:
         keys = ", ".join(wrong_kind)
         listed = [f"'{n}'" for names in wrong_kind.values() for n in names]
-        names = f"{', '.join(listed)} {'is' if len(listed) == 1 else 'are'}"
+        names, are = ", ".join(listed), "is" if len(listed) == 1 else "are"
         if method == "dpo":
             problems.errors.append(
-                f"{keys}: method=dpo needs preference data, but {names} (in {info}) not marked ranking: true;"
+                f"{keys}: method=dpo needs preference data, but {names} (in {info}) {are} not marked ranking: true;"
                 " use preference data (data=prefs, or a dataset with ranking: true such as dpo_en_demo)"
             )
         else:
             problems.errors.append(
-                f"{keys}: method={method} trains on one answer per prompt, but {names} (in {info}) preference data"
-                " (ranking: true); use method=dpo or method=dpo_lora, or other datasets"
+                f"{keys}: method={method} trains on one answer per prompt, but {names} (in {info}) {are} preference"
+                " data (ranking: true); use method=dpo or method=dpo_lora, or other datasets"
             )

@@ -83,8 +83,8 @@ def _sharegpt_message(turn: Any, tags: dict, role_map: dict, where: str, k: Any)
     if role is None:
         expected = ", ".join(f"{t}={tags[t]!r}" for t in ("user_tag", "assistant_tag", "observation_tag",
                                                            "function_tag", "system_tag"))
-        raise DataError(f"{where}: turn {k} has role {raw_role!r}, which none of the tags names ({expected});"
-                        " set the tags of this dataset in dataset_info.json to the roles your turns use")
+        raise DataError(f"{where}: turn {k} has unknown role {raw_role!r}, which none of the tags names ({expected});"
+                        " map yours with tags in dataset_info.json (the roles your turns use)")
     return {"role": role, "content": _text(turn.get(tags["content_tag"]), where, f"turn {k} content")}
 
 

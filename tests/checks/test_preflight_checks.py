@@ -229,7 +229,7 @@ def test_wrong_sharegpt_tags_name_the_tags(tmp_path):
                          {"k.json": keys, "r.json": roles})
     refused(with_data(folder, "k"), r"turn 0 has no 'from' key \(the role_tag\); its keys are role, content: set"
                                     r" tags\.role_tag and tags\.content_tag")
-    refused(with_data(folder, "r"), r"turn 0 has role 'user', which none of the tags names \(user_tag='human',"
+    refused(with_data(folder, "r"), r"turn 0 has unknown role 'user', which none of the tags names \(user_tag='human',"
                                     r" assistant_tag='gpt'")
 
 

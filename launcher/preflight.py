@@ -159,15 +159,19 @@ def check_datasets(problems: Problems, cfg: Config) -> None:
 
 
 def known_model_type(arch: str) -> bool:
-    """Whether transformers has this model_type, from its package folders (importing transformers' config
-    registry imports torch, seconds that a dry run of a random-init model does not need)."""
+    """Whether transformers has this model_type. Its package folder answers for the usual ones (qwen2,
+    llama, mistral) without importing transformers' config registry, which imports torch: seconds that a
+    dry run of a random-init model does not need. Other names ask the registry itself."""
     import importlib.util
 
     spec = importlib.util.find_spec("transformers")
     if spec is None or not spec.submodule_search_locations:
         return True  # not installed here: the ranks' environment decides
-    models = Path(list(spec.submodule_search_locations)[0]) / "models"
-    return (models / arch.replace("-", "_")).is_dir()
+    if (Path(list(spec.submodule_search_locations)[0]) / "models" / arch.replace("-", "_")).is_dir():
+        return True
+    from transformers import CONFIG_MAPPING
+
+    return arch in CONFIG_MAPPING
 
 
 def read_model_config(cfg: Config, problems: Optional[Problems] = None) -> Optional[dict]:

@@ -6,6 +6,7 @@ builds the model on the meta device (no memory, no weights read), and only when 
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -137,22 +138,28 @@ def check_weights(problems, cfg: Config) -> None:
 def meta_model_modules(cfg: Config) -> Optional[dict[str, str]]:
     """{module name: class name} of the model, built on the meta device (no memory, no weights read);
     None when its config cannot be read from here."""
+    m = cfg.model
+    folder = model_folder(cfg) if m.name_or_path else None
+    if m.name_or_path and folder is None:
+        return None
+    return _meta_modules(str(folder) if folder else None, m.arch, json.dumps(m.config, sort_keys=True),
+                         m.trust_remote_code)
+
+
+@functools.lru_cache(maxsize=8)  # a sweep's points share their model: build it once
+def _meta_modules(folder: Optional[str], arch: str, config_json: str, trust_remote_code: bool) -> dict[str, str]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    m = cfg.model
-    if m.name_or_path:
-        folder = model_folder(cfg)
-        if folder is None:
-            return None
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=m.trust_remote_code)
+    if folder:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     else:
         try:
-            config = AutoConfig.for_model(m.arch, **m.config)
+            config = AutoConfig.for_model(arch, **json.loads(config_json))
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"model.arch / model.config: {exc}") from None
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=m.trust_remote_code)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     return {name: type(module).__name__ for name, module in model.named_modules() if name}
 
 

@@ -156,3 +156,16 @@ def test_own_data_note_on_the_command_line(tmp_path, capsys):
     assert main(["train", "--dry-run", f"data.dataset_dir={folder}", "data.datasets=[rows]"]) == 0
     err = capsys.readouterr().err
     assert "note: data.dataset_dir/data.datasets given without a data group: using data=custom" in err
+
+
+def test_sweep_points_get_the_same_checks(tmp_path):
+    from launcher.sweep.expand import expand_grid
+    from launcher.sweep.plan import check_points
+
+    with pytest.raises(PreflightError, match=r"experiment=vl_demo: conf/experiment/ has no option 'vl_demo'"):
+        check_points(expand_grid(["experiment=vl_demo", "method.lr=1e-3,2e-3"]))
+    with pytest.raises(PreflightError, match=r"model\.name_or_path: has no value"):
+        check_points(expand_grid(["model=hf", "method.lr=1e-3,2e-3"]))
+    folder = own_dataset_dir(tmp_path)
+    _, points = check_points(expand_grid([f"data.dataset_dir={folder}", "data.datasets=[rows]", "method.lr=1e-3,2e-3"]))
+    assert {p.cfg.data.name for p in points} == {"custom"} and all(p.cfg.train.exact_match_samples == 0 for p in points)

@@ -158,26 +158,22 @@ def check_datasets(problems: Problems, cfg: Config) -> None:
 # ------------------------------------------------------------------------------------ model, tokenizer
 
 
-def known_model_type(arch: str) -> bool:
-    """Whether transformers has this model_type. Its package folder answers for the usual ones (qwen2,
-    llama, mistral) without importing transformers' config registry, which imports torch: seconds that a
-    dry run of a random-init model does not need. Other names ask the registry itself."""
+def check_random_init_arch(arch: str) -> None:
+    """model.arch names a transformers model_type, checked by its folder in the installed transformers (importing
+    transformers' configs pulls in torch: seconds a text dry run need not spend)."""
     import importlib.util
 
     spec = importlib.util.find_spec("transformers")
-    if spec is None or not spec.submodule_search_locations:
-        return True  # not installed here: the ranks' environment decides
-    if (Path(list(spec.submodule_search_locations)[0]) / "models" / arch.replace("-", "_")).is_dir():
-        return True
-    from transformers import CONFIG_MAPPING
-
-    return arch in CONFIG_MAPPING
+    known = spec is not None and spec.origin and (Path(spec.origin).parent / "models" / arch.replace("-", "_")).is_dir()
+    if not known:
+        raise ConfigError(f"model.arch: '{arch}' is not a transformers model_type (e.g. qwen2, llama, mistral)")
 
 
 def read_model_config(cfg: Config, problems: Optional[Problems] = None) -> Optional[dict]:
     """The HF config dict of the model (random init: arch defaults + overrides); None when unknown."""
     m = cfg.model
     if m.name_or_path is None:
+        check_random_init_arch(m.arch)
         from transformers import CONFIG_MAPPING
 
         if m.arch not in CONFIG_MAPPING:
@@ -205,10 +201,8 @@ def read_model_config(cfg: Config, problems: Optional[Problems] = None) -> Optio
 
 
 def check_model(problems: Problems, cfg: Config) -> None:
-    m = cfg.model
-    if m.name_or_path is None:
-        if not known_model_type(m.arch):
-            raise ConfigError(f"model.arch: '{m.arch}' is not a transformers model_type (e.g. qwen2, llama, mistral)")
+    if cfg.model.name_or_path is None:
+        check_random_init_arch(cfg.model.arch)  # its defaults are read only by the memory check
         return
     read_model_config(cfg, problems)
 

@@ -200,8 +200,8 @@ def check_lora_targets(problems, cfg: Config) -> None:
 
 
 def check_dtype(problems, cfg: Config) -> None:
-    """model.dtype that the run will not use: low precision on a CPU (training runs in float32 there), or
-    float16 under DeepSpeed/FSDP (which train in bfloat16 or float32)."""
+    """model.dtype that a CPU run will not use: there the matmuls run in float32 (launcher.engines.precision:
+    CPU autocast to bf16 is slower than fp32), so a low-precision request is said out loud, not ignored."""
     dtype, c = cfg.model.dtype, cfg.cluster
     if dtype not in ("float16", "bfloat16"):
         return
@@ -215,9 +215,4 @@ def check_dtype(problems, cfg: Config) -> None:
         problems.warnings.append(
             f"model.dtype={dtype}: this run has no GPU ({where}); on a CPU it trains in float32 (weights and"
             " compute), not in " + dtype + ". Set model.dtype=float32 (or auto) to say what it does"
-        )
-    elif dtype == "float16" and cfg.parallelism.strategy in ("deepspeed", "fsdp"):
-        problems.warnings.append(
-            f"model.dtype=float16: parallelism={cfg.parallelism.name} trains in bfloat16 (model.dtype=auto or"
-            " bfloat16 on a GPU that has it) or float32; with float16 it runs in float32"
         )

@@ -57,8 +57,6 @@ RANGES: dict[str, Range] = {
     "data.val_size": Range(0),  # fraction or count: see val_size_problem
     "data.cutoff_len": Range(8),
     "data.max_samples": AT_LEAST_1,
-    "data.num_proc": AT_LEAST_1,
-    "data.preprocess_batch_size": AT_LEAST_1,
     "method.lr": POSITIVE,
     "method.weight_decay": NOT_NEGATIVE,
     "method.adam_beta1": FRACTION,
@@ -89,7 +87,6 @@ RANGES: dict[str, Range] = {
     "train.exact_match_samples": Range(0, note=" (0: off)"),
     "train.max_new_tokens": AT_LEAST_1,
     "train.loss_chunk_size": AT_LEAST_1,
-    "train.num_workers": NOT_NEGATIVE,
     "parallelism.zero_stage": Range(0, 3),
     "cluster.nodes": AT_LEAST_1,
     "cluster.nproc_per_node": AT_LEAST_1,

@@ -51,9 +51,15 @@ def hub_offline_reason() -> Optional[str]:
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         if os.environ.get(var, "0") not in ("0", "", "false", "False"):
             return f"{var}={os.environ[var]}"
-    from launcher.data.readers import hub_reachable
+    import socket
 
-    return None if hub_reachable(timeout_s=2.0) else "huggingface.co does not answer"
+    from launcher.data.readers import HUB_HOST
+
+    try:
+        with socket.create_connection(HUB_HOST, timeout=2.0):
+            return None
+    except OSError:
+        return f"{HUB_HOST[0]} does not answer"
 
 
 def check_hub_model(problems, cfg: Config) -> None:
@@ -123,7 +129,9 @@ def check_weights(problems, cfg: Config) -> None:
             raise ConfigError(f"model.name_or_path: {index} is unreadable ({exc.__class__.__name__}); re-download"
                               " the model") from None
         missing = sorted(n for n in named if not (folder / n).is_file())
-        if missing:
+        # A hub snapshot may lack shards that were never fetched: transformers downloads them (the offline
+        # case is refused by check_hub_model). A local folder has nowhere to get them from.
+        if missing and looks_like_path(cfg.model.name_or_path or ""):
             raise ConfigError(f"model.name_or_path: {folder} lacks {len(missing)} shard(s) that"
                               f" {index.name} names ({', '.join(missing[:3])}); re-download the model")
     for shard in shards:

@@ -175,6 +175,16 @@ def test_sinfo_figures_are_read():
     assert gpus_in_gres("gpu:4,shard:2") == 4 and gpus_in_gres("(null)") == 0
 
 
+def test_partition_node_limit_is_named():
+    from launcher.preflight_resources import Partition, partition_problems
+
+    cfg = compose_config(["cluster=slurm_local", "cluster.nodes=2", "cluster.nproc_per_node=1"])
+    small = Partition("short", nodes=8, cpus_per_node=4, mem_mb_per_node=16000, gpus_per_node=0, max_nodes=1)
+    assert partition_problems(cfg, small) == [
+        "cluster.nodes: 2 nodes asked (partition 'short' has 8 node(s), at most 1 per job, 4 CPUs and 15.6 GB per"
+        " node, 0 GPU(s) per node); lower cluster.nodes"]
+
+
 def test_more_than_the_partition_has(slurm_cluster):
     msg = refused(["cluster=slurm_local", "cluster.nodes=3"],
                   r"cluster\.nodes: 3 nodes asked \(partition 'debug' has 2 node\(s\), \d+ CPUs and [\d.]+ GB per node,"

@@ -37,7 +37,7 @@ from launcher.models.build import (
     choose_dtype,
     count_parameters,
 )
-from launcher.models.tokenizers import load_tokenizer
+from launcher.models.tokenizers import load_tokenizer, save_tokenizer
 from launcher.data.tokenize import row_length
 from launcher.training.metrics import MetricsLogger, plot_loss
 
@@ -100,7 +100,7 @@ class SFTRecipe:
             if cfg.model.name_or_path is None and dist.is_main and (cfg.train.save_model or cfg.train.save_every):
                 # A random-init base exists nowhere else: keep it so a saved adapter can be reloaded.
                 model.save_pretrained(self.run_dir / BASE_MODEL_DIR, safe_serialization=True)
-                self.tokenizer.save_pretrained(self.run_dir / BASE_MODEL_DIR)
+                save_tokenizer(self.tokenizer, self.run_dir / BASE_MODEL_DIR)
             model = apply_lora(model, cfg.method.lora)
         if cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -147,13 +147,15 @@ class SFTRecipe:
     def _resume(self) -> None:
         source = self.cfg.run.resume
         # A requeued/restarted attempt continues from this run dir's own latest checkpoint (launcher.training.preemption).
-        directory = preemption.choose_resume_checkpoint(source, self.run_dir, ckpt.latest_checkpoint(self.run_dir))
+        # The newest checkpoint whose files still match their manifest; a damaged newer one is skipped, in one line.
+        latest = ckpt.latest_valid_checkpoint(self.run_dir, self.dist)
+        directory = preemption.choose_resume_checkpoint(source, self.run_dir, latest)
         if directory is None:
             if self.dist.is_main:  # records of an attempt that died before its first checkpoint
                 preemption.forget_metrics_after(self.run_dir, -1)
             return
-        if not (directory / ckpt.COMPLETE).is_file():
-            raise ConfigError(f"run.resume: {directory} is not a complete checkpoint (no {ckpt.COMPLETE} marker)")
+        if directory != latest:
+            ckpt.check_resume_checkpoint(directory)  # run.resume=PATH: complete and undamaged, or refused
         meta = json.loads((directory / "meta.json").read_text())
         if meta["world_size"] != self.dist.world_size:
             raise ConfigError(

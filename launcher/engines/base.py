@@ -17,6 +17,7 @@ from torch import nn
 
 from launcher.config.schema import Config
 from launcher.engines.distributed import DistInfo
+from launcher.models.tokenizers import save_tokenizer
 from launcher.training.loss import CausalLMLoss
 from launcher.training.optim import build_optimizer, build_scheduler
 
@@ -130,7 +131,7 @@ class DDPEngine(Engine):
     def save_final(self, directory: Path, tokenizer) -> None:
         if self.dist.is_main:
             self.model.save_pretrained(directory, safe_serialization=True)
-            tokenizer.save_pretrained(directory)
+            save_tokenizer(tokenizer, directory)
 
 
 def build_engine(cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps: int,

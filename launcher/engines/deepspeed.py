@@ -29,6 +29,7 @@ from launcher.paths import CHECKPOINT_STATE_FILE
 from launcher.config.schema import Config, resolve_grad_accum
 from launcher.engines.distributed import DistInfo, ensure_process_group
 from launcher.engines.base import Engine, LossFactory, default_loss_module
+from launcher.models.tokenizers import save_tokenizer
 from launcher.training.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -214,4 +215,4 @@ class DeepSpeedEngine(Engine):
             if not state:
                 raise RuntimeError("gathering the final weights gave an empty state dict; nothing to save")
             self.model.save_pretrained(directory, state_dict=state, safe_serialization=True)
-            tokenizer.save_pretrained(directory)
+            save_tokenizer(tokenizer, directory)

@@ -26,6 +26,7 @@ from launcher.paths import CHECKPOINT_STATE_FILE
 from launcher.config.schema import Config
 from launcher.engines.distributed import DistInfo, ensure_process_group
 from launcher.engines.base import Engine, LossFactory, default_loss_module
+from launcher.models.tokenizers import save_tokenizer
 from launcher.training.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -190,5 +191,5 @@ class FSDPEngine(Engine):
             if self.bf16:
                 state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
             self.model.save_pretrained(directory, state_dict=state, safe_serialization=True)
-            tokenizer.save_pretrained(directory)
+            save_tokenizer(tokenizer, directory)
 

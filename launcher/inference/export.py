@@ -20,6 +20,7 @@ from typing import Optional
 from launcher.errors import LauncherError
 from launcher.models.build import DTYPES
 from launcher.models.trained import adapter_info, check_run_dir, load_run_model
+from launcher.models.tokenizers import save_tokenizer
 
 class ExportError(LauncherError):
     """The export target is unusable (exists, or is part of the run)."""
@@ -80,7 +81,7 @@ def export_run(run_dir: Path, args: ExportArgs) -> Path:
     tmp = out.parent / f".tmp-{out.name}-{int(time.time() * 1000)}"
     try:
         model.save_pretrained(tmp, max_shard_size=args.max_shard_size, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
         adapter = adapter_info(run_dir)
         info = {
             "run_dir": str(run_dir.resolve()),

@@ -38,6 +38,7 @@ from launcher.models.build import (
     count_parameters,
 )
 from launcher.models.tokenizers import load_tokenizer, save_tokenizer
+from launcher.files import apply_umask
 from launcher.data.tokenize import row_length
 from launcher.training.metrics import MetricsLogger, plot_loss
 
@@ -101,6 +102,7 @@ class SFTRecipe:
                 # A random-init base exists nowhere else: keep it so a saved adapter can be reloaded.
                 model.save_pretrained(self.run_dir / BASE_MODEL_DIR, safe_serialization=True)
                 save_tokenizer(self.tokenizer, self.run_dir / BASE_MODEL_DIR)
+                apply_umask(self.run_dir / BASE_MODEL_DIR)
             model = apply_lora(model, cfg.method.lora)
         if cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

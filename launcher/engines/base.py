@@ -18,6 +18,7 @@ from torch import nn
 from launcher.config.schema import Config
 from launcher.engines.distributed import DistInfo
 from launcher.models.tokenizers import save_tokenizer
+from launcher.files import apply_umask
 from launcher.training.loss import CausalLMLoss
 from launcher.training.optim import build_optimizer, build_scheduler
 
@@ -132,6 +133,7 @@ class DDPEngine(Engine):
         if self.dist.is_main:
             self.model.save_pretrained(directory, safe_serialization=True)
             save_tokenizer(tokenizer, directory)
+            apply_umask(directory)
 
 
 def build_engine(cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps: int,

@@ -30,6 +30,7 @@ from launcher.config.schema import Config, resolve_grad_accum
 from launcher.engines.distributed import DistInfo, ensure_process_group
 from launcher.engines.base import Engine, LossFactory, default_loss_module
 from launcher.models.tokenizers import save_tokenizer
+from launcher.files import apply_umask
 from launcher.training.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -216,3 +217,4 @@ class DeepSpeedEngine(Engine):
                 raise RuntimeError("gathering the final weights gave an empty state dict; nothing to save")
             self.model.save_pretrained(directory, state_dict=state, safe_serialization=True)
             save_tokenizer(tokenizer, directory)
+            apply_umask(directory)

@@ -27,6 +27,7 @@ from launcher.config.schema import Config
 from launcher.engines.distributed import DistInfo, ensure_process_group
 from launcher.engines.base import Engine, LossFactory, default_loss_module
 from launcher.models.tokenizers import save_tokenizer
+from launcher.files import apply_umask
 from launcher.training.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -192,4 +193,5 @@ class FSDPEngine(Engine):
                 state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
             self.model.save_pretrained(directory, state_dict=state, safe_serialization=True)
             save_tokenizer(tokenizer, directory)
+            apply_umask(directory)
 

@@ -87,8 +87,9 @@ class SFTRecipe:
         self.attn_impl = choose_attn_implementation(cfg.model.attn_implementation, dist.device)
         self.dtype = choose_dtype(cfg.model.dtype, dist.device)
         if dist.is_main:
-            log.info("attention: %s, dtype: %s, device: %s, world size: %d",
-                     self.attn_impl, str(self.compute_dtype).replace("torch.", ""), dist.device, dist.world_size)
+            log.info("attention: %s, dtype: %s, device: %s, world size: %d, CPU threads per rank: %d",
+                     self.attn_impl, str(self.compute_dtype).replace("torch.", ""), dist.device, dist.world_size,
+                     torch.get_num_threads())
 
         self.data = self.build_data()
         self.startup.done("data")

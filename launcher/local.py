@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from launcher.config.schema import Config
+from launcher.config.schema import Config, recipe_module
 from launcher.rundir import child_env
 
 
@@ -23,14 +23,14 @@ def torchrun_command(cfg: Config, run_dir: Path) -> list[str]:
         f"--nproc_per_node={cfg.cluster.nproc_per_node}",
         f"--log-dir={run_dir / 'logs' / 'torchrun'}",
         "--tee=3",
-        "-m", "launcher.training.entry", "--run-dir", str(run_dir),
+        "-m", recipe_module(cfg), "--run-dir", str(run_dir),
     ]
 
 
 def describe_local(cfg: Config) -> str:
     n = cfg.cluster.nproc_per_node
     if n == 1:
-        return "# local: one process, in the launcher's own process: python -m launcher.training.entry --run-dir RUN_DIR"
+        return f"# local: one process, in the launcher's own process: python -m {recipe_module(cfg)} --run-dir RUN_DIR"
     return "# local: " + " ".join(torchrun_command(cfg, Path("RUN_DIR")))
 
 
@@ -57,10 +57,10 @@ def run_local(cfg: Config, run_dir: Path) -> int:
     if cfg.cluster.nproc_per_node == 1:
         import torch
 
-        from launcher.training.entry import main as rank_main
+        from launcher.training.entry import main_in_process
 
         # In this process: the environment is read too late for torch's pool, so set its size directly.
         torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
-        return rank_main(["--run-dir", str(run_dir)])
+        return main_in_process(run_dir)
     cmd = torchrun_command(cfg, run_dir)
     return subprocess.call(cmd, env=env)

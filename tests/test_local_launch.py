@@ -44,7 +44,7 @@ def fake_two_rank_checkpoint(root: Path) -> Path:
     d.mkdir(parents=True)
     (d / "state.pt").write_bytes(b"weights")
     (d / "meta.json").write_text(json.dumps({"step": 4, "world_size": 2, "trained_tokens": 0}))
-    ckpt.seal(d)
+    ckpt.mark_complete(d)
     return d
 
 

@@ -9,6 +9,7 @@ and a sha256, and ``COMPLETE`` holds the manifest's own sha256. At resume ``late
 the newest checkpoint against its manifest and falls back to the previous one, saying why in one line.
 A checkpoint with an empty ``COMPLETE`` (written before manifests existed) is taken as it is.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,7 +26,6 @@ import torch
 
 from launcher.engines.distributed import DistInfo, barrier, broadcast_object
 from launcher.errors import ConfigError
-from launcher.training.preemption import stall_inside_checkpoint_write
 
 log = logging.getLogger("launcher.checkpoint")
 
@@ -91,10 +91,7 @@ def save_checkpoint(run_dir: Path, step: int, engine, meta: dict, dist_info: Dis
     torch.save(rng_state(), tmp / f"rng-rank{dist_info.rank}.pt")
     barrier()
     if dist_info.is_main:
-        stall_inside_checkpoint_write(tmp, step, dist_info.rank)  # a no-op unless a test asks for it
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        seal(tmp)
-        _fsync_dir(tmp)
+        seal_checkpoint(tmp, meta)
         if final.exists():  # a checkpoint of the same step from an earlier attempt of this run
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -102,6 +99,14 @@ def save_checkpoint(run_dir: Path, step: int, engine, meta: dict, dist_info: Dis
         prune_checkpoints(run_dir, keep)
     barrier()
     return final
+
+
+def seal_checkpoint(tmp: Path, meta: dict) -> None:
+    """Rank 0, once every rank has written its files: the metadata, the manifest, then the marker that makes
+    it complete."""
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    mark_complete(tmp)
+    _fsync_dir(tmp)
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
@@ -134,7 +139,7 @@ def _checkpoint_files(directory: Path) -> list[Path]:
     return sorted(p for p in Path(directory).rglob("*") if p.is_file() and p.name not in (MANIFEST, COMPLETE))
 
 
-def seal(directory: Path) -> None:
+def mark_complete(directory: Path) -> None:
     """Write the manifest of every file in ``directory``, then the COMPLETE marker that names it."""
     directory = Path(directory)
     files = {}

@@ -50,7 +50,7 @@ def sealed(tmp_path):
     (d / "state.pt").write_bytes(bytes(range(256)) * 40)
     (d / "shard" / "rank1.bin").write_bytes(b"x" * 1000)
     (d / "meta.json").write_text('{"step": 4}')
-    ckpt.seal(d)
+    ckpt.mark_complete(d)
     return d
 
 

@@ -118,7 +118,7 @@ def test_different_world_size_is_refused(output_root):
     meta_path = ckpt.latest_checkpoint(run_dir) / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "world_size": 2}))  # as written by a 2-rank run
-    ckpt.seal(meta_path.parent)  # whose manifest matches its files
+    ckpt.mark_complete(meta_path.parent)  # whose manifest matches its files
     recipe = SFTRecipe(cfg, run_dir, init_distributed())
     with pytest.raises(ConfigError, match="world size 2, this run has 1"):
         recipe.setup()
@@ -148,7 +148,7 @@ def test_usr2_to_torchrun_ranks_checkpoints_and_stops(output_root):
                                                      "train.micro_batch_size=2"])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-            "-m", "launcher.training.entry", "--run-dir", str(run_dir)]
+            "-m", "recipes.sft", "--run-dir", str(run_dir)]
     # Like node.py: the agent ignores USR2 (it would die of it), the ranks inherit that, then install handlers.
     proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))

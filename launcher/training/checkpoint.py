@@ -32,10 +32,10 @@ log = logging.getLogger("launcher.checkpoint")
 COMPLETE = "COMPLETE"
 MANIFEST = "manifest.json"
 # Files up to this size are hashed whole; a bigger one (a multi-GB shard) only in its first and last
-# HASH_EDGE_BYTES, so saving and checking cost at most 2 x 64 MiB of reading per file whatever the model size.
+# HASH_EDGE_BYTES, so saving and checking cost at most 64 MiB of reading per file whatever the model size.
 # Its recorded size still catches any truncation or append; a change in its middle is not caught.
-HASH_WHOLE_MAX = 256 << 20
-HASH_EDGE_BYTES = 64 << 20
+HASH_WHOLE_MAX = 64 << 20
+HASH_EDGE_BYTES = 16 << 20
 
 
 def checkpoint_root(run_dir: Path) -> Path:

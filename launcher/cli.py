@@ -7,7 +7,7 @@ from typing import Callable
 
 from launcher.errors import ConfigError, LauncherError
 
-USAGE = """usage: launcher <command> [args]
+USAGE = """usage: launcher <command> [args]   (launcher --version; launcher train --help lists the config groups)
 
 commands:
   train [OVERRIDES...] [--dry-run] [--name NAME]   compose, check (preflight) and launch a training run,
@@ -32,7 +32,13 @@ def train_main(argv: list[str]) -> int:
         from launcher.sweep.launch import sweep_main
 
         return sweep_main(argv)
-    parser = argparse.ArgumentParser(prog="launcher train", add_help=True)
+    epilog = None
+    if any(a in ("-h", "--help") for a in argv):
+        from launcher.config.compose import config_groups_help
+
+        epilog = config_groups_help()
+    parser = argparse.ArgumentParser(prog="launcher train", add_help=True, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, key=value or group=option")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and run the preflight; launch nothing")
     parser.add_argument("--name", default=None, help="run name (default: <model>-<method>-<data>)")
@@ -40,7 +46,8 @@ def train_main(argv: list[str]) -> int:
 
     refuse_config_files(args.overrides)
     from launcher.config.compose import REPO_ROOT, compose_config, default_run_name, uses_implicit_data_group
-    from launcher.rundir import make_run_dir, write_code_version, write_overrides, write_run_config
+    from launcher.rundir import (discard_unstarted_run, make_run_dir, write_code_version, write_overrides,
+                                 write_run_config)
 
     # Unknown keys and wrong types raise here; invalid values are listed by the preflight with its other findings.
     cfg = compose_config(args.overrides, check=False)
@@ -74,17 +81,27 @@ def train_main(argv: list[str]) -> int:
         print("# preflight passed; dry run: nothing was launched")
         return 0
     run_dir = make_run_dir(cfg.run.output_root, name)
-    write_run_config(run_dir, cfg)
-    write_overrides(run_dir, args.overrides)
-    write_code_version(run_dir, REPO_ROOT)
-    print(f"run dir: {run_dir}", flush=True)
-    if cfg.cluster.kind == "local":
-        from launcher.local import run_local
+    code = 1
+    try:
+        write_run_config(run_dir, cfg)
+        write_overrides(run_dir, args.overrides)
+        write_code_version(run_dir, REPO_ROOT)
+        print(f"run dir: {run_dir}", flush=True)
+        if cfg.cluster.kind == "local":
+            from launcher.local import run_local
 
-        return run_local(cfg, run_dir)
-    from launcher.slurm.submit import submit_run
+            code = run_local(cfg, run_dir)
+        else:
+            from launcher.slurm.submit import submit_run
 
-    return 0 if submit_run(cfg, run_dir).get("job_id") else 1
+            code = 0 if submit_run(cfg, run_dir).get("job_id") else 1
+    finally:
+        # A launch that failed before training started (bad data found by a rank, sbatch refused the job)
+        # leaves nothing behind; a started run keeps its dir and logs, a queued one its dir.
+        if code != 0 and discard_unstarted_run(run_dir):
+            print(f"run dir removed: the launch failed before training started ({run_dir})", file=sys.stderr,
+                  flush=True)
+    return code
 
 
 LLAMAFACTORY_KEYS = ("model_name_or_path", "stage", "finetuning_type", "dataset", "do_train", "output_dir")
@@ -167,6 +184,11 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
+        return 0
+    if argv[0] in ("-V", "--version", "version"):
+        from launcher import __version__
+
+        print(f"launcher {__version__}")
         return 0
     command = COMMANDS.get(argv[0])
     if command is None:

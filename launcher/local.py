@@ -1,13 +1,16 @@
 """cluster=local: run the ranks on this host.
 
 One process runs in the launcher's own process (no torchrun start-up cost); more run under torchrun
-``--standalone`` (a free port, so two local runs never collide), with a log file per rank.
+``--standalone`` (a free port, so two local runs never collide), with a log file per rank. Each rank gets
+OMP_NUM_THREADS = usable CPUs / local ranks unless the environment or ``cluster.env`` sets it.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 from launcher.config.schema import Config, recipe_module
 from launcher.rundir import child_env
@@ -31,13 +34,33 @@ def describe_local(cfg: Config) -> str:
     return "# local: " + " ".join(torchrun_command(cfg, Path("RUN_DIR")))
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: what SLURM, taskset or a container allow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def omp_threads_per_rank(ranks: int, concurrent_runs: int = 1, cpus: Optional[int] = None) -> int:
+    """Threads per rank so that the ranks of all runs side by side share the CPUs without oversubscribing
+    them (as the SLURM profiles set OMP_NUM_THREADS = cpus per task / ranks)."""
+    cpus = usable_cpus() if cpus is None else cpus
+    return max(1, cpus // max(1, ranks * concurrent_runs))
+
+
 def run_local(cfg: Config, run_dir: Path) -> int:
     run_dir = Path(run_dir)
+    env = child_env(cfg.cluster.env)
+    # A value the user set (in the environment or cluster.env) wins.
+    env.setdefault("OMP_NUM_THREADS", str(omp_threads_per_rank(cfg.cluster.nproc_per_node)))
     if cfg.cluster.nproc_per_node == 1:
+        import torch
+
         from launcher.training.entry import main_in_process
 
+        # In this process: the environment is read too late for torch's pool, so set its size directly.
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
         return main_in_process(run_dir)
     cmd = torchrun_command(cfg, run_dir)
-    env = child_env(cfg.cluster.env)
-    env.setdefault("OMP_NUM_THREADS", "1")
     return subprocess.call(cmd, env=env)

@@ -75,3 +75,28 @@ def child_env(extra: Optional[dict] = None) -> dict:
     env = dict(os.environ)
     env.update({k: str(v) for k, v in (extra or {}).items()})
     return env
+
+
+def run_started(run_dir: Path) -> bool:
+    """Whether training got going in ``run_dir``: a metrics record, a checkpoint or a model was written."""
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    return ((metrics.is_file() and metrics.stat().st_size > 0) or (run_dir / "checkpoints").exists()
+            or (run_dir / "model").exists())
+
+
+def discard_unstarted_run(run_dir: Path) -> bool:
+    """Remove the run dir of a launch that failed before training started (and the name/date folders above
+    it that this left empty); a run that started keeps its dir and logs. Returns whether it was removed."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or run_started(run_dir):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in (run_dir.parent, run_dir.parent.parent):
+        try:
+            parent.rmdir()  # only when empty: another run of that name or date is left alone
+        except OSError:
+            break
+    return True

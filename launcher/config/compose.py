@@ -47,7 +47,8 @@ def config_groups() -> set:
 
 
 def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+    """The options of a config group: its YAML files (``*.example.yaml`` templates left out)."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml") if not p.name.endswith(".example.yaml"))
 
 
 def _split(override: str) -> tuple[str, Optional[str]]:
@@ -123,6 +124,29 @@ def missing_value_message(exc: Exception) -> str:
 MISSING_VALUE_EXAMPLES = {
     "model.name_or_path": "model.name_or_path=Qwen/Qwen2.5-0.5B-Instruct (a hub id, or a folder with a HF model)",
 }
+
+
+def config_groups_help() -> str:
+    """For ``launcher train --help``: every group with its options (the default starred), read from conf/."""
+    import yaml
+
+    defaults = {}
+    for entry in yaml.safe_load((conf_dir() / "train.yaml").read_text()).get("defaults", []):
+        if isinstance(entry, dict):
+            for key, value in entry.items():
+                defaults[key.split()[-1]] = value
+    order = [g for g in defaults if g in config_groups()] + sorted(config_groups() - set(defaults))
+    lines = [f"config groups ({conf_dir()}; choose with GROUP=OPTION, * = default):"]
+    for group in order:
+        options = [o + ("*" if o == defaults.get(group) else "") for o in group_options(group)]
+        lines.append(f"  {group:<12} {', '.join(options)}")
+    lines += [
+        "",
+        "keys: override any key as KEY=VALUE (train.max_steps=100, method.lr=2e-4, data.cutoff_len=2048).",
+        "  Every key, its type and default, is documented in launcher/config/schema.py (a docstring under each",
+        "  field); README.md ('The config tree') explains the groups. --dry-run prints the resolved config.",
+    ]
+    return "\n".join(lines)
 
 
 def compose_dict(overrides: Sequence[str] = (), config_name: str = "train") -> dict:

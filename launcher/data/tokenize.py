@@ -35,12 +35,34 @@ def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int
     return new_source_len, new_target_len
 
 
-def _ids(tokenizer, text: str) -> list[int]:
+# A prompt or answer longer than this many characters per token of cutoff_len (and at least LONG_PIECE_MIN
+# characters) is cut to that many characters before it is tokenized. Rows keep only their first cutoff_len
+# tokens, and no real tokenizer needs 32 characters per token, so the kept tokens are the same; tokenizing
+# all of a 100 MB row first would take tens of GB (the fast tokenizers keep offsets and strings per token).
+# What changes: LLaMA-Factory's split of the budget between a long prompt and a long answer (infer_seqlen's
+# last case) sees the cut length of a side that was cut; ordinary rows are never cut.
+LONG_PIECE_CHARS_PER_TOKEN = 32
+LONG_PIECE_MIN = 1 << 20
+# Pretraining text is kept whole (cut into cutoff_len rows), so a single text is bounded instead.
+MAX_TEXT_CHARS = 32 << 20
+
+
+def piece_char_limit(cutoff_len: int) -> int:
+    return max(LONG_PIECE_MIN, LONG_PIECE_CHARS_PER_TOKEN * cutoff_len)
+
+
+def _ids(tokenizer, text: str, max_chars: Optional[int] = None) -> list[int]:
+    if max_chars is not None and len(text) > max_chars:
+        text = text[:max_chars]
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
-def encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-    return [(_ids(tokenizer, p), _ids(tokenizer, a)) for p, a in pairs]
+def encode_pairs(tokenizer, pairs: list[tuple[str, str]], cutoff_len: Optional[int] = None
+                 ) -> list[tuple[list[int], list[int]]]:
+    """Each (prompt, answer) tokenized on its own; with ``cutoff_len``, a piece too long to matter whole is cut
+    first (``piece_char_limit``), so memory does not grow with the length of a row."""
+    limit = piece_char_limit(cutoff_len) if cutoff_len else None
+    return [(_ids(tokenizer, p, limit), _ids(tokenizer, a, limit)) for p, a in pairs]
 
 
 def encode_supervised(encoded: list[tuple[list[int], list[int]]], cutoff_len: int, train_on_prompt: bool = False,
@@ -83,6 +105,11 @@ def encode_pairwise(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: 
 
 def encode_text(tokenizer, text: str, cutoff_len: int) -> list[dict]:
     """Pretraining: text + eos, every token trained, cut into pieces of cutoff_len (no text is thrown away)."""
+    if len(text) > MAX_TEXT_CHARS:
+        raise DataError(
+            f"a pretraining text of {len(text):,} characters (more than {MAX_TEXT_CHARS:,}) in one row; every"
+            " token of it would be kept, so split it into several rows (e.g. one per document or chapter)"
+        )
     ids = _ids(tokenizer, text)
     if tokenizer.eos_token_id is not None:
         ids = ids + [tokenizer.eos_token_id]
@@ -93,7 +120,10 @@ def tokenize_sample(tokenizer, renderer, sample: dict, cutoff_len: int, train_on
                     mask_history: bool = False, where: str = "") -> list[dict]:
     """One canonical sample -> its rows (one, or several for a long pretraining text)."""
     if "text" in sample:
-        return encode_text(tokenizer, sample["text"], cutoff_len)
+        try:
+            return encode_text(tokenizer, sample["text"], cutoff_len)
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}") from None
     tools = parse_tools(sample.get("tools"), where)
     if tools and not renderer.supports_tools:
         raise DataError(f"{where}: the sample has tools but the tokenizer's chat template ignores them;"
@@ -102,12 +132,12 @@ def tokenize_sample(tokenizer, renderer, sample: dict, cutoff_len: int, train_on
         encoded = {}
         for key in ("chosen", "rejected"):
             pairs = split_pairs(renderer, sample["messages"] + [sample[key]], tools, where)
-            enc = encode_pairs(tokenizer, pairs)
+            enc = encode_pairs(tokenizer, pairs, cutoff_len)
             prompt_ids = [t for source, target in enc[:-1] for t in source + target] + enc[-1][0]
             encoded[key] = (prompt_ids, enc[-1][1])
         return [encode_pairwise(encoded["chosen"][0], encoded["chosen"][1], encoded["rejected"][1], cutoff_len)]
     pairs = split_pairs(renderer, sample["messages"], tools, where)
-    return [encode_supervised(encode_pairs(tokenizer, pairs), cutoff_len, train_on_prompt, mask_history)]
+    return [encode_supervised(encode_pairs(tokenizer, pairs, cutoff_len), cutoff_len, train_on_prompt, mask_history)]
 
 
 def count_trained(labels: list) -> int:

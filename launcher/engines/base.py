@@ -24,6 +24,8 @@ from launcher.config.schema import Config
 from launcher.engines.distributed import DistInfo
 from launcher.engines.precision import Precision, resolve_precision
 from launcher.errors import ConfigError
+from launcher.files import apply_umask
+from launcher.models.tokenizers import save_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,8 @@ def build_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implementation
     if cfg.method.finetuning == "lora":
         if save_base_to is not None and cfg.model.name_or_path is None and dist_info.is_main:
             model.save_pretrained(save_base_to, safe_serialization=True)
-            tokenizer.save_pretrained(save_base_to)
+            save_tokenizer(tokenizer, save_base_to)
+            apply_umask(save_base_to)
         model = apply_lora(model, cfg.method.lora)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -125,7 +128,8 @@ class Engine:
             if not state:
                 raise RuntimeError("gathering the final weights gave an empty state dict; nothing to save")
             self.model.save_pretrained(directory, state_dict=state, safe_serialization=True)
-        tokenizer.save_pretrained(directory)
+        save_tokenizer(tokenizer, directory)  # reloaded and compared: predict/chat/export tokenize as training did
+        apply_umask(directory)  # safetensors writes 0600
 
 
 def build_engine(cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps: int,

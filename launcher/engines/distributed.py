@@ -69,6 +69,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast_object(obj, src: int = 0):
+    """``obj`` from rank ``src`` on every rank (pickled); the object itself without a process group."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def destroy_distributed() -> None:
     # Tearing the group down explicitly avoids the occasional abort at interpreter exit seen with gloo.
     if is_distributed():

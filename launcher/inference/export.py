@@ -6,7 +6,9 @@ and ``export_info.json`` saying where it came from. A full fine-tune exports the
 
 The folder is written under a temporary name beside the target and renamed at the end, so an interrupted
 export never leaves a half-written model where a loader would find it. An existing target is refused unless
-``force``; even then the run dir itself, its model/ and anything holding the run are never deleted.
+``force``, and ``force`` replaces only a folder that holds a previous export and nothing else (its
+``export_info.json`` lists the files it wrote); the run dir itself, its model/ and anything holding the run are
+never deleted. Files get the mode the user's umask gives (safetensors alone would write them 0600).
 """
 from __future__ import annotations
 
@@ -19,6 +21,11 @@ from typing import Optional
 
 from launcher.errors import LauncherError
 from launcher.models.trained import adapter_info, check_run_dir, load_run_model
+from launcher.models.tokenizers import save_tokenizer
+from launcher.files import apply_umask
+
+INFO_FILE = "export_info.json"
+
 
 class ExportError(LauncherError):
     """The export target is unusable (exists, or is part of the run)."""
@@ -52,6 +59,24 @@ def check_target(run_dir: Path, out: Path, force: bool) -> None:
             raise ExportError(f"--out {out} already exists; pass --force to replace it, or choose another --out")
         if not out.is_dir():
             raise ExportError(f"--out {out} is a file, not a folder; remove it or choose another --out")
+        foreign = files_not_from_an_export(out)
+        if foreign:
+            raise ExportError(
+                f"--out {out}: --force replaces only a previous export, and this folder holds other files"
+                f" ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); choose another --out,"
+                " or move them away yourself"
+            )
+
+
+def files_not_from_an_export(folder: Path) -> list[str]:
+    """The files in ``folder`` that a previous export of ours did not write (all of them when it has no
+    export_info.json listing its files)."""
+    present = sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if not p.is_dir())
+    try:
+        ours = set(json.loads((Path(folder) / INFO_FILE).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return present
+    return [name for name in present if name not in ours]
 
 
 def export_run(run_dir: Path, args: ExportArgs) -> Path:
@@ -81,7 +106,7 @@ def export_run(run_dir: Path, args: ExportArgs) -> Path:
     tmp = out.parent / f".tmp-{out.name}-{int(time.time() * 1000)}"
     try:
         model.save_pretrained(tmp, max_shard_size=args.max_shard_size, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
         adapter = adapter_info(run_dir)
         info = {
             "run_dir": str(run_dir.resolve()),
@@ -93,9 +118,13 @@ def export_run(run_dir: Path, args: ExportArgs) -> Path:
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             "parameters": sum(p.numel() for p in model.parameters()),
         }
-        (tmp / "export_info.json").write_text(json.dumps(info, indent=1))
+        # The list of what we wrote is the marker that lets a later --force replace this folder, and only it.
+        info["files"] = sorted([p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if not p.is_dir()] + [INFO_FILE])
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
+        apply_umask(tmp)
         if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
+            check_target(run_dir, out, args.force)  # again: files may have appeared while the model loaded
+            shutil.rmtree(out)
         tmp.rename(out)
     finally:
         if tmp.exists():

@@ -2,9 +2,10 @@
 
 ``run_predict(cfg, run_dir, args)`` is pure in the sense that matters for a cluster: it takes a resolved
 config and its arguments, reads only the run dir and the datasets, and writes only
-``RUN_DIR/predict/<name>/``: ``predictions.jsonl`` (prompt, label, prediction per sample), ``metrics.json``
+``RUN_DIR/predict/<name>[-N]/``: ``predictions.jsonl`` (prompt, label, prediction per sample), ``metrics.json``
 and ``request.yaml`` (the config and arguments it ran with). The CLI calls it in-process; a SLURM job runs
 ``python -m launcher.inference.predict RUN_DIR/predict/<name>/request.yaml`` to repeat it on a GPU node.
+Each call writes a new folder (``<name>``, then ``<name>-2``, ...), so earlier predictions are never replaced.
 
 Prompts are rendered the way training rendered them (``launcher.inference.prompts``); each answer is the text after
 the prompt up to the end-of-turn token, special tokens dropped, stripped.
@@ -62,8 +63,18 @@ class PredictArgs:
 
 
 def output_dir(run_dir: Path, label: str, args: PredictArgs) -> Path:
+    """A new folder for this call: ``predict/<label>``, then ``<label>-2``, ``-3``...; earlier ones are kept."""
     name = label if not args.checkpoint else f"{label}@{Path(args.checkpoint).name}"
-    return Path(run_dir) / PREDICT_DIR / name
+    root = Path(run_dir) / PREDICT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        candidate = root / (name if i == 1 else f"{name}-{i}")
+        try:
+            candidate.mkdir()  # atomic: two predictions at once never share a folder
+            return candidate
+        except FileExistsError:
+            continue
+    raise ConfigError(f"predict: {root} already holds 9999 results for '{name}'; move some away")
 
 
 def generate_batch(model, tokenizer, prompts: list[str], args: PredictArgs, device) -> tuple[list[str], list[int]]:
@@ -100,7 +111,6 @@ def run_predict(cfg: Config, run_dir: Path, args: PredictArgs, progress: Optiona
     if not samples:
         raise ConfigError(f"predict: dataset '{label}' has no samples")
     out_dir = output_dir(run_dir, label, args)
-    out_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(out_dir / REQUEST_FILE, yaml.safe_dump(
         {"run_dir": str(run_dir.resolve()), "args": asdict(args), "config": config_to_dict(cfg)}, sort_keys=False))
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Optional
 
 from launcher.config.schema import ModelConfig
-from launcher.errors import ConfigError
+from launcher.errors import ConfigError, LauncherError
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -21,22 +22,31 @@ CHATML_TEMPLATE = (
 
 
 def build_char_tokenizer():
-    """Printable ASCII + newline, one token per character, ChatML special tokens."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """Printable ASCII + newline, one token per character, ChatML special tokens.
 
+    Built as a ``Qwen2Tokenizer`` (byte-level BPE without merges) because that is what it is reloaded as:
+    saved beside a Qwen2 model's config.json, ``AutoTokenizer.from_pretrained`` (transformers 5) ignores the
+    saved ``tokenizer_class`` for model_type qwen2 and rebuilds the backend with Qwen2's own pre-tokenizer,
+    normalizer and decoder. A WordLevel tokenizer with a character split came back dropping every space and
+    newline; this one comes back identical (tests/test_tokenizers.py). The vocabulary is the old one in the
+    same order (ids unchanged), with space and newline spelt as their byte-level symbols. A character
+    outside the vocabulary (tab, CJK, emoji) is dropped, as by any byte-level BPE missing its bytes; it used to
+    become ``<|endoftext|>``.
+    """
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
+
+    byte_symbol = bytes_to_unicode()
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    chars = [chr(i) for i in range(32, 127)] + ["\n"]
+    chars = [byte_symbol[i] for i in range(32, 127)] + [byte_symbol[ord("\n")]]
     vocab = {tok: i for i, tok in enumerate(special + chars)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=[],
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         unk_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>"],
+        extra_special_tokens=["<|im_start|>"],
     )
     tokenizer.chat_template = CHATML_TEMPLATE
     tokenizer.model_max_length = 1 << 20
@@ -66,3 +76,51 @@ def load_tokenizer(model_cfg: ModelConfig):
         # Padding never reaches the loss (labels -100); any id will do, eos is the convention.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+# Spaces (single, double, leading), newlines, a tab, CJK, emoji, a combining accent, and the ChatML tokens.
+RELOAD_PROBE = " Hello,  world!\n\n\tline two 中文测试 🙂👍🏽 e\u0301 <|im_start|>user\nhi<|im_end|>\n"
+
+
+def reload_mismatch(tokenizer, directory: Path) -> Optional[str]:
+    """What differs when ``directory``'s saved tokenizer is reloaded the way every tool reloads it, or None.
+
+    ``AutoTokenizer.from_pretrained`` picks the tokenizer class from the folder's config.json as well as
+    tokenizer_config.json, and some classes rebuild the backend from the vocabulary alone (transformers 5),
+    so a tokenizer can save fine and come back encoding differently.
+    """
+    from transformers import AutoTokenizer
+
+    reloaded = AutoTokenizer.from_pretrained(directory)
+    probes = [RELOAD_PROBE]
+    if tokenizer.chat_template:
+        chat = [{"role": "user", "content": "Is 7 even?\n yes"}, {"role": "assistant", "content": "odd  !"}]
+        probes.append(tokenizer.apply_chat_template(chat, tokenize=False))
+    for text in probes:
+        want = tokenizer(text, add_special_tokens=False)["input_ids"]
+        got = reloaded(text, add_special_tokens=False)["input_ids"]
+        if want != got:
+            return f"encodes {text[:40]!r}... as {got[:12]}... instead of {want[:12]}..."
+        if reloaded.decode(want) != tokenizer.decode(want):
+            return f"decodes {want[:12]}... as {reloaded.decode(want)[:40]!r} instead of {tokenizer.decode(want)[:40]!r}"
+    if tokenizer.chat_template != reloaded.chat_template:
+        return "has a different chat template"
+    for name in ("eos_token_id", "pad_token_id"):
+        if getattr(reloaded, name) != getattr(tokenizer, name):
+            return f"has {name} {getattr(reloaded, name)} instead of {getattr(tokenizer, name)}"
+    return None
+
+
+def save_tokenizer(tokenizer, directory: Path) -> None:
+    """``tokenizer.save_pretrained`` that refuses to leave behind a tokenizer that reloads differently.
+
+    Call it after the model's config.json is in ``directory`` (the reload reads it).
+    """
+    tokenizer.save_pretrained(directory)
+    problem = reload_mismatch(tokenizer, Path(directory))
+    if problem:
+        raise LauncherError(
+            f"{directory}: the saved tokenizer ({type(tokenizer).__name__}) reloads with AutoTokenizer, as predict,"
+            f" chat and export load it, to one that {problem}; the model is saved, but use a tokenizer that"
+            " round-trips (model.tokenizer=builtin:chars, builtin:qwen or a hub tokenizer of this model's type)"
+        )

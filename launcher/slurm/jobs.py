@@ -61,23 +61,46 @@ def resolve_target(target: str) -> JobRef:
     raise LauncherError(f"'{target}' is neither a run dir nor a SLURM job id")
 
 
+UNKNOWN = "UNKNOWN"
+
+
 def job_state(job_id: str) -> dict:
     """State and a few facts of the job: the controller's view while it remembers the job (accounting lags
-    by a second or two), else accounting's."""
-    out = _run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T|%M|%N"]).stdout.strip()
-    acct = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,Elapsed,NodeList,ExitCode"]).stdout
+    by a second or two), else accounting's. ``reason`` is SLURM's reason for a pending job (Resources,
+    Priority, PartitionNodeLimit, JobHeldUser, ...), else ""."""
+    out = _run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T|%M|%N|%r"]).stdout.strip()
+    acct = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,Elapsed,NodeList,ExitCode,Reason"]).stdout
     acct_lines = [line for line in acct.splitlines() if line.strip()]
-    acct_state, acct_elapsed, acct_nodes, exit_code = (
-        (acct_lines[-1].split("|") + [""] * 4)[:4] if acct_lines else ("", "", "", ""))
+    acct_state, acct_elapsed, acct_nodes, exit_code, acct_reason = (
+        (acct_lines[-1].split("|") + [""] * 5)[:5] if acct_lines else ("", "", "", "", ""))
     if out:
-        state, elapsed, nodes = (out.splitlines()[0].split("|") + ["", ""])[:3]
+        state, elapsed, nodes, reason = (out.splitlines()[0].split("|") + ["", "", ""])[:4]
         detail = acct_state if acct_state.split()[:1] == [state] else state
         return {"state": state, "detail": detail, "elapsed": elapsed, "nodes": nodes,
-                "exit_code": exit_code if acct_state.split()[:1] == [state] else ""}
+                "exit_code": exit_code if acct_state.split()[:1] == [state] else "",
+                "reason": reason if state == "PENDING" else ""}
     if acct_lines:
-        return {"state": acct_state.split()[0] if acct_state else "UNKNOWN", "detail": acct_state,
-                "elapsed": acct_elapsed, "nodes": acct_nodes, "exit_code": exit_code}
-    return {"state": "UNKNOWN", "detail": "not known to squeue or sacct", "elapsed": "", "nodes": "", "exit_code": ""}
+        state = acct_state.split()[0] if acct_state else UNKNOWN
+        return {"state": state, "detail": acct_state, "elapsed": acct_elapsed, "nodes": acct_nodes,
+                "exit_code": exit_code, "reason": acct_reason if state == "PENDING" else ""}
+    return {"state": UNKNOWN, "detail": "not known to squeue or sacct", "elapsed": "", "nodes": "", "exit_code": "",
+            "reason": ""}
+
+
+def known_job_state(ref: JobRef) -> dict:
+    """``job_state``, refusing a job SLURM does not know (a mistyped id, or one older than accounting keeps)."""
+    info = job_state(ref.job_id)
+    if info["state"] == UNKNOWN:
+        where = f" (run dir {ref.run_dir})" if ref.run_dir else ""
+        raise LauncherError(f"job {ref.job_id}: no such job; neither squeue nor sacct knows it{where}")
+    return info
+
+
+def describe_state(info: dict) -> str:
+    """``PENDING (reason: Resources)``, ``RUNNING``, ``FAILED``..."""
+    if info["state"] == "PENDING":
+        return f"{info['detail']} (reason: {info.get('reason') or 'not given'})"
+    return info["detail"]
 
 
 def _last_metrics(run_dir: Optional[Path]) -> Optional[str]:
@@ -116,8 +139,8 @@ def _parser(prog: str, help_text: str) -> argparse.ArgumentParser:
 def status_main(argv: Optional[list] = None) -> int:
     args = _parser("launcher status", "State of a SLURM run.").parse_args(argv)
     ref = resolve_target(args.target)
-    info = job_state(ref.job_id)
-    print(f"job {ref.job_id}: {info['detail']}")
+    info = known_job_state(ref)
+    print(f"job {ref.job_id}: {describe_state(info)}")
     for key in ("elapsed", "nodes", "exit_code"):
         if info.get(key):
             print(f"  {key}: {info[key]}")
@@ -150,6 +173,7 @@ def logs_main(argv: Optional[list] = None) -> int:
     parser.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     ref = resolve_target(args.target)
+    info = known_job_state(ref)
     if ref.run_dir is None:
         raise LauncherError(f"job {ref.job_id}: no run dir known for it (not submitted by launcher?)")
     offsets: dict = {}
@@ -159,9 +183,19 @@ def logs_main(argv: Optional[list] = None) -> int:
             node = node_of_log(path)
             _print_new(path, offsets, f"[node{node}{' err' if path.suffix == '.err' else ''}] ")
 
+    said = None
+    if info["state"] == "PENDING":
+        # Say why nothing is printed yet, and again whenever the reason changes.
+        said = describe_state(info)
+        print(f"[launcher] job {ref.job_id} is {said}; no logs until it starts"
+              + ("; waiting" if args.follow else ""), flush=True)
     dump()
     while args.follow:
-        state = job_state(ref.job_id)["state"]
+        info = job_state(ref.job_id)
+        state = info["state"]
+        if state == "PENDING" and describe_state(info) != said:
+            said = describe_state(info)
+            print(f"[launcher] job {ref.job_id} is {said}; waiting", flush=True)
         time.sleep(args.interval)
         dump()
         if state in TERMINAL_STATES:
@@ -177,6 +211,10 @@ def logs_main(argv: Optional[list] = None) -> int:
 def cancel_main(argv: Optional[list] = None) -> int:
     args = _parser("launcher cancel", "Cancel a SLURM run.").parse_args(argv)
     ref = resolve_target(args.target)
+    info = known_job_state(ref)  # scancel says nothing, and exits 0, for a job id that does not exist
+    if info["state"] in TERMINAL_STATES:
+        print(f"job {ref.job_id} already ended ({info['detail']}); nothing to cancel")
+        return 0
     done = _run(["scancel", ref.job_id])
     if done.returncode != 0:
         print(f"scancel {ref.job_id} failed: {done.stderr.strip()}", file=sys.stderr)

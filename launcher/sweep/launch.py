@@ -99,6 +99,7 @@ def run_local_sweep(points: list, parallel: int = 1, poll_s: float = 0.5) -> int
 
 def _run_points(pending: list, running: dict, parallel: int, poll_s: float) -> int:
     from launcher.config.compose import REPO_ROOT
+    from launcher.local import omp_threads_per_rank
     from launcher.rundir import child_env
 
     failed = 0
@@ -106,7 +107,7 @@ def _run_points(pending: list, running: dict, parallel: int, poll_s: float) -> i
         while pending and len(running) < max(1, parallel):
             point = pending.pop(0)
             env = child_env(point.cfg.cluster.env)
-            env.setdefault("OMP_NUM_THREADS", "1")
+            env.setdefault("OMP_NUM_THREADS", str(omp_threads_per_rank(point.cfg.cluster.nproc_per_node, parallel)))
             env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
             log = open(point.run_dir / LOCAL_LOG, "wb")
             proc = subprocess.Popen(local_command(point.cfg, point.run_dir), cwd=str(REPO_ROOT), env=env,

@@ -84,8 +84,9 @@ class Recipe:
         self.attn_impl = choose_attn_implementation(cfg.model.attn_implementation, dist.device)
         self.precision = resolve_precision(cfg.model.dtype, dist.device)
         if dist.is_main:
-            log.info("attention: %s, dtype: %s, device: %s, world size: %d", self.attn_impl,
-                     str(self.precision.compute_dtype).replace("torch.", ""), dist.device, dist.world_size)
+            log.info("attention: %s, dtype: %s, device: %s, world size: %d, CPU threads per rank: %d",
+                     self.attn_impl, str(self.precision.compute_dtype).replace("torch.", ""), dist.device,
+                     dist.world_size, torch.get_num_threads())
 
     def log_data(self, data) -> None:
         if self.dist.is_main:

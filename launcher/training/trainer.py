@@ -79,12 +79,16 @@ class Trainer:
         """Continue from a checkpoint (run.resume, or this run dir's latest after a requeue/restart), then open
         the metrics log. Runs after the engine is built and before the first step."""
         source = self.cfg.run.resume
-        # A requeued/restarted attempt continues from this run dir's own latest checkpoint (preemption.py).
-        directory = preemption.choose_resume_checkpoint(source, self.run_dir, ckpt.latest_checkpoint(self.run_dir))
+        # A requeued/restarted attempt continues from this run dir's own latest checkpoint (preemption.py): the
+        # newest one whose files still match their manifest (a damaged newer one is skipped, in one line).
+        latest = ckpt.latest_valid_checkpoint(self.run_dir, self.dist)
+        directory = preemption.choose_resume_checkpoint(source, self.run_dir, latest)
         if directory is None:
             if self.dist.is_main:  # records of an attempt that died before its first checkpoint
                 preemption.forget_metrics_after(self.run_dir, -1)
         else:
+            if directory != latest:
+                ckpt.check_resume_checkpoint(directory)  # run.resume=PATH: complete and undamaged, or refused
             self._load_checkpoint(directory)
         self.metrics = MetricsLogger(self.cfg, self.run_dir, enabled=self.dist.is_main)
 

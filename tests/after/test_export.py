@@ -70,8 +70,13 @@ def test_export_refuses_to_overwrite_unless_forced(lora_run, tmp_path, capsys, m
         monkeypatch.setitem(cli.COMMANDS, "export", export_main)
     assert cli_main(["export", str(lora_run), "--out", str(out)]) == 2
     assert "already exists; pass --force" in capsys.readouterr().err
+    # --force replaces a previous export, but not one the user has put a file of their own in.
+    with pytest.raises(ExportError, match=r"holds other files \(keep-me.txt\)"):
+        export_run(lora_run, ExportArgs(out=str(out), force=True))
+    assert marker.read_text() == "user file"
+    marker.unlink()
     export_run(lora_run, ExportArgs(out=str(out), force=True))
-    assert not marker.exists() and (out / "model.safetensors").exists()
+    assert (out / "model.safetensors").exists()
     assert not list(tmp_path.glob(".tmp-*"))
     # Never the run itself, not even with --force.
     for target in (lora_run, lora_run / "model", lora_run.parent):
@@ -123,3 +128,37 @@ def test_full_finetune_exports_final_and_checkpoint(full_run, tmp_path):
 
     with pytest.raises(Exception, match="not a complete checkpoint"):
         export_run(full_run, ExportArgs(out=str(tmp_path / "nope"), checkpoint="step-7"))
+
+
+def test_force_never_replaces_a_folder_that_is_not_an_export(lora_run, tmp_path):
+    mine = tmp_path / "my-project"
+    (mine / "src").mkdir(parents=True)
+    (mine / "src" / "train.py").write_text("print('mine')")
+    (mine / "config.json").write_text("{}")
+    with pytest.raises(ExportError, match=r"replaces only a previous export.*config.json, src/train.py"):
+        export_run(lora_run, ExportArgs(out=str(mine), force=True))
+    assert (mine / "src" / "train.py").read_text() == "print('mine')" and (mine / "config.json").read_text() == "{}"
+    # A folder that only looks like an export (its export_info.json lists no files) is not ours either.
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "export_info.json").write_text('{"source": "final model"}')
+    (fake / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(ExportError, match="holds other files"):
+        export_run(lora_run, ExportArgs(out=str(fake), force=True))
+
+
+def test_exports_are_readable_as_the_umask_allows(lora_run, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        out = export_run(lora_run, ExportArgs(out=str(tmp_path / "shared")))
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes["model.safetensors"] == 0o644, oct(modes["model.safetensors"])  # safetensors alone writes 0600
+    assert set(modes.values()) == {0o644}, {k: oct(v) for k, v in modes.items()}
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    info = json.loads((out / "export_info.json").read_text())
+    assert set(info["files"]) == set(modes)

@@ -14,10 +14,18 @@ def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def written_dir(printed: str) -> Path:
+    """The folder ``launcher predict`` says it wrote (each call writes a new one)."""
+    line = next(line for line in printed.splitlines() if line.startswith("written: "))
+    return Path(line[len("written: "):].split("/predictions.jsonl")[0])
+
+
 def test_predict_writes_predictions_and_metrics(lora_run, capsys):
     code = predict_main([str(lora_run), "--limit", "5", "--max-new-tokens", "6", "--batch-size", "2", "--no-progress"])
     assert code == 0
-    out_dir = lora_run / "predict" / "tasks_eval"
+    printed = capsys.readouterr().out
+    out_dir = written_dir(printed)
+    assert out_dir.parent == lora_run / "predict" and out_dir.name.startswith("tasks_eval")
     rows = read_jsonl(out_dir / "predictions.jsonl")
     tasks_eval = json.loads((Path(__file__).resolve().parents[2] / "data" / "tasks_eval.json").read_text())[:5]
     assert [r["label"] for r in rows] == [t["output"] for t in tasks_eval]  # dataset order kept despite batching
@@ -30,7 +38,6 @@ def test_predict_writes_predictions_and_metrics(lora_run, capsys):
         assert metrics[key] == value
     assert metrics["n"] == 5 and metrics["model"] == "final model" and metrics["args"]["max_new_tokens"] == 6
     assert 0 < metrics["generated_tokens"] <= 5 * 6
-    printed = capsys.readouterr().out
     assert "rouge-1" in printed and "bleu-4" in printed
 
     # request.yaml holds what a SLURM job needs to run it again.
@@ -38,17 +45,18 @@ def test_predict_writes_predictions_and_metrics(lora_run, capsys):
     assert run_dir == lora_run.resolve() and args.limit == 5 and cfg.method.name == "lora"
 
 
-def test_predict_other_dataset_by_override_and_checkpoint(lora_run):
+def test_predict_other_dataset_by_override_and_checkpoint(lora_run, capsys):
     code = predict_main([str(lora_run), "data.eval_datasets=[tasks]", "--limit", "3", "--max-new-tokens", "4",
                          "--checkpoint", "step-2", "--no-progress"])
     assert code == 0
-    out_dir = lora_run / "predict" / "tasks@step-2"
+    out_dir = written_dir(capsys.readouterr().out)
+    assert out_dir.name.startswith("tasks@step-2")
     assert len(read_jsonl(out_dir / "predictions.jsonl")) == 3
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["dataset"] == "tasks" and metrics["model"] == "checkpoint step-0000002"
 
 
-def test_predict_scores_and_order_with_known_answers(lora_run, monkeypatch):
+def test_predict_scores_and_order_with_known_answers(lora_run, monkeypatch, capsys):
     """Generation replaced by the reference answers (batches are sorted by length): every metric is exact."""
     from launcher.inference.prompts import held_out_samples, prompt_renderer
     from launcher.inference.generation import prompt_and_reference
@@ -66,8 +74,22 @@ def test_predict_scores_and_order_with_known_answers(lora_run, monkeypatch):
 
     monkeypatch.setattr(predict_module, "generate_batch", fake_generate)
     assert predict_main([str(lora_run), "--limit", "7", "--batch-size", "3", "--no-progress"]) == 0
-    out_dir = lora_run / "predict" / "tasks_eval"
+    out_dir = written_dir(capsys.readouterr().out)
     rows = read_jsonl(out_dir / "predictions.jsonl")
     assert all(r["prediction"] == r["label"] for r in rows)
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["exact_match"] == 100.0 and metrics["rouge-1"] == 100.0 and metrics["rouge-l"] == 100.0
+
+
+def test_each_call_writes_a_new_folder_and_keeps_the_earlier_ones(lora_run, capsys):
+    args = [str(lora_run), "--limit", "2", "--max-new-tokens", "3", "--no-progress"]
+    assert predict_main(args) == 0
+    first = written_dir(capsys.readouterr().out)
+    before = {p.name: p.read_bytes() for p in first.iterdir()}
+    (first / "notes.txt").write_text("mine")
+    assert predict_main(args + ["--seed", "7"]) == 0
+    second = written_dir(capsys.readouterr().out)
+    assert second != first and second.parent == first.parent
+    assert {p.name: p.read_bytes() for p in first.iterdir() if p.name != "notes.txt"} == before
+    assert (first / "notes.txt").read_text() == "mine"
+    assert load_request(second / "request.yaml")[2].seed == 7 and load_request(first / "request.yaml")[2].seed == 42

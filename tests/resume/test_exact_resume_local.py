@@ -118,6 +118,7 @@ def test_different_world_size_is_refused(output_root):
     meta_path = ckpt.latest_checkpoint(run_dir) / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "world_size": 2}))  # as written by a 2-rank run
+    ckpt.mark_complete(meta_path.parent)  # whose manifest matches its files
     recipe = SFTRecipe(cfg, run_dir, init_distributed())
     with pytest.raises(ConfigError, match="world size 2, this run has 1"):
         recipe.setup()

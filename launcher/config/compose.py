@@ -47,8 +47,8 @@ def config_groups() -> set:
 
 
 def group_options(group: str) -> list[str]:
-    """The options of a config group: its YAML files (``*.example.yaml`` templates left out)."""
-    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml") if not p.name.endswith(".example.yaml"))
+    """The options of a config group: its YAML files."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
 def _split(override: str) -> tuple[str, Optional[str]]:
@@ -138,7 +138,9 @@ def config_groups_help() -> str:
     order = [g for g in defaults if g in config_groups()] + sorted(config_groups() - set(defaults))
     lines = [f"config groups ({conf_dir()}; choose with GROUP=OPTION, * = default):"]
     for group in order:
-        options = [o + ("*" if o == defaults.get(group) else "") for o in group_options(group)]
+        # *.example.yaml files are templates to copy (local_profile.example), not options to pick.
+        options = [o + ("*" if o == defaults.get(group) else "") for o in group_options(group)
+                   if not o.endswith(".example")]
         lines.append(f"  {group:<12} {', '.join(options)}")
     lines += [
         "",

@@ -222,14 +222,14 @@ class LoggerConfig:
     entity: Optional[str] = None
     """W&B entity (team or user)."""
     group: Optional[str] = None
-    """W&B group, MLflow tag ``group`` and TensorBoard subfolder; a sweep sets it to the sweep's name."""
+    """W&B group, MLflow tag ``group``, TensorBoard text ``group``; a sweep sets it to the sweep's name."""
     tags: list = field(default_factory=list)
     mode: str = "auto"
     """W&B: auto (online with credentials, offline without), online, offline, disabled."""
     tracking_uri: Optional[str] = None
     """MLflow tracking URI; default a local file store, RUN_DIR/mlruns."""
     tensorboard_dir: Optional[str] = None
-    """TensorBoard log dir; default RUN_DIR/tensorboard (a sweep's group adds a subfolder)."""
+    """TensorBoard log dir; default RUN_DIR/tensorboard."""
 
 
 def logger_backends(logger: LoggerConfig) -> list:

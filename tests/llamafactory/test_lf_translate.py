@@ -142,6 +142,14 @@ def test_lora_keys_and_llamafactory_defaults(tmp_path):
     assert value_of(t.overrides, "method.lora.target_modules") == "all-linear"
 
 
+@pytest.mark.parametrize("report_to, expected", [("none", []), ("wandb", ["logger=wandb"]),
+                                                 ("tensorboard", ["logger=tensorboard"]),
+                                                 ("wandb,mlflow", ["logger.backends=[wandb,mlflow]"])])
+def test_report_to(tmp_path, report_to, expected):
+    t = translate({**fill(LORA, Path("/m"), REPO_ROOT / "data", tmp_path), "report_to": report_to}, cwd=tmp_path)
+    assert [o for o in t.overrides if o.startswith("logger")] == expected
+
+
 def test_dpo_keys(tmp_path):
     t = translate({**fill(DPO, Path("/m"), REPO_ROOT / "data", tmp_path), "pref_loss": "orpo", "pref_beta": 0.2},
                   cwd=tmp_path)

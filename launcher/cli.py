@@ -23,6 +23,8 @@ commands:
   export RUN_DIR [--out DIR]                       merge LoRA / write a standalone HF model
   predict RUN_DIR [--dataset NAME]                 generate on a dataset; ROUGE-1/2/L, BLEU-4
   chat RUN_DIR [--system TEXT] [--base]            chat with the trained model in the terminal
+  serve RUN_DIR|MODEL_DIR [--host H] [--port N] [--api-key K]
+                                                   OpenAI-compatible API (/v1/chat/completions, streaming)
   bench [OVERRIDES...] [--steps N]                 speed and memory of N training steps (experiment=bench_reference)
   plot RUN_DIR                                     redraw the loss plot of a run
 
@@ -166,6 +168,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "export": _lazy("launcher.export", "export_main"),
     "predict": _lazy("launcher.predict", "predict_main"),
     "chat": _lazy("launcher.chat", "chat_main"),
+    "serve": _lazy("launcher.serve.cli", "serve_main"),
 }
 
 

@@ -21,6 +21,8 @@ def test_every_group_option_composes(group, option):
     overrides = [f"{group}={option}"]
     if group == "model" and option == "hf":
         overrides.append("model.name_or_path=/some/local/model")
+    if group == "data" and option == "llamafactory":
+        overrides.append("data.datasets=[tasks]")  # --from-llamafactory sets it from the file's dataset
     if group == "cluster" and option != "local":
         overrides.append("cluster.nodes=1")
     cfg = compose_config(overrides)

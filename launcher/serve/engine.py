@@ -47,9 +47,9 @@ def load_for_serving(path: Path, checkpoint: Optional[str] = None, template: Opt
                      dtype: str = "auto", name: Optional[str] = None) -> LoadedModel:
     import torch
 
-    from recipes.eval_prompts import prompt_renderer
-    from recipes.modeling import DTYPES, choose_device, choose_dtype
-    from recipes.trained_model import load_run_model
+    from launcher.inference.prompts import prompt_renderer
+    from launcher.models.build import DTYPES, choose_device, choose_dtype
+    from launcher.models.trained import load_run_model
 
     path = Path(path)
     device = choose_device()
@@ -124,7 +124,7 @@ class TransformersEngine:
     def __init__(self, loaded: LoadedModel, max_new_tokens: int):
         self.loaded = loaded
         self.max_new_tokens = max_new_tokens
-        from recipes.generation import eos_ids
+        from launcher.inference.generation import eos_ids
 
         self.stop_ids = eos_ids(loaded.model, loaded.tokenizer)
         self.device = next(loaded.model.parameters()).device
@@ -153,7 +153,7 @@ class TransformersEngine:
         import torch
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
-        from recipes.generation import answer_ids, sampling_kwargs
+        from launcher.inference.generation import answer_ids, sampling_kwargs
 
         model, tokenizer = self.loaded.model, self.loaded.tokenizer
         ids = self.prompt_ids(request)

@@ -16,7 +16,8 @@ def tiny_hf_model(tmp_path_factory) -> Path:
     import torch
 
     from launcher.config.compose import compose_config
-    from recipes.modeling import build_base_model, load_tokenizer
+    from launcher.models.build import build_base_model
+    from launcher.models.tokenizers import load_tokenizer
 
     cfg = compose_config([])
     tokenizer = load_tokenizer(cfg.model)

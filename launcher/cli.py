@@ -20,7 +20,7 @@ commands:
   sweep report SWEEP_DIR [--out PNG] [--json]      every point's state, losses, errors; a plot
   status|logs [-f]|cancel RUN_DIR|JOB_ID           follow a SLURM run
   data preview|dump [OVERRIDES...]                 look at the tokenized data (labels, packing)
-  export RUN_DIR [--out DIR]                       merge LoRA / write a standalone HF model
+  export RUN_DIR [--out DIR] [--format hf|gguf]   merge LoRA / write a standalone HF model, or one GGUF file
   predict RUN_DIR [--dataset NAME]                 generate on a dataset; ROUGE-1/2/L, BLEU-4
   chat RUN_DIR [--system TEXT] [--base]            chat with the trained model in the terminal
   serve RUN_DIR|MODEL_DIR [--host H] [--port N] [--api-key K]

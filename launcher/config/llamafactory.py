@@ -56,6 +56,8 @@ BUILT_IN = {
     "include_num_input_tokens_seen": "metrics.jsonl always logs trained tokens",
     "ddp_find_unused_parameters": "set by the engine",
     "tokenized_path": "tokenized data is cached by content hash (data.cache_dir)",
+    "preprocessing_num_workers": "tokenized once, then cached by content hash",
+    "dataloader_num_workers": "batches are built in the training process from the cached tokens",
 }
 
 # Keys refused with what to do; 'not supported yet' means the feature is planned, not that the key is wrong.
@@ -350,8 +352,7 @@ def translate(lf: dict, *, source: str = "llamafactory.yaml", lines: Optional[di
                          f" set data.template to one of chatml, qwen, llama3, mistral, plain to force one")
     for key, ours in (("cutoff_len", "data.cutoff_len"), ("max_samples", "data.max_samples"),
                       ("val_size", "data.val_size"), ("train_on_prompt", "data.train_on_prompt"),
-                      ("mask_history", "data.mask_history"), ("preprocessing_num_workers", "data.num_proc"),
-                      ("dataloader_num_workers", "train.num_workers")):
+                      ("mask_history", "data.mask_history")):
         if key in lf:
             put(ours, take(key))
     packing, neat = take("packing"), take("neat_packing")

@@ -48,7 +48,8 @@ def load_for_serving(path: Path, checkpoint: Optional[str] = None, template: Opt
     import torch
 
     from launcher.inference.prompts import prompt_renderer
-    from launcher.models.build import DTYPES, choose_device, choose_dtype
+    from launcher.engines.distributed import choose_device
+    from launcher.engines.precision import requested_dtype
     from launcher.models.trained import load_run_model
 
     path = Path(path)
@@ -78,7 +79,7 @@ def load_for_serving(path: Path, checkpoint: Optional[str] = None, template: Opt
         default_name = path.name
     else:
         raise LauncherError(f"{path}: neither a run dir (config.yaml) nor a Hugging Face model folder (config.json)")
-    torch_dtype = choose_dtype(dtype, device) if dtype == "auto" else DTYPES[dtype]
+    torch_dtype = requested_dtype(dtype, device)
     if torch_dtype != torch.float32:
         model.to(torch_dtype)
     model.eval()

@@ -227,9 +227,11 @@ def export_gguf(source: Path, args: GGUFArgs) -> dict:
         default_dir = source / "export-gguf"
         folders = (source / "model", source / "base_model")
     elif (source / "config.json").is_file():
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        model, tokenizer = AutoModelForCausalLM.from_pretrained(source), AutoTokenizer.from_pretrained(source)
+        from launcher.models.tokenizers import load_saved_tokenizer
+
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(source), load_saved_tokenizer(source)
         name, default_dir, folders = source.name, source.parent, (source,)
     else:
         raise GGUFExportError(f"{source}: neither a run dir (config.yaml) nor a Hugging Face model folder (config.json)")

@@ -63,9 +63,11 @@ def load_for_serving(path: Path, checkpoint: Optional[str] = None, template: Opt
     elif (path / "config.json").is_file():
         if checkpoint:
             raise LauncherError(f"--checkpoint: {path} is a model folder, not a run dir; drop --checkpoint")
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        from launcher.models.tokenizers import load_saved_tokenizer
+
+        tokenizer = load_saved_tokenizer(path)
         model = AutoModelForCausalLM.from_pretrained(path).to(device)
         cfg, source = None, f"model folder {path}"
         info = path / "export_info.json"

@@ -6,7 +6,6 @@ second) cover f32/f16/q8_0 and both architectures quickly; one test uses the rea
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

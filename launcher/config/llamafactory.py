@@ -201,6 +201,30 @@ def parallelism_overrides(stage: int, offload: bool, where: str) -> list:
     return out
 
 
+# What a DeepSpeed JSON sets that the translation does not carry over (our engine generates its own config):
+# everything but the stage, the offload devices and the values LLaMA-Factory leaves to the trainer ("auto").
+_DS_TAKEN = {"zero_optimization.stage", "zero_optimization.offload_optimizer.device",
+             "zero_optimization.offload_param.device"}
+
+
+def deepspeed_leftovers(ds: dict, where: str) -> Optional[str]:
+    """A note naming the DeepSpeed settings left to our engine's defaults, or None."""
+    left = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        elif value != "auto" and prefix not in _DS_TAKEN:
+            left.append(prefix)
+
+    walk("", ds)
+    if not left:
+        return None
+    return (f"deepspeed: {where}: only the ZeRO stage and CPU offload are taken over; the engine's own values"
+            f" stand for {', '.join(left)} (set parallelism.deepspeed.<key> to force one)")
+
+
 def load_deepspeed(value: str, cwd: Path, yaml_dir: Path, where: str) -> tuple[int, bool, Optional[str]]:
     """(stage, offload, note) for the ``deepspeed:`` file a YAML names."""
     path = Path(value)
@@ -212,7 +236,7 @@ def load_deepspeed(value: str, cwd: Path, yaml_dir: Path, where: str) -> tuple[i
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"{candidate}:{exc.lineno}: not valid JSON ({exc.msg})") from None
             stage, offload = deepspeed_choice(ds, str(candidate))
-            return stage, offload, None
+            return stage, offload, deepspeed_leftovers(ds, value)
     if path.name in STOCK_DEEPSPEED:
         stage, offload = STOCK_DEEPSPEED[path.name]
         return stage, offload, (f"deepspeed: {value} not found; taken as LLaMA-Factory's stock {path.name}"

@@ -119,6 +119,9 @@ def test_sft_full_with_zero3_json(tmp_path, write_lf):
     assert value_of(o, "data.datasets") == "[tasks]" and value_of(o, "data.template") == "qwen"
     assert value_of(o, "run.output_root") == str(tmp_path / "saves" / "tiny" / "full")
     assert value_of(o, "run.name") == "sft"
+    # the DeepSpeed file's other settings are named, not dropped
+    ds_note = [n for n in t.notes if n.startswith("deepspeed:")][0]
+    assert "zero_optimization.overlap_comm" in ds_note and "train_batch_size" not in ds_note
     # every no-op key is named in the note, none dropped silently
     built_in = [n for n in t.notes if n.startswith("built in here")][0]
     for key in ("do_train", "plot_loss", "overwrite_output_dir", "overwrite_cache", "ddp_timeout", "save_only_model"):

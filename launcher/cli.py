@@ -12,14 +12,19 @@ USAGE = """usage: launcher <command> [args]   (launcher --version; launcher trai
 commands:
   train [OVERRIDES...] [--dry-run] [--name NAME]   compose, check (preflight) and launch a training run,
                                                    here (cluster=local) or on SLURM (cluster=slurm_*)
+  train --from-llamafactory FILE.yaml [OVERRIDES...] [--dry-run] [-m]
+                                                   a llamafactory-cli train file, translated (the
+                                                   equivalent command is printed) and launched
   train -m OVERRIDES... [--parallel N] [--dry-run] grid sweep (a=1,2 b=x,y): one SLURM job array per
                                                    resource shape; locally one after another or N at a time
   sweep report SWEEP_DIR [--out PNG] [--json]      every point's state, losses, errors; a plot
   status|logs [-f]|cancel RUN_DIR|JOB_ID           follow a SLURM run
   data preview|dump [OVERRIDES...]                 look at the tokenized data (labels, packing)
-  export RUN_DIR [--out DIR]                       merge LoRA / write a standalone HF model
+  export RUN_DIR [--out DIR] [--format hf|gguf]   merge LoRA / write a standalone HF model, or one GGUF file
   predict RUN_DIR [--dataset NAME]                 generate on a dataset; ROUGE-1/2/L, BLEU-4
   chat RUN_DIR [--system TEXT] [--base]            chat with the trained model in the terminal
+  serve RUN_DIR|MODEL_DIR [--host H] [--port N] [--api-key K]
+                                                   OpenAI-compatible API (/v1/chat/completions, streaming)
   bench [OVERRIDES...] [--steps N]                 speed and memory of N training steps (experiment=bench_reference)
   plot RUN_DIR                                     redraw the loss plot of a run
 
@@ -27,7 +32,41 @@ Overrides are Hydra's: `launcher train method=lora method.lora.r=16 train.max_st
 """
 
 
+def _config_file_positional(argv: list[str]) -> None:
+    """``launcher train lf.yaml``: say what to do instead of Hydra's "missing EQUAL" parse error."""
+    for arg in argv:
+        if not arg.startswith("-") and "=" not in arg and arg.endswith((".yaml", ".yml")):
+            raise ConfigError(f"launcher train: '{arg}' is a file, not an override; for a llamafactory-cli train"
+                              f" file use `launcher train --from-llamafactory {arg}`, for ours name a preset"
+                              " (experiment=NAME, from conf/experiment/)")
+
+
+def expand_llamafactory(argv: list[str]) -> list[str]:
+    """Replace ``--from-llamafactory FILE`` by the overrides it translates to; print the equivalent command."""
+    for i, arg in enumerate(argv):
+        if arg == "--from-llamafactory" or arg.startswith("--from-llamafactory="):
+            if "=" in arg:
+                path, rest = arg.split("=", 1)[1], argv[i + 1:]
+            elif i + 1 < len(argv):
+                path, rest = argv[i + 1], argv[i + 2:]
+            else:
+                raise ConfigError("--from-llamafactory: give the llamafactory-cli train YAML file")
+            from pathlib import Path
+
+            from launcher.config.llamafactory import command_line, translate_file
+
+            translation = translate_file(Path(path))
+            expanded = argv[:i] + translation.overrides + rest
+            for note in translation.notes:
+                print(f"note: {note}", file=sys.stderr)
+            print("# equivalent command:\n" + command_line(expanded), flush=True)
+            return expanded
+    return argv
+
+
 def train_main(argv: list[str]) -> int:
+    argv = expand_llamafactory(argv)
+    _config_file_positional(argv)
     if any(a in ("-m", "--multirun") for a in argv):
         from launcher.sweep.launch import sweep_main
 
@@ -177,6 +216,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "export": _lazy("launcher.inference.export_cli", "export_main"),
     "predict": _lazy("launcher.inference.predict_cli", "predict_main"),
     "chat": _lazy("launcher.inference.chat", "chat_main"),
+    "serve": _lazy("launcher.serve.cli", "serve_main"),
 }
 
 

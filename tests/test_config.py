@@ -23,6 +23,8 @@ def test_every_group_option_composes(group, option):
         overrides.append("model.name_or_path=/some/local/model")
     if group == "data" and option == "custom":  # the user's own data: names no dataset of its own
         overrides.append("data.datasets=[tasks]")
+    if group == "data" and option == "llamafactory":
+        overrides.append("data.datasets=[tasks]")  # --from-llamafactory sets it from the file's dataset
     if group == "cluster" and option != "local":
         overrides.append("cluster.nodes=1")
     cfg = compose_config(overrides)

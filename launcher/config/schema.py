@@ -217,16 +217,35 @@ class ClusterConfig:
     """Environment variables for the job (NCCL_*, ...). Secrets are passed through, never written here."""
 
 
+LOGGER_BACKENDS = ("wandb", "tensorboard", "mlflow")
+
+
 @dataclass
 class LoggerConfig:
     name: str = "none"
-    """none or wandb."""
+    """The preset chosen (logger=none|wandb|tensorboard|mlflow); it is the one backend when ``backends`` is empty."""
+    backends: list = field(default_factory=list)
+    """Several at once: logger.backends=[wandb,tensorboard,mlflow]. Empty: just ``name`` (none: metrics.jsonl only)."""
     project: str = "launcher"
+    """W&B project, MLflow experiment name."""
     entity: Optional[str] = None
+    """W&B entity (team or user)."""
     group: Optional[str] = None
+    """W&B group, MLflow tag ``group``, TensorBoard text ``group``; a sweep sets it to the sweep's name."""
     tags: list = field(default_factory=list)
     mode: str = "auto"
-    """auto (online with credentials, offline without), online, offline, disabled."""
+    """W&B: auto (online with credentials, offline without), online, offline, disabled."""
+    tracking_uri: Optional[str] = None
+    """MLflow tracking URI; default a local file store, RUN_DIR/mlruns."""
+    tensorboard_dir: Optional[str] = None
+    """TensorBoard log dir; default RUN_DIR/tensorboard."""
+
+
+def logger_backends(logger: LoggerConfig) -> list:
+    """The backends metrics go to besides metrics.jsonl."""
+    if logger.backends:
+        return list(logger.backends)
+    return [] if logger.name == "none" else [logger.name]
 
 
 @dataclass
@@ -432,7 +451,11 @@ def check_combinations(cfg: Config) -> None:
     _choice(c.kind, ("local", "slurm"), "cluster.kind")
     if c.kind == "local" and c.nodes != 1:
         raise ConfigError("cluster.nodes: cluster=local runs on this host only; use cluster=slurm for nodes > 1")
-    _choice(cfg.logger.name, ("none", "wandb"), "logger.name")
+    _choice(cfg.logger.name, ("none",) + LOGGER_BACKENDS, "logger.name")
+    for i, backend in enumerate(cfg.logger.backends):
+        _choice(backend, LOGGER_BACKENDS, f"logger.backends[{i}]")
+    if len(set(cfg.logger.backends)) != len(cfg.logger.backends):
+        raise ConfigError(f"logger.backends: {cfg.logger.backends} names a backend twice")
     _choice(cfg.logger.mode, ("auto", "online", "offline", "disabled"), "logger.mode")
     resolve_grad_accum(cfg)
 

@@ -1,4 +1,5 @@
-"""``launcher export RUN_DIR``: a standalone HF model folder (LoRA merged) that from_pretrained and vLLM load."""
+"""``launcher export RUN_DIR``: a standalone HF model folder (LoRA merged) that from_pretrained and vLLM load,
+or with ``--format gguf`` one GGUF file for llama.cpp (``launcher.inference.gguf_export``)."""
 from __future__ import annotations
 
 import argparse
@@ -9,14 +10,36 @@ def export_main(argv: list[str]) -> int:
         prog="launcher export",
         description="Merge a LoRA adapter into its base (or take a full fine-tune) and write one HF model folder.",
     )
-    parser.add_argument("run_dir")
-    parser.add_argument("--out", default=None, help="target folder (default RUN_DIR/export)")
+    parser.add_argument("run_dir", help="a run dir (or, for --format gguf, also a Hugging Face model folder)")
+    parser.add_argument("--format", default="hf", choices=["hf", "gguf"],
+                        help="hf: a model folder (default); gguf: one .gguf file (Qwen2, Llama)")
+    parser.add_argument("--out", default=None,
+                        help="target folder (default RUN_DIR/export); gguf: a .gguf file or a folder (RUN_DIR/export-gguf)")
     parser.add_argument("--max-shard-size", default="2GB", help="largest safetensors file, e.g. 500MB, 2GB (default 2GB)")
     parser.add_argument("--checkpoint", default=None, help="export checkpoint step-N instead of the final model")
-    parser.add_argument("--dtype", default="keep", choices=["keep", "bfloat16", "float16", "float32"],
-                        help="weight dtype of the export (default: keep the trained dtype)")
+    parser.add_argument("--dtype", default=None, choices=["keep", "bfloat16", "float16", "float32", "f32", "f16", "q8_0"],
+                        help="hf: keep (default), bfloat16, float16, float32; gguf: f32, f16 (default), q8_0")
     parser.add_argument("--force", action="store_true", help="replace an existing target folder")
     args = parser.parse_args(argv)
+    if args.format == "gguf":
+        from launcher.errors import ConfigError
+        from launcher.inference.gguf_export import GGUF_DTYPES, GGUFArgs, export_gguf
+
+        dtype = args.dtype or "f16"
+        if dtype not in GGUF_DTYPES:
+            raise ConfigError(f"--dtype: '{dtype}' is for --format hf; with --format gguf use {', '.join(GGUF_DTYPES)}")
+        info = export_gguf(args.run_dir, GGUFArgs(out=args.out, dtype=dtype, checkpoint=args.checkpoint,
+                                                  force=args.force))
+        tensors = ", ".join(f"{n} {k}" for k, n in sorted(info["tensors"].items()))
+        print(f"exported: {info['path']} ({info['bytes'] / 1e6:.1f} MB; {info['architecture']}; tensors: {tensors};"
+              f" tokenizer {info['tokenizer']})")
+        return 0
+    if args.dtype in ("f32", "f16", "q8_0"):
+        from launcher.errors import ConfigError
+
+        raise ConfigError(f"--dtype: '{args.dtype}' is for --format gguf; with --format hf use keep, bfloat16,"
+                          " float16 or float32")
+    args.dtype = args.dtype or "keep"
 
     from launcher.inference.export import ExportArgs, export_run, exported_files
 

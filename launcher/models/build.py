@@ -123,11 +123,13 @@ def count_parameters(model) -> tuple[int, int]:
 
 def load_trained_model(run_dir: Path, device: Optional[torch.device] = None, merge: bool = False):
     """Reload the final model of a run dir: a full HF model, or base + PEFT adapter."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from launcher.models.tokenizers import load_saved_tokenizer
 
     run_dir = Path(run_dir)
     model_dir = run_dir / "model"
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_saved_tokenizer(model_dir)
     if (model_dir / "adapter_config.json").exists():
         from peft import PeftModel
 

@@ -60,9 +60,27 @@ def qwen_tokenizer_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
 
 
-def load_tokenizer(model_cfg: ModelConfig):
-    from transformers import AutoTokenizer
+def load_saved_tokenizer(source, trust_remote_code: bool = False):
+    """``AutoTokenizer.from_pretrained``, except for a tokenizer saved as the generic fast class.
 
+    transformers 5 rebuilds a saved tokenizer by the model's type: a folder whose config.json says qwen2 gets a
+    Qwen2Tokenizer (byte-level BPE) built from the vocabulary, which turns the tiny models' WordLevel
+    character tokenizer into one that silently drops spaces and newlines. A tokenizer saved as
+    TokenizersBackend / PreTrainedTokenizerFast is reloaded as that class, from its own tokenizer.json.
+    """
+    import json
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    path = Path(str(source))
+    config = path / "tokenizer_config.json"
+    if config.is_file() and (path / "tokenizer.json").is_file():
+        if json.loads(config.read_text()).get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+            return PreTrainedTokenizerFast.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+
+def load_tokenizer(model_cfg: ModelConfig):
     source = model_cfg.tokenizer or model_cfg.name_or_path
     if source is None:
         raise ConfigError("model.tokenizer: a random-init model needs a tokenizer (builtin:chars, builtin:qwen, or a path)")
@@ -71,7 +89,7 @@ def load_tokenizer(model_cfg: ModelConfig):
     else:
         if source == "builtin:qwen":
             source = str(qwen_tokenizer_dir())
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model_cfg.trust_remote_code)
+        tokenizer = load_saved_tokenizer(source, trust_remote_code=model_cfg.trust_remote_code)
     if tokenizer.pad_token_id is None:
         # Padding never reaches the loss (labels -100); any id will do, eos is the convention.
         tokenizer.pad_token = tokenizer.eos_token

@@ -18,7 +18,7 @@ from launcher.errors import ConfigError, LauncherError
 from launcher.paths import BASE_MODEL_DIR, MODEL_DIR
 from launcher.training import checkpoint as ckpt
 from launcher.models.build import apply_lora, build_base_model, load_trained_model
-from launcher.models.tokenizers import load_tokenizer
+from launcher.models.tokenizers import load_saved_tokenizer, load_tokenizer
 
 
 
@@ -45,12 +45,10 @@ def resolve_checkpoint(run_dir: Path, name: str) -> Path:
 
 def run_tokenizer(run_dir: Path, cfg: Config):
     """The tokenizer the run saved beside its model, else the one its config names."""
-    from transformers import AutoTokenizer
-
     if (run_dir / MODEL_DIR / "tokenizer_config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(run_dir / MODEL_DIR)
+        tokenizer = load_saved_tokenizer(run_dir / MODEL_DIR)
     elif (run_dir / BASE_MODEL_DIR / "tokenizer_config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(run_dir / BASE_MODEL_DIR)
+        tokenizer = load_saved_tokenizer(run_dir / BASE_MODEL_DIR)
     else:
         tokenizer = load_tokenizer(cfg.model)
     if tokenizer.pad_token_id is None:

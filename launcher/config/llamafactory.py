@@ -1,0 +1,526 @@
+"""A ``llamafactory-cli train`` YAML file -> the Hydra overrides of the equivalent ``launcher train``.
+
+``launcher train --from-llamafactory FILE.yaml [more overrides]`` reads the file, prints the equivalent
+command, and runs it through the normal train path (preflight, run dir, local or SLURM; ``-m`` sweeps and
+``--dry-run`` too). Every key of the file is accounted for, one of four ways:
+
+- translated to one of our keys (``KEY_TABLE`` below; the README's table is generated from the same rules);
+- accepted as a no-op because the behaviour is built in here (``BUILT_IN``: e.g. ``plot_loss``, we always
+  plot), listed in one printed note;
+- refused with "not supported yet: ..." for features we do not have (KTO, freeze tuning, LoRA+, VL images,
+  pretraining), naming the key and what to do;
+- refused as unknown.
+
+Keys the file leaves out take LLaMA-Factory's (Hugging Face TrainingArguments') defaults, which differ from
+ours (learning rate 5e-5, linear schedule, batch 8, cutoff 2048, gradient checkpointing on): the
+``experiment=llamafactory`` preset and the ``data=llamafactory`` group hold them, so the printed command
+names only what the file said.
+
+Paths (``dataset_dir``, ``output_dir``, ``deepspeed``) are resolved the way ``llamafactory-cli`` resolves
+them: against the directory the command is run from.
+
+The translation is pure (``translate``) apart from reading the DeepSpeed JSON a file names.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from launcher.errors import ConfigError
+
+# LLaMA-Factory template names whose format one of our named templates reproduces; any other name uses the
+# tokenizer's own chat template (data.template=auto), which is what LLaMA-Factory's templates for chat models
+# (qwen3, qwen2_vl, llama4, ...) render too, and the run log says so.
+TEMPLATES = {"qwen": "qwen", "qwen2_5": "qwen", "chatml": "chatml", "llama3": "llama3", "mistral": "mistral",
+             "empty": "plain"}
+
+# LLaMA-Factory's stock DeepSpeed files (examples/deepspeed/): when a file of that name is not found where
+# the YAML says, its well-known content (stage, offload) is used, with a note.
+STOCK_DEEPSPEED = {"ds_z0_config.json": (0, False), "ds_z2_config.json": (2, False),
+                   "ds_z2_offload_config.json": (2, True), "ds_z3_config.json": (3, False),
+                   "ds_z3_offload_config.json": (3, True)}
+
+# Keys whose behaviour is built in here, or that only tune LLaMA-Factory's own process; reported in one note.
+BUILT_IN = {
+    "do_train": "training is what `launcher train` does",
+    "plot_loss": "loss.png is always drawn",
+    "overwrite_output_dir": "a new dated run dir every time, never overwritten",
+    "overwrite_cache": "tokenized data is cached by content hash, so a changed input is never stale",
+    "ddp_timeout": "the engine sets the process-group timeout",
+    "save_only_model": "checkpoints hold what exact resume needs; the final model is saved as HF",
+    "per_device_eval_batch_size": "evaluation uses train.micro_batch_size",
+    "include_num_input_tokens_seen": "metrics.jsonl always logs trained tokens",
+    "ddp_find_unused_parameters": "set by the engine",
+    "tokenized_path": "tokenized data is cached by content hash (data.cache_dir)",
+    "preprocessing_num_workers": "tokenized once, then cached by content hash",
+    "dataloader_num_workers": "batches are built in the training process from the cached tokens",
+}
+
+# Keys refused with what to do; 'not supported yet' means the feature is planned, not that the key is wrong.
+UNSUPPORTED = {
+    "loraplus_lr_ratio": "not supported yet: LoRA+ (a higher lr for the B matrices); remove the key to train plain LoRA",
+    "loraplus_lr_embedding": "not supported yet: LoRA+; remove the key",
+    "freeze_trainable_layers": "not supported yet: freeze tuning; use finetuning_type: lora or full",
+    "freeze_trainable_modules": "not supported yet: freeze tuning; use finetuning_type: lora or full",
+    "freeze_extra_modules": "not supported yet: freeze tuning; use finetuning_type: lora or full",
+    "image_max_pixels": "not supported yet: vision-language models (images); train a text model or wait for VL",
+    "image_min_pixels": "not supported yet: vision-language models (images); train a text model or wait for VL",
+    "video_max_pixels": "not supported yet: vision-language models (videos)",
+    "video_min_pixels": "not supported yet: vision-language models (videos)",
+    "video_fps": "not supported yet: vision-language models (videos)",
+    "video_maxlen": "not supported yet: vision-language models (videos)",
+    "freeze_vision_tower": "not supported yet: vision-language models; remove the key for a text model",
+    "freeze_multi_modal_projector": "not supported yet: vision-language models; remove the key for a text model",
+    "freeze_language_model": "not supported yet: vision-language models; remove the key for a text model",
+    "quantization_bit": "not supported yet: QLoRA (quantized base); remove the key to train LoRA on the full-precision base",
+    "quantization_method": "not supported yet: QLoRA; remove the key",
+    "pissa_init": "not supported yet: PiSSA initialisation; remove the key for standard LoRA init",
+    "use_unsloth": "not supported: unsloth kernels; remove the key",
+    "enable_liger_kernel": "not supported yet: Liger kernels (our loss is already chunked: no full logits); remove the key",
+    "rope_scaling": "not supported yet: RoPE scaling; remove the key",
+    "streaming": "not supported yet: streamed datasets; remove the key (data is tokenized once and cached)",
+    "pref_ftx": "not supported yet: an SFT term added to the DPO loss; remove the key or set it to 0",
+    "kto_chosen_weight": "not supported yet: KTO; use stage: dpo with preference pairs",
+    "kto_rejected_weight": "not supported yet: KTO; use stage: dpo with preference pairs",
+    "eval_dataset_dir": "not supported: evaluation datasets are read from dataset_dir; move them there",
+    "do_predict": "not supported in training: run `launcher predict RUN_DIR` after training",
+    "predict_with_generate": "not supported in training: run `launcher predict RUN_DIR` after training",
+    "neftune_noise_alpha": "not supported yet: NEFTune; remove the key",
+    "upcast_layernorm": "not supported: remove the key",
+    "adapter_name_or_path": "not supported yet: starting from an existing adapter; merge it first (llamafactory-cli export) and train from the merged model",
+}
+
+STAGES = {"sft": "sft", "dpo": "dpo"}
+STAGE_HINTS = {
+    "pt": "not supported yet: pretraining (stage: pt); train SFT on your text, or wait for stage pt",
+    "kto": "not supported yet: KTO (stage: kto); use stage: dpo with preference pairs (ranking: true)",
+    "rm": "not supported yet: reward modelling (stage: rm)",
+    "ppo": "not supported yet: PPO (stage: ppo); use stage: dpo",
+}
+SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant", "constant_with_warmup": "constant"}
+PREF_LOSSES = {"sigmoid": "sigmoid", "ipo": "ipo", "hinge": "hinge", "simpo": "simpo", "orpo": "orpo"}
+OPTIMIZERS = {"adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_hf": "adamw", "sgd": "sgd"}
+ATTENTION = {"auto": "auto", "sdpa": "sdpa", "fa2": "flash_attention_2", "disabled": "eager", "eager": "eager"}
+LOGGERS = ("wandb", "tensorboard", "mlflow")
+
+
+@dataclass
+class Translation:
+    overrides: list = field(default_factory=list)
+    """Hydra overrides, in order; the equivalent command is ``launcher train`` + these."""
+    notes: list = field(default_factory=list)
+    """One line each: what was taken as built in, or resolved in a way worth saying."""
+
+
+# ------------------------------------------------------------------------------------------- values
+
+
+_PLAIN = re.compile(r"[A-Za-z_/.][A-Za-z0-9_./\-]*")
+_NON_STRINGS = re.compile(r"(?i)(true|false|null|none|nan|[-+]?inf|[-+]?[0-9._]+(e[-+]?[0-9]+)?)")
+
+
+def hydra_value(value: Any) -> str:
+    """A Python value as Hydra's override grammar reads it back unchanged (strings quoted where needed)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    text = str(value)
+    if _PLAIN.fullmatch(text) and not _NON_STRINGS.fullmatch(text):
+        return text
+    # Hydra's quoted string: backslashes are escapes only before a quote or the closing quote, so only those
+    # runs are doubled; OmegaConf's \${ keeps a literal ${ uninterpolated.
+    text = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text)
+    return "'" + text.replace("'", "\\'").replace("${", "\\${") + "'"
+
+
+def command_line(overrides: list, extra: tuple = ()) -> str:
+    """The shell command a user can paste: ``launcher train`` + the overrides, quoted for the shell."""
+    return " ".join(["launcher", "train", *extra, *(shlex.quote(o) for o in overrides)])
+
+
+# ----------------------------------------------------------------------------------------- reading
+
+
+def read_yaml(path: Path) -> tuple[dict, dict]:
+    """(mapping, {key: line number}) of a LLaMA-Factory YAML file; errors name the file and line."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--from-llamafactory: {path}: no such file")
+    text = path.read_text()
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a llamafactory-cli train file is a mapping of keys, got {type(data).__name__}")
+    lines = {k.value: k.start_mark.line + 1 for k, _ in node.value} if node is not None else {}
+    return data, lines
+
+
+def deepspeed_choice(ds: dict, where: str) -> tuple[int, bool]:
+    """(zero stage, offload) of a DeepSpeed JSON config."""
+    zero = ds.get("zero_optimization") or {}
+    stage = zero.get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise ConfigError(f"{where}: zero_optimization.stage must be 0-3, got {stage!r}")
+    devices = {(zero.get(k) or {}).get("device", "none") for k in ("offload_optimizer", "offload_param")}
+    if "nvme" in devices:
+        raise ConfigError(f"{where}: NVMe offload is not supported yet; use \"device\": \"cpu\"")
+    return stage, "cpu" in devices
+
+
+def parallelism_overrides(stage: int, offload: bool, where: str) -> list:
+    """Our parallelism options for a ZeRO stage and offload."""
+    if stage == 0:
+        if offload:
+            raise ConfigError(f"{where}: CPU offload needs ZeRO stage 2 or 3")
+        return ["parallelism=ddp"]
+    if stage == 3:
+        return ["parallelism=zero3_offload" if offload else "parallelism=zero3"]
+    out = ["parallelism=zero2"]
+    if stage == 1:
+        out += ["parallelism.name=zero1", "parallelism.zero_stage=1"]
+    if offload:
+        out += [f"parallelism.name=zero{stage}_offload", "parallelism.offload=true"]
+    return out
+
+
+# What a DeepSpeed JSON sets that the translation does not carry over (our engine generates its own config):
+# everything but the stage, the offload devices and the values LLaMA-Factory leaves to the trainer ("auto").
+_DS_TAKEN = {"zero_optimization.stage", "zero_optimization.offload_optimizer.device",
+             "zero_optimization.offload_param.device"}
+
+
+def deepspeed_leftovers(ds: dict, where: str) -> Optional[str]:
+    """A note naming the DeepSpeed settings left to our engine's defaults, or None."""
+    left = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        elif value != "auto" and prefix not in _DS_TAKEN:
+            left.append(prefix)
+
+    walk("", ds)
+    if not left:
+        return None
+    return (f"deepspeed: {where}: only the ZeRO stage and CPU offload are taken over; the engine's own values"
+            f" stand for {', '.join(left)} (set parallelism.deepspeed.<key> to force one)")
+
+
+def load_deepspeed(value: str, cwd: Path, yaml_dir: Path, where: str) -> tuple[int, bool, Optional[str]]:
+    """(stage, offload, note) for the ``deepspeed:`` file a YAML names."""
+    path = Path(value)
+    candidates = [path] if path.is_absolute() else [cwd / path, yaml_dir / path]
+    for candidate in candidates:
+        if candidate.is_file():
+            try:
+                ds = json.loads(candidate.read_text())
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{candidate}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+            stage, offload = deepspeed_choice(ds, str(candidate))
+            return stage, offload, deepspeed_leftovers(ds, value)
+    if path.name in STOCK_DEEPSPEED:
+        stage, offload = STOCK_DEEPSPEED[path.name]
+        return stage, offload, (f"deepspeed: {value} not found; taken as LLaMA-Factory's stock {path.name}"
+                                f" (ZeRO-{stage}{' + CPU offload' if offload else ''})")
+    tried = ", ".join(str(c) for c in candidates)
+    raise ConfigError(f"{where}: deepspeed: file not found (tried {tried}); give the path of your DeepSpeed JSON")
+
+
+# -------------------------------------------------------------------------------------- translation
+
+
+def _names(value: Any) -> list:
+    """A comma list (``a,b``) or a YAML list -> list of stripped names."""
+    items = value if isinstance(value, list) else str(value).split(",")
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
+def _path(value: Any, cwd: Path) -> str:
+    path = Path(str(value)).expanduser()
+    return str(path if path.is_absolute() else (cwd / path))
+
+
+def model_short_name(name_or_path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(name_or_path).rstrip("/")).name).strip("-") or "hf"
+
+
+def translate(lf: dict, *, source: str = "llamafactory.yaml", lines: Optional[dict] = None,
+              cwd: Optional[Path] = None, yaml_dir: Optional[Path] = None,
+              deepspeed_loader: Optional[Callable] = None) -> Translation:
+    """LLaMA-Factory train keys -> our overrides. Raises ConfigError listing every key it cannot take."""
+    cwd = Path(cwd or Path.cwd())
+    yaml_dir = Path(yaml_dir or cwd)
+    lines = lines or {}
+    load_ds = deepspeed_loader or load_deepspeed
+    out, notes, errors, built_in = [], [], [], []
+
+    def where(key: str) -> str:
+        return f"{source}:{lines[key]}" if key in lines else source
+
+    def fail(key: str, message: str) -> None:
+        errors.append(f"{where(key)}: {key}: {message}")
+
+    def put(key: str, value: Any) -> None:
+        out.append(f"{key}={hydra_value(value)}")
+
+    seen = set()
+
+    def take(key: str, default: Any = None) -> Any:
+        seen.add(key)
+        return lf.get(key, default)
+
+    # ---- model
+    model = take("model_name_or_path")
+    if not model:
+        fail("model_name_or_path", "required: the hub id or local folder of the model to train")
+    # ---- method: stage x finetuning_type
+    stage = str(take("stage", "sft"))
+    finetuning = str(take("finetuning_type", "lora"))  # LLaMA-Factory's default is lora
+    if stage in STAGE_HINTS:
+        fail("stage", STAGE_HINTS[stage])
+    elif stage not in STAGES:
+        fail("stage", f"'{stage}' is not one of sft, dpo, pt, kto, rm, ppo")
+    if finetuning == "freeze":
+        fail("finetuning_type", "not supported yet: freeze tuning; use lora or full")
+    elif finetuning not in ("lora", "full"):
+        fail("finetuning_type", f"'{finetuning}' is not lora, full or freeze")
+    method = {("sft", "full"): "sft_full", ("sft", "lora"): "lora", ("dpo", "full"): "dpo",
+              ("dpo", "lora"): "dpo_lora"}.get((stage, finetuning))
+    out += ["experiment=llamafactory", "model=hf"]
+    if model:
+        put("model.name_or_path", model)
+        put("model.name", model_short_name(model))
+    if "trust_remote_code" in lf:
+        put("model.trust_remote_code", bool(take("trust_remote_code")))
+    if method:
+        out.append(f"method={method}")
+    out.append("data=llamafactory")
+
+    # ---- LoRA
+    lora_keys = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_dora", "use_rslora",
+                 "additional_target")
+    if finetuning != "lora":
+        unused = [k for k in lora_keys if k in lf and take(k) is not None or k in seen and k in lf]
+        if unused:
+            notes.append(f"{', '.join(unused)}: unused with finetuning_type {finetuning} (as in LLaMA-Factory)")
+    else:
+        rank = take("lora_rank", 8)
+        put("method.lora.r", rank)
+        # LLaMA-Factory's lora_alpha defaults to twice the rank.
+        put("method.lora.alpha", take("lora_alpha") if lf.get("lora_alpha") is not None else 2 * rank)
+        if "lora_dropout" in lf:
+            put("method.lora.dropout", take("lora_dropout"))
+        if "lora_target" in lf:
+            targets = _names(take("lora_target"))
+            put("method.lora.target_modules", "all-linear" if targets == ["all"] else targets)
+        for key in ("use_dora", "use_rslora"):
+            if key in lf:
+                put(f"method.lora.{key}", bool(take(key)))
+        if lf.get("additional_target"):
+            put("method.lora.modules_to_save", _names(take("additional_target")))
+        take("additional_target")
+
+    # ---- preference optimization
+    pref_keys = {"pref_beta": "beta", "pref_loss": "loss_type", "simpo_gamma": "simpo_gamma",
+                 "dpo_label_smoothing": "label_smoothing"}
+    for key, ours in pref_keys.items():
+        if key not in lf:
+            continue
+        value = take(key)
+        if stage != "dpo":
+            notes.append(f"{key}: unused with stage {stage} (as in LLaMA-Factory)")
+        elif key == "pref_loss":
+            if value not in PREF_LOSSES:
+                fail(key, f"'{value}' is not supported (ours: {', '.join(PREF_LOSSES)})")
+            else:
+                put("method.dpo.loss_type", PREF_LOSSES[value])
+        else:
+            put(f"method.dpo.{ours}", value)
+    if "pref_ftx" in lf and not lf["pref_ftx"]:
+        take("pref_ftx")  # 0 is the default: nothing to translate
+
+    # ---- data
+    if "dataset" in lf:
+        put("data.datasets", _names(take("dataset")))
+    else:
+        fail("dataset", "required: the dataset names from dataset_info.json (a comma list)")
+    if "eval_dataset" in lf:
+        put("data.eval_datasets", _names(take("eval_dataset")))
+    put("data.dataset_dir", _path(take("dataset_dir", "data"), cwd))
+    if "template" in lf:
+        template = str(take("template"))
+        if template in TEMPLATES:
+            put("data.template", TEMPLATES[template])
+        else:
+            put("data.template", "auto")
+            notes.append(f"template: '{template}' -> the tokenizer's own chat template (data.template=auto);"
+                         f" set data.template to one of chatml, qwen, llama3, mistral, plain to force one")
+    for key, ours in (("cutoff_len", "data.cutoff_len"), ("max_samples", "data.max_samples"),
+                      ("val_size", "data.val_size"), ("train_on_prompt", "data.train_on_prompt"),
+                      ("mask_history", "data.mask_history")):
+        if key in lf:
+            put(ours, take(key))
+    packing, neat = take("packing"), take("neat_packing")
+    if packing or neat:
+        put("data.packing", True)
+        if packing and not neat:
+            notes.append("packing: samples packed here never attend to each other (what LLaMA-Factory's"
+                         " neat_packing does)")
+    elif packing is False or neat is False:
+        put("data.packing", False)
+    if "mix_strategy" in lf:
+        strategy = take("mix_strategy")
+        if strategy != "concat":
+            fail("mix_strategy", f"'{strategy}' is not supported yet (interleave_under/over differ from our"
+                                 " weighted interleave); use concat or set data.mix_strategy=interleave by hand")
+
+    # ---- training schedule
+    for key, ours in (("learning_rate", "method.lr"), ("weight_decay", "method.weight_decay"),
+                      ("adam_beta1", "method.adam_beta1"), ("adam_beta2", "method.adam_beta2"),
+                      ("adam_epsilon", "method.adam_eps"), ("num_train_epochs", "train.epochs"),
+                      ("max_steps", "train.max_steps"), ("per_device_train_batch_size", "train.micro_batch_size"),
+                      ("gradient_accumulation_steps", "train.grad_accum"), ("warmup_ratio", "train.warmup_ratio"),
+                      ("warmup_steps", "train.warmup_steps"), ("max_grad_norm", "train.max_grad_norm"),
+                      ("seed", "train.seed"), ("logging_steps", "train.log_every"),
+                      ("save_total_limit", "train.keep_checkpoints")):
+        if key in lf and lf[key] is not None:
+            value = take(key)
+            if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+                try:
+                    value = float(value) if key not in ("max_steps", "seed") else int(value)
+                except ValueError:
+                    fail(key, f"expected a number, got '{value}'")
+                    continue
+            put(ours, value)
+        take(key)
+    if "lr_scheduler_type" in lf:
+        kind = take("lr_scheduler_type")
+        if kind in SCHEDULERS:
+            put("train.lr_scheduler", SCHEDULERS[kind])
+        else:
+            fail("lr_scheduler_type", f"'{kind}' is not supported (ours: {', '.join(SCHEDULERS)})")
+    if "lr_scheduler_kwargs" in lf and take("lr_scheduler_kwargs"):
+        fail("lr_scheduler_kwargs", "not supported yet; use train.min_lr_ratio for a cosine floor")
+    if "optim" in lf:
+        optim = take("optim")
+        if optim in OPTIMIZERS:
+            put("method.optimizer", OPTIMIZERS[optim])
+        else:
+            fail("optim", f"'{optim}' is not supported (ours: adamw_torch, sgd)")
+    if "disable_gradient_checkpointing" in lf:
+        put("train.gradient_checkpointing", not take("disable_gradient_checkpointing"))
+    bf16, fp16 = take("bf16"), take("fp16")
+    if take("pure_bf16"):
+        fail("pure_bf16", "not supported yet: bf16 weights without fp32 master copies; use bf16: true")
+    if bf16 and fp16:
+        fail("fp16", "bf16 and fp16 are both true; keep one")
+    elif bf16:
+        put("model.dtype", "bfloat16")
+    elif fp16:
+        put("model.dtype", "float16")
+    if "flash_attn" in lf:
+        attn = take("flash_attn")
+        if attn in ATTENTION:
+            put("model.attn_implementation", ATTENTION[attn])
+        else:
+            fail("flash_attn", f"'{attn}' is not one of {', '.join(ATTENTION)}")
+
+    # ---- saving and evaluation (Hugging Face strategies: steps, epoch, no)
+    save_strategy = take("save_strategy", "steps")
+    if save_strategy == "no":
+        put("train.save_every", 0)
+    elif save_strategy == "steps":
+        if "save_steps" in lf:
+            put("train.save_every", take("save_steps"))
+    else:
+        fail("save_strategy", f"'{save_strategy}' is not supported yet; use steps with save_steps")
+    eval_strategy = lf.get("eval_strategy", lf.get("evaluation_strategy", "no"))
+    take("eval_strategy"), take("evaluation_strategy")
+    if eval_strategy == "steps":
+        put("train.eval_every", take("eval_steps", lf.get("logging_steps", 500)))
+    elif eval_strategy == "no":
+        if "eval_steps" in lf:
+            take("eval_steps")
+            notes.append("eval_steps: ignored because eval_strategy is no (as in LLaMA-Factory)")
+    else:
+        fail("eval_strategy", f"'{eval_strategy}' is not supported yet; use steps with eval_steps")
+    if take("do_eval"):
+        fail("do_eval", "not supported: evaluation happens during training (val_size / eval_dataset with"
+                        " eval_strategy: steps); run `launcher predict RUN_DIR` for generation metrics")
+
+    # ---- parallelism
+    if lf.get("deepspeed"):
+        value = str(take("deepspeed"))
+        try:
+            stage_n, offload, note = load_ds(value, cwd, yaml_dir, where("deepspeed"))
+            out += parallelism_overrides(stage_n, offload, where("deepspeed"))
+            if note:
+                notes.append(note)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    take("deepspeed")
+
+    # ---- output and logging
+    if lf.get("output_dir"):
+        target = Path(_path(take("output_dir"), cwd))
+        put("run.output_root", str(target.parent))
+        put("run.name", target.name)
+    take("output_dir")
+    if lf.get("run_name"):
+        put("run.name", take("run_name"))
+    report_to = _names(take("report_to", "none") or "none")
+    loggers = [r for r in report_to if r != "none"]
+    for name in loggers:
+        if name not in LOGGERS:
+            fail("report_to", f"'{name}' is not supported (ours: {', '.join(LOGGERS)}, none)")
+    loggers = [r for r in loggers if r in LOGGERS]
+    if len(loggers) == 1:
+        out.append(f"logger={loggers[0]}")
+    elif loggers:
+        put("logger.backends", loggers)
+    if lf.get("resume_from_checkpoint"):
+        fail("resume_from_checkpoint", "a Hugging Face Trainer checkpoint cannot be resumed here; relaunch in"
+                                      " the same run dir (our checkpoints resume exactly), or train from the"
+                                      " saved model with model_name_or_path")
+    take("resume_from_checkpoint")
+
+    # ---- everything else: built in, unsupported, or unknown
+    for key in lf:
+        if key in seen:
+            continue
+        if key in BUILT_IN:
+            built_in.append(key)
+        elif key in UNSUPPORTED:
+            fail(key, UNSUPPORTED[key])
+        else:
+            fail(key, "unknown LLaMA-Factory key, not translated; remove it, or set the equivalent launcher key"
+                      " as an override after the file (see `launcher train --help`)")
+    if built_in:
+        notes.append("built in here, nothing to translate: " + "; ".join(f"{k} ({BUILT_IN[k]})" for k in built_in))
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return Translation(overrides=out, notes=notes)
+
+
+def translate_file(path: Path, cwd: Optional[Path] = None) -> Translation:
+    data, lines = read_yaml(Path(path))
+    return translate(data, source=str(path), lines=lines, cwd=cwd, yaml_dir=Path(path).resolve().parent)

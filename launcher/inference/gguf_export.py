@@ -1,0 +1,243 @@
+"""``launcher export RUN_DIR --format gguf``: one GGUF file (llama.cpp, Ollama, LM Studio) for Qwen2 and Llama.
+
+Written with the ``gguf`` package (llama.cpp's own writer), the way llama.cpp's convert_hf_to_gguf.py lays
+a model out: its tensor names (``gguf.get_tensor_name_map``), Llama's q/k rows permuted to GGML's rotary
+layout, 1-D tensors (norms, biases) kept f32, ``q8_0`` falling back to f16 for a tensor whose rows are not
+a multiple of the 32-value block. The LM head is always written (``output.weight``), tied or not, so readers
+that do not tie (transformers' GGUF loader) get the same logits.
+
+The tokenizer goes into the metadata with its chat template. GGUF describes byte-level BPE vocabularies
+(``tokenizer.ggml.model = gpt2``) with a named pre-tokenizer; we write the two our models use: Qwen2's
+and Llama 3's. Anything else (the tiny models' character WordLevel tokenizer, sentencepiece) is refused with
+a message saying so, before anything is written.
+
+We write this instead of calling llama.cpp's converter because that script is not a package (it lives in the
+llama.cpp repository, with its own model registry); the ``gguf`` package it builds on is.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from launcher.errors import LauncherError
+
+GGUF_DTYPES = ("f32", "f16", "q8_0")
+ARCHS = {"qwen2": "QWEN2", "llama": "LLAMA"}
+
+# The pre-tokenizer split regexes GGUF readers know by name (llama.cpp's tokenizer.ggml.pre).
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+class GGUFExportError(LauncherError):
+    """The model or its tokenizer cannot be written as GGUF."""
+
+
+@dataclass
+class GGUFArgs:
+    out: Optional[str] = None
+    """A .gguf file, or a folder for <name>-<dtype>.gguf; default RUN_DIR/export-gguf/."""
+    dtype: str = "f16"
+    """f32, f16 or q8_0."""
+    checkpoint: Optional[str] = None
+    force: bool = False
+
+
+def known_splits() -> dict:
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    return {PRETOKENIZE_REGEX: "qwen2", LLAMA3_SPLIT: "llama-bpe"}
+
+
+def tokenizer_spec(tokenizer, folders: list) -> dict:
+    """The tokenizer.json the model was saved with (first of ``folders`` that has one), else the loaded one's.
+
+    The file is the truth: transformers 5 reloads a saved tokenizer by the model's type (a qwen2 model gets a
+    Qwen2Tokenizer built from the vocabulary), which turns the tiny models' WordLevel tokenizer into a BPE one
+    that tokenizes differently.
+    """
+    for folder in folders:
+        path = Path(folder) / "tokenizer.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+    return json.loads(tokenizer.backend_tokenizer.to_str())
+
+
+def tokenizer_metadata(tokenizer, spec: dict, vocab_size: int) -> dict:
+    """What GGUF stores of a byte-level BPE tokenizer: tokens, types, merges, pre-tokenizer, special ids."""
+    model = spec.get("model", {})
+    if model.get("type") != "BPE":
+        raise GGUFExportError(
+            f"GGUF cannot hold this tokenizer: it is a {model.get('type')} tokenizer, and GGUF describes byte-level"
+            " BPE (gpt2), sentencepiece, WordPiece or Unigram vocabularies. The tiny models' character tokenizer is"
+            " WordLevel: train with model=tiny_qwen2_qwentok (the real Qwen tokenizer) or a real model to export GGUF")
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre])
+    split = next((s.get("pattern", {}).get("Regex") for s in steps if s.get("type") == "Split"), None)
+    name = known_splits().get(split)
+    if name is None or not any(s.get("type") == "ByteLevel" for s in steps):
+        raise GGUFExportError("GGUF export supports the Qwen2 and Llama 3 byte-level BPE tokenizers; this"
+                              " tokenizer's pre-tokenizer is neither (not supported yet)")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    added = {t["content"]: t for t in spec.get("added_tokens", [])}
+    vocab = {**model.get("vocab", {}), **{t["content"]: t["id"] for t in added.values()}}
+    if len(vocab) > vocab_size:
+        raise GGUFExportError(f"the tokenizer has {len(vocab)} tokens but the model's embedding only {vocab_size}")
+    from gguf import TokenType
+
+    by_id = {i: t for t, i in vocab.items()}
+    tokens, types = [], []
+    for i in range(vocab_size):
+        token = by_id.get(i)
+        if token is None:  # embedding rows past the vocabulary (padded for speed)
+            tokens.append(f"[PAD{i}]")
+            types.append(TokenType.UNUSED)
+        elif token in added:
+            tokens.append(token)
+            types.append(TokenType.CONTROL if added[token].get("special") else TokenType.USER_DEFINED)
+        else:
+            tokens.append(token)
+            types.append(TokenType.NORMAL)
+    return {"pre": name, "tokens": tokens, "types": types, "merges": merges,
+            "bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id,
+            "chat_template": tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None}
+
+
+def llama_permute(weights: np.ndarray, n_head: int, n_head_kv: Optional[int]) -> np.ndarray:
+    """HF's rotary halves -> GGML's interleaved pairs, for Llama's q and k rows (llama.cpp's permute)."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def encode_tensor(data: np.ndarray, dtype: str):
+    """(array, raw GGML type or None): 1-D stays f32; q8_0 falls back to f16 where rows do not fit blocks."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    data = data.astype(np.float32)
+    if data.ndim <= 1 or dtype == "f32":
+        return data, None
+    if dtype == "q8_0" and data.shape[-1] % 32 == 0:
+        return quantize(data, GGMLQuantizationType.Q8_0), GGMLQuantizationType.Q8_0
+    return data.astype(np.float16), None
+
+
+def write_gguf(model, tokenizer, path: Path, dtype: str, name: str, tokenizer_folders: tuple = ()) -> dict:
+    """Write ``model`` (a transformers Qwen2/Llama causal LM) and its tokenizer to ``path``; return a summary.
+
+    ``tokenizer_folders``: where the tokenizer.json the tokenizer was loaded from lies (see tokenizer_spec)."""
+    import gguf
+
+    if dtype not in GGUF_DTYPES:
+        raise GGUFExportError(f"--dtype: '{dtype}' is not one of {', '.join(GGUF_DTYPES)} for --format gguf")
+    config = model.config
+    arch_key = ARCHS.get(config.model_type)
+    if arch_key is None:
+        vision = " (a vision-language model: export its language model first)" if hasattr(config, "vision_config") else ""
+        raise GGUFExportError(f"GGUF export supports Qwen2 and Llama, not '{config.model_type}'{vision}")
+    arch = getattr(gguf.MODEL_ARCH, arch_key)
+    arch_name = gguf.MODEL_ARCH_NAMES[arch]
+    vocab_size = model.get_input_embeddings().weight.shape[0]
+    tok = tokenizer_metadata(tokenizer, tokenizer_spec(tokenizer, list(tokenizer_folders)), vocab_size)
+    n_layers, n_head = config.num_hidden_layers, config.num_attention_heads
+    n_kv = getattr(config, "num_key_value_heads", None) or n_head
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
+    rope_theta = getattr(config, "rope_theta", None) or (getattr(config, "rope_parameters", None) or {}).get("rope_theta")
+
+    tmp = path.parent / f".tmp-{path.name}-{int(time.time() * 1000)}"
+    writer = gguf.GGUFWriter(str(tmp), arch_name)
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
+    writer.add_name(name)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(n_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_kv)
+    writer.add_rope_dimension_count(head_dim)
+    if rope_theta:
+        writer.add_rope_freq_base(float(rope_theta))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(vocab_size)
+    writer.add_file_type(file_type)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(tok["pre"])
+    writer.add_token_list(tok["tokens"])
+    writer.add_token_types(tok["types"])
+    writer.add_token_merges(tok["merges"])
+    for key, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
+                     ("pad", writer.add_pad_token_id)):
+        if tok[key] is not None:
+            add(tok[key])
+    writer.add_add_bos_token(False)
+    if tok["chat_template"]:
+        writer.add_chat_template(tok["chat_template"])
+
+    names = gguf.get_tensor_name_map(arch, n_layers)
+    state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+    if "lm_head.weight" not in state:  # tied: write the head anyway (see the module docstring)
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    counts: dict = {}
+    try:
+        for hf_name, data in state.items():
+            if hf_name.endswith("rotary_emb.inv_freq"):
+                continue
+            gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+            if gguf_name is None:
+                raise GGUFExportError(f"no GGUF name for the tensor '{hf_name}' of this {config.model_type} model")
+            if arch_key == "LLAMA" and hf_name.endswith("q_proj.weight"):
+                data = llama_permute(data, n_head, n_head)
+            elif arch_key == "LLAMA" and hf_name.endswith("k_proj.weight"):
+                data = llama_permute(data, n_head, n_kv)
+            encoded, raw = encode_tensor(data, dtype)
+            kind = raw.name if raw is not None else str(encoded.dtype).replace("float", "f")
+            counts[kind] = counts.get(kind, 0) + 1
+            writer.add_tensor(gguf_name, encoded, raw_dtype=raw)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return {"path": str(path), "architecture": arch_name, "dtype": dtype, "tensors": counts,
+            "tokenizer": f"gpt2/{tok['pre']}, {len(tok['tokens'])} tokens", "bytes": path.stat().st_size}
+
+
+def export_gguf(source: Path, args: GGUFArgs) -> dict:
+    """A run dir (final model, merged adapter, or --checkpoint) or an HF model folder -> one .gguf file."""
+    source = Path(source)
+    if (source / "config.yaml").is_file():
+        from launcher.models.trained import load_run_model
+
+        model, tokenizer, cfg, _ = load_run_model(source, checkpoint=args.checkpoint, merge=True)
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        name = cfg.run.name or source.parent.parent.name
+        default_dir = source / "export-gguf"
+        folders = (source / "model", source / "base_model")
+    elif (source / "config.json").is_file():
+        from transformers import AutoModelForCausalLM
+
+        from launcher.models.tokenizers import load_saved_tokenizer
+
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(source), load_saved_tokenizer(source)
+        name, default_dir, folders = source.name, source.parent, (source,)
+    else:
+        raise GGUFExportError(f"{source}: neither a run dir (config.yaml) nor a Hugging Face model folder (config.json)")
+    out = Path(args.out) if args.out else default_dir
+    path = out if out.suffix == ".gguf" else out / f"{name}-{args.dtype}.gguf"
+    if path.exists() and not args.force:
+        raise GGUFExportError(f"{path} already exists; pass --force to replace it, or choose another --out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_gguf(model.eval(), tokenizer, path, args.dtype, name, folders)

@@ -1,0 +1,76 @@
+"""``launcher serve RUN_DIR|MODEL_DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY]``.
+
+Binds to loopback unless told otherwise; any other address needs an API key (``--api-key`` or the
+``LAUNCHER_API_KEY`` environment variable, which keeps it out of ``ps``), checked as
+``Authorization: Bearer KEY`` on every /v1 route. Prints one line when it is ready: what it serves, the
+engine and device, the URL, and how long loading took.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+import time
+
+from launcher.errors import ConfigError
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launcher serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("path", help="a run dir, an export (launcher export) or a local Hugging Face model folder")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", default=None, help="required key (default $LAUNCHER_API_KEY); needed off loopback")
+    parser.add_argument("--model-name", default=None, help="the model id clients send (default: the run or folder name)")
+    parser.add_argument("--checkpoint", default=None, help="serve checkpoint step-N of a run instead of its final model")
+    parser.add_argument("--template", default=None, choices=["chatml", "qwen", "llama3", "mistral", "plain"],
+                        help="force a named chat template (default: the run's, else the tokenizer's)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="answer length when a request sets none")
+    parser.add_argument("--max-queue", type=int, default=32, help="requests allowed to wait; more get 503")
+    return parser
+
+
+def serve_main(argv: list[str]) -> int:
+    started = time.perf_counter()
+    args = build_parser().parse_args(argv)
+    api_key = args.api_key or os.environ.get("LAUNCHER_API_KEY") or None
+    if not is_loopback(args.host) and not api_key:
+        raise ConfigError(f"--host {args.host}: other machines could reach the model; pass --api-key KEY (or set"
+                          " LAUNCHER_API_KEY), or bind to 127.0.0.1")
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port: {args.port} is not a TCP port (1-65535)")
+    if args.max_new_tokens < 1 or args.max_queue < 1:
+        raise ConfigError("--max-new-tokens and --max-queue must be >= 1")
+
+    import uvicorn
+
+    from launcher.serve.app import create_app
+    from launcher.serve.engine import TransformersEngine, load_for_serving, vllm_status
+
+    loaded = load_for_serving(args.path, checkpoint=args.checkpoint, template=args.template, dtype=args.dtype,
+                              name=args.model_name)
+    engine = TransformersEngine(loaded, args.max_new_tokens)
+    app = create_app(engine, loaded.name, api_key=api_key, max_queue=args.max_queue)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    auth = "API key required" if api_key else "no API key"
+    print(f"serving '{loaded.name}' ({loaded.source}) on http://{args.host}:{args.port}/v1"
+          f" | engine: transformers on {engine.device} ({vllm_status()}) | {auth}"
+          f" | loaded in {time.perf_counter() - started:.1f} s", flush=True)
+    server.run()
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(serve_main(sys.argv[1:]))

@@ -1,0 +1,210 @@
+"""The model behind ``launcher serve``: what a path holds, how it is loaded, and streamed generation.
+
+A path is one of
+- a run dir (``config.yaml``): its final model, merged adapter, or ``--checkpoint step-N``, as
+  ``load_run_model`` loads it, prompts rendered with the template the run trained with;
+- an export (``export_info.json``, from ``launcher export``): rendered with its run's template when that run
+  dir is still there, else the tokenizer's chat template;
+- any local Hugging Face model folder (``config.json``): the tokenizer's chat template (or ``--template``).
+
+Generation runs on transformers (``model.generate`` with a streamer, in a worker thread) and reuses the
+training loop's generation helpers (end-of-answer ids, greedy/sampling flags). vLLM is detected and named at
+start-up, but its engine is not wired in yet.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from launcher.errors import LauncherError
+from launcher.serve.openai_protocol import ChatRequest, find_stop, stop_holdback
+
+
+def vllm_status() -> str:
+    """One phrase for the start-up line: why the engine is what it is."""
+    if importlib.util.find_spec("vllm") is None:
+        return "vLLM not installed"
+    return "vLLM is installed but not wired in yet"
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    tokenizer: object
+    render: Callable
+    """messages -> prompt text ending with the assistant's generation prompt."""
+    source: str
+    """What was loaded, for the start-up line."""
+    name: str
+    """The model id clients send."""
+
+
+def load_for_serving(path: Path, checkpoint: Optional[str] = None, template: Optional[str] = None,
+                     dtype: str = "auto", name: Optional[str] = None) -> LoadedModel:
+    import torch
+
+    from launcher.inference.prompts import prompt_renderer
+    from launcher.engines.distributed import choose_device
+    from launcher.engines.precision import requested_dtype
+    from launcher.models.trained import load_run_model
+
+    path = Path(path)
+    device = choose_device()
+    if (path / "config.yaml").is_file():
+        model, tokenizer, cfg, source = load_run_model(path, checkpoint=checkpoint, merge=True, device=device)
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        source = f"the {source} of run {path}"
+        default_name = cfg.run.name or path.parent.parent.name
+    elif (path / "config.json").is_file():
+        if checkpoint:
+            raise LauncherError(f"--checkpoint: {path} is a model folder, not a run dir; drop --checkpoint")
+        from transformers import AutoModelForCausalLM
+
+        from launcher.models.tokenizers import load_saved_tokenizer
+
+        tokenizer = load_saved_tokenizer(path)
+        model = AutoModelForCausalLM.from_pretrained(path).to(device)
+        cfg, source = None, f"model folder {path}"
+        info = path / "export_info.json"
+        if info.is_file():
+            run_dir = Path(json.loads(info.read_text()).get("run_dir", ""))
+            if (run_dir / "config.yaml").is_file():
+                from launcher.config.schema import load_run_config
+
+                cfg = load_run_config(run_dir)
+                source = f"export {path} of run {run_dir}"
+        default_name = path.name
+    else:
+        raise LauncherError(f"{path}: neither a run dir (config.yaml) nor a Hugging Face model folder (config.json)")
+    torch_dtype = requested_dtype(dtype, device)
+    if torch_dtype != torch.float32:
+        model.to(torch_dtype)
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "vision_config", None) is not None:
+        raise LauncherError(f"{path}: a vision-language model; serving VL models is not supported yet")
+    if template:
+        from launcher.config.schema import Config
+
+        cfg = cfg if cfg is not None else Config()
+        cfg.data.template = template
+    # The run's template; without a run, the tokenizer's chat template (refused when it has none).
+    renderer = prompt_renderer(tokenizer, cfg)
+    renderer([{"role": "user", "content": "probe"}], None)  # a broken template fails here, not on a request
+    return LoadedModel(model, tokenizer, lambda messages: renderer(messages, None), source, name or default_name)
+
+
+@dataclass
+class Finished:
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class _Cancelled:
+    """A StoppingCriteria that ends generation when the request is gone (client left, stop string seen)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class TransformersEngine:
+    """One generation at a time (the caller serialises); text streamed as it is decoded."""
+
+    name = "transformers"
+
+    def __init__(self, loaded: LoadedModel, max_new_tokens: int):
+        self.loaded = loaded
+        self.max_new_tokens = max_new_tokens
+        from launcher.inference.generation import eos_ids
+
+        self.stop_ids = eos_ids(loaded.model, loaded.tokenizer)
+        self.device = next(loaded.model.parameters()).device
+        limit = getattr(loaded.model.config, "max_position_embeddings", None)
+        self.context = int(limit) if limit else None
+
+    def prompt_ids(self, request: ChatRequest) -> list:
+        prompt = self.loaded.render(request.messages)
+        return self.loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def budget(self, request: ChatRequest, prompt_tokens: int) -> int:
+        """New tokens allowed: the request's max_tokens (or the server's cap) within the context length."""
+        from launcher.serve.openai_protocol import bad_request
+
+        want = request.max_tokens or self.max_new_tokens
+        if self.context is not None:
+            room = self.context - prompt_tokens
+            if room < 1:
+                raise bad_request(f"the prompt is {prompt_tokens} tokens; this model's context is {self.context}",
+                                  "messages", "context_length_exceeded")
+            want = min(want, room)
+        return want
+
+    def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator:
+        """Yield text pieces, then one ``Finished``. Stop sequences are cut out, as the OpenAI API does."""
+        import torch
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        from launcher.inference.generation import answer_ids, sampling_kwargs
+
+        model, tokenizer = self.loaded.model, self.loaded.tokenizer
+        ids = self.prompt_ids(request)
+        max_new = self.budget(request, len(ids))
+        if request.seed is not None:
+            torch.manual_seed(request.seed)
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        result: dict = {}
+        inputs = torch.tensor([ids], device=self.device)
+
+        def work():
+            try:
+                with torch.no_grad():
+                    result["out"] = model.generate(
+                        input_ids=inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new,
+                        streamer=streamer, pad_token_id=tokenizer.pad_token_id, eos_token_id=self.stop_ids,
+                        stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
+                        **sampling_kwargs(request.temperature > 0, request.temperature, request.top_p))
+            except BaseException as exc:  # re-raised in the caller's thread
+                result["error"] = exc
+                streamer.end()
+
+        worker = threading.Thread(target=work, name="generate", daemon=True)
+        worker.start()
+        text, sent, stopped = "", 0, False
+        try:
+            for piece in streamer:
+                text += piece
+                cut = find_stop(text, request.stop) if request.stop else None
+                if cut is not None:
+                    stopped = True
+                    cancel.set()
+                    if cut > sent:
+                        yield text[sent:cut]
+                    sent = cut
+                    break
+                safe = len(text) - stop_holdback(text, request.stop)
+                if safe > sent:
+                    yield text[sent:safe]
+                    sent = safe
+        finally:
+            cancel.set()  # a consumer that left (client gone) ends generation at the next token
+            worker.join()
+        if "error" in result:
+            raise result["error"]
+        if not stopped and len(text) > sent:
+            yield text[sent:]
+        new = result["out"][0, len(ids):].tolist()
+        answer = answer_ids(new, self.stop_ids)
+        ended = len(answer) < len(new) or stopped
+        yield Finished("stop" if ended else "length", len(ids), len(answer) + (1 if len(answer) < len(new) else 0))

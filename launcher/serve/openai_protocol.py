@@ -1,0 +1,209 @@
+"""The OpenAI chat-completions wire format: request parsing and validation, error bodies. Pure, no model.
+
+Everything a client can get wrong becomes an ``APIError`` with the status code and the error body the
+OpenAI API gives (``{"error": {"message", "type", "param", "code"}}``), so the official clients raise their
+usual exceptions (BadRequestError, AuthenticationError, NotFoundError, ...).
+
+Message contents may be a string or a list of parts; text parts are joined. Image parts are recognised and
+refused with a 400 naming the reason (the served models are text-only: no vision tower), so adding a VL
+engine later changes one check, not the parser.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+MAX_STOP = 4
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: Optional[str] = None,
+                 code: Optional[str] = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def bad_request(message: str, param: Optional[str] = None, code: Optional[str] = None) -> APIError:
+    return APIError(400, message, "invalid_request_error", param, code)
+
+
+@dataclass
+class ChatRequest:
+    model: str
+    messages: list
+    """Canonical ``{"role", "content"}`` dicts (content a string), as the chat renderer takes them."""
+    stream: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: Optional[int] = None
+    stop: list = field(default_factory=list)
+    seed: Optional[int] = None
+    include_usage: bool = False
+
+
+def _number(body: dict, key: str, default: float, low: float, high: float, low_open: bool = False) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise bad_request(f"'{key}' must be a number, got {value!r}", key)
+    if value > high or value < low or (low_open and value == low):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise bad_request(f"'{key}' must be in {interval}, got {value}", key)
+    return float(value)
+
+
+def _content_text(content: Any, i: int, has_vision: bool) -> str:
+    param = f"messages[{i}].content"
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise bad_request(f"{param} must be a string or a list of content parts", param)
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind in ("image_url", "input_image", "image"):
+            if not has_vision:
+                raise bad_request(f"{param}[{j}]: this model has no vision tower; it takes text only",
+                                  f"{param}[{j}]", "image_not_supported")
+            raise bad_request(f"{param}[{j}]: images are not supported by this server yet", f"{param}[{j}]")
+        elif kind in ("input_audio", "audio", "file", "video_url"):
+            raise bad_request(f"{param}[{j}]: '{kind}' parts are not supported; send text", f"{param}[{j}]")
+        else:
+            raise bad_request(f"{param}[{j}]: expected a content part like {{\"type\": \"text\", \"text\": ...}}",
+                              f"{param}[{j}]")
+    return "".join(texts)
+
+
+def parse_messages(messages: Any, has_vision: bool = False) -> list:
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("'messages' must be a non-empty list of {role, content} objects", "messages")
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise bad_request(f"messages[{i}] must be an object with 'role' and 'content'", f"messages[{i}]")
+        role = message.get("role")
+        if role in ("tool", "function") or message.get("tool_calls"):
+            raise bad_request(f"messages[{i}]: tool messages and tool calls are not supported yet",
+                              f"messages[{i}].role")
+        if role not in ROLES:
+            raise bad_request(f"messages[{i}].role: '{role}' is not one of system, developer, user, assistant",
+                              f"messages[{i}].role")
+        out.append({"role": ROLES[role], "content": _content_text(message.get("content"), i, has_vision)})
+    if out[-1]["role"] == "assistant":
+        raise bad_request("the last message is the assistant's; end with a user message to get an answer",
+                          "messages")
+    return out
+
+
+def parse_stop(value: Any) -> list:
+    if value is None:
+        return []
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
+        raise bad_request("'stop' must be a non-empty string or a list of them", "stop")
+    if len(stops) > MAX_STOP:
+        raise bad_request(f"'stop' takes at most {MAX_STOP} sequences, got {len(stops)}", "stop")
+    return stops
+
+
+# Parameters that would change the answer but that we do not implement: refused, never silently ignored.
+UNSUPPORTED = {
+    "tools": "tools / function calling is not supported yet",
+    "functions": "function calling is not supported yet",
+    "logprobs": "logprobs are not supported yet",
+    "top_logprobs": "logprobs are not supported yet",
+    "logit_bias": "logit_bias is not supported",
+    "audio": "audio output is not supported",
+    "prediction": "predicted outputs are not supported",
+}
+
+
+def parse_chat_request(body: Any, has_vision: bool = False) -> ChatRequest:
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("'model' is required (GET /v1/models lists the served one)", "model")
+    for key, reason in UNSUPPORTED.items():
+        if body.get(key) not in (None, False, [], {}):
+            raise bad_request(reason, key)
+    if body.get("n", 1) != 1:
+        raise bad_request("'n' must be 1: one answer per request", "n")
+    for key in ("presence_penalty", "frequency_penalty"):
+        if body.get(key) not in (None, 0, 0.0):
+            raise bad_request(f"'{key}' is not supported; leave it 0", key)
+    fmt = body.get("response_format")
+    if fmt not in (None, {}) and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        raise bad_request("'response_format': only {\"type\": \"text\"} is supported", "response_format")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise bad_request(f"'max_tokens' must be a positive integer, got {max_tokens!r}", "max_tokens")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise bad_request(f"'seed' must be an integer, got {seed!r}", "seed")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise bad_request("'stream' must be true or false", "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise bad_request("'stream_options' must be an object", "stream_options")
+    return ChatRequest(
+        model=model,
+        messages=parse_messages(body.get("messages"), has_vision),
+        stream=stream,
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
+        max_tokens=max_tokens,
+        stop=parse_stop(body.get("stop")),
+        seed=seed,
+        include_usage=bool(options.get("include_usage")),
+    )
+
+
+# ----------------------------------------------------------------------------------------- stop strings
+
+
+def find_stop(text: str, stops: list) -> Optional[int]:
+    """Index where the earliest stop sequence starts in ``text``, or None."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def stop_holdback(text: str, stops: list) -> int:
+    """How many trailing characters could be the start of a stop sequence (held back from a stream)."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:n]):
+                best = max(best, n)
+                break
+    return best
+
+
+# ----------------------------------------------------------------------------------------- responses
+
+
+def completion_body(rid: str, created: int, model: str, text: str, finish: str, usage: dict) -> dict:
+    return {"id": rid, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+                         "logprobs": None}],
+            "usage": usage}
+
+
+def chunk_body(rid: str, created: int, model: str, delta: dict, finish: Optional[str]) -> dict:
+    return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+
+
+def usage_body(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}

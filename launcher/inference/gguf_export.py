@@ -8,7 +8,7 @@ that do not tie (transformers' GGUF loader) get the same logits.
 
 The tokenizer goes into the metadata with its chat template. GGUF describes byte-level BPE vocabularies
 (``tokenizer.ggml.model = gpt2``) with a named pre-tokenizer; we write the two our models use: Qwen2's
-and Llama 3's. Anything else (the tiny models' character WordLevel tokenizer, sentencepiece) is refused with
+and Llama 3's. Anything else (a WordLevel tokenizer, as runs made before the character tokenizer became byte-level saved, sentencepiece) is refused with
 a message saying so, before anything is written.
 
 We write this instead of calling llama.cpp's converter because that script is not a package (it lives in the
@@ -174,6 +174,10 @@ def write_gguf(model, tokenizer, path: Path, dtype: str, name: str, tokenizer_fo
     writer.add_token_list(tok["tokens"])
     writer.add_token_types(tok["types"])
     writer.add_token_merges(tok["merges"])
+    if not tok["merges"]:
+        # A vocabulary of single symbols (the tiny models' characters) has no merges, and readers that find none
+        # derive them from the token scores: give every token the same score, so none is derived.
+        writer.add_token_scores([0.0] * len(tok["tokens"]))
     for key, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
                      ("pad", writer.add_pad_token_id)):
         if tok[key] is not None:

@@ -75,8 +75,11 @@ class DataConfig:
     """concat, or interleave (uses the entries' weights)."""
     cache_dir: Optional[str] = None
     """Where tokenized data is cached; default ``.cache/launcher/data`` under the repo."""
-    num_proc: int = 1
+    num_proc: Optional[int] = None
+    """Worker processes that read, format and tokenize; default: the CPUs the job has (SLURM_CPUS_PER_TASK on a
+    node, else the process's CPU affinity). 1 runs in the calling process."""
     preprocess_batch_size: int = 1000
+    """Rows per batch handed to a worker."""
     use_cache: bool = True
     """Reuse tokenized data from cache_dir when files, tokenizer, template and options are unchanged."""
 

@@ -68,7 +68,8 @@ class DataConfig:
     packing: bool = False
     """Pack samples into rows of cutoff_len; attention stays within each sample."""
     lenient: bool = False
-    """Drop (and count) samples that end up with no trained token instead of raising."""
+    """Drop (and count) samples that end up with no trained token, and skip (and count) malformed rows,
+    instead of raising."""
     max_samples: Optional[int] = None
     """Cap on every dataset (after per-dataset caps)."""
     mix_strategy: str = "concat"

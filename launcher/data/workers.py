@@ -15,6 +15,7 @@ formatting step here reads rows of any shape (mixed types across rows), which Ar
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from array import array
@@ -123,6 +124,9 @@ class Encoder:
         self.pool = None
         if self.num_proc > 1:
             _OPTIONS = options  # before the fork: the workers inherit it
+            # Objects that exist now are left out of the workers' garbage collections, which would otherwise
+            # write to (and so copy) every page of the parent's heap they share.
+            gc.freeze()
             self.pool = ProcessPoolExecutor(self.num_proc, mp_context=get_context("fork"))
 
     def close(self) -> None:

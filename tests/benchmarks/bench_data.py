@@ -5,7 +5,9 @@
 
 Builds a ``--rows``-row alpaca set (LLaMA-Factory's alpaca_en_demo repeated) in a temp dir and prints, with
 the Qwen tokenizer:
-- preprocessing rows/s with 1 worker and with all cores (read, format, render, tokenize, write the cache);
+- preprocessing rows/s with 1 worker and with all cores (read, format, render, tokenize, write the cache),
+  and rows per CPU-second (user + system time of the process and its workers), which a busy shared
+  machine distorts far less than wall time;
 - peak memory while preprocessing: the sum of the process tree's PSS (shared pages counted once), sampled;
 - the cache's size on disk;
 - cache-hit load time (build_datasets finding the cache), in a fresh process;
@@ -87,11 +89,19 @@ def child_build(folder: str, cache: str, num_proc: int, cutoff: int, packing: bo
 
     tok = qwen_tokenizer()
     cfg = make_config(folder, ["alpaca_big"], cutoff_len=cutoff, packing=packing, cache_dir=cache, num_proc=num_proc)
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), cpu_seconds()
     bundle = build_datasets(cfg, tok, progress=False)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "samples": bundle.stats["samples"], "tokens": bundle.stats["tokens"],
-            "rows": len(bundle.train), "fill": bundle.stats.get("packing_fill")}
+    return {"seconds": seconds, "cpu": cpu_seconds() - cpu0, "samples": bundle.stats["samples"],
+            "tokens": bundle.stats["tokens"], "rows": len(bundle.train), "fill": bundle.stats.get("packing_fill")}
+
+
+def cpu_seconds() -> float:
+    """User + system time of this process and its finished children (the workers)."""
+    import resource
+
+    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
 
 
 def child_load(folder: str, cache: str, cutoff: int, packing: bool) -> dict:
@@ -177,6 +187,7 @@ def main() -> int:
                            *common], sample_memory=True)
             fill = f", fill {100 * r['fill']:.2f}%" if r["fill"] else ""
             print(f"preprocess num_proc={n}: {r['seconds']:.1f} s, {r['samples'] / r['seconds']:.0f} rows/s,"
+                  f" {r['cpu']:.1f} CPU-s ({r['samples'] / r['cpu']:.0f} rows per CPU-second),"
                   f" peak PSS {r['peak_pss'] / MB:.0f} MB; {r['tokens']} tokens in {r['rows']} rows{fill}")
         print(f"cache on disk: {du(cache) / MB:.0f} MB")
         load = ["--child", "load", "--dir", str(folder), "--cache", str(cache), *common]

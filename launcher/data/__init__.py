@@ -1,9 +1,15 @@
 """The data pipeline: registry -> raw rows -> canonical samples -> token rows -> (packed) rows -> batches.
 
 ``build_datasets`` is what a recipe calls; ``DataBundle`` is what it gets back. Modules, one job each:
-registry (dataset_info.json), readers (file types, hub), formats (alpaca/sharegpt -> canonical samples),
-mixing (caps, mix, held-out split), templates (chat rendering split into turns), tokenize (label masks,
-truncation), packing (best-fit-decreasing), collate (batches and attention masks), cache (preprocess once).
+registry (dataset_info.json), readers (file types, hub; streaming), formats (alpaca/sharegpt -> canonical
+samples), mixing (caps, mix, held-out split), templates (chat rendering split into turns), tokenize (label
+masks, truncation), workers (formatting and tokenizing in ``data.num_proc`` processes), store (token rows
+on disk, memory-mapped), packing (best-fit-decreasing), collate (batches and attention masks), cache
+(preprocess once), validate (whole-file checks for preflight).
+
+At scale: every dataset is tokenized once into a store in read order; caps, ``num_samples``, the mix and
+the held-out split then pick sample ids (the same seeded functions as on samples, so the same rows in the
+same order), and the train/eval rows are index arrays into the store. No sample list is ever held whole.
 """
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -32,9 +38,10 @@ from launcher.data.templates import choose_renderer
 
 @dataclass
 class DataBundle:
-    train: list
-    """Token rows: {input_ids, labels} (+ position_ids, segment_lengths when packed), or preference rows."""
-    eval: Optional[list]
+    train: Sequence
+    """Token rows: {input_ids, labels} (+ position_ids, segment_lengths when packed), or preference rows;
+    a ``store.TokenRows`` (memory-mapped; ``train[i]`` is a dict of lists)."""
+    eval: Optional[Sequence]
     eval_samples: Optional[list]
     """Canonical held-out samples (messages), for generation checks."""
     collate: Callable[[list], dict]

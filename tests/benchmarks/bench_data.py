@@ -106,8 +106,10 @@ def cpu_seconds() -> float:
 
 def child_load(folder: str, cache: str, cutoff: int, packing: bool) -> dict:
     import psutil
+    import torch  # noqa: F401  (a training rank has it already; its import is not the data's cost)
 
     from launcher.data import build_datasets
+    from launcher.data.collate import make_collate  # noqa: F401  (same)
 
     tok = qwen_tokenizer()
     cfg = make_config(folder, ["alpaca_big"], cutoff_len=cutoff, packing=packing, cache_dir=cache)

@@ -112,3 +112,27 @@ def test_preflight_reads_the_whole_file(tmp_path):
     lenient = Problems()
     check_datasets(lenient, parse_config({"data": {"dataset_dir": str(tmp_path), "datasets": ["d"], "lenient": True}}))
     assert not lenient.errors and "skips 1 of 2000 rows" in lenient.warnings[0]
+
+
+def _build_and_report(cfg, queue):
+    bundle = build_datasets(cfg, char_tokenizer())
+    queue.put((bundle.stats["cache_hit"], [bundle.train[i] for i in range(len(bundle.train))]))
+
+
+def test_two_processes_one_build(tmp_path):
+    """Ranks starting together: one builds under the lock, the other waits and maps the same store."""
+    from multiprocessing import get_context
+
+    write_dataset(tmp_path, "d", _rows(400))
+    cfg = make_config(tmp_path, ["d"], cutoff_len=64, packing=True, cache_dir=str(tmp_path / "cache"), num_proc=2)
+    ctx = get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_build_and_report, args=(cfg, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert sorted(hit for hit, _ in results) == [False, True]
+    assert results[0][1] == results[1][1] and len(results[0][1]) > 0
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()] == [build_datasets(cfg, char_tokenizer()).stats["cache_key"]]

@@ -119,7 +119,7 @@ def tokenize_sample(tokenizer, renderer, sample: dict, cutoff_len: int, train_on
 
 
 def count_trained(labels: list) -> int:
-    return sum(1 for x in labels if x != IGNORE_INDEX)
+    return len(labels) - list(labels).count(IGNORE_INDEX)  # list.count runs in C
 
 
 def row_trained(row: dict) -> int:

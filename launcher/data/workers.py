@@ -34,6 +34,10 @@ from launcher.data.readers import parse_json_line
 from launcher.data.registry import DatasetSpec
 from launcher.data.tokenize import check_trainable, row_trained, tokenize_sample
 
+STORED_KEYS = {"input_ids", "labels", "chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels",
+               "prompt_len"}
+"""What a token row may hold; the store writes these (and nothing else) to disk."""
+
 SHOWN_ERRORS = 5
 """Further errors named after the first (with their locations) when strict mode stops."""
 
@@ -82,6 +86,11 @@ def encode_batch(spec: DatasetSpec, items: list, preference: bool, options: Opti
             records.append(-1)
             dropped.append(0)
             continue
+        for r in kept:
+            if set(r) - STORED_KEYS:
+                # fail loudly rather than drop what the store has no column for (e.g. image inputs)
+                raise NotImplementedError(f"{where}: the token store has no column for {sorted(set(r) - STORED_KEYS)};"
+                                          " add one in launcher/data/store.py and workers.encode_batch")
         records.append(len(kept))
         dropped.append(len(token_rows) - len(kept))
         for r in kept:

@@ -35,7 +35,6 @@ from launcher.preflight_model import (check_dtype, check_hub_model, check_lora_t
 from launcher.preflight_resources import check_local_resources, check_packages, check_resume, check_slurm_resources
 
 BUILTIN_TOKENIZERS = ("builtin:chars", "builtin:qwen")  # both carry a chat template
-FIRST_ROWS = 5
 # Vocab sizes of the builtin tokenizers, for the memory estimate of random-init models.
 BUILTIN_VOCAB = {"builtin:chars": 512, "builtin:qwen": 151_669}
 
@@ -109,9 +108,9 @@ def dataset_dir_of(cfg: Config) -> Path:
 
 
 def check_datasets(problems: Problems, cfg: Config) -> None:
-    from launcher.data.formats import row_to_sample
-    from launcher.data.readers import hub_reachable, read_spec_rows
+    from launcher.data.readers import hub_reachable
     from launcher.data.registry import load_registry
+    from launcher.data.validate import check_dataset
 
     dataset_dir = dataset_dir_of(cfg)
     specs = load_registry(dataset_dir)
@@ -146,13 +145,14 @@ def check_datasets(problems: Problems, cfg: Config) -> None:
                     f"{key}: dataset '{name}': file {path} not found; fix file_name in {dataset_dir}/dataset_info.json"
                 )
                 continue
-            try:
-                for count, (where, row) in enumerate(read_spec_rows(spec)):
-                    row_to_sample(row, spec, where)
-                    if count + 1 >= FIRST_ROWS:
-                        break
-            except LauncherError as exc:
-                problems.errors.append(f"{key}: dataset '{name}': {exc}")
+            check = check_dataset(spec)
+            if not check.bad:
+                continue
+            if cfg.data.lenient and check.rows > check.bad:
+                problems.warnings.append(f"{key}: data.lenient=true skips {check.bad} of {check.rows} rows;"
+                                         f" {check.summary(name)}")
+            else:
+                problems.errors.append(f"{key}: {check.summary(name)}")
 
 
 # ------------------------------------------------------------------------------------ model, tokenizer

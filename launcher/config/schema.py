@@ -69,13 +69,19 @@ class DataConfig:
     packing: bool = False
     """Pack samples into rows of cutoff_len; attention stays within each sample."""
     lenient: bool = False
-    """Drop (and count) samples that end up with no trained token instead of raising."""
+    """Drop (and count) samples that end up with no trained token, and skip (and count) malformed rows,
+    instead of raising."""
     max_samples: Optional[int] = None
     """Cap on every dataset (after per-dataset caps)."""
     mix_strategy: str = "concat"
     """concat, or interleave (uses the entries' weights)."""
     cache_dir: Optional[str] = None
     """Where tokenized data is cached; default ``.cache/launcher/data`` under the repo."""
+    num_proc: Optional[int] = None
+    """Worker processes that read, format and tokenize; default: the CPUs the job has (SLURM_CPUS_PER_TASK on a
+    node, else the process's CPU affinity). 1 runs in the calling process."""
+    preprocess_batch_size: int = 1000
+    """Rows per batch handed to a worker."""
     use_cache: bool = True
     """Reuse tokenized data from cache_dir when files, tokenizer, template and options are unchanged."""
 

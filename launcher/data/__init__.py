@@ -1,16 +1,25 @@
 """The data pipeline: registry -> raw rows -> canonical samples -> token rows -> (packed) rows -> batches.
 
 ``build_datasets`` is what a recipe calls; ``DataBundle`` is what it gets back. Modules, one job each:
-registry (dataset_info.json), readers (file types, hub), formats (alpaca/sharegpt -> canonical samples),
-mixing (caps, mix, held-out split), templates (chat rendering split into turns), tokenize (label masks,
-truncation), packing (best-fit-decreasing), collate (batches and attention masks), cache (preprocess once).
+registry (dataset_info.json), readers (file types, hub; streaming), formats (alpaca/sharegpt -> canonical
+samples), mixing (caps, mix, held-out split), templates (chat rendering split into turns), tokenize (label
+masks, truncation), workers (formatting and tokenizing in ``data.num_proc`` processes), store (token rows
+on disk, memory-mapped), packing (best-fit-decreasing), collate (batches and attention masks), cache
+(preprocess once), validate (whole-file checks for preflight).
+
+At scale: every dataset is tokenized once into a store in read order; caps, ``num_samples``, the mix and
+the held-out split then pick sample ids (the same seeded functions as on samples, so the same rows in the
+same order), and the train/eval rows are index arrays into the store. No sample list is ever held whole.
 """
 from __future__ import annotations
 
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
+
+import numpy as np
 
 from launcher.config.schema import Config, DataConfig
 from launcher.errors import DataError
@@ -18,19 +27,21 @@ from launcher.paths import REPO_ROOT
 from launcher.data.cache import cache_key, cached, file_fingerprint, tokenizer_fingerprint
 from launcher.data.formats import row_to_sample
 from launcher.data.mixing import mix, resample, split_eval, take
-from launcher.data.packing import pack_rows, packing_fill, plan_packs
-from launcher.data.readers import read_spec_rows
+from launcher.data.packing import plan_packs_flat
+from launcher.data.readers import parse_json_line, read_spec_items, read_spec_rows
+from launcher.data.store import StoreWriter, Tokens, TokenRows, read_meta, write_meta, write_split
+from launcher.data.workers import EncodedDataset, EncodeOptions, Encoder, default_num_proc
 from launcher.data.registry import DatasetSpec, load_registry, lookup
 from launcher.data.templates import choose_renderer
-from launcher.data.tokenize import check_trainable, row_length, row_trained, tokenize_sample
 
 
 
 @dataclass
 class DataBundle:
-    train: list
-    """Token rows: {input_ids, labels} (+ position_ids, segment_lengths when packed), or preference rows."""
-    eval: Optional[list]
+    train: Sequence
+    """Token rows: {input_ids, labels} (+ position_ids, segment_lengths when packed), or preference rows;
+    a ``store.TokenRows`` (memory-mapped; ``train[i]`` is a dict of lists)."""
+    eval: Optional[Sequence]
     eval_samples: Optional[list]
     """Canonical held-out samples (messages), for generation checks."""
     collate: Callable[[list], dict]
@@ -88,63 +99,121 @@ def data_kind(specs: list[DatasetSpec]) -> str:
     return "pt" if all(s.is_text() for s in specs) else "sft"
 
 
-def tokenize_all(samples: list[dict], tokenizer, renderer, data: DataConfig, stats: dict, progress: bool,
-                 desc: str) -> list[dict]:
-    from tqdm import tqdm
-
-    rows = []
-    for sample in tqdm(samples, desc=desc, unit="sample", disable=not progress, file=sys.stderr, leave=False):
-        where = sample.get("where", "sample")
-        for row in tokenize_sample(tokenizer, renderer, sample, data.cutoff_len, data.train_on_prompt,
-                                   data.mask_history, where):
-            if check_trainable(row, where, data.lenient) is None:
-                stats["dropped"] += 1
-            else:
-                rows.append(row)
-    return rows
+def resolve_num_proc(data: DataConfig) -> int:
+    return int(data.num_proc) if data.num_proc else default_num_proc()
 
 
-def summarize(rows: list[dict], samples: int, dropped: int, packed: Optional[list], cutoff_len: int) -> dict:
-    stats = {
-        "samples": samples,
-        "dropped": dropped,
-        "rows": len(packed) if packed is not None else len(rows),
-        "tokens": sum(row_length(r) for r in rows),
-        "trained_tokens": sum(row_trained(r) for r in rows),
-    }
-    if packed is not None:
-        stats["packed_rows"] = len(packed)
-        stats["packing_fill"] = round(packing_fill(packed, cutoff_len), 4)
-    return stats
+def sample_records(enc: EncodedDataset, samples: np.ndarray) -> np.ndarray:
+    """The records (token rows, or pairs) of the given samples, in their order."""
+    counts = enc.count[samples]
+    starts = np.repeat(enc.first[samples] - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+    return starts + np.arange(int(counts.sum()), dtype=np.int64)
 
 
-def preprocess(cfg: Config, tokenizer, renderer, kind: str, train_specs, eval_specs, progress: bool) -> dict:
-    """Everything the cache stores: rows, held-out samples and counts."""
+def encode_entries(encoder: Encoder, writer: StoreWriter, data: DataConfig, entries: list, specs: list,
+                   seed: int, preference: bool, offset: int) -> tuple[list[EncodedDataset], list[list[int]]]:
+    """Encode each entry's dataset (reading no further than its caps need); its samples as global ids, after
+    ``num_samples`` and the caps, exactly as ``load_samples`` picks them."""
+    encoded, groups = [], []
+    for entry, spec in zip(entries, specs):
+        caps = [entry.max_samples, data.max_samples]
+        cap = min((c for c in caps if c is not None), default=None)
+        enc = encoder.encode(spec, read_spec_items(spec), cap if spec.num_samples is None else None, writer,
+                             preference, f"tokenize {spec.name}")
+        picked = take(resample(list(range(len(enc.first))), spec.num_samples, seed), caps)
+        groups.append([offset + i for i in picked])
+        offset += len(enc.first)
+        encoded.append(enc)
+    return encoded, groups
+
+
+def read_samples_at(specs: list[DatasetSpec], encoded: list[EncodedDataset], ids: list[int]) -> list[dict]:
+    """Canonical samples by global id, read again from the files (only the held-out ones are ever needed)."""
+    bounds = np.cumsum([0] + [len(e.first) for e in encoded])
+    wanted: dict[int, dict[int, None]] = {}
+    for g in ids:
+        d = int(np.searchsorted(bounds, g, side="right")) - 1
+        wanted.setdefault(d, {})[int(encoded[d].raw_pos[g - bounds[d]])] = None
+    found: dict[tuple[int, int], dict] = {}
+    for d, positions in wanted.items():
+        last = max(positions)
+        for pos, (where, payload, raw) in enumerate(read_spec_items(specs[d])):
+            if pos in positions:
+                found[d, pos] = row_to_sample(parse_json_line(payload, where) if raw else payload, specs[d], where)
+            if pos >= last:
+                break
+    out = []
+    for g in ids:
+        d = int(np.searchsorted(bounds, g, side="right")) - 1
+        out.append(found[d, int(encoded[d].raw_pos[g - bounds[d]])])
+    return out
+
+
+def split_rows(records: np.ndarray, record_len: np.ndarray, pack: bool, cutoff_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(items, item offsets): one record per row, or packing's groups of records."""
+    if not pack:
+        return records, np.arange(len(records) + 1, dtype=np.int64)
+    order, offsets = plan_packs_flat(record_len[records], cutoff_len)
+    return records[order], offsets
+
+
+def preprocess(cfg: Config, tokenizer, renderer, kind: str, train_specs, eval_specs, progress: bool,
+               folder: Path) -> None:
+    """Everything the cache stores, written into ``folder``: the token store, the train/eval rows (packed or
+    not) as indices into it, the held-out samples and the counts."""
     data, seed = cfg.data, cfg.train.seed
-    samples = load_mix(data, data.datasets, train_specs, seed)
-    if eval_specs:
-        eval_samples = load_mix(data, data.eval_datasets, eval_specs, seed)
-    else:
-        samples, eval_samples = split_eval(samples, data.val_size, seed)
-    train_counts, eval_counts = {"dropped": 0}, {"dropped": 0}
-    train_rows = tokenize_all(samples, tokenizer, renderer, data, train_counts, progress, "tokenize train")
-    eval_rows = tokenize_all(eval_samples, tokenizer, renderer, data, eval_counts, progress, "tokenize eval")
-    if not train_rows:
+    preference, pack = kind == "preference", data.packing and kind != "preference"
+    writer = StoreWriter(folder)
+    options = EncodeOptions(tokenizer, renderer, data.cutoff_len, data.train_on_prompt, data.mask_history, data.lenient)
+    encoder = Encoder(options, resolve_num_proc(data), data.preprocess_batch_size, progress)
+    try:
+        encoded, groups = encode_entries(encoder, writer, data, data.datasets, train_specs, seed, preference, 0)
+        train_ids = mix(groups, [e.weight for e in data.datasets], data.mix_strategy, seed)
+        all_specs = list(train_specs)
+        if eval_specs:
+            offset = sum(len(e.first) for e in encoded)
+            eval_enc, eval_groups = encode_entries(encoder, writer, data, data.eval_datasets, eval_specs, seed,
+                                                   preference, offset)
+            encoded += eval_enc
+            all_specs += list(eval_specs)
+            eval_ids = mix(eval_groups, [e.weight for e in data.eval_datasets], data.mix_strategy, seed)
+        else:
+            train_ids, eval_ids = split_eval(train_ids, data.val_size, seed)
+    finally:
+        encoder.close()
+        writer.close()
+    whole = EncodedDataset(np.concatenate([e.first for e in encoded]), np.concatenate([e.count for e in encoded]),
+                           np.concatenate([e.dropped for e in encoded]), np.zeros(0, np.int64))
+    train_ids, eval_ids = np.asarray(train_ids, np.int64), np.asarray(eval_ids, np.int64)
+    train_records, eval_records = sample_records(whole, train_ids), sample_records(whole, eval_ids)
+    if len(train_records) == 0:
         raise DataError("data.datasets: no training rows left after preprocessing; check the data and data.cutoff_len")
-    pack = data.packing and kind != "preference"
-    packed_train = pack_rows(train_rows, plan_packs([len(r["input_ids"]) for r in train_rows], data.cutoff_len)) if pack else None
-    packed_eval = pack_rows(eval_rows, plan_packs([len(r["input_ids"]) for r in eval_rows], data.cutoff_len)) if pack else None
-    stats = summarize(train_rows, len(samples), train_counts["dropped"], packed_train, data.cutoff_len)
-    stats["eval_samples"] = len(eval_samples)
-    stats["eval_dropped"] = eval_counts["dropped"]
-    for s in samples + eval_samples:
-        s.pop("where", None)
-    return {
-        "train": packed_train if pack else train_rows,
-        "eval": (packed_eval if pack else eval_rows) or None,
-        "eval_samples": eval_samples or None,
-        "stats": stats,
+    row_len = writer.row_lengths()
+    record_len = row_len.reshape(-1, 2).sum(axis=1) if preference else row_len
+    trained = np.concatenate(writer.trained) if writer.trained else np.zeros(0, np.int64)
+    for split, records in (("train", train_records), ("eval", eval_records)):
+        items, offsets = split_rows(records, record_len, pack, data.cutoff_len)
+        write_split(folder, split, items, offsets)
+        if split == "train":
+            n_rows = len(offsets) - 1
+    stats = {
+        "samples": len(train_ids),
+        "dropped": int(whole.dropped[train_ids].sum()),
+        "rows": n_rows,
+        "tokens": int(record_len[train_records].sum()),
+        "trained_tokens": int(trained[train_records].sum()),
     }
+    if pack:
+        stats["packed_rows"] = n_rows
+        stats["packing_fill"] = round(stats["tokens"] / (n_rows * data.cutoff_len), 4)
+    stats["eval_samples"] = len(eval_ids)
+    stats["eval_dropped"] = int(whole.dropped[eval_ids].sum())
+    skipped = sum(e.skipped for e in encoded)
+    if skipped:
+        stats["skipped_invalid"] = skipped
+    eval_samples = read_samples_at(all_specs, encoded, eval_ids.tolist()) if len(eval_ids) else None
+    write_meta(folder, {"stats": stats, "eval_samples": eval_samples,
+                        "layout": "preference" if preference else ("packed" if pack else "rows")})
 
 
 def preprocess_key(cfg: Config, tokenizer, renderer, train_specs, eval_specs) -> str:
@@ -156,6 +225,14 @@ def preprocess_key(cfg: Config, tokenizer, renderer, train_specs, eval_specs) ->
     entries = [vars(e) for e in data.datasets] + [{"eval": vars(e)} for e in data.eval_datasets]
     return cache_key({"files": files, "specs": specs, "options": options, "entries": entries, "seed": cfg.train.seed,
                       "tokenizer": tokenizer_fingerprint(tokenizer), "renderer": renderer.name})
+
+
+def open_store(folder: Path) -> tuple[TokenRows, Optional[TokenRows], dict]:
+    meta = read_meta(folder)
+    tokens = Tokens(folder)
+    train = TokenRows.open(folder, "train", meta["layout"], tokens)
+    eval_rows = TokenRows.open(folder, "eval", meta["layout"], tokens)
+    return train, (eval_rows if len(eval_rows) else None), meta
 
 
 def build_datasets(cfg: Config, tokenizer, *, attn_implementation: Optional[str] = None,
@@ -176,20 +253,26 @@ def build_datasets(cfg: Config, tokenizer, *, attn_implementation: Optional[str]
     if progress is None:
         progress = sys.stderr.isatty() and int(__import__("os").environ.get("RANK", "0")) == 0
 
-    def build() -> dict:
-        return preprocess(cfg, tokenizer, renderer, kind, train_specs, eval_specs, progress)
-
     if data.use_cache:
         key = preprocess_key(cfg, tokenizer, renderer, train_specs, eval_specs)
-        result, hit = cached(resolve_cache_dir(data), key, build)
+        folder, hit = cached(resolve_cache_dir(data), key,
+                             lambda tmp: preprocess(cfg, tokenizer, renderer, kind, train_specs, eval_specs, progress, tmp))
+        train, eval_rows, meta = open_store(folder)
     else:
-        key, result, hit = None, build(), False
-    stats = dict(result["stats"], template=renderer.name, template_note=note, cache_hit=hit, cache_key=key)
+        # Built in a scratch folder on the cache's disk (not /tmp, which may be RAM), mapped, then deleted:
+        # the mappings keep the files alive until the rows are dropped.
+        cache_dir = resolve_cache_dir(data)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        key, hit = None, False
+        with tempfile.TemporaryDirectory(dir=cache_dir, prefix="uncached-") as tmp:
+            preprocess(cfg, tokenizer, renderer, kind, train_specs, eval_specs, progress, Path(tmp))
+            train, eval_rows, meta = open_store(Path(tmp))
+    stats = dict(meta["stats"], template=renderer.name, template_note=note, cache_hit=hit, cache_key=key)
     from launcher.data.collate import make_collate, resolve_attn_implementation  # torch: only when batches are made
 
     attn = resolve_attn_implementation(attn_implementation or cfg.model.attn_implementation)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return DataBundle(result["train"], result["eval"], result["eval_samples"], make_collate(kind, pad_id, attn),
+    return DataBundle(train, eval_rows, meta["eval_samples"], make_collate(kind, pad_id, attn),
                       stats, kind=kind, packed=data.packing and kind != "preference", attn_implementation=attn,
                       pad_token_id=pad_id)
 

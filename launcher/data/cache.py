@@ -1,9 +1,9 @@
 """Preprocess once: tokenized data cached under a hash of everything that shapes it.
 
 The key covers the dataset files' content, the tokenizer (vocab, special tokens, chat template), the
-template and the data options. One process builds while the others wait on a file lock, then read the
-result: this works with or without torch.distributed, across nodes on a shared filesystem, and never sits
-in a collective that a slow preprocessing would time out (NCCL's watchdog, LlamaFactory#2902).
+template and the data options; the value is a folder (``store``: memory-mapped token files). One process
+builds while the others wait on a file lock, then map the result: this works with or without
+torch.distributed, across nodes on a shared filesystem, and never sits in a collective that a slow preprocessing would time out (NCCL's watchdog, LlamaFactory#2902).
 """
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import fcntl
 import hashlib
 import json
 import os
-import pickle
+import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-CACHE_VERSION = 1
-"""Bump when the row format or the preprocessing changes meaning."""
+CACHE_VERSION = 2
+"""Bump when the row format or the preprocessing changes meaning (2: memory-mapped store, was a pickle)."""
+COMPLETE_MARK = "complete"
 
 HASH_CONTENT_UP_TO = 1 << 30
 """Files up to this size are hashed by content (a copy hits the cache); bigger ones by size and mtime."""
@@ -63,22 +64,31 @@ def cache_key(parts: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def cached(cache_dir: Path, key: str, build: Callable[[], Any]) -> tuple[Any, bool]:
-    """(value, hit). The first caller builds under an exclusive lock; the others block, then load."""
+def cached(cache_dir: Path, key: str, build: Callable[[Path], None]) -> tuple[Path, bool]:
+    """(folder, hit). The first caller builds under an exclusive lock; the others block, then use its folder.
+
+    ``build(tmp)`` writes the whole result into an empty folder; it is renamed into place only when complete
+    (a rename is atomic), so no reader ever sees a half-written cache, and a crashed build leaves only a
+    ``.tmp`` folder that the next build removes.
+    """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    data_path = cache_dir / f"{key}.pkl"
+    folder = cache_dir / key
     with open(cache_dir / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            if data_path.is_file():
-                with open(data_path, "rb") as fh:
-                    return pickle.load(fh), True
-            value = build()
-            tmp = data_path.with_suffix(f".tmp{os.getpid()}")
-            with open(tmp, "wb") as fh:
-                pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, data_path)  # readers never see a half-written file
-            return value, False
+            if (folder / COMPLETE_MARK).is_file():
+                return folder, True
+            tmp = cache_dir / f"{key}.tmp{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            try:
+                build(tmp)
+                (tmp / COMPLETE_MARK).write_text("")
+                shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from an older version
+                os.rename(tmp, folder)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            return folder, False
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)

@@ -1,7 +1,8 @@
 """Dataset files -> raw rows, each with a location (``file:line`` or ``file: row N``) for error messages.
 
-json (a list of objects), jsonl, txt (one text per line) are read here; csv, parquet and arrow through
-``datasets``. A folder reads every supported file in it, in name order. Hub sources fail fast offline.
+json (a list of objects), jsonl, txt (one text per line) and parquet (by record batches) are read here,
+csv and arrow through ``datasets``. Everything streams: a file's rows are never all held as Python objects
+twice. A folder reads every supported file in it, in name order. Hub sources fail fast offline.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from launcher.errors import DataError
 from launcher.data.registry import DatasetSpec
@@ -17,6 +18,7 @@ from launcher.data.registry import DatasetSpec
 FILE_TYPES = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow",
               ".txt": "text"}
 HUB_HOST = ("huggingface.co", 443)
+EMPTY_FILE = "{path}: the file is empty; fill it (or check file_name in dataset_info.json)"
 
 
 def read_spec_rows(spec: DatasetSpec) -> Iterator[tuple[str, dict]]:
@@ -36,65 +38,116 @@ def read_spec_rows(spec: DatasetSpec) -> Iterator[tuple[str, dict]]:
 
 
 def read_path_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in FILE_TYPES)
-        if not files:
-            raise DataError(f"{path}: folder has no {', '.join(sorted(FILE_TYPES))} files")
-        for file in files:
-            yield from read_file_rows(file)
-        return
-    yield from read_file_rows(path)
+    for file in _files_of(path):
+        yield from read_file_rows(file)
 
 
 def read_file_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    """(location, row) of one file; JSON Lines are parsed here (``read_file_items`` leaves them raw)."""
+    for where, payload, raw in read_file_items(path):
+        yield where, (parse_json_line(payload, where) if raw else payload)
+
+
+def parse_json_line(line: str, where: str):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: malformed JSON line ({exc.msg}); fix or remove the line") from None
+
+
+def read_spec_items(spec: DatasetSpec) -> Iterator[tuple[str, Any, bool]]:
+    """(location, payload, raw) for every row of a registry entry; raw: payload is a JSON line not yet parsed,
+    so that the parsing (and its errors) happens in the worker that formats the row."""
+    if spec.file_name:
+        path = spec.source()
+        path = path / spec.folder if spec.folder and path.is_dir() else path
+        for file in _files_of(path):
+            yield from read_file_items(file)
+        return
+    for where, row in read_spec_rows(spec):
+        yield where, row, False
+
+
+def _files_of(path: Path) -> list[Path]:
+    if not path.is_dir():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in FILE_TYPES)
+    if not files:
+        raise DataError(f"{path}: folder has no {', '.join(sorted(FILE_TYPES))} files")
+    return files
+
+
+def read_file_items(path: Path) -> Iterator[tuple[str, Any, bool]]:
+    """Streams a file: text and JSON Lines line by line, parquet by record batches, arrow memory-mapped; a JSON
+    list is parsed once and each row released as soon as it is handed on (the file's objects are never held
+    twice)."""
     if not path.exists():
         raise DataError(f"{path}: dataset file not found; check file_name in dataset_info.json and data.dataset_dir")
     kind = FILE_TYPES.get(path.suffix)
     if kind is None:
         raise DataError(f"{path}: unsupported file type '{path.suffix}'; use one of {', '.join(sorted(FILE_TYPES))}")
     if kind in ("csv", "parquet", "arrow"):
-        yield from _read_with_datasets(path, kind)
+        for where, row in _read_with_datasets(path, kind):
+            yield where, row, False
         return
+    if kind in ("text", "jsonl"):
+        empty = True
+        for lineno, line in _lines(path):
+            if line.strip():
+                empty = False
+                yield f"{path}:{lineno}", (line if kind == "jsonl" else {"text": line}), kind == "jsonl"
+        if empty:
+            raise DataError(EMPTY_FILE.format(path=path))
+        return
+    data = _load_json(path)
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of rows, got a JSON {type(data).__name__}")
+    data.reverse()  # pop() from the end hands rows on in file order and frees each one
+    for i in range(len(data)):
+        yield f"{path}: row {i}", data.pop(), False
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) as str.splitlines counts them, without reading the file whole."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8", newline="") as fh:
+            lineno = 0
+            for chunk in fh:
+                for line in chunk.splitlines():  # \r, \x0b, \u2028...: the boundaries splitlines() uses
+                    lineno += 1
+                    yield lineno, line
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); re-encode the file as UTF-8") from None
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable ({exc.strerror}); check the path and its permissions") from None
+
+
+def _load_json(path: Path):
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); re-encode the file as UTF-8") from None
     except OSError as exc:
         raise DataError(f"{path}: unreadable ({exc.strerror}); check the path and its permissions") from None
     if not text.strip():
-        raise DataError(f"{path}: the file is empty; fill it (or check file_name in dataset_info.json)")
-    if kind == "text":
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                yield f"{path}:{lineno}", {"text": line}
-    elif kind == "jsonl":
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{lineno}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: malformed JSON line ({exc.msg}); fix or remove the line") from None
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            hint = "; this looks like JSON Lines: rename the file to .jsonl" if exc.msg == "Extra data" else "; fix the file"
-            raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg}){hint}") from None
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected a JSON list of rows, got a JSON {type(data).__name__}")
-        for i, row in enumerate(data):
-            yield f"{path}: row {i}", row
+        raise DataError(EMPTY_FILE.format(path=path))
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        hint = "; this looks like JSON Lines: rename the file to .jsonl" if exc.msg == "Extra data" else "; fix the file"
+        raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg}){hint}") from None
 
 
 def _read_with_datasets(path: Path, kind: str) -> Iterator[tuple[str, dict]]:
     import datasets
 
+    if kind == "parquet":
+        yield from _read_parquet(path)
+        return
     try:
         if kind == "csv":
             table = datasets.Dataset.from_csv(str(path), keep_in_memory=True)
-        elif kind == "parquet":
-            table = datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
         else:
             table = _read_arrow(path)
     except DataError:
@@ -107,12 +160,27 @@ def _read_with_datasets(path: Path, kind: str) -> Iterator[tuple[str, dict]]:
         yield f"{path}: row {i + first}", row
 
 
+def _read_parquet(path: Path, batch_rows: int = 4096) -> Iterator[tuple[str, dict]]:
+    """Record batch by record batch: a parquet file of any size holds one batch of Python rows at a time."""
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(str(path)).iter_batches(batch_size=batch_rows)
+        i = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                yield f"{path}: row {i}", row
+                i += 1
+    except Exception as exc:  # pyarrow raises many types; the user needs the file and the reason
+        raise DataError(f"{path}: unreadable parquet file ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+
+
 def _read_arrow(path: Path):
     import datasets
     import pyarrow as pa
 
     try:
-        return datasets.Dataset.from_file(str(path), in_memory=True)  # the stream format `datasets` writes
+        return datasets.Dataset.from_file(str(path))  # the stream format `datasets` writes, memory-mapped
     except Exception:
         with pa.memory_map(str(path)) as source:  # the IPC file format pyarrow/pandas write
             return datasets.Dataset(pa.ipc.open_file(source).read_all())

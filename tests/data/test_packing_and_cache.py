@@ -70,6 +70,26 @@ def test_cache_is_reused_and_invalidated(tmp_path):
 
 def test_cache_builds_once(tmp_path):
     calls = []
-    value, hit = cached(tmp_path, "k", lambda: calls.append(1) or {"x": 1})
-    again, hit2 = cached(tmp_path, "k", lambda: calls.append(1) or {"x": 2})
-    assert (value, hit, again, hit2, len(calls)) == ({"x": 1}, False, {"x": 1}, True, 1)
+
+    def build(value):
+        def write(folder):
+            calls.append(1)
+            (folder / "x").write_text(value)
+        return write
+
+    folder, hit = cached(tmp_path, "k", build("1"))
+    again, hit2 = cached(tmp_path, "k", build("2"))
+    assert (hit, hit2, again, len(calls)) == (False, True, folder, 1)
+    assert (again / "x").read_text() == "1"
+
+
+def test_cache_build_that_fails_leaves_no_folder(tmp_path):
+    def crash(folder):
+        (folder / "half").write_text("x")
+        raise RuntimeError("killed mid-build")
+
+    with pytest.raises(RuntimeError):
+        cached(tmp_path, "k", crash)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.lock"]
+    folder, hit = cached(tmp_path, "k", lambda f: (f / "x").write_text("ok"))
+    assert not hit and (folder / "x").read_text() == "ok"

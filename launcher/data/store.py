@@ -1,0 +1,164 @@
+"""Tokenized data on disk, memory-mapped: every rank on a node maps the same pages.
+
+A store is a folder:
+- ``input_ids.bin`` / ``labels.bin``: int32, every token row end to end, in the order the datasets were read;
+- ``row_offsets.npy``: int64 [rows + 1], where each token row starts;
+- ``<split>.items.npy`` / ``<split>.item_offsets.npy``: a split (train, eval) as groups of records; a record is
+  one token row, or for preference data two (chosen, rejected). An unpacked row is one record, a packed row
+  the records packing put together, in the order they are concatenated;
+- ``prompt_len.npy``: int32 per record, preference data only;
+- ``meta.json``: counts, kind, statistics and the held-out samples (small).
+
+Why numpy memmaps and not an Arrow table: a row is a slice of two flat int32 files, which is Arrow's own
+layout of a list column (values + offsets) without a per-row decode, and ``np.memmap`` needs no schema or
+table object per process. A rank only faults in the pages of the rows it reads, so its RSS grows with the
+batches it touches, and the page cache is shared by all ranks of a node.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+TOKEN_DTYPE = np.int32
+META_FILE = "meta.json"
+
+
+class StoreWriter:
+    """Appends token rows to the flat files; ``close`` writes the offsets."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._ids = open(self.folder / "input_ids.bin", "wb")
+        self._labels = open(self.folder / "labels.bin", "wb")
+        self._lengths: list[np.ndarray] = []
+        self._prompt_lens: list[np.ndarray] = []
+        self.trained: list[np.ndarray] = []
+        """Trained tokens per record (for the statistics; not written)."""
+        self.rows = 0
+
+    def add(self, input_ids: np.ndarray, labels: np.ndarray, row_lengths: np.ndarray,
+            prompt_lens: Optional[np.ndarray] = None) -> int:
+        """Append token rows (flat ids/labels, one length per row); returns the first new row's number."""
+        first = self.rows
+        self._ids.write(np.ascontiguousarray(input_ids, dtype=TOKEN_DTYPE).tobytes())
+        self._labels.write(np.ascontiguousarray(labels, dtype=TOKEN_DTYPE).tobytes())
+        self._lengths.append(np.asarray(row_lengths, dtype=np.int64))
+        if prompt_lens is not None:
+            self._prompt_lens.append(np.asarray(prompt_lens, dtype=np.int32))
+        self.rows += len(row_lengths)
+        return first
+
+    def row_lengths(self) -> np.ndarray:
+        return np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
+
+    def close(self) -> None:
+        self._ids.close()
+        self._labels.close()
+        lengths = self.row_lengths()
+        offsets = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        np.save(self.folder / "row_offsets.npy", offsets)
+        if self._prompt_lens:
+            np.save(self.folder / "prompt_len.npy", np.concatenate(self._prompt_lens))
+
+
+def write_split(folder: Path, split: str, groups_flat: np.ndarray, group_offsets: np.ndarray) -> None:
+    np.save(Path(folder) / f"{split}.items.npy", np.asarray(groups_flat, np.int64))
+    np.save(Path(folder) / f"{split}.item_offsets.npy", np.asarray(group_offsets, np.int64))
+
+
+def write_meta(folder: Path, meta: dict) -> None:
+    (Path(folder) / META_FILE).write_text(json.dumps(meta, ensure_ascii=False))
+
+
+def read_meta(folder: Path) -> dict:
+    return json.loads((Path(folder) / META_FILE).read_text())
+
+
+def _mmap(path: Path, dtype) -> np.ndarray:
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+class Tokens:
+    """The flat token files of a store, memory-mapped."""
+
+    def __init__(self, folder: Path):
+        folder = Path(folder)
+        self.input_ids = _mmap(folder / "input_ids.bin", TOKEN_DTYPE)
+        self.labels = _mmap(folder / "labels.bin", TOKEN_DTYPE)
+        self.row_offsets = np.load(folder / "row_offsets.npy", mmap_mode="r")
+        prompt = folder / "prompt_len.npy"
+        self.prompt_len = np.load(prompt, mmap_mode="r") if prompt.is_file() else None
+
+    def row(self, r: int) -> tuple[list, list]:
+        a, b = int(self.row_offsets[r]), int(self.row_offsets[r + 1])
+        return self.input_ids[a:b].tolist(), self.labels[a:b].tolist()
+
+
+class TokenRows(Sequence):
+    """A split of a store as the rows the trainer reads: ``rows[i]`` is a dict of lists, as before.
+
+    layout: ``rows`` ({input_ids, labels}), ``packed`` (+ position_ids, segment_lengths) or ``preference``
+    ({chosen,rejected}_{input_ids,labels}, prompt_len).
+    """
+
+    def __init__(self, tokens: Tokens, items: np.ndarray, item_offsets: np.ndarray, layout: str):
+        self.tokens, self.items, self.item_offsets, self.layout = tokens, items, item_offsets, layout
+
+    @classmethod
+    def open(cls, folder: Path, split: str, layout: str, tokens: Optional[Tokens] = None) -> "TokenRows":
+        folder = Path(folder)
+        return cls(tokens or Tokens(folder), np.load(folder / f"{split}.items.npy", mmap_mode="r"),
+                   np.load(folder / f"{split}.item_offsets.npy", mmap_mode="r"), layout)
+
+    def __len__(self) -> int:
+        return len(self.item_offsets) - 1
+
+    def _records(self, i: int) -> np.ndarray:
+        return self.items[int(self.item_offsets[i]): int(self.item_offsets[i + 1])]
+
+    def _row(self, i: int) -> dict:
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        records = self._records(i)
+        if self.layout == "preference":
+            r = int(records[0])
+            chosen, rejected = self.tokens.row(2 * r), self.tokens.row(2 * r + 1)
+            return {"chosen_input_ids": chosen[0], "chosen_labels": chosen[1], "rejected_input_ids": rejected[0],
+                    "rejected_labels": rejected[1], "prompt_len": int(self.tokens.prompt_len[r])}
+        if self.layout == "rows":
+            ids, labels = self.tokens.row(int(records[0]))
+            return {"input_ids": ids, "labels": labels}
+        input_ids, labels, position_ids, lengths = [], [], [], []
+        for r in records:
+            ids, labs = self.tokens.row(int(r))
+            input_ids += ids
+            labels += labs
+            position_ids += range(len(ids))
+            lengths.append(len(ids))
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "segment_lengths": lengths}
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._row(k) for k in range(*i.indices(len(self)))]
+        return self._row(int(i))
+
+    def __iter__(self) -> Iterator[dict]:
+        for k in range(len(self)):
+            yield self._row(k)
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, (TokenRows, list)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    def __repr__(self) -> str:
+        return f"TokenRows({len(self)} {self.layout} rows)"

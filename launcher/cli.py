@@ -32,15 +32,6 @@ Overrides are Hydra's: `launcher train method=lora method.lora.r=16 train.max_st
 """
 
 
-def _config_file_positional(argv: list[str]) -> None:
-    """``launcher train lf.yaml``: say what to do instead of Hydra's "missing EQUAL" parse error."""
-    for arg in argv:
-        if not arg.startswith("-") and "=" not in arg and arg.endswith((".yaml", ".yml")):
-            raise ConfigError(f"launcher train: '{arg}' is a file, not an override; for a llamafactory-cli train"
-                              f" file use `launcher train --from-llamafactory {arg}`, for ours name a preset"
-                              " (experiment=NAME, from conf/experiment/)")
-
-
 def expand_llamafactory(argv: list[str]) -> list[str]:
     """Replace ``--from-llamafactory FILE`` by the overrides it translates to; print the equivalent command."""
     for i, arg in enumerate(argv):
@@ -66,7 +57,7 @@ def expand_llamafactory(argv: list[str]) -> list[str]:
 
 def train_main(argv: list[str]) -> int:
     argv = expand_llamafactory(argv)
-    _config_file_positional(argv)
+    refuse_config_files([a for a in argv if not a.startswith("-")])
     if any(a in ("-m", "--multirun") for a in argv):
         from launcher.sweep.launch import sweep_main
 
@@ -83,7 +74,6 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("--name", default=None, help="run name (default: <model>-<method>-<data>)")
     args = parser.parse_args(argv)
 
-    refuse_config_files(args.overrides)
     from launcher.config.compose import REPO_ROOT, compose_config, default_run_name, uses_implicit_data_group
     from launcher.rundir import (discard_unstarted_run, make_run_dir, write_code_version, write_overrides,
                                  write_run_config)

@@ -57,6 +57,8 @@ RANGES: dict[str, Range] = {
     "data.val_size": Range(0),  # fraction or count: see val_size_problem
     "data.cutoff_len": Range(8),
     "data.max_samples": AT_LEAST_1,
+    "data.num_proc": AT_LEAST_1,
+    "data.preprocess_batch_size": AT_LEAST_1,
     "method.lr": POSITIVE,
     "method.weight_decay": NOT_NEGATIVE,
     "method.adam_beta1": FRACTION,

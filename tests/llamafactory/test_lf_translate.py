@@ -237,7 +237,7 @@ def test_yaml_positional_points_to_from_llamafactory(capsys, write_lf):
     path = write_lf(LORA)
     assert cli_main(["train", str(path)]) == 2
     err = capsys.readouterr().err
-    assert f"use `launcher train --from-llamafactory {path}`" in err and len(err.strip().splitlines()) == 1
+    assert f"use launcher train --from-llamafactory {path}" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("shape", ["sft_full", "lora", "dpo"])

@@ -147,6 +147,10 @@ class TrainConfig:
     """0: evaluate only at the end (when there is eval data)."""
     save_every: int = 0
     """0: save only the final model."""
+    save_every_minutes: Optional[float] = None
+    """A checkpoint when this many minutes passed since the last one (rank 0's clock, agreed by all ranks at a
+    step boundary), beside save_every. None: 30 on SLURM (cluster.kind=slurm), where a job can be preempted or
+    requeued at any time, 0 (off) elsewhere."""
     save_model: bool = True
     """Write the final model (benchmarks turn it off)."""
     keep_checkpoints: int = 2
@@ -157,6 +161,16 @@ class TrainConfig:
     max_new_tokens: int = 32
     loss_chunk_size: int = 256
     """Positions per chunk of the LM head + cross-entropy; logits are never materialized for all positions."""
+
+
+DEFAULT_SLURM_SAVE_MINUTES = 30.0
+
+
+def save_every_minutes(cfg: "Config") -> float:
+    """train.save_every_minutes resolved: None -> 30 on SLURM, 0 (off) elsewhere."""
+    if cfg.train.save_every_minutes is not None:
+        return float(cfg.train.save_every_minutes)
+    return DEFAULT_SLURM_SAVE_MINUTES if cfg.cluster.kind == "slurm" else 0.0
 
 
 PARALLELISMS: dict[str, tuple[str, int, bool]] = {
@@ -393,6 +407,8 @@ def validate(cfg: Config) -> None:
     for key in ("eval_every", "save_every", "warmup_steps", "exact_match_samples", "eval_max_batches"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key}: must be >= 0, got {getattr(t, key)}")
+    if t.save_every_minutes is not None and t.save_every_minutes < 0:
+        raise ConfigError(f"train.save_every_minutes: must be >= 0 (0: off), got {t.save_every_minutes}")
     if t.loss_chunk_size < 1:
         raise ConfigError(f"train.loss_chunk_size: must be >= 1, got {t.loss_chunk_size}")
     if t.keep_checkpoints < 1:

@@ -189,6 +189,10 @@ def render_torchrun_command(
         f"--log-dir={run_dir}/{RANK_LOG_DIR}/node{node_rank}",
         # Every rank's output goes to its own file and, prefixed with the rank, to the node's log.
         "--tee=3",
+        # Not SIGTERM: the agent would answer it by killing its workers 30 s later, mid-step. SLURM's TERM
+        # (preemption, requeue, time limit) reaches the ranks, which checkpoint and exit at a step boundary
+        # (launcher/training/preemption.py); SIGKILL after the cluster's grace time still ends everything.
+        "--signals-to-handle=SIGINT,SIGHUP,SIGQUIT",
     ]
     if str(node_rank).isdigit():
         # The head node hosts the rendezvous store; the others are clients. Saying so avoids guessing

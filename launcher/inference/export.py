@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
 from launcher.errors import LauncherError
-from launcher.models.trained import adapter_info, check_run_dir, load_run_model
+from launcher.models.trained import adapter_info, check_run_dir, load_run_model, split_checkpoint_path
 
 class ExportError(LauncherError):
     """The export target is unusable (exists, or is part of the run)."""
@@ -55,7 +55,10 @@ def check_target(run_dir: Path, out: Path, force: bool) -> None:
 
 
 def export_run(run_dir: Path, args: ExportArgs) -> Path:
-    """Write the standalone model; return its folder."""
+    """Write the standalone model; return its folder. ``run_dir`` may be ``RUN_DIR/checkpoints/step-N``."""
+    run_dir, from_path = split_checkpoint_path(run_dir)
+    if from_path and not args.checkpoint:
+        args = replace(args, checkpoint=from_path)
     run_dir = check_run_dir(run_dir)
     out = Path(args.out) if args.out else default_out(run_dir)
     check_target(run_dir, out, args.force)

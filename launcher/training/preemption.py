@@ -139,21 +139,25 @@ class StopFlag:
         for signum in self.signals:
             signal.signal(signum, signal.SIG_IGN)
 
+    def requested(self) -> bool:
+        """This rank got a stop signal (local; ``boundary_decision`` makes the ranks agree)."""
+        return self.received is not None
+
     def should_stop(self, device) -> bool:
         """Collective (every rank calls it at the same step): True on all ranks when any rank got the signal."""
         return boundary_decision(self, False, device)[0]
 
 
-def boundary_decision(stop_flag: Optional[StopFlag], save_due: bool, device) -> tuple[bool, bool]:
+def boundary_decision(stop_flag, save_due: bool, device) -> tuple[bool, bool]:
     """Collective, at a step boundary: (stop, save) agreed by all ranks in one all-reduce (MAX).
 
-    stop: any rank got a stop signal. save: any rank says a timed checkpoint is due; only rank 0 passes its
+    stop: any rank's ``stop_flag.requested()`` (a StopFlag, or a test's stand-in). save: any rank says a timed checkpoint is due; only rank 0 passes its
     clock's verdict, so ranks whose clocks differ still save at the same step."""
     import torch  # not at import time: the handler is installed before torch is loaded
 
     from launcher.engines.distributed import all_reduce_max
 
-    received = stop_flag is not None and stop_flag.received is not None
+    received = stop_flag is not None and stop_flag.requested()
     flags = torch.tensor([int(received), int(save_due)], dtype=torch.int32, device=device)
     stop, save = all_reduce_max(flags).tolist()
     return bool(stop), bool(save)

@@ -30,7 +30,7 @@ from launcher.training.preemption import (SLURM_STOP_SIGNALS, STOP_SIGNALS_ENV, 
                                          stopped_early)
 from launcher.slurm.head_node import resolve_head_node_from_env
 from launcher.slurm.requeue import record_requeue, requeue_job
-from launcher.slurm.render import RANK_LOG_DIR, format_command, port_for_job, render_torchrun_command
+from launcher.slurm.render import AGENT_SIGNALS_FLAG, RANK_LOG_DIR, format_command, port_for_job, render_torchrun_command
 
 
 
@@ -59,6 +59,11 @@ class NodeLauncher:
         argv = render_torchrun_command(
             cfg, self.run_dir, addr, port, job_id, node_rank, python=sys.executable, worker_module=self.worker_module
         )
+        if not torchrun_leaves_term_alone():
+            argv.remove(AGENT_SIGNALS_FLAG)
+            print("[launcher] this torch's torchrun has no --signals-to-handle (torch >= 2.9): on SIGTERM its agent"
+                  " kills the ranks 30 s later, so a stop on TERM saves only if the step and checkpoint fit in"
+                  " that time (USR2, cluster.signal_delay_s, is not affected)", flush=True)
         log_dir = Path(self.run_dir) / RANK_LOG_DIR / f"node{node_rank}"
         log_dir.mkdir(parents=True, exist_ok=True)
         (log_dir / "command.txt").write_text(format_command(argv) + "\n")
@@ -145,6 +150,15 @@ class NodeLauncher:
         # Like submitit's own requeue: leave without a result, SLURM runs the job again.
         sys.exit(1)
 
+
+
+def torchrun_leaves_term_alone() -> bool:
+    """Whether this torch's torchrun takes ``--signals-to-handle`` (torch >= 2.9, pytorch#160690)."""
+    import dataclasses
+
+    from torch.distributed.launcher.api import LaunchConfig
+
+    return any(f.name == "signals_to_handle" for f in dataclasses.fields(LaunchConfig))
 
 
 def _ignore_preempt_signal() -> None:

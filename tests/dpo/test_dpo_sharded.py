@@ -9,7 +9,6 @@ single-process run's: a filler forward that was counted would change the mean.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -131,6 +131,12 @@ class NodeLauncher:
         if node_rank != 0:
             print(f"[launcher] ranks stopped at step {stopped['step']}; node 0 requeues the job", flush=True)
             sys.exit(1)
+        if job_was_cancelled(job_id):
+            # scancel sends TERM too, and SLURM would take `scontrol requeue` of a cancelled job: never undo it.
+            print(f"[launcher] ranks saved step {stopped['step']} ({stopped['checkpoint']}); job {job_id} was"
+                  f" cancelled, so it is not requeued: continue with run.resume={stopped['checkpoint']}",
+                  flush=True)
+            sys.exit(1)
         count = record_requeue(Path(self.run_dir), job_id, stopped["step"], cfg.cluster.max_requeues)
         if count is None:
             raise RuntimeError(
@@ -150,6 +156,19 @@ class NodeLauncher:
         # Like submitit's own requeue: leave without a result, SLURM runs the job again.
         sys.exit(1)
 
+
+
+def job_was_cancelled(job_id: str) -> bool:
+    """scancel, as opposed to a preemption, requeue or time limit. While the job's steps still run, the controller
+    says only COMPLETING for both a cancel and a requeue; accounting already says "CANCELLED by UID"."""
+    states = []
+    for argv in (["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "State"],
+                 ["scontrol", "-o", "show", "job", str(job_id)]):
+        try:
+            states.append(subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False).stdout)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return any(out.lstrip().startswith("CANCELLED") or "JobState=CANCELLED" in out for out in states)
 
 
 def torchrun_leaves_term_alone() -> bool:

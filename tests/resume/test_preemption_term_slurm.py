@@ -8,9 +8,11 @@ losses and final weights must be bit-identical (CPU, fp32). The requeued run che
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
 
+from launcher.slurm.jobs import job_state
 from launcher.slurm.requeue import requeue_history
 from launcher.training import checkpoint as ckpt
 from tests.resume.test_preemption_slurm import (STEPS, assert_matches_reference, last_step, launch, node_logs,
@@ -67,3 +69,19 @@ def test_scontrol_requeue_resumes_from_the_last_checkpoint(root, jobs):
     print(f"\nscontrol requeue: the job came back and resumed from step {resumed[0][1]}"
           f" ({'its stop checkpoint' if 'caught SIGTERM' in logs else 'a timed checkpoint'}), {STEPS} losses"
           " and final weights bit-identical to the uninterrupted run")
+
+
+def test_scancel_is_not_undone_by_a_requeue(root, jobs):
+    """scancel also sends TERM: the ranks checkpoint, but the job stays cancelled."""
+    run_dir, job_id = launch(root, ["cluster.max_requeues=1"])
+    wait_until("step 3", lambda: last_step(run_dir) >= 3, run_dir)
+    subprocess.run(["scancel", job_id], check=True, timeout=30)
+    assert wait_done(run_dir, job_id) == "CANCELLED"
+    time.sleep(15)  # a requeued job would be back within cred_expire (10 s) on the test cluster
+    assert job_state(job_id)["state"] == "CANCELLED", node_logs(run_dir)[-3000:]
+    assert not requeue_history(run_dir)
+    logs = node_logs(run_dir)
+    if "ranks saved step" in logs:  # SIGKILL after KillWait (5 s) may come first on a loaded machine
+        assert "was cancelled, so it is not requeued" in logs
+    print(f"\nscancel: stayed cancelled, not requeued; "
+          f"{'checkpointed at the stop' if 'ranks saved step' in logs else 'killed before its stop checkpoint'}")

@@ -28,6 +28,7 @@ from launcher.paths import BASE_MODEL_DIR
 from launcher.training.batching import eval_batches
 from launcher.training.entry import recipe_main
 from launcher.training.objectives import to_device, unwrap_loss_module
+from launcher.training.objectives.base import forwards_for
 from launcher.training.objectives.preference import PreferenceObjective, SequenceLogProbs, check_shared_prompt
 from launcher.training.recipe import Recipe
 
@@ -55,22 +56,31 @@ class DPORecipe(Recipe):
 
         objective = PreferenceObjective(self.data, cfg)
         d = cfg.method.dpo
+        self.precompute = objective.uses_reference and (d.precompute_ref_log_probs or (
+            cfg.method.finetuning == "full" and sharded_parameters(cfg)))
+        if self.precompute and not d.precompute_ref_log_probs and dist.is_main:
+            # A frozen copy per rank would be the whole unsharded model on every GPU, which is what
+            # ZeRO-3/FSDP are there to avoid; the log-probs of the starting weights give the same loss.
+            log.info("dpo: parallelism=%s shards the policy, so the reference's log-probs are precomputed once"
+                     " (as method.dpo.precompute_ref_log_probs=true) instead of keeping an unsharded frozen copy"
+                     " on every rank", cfg.parallelism.name)
         self.ref_model = None
-        if objective.uses_reference and cfg.method.finetuning == "full" and not d.precompute_ref_log_probs:
+        if objective.uses_reference and cfg.method.finetuning == "full" and not self.precompute:
             # A frozen copy of the starting weights; taken before the engine wraps (or shards) the policy.
             self.ref_model = copy.deepcopy(model).to(dist.device).eval().requires_grad_(False)
         engine = build_engine(cfg, model, dist, self.total_steps, loss_module=objective.loss_module,
                               precision=self.precision)
         objective.scorer = unwrap_loss_module(engine.module)
+        self.engine_forward_is_collective = engine.forward_is_collective
         objective.reference = self.reference_scorer(objective, self.ref_model)
-        if objective.uses_reference and d.precompute_ref_log_probs:
+        if self.precompute:
             # Before the Trainer resumes trained weights: the policy is still the reference here.
             self.precompute_reference(objective)
         self.make_trainer(engine, self.data, objective)
         if dist.is_main:
             if not objective.uses_reference:
                 reference = "none (reference-free)"
-            elif d.precompute_ref_log_probs:
+            elif self.precompute:
                 reference = "log-probs precomputed once"
             elif cfg.method.finetuning == "lora":
                 reference = "base with adapters disabled"
@@ -101,18 +111,28 @@ class DPORecipe(Recipe):
     def precompute_reference(self, objective: PreferenceObjective) -> None:
         """Score every training and held-out pair with the reference once; the rows keep ``ref_logps``."""
         objective.scorer.eval()
+        collective = self.engine_forward_is_collective
         for rows in (self.data.train, self.data.eval or []):
             values = torch.zeros(len(rows), 2, dtype=torch.float64, device=self.dist.device)
-            for idx in eval_batches(len(rows), self.dist.rank, self.dist.world_size, self.cfg.train.micro_batch_size):
+            batches = eval_batches(len(rows), self.dist.rank, self.dist.world_size, self.cfg.train.micro_batch_size)
+            # Sharded engines: as many forwards on every rank, fillers not counted.
+            for idx, counted in forwards_for(batches, collective, self.dist.device):
                 batch = to_device(self.data.collate([rows[i] for i in idx]), self.dist.device)
                 ref = objective.reference(batch).double()
-                values[idx, 0], values[idx, 1] = ref[: len(idx)], ref[len(idx):]
+                if counted:
+                    values[idx, 0], values[idx, 1] = ref[: len(idx)], ref[len(idx):]
             all_reduce_sum(values)  # each rank filled its share
             for row, (c, r) in zip(rows, values.tolist()):
                 row["ref_logps"] = (c, r)
         objective.scorer.train()
         if self.dist.is_main:
             log.info("reference log-probs precomputed for %d training pairs", len(self.data.train))
+
+
+def sharded_parameters(cfg) -> bool:
+    """ZeRO-3 and FSDP keep a shard of each parameter per rank (their forwards are collective)."""
+    p = cfg.parallelism
+    return p.strategy == "fsdp" or (p.strategy == "deepspeed" and p.zero_stage == 3)
 
 
 RECIPE = DPORecipe

@@ -84,6 +84,7 @@ RANGES: dict[str, Range] = {
     "train.log_every": AT_LEAST_1,
     "train.eval_every": Range(0, note=" (0: only at the end)"),
     "train.save_every": Range(0, note=" (0: only the final model)"),
+    "train.save_every_minutes": Range(0, note=" (0: off; unset: 30 on SLURM, off locally)"),
     "train.keep_checkpoints": AT_LEAST_1,
     "train.eval_max_batches": Range(0, note=" (0: the whole eval set)"),
     "train.exact_match_samples": Range(0, note=" (0: off)"),

@@ -154,6 +154,10 @@ class TrainConfig:
     """0: evaluate only at the end (when there is eval data)."""
     save_every: int = 0
     """0: save only the final model."""
+    save_every_minutes: Optional[float] = None
+    """A checkpoint when this many minutes passed since the last one (rank 0's clock, agreed by all ranks at a
+    step boundary), beside save_every. None: 30 on SLURM (cluster.kind=slurm), where a job can be preempted or
+    requeued at any time, 0 (off) elsewhere."""
     save_model: bool = True
     """Write the final model (benchmarks turn it off)."""
     keep_checkpoints: int = 2
@@ -164,6 +168,16 @@ class TrainConfig:
     max_new_tokens: int = 32
     loss_chunk_size: int = 256
     """Positions per chunk of the LM head + cross-entropy; logits are never materialized for all positions."""
+
+
+DEFAULT_SLURM_SAVE_MINUTES = 30.0
+
+
+def save_every_minutes(cfg: "Config") -> float:
+    """train.save_every_minutes resolved: None -> 30 on SLURM, 0 (off) elsewhere."""
+    if cfg.train.save_every_minutes is not None:
+        return float(cfg.train.save_every_minutes)
+    return DEFAULT_SLURM_SAVE_MINUTES if cfg.cluster.kind == "slurm" else 0.0
 
 
 PARALLELISMS: dict[str, tuple[str, int, bool]] = {

@@ -15,14 +15,14 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
 from launcher.errors import LauncherError
-from launcher.models.trained import adapter_info, check_run_dir, load_run_model
-from launcher.models.tokenizers import save_tokenizer
 from launcher.files import apply_umask
+from launcher.models.tokenizers import save_tokenizer
+from launcher.models.trained import adapter_info, check_run_dir, load_run_model, split_checkpoint_path
 
 INFO_FILE = "export_info.json"
 
@@ -80,7 +80,10 @@ def files_not_from_an_export(folder: Path) -> list[str]:
 
 
 def export_run(run_dir: Path, args: ExportArgs) -> Path:
-    """Write the standalone model; return its folder."""
+    """Write the standalone model; return its folder. ``run_dir`` may be ``RUN_DIR/checkpoints/step-N``."""
+    run_dir, from_path = split_checkpoint_path(run_dir)
+    if from_path and not args.checkpoint:
+        args = replace(args, checkpoint=from_path)
     run_dir = check_run_dir(run_dir)
     out = Path(args.out) if args.out else default_out(run_dir)
     check_target(run_dir, out, args.force)

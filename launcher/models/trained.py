@@ -1,8 +1,10 @@
 """A run's model as the after-training tools need it: final or at a checkpoint, adapter or merged, or its base.
 
 ``launcher.models.build.load_trained_model`` reloads ``RUN_DIR/model``. This adds the other two sources:
-- a checkpoint ``RUN_DIR/checkpoints/step-N`` (its ``state.pt`` holds the trainable parameters only), rebuilt
-  on the run's base model from the resolved ``config.yaml``;
+- a checkpoint ``RUN_DIR/checkpoints/step-N`` of any engine, rebuilt on the run's base model from the resolved
+  ``config.yaml``: DDP's ``state.pt`` holds the trainable parameters; FSDP's DCP shards are read straight into
+  the rebuilt model's tensors (no second copy); DeepSpeed's ZeRO shards are consolidated tensor by tensor
+  (``zero_to_fp32`` in lazy mode). LoRA under either: the adapter's tensors only, on the rebuilt base;
 - the base model alone (``--base`` in chat), for comparing answers before and after training.
 """
 from __future__ import annotations
@@ -74,19 +76,21 @@ def load_checkpoint_model(run_dir: Path, cfg: Config, checkpoint: Path, tokenize
     if cfg.method.finetuning == "lora":
         model = apply_lora(model, cfg.method.lora)
     state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)
-    if "model" not in state:
-        # FSDP (torch.distributed.checkpoint) and DeepSpeed keep the weights sharded beside state.pt.
-        engine = state.get("engine", "a sharded engine")
-        raise LauncherError(
-            f"{checkpoint}: written by {engine}, whose weights are sharded; loading them here is not supported yet."
-            " Use the run's final model (drop --checkpoint)"
-        )
-    state = state["model"]
-    result = model.load_state_dict(state, strict=False)
-    if result.unexpected_keys:
-        raise LauncherError(f"{checkpoint}: parameters this run's model lacks: {result.unexpected_keys[:5]}")
+    if "model" in state:
+        state = state["model"]
+        result = model.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise LauncherError(f"{checkpoint}: parameters this run's model lacks: {result.unexpected_keys[:5]}")
+        loaded = set(state)
+    elif state.get("engine") == "fsdp":
+        loaded = load_dcp_weights(model, checkpoint)
+    elif state.get("engine") == "deepspeed":
+        loaded = load_zero_weights(model, checkpoint, lora=cfg.method.finetuning == "lora")
+    else:
+        raise LauncherError(f"{checkpoint}: state.pt holds no weights and names no engine whose shards we read"
+                            f" (engine: {state.get('engine')!r}); use the run's final model (drop --checkpoint)")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    missing = sorted(trainable - set(state))
+    missing = sorted(trainable - loaded)
     if missing:
         raise LauncherError(f"{checkpoint}: trainable parameters missing from the checkpoint: {missing[:5]}")
     if cfg.method.finetuning == "lora" and merge:
@@ -94,9 +98,67 @@ def load_checkpoint_model(run_dir: Path, cfg: Config, checkpoint: Path, tokenize
     return model
 
 
+def load_dcp_weights(model, checkpoint: Path) -> set:
+    """FSDP's DCP shards -> the model's own tensors, in place, in one process (no process group).
+
+    The shards hold the loss wrapper's state under "model." ("model.model." + the HF keys); the optimizer
+    state beside them is never read. Returns the HF keys loaded."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    from launcher.engines.fsdp import SHARDED_DIR
+
+    reader = dcp.FileSystemReader(str(checkpoint / SHARDED_DIR))
+    stored = {k for k, m in reader.read_metadata().state_dict_metadata.items() if isinstance(m, TensorStorageMetadata)}
+    prefix = "model.model."  # the checkpoint's "model" entry, then the loss wrapper's attribute
+    own = model.state_dict()
+    unknown = sorted(k[len(prefix):] for k in stored if k.startswith(prefix) and k[len(prefix):] not in own)
+    if unknown:
+        raise LauncherError(f"{checkpoint}: parameters this run's model lacks: {unknown[:5]}")
+    target = {prefix + k: t for k, t in own.items() if prefix + k in stored}
+    dcp.load(target, storage_reader=reader, no_dist=True)  # writes into the model's tensors
+    return {k[len(prefix):] for k in target}
+
+
+def load_zero_weights(model, checkpoint: Path, lora: bool) -> set:
+    """DeepSpeed's ZeRO-2/3 shards -> the model, one consolidated fp32 tensor at a time (lazy mode).
+
+    LoRA checkpoints hold the trainable adapter only (exclude_frozen_parameters). Returns the HF keys loaded."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from launcher.engines.base import WRAPPER_PREFIX
+    from launcher.engines.deepspeed import DS_TAG
+
+    lazy = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=DS_TAG, exclude_frozen_parameters=lora,
+                                                    lazy_mode=True)
+    own = model.state_dict()
+    names = {k: k[len(WRAPPER_PREFIX):] for k in lazy if k.startswith(WRAPPER_PREFIX)}
+    unknown = sorted(n for n in names.values() if n not in own)
+    if unknown:
+        raise LauncherError(f"{checkpoint}: parameters this run's model lacks: {unknown[:5]}")
+    with torch.no_grad():
+        for key, name in names.items():
+            own[name].copy_(lazy[key].contiguous())
+    return set(names.values())
+
+
+def split_checkpoint_path(path: Path) -> tuple[Path, Optional[str]]:
+    """``RUN_DIR/checkpoints/step-N`` -> (RUN_DIR, that folder); a run dir -> (it, None)."""
+    path = Path(path)
+    if not (path / "config.yaml").is_file() and (path / ckpt.COMPLETE).is_file() \
+            and (path.parent.parent / "config.yaml").is_file():
+        return path.parent.parent, str(path)
+    return path, None
+
+
 def load_run_model(run_dir: Path, *, checkpoint: Optional[str] = None, merge: bool = False, base: bool = False,
                    device: Optional[torch.device] = None):
-    """(model, tokenizer, cfg, source): source names what was loaded, for logs and export metadata."""
+    """(model, tokenizer, cfg, source): source names what was loaded, for logs and export metadata.
+    ``run_dir`` may be a checkpoint folder ``RUN_DIR/checkpoints/step-N`` itself."""
+    run_dir, from_path = split_checkpoint_path(run_dir)
+    if from_path and checkpoint and resolve_checkpoint(run_dir, checkpoint).resolve() != Path(from_path).resolve():
+        raise ConfigError(f"--checkpoint {checkpoint} and the checkpoint folder {from_path}: give one of them")
+    checkpoint = checkpoint or from_path
     run_dir = check_run_dir(run_dir)
     cfg = load_run_config(run_dir)
     if base:

@@ -3,11 +3,12 @@
 submitit pickles a ``NodeLauncher`` at submit time and calls it on every node. It reads only SLURM's
 variables and the run dir; the ranks it starts read RUN_DIR/config.yaml, never Hydra.
 
-Preemption (``--signal=USR2@cluster.signal_delay_s``, or ``scancel -s USR2 JOB``): SLURM signals every
-process of the step. torchrun's agent has no USR2 handler and would die of it, and forwards only
-INT/TERM/HUP/QUIT anyway, so torchrun starts with USR2 ignored and this process takes over submitit's
-handler: it notes the request in the run dir and forwards USR2 to the ranks, which checkpoint together at
-a step boundary and exit 0 (launcher/training/preemption.py). Node 0 then requeues the job, at most
+Preemption (``--signal=USR2@cluster.signal_delay_s``, ``scancel -s USR2 JOB``, and SIGTERM: hard
+preemption, ``scontrol requeue``, the time limit): SLURM signals every process of the step. torchrun's agent
+has no USR2 handler and would die of it, and answers TERM by killing its workers after 30 s, so torchrun
+starts with both ignored and without a TERM handler (``--signals-to-handle``), and this process takes over
+submitit's handlers: it notes the request in the run dir and forwards the signal to the ranks, which
+checkpoint together at a step boundary and exit 0 (launcher/training/preemption.py). Node 0 then requeues the job, at most
 cluster.max_requeues times; the requeued job runs this same launcher with the same run dir and resumes from
 its latest complete checkpoint. A crashed rank is handled by torchrun: --max-restarts=cluster.max_restarts,
 and the restarted ranks resume from the last checkpoint.
@@ -25,10 +26,11 @@ from typing import Optional
 
 from launcher.config.schema import load_run_config
 from launcher.paths import REPO_ROOT
-from launcher.training.preemption import PREEMPT_SIGNAL, clear_stop_state, request_stop, stopped_early
+from launcher.training.preemption import (SLURM_STOP_SIGNALS, STOP_SIGNALS_ENV, clear_stop_state, request_stop,
+                                         stopped_early)
 from launcher.slurm.head_node import resolve_head_node_from_env
 from launcher.slurm.requeue import record_requeue, requeue_job
-from launcher.slurm.render import RANK_LOG_DIR, format_command, port_for_job, render_torchrun_command
+from launcher.slurm.render import AGENT_SIGNALS_FLAG, RANK_LOG_DIR, format_command, port_for_job, render_torchrun_command
 
 
 
@@ -47,14 +49,21 @@ class NodeLauncher:
             clear_stop_state(Path(self.run_dir))
         self._signalled: Optional[int] = None
         self._forwarded: set = set()
-        # Replaces submitit's USR2 handler (which would requeue at once, killing torchrun mid-step).
-        signal.signal(PREEMPT_SIGNAL, self._on_signal)
+        # Replaces submitit's handlers: USR2 (which would requeue at once, killing torchrun mid-step) and TERM
+        # (which it ignores: a hard preemption would then restart from the last checkpoint only).
+        for signum in SLURM_STOP_SIGNALS:
+            signal.signal(signum, self._on_signal)
         cfg = load_run_config(self.run_dir)
         head, addr = resolve_head_node_from_env()
         port = port_for_job(job_id)
         argv = render_torchrun_command(
             cfg, self.run_dir, addr, port, job_id, node_rank, python=sys.executable, worker_module=self.worker_module
         )
+        if not torchrun_leaves_term_alone():
+            argv.remove(AGENT_SIGNALS_FLAG)
+            print("[launcher] this torch's torchrun has no --signals-to-handle (torch >= 2.9): on SIGTERM its agent"
+                  " kills the ranks 30 s later, so a stop on TERM saves only if the step and checkpoint fit in"
+                  " that time (USR2, cluster.signal_delay_s, is not affected)", flush=True)
         log_dir = Path(self.run_dir) / RANK_LOG_DIR / f"node{node_rank}"
         log_dir.mkdir(parents=True, exist_ok=True)
         (log_dir / "command.txt").write_text(format_command(argv) + "\n")
@@ -69,14 +78,15 @@ class NodeLauncher:
         # ranks restarted after a crash (--max-restarts) read the dead ranks' gloo addresses and fail to
         # connect ("Connection refused"). A store per round avoids that.
         child_env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+        child_env[STOP_SIGNALS_ENV] = ",".join(s.name for s in SLURM_STOP_SIGNALS)
         returncode = self._run_torchrun(argv, child_env)
+        stopped = stopped_early(Path(self.run_dir))
+        if stopped is not None:  # saved and stopped; the exit code of the last ranks says nothing more
+            self._requeue(cfg, job_id, node_rank, stopped)
         if returncode != 0:
             raise RuntimeError(
                 f"torchrun on node {node_rank} exited with code {returncode}; rank logs under {log_dir}"
             )
-        stopped = stopped_early(Path(self.run_dir))
-        if stopped is not None:
-            self._requeue(cfg, job_id, node_rank, stopped)
         return 0
 
     # ------------------------------------------------------------------------------ preemption
@@ -101,7 +111,7 @@ class NodeLauncher:
         self._signalled = signum
 
     def _forward(self, agent_pid: int) -> None:
-        """USR2 to each worker of the torchrun agent, once per worker process."""
+        """The stop signal to each worker of the torchrun agent, once per worker process."""
         import psutil
 
         try:
@@ -112,7 +122,7 @@ class NodeLauncher:
             if worker.pid not in self._forwarded:
                 self._forwarded.add(worker.pid)
                 try:
-                    worker.send_signal(PREEMPT_SIGNAL)
+                    worker.send_signal(self._signalled)
                 except psutil.NoSuchProcess:
                     pass
 
@@ -120,6 +130,12 @@ class NodeLauncher:
         """The ranks checkpointed and stopped early: node 0 requeues (bounded); no submitit result is written."""
         if node_rank != 0:
             print(f"[launcher] ranks stopped at step {stopped['step']}; node 0 requeues the job", flush=True)
+            sys.exit(1)
+        if job_was_cancelled(job_id):
+            # scancel sends TERM too, and SLURM would take `scontrol requeue` of a cancelled job: never undo it.
+            print(f"[launcher] ranks saved step {stopped['step']} ({stopped['checkpoint']}); job {job_id} was"
+                  f" cancelled, so it is not requeued: continue with run.resume={stopped['checkpoint']}",
+                  flush=True)
             sys.exit(1)
         count = record_requeue(Path(self.run_dir), job_id, stopped["step"], cfg.cluster.max_requeues)
         if count is None:
@@ -130,13 +146,42 @@ class NodeLauncher:
             )
         print(f"[launcher] ranks saved step {stopped['step']} ({stopped['checkpoint']}); requeueing job {job_id}"
               f" ({count}/{cfg.cluster.max_requeues})", flush=True)
-        requeue_job(job_id)
+        try:
+            requeue_job(job_id)
+        except RuntimeError as err:
+            # `scontrol requeue` by an operator, or SLURM's own preemption in REQUEUE mode, already requeues the
+            # job (it is ending now); a plain `scancel` ends it for good. Either way there is nothing to add.
+            print(f"[launcher] {err}; SLURM decides whether the job comes back (it resumes from"
+                  f" {stopped['checkpoint']} if it does)", flush=True)
         # Like submitit's own requeue: leave without a result, SLURM runs the job again.
         sys.exit(1)
 
 
 
+def job_was_cancelled(job_id: str) -> bool:
+    """scancel, as opposed to a preemption, requeue or time limit. While the job's steps still run, the controller
+    says only COMPLETING for both a cancel and a requeue; accounting already says "CANCELLED by UID"."""
+    states = []
+    for argv in (["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "State"],
+                 ["scontrol", "-o", "show", "job", str(job_id)]):
+        try:
+            states.append(subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False).stdout)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return any(out.lstrip().startswith("CANCELLED") or "JobState=CANCELLED" in out for out in states)
+
+
+def torchrun_leaves_term_alone() -> bool:
+    """Whether this torch's torchrun takes ``--signals-to-handle`` (torch >= 2.9, pytorch#160690)."""
+    import dataclasses
+
+    from torch.distributed.launcher.api import LaunchConfig
+
+    return any(f.name == "signals_to_handle" for f in dataclasses.fields(LaunchConfig))
+
+
 def _ignore_preempt_signal() -> None:
     # Runs in the child before exec: an ignored signal stays ignored across exec, so the torchrun agent
-    # survives USR2 and its ranks are immune until they install their own handler.
-    signal.signal(PREEMPT_SIGNAL, signal.SIG_IGN)
+    # survives USR2 and TERM and its ranks are immune until they install their own handler.
+    for signum in SLURM_STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)

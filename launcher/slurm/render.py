@@ -162,6 +162,10 @@ def render_sbatch(cfg: Config, run_dir: Union[str, Path], python: str, repo_root
     )
 
 
+AGENT_SIGNALS_FLAG = "--signals-to-handle=SIGINT,SIGHUP,SIGQUIT"
+"""torchrun >= torch 2.9; the node process drops it for an older torch (``launcher.slurm.node``)."""
+
+
 def render_torchrun_command(
     cfg: Config,
     run_dir: Union[str, Path],
@@ -189,6 +193,10 @@ def render_torchrun_command(
         f"--log-dir={run_dir}/{RANK_LOG_DIR}/node{node_rank}",
         # Every rank's output goes to its own file and, prefixed with the rank, to the node's log.
         "--tee=3",
+        # Not SIGTERM: the agent would answer it by killing its workers 30 s later, mid-step. SLURM's TERM
+        # (preemption, requeue, time limit) reaches the ranks, which checkpoint and exit at a step boundary
+        # (launcher/training/preemption.py); SIGKILL after the cluster's grace time still ends everything.
+        AGENT_SIGNALS_FLAG,
     ]
     if str(node_rank).isdigit():
         # The head node hosts the rendezvous store; the others are clients. Saying so avoids guessing

@@ -2,14 +2,21 @@
 
 How a stop travels (see also launcher/slurm/node.py):
 
-1. SLURM sends the preemption signal (``--signal=USR2@N``, or ``scancel -s USR2 JOB``) to every process of
-   the job step: the node process, the torchrun agent and the ranks. The node process starts torchrun with
-   USR2 *ignored* (the agent has no handler and would die of it); the ranks inherit that and replace it
-   with ``StopFlag``'s handler, which only sets a flag. The node process also forwards USR2 to the ranks
-   itself (a cluster may deliver it to the task's main process only) and writes ``STOP_REQUESTED`` so that
-   a rank still starting up, which could not have caught the signal yet, sees the request too.
+1. SLURM says the job must go with a signal to every process of the job step (the node process, the torchrun
+   agent and the ranks): USR2 where the job asked for it (``--signal=USR2@N``, ``scancel -s USR2 JOB``), and
+   SIGTERM for everything else: hard preemption, ``scontrol requeue``, the time limit, ``scancel -s TERM``
+   (SIGKILL follows after the cluster's KillWait/GraceTime). The node process starts torchrun with USR2 and
+   TERM *ignored* and tells the agent not to handle TERM (``--signals-to-handle``): otherwise the agent dies
+   of USR2, or answers TERM by killing its workers 30 s later whatever they are doing. The ranks inherit the
+   ignored signals and replace them with ``StopFlag``'s handler, which only sets a flag (the node process
+   lists the signals in ``STOP_SIGNALS_ENV``; a local run handles USR2 only, so Ctrl-C and kill still end
+   it at once). The node process also forwards the signal to the ranks itself (a cluster may deliver it to
+   the task's main process only) and writes ``STOP_REQUESTED`` so that a rank still starting up, which could
+   not have caught the signal yet, sees the request too.
 2. At each step boundary every rank all-reduces its flag (MAX): all ranks agree on the same step, save a
-   checkpoint there (every rank takes part), rank 0 writes ``STOPPED`` and the ranks exit 0.
+   checkpoint there (every rank takes part), rank 0 writes ``STOPPED`` and the ranks exit 0. The same
+   all-reduce carries rank 0's "train.save_every_minutes have passed" (``boundary_decision``), so periodic
+   saves by time happen at the same step on every rank and cost no extra collective.
 3. The node process on node 0 finds ``STOPPED`` for its own job attempt and requeues the job, a bounded
    number of times (``launcher/slurm/requeue.py``). The requeued job runs the same pickled node launcher,
    with the same run dir, and resumes from that run dir's latest complete checkpoint.
@@ -32,6 +39,17 @@ log = logging.getLogger("launcher.preemption")
 
 PREEMPT_SIGNAL = signal.SIGUSR2
 """submitit's and our signal; never USR1, which NCCL claims for itself."""
+STOP_SIGNALS_ENV = "LAUNCHER_STOP_SIGNALS"
+"""Set by the SLURM node process for its ranks: the signals that mean "checkpoint and stop" (USR2,TERM)."""
+SLURM_STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+
+
+def stop_signals(environ: Optional[Mapping[str, str]] = None) -> tuple:
+    """The signals a rank turns into a stop request: USR2, and TERM too when the node process said so."""
+    env = os.environ if environ is None else environ
+    names = [n.strip() for n in env.get(STOP_SIGNALS_ENV, "").split(",") if n.strip()]
+    signals = {PREEMPT_SIGNAL, *(signal.Signals[n if n.startswith("SIG") else "SIG" + n] for n in names)}
+    return tuple(sorted(signals))
 
 STATE_DIR = "preemption"
 STOP_REQUESTED = "stop-requested.json"
@@ -102,10 +120,11 @@ def clear_stop_state(run_dir: Path) -> None:
 class StopFlag:
     """Per rank: the signal handler only sets a flag; ``should_stop`` makes all ranks agree at a step boundary."""
 
-    def __init__(self, run_dir: Path, signals: tuple = (PREEMPT_SIGNAL,)):
+    def __init__(self, run_dir: Path, signals: Optional[tuple] = None):
         self.run_dir = Path(run_dir)
         self.received: Optional[int] = None
-        for signum in signals:
+        self.signals = stop_signals() if signals is None else tuple(signals)
+        for signum in self.signals:
             signal.signal(signum, self._handle)
         # A stop requested while this rank was still importing (USR2 ignored then) is not lost.
         if stop_was_requested(self.run_dir):
@@ -116,17 +135,32 @@ class StopFlag:
 
     def close(self) -> None:
         """Ignore the signal from now on: Python's exit restores the default action (terminate) for signals
-        it handled, and a late or forwarded USR2 must not turn a clean exit into a crash (exit code -12)."""
-        signal.signal(PREEMPT_SIGNAL, signal.SIG_IGN)
+        it handled, and a late or forwarded USR2/TERM must not turn a clean exit into a crash (exit code -12)."""
+        for signum in self.signals:
+            signal.signal(signum, signal.SIG_IGN)
+
+    def requested(self) -> bool:
+        """This rank got a stop signal (local; ``boundary_decision`` makes the ranks agree)."""
+        return self.received is not None
 
     def should_stop(self, device) -> bool:
         """Collective (every rank calls it at the same step): True on all ranks when any rank got the signal."""
-        import torch  # not at import time: the handler is installed before torch is loaded
+        return boundary_decision(self, False, device)[0]
 
-        from launcher.engines.distributed import all_reduce_max
 
-        flag = torch.tensor([1 if self.received is not None else 0], dtype=torch.int32, device=device)
-        return bool(all_reduce_max(flag).item())
+def boundary_decision(stop_flag, save_due: bool, device) -> tuple[bool, bool]:
+    """Collective, at a step boundary: (stop, save) agreed by all ranks in one all-reduce (MAX).
+
+    stop: any rank's ``stop_flag.requested()`` (a StopFlag, or a test's stand-in). save: any rank says a timed checkpoint is due; only rank 0 passes its
+    clock's verdict, so ranks whose clocks differ still save at the same step."""
+    import torch  # not at import time: the handler is installed before torch is loaded
+
+    from launcher.engines.distributed import all_reduce_max
+
+    received = stop_flag is not None and stop_flag.requested()
+    flags = torch.tensor([int(received), int(save_due)], dtype=torch.int32, device=device)
+    stop, save = all_reduce_max(flags).tolist()
+    return bool(stop), bool(save)
 
 
 # ------------------------------------------------------------------------------------------ resume

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from launcher.config.schema import Config
+from launcher.config.schema import Config, save_every_minutes
 from launcher.data.tokenize import row_length
 from launcher.engines.base import Engine
 from launcher.engines.distributed import DistInfo, all_reduce_sum
@@ -68,6 +68,9 @@ class Trainer:
         self.metrics: Optional[MetricsLogger] = None
         self._plan: Optional[list] = None
         self._plan_epoch = -1
+        self.save_minutes = save_every_minutes(cfg)
+        """Timed checkpoints (train.save_every_minutes; 0: off), decided on rank 0's clock."""
+        self._last_save = time.monotonic()
 
     @property
     def model(self):
@@ -192,6 +195,7 @@ class Trainer:
                 "epoch": self.step // self.steps_per_epoch, "step_in_epoch": self.step % self.steps_per_epoch}
         path = ckpt.save_checkpoint(self.run_dir, self.step, self.engine, meta, self.dist,
                                     self.cfg.train.keep_checkpoints)
+        self._last_save = time.monotonic()
         if self.dist.is_main:
             log.info("checkpoint saved: %s", path)
 
@@ -227,6 +231,7 @@ class Trainer:
                             dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
         self.engine.train()
         self.meter.start_window()
+        self._last_save = time.monotonic()  # the clock of timed saves counts training time, not setup
         last_loss = None
         while self.step < self.total_steps:
             self.meter.begin_step()
@@ -251,11 +256,17 @@ class Trainer:
                     self.metrics.log(record)
             if self.evaluations and t.eval_every and self.step % t.eval_every == 0 and self.step != self.total_steps:
                 self.log_eval()
+            saved = False
             if t.save_every and self.step % t.save_every == 0 and self.step != self.total_steps:
                 self.save_checkpoint()
-            if self.stop_flag is not None and self.step < self.total_steps \
-                    and self.stop_flag.should_stop(self.dist.device):
+                saved = True
+            stop, save_due = self._boundary_decision()
+            if stop:
                 return self._stop_early(progress, summary)
+            if save_due and not saved:
+                if self.dist.is_main:
+                    log.info("train.save_every_minutes=%g passed since the last checkpoint", self.save_minutes)
+                self.save_checkpoint()
         if progress is not None:
             progress.close()
 
@@ -292,6 +303,14 @@ class Trainer:
             if plot:
                 log.info("loss plot: %s", plot)
         return summary
+
+    def _boundary_decision(self) -> tuple[bool, bool]:
+        """(stop, timed save) agreed by all ranks; no collective when neither can happen (no flag, no timer)."""
+        if self.step >= self.total_steps or (self.stop_flag is None and not self.save_minutes):
+            return False, False
+        due = bool(self.save_minutes) and self.dist.is_main and \
+            time.monotonic() - self._last_save >= self.save_minutes * 60
+        return preemption.boundary_decision(self.stop_flag, due, self.dist.device)
 
     def _stop_early(self, progress, summary: dict) -> dict:
         """All ranks agreed to stop (preemption or time limit near): checkpoint this step and leave."""

@@ -20,6 +20,8 @@ PROBE_ROWS = 3
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run-dir", required=True, type=Path)
+    parser.add_argument("--checkpoint-after", action="store_true",
+                        help="also write a checkpoint of the final step (its export must give the probe logits)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -35,6 +37,8 @@ def main(argv=None) -> int:
     try:
         recipe.setup()
         recipe.train()
+        if args.checkpoint_after:
+            recipe.trainer.save_checkpoint()  # collective: every rank writes its shard
         batch = recipe.data.collate(recipe.data.eval[:PROBE_ROWS])
         engine = recipe.engine
         engine.eval()

@@ -32,7 +32,7 @@ class StopAt:
     def __init__(self, recipe, step):
         self.recipe, self.step = recipe, step
 
-    def should_stop(self, device) -> bool:
+    def requested(self) -> bool:
         return self.recipe.step >= self.step
 
 

@@ -23,6 +23,22 @@ def unwrap_loss_module(module: nn.Module) -> nn.Module:
     return module.module if hasattr(module, "no_sync") else module
 
 
+def forwards_for(batches: list[list[int]], collective: bool, device) -> list[tuple[list[int], bool]]:
+    """(row indices, counted) for each forward this rank runs over its share ``batches`` of a held-out set.
+
+    Sharded engines (FSDP, ZeRO-3) gather weights inside forward: every rank must run as many forwards, or the
+    ranks with more batches wait in a collective until the process-group timeout. With ``collective`` every
+    rank runs the largest count; a rank with fewer batches runs filler forwards (its first row, or row 0 when
+    it has none) whose results must not be counted. Collective itself when ``collective`` is True."""
+    if not collective:
+        return [(idx, True) for idx in batches]
+    from launcher.engines.distributed import all_reduce_max
+
+    n = int(all_reduce_max(torch.tensor(len(batches), device=device)))
+    filler = batches[0][:1] if batches else [0]
+    return [(batches[k], True) if k < len(batches) else (filler, False) for k in range(n)]
+
+
 class Objective:
     name = "objective"
     stat_keys: tuple = ()

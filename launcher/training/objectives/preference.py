@@ -19,7 +19,7 @@ from launcher.engines.distributed import all_reduce_sum
 from launcher.errors import DataError
 from launcher.training.batching import eval_batches
 from launcher.training.loss import IGNORE_INDEX, chunked_token_logprobs
-from launcher.training.objectives.base import Objective, to_device
+from launcher.training.objectives.base import Objective, forwards_for, to_device
 from launcher.training.preference_loss import PairTerms, needs_reference, orpo_nll_sum, pair_terms
 from launcher.training.process_stats import peak_rss_gb
 
@@ -162,11 +162,14 @@ class PreferenceObjective(Objective):
         dist = trainer.dist
         trainer.engine.eval()
         sums = torch.zeros(len(STAT_KEYS), dtype=torch.float64, device=dist.device)
-        for idx in eval_batches(len(rows), dist.rank, dist.world_size, self.cfg.train.micro_batch_size):
+        batches = eval_batches(len(rows), dist.rank, dist.world_size, self.cfg.train.micro_batch_size)
+        # Sharded engines: as many forwards on every rank (the reference's too), fillers not counted.
+        for idx, counted in forwards_for(batches, trainer.engine.forward_is_collective, dist.device):
             batch = to_device(self.collate([rows[i] for i in idx]), dist.device)
             with trainer.precision.autocast():
                 terms, logps, tokens = self._score(batch, self.scorer)
-            sums += self._stats(terms, logps, tokens)
+            if counted:
+                sums += self._stats(terms, logps, tokens)
         all_reduce_sum(sums)
         trainer.engine.train()
         return self._metrics_from(sums)

@@ -11,10 +11,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from launcher.engines.distributed import all_reduce_max, all_reduce_sum
+from launcher.engines.distributed import all_reduce_sum
 from launcher.training.batching import eval_batches
 from launcher.training.loss import IGNORE_INDEX, CausalLMLoss
-from launcher.training.objectives.base import Objective, to_device, unwrap_loss_module
+from launcher.training.objectives.base import Objective, forwards_for, to_device, unwrap_loss_module
 
 
 def trained_tokens(batch: dict) -> int:
@@ -64,17 +64,12 @@ class CausalLMObjective(Objective):
             batches = batches[: t.eval_max_batches]
         totals = torch.zeros(2, dtype=torch.float64, device=dist.device)
         loss_module = unwrap_loss_module(engine.module)
-        n_forwards = len(batches)
-        if engine.forward_is_collective:
-            # Sharded engines (FSDP, ZeRO-3) gather weights in forward: every rank must run as many forwards;
-            # a rank with fewer eval rows runs a filler batch that is not counted.
-            n_forwards = int(all_reduce_max(torch.tensor(len(batches), device=dist.device)))
-        for k in range(n_forwards):
-            idx = batches[k] if k < len(batches) else [0]
+        # Sharded engines: as many forwards on every rank, fillers not counted.
+        for idx, counted in forwards_for(batches, engine.forward_is_collective, dist.device):
             batch = to_device(self.data.collate([rows[i] for i in idx]), dist.device)
             with trainer.precision.autocast():
                 token_loss = loss_module(**batch).double()
-            if k < len(batches):
+            if counted:
                 totals[0] += token_loss
                 totals[1] += trained_tokens(batch)
         all_reduce_sum(totals)

@@ -7,6 +7,7 @@
   --max-restarts=0 \
   --log-dir=/shared/runs/tiny-qwen2-sft_full-tasks/2026-01-01/00-00-00/logs/node1 \
   --tee=3 \
+  --signals-to-handle=SIGINT,SIGHUP,SIGQUIT \
   --rdzv-conf=is_host=0 \
   -m recipes.sft \
   --run-dir /shared/runs/tiny-qwen2-sft_full-tasks/2026-01-01/00-00-00

@@ -18,7 +18,10 @@ def word(rng: random.Random, low: int = 3, high: int = 6) -> str:
 
 
 def make(rng: random.Random) -> dict:
-    """One row of one of five rules; each answer depends on the input, so it cannot be memorized."""
+    """One row of one of five rules; each answer depends on the input, so it cannot be memorized. Each answer is
+    one character read from a fixed place of the input (its first or last character), mapped by a fixed table:
+    rules a 0.8M-parameter model learns in a couple of thousand steps (capitalizing a whole word, a
+    per-position copy, it did not)."""
     kind = rng.choice(["parity", "first", "last", "next", "upper"])
     if kind == "parity":
         n = rng.randint(0, 99999)
@@ -31,8 +34,7 @@ def make(rng: random.Random) -> dict:
     if kind == "next":
         w = w[:-1] + rng.choice(string.ascii_lowercase[:-1])  # never ends in z
         return {"instruction": "Letter after the last one.", "input": w, "output": chr(ord(w[-1]) + 1)}
-    w = word(rng, 2, 4)
-    return {"instruction": "Capitalize.", "input": w, "output": w.upper()}
+    return {"instruction": "Last letter, capitalized.", "input": w, "output": w[-1].upper()}
 
 
 def draw(rng: random.Random, count: int, seen: set) -> list:
@@ -47,13 +49,23 @@ def draw(rng: random.Random, count: int, seen: set) -> list:
     return rows
 
 
+TRAIN_ROWS = 30000
+"""Enough that one epoch never repeats a row: the loss can only fall by learning the rules."""
+EVAL_ROWS = 120
+
+
+def dump(rows: list) -> str:
+    """A JSON array with one row per line (compact; diffs stay readable)."""
+    return "[\n" + ",\n".join(json.dumps(row) for row in rows) + "\n]\n"
+
+
 def main() -> None:
     rng = random.Random(1234)
     seen: set = set()
-    train = draw(rng, 3000, seen)
-    held = draw(rng, 120, seen)
-    (HERE / "tasks_train.json").write_text(json.dumps(train, indent=0) + "\n")
-    (HERE / "tasks_eval.json").write_text(json.dumps(held, indent=0) + "\n")
+    train = draw(rng, TRAIN_ROWS, seen)
+    held = draw(rng, EVAL_ROWS, seen)
+    (HERE / "tasks_train.json").write_text(dump(train))
+    (HERE / "tasks_eval.json").write_text(dump(held))
 
 
 if __name__ == "__main__":

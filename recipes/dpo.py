@@ -110,6 +110,11 @@ class DPORecipe(Recipe):
     @torch.no_grad()
     def precompute_reference(self, objective: PreferenceObjective) -> None:
         """Score every training and held-out pair with the reference once; the rows keep ``ref_logps``."""
+        # Rows of the memory-mapped cache are made afresh on each access: hold them as a list, so the
+        # reference log-probs written into them stay.
+        self.data.train = list(self.data.train)
+        if self.data.eval is not None:
+            self.data.eval = list(self.data.eval)
         objective.scorer.eval()
         collective = self.engine_forward_is_collective
         for rows in (self.data.train, self.data.eval or []):

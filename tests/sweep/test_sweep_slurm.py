@@ -119,11 +119,14 @@ def test_bad_point_refuses_before_any_submission(slurm_cluster, runs_root):
 
 
 def test_an_array_sbatch_refuses_names_what_is_queued(slurm_cluster, runs_root):
-    """Two shapes: the CPU point is queued (held); the one asking for a GPU is refused by sbatch (none here)."""
+    """Two shapes: the CPU point is queued (held); the one asking for a GPU is refused by sbatch (none here).
+
+    No partition is named, so the preflight cannot hold the request against a partition's GPUs (it refuses that
+    for a named one) and sbatch is the one to say no."""
     from launcher.errors import LauncherError
 
     with pytest.raises(LauncherError) as err:
-        launch_sweep([*TINY, f"run.output_root={runs_root}", "cluster.gpus_per_node=0,1",
+        launch_sweep([*TINY, f"run.output_root={runs_root}", "cluster.partition=null", "cluster.gpus_per_node=0,1",
                       "cluster.sbatch_extra.hold=true"], quiet=True)
     text = str(err.value)
     assert "sbatch refused the job array of points 1" in text, text

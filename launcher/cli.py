@@ -22,6 +22,7 @@ commands:
   chat RUN_DIR [--system TEXT] [--base]            chat with the trained model in the terminal
   bench [OVERRIDES...] [--steps N]                 speed and memory of N training steps (experiment=bench_reference)
   plot RUN_DIR                                     redraw the loss plot of a run
+  ui [--host 127.0.0.1] [--port 7860] [--root DIR] web app: compose, check, submit, watch, compare, chat
 
 Overrides are Hydra's: `launcher train method=lora method.lora.r=16 train.max_steps=100`.
 """
@@ -39,7 +40,7 @@ def train_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     from launcher.config.compose import REPO_ROOT, compose_config, default_run_name
-    from launcher.rundir import make_run_dir, write_code_version, write_overrides, write_run_config
+    from launcher.rundir import new_run
 
     cfg = compose_config(args.overrides)  # raises ConfigError before anything is written
     name = default_run_name(cfg, args.name)
@@ -68,10 +69,7 @@ def train_main(argv: list[str]) -> int:
             print(describe_local(cfg))
         print("# preflight passed; dry run: nothing was launched")
         return 0
-    run_dir = make_run_dir(cfg.run.output_root, name)
-    write_run_config(run_dir, cfg)
-    write_overrides(run_dir, args.overrides)
-    write_code_version(run_dir, REPO_ROOT)
+    run_dir = new_run(cfg, name, args.overrides, REPO_ROOT)
     print(f"run dir: {run_dir}", flush=True)
     if cfg.cluster.kind == "local":
         from launcher.launch_local import run_local
@@ -129,6 +127,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "export": _lazy("launcher.export", "export_main"),
     "predict": _lazy("launcher.predict", "predict_main"),
     "chat": _lazy("launcher.chat", "chat_main"),
+    "ui": _lazy("launcher.ui.server", "ui_main"),
 }
 
 

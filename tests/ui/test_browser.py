@@ -1,0 +1,216 @@
+"""The web UI driven in a real headless Chromium against the real ``launcher ui`` and the local SLURM cluster.
+
+Compose a tiny run, preview it (the sbatch script appears), submit it to SLURM, watch it reach COMPLETED with
+a loss curve drawn, chat with it, reload the page and still see it; a bad override shows the schema's message
+and queues nothing; a sweep goes out as one job array. Screenshots of each tab go to docs/ui/.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+
+import pytest
+
+from tests.ui.conftest import screenshot
+
+TINY = "train.exact_match_samples=0 train.log_every=1 train.eval_every=0"
+FINISH_S = 300
+
+
+def expect():
+    from playwright.sync_api import expect as _expect
+
+    return _expect
+
+
+def choose(page, elem_id: str, value: str) -> None:
+    """Pick ``value`` in a Gradio dropdown."""
+    page.locator(f"#{elem_id} input").click()
+    page.locator(f"#{elem_id} [role=option][aria-label='{value}']").click()
+
+
+def fill(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+    box.fill(value)
+    box.dispatch_event("input")
+
+
+def textbox(page, elem_id: str):
+    return page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def cell(page, text: str):
+    """The runs table's cell holding exactly ``text`` (the table is a virtual grid of role=gridcell divs)."""
+    return page.locator("#runs-table [role=gridcell]", has_text=re.compile(rf"^\s*{re.escape(text)}\s*$")).first
+
+
+def row(page, rel: str):
+    return page.locator("#runs-table [role=row]", has=cell(page, rel))
+
+
+def known_job_ids() -> set:
+    squeue = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=True).stdout
+    sacct = subprocess.run(["sacct", "-n", "-X", "-a", "-S", "2000-01-01", "-o", "JobID"], capture_output=True,
+                           text=True, check=True).stdout
+    return set(squeue.split()) | set(sacct.split())
+
+
+def compose_tiny(page, max_steps: int = 3) -> None:
+    page.wait_for_selector("#group-cluster")
+    choose(page, "group-cluster", "slurm_local")
+    # choosing a cluster recomposes the defaults: processes per node comes from conf/cluster/slurm_local.yaml
+    expect()(textbox(page, "field-cluster-nproc_per_node")).to_have_value("2")
+    fill(page, "field-train-max_steps", str(max_steps))
+    fill(page, "overrides", TINY)
+
+
+@pytest.fixture(scope="module")
+def submitted(ui_server, browser, slurm_cluster):
+    """Compose, preview and submit one tiny run through the page; yields (url, root, run_dir, job_id)."""
+    url, root = ui_server
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, locale="en-US")
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    compose_tiny(page)
+    page.locator("#preview-btn").click()
+    expect()(page.locator("#plan")).to_contain_text("#SBATCH", timeout=60_000)
+    expect()(textbox(page, "verdict")).to_have_value(re.compile("passed"))
+    command = textbox(page, "command").input_value()
+    assert command.startswith("launcher train cluster=slurm_local train.max_steps=3 train.exact_match_samples=0")
+    assert "--nproc-per-node=2" in page.locator("#plan").inner_text()  # the per-node torchrun command
+    expect()(page.locator("#resolved-config")).to_contain_text("name: tiny-qwen2")  # CodeMirror renders the visible lines only
+    screenshot(page, "compose")
+
+    before = known_job_ids()
+    page.locator("#submit-btn").click()
+    expect()(textbox(page, "compose-status")).to_have_value(re.compile("submitted SLURM job"), timeout=60_000)
+    status = textbox(page, "compose-status").input_value()
+    job_id = re.search(r"submitted SLURM job (\d+)", status).group(1)
+    assert known_job_ids() - before == {job_id}
+    run_dir = next(root.glob("*/*/*/slurm_job.json")).parent
+    assert json.loads((run_dir / "slurm_job.json").read_text())["job_id"] == job_id
+    context.close()
+    yield url, root, run_dir, job_id
+
+
+def test_run_completes_with_loss_curve_and_survives_reload(submitted, page):
+    url, root, run_dir, job_id = submitted
+    page.goto(url)
+    open_tab(page, "Runs")
+    rel = str(run_dir.relative_to(root))
+    table = page.locator("#runs-table")
+    expect()(table).to_contain_text(rel)
+    # The table refreshes itself (gr.Timer) from squeue/sacct and metrics.jsonl.
+    expect()(row(page, rel)).to_contain_text("COMPLETED", timeout=FINISH_S * 1000)
+    expect()(row(page, rel)).to_contain_text("3/3")
+    cell(page, rel).click()
+    expect()(page.locator("#run-info")).to_contain_text("state COMPLETED")
+    # The curve is drawn from the run's three logged steps.
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line).get("kind") == "train"]
+    assert steps == [1, 2, 3]
+    plot = page.locator("#loss-plot")
+    expect()(plot.locator("canvas, svg.marks").first).to_be_visible(timeout=30_000)
+    expect()(textbox(page, "log-tail")).not_to_have_value("", timeout=30_000)
+    screenshot(page, "runs")
+
+    page.reload()
+    open_tab(page, "Runs")
+    expect()(row(page, rel)).to_contain_text("COMPLETED")
+
+
+def test_chat_with_finished_run_and_its_base(submitted, page):
+    url, root, run_dir, _ = submitted
+    page.goto(url)
+    open_tab(page, "Runs")  # waits for the run to be listed as finished (it has a model)
+    expect()(row(page, str(run_dir.relative_to(root)))).to_contain_text(
+        "COMPLETED", timeout=FINISH_S * 1000)
+    open_tab(page, "Chat & after training")
+    expect()(page.locator("#chat-run input")).to_have_value(str(run_dir.relative_to(root)), timeout=30_000)
+    fill(page, "system-prompt", "You answer briefly.")
+    fill(page, "chat-message", "add 2 and 3")
+    page.locator("#send-btn").click()
+    for elem in ("chat-trained", "chat-base"):
+        bot = page.locator(f"#{elem} .message.bot, #{elem} [data-testid='bot']").last
+        expect()(bot).to_be_visible(timeout=120_000)
+        expect()(bot).not_to_have_text(re.compile(r"^\s*…?\s*$"), timeout=120_000)
+    screenshot(page, "chat")
+
+
+def test_compare_tab_plots_runs(submitted, page):
+    url, root, run_dir, _ = submitted
+    page.goto(url)
+    open_tab(page, "Compare")
+    rel = str(run_dir.relative_to(root))
+    page.locator("#compare-runs input").click()
+    page.locator(f"#compare-runs [role=option][aria-label='{rel}']").click()
+    expect()(page.locator("#compare-plot").locator("canvas, svg.marks").first).to_be_visible(timeout=30_000)
+    screenshot(page, "compare")
+
+
+def test_bad_override_shows_schema_message_and_queues_nothing(ui_server, page, slurm_cluster):
+    url, root = ui_server
+    page.goto(url)
+    compose_tiny(page)
+    fill(page, "overrides", TINY + " train.max_stepz=3")
+    before_ids, before_dirs = known_job_ids(), set(root.rglob("config.yaml"))
+    page.locator("#submit-btn").click()
+    expect()(textbox(page, "compose-status")).to_have_value(
+        re.compile(r"error: unknown config key 'train\.max_stepz' \(known keys here: .*max_steps"), timeout=60_000)
+    page.locator("#preview-btn").click()
+    expect()(textbox(page, "compose-status")).to_have_value(re.compile("unknown config key 'train.max_stepz'"))
+    time.sleep(1)
+    assert known_job_ids() == before_ids
+    assert set(root.rglob("config.yaml")) == before_dirs
+
+
+def test_sweep_is_one_job_array(ui_server, page, slurm_cluster):
+    url, root = ui_server
+    page.goto(url)
+    compose_tiny(page, max_steps=2)
+    choose(page, "group-method", "lora")
+    fill(page, "sweep", "method.lr=1e-3,2e-3 method.lora.r=4,8")
+    page.locator("#preview-btn").click()
+    expect()(page.locator("#plan")).to_contain_text("job array of 4 tasks", timeout=60_000)
+    before = known_job_ids()
+    page.locator("#submit-btn").click()
+    expect()(textbox(page, "compose-status")).to_have_value(re.compile("submitted sweep of 4 point"), timeout=90_000)
+    sweep_dir = next(root.glob("sweeps/*/*/*/sweep.json")).parent
+    data = json.loads((sweep_dir / "sweep.json").read_text())
+    assert len(data["arrays"]) == 1 and data["arrays"][0]["tasks"] == 4
+    array_id = data["arrays"][0]["array_job_id"]
+    assert {j.split("_")[0] for j in known_job_ids() - before} == {array_id}
+    try:
+        open_tab(page, "Runs")
+        first_point = str((sweep_dir / data["points"][0]["run_dir"]).relative_to(root))
+        expect()(page.locator("#runs-table")).to_contain_text(first_point, timeout=30_000)
+        # Cancel one point from the page: `launcher cancel RUN_DIR` cancels that task only.
+        cell(page, first_point).click()
+        expect()(page.locator("#run-select input")).to_have_value(first_point)
+        page.locator("#cancel-btn").click()
+        expect()(page.locator("#run-info")).to_contain_text(f"cancelled job {array_id}_0")
+        expect()(row(page, first_point)).to_contain_text("CANCELLED", timeout=60_000)
+        open_tab(page, "Compare")
+        expect()(page.locator("#sweep-table textarea")).to_have_value(re.compile("4 point"), timeout=30_000)
+        screenshot(page, "sweep")
+    finally:
+        subprocess.run(["scancel", array_id], check=False)
+
+
+def test_labels_in_chinese(ui_server, browser):
+    url, _ = ui_server
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, locale="zh-CN")
+    page = context.new_page()
+    page.goto(url)
+    expect()(page.get_by_role("tab", name="配置")).to_be_visible(timeout=30_000)
+    expect()(page.locator("#preview-btn")).to_contain_text("预览")
+    expect()(page.locator("#group-model")).to_contain_text("模型")
+    screenshot(page, "compose-zh")
+    context.close()

@@ -8,13 +8,28 @@ is ``launcher train -m``: ``launcher.sweep``'s plan, lay-out and job array.
 """
 from __future__ import annotations
 
+import functools
 import io
+import threading
 from contextlib import redirect_stderr
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 from launcher.errors import LauncherError, PreflightError
+
+
+HYDRA_LOCK = threading.RLock()
+"""Hydra's GlobalHydra is one per process and the page's handlers run in threads: one compose at a time."""
+
+
+def one_at_a_time(fn):
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        with HYDRA_LOCK:
+            return fn(*args, **kwargs)
+
+    return locked
 
 
 @dataclass
@@ -32,6 +47,7 @@ class Preview:
     """The equivalent CLI command."""
 
 
+@one_at_a_time
 def is_sweep(overrides: Sequence[str]) -> bool:
     """A grid when any value override lists several values (``a=1,2``) or uses a sweep function."""
     from launcher.sweep import expand_grid
@@ -50,6 +66,7 @@ def preflight_lines(exc: PreflightError) -> list:
     return [line.strip()[2:] if line.strip().startswith("- ") else line.strip() for line in lines[1:]]
 
 
+@one_at_a_time
 def preview(overrides: Sequence[str], name: Optional[str] = None) -> Preview:
     """``launcher train [-m] OVERRIDES --dry-run``, as data for the page."""
     from launcher.ui.form import train_command
@@ -125,6 +142,7 @@ class Submitted:
     job_id: str = ""
 
 
+@one_at_a_time
 def submit(overrides: Sequence[str], name: Optional[str] = None) -> Submitted:
     """``launcher train [-m] OVERRIDES``: refuse before anything is written, else queue or start; return at once.
 

@@ -66,7 +66,7 @@ def stream_reply(run_dir: Path, history: list, user_text: str, system: Optional[
 
     def work() -> None:
         try:
-            result["answer"], _ = session.reply(user_text, out=_QueueWriter(pieces))
+            result["answer"], result["prompt"] = session.reply(user_text, out=_QueueWriter(pieces))
         except Exception as exc:  # shown in the page, not lost in a thread
             result["error"] = exc
         finally:
@@ -82,7 +82,23 @@ def stream_reply(run_dir: Path, history: list, user_text: str, system: Optional[
         yield text
     if "error" in result:
         raise result["error"]
+    log_turn(run_dir, base, system, user_text, result["answer"], result["prompt"])
     yield result["answer"]  # the cleaned answer (end-of-turn cut), as the history keeps it
+
+
+def chat_log_path(run_dir: Path) -> Path:
+    """The UI's turns of a day, beside ``launcher chat``'s logs (RUN_DIR/chat/)."""
+    import datetime as _dt
+
+    return Path(run_dir) / "chat" / f"ui-{_dt.date.today():%Y%m%d}.jsonl"
+
+
+def log_turn(run_dir: Path, base: bool, system: Optional[str], user: str, answer: str, prompt: str) -> None:
+    from launcher.chat import TurnLog
+
+    TurnLog(chat_log_path(run_dir)).write({"event": "turn", "source": "ui", "model": "base" if base else "trained",
+                                           "system": system or None, "user": user, "assistant": answer,
+                                           "prompt": prompt})
 
 
 def export(run_dir: Path) -> str:

@@ -24,14 +24,18 @@ def _compose_defaults(groups: dict) -> dict:
     from launcher.config.compose import compose_config
     from launcher.config.schema import config_to_dict
 
-    return form.field_defaults(config_to_dict(compose_config(form.group_overrides(groups))))
+    with actions.HYDRA_LOCK:
+        return form.field_defaults(config_to_dict(compose_config(form.group_overrides(groups))))
 
 
 def _plot_frame(rows: list):
+    """Curve points as a typed frame; None when there are none (a plot that starts from an empty frame draws
+    no lines for later values: Gradio 6 fixes the colour domain at the first value)."""
+    if not rows:
+        return None
     import pandas as pd
 
-    frame = pd.DataFrame(rows or [], columns=["step", "loss", "series"])
-    # Typed even when empty: the plot takes its axis types (quantitative, not nominal) from the first value.
+    frame = pd.DataFrame(rows, columns=["step", "loss", "series"])
     return frame.astype({"step": "int64", "loss": "float64", "series": "string"})
 
 
@@ -42,6 +46,7 @@ def build_app(root: Path) -> "gr.Blocks":
     t = build_i18n()
     options = form.group_options()
     group_defaults = form.default_groups()
+    initial = _compose_defaults(group_defaults)  # at start, not on page load: a late load event would undo a pick
 
     with gr.Blocks(title="launcher") as app:
         gr.Markdown(t("title"))
@@ -56,14 +61,16 @@ def build_app(root: Path) -> "gr.Blocks":
                     with gr.Row():
                         for f in form.FIELDS[chunk:chunk + 6]:
                             label, elem_id = t("field_" + f.key.replace(".", "_")), "field-" + f.key.replace(".", "-")
+                            value = initial[f.key]
                             if f.kind == "bool":
-                                box = gr.Checkbox(label=label, elem_id=elem_id)
+                                box = gr.Checkbox(value=value, label=label, elem_id=elem_id)
                             elif f.kind == "choice":
-                                box = gr.Dropdown(list(f.choices), label=label, elem_id=elem_id)
+                                box = gr.Dropdown(list(f.choices), value=value, label=label, elem_id=elem_id)
                             elif f.kind == "str":
-                                box = gr.Textbox(label=label, elem_id=elem_id)
+                                box = gr.Textbox(value=value, label=label, elem_id=elem_id)
                             else:
-                                box = gr.Number(label=label, precision=0 if f.kind == "int" else None, elem_id=elem_id)
+                                box = gr.Number(value=value, label=label, precision=0 if f.kind == "int" else None,
+                                                elem_id=elem_id)
                             field_boxes.append(box)
                 with gr.Row():
                     run_name = gr.Textbox(label=t("run_name"), elem_id="run-name", scale=1)
@@ -93,6 +100,7 @@ def build_app(root: Path) -> "gr.Blocks":
                 with gr.Row():
                     run_select = gr.Dropdown([], label=t("run"), elem_id="run-select", scale=3)
                     cancel_btn = gr.Button(t("cancel"), variant="stop", elem_id="cancel-btn", scale=0)
+                cancel_result = gr.Markdown(elem_id="cancel-result")
                 run_info = gr.Markdown(elem_id="run-info")
                 loss_plot = gr.LinePlot(_plot_frame([]), x="step", y="loss", color="series", label=t("loss_curve"),
                                         elem_id="loss-plot", height=300)
@@ -141,8 +149,8 @@ def build_app(root: Path) -> "gr.Blocks":
                 return [gr.update() for _ in field_boxes] + [str(exc)]
             return [gr.update(value=defaults[f.key]) for f in form.FIELDS] + [""]
 
-        for box in group_boxes:
-            box.input(on_groups, group_boxes, field_boxes + [status])
+        for box in group_boxes:  # one at a time, in order: the last pick's defaults win
+            box.input(on_groups, group_boxes, field_boxes + [status], concurrency_limit=1, concurrency_id="groups")
 
         def overrides_of(values: tuple) -> tuple:
             """(overrides, name) from the form; the UI's root is always the output root."""
@@ -184,7 +192,10 @@ def build_app(root: Path) -> "gr.Blocks":
             path = runs.confine(root, rel)
             return path if (path / "config.yaml").is_file() else None
 
-        def on_refresh(selected, log_rel, chat_selected, compare_selected, sweep_selected):
+        def refresh(selected, log_rel, chat_selected, compare_selected, sweep_selected, first: bool):
+            """The runs table and every run selector, from the run dirs. Only the page's first load sets the
+            selectors' values; later refreshes change their choices, never what the user picked (a refresh
+            computed before a click must not undo it)."""
             infos = runs.scan(root)
             rels = [i.rel for i in infos]
             counts: dict = {}
@@ -193,15 +204,25 @@ def build_app(root: Path) -> "gr.Blocks":
             text = f"{len(infos)} run(s) under `{root}`: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
             finished = [i.rel for i in infos if i.has_model]
             sweeps = [str(p.relative_to(root)) for p in runs.find_sweep_dirs(root)]
-            selected = selected if selected in rels else (rels[0] if rels else None)
-            details = run_details(selected, log_rel, infos)
-            return ([text, runs.table_rows(infos), gr.update(choices=rels, value=selected)] + details + [
-                gr.update(choices=finished, value=chat_selected if chat_selected in finished else
-                          (finished[0] if finished else None)),
-                gr.update(choices=rels, value=[r for r in (compare_selected or []) if r in rels]),
-                gr.update(choices=sweeps, value=sweep_selected if sweep_selected in sweeps else
-                          (sweeps[0] if sweeps else None)),
-            ])
+            def pick(options, current):
+                """Keep the user's pick; fill an empty selector with the newest option."""
+                if first or not current:
+                    return gr.update(choices=options, value=options[0] if options else None), (
+                        options[0] if options else None)
+                return gr.update(choices=options), current
+
+            run_update, selected = pick(rels, None if first else selected)
+            chat_update, _ = pick(finished, None if first else chat_selected)
+            sweep_update, _ = pick(sweeps, None if first else sweep_selected)
+            compare_update = gr.update(choices=rels, value=[]) if first else gr.update(choices=rels)
+            return ([text, runs.table_rows(infos), run_update] + run_details(selected, log_rel, infos)
+                    + [chat_update, compare_update, sweep_update])
+
+        def on_load(*selected):
+            return refresh(*selected, first=True)
+
+        def on_tick(*selected):
+            return refresh(*selected, first=False)
 
         def run_details(rel, log_rel, infos=None):
             path = run_path(rel)
@@ -218,30 +239,33 @@ def build_app(root: Path) -> "gr.Blocks":
                              + f", requeues {info.requeues}")
             logs = runs.log_files(path)
             log_rel = log_rel if log_rel in logs else (logs[-1] if logs else None)
-            tail = runs.tail_text(runs.confine(path, log_rel)) if log_rel else ""
+            # Confined to the root, not the run dir: a sweep point's node logs link into its sweep dir.
+            tail = runs.tail_text(runs.confine(root, str(path.relative_to(root) / log_rel))) if log_rel else ""
             return ["  \n".join(lines), _plot_frame(runs.curves(path)), gr.update(choices=logs, value=log_rel), tail]
 
         refresh_outputs = [summary, table, run_select, run_info, loss_plot, log_select, log_view,
                            chat_run, compare_runs, sweep_select]
         refresh_inputs = [run_select, log_select, chat_run, compare_runs, sweep_select]
-        refresh_btn.click(on_refresh, refresh_inputs, refresh_outputs)
-        timer.tick(on_refresh, refresh_inputs, refresh_outputs, show_progress="hidden")
-        app.load(on_refresh, refresh_inputs, refresh_outputs)
-        run_select.input(lambda rel: run_details(rel, None), [run_select], [run_info, loss_plot, log_select, log_view])
+        refresh_btn.click(on_tick, refresh_inputs, refresh_outputs, show_progress="hidden")
+        timer.tick(on_tick, refresh_inputs, refresh_outputs, show_progress="hidden")
+        app.load(on_load, refresh_inputs, refresh_outputs, show_progress="hidden")
+        run_select.input(lambda rel: run_details(rel, None), [run_select], [run_info, loss_plot, log_select, log_view],
+                         show_progress="hidden")
         log_select.input(lambda rel, log_rel: run_details(rel, log_rel), [run_select, log_select],
-                         [run_info, loss_plot, log_select, log_view])
+                         [run_info, loss_plot, log_select, log_view], show_progress="hidden")
 
         def on_table_select(evt: gr.SelectData):
             return evt.row_value[0] if evt.row_value else gr.update()
 
-        table.select(on_table_select, None, run_select).then(
-            lambda rel: run_details(rel, None), [run_select], [run_info, loss_plot, log_select, log_view])
+        table.select(on_table_select, None, run_select, show_progress="hidden").then(
+            lambda rel: run_details(rel, None), [run_select], [run_info, loss_plot, log_select, log_view],
+            show_progress="hidden")
 
         def on_cancel(rel):
             path = run_path(rel)
             return runs.cancel(path) if path else "no run selected"
 
-        cancel_btn.click(on_cancel, [run_select], [run_info])
+        cancel_btn.click(on_cancel, [run_select], [cancel_result])
 
         def on_compare(selected):
             rows = []
@@ -322,6 +346,5 @@ def build_app(root: Path) -> "gr.Blocks":
 
         export_btn.click(on_export, [chat_run], [after_out])
         predict_btn.click(on_predict, [chat_run, predict_limit], [after_out])
-        app.load(on_groups, group_boxes, field_boxes + [status])
     app.launcher_i18n = t.i18n  # launch(i18n=...) needs it
     return app

@@ -280,6 +280,12 @@ def cancel(run_dir: Path) -> str:
 
     run_dir = Path(run_dir)
     if (run_dir / JOB_FILE).exists():
+        from launcher.slurm.jobs import TERMINAL_STATES, resolve_target, job_state
+
+        ref = resolve_target(str(run_dir))
+        state = job_state(ref.job_id)["state"]
+        if state in TERMINAL_STATES:
+            return f"job {ref.job_id} already ended ({state}): nothing to cancel"
         out = io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             cancel_main([str(run_dir)])

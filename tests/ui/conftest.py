@@ -29,12 +29,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_page(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> float:
+def wait_for_page(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120) -> float:
     """Seconds until ``url`` answers 200; fails with the server's output if it dies first."""
     start = time.perf_counter()
     while time.perf_counter() - start < timeout_s:
         if proc.poll() is not None:
-            raise RuntimeError(f"launcher ui exited with {proc.returncode}:\n{proc.stdout.read()}")
+            raise RuntimeError(f"launcher ui exited with {proc.returncode}:\n{log.read_text()}")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
@@ -45,11 +45,13 @@ def wait_for_page(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> f
     raise RuntimeError(f"launcher ui did not serve {url} within {timeout_s} s")
 
 
-def start_ui(root: Path, port: int, extra_env: dict = None) -> subprocess.Popen:
+def start_ui(root: Path, port: int, log: Path, extra_args: tuple = ()) -> subprocess.Popen:
+    """``launcher ui`` as a user starts it; its output goes to ``log`` (a pipe nobody reads would block it)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
-           "GRADIO_ANALYTICS_ENABLED": "False", **(extra_env or {})}
-    return subprocess.Popen([sys.executable, "-m", "launcher", "ui", "--port", str(port), "--root", str(root)],
-                            cwd=str(REPO_ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "launcher", "ui", "--port", str(port), "--root", str(root),
+                                 *extra_args], cwd=str(REPO_ROOT), env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 @pytest.fixture(scope="session")
@@ -66,10 +68,11 @@ def ui_server(request, ui_root):
     except pytest.skip.Exception:
         pass
     port = free_port()
-    proc = start_ui(ui_root, port)
+    log = ui_root.parent / "ui-server.log"
+    proc = start_ui(ui_root, port, log)
     url = f"http://127.0.0.1:{port}/"
     try:
-        wait_for_page(url, proc)
+        wait_for_page(url, proc, log)
         yield url, ui_root
     finally:
         proc.terminate()
@@ -77,6 +80,9 @@ def ui_server(request, ui_root):
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+        errors = [line for line in log.read_text(errors="replace").splitlines() if "Traceback" in line]
+        if errors:  # a handler failed: the page showed a toast, the cause is in the server log
+            print(f"launcher ui logged {len(errors)} traceback(s); see {log}")
 
 
 @pytest.fixture(scope="session")

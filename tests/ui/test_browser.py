@@ -22,6 +22,7 @@ FINISH_S = 300
 def expect():
     from playwright.sync_api import expect as _expect
 
+    _expect.set_options(timeout=30_000)  # the machine is shared: a handler may wait for a core
     return _expect
 
 
@@ -45,13 +46,17 @@ def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
 
 
+def exactly(text: str):
+    return re.compile(rf"^\s*{re.escape(text)}\s*$")
+
+
 def cell(page, text: str):
     """The runs table's cell holding exactly ``text`` (the table is a virtual grid of role=gridcell divs)."""
-    return page.locator("#runs-table [role=gridcell]", has_text=re.compile(rf"^\s*{re.escape(text)}\s*$")).first
+    return page.locator("#runs-table [role=gridcell]", has_text=exactly(text)).first
 
 
 def row(page, rel: str):
-    return page.locator("#runs-table [role=row]", has=cell(page, rel))
+    return page.locator("#runs-table [role=row]", has=page.locator("[role=gridcell]", has_text=exactly(rel)))
 
 
 def known_job_ids() -> set:
@@ -116,8 +121,8 @@ def test_run_completes_with_loss_curve_and_survives_reload(submitted, page):
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
              if json.loads(line).get("kind") == "train"]
     assert steps == [1, 2, 3]
-    plot = page.locator("#loss-plot")
-    expect()(plot.locator("canvas, svg.marks").first).to_be_visible(timeout=30_000)
+    train_line = page.locator("#loss-plot path[aria-roledescription='line mark'][aria-label*='series: train']")
+    expect()(train_line).to_have_attribute("d", re.compile(r"^M[^L]*L[^L]*L[^L]*$"), timeout=30_000)  # 3 points
     expect()(textbox(page, "log-tail")).not_to_have_value("", timeout=30_000)
     screenshot(page, "runs")
 
@@ -138,9 +143,20 @@ def test_chat_with_finished_run_and_its_base(submitted, page):
     fill(page, "chat-message", "add 2 and 3")
     page.locator("#send-btn").click()
     for elem in ("chat-trained", "chat-base"):
-        bot = page.locator(f"#{elem} .message.bot, #{elem} [data-testid='bot']").last
+        bot = page.locator(f"#{elem} [data-testid='bot']").last
         expect()(bot).to_be_visible(timeout=120_000)
         expect()(bot).not_to_have_text(re.compile(r"^\s*…?\s*$"), timeout=120_000)
+    # Each model's answer is what the model generated: the UI logs every turn beside `launcher chat`'s logs.
+    deadline, turns = time.time() + 120, {}
+    while len(turns) < 2 and time.time() < deadline:  # the base model answers after the trained one
+        time.sleep(0.5)
+        logs = [json.loads(line) for p in (run_dir / "chat").glob("ui-*.jsonl") for line in p.read_text().splitlines()]
+        turns = {t["model"]: t for t in logs if t.get("user") == "add 2 and 3"}
+    assert set(turns) == {"trained", "base"} and turns["trained"]["system"] == "You answer briefly."
+    assert "You answer briefly." in turns["trained"]["prompt"]
+    for elem, model in (("chat-trained", "trained"), ("chat-base", "base")):
+        answer = turns[model]["assistant"] or "(empty answer: the model ended its turn)"
+        expect()(page.locator(f"#{elem} [data-testid='bot']").last).to_contain_text(answer[:20].strip())
     screenshot(page, "chat")
 
 
@@ -151,7 +167,8 @@ def test_compare_tab_plots_runs(submitted, page):
     rel = str(run_dir.relative_to(root))
     page.locator("#compare-runs input").click()
     page.locator(f"#compare-runs [role=option][aria-label='{rel}']").click()
-    expect()(page.locator("#compare-plot").locator("canvas, svg.marks").first).to_be_visible(timeout=30_000)
+    line = page.locator(f"#compare-plot path[aria-roledescription='line mark'][aria-label*='series: {rel} train']")
+    expect()(line).to_have_attribute("d", re.compile(r"^M[^L]*L[^L]*L[^L]*$"), timeout=30_000)
     screenshot(page, "compare")
 
 
@@ -195,7 +212,7 @@ def test_sweep_is_one_job_array(ui_server, page, slurm_cluster):
         cell(page, first_point).click()
         expect()(page.locator("#run-select input")).to_have_value(first_point)
         page.locator("#cancel-btn").click()
-        expect()(page.locator("#run-info")).to_contain_text(f"cancelled job {array_id}_0")
+        expect()(page.locator("#cancel-result")).to_contain_text(f"cancelled job {array_id}_0")
         expect()(row(page, first_point)).to_contain_text("CANCELLED", timeout=60_000)
         open_tab(page, "Compare")
         expect()(page.locator("#sweep-table textarea")).to_have_value(re.compile("4 point"), timeout=30_000)

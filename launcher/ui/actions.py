@@ -50,7 +50,7 @@ class Preview:
 @one_at_a_time
 def is_sweep(overrides: Sequence[str]) -> bool:
     """A grid when any value override lists several values (``a=1,2``) or uses a sweep function."""
-    from launcher.sweep import expand_grid
+    from launcher.sweep.expand import expand_grid
 
     try:
         return len(expand_grid(list(overrides)).points) > 1
@@ -101,7 +101,7 @@ def preview(overrides: Sequence[str], name: Optional[str] = None) -> Preview:
             would_be = Path(cfg.run.output_root).resolve() / run_name / "<date>" / "<time>"
             result.plan = render_plan(cfg, would_be)
         else:
-            from launcher.launch_local import describe_local
+            from launcher.local import describe_local
 
             result.plan = describe_local(cfg)
     except LauncherError as exc:
@@ -113,7 +113,7 @@ def preview(overrides: Sequence[str], name: Optional[str] = None) -> Preview:
 
 def preview_sweep(overrides: list, name: Optional[str]) -> Preview:
     """``launcher train -m ... --dry-run``: every point composed and preflighted, the arrays it would queue."""
-    from launcher.sweep import describe, plan_sweep
+    from launcher.sweep.plan import describe, plan_sweep
     from launcher.ui.form import train_command
 
     command = train_command(overrides, name, sweep=True)
@@ -174,7 +174,9 @@ def submit_sweep(overrides: list, name: Optional[str]) -> Submitted:
     """A grid: on SLURM one job array per resource shape (``launch_sweep``); here, the points one after
     another in one detached process (``launcher.sweep.run_local_sweep``)."""
     from launcher.config.compose import compose_config
-    from launcher.sweep import expand_grid, lay_out, launch_sweep, plan_sweep
+    from launcher.sweep.expand import expand_grid
+    from launcher.sweep.launch import launch_sweep
+    from launcher.sweep.plan import lay_out, plan_sweep
 
     stderr = io.StringIO()
     if compose_config(expand_grid(overrides).points[0]).cluster.kind == "slurm":

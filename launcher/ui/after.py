@@ -19,8 +19,8 @@ _lock = threading.Lock()
 
 def load(run_dir: Path, base: bool = False) -> tuple:
     """(model, tokenizer, cfg, source, device), cached by (run dir, base)."""
-    from recipes.modeling import choose_device
-    from recipes.trained_model import load_run_model
+    from launcher.models.build import choose_device
+    from launcher.models.trained import load_run_model
 
     key = (str(Path(run_dir).resolve()), base)
     with _lock:
@@ -52,8 +52,8 @@ class _QueueWriter:
 def stream_reply(run_dir: Path, history: list, user_text: str, system: Optional[str], base: bool = False,
                  max_new_tokens: int = 256) -> Iterator[str]:
     """Yield the growing answer to ``user_text`` after ``history`` ([{role, content}]), as it is generated."""
-    from recipes.chat_session import ChatSession, GenerationOptions
-    from recipes.eval_prompts import prompt_renderer
+    from launcher.inference.chat_session import ChatSession, GenerationOptions
+    from launcher.inference.prompts import prompt_renderer
 
     model, tokenizer, cfg, _, device = load(run_dir, base)
     session = ChatSession(model, tokenizer, prompt_renderer(tokenizer, cfg), device,
@@ -94,7 +94,7 @@ def chat_log_path(run_dir: Path) -> Path:
 
 
 def log_turn(run_dir: Path, base: bool, system: Optional[str], user: str, answer: str, prompt: str) -> None:
-    from launcher.chat import TurnLog
+    from launcher.inference.chat import TurnLog
 
     TurnLog(chat_log_path(run_dir)).write({"event": "turn", "source": "ui", "model": "base" if base else "trained",
                                            "system": system or None, "user": user, "assistant": answer,
@@ -103,7 +103,7 @@ def log_turn(run_dir: Path, base: bool, system: Optional[str], user: str, answer
 
 def export(run_dir: Path) -> str:
     """``launcher export RUN_DIR --force`` (to RUN_DIR/export); returns a one-line report."""
-    from recipes.export_model import ExportArgs, export_run, exported_files
+    from launcher.inference.export import ExportArgs, export_run, exported_files
 
     out = export_run(Path(run_dir), ExportArgs(force=True))
     return f"exported: {out} ({', '.join(exported_files(out))})"
@@ -112,8 +112,8 @@ def export(run_dir: Path) -> str:
 def predict(run_dir: Path, limit: Optional[int] = None, max_new_tokens: int = 64) -> dict:
     """``launcher predict RUN_DIR [--limit N]`` on the run's eval data; tqdm progress (the page tracks it)."""
     from launcher.config.schema import load_run_config
-    from recipes.predict import PredictArgs, run_predict
-    from recipes.trained_model import check_run_dir
+    from launcher.inference.predict import PredictArgs, run_predict
+    from launcher.models.trained import check_run_dir
 
     run_dir = check_run_dir(Path(run_dir))
     args = PredictArgs(limit=limit, max_new_tokens=max_new_tokens)

@@ -280,7 +280,7 @@ def build_app(root: Path) -> "gr.Blocks":
         def on_sweep(rel):
             if not rel:
                 return "", None
-            from launcher.sweep_report import format_table, plot_sweep, sweep_rows
+            from launcher.sweep.report import format_table, plot_sweep, sweep_rows
 
             sweep_dir = runs.confine(root, rel)
             data, rows = sweep_rows(sweep_dir)

@@ -83,7 +83,8 @@ def stop(folder: Path) -> bool:
 
 def run_one(run_dir: Path) -> int:
     from launcher.config.schema import load_run_config
-    from launcher.sweep import LOCAL_LOG, LOCAL_RESULT, SweepPoint, run_local_sweep
+    from launcher.sweep.launch import run_local_sweep
+    from launcher.sweep.plan import LOCAL_LOG, LOCAL_RESULT, SweepPoint
 
     point = SweepPoint(index=0, overrides=[], swept={}, cfg=load_run_config(run_dir), run_dir=run_dir)
     rc = run_local_sweep([point], parallel=1)
@@ -93,7 +94,8 @@ def run_one(run_dir: Path) -> int:
 
 def run_sweep(sweep_dir: Path) -> int:
     from launcher.config.schema import load_run_config
-    from launcher.sweep import SWEEP_FILE, SweepPoint, run_local_sweep
+    from launcher.sweep.launch import run_local_sweep
+    from launcher.sweep.plan import SWEEP_FILE, SweepPoint
 
     data = json.loads((sweep_dir / SWEEP_FILE).read_text())
     points = []

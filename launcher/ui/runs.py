@@ -2,7 +2,7 @@
 
 A run dir is a folder with ``config.yaml`` at ``ROOT/<name>/<date>/<time>`` (``launcher train``) or
 ``ROOT/sweeps/<name>/<date>/<time>/<point>`` (a sweep's point). State:
-- SLURM runs (``slurm_job.json``): squeue/sacct, asked once for all jobs (``launcher.sweep_report.slurm_states``);
+- SLURM runs (``slurm_job.json``): squeue/sacct, asked once for all jobs (``launcher.sweep.report.slurm_states``);
 - runs started by the UI here (``launcher.ui.local_job``): the job process, then ``local_result.json``;
 - other local runs (``launcher train cluster=local`` in a terminal): COMPLETED once ``summary.json`` exists.
 Step and loss come from the tail of ``metrics.jsonl``; ETA from the steps done so far and the time they took.
@@ -112,7 +112,7 @@ def _total_steps(cfg: dict, summary: Optional[dict], last_train: Optional[dict])
 
 
 def local_state(run_dir: Path, summary: Optional[dict]) -> str:
-    from launcher.sweep import LOCAL_LOG, LOCAL_RESULT
+    from launcher.sweep.plan import LOCAL_LOG, LOCAL_RESULT
     from launcher.ui.local_job import CANCEL_FILE, job_alive
 
     result = read_json(run_dir / LOCAL_RESULT)
@@ -174,7 +174,7 @@ def scan(root: Path, slurm_states=None) -> list:
     job_ids = [i.job_id for i in infos if i.job_id]
     if job_ids:
         if slurm_states is None:
-            from launcher.sweep_report import slurm_states as ask
+            from launcher.sweep.report import slurm_states as ask
 
             slurm_states = ask(job_ids)
         for info in infos:
@@ -226,7 +226,7 @@ def table_rows(infos: list) -> list:
 
 def curves(run_dir: Path) -> list:
     """[{step, value, series}] of train loss and eval loss, for a line plot."""
-    from launcher.sweep_report import read_metrics  # tolerates the line being written
+    from launcher.sweep.report import read_metrics  # tolerates the line being written
 
     rows = []
     for r in read_metrics(Path(run_dir)):
@@ -239,7 +239,7 @@ def curves(run_dir: Path) -> list:
 
 def log_files(run_dir: Path) -> list:
     """Every log of a run, relative to it: each rank's stdout/stderr, the local log, the node logs."""
-    from launcher.sweep import LOCAL_LOG
+    from launcher.sweep.plan import LOCAL_LOG
 
     run_dir = Path(run_dir)
     found = sorted(run_dir.glob("logs/**/std*.log"))

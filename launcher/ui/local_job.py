@@ -6,8 +6,8 @@ restarted while the run trains, so it starts this module detached (a new session
     python -m launcher.ui.local_job --run-dir RUN_DIR      one run: its ranks' command from launcher.sweep
     python -m launcher.ui.local_job --sweep-dir SWEEP_DIR  every point, one after another (run_local_sweep)
 
-It leaves what the Runs tab reads: ``local_job.json`` (this process: pid, start time, so a recycled pid is
-never taken for it), the run's output in ``run.log`` and, at the end, ``local_result.json`` (return code), the
+It leaves what the Runs tab reads: ``local_job.json`` (written by the starting UI: this process's pid and start
+time, so a recycled pid is never taken for it), the run's output in ``run.log`` and, at the end, ``local_result.json`` (return code), the
 same two files a local sweep writes for each point (launcher.sweep.LOCAL_LOG, LOCAL_RESULT).
 """
 from __future__ import annotations
@@ -21,6 +21,9 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
+
+_started: list = []
+"""Jobs this process started: polled so that an ended one does not linger as a zombie (which looks alive)."""
 
 JOB_FILE = "local_job.json"
 CANCEL_FILE = "local_cancelled.json"
@@ -38,20 +41,29 @@ def start_detached(args: list, folder: Path) -> int:
         proc = subprocess.Popen([sys.executable, "-m", "launcher.ui.local_job", *args], cwd=str(REPO_ROOT),
                                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+    write_job_file(Path(folder), proc.pid)  # here, not in the child: the run shows as running at once
+    _started.append(proc)
     return proc.pid
 
 
 def process_start_time(pid: int) -> Optional[float]:
+    """When the process started; None when there is no such process, or only its zombie."""
     import psutil
 
+    for proc in list(_started):
+        if proc.poll() is not None:
+            _started.remove(proc)
     try:
-        return psutil.Process(pid).create_time()
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process.create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
 
 
-def write_job_file(folder: Path) -> None:
-    record = {"pid": os.getpid(), "create_time": process_start_time(os.getpid()),
+def write_job_file(folder: Path, pid: int) -> None:
+    record = {"pid": pid, "create_time": process_start_time(pid),
               "started_at": _dt.datetime.now().isoformat(timespec="seconds")}
     tmp = folder / (JOB_FILE + ".tmp")
     tmp.write_text(json.dumps(record) + "\n")
@@ -113,7 +125,6 @@ def main(argv: Optional[list] = None) -> int:
     target.add_argument("--sweep-dir", type=Path)
     args = parser.parse_args(argv)
     folder = (args.run_dir or args.sweep_dir).resolve()
-    write_job_file(folder)
 
     def on_term(signum, frame):  # cancel: run_local_sweep's KeyboardInterrupt path stops the ranks
         raise KeyboardInterrupt

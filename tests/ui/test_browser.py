@@ -17,6 +17,8 @@ from tests.ui.conftest import screenshot
 
 TINY = "train.exact_match_samples=0 train.log_every=1 train.eval_every=0"
 FINISH_S = 300
+CHAT_S = 300
+"""The first reply imports transformers and loads two models in the UI process: slow on a shared machine."""
 
 
 def expect():
@@ -144,10 +146,10 @@ def test_chat_with_finished_run_and_its_base(submitted, page):
     page.locator("#send-btn").click()
     for elem in ("chat-trained", "chat-base"):
         bot = page.locator(f"#{elem} [data-testid='bot']").last
-        expect()(bot).to_be_visible(timeout=120_000)
-        expect()(bot).not_to_have_text(re.compile(r"^\s*…?\s*$"), timeout=120_000)
+        expect()(bot).to_be_visible(timeout=CHAT_S * 1000)
+        expect()(bot).not_to_have_text(re.compile(r"^\s*…?\s*$"), timeout=CHAT_S * 1000)
     # Each model's answer is what the model generated: the UI logs every turn beside `launcher chat`'s logs.
-    deadline, turns = time.time() + 120, {}
+    deadline, turns = time.time() + CHAT_S, {}
     while len(turns) < 2 and time.time() < deadline:  # the base model answers after the trained one
         time.sleep(0.5)
         logs = [json.loads(line) for p in (run_dir / "chat").glob("ui-*.jsonl") for line in p.read_text().splitlines()]

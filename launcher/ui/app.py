@@ -50,6 +50,7 @@ def build_app(root: Path) -> "gr.Blocks":
 
     with gr.Blocks(title="launcher") as app:
         gr.Markdown(t("title"))
+        timer = gr.Timer(REFRESH_S)  # outside the tabs: a tab's components start only once the tab is opened
         with gr.Tabs():
             # ------------------------------------------------------------------------------ compose
             with gr.Tab(t("tab_compose"), id="compose", elem_id="tab-compose"):
@@ -108,7 +109,6 @@ def build_app(root: Path) -> "gr.Blocks":
                     log_select = gr.Dropdown([], label=t("log_file"), elem_id="log-select")
                 log_view = gr.Textbox(label=t("log_tail"), lines=12, max_lines=20, interactive=False,
                                       elem_id="log-tail", autoscroll=True)
-                timer = gr.Timer(REFRESH_S)
 
             # ------------------------------------------------------------------------------ compare
             with gr.Tab(t("tab_compare"), id="compare", elem_id="tab-compare"):

@@ -77,6 +77,18 @@ def compose_tiny(page, max_steps: int = 3) -> None:
     fill(page, "overrides", TINY)
 
 
+def wait_completed(page, url: str, root, run_dir) -> None:
+    """Open the page and wait on the Runs tab until the run is COMPLETED (it then has a model to chat with)."""
+    page.goto(url)
+    open_tab(page, "Runs")
+    rel = str(run_dir.relative_to(root))
+    try:
+        expect()(row(page, rel)).to_contain_text("COMPLETED", timeout=FINISH_S * 1000)
+    except AssertionError:
+        logs = "".join(p.read_text(errors="replace")[-2000:] for p in sorted((run_dir / "slurm").glob("*_log.*")))
+        raise AssertionError(f"{rel} did not complete; its node logs end with:\n{logs}") from None
+
+
 @pytest.fixture(scope="module")
 def submitted(ui_server, browser, slurm_cluster):
     """Compose, preview and submit one tiny run through the page; yields (url, root, run_dir, job_id)."""
@@ -135,10 +147,7 @@ def test_run_completes_with_loss_curve_and_survives_reload(submitted, page):
 
 def test_chat_with_finished_run_and_its_base(submitted, page):
     url, root, run_dir, _ = submitted
-    page.goto(url)
-    open_tab(page, "Runs")  # waits for the run to be listed as finished (it has a model)
-    expect()(row(page, str(run_dir.relative_to(root)))).to_contain_text(
-        "COMPLETED", timeout=FINISH_S * 1000)
+    wait_completed(page, url, root, run_dir)
     open_tab(page, "Chat & after training")
     expect()(page.locator("#chat-run input")).to_have_value(str(run_dir.relative_to(root)), timeout=30_000)
     fill(page, "system-prompt", "You answer briefly.")
@@ -160,6 +169,23 @@ def test_chat_with_finished_run_and_its_base(submitted, page):
         answer = turns[model]["assistant"] or "(empty answer: the model ended its turn)"
         expect()(page.locator(f"#{elem} [data-testid='bot']").last).to_contain_text(answer[:20].strip())
     screenshot(page, "chat")
+
+
+def test_export_and_predict_buttons(submitted, page):
+    url, root, run_dir, _ = submitted
+    wait_completed(page, url, root, run_dir)
+    open_tab(page, "Chat & after training")
+    expect()(page.locator("#chat-run input")).to_have_value(str(run_dir.relative_to(root)), timeout=CHAT_S * 1000)
+    page.locator("#export-btn").click()
+    expect()(textbox(page, "after-result")).to_have_value(re.compile("^exported: "), timeout=CHAT_S * 1000)
+    info = json.loads((run_dir / "export" / "export_info.json").read_text())
+    assert info["source"] == "final model" and (run_dir / "export" / "config.json").exists()
+    fill(page, "predict-limit", "4")
+    page.locator("#predict-btn").click()
+    expect()(textbox(page, "after-result")).to_have_value(re.compile(r"tasks_eval: 4 samples; rouge-1 "),
+                                                          timeout=CHAT_S * 1000)
+    metrics = json.loads(next(run_dir.glob("predict/*/metrics.json")).read_text())
+    assert metrics["n"] == 4 and f"rouge-1 {metrics['rouge-1']:.2f}" in textbox(page, "after-result").input_value()
 
 
 def test_compare_tab_plots_runs(submitted, page):

@@ -116,7 +116,7 @@ def build_app(root: Path) -> "gr.Blocks":
                 compare_plot = gr.LinePlot(_plot_frame([]), x="step", y="loss", color="series",
                                            label=t("compare_plot"), elem_id="compare-plot", height=320)
                 sweep_select = gr.Dropdown([], label=t("sweep_dir"), elem_id="sweep-select")
-                sweep_table = gr.Textbox(label=t("sweep_report"), lines=8, interactive=False, elem_id="sweep-table")
+                sweep_table = gr.Code(label=t("sweep_report"), language=None, interactive=False, elem_id="sweep-table")
                 sweep_plot = gr.Image(label=t("sweep_plot"), elem_id="sweep-plot", interactive=False, height=320)
 
             # --------------------------------------------------------------------------------- chat
@@ -215,8 +215,9 @@ def build_app(root: Path) -> "gr.Blocks":
             chat_update, _ = pick(finished, None if first else chat_selected)
             sweep_update, _ = pick(sweeps, None if first else sweep_selected)
             compare_update = gr.update(choices=rels, value=[]) if first else gr.update(choices=rels)
+            _, sweep_now = pick(sweeps, None if first else sweep_selected)
             return ([text, runs.table_rows(infos), run_update] + run_details(selected, log_rel, infos)
-                    + [chat_update, compare_update, sweep_update])
+                    + [chat_update, compare_update, sweep_update] + list(on_sweep(sweep_now)))
 
         def on_load(*selected):
             return refresh(*selected, first=True)
@@ -244,7 +245,7 @@ def build_app(root: Path) -> "gr.Blocks":
             return ["  \n".join(lines), _plot_frame(runs.curves(path)), gr.update(choices=logs, value=log_rel), tail]
 
         refresh_outputs = [summary, table, run_select, run_info, loss_plot, log_select, log_view,
-                           chat_run, compare_runs, sweep_select]
+                           chat_run, compare_runs, sweep_select, sweep_table, sweep_plot]
         refresh_inputs = [run_select, log_select, chat_run, compare_runs, sweep_select]
         refresh_btn.click(on_tick, refresh_inputs, refresh_outputs, show_progress="hidden")
         timer.tick(on_tick, refresh_inputs, refresh_outputs, show_progress="hidden")
@@ -277,20 +278,28 @@ def build_app(root: Path) -> "gr.Blocks":
 
         compare_runs.change(on_compare, [compare_runs], [compare_plot])
 
+        plotted: dict = {}
+
         def on_sweep(rel):
+            """``launcher sweep report``: the table, and the plot redrawn only when a point's numbers moved."""
             if not rel:
                 return "", None
+            import json
+
             from launcher.sweep.report import format_table, plot_sweep, sweep_rows
 
             sweep_dir = runs.confine(root, rel)
             data, rows = sweep_rows(sweep_dir)
-            out = plot_sweep(data, rows, sweep_dir / "sweep.png")
-            image = None
-            if out is not None:
-                from PIL import Image
+            key = json.dumps(rows, sort_keys=True, default=str)
+            if plotted.get(rel, (None,))[0] != key:
+                out = plot_sweep(data, rows, sweep_dir / "sweep.png")
+                image = None
+                if out is not None:
+                    from PIL import Image
 
-                image = Image.open(io.BytesIO(Path(out).read_bytes()))
-            return format_table(data, rows), image
+                    image = Image.open(io.BytesIO(Path(out).read_bytes()))
+                plotted[rel] = (key, image)
+            return format_table(data, rows), plotted[rel][1]
 
         sweep_select.change(on_sweep, [sweep_select], [sweep_table, sweep_plot])
 

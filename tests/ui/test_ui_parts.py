@@ -117,7 +117,7 @@ def test_scan_reads_every_run_from_its_dir(tmp_path):
     cancelled = fake_run(root, "cancelled", 4, 10)
     (cancelled / "local_job.json").write_text(json.dumps({"pid": 2 ** 22 + 7, "create_time": 1.0}))
     (cancelled / "local_cancelled.json").write_text("{}")
-    cli = fake_run(root, "cli", 3, -1)  # started from a terminal: no job file, no summary yet
+    fake_run(root, "cli", 3, -1)  # started from a terminal: no job file, no summary yet
     slurm = fake_run(root, "slurm", 2, 10)
     (slurm / "slurm_job.json").write_text(json.dumps({"job_id": "123"}))
     (slurm / "requeues.json").write_text(json.dumps({"requeues": [{"job_id": "123", "step": 1}]}))

@@ -67,8 +67,9 @@ def build_app(root: Path) -> "gr.Blocks":
                                 box = gr.Checkbox(value=value, label=label, elem_id=elem_id)
                             elif f.kind == "choice":
                                 box = gr.Dropdown(list(f.choices), value=value, label=label, elem_id=elem_id)
-                            elif f.kind == "str":
-                                box = gr.Textbox(value=value, label=label, elem_id=elem_id)
+                            elif f.kind == "str" or f.optional:  # an empty Number box comes back as 0, not null
+                                box = gr.Textbox(value="" if value is None else str(value), label=label,
+                                                 elem_id=elem_id)
                             else:
                                 box = gr.Number(value=value, label=label, precision=0 if f.kind == "int" else None,
                                                 elem_id=elem_id)
@@ -141,16 +142,26 @@ def build_app(root: Path) -> "gr.Blocks":
 
         # ================================================================================== handlers
 
-        def on_groups(*choices):
+        last_defaults = gr.State(initial)
+
+        def on_groups(last, *choices):
+            """Fill the fields whose default the new group choice changes; leave the others as the user set them
+            (and a repeated event for the same choice changes nothing)."""
             groups = dict(zip(form.GROUPS, choices))
             try:
                 defaults = _compose_defaults(groups)
             except LauncherError as exc:
-                return [gr.update() for _ in field_boxes] + [str(exc)]
-            return [gr.update(value=defaults[f.key]) for f in form.FIELDS] + [""]
+                return [last] + [gr.update() for _ in field_boxes] + [str(exc)]
+            def shown(f, value):
+                return ("" if value is None else str(value)) if f.kind == "str" or f.optional else value
+
+            updates = [gr.update(value=shown(f, defaults[f.key])) if defaults[f.key] != (last or {}).get(f.key)
+                       else gr.update() for f in form.FIELDS]
+            return [defaults] + updates + [""]
 
         for box in group_boxes:  # one at a time, in order: the last pick's defaults win
-            box.input(on_groups, group_boxes, field_boxes + [status], concurrency_limit=1, concurrency_id="groups")
+            box.input(on_groups, [last_defaults] + group_boxes, [last_defaults] + field_boxes + [status],
+                      concurrency_limit=1, concurrency_id="groups")
 
         def overrides_of(values: tuple) -> tuple:
             """(overrides, name) from the form; the UI's root is always the output root."""

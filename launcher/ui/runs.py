@@ -23,6 +23,8 @@ from launcher.errors import LauncherError
 SWEEPS = "sweeps"
 RUNNING_STATES = {"RUNNING", "PENDING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
 TAIL_BYTES = 16384
+CANCEL_REQUEST = "cancel_requested.json"
+"""Written when the UI cancels a SLURM run: SLURM's accounting may forget a task cancelled while pending."""
 
 
 def confine(root: Path, relative: str) -> Path:
@@ -218,7 +220,11 @@ def scan(root: Path, slurm_states=None) -> list:
         for info in infos:
             if info.job_id:
                 state = slurm_states.get(info.job_id, "UNKNOWN")
-                info.state = "COMPLETED" if state == "UNKNOWN" and (info.path / "summary.json").exists() else state
+                if state == "UNKNOWN" and (info.path / "summary.json").exists():
+                    state = "COMPLETED"
+                elif state == "UNKNOWN" and (info.path / CANCEL_REQUEST).exists():
+                    state = "CANCELLED"  # an array task cancelled before it started is missing from sacct
+                info.state = state
     for info in infos:
         info.eta_s = eta_seconds(info)
     return infos
@@ -326,7 +332,9 @@ def cancel(run_dir: Path) -> str:
             return f"job {ref.job_id} already ended ({state}): nothing to cancel"
         out = io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            cancel_main([str(run_dir)])
+            rc = cancel_main([str(run_dir)])
+        if rc == 0:
+            (run_dir / CANCEL_REQUEST).write_text(json.dumps({"job_id": ref.job_id, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
         return out.getvalue().strip()
     for folder in (run_dir, run_dir.parent):
         if stop(folder):

@@ -19,7 +19,7 @@ _lock = threading.Lock()
 
 def load(run_dir: Path, base: bool = False) -> tuple:
     """(model, tokenizer, cfg, source, device), cached by (run dir, base)."""
-    from launcher.models.build import choose_device
+    from launcher.engines.distributed import choose_device
     from launcher.models.trained import load_run_model
 
     key = (str(Path(run_dir).resolve()), base)

@@ -20,5 +20,10 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   fi
 fi
 echo "[install] installing launcher and its dependencies"
-"$VENV/bin/python" -m pip install -q -e ".[dev,deepspeed]"
+"$VENV/bin/python" -m pip install -q -e ".[dev,deepspeed,ui]"
+# The web UI's browser tests drive Debian's Chromium through Playwright (no browser download); they skip without it.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  echo "[install] installing chromium for the web UI's browser tests"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 "$VENV/bin/python" -c "import torch, transformers, peft, hydra, submitit; print('[install] torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"

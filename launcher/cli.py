@@ -27,6 +27,7 @@ commands:
                                                    OpenAI-compatible API (/v1/chat/completions, streaming)
   bench [OVERRIDES...] [--steps N]                 speed and memory of N training steps (experiment=bench_reference)
   plot RUN_DIR                                     redraw the loss plot of a run
+  ui [--host 127.0.0.1] [--port 7860] [--root DIR] web app: compose, check, submit, watch, compare, chat
 
 Overrides are Hydra's: `launcher train method=lora method.lora.r=16 train.max_steps=100`.
 """
@@ -207,6 +208,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "predict": _lazy("launcher.inference.predict_cli", "predict_main"),
     "chat": _lazy("launcher.inference.chat", "chat_main"),
     "serve": _lazy("launcher.serve.cli", "serve_main"),
+    "ui": _lazy("launcher.ui.server", "ui_main"),
 }
 
 

@@ -1,0 +1,196 @@
+"""What the Compose tab's buttons do, as calls into the CLI's own functions (no Gradio here).
+
+Preview = ``launcher train --dry-run``: compose (the schema's one-line message on a bad value), preflight
+(every problem on its own line), the sbatch script and per-node torchrun command or the local command, and
+the equivalent ``launcher train ...`` command. Submit = ``launcher train``: the same checks, then a run dir and
+``submit_run`` (SLURM, returns once queued) or a detached local process (``launcher.ui.local_job``). A sweep
+is ``launcher train -m``: ``launcher.sweep``'s plan, lay-out and job array.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import threading
+from contextlib import redirect_stderr
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from launcher.errors import LauncherError, PreflightError
+
+
+HYDRA_LOCK = threading.RLock()
+"""Hydra's GlobalHydra is one per process and the page's handlers run in threads: one compose at a time."""
+
+
+def one_at_a_time(fn):
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        with HYDRA_LOCK:
+            return fn(*args, **kwargs)
+
+    return locked
+
+
+@dataclass
+class Preview:
+    ok: bool
+    """Compose and preflight passed: Submit would queue this."""
+    error: str = ""
+    """The one-line config message, or the preflight's refusal (one problem per line)."""
+    config_yaml: str = ""
+    plan: str = ""
+    """sbatch script + torchrun command (SLURM), the local command, or the sweep's points and arrays."""
+    verdict: list = field(default_factory=list)
+    """Preflight: "passed", warnings, or one line per problem."""
+    command: str = ""
+    """The equivalent CLI command."""
+
+
+@one_at_a_time
+def is_sweep(overrides: Sequence[str]) -> bool:
+    """A grid when any value override lists several values (``a=1,2``) or uses a sweep function."""
+    from launcher.sweep.expand import expand_grid
+
+    try:
+        return len(expand_grid(list(overrides)).points) > 1
+    except LauncherError:
+        return False
+
+
+def preflight_lines(exc: PreflightError) -> list:
+    """The refusal as one problem per line (the CLI prints the same text, indented with ``-``)."""
+    lines = str(exc).splitlines()
+    if len(lines) == 1:
+        return [lines[0].replace("preflight refused the run: ", "", 1)]
+    return [line.strip()[2:] if line.strip().startswith("- ") else line.strip() for line in lines[1:]]
+
+
+@one_at_a_time
+def preview(overrides: Sequence[str], name: Optional[str] = None) -> Preview:
+    """``launcher train [-m] OVERRIDES --dry-run``, as data for the page."""
+    from launcher.ui.form import train_command
+
+    overrides = list(overrides)
+    if is_sweep(overrides):
+        return preview_sweep(overrides, name)
+    import yaml
+
+    from launcher.config.compose import compose_config, default_run_name
+    from launcher.config.schema import config_to_dict
+    from launcher.preflight import run_preflight
+
+    command = train_command(overrides, name)
+    try:
+        cfg = compose_config(overrides)
+        run_name = default_run_name(cfg, name)
+    except LauncherError as exc:
+        return Preview(ok=False, error=str(exc), command=command)
+    result = Preview(ok=True, config_yaml=yaml.safe_dump(config_to_dict(cfg), sort_keys=False), command=command)
+    try:
+        warnings = run_preflight(cfg)
+        result.verdict = ["passed"] + [f"warning: {w}" for w in warnings]
+    except PreflightError as exc:
+        result.ok = False
+        result.verdict = preflight_lines(exc)
+        result.error = str(exc).splitlines()[0]
+    try:
+        if cfg.cluster.kind == "slurm":
+            from launcher.slurm.submit import render_plan
+
+            would_be = Path(cfg.run.output_root).resolve() / run_name / "<date>" / "<time>"
+            result.plan = render_plan(cfg, would_be)
+        else:
+            from launcher.local import describe_local
+
+            result.plan = describe_local(cfg)
+    except LauncherError as exc:
+        result.ok = False
+        result.error = result.error or str(exc)
+        result.verdict.append(str(exc))
+    return result
+
+
+def preview_sweep(overrides: list, name: Optional[str]) -> Preview:
+    """``launcher train -m ... --dry-run``: every point composed and preflighted, the arrays it would queue."""
+    from launcher.sweep.plan import describe, plan_sweep
+    from launcher.ui.form import train_command
+
+    command = train_command(overrides, name, sweep=True)
+    stderr = io.StringIO()
+    try:
+        with redirect_stderr(stderr):
+            sweep_name, points, grid = plan_sweep(overrides, name)
+    except LauncherError as exc:
+        lines = str(exc).splitlines()
+        return Preview(ok=False, error=lines[0], verdict=[line.strip() for line in lines], command=command)
+    import yaml
+
+    from launcher.config.schema import config_to_dict
+
+    warnings = [line for line in stderr.getvalue().splitlines() if line.strip()]
+    return Preview(ok=True, config_yaml=yaml.safe_dump(config_to_dict(points[0].cfg), sort_keys=False),
+                   plan=describe(sweep_name, points, grid), verdict=["passed (every point)"] + warnings,
+                   command=command)
+
+
+@dataclass
+class Submitted:
+    run_dir: Path
+    """The run dir, or the sweep dir."""
+    message: str
+    job_id: str = ""
+
+
+@one_at_a_time
+def submit(overrides: Sequence[str], name: Optional[str] = None) -> Submitted:
+    """``launcher train [-m] OVERRIDES``: refuse before anything is written, else queue or start; return at once.
+
+    Raises LauncherError (ConfigError, PreflightError) with the message the CLI would print.
+    """
+    overrides = list(overrides)
+    if is_sweep(overrides):
+        return submit_sweep(overrides, name)
+    from launcher.config.compose import REPO_ROOT, compose_config, default_run_name
+    from launcher.preflight import run_preflight
+    from launcher.rundir import new_run
+
+    cfg = compose_config(overrides)
+    run_name = default_run_name(cfg, name)
+    run_preflight(cfg)
+    run_dir = new_run(cfg, run_name, overrides, REPO_ROOT)
+    if cfg.cluster.kind == "slurm":
+        from launcher.slurm.submit import submit_run
+
+        info = submit_run(cfg, run_dir, quiet=True)
+        return Submitted(run_dir, f"submitted SLURM job {info['job_id']}: {run_dir}", str(info["job_id"]))
+    from launcher.ui.local_job import start_detached
+
+    pid = start_detached(["--run-dir", str(run_dir)], run_dir)
+    return Submitted(run_dir, f"started locally (process {pid}): {run_dir}")
+
+
+def submit_sweep(overrides: list, name: Optional[str]) -> Submitted:
+    """A grid: on SLURM one job array per resource shape (``launch_sweep``); here, the points one after
+    another in one detached process (``launcher.sweep.run_local_sweep``)."""
+    from launcher.config.compose import compose_config
+    from launcher.sweep.expand import expand_grid
+    from launcher.sweep.launch import launch_sweep
+    from launcher.sweep.plan import lay_out, plan_sweep
+
+    stderr = io.StringIO()
+    if compose_config(expand_grid(overrides).points[0]).cluster.kind == "slurm":
+        with redirect_stderr(stderr):
+            result = launch_sweep(overrides, name, quiet=True)
+        arrays = ", ".join(a["array_job_id"] for a in result["arrays"])
+        return Submitted(Path(result["sweep_dir"]),
+                         f"submitted sweep of {len(result['points'])} point(s) as job array(s) {arrays}:"
+                         f" {result['sweep_dir']}", arrays)
+    with redirect_stderr(stderr):
+        sweep_name, points, grid = plan_sweep(overrides, name)
+    sweep_dir, _ = lay_out(sweep_name, points, grid, overrides)
+    from launcher.ui.local_job import start_detached
+
+    pid = start_detached(["--sweep-dir", str(sweep_dir)], sweep_dir)
+    return Submitted(sweep_dir, f"started a local sweep of {len(points)} point(s) (process {pid}): {sweep_dir}")
+

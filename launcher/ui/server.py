@@ -1,0 +1,79 @@
+"""``launcher ui [--host 127.0.0.1] [--port 7860] [--root OUTPUT_ROOT] [--token TOKEN]``: serve the web app.
+
+Binds to 127.0.0.1 unless told otherwise; any other address needs a login (Gradio's auth, user ``launcher``
+and the token) and is refused without one, before anything is started. The token is best passed in
+``LAUNCHER_UI_TOKEN`` (a command-line argument is visible to every user of the host in ``ps``).
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from launcher.errors import ConfigError
+
+TOKEN_ENV = "LAUNCHER_UI_TOKEN"
+USER = "launcher"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: Optional[str]) -> None:
+    """Refuse a reachable address without a login: anyone who can reach the port could submit jobs."""
+    if not is_loopback(host) and not token:
+        raise ConfigError(
+            f"--host {host}: the UI would be reachable from other machines without a login; set {TOKEN_ENV}"
+            f" (or --token) to require one, or keep --host 127.0.0.1 and tunnel: ssh -L 7860:127.0.0.1:7860 HOST")
+    if token is not None and len(token) < 8:
+        raise ConfigError("--token: use at least 8 characters")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launcher ui", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--root", default=None,
+                        help="output root whose runs the UI shows and where it launches (default: run.output_root"
+                             " of conf/train.yaml, relative to the current folder)")
+    parser.add_argument("--token", default=None, help=f"login password (user '{USER}'); better: set {TOKEN_ENV}")
+    return parser
+
+
+def default_root() -> Path:
+    from launcher.config.compose import compose_dict
+
+    return Path(compose_dict([])["run"]["output_root"])
+
+
+def ui_main(argv: Optional[list] = None) -> int:
+    args = build_parser().parse_args(argv)
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    check_bind(args.host, token)
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port: {args.port} is not a port number")
+    root = Path(args.root or default_root()).resolve()
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from launcher.ui.app import build_app
+
+    app = build_app(root)
+    print(f"launcher ui: runs under {root}; http://{args.host}:{args.port}/"
+          + (f" (login: user '{USER}')" if token else ""), flush=True)
+    app.queue(default_concurrency_limit=4).launch(
+        server_name=args.host, server_port=args.port, auth=(USER, token) if token else None, share=False,
+        inbrowser=False, quiet=True, show_error=True, i18n=app.launcher_i18n, footer_links=["settings"],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(ui_main())

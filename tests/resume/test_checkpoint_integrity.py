@@ -22,7 +22,7 @@ class StopAt:
     def __init__(self, recipe, step):
         self.recipe, self.step = recipe, step
 
-    def should_stop(self, device) -> bool:
+    def requested(self) -> bool:  # what the loop asks a StopFlag at each step boundary
         return self.recipe.step >= self.step
 
 

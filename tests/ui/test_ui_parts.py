@@ -126,7 +126,9 @@ def test_scan_reads_every_run_from_its_dir(tmp_path):
     assert infos["done"].state == "COMPLETED" and (infos["done"].step, infos["done"].total_steps) == (10, 10)
     assert infos["lost"].state == "LOST" and infos["lost"].step == 4 and infos["lost"].loss == pytest.approx(1.25)
     assert infos["cancelled"].state == "CANCELLED"
-    assert infos["cli"].state == "UNKNOWN" and infos["cli"].total_steps == 1000  # 3 steps = 0.03 of 10 epochs
+    # 3 steps are 0.03 of an epoch: the total follows the default config's epochs
+    epochs = compose_config([]).train.epochs
+    assert infos["cli"].state == "UNKNOWN" and infos["cli"].total_steps == round(3 / 0.03 * epochs)
     s = infos["slurm"]
     assert (s.state, s.job_id, s.requeues, s.eval_loss) == ("RUNNING", "123", 1, 1.5)
     assert s.eta_s is not None and s.eta_s >= 0

@@ -8,21 +8,12 @@ engine and device, the URL, and how long loading took.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import sys
 import time
 
 from launcher.errors import ConfigError
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from launcher.network import is_loopback
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,25 +7,16 @@ and the token) and is refused without one, before anything is started. The token
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 from launcher.errors import ConfigError
+from launcher.network import is_loopback
 
 TOKEN_ENV = "LAUNCHER_UI_TOKEN"
 USER = "launcher"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind(host: str, token: Optional[str]) -> None:

@@ -29,7 +29,8 @@ from launcher.errors import ConfigError, LauncherError, PreflightError
 from launcher.paths import REPO_ROOT
 from launcher.data.templates import NAMED_TEMPLATES as KNOWN_TEMPLATES
 from launcher.preflight_data import check_data_choices
-from launcher.preflight_model import (check_dtype, check_hub_model, check_lora_targets, check_weights,
+from launcher.preflight_model import (check_dtype, check_freeze_modules, check_hub_model, check_lora_targets,
+                                      check_weights,
                                       hub_cached_file as _hub_cached_file, hub_offline_reason,
                                       looks_like_path as _looks_like_path)
 from launcher.preflight_resources import check_local_resources, check_packages, check_resume, check_slurm_resources
@@ -303,7 +304,7 @@ def check_memory(problems: Problems, cfg: Config) -> None:
 
 CHECKS = (check_config, check_cluster, check_local_resources, check_slurm_resources, check_packages, check_batch,
           check_datasets, check_data_choices, check_model, check_hub_model, check_weights, check_tokenizer,
-          check_lora_targets, check_dtype, check_resume, check_output_root, check_memory)
+          check_lora_targets, check_freeze_modules, check_dtype, check_resume, check_output_root, check_memory)
 
 
 def run_preflight(cfg: Config) -> list:

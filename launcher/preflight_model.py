@@ -204,6 +204,26 @@ def check_lora_targets(problems, cfg: Config) -> None:
         problems.errors.extend(lora_target_problems(targets, modules, key, wrappable))
 
 
+def check_freeze_modules(problems, cfg: Config) -> None:
+    """method.finetuning=freeze: the named modules exist in the model (the meta build, as for LoRA targets)."""
+    f = cfg.method.freeze
+    if cfg.method.finetuning != "freeze" or (f.trainable_modules == "all" and not f.extra_modules):
+        return
+    modules = meta_model_modules(cfg)
+    if modules is None:
+        problems.warnings.append("method.freeze: the model's config is not readable from here; the module names are"
+                                 " not checked")
+        return
+    from launcher.models.build import plan_freeze
+
+    layers = {n.split(".")[i + 1] for n in modules for i, part in enumerate(n.split(".")[:-1])
+              if part == "layers" and n.split(".")[i + 1].isdigit()}
+    try:
+        plan_freeze(list(modules), len(layers), f)
+    except ConfigError as exc:
+        problems.errors.append(str(exc))
+
+
 # ------------------------------------------------------------------------------------- dtype
 
 

@@ -67,6 +67,8 @@ RANGES: dict[str, Range] = {
     "method.lora.r": Range(1, phrase="a positive rank"),
     "method.lora.alpha": Range(0, low_open=True, note=" (the update is scaled by alpha/r; twice the rank is usual)"),
     "method.lora.dropout": FRACTION,
+    "method.lora.plus_lr_ratio": Range(1, note=" (LoRA+: B matrices at ratio x lr; 16 is usual; null: plain LoRA)"),
+    "method.freeze.trainable_layers": Range(phrase="a layer count", note=" (N > 0: the last N, N < 0: the first |N|)"),
     "method.dpo.beta": POSITIVE,
     "method.dpo.label_smoothing": Range(0, 0.5, high_open=True),
     "method.dpo.simpo_gamma": NOT_NEGATIVE,

@@ -97,6 +97,9 @@ class LoraConfig:
     use_dora: bool = False
     use_rslora: bool = False
     modules_to_save: Optional[list] = None
+    plus_lr_ratio: Optional[float] = None
+    """LoRA+ (Hayou et al. 2024): the B matrices train at plus_lr_ratio x method.lr (16 is the paper's usual
+    choice; LLaMA-Factory's loraplus_lr_ratio); None: plain LoRA. Through peft's create_loraplus_optimizer."""
 
 
 @dataclass
@@ -115,11 +118,24 @@ class DpoConfig:
 
 
 @dataclass
+class FreezeConfig:
+    """Freeze tuning (method.finetuning=freeze), LLaMA-Factory's freeze_* options: only some decoder layers (and
+    named modules) train; the saved model is a full HF model."""
+
+    trainable_layers: int = 2
+    """N > 0: the last N decoder layers train; N < 0: the first |N| (LLaMA-Factory's freeze_trainable_layers)."""
+    trainable_modules: Any = "all"
+    """all, or a list of module names inside those layers (mlp, self_attn, ...): freeze_trainable_modules."""
+    extra_modules: list = field(default_factory=list)
+    """Modules outside the decoder layers that also train (embed_tokens, norm, lm_head): freeze_extra_modules."""
+
+
+@dataclass
 class MethodConfig:
     name: str = "sft_full"
     """sft_full, lora, dpo: which recipe trains (``METHODS``)."""
     finetuning: str = "full"
-    """full or lora; each method allows the kinds ``METHODS`` lists (dpo either)."""
+    """full, lora or freeze; each method allows the kinds ``METHODS`` lists."""
     lr: float = 1e-4
     weight_decay: float = 0.0
     optimizer: str = "adamw"
@@ -129,6 +145,7 @@ class MethodConfig:
     adam_eps: float = 1e-8
     lora: LoraConfig = field(default_factory=LoraConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
 
 
 @dataclass
@@ -390,7 +407,7 @@ def _choice(value: str, allowed: tuple, key: str) -> None:
 
 
 METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "sft_full": ("recipes.sft", ("full",)),
+    "sft_full": ("recipes.sft", ("full", "freeze")),
     "lora": ("recipes.sft", ("lora",)),
     "dpo": ("recipes.dpo", ("full", "lora")),
 }
@@ -429,7 +446,7 @@ def check_combinations(cfg: Config) -> None:
     """Reject impossible choices and combinations, naming the key and what to change."""
     m, t, d, p, c = cfg.method, cfg.train, cfg.data, cfg.parallelism, cfg.cluster
     _choice(m.name, tuple(METHODS), "method.name")
-    _choice(m.finetuning, ("full", "lora"), "method.finetuning")
+    _choice(m.finetuning, ("full", "lora", "freeze"), "method.finetuning")
     allowed = METHODS[m.name][1]
     if m.finetuning not in allowed:
         hint = "; use method=lora" if m.name == "sft_full" else ""
@@ -438,6 +455,15 @@ def check_combinations(cfg: Config) -> None:
     _choice(m.dpo.loss_type, ("sigmoid", "ipo", "hinge", "simpo", "orpo"), "method.dpo.loss_type")
     if m.name == "dpo":
         validate_dpo(m.dpo)
+    if m.lora.plus_lr_ratio is not None and m.finetuning != "lora":
+        raise ConfigError(f"method.lora.plus_lr_ratio: LoRA+ needs method.finetuning=lora (method=lora), got"
+                          f" finetuning={m.finetuning}; leave it unset (null) otherwise")
+    if m.finetuning == "freeze":
+        if m.freeze.trainable_layers == 0:
+            raise ConfigError("method.freeze.trainable_layers: must not be 0 (N > 0: the last N layers train,"
+                              " N < 0: the first |N|)")
+        if not (m.freeze.trainable_modules == "all" or isinstance(m.freeze.trainable_modules, list)):
+            raise ConfigError("method.freeze.trainable_modules: use all or a list of module names (mlp, self_attn)")
     if not (m.lora.target_modules == "all-linear" or isinstance(m.lora.target_modules, list)):
         raise ConfigError("method.lora.target_modules: use all-linear or a list of module names")
     _choice(t.lr_scheduler, ("cosine", "linear", "constant"), "train.lr_scheduler")

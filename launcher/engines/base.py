@@ -51,12 +51,13 @@ def require_checkpoint_kind(directory: Path, subdir: str, engine: str) -> None:
 def build_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implementation: str, precision: Precision,
                 save_base_to: Optional[Path] = None) -> nn.Module:
     """The one path from the config to the model an engine wraps: the base (hub id, folder, or random init) with
-    parameters in ``precision.param_dtype``, LoRA applied for ``finetuning=lora``, gradient checkpointing on.
+    parameters in ``precision.param_dtype``, LoRA applied for ``finetuning=lora``, all but the chosen layers
+    frozen for ``finetuning=freeze``, gradient checkpointing on.
 
     ``save_base_to``: LoRA on a random-init base keeps the base there (rank 0), since it exists nowhere else and a
     saved adapter must be reloadable.
     """
-    from launcher.models.build import apply_lora, build_base_model
+    from launcher.models.build import apply_lora, build_base_model, freeze_layers
 
     model = build_base_model(cfg, tokenizer, attn_implementation, precision.param_dtype)
     if cfg.method.finetuning == "lora":
@@ -65,6 +66,8 @@ def build_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implementation
             save_tokenizer(tokenizer, save_base_to)
             apply_umask(save_base_to)
         model = apply_lora(model, cfg.method.lora)
+    if cfg.method.finetuning == "freeze":
+        freeze_layers(model, cfg.method.freeze)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.method.finetuning == "lora":

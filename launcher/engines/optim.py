@@ -22,11 +22,27 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: torch.nn.Module, method: MethodConfig) -> torch.optim.Optimizer:
+    if method.finetuning == "lora" and method.lora.plus_lr_ratio:
+        return loraplus_optimizer(model, method)
     groups = param_groups(model, method.weight_decay)
     if method.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=method.lr, momentum=0.9)
     return torch.optim.AdamW(groups, lr=method.lr, betas=(method.adam_beta1, method.adam_beta2),
                              eps=method.adam_eps, **adamw_implementation([p for g in groups for p in g["params"]]))
+
+
+def loraplus_optimizer(model: torch.nn.Module, method: MethodConfig) -> torch.optim.Optimizer:
+    """LoRA+: peft's grouping (B matrices and 1-D tensors at ratio x lr, A matrices at lr); LoRA on embeddings
+    keeps method.lr (peft's default there is 1e-6)."""
+    from peft.optimizers import create_loraplus_optimizer
+
+    common = dict(lr=method.lr, loraplus_lr_ratio=method.lora.plus_lr_ratio, loraplus_weight_decay=method.weight_decay,
+                  loraplus_lr_embedding=method.lr)
+    if method.optimizer == "sgd":
+        return create_loraplus_optimizer(model, torch.optim.SGD, momentum=0.9, **common)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return create_loraplus_optimizer(model, torch.optim.AdamW, betas=(method.adam_beta1, method.adam_beta2),
+                                     eps=method.adam_eps, **adamw_implementation(params), **common)
 
 
 def adamw_implementation(params: list[torch.Tensor]) -> dict:

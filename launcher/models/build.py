@@ -115,6 +115,56 @@ def point_adapter_at_base(adapter_dir: Path, base_dir: Path) -> None:
     path.write_text(json.dumps(adapter_cfg, indent=2))
 
 
+def trainable_layer_ids(trainable_layers: int, num_layers: int) -> range:
+    """LLaMA-Factory's freeze_trainable_layers: N > 0 the last N layers, N < 0 the first |N|."""
+    if trainable_layers > 0:
+        return range(max(0, num_layers - trainable_layers), num_layers)
+    return range(min(-trainable_layers, num_layers))
+
+
+def plan_freeze(names: list[str], num_layers: int, freeze) -> list[str]:
+    """Freeze tuning's choice, a pure function of parameter (or module) names: those in the chosen decoder layers
+    (their ``trainable_modules``, or all of them) and the ``extra_modules`` outside the layers. Raises
+    ConfigError naming a module name that matches nothing (a typo would silently train nothing)."""
+    ids = set(trainable_layer_ids(freeze.trainable_layers, num_layers))
+    modules = None if freeze.trainable_modules == "all" else {str(m) for m in freeze.trainable_modules}
+    extra = {str(m) for m in freeze.extra_modules}
+    seen_modules, seen_extra, trainable = set(), set(), []
+    for name in names:
+        parts = name.split(".")
+        at = next((i for i in range(len(parts) - 1) if parts[i] == "layers" and parts[i + 1].isdigit()), None)
+        if at is not None:
+            module = parts[at + 2] if len(parts) > at + 2 else ""
+            if module:
+                seen_modules.add(module)
+            train = int(parts[at + 1]) in ids and (modules is None or module in modules)
+        else:
+            hits = extra.intersection(parts)
+            seen_extra |= hits
+            train = bool(hits)
+        if train:
+            trainable.append(name)
+    for key, wanted, seen in (("trainable_modules", modules or set(), seen_modules), ("extra_modules", extra, seen_extra)):
+        missing = sorted(wanted - seen)
+        if missing:
+            outside = sorted({n.split(".")[1] if n.startswith("model.") and "." in n else n.split(".")[0]
+                              for n in names if "layers" not in n.split(".")})
+            known = ", ".join(sorted(seen_modules)) if key == "trainable_modules" else ", ".join(outside)
+            raise ConfigError(f"method.freeze.{key}: {', '.join(missing)} matches no module of the model"
+                              f" ({'modules in a layer' if key == 'trainable_modules' else 'modules outside the layers'}:"
+                              f" {known})")
+    return trainable
+
+
+def freeze_layers(model, freeze) -> list[str]:
+    """Freeze tuning: only ``plan_freeze``'s parameters keep requires_grad; returns their names."""
+    names = [n for n, _ in model.named_parameters()]
+    trainable = set(plan_freeze(names, model.config.num_hidden_layers, freeze))
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in trainable)
+    return sorted(trainable)
+
+
 def count_parameters(model) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

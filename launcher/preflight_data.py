@@ -61,6 +61,20 @@ def model_has_media_encoders(cfg: Config) -> Optional[bool]:
     return any(k in config for k in MEDIA_CONFIG_KEYS)
 
 
+METHOD_DATA_KINDS = {"dpo": ("preference",), "kto": ("kto",), "pretrain": ("pt",)}
+"""method.name -> the dataset kinds it trains on (``dataset_kind``); the others: sft and pt."""
+KIND_WORDS = {"sft": "instruction", "preference": "preference", "kto": "KTO feedback", "pt": "plain text"}
+
+
+def dataset_kind(spec) -> str:
+    """preference (ranking: true), kto (a kto_tag column), pt (only a text column) or sft."""
+    if spec.ranking:
+        return "preference"
+    if spec.is_feedback():
+        return "kto"
+    return "pt" if spec.is_text() else "sft"
+
+
 def check_data_choices(problems, cfg: Config) -> None:
     from launcher.preflight import dataset_dir_of
 
@@ -72,15 +86,16 @@ def check_data_choices(problems, cfg: Config) -> None:
     wrong_kind: dict[str, list] = {}  # key -> datasets of the wrong kind for the method (one line for all)
     for key, spec in used_specs(cfg, dataset_dir):
         name = spec.name
-        if (method == "dpo") != bool(spec.ranking):
-            wrong_kind.setdefault(key, []).append(name)
         columns = spec.resolved_columns()
-        if columns.get("kto_tag"):
+        kind = dataset_kind(spec)
+        if kind == "kto" and method != "kto":
             problems.errors.append(
                 f"{key}: dataset '{name}' maps a kto_tag column ('{columns['kto_tag']}': KTO's desirable/undesirable"
-                f" label), which no method here uses: method={method} would train on the undesirable answers too."
-                f" Keep only the desirable rows and drop kto_tag from its columns in {info}, or use another dataset"
+                f" label): method={method} would train on the undesirable answers too. Use method=kto (or"
+                f" method=kto_lora), or keep only the desirable rows and drop kto_tag from its columns in {info}"
             )
+        elif kind not in METHOD_DATA_KINDS.get(method, ("sft", "pt")):
+            wrong_kind.setdefault(key, []).append((name, kind))
         media = [c for c in MEDIA_COLUMNS if columns.get(c)]
         if media:
             if not checked_media:
@@ -93,12 +108,25 @@ def check_data_choices(problems, cfg: Config) -> None:
                 )
     if wrong_kind:
         keys = ", ".join(wrong_kind)
-        listed = [f"'{n}'" for names in wrong_kind.values() for n in names]
+        listed = [f"'{n}'" for found in wrong_kind.values() for n, _ in found]
+        kinds = {k for found in wrong_kind.values() for _, k in found}
         names, are = ", ".join(listed), "is" if len(listed) == 1 else "are"
         if method == "dpo":
             problems.errors.append(
                 f"{keys}: method=dpo needs preference data, but {names} (in {info}) {are} not marked ranking: true;"
                 " use preference data (data=prefs, or a dataset with ranking: true such as dpo_en_demo)"
+            )
+        elif method == "kto":
+            problems.errors.append(
+                f"{keys}: method=kto needs feedback data, but {names} (in {info}) {are} not: no kto_tag column"
+                " marks its answers desirable or undesirable; use a dataset whose entry maps kto_tag (such as"
+                " kto_en_demo), or method=dpo for preference pairs"
+            )
+        elif method == "pretrain":
+            problems.errors.append(
+                f"{keys}: method=pretrain trains on plain text, but {names} (in {info}) {are}"
+                f" {'/'.join(sorted(KIND_WORDS[k] for k in kinds))} data; use datasets whose entry maps only a text"
+                " column (columns: {prompt: text}, e.g. c4_demo, wiki_demo), or method=sft_full"
             )
         else:
             problems.errors.append(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from launcher.data import build_datasets
+from launcher.data import build_supervised_datasets
 from launcher.engines.base import build_engine, build_model
 from launcher.paths import BASE_MODEL_DIR
 from launcher.training.entry import recipe_main
@@ -29,7 +29,7 @@ class SFTRecipe(Recipe):
         cfg, dist = self.cfg, self.dist
         self.start_setup()  # seed, tokenizer, precision, attention
 
-        self.data = build_datasets(cfg, self.tokenizer, attn_implementation=self.attn_impl)
+        self.data = self.load_data()
         self.meter.phase("data")
         self.log_data(self.data)
 
@@ -45,6 +45,10 @@ class SFTRecipe(Recipe):
         engine = build_engine(cfg, model, dist, self.total_steps, loss_module=objective.loss_module,
                               precision=self.precision)
         self.make_trainer(engine, self.data, objective)
+
+    def load_data(self):
+        """SFT's rows (KTO feedback data is refused: its undesirable answers would be learned as good)."""
+        return build_supervised_datasets(self.cfg, self.tokenizer, attn_implementation=self.attn_impl)
 
 
 RECIPE = SFTRecipe

@@ -133,7 +133,7 @@ class FreezeConfig:
 @dataclass
 class MethodConfig:
     name: str = "sft_full"
-    """sft_full, lora, dpo: which recipe trains (``METHODS``)."""
+    """sft_full, lora, dpo, kto, pretrain: which recipe trains (``METHODS``)."""
     finetuning: str = "full"
     """full, lora or freeze; each method allows the kinds ``METHODS`` lists."""
     lr: float = 1e-4
@@ -410,6 +410,7 @@ METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sft_full": ("recipes.sft", ("full", "freeze")),
     "lora": ("recipes.sft", ("lora",)),
     "dpo": ("recipes.dpo", ("full", "lora")),
+    "pretrain": ("recipes.pretrain", ("full", "lora", "freeze")),
 }
 """method.name -> (the recipe module every rank runs, the method.finetuning kinds it allows)."""
 
@@ -455,6 +456,9 @@ def check_combinations(cfg: Config) -> None:
     _choice(m.dpo.loss_type, ("sigmoid", "ipo", "hinge", "simpo", "orpo"), "method.dpo.loss_type")
     if m.name == "dpo":
         validate_dpo(m.dpo)
+    if m.name == "pretrain" and not d.packing:
+        raise ConfigError("data.packing: method=pretrain packs documents (each ends with the end-of-text token and"
+                          " attends only to itself); set data.packing=true (data=c4_demo and data=wiki_demo do)")
     if m.lora.plus_lr_ratio is not None and m.finetuning != "lora":
         raise ConfigError(f"method.lora.plus_lr_ratio: LoRA+ needs method.finetuning=lora (method=lora), got"
                           f" finetuning={m.finetuning}; leave it unset (null) otherwise")

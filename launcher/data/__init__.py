@@ -277,6 +277,27 @@ def build_datasets(cfg: Config, tokenizer, *, attn_implementation: Optional[str]
                       pad_token_id=pad_id)
 
 
+def build_supervised_datasets(cfg: Config, tokenizer, **kwargs) -> DataBundle:
+    """``build_datasets`` for SFT: refuses KTO feedback data, whose undesirable answers SFT would learn as good."""
+    bundle = build_datasets(cfg, tokenizer, **kwargs)
+    if bundle.kind == "kto":
+        names = ", ".join(e.name for e in cfg.data.datasets)
+        raise DataError(f"data.datasets: {names} is KTO feedback data (a kto_tag column marks answers good or bad);"
+                        f" SFT would train on the bad answers too: use method=kto (or method=kto_lora)")
+    return bundle
+
+
+def build_text_datasets(cfg: Config, tokenizer, **kwargs) -> DataBundle:
+    """``build_datasets`` for pretraining: plain text only (every token trained), packed."""
+    bundle = build_datasets(cfg, tokenizer, **kwargs)
+    if bundle.kind != "pt":
+        names = ", ".join(e.name for e in cfg.data.datasets)
+        raise DataError(f"data.datasets: method=pretrain trains on plain text, and {names} is {bundle.kind} data;"
+                        " use datasets whose dataset_info.json entry maps only a text column"
+                        " (columns: {prompt: text}, e.g. c4_demo, wiki_demo), or method=sft_full")
+    return bundle
+
+
 def build_preference_datasets(cfg: Config, tokenizer, **kwargs) -> DataBundle:
     """``build_datasets`` for DPO: refuses datasets that are not ``ranking: true``."""
     bundle = build_datasets(cfg, tokenizer, **kwargs)
@@ -286,4 +307,5 @@ def build_preference_datasets(cfg: Config, tokenizer, **kwargs) -> DataBundle:
     return bundle
 
 
-__all__ = ["DataBundle", "build_datasets", "build_preference_datasets"]
+__all__ = ["DataBundle", "build_datasets", "build_preference_datasets", "build_supervised_datasets",
+           "build_text_datasets"]

@@ -55,6 +55,10 @@ class DatasetSpec:
         named = set(self.columns)
         return self.formatting == "alpaca" and not self.ranking and named == {"prompt"}
 
+    def is_feedback(self) -> bool:
+        """KTO data: each answer carries a thumbs-up/down ``kto_tag`` column (LLaMA-Factory's kto_en_demo)."""
+        return bool(self.resolved_columns().get("kto_tag")) and not self.ranking
+
     def source(self) -> Path:
         """The local file or folder of this dataset."""
         assert self.file_name and self.dataset_dir is not None

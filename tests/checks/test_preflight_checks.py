@@ -253,8 +253,8 @@ def test_kto_tag_under_sft_is_refused(tmp_path):
                                             "columns": {"messages": "messages", "kto_tag": "label"}}},
                          {"k.json": rows * 3})
     refused(with_data(folder, "kto"), r"data\.datasets: dataset 'kto' maps a kto_tag column \('label': KTO's"
-                                      r" desirable/undesirable label\), which no method here uses: method=sft_full"
-                                      r" would train on the undesirable answers too")
+                                      r" desirable/undesirable label\): method=sft_full would train on the undesirable"
+                                      r" answers too\. Use method=kto \(or method=kto_lora\)")
 
 
 def test_images_with_a_text_only_model_are_refused(tmp_path):

@@ -15,21 +15,17 @@ chosen and rejected rows do not share the prompt and its masks.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import sys
 
-import torch
-
 from launcher.data import build_preference_datasets
 from launcher.engines.base import build_engine, build_model
-from launcher.engines.distributed import all_reduce_sum
 from launcher.paths import BASE_MODEL_DIR
-from launcher.training.batching import eval_batches
 from launcher.training.entry import recipe_main
-from launcher.training.objectives import to_device, unwrap_loss_module
-from launcher.training.objectives.base import forwards_for
-from launcher.training.objectives.preference import PreferenceObjective, SequenceLogProbs, check_shared_prompt
+from launcher.training.objectives import unwrap_loss_module
+from launcher.training.objectives.preference import PreferenceObjective, check_shared_prompt
+from launcher.training.objectives.reference import (describe_reference, frozen_copy, precompute_reference_logps,
+                                                    reference_scorer, sharded_parameters)
 from launcher.training.recipe import Recipe
 
 log = logging.getLogger("launcher.dpo")
@@ -66,78 +62,31 @@ class DPORecipe(Recipe):
                      " on every rank", cfg.parallelism.name)
         self.ref_model = None
         if objective.uses_reference and cfg.method.finetuning == "full" and not self.precompute:
-            # A frozen copy of the starting weights; taken before the engine wraps (or shards) the policy.
-            self.ref_model = copy.deepcopy(model).to(dist.device).eval().requires_grad_(False)
+            self.ref_model = frozen_copy(model, dist.device)  # before the engine wraps (or shards) the policy
         engine = build_engine(cfg, model, dist, self.total_steps, loss_module=objective.loss_module,
                               precision=self.precision)
         objective.scorer = unwrap_loss_module(engine.module)
         self.engine_forward_is_collective = engine.forward_is_collective
-        objective.reference = self.reference_scorer(objective, self.ref_model)
+        objective.reference = reference_scorer(cfg, objective.scorer, self.ref_model)
         if self.precompute:
             # Before the Trainer resumes trained weights: the policy is still the reference here.
             self.precompute_reference(objective)
         self.make_trainer(engine, self.data, objective)
         if dist.is_main:
-            if not objective.uses_reference:
-                reference = "none (reference-free)"
-            elif self.precompute:
-                reference = "log-probs precomputed once"
-            elif cfg.method.finetuning == "lora":
-                reference = "base with adapters disabled"
-            else:
-                reference = "frozen copy"
+            reference = describe_reference(cfg, self.ref_model, self.precompute, objective.uses_reference)
             log.info("dpo: loss %s, beta %g, label smoothing %g, reference: %s", d.loss_type, d.beta,
                      d.label_smoothing, reference)
 
-    def reference_scorer(self, objective: PreferenceObjective, ref_model):
-        """batch -> the reference's sequence log-probs."""
-        if ref_model is not None:
-            ref_scorer = SequenceLogProbs(ref_model, self.cfg.train.loss_chunk_size)
-            return torch.no_grad()(lambda batch: ref_scorer(**batch)[0])
-        scorer = objective.scorer
-
-        @torch.no_grad()
-        def policy_as_reference(batch):
-            if self.cfg.method.finetuning == "lora":
-                # The base model is the reference; the adapters are switched off for this forward only.
-                with scorer.model.disable_adapter():
-                    return scorer(**batch)[0]
-            # Full fine-tuning without a copy: only while precomputing, before the policy has moved.
-            return scorer(**batch)[0]
-
-        return policy_as_reference
-
-    @torch.no_grad()
     def precompute_reference(self, objective: PreferenceObjective) -> None:
         """Score every training and held-out pair with the reference once; the rows keep ``ref_logps``."""
-        # Rows of the memory-mapped cache are made afresh on each access: hold them as a list, so the
-        # reference log-probs written into them stay.
-        self.data.train = list(self.data.train)
+        self.data.train = list(self.data.train)  # the store's rows are made on access: keep them as a list
         if self.data.eval is not None:
             self.data.eval = list(self.data.eval)
-        objective.scorer.eval()
-        collective = self.engine_forward_is_collective
         for rows in (self.data.train, self.data.eval or []):
-            values = torch.zeros(len(rows), 2, dtype=torch.float64, device=self.dist.device)
-            batches = eval_batches(len(rows), self.dist.rank, self.dist.world_size, self.cfg.train.micro_batch_size)
-            # Sharded engines: as many forwards on every rank, fillers not counted.
-            for idx, counted in forwards_for(batches, collective, self.dist.device):
-                batch = to_device(self.data.collate([rows[i] for i in idx]), self.dist.device)
-                ref = objective.reference(batch).double()
-                if counted:
-                    values[idx, 0], values[idx, 1] = ref[: len(idx)], ref[len(idx):]
-            all_reduce_sum(values)  # each rank filled its share
-            for row, (c, r) in zip(rows, values.tolist()):
-                row["ref_logps"] = (c, r)
-        objective.scorer.train()
+            precompute_reference_logps(rows, self.data.collate, objective.reference, objective.scorer, self.dist,
+                                       self.cfg.train.micro_batch_size, self.engine_forward_is_collective, width=2)
         if self.dist.is_main:
             log.info("reference log-probs precomputed for %d training pairs", len(self.data.train))
-
-
-def sharded_parameters(cfg) -> bool:
-    """ZeRO-3 and FSDP keep a shard of each parameter per rank (their forwards are collective)."""
-    p = cfg.parallelism
-    return p.strategy == "fsdp" or (p.strategy == "deepspeed" and p.zero_stage == 3)
 
 
 RECIPE = DPORecipe

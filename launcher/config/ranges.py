@@ -73,6 +73,10 @@ RANGES: dict[str, Range] = {
     "method.dpo.label_smoothing": Range(0, 0.5, high_open=True),
     "method.dpo.simpo_gamma": NOT_NEGATIVE,
     "method.dpo.probe_pairs": Range(0, note=" (0: off)"),
+    "method.kto.beta": POSITIVE,
+    "method.kto.desirable_weight": POSITIVE,
+    "method.kto.undesirable_weight": POSITIVE,
+    "method.kto.probe_rows": Range(0, note=" (0: off)"),
     "train.seed": Range(0, 2**32 - 1),
     "train.max_steps": Range(-1, note="; -1 trains for train.epochs"),  # 0 and < -1: see validate
     "train.epochs": NOT_NEGATIVE,  # > 0 when max_steps is -1: see validate

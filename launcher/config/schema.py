@@ -118,6 +118,19 @@ class DpoConfig:
 
 
 @dataclass
+class KtoConfig:
+    beta: float = 0.1
+    """Strength of the pull towards the reference (LLaMA-Factory's pref_beta, TRL's beta)."""
+    desirable_weight: float = 1.0
+    """Weight of the desirable (kto_tag true) rows' losses (LLaMA-Factory's kto_chosen_weight); with unbalanced
+    data keep desirable_weight * n_desirable / (undesirable_weight * n_undesirable) in [1, 4/3] (the KTO paper)."""
+    undesirable_weight: float = 1.0
+    """Weight of the undesirable (kto_tag false) rows' losses (LLaMA-Factory's kto_rejected_weight)."""
+    probe_rows: int = 64
+    """Training rows whose rewards/KL are logged before and after training (0: off)."""
+
+
+@dataclass
 class FreezeConfig:
     """Freeze tuning (method.finetuning=freeze), LLaMA-Factory's freeze_* options: only some decoder layers (and
     named modules) train; the saved model is a full HF model."""
@@ -145,6 +158,7 @@ class MethodConfig:
     adam_eps: float = 1e-8
     lora: LoraConfig = field(default_factory=LoraConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
+    kto: KtoConfig = field(default_factory=KtoConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
 
 
@@ -410,6 +424,7 @@ METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sft_full": ("recipes.sft", ("full", "freeze")),
     "lora": ("recipes.sft", ("lora",)),
     "dpo": ("recipes.dpo", ("full", "lora")),
+    "kto": ("recipes.kto", ("full", "lora")),
     "pretrain": ("recipes.pretrain", ("full", "lora", "freeze")),
 }
 """method.name -> (the recipe module every rank runs, the method.finetuning kinds it allows)."""
@@ -456,6 +471,9 @@ def check_combinations(cfg: Config) -> None:
     _choice(m.dpo.loss_type, ("sigmoid", "ipo", "hinge", "simpo", "orpo"), "method.dpo.loss_type")
     if m.name == "dpo":
         validate_dpo(m.dpo)
+    if m.name == "kto" and t.micro_batch_size < 2:
+        raise ConfigError("train.micro_batch_size: KTO estimates its KL term from each row's prompt paired with"
+                          " another row's answer in the same micro-batch; it needs >= 2 (4 or more is better)")
     if m.name == "pretrain" and not d.packing:
         raise ConfigError("data.packing: method=pretrain packs documents (each ends with the end-of-text token and"
                           " attends only to itself); set data.packing=true (data=c4_demo and data=wiki_demo do)")

@@ -47,11 +47,16 @@ class DataBundle:
     collate: Callable[[list], dict]
     stats: dict = field(default_factory=dict)
     kind: str = "sft"
-    """sft, pt (pretraining text only) or preference (rows with chosen_*/rejected_*; collate gives 2B rows)."""
+    """sft, pt (pretraining text only), preference (rows with chosen_*/rejected_*; collate gives 2B rows) or kto
+    (rows with kto_tag and prompt_len; collate gives 2B rows: the rows, then their mismatched KL rows)."""
     packed: bool = False
     attn_implementation: str = "sdpa"
     """What ``collate`` builds masks for."""
     pad_token_id: int = 0
+
+
+PACKABLE_KINDS = ("sft", "pt")
+"""Kinds whose rows are packed with data.packing (a preference or KTO row is scored as a whole sequence)."""
 
 
 def resolve_dataset_dir(data: DataConfig) -> Path:
@@ -96,6 +101,12 @@ def data_kind(specs: list[DatasetSpec]) -> str:
         raise DataError(f"data.datasets: preference (ranking) and non-preference datasets cannot be mixed: {names}")
     if ranking == {True}:
         return "preference"
+    feedback = {s.is_feedback() for s in specs}
+    if len(feedback) > 1:
+        names = ", ".join(f"{s.name} (kto_tag={'yes' if s.is_feedback() else 'no'})" for s in specs)
+        raise DataError(f"data.datasets: KTO (kto_tag) and other datasets cannot be mixed: {names}")
+    if feedback == {True}:
+        return "kto"
     return "pt" if all(s.is_text() for s in specs) else "sft"
 
 
@@ -162,7 +173,7 @@ def preprocess(cfg: Config, tokenizer, renderer, kind: str, train_specs, eval_sp
     """Everything the cache stores, written into ``folder``: the token store, the train/eval rows (packed or
     not) as indices into it, the held-out samples and the counts."""
     data, seed = cfg.data, cfg.train.seed
-    preference, pack = kind == "preference", data.packing and kind != "preference"
+    preference, pack = kind == "preference", data.packing and kind in PACKABLE_KINDS
     writer = StoreWriter(folder)
     options = EncodeOptions(tokenizer, renderer, data.cutoff_len, data.train_on_prompt, data.mask_history, data.lenient)
     encoder = Encoder(options, resolve_num_proc(data), data.preprocess_batch_size, progress)
@@ -272,8 +283,8 @@ def build_datasets(cfg: Config, tokenizer, *, attn_implementation: Optional[str]
 
     attn = resolve_attn_implementation(attn_implementation or cfg.model.attn_implementation)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return DataBundle(train, eval_rows, meta["eval_samples"], make_collate(kind, pad_id, attn),
-                      stats, kind=kind, packed=data.packing and kind != "preference", attn_implementation=attn,
+    return DataBundle(train, eval_rows, meta["eval_samples"], make_collate(kind, pad_id, attn, data.cutoff_len),
+                      stats, kind=kind, packed=data.packing and kind in PACKABLE_KINDS, attn_implementation=attn,
                       pad_token_id=pad_id)
 
 
@@ -298,6 +309,16 @@ def build_text_datasets(cfg: Config, tokenizer, **kwargs) -> DataBundle:
     return bundle
 
 
+def build_feedback_datasets(cfg: Config, tokenizer, **kwargs) -> DataBundle:
+    """``build_datasets`` for KTO: refuses data without a kto_tag column."""
+    bundle = build_datasets(cfg, tokenizer, **kwargs)
+    if bundle.kind != "kto":
+        names = ", ".join(e.name for e in cfg.data.datasets)
+        raise DataError(f"data.datasets: method=kto needs feedback data, and {names} has no kto_tag column (a"
+                        " dataset_info.json entry that maps kto_tag, e.g. data.datasets=[kto_en_demo])")
+    return bundle
+
+
 def build_preference_datasets(cfg: Config, tokenizer, **kwargs) -> DataBundle:
     """``build_datasets`` for DPO: refuses datasets that are not ``ranking: true``."""
     bundle = build_datasets(cfg, tokenizer, **kwargs)
@@ -307,5 +328,5 @@ def build_preference_datasets(cfg: Config, tokenizer, **kwargs) -> DataBundle:
     return bundle
 
 
-__all__ = ["DataBundle", "build_datasets", "build_preference_datasets", "build_supervised_datasets",
+__all__ = ["DataBundle", "build_datasets", "build_feedback_datasets", "build_preference_datasets", "build_supervised_datasets",
            "build_text_datasets"]

@@ -101,8 +101,37 @@ def collate_preference(rows: list[dict], pad_token_id: int, attn_implementation:
     return collate_rows(flat, pad_token_id, attn_implementation)
 
 
-def make_collate(kind: str, pad_token_id: int, attn_implementation: str = "sdpa") -> Callable[[list[dict]], dict]:
-    """The collate function for rows of ``kind`` (sft, pt or preference)."""
+def mismatched_rows(rows: list[dict], cutoff_len: Optional[int] = None) -> list[dict]:
+    """KTO's KL rows for a micro-batch: row i's prompt with row i-1's answer (row 0 takes the last row's),
+    TRL 1.16's rotation (x_1, y_n), (x_2, y_1), ..., (x_n, y_{n-1}) within the batch, so the mismatched answers
+    are the same set as the batch's own. The answer is cut at ``cutoff_len`` (TRL cuts at max_length)."""
+    out = []
+    for i, row in enumerate(rows):
+        prev = rows[i - 1]
+        p, q = int(row["prompt_len"]), int(prev["prompt_len"])
+        answer = list(prev["input_ids"][q:])
+        if cutoff_len is not None:
+            answer = answer[: max(cutoff_len - p, 0)]
+        out.append({"input_ids": list(row["input_ids"][:p]) + answer, "labels": [IGNORE_INDEX] * p + answer})
+    return out
+
+
+def collate_feedback(rows: list[dict], pad_token_id: int, attn_implementation: str = "sdpa",
+                     cutoff_len: Optional[int] = None) -> dict:
+    """KTO rows -> one batch of 2B rows: the B rows first, then their B mismatched KL rows (``mismatched_rows``);
+    ``kto_tag`` [B] bool."""
+    flat = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows] + mismatched_rows(rows, cutoff_len)
+    batch = collate_rows(flat, pad_token_id, attn_implementation)
+    batch["kto_tag"] = torch.tensor([bool(r["kto_tag"]) for r in rows], dtype=torch.bool)
+    return batch
+
+
+def make_collate(kind: str, pad_token_id: int, attn_implementation: str = "sdpa",
+                 cutoff_len: Optional[int] = None) -> Callable[[list[dict]], dict]:
+    """The collate function for rows of ``kind`` (sft, pt, preference or kto; KTO's KL rows cut at cutoff_len)."""
+    if kind == "kto":
+        return partial(collate_feedback, pad_token_id=pad_token_id, attn_implementation=attn_implementation,
+                       cutoff_len=cutoff_len)
     fn = collate_preference if kind == "preference" else collate_rows
     return partial(fn, pad_token_id=pad_token_id, attn_implementation=attn_implementation)
 

@@ -190,7 +190,11 @@ def row_to_sample(row: Any, spec: DatasetSpec, where: str) -> Optional[dict]:
             raise DataError(f"{where}: the {key} answer is empty; a preference row needs a non-empty chosen and"
                             " rejected answer (fill it or remove the row)")
     attach_media(sample, row, spec, where)
-    cols = spec.resolved_columns()
-    if cols.get("kto_tag") and cols["kto_tag"] in row:
-        sample["kto_tag"] = bool(row[cols["kto_tag"]])
+    if spec.is_feedback():
+        col = spec.resolved_columns()["kto_tag"]
+        if not isinstance(row.get(col), bool):
+            got = "missing" if col not in row else f"{row[col]!r}"
+            raise DataError(f"{where}: column '{col}' (kto_tag) must be true (a desirable answer) or false"
+                            f" (an undesirable one), got {got}")
+        sample["kto_tag"] = row[col]
     return sample

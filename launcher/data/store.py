@@ -6,7 +6,9 @@ A store is a folder:
 - ``<split>.items.npy`` / ``<split>.item_offsets.npy``: a split (train, eval) as groups of records; a record is
   one token row, or for preference data two (chosen, rejected). An unpacked row is one record, a packed row
   the records packing put together, in the order they are concatenated;
-- ``prompt_len.npy``: int32 per record, preference data only;
+- ``<name>.npy``: numeric per-record columns, one value per record (``columns.json`` lists them):
+  ``prompt_len`` (int32; preference and KTO data), ``kto_tag`` (int8, 1 = desirable; KTO data). The reader
+  maps them and puts each record's value into the row dicts it makes (unpacked layouts);
 - ``meta.json``: counts, kind, statistics and the held-out samples (small).
 
 Why numpy memmaps and not an Arrow table: a row is a slice of two flat int32 files, which is Arrow's own
@@ -24,6 +26,7 @@ import numpy as np
 
 TOKEN_DTYPE = np.int32
 META_FILE = "meta.json"
+COLUMNS_FILE = "columns.json"
 
 
 class StoreWriter:
@@ -35,20 +38,22 @@ class StoreWriter:
         self._ids = open(self.folder / "input_ids.bin", "wb")
         self._labels = open(self.folder / "labels.bin", "wb")
         self._lengths: list[np.ndarray] = []
-        self._prompt_lens: list[np.ndarray] = []
+        self._columns: dict[str, list[np.ndarray]] = {}
         self.trained: list[np.ndarray] = []
         """Trained tokens per record (for the statistics; not written)."""
         self.rows = 0
 
     def add(self, input_ids: np.ndarray, labels: np.ndarray, row_lengths: np.ndarray,
-            prompt_lens: Optional[np.ndarray] = None) -> int:
-        """Append token rows (flat ids/labels, one length per row); returns the first new row's number."""
+            columns: Optional[dict[str, np.ndarray]] = None) -> int:
+        """Append token rows (flat ids/labels, one length per row); returns the first new row's number.
+        ``columns``: numeric per-record values (one per record, not per token row: a preference record is two
+        rows), saved at ``close`` as ``<name>.npy``; give the same names with every call."""
         first = self.rows
         self._ids.write(np.ascontiguousarray(input_ids, dtype=TOKEN_DTYPE).tobytes())
         self._labels.write(np.ascontiguousarray(labels, dtype=TOKEN_DTYPE).tobytes())
         self._lengths.append(np.asarray(row_lengths, dtype=np.int64))
-        if prompt_lens is not None:
-            self._prompt_lens.append(np.asarray(prompt_lens, dtype=np.int32))
+        for name, values in (columns or {}).items():
+            self._columns.setdefault(name, []).append(np.asarray(values))
         self.rows += len(row_lengths)
         return first
 
@@ -62,8 +67,9 @@ class StoreWriter:
         offsets = np.zeros(len(lengths) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
         np.save(self.folder / "row_offsets.npy", offsets)
-        if self._prompt_lens:
-            np.save(self.folder / "prompt_len.npy", np.concatenate(self._prompt_lens))
+        for name, parts in self._columns.items():
+            np.save(self.folder / f"{name}.npy", np.concatenate(parts))
+        (self.folder / COLUMNS_FILE).write_text(json.dumps(sorted(self._columns)))
 
 
 def write_split(folder: Path, split: str, groups_flat: np.ndarray, group_offsets: np.ndarray) -> None:
@@ -93,8 +99,13 @@ class Tokens:
         self.input_ids = _mmap(folder / "input_ids.bin", TOKEN_DTYPE)
         self.labels = _mmap(folder / "labels.bin", TOKEN_DTYPE)
         self.row_offsets = np.load(folder / "row_offsets.npy", mmap_mode="r")
-        prompt = folder / "prompt_len.npy"
-        self.prompt_len = np.load(prompt, mmap_mode="r") if prompt.is_file() else None
+        listed = folder / COLUMNS_FILE
+        names = json.loads(listed.read_text()) if listed.is_file() else []
+        self.columns: dict[str, np.ndarray] = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in names}
+        """Per-record numeric columns by name, memory-mapped."""
+
+    def record_columns(self, record: int) -> dict:
+        return {name: values[record].item() for name, values in self.columns.items()}
 
     def row(self, r: int) -> tuple[list, list]:
         a, b = int(self.row_offsets[r]), int(self.row_offsets[r + 1])
@@ -104,8 +115,8 @@ class Tokens:
 class TokenRows(Sequence):
     """A split of a store as the rows the trainer reads: ``rows[i]`` is a dict of lists, as before.
 
-    layout: ``rows`` ({input_ids, labels}), ``packed`` (+ position_ids, segment_lengths) or ``preference``
-    ({chosen,rejected}_{input_ids,labels}, prompt_len).
+    layout: ``rows`` ({input_ids, labels} + the store's per-record columns), ``packed`` (+ position_ids,
+    segment_lengths) or ``preference`` ({chosen,rejected}_{input_ids,labels} + the columns: prompt_len).
     """
 
     def __init__(self, tokens: Tokens, items: np.ndarray, item_offsets: np.ndarray, layout: str):
@@ -120,6 +131,12 @@ class TokenRows(Sequence):
     def __len__(self) -> int:
         return len(self.item_offsets) - 1
 
+    def column(self, name: str) -> np.ndarray:
+        """A per-record column's value for every row of this split (unpacked layouts: one record per row)."""
+        if self.layout == "packed":
+            raise ValueError("a packed row holds several records; read their columns per record")
+        return np.asarray(self.tokens.columns[name])[np.asarray(self.items)]
+
     def _records(self, i: int) -> np.ndarray:
         return self.items[int(self.item_offsets[i]): int(self.item_offsets[i + 1])]
 
@@ -133,10 +150,10 @@ class TokenRows(Sequence):
             r = int(records[0])
             chosen, rejected = self.tokens.row(2 * r), self.tokens.row(2 * r + 1)
             return {"chosen_input_ids": chosen[0], "chosen_labels": chosen[1], "rejected_input_ids": rejected[0],
-                    "rejected_labels": rejected[1], "prompt_len": int(self.tokens.prompt_len[r])}
+                    "rejected_labels": rejected[1], **self.tokens.record_columns(r)}
         if self.layout == "rows":
             ids, labels = self.tokens.row(int(records[0]))
-            return {"input_ids": ids, "labels": labels}
+            return {"input_ids": ids, "labels": labels, **self.tokens.record_columns(int(records[0]))}
         input_ids, labels, position_ids, lengths = [], [], [], []
         for r in records:
             ids, labs = self.tokens.row(int(r))

@@ -9,6 +9,8 @@ Rows:
 - supervised: ``{"input_ids", "labels"}``;
 - preference: ``{"chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels", "prompt_len"}``
   (the prompt ids are shared; prompt labels are -100);
+- feedback (KTO): ``{"input_ids", "labels", "prompt_len", "kto_tag"}``: the last answer trained, all before it
+  the prompt (its mismatched KL row is made per micro-batch: launcher.data.collate.collate_feedback);
 - pretraining text: ``{"input_ids", "labels"}`` with every token trained, long texts cut into cutoff_len pieces.
 """
 from __future__ import annotations
@@ -110,6 +112,17 @@ def encode_pairwise(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: 
     }
 
 
+def encode_feedback(encoded: list[tuple[list[int], list[int]]], cutoff_len: int, kto_tag: bool) -> dict:
+    """KTO: the whole conversation before the last answer is the prompt (untrained), the last answer the
+    completion, cut as a preference pair is; ``kto_tag`` says whether the answer is desirable."""
+    prompt_ids = [t for source, target in encoded[:-1] for t in source + target] + encoded[-1][0]
+    completion = encoded[-1][1]
+    source_len, target_len = infer_seqlen(len(prompt_ids), len(completion), cutoff_len)
+    return {"input_ids": prompt_ids[:source_len] + completion[:target_len],
+            "labels": [IGNORE_INDEX] * source_len + completion[:target_len],
+            "prompt_len": source_len, "kto_tag": int(bool(kto_tag))}
+
+
 def encode_text(tokenizer, text: str, cutoff_len: int) -> list[dict]:
     """Pretraining: text + eos, every token trained, cut into pieces of cutoff_len (no text is thrown away)."""
     if len(text) > MAX_TEXT_CHARS:
@@ -144,6 +157,8 @@ def tokenize_sample(tokenizer, renderer, sample: dict, cutoff_len: int, train_on
             encoded[key] = (prompt_ids, enc[-1][1])
         return [encode_pairwise(encoded["chosen"][0], encoded["chosen"][1], encoded["rejected"][1], cutoff_len)]
     pairs = split_pairs(renderer, sample["messages"], tools, where)
+    if "kto_tag" in sample:
+        return [encode_feedback(encode_pairs(tokenizer, pairs, cutoff_len), cutoff_len, sample["kto_tag"])]
     return [encode_supervised(encode_pairs(tokenizer, pairs, cutoff_len), cutoff_len, train_on_prompt, mask_history)]
 
 

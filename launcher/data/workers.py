@@ -34,8 +34,10 @@ from launcher.data.readers import parse_json_line
 from launcher.data.registry import DatasetSpec
 from launcher.data.tokenize import check_trainable, row_trained, tokenize_sample
 
+COLUMNS = {"prompt_len": np.int32, "kto_tag": np.int8}
+"""Numeric per-record values a token row may carry, stored as the store's columns (launcher.data.store)."""
 STORED_KEYS = {"input_ids", "labels", "chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels",
-               "prompt_len"}
+               *COLUMNS}
 """What a token row may hold; the store writes these (and nothing else) to disk."""
 
 SHOWN_ERRORS = 5
@@ -72,7 +74,8 @@ def encode_batch(spec: DatasetSpec, items: list, preference: bool, options: Opti
     """Rows -> flat token arrays. Per item: records (token rows; 2 per preference pair) or -1 when rejected."""
     opt = options or _OPTIONS
     ids, labels = array("i"), array("i")
-    row_lens, trained, prompt_lens = array("q"), array("q"), array("i")
+    row_lens, trained = array("q"), array("q")
+    columns: dict[str, list] = {}
     records, dropped, errors = array("i"), array("i"), []
     for k, (where, payload, raw) in enumerate(items):
         try:
@@ -95,19 +98,22 @@ def encode_batch(spec: DatasetSpec, items: list, preference: bool, options: Opti
         dropped.append(len(token_rows) - len(kept))
         for r in kept:
             trained.append(row_trained(r))
+            for name in COLUMNS:
+                if name in r:
+                    columns.setdefault(name, []).append(int(r[name]))
             if preference:
                 for side in ("chosen", "rejected"):
                     ids.extend(r[f"{side}_input_ids"])
                     labels.extend(r[f"{side}_labels"])
                     row_lens.append(len(r[f"{side}_input_ids"]))
-                prompt_lens.append(r["prompt_len"])
             else:
                 ids.extend(r["input_ids"])
                 labels.extend(r["labels"])
                 row_lens.append(len(r["input_ids"]))
     return {"ids": np.frombuffer(ids, np.int32), "labels": np.frombuffer(labels, np.int32),
             "row_lens": np.frombuffer(row_lens, np.int64), "trained": np.frombuffer(trained, np.int64),
-            "prompt_lens": np.frombuffer(prompt_lens, np.int32), "records": np.frombuffer(records, np.int32),
+            "columns": {name: np.asarray(values, COLUMNS[name]) for name, values in columns.items()},
+            "records": np.frombuffer(records, np.int32),
             "dropped": np.frombuffer(dropped, np.int32), "errors": errors}
 
 
@@ -200,7 +206,7 @@ class Encoder:
                 n_rows = n_records * width
                 n_tokens = int(result["row_lens"][:n_rows].sum())
                 first = writer.add(result["ids"][:n_tokens], result["labels"][:n_tokens], result["row_lens"][:n_rows],
-                                   result["prompt_lens"][:n_records] if preference else None)
+                                   {name: values[:n_records] for name, values in result["columns"].items()})
                 writer.trained.append(result["trained"][:n_records])
                 per = records[:keep_items][ok].astype(np.int64)
                 starts = np.zeros(len(per), np.int64)

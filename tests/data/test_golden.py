@@ -5,6 +5,9 @@ tests/data/golden/rows.json holds, per dataset and tokenizer, sha256 hashes of t
 the counts, as the list-of-dicts pipeline produced them (commit 52434a9). Any change in a token, a label,
 a row's order or the packing plan changes a hash.
 
+kto_en_demo's entries were regenerated when KTO came (issue 19): its rows are KTO rows now (only the last answer
+trained, never packed), which SFT refuses.
+
 Regenerate only when a change of the rows is intended:  PYTHONPATH=. python tests/data/test_golden.py
 """
 from __future__ import annotations

@@ -8,6 +8,7 @@ name the key. Ranks never see Hydra: they read the resolved ``config.yaml`` from
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -97,6 +98,11 @@ class LoraConfig:
     use_dora: bool = False
     use_rslora: bool = False
     modules_to_save: Optional[list] = None
+    init: str = "default"
+    """How the adapters start (peft's init_lora_weights): default (A random, B zero), gaussian, pissa (the top
+    singular vectors of each weight; the base keeps the residual), pissa_niter_N (fast SVD with N iterations),
+    olora (QR). PiSSA and OLoRA adapters are converted back to plain LoRA adapters of twice the rank on save
+    (peft's path_initial_model_for_weight_conversion), so they load onto the unchanged base."""
     plus_lr_ratio: Optional[float] = None
     """LoRA+ (Hayou et al. 2024): the B matrices train at plus_lr_ratio x method.lr (16 is the paper's usual
     choice; LLaMA-Factory's loraplus_lr_ratio); None: plain LoRA. Through peft's create_loraplus_optimizer."""
@@ -477,6 +483,13 @@ def check_combinations(cfg: Config) -> None:
     if m.name == "pretrain" and not d.packing:
         raise ConfigError("data.packing: method=pretrain packs documents (each ends with the end-of-text token and"
                           " attends only to itself); set data.packing=true (data=c4_demo and data=wiki_demo do)")
+    if not (m.lora.init in ("default", "gaussian", "pissa", "olora") or re.fullmatch(r"pissa_niter_[1-9]\d*", m.lora.init)):
+        raise ConfigError(f"method.lora.init: '{m.lora.init}' is not one of default, gaussian, pissa, pissa_niter_N"
+                          " (N >= 1: fast SVD), olora")
+    if lora_init_converted(m.lora) and sharded_parameters_of(p):
+        raise ConfigError(f"method.lora.init: {m.lora.init} is converted to a plain LoRA adapter when saved, which is"
+                          f" not done under parallelism={p.name} yet; use parallelism=ddp (or zero2), or"
+                          " method.lora.init=default")
     if m.lora.plus_lr_ratio is not None and m.finetuning != "lora":
         raise ConfigError(f"method.lora.plus_lr_ratio: LoRA+ needs method.finetuning=lora (method=lora), got"
                           f" finetuning={m.finetuning}; leave it unset (null) otherwise")
@@ -551,6 +564,16 @@ def validate_dpo(d: DpoConfig) -> None:
     if d.precompute_ref_log_probs and d.loss_type in ("simpo", "orpo"):
         raise ConfigError(f"method.dpo.precompute_ref_log_probs: loss_type={d.loss_type} uses no reference model;"
                           " set it to false")
+
+
+def lora_init_converted(lora: LoraConfig) -> bool:
+    """PiSSA and OLoRA change the base weights at init; their saved adapters are converted back to plain LoRA."""
+    return lora.init.startswith("pissa") or lora.init == "olora"
+
+
+def sharded_parameters_of(p: "ParallelismConfig") -> bool:
+    """ZeRO-3 and FSDP keep a shard of each parameter per rank."""
+    return p.strategy == "fsdp" or (p.strategy == "deepspeed" and p.zero_stage == 3)
 
 
 def world_size(cfg: Config) -> int:

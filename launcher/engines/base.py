@@ -20,12 +20,13 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from launcher.config.schema import Config
+from launcher.config.schema import Config, lora_init_converted
 from launcher.engines.distributed import DistInfo
 from launcher.engines.precision import Precision, resolve_precision
 from launcher.errors import ConfigError
 from launcher.files import apply_umask
 from launcher.models.tokenizers import save_tokenizer
+from launcher.paths import LORA_INIT_DIR
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def build_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implementation
     ``save_base_to``: LoRA on a random-init base keeps the base there (rank 0), since it exists nowhere else and a
     saved adapter must be reloadable.
     """
-    from launcher.models.build import apply_lora, build_base_model, freeze_layers
+    from launcher.models.build import apply_lora, build_base_model, freeze_layers, save_initial_adapter
 
     model = build_base_model(cfg, tokenizer, attn_implementation, precision.param_dtype)
     if cfg.method.finetuning == "lora":
@@ -66,6 +67,8 @@ def build_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implementation
             save_tokenizer(tokenizer, save_base_to)
             apply_umask(save_base_to)
         model = apply_lora(model, cfg.method.lora)
+        if lora_init_converted(cfg.method.lora) and save_base_to is not None and dist_info.is_main:
+            save_initial_adapter(model, Path(save_base_to).parent / LORA_INIT_DIR)
     if cfg.method.finetuning == "freeze":
         freeze_layers(model, cfg.method.freeze)
     if cfg.train.gradient_checkpointing:
@@ -125,12 +128,16 @@ class Engine:
         state = self.full_state_dict()
         if not self.dist.is_main:
             return
+        kwargs = {}
+        if self.cfg.method.finetuning == "lora" and lora_init_converted(self.cfg.method.lora):
+            # PiSSA/OLoRA: saved as a plain LoRA adapter (rank 2r) of the unchanged base, as peft documents
+            kwargs["path_initial_model_for_weight_conversion"] = str(Path(directory).parent / LORA_INIT_DIR)
         if state is None:
-            self.model.save_pretrained(directory, safe_serialization=True)
+            self.model.save_pretrained(directory, safe_serialization=True, **kwargs)
         else:
             if not state:
                 raise RuntimeError("gathering the final weights gave an empty state dict; nothing to save")
-            self.model.save_pretrained(directory, state_dict=state, safe_serialization=True)
+            self.model.save_pretrained(directory, state_dict=state, safe_serialization=True, **kwargs)
         save_tokenizer(tokenizer, directory)  # reloaded and compared: predict/chat/export tokenize as training did
         apply_umask(directory)  # safetensors writes 0600
 

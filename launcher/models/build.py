@@ -95,6 +95,7 @@ def lora_peft_config(lora: LoraConfig):
         use_dora=lora.use_dora,
         use_rslora=lora.use_rslora,
         modules_to_save=lora.modules_to_save,
+        init_lora_weights=True if lora.init == "default" else lora.init,
     )
 
 
@@ -102,6 +103,19 @@ def apply_lora(model, lora: LoraConfig):
     from peft import get_peft_model
 
     return get_peft_model(model, lora_peft_config(lora))
+
+
+def save_initial_adapter(model, directory: Path) -> None:
+    """PiSSA/OLoRA: the adapter as initialized, which the final save subtracts to convert the trained adapter into
+    a plain LoRA adapter for the unchanged base (peft's path_initial_model_for_weight_conversion). Saved with
+    init_lora_weights=True, as peft asks, so that loading it does not decompose the residual base again."""
+    config = model.peft_config["default"]
+    init = config.init_lora_weights
+    config.init_lora_weights = True
+    try:
+        model.save_pretrained(directory, safe_serialization=True)
+    finally:
+        config.init_lora_weights = init
 
 
 def point_adapter_at_base(adapter_dir: Path, base_dir: Path) -> None:

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from launcher.config.schema import sharded_parameters_of
 from launcher.engines.distributed import all_reduce_sum
 from launcher.training.batching import eval_batches
 from launcher.training.objectives.base import forwards_for, to_device
@@ -21,8 +22,7 @@ from launcher.training.objectives.preference import SequenceLogProbs
 
 def sharded_parameters(cfg) -> bool:
     """ZeRO-3 and FSDP keep a shard of each parameter per rank (their forwards are collective)."""
-    p = cfg.parallelism
-    return p.strategy == "fsdp" or (p.strategy == "deepspeed" and p.zero_stage == 3)
+    return sharded_parameters_of(cfg.parallelism)
 
 
 def frozen_copy(model: nn.Module, device) -> nn.Module:

@@ -33,7 +33,8 @@ from launcher.preflight_model import (check_dtype, check_freeze_modules, check_h
                                       check_weights,
                                       hub_cached_file as _hub_cached_file, hub_offline_reason,
                                       looks_like_path as _looks_like_path)
-from launcher.preflight_resources import check_local_resources, check_packages, check_resume, check_slurm_resources
+from launcher.preflight_resources import (check_local_resources, check_packages, check_qlora, check_resume,
+                                          check_slurm_resources)
 
 BUILTIN_TOKENIZERS = ("builtin:chars", "builtin:qwen")  # both carry a chat template
 # Vocab sizes of the builtin tokenizers, for the memory estimate of random-init models.
@@ -302,7 +303,8 @@ def check_memory(problems: Problems, cfg: Config) -> None:
     )
 
 
-CHECKS = (check_config, check_cluster, check_local_resources, check_slurm_resources, check_packages, check_batch,
+CHECKS = (check_config, check_cluster, check_local_resources, check_slurm_resources, check_packages, check_qlora,
+          check_batch,
           check_datasets, check_data_choices, check_model, check_hub_model, check_weights, check_tokenizer,
           check_lora_targets, check_freeze_modules, check_dtype, check_resume, check_output_root, check_memory)
 

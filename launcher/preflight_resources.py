@@ -208,6 +208,32 @@ def check_packages(problems, cfg: Config) -> None:
                                    f" environment; install {pip_name}, or choose another")
 
 
+def qlora_problem(cfg: Config, gpus: int, where: str) -> Optional[str]:
+    """One line when QLoRA (method.lora.quantize) cannot run: bitsandbytes' kernels need a CUDA GPU."""
+    q = cfg.method.lora.quantize
+    if not q or cfg.method.finetuning != "lora":
+        return None
+    if gpus < 1:
+        return (f"method.lora.quantize={q}: QLoRA's bitsandbytes kernels need a CUDA GPU and this run has none"
+                f" ({where}); drop method.lora.quantize to train LoRA on the full-precision base, or run on a GPU")
+    if not package_installed("bitsandbytes"):
+        return (f"method.lora.quantize={q}: needs the bitsandbytes package, which is not installed in this"
+                " environment; pip install bitsandbytes (or pip install -e '.[gpu]')")
+    return None
+
+
+def check_qlora(problems, cfg: Config) -> None:
+    if not cfg.method.lora.quantize:
+        return
+    if cfg.cluster.kind == "local":
+        gpus, where = local_gpu_count(), "this machine has no CUDA GPU"
+    else:
+        gpus, where = cfg.cluster.gpus_per_node, "cluster.gpus_per_node=0"
+    problem = qlora_problem(cfg, gpus, where)
+    if problem:
+        problems.errors.append(problem)
+
+
 # ------------------------------------------------------------------------------------- resume
 
 

@@ -7,8 +7,8 @@ command, and runs it through the normal train path (preflight, run dir, local or
 - translated to one of our keys (``KEY_TABLE`` below; the README's table is generated from the same rules);
 - accepted as a no-op because the behaviour is built in here (``BUILT_IN``: e.g. ``plot_loss``, we always
   plot), listed in one printed note;
-- refused with "not supported yet: ..." for features we do not have (KTO, freeze tuning, LoRA+, VL images,
-  pretraining), naming the key and what to do;
+- refused with "not supported yet: ..." for features we do not have (VL images, reward modelling, PPO, ...),
+  naming the key and what to do;
 - refused as unknown.
 
 Keys the file leaves out take LLaMA-Factory's (Hugging Face TrainingArguments') defaults, which differ from
@@ -62,11 +62,7 @@ BUILT_IN = {
 
 # Keys refused with what to do; 'not supported yet' means the feature is planned, not that the key is wrong.
 UNSUPPORTED = {
-    "loraplus_lr_ratio": "not supported yet: LoRA+ (a higher lr for the B matrices); remove the key to train plain LoRA",
-    "loraplus_lr_embedding": "not supported yet: LoRA+; remove the key",
-    "freeze_trainable_layers": "not supported yet: freeze tuning; use finetuning_type: lora or full",
-    "freeze_trainable_modules": "not supported yet: freeze tuning; use finetuning_type: lora or full",
-    "freeze_extra_modules": "not supported yet: freeze tuning; use finetuning_type: lora or full",
+    "loraplus_lr_embedding": "not supported: LoRA+ trains LoRA on embeddings at learning_rate here; remove the key",
     "image_max_pixels": "not supported yet: vision-language models (images); train a text model or wait for VL",
     "image_min_pixels": "not supported yet: vision-language models (images); train a text model or wait for VL",
     "video_max_pixels": "not supported yet: vision-language models (videos)",
@@ -76,16 +72,11 @@ UNSUPPORTED = {
     "freeze_vision_tower": "not supported yet: vision-language models; remove the key for a text model",
     "freeze_multi_modal_projector": "not supported yet: vision-language models; remove the key for a text model",
     "freeze_language_model": "not supported yet: vision-language models; remove the key for a text model",
-    "quantization_bit": "not supported yet: QLoRA (quantized base); remove the key to train LoRA on the full-precision base",
-    "quantization_method": "not supported yet: QLoRA; remove the key",
-    "pissa_init": "not supported yet: PiSSA initialisation; remove the key for standard LoRA init",
     "use_unsloth": "not supported: unsloth kernels; remove the key",
     "enable_liger_kernel": "not supported yet: Liger kernels (our loss is already chunked: no full logits); remove the key",
     "rope_scaling": "not supported yet: RoPE scaling; remove the key",
     "streaming": "not supported yet: streamed datasets; remove the key (data is tokenized once and cached)",
     "pref_ftx": "not supported yet: an SFT term added to the DPO loss; remove the key or set it to 0",
-    "kto_chosen_weight": "not supported yet: KTO; use stage: dpo with preference pairs",
-    "kto_rejected_weight": "not supported yet: KTO; use stage: dpo with preference pairs",
     "eval_dataset_dir": "not supported: evaluation datasets are read from dataset_dir; move them there",
     "do_predict": "not supported in training: run `launcher predict RUN_DIR` after training",
     "predict_with_generate": "not supported in training: run `launcher predict RUN_DIR` after training",
@@ -94,10 +85,13 @@ UNSUPPORTED = {
     "adapter_name_or_path": "not supported yet: starting from an existing adapter; merge it first (llamafactory-cli export) and train from the merged model",
 }
 
-STAGES = {"sft": "sft", "dpo": "dpo"}
+STAGES = {"sft": "sft", "dpo": "dpo", "kto": "kto", "pt": "pt"}
+# (stage, finetuning_type) -> our method option; a finetuning kind the option does not name is set on top.
+METHOD_OPTIONS = {("sft", "full"): "sft_full", ("sft", "lora"): "lora", ("sft", "freeze"): "freeze",
+                  ("dpo", "full"): "dpo", ("dpo", "lora"): "dpo_lora", ("kto", "full"): "kto",
+                  ("kto", "lora"): "kto_lora", ("pt", "full"): "pretrain", ("pt", "lora"): "pretrain",
+                  ("pt", "freeze"): "pretrain"}
 STAGE_HINTS = {
-    "pt": "not supported yet: pretraining (stage: pt); train SFT on your text, or wait for stage pt",
-    "kto": "not supported yet: KTO (stage: kto); use stage: dpo with preference pairs (ranking: true)",
     "rm": "not supported yet: reward modelling (stage: rm)",
     "ppo": "not supported yet: PPO (stage: ppo); use stage: dpo",
 }
@@ -248,6 +242,37 @@ def load_deepspeed(value: str, cwd: Path, yaml_dir: Path, where: str) -> tuple[i
 # -------------------------------------------------------------------------------------- translation
 
 
+def lora_init_and_quantization(lf: dict, take, put, fail, notes) -> None:
+    """PiSSA (pissa_init, pissa_iter, pissa_convert) and QLoRA (quantization_bit and its settings)."""
+    if lf.get("pissa_init"):
+        take("pissa_init")
+        iters = take("pissa_iter", 16)  # LLaMA-Factory's default: fast SVD with 16 iterations; -1: full SVD
+        put("method.lora.init", "pissa" if int(iters) < 0 else f"pissa_niter_{int(iters)}")
+        if lf.get("pissa_convert") is False:
+            notes.append("pissa_convert: false, but the saved adapter is always converted to plain LoRA here"
+                         " (it then loads onto the unchanged base model)")
+        take("pissa_convert")
+    else:
+        for key in ("pissa_init", "pissa_iter", "pissa_convert"):
+            take(key)
+    bits = take("quantization_bit")
+    method = take("quantization_method", "bnb")
+    qtype, double = take("quantization_type", "nf4"), take("double_quantization", True)
+    if bits is None:
+        return
+    if str(method) not in ("bnb", "bitsandbytes"):
+        fail("quantization_method", f"'{method}' is not supported; QLoRA here uses bitsandbytes (bnb)")
+    if int(bits) not in (4, 8):
+        fail("quantization_bit", f"{bits} is not supported; use 4 or 8 (bitsandbytes)")
+        return
+    if int(bits) == 4 and (qtype != "nf4" or double is False):
+        fail("quantization_type" if qtype != "nf4" else "double_quantization",
+             "QLoRA here is nf4 with double quantization (LLaMA-Factory's defaults); remove the key")
+    put("method.lora.quantize", f"{int(bits)}bit")
+
+
+
+
 def _names(value: Any) -> list:
     """A comma list (``a,b``) or a YAML list -> list of stripped names."""
     items = value if isinstance(value, list) else str(value).split(",")
@@ -298,13 +323,12 @@ def translate(lf: dict, *, source: str = "llamafactory.yaml", lines: Optional[di
     if stage in STAGE_HINTS:
         fail("stage", STAGE_HINTS[stage])
     elif stage not in STAGES:
-        fail("stage", f"'{stage}' is not one of sft, dpo, pt, kto, rm, ppo")
-    if finetuning == "freeze":
-        fail("finetuning_type", "not supported yet: freeze tuning; use lora or full")
-    elif finetuning not in ("lora", "full"):
+        fail("stage", f"'{stage}' is not one of sft, dpo, kto, pt, rm, ppo")
+    if finetuning not in ("lora", "full", "freeze"):
         fail("finetuning_type", f"'{finetuning}' is not lora, full or freeze")
-    method = {("sft", "full"): "sft_full", ("sft", "lora"): "lora", ("dpo", "full"): "dpo",
-              ("dpo", "lora"): "dpo_lora"}.get((stage, finetuning))
+    elif stage in STAGES and (stage, finetuning) not in METHOD_OPTIONS:
+        fail("finetuning_type", f"{finetuning} with stage {stage} is not supported; use lora or full")
+    method = METHOD_OPTIONS.get((stage, finetuning))
     out += ["experiment=llamafactory", "model=hf"]
     if model:
         put("model.name_or_path", model)
@@ -313,11 +337,14 @@ def translate(lf: dict, *, source: str = "llamafactory.yaml", lines: Optional[di
         put("model.trust_remote_code", bool(take("trust_remote_code")))
     if method:
         out.append(f"method={method}")
+        if method == "pretrain" and finetuning != "full":
+            out.append(f"method.finetuning={finetuning}")
     out.append("data=llamafactory")
 
     # ---- LoRA
     lora_keys = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_dora", "use_rslora",
-                 "additional_target")
+                 "additional_target", "loraplus_lr_ratio", "pissa_init", "pissa_iter", "pissa_convert",
+                 "quantization_bit", "quantization_method", "quantization_type", "double_quantization")
     if finetuning != "lora":
         unused = [k for k in lora_keys if k in lf and take(k) is not None or k in seen and k in lf]
         if unused:
@@ -338,6 +365,41 @@ def translate(lf: dict, *, source: str = "llamafactory.yaml", lines: Optional[di
         if lf.get("additional_target"):
             put("method.lora.modules_to_save", _names(take("additional_target")))
         take("additional_target")
+        if lf.get("loraplus_lr_ratio") is not None:
+            put("method.lora.plus_lr_ratio", float(take("loraplus_lr_ratio")))
+        take("loraplus_lr_ratio")
+        lora_init_and_quantization(lf, take, put, fail, notes)
+
+    # ---- freeze tuning (LLaMA-Factory's defaults, 2 last layers and all their modules, are ours too)
+    for key, ours in (("freeze_trainable_layers", "trainable_layers"), ("freeze_trainable_modules", "trainable_modules"),
+                      ("freeze_extra_modules", "extra_modules")):
+        if key not in lf:
+            continue
+        value = take(key)
+        if finetuning != "freeze":
+            notes.append(f"{key}: unused with finetuning_type {finetuning} (as in LLaMA-Factory)")
+        elif key == "freeze_trainable_layers":
+            put(f"method.freeze.{ours}", int(value))
+        elif key == "freeze_trainable_modules" and _names(value) == ["all"]:
+            put(f"method.freeze.{ours}", "all")
+        else:
+            put(f"method.freeze.{ours}", _names(value) if value is not None else [])
+
+    # ---- KTO: pref_beta is KTO's beta under stage kto; the desirable/undesirable weights
+    if stage == "kto":
+        if "pref_beta" in lf:
+            put("method.kto.beta", take("pref_beta"))
+        for key, ours in (("kto_chosen_weight", "desirable_weight"), ("kto_rejected_weight", "undesirable_weight")):
+            if key in lf:
+                put(f"method.kto.{ours}", take(key))
+        if "pref_loss" in lf:
+            take("pref_loss")
+            notes.append("pref_loss: unused with stage kto (as in LLaMA-Factory: KTO has one loss)")
+    else:
+        for key in ("kto_chosen_weight", "kto_rejected_weight"):
+            if key in lf:
+                take(key)
+                notes.append(f"{key}: unused with stage {stage} (as in LLaMA-Factory)")
 
     # ---- preference optimization
     pref_keys = {"pref_beta": "beta", "pref_loss": "loss_type", "simpo_gamma": "simpo_gamma",
@@ -345,6 +407,8 @@ def translate(lf: dict, *, source: str = "llamafactory.yaml", lines: Optional[di
     for key, ours in pref_keys.items():
         if key not in lf:
             continue
+        if key in seen:
+            continue  # taken by KTO above
         value = take(key)
         if stage != "dpo":
             notes.append(f"{key}: unused with stage {stage} (as in LLaMA-Factory)")
@@ -380,9 +444,12 @@ def translate(lf: dict, *, source: str = "llamafactory.yaml", lines: Optional[di
         if key in lf:
             put(ours, take(key))
     packing, neat = take("packing"), take("neat_packing")
+    if stage == "pt" and packing is None and neat is None:
+        packing = True  # LLaMA-Factory packs pretraining text unless told otherwise
+        notes.append("packing: on for stage pt (LLaMA-Factory's default); documents never attend to each other")
     if packing or neat:
         put("data.packing", True)
-        if packing and not neat:
+        if packing and not neat and stage != "pt":
             notes.append("packing: samples packed here never attend to each other (what LLaMA-Factory's"
                          " neat_packing does)")
     elif packing is False or neat is False:

@@ -103,6 +103,10 @@ class LoraConfig:
     singular vectors of each weight; the base keeps the residual), pissa_niter_N (fast SVD with N iterations),
     olora (QR). PiSSA and OLoRA adapters are converted back to plain LoRA adapters of twice the rank on save
     (peft's path_initial_model_for_weight_conversion), so they load onto the unchanged base."""
+    quantize: Optional[str] = None
+    """QLoRA: 4bit (bitsandbytes nf4, double quantization, bf16 compute) or 8bit (LLM.int8) for the frozen base;
+    needs a CUDA GPU, bitsandbytes and a pretrained model (model.name_or_path). null: the base in full precision.
+    Export merges the adapter into the unquantized base."""
     plus_lr_ratio: Optional[float] = None
     """LoRA+ (Hayou et al. 2024): the B matrices train at plus_lr_ratio x method.lr (16 is the paper's usual
     choice; LLaMA-Factory's loraplus_lr_ratio); None: plain LoRA. Through peft's create_loraplus_optimizer."""
@@ -490,6 +494,20 @@ def check_combinations(cfg: Config) -> None:
         raise ConfigError(f"method.lora.init: {m.lora.init} is converted to a plain LoRA adapter when saved, which is"
                           f" not done under parallelism={p.name} yet; use parallelism=ddp (or zero2), or"
                           " method.lora.init=default")
+    if m.lora.quantize is not None:
+        _choice(m.lora.quantize, ("4bit", "8bit"), "method.lora.quantize")
+        if m.finetuning != "lora":
+            raise ConfigError(f"method.lora.quantize: QLoRA quantizes the frozen base under LoRA adapters; it needs"
+                              f" method.finetuning=lora (method=lora, dpo_lora, kto_lora), got {m.finetuning}")
+        if cfg.model.name_or_path is None:
+            raise ConfigError("method.lora.quantize: QLoRA quantizes a pretrained model's weights; set model=hf"
+                              " model.name_or_path=... (a random-init model has nothing worth quantizing)")
+        if sharded_parameters_of(p):
+            raise ConfigError(f"method.lora.quantize: a quantized base is not sharded by parallelism={p.name} here;"
+                              " use parallelism=ddp (each GPU holds the whole 4-bit base)")
+        if lora_init_converted(m.lora):
+            raise ConfigError(f"method.lora.init: {m.lora.init} decomposes full-precision weights; with"
+                              " method.lora.quantize use method.lora.init=default")
     if m.lora.plus_lr_ratio is not None and m.finetuning != "lora":
         raise ConfigError(f"method.lora.plus_lr_ratio: LoRA+ needs method.finetuning=lora (method=lora), got"
                           f" finetuning={m.finetuning}; leave it unset (null) otherwise")

@@ -58,9 +58,13 @@ def build_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implementation
     ``save_base_to``: LoRA on a random-init base keeps the base there (rank 0), since it exists nowhere else and a
     saved adapter must be reloadable.
     """
-    from launcher.models.build import apply_lora, build_base_model, freeze_layers, save_initial_adapter
+    from launcher.models.build import (apply_lora, build_base_model, build_quantized_base, freeze_layers,
+                                       save_initial_adapter)
 
-    model = build_base_model(cfg, tokenizer, attn_implementation, precision.param_dtype)
+    if cfg.method.finetuning == "lora" and cfg.method.lora.quantize:
+        model = build_quantized_base(cfg, attn_implementation, dist_info.device)  # QLoRA: a frozen 4/8-bit base
+    else:
+        model = build_base_model(cfg, tokenizer, attn_implementation, precision.param_dtype)
     if cfg.method.finetuning == "lora":
         if save_base_to is not None and cfg.model.name_or_path is None and dist_info.is_main:
             model.save_pretrained(save_base_to, safe_serialization=True)

@@ -30,7 +30,8 @@ class DDPEngine(Engine):
         self.cfg = cfg
         self.dist = dist_info
         self.precision = precision
-        self.model = model.to(dist_info.device)
+        # A QLoRA base is placed on its GPU as it loads (bitsandbytes); moving quantized weights is refused.
+        self.model = model if getattr(model, "is_quantized", False) else model.to(dist_info.device)
         loss_module = loss_module(self.model, cfg)
         if dist_info.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel

@@ -62,6 +62,39 @@ def build_base_model(cfg: Config, tokenizer, attn_implementation: str, dtype: to
     return model
 
 
+def quantization_config(quantize: str):
+    """QLoRA's base: nf4 with double quantization and bf16 compute (the QLoRA paper's and LLaMA-Factory's
+    defaults), or LLM.int8 for 8bit."""
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.bfloat16)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def build_quantized_base(cfg: Config, attn_implementation: str, device: torch.device):
+    """QLoRA: the pretrained base loaded quantized by bitsandbytes onto this rank's GPU, prepared for training
+    adapters on it (peft's prepare_model_for_kbit_training: norms and head in fp32, input gradients for
+    checkpointing). Raises ConfigError in one line where bitsandbytes cannot run (no CUDA, not installed)."""
+    from launcher.preflight_resources import qlora_problem
+
+    gpus = 1 if device.type == "cuda" else 0
+    problem = qlora_problem(cfg, gpus, f"this rank runs on {device.type}")
+    if problem:
+        raise ConfigError(problem)
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM
+
+    m = cfg.model
+    model = AutoModelForCausalLM.from_pretrained(
+        m.name_or_path, quantization_config=quantization_config(cfg.method.lora.quantize), dtype=torch.bfloat16,
+        device_map={"": device}, attn_implementation=attn_implementation, trust_remote_code=m.trust_remote_code,
+    )
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing,
+                                           gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def random_init_model(config, attn_implementation: str, dtype: torch.dtype):
     """``AutoModelForCausalLM.from_config``, each weight drawn once.
 

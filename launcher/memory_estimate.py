@@ -107,7 +107,11 @@ def estimate_memory_per_gpu(cfg: Config, shape: ModelShape) -> MemoryEstimate:
     shard_grads = world if stage >= 2 else 1
     shard_opt = world if stage >= 1 else 1
 
-    weights = params * wb / shard_weights + (trainable * wb / shard_weights if lora else 0)
+    if m.finetuning == "freeze":  # the chosen layers' share of the parameters (embeddings etc. counted whole)
+        trainable = int(params * min(abs(m.freeze.trainable_layers), shape.layers) / max(shape.layers, 1))
+    # QLoRA: the frozen base in 4 bits (+ ~3% for nf4 block scales with double quantization) or 8 bits
+    base_bytes = {"4bit": 0.53, "8bit": 1.03}.get(m.lora.quantize, wb) if lora else wb
+    weights = params * base_bytes / shard_weights + (trainable * wb / shard_weights if lora else 0)
     grads = trainable * wb / shard_grads
     optimizer = 0.0 if p.offload else trainable * opt_per_param / shard_opt
 

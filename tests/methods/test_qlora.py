@@ -106,3 +106,16 @@ def test_qlora_trains_on_gpu_and_the_adapter_reloads(tmp_path, tiny_hf_model):
     figures = check(tiny_hf_model, tmp_path)
     assert figures["loss_last"] < figures["loss_first"]
     assert figures["reload_max_abs_diff"] < 5e-2
+
+
+def test_memory_estimate_counts_the_quantized_base():
+    """The preflight's GPU memory check must not refuse a QLoRA run for the full-precision base it never holds."""
+    from launcher.memory_estimate import ModelShape, estimate_memory_per_gpu
+
+    shape = ModelShape(vocab=152064, hidden=3584, intermediate=18944, layers=28, heads=28, kv_heads=4, tied=False)
+    common = ["model=hf", "model.name_or_path=/models/qwen2.5-7b", "method=lora", "cluster.gpus_per_node=1",
+              "model.dtype=bfloat16"]
+    bf16 = estimate_memory_per_gpu(compose_config(common), shape)
+    nf4 = estimate_memory_per_gpu(compose_config([*common, "method.lora.quantize=4bit"]), shape)
+    print(f"\n7B-shaped LoRA weights: bf16 base {bf16.weights_gb:.1f} GB, nf4 base {nf4.weights_gb:.1f} GB")
+    assert nf4.weights_gb < bf16.weights_gb / 3.5

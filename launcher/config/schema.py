@@ -37,6 +37,12 @@ class ModelConfig:
     attn_implementation: str = "auto"
     """auto (flash_attention_2 when installed and supported, else sdpa), sdpa, eager, flash_attention_2."""
     trust_remote_code: bool = False
+    freeze_vision_tower: bool = True
+    """VL models: keep the vision tower (patch embedding and blocks) frozen (LLaMA-Factory's default)."""
+    freeze_projector: bool = True
+    """VL models: keep the merger/projector (and Qwen3-VL's deepstack mergers) frozen (LLaMA-Factory's default)."""
+    freeze_language_model: bool = False
+    """VL models: keep the language model frozen (train only what the other two switches leave on)."""
 
 
 @dataclass
@@ -79,6 +85,10 @@ class DataConfig:
     preprocess_batch_size: int = 1000
     use_cache: bool = True
     """Reuse tokenized data from cache_dir when files, tokenizer, template and options are unchanged."""
+    image_max_pixels: int = 768 * 768
+    """VL: images with more pixels are scaled down (by the square root of the ratio) first, as LLaMA-Factory does."""
+    image_min_pixels: int = 32 * 32
+    """VL: images with fewer pixels are scaled up first."""
 
 
 @dataclass

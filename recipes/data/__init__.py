@@ -42,9 +42,15 @@ class DataBundle:
     attn_implementation: str = "sdpa"
     """What ``collate`` builds masks for; ``collate_for`` gives one for another implementation."""
     pad_token_id: int = 0
+    vision: Optional[object] = None
+    """VL models: the VisionData (image processor, limits, vision token ids) the rows were made with."""
+    rope_index: Optional[Callable] = None
+    """VL models: the model's own get_rope_index (launcher.models.vision.rope_index_for)."""
 
-    def collate_for(self, attn_implementation: str) -> Callable[[list], dict]:
-        return make_collate(self.kind, self.pad_token_id, attn_implementation)
+    def collate_for(self, attn_implementation: str, dummy_image: bool = False) -> Callable[[list], dict]:
+        """dummy_image (VL): batches without images carry a zero-weight dummy image (sharded engines)."""
+        return make_collate(self.kind, self.pad_token_id, attn_implementation, self.vision, self.rope_index,
+                            dummy_image)
 
 
 def resolve_dataset_dir(data: DataConfig) -> Path:
@@ -92,16 +98,72 @@ def data_kind(specs: list[DatasetSpec]) -> str:
     return "pt" if all(s.is_text() for s in specs) else "sft"
 
 
+def check_media(sample: dict, renderer, vision, model_name: str, where: str) -> None:
+    """Media the model or template cannot take: one line naming the row and what to do."""
+    if sample.get("videos") or sample.get("audios"):
+        kind = "videos" if sample.get("videos") else "audios"
+        raise DataError(f"{where}: the row has {kind}, which launcher does not train yet (images only);"
+                        f" drop the {kind} column from dataset_info.json or use image data")
+    if not sample.get("images"):
+        return
+    if vision is None:
+        raise DataError(f"{where}: the row has images but model '{model_name}' has no vision tower; use a Qwen2-VL,"
+                        " Qwen2.5-VL or Qwen3-VL model (model=tiny_qwen2_vl, or model=hf with a VL checkpoint),"
+                        " or drop the images column from dataset_info.json")
+    if not getattr(renderer, "image_slot", True):
+        raise DataError(f"{where}: data.template={renderer.name} has no image slot; use data.template=qwen2_vl"
+                        " (Qwen2-VL, Qwen2.5-VL) or qwen3_vl, or leave it unset for the model's own")
+
+
+def tokenize_vision_sample(tokenizer, renderer, sample: dict, data: DataConfig, vision, where: str) -> list[dict]:
+    """``tokenize_sample`` for a sample with images: placeholders expanded to vision spans before rendering;
+    rows whose truncation cut a span are None (the caller drops or refuses them); labels off vision tokens."""
+    from launcher.data.vision import expand_placeholders, image_token_count, mask_vision_labels, sample_grids, spans_intact
+
+    grids = sample_grids(sample, vision, data.cutoff_len, where)
+    counts = [image_token_count(g, vision.merge_size) for g in grids]
+    expanded = dict(sample, messages=expand_placeholders(sample["messages"], counts, vision))
+    used = sum(m["content"].count("<image>") for m in sample["messages"])
+    for key in ("chosen", "rejected"):
+        if key in sample:
+            expanded[key] = expand_placeholders([sample[key]], counts[used:], vision)[0]
+    rows = []
+    for row in tokenize_sample(tokenizer, renderer, expanded, data.cutoff_len, data.train_on_prompt,
+                               data.mask_history, where):
+        sides = ("chosen_", "rejected_") if "chosen_input_ids" in row else ("",)
+        if not all(spans_intact(row[f"{s}input_ids"], counts, vision) for s in sides):
+            rows.append(None)
+            continue
+        for s in sides:
+            row[f"{s}labels"] = mask_vision_labels(row[f"{s}labels"], row[f"{s}input_ids"], vision)
+        row["images"] = list(sample["images"])
+        row["image_grid_thw"] = [list(g) for g in grids]
+        rows.append(row)
+    return rows
+
+
 def tokenize_all(samples: list[dict], tokenizer, renderer, data: DataConfig, stats: dict, progress: bool,
-                 desc: str) -> list[dict]:
+                 desc: str, vision=None, model_name: str = "") -> list[dict]:
     from tqdm import tqdm
 
     rows = []
     for sample in tqdm(samples, desc=desc, unit="sample", disable=not progress, file=sys.stderr, leave=False):
         where = sample.get("where", "sample")
-        for row in tokenize_sample(tokenizer, renderer, sample, data.cutoff_len, data.train_on_prompt,
-                                   data.mask_history, where):
-            if check_trainable(row, where, data.lenient) is None:
+        check_media(sample, renderer, vision, model_name, where)
+        if sample.get("images"):
+            made = tokenize_vision_sample(tokenizer, renderer, sample, data, vision, where)
+        else:
+            made = tokenize_sample(tokenizer, renderer, sample, data.cutoff_len, data.train_on_prompt,
+                                   data.mask_history, where)
+        for row in made:
+            if row is None:  # data.cutoff_len cut an image's span: the model would fail on it (LF#5964)
+                if not data.lenient:
+                    raise DataError(f"{where}: data.cutoff_len={data.cutoff_len} cuts through an image's tokens;"
+                                    " raise data.cutoff_len, lower data.image_max_pixels, or set data.lenient=true"
+                                    " to drop such rows")
+                stats["dropped_image_cut"] = stats.get("dropped_image_cut", 0) + 1
+                stats["dropped"] += 1
+            elif check_trainable(row, where, data.lenient) is None:
                 stats["dropped"] += 1
             else:
                 rows.append(row)
@@ -122,7 +184,8 @@ def summarize(rows: list[dict], samples: int, dropped: int, packed: Optional[lis
     return stats
 
 
-def preprocess(cfg: Config, tokenizer, renderer, kind: str, train_specs, eval_specs, progress: bool) -> dict:
+def preprocess(cfg: Config, tokenizer, renderer, kind: str, train_specs, eval_specs, progress: bool,
+               vision=None) -> dict:
     """Everything the cache stores: rows, held-out samples and counts."""
     data, seed = cfg.data, cfg.train.seed
     samples = load_mix(data, data.datasets, train_specs, seed)
@@ -131,8 +194,9 @@ def preprocess(cfg: Config, tokenizer, renderer, kind: str, train_specs, eval_sp
     else:
         samples, eval_samples = split_eval(samples, data.val_size, seed)
     train_counts, eval_counts = {"dropped": 0}, {"dropped": 0}
-    train_rows = tokenize_all(samples, tokenizer, renderer, data, train_counts, progress, "tokenize train")
-    eval_rows = tokenize_all(eval_samples, tokenizer, renderer, data, eval_counts, progress, "tokenize eval")
+    name = cfg.model.name_or_path or cfg.model.name
+    train_rows = tokenize_all(samples, tokenizer, renderer, data, train_counts, progress, "tokenize train", vision, name)
+    eval_rows = tokenize_all(eval_samples, tokenizer, renderer, data, eval_counts, progress, "tokenize eval", vision, name)
     if not train_rows:
         raise DataError("data.datasets: no training rows left after preprocessing; check the data and data.cutoff_len")
     pack = data.packing and kind != "preference"
@@ -141,6 +205,11 @@ def preprocess(cfg: Config, tokenizer, renderer, kind: str, train_specs, eval_sp
     stats = summarize(train_rows, len(samples), train_counts["dropped"], packed_train, data.cutoff_len)
     stats["eval_samples"] = len(eval_samples)
     stats["eval_dropped"] = eval_counts["dropped"]
+    if vision is not None:
+        stats["images"] = sum(len(r.get("images") or []) for r in train_rows)
+        stats["image_tokens"] = sum(r["input_ids"].count(vision.ids["image_pad"]) for r in train_rows
+                                    if "input_ids" in r)
+        stats["dropped_image_cut"] = train_counts.get("dropped_image_cut", 0)
     for s in samples + eval_samples:
         s.pop("where", None)
     return {
@@ -151,12 +220,14 @@ def preprocess(cfg: Config, tokenizer, renderer, kind: str, train_specs, eval_sp
     }
 
 
-def preprocess_key(cfg: Config, tokenizer, renderer, train_specs, eval_specs) -> str:
+def preprocess_key(cfg: Config, tokenizer, renderer, train_specs, eval_specs, vision=None) -> str:
     data = cfg.data
     files = {s.name: file_fingerprint(s.source()) if s.file_name else s.hf_hub_url for s in train_specs + eval_specs}
     specs = {s.name: {k: str(v) for k, v in vars(s).items()} for s in train_specs + eval_specs}
     options = {k: getattr(data, k) for k in ("cutoff_len", "train_on_prompt", "mask_history", "packing", "lenient",
                                              "max_samples", "mix_strategy", "val_size", "template")}
+    if vision is not None:  # the image files are hashed by the data files' paths only; sizes decide the tokens
+        options["vision"] = vision.fingerprint()
     entries = [vars(e) for e in data.datasets] + [{"eval": vars(e)} for e in data.eval_datasets]
     return cache_key({"files": files, "specs": specs, "options": options, "entries": entries, "seed": cfg.train.seed,
                       "tokenizer": tokenizer_fingerprint(tokenizer), "renderer": renderer.name})
@@ -173,27 +244,51 @@ def build_datasets(cfg: Config, tokenizer, *, attn_implementation: Optional[str]
     data = cfg.data
     train_specs, eval_specs = resolve_specs(data)
     kind = data_kind(train_specs + eval_specs)
+    vision, info = vision_data(cfg, tokenizer)
     if kind == "pt" and not data.template and not getattr(tokenizer, "chat_template", None):
         renderer, note = choose_renderer(tokenizer, "plain")  # plain text needs no chat format
+    elif info is not None and not data.template:
+        renderer, note = choose_renderer(tokenizer, info.template)  # LLaMA-Factory's template for the family
     else:
         renderer, note = choose_renderer(tokenizer, data.template)
     if progress is None:
         progress = sys.stderr.isatty() and int(__import__("os").environ.get("RANK", "0")) == 0
 
     def build() -> dict:
-        return preprocess(cfg, tokenizer, renderer, kind, train_specs, eval_specs, progress)
+        return preprocess(cfg, tokenizer, renderer, kind, train_specs, eval_specs, progress, vision)
 
     if data.use_cache:
-        key = preprocess_key(cfg, tokenizer, renderer, train_specs, eval_specs)
+        key = preprocess_key(cfg, tokenizer, renderer, train_specs, eval_specs, vision)
         result, hit = cached(resolve_cache_dir(data), key, build)
     else:
         key, result, hit = None, build(), False
     stats = dict(result["stats"], template=renderer.name, template_note=note, cache_hit=hit, cache_key=key)
     attn = resolve_attn_implementation(attn_implementation or cfg.model.attn_implementation)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return DataBundle(result["train"], result["eval"], result["eval_samples"], make_collate(kind, pad_id, attn),
+    rope_index = None
+    if vision is not None:
+        from launcher.models.vision import model_config, rope_index_for
+
+        rope_index = rope_index_for(model_config(cfg.model))
+    return DataBundle(result["train"], result["eval"], result["eval_samples"],
+                      make_collate(kind, pad_id, attn, vision, rope_index),
                       stats, kind=kind, packed=data.packing and kind != "preference", attn_implementation=attn,
-                      pad_token_id=pad_id)
+                      pad_token_id=pad_id, vision=vision, rope_index=rope_index)
+
+
+def vision_data(cfg: Config, tokenizer):
+    """(VisionData, VisionModelInfo) for a Qwen-VL model, (None, None) for a text model."""
+    from launcher.data.vision import VisionData
+    from launcher.models.vision import build_image_processor, vision_info
+
+    info = vision_info(cfg.model)
+    if info is None:
+        return None, None
+    if cfg.data.image_min_pixels > cfg.data.image_max_pixels:
+        raise DataError(f"data.image_min_pixels ({cfg.data.image_min_pixels}) is above data.image_max_pixels"
+                        f" ({cfg.data.image_max_pixels}); lower it")
+    vision = VisionData(build_image_processor(info), cfg.data.image_max_pixels, cfg.data.image_min_pixels)
+    return vision.with_tokenizer(tokenizer), info
 
 
 def build_preference_datasets(cfg: Config, tokenizer, **kwargs) -> DataBundle:

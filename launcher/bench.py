@@ -40,7 +40,7 @@ def bench_main(argv: list[str]) -> int:
     run_dir = make_run_dir(cfg.run.output_root, "bench-" + default_run_name(cfg))
     write_run_config(run_dir, cfg)
 
-    from recipes.run import run
+    from launcher.training.entry import run
 
     summary = run(run_dir, evaluations=False)
     report = bench_report(summary, run_dir)
@@ -84,7 +84,7 @@ def bench_report(summary: dict, run_dir: Path) -> dict:
     import torch
 
     if torch.cuda.is_available():
-        from recipes.flops import gpu_peak_flops
+        from launcher.training.flops import gpu_peak_flops
 
         name = torch.cuda.get_device_name()
         peak = gpu_peak_flops(name)

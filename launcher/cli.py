@@ -29,7 +29,7 @@ Overrides are Hydra's: `launcher train method=lora method.lora.r=16 train.max_st
 
 def train_main(argv: list[str]) -> int:
     if any(a in ("-m", "--multirun") for a in argv):
-        from launcher.sweep import sweep_main
+        from launcher.sweep.launch import sweep_main
 
         return sweep_main(argv)
     parser = argparse.ArgumentParser(prog="launcher train", add_help=True)
@@ -63,7 +63,7 @@ def train_main(argv: list[str]) -> int:
             would_be = Path(cfg.run.output_root).resolve() / name / "<date>" / "<time>"
             print(render_plan(cfg, would_be))
         else:
-            from launcher.launch_local import describe_local
+            from launcher.local import describe_local
 
             print(describe_local(cfg))
         print("# preflight passed; dry run: nothing was launched")
@@ -74,7 +74,7 @@ def train_main(argv: list[str]) -> int:
     write_code_version(run_dir, REPO_ROOT)
     print(f"run dir: {run_dir}", flush=True)
     if cfg.cluster.kind == "local":
-        from launcher.launch_local import run_local
+        from launcher.local import run_local
 
         return run_local(cfg, run_dir)
     from launcher.slurm.submit import submit_run
@@ -86,7 +86,7 @@ def plot_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="launcher plot")
     parser.add_argument("run_dir")
     args = parser.parse_args(argv)
-    from recipes.tracking import plot_loss
+    from launcher.training.metrics import plot_loss
 
     out = plot_loss(args.run_dir)
     print(out or "no metrics to plot")
@@ -94,7 +94,7 @@ def plot_main(argv: list[str]) -> int:
 
 
 def data_main(argv: list[str]) -> int:
-    from launcher.data_cli import data_main as impl
+    from launcher.data.cli import data_main as impl
 
     return impl(argv)
 
@@ -122,13 +122,13 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "data": data_main,
     "bench": bench_main,
     "plot": plot_main,
-    "sweep": _lazy("launcher.sweep_report", "sweep_command_main"),
+    "sweep": _lazy("launcher.sweep.report", "sweep_command_main"),
     "status": _lazy("launcher.slurm.jobs", "status_main"),
     "logs": _lazy("launcher.slurm.jobs", "logs_main"),
     "cancel": _lazy("launcher.slurm.jobs", "cancel_main"),
-    "export": _lazy("launcher.export", "export_main"),
-    "predict": _lazy("launcher.predict", "predict_main"),
-    "chat": _lazy("launcher.chat", "chat_main"),
+    "export": _lazy("launcher.inference.export_cli", "export_main"),
+    "predict": _lazy("launcher.inference.predict_cli", "predict_main"),
+    "chat": _lazy("launcher.inference.chat", "chat_main"),
 }
 
 

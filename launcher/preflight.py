@@ -21,9 +21,9 @@ from typing import Callable, Optional
 
 from launcher.config.schema import Config, resolve_grad_accum, validate, world_size
 from launcher.errors import ConfigError, LauncherError, PreflightError
-from recipes.data.templates import NAMED_TEMPLATES as KNOWN_TEMPLATES
+from launcher.paths import REPO_ROOT
+from launcher.data.templates import NAMED_TEMPLATES as KNOWN_TEMPLATES
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILTIN_TOKENIZERS = ("builtin:chars", "builtin:qwen")  # both carry a chat template
 FIRST_ROWS = 5
 # Vocab sizes of the builtin tokenizers, for the memory estimate of random-init models.
@@ -104,9 +104,9 @@ def dataset_dir_of(cfg: Config) -> Path:
 
 
 def check_datasets(problems: Problems, cfg: Config) -> None:
-    from recipes.data.formats import row_to_sample
-    from recipes.data.readers import hub_reachable, read_spec_rows
-    from recipes.data.registry import load_registry
+    from launcher.data.formats import row_to_sample
+    from launcher.data.readers import hub_reachable, read_spec_rows
+    from launcher.data.registry import load_registry
 
     dataset_dir = dataset_dir_of(cfg)
     specs = load_registry(dataset_dir)

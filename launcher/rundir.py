@@ -15,8 +15,8 @@ from typing import Optional, Sequence
 import yaml
 
 from launcher.config.schema import Config, config_to_dict
+from launcher.paths import CONFIG_FILE
 
-CONFIG_FILE = "config.yaml"
 SECRET_ENV_VARS = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 

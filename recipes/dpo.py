@@ -1,10 +1,10 @@
 """Preference optimization (DPO and friends), full or LoRA, on every rank.
 
 Features: loss_type sigmoid (DPO, with label smoothing), ipo, hinge, and the reference-free simpo and orpo
-(recipes.preference_loss); the reference model is the base with LoRA adapters disabled (no second copy), a
+(launcher.training.preference_loss); the reference model is the base with LoRA adapters disabled (no second copy), a
 frozen copy for full fine-tuning, or reference log-probs computed once before training
 (``method.dpo.precompute_ref_log_probs``: no reference in memory while training). Sequence log-probs come
-from the decoder's hidden states at answer positions only, in chunks (recipes.loss.chunked_token_logprobs):
+from the decoder's hidden states at answer positions only, in chunks (launcher.training.loss.chunked_token_logprobs):
 the [2B, T, V] logits never exist. The loss is summed over pairs and divided by the pairs of the whole
 optimizer step (all micro-batches, all ranks); ORPO's NLL term by the chosen answer tokens of the step.
 Metrics per step in metrics.jsonl / W&B: rewards/chosen, rewards/rejected, rewards/accuracy, rewards/margin,
@@ -27,12 +27,12 @@ import torch
 from torch import nn
 
 from launcher.errors import DataError
-from recipes.batching import eval_batches
-from recipes.distributed import all_reduce_sum
-from recipes.engine import build_engine
-from recipes.loss import IGNORE_INDEX, chunked_token_logprobs
-from recipes.preference_loss import PairTerms, needs_reference, orpo_nll_sum, pair_terms
-from recipes.process_stats import peak_rss_gb
+from launcher.training.batching import eval_batches
+from launcher.engines.distributed import all_reduce_sum
+from launcher.engines.base import build_engine
+from launcher.training.loss import IGNORE_INDEX, chunked_token_logprobs
+from launcher.training.preference_loss import PairTerms, needs_reference, orpo_nll_sum, pair_terms
+from launcher.training.process_stats import peak_rss_gb
 from recipes.sft import SFTRecipe, _to_device
 
 log = logging.getLogger("launcher.dpo")
@@ -105,7 +105,7 @@ class DPORecipe(SFTRecipe):
     # ------------------------------------------------------------------------------------ hooks
 
     def build_data(self):
-        from recipes.data import build_preference_datasets
+        from launcher.data import build_preference_datasets
 
         bundle = build_preference_datasets(self.cfg, self.tokenizer, attn_implementation=self.attn_impl)
         for split, rows in (("train", bundle.train), ("eval", bundle.eval or [])):

@@ -1,6 +1,6 @@
 """Supervised fine-tuning, full or LoRA, on every rank.
 
-Features: chat-template tokenization with assistant-only labels (recipes.data), optional packing, loss only
+Features: chat-template tokenization with assistant-only labels (launcher.data), optional packing, loss only
 at trained positions in chunks, normalized by the trained tokens of the whole optimizer step across
 micro-batches and ranks; gradient accumulation; warmup + cosine/linear schedule; gradient checkpointing;
 eval loss every N steps; exact-match on held-out prompts before and after; atomic checkpoints every N steps
@@ -22,28 +22,27 @@ import torch
 
 from launcher.config.schema import Config, resolve_grad_accum
 from launcher.errors import ConfigError, DataError
-from recipes import checkpoint as ckpt
-from recipes import preemption
-from recipes.batching import epoch_plan, eval_batches, steps_per_epoch
-from recipes.distributed import DistInfo, all_reduce_max, all_reduce_sum
-from recipes.flops import causal_pairs, training_flops
-from recipes.process_stats import PhaseClock, peak_rss_gb, process_start_time
-from recipes.engine import build_engine
-from recipes.modeling import (
+from launcher.paths import BASE_MODEL_DIR, MODEL_DIR
+from launcher.training import checkpoint as ckpt
+from launcher.training import preemption
+from launcher.training.batching import epoch_plan, eval_batches, steps_per_epoch
+from launcher.engines.distributed import DistInfo, all_reduce_max, all_reduce_sum
+from launcher.training.flops import causal_pairs, training_flops
+from launcher.training.process_stats import PhaseClock, peak_rss_gb, process_start_time
+from launcher.engines.base import build_engine
+from launcher.models.build import (
     apply_lora,
     build_base_model,
     choose_attn_implementation,
     choose_dtype,
     count_parameters,
-    load_tokenizer,
 )
-from recipes.data.tokenize import row_length
-from recipes.tracking import MetricsLogger, plot_loss
+from launcher.models.tokenizers import load_tokenizer
+from launcher.data.tokenize import row_length
+from launcher.training.metrics import MetricsLogger, plot_loss
 
 log = logging.getLogger("launcher.sft")
 
-MODEL_DIR = "model"
-BASE_MODEL_DIR = "base_model"
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -68,7 +67,7 @@ class SFTRecipe:
         self.dist = dist_info
         self.metrics: Optional[MetricsLogger] = None
         self.stop_flag: Optional[preemption.StopFlag] = None
-        """Set by recipes.run: a preemption signal makes every rank checkpoint and stop at a step boundary."""
+        """Set by launcher.training.entry: a preemption signal makes every rank checkpoint and stop at a step boundary."""
         self.evaluations = True
         """False (launcher bench): no held-out loss, exact match or probes before, during or after training."""
 
@@ -137,7 +136,7 @@ class SFTRecipe:
 
     def build_data(self):
         """Hook: the DataBundle this recipe trains on."""
-        from recipes.data import build_datasets
+        from launcher.data import build_datasets
 
         return build_datasets(self.cfg, self.tokenizer, attn_implementation=self.attn_impl)
 
@@ -147,7 +146,7 @@ class SFTRecipe:
 
     def _resume(self) -> None:
         source = self.cfg.run.resume
-        # A requeued/restarted attempt continues from this run dir's own latest checkpoint (recipes.preemption).
+        # A requeued/restarted attempt continues from this run dir's own latest checkpoint (launcher.training.preemption).
         directory = preemption.choose_resume_checkpoint(source, self.run_dir, ckpt.latest_checkpoint(self.run_dir))
         if directory is None:
             if self.dist.is_main:  # records of an attempt that died before its first checkpoint
@@ -281,8 +280,8 @@ class SFTRecipe:
         samples = [s for s in self.data.eval_samples if any(m["role"] == "assistant" for m in s.get("messages", []))]
         if not samples:  # pretraining text has no prompt/answer to check
             return None
-        from recipes.eval_prompts import prompt_renderer
-        from recipes.generation import exact_match_eval
+        from launcher.inference.prompts import prompt_renderer
+        from launcher.inference.generation import exact_match_eval
 
         with self._autocast():
             return exact_match_eval(self.model, self.tokenizer, samples[:n], self.cfg.train.max_new_tokens,

@@ -12,7 +12,8 @@ import torch
 
 from launcher.cli import main as cli_main
 from launcher.config.compose import compose_config
-from recipes.modeling import build_base_model, load_tokenizer
+from launcher.models.build import build_base_model
+from launcher.models.tokenizers import load_tokenizer
 
 
 def test_bench_reports_consistent_figures(output_root, capsys):
@@ -47,7 +48,7 @@ def test_bench_reports_consistent_figures(output_root, capsys):
 def test_process_start_time_is_when_the_command_started():
     """Not psutil's create_time(), which reads up to a second early (boot time in whole seconds)."""
     before = time.time()
-    child = subprocess.run([sys.executable, "-c", "from recipes.process_stats import process_start_time;"
+    child = subprocess.run([sys.executable, "-c", "from launcher.training.process_stats import process_start_time;"
                             " print(repr(process_start_time()))"], capture_output=True, text=True, check=True)
     after = time.time()
     started = float(child.stdout)
@@ -96,7 +97,7 @@ def test_gpu_bench_reports_mfu(output_root):
 
 
 def test_gpu_peak_by_device_name():
-    from recipes.flops import gpu_peak_flops
+    from launcher.training.flops import gpu_peak_flops
 
     assert gpu_peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert gpu_peak_flops("NVIDIA H100 PCIe") == 756e12  # not the SXM part's peak

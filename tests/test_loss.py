@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from recipes.loss import IGNORE_INDEX, CausalLMLoss, fused_linear_ce_sum
+from launcher.training.loss import IGNORE_INDEX, CausalLMLoss, fused_linear_ce_sum
 
 
 def tiny_model(tied: bool) -> Qwen2ForCausalLM:

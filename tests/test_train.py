@@ -9,8 +9,8 @@ import torch
 from launcher.cli import main as cli_main
 from launcher.config.compose import compose_config
 from launcher.rundir import make_run_dir, write_run_config
-from recipes.distributed import init_distributed
-from recipes.modeling import load_trained_model
+from launcher.engines.distributed import init_distributed
+from launcher.models.build import load_trained_model
 from recipes.sft import SFTRecipe
 
 FAST = ["train.max_steps=30", "train.micro_batch_size=8", "train.log_every=1", "train.eval_every=0",

@@ -11,8 +11,8 @@ from typing import Optional, Sequence
 
 from launcher.config.schema import Config, parse_config
 from launcher.errors import ConfigError
+from launcher.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def conf_dir() -> Path:

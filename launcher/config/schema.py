@@ -185,7 +185,7 @@ class ParallelismConfig:
     backend: str = "auto"
     """auto (nccl on GPU, gloo on CPU), nccl, gloo."""
     deepspeed: dict = field(default_factory=dict)
-    """Extra DeepSpeed config merged over the generated one (recipes/engine_deepspeed.py)."""
+    """Extra DeepSpeed config merged over the generated one (launcher/engines/deepspeed.py)."""
 
 
 @dataclass

@@ -7,7 +7,7 @@ Preemption (``--signal=USR2@cluster.signal_delay_s``, or ``scancel -s USR2 JOB``
 process of the step. torchrun's agent has no USR2 handler and would die of it, and forwards only
 INT/TERM/HUP/QUIT anyway, so torchrun starts with USR2 ignored and this process takes over submitit's
 handler: it notes the request in the run dir and forwards USR2 to the ranks, which checkpoint together at
-a step boundary and exit 0 (recipes/preemption.py). Node 0 then requeues the job, at most
+a step boundary and exit 0 (launcher/training/preemption.py). Node 0 then requeues the job, at most
 cluster.max_requeues times; the requeued job runs this same launcher with the same run dir and resumes from
 its latest complete checkpoint. A crashed rank is handled by torchrun: --max-restarts=cluster.max_restarts,
 and the restarted ranks resume from the last checkpoint.
@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.config.schema import load_run_config
+from launcher.paths import REPO_ROOT
+from launcher.training.preemption import PREEMPT_SIGNAL, clear_stop_state, request_stop, stopped_early
 from launcher.slurm.head_node import resolve_head_node_from_env
 from launcher.slurm.requeue import record_requeue, requeue_job
 from launcher.slurm.render import RANK_LOG_DIR, WORKER_MODULE, format_command, port_for_job, render_torchrun_command
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -42,8 +43,6 @@ class NodeLauncher:
         job_id = env["SLURM_JOB_ID"]
         node_rank = int(env.get("SLURM_NODEID", "0"))
         if node_rank == 0:
-            from recipes.preemption import clear_stop_state
-
             clear_stop_state(Path(self.run_dir))
         self._signalled: Optional[int] = None
         self._forwarded: set = set()
@@ -74,8 +73,6 @@ class NodeLauncher:
             raise RuntimeError(
                 f"torchrun on node {node_rank} exited with code {returncode}; rank logs under {log_dir}"
             )
-        from recipes.preemption import stopped_early
-
         stopped = stopped_early(Path(self.run_dir))
         if stopped is not None:
             self._requeue(cfg, job_id, node_rank, stopped)
@@ -95,8 +92,6 @@ class NodeLauncher:
         return proc.returncode
 
     def _on_signal(self, signum, frame) -> None:
-        from recipes.preemption import request_stop
-
         if self._signalled is None:
             print(f"[launcher] caught {signal.Signals(signum).name}: asking the ranks to checkpoint and stop",
                   flush=True)
@@ -138,8 +133,6 @@ class NodeLauncher:
         # Like submitit's own requeue: leave without a result, SLURM runs the job again.
         sys.exit(1)
 
-
-PREEMPT_SIGNAL = signal.SIGUSR2
 
 
 def _ignore_preempt_signal() -> None:

@@ -13,8 +13,8 @@ from launcher.config.compose import default_run_name
 from launcher.config.schema import Config
 from launcher.errors import ConfigError
 
-WORKER_MODULE = "recipes.run"
-"""What every rank runs: ``python -m recipes.run --run-dir RUN_DIR`` (reads RUN_DIR/config.yaml)."""
+WORKER_MODULE = "launcher.training.entry"
+"""What every rank runs: ``python -m launcher.training.entry --run-dir RUN_DIR`` (reads RUN_DIR/config.yaml)."""
 
 SUBMITIT_DIR = "slurm"
 """Run dir subfolder for submitit's files: the pickled node launcher, per-node stdout/stderr (%j_%t_log.*)."""
@@ -22,7 +22,7 @@ SUBMITIT_DIR = "slurm"
 RANK_LOG_DIR = "logs"
 """Run dir subfolder for torchrun's per-rank logs: logs/node<K>/<attempt>/<local rank>/{stdout,stderr}.log."""
 
-SECRET_ENV_VARS = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+from launcher.rundir import SECRET_ENV_VARS
 """Only ever passed through the submitting environment (sbatch exports it); never written to a file."""
 
 # sbatch options that the launcher sets from typed keys; setting them again in sbatch_extra would make

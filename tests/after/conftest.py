@@ -13,7 +13,7 @@ FAST = ["train.micro_batch_size=4", "train.log_every=1", "train.eval_every=0", "
 
 
 def train_run(root, name, overrides):
-    from recipes.distributed import init_distributed
+    from launcher.engines.distributed import init_distributed
     from recipes.sft import SFTRecipe
 
     cfg = compose_config([f"run.output_root={root}", *FAST, *overrides])

@@ -11,7 +11,7 @@ def test_scripted_two_turn_chat(lora_run, tmp_path, repo_env):
     log = tmp_path / "chat.jsonl"
     script = "Add the two numbers.\n/help\nNow the word backward: abc\n/reset\nfresh start\n/exit\nnever read\n"
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from launcher.chat import chat_main; sys.exit(chat_main(sys.argv[1:]))",
+        [sys.executable, "-c", "import sys; from launcher.inference.chat import chat_main; sys.exit(chat_main(sys.argv[1:]))",
          str(lora_run), "--system", "Answer briefly.", "--max-new-tokens", "5", "--debug-prompt", "--log", str(log)],
         input=script, capture_output=True, text=True, env=repo_env, timeout=240,
     )

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from launcher.export import export_main
-from recipes.export_model import ExportArgs, ExportError, export_run
+from launcher.inference.export_cli import export_main
+from launcher.inference.export import ExportArgs, ExportError, export_run
 
 
 def probe_ids(tokenizer):

@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import recipes.predict as predict_module
-from launcher.predict import predict_main
-from recipes.predict import load_request
-from recipes.text_metrics import similarity_metrics
+import launcher.inference.predict as predict_module
+from launcher.inference.predict_cli import predict_main
+from launcher.inference.predict import load_request
+from launcher.inference.text_metrics import similarity_metrics
 
 
 def read_jsonl(path):
@@ -50,9 +50,9 @@ def test_predict_other_dataset_by_override_and_checkpoint(lora_run):
 
 def test_predict_scores_and_order_with_known_answers(lora_run, monkeypatch):
     """Generation replaced by the reference answers (batches are sorted by length): every metric is exact."""
-    from recipes.eval_prompts import held_out_samples, prompt_renderer
-    from recipes.generation import prompt_and_reference
-    from recipes.trained_model import load_run_model
+    from launcher.inference.prompts import held_out_samples, prompt_renderer
+    from launcher.inference.generation import prompt_and_reference
+    from launcher.models.trained import load_run_model
 
     _, tokenizer, cfg, _ = load_run_model(lora_run)
     render = prompt_renderer(tokenizer, cfg)

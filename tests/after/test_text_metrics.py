@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from recipes.text_metrics import pair_scores, segment, similarity_metrics
+from launcher.inference.text_metrics import pair_scores, segment, similarity_metrics
 
 
 def f1(p: float, r: float) -> float:

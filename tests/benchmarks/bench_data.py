@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from recipes.data import build_datasets  # noqa: E402
+from launcher.data import build_datasets  # noqa: E402
 from tests.data.helpers import lf_demo_dir, make_config, qwen_tokenizer  # noqa: E402
 
 

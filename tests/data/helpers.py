@@ -1,4 +1,4 @@
-"""Tokenizers and configs for the data tests, offline (recipes.modeling.load_tokenizer lives on main)."""
+"""Tokenizers and configs for the data tests, offline (launcher.models.build.load_tokenizer lives on main)."""
 from __future__ import annotations
 
 import functools

@@ -1,9 +1,9 @@
-"""launcher data preview / dump, with the tokenizer injected (recipes.modeling is on main)."""
+"""launcher data preview / dump, with the tokenizer injected (launcher.models.build is on main)."""
 import json
 
 import pytest
 
-from launcher import data_cli
+from launcher.data import cli as data_cli
 from tests.data.helpers import char_tokenizer, write_dataset
 
 

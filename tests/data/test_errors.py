@@ -5,7 +5,7 @@ import time
 import pytest
 
 from launcher.errors import DataError
-from recipes.data import build_datasets
+from launcher.data import build_datasets
 from tests.data.helpers import char_tokenizer, make_config, write_dataset
 
 GOOD = {"instruction": "Hi", "input": "", "output": "Hello"}

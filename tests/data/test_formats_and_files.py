@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from recipes.data import build_datasets
-from recipes.data.mixing import mix, split_eval
-from recipes.data.tokenize import IGNORE_INDEX
+from launcher.data import build_datasets
+from launcher.data.mixing import mix, split_eval
+from launcher.data.tokenize import IGNORE_INDEX
 from tests.data.helpers import char_tokenizer, make_config, write_dataset
 
 ROWS = [{"instruction": f"Q{i}", "input": "", "output": f"A{i}"} for i in range(10)]

@@ -1,8 +1,8 @@
 """Label masks, token by token: which text is trained, for multi-turn, system, tools, thinking and truncation."""
 import json
 
-from recipes.data.templates import NamedTemplate, TokenizerTemplate, choose_renderer, split_pairs
-from recipes.data.tokenize import IGNORE_INDEX, encode_supervised, infer_seqlen, tokenize_sample
+from launcher.data.templates import NamedTemplate, TokenizerTemplate, choose_renderer, split_pairs
+from launcher.data.tokenize import IGNORE_INDEX, encode_supervised, infer_seqlen, tokenize_sample
 from tests.data.helpers import char_tokenizer, qwen_tokenizer
 
 MULTI = {"messages": [

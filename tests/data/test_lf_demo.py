@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from recipes.data import build_datasets
+from launcher.data import build_datasets
 from tests.data.helpers import lf_demo_dir, make_config, qwen_tokenizer
 
 DEMO = lf_demo_dir()

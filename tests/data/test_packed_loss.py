@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from recipes.data import build_datasets
-from recipes.data.collate import collate_rows
+from launcher.data import build_datasets
+from launcher.data.collate import collate_rows
 from tests.data.helpers import qwen_tokenizer, make_config, write_dataset
 
 ROWS = [

@@ -5,10 +5,10 @@ import random
 import pytest
 import torch
 
-from recipes.data import build_datasets
-from recipes.data.cache import cached
-from recipes.data.collate import block_causal_mask, collate_rows
-from recipes.data.packing import pack_rows, packing_fill, plan_packs
+from launcher.data import build_datasets
+from launcher.data.cache import cached
+from launcher.data.collate import block_causal_mask, collate_rows
+from launcher.data.packing import pack_rows, packing_fill, plan_packs
 from tests.data.helpers import char_tokenizer, make_config, write_dataset
 
 

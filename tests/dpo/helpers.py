@@ -6,7 +6,7 @@ from pathlib import Path
 
 from launcher.config.compose import compose_config
 from launcher.rundir import make_run_dir, write_run_config
-from recipes.distributed import init_distributed
+from launcher.engines.distributed import init_distributed
 from recipes.dpo import DPORecipe
 
 # A smaller tiny model than the default (2 cores shared with others): 2 layers, hidden 64.

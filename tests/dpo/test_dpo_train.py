@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from recipes.modeling import load_trained_model
+from launcher.models.build import load_trained_model
 from tests.dpo.helpers import records, run_dpo
 
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin", "logps/chosen",

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from recipes.preference_loss import (
+from launcher.training.preference_loss import (
     hinge_loss,
     ipo_loss,
     orpo_odds_ratio_loss,

@@ -7,7 +7,7 @@ import pytest
 from launcher.config.compose import compose_config
 from launcher.config.schema import resolve_grad_accum
 from launcher.errors import ConfigError
-from recipes.engine_deepspeed import build_deepspeed_config
+from launcher.engines.deepspeed import build_deepspeed_config
 
 PRESETS = {
     "ddp": ("ddp", 0, False),

@@ -24,8 +24,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from launcher.config.schema import load_run_config
-    from recipes.distributed import destroy_distributed, init_distributed
-    from recipes.run import setup_logging
+    from launcher.engines.distributed import destroy_distributed, init_distributed
+    from launcher.training.entry import setup_logging
     from recipes.sft import SFTRecipe
 
     cfg = load_run_config(args.run_dir)

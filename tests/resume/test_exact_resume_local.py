@@ -16,9 +16,9 @@ import pytest
 from launcher.config.compose import compose_config
 from launcher.errors import ConfigError
 from launcher.rundir import make_run_dir, write_run_config
-from recipes import checkpoint as ckpt
-from recipes import preemption
-from recipes.distributed import init_distributed
+from launcher.training import checkpoint as ckpt
+from launcher.training import preemption
+from launcher.engines.distributed import init_distributed
 from recipes.sft import SFTRecipe
 from tests.resume.helpers import TINY, assert_same_weights, final_weights, raw_train_steps, train_losses
 
@@ -147,7 +147,7 @@ def test_usr2_to_torchrun_ranks_checkpoints_and_stops(output_root):
                                                      "train.micro_batch_size=2"])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-            "-m", "recipes.run", "--run-dir", str(run_dir)]
+            "-m", "launcher.training.entry", "--run-dir", str(run_dir)]
     # Like node.py: the agent ignores USR2 (it would die of it), the ranks inherit that, then install handlers.
     proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))

@@ -20,7 +20,7 @@ from launcher.slurm.jobs import TERMINAL_STATES, job_state
 from launcher.slurm.node import REPO_ROOT
 from launcher.slurm.requeue import REQUEUE_FILE, requeue_history
 from launcher.slurm.submit import submit_run
-from recipes import checkpoint as ckpt
+from launcher.training import checkpoint as ckpt
 from tests.resume.helpers import TINY, assert_same_weights, final_weights, raw_train_steps, train_losses
 
 STEPS = 30  # 25 steps per epoch here: the resumed runs cross an epoch boundary too

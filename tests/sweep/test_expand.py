@@ -11,18 +11,10 @@ import pytest
 from launcher.config.compose import conf_dir
 
 from launcher.errors import ConfigError, PreflightError
-from launcher.sweep import (
-    LOCAL_LOG,
-    LOCAL_RESULT,
-    SweepPoint,
-    check_points,
-    expand_grid,
-    group_by_shape,
-    point_dir_name,
-    run_local_sweep,
-    sweep_main,
-)
-from launcher.sweep_report import _expand_task_ids, format_table, last_error_line, plot_sweep
+from launcher.sweep.expand import expand_grid
+from launcher.sweep.launch import run_local_sweep, sweep_main
+from launcher.sweep.plan import LOCAL_LOG, LOCAL_RESULT, SweepPoint, check_points, group_by_shape, point_dir_name
+from launcher.sweep.report import _expand_task_ids, format_table, last_error_line, plot_sweep
 
 
 def test_grid_is_the_cartesian_product_in_the_given_order():
@@ -117,7 +109,7 @@ def test_dry_run_prints_the_arrays_and_writes_nothing(output_root, capsys):
 
 def test_local_points_run_n_at_a_time(tmp_path, monkeypatch):
     """--parallel 2 overlaps two points; a failing point is recorded and does not stop the others."""
-    import launcher.sweep as sweep
+    import launcher.sweep.launch as sweep
 
     script = "import sys, time; t = time.time(); time.sleep(1.0); print(t, time.time()); sys.exit(int(sys.argv[1]))"
     monkeypatch.setattr(sweep, "local_command", lambda cfg, run_dir: [sys.executable, "-c", script,
@@ -165,7 +157,7 @@ def test_report_helpers(tmp_path):
 
 def test_fast_compose_equals_hydra_compose_of_each_point():
     from launcher.config.compose import compose_dict
-    from launcher.sweep import compose_points
+    from launcher.sweep.plan import compose_points
 
     grid = expand_grid(["method=sft_full,lora", "method.lr=1e-3,2e-3", "cluster=local,slurm_local", "train.max_steps=7",
                         "data.datasets=[tasks],[tasks,tasks_eval]", "cluster.env.FOO=bar", "experiment=tasks_lora"])
@@ -180,7 +172,7 @@ def test_fast_compose_equals_hydra_compose_of_each_point():
 
 
 def test_compact_indices():
-    from launcher.sweep import compact_indices
+    from launcher.sweep.plan import compact_indices
 
     assert compact_indices([0, 1, 2, 3, 7, 9, 10]) == "0-3, 7, 9-10"
     assert compact_indices([4]) == "4"
@@ -194,7 +186,7 @@ def test_a_sweep_keeps_to_one_cluster_kind_and_one_output_root(tmp_path):
 
 
 def test_warnings_for_wasted_points():
-    from launcher.sweep import sweep_warnings
+    from launcher.sweep.plan import sweep_warnings
 
     grid = expand_grid(["method.lr=1e-3,2e-3", "method.lora.r=8,16"])
     _, points = check_points(grid)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 
-from launcher.sweep import LOCAL_RESULT, SWEEP_FILE, sweep_main
-from launcher.sweep_report import report_main, sweep_rows
+from launcher.sweep.launch import sweep_main
+from launcher.sweep.plan import LOCAL_RESULT, SWEEP_FILE
+from launcher.sweep.report import report_main, sweep_rows
 
 
 def test_local_sequential_sweep_of_two_points(output_root, capsys):

@@ -16,8 +16,9 @@ import pytest
 
 from launcher.errors import PreflightError
 from launcher.slurm.jobs import TERMINAL_STATES
-from launcher.sweep import SWEEP_FILE, launch_sweep
-from launcher.sweep_report import report_main, sweep_rows
+from launcher.sweep.launch import launch_sweep
+from launcher.sweep.plan import SWEEP_FILE
+from launcher.sweep.report import report_main, sweep_rows
 
 TINY = ["cluster=slurm_local", "train.exact_match_samples=0", "cluster.nproc_per_node=1", "method=lora", "train.max_steps=5",
         "train.log_every=1", "train.eval_every=0", "data.max_samples=100", "train.eval_max_batches=2"]

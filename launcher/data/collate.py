@@ -1,0 +1,187 @@
+"""Token rows -> model batches.
+
+A batch always has ``input_ids``, ``labels`` (unshifted), ``shift_labels`` and ``position_ids``, LongTensors
+[B, T]. shift_labels[t] is the target of position t: -100 at each sample's last position and on padding, so
+no sample is trained to predict its neighbour. ``attention_mask`` depends on the rows and the attention:
+- unpacked rows: a [B, T] padding mask (1 = token);
+- packed rows + flash_attention_2: None; flash-attention's varlen path reads the boundaries from
+  position_ids (they restart at 0 for every sample);
+- packed rows + sdpa / eager: a [B, 1, T, T] block-diagonal causal mask, which transformers passes through
+  unchanged. sdpa gets booleans (True = attend); eager *adds* the mask to the scores, so it gets float32
+  0 / -inf-like values (a boolean mask added to scores would silently do nothing useful).
+
+Why not rely on transformers' packed-sequence detection from position_ids (masking_utils)? It only runs
+when attention_mask is None *and* there is no KV cache, and Qwen2Model makes a cache whenever use_cache is
+on (the config default); an explicit mask does not depend on the caller remembering use_cache=False.
+
+Padding inside packed rows forms one extra block that attends only to itself, so no row of the mask is
+empty (an all-masked row gives NaN in sdpa, and NaN values leak through 0-weight products).
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Optional
+
+import torch
+
+from launcher.data.tokenize import IGNORE_INDEX
+
+ATTENTION_KINDS = ("sdpa", "eager", "flash_attention_2")
+
+
+def shift_segment_labels(labels: list, segment_lengths: list) -> list:
+    """Per-sample left shift of labels: the last position of each segment predicts nothing."""
+    out, offset = [], 0
+    for n in segment_lengths:
+        seg = labels[offset: offset + n]
+        out += seg[1:] + [IGNORE_INDEX]
+        offset += n
+    return out
+
+
+def block_causal_mask(segment_lengths: list[list[int]], width: int, attn_implementation: str) -> torch.Tensor:
+    """[B, 1, T, T] mask: causal within each segment, nothing across; padding is its own segment."""
+    batch = len(segment_lengths)
+    segment_ids = torch.empty(batch, width, dtype=torch.long)
+    for b, lengths in enumerate(segment_lengths):
+        ids = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths, dtype=torch.long))
+        segment_ids[b, : len(ids)] = ids
+        segment_ids[b, len(ids):] = len(lengths)  # padding
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allowed = (same & causal)[:, None, :, :]
+    if attn_implementation == "sdpa":
+        return allowed
+    mask = torch.zeros(allowed.shape, dtype=torch.float32)
+    return mask.masked_fill_(~allowed, torch.finfo(torch.float32).min)
+
+
+def collate_rows(rows: list[dict], pad_token_id: int, attn_implementation: str = "sdpa") -> dict:
+    """Supervised or pretraining rows (packed or not) -> a batch, right-padded to the longest row."""
+    if attn_implementation not in ATTENTION_KINDS:
+        raise ValueError(f"attn_implementation must be one of {ATTENTION_KINDS}, got {attn_implementation!r}")
+    packed = any("segment_lengths" in r for r in rows)
+    width = max(len(r["input_ids"]) for r in rows)
+    input_ids, labels, shift, position_ids, segments = [], [], [], [], []
+    for r in rows:
+        n = len(r["input_ids"])
+        pad = width - n
+        lengths = r.get("segment_lengths", [n])
+        input_ids.append(r["input_ids"] + [pad_token_id] * pad)
+        labels.append(r["labels"] + [IGNORE_INDEX] * pad)
+        shift.append(shift_segment_labels(r["labels"], lengths) + [IGNORE_INDEX] * pad)
+        positions = r.get("position_ids") or list(range(n))
+        # padding counts on from 0 as one more "sample", so flash-attention's varlen path sees it as its own
+        position_ids.append(positions + list(range(pad)))
+        segments.append(lengths)
+    batch = {
+        "input_ids": torch.tensor(input_ids, dtype=torch.long),
+        "labels": torch.tensor(labels, dtype=torch.long),
+        "shift_labels": torch.tensor(shift, dtype=torch.long),
+        "position_ids": torch.tensor(position_ids, dtype=torch.long),
+    }
+    if not packed:
+        attention = [[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows]
+        batch["attention_mask"] = torch.tensor(attention, dtype=torch.long)
+        # position_ids of padding do not matter here: the padding mask hides it
+        batch["position_ids"] = torch.tensor(
+            [list(range(len(r["input_ids"]))) + [0] * (width - len(r["input_ids"])) for r in rows], dtype=torch.long
+        )
+    elif attn_implementation == "flash_attention_2":
+        batch["attention_mask"] = None
+    else:
+        batch["attention_mask"] = block_causal_mask(segments, width, attn_implementation)
+    return batch
+
+
+def collate_preference(rows: list[dict], pad_token_id: int, attn_implementation: str = "sdpa") -> dict:
+    """Preference rows -> one batch of 2B rows: the B chosen rows first, then the B rejected rows."""
+    flat = [{"input_ids": r[f"{side}_input_ids"], "labels": r[f"{side}_labels"]}
+            for side in ("chosen", "rejected") for r in rows]
+    return collate_rows(flat, pad_token_id, attn_implementation)
+
+
+def mrope_positions(rows: list[dict], width: int, packed: bool, rope_index, vision) -> torch.Tensor:
+    """3-D position ids from the model's own ``get_rope_index``, computed per sample (per segment of a packed
+    row), so samples never share positions: [3, B, T] for unpacked rows; for packed rows [4, B, T] with the
+    text positions (restarting at 0 per sample) first, which transformers reads for the sample boundaries."""
+    from launcher.data.vision import token_type_ids
+
+    rows_out = 4 if packed else 3
+    positions = torch.zeros(rows_out, len(rows), width, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids = r["input_ids"]
+        lengths = r.get("segment_lengths", [len(ids)])
+        per_segment = r.get("segment_images", [len(r.get("images") or [])])
+        grids = list(r.get("image_grid_thw") or [])
+        offset, g = 0, 0
+        for n, k in zip(lengths, per_segment):
+            seg = torch.tensor(ids[offset: offset + n], dtype=torch.long)[None]
+            if k:
+                types = torch.tensor(token_type_ids(ids[offset: offset + n], vision), dtype=torch.long)[None]
+                grid = torch.tensor(grids[g: g + k], dtype=torch.long)
+                pos, _ = rope_index(seg, types, image_grid_thw=grid)
+                pos = pos[:, 0]
+            else:  # text only: the three rows are the plain positions
+                pos = torch.arange(n).expand(3, n)
+            positions[rows_out - 3:, b, offset: offset + n] = pos
+            if packed:
+                positions[0, b, offset: offset + n] = torch.arange(n)
+            offset += n
+            g += k
+        if packed:  # padding counts on from 0, its own "sample" (see collate_rows)
+            positions[:, b, offset:] = torch.arange(width - offset)
+    return positions
+
+
+def collate_vision_rows(rows: list[dict], pad_token_id: int, attn_implementation: str, vision, rope_index,
+                        dummy_image: bool = False) -> dict:
+    """VL rows -> a batch: ``collate_rows``' batch plus pixel_values, image_grid_thw (None without images),
+    mm_token_type_ids and 3-D position ids. ``dummy_image``: a batch without images carries a tiny white
+    image as ``dummy_pixel_values`` / ``dummy_image_grid_thw`` that the loss runs through the vision tower
+    at zero weight (sharded engines need every rank to run it; LlamaFactory#5616)."""
+    from launcher.data.vision import dummy_image_batch, load_pixels, token_type_ids
+
+    batch = collate_rows(rows, pad_token_id, attn_implementation)
+    packed = any("segment_lengths" in r for r in rows)
+    width = batch["input_ids"].shape[1]
+    paths = [p for r in rows for p in (r.get("images") or [])]
+    grids = [g for r in rows for g in (r.get("image_grid_thw") or [])]
+    pixels = load_pixels(paths, grids, vision)
+    batch["pixel_values"] = pixels.get("pixel_values")
+    batch["image_grid_thw"] = pixels.get("image_grid_thw")
+    if not paths and dummy_image:
+        dummy = dummy_image_batch(vision)
+        batch["dummy_pixel_values"], batch["dummy_image_grid_thw"] = dummy["pixel_values"], dummy["image_grid_thw"]
+    batch["mm_token_type_ids"] = torch.tensor(
+        [token_type_ids(r["input_ids"], vision) + [0] * (width - len(r["input_ids"])) for r in rows], dtype=torch.long)
+    batch["position_ids"] = mrope_positions(rows, width, packed, rope_index, vision)
+    return batch
+
+
+def collate_vision_preference(rows: list[dict], pad_token_id: int, attn_implementation: str, vision, rope_index,
+                              dummy_image: bool = False) -> dict:
+    """Preference VL rows -> 2B rows (chosen first, then rejected), each side with its own copy of the images,
+    as LLaMA-Factory's pairwise collator does (the vision tower sees each image twice)."""
+    flat = [{"input_ids": r[f"{side}_input_ids"], "labels": r[f"{side}_labels"], "images": r.get("images"),
+             "image_grid_thw": r.get("image_grid_thw")} for side in ("chosen", "rejected") for r in rows]
+    return collate_vision_rows(flat, pad_token_id, attn_implementation, vision, rope_index, dummy_image)
+
+
+def make_collate(kind: str, pad_token_id: int, attn_implementation: str = "sdpa", vision=None, rope_index=None,
+                 dummy_image: bool = False) -> Callable[[list[dict]], dict]:
+    """The collate function for rows of ``kind`` (sft, pt or preference); with ``vision`` (a VisionData) and
+    ``rope_index`` (``launcher.models.vision.rope_index_for``), for a VL model's rows."""
+    if vision is not None:
+        if rope_index is None:
+            raise ValueError("a VL collate needs the model's rope index (launcher.models.vision.rope_index_for)")
+        fn = collate_vision_preference if kind == "preference" else collate_vision_rows
+        return partial(fn, pad_token_id=pad_token_id, attn_implementation=attn_implementation, vision=vision,
+                       rope_index=rope_index, dummy_image=dummy_image)
+    fn = collate_preference if kind == "preference" else collate_rows
+    return partial(fn, pad_token_id=pad_token_id, attn_implementation=attn_implementation)
+
+
+def resolve_attn_implementation(requested: Optional[str]) -> str:
+    """``auto`` resolves to sdpa here; the training loop passes what it actually chose."""
+    return "sdpa" if requested in (None, "auto") else requested

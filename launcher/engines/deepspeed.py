@@ -1,0 +1,217 @@
+"""DeepSpeed ZeRO (stages 1-3, optional CPU offload) behind the engine interface of launcher/engines/base.py.
+
+Why ``deepspeed.initialize`` directly and not the HF Trainer or accelerate: we own the training loop, so the
+loss stays normalized by the trained tokens of the whole step across micro-batches and ranks (the Trainer's
+per-micro-batch mean skews variable-length batches, transformers#34191), resume restores our data plan and
+RNG exactly, and nothing silently replaces the requested strategy (accelerate drops FSDP on CPU without a
+word; see docs/cpu-cluster-facts.md). DeepSpeed here is only the sharded optimizer and parameter store.
+
+Gradient semantics, made equal to DDP's: DeepSpeed averages gradients over data-parallel ranks, like DDP,
+and would divide the loss by gradient_accumulation_steps; we pass ``scale_wrt_gas=False`` because the loop
+already divides by the trained tokens of the whole step. The accumulation boundary is set explicitly per
+micro-batch, so one ``step()`` per optimizer step is right whatever the accumulation count.
+
+On CPU (gloo) the generated config is fp32, uses our own torch AdamW (no fused_adam / cpu_adam JIT build),
+and skips DeepSpeed's shared-memory all-reduce kernel (a ~90 s JIT build it only uses for inference).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from launcher.paths import CHECKPOINT_STATE_FILE
+from launcher.config.schema import Config, resolve_grad_accum
+from launcher.engines.distributed import DistInfo, ensure_process_group
+from launcher.engines.base import Engine, LossFactory, default_loss_module
+from launcher.training.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+DS_TAG = "deepspeed"
+
+
+def build_deepspeed_config(cfg: Config, world_size: int, grad_accum: int, on_gpu: bool,
+                           bf16: bool) -> dict[str, Any]:
+    """The DeepSpeed config for this run: a pure function of our config (tested without DeepSpeed)."""
+    p, t = cfg.parallelism, cfg.train
+    zero: dict[str, Any] = {"stage": p.zero_stage, "overlap_comm": on_gpu, "contiguous_gradients": True}
+    if p.zero_stage == 3:
+        # Gather the full 16-bit weights at save time, so a ZeRO-3 run leaves a loadable HF model.
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if p.offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": on_gpu}
+        if p.zero_stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": t.micro_batch_size * grad_accum * world_size,
+        "gradient_clipping": t.max_grad_norm if t.max_grad_norm > 0 else 0.0,
+        "zero_optimization": zero,
+        "bf16": {"enabled": bool(bf16)},
+        "fp16": {"enabled": False},
+        # Our own torch AdamW (same update as the DDP path); with offload DeepSpeed would otherwise insist on
+        # its cpu_adam, a JIT build of about 90 s.
+        "zero_force_ds_cpu_optimizer": False,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+    return _deep_merge(config, p.deepspeed)
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def skip_shm_comm_build() -> None:
+    """Mark DeepSpeed's CPU shared-memory all-reduce op unavailable before deepspeed.comm starts.
+
+    Building it JIT-compiles C++ for about 90 s on a fresh machine, and training never calls it (it serves
+    ``inference_all_reduce`` only); gloo does our collectives. Set LAUNCHER_DS_SHM_COMM=1 to keep it.
+    """
+    import os
+
+    if os.environ.get("LAUNCHER_DS_SHM_COMM") == "1" or torch.cuda.is_available():
+        return
+    import deepspeed.ops
+
+    # DeepSpeed caches the probe result in the module; an edit to that dict is what build_shm_op reads.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+class DeepSpeedEngine(Engine):
+    """ZeRO-1/2/3 via DeepSpeed; ``model`` stays the unwrapped HF/PEFT model (partitioned under ZeRO-3)."""
+
+    name = "deepspeed"
+
+    def __init__(self, cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps: int,
+                 loss_module: Optional[LossFactory] = None):
+        import deepspeed
+
+        self.cfg = cfg
+        self.dist = dist_info
+        self.zero_stage = cfg.parallelism.zero_stage
+        self.lora = cfg.method.finetuning == "lora"
+        on_gpu = dist_info.device.type == "cuda"
+        bf16 = on_gpu and torch.cuda.is_bf16_supported() and cfg.model.dtype in ("auto", "bfloat16")
+        grad_accum = resolve_grad_accum(cfg, dist_info.world_size)
+        self.ds_config = build_deepspeed_config(cfg, dist_info.world_size, grad_accum, on_gpu, bf16)
+        skip_shm_comm_build()
+        ensure_process_group(dist_info.device)
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
+
+        self.model = model.to(dist_info.device)
+        loss_module = (loss_module or default_loss_module)(self.model, cfg)
+        # Built before DeepSpeed partitions the parameters (ZeRO-3 is applied to the built model here:
+        # every rank built the same seeded weights, so partitioning after the build is exact), so the
+        # decay/no-decay split still sees real shapes.
+        optimizer = build_optimizer(self.model, cfg.method)
+        self.scheduler = build_scheduler(optimizer, cfg.train, total_steps)
+        self.ds, self.optimizer, _, _ = deepspeed.initialize(
+            model=loss_module, optimizer=optimizer, config=self.ds_config, dist_init_required=False,
+        )
+        self.module = self.ds
+        if dist_info.is_main:
+            log.info("deepspeed: ZeRO-%d%s, %s, micro batch %d x accumulation %d x world %d",
+                     self.zero_stage, " + CPU offload" if cfg.parallelism.offload else "",
+                     "bf16" if bf16 else "fp32", cfg.train.micro_batch_size, grad_accum, dist_info.world_size)
+
+    # ------------------------------------------------------------------ the step
+
+    @property
+    def forward_is_collective(self) -> bool:
+        """ZeRO-3 gathers parameters in forward: every rank must run the same number of forwards."""
+        return self.zero_stage == 3
+
+    def accumulation_context(self, is_last_micro_batch: bool):
+        self.ds.set_gradient_accumulation_boundary(is_last_micro_batch)
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # The loop's loss is already the step's token mean (times world size, undone by DeepSpeed's average).
+        self.ds.backward(loss, scale_wrt_gas=False)
+
+    def step(self) -> float:
+        self.ds.set_gradient_accumulation_boundary(True)
+        self.ds.step()
+        self.scheduler.step()
+        norm = self.ds.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def train(self) -> None:
+        self.ds.train()
+
+    def eval(self) -> None:
+        self.ds.eval()
+
+    # inference_context: the default (nothing to do); ZeRO-3's hooks gather weights in any forward.
+
+    def report(self) -> dict[str, Any]:
+        # A ZeRO-3 parameter keeps only its partition (ds_tensor) on this rank; whole ones have none.
+        sharded = sum(1 for p in self.model.parameters()
+                      if hasattr(p, "ds_tensor") and 0 < p.ds_tensor.numel() < p.ds_numel)
+        return {"engine": "deepspeed", "zero_stage": self.zero_stage, "offload": self.cfg.parallelism.offload,
+                "world_size": self.dist.world_size, "zero3_partitioned_params": sharded,
+                "total_params": sum(1 for _ in self.model.parameters())}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, directory: Path, extra: dict[str, Any]) -> None:
+        """Every rank writes its own ZeRO shard (optimizer and, under ZeRO-3, parameters) into ``directory``."""
+        directory = Path(directory)
+        self.ds.save_checkpoint(str(directory), tag=DS_TAG, save_latest=False,
+                                exclude_frozen_parameters=self.lora)
+        if self.dist.is_main:
+            torch.save({"scheduler": self.scheduler.state_dict(), "engine": "deepspeed",
+                        "zero_stage": self.zero_stage, **extra}, directory / CHECKPOINT_STATE_FILE)
+
+    def load_checkpoint(self, directory: Path) -> dict[str, Any]:
+        directory = Path(directory)
+        if not (directory / DS_TAG).is_dir():
+            from launcher.errors import ConfigError
+
+            raise ConfigError(f"run.resume: {directory} holds no DeepSpeed checkpoint; it was written by another"
+                              " parallelism. Resume with the parallelism that wrote it, or run.resume=never")
+        path, _ = self.ds.load_checkpoint(str(directory), tag=DS_TAG, load_module_strict=not self.lora,
+                                          load_optimizer_states=True, load_lr_scheduler_states=False)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {directory}")
+        state = torch.load(directory / CHECKPOINT_STATE_FILE, map_location="cpu", weights_only=False)
+        self.scheduler.load_state_dict(state["scheduler"])
+        return state
+
+    # ------------------------------------------------------------------ final model
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Collective. Rank 0 gets the model's (or, for LoRA, the trainable adapter's) full weights; others {}."""
+        if self.zero_stage == 3:
+            # 16-bit under bf16, fp32 otherwise; keys belong to the loss wrapper ("model." + HF keys).
+            state = self.ds._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=self.lora)
+            if not self.dist.is_main:
+                return {}
+            return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+        if not self.dist.is_main:
+            return {}
+        # ZeRO-1/2 keep whole (updated) parameters on every rank.
+        return {n: p.detach().cpu() for n, p in self.model.state_dict().items()}
+
+    def save_final(self, directory: Path, tokenizer) -> None:
+        state = self.full_state_dict()
+        if self.dist.is_main:
+            if not state:
+                raise RuntimeError("gathering the final weights gave an empty state dict; nothing to save")
+            self.model.save_pretrained(directory, state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(directory)

@@ -1,0 +1,194 @@
+"""FSDP2 (``torch.distributed.fsdp.fully_shard``) behind the engine interface of launcher/engines/base.py.
+
+How the model is sharded: one FSDP unit per decoder layer (the classes the model names in
+``_no_split_modules``), and the loss wrapper as root, which holds embeddings, final norm and LM head (tied
+embeddings must share one unit). ``fsdp_offload`` keeps shards, gradients and optimizer state on the CPU
+(CPUOffloadPolicy); on a GPU parameters are gathered in bf16 and gradients reduced in fp32.
+
+FSDP is applied directly, not through accelerate or the HF Trainer, which on CPU silently fall back to
+DDP (docs/cpu-cluster-facts.md). After wrapping, every parameter is checked to be a DTensor sharded over
+the world; ``report()`` records the count, and the run fails rather than claim FSDP that did not happen.
+
+Gradients: FSDP's reduce-scatter averages over ranks like DDP, so the loop's token normalization holds.
+Checkpoints: torch.distributed.checkpoint, one file per rank in the checkpoint dir (each rank its shard).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from launcher.paths import CHECKPOINT_STATE_FILE
+from launcher.config.schema import Config
+from launcher.engines.distributed import DistInfo, ensure_process_group
+from launcher.engines.base import Engine, LossFactory, default_loss_module
+from launcher.training.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+SHARDED_DIR = "fsdp"
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks to shard one by one: modules whose class the model lists as never to split."""
+    names = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise RuntimeError(f"FSDP: found no decoder layers in {type(model).__name__} (_no_split_modules={names})")
+    return layers
+
+
+def count_sharded(module: nn.Module, world_size: int) -> tuple[int, int]:
+    """(parameters that are DTensors sharded over ``world_size`` ranks, all parameters)."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    total = sharded = 0
+    for p in module.parameters():
+        total += 1
+        if isinstance(p, DTensor) and p.device_mesh.size() == world_size and any(
+                isinstance(pl, Shard) for pl in p.placements):
+            sharded += 1
+    return sharded, total
+
+
+class FSDPEngine(Engine):
+    """FSDP2 per decoder layer + root; ``model`` is the HF/PEFT model whose parameters are now DTensors."""
+
+    name = "fsdp"
+    forward_is_collective = True
+
+    def __init__(self, cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps: int,
+                 loss_module: Optional[LossFactory] = None):
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+        self.cfg = cfg
+        self.dist = dist_info
+        self.lora = cfg.method.finetuning == "lora"
+        self.offload = cfg.parallelism.offload
+        device = dist_info.device
+        ensure_process_group(device)
+        self.mesh = init_device_mesh(device.type, (dist_info.world_size,))
+        self.bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported() and cfg.model.dtype in ("auto", "bfloat16")
+        kwargs: dict[str, Any] = {"mesh": self.mesh}
+        if self.bf16:
+            kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if self.offload:
+            kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda")
+        else:
+            model = model.to(device)
+        self.model = model
+        self.loss_module = (loss_module or default_loss_module)(model, cfg)
+        layers = decoder_layers(model)
+        for layer in layers:
+            fully_shard(layer, **kwargs)
+        fully_shard(self.loss_module, **kwargs)
+        self.module = self.loss_module
+        self.sharded_params, self.total_params = count_sharded(model, dist_info.world_size)
+        if self.sharded_params != self.total_params:
+            raise RuntimeError(f"FSDP: only {self.sharded_params} of {self.total_params} parameters are sharded")
+        self.n_units = len(layers) + 1
+        self.optimizer = build_optimizer(model, cfg.method)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train, total_steps)
+        if dist_info.is_main:
+            log.info("fsdp: %d units (%d decoder layers + root), %d/%d parameters are DTensors sharded over %d"
+                     " ranks%s%s", self.n_units, len(layers), self.sharded_params, self.total_params,
+                     dist_info.world_size, ", CPU offload" if self.offload else "",
+                     ", bf16 params / fp32 reduce" if self.bf16 else ", fp32")
+
+    # ------------------------------------------------------------------ the step
+
+    def accumulation_context(self, is_last_micro_batch: bool):
+        # Like DDP's no_sync: accumulate unsharded gradients locally, reduce-scatter once on the last one.
+        self.loss_module.set_requires_gradient_sync(is_last_micro_batch)
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def _global_grad_norm(self, norm) -> float:
+        from torch.distributed.tensor import DTensor
+
+        # The norm of DTensor gradients is itself a DTensor: make it the whole model's number on every rank.
+        return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+
+    @contextlib.contextmanager
+    def inference_context(self):
+        """Gather the root's weights so ``self.model(...)`` (logits, generate) works; collective."""
+        self.loss_module.unshard()
+        try:
+            yield
+        finally:
+            self.loss_module.reshard()
+
+    def report(self) -> dict[str, Any]:
+        return {"engine": "fsdp2", "world_size": self.dist.world_size, "fsdp_units": self.n_units,
+                "sharded_params": self.sharded_params, "total_params": self.total_params,
+                "offload": self.offload, "param_dtype": "bfloat16" if self.bf16 else "float32"}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _options(self, **kw):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        # LoRA: the frozen base is rebuilt identically (same seed, or the same hub weights); skip it.
+        return StateDictOptions(ignore_frozen_params=self.lora, **kw)
+
+    def save_checkpoint(self, directory: Path, extra: dict[str, Any]) -> None:
+        """Collective. Each rank writes its shard of parameters and optimizer state (DCP), rank 0 the rest."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        directory = Path(directory)
+        msd, osd = get_state_dict(self.loss_module, self.optimizer, options=self._options())
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(directory / SHARDED_DIR))
+        if self.dist.is_main:
+            torch.save({"scheduler": self.scheduler.state_dict(), "engine": "fsdp", **extra},
+                       directory / CHECKPOINT_STATE_FILE)
+
+    def load_checkpoint(self, directory: Path) -> dict[str, Any]:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        directory = Path(directory)
+        if not (directory / SHARDED_DIR).is_dir():
+            from launcher.errors import ConfigError
+
+            raise ConfigError(f"run.resume: {directory} holds no FSDP checkpoint; it was written by another"
+                              " parallelism. Resume with the parallelism that wrote it, or run.resume=never")
+        msd, osd = get_state_dict(self.loss_module, self.optimizer, options=self._options())
+        state = {"model": msd, "optim": osd}
+        dcp.load(state, checkpoint_id=str(directory / SHARDED_DIR))
+        set_state_dict(self.loss_module, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"], options=self._options(strict=not self.lora))
+        extra = torch.load(directory / CHECKPOINT_STATE_FILE, map_location="cpu", weights_only=False)
+        self.scheduler.load_state_dict(extra["scheduler"])
+        return extra
+
+    # ------------------------------------------------------------------ final model
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Collective. Rank 0 gets full CPU tensors of the model (LoRA: the trainable adapter); others {}."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        state = get_model_state_dict(self.loss_module, options=self._options(full_state_dict=True, cpu_offload=True))
+        if not self.dist.is_main:
+            return {}
+        return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+
+    def save_final(self, directory: Path, tokenizer) -> None:
+        state = self.full_state_dict()
+        if self.dist.is_main:
+            if not state:
+                raise RuntimeError("gathering the final weights gave an empty state dict; nothing to save")
+            if self.bf16:
+                state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
+            self.model.save_pretrained(directory, state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(directory)
+

@@ -1,0 +1,1 @@
+"""After training: generation, predict (ROUGE/BLEU), chat, export of a run's model."""

@@ -1,0 +1,106 @@
+"""Export a run as one standalone Hugging Face model folder: LoRA merged into its base, sharded safetensors.
+
+What ``from_pretrained`` and vLLM load: ``config.json``, ``generation_config.json``, ``model*.safetensors``
+(+ ``model.safetensors.index.json`` when sharded by ``max_shard_size``), the tokenizer with its chat template,
+and ``export_info.json`` saying where it came from. A full fine-tune exports the same way.
+
+The folder is written under a temporary name beside the target and renamed at the end, so an interrupted
+export never leaves a half-written model where a loader would find it. An existing target is refused unless
+``force``; even then the run dir itself, its model/ and anything holding the run are never deleted.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+from launcher.errors import LauncherError
+from launcher.models.build import DTYPES
+from launcher.models.trained import adapter_info, check_run_dir, load_run_model
+
+class ExportError(LauncherError):
+    """The export target is unusable (exists, or is part of the run)."""
+
+
+@dataclass
+class ExportArgs:
+    out: Optional[str] = None
+    """Target folder; default RUN_DIR/export."""
+    max_shard_size: str = "2GB"
+    """Largest safetensors file, as transformers reads it (500MB, 2GB, or bytes)."""
+    checkpoint: Optional[str] = None
+    """step-N: export that checkpoint instead of the final model."""
+    dtype: str = "keep"
+    """keep (the trained weights' dtype, fp32 here), bfloat16, float16 or float32."""
+    force: bool = False
+    """Replace an existing target folder."""
+
+
+def default_out(run_dir: Path) -> Path:
+    return Path(run_dir) / "export"
+
+
+def check_target(run_dir: Path, out: Path, force: bool) -> None:
+    run_dir, out = Path(run_dir).resolve(), Path(out).resolve()
+    protected = [run_dir, run_dir / "model", run_dir / "base_model", run_dir / "checkpoints"]
+    if out in protected or out in run_dir.parents:
+        raise ExportError(f"--out {out}: that folder holds the run itself; export to a new folder (default RUN_DIR/export)")
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        if not force:
+            raise ExportError(f"--out {out} already exists; pass --force to replace it, or choose another --out")
+        if not out.is_dir():
+            raise ExportError(f"--out {out} is a file, not a folder; remove it or choose another --out")
+
+
+def export_run(run_dir: Path, args: ExportArgs) -> Path:
+    """Write the standalone model; return its folder."""
+    run_dir = check_run_dir(run_dir)
+    out = Path(args.out) if args.out else default_out(run_dir)
+    check_target(run_dir, out, args.force)
+    if args.dtype != "keep" and args.dtype not in DTYPES:
+        raise ExportError(f"--dtype: '{args.dtype}' is not one of keep, {', '.join(DTYPES)}")
+
+    model, tokenizer, cfg, source = load_run_model(run_dir, checkpoint=args.checkpoint, merge=True)
+    if hasattr(model, "merge_and_unload"):  # a PEFT model that load_trained_model did not merge
+        model = model.merge_and_unload()
+    if args.dtype != "keep":
+        model.to(DTYPES[args.dtype])
+    gen = model.generation_config
+    # Generation must stop at the end-of-turn token the run trained, and pad with a real id.
+    if gen.eos_token_id is None:
+        gen.eos_token_id = tokenizer.eos_token_id
+    if gen.pad_token_id is None:
+        gen.pad_token_id = tokenizer.pad_token_id
+    model.config.use_cache = True
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-{out.name}-{int(time.time() * 1000)}"
+    try:
+        model.save_pretrained(tmp, max_shard_size=args.max_shard_size, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        adapter = adapter_info(run_dir)
+        info = {
+            "run_dir": str(run_dir.resolve()),
+            "source": source,
+            "method": cfg.method.name,
+            "merged_lora": cfg.method.finetuning == "lora",
+            "lora": {"r": adapter["r"], "alpha": adapter["lora_alpha"]} if adapter else None,
+            "args": asdict(args),
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
+        (tmp / "export_info.json").write_text(json.dumps(info, indent=1))
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def exported_files(out: Path) -> list[str]:
+    return sorted(p.name for p in Path(out).iterdir())

@@ -1,0 +1,82 @@
+"""Greedy answers to held-out prompts, and the exact-match score that shows whether a model learned."""
+from __future__ import annotations
+
+import torch
+
+
+def prompt_and_reference(sample: dict) -> tuple[list, str]:
+    """The conversation up to its last assistant turn, and that turn's text."""
+    messages = sample["messages"]
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[:last], messages[last]["content"]
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    """Every id that ends an answer: the tokenizer's eos and the generation config's (Qwen lists two)."""
+    ids = {tokenizer.eos_token_id}
+    gen = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(gen if isinstance(gen, (list, tuple)) else [gen])
+    return sorted(i for i in ids if i is not None)
+
+
+def sampling_kwargs(do_sample: bool, temperature: float = 1.0, top_p: float = 1.0) -> dict:
+    if do_sample:
+        return {"do_sample": True, "temperature": temperature, "top_p": top_p}
+    # Greedy; unset the sampling flags a generation config may carry (silences "flags set" warnings).
+    return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+
+def answer_ids(new_ids: list[int], stop: list[int]) -> list[int]:
+    """The generated ids up to (not including) the first end-of-answer id."""
+    ends = [i for i, t in enumerate(new_ids) if t in stop]
+    return new_ids[: ends[0]] if ends else new_ids
+
+
+@torch.no_grad()
+def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, device, do_sample: bool = False,
+                   temperature: float = 1.0, top_p: float = 1.0) -> tuple[list[str], list[int]]:
+    """Answers to already-rendered prompts, and how many tokens each generated (its end token included)."""
+    was_training = model.training
+    model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation continues from the right edge
+    try:
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    finally:
+        tokenizer.padding_side = side
+    stop = eos_ids(model, tokenizer)
+    try:
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=stop, **sampling_kwargs(do_sample, temperature, top_p))
+    finally:
+        model.train(was_training)
+    texts, counts = [], []
+    for row in out[:, enc["input_ids"].shape[1]:].cpu().tolist():
+        answer = answer_ids(row, stop)
+        texts.append(tokenizer.decode(answer, skip_special_tokens=True).strip())
+        counts.append(min(len(answer) + 1, len(row)))
+    return texts, counts
+
+
+def exact_match(predictions: list[str], references: list[str]) -> float:
+    if not references:
+        return 0.0
+    hits = sum(p.strip() == r.strip() for p, r in zip(predictions, references))
+    return hits / len(references)
+
+
+def exact_match_eval(model, tokenizer, samples: list, max_new_tokens: int, device, render,
+                     batch_size: int = 16) -> dict:
+    """Greedy answers to ``samples``' prompts, rendered by ``render`` (launcher.inference.prompts.prompt_renderer,
+    the template training used), scored by exact match."""
+    pairs = [prompt_and_reference(s) for s in samples]
+    prompts = [render(conv, s.get("tools")) for (conv, _), s in zip(pairs, samples)]
+    refs = [ref for _, ref in pairs]
+    preds = []
+    for start in range(0, len(prompts), batch_size):
+        preds += generate_texts(model, tokenizer, prompts[start: start + batch_size], max_new_tokens, device)[0]
+    return {
+        "exact_match": exact_match(preds, refs),
+        "n": len(refs),
+        "examples": [{"reference": r, "prediction": p} for r, p in list(zip(refs, preds))[:5]],
+    }

@@ -1,0 +1,208 @@
+"""Launch a planned sweep: on SLURM one job array per distinct resource shape
+(``--array=0-N%cluster.array_parallelism``), returning as soon as queued (a dropped SSH session loses nothing);
+here, points one after another, or ``--parallel N`` at a time. ``sweep_main`` is ``launcher train -m``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from launcher.config.schema import Config
+from launcher.sweep.plan import (LOCAL_LOG, LOCAL_RESULT, compact_indices, describe, group_by_shape, lay_out,
+                                 plan_sweep, write_sweep_file)
+
+
+# ------------------------------------------------------------------------------------------ SLURM
+
+
+def submit_sweep(sweep_dir: Path, data: dict, points: list, worker_module: Optional[str] = None) -> list:
+    """One job array per resource shape; sweep.json is rewritten after each so it always says what is queued."""
+    from launcher.slurm.submit import submit_array
+
+    from launcher.errors import LauncherError
+
+    arrays = []
+    for group in group_by_shape(points):
+        kwargs = {"worker_module": worker_module} if worker_module else {}
+        try:
+            info = submit_array([p.cfg for p in group], [p.run_dir for p in group], sweep_dir,
+                                job_name=data["name"], **kwargs)
+        except LauncherError:
+            raise
+        except Exception as exc:  # sbatch said no (a limit, a partition); say what is queued already
+            queued = ", ".join(a["array_job_id"] for a in arrays)
+            raise LauncherError(
+                f"sbatch refused the job array of points {', '.join(str(p.index) for p in group)}:"
+                f" {' '.join(str(exc).split())[-500:]}\n"
+                + (f"already queued: job array(s) {queued} (scancel {queued.replace(',', ' ')} to drop them);"
+                   if queued else "nothing of this sweep was queued;")
+                + f" sweep dir {sweep_dir}"
+            ) from None
+        for task, point in enumerate(group):
+            point.array_job_id = info["array_job_id"]
+            point.array_task = task
+            point.job_id = info["task_job_ids"][task]
+        first = group[0].cfg.cluster
+        arrays.append({
+            "array_job_id": info["array_job_id"],
+            "tasks": len(group),
+            "points": [p.index for p in group],
+            "parallelism": min(len(group), first.array_parallelism),
+            "nodes": first.nodes,
+            "nproc_per_node": first.nproc_per_node,
+            "gpus_per_node": first.gpus_per_node,
+            "time_min": first.time_min,
+            "partition": first.partition,
+            "script": info["script"],
+        })
+        data["arrays"] = arrays
+        data["points"] = [p.record(sweep_dir) for p in points]
+        write_sweep_file(sweep_dir, data)
+    return arrays
+
+
+# ------------------------------------------------------------------------------------------ local
+
+
+def local_command(cfg: Config, run_dir: Path) -> list:
+    from launcher.local import torchrun_command
+
+    if cfg.cluster.nproc_per_node == 1:
+        return [sys.executable, "-m", "launcher.training.entry", "--run-dir", str(run_dir)]
+    return torchrun_command(cfg, run_dir)
+
+
+def run_local_sweep(points: list, parallel: int = 1, poll_s: float = 0.5) -> int:
+    """Run the points here, ``parallel`` at a time, each in its own process (a failing point does not stop
+    the others); each point's output goes to RUN_DIR/run.log. Returns 0 when every point succeeded."""
+    pending = list(points)
+    running: dict = {}
+    failed = 0
+    try:
+        failed = _run_points(pending, running, parallel, poll_s)
+    except KeyboardInterrupt:
+        for point, proc, log, _ in running.values():
+            proc.terminate()
+            proc.wait()
+            log.close()
+            print(f"[sweep] point {point.index} interrupted; log {point.run_dir / LOCAL_LOG}", file=sys.stderr)
+        raise
+    return 0 if failed == 0 else 1
+
+
+def _run_points(pending: list, running: dict, parallel: int, poll_s: float) -> int:
+    from launcher.config.compose import REPO_ROOT
+    from launcher.rundir import child_env
+
+    failed = 0
+    while pending or running:
+        while pending and len(running) < max(1, parallel):
+            point = pending.pop(0)
+            env = child_env(point.cfg.cluster.env)
+            env.setdefault("OMP_NUM_THREADS", "1")
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+            log = open(point.run_dir / LOCAL_LOG, "wb")
+            proc = subprocess.Popen(local_command(point.cfg, point.run_dir), cwd=str(REPO_ROOT), env=env,
+                                    stdout=log, stderr=subprocess.STDOUT)
+            running[point.index] = (point, proc, log, _dt.datetime.now())
+            print(f"[sweep] point {point.index} started ({point.label()}): {point.run_dir}", flush=True)
+        time.sleep(poll_s)
+        for index, (point, proc, log, started) in list(running.items()):
+            rc = proc.poll()
+            if rc is None:
+                continue
+            log.close()
+            del running[index]
+            ended = _dt.datetime.now()
+            (point.run_dir / LOCAL_RESULT).write_text(json.dumps({
+                "returncode": rc, "started_at": started.isoformat(timespec="seconds"),
+                "ended_at": ended.isoformat(timespec="seconds"),
+            }) + "\n")
+            failed += rc != 0
+            verdict = "done" if rc == 0 else f"FAILED (exit code {rc}; log {point.run_dir / LOCAL_LOG})"
+            print(f"[sweep] point {point.index} {verdict} in {(ended - started).total_seconds():.0f} s", flush=True)
+    return failed
+
+
+def launch_sweep(overrides: Sequence[str], name: Optional[str] = None, parallel: int = 1,
+                 timings: Optional[dict] = None, worker_module: Optional[str] = None, quiet: bool = False) -> dict:
+    """Plan, lay out, then submit (SLURM) or run (local). Returns {"sweep_dir", "arrays", "points", "rc"}."""
+    timings = timings if timings is not None else {}
+    sweep_name, points, grid = plan_sweep(overrides, name, timings)
+    _print_warnings(points)
+    _note_parallel(parallel, points)
+    start = time.perf_counter()
+    sweep_dir, data = lay_out(sweep_name, points, grid, overrides)
+    timings["write_s"] = time.perf_counter() - start
+    if not quiet:
+        print(describe(sweep_name, points, grid), flush=True)
+        print(f"sweep dir: {sweep_dir}", flush=True)
+    if points[0].cfg.cluster.kind == "local":
+        rc = run_local_sweep(points, parallel)
+        if not quiet:
+            print(f"report: launcher sweep report {sweep_dir}", flush=True)
+        return {"sweep_dir": sweep_dir, "arrays": [], "points": points, "rc": rc}
+    start = time.perf_counter()
+    arrays = submit_sweep(sweep_dir, data, points, worker_module)
+    timings["submit_s"] = time.perf_counter() - start
+    if not quiet:
+        for array in arrays:
+            if array["tasks"] == 1:
+                print(f"Submitted job {array['array_job_id']}: point {array['points'][0]}")
+                continue
+            print(f"Submitted job array {array['array_job_id']}: {array['tasks']} tasks (points"
+                  f" {compact_indices(array['points'])}), at most {array['parallelism']} running at once"
+                  " (cluster.array_parallelism)")
+        ids = ",".join(a["array_job_id"] for a in arrays)
+        print(f"  sweep dir: {sweep_dir}")
+        print(f"  report:    launcher sweep report {sweep_dir}    (works while it runs)")
+        print(f"  queue:     squeue -r -j {ids}    cancel: scancel {ids.replace(',', ' ')}")
+        print(f"  one point: launcher status|logs {sweep_dir}/<point dir>")
+    return {"sweep_dir": sweep_dir, "arrays": arrays, "points": points, "rc": 0}
+
+
+def _print_warnings(points: list) -> None:
+    seen: dict = {}
+    for point in points:
+        for warning in point.warnings:
+            seen.setdefault(warning, []).append(point.index)
+    for warning, indices in seen.items():
+        where = "every point" if len(indices) == len(points) else f"point(s) {', '.join(map(str, indices))}"
+        print(f"warning ({where}): {warning}", file=sys.stderr)
+
+
+def sweep_main(argv: list) -> int:
+    """``launcher train -m|--multirun OVERRIDES... [--name NAME] [--dry-run] [--parallel N]``."""
+    parser = argparse.ArgumentParser(
+        prog="launcher train -m",
+        description="A grid sweep: every combination of the comma lists / range() / choice() / glob() overrides.",
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides; a=1,2 or range(1,4) or choice(x,y) sweep")
+    parser.add_argument("-m", "--multirun", action="store_true", help="(accepted: this is the sweep entry point)")
+    parser.add_argument("--dry-run", action="store_true", help="expand and check every point; launch nothing")
+    parser.add_argument("--name", default=None, help="sweep name (default: <model>-<method>-<data>)")
+    parser.add_argument("--parallel", type=int, default=1, help="cluster=local: points run at the same time")
+    args = parser.parse_args(argv)
+    if args.parallel < 1:
+        parser.error("--parallel must be >= 1")
+    if args.dry_run:
+        sweep_name, points, grid = plan_sweep(args.overrides, args.name)
+        _note_parallel(args.parallel, points)
+        _print_warnings(points)
+        print(describe(sweep_name, points, grid))
+        print("# preflight passed for every point; dry run: nothing was written or launched")
+        return 0
+    return launch_sweep(args.overrides, args.name, args.parallel)["rc"]
+
+
+def _note_parallel(parallel: int, points: list) -> None:
+    if parallel > 1 and points[0].cfg.cluster.kind == "slurm":
+        print("note: --parallel is for cluster=local; on SLURM, cluster.array_parallelism caps the running tasks",
+              file=sys.stderr)

@@ -1,0 +1,209 @@
+"""Stopping cleanly when SLURM says the job must go (time limit near, or preemption), and resuming exactly.
+
+How a stop travels (see also launcher/slurm/node.py):
+
+1. SLURM sends the preemption signal (``--signal=USR2@N``, or ``scancel -s USR2 JOB``) to every process of
+   the job step: the node process, the torchrun agent and the ranks. The node process starts torchrun with
+   USR2 *ignored* (the agent has no handler and would die of it); the ranks inherit that and replace it
+   with ``StopFlag``'s handler, which only sets a flag. The node process also forwards USR2 to the ranks
+   itself (a cluster may deliver it to the task's main process only) and writes ``STOP_REQUESTED`` so that
+   a rank still starting up, which could not have caught the signal yet, sees the request too.
+2. At each step boundary every rank all-reduces its flag (MAX): all ranks agree on the same step, save a
+   checkpoint there (every rank takes part), rank 0 writes ``STOPPED`` and the ranks exit 0.
+3. The node process on node 0 finds ``STOPPED`` for its own job attempt and requeues the job, a bounded
+   number of times (``launcher/slurm/requeue.py``). The requeued job runs the same pickled node launcher,
+   with the same run dir, and resumes from that run dir's latest complete checkpoint.
+
+Nothing here is SLURM-specific: a local run sent USR2 saves and stops the same way.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Mapping, Optional
+
+log = logging.getLogger("launcher.preemption")
+
+PREEMPT_SIGNAL = signal.SIGUSR2
+"""submitit's and our signal; never USR1, which NCCL claims for itself."""
+
+STATE_DIR = "preemption"
+STOP_REQUESTED = "stop-requested.json"
+"""Node process -> ranks: a stop was requested for this job attempt (written before forwarding the signal)."""
+STOPPED = "stopped.json"
+"""Rank 0 -> node process: the ranks saved a checkpoint and stopped early in this job attempt."""
+
+CHECKPOINT_STALL_ENV = "LAUNCHER_TEST_STALL_CHECKPOINT_STEP"
+"""Test hook: ``STEP:SECONDS``: the first write of the checkpoint of STEP sleeps SECONDS before its marker."""
+
+
+def attempt_key(environ: Optional[Mapping[str, str]] = None) -> str:
+    """Which attempt of which job this process belongs to: a requeued job keeps its id, SLURM counts restarts."""
+    env = os.environ if environ is None else environ
+    return f"{env.get('SLURM_JOB_ID', 'local')}.{env.get('SLURM_RESTART_COUNT', '0')}"
+
+
+def state_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / STATE_DIR
+
+
+def _write_json(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def request_stop(run_dir: Path, signum: int, environ: Optional[Mapping[str, str]] = None) -> None:
+    """Node side: record that this job attempt was asked to stop."""
+    _write_json(state_dir(run_dir) / STOP_REQUESTED,
+                {"attempt": attempt_key(environ), "signal": signal.Signals(signum).name, "at": time.time()})
+
+
+def stop_was_requested(run_dir: Path, environ: Optional[Mapping[str, str]] = None) -> bool:
+    record = _read_json(state_dir(run_dir) / STOP_REQUESTED)
+    return bool(record) and record.get("attempt") == attempt_key(environ)
+
+
+def mark_stopped(run_dir: Path, step: int, checkpoint: Path) -> None:
+    """Rank 0: the ranks saved ``checkpoint`` at ``step`` and leave early; the node process requeues."""
+    _write_json(state_dir(run_dir) / STOPPED,
+                {"attempt": attempt_key(), "step": step, "checkpoint": str(checkpoint), "at": time.time()})
+
+
+def stopped_early(run_dir: Path, environ: Optional[Mapping[str, str]] = None) -> Optional[dict]:
+    """The STOPPED record of this job attempt, or None when the ranks ended for another reason."""
+    record = _read_json(state_dir(run_dir) / STOPPED)
+    if record and record.get("attempt") == attempt_key(environ):
+        return record
+    return None
+
+
+def clear_stop_state(run_dir: Path) -> None:
+    """Node 0, before starting the ranks: requests and stops of earlier attempts say nothing about this one."""
+    for name in (STOP_REQUESTED, STOPPED):
+        try:
+            (state_dir(run_dir) / name).unlink()
+        except FileNotFoundError:
+            pass
+
+
+class StopFlag:
+    """Per rank: the signal handler only sets a flag; ``should_stop`` makes all ranks agree at a step boundary."""
+
+    def __init__(self, run_dir: Path, signals: tuple = (PREEMPT_SIGNAL,)):
+        self.run_dir = Path(run_dir)
+        self.received: Optional[int] = None
+        for signum in signals:
+            signal.signal(signum, self._handle)
+        # A stop requested while this rank was still importing (USR2 ignored then) is not lost.
+        if stop_was_requested(self.run_dir):
+            self.received = int(PREEMPT_SIGNAL)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def close(self) -> None:
+        """Ignore the signal from now on: Python's exit restores the default action (terminate) for signals
+        it handled, and a late or forwarded USR2 must not turn a clean exit into a crash (exit code -12)."""
+        signal.signal(PREEMPT_SIGNAL, signal.SIG_IGN)
+
+    def should_stop(self, device) -> bool:
+        """Collective (every rank calls it at the same step): True on all ranks when any rank got the signal."""
+        import torch  # not at import time: the handler is installed before torch is loaded
+
+        from launcher.engines.distributed import all_reduce_max
+
+        flag = torch.tensor([1 if self.received is not None else 0], dtype=torch.int32, device=device)
+        return bool(all_reduce_max(flag).item())
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+
+def choose_resume_checkpoint(setting: str, run_dir: Path, latest_own: Optional[Path],
+                             environ: Optional[Mapping[str, str]] = None) -> Optional[Path]:
+    """Which checkpoint a starting rank loads, for run.resume = auto | never | PATH.
+
+    A requeued job (SLURM_RESTART_COUNT > 0) or a restarted torchrun worker group (TORCHELASTIC_RESTART_COUNT
+    > 0) is a continuation of this run: it resumes from its own latest checkpoint whatever the setting, so a
+    run started fresh or from another run's checkpoint never goes back to that start after a requeue.
+    Only checkpoints of ``run_dir`` itself are ever picked automatically.
+    """
+    env = os.environ if environ is None else environ
+    continuation = int(env.get("SLURM_RESTART_COUNT", "0") or 0) > 0 or \
+        int(env.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+    if setting == "auto" or (continuation and latest_own is not None):
+        return latest_own
+    if setting == "never":
+        return None
+    return Path(setting)
+
+
+def forget_metrics_after(run_dir: Path, step: int, filename: str = "metrics.jsonl") -> int:
+    """Drop metrics records past ``step`` (logged after the checkpoint that is being resumed), so the
+    resumed run appends each step exactly once. Returns how many records were dropped."""
+    path = Path(run_dir) / filename
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            record_step = json.loads(line).get("step")
+        except ValueError:  # a line cut short by a kill: drop it
+            dropped += 1
+            continue
+        if isinstance(record_step, int) and record_step > step:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        os.replace(tmp, path)
+    return dropped
+
+
+def read_metrics(run_dir: Path, kind: str = "train", filename: str = "metrics.jsonl") -> list:
+    """Records of ``kind``, one per step (the last one written wins), in step order."""
+    by_step: dict = {}
+    for line in (Path(run_dir) / filename).read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            if record.get("kind") == kind:
+                by_step[record["step"]] = record
+    return [by_step[s] for s in sorted(by_step)]
+
+
+# ------------------------------------------------------------------------------------------ test hook
+
+
+def stall_inside_checkpoint_write(tmp_dir: Path, step: int, rank: int) -> None:
+    """Test hook (off unless LAUNCHER_TEST_STALL_CHECKPOINT_STEP is set): sleep once inside the write of
+    checkpoint ``step``, after the state files and before the COMPLETE marker, so that a test can kill the
+    writer there. ``stall-STEP.pid`` beside the checkpoints says who sleeps; it also keeps a restarted
+    worker from stalling again."""
+    spec = os.environ.get(CHECKPOINT_STALL_ENV)
+    if not spec or rank != 0:
+        return
+    stall_step, seconds = (int(x) for x in spec.split(":"))
+    marker = Path(tmp_dir).parent / f"stall-{step}.pid"
+    if step != stall_step or marker.exists():
+        return
+    marker.write_text(str(os.getpid()))
+    log.warning("test hook: stalling %ss inside the write of checkpoint step %d (pid %d)", seconds, step,
+                os.getpid())
+    time.sleep(seconds)

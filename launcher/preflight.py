@@ -110,6 +110,7 @@ def check_datasets(problems: Problems, cfg: Config) -> None:
 
     dataset_dir = dataset_dir_of(cfg)
     specs = load_registry(dataset_dir)
+    media = media_checker(cfg)
     for key, entries in (("data.datasets", cfg.data.datasets), ("data.eval_datasets", cfg.data.eval_datasets)):
         for entry in entries:
             name = entry.name if hasattr(entry, "name") else str(entry)
@@ -143,11 +144,34 @@ def check_datasets(problems: Problems, cfg: Config) -> None:
                 continue
             try:
                 for count, (where, row) in enumerate(read_spec_rows(spec)):
-                    row_to_sample(row, spec, where)
+                    media(row_to_sample(row, spec, where), where)
                     if count + 1 >= FIRST_ROWS:
                         break
             except LauncherError as exc:
                 problems.errors.append(f"{key}: dataset '{name}': {exc}")
+
+
+def media_checker(cfg: Config) -> Callable:
+    """check(sample, where) for a row's images: the model takes them, the template has an image slot, the
+    files are images, and none resizes to more tokens than data.cutoff_len (no tokenizer needed)."""
+    from launcher.data.templates import IMAGE_TEMPLATES
+    from launcher.data.vision import VisionData, check_media, sample_grids
+    from launcher.models.vision import build_image_processor, vision_info
+
+    info = vision_info(cfg.model)
+    template = cfg.data.template
+    image_slot = template in (None, "auto") or template in IMAGE_TEMPLATES
+    vision = None
+
+    def check(sample: dict, where: str) -> None:
+        nonlocal vision
+        check_media(sample, template, image_slot, info is not None, cfg.model.name_or_path or cfg.model.name, where)
+        if sample.get("images"):
+            if vision is None:
+                vision = VisionData(build_image_processor(info), cfg.data.image_max_pixels, cfg.data.image_min_pixels)
+            sample_grids(sample, vision, cfg.data.cutoff_len, where)
+
+    return check
 
 
 # ------------------------------------------------------------------------------------ model, tokenizer

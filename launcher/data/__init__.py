@@ -24,6 +24,7 @@ from launcher.data.readers import read_spec_rows
 from launcher.data.registry import DatasetSpec, load_registry, lookup
 from launcher.data.templates import choose_renderer
 from launcher.data.tokenize import check_trainable, row_length, row_trained, tokenize_sample
+from launcher.data.vision import check_media
 
 
 
@@ -98,23 +99,6 @@ def data_kind(specs: list[DatasetSpec]) -> str:
     return "pt" if all(s.is_text() for s in specs) else "sft"
 
 
-def check_media(sample: dict, renderer, vision, model_name: str, where: str) -> None:
-    """Media the model or template cannot take: one line naming the row and what to do."""
-    if sample.get("videos") or sample.get("audios"):
-        kind = "videos" if sample.get("videos") else "audios"
-        raise DataError(f"{where}: the row has {kind}, which launcher does not train yet (images only);"
-                        f" drop the {kind} column from dataset_info.json or use image data")
-    if not sample.get("images"):
-        return
-    if vision is None:
-        raise DataError(f"{where}: the row has images but model '{model_name}' has no vision tower; use a Qwen2-VL,"
-                        " Qwen2.5-VL or Qwen3-VL model (model=tiny_qwen2_vl, or model=hf with a VL checkpoint),"
-                        " or drop the images column from dataset_info.json")
-    if not getattr(renderer, "image_slot", True):
-        raise DataError(f"{where}: data.template={renderer.name} has no image slot; use data.template=qwen2_vl"
-                        " (Qwen2-VL, Qwen2.5-VL) or qwen3_vl, or leave it unset for the model's own")
-
-
 def tokenize_vision_sample(tokenizer, renderer, sample: dict, data: DataConfig, vision, where: str) -> list[dict]:
     """``tokenize_sample`` for a sample with images: placeholders expanded to vision spans before rendering;
     rows whose truncation cut a span are None (the caller drops or refuses them); labels off vision tokens."""
@@ -149,7 +133,8 @@ def tokenize_all(samples: list[dict], tokenizer, renderer, data: DataConfig, sta
     rows = []
     for sample in tqdm(samples, desc=desc, unit="sample", disable=not progress, file=sys.stderr, leave=False):
         where = sample.get("where", "sample")
-        check_media(sample, renderer, vision, model_name, where)
+        check_media(sample, renderer.name, getattr(renderer, "image_slot", True), vision is not None, model_name,
+                    where)
         if sample.get("images"):
             made = tokenize_vision_sample(tokenizer, renderer, sample, data, vision, where)
         else:

@@ -120,6 +120,24 @@ def image_size(path: str, where: str) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------ tokenization
 
 
+def check_media(sample: dict, template: str, image_slot: bool, vision_model: bool, model_name: str,
+                where: str) -> None:
+    """Media the model or template cannot take: one line naming the row and what to do."""
+    if sample.get("videos") or sample.get("audios"):
+        kind = "videos" if sample.get("videos") else "audios"
+        raise DataError(f"{where}: the row has {kind}, which launcher does not train yet (images only);"
+                        f" drop the {kind} column from dataset_info.json or use image data")
+    if not sample.get("images"):
+        return
+    if not vision_model:
+        raise DataError(f"{where}: the row has images but model '{model_name}' has no vision tower; use a Qwen2-VL,"
+                        " Qwen2.5-VL or Qwen3-VL model (model=tiny_qwen2_vl, or model=hf with a VL checkpoint),"
+                        " or drop the images column from dataset_info.json")
+    if not image_slot:
+        raise DataError(f"{where}: data.template={template} has no image slot; use data.template=qwen2_vl"
+                        " (Qwen2-VL, Qwen2.5-VL) or qwen3_vl, or leave it unset for the model's own")
+
+
 def expand_placeholders(messages: list[dict], counts: list[int], vision: VisionData) -> list[dict]:
     """A copy of the messages with the i-th ``<image>`` replaced by its vision span of counts[i] pad tokens."""
     out, k = [], 0

@@ -26,7 +26,7 @@ def vl_config(model: str, dataset_dir, datasets, **data) -> Config:
 @functools.lru_cache(maxsize=None)
 def tokenizer_for(model: str):
     from launcher.config.schema import parse_config as parse
-    from recipes.modeling import load_tokenizer
+    from launcher.models.tokenizers import load_tokenizer
 
     return load_tokenizer(parse({"model": model_yaml(model), "data": {"datasets": ["x"]}}).model)
 
@@ -34,7 +34,7 @@ def tokenizer_for(model: str):
 def tiny_model(model: str, attn: str = "sdpa", seed: int = 0):
     import torch
 
-    from recipes.modeling import build_base_model
+    from launcher.models.build import build_base_model
 
     cfg = parse_config({"model": model_yaml(model), "data": {"datasets": ["x"]}, "train": {"seed": seed}})
     return build_base_model(cfg, tokenizer_for(model), attn, torch.float32)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from recipes.data import build_datasets
+from launcher.data import build_datasets
 from tests.vl.helpers import FIXTURE, lf_demo_dir, tokenizer_for, vl_config
 
 DEMO = lf_demo_dir()

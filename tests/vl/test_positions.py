@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from launcher.models.vision import model_config, rope_index_for
-from recipes.data import build_datasets
-from recipes.loss import backbone_hidden
+from launcher.data import build_datasets
+from launcher.training.loss import backbone_hidden
 from tests.vl.helpers import FAMILIES, tiny_model, tokenizer_for, vl_config, write_images
 
 ENTRY = {"formatting": "sharegpt", "columns": {"messages": "messages", "images": "images"},

@@ -26,3 +26,14 @@ def test_mllm_demo_equals_llamafactory(model, template):
         assert ours["image_grid_thw"] == lf["image_grid_thw"], f"row {k}"
         assert sum(lf["image_tokens"]) == ours["input_ids"].count(pad)
     assert bundle.stats["image_tokens"] == sum(sum(r["image_tokens"]) for r in expected)
+
+
+def test_preview_shows_image_positions_and_counts(capsys):
+    from launcher.data.cli import data_main
+
+    assert data_main(["preview", "-n", "2", "--color", "never", "data=mllm_demo", "model=tiny_qwen2_vl",
+                      f"data.dataset_dir={DEMO}", "data.use_cache=false"]) == 0
+    out = capsys.readouterr().out
+    assert "image 0: tokens [14, 82) = vision_start + 66 image tokens + vision_end, grid 1x12x22" in out
+    assert "<|vision_start|><|image_pad|>*66<|vision_end|>Who are they?" in out
+    assert "images=8  image_tokens=550" in out

@@ -7,11 +7,13 @@ produce. The grid follows from the image's size alone (the header is read, not t
 aspect ratio capped at 200) then the processor's own ``smart_resize``. Rows keep the image paths and grids.
 
 Pixels (per batch, in ``load_pixels``): the image is decoded, resized exactly as LF does, and run through the
-image processor. Why not cache the pixel values with the tokens? Measured on mllm_demo with Qwen2-VL's
-processor (``tests/vl/test_vl_data.py::test_pixels_cost`` prints it): a 300x168 image is 264 patches x 1176
-floats = 1.2 MB in the cache against 66 token ids, and a 768x768 image 3,000 patches = 14 MB, so a 10k-image
-dataset would cache 10-100 GB; decoding + processing costs a few ms per image on one core, small beside a
-training step and overlapped when ``train.num_workers`` > 0. So pixels are made in the collate function.
+image processor. Why not cache the pixel values with the tokens? ``tests/benchmarks/bench_vl_pixels.py`` on
+this project's 2-core machine (PIL processor): mllm_demo's 300x168 photo is 66 tokens but 1.2 MB of fp32
+pixel values (1.6 MB for Qwen3-VL), a 768x768 image 729 tokens and 13.7 MB; processing costs 9-14 ms for
+the small photos and 90-160 ms for 768-1024 px images. A cache of a 10k-image dataset would hold 12-140 GB
+and has to be read back per step anyway, while decoding costs less than a training step and runs in the
+data-loader workers (``train.num_workers``) in parallel with it. So pixels are made in the collate function,
+and the cache holds only the token ids, paths and grids.
 """
 from __future__ import annotations
 

@@ -102,6 +102,8 @@ class LoraConfig:
     use_dora: bool = False
     use_rslora: bool = False
     modules_to_save: Optional[list] = None
+    include_vision: bool = False
+    """VL models: let target_modules reach the vision tower too (by default LoRA adapts the language model only)."""
 
 
 @dataclass

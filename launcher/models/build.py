@@ -135,7 +135,12 @@ def lora_peft_config(lora: LoraConfig):
 def apply_lora(model, lora: LoraConfig):
     from peft import get_peft_model
 
-    return get_peft_model(model, lora_peft_config(lora))
+    from launcher.models.vision import is_vision_model, lora_target_modules
+
+    config = lora_peft_config(lora)
+    if is_vision_model(model):  # the language model's linear layers unless the vision tower is asked for
+        config.target_modules = lora_target_modules(model, lora.target_modules, lora.include_vision)
+    return get_peft_model(model, config)
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -146,7 +151,9 @@ def count_parameters(model) -> tuple[int, int]:
 
 def load_trained_model(run_dir: Path, device: Optional[torch.device] = None, merge: bool = False):
     """Reload the final model of a run dir: a full HF model, or base + PEFT adapter."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from launcher.models.vision import auto_class_for
 
     run_dir = Path(run_dir)
     model_dir = run_dir / "model"
@@ -159,12 +166,12 @@ def load_trained_model(run_dir: Path, device: Optional[torch.device] = None, mer
         base = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
         if not Path(base).exists() and (run_dir / "base_model").exists():
             base = str(run_dir / "base_model")  # the run dir was moved after training
-        model = AutoModelForCausalLM.from_pretrained(base)
+        model = auto_class_for(base).from_pretrained(base)
         model = PeftModel.from_pretrained(model, model_dir)
         if merge:
             model = model.merge_and_unload()
     else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        model = auto_class_for(model_dir).from_pretrained(model_dir)
     if device is not None:
         model.to(device)
     return model, tokenizer

@@ -249,3 +249,14 @@ def rope_index_for(config):
     index = _ConfigOnly(model_class, config)
     index._cls = model_class
     return index
+
+
+def auto_class_for(folder) -> type:
+    """The transformers auto class that loads a saved model folder: image-text-to-text for the VL families."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    config_file = Path(folder) / "config.json"
+    model_type = None
+    if config_file.is_file():
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    return AutoModelForImageTextToText if model_type in VL_ARCHS else AutoModelForCausalLM

@@ -165,6 +165,17 @@ def sample_grids(sample: dict, vision: VisionData, cutoff_len: int, where: str) 
     return grids
 
 
+def expand_prompt(messages: list[dict], images: list[str], vision: VisionData,
+                  where: str = "prompt") -> tuple[list[dict], list]:
+    """Messages with each ``<image>`` expanded for generation, and the images' grids (no cutoff applies)."""
+    count = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
+    if count > len(images):
+        raise DataError(f"{where}: {count} {IMAGE_PLACEHOLDER} placeholder(s) but {len(images)} image(s)")
+    grids = [image_grid(*image_size(p, where), vision) for p in images[:count]]
+    counts = [image_token_count(g, vision.merge_size) for g in grids]
+    return expand_placeholders(messages, counts, vision), grids
+
+
 def vision_spans(input_ids: list[int], vision: VisionData) -> list[tuple[int, int]]:
     """[(start, end)) of each vision span, vision_start..vision_end inclusive; unmatched markers give (s, -1)."""
     spans, start = [], None

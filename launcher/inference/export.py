@@ -81,6 +81,7 @@ def export_run(run_dir: Path, args: ExportArgs) -> Path:
     try:
         model.save_pretrained(tmp, max_shard_size=args.max_shard_size, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        save_vision_files(tmp, cfg, tokenizer)
         adapter = adapter_info(run_dir)
         info = {
             "run_dir": str(run_dir.resolve()),
@@ -100,6 +101,15 @@ def export_run(run_dir: Path, args: ExportArgs) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def save_vision_files(out: Path, cfg, tokenizer) -> None:
+    """VL models: the image processor's config and a chat template with image slots (AutoProcessor, servers)."""
+    from launcher.models.vision import build_image_processor, save_processor_files, vision_info
+
+    info = vision_info(cfg.model)
+    if info is not None:
+        save_processor_files(out, build_image_processor(info), tokenizer, info)
 
 
 def exported_files(out: Path) -> list[str]:

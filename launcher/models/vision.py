@@ -116,10 +116,33 @@ def build_image_processor(info: VisionModelInfo, fast: Optional[bool] = None):
     return image_processor_class(fast)(**values)
 
 
+_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}DEFAULT_SYSTEM{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' or 'image' in part or 'image_url' in part %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+VL_CHAT_TEMPLATES = {
+    # Qwen2-VL's released template (image parts -> one <|image_pad|> that the processor expands), with LF's
+    # qwen2_vl default system prompt; qwen3_vl has none. Plain-string contents render as training did.
+    "qwen2_vl": _CHAT_TEMPLATE.replace("DEFAULT_SYSTEM", "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"),
+    "qwen3_vl": _CHAT_TEMPLATE.replace("{% if loop.first and message['role'] != 'system' %}DEFAULT_SYSTEM{% endif %}", ""),
+}
+
+
 def save_processor_files(out_dir: Path, image_processor, tokenizer, info: VisionModelInfo) -> None:
-    """preprocessor_config.json (+ processor_config.json naming the processor class) beside the model, so that
-    ``AutoProcessor`` and vLLM-style servers find the image settings; the tokenizer is saved by the caller."""
+    """preprocessor_config.json (+ processor_class) and a chat template with image slots beside the model, so
+    that ``AutoProcessor`` and vLLM-style servers find the image settings and can render image messages.
+    Call after ``tokenizer.save_pretrained``: the template written here replaces the tokenizer's text one."""
     out_dir = Path(out_dir)
+    (out_dir / "chat_template.jinja").write_text(VL_CHAT_TEMPLATES[info.template])
     image_processor.save_pretrained(out_dir)
     config_file = out_dir / "preprocessor_config.json"
     saved = json.loads(config_file.read_text())

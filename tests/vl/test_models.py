@@ -42,9 +42,17 @@ def test_forward_backward_save_reload(tmp_path, family):
     model.eval()
     out = tmp_path / "saved"
     model.save_pretrained(out)
-    info = VisionModelInfo(model.config.model_type, "qwen2_vl", None)
-    save_processor_files(out, build_image_processor(info), tokenizer_for(family), info)
+    template = "qwen3_vl" if family == "tiny_qwen3_vl" else "qwen2_vl"
+    info = VisionModelInfo(model.config.model_type, template, None)
     tokenizer_for(family).save_pretrained(out)
+    save_processor_files(out, build_image_processor(info), tokenizer_for(family), info)
+    from transformers import AutoTokenizer
+
+    rendered = AutoTokenizer.from_pretrained(out).apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}],
+        tokenize=False, add_generation_prompt=True)
+    assert "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is it?<|im_end|>" in rendered
+    assert rendered.startswith("<|im_start|>system") == (template == "qwen2_vl")
     assert auto_class_for(out).__name__ == "AutoModelForImageTextToText"
     reloaded = auto_class_for(out).from_pretrained(out).eval()
     assert torch.allclose(logits_of(model, batch), logits_of(reloaded, batch), atol=1e-5)

@@ -40,9 +40,9 @@ def bench_main(argv: list[str]) -> int:
     run_dir = make_run_dir(cfg.run.output_root, "bench-" + default_run_name(cfg))
     write_run_config(run_dir, cfg)
 
-    from launcher.training.entry import run
+    from launcher.training.entry import run_in_process
 
-    summary = run(run_dir, evaluations=False)
+    summary = run_in_process(run_dir, evaluations=False)
     report = bench_report(summary, run_dir)
     out = args.out or run_dir / "bench.json"
     out.write_text(json.dumps(report, indent=1) + "\n")

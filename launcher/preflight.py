@@ -191,10 +191,22 @@ def _hub_cached_file(repo_id: str, filename: str) -> Optional[str]:
         return None
 
 
+def check_random_init_arch(arch: str) -> None:
+    """model.arch names a transformers model_type, checked by its folder in the installed transformers (importing
+    transformers' configs pulls in torch: seconds a text dry run need not spend)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("transformers")
+    known = spec is not None and spec.origin and (Path(spec.origin).parent / "models" / arch.replace("-", "_")).is_dir()
+    if not known:
+        raise ConfigError(f"model.arch: '{arch}' is not a transformers model_type (e.g. qwen2, llama, mistral)")
+
+
 def read_model_config(cfg: Config, problems: Optional[Problems] = None) -> Optional[dict]:
     """The HF config dict of the model (random init: arch defaults + overrides); None when unknown."""
     m = cfg.model
     if m.name_or_path is None:
+        check_random_init_arch(m.arch)
         from transformers import CONFIG_MAPPING
 
         if m.arch not in CONFIG_MAPPING:
@@ -227,6 +239,9 @@ def read_model_config(cfg: Config, problems: Optional[Problems] = None) -> Optio
 
 
 def check_model(problems: Problems, cfg: Config) -> None:
+    if cfg.model.name_or_path is None:
+        check_random_init_arch(cfg.model.arch)  # its defaults are read only by the memory check
+        return
     read_model_config(cfg, problems)
 
 

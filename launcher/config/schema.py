@@ -81,8 +81,6 @@ class DataConfig:
     """concat, or interleave (uses the entries' weights)."""
     cache_dir: Optional[str] = None
     """Where tokenized data is cached; default ``.cache/launcher/data`` under the repo."""
-    num_proc: int = 1
-    preprocess_batch_size: int = 1000
     use_cache: bool = True
     """Reuse tokenized data from cache_dir when files, tokenizer, template and options are unchanged."""
     image_max_pixels: int = 768 * 768
@@ -124,9 +122,9 @@ class DpoConfig:
 @dataclass
 class MethodConfig:
     name: str = "sft_full"
-    """sft_full, lora, dpo."""
+    """sft_full, lora, dpo: which recipe trains (``METHODS``)."""
     finetuning: str = "full"
-    """full or lora (dpo can use either)."""
+    """full or lora; each method allows the kinds ``METHODS`` lists (dpo either)."""
     lr: float = 1e-4
     weight_decay: float = 0.0
     optimizer: str = "adamw"
@@ -171,13 +169,23 @@ class TrainConfig:
     max_new_tokens: int = 32
     loss_chunk_size: int = 256
     """Positions per chunk of the LM head + cross-entropy; logits are never materialized for all positions."""
-    num_workers: int = 0
+
+
+PARALLELISMS: dict[str, tuple[str, int, bool]] = {
+    "ddp": ("ddp", 0, False),
+    "zero2": ("deepspeed", 2, False),
+    "zero3": ("deepspeed", 3, False),
+    "zero3_offload": ("deepspeed", 3, True),
+    "fsdp": ("fsdp", 0, False),
+    "fsdp_offload": ("fsdp", 0, True),
+}
+"""parallelism.name -> (strategy, zero_stage, offload): the name and the three keys must agree."""
 
 
 @dataclass
 class ParallelismConfig:
     name: str = "ddp"
-    """ddp, zero2, zero3, zero3_offload, fsdp, fsdp_offload."""
+    """ddp, zero2, zero3, zero3_offload, fsdp, fsdp_offload; must agree with the three keys below."""
     strategy: str = "ddp"
     """ddp, deepspeed, fsdp."""
     zero_stage: int = 0
@@ -349,15 +357,28 @@ def _choice(value: str, allowed: tuple, key: str) -> None:
         raise ConfigError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
 
 
+METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "sft_full": ("recipes.sft", ("full",)),
+    "lora": ("recipes.sft", ("lora",)),
+    "dpo": ("recipes.dpo", ("full", "lora")),
+}
+"""method.name -> (the recipe module every rank runs, the method.finetuning kinds it allows)."""
+
+
+def recipe_module(cfg: Config) -> str:
+    """The module the ranks run (``python -m MODULE --run-dir RUN_DIR``): the launcher names recipes, never imports."""
+    return METHODS[cfg.method.name][0]
+
+
 def validate(cfg: Config) -> None:
     """Reject impossible combinations, naming the key and what to change."""
     m, t, d, p, c = cfg.method, cfg.train, cfg.data, cfg.parallelism, cfg.cluster
-    _choice(m.name, ("sft_full", "lora", "dpo"), "method.name")
+    _choice(m.name, tuple(METHODS), "method.name")
     _choice(m.finetuning, ("full", "lora"), "method.finetuning")
-    if m.name == "lora" and m.finetuning != "lora":
-        raise ConfigError("method.finetuning: method=lora needs method.finetuning=lora")
-    if m.name == "sft_full" and m.finetuning != "full":
-        raise ConfigError("method.finetuning: method=sft_full needs method.finetuning=full; use method=lora")
+    allowed = METHODS[m.name][1]
+    if m.finetuning not in allowed:
+        hint = "; use method=lora" if m.name == "sft_full" else ""
+        raise ConfigError(f"method.finetuning: method={m.name} needs method.finetuning={'|'.join(allowed)}{hint}")
     _choice(m.optimizer, ("adamw", "sgd"), "method.optimizer")
     _choice(m.dpo.loss_type, ("sigmoid", "ipo", "hinge", "simpo", "orpo"), "method.dpo.loss_type")
     if m.name == "dpo":
@@ -421,6 +442,7 @@ def validate(cfg: Config) -> None:
                           f" parallelism.strategy={p.strategy} leave it 0 (or use parallelism=zero2/zero3)")
     if p.deepspeed and p.strategy != "deepspeed":
         raise ConfigError("parallelism.deepspeed: extra DeepSpeed settings need parallelism.strategy=deepspeed")
+    _check_parallelism_name(p)
     _choice(c.kind, ("local", "slurm"), "cluster.kind")
     if c.nodes < 1 or c.nproc_per_node < 1:
         raise ConfigError("cluster.nodes and cluster.nproc_per_node must be >= 1")
@@ -429,6 +451,21 @@ def validate(cfg: Config) -> None:
     _choice(cfg.logger.name, ("none", "wandb"), "logger.name")
     _choice(cfg.logger.mode, ("auto", "online", "offline", "disabled"), "logger.mode")
     resolve_grad_accum(cfg)
+
+
+def _check_parallelism_name(p: ParallelismConfig) -> None:
+    """parallelism.name labels the run (and sweeps group by it): it must say what strategy/zero_stage/offload do."""
+    _choice(p.name, tuple(PARALLELISMS), "parallelism.name")
+    actual = (p.strategy, p.zero_stage, p.offload)
+    if PARALLELISMS[p.name] == actual:
+        return
+    matching = [n for n, v in PARALLELISMS.items() if v == actual]
+    expected = dict(zip(("strategy", "zero_stage", "offload"), PARALLELISMS[p.name]))
+    key = next(k for k, v in zip(("strategy", "zero_stage", "offload"), actual) if expected[k] != v)
+    raise ConfigError(
+        f"parallelism.{key}: {getattr(p, key)} contradicts parallelism={p.name} ({key}={expected[key]});"
+        f" choose the option instead of setting the key: parallelism={matching[0] if matching else p.name}"
+    )
 
 
 def validate_dpo(d: DpoConfig) -> None:

@@ -16,7 +16,6 @@ from launcher.config.schema import Config, DataConfig
 from launcher.errors import DataError
 from launcher.paths import REPO_ROOT
 from launcher.data.cache import cache_key, cached, file_fingerprint, tokenizer_fingerprint
-from launcher.data.collate import make_collate, resolve_attn_implementation
 from launcher.data.formats import row_to_sample
 from launcher.data.mixing import mix, resample, split_eval, take
 from launcher.data.packing import pack_rows, packing_fill, plan_packs
@@ -41,7 +40,7 @@ class DataBundle:
     """sft, pt (pretraining text only) or preference (rows with chosen_*/rejected_*; collate gives 2B rows)."""
     packed: bool = False
     attn_implementation: str = "sdpa"
-    """What ``collate`` builds masks for; ``collate_for`` gives one for another implementation."""
+    """What ``collate`` builds masks for."""
     pad_token_id: int = 0
     vision: Optional[object] = None
     """VL models: the VisionData (image processor, limits, vision token ids) the rows were made with."""
@@ -50,9 +49,10 @@ class DataBundle:
 
     def collate_for(self, attn_implementation: str, dummy_image: bool = False) -> Callable[[list], dict]:
         """dummy_image (VL): batches without images carry a zero-weight dummy image (sharded engines)."""
+        from launcher.data.collate import make_collate
+
         return make_collate(self.kind, self.pad_token_id, attn_implementation, self.vision, self.rope_index,
                             dummy_image)
-
 
 def resolve_dataset_dir(data: DataConfig) -> Path:
     path = Path(data.dataset_dir)
@@ -248,6 +248,8 @@ def build_datasets(cfg: Config, tokenizer, *, attn_implementation: Optional[str]
     else:
         key, result, hit = None, build(), False
     stats = dict(result["stats"], template=renderer.name, template_note=note, cache_hit=hit, cache_key=key)
+    from launcher.data.collate import make_collate, resolve_attn_implementation  # torch: only when batches are made
+
     attn = resolve_attn_implementation(attn_implementation or cfg.model.attn_implementation)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rope_index = None

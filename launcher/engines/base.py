@@ -1,42 +1,85 @@
-"""Training engines: how a model is wrapped for a parallelism, stepped, checkpointed and saved.
+"""What every engine shares, and the one model-build path.
 
-The loop talks to an engine only: ``module(**batch)`` gives a summed loss, ``backward``, ``step`` and the
-checkpoint/save methods. DDP lives here; DeepSpeed ZeRO (launcher/engines/deepspeed.py) and FSDP2
-(launcher/engines/fsdp.py) follow the same interface, plus ``forward_is_collective`` (every rank must run the
-same number of forwards), ``inference_context()`` (forward through ``model`` on every rank) and ``report()``
+The loop talks to an engine only: ``module(**batch)`` runs the objective's loss module (wrapped for the
+parallelism), then ``backward``, ``step``, the checkpoint methods and ``save_final``. Each engine states its
+strategy in its class docstring: where parameters, gradients and optimizer state live, and in what dtype.
+The precision policy is ``launcher.engines.precision`` (fp32 master weights everywhere; the matmuls in the
+requested low precision on a GPU), decided once and handed to every engine.
+
+Also here: ``forward_is_collective`` (sharded engines: every rank must run the same number of forwards),
+``inference_context()`` (forward through ``model`` on every rank, for logits or generation) and ``report()``
 (what really happened, written into summary.json).
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 from launcher.config.schema import Config
 from launcher.engines.distributed import DistInfo
-from launcher.training.loss import CausalLMLoss
-from launcher.training.optim import build_optimizer, build_scheduler
+from launcher.engines.precision import Precision, resolve_precision
+from launcher.errors import ConfigError
 
+log = logging.getLogger(__name__)
 
 LossFactory = Callable[[nn.Module, Config], nn.Module]
 """(model, cfg) -> the module an engine wraps (DDP/FSDP/DeepSpeed) and calls as ``module(**batch)``."""
 
+WRAPPER_PREFIX = "model."
+"""Keys of a state dict taken from the loss wrapper: ``model.`` + the HF model's own keys."""
 
-def default_loss_module(model: nn.Module, cfg: Config) -> nn.Module:
-    """SFT: the summed token cross-entropy at trained positions."""
-    # ZeRO-3 gathers a weight only inside its module's forward: there the head must be called, not read.
-    zero3 = cfg.parallelism.strategy == "deepspeed" and cfg.parallelism.zero_stage == 3
-    return CausalLMLoss(model, cfg.train.loss_chunk_size, fused=not zero3)
+
+def strip_wrapper_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The HF model's own keys from a state dict of the loss wrapper (which holds the model as ``model``)."""
+    return {k[len(WRAPPER_PREFIX):]: v for k, v in state.items() if k.startswith(WRAPPER_PREFIX)}
+
+
+def require_checkpoint_kind(directory: Path, subdir: str, engine: str) -> None:
+    """A sharded engine resumes only from what it wrote itself (its shards live in ``subdir``)."""
+    if not (Path(directory) / subdir).is_dir():
+        raise ConfigError(f"run.resume: {directory} holds no {engine} checkpoint; it was written by another"
+                          " parallelism. Resume with the parallelism that wrote it, or run.resume=never")
+
+
+def build_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implementation: str, precision: Precision,
+                save_base_to: Optional[Path] = None) -> nn.Module:
+    """The one path from the config to the model an engine wraps: the base (hub id, folder, or random init) with
+    parameters in ``precision.param_dtype``, LoRA applied for ``finetuning=lora``, gradient checkpointing on.
+
+    ``save_base_to``: LoRA on a random-init base keeps the base there (rank 0), since it exists nowhere else and a
+    saved adapter must be reloadable.
+    """
+    from launcher.models.build import apply_lora, build_base_model
+
+    model = build_base_model(cfg, tokenizer, attn_implementation, precision.param_dtype)
+    if cfg.method.finetuning == "lora":
+        if save_base_to is not None and cfg.model.name_or_path is None and dist_info.is_main:
+            model.save_pretrained(save_base_to, safe_serialization=True)
+            tokenizer.save_pretrained(save_base_to)
+        model = apply_lora(model, cfg.method.lora)
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.method.finetuning == "lora":
+            model.enable_input_require_grads()
+    return model
 
 
 class Engine:
     """What every engine shares: a scheduler for ``lr``, a wrapped ``module`` to switch between train and
-    eval, and (for engines that own a torch optimizer) clip -> step -> schedule -> zero_grad."""
+    eval, clip -> step -> schedule -> zero_grad for engines that own a torch optimizer, and the final save."""
 
+    name = "engine"
     forward_is_collective = False
+    cfg: Config
+    dist: DistInfo
+    model: nn.Module
+    module: nn.Module
+    precision: Precision
 
     def _global_grad_norm(self, norm: torch.Tensor) -> float:
         """Hook: the norm as one number for the whole model (sharded engines gather theirs)."""
@@ -64,88 +107,44 @@ class Engine:
     def inference_context(self):
         return contextlib.nullcontext()
 
+    # ------------------------------------------------------------------ final model
 
-class DDPEngine(Engine):
-    """Every rank holds the whole model; DDP all-reduces (averages) gradients on the last micro-batch."""
-
-    name = "ddp"
-
-    def __init__(self, cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps: int,
-                 loss_module: Optional[LossFactory] = None):
-        self.cfg = cfg
-        self.dist = dist_info
-        self.model = model.to(dist_info.device)
-        loss_module = (loss_module or default_loss_module)(self.model, cfg)
-        if dist_info.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            device_ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
-            self.module = DistributedDataParallel(loss_module, device_ids=device_ids)
-        else:
-            self.module = loss_module
-        self.optimizer = build_optimizer(self.model, cfg.method)
-        self.scheduler = build_scheduler(self.optimizer, cfg.train, total_steps)
-
-    def accumulation_context(self, is_last_micro_batch: bool):
-        if self.dist.world_size > 1 and not is_last_micro_batch:
-            return self.module.no_sync()
-        return contextlib.nullcontext()
-
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-
-    def report(self) -> dict[str, Any]:
-        return {"engine": "ddp" if self.dist.world_size > 1 else "single", "world_size": self.dist.world_size}
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        return {
-            "model": self.trainable_state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-        }
-
-    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
-        missing = self.model.load_state_dict(state["model"], strict=False)
-        unexpected = [k for k in missing.unexpected_keys]
-        if unexpected:
-            raise RuntimeError(f"checkpoint has parameters this model lacks: {unexpected[:5]}")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-
-    def save_checkpoint(self, directory: Path, extra: dict[str, Any]) -> None:
-        """Rank 0 writes one file; every rank's RNG state is saved by the caller."""
-        if self.dist.is_main:
-            torch.save({**self.checkpoint_state(), **extra}, Path(directory) / "state.pt")
-
-    def load_checkpoint(self, directory: Path) -> dict[str, Any]:
-        state = torch.load(Path(directory) / "state.pt", map_location="cpu", weights_only=False)
-        self.load_checkpoint_state(state)
-        return state
+    def full_state_dict(self) -> Optional[dict[str, torch.Tensor]]:
+        """Collective. Rank 0 gets the full weights to save (LoRA: the trainable adapter), others {};
+        None: the unwrapped model on rank 0 holds them whole already."""
+        return None
 
     def save_final(self, directory: Path, tokenizer) -> None:
-        if self.dist.is_main:
+        """Collective. Rank 0 writes the HF model (or the PEFT adapter) and the tokenizer into ``directory``."""
+        state = self.full_state_dict()
+        if not self.dist.is_main:
+            return
+        if state is None:
             self.model.save_pretrained(directory, safe_serialization=True)
-            tokenizer.save_pretrained(directory)
+        else:
+            if not state:
+                raise RuntimeError("gathering the final weights gave an empty state dict; nothing to save")
+            self.model.save_pretrained(directory, state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(directory)
 
 
 def build_engine(cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps: int,
-                 loss_module: Optional[LossFactory] = None):
-    """loss_module: what ``engine.module`` wraps, built from the (device-placed) model; default CausalLMLoss.
-    DPO passes one that returns per-sequence log-probs instead of a summed loss."""
+                 loss_module: LossFactory, precision: Optional[Precision] = None) -> Engine:
+    """loss_module: what ``engine.module`` wraps, built from the (device-placed) model: the objective's loss
+    (launcher.training.objectives). precision: the run's policy (default: from ``cfg.model.dtype`` and the device)."""
+    precision = precision or resolve_precision(cfg.model.dtype, dist_info.device)
     strategy = cfg.parallelism.strategy
     if strategy == "ddp":
-        return DDPEngine(cfg, model, dist_info, total_steps, loss_module)
+        from launcher.engines.ddp import DDPEngine
+
+        return DDPEngine(cfg, model, dist_info, total_steps, loss_module, precision)
     if strategy == "deepspeed":
         from launcher.engines.deepspeed import DeepSpeedEngine
 
-        return DeepSpeedEngine(cfg, model, dist_info, total_steps, loss_module)
+        return DeepSpeedEngine(cfg, model, dist_info, total_steps, loss_module, precision)
     if strategy == "fsdp":
         from launcher.engines.fsdp import FSDPEngine
 
-        return FSDPEngine(cfg, model, dist_info, total_steps, loss_module)
+        return FSDPEngine(cfg, model, dist_info, total_steps, loss_module, precision)
     raise NotImplementedError(f"parallelism.strategy={strategy} is not available; use ddp, deepspeed or fsdp")
+

@@ -4,7 +4,7 @@ Why ``deepspeed.initialize`` directly and not the HF Trainer or accelerate: we o
 loss stays normalized by the trained tokens of the whole step across micro-batches and ranks (the Trainer's
 per-micro-batch mean skews variable-length batches, transformers#34191), resume restores our data plan and
 RNG exactly, and nothing silently replaces the requested strategy (accelerate drops FSDP on CPU without a
-word; see docs/cpu-cluster-facts.md). DeepSpeed here is only the sharded optimizer and parameter store.
+word; see the team notes in shared/docs/cpu-cluster-facts.md). DeepSpeed here is only the sharded optimizer and parameter store.
 
 Gradient semantics, made equal to DDP's: DeepSpeed averages gradients over data-parallel ranks, like DDP,
 and would divide the loss by gradient_accumulation_steps; we pass ``scale_wrt_gas=False`` because the loop
@@ -20,7 +20,7 @@ import contextlib
 import copy
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,8 +28,9 @@ from torch import nn
 from launcher.paths import CHECKPOINT_STATE_FILE
 from launcher.config.schema import Config, resolve_grad_accum
 from launcher.engines.distributed import DistInfo, ensure_process_group
-from launcher.engines.base import Engine, LossFactory, default_loss_module
-from launcher.training.optim import build_optimizer, build_scheduler
+from launcher.engines.base import Engine, LossFactory, require_checkpoint_kind, strip_wrapper_prefix
+from launcher.engines.optim import build_optimizer, build_scheduler
+from launcher.engines.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -93,20 +94,26 @@ def skip_shm_comm_build() -> None:
 
 
 class DeepSpeedEngine(Engine):
-    """ZeRO-1/2/3 via DeepSpeed; ``model`` stays the unwrapped HF/PEFT model (partitioned under ZeRO-3)."""
+    """ZeRO-1/2/3 via DeepSpeed; ``model`` stays the unwrapped HF/PEFT model (partitioned under ZeRO-3).
+
+    Optimizer state (and gradients from ZeRO-2, parameters under ZeRO-3) sharded over ranks; fp32 master
+    weights; DeepSpeed's bf16 mode when the precision policy computes in bf16 (a GPU), fp32 otherwise; with
+    offload the optimizer state (and ZeRO-3's parameters) live in CPU memory. Checkpoint: every rank its shard.
+    """
 
     name = "deepspeed"
 
     def __init__(self, cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps: int,
-                 loss_module: Optional[LossFactory] = None):
+                 loss_module: LossFactory, precision: Precision):
         import deepspeed
 
         self.cfg = cfg
         self.dist = dist_info
         self.zero_stage = cfg.parallelism.zero_stage
         self.lora = cfg.method.finetuning == "lora"
+        self.precision = precision
         on_gpu = dist_info.device.type == "cuda"
-        bf16 = on_gpu and torch.cuda.is_bf16_supported() and cfg.model.dtype in ("auto", "bfloat16")
+        bf16 = precision.bf16
         grad_accum = resolve_grad_accum(cfg, dist_info.world_size)
         self.ds_config = build_deepspeed_config(cfg, dist_info.world_size, grad_accum, on_gpu, bf16)
         skip_shm_comm_build()
@@ -114,7 +121,7 @@ class DeepSpeedEngine(Engine):
         deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
 
         self.model = model.to(dist_info.device)
-        loss_module = (loss_module or default_loss_module)(self.model, cfg)
+        loss_module = loss_module(self.model, cfg)
         # Built before DeepSpeed partitions the parameters (ZeRO-3 is applied to the built model here:
         # every rank built the same seeded weights, so partitioning after the build is exact), so the
         # decay/no-decay split still sees real shapes.
@@ -180,11 +187,7 @@ class DeepSpeedEngine(Engine):
 
     def load_checkpoint(self, directory: Path) -> dict[str, Any]:
         directory = Path(directory)
-        if not (directory / DS_TAG).is_dir():
-            from launcher.errors import ConfigError
-
-            raise ConfigError(f"run.resume: {directory} holds no DeepSpeed checkpoint; it was written by another"
-                              " parallelism. Resume with the parallelism that wrote it, or run.resume=never")
+        require_checkpoint_kind(directory, DS_TAG, "DeepSpeed")
         path, _ = self.ds.load_checkpoint(str(directory), tag=DS_TAG, load_module_strict=not self.lora,
                                           load_optimizer_states=True, load_lr_scheduler_states=False)
         if path is None:
@@ -200,18 +203,8 @@ class DeepSpeedEngine(Engine):
         if self.zero_stage == 3:
             # 16-bit under bf16, fp32 otherwise; keys belong to the loss wrapper ("model." + HF keys).
             state = self.ds._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=self.lora)
-            if not self.dist.is_main:
-                return {}
-            return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+            return strip_wrapper_prefix(state) if self.dist.is_main else {}
         if not self.dist.is_main:
             return {}
         # ZeRO-1/2 keep whole (updated) parameters on every rank.
         return {n: p.detach().cpu() for n, p in self.model.state_dict().items()}
-
-    def save_final(self, directory: Path, tokenizer) -> None:
-        state = self.full_state_dict()
-        if self.dist.is_main:
-            if not state:
-                raise RuntimeError("gathering the final weights gave an empty state dict; nothing to save")
-            self.model.save_pretrained(directory, state_dict=state, safe_serialization=True)
-            tokenizer.save_pretrained(directory)

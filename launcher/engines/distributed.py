@@ -41,6 +41,13 @@ def init_distributed(backend: str = "auto", timeout_s: int = 1800) -> DistInfo:
     return DistInfo(rank, world, local_rank, device)
 
 
+def choose_device() -> torch.device:
+    """This process's device: its local rank's GPU, or the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -60,14 +67,6 @@ def all_reduce_max(value: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
-
-
-def broadcast_object(obj, src: int = 0):
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def destroy_distributed() -> None:

@@ -6,7 +6,7 @@ embeddings must share one unit). ``fsdp_offload`` keeps shards, gradients and op
 (CPUOffloadPolicy); on a GPU parameters are gathered in bf16 and gradients reduced in fp32.
 
 FSDP is applied directly, not through accelerate or the HF Trainer, which on CPU silently fall back to
-DDP (docs/cpu-cluster-facts.md). After wrapping, every parameter is checked to be a DTensor sharded over
+DDP (the team notes in shared/docs/cpu-cluster-facts.md). After wrapping, every parameter is checked to be a DTensor sharded over
 the world; ``report()`` records the count, and the run fails rather than claim FSDP that did not happen.
 
 Gradients: FSDP's reduce-scatter averages over ranks like DDP, so the loop's token normalization holds.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,8 +25,9 @@ from torch import nn
 from launcher.paths import CHECKPOINT_STATE_FILE
 from launcher.config.schema import Config
 from launcher.engines.distributed import DistInfo, ensure_process_group
-from launcher.engines.base import Engine, LossFactory, default_loss_module
-from launcher.training.optim import build_optimizer, build_scheduler
+from launcher.engines.base import Engine, LossFactory, require_checkpoint_kind, strip_wrapper_prefix
+from launcher.engines.optim import build_optimizer, build_scheduler
+from launcher.engines.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,18 @@ def count_sharded(module: nn.Module, world_size: int) -> tuple[int, int]:
 
 
 class FSDPEngine(Engine):
-    """FSDP2 per decoder layer + root; ``model`` is the HF/PEFT model whose parameters are now DTensors."""
+    """FSDP2 per decoder layer + root; ``model`` is the HF/PEFT model whose parameters are now DTensors.
+
+    Parameters, gradients and optimizer state sharded over ranks, fp32 master shards; when the precision policy
+    computes in bf16 (a GPU) parameters are gathered in bf16 and gradients reduced in fp32 (MixedPrecisionPolicy);
+    with offload the shards, gradients and optimizer state live in CPU memory. Checkpoint: DCP, every rank its shard.
+    """
 
     name = "fsdp"
     forward_is_collective = True
 
     def __init__(self, cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps: int,
-                 loss_module: Optional[LossFactory] = None):
+                 loss_module: LossFactory, precision: Precision):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
@@ -75,7 +81,8 @@ class FSDPEngine(Engine):
         device = dist_info.device
         ensure_process_group(device)
         self.mesh = init_device_mesh(device.type, (dist_info.world_size,))
-        self.bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported() and cfg.model.dtype in ("auto", "bfloat16")
+        self.precision = precision
+        self.bf16 = precision.bf16
         kwargs: dict[str, Any] = {"mesh": self.mesh}
         if self.bf16:
             kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -84,7 +91,7 @@ class FSDPEngine(Engine):
         else:
             model = model.to(device)
         self.model = model
-        self.loss_module = (loss_module or default_loss_module)(model, cfg)
+        self.loss_module = loss_module(model, cfg)
         layers = decoder_layers(model)
         for layer in layers:
             fully_shard(layer, **kwargs)
@@ -157,11 +164,7 @@ class FSDPEngine(Engine):
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
         directory = Path(directory)
-        if not (directory / SHARDED_DIR).is_dir():
-            from launcher.errors import ConfigError
-
-            raise ConfigError(f"run.resume: {directory} holds no FSDP checkpoint; it was written by another"
-                              " parallelism. Resume with the parallelism that wrote it, or run.resume=never")
+        require_checkpoint_kind(directory, SHARDED_DIR, "FSDP")
         msd, osd = get_state_dict(self.loss_module, self.optimizer, options=self._options())
         state = {"model": msd, "optim": osd}
         dcp.load(state, checkpoint_id=str(directory / SHARDED_DIR))
@@ -180,15 +183,8 @@ class FSDPEngine(Engine):
         state = get_model_state_dict(self.loss_module, options=self._options(full_state_dict=True, cpu_offload=True))
         if not self.dist.is_main:
             return {}
-        return {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-
-    def save_final(self, directory: Path, tokenizer) -> None:
-        state = self.full_state_dict()
-        if self.dist.is_main:
-            if not state:
-                raise RuntimeError("gathering the final weights gave an empty state dict; nothing to save")
-            if self.bf16:
-                state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
-            self.model.save_pretrained(directory, state_dict=state, safe_serialization=True)
-            tokenizer.save_pretrained(directory)
+        state = strip_wrapper_prefix(state)
+        if self.bf16:  # saved in the dtype it computed in, as DeepSpeed's bf16 mode saves
+            state = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in state.items()}
+        return state
 

@@ -125,7 +125,8 @@ def chat_main(argv: list[str]) -> int:
     from launcher.errors import ConfigError
     from launcher.inference.chat_session import ChatSession, GenerationOptions
     from launcher.inference.prompts import prompt_renderer
-    from launcher.models.build import choose_device, choose_dtype
+    from launcher.engines.distributed import choose_device
+    from launcher.engines.precision import requested_dtype
     from launcher.models.trained import load_run_model
 
     if args.base and args.checkpoint:
@@ -135,7 +136,7 @@ def chat_main(argv: list[str]) -> int:
     device = choose_device()
     model, tokenizer, cfg, source = load_run_model(Path(args.run_dir), checkpoint=args.checkpoint, merge=True,
                                                    base=args.base, device=device)
-    dtype = choose_dtype(args.dtype, device)
+    dtype = requested_dtype(args.dtype, device)
     if dtype != torch.float32:
         model.to(dtype)
     from launcher.data import vision_data

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.errors import LauncherError
-from launcher.models.build import DTYPES
 from launcher.models.trained import adapter_info, check_run_dir, load_run_model
 
 class ExportError(LauncherError):
@@ -60,6 +59,8 @@ def export_run(run_dir: Path, args: ExportArgs) -> Path:
     run_dir = check_run_dir(run_dir)
     out = Path(args.out) if args.out else default_out(run_dir)
     check_target(run_dir, out, args.force)
+    from launcher.engines.precision import DTYPES
+
     if args.dtype != "keep" and args.dtype not in DTYPES:
         raise ExportError(f"--dtype: '{args.dtype}' is not one of keep, {', '.join(DTYPES)}")
 

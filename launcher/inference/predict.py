@@ -87,7 +87,8 @@ def run_predict(cfg: Config, run_dir: Path, args: PredictArgs, progress: Optiona
 
     from launcher.inference.prompts import held_out_samples, prompt_renderer
     from launcher.inference.generation import exact_match, prompt_and_reference
-    from launcher.models.build import choose_device, choose_dtype
+    from launcher.engines.distributed import choose_device
+    from launcher.engines.precision import requested_dtype
     from launcher.inference.text_metrics import pair_scores, similarity_metrics
     from launcher.models.trained import load_run_model
 
@@ -105,7 +106,7 @@ def run_predict(cfg: Config, run_dir: Path, args: PredictArgs, progress: Optiona
 
     device = choose_device()
     model, tokenizer, _, source = load_run_model(run_dir, checkpoint=args.checkpoint, merge=True, device=device)
-    dtype = choose_dtype(args.dtype, device)
+    dtype = requested_dtype(args.dtype, device)
     if dtype != torch.float32:
         model.to(dtype)
     render = prompt_renderer(tokenizer, cfg)

@@ -1,6 +1,7 @@
 """Models: a hub id or local folder, or a random-init model of a real architecture; LoRA on top.
 
-Also where the device, the requested dtype and the attention implementation are chosen from the config.
+Also where the attention implementation is chosen (precision: launcher.engines.precision; device:
+launcher.engines.distributed).
 """
 from __future__ import annotations
 
@@ -15,25 +16,6 @@ from launcher.config.schema import Config, LoraConfig
 from launcher.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-def choose_device() -> torch.device:
-    import os
-
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def choose_dtype(requested: str, device: torch.device) -> torch.dtype:
-    if requested == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return DTYPES[requested]
 
 
 def flash_attn_usable(device: torch.device) -> bool:
@@ -141,6 +123,17 @@ def apply_lora(model, lora: LoraConfig):
     if is_vision_model(model):  # the language model's linear layers unless the vision tower is asked for
         config.target_modules = lora_target_modules(model, lora.target_modules, lora.include_vision)
     return get_peft_model(model, config)
+
+
+def point_adapter_at_base(adapter_dir: Path, base_dir: Path) -> None:
+    """Make a saved adapter name the base saved beside it (a random-init base exists nowhere else), so that
+    standard PEFT loading finds it."""
+    import json
+
+    path = Path(adapter_dir) / "adapter_config.json"
+    adapter_cfg = json.loads(path.read_text())
+    adapter_cfg["base_model_name_or_path"] = str(Path(base_dir).resolve())
+    path.write_text(json.dumps(adapter_cfg, indent=2))
 
 
 def count_parameters(model) -> tuple[int, int]:

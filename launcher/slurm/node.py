@@ -28,14 +28,15 @@ from launcher.paths import REPO_ROOT
 from launcher.training.preemption import PREEMPT_SIGNAL, clear_stop_state, request_stop, stopped_early
 from launcher.slurm.head_node import resolve_head_node_from_env
 from launcher.slurm.requeue import record_requeue, requeue_job
-from launcher.slurm.render import RANK_LOG_DIR, WORKER_MODULE, format_command, port_for_job, render_torchrun_command
+from launcher.slurm.render import RANK_LOG_DIR, format_command, port_for_job, render_torchrun_command
 
 
 
 @dataclass
 class NodeLauncher:
     run_dir: str
-    worker_module: str = WORKER_MODULE
+    worker_module: Optional[str] = None
+    """None: the recipe of the run's method."""
 
     def __call__(self) -> int:
         env = os.environ

@@ -10,20 +10,17 @@ from pathlib import Path
 from typing import Optional, Union
 
 from launcher.config.compose import default_run_name
-from launcher.config.schema import Config
+from launcher.config.schema import Config, recipe_module
 from launcher.errors import ConfigError
+from launcher.rundir import SECRET_ENV_VARS  # only ever passed through the environment, never written
 
-WORKER_MODULE = "launcher.training.entry"
-"""What every rank runs: ``python -m launcher.training.entry --run-dir RUN_DIR`` (reads RUN_DIR/config.yaml)."""
+
 
 SUBMITIT_DIR = "slurm"
 """Run dir subfolder for submitit's files: the pickled node launcher, per-node stdout/stderr (%j_%t_log.*)."""
 
 RANK_LOG_DIR = "logs"
 """Run dir subfolder for torchrun's per-rank logs: logs/node<K>/<attempt>/<local rank>/{stdout,stderr}.log."""
-
-from launcher.rundir import SECRET_ENV_VARS
-"""Only ever passed through the submitting environment (sbatch exports it); never written to a file."""
 
 # sbatch options that the launcher sets from typed keys; setting them again in sbatch_extra would make
 # the script disagree with the launch pattern (e.g. 8 tasks per node each running torchrun).
@@ -173,9 +170,12 @@ def render_torchrun_command(
     job_id: Union[int, str],
     node_rank: Union[int, str],
     python: str = "python",
-    worker_module: str = WORKER_MODULE,
+    worker_module: Optional[str] = None,
 ) -> list:
-    """argv of the one torchrun a node runs: nproc_per_node ranks, c10d rendezvous on the head node."""
+    """argv of the one torchrun a node runs: nproc_per_node ranks, c10d rendezvous on the head node.
+
+    Every rank runs ``python -m <the method's recipe module> --run-dir RUN_DIR`` (it reads RUN_DIR/config.yaml);
+    ``worker_module`` replaces the recipe (tests run small payloads this way)."""
     c = cfg.cluster
     run_dir = str(run_dir)
     argv = [
@@ -194,7 +194,7 @@ def render_torchrun_command(
         # The head node hosts the rendezvous store; the others are clients. Saying so avoids guessing
         # from hostnames, which fails when several nodes share one host name or address.
         argv.append(f"--rdzv-conf=is_host={1 if int(node_rank) == 0 else 0}")
-    argv += ["-m", worker_module, "--run-dir", run_dir]
+    argv += ["-m", worker_module or recipe_module(cfg), "--run-dir", run_dir]
     return argv
 
 

@@ -21,7 +21,6 @@ from launcher.slurm.jobs import JOB_FILE
 from launcher.slurm.node import REPO_ROOT, NodeLauncher
 from launcher.slurm.render import (
     SUBMITIT_DIR,
-    WORKER_MODULE,
     check_no_secrets,
     format_command,
     render_sbatch,
@@ -67,7 +66,7 @@ def make_executor(cfg: Config, run_dir: Path):
     return executor
 
 
-def submit_run(cfg: Config, run_dir: Union[str, Path], worker_module: str = WORKER_MODULE, quiet: bool = False) -> dict:
+def submit_run(cfg: Config, run_dir: Union[str, Path], worker_module: Optional[str] = None, quiet: bool = False) -> dict:
     """Queue the run; print job id, run dir and how to follow it; return without waiting for the job.
 
     Returns {"job_id", "run_dir", "script", "logs", "job"} (``job`` is the submitit Job).
@@ -109,7 +108,7 @@ SWEEP_COMMENT_PREFIX = "launcher-sweep:"
 
 
 def submit_array(cfgs: list, run_dirs: list, sweep_dir: Union[str, Path], job_name: Optional[str] = None,
-                 worker_module: str = WORKER_MODULE) -> dict:
+                 worker_module: Optional[str] = None) -> dict:
     """Queue ONE SLURM job array: task i runs the run in ``run_dirs[i]``; returns without waiting.
 
     Every config must ask for the same resources (one sbatch script serves all tasks; the caller groups

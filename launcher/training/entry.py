@@ -1,16 +1,20 @@
-"""What every rank runs: ``python -m launcher.training.entry --run-dir RUN_DIR`` (under torchrun, or alone).
+"""How a rank starts: ``python -m recipes.<method> --run-dir RUN_DIR`` (under torchrun, or alone).
 
-It reads the resolved config the launcher wrote into the run dir; Hydra is never involved here.
+Each recipe module ends with ``sys.exit(recipe_main(RECIPE))``. The rank reads the resolved config the
+launcher wrote into the run dir (Hydra is never involved here), joins the process group, and runs the
+recipe's setup, train and cleanup. The launcher side names a recipe by its module only (``recipe_module``
+from the config); ``run_in_process`` imports it by that name to run one process inside the launcher's own.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 from pathlib import Path
 
-from launcher.config.schema import load_run_config
+from launcher.config.schema import load_run_config, recipe_module
 from launcher.errors import LauncherError
 
 
@@ -26,30 +30,18 @@ def setup_logging(rank: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def recipe_for(method: str):
-    if method in ("sft_full", "lora"):
-        from recipes.sft import SFTRecipe
-
-        return SFTRecipe
-    if method == "dpo":
-        from recipes.dpo import DPORecipe
-
-        return DPORecipe
-    raise LauncherError(f"method.name: no recipe for '{method}'")
-
-
-def run(run_dir: Path, evaluations: bool = True) -> dict:
+def run_recipe(recipe_cls, run_dir: Path, evaluations: bool = True) -> dict:
     """Set up and train. ``evaluations=False`` (launcher bench) leaves out every evaluation."""
-    from launcher.engines.distributed import destroy_distributed, init_distributed
-
     from launcher.training.preemption import StopFlag
 
     # First, so that a preemption signal arriving during setup is kept for the first step boundary.
     stop_flag = StopFlag(run_dir)
+    from launcher.engines.distributed import destroy_distributed, init_distributed
+
     cfg = load_run_config(run_dir)
     dist_info = init_distributed(cfg.parallelism.backend)
     setup_logging(dist_info.rank)
-    recipe = recipe_for(cfg.method.name)(cfg, run_dir, dist_info)
+    recipe = recipe_cls(cfg, run_dir, dist_info)
     recipe.stop_flag = stop_flag
     recipe.evaluations = evaluations
     try:
@@ -62,18 +54,32 @@ def run(run_dir: Path, evaluations: bool = True) -> dict:
     return summary
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+def recipe_main(recipe_cls, argv=None) -> int:
+    parser = argparse.ArgumentParser(description=f"Run {recipe_cls.__name__} on this rank.")
     parser.add_argument("--run-dir", required=True, type=Path)
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        run(args.run_dir.resolve())
+        run_recipe(recipe_cls, args.run_dir.resolve())
     except LauncherError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def run_in_process(run_dir: Path, evaluations: bool = True) -> dict:
+    """One rank in this process: the recipe the run's config names, imported by its module name."""
+    cfg = load_run_config(run_dir)
+    module = importlib.import_module(recipe_module(cfg))
+    return run_recipe(module.RECIPE, Path(run_dir).resolve(), evaluations)
+
+
+def main_in_process(run_dir: Path) -> int:
+    """``run_in_process`` with the rank's error handling (one line for a user's error, exit code 2)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        run_in_process(run_dir)
+    except LauncherError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -82,11 +82,26 @@ def _stable_wandb_id(run_dir: Path) -> str:
     return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
+def read_metrics(run_dir: Path, kind: Optional[str] = None) -> list[dict]:
+    """The records of a run's metrics.jsonl, in the order written; with ``kind`` ("train", "eval", ...) those of
+    that kind only, one per step (the last one written wins: a resumed run may repeat a step), in step order.
+
+    A line cut short (a writer killed mid-line, or one being written right now) is skipped.
+    """
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    if kind is None:
+        return records
+    by_step = {r["step"]: r for r in records if r.get("kind") == kind}
+    return [by_step[s] for s in sorted(by_step)]
 
 
 def plot_loss(run_dir: Path, out: Optional[Path] = None) -> Optional[Path]:

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Mapping, Optional
 
+from launcher.paths import METRICS_FILE
+
 log = logging.getLogger("launcher.preemption")
 
 PREEMPT_SIGNAL = signal.SIGUSR2
@@ -37,8 +39,6 @@ STOP_REQUESTED = "stop-requested.json"
 STOPPED = "stopped.json"
 """Rank 0 -> node process: the ranks saved a checkpoint and stopped early in this job attempt."""
 
-CHECKPOINT_STALL_ENV = "LAUNCHER_TEST_STALL_CHECKPOINT_STEP"
-"""Test hook: ``STEP:SECONDS``: the first write of the checkpoint of STEP sleeps SECONDS before its marker."""
 
 
 def attempt_key(environ: Optional[Mapping[str, str]] = None) -> str:
@@ -151,7 +151,7 @@ def choose_resume_checkpoint(setting: str, run_dir: Path, latest_own: Optional[P
     return Path(setting)
 
 
-def forget_metrics_after(run_dir: Path, step: int, filename: str = "metrics.jsonl") -> int:
+def forget_metrics_after(run_dir: Path, step: int, filename: str = METRICS_FILE) -> int:
     """Drop metrics records past ``step`` (logged after the checkpoint that is being resumed), so the
     resumed run appends each step exactly once. Returns how many records were dropped."""
     path = Path(run_dir) / filename
@@ -176,34 +176,3 @@ def forget_metrics_after(run_dir: Path, step: int, filename: str = "metrics.json
         os.replace(tmp, path)
     return dropped
 
-
-def read_metrics(run_dir: Path, kind: str = "train", filename: str = "metrics.jsonl") -> list:
-    """Records of ``kind``, one per step (the last one written wins), in step order."""
-    by_step: dict = {}
-    for line in (Path(run_dir) / filename).read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            if record.get("kind") == kind:
-                by_step[record["step"]] = record
-    return [by_step[s] for s in sorted(by_step)]
-
-
-# ------------------------------------------------------------------------------------------ test hook
-
-
-def stall_inside_checkpoint_write(tmp_dir: Path, step: int, rank: int) -> None:
-    """Test hook (off unless LAUNCHER_TEST_STALL_CHECKPOINT_STEP is set): sleep once inside the write of
-    checkpoint ``step``, after the state files and before the COMPLETE marker, so that a test can kill the
-    writer there. ``stall-STEP.pid`` beside the checkpoints says who sleeps; it also keeps a restarted
-    worker from stalling again."""
-    spec = os.environ.get(CHECKPOINT_STALL_ENV)
-    if not spec or rank != 0:
-        return
-    stall_step, seconds = (int(x) for x in spec.split(":"))
-    marker = Path(tmp_dir).parent / f"stall-{step}.pid"
-    if step != stall_step or marker.exists():
-        return
-    marker.write_text(str(os.getpid()))
-    log.warning("test hook: stalling %ss inside the write of checkpoint step %d (pid %d)", seconds, step,
-                os.getpid())
-    time.sleep(seconds)

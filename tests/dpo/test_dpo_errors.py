@@ -9,7 +9,7 @@ import pytest
 from launcher.cli import main as cli_main
 from launcher.config.compose import compose_config
 from launcher.errors import ConfigError, DataError
-from recipes.dpo import check_shared_prompt
+from launcher.training.objectives.preference import check_shared_prompt
 from tests.dpo.helpers import SMALL_MODEL
 
 GOOD = {"instruction": "Add.", "input": "1+2", "chosen": "3", "rejected": "4"}

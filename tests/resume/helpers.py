@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from launcher.training.preemption import read_metrics
+from launcher.training.metrics import read_metrics
 
 TINY = [
     "train.micro_batch_size=4", "train.log_every=1", "train.eval_every=0", "train.warmup_ratio=0",

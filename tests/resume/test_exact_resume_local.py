@@ -147,7 +147,7 @@ def test_usr2_to_torchrun_ranks_checkpoints_and_stops(output_root):
                                                      "train.micro_batch_size=2"])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-            "-m", "launcher.training.entry", "--run-dir", str(run_dir)]
+            "-m", "recipes.sft", "--run-dir", str(run_dir)]
     # Like node.py: the agent ignores USR2 (it would die of it), the ranks inherit that, then install handlers.
     proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN))

@@ -23,6 +23,7 @@ from launcher.slurm.submit import submit_run
 from launcher.training import checkpoint as ckpt
 from tests.resume.helpers import TINY, assert_same_weights, final_weights, raw_train_steps, train_losses
 
+STALL_HOOK = Path(__file__).resolve().parent / "stall_hook"  # sitecustomize: stalls a checkpoint write
 STEPS = 30  # 25 steps per epoch here: the resumed runs cross an epoch boundary too
 BASE = ["cluster=slurm_local", "cluster.nodes=1", "cluster.nproc_per_node=2", f"train.max_steps={STEPS}",
         "train.save_every=10", *TINY]
@@ -106,7 +107,8 @@ def jobs(shared_root):
     return {
         "signal": launch(shared_root, ["cluster.max_requeues=2"]),
         "kill": launch(shared_root, ["cluster.max_restarts=1",
-                                     "+cluster.env.LAUNCHER_TEST_STALL_CHECKPOINT_STEP=20:300"]),
+                                     "+cluster.env.LAUNCHER_TEST_STALL_CHECKPOINT_STEP=20:300",
+                                     f"+cluster.env.PYTHONPATH={STALL_HOOK}"]),
         "reference": launch(shared_root, []),
         "decoy": (decoy, None),
     }

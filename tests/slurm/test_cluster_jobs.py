@@ -22,7 +22,7 @@ from launcher.slurm.submit import render_plan, submit_run
 SECRETS = {"WANDB_API_KEY": "wandb-secret-7f3a9c", "HF_TOKEN": "hf_secret_2b8d41"}
 
 
-def launch(runs_root: Path, overrides: list, worker_module: str = "launcher.training.entry") -> tuple:
+def launch(runs_root: Path, overrides: list, worker_module=None) -> tuple:
     """What `launcher train cluster=slurm_local ...` does: compose, preflight, run dir, submit."""
     cfg = compose_config(["cluster=slurm_local", f"run.output_root={runs_root}", "train.exact_match_samples=0",
                           *overrides])

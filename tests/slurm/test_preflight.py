@@ -151,10 +151,9 @@ def test_memory_estimate_orders_strategies(tmp_path):
     shape = ModelShape.from_hf_config(LLAMA_8B)
     base = ["cluster=slurm_a100", "cluster.partition=null", "cluster.nodes=1", "train.micro_batch_size=8"]
     ddp = estimate_memory_per_gpu(compose_config(base), shape).total_gb
-    zero2 = estimate_memory_per_gpu(compose_config(base + ["parallelism.strategy=deepspeed", "parallelism.zero_stage=2"]), shape).total_gb
-    zero3 = estimate_memory_per_gpu(compose_config(base + ["parallelism.strategy=deepspeed", "parallelism.zero_stage=3"]), shape).total_gb
-    offload = estimate_memory_per_gpu(compose_config(base + ["parallelism.strategy=deepspeed", "parallelism.zero_stage=3",
-                                                             "parallelism.offload=true"]), shape).total_gb
+    zero2 = estimate_memory_per_gpu(compose_config(base + ["parallelism=zero2"]), shape).total_gb
+    zero3 = estimate_memory_per_gpu(compose_config(base + ["parallelism=zero3"]), shape).total_gb
+    offload = estimate_memory_per_gpu(compose_config(base + ["parallelism=zero3_offload"]), shape).total_gb
     lora = estimate_memory_per_gpu(compose_config(base + ["method=lora"]), shape).total_gb
     assert ddp > zero2 > zero3 > offload
     assert 120 < ddp < 135  # 16 bytes/param x 8.03B = 120 GiB, plus activations

@@ -8,5 +8,5 @@
   --log-dir=/shared/runs/tiny-qwen2-sft_full-tasks/2026-01-01/00-00-00/logs/node1 \
   --tee=3 \
   --rdzv-conf=is_host=0 \
-  -m launcher.training.entry \
+  -m recipes.sft \
   --run-dir /shared/runs/tiny-qwen2-sft_full-tasks/2026-01-01/00-00-00

@@ -1,0 +1,60 @@
+"""The precision policy, decided once for every engine: what parameters are stored in, what matmuls run in.
+
+- Parameters (the master weights) and the optimizer state stay fp32 on every engine: a full fine-tune whose
+  weights are bf16 loses small updates (bf16 keeps 8 bits of mantissa).
+- The matmuls run in the requested low precision on a GPU, under autocast (DDP), as FSDP2's parameter dtype
+  (gathered in bf16, gradients reduced in fp32), or as DeepSpeed's bf16 mode. On a CPU they run in fp32:
+  CPU autocast to bf16 is slower than fp32 on the machines we train on, so bf16 is not simulated there.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Precision:
+    requested: str
+    """model.dtype as configured: auto, float32, bfloat16, float16."""
+    param_dtype: torch.dtype
+    """What parameters (master weights) are stored in."""
+    compute_dtype: torch.dtype
+    """What the matmuls run in."""
+    device_type: str
+
+    @property
+    def low_precision(self) -> bool:
+        return self.compute_dtype != torch.float32
+
+    @property
+    def bf16(self) -> bool:
+        return self.compute_dtype == torch.bfloat16
+
+    def autocast(self):
+        """The context the loop's forward runs in: autocast to the compute dtype, or nothing for fp32."""
+        if self.low_precision:
+            return torch.autocast(self.device_type, dtype=self.compute_dtype)
+        return contextlib.nullcontext()
+
+    def describe(self) -> str:
+        name = str(self.compute_dtype).replace("torch.", "")
+        return name if self.param_dtype == self.compute_dtype else f"{name} compute, fp32 master weights"
+
+
+def requested_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """model.dtype as a torch dtype; auto is bf16 on a GPU that has it, fp32 elsewhere."""
+    if requested == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return DTYPES[requested]
+
+
+def resolve_precision(requested: str, device: torch.device) -> Precision:
+    dtype = requested_dtype(requested, device)
+    compute = dtype if device.type == "cuda" else torch.float32
+    return Precision(requested=requested, param_dtype=torch.float32, compute_dtype=compute, device_type=device.type)

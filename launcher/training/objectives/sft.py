@@ -1,0 +1,86 @@
+"""Causal-LM objective: the summed token cross-entropy at trained positions (SFT; pretraining text).
+
+The loss of a step is divided by the trained tokens of the whole step, across micro-batches and ranks
+(transformers#34191: a per-micro-batch mean skews variable-length batches). The LM head and the
+cross-entropy run only at trained positions, in chunks (launcher.training.loss): no [batch, seq, vocab] logits.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from launcher.engines.distributed import all_reduce_max, all_reduce_sum
+from launcher.training.batching import eval_batches
+from launcher.training.loss import IGNORE_INDEX, CausalLMLoss
+from launcher.training.objectives.base import Objective, to_device, unwrap_loss_module
+
+
+def trained_tokens(batch: dict) -> int:
+    return int((batch["shift_labels"] != IGNORE_INDEX).sum())
+
+
+class CausalLMObjective(Objective):
+    name = "causal_lm"
+    stat_keys = ("loss_sum",)
+
+    def __init__(self, data, cfg):
+        self.data = data
+        self.cfg = cfg
+
+    def loss_module(self, model: nn.Module, cfg) -> nn.Module:
+        # ZeRO-3 gathers a weight only inside its module's forward: there the head must be called, not read.
+        zero3 = cfg.parallelism.strategy == "deepspeed" and cfg.parallelism.zero_stage == 3
+        return CausalLMLoss(model, cfg.train.loss_chunk_size, fused=not zero3)
+
+    def collate(self, rows: list) -> dict:
+        return self.data.collate(rows)
+
+    def normalizers(self, batches: list[dict]) -> list[float]:
+        return [sum(trained_tokens(b) for b in batches)]
+
+    def micro_batch_loss(self, module, batch, counts, world_size):
+        token_loss_sum = module(**batch)
+        # DDP averages gradients over ranks; scaling by world size makes the result a mean over every trained
+        # token of the step, whatever the micro-batch or rank it came from.
+        loss = token_loss_sum * world_size / max(float(counts[0]), 1.0)
+        return loss, token_loss_sum.detach().double().reshape(1)
+
+    def step_metrics(self, sums, counts) -> dict:
+        trained = float(counts[0])
+        return {"loss": float(sums[0]) / max(trained, 1.0), "trained_tokens": int(trained)}
+
+    @torch.no_grad()
+    def eval_loss(self, trainer) -> Optional[float]:
+        """Loss per trained token over the held-out rows; every rank takes its share."""
+        rows = self.data.eval
+        if not rows:
+            return None
+        engine, dist, t = trainer.engine, trainer.dist, self.cfg.train
+        engine.eval()
+        batches = eval_batches(len(rows), dist.rank, dist.world_size, t.micro_batch_size)
+        if t.eval_max_batches:
+            batches = batches[: t.eval_max_batches]
+        totals = torch.zeros(2, dtype=torch.float64, device=dist.device)
+        loss_module = unwrap_loss_module(engine.module)
+        n_forwards = len(batches)
+        if engine.forward_is_collective:
+            # Sharded engines (FSDP, ZeRO-3) gather weights in forward: every rank must run as many forwards;
+            # a rank with fewer eval rows runs a filler batch that is not counted.
+            n_forwards = int(all_reduce_max(torch.tensor(len(batches), device=dist.device)))
+        for k in range(n_forwards):
+            idx = batches[k] if k < len(batches) else [0]
+            batch = to_device(self.data.collate([rows[i] for i in idx]), dist.device)
+            with trainer.precision.autocast():
+                token_loss = loss_module(**batch).double()
+            if k < len(batches):
+                totals[0] += token_loss
+                totals[1] += trained_tokens(batch)
+        all_reduce_sum(totals)
+        engine.train()
+        return float(totals[0] / max(float(totals[1]), 1.0))
+
+    def evaluate(self, trainer) -> Optional[dict]:
+        value = self.eval_loss(trainer)
+        return None if value is None else {"eval_loss": value}

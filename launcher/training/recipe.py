@@ -1,0 +1,127 @@
+"""What every recipe shares: the run it belongs to, the pieces of setup every method does the same way, and
+the Trainer it hands the loop to. A recipe (recipes/<method>.py) reads top to bottom: it says which data,
+objective and reference it uses, and builds the rest from here.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from launcher.config.schema import Config, resolve_grad_accum
+from launcher.engines.distributed import DistInfo
+from launcher.engines.precision import resolve_precision
+from launcher.errors import DataError
+from launcher.models.build import choose_attn_implementation, count_parameters
+from launcher.models.tokenizers import load_tokenizer
+from launcher.training.batching import steps_per_epoch
+from launcher.training.meter import StepMeter
+from launcher.training.preemption import StopFlag
+from launcher.training.trainer import Trainer
+
+log = logging.getLogger("launcher.recipe")
+
+
+class Recipe:
+    """setup() -> train() -> cleanup(), on every rank. Subclasses write ``setup``."""
+
+    def __init__(self, cfg: Config, run_dir: Path, dist_info: DistInfo):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.dist = dist_info
+        self.trainer: Optional[Trainer] = None
+        self._stop_flag: Optional[StopFlag] = None
+        self.evaluations = True
+        """False (launcher bench): no held-out loss, exact match or probes before, during or after training."""
+
+    # -------------------------------------------------------------------- what tests and the entry point use
+
+    @property
+    def stop_flag(self):
+        return self._stop_flag
+
+    @stop_flag.setter
+    def stop_flag(self, flag) -> None:
+        """A preemption signal makes every rank checkpoint and stop at a step boundary (set by the entry point)."""
+        self._stop_flag = flag
+        if self.trainer is not None:
+            self.trainer.stop_flag = flag
+
+    @property
+    def step(self) -> int:
+        return self.trainer.step if self.trainer is not None else 0
+
+    @property
+    def engine(self):
+        return self.trainer.engine
+
+    @property
+    def model(self):
+        return self.trainer.engine.model
+
+    def train(self) -> dict:
+        return self.trainer.fit()
+
+    def cleanup(self) -> None:
+        if self.trainer is not None:
+            self.trainer.close()
+
+    # -------------------------------------------------------------------- setup pieces
+
+    def start_setup(self) -> None:
+        """Seed, the start-up clock, tokenizer, precision and attention: the first steps of every setup."""
+        cfg, dist = self.cfg, self.dist
+        # Where start-up time goes, for the bench report: process start -> setup (interpreter, imports,
+        # config), each phase of setup, then to the first step.
+        self.meter = StepMeter()
+        self.meter.phase("before_setup")
+        torch.manual_seed(cfg.train.seed)
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.meter.phase("tokenizer")
+        self.attn_impl = choose_attn_implementation(cfg.model.attn_implementation, dist.device)
+        self.precision = resolve_precision(cfg.model.dtype, dist.device)
+        if dist.is_main:
+            log.info("attention: %s, dtype: %s, device: %s, world size: %d", self.attn_impl,
+                     str(self.precision.compute_dtype).replace("torch.", ""), dist.device, dist.world_size)
+
+    def log_data(self, data) -> None:
+        if self.dist.is_main:
+            log.info("data: %s", ", ".join(f"{k}={v}" for k, v in data.stats.items() if not isinstance(v, dict)))
+
+    def log_model(self, model) -> None:
+        total, trainable = count_parameters(model)
+        if self.dist.is_main:
+            log.info("model: %.2fM parameters, %.2fM trainable (%s)", total / 1e6, trainable / 1e6,
+                     self.cfg.method.name)
+
+    def plan_steps(self, n_rows: int) -> None:
+        """Accumulation, steps per epoch and total steps, from the data and train.* (same on every rank)."""
+        cfg, dist = self.cfg, self.dist
+        self.grad_accum = resolve_grad_accum(cfg, dist.world_size)
+        self.steps_per_epoch = steps_per_epoch(n_rows, dist.world_size, cfg.train.micro_batch_size, self.grad_accum)
+        if self.steps_per_epoch == 0:
+            raise DataError(
+                f"data: {n_rows} training rows are fewer than one global batch"
+                f" ({cfg.train.micro_batch_size} x {self.grad_accum} x {dist.world_size}); lower train.micro_batch_size"
+            )
+        if cfg.train.max_steps > 0:
+            self.total_steps = cfg.train.max_steps
+        else:
+            self.total_steps = max(1, int(math.ceil(cfg.train.epochs * self.steps_per_epoch)))
+
+    def make_trainer(self, engine, data, objective) -> Trainer:
+        """The Trainer for this run, resumed from a checkpoint when there is one to continue."""
+        self.meter.phase("engine")
+        self.trainer = Trainer(
+            self.cfg, self.run_dir, self.dist, engine=engine, data=data, objective=objective,
+            tokenizer=self.tokenizer, precision=self.precision, grad_accum=self.grad_accum,
+            steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps, meter=self.meter,
+            attn_implementation=self.attn_impl, evaluations=self.evaluations, stop_flag=self._stop_flag,
+        )
+        self.trainer.resume()
+        self.meter.phase("resume_and_metrics")
+        self.meter.end_setup()
+        return self.trainer

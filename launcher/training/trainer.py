@@ -1,0 +1,309 @@
+"""The training loop, for every method: steps, accumulation, the schedule, eval and checkpoint cadence, the
+preemption stop, metrics, progress, the final save.
+
+What is particular to a method (batch -> loss, what "evaluate" means, what a finished run adds to its summary)
+is its ``Objective`` (launcher.training.objectives); the parallelism is the engine's (launcher.engines). Timing
+for the benchmark is a ``StepMeter`` beside the loop.
+
+Why our own loop and not the HF Trainer: the loss is normalized by the trained tokens (or pairs) of the whole
+optimizer step across micro-batches and ranks (the Trainer's per-micro-batch mean skews variable-length
+batches, transformers#34191); resume restores the data plan and RNG exactly; a preemption signal stops every
+rank at the same step boundary; and FSDP on CPU is real (the Trainer silently drops it there).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from launcher.config.schema import Config
+from launcher.data.tokenize import row_length
+from launcher.engines.base import Engine
+from launcher.engines.distributed import DistInfo, all_reduce_sum
+from launcher.engines.precision import Precision
+from launcher.errors import ConfigError
+from launcher.models.build import point_adapter_at_base
+from launcher.paths import BASE_MODEL_DIR, MODEL_DIR, SUMMARY_FILE
+from launcher.training import checkpoint as ckpt
+from launcher.training import preemption
+from launcher.training.batching import epoch_plan
+from launcher.training.flops import causal_pairs
+from launcher.training.meter import StepMeter
+from launcher.training.metrics import MetricsLogger, plot_loss
+from launcher.training.objectives import Objective, to_device
+
+log = logging.getLogger("launcher.train")
+
+
+def segment_lengths(row: dict) -> list[int]:
+    """Lengths of the samples a row holds (packed rows hold several; a preference row two sequences)."""
+    if "chosen_input_ids" in row:
+        return [len(row["chosen_input_ids"]), len(row["rejected_input_ids"])]
+    return row.get("segment_lengths") or [len(row["input_ids"])]
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, dist: DistInfo, *, engine: Engine, data, objective: Objective,
+                 tokenizer, precision: Precision, grad_accum: int, steps_per_epoch: int, total_steps: int,
+                 meter: StepMeter, attn_implementation: str, evaluations: bool = True,
+                 stop_flag: Optional[preemption.StopFlag] = None):
+        self.cfg, self.run_dir, self.dist = cfg, Path(run_dir), dist
+        self.engine, self.data, self.objective, self.tokenizer = engine, data, objective, tokenizer
+        self.precision = precision
+        self.grad_accum, self.steps_per_epoch, self.total_steps = grad_accum, steps_per_epoch, total_steps
+        self.meter = meter
+        self.attn_implementation = attn_implementation
+        self.evaluations = evaluations
+        """False (launcher bench): no held-out loss, exact match or probes before, during or after training."""
+        self.stop_flag = stop_flag
+        """A preemption signal makes every rank checkpoint and stop at a step boundary."""
+        self.step = 0
+        self.trained_tokens_total = 0
+        self.evals: list[dict] = []
+        self.metrics: Optional[MetricsLogger] = None
+        self._plan: Optional[list] = None
+        self._plan_epoch = -1
+
+    @property
+    def model(self):
+        return self.engine.model
+
+    # ------------------------------------------------------------------------------------ resume
+
+    def resume(self) -> None:
+        """Continue from a checkpoint (run.resume, or this run dir's latest after a requeue/restart), then open
+        the metrics log. Runs after the engine is built and before the first step."""
+        source = self.cfg.run.resume
+        # A requeued/restarted attempt continues from this run dir's own latest checkpoint (preemption.py).
+        directory = preemption.choose_resume_checkpoint(source, self.run_dir, ckpt.latest_checkpoint(self.run_dir))
+        if directory is None:
+            if self.dist.is_main:  # records of an attempt that died before its first checkpoint
+                preemption.forget_metrics_after(self.run_dir, -1)
+        else:
+            self._load_checkpoint(directory)
+        self.metrics = MetricsLogger(self.cfg, self.run_dir, enabled=self.dist.is_main)
+
+    def _load_checkpoint(self, directory: Path) -> None:
+        if not (directory / ckpt.COMPLETE).is_file():
+            raise ConfigError(f"run.resume: {directory} is not a complete checkpoint (no {ckpt.COMPLETE} marker)")
+        meta = json.loads((directory / "meta.json").read_text())
+        if meta["world_size"] != self.dist.world_size:
+            raise ConfigError(
+                f"run.resume: checkpoint {directory.name} was written with world size {meta['world_size']},"
+                f" this run has {self.dist.world_size}; resume with the same nodes x nproc_per_node,"
+                " or start fresh with run.resume=never"
+            )
+        self.engine.load_checkpoint(directory)
+        ckpt.load_rng(directory, self.dist.rank)
+        self.step = meta["step"]
+        self.trained_tokens_total = meta["trained_tokens"]
+        if self.dist.is_main:
+            # Steps logged after this checkpoint by the attempt that died are trained again: log them once.
+            preemption.forget_metrics_after(self.run_dir, self.step)
+            log.info("resumed from %s (step %d)", directory, self.step)
+
+    # ------------------------------------------------------------------------------------ one step
+
+    def micro_batches_for_step(self, step: int) -> list[tuple[dict, int, int]]:
+        """This rank's collated micro-batches for ``step``, each with its real (non-pad) tokens and the causal
+        (query, key) pairs its samples attend (for FLOP counts)."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        if self._plan is None or self._plan_epoch != epoch:
+            t = self.cfg.train
+            self._plan = epoch_plan(len(self.data.train), t.seed, epoch, self.dist.rank, self.dist.world_size,
+                                    t.micro_batch_size, self.grad_accum)
+            self._plan_epoch = epoch
+        out = []
+        for idx in self._plan[index]:
+            rows = [self.data.train[i] for i in idx]
+            pairs = causal_pairs([n for r in rows for n in segment_lengths(r)])
+            out.append((self.objective.collate(rows), sum(row_length(r) for r in rows), pairs))
+        return out
+
+    def train_step(self, step: int) -> dict:
+        batches = self.micro_batches_for_step(step)
+        norms = self.objective.normalizers([b for b, _, _ in batches])
+        counts = torch.tensor(norms + [sum(n for _, n, _ in batches), sum(p for _, _, p in batches)],
+                              dtype=torch.float64, device=self.dist.device)
+        all_reduce_sum(counts)
+        sums = torch.zeros(len(self.objective.stat_keys), dtype=torch.float64, device=self.dist.device)
+        for i, (batch, _, _) in enumerate(batches):
+            batch = to_device(batch, self.dist.device)
+            with self.engine.accumulation_context(i == len(batches) - 1), self.precision.autocast():
+                loss, stats = self.objective.micro_batch_loss(self.engine.module, batch, counts,
+                                                              self.dist.world_size)
+                self.engine.backward(loss)
+            sums += stats
+        all_reduce_sum(sums)
+        lr = self.engine.lr
+        grad_norm = self.engine.step()
+        metrics = self.objective.step_metrics(sums, counts)
+        return {**metrics, "lr": lr, "grad_norm": grad_norm, "tokens": int(counts[-2]),
+                "attended_pairs": int(counts[-1])}
+
+    # ------------------------------------------------------------------------------------ evaluation
+
+    def log_eval(self) -> Optional[float]:
+        """The objective's evaluation, logged as an ``eval`` record (``probe`` when it has no held-out loss)."""
+        fields = self.objective.evaluate(self)
+        record: dict = {"kind": "eval", "step": self.step, **(fields or {})}
+        if "eval_loss" not in record:  # "eval" records carry an eval_loss (the loss plot reads it)
+            record["kind"] = "probe"
+        self.evals.append(record)
+        if self.metrics and len(record) > 2:
+            self.metrics.log(record)
+        return record.get("eval_loss")
+
+    def exact_match(self) -> Optional[dict]:
+        """Held-out prompts answered greedily on rank 0, scored by exact match (train.exact_match_samples)."""
+        n = self.cfg.train.exact_match_samples
+        if not n or not self.data.eval_samples:
+            return None
+        if self.engine.forward_is_collective:
+            if self.dist.is_main:
+                log.warning("train.exact_match_samples: skipped under parallelism=%s (rank-0 generation would"
+                            " wait on sharded weights); evaluate the saved model instead", self.cfg.parallelism.name)
+            return None
+        if not self.dist.is_main:
+            return None
+        samples = [s for s in self.data.eval_samples if any(m["role"] == "assistant" for m in s.get("messages", []))]
+        if not samples:  # pretraining text has no prompt/answer to check
+            return None
+        from launcher.inference.generation import exact_match_eval
+        from launcher.inference.prompts import prompt_renderer
+
+        with self.precision.autocast():
+            return exact_match_eval(self.model, self.tokenizer, samples[:n], self.cfg.train.max_new_tokens,
+                                    self.dist.device, prompt_renderer(self.tokenizer, self.cfg))
+
+    # ------------------------------------------------------------------------------------ saving
+
+    def save_checkpoint(self) -> None:
+        meta = {"step": self.step, "world_size": self.dist.world_size, "trained_tokens": self.trained_tokens_total,
+                "epoch": self.step // self.steps_per_epoch, "step_in_epoch": self.step % self.steps_per_epoch}
+        path = ckpt.save_checkpoint(self.run_dir, self.step, self.engine, meta, self.dist,
+                                    self.cfg.train.keep_checkpoints)
+        if self.dist.is_main:
+            log.info("checkpoint saved: %s", path)
+
+    def save_final(self) -> None:
+        directory = self.run_dir / MODEL_DIR
+        self.engine.save_final(directory, self.tokenizer)
+        if self.dist.is_main and self.cfg.method.finetuning == "lora" and self.cfg.model.name_or_path is None:
+            # Point the adapter at the random-init base saved beside it, so standard PEFT loading works;
+            # load_trained_model also finds it there if the run dir has moved.
+            point_adapter_at_base(directory, self.run_dir / BASE_MODEL_DIR)
+        if self.dist.is_main:
+            log.info("model saved: %s", directory)
+
+    # ------------------------------------------------------------------------------------ the loop
+
+    def fit(self) -> dict:
+        t = self.cfg.train
+        summary: dict = {"run_dir": str(self.run_dir), "total_steps": self.total_steps}
+        start_step = self.step
+        if start_step == 0 and self.evaluations:
+            before = self.log_eval()
+            em_before = self.exact_match()
+            if self.dist.is_main and em_before is not None:
+                self.metrics.log({"kind": "exact_match", "step": 0, "exact_match": em_before["exact_match"]})
+            summary.update(eval_loss_before=before, exact_match_before=em_before and em_before["exact_match"])
+
+        progress = None
+        if self.dist.is_main:
+            from tqdm import tqdm
+
+            # In a log file (SLURM, torchrun --tee) a bar redrawn every second is noise: update twice a minute.
+            progress = tqdm(total=self.total_steps, initial=start_step, desc="train", unit="step",
+                            dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        self.engine.train()
+        self.meter.start_window()
+        last_loss = None
+        while self.step < self.total_steps:
+            self.meter.begin_step()
+            stats = self.train_step(self.step)
+            self.meter.end_step(stats)
+            self.step += 1
+            self.trained_tokens_total += stats["trained_tokens"]
+            last_loss = stats["loss"]
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
+            if self.step % t.log_every == 0 or self.step == self.total_steps:
+                trained_per_s, tokens_per_s = self.meter.window_rates()
+                record = {
+                    "kind": "train", "step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
+                    "loss": stats["loss"], "lr": stats["lr"], "grad_norm": stats["grad_norm"],
+                    "trained_tokens_per_s": trained_per_s, "tokens_per_s": tokens_per_s,
+                    "trained_tokens_seen": self.trained_tokens_total,
+                }
+                record.update(self.objective.extra_train_metrics(stats))
+                if self.metrics:
+                    self.metrics.log(record)
+            if self.evaluations and t.eval_every and self.step % t.eval_every == 0 and self.step != self.total_steps:
+                self.log_eval()
+            if t.save_every and self.step % t.save_every == 0 and self.step != self.total_steps:
+                self.save_checkpoint()
+            if self.stop_flag is not None and self.step < self.total_steps \
+                    and self.stop_flag.should_stop(self.dist.device):
+                return self._stop_early(progress, summary)
+        if progress is not None:
+            progress.close()
+
+        summary.update(self.meter.summary(self.model.config, time.time()))
+        if self.dist.device.type == "cuda":
+            summary["cuda_max_allocated_gb"] = torch.cuda.max_memory_allocated(self.dist.device) / 2**30
+            summary["cuda_max_reserved_gb"] = torch.cuda.max_memory_reserved(self.dist.device) / 2**30
+        summary["data_stats"] = {k: v for k, v in self.data.stats.items() if isinstance(v, (int, float, str))}
+        final_eval = self.log_eval() if self.evaluations else None
+        em_after = self.exact_match() if self.evaluations else None
+        if em_after is not None and self.metrics:
+            self.metrics.log({"kind": "exact_match", "step": self.step, "exact_match": em_after["exact_match"]})
+        if t.save_model:
+            self.save_final()
+        summary.update(
+            final_step=self.step, final_train_loss=last_loss, eval_loss_after=final_eval,
+            exact_match_after=em_after and em_after["exact_match"],
+            exact_match_examples=em_after and em_after["examples"],
+            trained_tokens=self.trained_tokens_total, setup_seconds=round(self.meter.setup_seconds, 2),
+            parallelism=self.engine.report(), attention=self.attn_implementation,
+            compute_dtype=str(self.precision.compute_dtype).replace("torch.", ""),
+        )
+        self.objective.finish(self, summary)
+        if self.dist.is_main:
+            (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
+            plot = plot_loss(self.run_dir)
+            log.info("done: %s", self.run_dir)
+            if summary.get("eval_loss_before") is not None and final_eval is not None:
+                log.info("eval loss %.4f -> %.4f", summary["eval_loss_before"], final_eval)
+            if summary.get("exact_match_before") is not None and em_after is not None:
+                log.info("held-out exact match %.1f%% -> %.1f%% (%d prompts)", 100 * summary["exact_match_before"],
+                         100 * em_after["exact_match"], em_after["n"])
+            self.objective.log_result(self)
+            if plot:
+                log.info("loss plot: %s", plot)
+        return summary
+
+    def _stop_early(self, progress, summary: dict) -> dict:
+        """All ranks agreed to stop (preemption or time limit near): checkpoint this step and leave."""
+        if progress is not None:
+            progress.close()
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        if latest is None or latest.name != ckpt.step_dir_name(self.step):
+            self.save_checkpoint()
+        if self.dist.is_main:
+            preemption.mark_stopped(self.run_dir, self.step, ckpt.latest_checkpoint(self.run_dir))
+            log.warning("stopped at step %d of %d on a preemption signal; checkpoint saved, the job requeues",
+                        self.step, self.total_steps)
+        summary.update(preempted=True, final_step=self.step, trained_tokens=self.trained_tokens_total)
+        return summary
+
+    def close(self) -> None:
+        if self.metrics:
+            self.metrics.finish()
+

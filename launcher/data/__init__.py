@@ -47,7 +47,7 @@ class DataBundle:
     rope_index: Optional[Callable] = None
     """VL models: the model's own get_rope_index (launcher.models.vision.rope_index_for)."""
 
-    def collate_for(self, attn_implementation: str, dummy_image: bool = False) -> Callable[[list], dict]:
+    def collate_for(self, attn_implementation: str, dummy_image: bool = True) -> Callable[[list], dict]:
         """dummy_image (VL): batches without images carry a zero-weight dummy image (sharded engines)."""
         from launcher.data.collate import make_collate
 
@@ -258,7 +258,9 @@ def build_datasets(cfg: Config, tokenizer, *, attn_implementation: Optional[str]
 
         rope_index = rope_index_for(model_config(cfg.model))
     return DataBundle(result["train"], result["eval"], result["eval_samples"],
-                      make_collate(kind, pad_id, attn, vision, rope_index),
+                      # VL: a batch without images runs a zero-weight dummy image, so that every rank runs the
+                      # vision tower (ZeRO-3/FSDP gather in forward, DDP expects the same used parameters)
+                      make_collate(kind, pad_id, attn, vision, rope_index, dummy_image=vision is not None),
                       stats, kind=kind, packed=data.packing and kind != "preference", attn_implementation=attn,
                       pad_token_id=pad_id, vision=vision, rope_index=rope_index)
 

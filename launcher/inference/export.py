@@ -64,6 +64,8 @@ def export_run(run_dir: Path, args: ExportArgs) -> Path:
     if args.dtype != "keep" and args.dtype not in DTYPES:
         raise ExportError(f"--dtype: '{args.dtype}' is not one of keep, {', '.join(DTYPES)}")
 
+    from launcher.models.vision import save_vision_files
+
     model, tokenizer, cfg, source = load_run_model(run_dir, checkpoint=args.checkpoint, merge=True)
     if hasattr(model, "merge_and_unload"):  # a PEFT model that load_trained_model did not merge
         model = model.merge_and_unload()
@@ -82,7 +84,7 @@ def export_run(run_dir: Path, args: ExportArgs) -> Path:
     try:
         model.save_pretrained(tmp, max_shard_size=args.max_shard_size, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        save_vision_files(tmp, cfg, tokenizer)
+        save_vision_files(tmp, cfg, tokenizer)  # VL: preprocessor config + chat template with image slots
         adapter = adapter_info(run_dir)
         info = {
             "run_dir": str(run_dir.resolve()),
@@ -102,15 +104,6 @@ def export_run(run_dir: Path, args: ExportArgs) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def save_vision_files(out: Path, cfg, tokenizer) -> None:
-    """VL models: the image processor's config and a chat template with image slots (AutoProcessor, servers)."""
-    from launcher.models.vision import build_image_processor, save_processor_files, vision_info
-
-    info = vision_info(cfg.model)
-    if info is not None:
-        save_processor_files(out, build_image_processor(info), tokenizer, info)
 
 
 def exported_files(out: Path) -> list[str]:

@@ -155,6 +155,14 @@ def save_processor_files(out_dir: Path, image_processor, tokenizer, info: Vision
     config_file.write_text(json.dumps(saved, indent=2) + "\n")
 
 
+def save_vision_files(out: Path, cfg, tokenizer) -> None:
+    """VL models: the image processor's config and a chat template with image slots (AutoProcessor, servers),
+    beside a saved model; nothing for a text model."""
+    info = vision_info(cfg.model)
+    if info is not None:
+        save_processor_files(out, build_image_processor(info), tokenizer, info)
+
+
 def is_vision_model(model) -> bool:
     config = getattr(model, "config", None)
     return getattr(config, "model_type", None) in VL_ARCHS

@@ -4,6 +4,8 @@ Each 112x112 image holds one to three shapes of one kind and one colour on a whi
 places and sizes. Three questions, answered in one word that only the picture gives away:
 "What colour are the shapes?" (red, green, blue, yellow), "What shape are they?" (circle, square, triangle),
 "How many shapes are there?" (one, two, three). The eval images are drawn from other random draws.
+Preference pairs (prefs_*.json) ask the same questions about the same images: chosen = the right answer,
+rejected = a wrong one of the same kind.
 Deterministic: rerunning rewrites the same files (PNG without timestamps).
 
     python data/generate_shapes.py
@@ -57,13 +59,35 @@ def make_split(rng: random.Random, name: str, count: int) -> list:
     return rows
 
 
+ANSWERS = {"colour": list(COLOURS), "shape": list(SHAPES), "count": list(NUMBERS)}
+
+
+def make_prefs(rng: random.Random, rows: list) -> list:
+    """Preference pairs on the same images: chosen = the right answer, rejected = a wrong one of the same kind."""
+    out = []
+    for row in rows:
+        question, answer = row["messages"][0]["content"], row["messages"][1]["content"]
+        kind = next(k for k, q in QUESTIONS.items() if question.endswith(q))
+        wrong = rng.choice([a for a in ANSWERS[kind] if a != answer])
+        out.append({"messages": [row["messages"][0]], "chosen": {"role": "assistant", "content": answer},
+                    "rejected": {"role": "assistant", "content": wrong}, "images": row["images"]})
+    return out
+
+
+def write_rows(path: Path, rows: list) -> None:
+    lines = ",\n".join(json.dumps(r) for r in rows)  # one row per line
+    path.write_text(f"[\n{lines}\n]\n")
+    print(f"wrote {len(rows)} rows to {path}")
+
+
 def main() -> None:
+    made = {}
     for split, count, seed in (("train", 600, 0), ("eval", 60, 1)):
         (OUT / split).mkdir(parents=True, exist_ok=True)
-        rows = make_split(random.Random(seed), split, count)
-        lines = ",\n".join(json.dumps(r) for r in rows)  # one row per line
-        (OUT / f"{split}.json").write_text(f"[\n{lines}\n]\n")
-        print(f"wrote {len(rows)} {split} rows to {OUT / (split + '.json')}")
+        made[split] = make_split(random.Random(seed), split, count)
+        write_rows(OUT / f"{split}.json", made[split])
+    write_rows(OUT / "prefs_train.json", make_prefs(random.Random(2), made["train"]))
+    write_rows(OUT / "prefs_eval.json", make_prefs(random.Random(3), made["eval"]))
 
 
 if __name__ == "__main__":

@@ -263,7 +263,6 @@ def load_pixels(paths: list[str], grids: list, vision: VisionData) -> dict:
 def dummy_image_batch(vision: VisionData) -> dict:
     """A tiny white image's pixels and grid, for micro-batches without images under sharded engines: every
     rank must run the vision tower as many times (LlamaFactory#5616). Its features are multiplied by zero."""
-    import torch
     from PIL import Image
 
     side = 28 if vision.image_processor.patch_size == 14 else 32

@@ -18,7 +18,7 @@ from tests.vl.helpers import REPO
 
 FAST = ["experiment=vl_demo", "data.max_samples=32", "train.micro_batch_size=4", "train.grad_accum=1",
         "train.max_steps=8", "train.warmup_steps=0", "train.lr_scheduler=constant", "train.exact_match_samples=2",
-        "train.eval_max_batches=1"]
+        "train.eval_max_batches=1", "train.log_every=1"]
 
 
 def run(recipe_class, output_root, overrides):
@@ -123,3 +123,20 @@ def test_export_and_chat_with_images(sft_run, tmp_path):
     assert len(turns) == 2
     # the first turn carries the --image picture, the second keeps it and adds the /image one
     assert turns[0]["prompt"].count("<|vision_start|>") == 1 and turns[1]["prompt"].count("<|vision_start|>") == 2
+
+
+def test_predict_on_an_image_dataset(sft_run):
+    """launcher predict with images: batched (left-padded) answers equal one-by-one answers; scores written."""
+    _, run_dir, _ = sft_run
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    outs = []
+    for batch_size in ("4", "1"):
+        proc = subprocess.run([sys.executable, "-m", "launcher", "predict", str(run_dir), "--dataset", "vl_shapes_eval",
+                               "--limit", "4", "--max-new-tokens", "3", "--batch-size", batch_size, "--no-progress"],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        rows = [json.loads(line) for line in (run_dir / "predict" / "vl_shapes_eval" / "predictions.jsonl")
+                .read_text().splitlines()]
+        assert len(rows) == 4 and all("<|image_pad|>" in r["prompt"] for r in rows)
+        outs.append([r["prediction"] for r in rows])
+    assert outs[0] == outs[1]

@@ -176,16 +176,19 @@ def backbone_hidden(model: nn.Module, input_ids, attention_mask, position_ids, b
                                   use_cache=False)
         return out.last_hidden_state, 0.0
     backbone = multimodal_backbone(model)
+    # Sharded engines gather weights module by module as they run, so every rank must run the same modules in
+    # the same order (else gloo aborts on a size mismatch and NCCL hangs). The model's own order is token
+    # embedding -> vision tower -> language model; the embedding runs here, then the dummy image where the
+    # batch has one, then the backbone (which runs the tower itself for real images).
+    inputs_embeds = backbone.get_input_embeddings()(input_ids)
     extra = 0.0
     if batch.get("dummy_pixel_values") is not None:
-        # Before the language model, where a rank with images runs the tower too: sharded engines gather the
-        # same weights in the same order on every rank (the other order crashes gloo and hangs NCCL).
         features = backbone.get_image_features(batch["dummy_pixel_values"], batch["dummy_image_grid_thw"],
                                                return_dict=True)
         extra = sum(t.float().sum() for t in _tensors(features)) * 0.0
     kwargs = {k: batch[k] for k in VISION_INPUTS if batch.get(k) is not None}
-    out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-                   **kwargs)
+    out = backbone(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                   position_ids=position_ids, use_cache=False, **kwargs)
     return out.last_hidden_state, extra
 
 

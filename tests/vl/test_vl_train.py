@@ -140,3 +140,35 @@ def test_predict_on_an_image_dataset(sft_run):
         assert len(rows) == 4 and all("<|image_pad|>" in r["prompt"] for r in rows)
         outs.append([r["prediction"] for r in rows])
     assert outs[0] == outs[1]
+
+
+def test_gguf_export_writes_the_language_model_and_says_so(sft_run, tmp_path, capsys):
+    """launcher export RUN_DIR --format gguf on a Qwen2-VL run: a Qwen2 file of the language model, read back by
+    transformers with the run's text-only logits; the vision tower's absence is said on stderr."""
+    pytest.importorskip("gguf")
+    from transformers import AutoModelForCausalLM
+
+    from launcher.cli import main as cli_main
+
+    _, run_dir, _ = sft_run
+    out = tmp_path / "vl.gguf"
+    assert cli_main(["export", str(run_dir), "--format", "gguf", "--dtype", "f32", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "qwen2" in captured.out and "not in it, so it answers text, not images" in captured.err
+    model, _ = load_trained_model(run_dir)
+    text = AutoModelForCausalLM.from_pretrained(out.parent, gguf_file=out.name, dtype=torch.float32)
+    ids = torch.tensor([[151644, 872, 198, 3838, 1894, 374, 432, 30, 151645, 198, 151644, 77091, 198]])
+    with torch.no_grad():
+        ref = model(input_ids=ids, use_cache=False).logits[0]
+        got = text(input_ids=ids).logits[0]
+    assert (ref - got).abs().max().item() <= 1e-4 * max(ref.abs().max().item(), 1.0)
+
+
+def test_gguf_export_refuses_qwen3_vl_naming_what_to_do(tmp_path):
+    pytest.importorskip("gguf")
+    from launcher.inference.gguf_export import GGUFExportError, write_gguf
+    from tests.vl.helpers import tiny_model, tokenizer_for
+
+    with pytest.raises(GGUFExportError, match="Qwen2-VL and Qwen2.5-VL .* 'qwen3_vl'.*launcher export RUN_DIR"):
+        write_gguf(tiny_model("tiny_qwen3_vl"), tokenizer_for("tiny_qwen3_vl"), tmp_path / "x.gguf", "f16", "x")
+    assert not list(tmp_path.iterdir())

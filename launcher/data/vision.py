@@ -103,12 +103,33 @@ def image_token_count(grid: tuple[int, int, int], merge_size: int) -> int:
     return t * h * w // (merge_size ** 2)
 
 
-def image_size(path: str, where: str) -> tuple[int, int]:
-    """(width, height) from the file's header; one clear line when it is not an image."""
-    from PIL import Image, UnidentifiedImageError
+@dataclass(frozen=True)
+class InlineImage:
+    """An image sent inline (an API request's data URL): its bytes, and a label for messages."""
+
+    data: bytes
+    label: str
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def open_image(source):
+    """PIL's image of a path or an ``InlineImage``."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    return Image.open(BytesIO(source.data) if isinstance(source, InlineImage) else source)
+
+
+def image_size(path, where: str) -> tuple[int, int]:
+    """(width, height) from the file's header (or an InlineImage's bytes); one clear line when it is not an
+    image."""
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             return image.size
     except FileNotFoundError:
         raise DataError(f"{where}: image file not found: {path}; paths are relative to data.dataset_dir") from None
@@ -244,11 +265,9 @@ def mask_vision_labels(labels: list[int], input_ids: list[int], vision: VisionDa
 # --------------------------------------------------------------------------------------- pixels
 
 
-def load_image(path: str, vision: VisionData):
+def load_image(path, vision: VisionData):
     """Decoded and resized exactly as LLaMA-Factory does before the processor (PIL's default resampling)."""
-    from PIL import Image
-
-    image = Image.open(path)
+    image = open_image(path)
     width, height = regularized_size(*image.size, vision.image_max_pixels, vision.image_min_pixels)
     # LF resizes in steps; for the size only the final (w, h) matters, and for the pixels each step resamples:
     # replay its steps so the pixels match too.
@@ -288,7 +307,7 @@ def load_pixels(paths: list[str], grids: list, vision: VisionData) -> dict:
     grid = out["image_grid_thw"]
     expected = torch.tensor([list(g) for g in grids], dtype=grid.dtype)
     if not torch.equal(grid, expected):
-        raise DataError(f"images {paths}: the processor made grids {grid.tolist()} but the tokenized rows expect"
+        raise DataError(f"images {[str(p) for p in paths]}: the processor made grids {grid.tolist()} but the tokenized rows expect"
                         f" {expected.tolist()}; the image files or the image processor changed since the data was"
                         " cached: delete the data cache (data.cache_dir) and rerun")
     return {"pixel_values": out["pixel_values"], "image_grid_thw": grid}

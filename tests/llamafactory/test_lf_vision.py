@@ -47,17 +47,9 @@ def test_vl_keys_translate(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_vl_folder(tmp_path_factory) -> Path:
     """A tiny random-init Qwen2-VL saved as a Hugging Face folder (weights, tokenizer, processor files)."""
-    from launcher.config.schema import parse_config
-    from launcher.models.vision import save_vision_files
-    from tests.vl.helpers import model_yaml, tiny_model, tokenizer_for
+    from tests.vl.helpers import save_tiny_vl_folder
 
-    out = tmp_path_factory.mktemp("hf") / "tiny-qwen2-vl"
-    tiny_model("tiny_qwen2_vl").save_pretrained(out)
-    tokenizer = tokenizer_for("tiny_qwen2_vl")
-    tokenizer.save_pretrained(out)
-    save_vision_files(out, parse_config({"model": model_yaml("tiny_qwen2_vl"), "data": {"datasets": ["x"]}}),
-                      tokenizer)
-    return out
+    return save_tiny_vl_folder(tmp_path_factory.mktemp("hf") / "tiny-qwen2-vl")
 
 
 def test_qwen2_vl_sft_file_dry_run(tmp_path, tiny_vl_folder, capsys):

@@ -57,3 +57,24 @@ def write_images(folder: Path, sizes: list[tuple[int, int]], seed: int = 0) -> l
         image.save(folder / name)
         names.append(name)
     return names
+
+
+def save_tiny_vl_folder(out: Path, model: str = "tiny_qwen2_vl", weight_std: float | None = None) -> Path:
+    """A tiny random-init VL model saved as a Hugging Face folder: weights, tokenizer, processor files.
+    ``weight_std``: redraw every weight at this scale, so that the greedy answer depends on the input (at the
+    default init, random logits are flat and every input gets the same answer)."""
+    import torch
+
+    from launcher.models.vision import save_vision_files
+
+    built = tiny_model(model)
+    if weight_std is not None:
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in built.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * weight_std)
+    built.save_pretrained(out)
+    tokenizer = tokenizer_for(model)
+    tokenizer.save_pretrained(out)
+    save_vision_files(out, parse_config({"model": model_yaml(model), "data": {"datasets": ["x"]}}), tokenizer)
+    return out

@@ -134,25 +134,53 @@ def mrope_positions(rows: list[dict], width: int, packed: bool, rope_index, visi
     return positions
 
 
+def with_dummy_image(rows: list[dict], vision) -> tuple[list[dict], dict, tuple[int, int]]:
+    """(rows, dummy pixels, (start, length) of the span): the first row with a tiny white image's vision span
+    appended, as a sample of its own that no token attends to and nothing is trained on.
+
+    Why in the rows (LLaMA-Factory's fake image, LlamaFactory#5616): sharded engines gather the vision tower's
+    weights as it runs, so every rank must run the model's own forward in the same module order. A separate
+    call of the tower for text-only batches gathers the same weights in another order than a batch with
+    images, which ZeRO-3's prefetch trace cannot follow (it hung at the step where ranks swapped roles)."""
+    from launcher.data.vision import dummy_image_batch, image_token_count
+
+    dummy = dummy_image_batch(vision)
+    grid = dummy["image_grid_thw"][0].tolist()
+    span = ([vision.ids["vision_start"]] + [vision.ids["image_pad"]] * image_token_count(grid, vision.merge_size)
+            + [vision.ids["vision_end"]])
+    first = dict(rows[0])
+    start = len(first["input_ids"])
+    first["input_ids"] = list(first["input_ids"]) + span
+    first["labels"] = list(first["labels"]) + [IGNORE_INDEX] * len(span)
+    first["images"], first["image_grid_thw"] = ["<dummy image>"], [grid]
+    if "segment_lengths" in first:  # packed: one more segment (the block mask keeps it to itself)
+        lengths = list(first["segment_lengths"])
+        first["segment_images"] = list(first.get("segment_images") or [0] * len(lengths)) + [1]
+        first["segment_lengths"] = lengths + [len(span)]
+        first["position_ids"] = list(first.get("position_ids") or range(start)) + list(range(len(span)))
+    return [first] + list(rows[1:]), dummy, (start, len(span))
+
+
 def collate_vision_rows(rows: list[dict], pad_token_id: int, attn_implementation: str, vision, rope_index,
                         dummy_image: bool = False) -> dict:
     """VL rows -> a batch: ``collate_rows``' batch plus pixel_values, image_grid_thw (None without images),
-    mm_token_type_ids and 3-D position ids. ``dummy_image``: a batch without images carries a tiny white
-    image as ``dummy_pixel_values`` / ``dummy_image_grid_thw`` that the loss runs through the vision tower
-    at zero weight (sharded engines need every rank to run it; LlamaFactory#5616)."""
-    from launcher.data.vision import dummy_image_batch, load_pixels, token_type_ids
+    mm_token_type_ids and 3-D position ids. ``dummy_image``: a batch without images gets a tiny white image
+    in its first row, masked out and untrained (``with_dummy_image``), so every rank runs the vision tower."""
+    from launcher.data.vision import load_pixels, token_type_ids
 
+    paths = [p for r in rows for p in (r.get("images") or [])]
+    grids = [g for r in rows for g in (r.get("image_grid_thw") or [])]
+    dummy = None
+    if not paths and dummy_image:
+        rows, dummy, (start, length) = with_dummy_image(rows, vision)
     batch = collate_rows(rows, pad_token_id, attn_implementation)
     packed = any("segment_lengths" in r for r in rows)
     width = batch["input_ids"].shape[1]
-    paths = [p for r in rows for p in (r.get("images") or [])]
-    grids = [g for r in rows for g in (r.get("image_grid_thw") or [])]
-    pixels = load_pixels(paths, grids, vision)
+    pixels = dummy if dummy is not None else load_pixels(paths, grids, vision)
     batch["pixel_values"] = pixels.get("pixel_values")
     batch["image_grid_thw"] = pixels.get("image_grid_thw")
-    if not paths and dummy_image:
-        dummy = dummy_image_batch(vision)
-        batch["dummy_pixel_values"], batch["dummy_image_grid_thw"] = dummy["pixel_values"], dummy["image_grid_thw"]
+    if dummy is not None and not packed:  # no real token attends to the dummy span (a packed row's mask does it)
+        batch["attention_mask"][0, start: start + length] = 0
     batch["mm_token_type_ids"] = torch.tensor(
         [token_type_ids(r["input_ids"], vision) + [0] * (width - len(r["input_ids"])) for r in rows], dtype=torch.long)
     batch["position_ids"] = mrope_positions(rows, width, packed, rope_index, vision)

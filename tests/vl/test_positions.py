@@ -76,7 +76,7 @@ def packed_losses(model, bundle, rows):
     batch = bundle.collate(rows)
     assert batch["position_ids"].shape[:2] == (4, len(rows))
     with torch.no_grad():
-        hidden, _ = backbone_hidden(model, batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch)
+        hidden = backbone_hidden(model, batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch)
         logits = model.lm_head(hidden).float()
     ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["shift_labels"], ignore_index=-100,
                                            reduction="none")
@@ -131,3 +131,35 @@ def test_unpacked_explicit_positions_equal_the_models_own(tmp_path):
     wrong = (own[real] - flat[real]).abs().max().item()
     assert same <= 1e-5
     assert wrong > 1e-5 and wrong > 100 * same, (same, wrong)  # the control: 1-D positions change the logits
+
+
+@pytest.mark.parametrize("packing", [False, True])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_dummy_image_leaves_a_text_batch_loss_unchanged(tmp_path, packing, attn):
+    """A text-only batch carries a masked dummy image (every rank runs the tower under ZeRO-3/FSDP): the loss
+    of its real tokens is exactly what it is without it, and the tower is in the graph (it gets gradients)."""
+    family = "tiny_qwen2_vl"
+    texts = [r for r in write_vl_dataset(tmp_path) if not r["images"]] * 3
+    (tmp_path / "text.json").write_text(json.dumps(texts))
+    info = json.loads((tmp_path / "dataset_info.json").read_text())
+    info["text"] = dict(ENTRY, file_name="text.json")
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    bundle = build_datasets(vl_config(family, tmp_path, ["text"], cutoff_len=512, packing=packing, val_size=0),
+                            tokenizer_for(family), attn_implementation=attn)
+    text_rows = list(bundle.train)[:2]
+    assert len(text_rows) == (1 if packing else 2) and not any(r["images"] for r in text_rows)
+    assert not packing or len(text_rows[0]["segment_lengths"]) == 6
+    model = tiny_model(family, attn)
+    losses = []
+    for dummy in (False, True):
+        batch = bundle.collate_for(attn, dummy_image=dummy)(text_rows)
+        assert (batch["pixel_values"] is not None) == dummy
+        model.zero_grad()
+        hidden = backbone_hidden(model, batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch)
+        labels = batch["shift_labels"]
+        loss = torch.nn.functional.cross_entropy(model.lm_head(hidden[labels != -100]).float(), labels[labels != -100])
+        loss.backward()
+        grads = [p.grad for n, p in model.named_parameters() if n.startswith("model.visual.blocks")]
+        assert all(g is not None for g in grads) == dummy
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6, abs=1e-6)

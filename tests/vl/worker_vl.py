@@ -31,7 +31,8 @@ def main(argv=None) -> int:
 
         def recording(rows):
             batch = collate(rows)
-            seen.append({"images": batch["pixel_values"] is not None, "dummy": "dummy_pixel_values" in batch})
+            images = any(r.get("images") for r in rows)
+            seen.append({"images": images, "dummy": batch["pixel_values"] is not None and not images})
             return batch
 
         recipe.trainer.objective.collate = recording

@@ -43,14 +43,14 @@ class SequenceLogProbs(nn.Module):
         self.chunk_size = chunk_size
 
     def forward(self, input_ids, shift_labels, position_ids=None, attention_mask=None, **vision):
-        # VL models: the multimodal backbone with the batch's pixels (a dummy image adds an exact zero)
-        hidden, extra = backbone_hidden(self.model, input_ids, attention_mask, position_ids, vision)
+        # VL models: the multimodal backbone with the batch's pixels
+        hidden = backbone_hidden(self.model, input_ids, attention_mask, position_ids, vision)
         trained = shift_labels != IGNORE_INDEX
         token_logps = chunked_token_logprobs(hidden[trained], self.model.get_output_embeddings(),
                                              shift_labels[trained], self.chunk_size)
         rows = trained.nonzero(as_tuple=True)[0]
         sums = token_logps.new_zeros(input_ids.shape[0]).index_add(0, rows, token_logps)
-        return sums + extra, trained.sum(dim=1)
+        return sums, trained.sum(dim=1)
 
 
 def check_shared_prompt(row: dict, where: str) -> None:

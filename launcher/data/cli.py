@@ -1,7 +1,8 @@
 """``launcher data preview|dump``: see what training will see, before it waits in a queue.
 
 preview: N samples as the model gets them, trained spans marked (green on a terminal, ``[[...]]`` otherwise),
-then the counts (samples, dropped, tokens, trained tokens, packing fill).
+then the counts (samples, dropped, tokens, trained tokens, packing fill). For a VL model each image's span is
+listed (token positions, image tokens, grid) and a run of image tokens prints as ``<|image_pad|>*N``.
 dump: every row as JSON Lines (input_ids, labels, and position_ids/segment_lengths for packed rows).
 
 Both take the same Hydra overrides as ``launcher train`` (``data=alpaca_demo data.cutoff_len=512``).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import Optional, Sequence
 
@@ -28,11 +30,33 @@ def split_segments(row: dict) -> list[dict]:
     """A packed row back into its samples (an unpacked row is one segment)."""
     if "chosen_input_ids" in row:
         return [{"input_ids": row[f"{s}_input_ids"], "labels": row[f"{s}_labels"], "side": s} for s in ("chosen", "rejected")]
-    out, offset = [], 0
-    for n in row.get("segment_lengths", [len(row["input_ids"])]):
-        out.append({"input_ids": row["input_ids"][offset: offset + n], "labels": row["labels"][offset: offset + n]})
+    out, offset, image = [], 0, 0
+    lengths = row.get("segment_lengths", [len(row["input_ids"])])
+    per_segment = row.get("segment_images", [len(row.get("images") or [])])
+    for n, k in zip(lengths, per_segment):
+        out.append({"input_ids": row["input_ids"][offset: offset + n], "labels": row["labels"][offset: offset + n],
+                    "images": (row.get("images") or [])[image: image + k],
+                    "image_grid_thw": (row.get("image_grid_thw") or [])[image: image + k]})
         offset += n
+        image += k
     return out
+
+
+def image_lines(seg: dict, vision) -> list[str]:
+    """Where each image's tokens sit in the sample, how many there are, and the grid they come from."""
+    from launcher.data.vision import describe_positions
+
+    lines = []
+    for k, span in enumerate(describe_positions(seg, vision)):
+        grid = seg["image_grid_thw"][k] if k < len(seg.get("image_grid_thw") or []) else None
+        path = seg["images"][k] if k < len(seg.get("images") or []) else "?"
+        lines.append(f"    image {k}: tokens [{span['start']}, {span['end']}) = vision_start + {span['image_tokens']}"
+                     f" image tokens + vision_end, grid {'x'.join(map(str, grid or []))}, {path}")
+    return lines
+
+
+def compress_image_runs(text: str) -> str:
+    return re.sub(r"(?:<\|image_pad\|>)+", lambda m: f"<|image_pad|>*{m.group(0).count('<|image_pad|>')}", text)
 
 
 def render_marked(tokenizer, input_ids: list, labels: list, color: bool) -> str:
@@ -46,7 +70,7 @@ def render_marked(tokenizer, input_ids: list, labels: list, color: bool) -> str:
             runs.append((trained, [tok]))
     parts = []
     for trained, ids in runs:
-        text = tokenizer.decode(ids, skip_special_tokens=False)
+        text = compress_image_runs(tokenizer.decode(ids, skip_special_tokens=False))
         if color:
             parts.append(f"{GREEN if trained else DIM}{text}{RESET}")
         else:
@@ -55,7 +79,8 @@ def render_marked(tokenizer, input_ids: list, labels: list, color: bool) -> str:
 
 
 def format_stats(stats: dict) -> str:
-    keys = ("samples", "dropped", "rows", "tokens", "trained_tokens", "packing_fill", "eval_samples", "template", "cache_hit")
+    keys = ("samples", "dropped", "rows", "tokens", "trained_tokens", "images", "image_tokens", "dropped_image_cut",
+            "packing_fill", "eval_samples", "template", "cache_hit")
     line = "  ".join(f"{k}={stats[k]}" for k in keys if k in stats)
     note = f"\nnote: {stats['template_note']}" if stats.get("template_note") else ""
     return line + note
@@ -69,6 +94,8 @@ def preview(bundle, tokenizer, n: int, color: bool) -> str:
                 break
             head = f"--- sample {len(blocks)}" + (f" ({seg['side']})" if "side" in seg else "")
             head += f": {len(seg['input_ids'])} tokens, {sum(l != -100 for l in seg['labels'])} trained"
+            if bundle.vision is not None and seg.get("images"):
+                head += f", {len(seg['images'])} image(s)\n" + "\n".join(image_lines(seg, bundle.vision))
             blocks.append(head + "\n" + render_marked(tokenizer, seg["input_ids"], seg["labels"], color))
         if len(blocks) >= n:
             break

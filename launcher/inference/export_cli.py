@@ -3,6 +3,7 @@ or with ``--format gguf`` one GGUF file for llama.cpp (``launcher.inference.gguf
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def export_main(argv: list[str]) -> int:
@@ -31,6 +32,8 @@ def export_main(argv: list[str]) -> int:
         info = export_gguf(args.run_dir, GGUFArgs(out=args.out, dtype=dtype, checkpoint=args.checkpoint,
                                                   force=args.force))
         tensors = ", ".join(f"{n} {k}" for k, n in sorted(info["tensors"].items()))
+        if info.get("note"):
+            print(f"note: {info['note']}", file=sys.stderr)
         print(f"exported: {info['path']} ({info['bytes'] / 1e6:.1f} MB; {info['architecture']}; tensors: {tensors};"
               f" tokenizer {info['tokenizer']})")
         return 0

@@ -11,6 +11,12 @@ The tokenizer goes into the metadata with its chat template. GGUF describes byte
 and Llama 3's. Anything else (a WordLevel tokenizer, as runs made before the character tokenizer became byte-level saved, sentencepiece) is refused with
 a message saying so, before anything is written.
 
+Vision-language runs (Qwen2-VL, Qwen2.5-VL): the file holds the language model only, as a Qwen2 model (the
+language model's weights under Qwen2's names; the vision tower and projector are left out and said so). For
+text, Qwen2-VL's 3-D rope is plain rope (the three position rows are equal), so the file answers text prompts
+as the run does; images need the HF export (``launcher serve``) or llama.cpp's own mmproj converter. Qwen3-VL's
+language model is a Qwen3, which this writer does not lay out yet: refused with what to do.
+
 We write this instead of calling llama.cpp's converter because that script is not a package (it lives in the
 llama.cpp repository, with its own model registry); the ``gguf`` package it builds on is.
 """
@@ -29,6 +35,10 @@ from launcher.errors import LauncherError
 
 GGUF_DTYPES = ("f32", "f16", "q8_0")
 ARCHS = {"qwen2": "QWEN2", "llama": "LLAMA"}
+VL_LANGUAGE_ARCH = {"qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2"}
+"""Vision-language families whose language model we write, and as which architecture."""
+VISION_PREFIXES = ("model.visual.",)
+LANGUAGE_PREFIX = "model.language_model."
 
 # The pre-tokenizer split regexes GGUF readers know by name (llama.cpp's tokenizer.ggml.pre).
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -130,19 +140,51 @@ def encode_tensor(data: np.ndarray, dtype: str):
     return data.astype(np.float16), None
 
 
+def language_model_view(model) -> tuple:
+    """(config, arch key, state dict as numpy, note) of what goes into the file: the whole causal LM, or a
+    vision-language model's language model under the text architecture's names (note says what is left out)."""
+    config = model.config
+    state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+    if config.model_type not in VL_LANGUAGE_ARCH:
+        arch_key = ARCHS.get(config.model_type)
+        if arch_key is None:
+            if hasattr(config, "vision_config"):
+                raise GGUFExportError(
+                    f"GGUF export writes the language model of Qwen2-VL and Qwen2.5-VL runs, not of"
+                    f" '{config.model_type}' (its language model's architecture is not laid out here yet); use"
+                    " `launcher export RUN_DIR` (HF, with the processor files) and serve that, or convert the HF"
+                    " export with llama.cpp's convert_hf_to_gguf.py (--mmproj for the vision tower)")
+            raise GGUFExportError(f"GGUF export supports Qwen2 and Llama, not '{config.model_type}'")
+        return config, arch_key, state, None
+    text = config.text_config
+    out, vision = {}, 0
+    for key, value in state.items():
+        if key.startswith(VISION_PREFIXES):
+            vision += 1
+        elif key.startswith(LANGUAGE_PREFIX):
+            out["model." + key[len(LANGUAGE_PREFIX):]] = value
+        elif key == "lm_head.weight":
+            out[key] = value
+        else:
+            raise GGUFExportError(f"no place in the language model for the tensor '{key}' of this {config.model_type}"
+                                  " model")
+    note = (f"{config.model_type}: the GGUF file holds the language model only (as {VL_LANGUAGE_ARCH[config.model_type]});"
+            f" the vision tower and projector ({vision} tensors under model.visual) are not in it, so it answers"
+            " text, not images. For images serve the HF export (`launcher export RUN_DIR`, then `launcher serve`)"
+            " or convert the vision tower with llama.cpp's convert_hf_to_gguf.py --mmproj")
+    return text, ARCHS[VL_LANGUAGE_ARCH[config.model_type]], out, note
+
+
 def write_gguf(model, tokenizer, path: Path, dtype: str, name: str, tokenizer_folders: tuple = ()) -> dict:
-    """Write ``model`` (a transformers Qwen2/Llama causal LM) and its tokenizer to ``path``; return a summary.
+    """Write ``model`` (a transformers Qwen2/Llama causal LM, or a Qwen2-VL/2.5-VL model's language model) and
+    its tokenizer to ``path``; return a summary (``note``: what a VL model's file leaves out).
 
     ``tokenizer_folders``: where the tokenizer.json the tokenizer was loaded from lies (see tokenizer_spec)."""
     import gguf
 
     if dtype not in GGUF_DTYPES:
         raise GGUFExportError(f"--dtype: '{dtype}' is not one of {', '.join(GGUF_DTYPES)} for --format gguf")
-    config = model.config
-    arch_key = ARCHS.get(config.model_type)
-    if arch_key is None:
-        vision = " (a vision-language model: export its language model first)" if hasattr(config, "vision_config") else ""
-        raise GGUFExportError(f"GGUF export supports Qwen2 and Llama, not '{config.model_type}'{vision}")
+    config, arch_key, state, note = language_model_view(model)
     arch = getattr(gguf.MODEL_ARCH, arch_key)
     arch_name = gguf.MODEL_ARCH_NAMES[arch]
     vocab_size = model.get_input_embeddings().weight.shape[0]
@@ -187,7 +229,6 @@ def write_gguf(model, tokenizer, path: Path, dtype: str, name: str, tokenizer_fo
         writer.add_chat_template(tok["chat_template"])
 
     names = gguf.get_tensor_name_map(arch, n_layers)
-    state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
     if "lm_head.weight" not in state:  # tied: write the head anyway (see the module docstring)
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     counts: dict = {}
@@ -215,7 +256,8 @@ def write_gguf(model, tokenizer, path: Path, dtype: str, name: str, tokenizer_fo
         if tmp.exists():
             tmp.unlink()
     return {"path": str(path), "architecture": arch_name, "dtype": dtype, "tensors": counts,
-            "tokenizer": f"gpt2/{tok['pre']}, {len(tok['tokens'])} tokens", "bytes": path.stat().st_size}
+            "tokenizer": f"gpt2/{tok['pre']}, {len(tok['tokens'])} tokens", "bytes": path.stat().st_size,
+            "note": note}
 
 
 def export_gguf(source: Path, args: GGUFArgs) -> dict:
@@ -231,11 +273,10 @@ def export_gguf(source: Path, args: GGUFArgs) -> dict:
         default_dir = source / "export-gguf"
         folders = (source / "model", source / "base_model")
     elif (source / "config.json").is_file():
-        from transformers import AutoModelForCausalLM
-
         from launcher.models.tokenizers import load_saved_tokenizer
+        from launcher.models.vision import auto_class_for
 
-        model, tokenizer = AutoModelForCausalLM.from_pretrained(source), load_saved_tokenizer(source)
+        model, tokenizer = auto_class_for(source).from_pretrained(source), load_saved_tokenizer(source)
         name, default_dir, folders = source.name, source.parent, (source,)
     else:
         raise GGUFExportError(f"{source}: neither a run dir (config.yaml) nor a Hugging Face model folder (config.json)")

@@ -144,7 +144,7 @@ def create_app(engine, model_name: str, api_key: Optional[str] = None, max_queue
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise APIError(400, f"the request body is not valid JSON ({exc})") from None
-        chat = parse_chat_request(body)
+        chat = parse_chat_request(body, getattr(engine, "has_vision", False))
         if chat.model != model_name:
             raise APIError(404, f"the model '{chat.model}' does not exist; this server serves '{model_name}'",
                            "not_found_error", "model", "model_not_found")

@@ -10,6 +10,10 @@ A path is one of
 Generation runs on transformers (``model.generate`` with a streamer, in a worker thread) and reuses the
 training loop's generation helpers (end-of-answer ids, greedy/sampling flags). vLLM is detected and named at
 start-up, but its engine is not wired in yet.
+
+Vision-language models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL runs, exports or folders): a request's images (data URLs
+or server paths, parsed by openai_protocol) are expanded into vision spans and turned into pixels exactly as
+``launcher chat --image`` does (launcher.data.vision, launcher.inference.generation.vision_inputs).
 """
 from __future__ import annotations
 
@@ -41,6 +45,8 @@ class LoadedModel:
     """What was loaded, for the start-up line."""
     name: str
     """The model id clients send."""
+    vision: object = None
+    """A VL model's VisionData (image processor, limits, vision token ids); None for a text model."""
 
 
 def load_for_serving(path: Path, checkpoint: Optional[str] = None, template: Optional[str] = None,
@@ -63,12 +69,11 @@ def load_for_serving(path: Path, checkpoint: Optional[str] = None, template: Opt
     elif (path / "config.json").is_file():
         if checkpoint:
             raise LauncherError(f"--checkpoint: {path} is a model folder, not a run dir; drop --checkpoint")
-        from transformers import AutoModelForCausalLM
-
         from launcher.models.tokenizers import load_saved_tokenizer
+        from launcher.models.vision import auto_class_for
 
         tokenizer = load_saved_tokenizer(path)
-        model = AutoModelForCausalLM.from_pretrained(path).to(device)
+        model = auto_class_for(path).from_pretrained(path).to(device)
         cfg, source = None, f"model folder {path}"
         info = path / "export_info.json"
         if info.is_file():
@@ -87,17 +92,24 @@ def load_for_serving(path: Path, checkpoint: Optional[str] = None, template: Opt
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if getattr(model.config, "vision_config", None) is not None:
-        raise LauncherError(f"{path}: a vision-language model; serving VL models is not supported yet")
-    if template:
-        from launcher.config.schema import Config
+    from launcher.config.schema import Config
 
+    vision = None
+    if getattr(model.config, "vision_config", None) is not None:
+        from launcher.data import vision_data
+
+        if cfg is None:  # a model folder: its own preprocessor_config.json and family
+            cfg = Config()
+            cfg.model.name_or_path = str(path)
+        vision, _ = vision_data(cfg, tokenizer)
+    if template:
         cfg = cfg if cfg is not None else Config()
         cfg.data.template = template
     # The run's template; without a run, the tokenizer's chat template (refused when it has none).
     renderer = prompt_renderer(tokenizer, cfg)
     renderer([{"role": "user", "content": "probe"}], None)  # a broken template fails here, not on a request
-    return LoadedModel(model, tokenizer, lambda messages: renderer(messages, None), source, name or default_name)
+    return LoadedModel(model, tokenizer, lambda messages: renderer(messages, None), source, name or default_name,
+                       vision)
 
 
 @dataclass
@@ -134,9 +146,31 @@ class TransformersEngine:
         limit = getattr(loaded.model.config, "max_position_embeddings", None)
         self.context = int(limit) if limit else None
 
+    @property
+    def has_vision(self) -> bool:
+        return self.loaded.vision is not None
+
+    def prepare(self, request: ChatRequest) -> tuple:
+        """(prompt ids, [(image, grid)]) of a request, made once: image placeholders expanded to vision spans;
+        an image that is missing or not an image is a 400 naming the message part."""
+        if request.prepared is None:
+            messages, images = request.messages, []
+            if self.has_vision:
+                from launcher.data.vision import expand_prompt
+                from launcher.errors import DataError
+                from launcher.serve.openai_protocol import bad_request
+
+                try:
+                    messages, grids = expand_prompt(messages, request.images, self.loaded.vision, "messages")
+                except DataError as exc:
+                    raise bad_request(str(exc), "messages", "invalid_image") from None
+                images = list(zip(request.images, grids))
+            prompt = self.loaded.render(messages)
+            request.prepared = (self.loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"], images)
+        return request.prepared
+
     def prompt_ids(self, request: ChatRequest) -> list:
-        prompt = self.loaded.render(request.messages)
-        return self.loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return self.prepare(request)[0]
 
     def budget(self, request: ChatRequest, prompt_tokens: int) -> int:
         """New tokens allowed: the request's max_tokens (or the server's cap) within the context length."""
@@ -159,19 +193,26 @@ class TransformersEngine:
         from launcher.inference.generation import answer_ids, sampling_kwargs
 
         model, tokenizer = self.loaded.model, self.loaded.tokenizer
-        ids = self.prompt_ids(request)
+        ids, images = self.prepare(request)
         max_new = self.budget(request, len(ids))
         if request.seed is not None:
             torch.manual_seed(request.seed)
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         result: dict = {}
         inputs = torch.tensor([ids], device=self.device)
+        extra = {}
+        if self.has_vision:
+            from launcher.inference.generation import vision_inputs
+
+            extra = vision_inputs({"input_ids": inputs}, [images], self.loaded.vision, self.device)
+            if "pixel_values" in extra:
+                extra["pixel_values"] = extra["pixel_values"].to(next(model.parameters()).dtype)
 
         def work():
             try:
                 with torch.no_grad():
                     result["out"] = model.generate(
-                        input_ids=inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new,
+                        input_ids=inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new, **extra,
                         streamer=streamer, pad_token_id=tokenizer.pad_token_id, eos_token_id=self.stop_ids,
                         stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
                         **sampling_kwargs(request.temperature > 0, request.temperature, request.top_p))

@@ -4,9 +4,10 @@ Everything a client can get wrong becomes an ``APIError`` with the status code a
 OpenAI API gives (``{"error": {"message", "type", "param", "code"}}``), so the official clients raise their
 usual exceptions (BadRequestError, AuthenticationError, NotFoundError, ...).
 
-Message contents may be a string or a list of parts; text parts are joined. Image parts are recognised and
-refused with a 400 naming the reason (the served models are text-only: no vision tower), so adding a VL
-engine later changes one check, not the parser.
+Message contents may be a string or a list of parts; text parts are joined. Image parts (``image_url`` with a
+``data:image/...;base64,`` URL, a local file path or a ``file://`` URL) become ``<image>`` placeholders where
+they stand, their sources collected in order (``ChatRequest.images``) for a vision-language model; a text
+model refuses them with a 400 naming the reason. Remote http(s) URLs are refused: the server does not fetch.
 """
 from __future__ import annotations
 
@@ -43,6 +44,39 @@ class ChatRequest:
     stop: list = field(default_factory=list)
     seed: Optional[int] = None
     include_usage: bool = False
+    images: list = field(default_factory=list)
+    """Image sources in placeholder order: ``InlineImage`` (a data URL's bytes) or a local file path."""
+    prepared: Any = None
+    """The engine's prompt for this request, made once (``TransformersEngine.prepare``)."""
+
+
+IMAGE_PLACEHOLDER = "<image>"
+
+
+def image_source(part: dict, param: str):
+    """The image a content part names: an InlineImage of a data URL's bytes, or a local file path."""
+    import base64
+    import binascii
+
+    from launcher.data.vision import InlineImage
+
+    value = part.get("image_url", part.get("image"))
+    url = value.get("url") if isinstance(value, dict) else value
+    if not isinstance(url, str) or not url:
+        raise bad_request(f"{param}: an image part needs image_url.url (a data URL or a file path)", param)
+    if url.startswith("data:"):
+        head, _, payload = url.partition(",")
+        if not head.startswith("data:image/") or not head.endswith(";base64"):
+            raise bad_request(f"{param}: a data URL must look like data:image/png;base64,...", param)
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise bad_request(f"{param}: the data URL's base64 payload does not decode", param) from None
+        return InlineImage(data, f"{param} (data URL, {len(data)} bytes)")
+    if url.startswith(("http://", "https://")):
+        raise bad_request(f"{param}: this server does not fetch URLs; send the image as a data URL"
+                          " (data:image/png;base64,...) or a path on the server", param, "image_url_not_supported")
+    return url[len("file://"):] if url.startswith("file://") else url
 
 
 def _number(body: dict, key: str, default: float, low: float, high: float, low_open: bool = False) -> float:
@@ -57,7 +91,8 @@ def _number(body: dict, key: str, default: float, low: float, high: float, low_o
     return float(value)
 
 
-def _content_text(content: Any, i: int, has_vision: bool) -> str:
+def _content_text(content: Any, i: int, has_vision: bool, images: Optional[list] = None) -> str:
+    """The message's text; image parts become <image> placeholders, their sources appended to ``images``."""
     param = f"messages[{i}].content"
     if content is None:
         return ""
@@ -74,7 +109,8 @@ def _content_text(content: Any, i: int, has_vision: bool) -> str:
             if not has_vision:
                 raise bad_request(f"{param}[{j}]: this model has no vision tower; it takes text only",
                                   f"{param}[{j}]", "image_not_supported")
-            raise bad_request(f"{param}[{j}]: images are not supported by this server yet", f"{param}[{j}]")
+            images.append(image_source(part, f"{param}[{j}]"))
+            texts.append(IMAGE_PLACEHOLDER)
         elif kind in ("input_audio", "audio", "file", "video_url"):
             raise bad_request(f"{param}[{j}]: '{kind}' parts are not supported; send text", f"{param}[{j}]")
         else:
@@ -83,7 +119,9 @@ def _content_text(content: Any, i: int, has_vision: bool) -> str:
     return "".join(texts)
 
 
-def parse_messages(messages: Any, has_vision: bool = False) -> list:
+def parse_messages(messages: Any, has_vision: bool = False, images: Optional[list] = None) -> list:
+    """Canonical messages; with ``has_vision``, image parts' sources are appended to ``images`` in order."""
+    images = images if images is not None else []
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty list of {role, content} objects", "messages")
     out = []
@@ -97,7 +135,7 @@ def parse_messages(messages: Any, has_vision: bool = False) -> list:
         if role not in ROLES:
             raise bad_request(f"messages[{i}].role: '{role}' is not one of system, developer, user, assistant",
                               f"messages[{i}].role")
-        out.append({"role": ROLES[role], "content": _content_text(message.get("content"), i, has_vision)})
+        out.append({"role": ROLES[role], "content": _content_text(message.get("content"), i, has_vision, images)})
     if out[-1]["role"] == "assistant":
         raise bad_request("the last message is the assistant's; end with a user message to get an answer",
                           "messages")
@@ -156,9 +194,11 @@ def parse_chat_request(body: Any, has_vision: bool = False) -> ChatRequest:
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise bad_request("'stream_options' must be an object", "stream_options")
+    images: list = []
     return ChatRequest(
         model=model,
-        messages=parse_messages(body.get("messages"), has_vision),
+        messages=parse_messages(body.get("messages"), has_vision, images),
+        images=images,
         stream=stream,
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),

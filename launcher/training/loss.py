@@ -148,13 +148,34 @@ class CausalLMLoss(nn.Module):
     def lm_head(self) -> nn.Module:
         return self.model.get_output_embeddings()
 
-    def forward(self, input_ids, shift_labels, position_ids=None, attention_mask=None, **_unused) -> torch.Tensor:
-        out = self.backbone()(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        )
-        hidden = out.last_hidden_state
+    def forward(self, input_ids, shift_labels, position_ids=None, attention_mask=None, **vision) -> torch.Tensor:
+        hidden = backbone_hidden(self.model, input_ids, attention_mask, position_ids, vision)
         trained = shift_labels != IGNORE_INDEX
         head = self.lm_head()
         if self.fused and plain_linear_head(head):
             return fused_linear_ce_sum(hidden[trained], head.weight, shift_labels[trained], self.chunk_size)
         return chunked_ce_sum(hidden[trained], head, shift_labels[trained], self.chunk_size)
+
+
+VISION_INPUTS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")
+
+
+def backbone_hidden(model: nn.Module, input_ids, attention_mask, position_ids, batch: dict):
+    """Last hidden states of the model's backbone (no LM head).
+
+    A text model runs its decoder. A VL model (Qwen2-VL family) runs its multimodal ``model`` with
+    pixel_values, image_grid_thw, mm_token_type_ids and the explicit 3-D position ids from the collate (a
+    text-only batch carries a masked dummy image there: launcher.data.collate.with_dummy_image).
+    """
+    from launcher.models.vision import is_vision_model, multimodal_backbone
+
+    if not is_vision_model(getattr(model, "get_base_model", lambda: model)()):
+        out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                  use_cache=False)
+        return out.last_hidden_state
+    kwargs = {k: batch[k] for k in VISION_INPUTS if batch.get(k) is not None}
+    out = multimodal_backbone(model)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                     use_cache=False, **kwargs)
+    return out.last_hidden_state
+
+

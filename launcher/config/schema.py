@@ -509,6 +509,21 @@ def world_size(cfg: Config) -> int:
     return cfg.cluster.nodes * cfg.cluster.nproc_per_node
 
 
+def sharded_loading(cfg: Config) -> Optional[str]:
+    """How the model is built without a full copy per rank: "meta" (FSDP: built on the meta device, each rank
+    fills only its shards after sharding), "zero3" (DeepSpeed ZeRO-3: partitioned as it is constructed or
+    loaded), or None (every rank builds the whole model: DDP, ZeRO-1/2, and DoRA, whose adapters need the base
+    weights when created). Read by the model build (launcher.engines.base) and the preflight's load estimate."""
+    p = cfg.parallelism
+    if cfg.method.finetuning == "lora" and cfg.method.lora.use_dora:
+        return None
+    if p.strategy == "fsdp":
+        return "meta"
+    if p.strategy == "deepspeed" and p.zero_stage == 3:
+        return "zero3"
+    return None
+
+
 def resolve_grad_accum(cfg: Config, world: Optional[int] = None) -> int:
     """Micro-batches per optimizer step, from global batch = micro x accum x world (must divide)."""
     t = cfg.train

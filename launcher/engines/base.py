@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from launcher.config.schema import Config
+from launcher.config.schema import Config, sharded_loading
 from launcher.engines.distributed import DistInfo
 from launcher.engines.precision import Precision, resolve_precision
 from launcher.errors import ConfigError
@@ -53,22 +53,67 @@ def build_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implementation
     """The one path from the config to the model an engine wraps: the base (hub id, folder, or random init) with
     parameters in ``precision.param_dtype``, LoRA applied for ``finetuning=lora``, gradient checkpointing on.
 
+    No rank builds the whole model when the strategy shards it (``sharded_loading``): under FSDP the model comes
+    back on the meta device with the note of where its weights come from (the engine fills its shards after
+    ``fully_shard``, launcher.engines.loading); under ZeRO-3 it is partitioned while constructed or loaded
+    (launcher.engines.deepspeed.build_zero3_model).
+
     ``save_base_to``: LoRA on a random-init base keeps the base there (rank 0), since it exists nowhere else and a
     saved adapter must be reloadable.
     """
     from launcher.models.build import apply_lora, build_base_model
 
-    model = build_base_model(cfg, tokenizer, attn_implementation, precision.param_dtype)
-    if cfg.method.finetuning == "lora":
-        if save_base_to is not None and cfg.model.name_or_path is None and dist_info.is_main:
-            model.save_pretrained(save_base_to, safe_serialization=True)
-            save_tokenizer(tokenizer, save_base_to)
-            apply_umask(save_base_to)
-        model = apply_lora(model, cfg.method.lora)
+    lora = cfg.method.finetuning == "lora"
+    save_random_base = save_base_to is not None and cfg.model.name_or_path is None and lora
+    mode = sharded_loading(cfg)
+    model = None
+    if mode == "meta":
+        model = _build_meta(cfg, tokenizer, attn_implementation, precision, save_base_to if save_random_base else None)
+        if model is not None and dist_info.is_main:
+            log.info("model: built on the meta device; each rank fills only its FSDP shards after sharding (%s)",
+                     "read from the safetensors" if cfg.model.name_or_path else "random init, seeded")
+    if model is None:
+        if mode == "zero3":
+            from launcher.engines.deepspeed import build_zero3_model
+
+            model = build_zero3_model(cfg, tokenizer, dist_info, attn_implementation, precision)
+        else:
+            model = build_base_model(cfg, tokenizer, attn_implementation, precision.param_dtype)
+        if save_random_base:
+            if mode == "zero3":
+                from launcher.engines.deepspeed import save_zero3_base
+
+                save_zero3_base(model, save_base_to, tokenizer, dist_info.is_main)
+            elif dist_info.is_main:
+                model.save_pretrained(save_base_to, safe_serialization=True)
+                save_tokenizer(tokenizer, save_base_to)
+                apply_umask(save_base_to)
+        if lora:
+            model = apply_lora(model, cfg.method.lora)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if cfg.method.finetuning == "lora":
+        if lora:
             model.enable_input_require_grads()
+    return model
+
+
+def _build_meta(cfg: Config, tokenizer, attn_implementation: str, precision: Precision,
+                save_base_to: Optional[Path]) -> Optional[nn.Module]:
+    """The FSDP model on the meta device with its ``DeferredWeights``; None when its weights are not in
+    safetensors (the plain build then loads them)."""
+    from launcher.engines.loading import DEFERRED_ATTR, DeferredWeights, build_meta_model
+    from launcher.models.build import apply_lora
+
+    model, folder = build_meta_model(cfg, tokenizer, attn_implementation, precision.param_dtype)
+    if model is None:
+        return None
+    if folder is None:
+        torch.manual_seed(cfg.train.seed)  # as the plain random init seeds right before drawing
+    deferred = DeferredWeights(folder=folder, rng_state=torch.get_rng_state(), lora=cfg.method.finetuning == "lora",
+                               save_base_to=save_base_to, tokenizer=tokenizer)
+    if deferred.lora:
+        model = apply_lora(model, cfg.method.lora, initialize=False)
+    setattr(model, DEFERRED_ATTR, deferred)
     return model
 
 

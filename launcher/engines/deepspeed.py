@@ -93,6 +93,101 @@ def skip_shm_comm_build() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
+def start_deepspeed(dist_info: DistInfo) -> None:
+    """DeepSpeed's communication on our process group (before zero.Init or initialize)."""
+    import deepspeed
+
+    skip_shm_comm_build()
+    ensure_process_group(dist_info.device)
+    deepspeed.init_distributed(dist_backend="nccl" if dist_info.device.type == "cuda" else "gloo",
+                               auto_mpi_discovery=False)
+
+
+def run_deepspeed_config(cfg: Config, dist_info: DistInfo, precision: Precision) -> dict[str, Any]:
+    return build_deepspeed_config(cfg, dist_info.world_size, resolve_grad_accum(cfg, dist_info.world_size),
+                                  dist_info.device.type == "cuda", precision.bf16)
+
+
+ZERO3_BUILT_ATTR = "_launcher_hf_deepspeed_config"
+"""Attribute of a model built partitioned: the HfDeepSpeedConfig that must outlive it (transformers holds only
+a weak reference, and asks it whether ZeRO-3 is on whenever it touches the model)."""
+
+
+def build_zero3_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implementation: str,
+                      precision: Precision) -> nn.Module:
+    """The HF model with its parameters partitioned over the ranks from the start (ZeRO-3), as transformers'
+    DeepSpeed integration does it: the ZeRO-3 config registered (``HfDeepSpeedConfig``) before
+    ``from_pretrained``, which then constructs under ``zero.Init`` and loads each tensor into its partitions;
+    a random-init model is constructed under ``zero.Init`` and initialized one gathered module at a time.
+    Parameters are stored in DeepSpeed's dtype (bf16 in its bf16 mode, its fp32 master copy lives in the
+    optimizer; fp32 on a CPU).
+
+    Random init draws rank 0's numbers in the plain build's order (rank 0 initializes, ``zero.Init``
+    broadcasts), then every rank takes rank 0's RNG state, so what follows (LoRA) draws the same everywhere.
+    """
+    import deepspeed
+    from transformers import AutoModelForCausalLM
+    from transformers import initialization
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import initialize_weights_zero3
+
+    from launcher.engines.distributed import broadcast_object
+    from launcher.models.build import random_init_config
+
+    start_deepspeed(dist_info)
+    ds_config = run_deepspeed_config(cfg, dist_info, precision)
+    dtype = torch.bfloat16 if precision.bf16 else precision.param_dtype
+    m = cfg.model
+    if m.name_or_path:
+        hf_ds_config = HfDeepSpeedConfig(ds_config)  # registered (weakly) with transformers: kept on the model
+        model = AutoModelForCausalLM.from_pretrained(m.name_or_path, dtype=dtype,
+                                                     attn_implementation=attn_implementation,
+                                                     trust_remote_code=m.trust_remote_code)
+    else:
+        config = random_init_config(cfg, tokenizer)
+        torch.manual_seed(cfg.train.seed)
+        # Our own zero.Init (transformers' would also draw the tied output matrix that tying discards, shifting
+        # every later random number away from the plain build's).
+        with initialization.no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
+            model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype,
+                                                     trust_remote_code=m.trust_remote_code)
+        for name in getattr(model, "all_tied_weights_keys", None) or {}:
+            model.get_parameter(name)._is_hf_initialized = True
+        initialize_weights_zero3(model)
+        model.tie_weights()
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        torch.set_rng_state(broadcast_object(torch.get_rng_state()))
+        hf_ds_config = HfDeepSpeedConfig(ds_config)
+    setattr(model, ZERO3_BUILT_ATTR, hf_ds_config)
+    if dist_info.is_main:
+        log.info("model: partitioned over %d ranks as it was %s (ZeRO-3 zero.Init), parameters in %s",
+                 dist_info.world_size, "loaded" if m.name_or_path else "built", str(dtype).replace("torch.", ""))
+    return model
+
+
+def save_zero3_base(model: nn.Module, directory: Path, tokenizer, is_main: bool) -> None:
+    """Collective. Rank 0 writes a partitioned model as an HF folder, one gathered parameter at a time."""
+    import deepspeed
+
+    from launcher.engines.streaming import ShardedSafetensorsWriter
+    from launcher.files import apply_umask
+    from launcher.models.tokenizers import save_tokenizer
+
+    writer = ShardedSafetensorsWriter(directory) if is_main else None
+    for name, param in model.named_parameters():
+        with deepspeed.zero.GatheredParameters([param]):
+            if writer is not None:
+                writer.add(name, param.detach().cpu().clone())
+    if writer is None:
+        return
+    writer.close()
+    model.config.save_pretrained(directory)
+    model.generation_config.save_pretrained(directory)
+    save_tokenizer(tokenizer, directory)
+    apply_umask(directory)
+
+
 class DeepSpeedEngine(Engine):
     """ZeRO-1/2/3 via DeepSpeed; ``model`` stays the unwrapped HF/PEFT model (partitioned under ZeRO-3).
 
@@ -116,11 +211,12 @@ class DeepSpeedEngine(Engine):
         bf16 = precision.bf16
         grad_accum = resolve_grad_accum(cfg, dist_info.world_size)
         self.ds_config = build_deepspeed_config(cfg, dist_info.world_size, grad_accum, on_gpu, bf16)
-        skip_shm_comm_build()
-        ensure_process_group(dist_info.device)
-        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
+        start_deepspeed(dist_info)
 
-        self.model = model.to(dist_info.device)
+        self.loaded_sharded = hasattr(model, ZERO3_BUILT_ATTR) or hasattr(
+            getattr(model, "get_base_model", lambda: None)(), ZERO3_BUILT_ATTR)
+        # Partitioned as it was built (build_zero3_model): its partitions are on the device already.
+        self.model = model if self.loaded_sharded else model.to(dist_info.device)
         loss_module = loss_module(self.model, cfg)
         # Built before DeepSpeed partitions the parameters (ZeRO-3 is applied to the built model here:
         # every rank built the same seeded weights, so partitioning after the build is exact), so the
@@ -172,7 +268,7 @@ class DeepSpeedEngine(Engine):
                       if hasattr(p, "ds_tensor") and 0 < p.ds_tensor.numel() < p.ds_numel)
         return {"engine": "deepspeed", "zero_stage": self.zero_stage, "offload": self.cfg.parallelism.offload,
                 "world_size": self.dist.world_size, "zero3_partitioned_params": sharded,
-                "total_params": sum(1 for _ in self.model.parameters())}
+                "total_params": sum(1 for _ in self.model.parameters()), "loaded_sharded": self.loaded_sharded}
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -26,6 +26,7 @@ from launcher.paths import CHECKPOINT_STATE_FILE
 from launcher.config.schema import Config
 from launcher.engines.distributed import DistInfo, ensure_process_group
 from launcher.engines.base import Engine, LossFactory, require_checkpoint_kind, strip_wrapper_prefix
+from launcher.engines.loading import deferred_weights, materialize
 from launcher.engines.optim import build_optimizer, build_scheduler
 from launcher.engines.precision import Precision
 
@@ -86,9 +87,10 @@ class FSDPEngine(Engine):
         kwargs: dict[str, Any] = {"mesh": self.mesh}
         if self.bf16:
             kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        deferred = deferred_weights(model) is not None
         if self.offload:
             kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda")
-        else:
+        elif not deferred:
             model = model.to(device)
         self.model = model
         self.loss_module = loss_module(model, cfg)
@@ -96,6 +98,11 @@ class FSDPEngine(Engine):
         for layer in layers:
             fully_shard(layer, **kwargs)
         fully_shard(self.loss_module, **kwargs)
+        self.loaded_sharded = deferred
+        if deferred:
+            # Built on the meta device (launcher.engines.base.build_model): now each rank allocates and fills
+            # only its own shards.
+            materialize(model, torch.device("cpu") if self.offload else device)
         self.module = self.loss_module
         self.sharded_params, self.total_params = count_sharded(model, dist_info.world_size)
         if self.sharded_params != self.total_params:
@@ -128,6 +135,11 @@ class FSDPEngine(Engine):
     @contextlib.contextmanager
     def inference_context(self):
         """Gather the root's weights so ``self.model(...)`` (logits, generate) works; collective."""
+        from torch.distributed.fsdp import fully_shard
+
+        # A forward through the inner model before any through the root would fix the wrong module as FSDP's
+        # root (lazy init); make the loss wrapper the root first (idempotent).
+        fully_shard.state(self.loss_module)._lazy_init()
         self.loss_module.unshard()
         try:
             yield
@@ -137,7 +149,8 @@ class FSDPEngine(Engine):
     def report(self) -> dict[str, Any]:
         return {"engine": "fsdp2", "world_size": self.dist.world_size, "fsdp_units": self.n_units,
                 "sharded_params": self.sharded_params, "total_params": self.total_params,
-                "offload": self.offload, "param_dtype": "bfloat16" if self.bf16 else "float32"}
+                "offload": self.offload, "param_dtype": "bfloat16" if self.bf16 else "float32",
+                "loaded_sharded": self.loaded_sharded}
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -36,15 +36,11 @@ def choose_attn_implementation(requested: str, device: torch.device) -> str:
     return requested
 
 
-def build_base_model(cfg: Config, tokenizer, attn_implementation: str, dtype: torch.dtype):
-    from transformers import AutoConfig, AutoModelForCausalLM
+def random_init_config(cfg: Config, tokenizer):
+    """The transformers config of a random-init model: ``model.arch`` + ``model.config``, sized to the tokenizer."""
+    from transformers import AutoConfig
 
     m = cfg.model
-    if m.name_or_path:
-        return AutoModelForCausalLM.from_pretrained(
-            m.name_or_path, dtype=dtype, attn_implementation=attn_implementation,
-            trust_remote_code=m.trust_remote_code,
-        )
     try:
         config = AutoConfig.for_model(m.arch, **m.config)
     except (ValueError, TypeError) as exc:
@@ -54,6 +50,19 @@ def build_base_model(cfg: Config, tokenizer, attn_implementation: str, dtype: to
     config.eos_token_id = tokenizer.eos_token_id
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     config.bos_token_id = bos
+    return config
+
+
+def build_base_model(cfg: Config, tokenizer, attn_implementation: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    m = cfg.model
+    if m.name_or_path:
+        return AutoModelForCausalLM.from_pretrained(
+            m.name_or_path, dtype=dtype, attn_implementation=attn_implementation,
+            trust_remote_code=m.trust_remote_code,
+        )
+    config = random_init_config(cfg, tokenizer)
     # Same seed, same init on every rank, so DDP starts from identical weights without a broadcast.
     torch.manual_seed(cfg.train.seed)
     model = random_init_model(config, attn_implementation, dtype)
@@ -98,10 +107,21 @@ def lora_peft_config(lora: LoraConfig):
     )
 
 
-def apply_lora(model, lora: LoraConfig):
+def apply_lora(model, lora: LoraConfig, initialize: bool = True):
+    """LoRA on ``model``. The adapters are created empty and initialized layer by layer after injection
+    (``launcher.engines.loading.init_lora``), so a sharded model, whose adapters are initialized only once its
+    shards exist, draws the same random numbers as a plain one. ``initialize=False``: leave them on the meta
+    device for the sharded loader. DoRA's magnitude needs the base weights at creation: peft's own path."""
     from peft import get_peft_model
 
-    return get_peft_model(model, lora_peft_config(lora))
+    if lora.use_dora:
+        return get_peft_model(model, lora_peft_config(lora))
+    model = get_peft_model(model, lora_peft_config(lora), low_cpu_mem_usage=True)
+    if initialize:
+        from launcher.engines.loading import init_lora
+
+        init_lora(model)
+    return model
 
 
 def point_adapter_at_base(adapter_dir: Path, base_dir: Path) -> None:

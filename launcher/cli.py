@@ -109,7 +109,9 @@ def train_main(argv: list[str]) -> int:
 
             print(describe_local(cfg))
         from launcher.preflight import memory_summary
+        from launcher.preflight_model import describe_precision
 
+        print(f"# precision: {describe_precision(cfg)}")
         summary = memory_summary(cfg)
         if summary:
             print(summary)

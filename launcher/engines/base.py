@@ -133,11 +133,23 @@ class Engine:
         """Hook: the norm as one number for the whole model (sharded engines gather theirs)."""
         return float(norm)
 
+    scaler = None
+    """torch.amp GradScaler (fp16 compute: launcher.engines.precision.make_grad_scaler), or None."""
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
     def step(self) -> float:
         params = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = self.cfg.train.max_grad_norm if self.cfg.train.max_grad_norm > 0 else float("inf")
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients
         grad_norm = self._global_grad_norm(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when the gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm

@@ -38,8 +38,9 @@ DS_TAG = "deepspeed"
 
 
 def build_deepspeed_config(cfg: Config, world_size: int, grad_accum: int, on_gpu: bool,
-                           bf16: bool) -> dict[str, Any]:
-    """The DeepSpeed config for this run: a pure function of our config (tested without DeepSpeed)."""
+                           bf16: bool, fp16: bool = False) -> dict[str, Any]:
+    """The DeepSpeed config for this run: a pure function of our config (tested without DeepSpeed).
+    ``fp16``: DeepSpeed's fp16 mode with dynamic loss scaling (loss_scale 0), for GPUs without bf16."""
     p, t = cfg.parallelism, cfg.train
     zero: dict[str, Any] = {"stage": p.zero_stage, "overlap_comm": on_gpu, "contiguous_gradients": True}
     if p.zero_stage == 3:
@@ -56,7 +57,10 @@ def build_deepspeed_config(cfg: Config, world_size: int, grad_accum: int, on_gpu
         "gradient_clipping": t.max_grad_norm if t.max_grad_norm > 0 else 0.0,
         "zero_optimization": zero,
         "bf16": {"enabled": bool(bf16)},
-        "fp16": {"enabled": False},
+        # Dynamic loss scaling (loss_scale 0): start at 2^16, halve on overflow (the step is skipped), double
+        # after 1000 clean steps; DeepSpeed's defaults, written out so the rendered config says what runs.
+        "fp16": ({"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
+                  "hysteresis": 2, "min_loss_scale": 1} if fp16 else {"enabled": False}),
         # Our own torch AdamW (same update as the DDP path); with offload DeepSpeed would otherwise insist on
         # its cpu_adam, a JIT build of about 90 s.
         "zero_force_ds_cpu_optimizer": False,
@@ -105,7 +109,7 @@ def start_deepspeed(dist_info: DistInfo) -> None:
 
 def run_deepspeed_config(cfg: Config, dist_info: DistInfo, precision: Precision) -> dict[str, Any]:
     return build_deepspeed_config(cfg, dist_info.world_size, resolve_grad_accum(cfg, dist_info.world_size),
-                                  dist_info.device.type == "cuda", precision.bf16)
+                                  dist_info.device.type == "cuda", precision.bf16, precision.fp16)
 
 
 ZERO3_BUILT_ATTR = "_launcher_hf_deepspeed_config"
@@ -136,7 +140,7 @@ def build_zero3_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implemen
 
     start_deepspeed(dist_info)
     ds_config = run_deepspeed_config(cfg, dist_info, precision)
-    dtype = torch.bfloat16 if precision.bf16 else precision.param_dtype
+    dtype = precision.compute_dtype if precision.low_precision else precision.param_dtype
     m = cfg.model
     if m.name_or_path:
         hf_ds_config = HfDeepSpeedConfig(ds_config)  # registered (weakly) with transformers: kept on the model
@@ -210,7 +214,7 @@ class DeepSpeedEngine(Engine):
         on_gpu = dist_info.device.type == "cuda"
         bf16 = precision.bf16
         grad_accum = resolve_grad_accum(cfg, dist_info.world_size)
-        self.ds_config = build_deepspeed_config(cfg, dist_info.world_size, grad_accum, on_gpu, bf16)
+        self.ds_config = build_deepspeed_config(cfg, dist_info.world_size, grad_accum, on_gpu, bf16, precision.fp16)
         start_deepspeed(dist_info)
 
         self.loaded_sharded = hasattr(model, ZERO3_BUILT_ATTR) or hasattr(
@@ -230,7 +234,8 @@ class DeepSpeedEngine(Engine):
         if dist_info.is_main:
             log.info("deepspeed: ZeRO-%d%s, %s, micro batch %d x accumulation %d x world %d",
                      self.zero_stage, " + CPU offload" if cfg.parallelism.offload else "",
-                     "bf16" if bf16 else "fp32", cfg.train.micro_batch_size, grad_accum, dist_info.world_size)
+                     "bf16" if bf16 else ("fp16 with DeepSpeed's dynamic loss scaling" if precision.fp16 else "fp32"),
+                     cfg.train.micro_batch_size, grad_accum, dist_info.world_size)
 
     # ------------------------------------------------------------------ the step
 
@@ -268,7 +273,8 @@ class DeepSpeedEngine(Engine):
                       if hasattr(p, "ds_tensor") and 0 < p.ds_tensor.numel() < p.ds_numel)
         return {"engine": "deepspeed", "zero_stage": self.zero_stage, "offload": self.cfg.parallelism.offload,
                 "world_size": self.dist.world_size, "zero3_partitioned_params": sharded,
-                "total_params": sum(1 for _ in self.model.parameters()), "loaded_sharded": self.loaded_sharded}
+                "total_params": sum(1 for _ in self.model.parameters()), "loaded_sharded": self.loaded_sharded,
+                "loss_scaling": bool(self.ds_config["fp16"]["enabled"])}
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -29,12 +29,13 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOAD_WORKER = Path(__file__).with_name("load_worker.py")
 NPROC = 2
-SLACK = 200 << 20
-"""Allocator slack, activations of one 2 x 32-token micro-batch, gloo buffers, the tokenizer and data."""
+SLACK = 96 << 20
+"""Allocator slack, activations of one 2 x 32-token micro-batch, gloo buffers."""
 PROBE = [5, 17, 42, 7, 99, 3, 250, 11]
 
-# CI: ~38M parameters, affordable on 2 cores. Benchmark: ~0.35B (Qwen2-shaped, hidden 1024, 24 layers, 32k vocabulary).
-SMALL = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=8,
+# CI: ~69M parameters, affordable on 2 cores and large enough that a full fp32 copy per rank would not fit
+# under the bound. Benchmark: ~0.35B (Qwen2-shaped, hidden 1024, 24 layers, 32k vocabulary).
+SMALL = dict(hidden_size=640, intermediate_size=2560, num_hidden_layers=10, num_attention_heads=10,
              num_key_value_heads=2, vocab_size=16000)
 BENCH = dict(hidden_size=1024, intermediate_size=3584, num_hidden_layers=24, num_attention_heads=16,
              num_key_value_heads=2, vocab_size=32000)

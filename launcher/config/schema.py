@@ -235,6 +235,11 @@ class ClusterConfig:
     """Shell lines run before the job (module load, environment activation)."""
     env: dict = field(default_factory=dict)
     """Environment variables for the job (NCCL_*, ...). Secrets are passed through, never written here."""
+    nccl_socket_ifname: Optional[str] = None
+    """Network interface(s) NCCL bootstraps and talks over (NCCL_SOCKET_IFNAME: ``ib0``, ``eth0``, ``^lo,docker``);
+    None: NCCL picks. A wrong pick (a docker bridge, a management NIC) hangs multi-node init."""
+    nccl_ib_hca: Optional[str] = None
+    """InfiniBand adapters NCCL may use (NCCL_IB_HCA: ``mlx5_0,mlx5_1`` or ``=mlx5_0:1``); None: all."""
 
 
 LOGGER_BACKENDS = ("wandb", "tensorboard", "mlflow")

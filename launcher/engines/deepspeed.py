@@ -119,37 +119,47 @@ a weak reference, and asks it whether ZeRO-3 is on whenever it touches the model
 
 def build_zero3_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implementation: str,
                       precision: Precision) -> nn.Module:
-    """The HF model with its parameters partitioned over the ranks from the start (ZeRO-3), as transformers'
-    DeepSpeed integration does it: the ZeRO-3 config registered (``HfDeepSpeedConfig``) before
-    ``from_pretrained``, which then constructs under ``zero.Init`` and loads each tensor into its partitions;
-    a random-init model is constructed under ``zero.Init`` and initialized one gathered module at a time.
+    """The HF model with its parameters partitioned over the ranks from the start (ZeRO-3): constructed under
+    ``zero.Init`` (every parameter is partitioned as its module is built), then filled one gathered parameter
+    at a time: from the checkpoint (rank 0 reads the tensor from the safetensors, zero.Init's gather
+    broadcasts it and every rank keeps its partition), or by the model's own init for random init.
     Parameters are stored in DeepSpeed's dtype (bf16 in its bf16 mode, its fp32 master copy lives in the
     optimizer; fp32 on a CPU).
 
-    Random init draws rank 0's numbers in the plain build's order (rank 0 initializes, ``zero.Init``
-    broadcasts), then every rank takes rank 0's RNG state, so what follows (LoRA) draws the same everywhere.
+    Why not ``from_pretrained`` under ``HfDeepSpeedConfig`` (transformers' integration, still the fallback for
+    .bin checkpoints): transformers 5.24 materializes the whole state dict, cast to the model's dtype, on every
+    rank before copying it in (measured: ~3x the fp32 model per rank for a 69M model); here a rank holds its
+    partition plus one gathered tensor.
+
+    Random init draws rank 0's numbers in the plain build's order (rank 0 initializes, the gather broadcasts),
+    then every rank takes rank 0's RNG state, so what follows (LoRA) draws the same everywhere.
     """
     import deepspeed
     from transformers import AutoModelForCausalLM
     from transformers import initialization
     from transformers.integrations import HfDeepSpeedConfig
-    from transformers.integrations.deepspeed import initialize_weights_zero3
 
     from launcher.engines.distributed import broadcast_object
+    from launcher.engines.loading import safetensors_folder
     from launcher.models.build import random_init_config
 
     start_deepspeed(dist_info)
     ds_config = run_deepspeed_config(cfg, dist_info, precision)
     dtype = precision.compute_dtype if precision.low_precision else precision.param_dtype
     m = cfg.model
-    if m.name_or_path:
+    folder = safetensors_folder(m.name_or_path) if m.name_or_path else None
+    if m.name_or_path and folder is None:
         hf_ds_config = HfDeepSpeedConfig(ds_config)  # registered (weakly) with transformers: kept on the model
         model = AutoModelForCausalLM.from_pretrained(m.name_or_path, dtype=dtype,
                                                      attn_implementation=attn_implementation,
                                                      trust_remote_code=m.trust_remote_code)
     else:
-        config = random_init_config(cfg, tokenizer)
-        torch.manual_seed(cfg.train.seed)
+        from transformers import AutoConfig
+
+        config = (AutoConfig.from_pretrained(folder, trust_remote_code=m.trust_remote_code) if folder
+                  else random_init_config(cfg, tokenizer))
+        if folder is None:
+            torch.manual_seed(cfg.train.seed)
         # Our own zero.Init (transformers' would also draw the tied output matrix that tying discards, shifting
         # every later random number away from the plain build's).
         with initialization.no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
@@ -157,10 +167,17 @@ def build_zero3_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implemen
                                                      trust_remote_code=m.trust_remote_code)
         for name in getattr(model, "all_tied_weights_keys", None) or {}:
             model.get_parameter(name)._is_hf_initialized = True
-        initialize_weights_zero3(model)
+        if folder is not None:
+            load_zero3_from_safetensors(model, folder, dist_info.is_main)
+        initialize_missing_zero3(model)
         model.tie_weights()
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        if folder is not None and (folder / "generation_config.json").is_file():
+            from transformers import GenerationConfig
+
+            model.generation_config = GenerationConfig.from_pretrained(folder)
+        else:
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
         torch.set_rng_state(broadcast_object(torch.get_rng_state()))
         hf_ds_config = HfDeepSpeedConfig(ds_config)
     setattr(model, ZERO3_BUILT_ATTR, hf_ds_config)
@@ -168,6 +185,49 @@ def build_zero3_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implemen
         log.info("model: partitioned over %d ranks as it was %s (ZeRO-3 zero.Init), parameters in %s",
                  dist_info.world_size, "loaded" if m.name_or_path else "built", str(dtype).replace("torch.", ""))
     return model
+
+
+def initialize_missing_zero3(model: nn.Module) -> None:
+    """transformers' ZeRO-3 init (one gathered module at a time, rank 0 draws) for what is not marked
+    initialized: everything for random init, what the checkpoint lacked otherwise."""
+    from transformers.integrations.deepspeed import initialize_weights_zero3
+
+    initialize_weights_zero3(model)
+
+
+@torch.no_grad()
+def load_zero3_from_safetensors(model: nn.Module, folder: Path, is_main: bool) -> None:
+    """Collective. Each partitioned parameter gathered alone; rank 0 reads its tensor from the checkpoint (plain
+    reads of just its bytes) and copies it in, and leaving the gather partitions it again on every rank
+    (modifier_rank=0 broadcasts it)."""
+    import deepspeed
+
+    from launcher.engines.loading import SafetensorsReader, checkpoint_index, checkpoint_key, tied_names
+
+    index = checkpoint_index(folder)
+    tied = tied_names(model)
+    missing = []
+    readers: dict[Path, Any] = {}
+    for name, param in model.named_parameters():
+        key = checkpoint_key(name)
+        if key not in index:
+            if name not in tied:
+                missing.append(key)
+            continue
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+            if is_main:
+                if index[key] not in readers:
+                    readers[index[key]] = SafetensorsReader(index[key])
+                tensor = readers[index[key]].read(key)
+                if tuple(tensor.shape) != tuple(param.shape):
+                    raise RuntimeError(f"{folder}: {key} has shape {tuple(tensor.shape)}, the model expects"
+                                       f" {tuple(param.shape)}")
+                param.copy_(tensor)
+                del tensor
+        param._is_hf_initialized = True
+    if missing:
+        log.warning("ZeRO-3 loading: %d parameters not in %s, initialized like from_pretrained does: %s",
+                    len(missing), folder, missing[:5])
 
 
 def save_zero3_base(model: nn.Module, directory: Path, tokenizer, is_main: bool) -> None:

@@ -143,7 +143,13 @@ class FSDPEngine(Engine):
         try:
             yield
         finally:
-            self.loss_module.reshard()
+            # A forward through the inner model (not the root) leaves each layer it gathered unsharded: the
+            # whole model would stay gathered on every rank until the next training forward. Reshard them all.
+            from torch.distributed.fsdp import FSDPModule
+
+            for module in self.loss_module.modules():
+                if isinstance(module, FSDPModule):
+                    module.reshard()
 
     def report(self) -> dict[str, Any]:
         return {"engine": "fsdp2", "world_size": self.dist.world_size, "fsdp_units": self.n_units,

@@ -7,8 +7,8 @@ and has no path for FSDP2 DTensors. We do what torchtitan / torchtune do (shared
 - ``build_meta_model``: the HF model (and LoRA on it) on the meta device: no memory, no random numbers drawn.
 - the FSDP engine applies ``fully_shard`` to the meta model, then calls ``materialize``:
   ``to_empty`` allocates this rank's shards only; a pretrained base is read by every rank **from the
-  memory-mapped safetensors, only the rows of its own shard** (``safe_open(...).get_slice``: no collective, no
-  rank ever reads a whole tensor it does not own, and a node's ranks share one page-cached copy of the file).
+  safetensors, only the bytes of the rows of its own shard** (``SafetensorsReader``: plain reads, no
+  collective, no rank ever reads a tensor it does not own; the node's page cache holds the file once).
   Chosen over "rank 0 reads and broadcasts": no rank holds more than its shard, and the read is spread over the
   ranks instead of being serialized through rank 0.
 - random init, and whatever the checkpoint lacks, run the model's own ``_init_weights`` in transformers' order
@@ -18,8 +18,8 @@ and has no path for FSDP2 DTensors. We do what torchtitan / torchtune do (shared
 - LoRA: adapters are created empty (peft's ``low_cpu_mem_usage``) and initialized here in module order after
   the base, on every path (``init_lora``), so sharded and plain runs draw the same numbers.
 
-Peak memory per rank while loading: its fp32 shard plus one module's parameters in full (the largest is the
-embedding) plus the file pages it reads (shared page cache).
+Peak memory per rank while loading: its fp32 shard, plus one full fp32 temporary of the largest tensor (while
+initializing; the embedding), plus the bf16 rows being copied in.
 """
 from __future__ import annotations
 
@@ -85,6 +85,51 @@ def checkpoint_index(folder: Path) -> dict[str, Path]:
 
     with safe_open(folder / "model.safetensors", "pt") as f:
         return {k: folder / "model.safetensors" for k in f.keys()}
+
+
+SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
+
+
+class SafetensorsReader:
+    """Reads one tensor, or a range of its rows, from a safetensors file with plain reads (no memory map).
+
+    Why not ``safe_open(...).get_slice``: it maps the file, and every page it touches then counts in this
+    process's RSS while the file is open (each rank of a node would count the file again, although the
+    kernel holds it once). A plain read goes through the page cache and leaves only the tensor asked for.
+    The format is 8 bytes of header length, a JSON header of dtype/shape/data_offsets, then the data."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            self.header = json.loads(f.read(length))
+        self.header.pop("__metadata__", None)
+        self.data_start = 8 + length
+
+    def keys(self):
+        return self.header.keys()
+
+    def shape(self, key: str) -> list[int]:
+        return list(self.header[key]["shape"])
+
+    def read(self, key: str, rows: Optional[tuple[int, int]] = None) -> torch.Tensor:
+        """The tensor ``key``, or its rows [start, stop) along dim 0."""
+        entry = self.header[key]
+        dtype, shape = SAFETENSORS_DTYPES[entry["dtype"]], list(entry["shape"])
+        begin, end = entry["data_offsets"]
+        if rows is not None and shape:
+            row_bytes = (end - begin) // max(shape[0], 1)
+            begin, end = begin + rows[0] * row_bytes, begin + rows[1] * row_bytes
+            shape = [rows[1] - rows[0], *shape[1:]]
+        buffer = bytearray(end - begin)
+        with open(self.path, "rb") as f:
+            f.seek(self.data_start + begin)
+            f.readinto(buffer)
+        if not buffer:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
 
 
 def checkpoint_key(name: str) -> str:
@@ -198,7 +243,7 @@ def initialize_sharded(model: nn.Module, done: set[str]) -> None:
     from transformers import PreTrainedModel
     from transformers.initialization import guard_torch_init_functions
 
-    custom = model.is_custom_code()
+    custom = model.is_custom_code() if hasattr(model, "is_custom_code") else False
     # The plain build marks the tied copies initialized: they are never drawn on their own.
     tied = tied_names(model)
 
@@ -212,10 +257,19 @@ def initialize_sharded(model: nn.Module, done: set[str]) -> None:
             else:
                 owners.append((m, a, WRITE if own else IF_WRITTEN))
         with full_size(owners):
-            fn(module, custom)
+            if takes_custom_flag(fn):
+                fn(module, custom)
+            else:  # transformers releases before the is_custom_code argument
+                fn(module)
 
     with guard_torch_init_functions():
         visit(model, model._initialize_weights, "")
+
+
+def takes_custom_flag(fn) -> bool:
+    import inspect
+
+    return len(inspect.signature(fn).parameters) >= 2
 
 
 def tied_names(model: nn.Module) -> set[str]:
@@ -267,39 +321,39 @@ def hf_model(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def load_shards(model: nn.Module, folder: Path) -> set[str]:
-    """Every rank reads the rows of its own shard of each parameter from the memory-mapped safetensors.
-    Returns the qualified names loaded; raises when the checkpoint's names do not match the model's."""
-    from safetensors import safe_open
-
+    """Every rank reads the rows of its own shard of each parameter from the safetensors (plain reads of just
+    those bytes). Returns the qualified names loaded; raises when the checkpoint's names do not match."""
     index = checkpoint_index(folder)
     tied = tied_names(model)
     wanted = [(name, p) for name, p in model.named_parameters() if "lora_" not in name]
     loaded, missing = set(), []
-    handles: dict[Path, object] = {}
-    with contextlib.ExitStack() as stack:
-        for name, param in wanted:
-            key = checkpoint_key(name)
-            if key not in index:
-                if name not in tied:
-                    missing.append(key)
-                continue
-            if index[key] not in handles:
-                handles[index[key]] = stack.enter_context(safe_open(index[key], "pt"))
-            view = handles[index[key]].get_slice(key)
-            if list(view.get_shape()) != list(param.shape):
-                raise RuntimeError(f"{folder}: {key} has shape {view.get_shape()}, the model expects"
-                                   f" {list(param.shape)}")
-            shape, offset = local_rows(param) if hasattr(param, "device_mesh") else (param.shape, (0,) * param.ndim)
-            if 0 not in shape:
-                index_ = tuple(slice(o, o + s) for o, s in zip(offset, shape))
-                _local(param).copy_(view[index_] if param.ndim else view[:])
-            loaded.add(name)
-        for name, buf in model.named_buffers():
-            key = checkpoint_key(name)
-            if key in index:
-                if index[key] not in handles:
-                    handles[index[key]] = stack.enter_context(safe_open(index[key], "pt"))
-                buf.copy_(handles[index[key]].get_tensor(key))
+    readers: dict[Path, SafetensorsReader] = {}
+
+    def reader(key: str) -> SafetensorsReader:
+        if index[key] not in readers:
+            readers[index[key]] = SafetensorsReader(index[key])
+        return readers[index[key]]
+
+    for name, param in wanted:
+        key = checkpoint_key(name)
+        if key not in index:
+            if name not in tied:
+                missing.append(key)
+            continue
+        if reader(key).shape(key) != list(param.shape):
+            raise RuntimeError(f"{folder}: {key} has shape {reader(key).shape(key)}, the model expects"
+                               f" {list(param.shape)}")
+        shape, offset = local_rows(param) if hasattr(param, "device_mesh") else (tuple(param.shape), (0,) * param.ndim)
+        if 0 not in shape:
+            rows = (offset[0], offset[0] + shape[0]) if param.ndim else None
+            piece = reader(key).read(key, rows)
+            index_ = tuple(slice(o, o + s) for o, s in zip(offset[1:], shape[1:]))
+            _local(param).copy_(piece[(slice(None), *index_)] if index_ else piece)
+        loaded.add(name)
+    for name, buf in model.named_buffers():
+        key = checkpoint_key(name)
+        if key in index:
+            buf.copy_(reader(key).read(key))
     if missing and len(missing) * 2 > len(wanted):
         raise RuntimeError(f"{folder}: {len(missing)} of {len(wanted)} parameters have no tensor of that name in"
                            f" the checkpoint (e.g. {missing[:3]}); its keys need transformers' conversion:"

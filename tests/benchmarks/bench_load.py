@@ -18,8 +18,8 @@ import torch
 
 
 def main(argv=None) -> int:
-    from tests.parallel.sharded_load import (BENCH, bound, figures, make_model_folder, model_shape, plain_logits,
-                                             run_load)
+    from tests.parallel.sharded_load import (BENCH, bound, figures, make_model_folder, measured, model_shape,
+                                             plain_logits, run_load)
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "launcher-bench-load")
@@ -39,12 +39,12 @@ def main(argv=None) -> int:
         if strategy == "ddp":
             for rank, r in enumerate(ranks):
                 for phase in ("load", "step"):
-                    print(f"ddp rank {rank} {phase}: peak +{(r[f'peak_{phase}_kib'] - r['rss_before_model_kib']) / 1024:.0f}"
+                    print(f"ddp rank {rank} {phase}: peak +{measured(r, 'fsdp', phase) / 2**20:.0f}"
                           " MiB (plain load: every rank builds the whole model)")
         else:
             print("\n".join(figures(case, shape, strategy, bool(lora), ranks)))
             over = [r for r in ranks for ph in ("load", "step")
-                    if (r[f"peak_{ph}_kib"] - r["rss_before_model_kib"]) * 1024 > bound(shape, strategy, bool(lora), ph)]
+                    if measured(r, strategy, ph) > bound(shape, strategy, bool(lora), ph)]
             if over:
                 print(f"{case}: ABOVE THE BOUND")
         diff = (torch.load(run_dir / "load_logits.pt") - want).abs().max().item()

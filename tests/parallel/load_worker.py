@@ -1,5 +1,6 @@
 """One rank of a sharded-loading measurement (started by torchrun): set up the run's recipe (model built and
-loaded the way its parallelism loads it), record this rank's peak RSS, the probe logits of the freshly loaded
+loaded the way its parallelism loads it), record this rank's peak RSS after building the model (ZeRO-3 loads
+there), after the engine (FSDP loads there) and after a probe forward, the probe logits of the freshly loaded
 model, then train one step and record the peak again. Writes ``load_rank{R}.json`` (and rank 0 ``load_logits.pt``)
 into the run dir.
 
@@ -55,7 +56,9 @@ def main(argv=None) -> int:
     def measured_build(*a, **kw):
         marks["rss_before_model_kib"] = status_kib("VmRSS")
         reset_peak()
-        return build(*a, **kw)
+        model = build(*a, **kw)
+        marks["peak_build_kib"] = status_kib("VmHWM")
+        return model
 
     sft_module.build_model = measured_build
     # Modules the build and the first step import on first use, imported now: their code is not the model's
@@ -68,12 +71,13 @@ def main(argv=None) -> int:
         importlib.import_module(name)
     try:
         recipe.setup()
-        marks["peak_load_kib"] = status_kib("VmHWM")
+        marks["peak_setup_kib"] = status_kib("VmHWM")
         engine = recipe.engine
         engine.eval()
         ids = torch.tensor([[int(t) for t in args.probe.split(",")]])
         with torch.no_grad(), engine.inference_context():
             logits = engine.model(input_ids=ids.to(dist_info.device)).logits
+        marks["peak_probe_kib"] = status_kib("VmHWM")
         engine.train()
         recipe.train()
         marks["peak_step_kib"] = status_kib("VmHWM")

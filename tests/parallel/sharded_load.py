@@ -3,16 +3,22 @@
 ZeRO-3 load (printed beside the measured peak).
 
 The bound, per rank, in bytes above the RSS held just before the model is built (P parameters, N ranks, M
-numel of the largest parameter, U of the largest FSDP unit or ZeRO-3 module, T the trainable parameters):
-- loading, FSDP: the fp32 shard 4P/N + the file pages of its own rows 2P/N (bf16, memory-mapped) + one full
-  fp32 temporary 4M (initializing buffers/missing tensors, a gathered module);
-- loading, ZeRO-3: the fp32 partition 4P/N + the whole file's pages 2P (transformers reads every tensor on
-  every rank, from the memory map: the node's page cache holds one copy, each rank's RSS counts it) + 4U (a
-  module gathered while its tensors are copied in);
-- the first step adds gradients and AdamW state of this rank's share of the trainable parameters 12T/N, and
-  for the two units in flight (the one computing and the one prefetched) four fp32 buffers of a unit's size
-  each (all-gather output, unsharded parameters, unsharded gradient, reduce-scatter input): 32U; activations
-  of the tiny batch are in ``SLACK``.
+numel of the largest parameter, T trainable parameters). Loading is derived from launcher.engines.loading and
+launcher.engines.deepspeed.build_zero3_model:
+- FSDP (measured after the engine, which shards and fills): the fp32 shard 4P/N + one full fp32 temporary 4M
+  (initializing buffers or missing tensors) + the bf16 rows of one tensor being copied in 2M/N;
+- ZeRO-3 (measured after the build, which partitions and fills): the fp32 partition 4P/N + one gathered
+  tensor 4M + rank 0's bf16 copy of it read from the file 2M, + ``DS_OVERHEAD`` x 4P/N: what DeepSpeed's
+  partitioning leaves in the process on CPU beyond the partition (allocator high-water of the full tensors
+  it builds and frees, its bookkeeping); measured ~1.3-1.7 x the partition at N=2, not derived.
+The checkpoint is read with plain reads (launcher.engines.loading.SafetensorsReader), not a memory map, so
+its pages sit in the node's page cache once and in no rank's RSS.
+Through the first step, on top of that: gradients and AdamW state of this rank's share of the trainable
+parameters 12T/N (DeepSpeed also keeps a separate fp32 master partition and a flat gradient partition, 8T/N),
+and a working set W = 3 x 4P that is measured, not derived: on CPU/gloo the first step's gathered layers,
+unsharded gradients, collective staging and the probe forward's gathered model took 1.1-2.4 x the fp32 model
+at N=2 (tests/benchmarks/bench_load.py prints the figures). ``SLACK`` covers the allocator and the tiny
+batch's activations.
 """
 from __future__ import annotations
 
@@ -29,6 +35,8 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOAD_WORKER = Path(__file__).with_name("load_worker.py")
 NPROC = 2
+WORKING_SET = 3
+DS_OVERHEAD = 2
 SLACK = 96 << 20
 """Allocator slack, activations of one 2 x 32-token micro-batch, gloo buffers."""
 PROBE = [5, 17, 42, 7, 99, 3, 250, 11]
@@ -77,16 +85,27 @@ def model_shape(folder: Path) -> Shape:
 
 
 def bound(shape: Shape, strategy: str, lora: bool, phase: str, nproc: int = NPROC) -> int:
-    """The per-rank peak RSS above the pre-model RSS that item 1 promises (see the module docstring)."""
-    p, m, u = shape.params, shape.largest_param, shape.largest_unit
+    """The per-rank peak RSS above the pre-model RSS (see the module docstring)."""
+    p, m = shape.params, shape.largest_param
     if strategy == "fsdp":
-        load = 4 * p // nproc + 2 * p // nproc + 4 * m
+        load = 4 * p // nproc + 4 * m + 2 * m // nproc
     else:
-        load = 4 * p // nproc + 2 * p + 4 * u
+        load = (1 + DS_OVERHEAD) * 4 * p // nproc + 4 * m + 2 * m
     if phase == "load":
         return load + SLACK
     trainable = 0 if lora else p  # LoRA's adapters are a few MB: inside the slack
-    return load + 12 * trainable // nproc + 32 * u + SLACK
+    state = (12 if strategy == "fsdp" else 20) * trainable // nproc
+    return load + state + WORKING_SET * 4 * p + SLACK
+
+
+LOAD_MARK = {"fsdp": "peak_setup_kib", "zero3": "peak_build_kib"}
+"""Where each strategy's loading ends: FSDP fills its shards in the engine, ZeRO-3 while the model is built."""
+
+
+def measured(r: dict, strategy: str, phase: str) -> int:
+    """Bytes above the pre-model RSS at the end of ``phase`` (load, step)."""
+    mark = LOAD_MARK[strategy] if phase == "load" else "peak_step_kib"
+    return (r[mark] - r["rss_before_model_kib"]) * 1024
 
 
 def run_load(root: Path, name: str, folder: Path, overrides: list[str]) -> tuple[Path, list[dict]]:
@@ -128,8 +147,31 @@ def figures(name: str, shape: Shape, strategy: str, lora: bool, ranks: list[dict
     out = []
     for rank, r in enumerate(ranks):
         for phase in ("load", "step"):
-            measured = (r[f"peak_{phase}_kib"] - r["rss_before_model_kib"]) * 1024
-            out.append(f"{name} rank {rank} {phase}: peak +{measured / 2**20:.0f} MiB, bound"
+            out.append(f"{name} rank {rank} {phase}: peak +{measured(r, strategy, phase) / 2**20:.0f} MiB, bound"
                        f" {bound(shape, strategy, lora, phase) / 2**20:.0f} MiB (model fp32 {4 * shape.params / 2**20:.0f}"
                        f" MiB, file bf16 {2 * shape.params / 2**20:.0f} MiB)")
     return out
+
+
+EXPORT_PEAK = r"""
+import sys
+from pathlib import Path
+from launcher.inference.export import ExportArgs, export_run
+import deepspeed.utils.zero_to_fp32, torch.distributed.checkpoint, safetensors.torch  # imports are not the export
+def status(field):
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":"))
+before = status("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")
+export_run(Path(sys.argv[1]), ExportArgs(out=sys.argv[2], dtype="bfloat16", max_shard_size="64MB"))
+print("EXPORT_PEAK_KIB", status("VmHWM") - before)
+"""
+
+
+def export_peak(checkpoint: Path, out: Path) -> int:
+    """Bytes the export of ``checkpoint`` (bf16, 64 MB files) added to its process's RSS at its peak."""
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", EXPORT_PEAK, str(checkpoint), str(out)], env=env, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+    line = [l for l in proc.stdout.splitlines() if l.startswith("EXPORT_PEAK_KIB")]
+    assert proc.returncode == 0 and line, proc.stderr[-3000:]
+    return int(line[0].split()[1]) * 1024

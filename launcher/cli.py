@@ -108,6 +108,13 @@ def train_main(argv: list[str]) -> int:
             from launcher.local import describe_local
 
             print(describe_local(cfg))
+        from launcher.preflight import memory_summary
+        from launcher.preflight_model import describe_precision
+
+        print(f"# precision: {describe_precision(cfg)}")
+        summary = memory_summary(cfg)
+        if summary:
+            print(summary)
         print("# preflight passed; dry run: nothing was launched")
         return 0
     run_dir = make_run_dir(cfg.run.output_root, name)

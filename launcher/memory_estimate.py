@@ -9,6 +9,13 @@ cannot fit by a wide margin, not to predict the allocator to the last gigabyte:
   offload moves optimizer states (and with ZeRO-3/FSDP the sharded weights' master copy) to CPU;
 - activations per layer ~ 34 x seq x batch x hidden bytes in 16-bit (attention with a fused kernel), about
   2 x seq x batch x hidden with gradient checkpointing (plus one layer recomputed at a time).
+Loading (``estimate_load_memory``) is counted apart: the peak before training starts, host RAM per node and
+GPU memory, by how the strategy builds the model (launcher.config.schema.sharded_loading):
+- a full copy per rank (DDP, ZeRO-1/2, DoRA): every rank builds the fp32 model in host RAM and moves it whole
+  to its GPU; the node also holds the checkpoint's pages (page cache, shared by its ranks);
+- FSDP (meta device) and ZeRO-3 (zero.Init): a rank holds its shard, plus one full tensor (FSDP: a module's
+  temporary while initializing) or one gathered module (ZeRO-3) at a time; the node holds one copy of the
+  checkpoint in its file dtype in the page cache. With offload the shards live in host RAM instead.
 All functions are pure.
 """
 from __future__ import annotations
@@ -47,6 +54,14 @@ class ModelShape:
             kv_heads=int(hf.get("num_key_value_heads") or heads),
             tied=bool(hf.get("tie_word_embeddings", False)),
         )
+
+    def largest_tensor(self) -> int:
+        """Elements of the largest single tensor: the embedding (or an MLP matrix)."""
+        return max(self.vocab * self.hidden, self.hidden * self.intermediate)
+
+    def layer_params(self) -> int:
+        h = self.hidden
+        return 2 * h * h + 2 * h * self.kv_dim() + 3 * h * self.intermediate + 2 * h
 
     def kv_dim(self) -> int:
         return self.hidden * self.kv_heads // self.heads
@@ -129,11 +144,81 @@ def estimate_memory_per_gpu(cfg: Config, shape: ModelShape) -> MemoryEstimate:
     )
 
 
+@dataclass
+class LoadEstimate:
+    host_gb_per_node: float
+    """Peak host RAM of one node's ranks while loading (page cache of the checkpoint included)."""
+    gpu_gb: float
+    """Peak memory of one GPU at load, before the first step."""
+    how: str
+
+    def describe(self) -> str:
+        return (f"loading: about {self.host_gb_per_node:.0f} GB of host RAM per node and {self.gpu_gb:.1f} GB per GPU"
+                f" ({self.how})")
+
+
+FILE_BYTES = 2
+"""Bytes per parameter of a checkpoint on disk (bf16/fp16 safetensors: what hub models ship)."""
+
+
+def estimate_load_memory(cfg: Config, shape: ModelShape) -> LoadEstimate:
+    from launcher.config.schema import sharded_loading
+
+    c, p = cfg.cluster, cfg.parallelism
+    world, per_node = c.nodes * c.nproc_per_node, c.nproc_per_node
+    on_gpu = c.gpus_per_node > 0
+    params = shape.num_params()
+    file = params * FILE_BYTES if cfg.model.name_or_path else 0  # page cache, shared by the node's ranks
+    largest = shape.largest_tensor()
+    mode = sharded_loading(cfg)
+    if mode is None:
+        # Every rank builds the fp32 model in host RAM, then moves it whole to its GPU.
+        host = per_node * 4 * params + file
+        gpu = 4 * params if on_gpu else 0
+        how = (f"parallelism={p.name}: every rank builds the whole fp32 model ({4 * params / GIB:.0f} GB) and moves"
+               " it to its GPU")
+    else:
+        # ZeRO-3 in DeepSpeed's bf16 mode stores bf16 partitions; FSDP keeps fp32 shards (its master weights).
+        wb = 2 if (mode == "zero3" and on_gpu and cfg.model.dtype in ("auto", "bfloat16", "float16")) else 4
+        shard = wb * params / world
+        if mode == "meta":
+            # Random init: one full fp32 tensor per rank at a time on the host, its slice copied to the GPU;
+            # a checkpoint: each rank reads only its rows.
+            host_temp = 4 * largest if not file else 4 * largest / world
+            gpu_temp = 4 * largest / world
+        else:
+            # zero.Init gathers one module at a time on the device; a checkpoint's tensor is read on the host.
+            host_temp = wb * largest if file else 0
+            gpu_temp = wb * max(largest, shape.layer_params())
+        host = file + per_node * host_temp + (per_node * shard if p.offload else 0)
+        gpu = (gpu_temp + (0 if p.offload else shard)) if on_gpu else 0
+        how = (f"parallelism={p.name}: {'built on the meta device, each rank reads only its FSDP shards' if mode == 'meta' else 'partitioned as it loads (ZeRO-3 zero.Init)'}"
+               f", {shard / GIB:.1f} GB shard per rank{' in host RAM (offload)' if p.offload else ''}")
+    return LoadEstimate(host_gb_per_node=host / GIB, gpu_gb=gpu / GIB, how=how)
+
+
+def load_fits(cfg: Config, shape: ModelShape) -> bool:
+    c = cfg.cluster
+    load = estimate_load_memory(cfg, shape)
+    if c.mem_gb is not None and load.host_gb_per_node > c.mem_gb:
+        return False
+    return c.gpu_memory_gb is None or c.gpus_per_node == 0 or load.gpu_gb <= c.gpu_memory_gb
+
+
+def fits(cfg: Config, shape: ModelShape, limit_gb: float) -> bool:
+    """Training state and loading both fit."""
+    return estimate_memory_per_gpu(cfg, shape).total_gb <= limit_gb and load_fits(cfg, shape)
+
+
 # What to try, in order of least change to the run: each is (override shown to the user, config change).
 ALTERNATIVES = (
     ("train.gradient_checkpointing=true", lambda c: _set(c, "train", gradient_checkpointing=True)),
-    ("parallelism=zero2", lambda c: _set(c, "parallelism", name="zero2", strategy="deepspeed", zero_stage=2)),
-    ("parallelism=zero3", lambda c: _set(c, "parallelism", name="zero3", strategy="deepspeed", zero_stage=3)),
+    ("parallelism=zero2", lambda c: _set(c, "parallelism", name="zero2", strategy="deepspeed", zero_stage=2,
+                                         offload=False)),
+    ("parallelism=fsdp", lambda c: _set(c, "parallelism", name="fsdp", strategy="fsdp", zero_stage=0,
+                                          offload=False)),
+    ("parallelism=zero3", lambda c: _set(c, "parallelism", name="zero3", strategy="deepspeed", zero_stage=3,
+                                         offload=False)),
     ("parallelism=zero3 train.gradient_checkpointing=true",
      lambda c: _set(_set(c, "parallelism", name="zero3", strategy="deepspeed", zero_stage=3), "train",
                     gradient_checkpointing=True)),
@@ -150,14 +235,24 @@ def _set(cfg: Config, group: str, **changes) -> Config:
 
 
 def suggest_fits(cfg: Config, shape: ModelShape, limit_gb: float, max_suggestions: int = 2) -> list:
-    """Overrides (as the user would type them) under which the run fits, cheapest change first."""
-    fits = []
+    """Overrides (as the user would type them) under which the run trains and loads, cheapest change first;
+    when no single change does, the fewest nodes (up to 64) that make ZeRO-3 (then its offload) fit."""
+    found = []
     for override, change in ALTERNATIVES:
         candidate = change(cfg)
         if candidate == cfg:
             continue
-        if estimate_memory_per_gpu(candidate, shape).total_gb <= limit_gb:
-            fits.append(override)
-        if len(fits) >= max_suggestions:
+        if fits(candidate, shape, limit_gb):
+            found.append(override)
+        if len(found) >= max_suggestions:
             break
-    return fits
+    if found:
+        return found
+    for override, change in ALTERNATIVES[3:6]:  # zero3, zero3 + checkpointing, zero3_offload
+        nodes = cfg.cluster.nodes
+        while nodes < 64:
+            nodes *= 2
+            candidate = _set(change(cfg), "cluster", nodes=nodes)
+            if fits(candidate, shape, limit_gb):
+                return [f"{override} cluster.nodes={nodes}"]
+    return []

@@ -244,3 +244,24 @@ def check_dtype(problems, cfg: Config) -> None:
             f"model.dtype={dtype}: this run has no GPU ({where}); on a CPU it trains in float32 (weights and"
             " compute), not in " + dtype + ". Set model.dtype=float32 (or auto) to say what it does"
         )
+
+
+def describe_precision(cfg: Config) -> str:
+    """What the run will really compute in, for the dry run (launcher.engines.precision decides on the ranks)."""
+    dtype, c = cfg.model.dtype, cfg.cluster
+    if c.kind == "local":
+        from launcher.preflight_resources import local_gpu_count
+
+        on_gpu = local_gpu_count() > 0
+    else:
+        on_gpu = c.gpus_per_node > 0
+    if not on_gpu:
+        return f"float32 weights and compute (no GPU; model.dtype={dtype})"
+    if dtype == "float32":
+        return "float32 weights and compute"
+    if dtype == "float16":
+        scaler = ("DeepSpeed's fp16 mode" if cfg.parallelism.strategy == "deepspeed" else
+                  "FSDP's ShardedGradScaler" if cfg.parallelism.strategy == "fsdp" else "torch.amp GradScaler")
+        return f"float16 compute, fp32 master weights, dynamic loss scaling ({scaler})"
+    name = "bfloat16" if dtype == "bfloat16" else "bfloat16 where the GPU has it (else float32)"
+    return f"{name} compute, fp32 master weights"

@@ -266,5 +266,7 @@ def check_resume(problems, cfg: Config) -> None:
     if isinstance(meta, dict) and meta.get("world_size") not in (None, world):
         raise ConfigError(
             f"run.resume: {path.name} was written with world size {meta['world_size']}, this run has {world}"
-            f" (cluster.nodes x cluster.nproc_per_node); resume with the same, or start fresh with run.resume=never"
+            f" (cluster.nodes x cluster.nproc_per_node); its data position, RNG streams and sharded optimizer state"
+            " are laid out per rank, so resume with the same world, or start fresh with run.resume=never (or"
+            " `launcher export` the checkpoint and train from it as model.name_or_path)"
         )

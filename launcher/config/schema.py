@@ -288,6 +288,11 @@ class ClusterConfig:
     """Shell lines run before the job (module load, environment activation)."""
     env: dict = field(default_factory=dict)
     """Environment variables for the job (NCCL_*, ...). Secrets are passed through, never written here."""
+    nccl_socket_ifname: Optional[str] = None
+    """Network interface(s) NCCL bootstraps and talks over (NCCL_SOCKET_IFNAME: ``ib0``, ``eth0``, ``^lo,docker``);
+    None: NCCL picks. A wrong pick (a docker bridge, a management NIC) hangs multi-node init."""
+    nccl_ib_hca: Optional[str] = None
+    """InfiniBand adapters NCCL may use (NCCL_IB_HCA: ``mlx5_0,mlx5_1`` or ``=mlx5_0:1``); None: all."""
 
 
 LOGGER_BACKENDS = ("wandb", "tensorboard", "mlflow")
@@ -608,6 +613,28 @@ def sharded_parameters_of(p: "ParallelismConfig") -> bool:
 
 def world_size(cfg: Config) -> int:
     return cfg.cluster.nodes * cfg.cluster.nproc_per_node
+
+
+def sharded_loading(cfg: Config) -> Optional[str]:
+    """How the model is built without a full copy per rank: "meta" (FSDP: built on the meta device, each rank
+    fills only its shards after sharding), "zero3" (DeepSpeed ZeRO-3: partitioned as it is constructed or
+    loaded), or None (every rank builds the whole model: DDP, ZeRO-1/2; DoRA, PiSSA and OLoRA, whose adapters
+    need the base weights when created; QLoRA; VL models). Read by the model build (launcher.engines.base) and the preflight's load estimate."""
+    p = cfg.parallelism
+    lora = cfg.method.lora if cfg.method.finetuning == "lora" else None
+    # DoRA, PiSSA and OLoRA need the base weights when the adapters are created (gaussian is peft's init); QLoRA loads its own quantized
+    # base; VL models keep the plain build (their vision tower and processor files are not in the meta path yet).
+    if lora is not None and (lora.use_dora or lora.quantize or lora.init != "default"):
+        return None
+    from launcher.models.vision import vision_info
+
+    if vision_info(cfg.model) is not None:
+        return None
+    if p.strategy == "fsdp":
+        return "meta"
+    if p.strategy == "deepspeed" and p.zero_stage == 3:
+        return "zero3"
+    return None
 
 
 def resolve_grad_accum(cfg: Config, world: Optional[int] = None) -> int:

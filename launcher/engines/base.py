@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from launcher.config.schema import Config, lora_init_converted
+from launcher.config.schema import Config, lora_init_converted, sharded_loading
 from launcher.engines.distributed import DistInfo
 from launcher.engines.precision import Precision, resolve_precision
 from launcher.errors import ConfigError
@@ -55,30 +55,54 @@ def build_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implementation
     parameters in ``precision.param_dtype``, LoRA applied for ``finetuning=lora``, all but the chosen layers
     frozen for ``finetuning=freeze``, gradient checkpointing on.
 
+    No rank builds the whole model when the strategy shards it (``sharded_loading``): under FSDP the model comes
+    back on the meta device with the note of where its weights come from (the engine fills its shards after
+    ``fully_shard``, launcher.engines.loading); under ZeRO-3 it is partitioned while constructed or loaded
+    (launcher.engines.deepspeed.build_zero3_model).
+
     ``save_base_to``: LoRA on a random-init base keeps the base there (rank 0), since it exists nowhere else and a
     saved adapter must be reloadable.
     """
     from launcher.models.build import (apply_lora, build_base_model, build_quantized_base, freeze_layers,
                                        save_initial_adapter)
 
-    if cfg.method.finetuning == "lora" and cfg.method.lora.quantize:
-        model = build_quantized_base(cfg, attn_implementation, dist_info.device)  # QLoRA: a frozen 4/8-bit base
-    else:
-        model = build_base_model(cfg, tokenizer, attn_implementation, precision.param_dtype)
-    freeze_for_config(model, cfg, dist_info)
-    if cfg.method.finetuning == "lora":
-        if save_base_to is not None and cfg.model.name_or_path is None and dist_info.is_main:
-            model.save_pretrained(save_base_to, safe_serialization=True)
-            save_tokenizer(tokenizer, save_base_to)
-            apply_umask(save_base_to)
-        model = apply_lora(model, cfg.method.lora)
-        if lora_init_converted(cfg.method.lora) and save_base_to is not None and dist_info.is_main:
-            save_initial_adapter(model, Path(save_base_to).parent / LORA_INIT_DIR)
+    lora = cfg.method.finetuning == "lora"
+    save_random_base = save_base_to is not None and cfg.model.name_or_path is None and lora
+    mode = sharded_loading(cfg)
+    model = None
+    if mode == "meta":
+        model = _build_meta(cfg, tokenizer, attn_implementation, precision, save_base_to if save_random_base else None)
+        if model is not None and dist_info.is_main:
+            log.info("model: built on the meta device; each rank fills only its FSDP shards after sharding (%s)",
+                     "read from the safetensors" if cfg.model.name_or_path else "random init, seeded")
+    if model is None:
+        if lora and cfg.method.lora.quantize:
+            model = build_quantized_base(cfg, attn_implementation, dist_info.device)  # QLoRA: a frozen 4/8-bit base
+        elif mode == "zero3":
+            from launcher.engines.deepspeed import build_zero3_model
+
+            model = build_zero3_model(cfg, tokenizer, dist_info, attn_implementation, precision)
+        else:
+            model = build_base_model(cfg, tokenizer, attn_implementation, precision.param_dtype)
+        freeze_for_config(model, cfg, dist_info)
+        if save_random_base:
+            if mode == "zero3":
+                from launcher.engines.deepspeed import save_zero3_base
+
+                save_zero3_base(model, save_base_to, tokenizer, dist_info.is_main)
+            elif dist_info.is_main:
+                model.save_pretrained(save_base_to, safe_serialization=True)
+                save_tokenizer(tokenizer, save_base_to)
+                apply_umask(save_base_to)
+        if lora:
+            model = apply_lora(model, cfg.method.lora)
+            if lora_init_converted(cfg.method.lora) and save_base_to is not None and dist_info.is_main:
+                save_initial_adapter(model, Path(save_base_to).parent / LORA_INIT_DIR)
     if cfg.method.finetuning == "freeze":
         freeze_layers(model, cfg.method.freeze)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if cfg.method.finetuning == "lora":
+        if lora:
             model.enable_input_require_grads()
     return model
 
@@ -99,6 +123,26 @@ def freeze_for_config(model: nn.Module, cfg: Config, dist_info: DistInfo) -> Non
         log.info("frozen: %s", ", ".join(frozen))
 
 
+def _build_meta(cfg: Config, tokenizer, attn_implementation: str, precision: Precision,
+                save_base_to: Optional[Path]) -> Optional[nn.Module]:
+    """The FSDP model on the meta device with its ``DeferredWeights``; None when its weights are not in
+    safetensors (the plain build then loads them)."""
+    from launcher.engines.loading import DEFERRED_ATTR, DeferredWeights, build_meta_model
+    from launcher.models.build import apply_lora
+
+    model, folder = build_meta_model(cfg, tokenizer, attn_implementation, precision.param_dtype)
+    if model is None:
+        return None
+    if folder is None:
+        torch.manual_seed(cfg.train.seed)  # as the plain random init seeds right before drawing
+    deferred = DeferredWeights(folder=folder, rng_state=torch.get_rng_state(), lora=cfg.method.finetuning == "lora",
+                               save_base_to=save_base_to, tokenizer=tokenizer)
+    if deferred.lora:
+        model = apply_lora(model, cfg.method.lora, initialize=False)
+    setattr(model, DEFERRED_ATTR, deferred)
+    return model
+
+
 class Engine:
     """What every engine shares: a scheduler for ``lr``, a wrapped ``module`` to switch between train and
     eval, clip -> step -> schedule -> zero_grad for engines that own a torch optimizer, and the final save."""
@@ -115,11 +159,23 @@ class Engine:
         """Hook: the norm as one number for the whole model (sharded engines gather theirs)."""
         return float(norm)
 
+    scaler = None
+    """torch.amp GradScaler (fp16 compute: launcher.engines.precision.make_grad_scaler), or None."""
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
     def step(self) -> float:
         params = [p for p in self.model.parameters() if p.requires_grad]
         max_norm = self.cfg.train.max_grad_norm if self.cfg.train.max_grad_norm > 0 else float("inf")
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients
         grad_norm = self._global_grad_norm(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped when the gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm

@@ -18,7 +18,7 @@ from launcher.config.schema import Config
 from launcher.engines.base import Engine, LossFactory
 from launcher.engines.distributed import DistInfo
 from launcher.engines.optim import build_optimizer, build_scheduler
-from launcher.engines.precision import Precision
+from launcher.engines.precision import Precision, make_grad_scaler
 from launcher.paths import CHECKPOINT_STATE_FILE
 
 
@@ -42,6 +42,7 @@ class DDPEngine(Engine):
             self.module = loss_module
         self.optimizer = build_optimizer(self.model, cfg.method)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, total_steps)
+        self.scaler = make_grad_scaler(precision, sharded=False)
 
     @property
     def loss_module(self) -> nn.Module:
@@ -53,11 +54,9 @@ class DDPEngine(Engine):
             return self.module.no_sync()
         return contextlib.nullcontext()
 
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-
     def report(self) -> dict[str, Any]:
-        return {"engine": "ddp" if self.dist.world_size > 1 else "single", "world_size": self.dist.world_size}
+        return {"engine": "ddp" if self.dist.world_size > 1 else "single", "world_size": self.dist.world_size,
+                "loss_scaling": self.scaler is not None}
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -69,6 +68,8 @@ class DDPEngine(Engine):
         if self.dist.is_main:
             state = {"model": self.trainable_state_dict(), "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), **extra}
+            if self.scaler is not None:
+                state["grad_scaler"] = self.scaler.state_dict()
             torch.save(state, Path(directory) / CHECKPOINT_STATE_FILE)
 
     def load_checkpoint(self, directory: Path) -> dict[str, Any]:
@@ -78,4 +79,6 @@ class DDPEngine(Engine):
             raise RuntimeError(f"checkpoint has parameters this model lacks: {result.unexpected_keys[:5]}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
         return state

@@ -38,8 +38,9 @@ DS_TAG = "deepspeed"
 
 
 def build_deepspeed_config(cfg: Config, world_size: int, grad_accum: int, on_gpu: bool,
-                           bf16: bool) -> dict[str, Any]:
-    """The DeepSpeed config for this run: a pure function of our config (tested without DeepSpeed)."""
+                           bf16: bool, fp16: bool = False) -> dict[str, Any]:
+    """The DeepSpeed config for this run: a pure function of our config (tested without DeepSpeed).
+    ``fp16``: DeepSpeed's fp16 mode with dynamic loss scaling (loss_scale 0), for GPUs without bf16."""
     p, t = cfg.parallelism, cfg.train
     zero: dict[str, Any] = {"stage": p.zero_stage, "overlap_comm": on_gpu, "contiguous_gradients": True}
     if p.zero_stage == 3:
@@ -56,7 +57,10 @@ def build_deepspeed_config(cfg: Config, world_size: int, grad_accum: int, on_gpu
         "gradient_clipping": t.max_grad_norm if t.max_grad_norm > 0 else 0.0,
         "zero_optimization": zero,
         "bf16": {"enabled": bool(bf16)},
-        "fp16": {"enabled": False},
+        # Dynamic loss scaling (loss_scale 0): start at 2^16, halve on overflow (the step is skipped), double
+        # after 1000 clean steps; DeepSpeed's defaults, written out so the rendered config says what runs.
+        "fp16": ({"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
+                  "hysteresis": 2, "min_loss_scale": 1} if fp16 else {"enabled": False}),
         # Our own torch AdamW (same update as the DDP path); with offload DeepSpeed would otherwise insist on
         # its cpu_adam, a JIT build of about 90 s.
         "zero_force_ds_cpu_optimizer": False,
@@ -93,6 +97,161 @@ def skip_shm_comm_build() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
+def start_deepspeed(dist_info: DistInfo) -> None:
+    """DeepSpeed's communication on our process group (before zero.Init or initialize)."""
+    import deepspeed
+
+    skip_shm_comm_build()
+    ensure_process_group(dist_info.device)
+    deepspeed.init_distributed(dist_backend="nccl" if dist_info.device.type == "cuda" else "gloo",
+                               auto_mpi_discovery=False)
+
+
+def run_deepspeed_config(cfg: Config, dist_info: DistInfo, precision: Precision) -> dict[str, Any]:
+    return build_deepspeed_config(cfg, dist_info.world_size, resolve_grad_accum(cfg, dist_info.world_size),
+                                  dist_info.device.type == "cuda", precision.bf16, precision.fp16)
+
+
+ZERO3_BUILT_ATTR = "_launcher_hf_deepspeed_config"
+"""Attribute of a model built partitioned: the HfDeepSpeedConfig that must outlive it (transformers holds only
+a weak reference, and asks it whether ZeRO-3 is on whenever it touches the model)."""
+
+
+def build_zero3_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implementation: str,
+                      precision: Precision) -> nn.Module:
+    """The HF model with its parameters partitioned over the ranks from the start (ZeRO-3): constructed under
+    ``zero.Init`` (every parameter is partitioned as its module is built), then filled one gathered parameter
+    at a time: from the checkpoint (rank 0 reads the tensor from the safetensors, zero.Init's gather
+    broadcasts it and every rank keeps its partition), or by the model's own init for random init.
+    Parameters are stored in DeepSpeed's dtype (bf16 in its bf16 mode, its fp32 master copy lives in the
+    optimizer; fp32 on a CPU).
+
+    Why not ``from_pretrained`` under ``HfDeepSpeedConfig`` (transformers' integration, still the fallback for
+    .bin checkpoints): transformers 5.24 materializes the whole state dict, cast to the model's dtype, on every
+    rank before copying it in (measured: ~3x the fp32 model per rank for a 69M model); here a rank holds its
+    partition plus one gathered tensor.
+
+    Random init draws rank 0's numbers in the plain build's order (rank 0 initializes, the gather broadcasts),
+    then every rank takes rank 0's RNG state, so what follows (LoRA) draws the same everywhere.
+    """
+    import deepspeed
+    from transformers import AutoModelForCausalLM
+    from transformers import initialization
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from launcher.engines.distributed import broadcast_object
+    from launcher.engines.loading import safetensors_folder
+    from launcher.models.build import random_init_config
+
+    start_deepspeed(dist_info)
+    ds_config = run_deepspeed_config(cfg, dist_info, precision)
+    dtype = precision.compute_dtype if precision.low_precision else precision.param_dtype
+    m = cfg.model
+    folder = safetensors_folder(m.name_or_path) if m.name_or_path else None
+    if m.name_or_path and folder is None:
+        hf_ds_config = HfDeepSpeedConfig(ds_config)  # registered (weakly) with transformers: kept on the model
+        model = AutoModelForCausalLM.from_pretrained(m.name_or_path, dtype=dtype,
+                                                     attn_implementation=attn_implementation,
+                                                     trust_remote_code=m.trust_remote_code)
+    else:
+        from transformers import AutoConfig
+
+        config = (AutoConfig.from_pretrained(folder, trust_remote_code=m.trust_remote_code) if folder
+                  else random_init_config(cfg, tokenizer))
+        if folder is None:
+            torch.manual_seed(cfg.train.seed)
+        # Our own zero.Init (transformers' would also draw the tied output matrix that tying discards, shifting
+        # every later random number away from the plain build's).
+        with initialization.no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
+            model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype,
+                                                     trust_remote_code=m.trust_remote_code)
+        for name in getattr(model, "all_tied_weights_keys", None) or {}:
+            model.get_parameter(name)._is_hf_initialized = True
+        if folder is not None:
+            load_zero3_from_safetensors(model, folder, dist_info.is_main)
+        initialize_missing_zero3(model)
+        model.tie_weights()
+        if folder is not None and (folder / "generation_config.json").is_file():
+            from transformers import GenerationConfig
+
+            model.generation_config = GenerationConfig.from_pretrained(folder)
+        else:
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+        torch.set_rng_state(broadcast_object(torch.get_rng_state()))
+        hf_ds_config = HfDeepSpeedConfig(ds_config)
+    setattr(model, ZERO3_BUILT_ATTR, hf_ds_config)
+    if dist_info.is_main:
+        log.info("model: partitioned over %d ranks as it was %s (ZeRO-3 zero.Init), parameters in %s",
+                 dist_info.world_size, "loaded" if m.name_or_path else "built", str(dtype).replace("torch.", ""))
+    return model
+
+
+def initialize_missing_zero3(model: nn.Module) -> None:
+    """transformers' ZeRO-3 init (one gathered module at a time, rank 0 draws) for what is not marked
+    initialized: everything for random init, what the checkpoint lacked otherwise."""
+    from transformers.integrations.deepspeed import initialize_weights_zero3
+
+    initialize_weights_zero3(model)
+
+
+@torch.no_grad()
+def load_zero3_from_safetensors(model: nn.Module, folder: Path, is_main: bool) -> None:
+    """Collective. Each partitioned parameter gathered alone; rank 0 reads its tensor from the checkpoint (plain
+    reads of just its bytes) and copies it in, and leaving the gather partitions it again on every rank
+    (modifier_rank=0 broadcasts it)."""
+    import deepspeed
+
+    from launcher.engines.loading import SafetensorsReader, checkpoint_index, checkpoint_key, tied_names
+
+    index = checkpoint_index(folder)
+    tied = tied_names(model)
+    missing = []
+    readers: dict[Path, Any] = {}
+    for name, param in model.named_parameters():
+        key = checkpoint_key(name)
+        if key not in index:
+            if name not in tied:
+                missing.append(key)
+            continue
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+            if is_main:
+                if index[key] not in readers:
+                    readers[index[key]] = SafetensorsReader(index[key])
+                tensor = readers[index[key]].read(key)
+                if tuple(tensor.shape) != tuple(param.shape):
+                    raise RuntimeError(f"{folder}: {key} has shape {tuple(tensor.shape)}, the model expects"
+                                       f" {tuple(param.shape)}")
+                param.copy_(tensor)
+                del tensor
+        param._is_hf_initialized = True
+    if missing:
+        log.warning("ZeRO-3 loading: %d parameters not in %s, initialized like from_pretrained does: %s",
+                    len(missing), folder, missing[:5])
+
+
+def save_zero3_base(model: nn.Module, directory: Path, tokenizer, is_main: bool) -> None:
+    """Collective. Rank 0 writes a partitioned model as an HF folder, one gathered parameter at a time."""
+    import deepspeed
+
+    from launcher.engines.streaming import ShardedSafetensorsWriter
+    from launcher.files import apply_umask
+    from launcher.models.tokenizers import save_tokenizer
+
+    writer = ShardedSafetensorsWriter(directory) if is_main else None
+    for name, param in model.named_parameters():
+        with deepspeed.zero.GatheredParameters([param]):
+            if writer is not None:
+                writer.add(name, param.detach().cpu().clone())
+    if writer is None:
+        return
+    writer.close()
+    model.config.save_pretrained(directory)
+    model.generation_config.save_pretrained(directory)
+    save_tokenizer(tokenizer, directory)
+    apply_umask(directory)
+
+
 class DeepSpeedEngine(Engine):
     """ZeRO-1/2/3 via DeepSpeed; ``model`` stays the unwrapped HF/PEFT model (partitioned under ZeRO-3).
 
@@ -115,12 +274,13 @@ class DeepSpeedEngine(Engine):
         on_gpu = dist_info.device.type == "cuda"
         bf16 = precision.bf16
         grad_accum = resolve_grad_accum(cfg, dist_info.world_size)
-        self.ds_config = build_deepspeed_config(cfg, dist_info.world_size, grad_accum, on_gpu, bf16)
-        skip_shm_comm_build()
-        ensure_process_group(dist_info.device)
-        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
+        self.ds_config = build_deepspeed_config(cfg, dist_info.world_size, grad_accum, on_gpu, bf16, precision.fp16)
+        start_deepspeed(dist_info)
 
-        self.model = model.to(dist_info.device)
+        self.loaded_sharded = hasattr(model, ZERO3_BUILT_ATTR) or hasattr(
+            getattr(model, "get_base_model", lambda: None)(), ZERO3_BUILT_ATTR)
+        # Partitioned as it was built (build_zero3_model): its partitions are on the device already.
+        self.model = model if self.loaded_sharded else model.to(dist_info.device)
         loss_module = loss_module(self.model, cfg)
         # Built before DeepSpeed partitions the parameters (ZeRO-3 is applied to the built model here:
         # every rank built the same seeded weights, so partitioning after the build is exact), so the
@@ -134,7 +294,8 @@ class DeepSpeedEngine(Engine):
         if dist_info.is_main:
             log.info("deepspeed: ZeRO-%d%s, %s, micro batch %d x accumulation %d x world %d",
                      self.zero_stage, " + CPU offload" if cfg.parallelism.offload else "",
-                     "bf16" if bf16 else "fp32", cfg.train.micro_batch_size, grad_accum, dist_info.world_size)
+                     "bf16" if bf16 else ("fp16 with DeepSpeed's dynamic loss scaling" if precision.fp16 else "fp32"),
+                     cfg.train.micro_batch_size, grad_accum, dist_info.world_size)
 
     # ------------------------------------------------------------------ the step
 
@@ -172,7 +333,8 @@ class DeepSpeedEngine(Engine):
                       if hasattr(p, "ds_tensor") and 0 < p.ds_tensor.numel() < p.ds_numel)
         return {"engine": "deepspeed", "zero_stage": self.zero_stage, "offload": self.cfg.parallelism.offload,
                 "world_size": self.dist.world_size, "zero3_partitioned_params": sharded,
-                "total_params": sum(1 for _ in self.model.parameters())}
+                "total_params": sum(1 for _ in self.model.parameters()), "loaded_sharded": self.loaded_sharded,
+                "loss_scaling": bool(self.ds_config["fp16"]["enabled"])}
 
     # ------------------------------------------------------------------ checkpoints
 

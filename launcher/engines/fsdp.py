@@ -11,6 +11,7 @@ the world; ``report()`` records the count, and the run fails rather than claim F
 
 Gradients: FSDP's reduce-scatter averages over ranks like DDP, so the loop's token normalization holds.
 Checkpoints: torch.distributed.checkpoint, one file per rank in the checkpoint dir (each rank its shard).
+The final model (full fine-tuning): HF safetensors shards written one gathered parameter at a time.
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ from launcher.paths import CHECKPOINT_STATE_FILE
 from launcher.config.schema import Config
 from launcher.engines.distributed import DistInfo, ensure_process_group
 from launcher.engines.base import Engine, LossFactory, require_checkpoint_kind, strip_wrapper_prefix
+from launcher.engines.loading import deferred_weights, materialize
 from launcher.engines.optim import build_optimizer, build_scheduler
-from launcher.engines.precision import Precision
+from launcher.engines.precision import Precision, make_grad_scaler
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +86,12 @@ class FSDPEngine(Engine):
         self.precision = precision
         self.bf16 = precision.bf16
         kwargs: dict[str, Any] = {"mesh": self.mesh}
-        if self.bf16:
-            kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if precision.low_precision:  # bf16, or fp16 with the loss scaled (self.scaler)
+            kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=precision.compute_dtype, reduce_dtype=torch.float32)
+        deferred = deferred_weights(model) is not None
         if self.offload:
             kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda")
-        else:
+        elif not deferred:
             model = model.to(device)
         self.model = model
         self.loss_module = loss_module(model, cfg)
@@ -96,6 +99,11 @@ class FSDPEngine(Engine):
         for layer in layers:
             fully_shard(layer, **kwargs)
         fully_shard(self.loss_module, **kwargs)
+        self.loaded_sharded = deferred
+        if deferred:
+            # Built on the meta device (launcher.engines.base.build_model): now each rank allocates and fills
+            # only its own shards.
+            materialize(model, torch.device("cpu") if self.offload else device)
         self.module = self.loss_module
         self.sharded_params, self.total_params = count_sharded(model, dist_info.world_size)
         if self.sharded_params != self.total_params:
@@ -103,11 +111,12 @@ class FSDPEngine(Engine):
         self.n_units = len(layers) + 1
         self.optimizer = build_optimizer(model, cfg.method)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, total_steps)
+        self.scaler = make_grad_scaler(precision, sharded=True)
         if dist_info.is_main:
             log.info("fsdp: %d units (%d decoder layers + root), %d/%d parameters are DTensors sharded over %d"
                      " ranks%s%s", self.n_units, len(layers), self.sharded_params, self.total_params,
                      dist_info.world_size, ", CPU offload" if self.offload else "",
-                     ", bf16 params / fp32 reduce" if self.bf16 else ", fp32")
+                     f", {precision.describe()}, fp32 reduce" if precision.low_precision else ", fp32")
 
     # ------------------------------------------------------------------ the step
 
@@ -115,9 +124,6 @@ class FSDPEngine(Engine):
         # Like DDP's no_sync: accumulate unsharded gradients locally, reduce-scatter once on the last one.
         self.loss_module.set_requires_gradient_sync(is_last_micro_batch)
         return contextlib.nullcontext()
-
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
 
     def _global_grad_norm(self, norm) -> float:
         from torch.distributed.tensor import DTensor
@@ -128,16 +134,29 @@ class FSDPEngine(Engine):
     @contextlib.contextmanager
     def inference_context(self):
         """Gather the root's weights so ``self.model(...)`` (logits, generate) works; collective."""
+        from torch.distributed.fsdp import fully_shard
+
+        # A forward through the inner model before any through the root would fix the wrong module as FSDP's
+        # root (lazy init); make the loss wrapper the root first (idempotent).
+        fully_shard.state(self.loss_module)._lazy_init()
         self.loss_module.unshard()
         try:
             yield
         finally:
-            self.loss_module.reshard()
+            # A forward through the inner model (not the root) leaves each layer it gathered unsharded: the
+            # whole model would stay gathered on every rank until the next training forward. Reshard them all.
+            from torch.distributed.fsdp import FSDPModule
+
+            for module in self.loss_module.modules():
+                if isinstance(module, FSDPModule):
+                    module.reshard()
 
     def report(self) -> dict[str, Any]:
         return {"engine": "fsdp2", "world_size": self.dist.world_size, "fsdp_units": self.n_units,
                 "sharded_params": self.sharded_params, "total_params": self.total_params,
-                "offload": self.offload, "param_dtype": "bfloat16" if self.bf16 else "float32"}
+                "offload": self.offload, "param_dtype": str(self.precision.compute_dtype).replace("torch.", ""),
+                "loss_scaling": self.scaler is not None,
+                "loaded_sharded": self.loaded_sharded}
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -156,7 +175,8 @@ class FSDPEngine(Engine):
         msd, osd = get_state_dict(self.loss_module, self.optimizer, options=self._options())
         dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(directory / SHARDED_DIR))
         if self.dist.is_main:
-            torch.save({"scheduler": self.scheduler.state_dict(), "engine": "fsdp", **extra},
+            torch.save({"scheduler": self.scheduler.state_dict(), "engine": "fsdp", **extra,
+                        **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {})},
                        directory / CHECKPOINT_STATE_FILE)
 
     def load_checkpoint(self, directory: Path) -> dict[str, Any]:
@@ -172,9 +192,23 @@ class FSDPEngine(Engine):
                        optim_state_dict=state["optim"], options=self._options(strict=not self.lora))
         extra = torch.load(directory / CHECKPOINT_STATE_FILE, map_location="cpu", weights_only=False)
         self.scheduler.load_state_dict(extra["scheduler"])
+        if self.scaler is not None and "grad_scaler" in extra:
+            self.scaler.load_state_dict(extra["grad_scaler"])
         return extra
 
     # ------------------------------------------------------------------ final model
+
+    def save_final(self, directory: Path, tokenizer) -> None:
+        """Collective. A full fine-tune is written as HF safetensors shards one gathered parameter at a time
+        (launcher.engines.streaming): rank 0 never holds the whole model, nor a bf16 copy of it. LoRA: the
+        adapter, gathered whole (it is small)."""
+        if self.lora:
+            return super().save_final(directory, tokenizer)
+        from launcher.engines.streaming import save_sharded_hf
+
+        # Saved in the dtype it computed in, as DeepSpeed's bf16 mode saves.
+        save_sharded_hf(self.model, directory, is_main=self.dist.is_main,
+                        dtype=torch.bfloat16 if self.bf16 else None, tokenizer=tokenizer)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Collective. Rank 0 gets full CPU tensors of the model (LoRA: the trainable adapter); others {}."""

@@ -5,6 +5,9 @@
 - The matmuls run in the requested low precision on a GPU, under autocast (DDP), as FSDP2's parameter dtype
   (gathered in bf16, gradients reduced in fp32), or as DeepSpeed's bf16 mode. On a CPU they run in fp32:
   CPU autocast to bf16 is slower than fp32 on the machines we train on, so bf16 is not simulated there.
+- float16 (V100, T4: GPUs without bf16) computes in fp16 with dynamic loss scaling, so small gradients do not
+  flush to zero: a GradScaler for DDP (torch.amp) and FSDP (ShardedGradScaler: ranks agree on skipping a step
+  whose gradients overflowed), DeepSpeed's own fp16 section for ZeRO (``make_grad_scaler``).
 """
 from __future__ import annotations
 
@@ -34,6 +37,15 @@ class Precision:
     def bf16(self) -> bool:
         return self.compute_dtype == torch.bfloat16
 
+    @property
+    def fp16(self) -> bool:
+        return self.compute_dtype == torch.float16
+
+    @property
+    def loss_scaling(self) -> bool:
+        """fp16 compute needs its loss scaled (its 5 exponent bits underflow small gradients)."""
+        return self.fp16
+
     def autocast(self):
         """The context the loop's forward runs in: autocast to the compute dtype, or nothing for fp32."""
         if self.low_precision:
@@ -42,7 +54,8 @@ class Precision:
 
     def describe(self) -> str:
         name = str(self.compute_dtype).replace("torch.", "")
-        return name if self.param_dtype == self.compute_dtype else f"{name} compute, fp32 master weights"
+        text = name if self.param_dtype == self.compute_dtype else f"{name} compute, fp32 master weights"
+        return text + (", dynamic loss scaling" if self.loss_scaling else "")
 
 
 def requested_dtype(requested: str, device: torch.device) -> torch.dtype:
@@ -58,3 +71,16 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
     dtype = requested_dtype(requested, device)
     compute = dtype if device.type == "cuda" else torch.float32
     return Precision(requested=requested, param_dtype=torch.float32, compute_dtype=compute, device_type=device.type)
+
+
+def make_grad_scaler(precision: Precision, sharded: bool):
+    """The loss scaler a torch-optimizer engine uses (None when the compute dtype needs none): torch.amp's
+    GradScaler for DDP, FSDP's ShardedGradScaler (it all-reduces the overflow flag, so every rank skips the same
+    steps) for sharded parameters. DeepSpeed scales in its own fp16 mode instead."""
+    if not precision.loss_scaling:
+        return None
+    if sharded:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(precision.device_type)
+    return torch.amp.GradScaler(precision.device_type)

@@ -94,23 +94,42 @@ def export_run(run_dir: Path, args: ExportArgs) -> Path:
 
     from launcher.models.vision import save_vision_files
 
-    model, tokenizer, cfg, source = load_run_model(run_dir, checkpoint=args.checkpoint, merge=True)
-    if hasattr(model, "merge_and_unload"):  # a PEFT model that load_trained_model did not merge
-        model = model.merge_and_unload()
-    if args.dtype != "keep":
-        model.to(DTYPES[args.dtype])
-    gen = model.generation_config
-    # Generation must stop at the end-of-turn token the run trained, and pad with a real id.
-    if gen.eos_token_id is None:
-        gen.eos_token_id = tokenizer.eos_token_id
-    if gen.pad_token_id is None:
-        gen.pad_token_id = tokenizer.pad_token_id
-    model.config.use_cache = True
-
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".tmp-{out.name}-{int(time.time() * 1000)}"
+    streamed = None
+    if args.checkpoint:
+        # Sharded checkpoints stream tensor by tensor (never the whole model in this process).
+        from launcher.config.schema import load_run_config
+        from launcher.inference.stream_export import stream_export
+        from launcher.models.trained import resolve_checkpoint, run_tokenizer
+
+        cfg = load_run_config(run_dir)
+        checkpoint_dir = resolve_checkpoint(run_dir, args.checkpoint)
+        tokenizer = run_tokenizer(run_dir, cfg)
+        try:
+            streamed = stream_export(run_dir, cfg, checkpoint_dir, tokenizer, tmp,
+                                     None if args.dtype == "keep" else DTYPES[args.dtype],
+                                     parse_size(args.max_shard_size))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        source = f"checkpoint {checkpoint_dir.name} (streamed)"
+    if streamed is None:
+        model, tokenizer, cfg, source = load_run_model(run_dir, checkpoint=args.checkpoint, merge=True)
+        if hasattr(model, "merge_and_unload"):  # a PEFT model that load_trained_model did not merge
+            model = model.merge_and_unload()
+        if args.dtype != "keep":
+            model.to(DTYPES[args.dtype])
+        gen = model.generation_config
+        # Generation must stop at the end-of-turn token the run trained, and pad with a real id.
+        if gen.eos_token_id is None:
+            gen.eos_token_id = tokenizer.eos_token_id
+        if gen.pad_token_id is None:
+            gen.pad_token_id = tokenizer.pad_token_id
+        model.config.use_cache = True
     try:
-        model.save_pretrained(tmp, max_shard_size=args.max_shard_size, safe_serialization=True)
+        if streamed is None:
+            model.save_pretrained(tmp, max_shard_size=args.max_shard_size, safe_serialization=True)
         save_tokenizer(tokenizer, tmp)
         save_vision_files(tmp, cfg, tokenizer)  # VL: preprocessor config + chat template with image slots
         adapter = adapter_info(run_dir)
@@ -121,8 +140,8 @@ def export_run(run_dir: Path, args: ExportArgs) -> Path:
             "merged_lora": cfg.method.finetuning == "lora",
             "lora": {"r": adapter["r"], "alpha": adapter["lora_alpha"]} if adapter else None,
             "args": asdict(args),
-            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-            "parameters": sum(p.numel() for p in model.parameters()),
+            "dtype": streamed["dtype"] if streamed else str(next(model.parameters()).dtype).replace("torch.", ""),
+            "parameters": streamed["parameters"] if streamed else sum(p.numel() for p in model.parameters()),
         }
         # The list of what we wrote is the marker that lets a later --force replace this folder, and only it.
         info["files"] = sorted([p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if not p.is_dir()] + [INFO_FILE])
@@ -136,6 +155,13 @@ def export_run(run_dir: Path, args: ExportArgs) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def parse_size(text: str) -> int:
+    """``500MB``, ``2GB``, ``2GiB`` or a byte count -> bytes (transformers' units: GB = 10^9, GiB = 2^30)."""
+    from transformers.utils.hub import convert_file_size_to_int
+
+    return convert_file_size_to_int(text)
 
 
 def exported_files(out: Path) -> list[str]:

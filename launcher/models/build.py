@@ -45,18 +45,14 @@ def auto_model_class(cfg: Config):
     return AutoModelForImageTextToText if vision_info(cfg.model) else AutoModelForCausalLM
 
 
-def build_base_model(cfg: Config, tokenizer, attn_implementation: str, dtype: torch.dtype):
+def random_init_config(cfg: Config, tokenizer):
+    """The transformers config of a random-init model: ``model.arch`` + ``model.config``, sized to the tokenizer
+    (a VL config: its text_config too)."""
     from transformers import AutoConfig
 
     from launcher.models.vision import check_vision_config
 
     m = cfg.model
-    auto_class = auto_model_class(cfg)
-    if m.name_or_path:
-        return auto_class.from_pretrained(
-            m.name_or_path, dtype=dtype, attn_implementation=attn_implementation,
-            trust_remote_code=m.trust_remote_code,
-        )
     check_vision_config(m)
     try:
         config = AutoConfig.for_model(m.arch, **m.config)
@@ -69,6 +65,18 @@ def build_base_model(cfg: Config, tokenizer, attn_implementation: str, dtype: to
         target.pad_token_id = tokenizer.pad_token_id
         target.eos_token_id = tokenizer.eos_token_id
         target.bos_token_id = bos
+    return config
+
+
+def build_base_model(cfg: Config, tokenizer, attn_implementation: str, dtype: torch.dtype):
+    m = cfg.model
+    auto_class = auto_model_class(cfg)
+    if m.name_or_path:
+        return auto_class.from_pretrained(
+            m.name_or_path, dtype=dtype, attn_implementation=attn_implementation,
+            trust_remote_code=m.trust_remote_code,
+        )
+    config = random_init_config(cfg, tokenizer)
     # Same seed, same init on every rank, so DDP starts from identical weights without a broadcast.
     torch.manual_seed(cfg.train.seed)
     model = random_init_model(config, attn_implementation, dtype, auto_class)
@@ -148,7 +156,12 @@ def lora_peft_config(lora: LoraConfig):
     )
 
 
-def apply_lora(model, lora: LoraConfig):
+def apply_lora(model, lora: LoraConfig, initialize: bool = True):
+    """LoRA on ``model``. The adapters are created empty and initialized layer by layer after injection
+    (``launcher.engines.loading.init_lora``), so a sharded model, whose adapters are initialized only once its
+    shards exist, draws the same random numbers as a plain one. ``initialize=False``: leave them on the meta
+    device for the sharded loader. DoRA's magnitude, PiSSA and OLoRA need the base weights at creation, and
+    gaussian init is peft's: peft's own path."""
     from peft import get_peft_model
 
     from launcher.models.vision import is_vision_model, lora_target_modules
@@ -156,7 +169,14 @@ def apply_lora(model, lora: LoraConfig):
     config = lora_peft_config(lora)
     if is_vision_model(model):  # the language model's linear layers unless the vision tower is asked for
         config.target_modules = lora_target_modules(model, lora.target_modules, lora.include_vision)
-    return get_peft_model(model, config)
+    if lora.use_dora or lora.init != "default" or lora.quantize:  # from the base weights, or peft's own init
+        return get_peft_model(model, config)
+    model = get_peft_model(model, config, low_cpu_mem_usage=True)
+    if initialize:
+        from launcher.engines.loading import init_lora
+
+        init_lora(model)
+    return model
 
 
 def save_initial_adapter(model, directory: Path) -> None:

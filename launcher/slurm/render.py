@@ -104,7 +104,19 @@ def setup_lines(cfg: Config, repo_root: Union[str, Path]) -> list:
         if not str(key).isidentifier():
             raise ConfigError(f"cluster.env.{key}: not a valid environment variable name")
         lines.append(f"export {key}={shlex.quote(str(cfg.cluster.env[key]))}")
+    for key, value in nccl_env(cfg).items():
+        lines.append(f"export {key}={shlex.quote(value)}")
     return lines
+
+
+def nccl_env(cfg: Config) -> dict:
+    """NCCL's network choice from the cluster profile's keys (cluster.env wins where it sets the same name)."""
+    c = cfg.cluster
+    out = {}
+    for key, value in (("NCCL_SOCKET_IFNAME", c.nccl_socket_ifname), ("NCCL_IB_HCA", c.nccl_ib_hca)):
+        if value is not None and key not in c.env:
+            out[key] = str(value)
+    return out
 
 
 def _mem_string(mem_gb: float) -> str:

@@ -85,7 +85,7 @@ class Recipe:
         self.precision = resolve_precision(cfg.model.dtype, dist.device)
         if dist.is_main:
             log.info("attention: %s, dtype: %s, device: %s, world size: %d, CPU threads per rank: %d",
-                     self.attn_impl, str(self.precision.compute_dtype).replace("torch.", ""), dist.device,
+                     self.attn_impl, self.precision.describe(), dist.device,
                      dist.world_size, torch.get_num_threads())
 
     def log_data(self, data) -> None:

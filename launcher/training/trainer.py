@@ -102,8 +102,10 @@ class Trainer:
         if meta["world_size"] != self.dist.world_size:
             raise ConfigError(
                 f"run.resume: checkpoint {directory.name} was written with world size {meta['world_size']},"
-                f" this run has {self.dist.world_size}; resume with the same nodes x nproc_per_node,"
-                " or start fresh with run.resume=never"
+                f" this run has {self.dist.world_size}; a checkpoint's data position, RNG streams and sharded"
+                " optimizer state are laid out per rank, so an exact resume needs the same world: resume with the"
+                " same nodes x nproc_per_node, or start fresh with run.resume=never (export the checkpoint with"
+                " `launcher export` and fine-tune from it as model.name_or_path to change the world size)"
             )
         self.engine.load_checkpoint(directory)
         ckpt.load_rng(directory, self.dist.rank)

@@ -54,6 +54,9 @@ def test_export_from_sharded_checkpoint_gives_the_live_logits(tmp_path, parallel
     probe = torch.load(run_dir / "probe_logits.pt")
 
     out = export_run(checkpoint, ExportArgs(out=str(tmp_path / "exported")))
+    import json
+
+    assert json.loads((out / "export_info.json").read_text())["source"].endswith("(streamed)")  # tensor by tensor
     exported = AutoModelForCausalLM.from_pretrained(out)
     diff = (logits_of(exported, probe) - probe["logits"]).abs().max().item()
     torch.testing.assert_close(logits_of(exported, probe), probe["logits"], rtol=0, atol=LOGITS_ATOL)

@@ -160,6 +160,42 @@ def test_memory_estimate_orders_strategies(tmp_path):
     assert lora < 25
 
 
+LLAMA3_70B = ["model.arch=llama", "model.name=llama3-70b-shape", "model.tokenizer=builtin:qwen",
+              *(f"++model.config.{k}={v}" for k, v in dict(
+                  hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                  num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0,
+                  tie_word_embeddings="false").items())]
+H100_8X8 = ["cluster=slurm_h100", "cluster.partition=null", "cluster.nodes=8", "train.gradient_checkpointing=true"]
+
+
+def test_70b_on_one_gpu_is_refused_with_a_suggestion_that_fits():
+    one_gpu = ["cluster=slurm_h100", "cluster.partition=null", "cluster.nodes=1", "cluster.nproc_per_node=1",
+               "cluster.gpus_per_node=1"]
+    msg = refused([*one_gpu, *LLAMA3_70B], r"cluster\.gpu_memory_gb: the run needs about \d+ GB per GPU .*70\.\d+B params")
+    assert "loading: about" in msg  # the whole fp32 model on the one GPU at load is named too
+    suggestion = msg.rsplit("try ", 1)[1].split()
+    assert suggestion[0] == "parallelism=zero3" and suggestion[-1].startswith("cluster.nodes=")
+    assert run_preflight(compose_config([*one_gpu, *LLAMA3_70B, *suggestion])) is not None
+
+
+def test_70b_on_8x8_h100_loads_under_zero3_and_fsdp_but_not_with_a_copy_per_rank():
+    from launcher.memory_estimate import estimate_load_memory
+    from launcher.preflight import memory_summary
+
+    for strategy in ("zero3", "fsdp"):
+        cfg = compose_config([*H100_8X8, *LLAMA3_70B, f"parallelism={strategy}"])
+        run_preflight(cfg)  # accepted
+        load = estimate_load_memory(cfg, ModelShape.from_hf_config({**LLAMA_8B, "hidden_size": 8192,
+                                                                   "intermediate_size": 28672,
+                                                                   "num_hidden_layers": 80,
+                                                                   "num_attention_heads": 64}))
+        assert load.gpu_gb < 10 and load.host_gb_per_node < 100, load
+        assert "loading: about" in memory_summary(cfg)
+    # DDP: every rank builds the whole fp32 model (282 GB) in host RAM and on its GPU.
+    msg = refused([*H100_8X8, *LLAMA3_70B, "parallelism=ddp"], r"cluster\.mem_gb: loading: about \d+ GB of host RAM")
+    assert "every rank builds the whole fp32 model" in msg and "try " in msg
+
+
 # 11
 def test_secret_in_cluster_env():
     refused(["cluster=slurm_local", "cluster.partition=null", "+cluster.env.HF_TOKEN=hf_abcdef"],

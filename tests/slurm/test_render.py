@@ -53,7 +53,7 @@ def test_golden_sbatch_multinode_gpu():
     assert "#SBATCH --exclusive\n" in script and "#SBATCH --mem=480GB\n" in script
     assert "#SBATCH --account=proj42\n" in script and "#SBATCH --qos=high\n" in script
     assert "#SBATCH --reservation=llm\n" in script and "#SBATCH --mail-type=END\n" in script
-    assert "module load cuda/12.4\n" in script and "export NCCL_ASYNC_ERROR_HANDLING=1\n" in script
+    assert "module load cuda/12.4\n" in script and "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1\n" in script
 
 
 def test_golden_torchrun_command():
@@ -134,3 +134,15 @@ def test_render_plan_shows_script_and_per_node_command(monkeypatch):
     assert "-m torch.distributed.run \\\n  --nnodes=2 \\\n  --nproc-per-node=1" in plan
     assert "--rdzv-endpoint=$HEAD_ADDR:$PORT" in plan
     assert "hf_secret_value_123" not in plan
+
+
+def test_nccl_network_keys_are_exported():
+    cfg = compose_config([*A100_OVERRIDES, "cluster.nccl_socket_ifname=ib0", "cluster.nccl_ib_hca='mlx5_0,mlx5_1'"])
+    script = render_sbatch(cfg, RUN_DIR, python=PYTHON, repo_root=REPO)
+    assert "export NCCL_SOCKET_IFNAME=ib0\n" in script and "export NCCL_IB_HCA=mlx5_0,mlx5_1\n" in script
+    # Unset: nothing exported, NCCL picks; cluster.env wins over the key.
+    assert "NCCL_SOCKET_IFNAME" not in render_sbatch(compose_config(A100_OVERRIDES), RUN_DIR, python=PYTHON,
+                                                     repo_root=REPO)
+    both = compose_config([*A100_OVERRIDES, "cluster.nccl_socket_ifname=ib0", "+cluster.env.NCCL_SOCKET_IFNAME=eth1"])
+    text = render_sbatch(both, RUN_DIR, python=PYTHON, repo_root=REPO)
+    assert "export NCCL_SOCKET_IFNAME=eth1\n" in text and "NCCL_SOCKET_IFNAME=ib0" not in text

@@ -27,8 +27,8 @@
 module load cuda/12.4
 source /opt/venv/bin/activate
 export PYTHONPATH=/opt/launcher${PYTHONPATH:+:$PYTHONPATH}
-export NCCL_ASYNC_ERROR_HANDLING=1
 export OMP_NUM_THREADS=8
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 
 # command
 export SUBMITIT_EXECUTOR=slurm

@@ -67,9 +67,51 @@ def preflight_lines(exc: PreflightError) -> list:
     return [line.strip()[2:] if line.strip().startswith("- ") else line.strip() for line in lines[1:]]
 
 
-@one_at_a_time
+def secret_values(overrides: Sequence[str]) -> dict:
+    """{value: NAME} of secrets typed as overrides (``cluster.env.WANDB_API_KEY=...``; the preflight refuses
+    them) and of the secret environment variables this process has."""
+    import os
+
+    from launcher.rundir import SECRET_ENV_VARS
+
+    found = {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        name = key.rsplit(".", 1)[-1].upper()
+        if name in SECRET_ENV_VARS and len(value.strip("'\"")) >= 4:
+            found[value.strip("'\"")] = name
+    for name in SECRET_ENV_VARS:
+        if len(os.environ.get(name) or "") >= 4:
+            found[os.environ[name]] = name
+    return found
+
+
+def redact(text: str, overrides: Sequence[str]) -> str:
+    for value, name in secret_values(overrides).items():
+        text = text.replace(value, f"<{name}>")
+    return text
+
+
+def hide_secrets(result: "Preview", overrides: Sequence[str]) -> "Preview":
+    """Every text the page shows with secret values replaced by ``<NAME>``: never shown, not even back to
+    the one who typed them (a screen is shared, recorded, screenshotted)."""
+    def hide(text):
+        if isinstance(text, Note):
+            return Note(text.name, **{k: hide(v) for k, v in text.params.items()})
+        return redact(text, overrides) if isinstance(text, str) else text
+
+    result.error, result.config_yaml, result.plan = hide(result.error), hide(result.config_yaml), hide(result.plan)
+    result.command, result.verdict = hide(result.command), [hide(v) for v in result.verdict]
+    return result
+
+
 def preview(overrides: Sequence[str], name: Optional[str] = None) -> Preview:
-    """``launcher train [-m] OVERRIDES --dry-run``, as data for the page."""
+    """``launcher train [-m] OVERRIDES --dry-run``, as data for the page (secret values hidden)."""
+    return hide_secrets(_preview(overrides, name), overrides)
+
+
+@one_at_a_time
+def _preview(overrides: Sequence[str], name: Optional[str] = None) -> Preview:
     from launcher.ui.form import train_command
 
     overrides = list(overrides)

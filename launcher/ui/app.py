@@ -43,6 +43,14 @@ def _plot_frame(rows: list):
     return frame.astype({"step": "int64", "loss": "float64", "series": "string"})
 
 
+def runs_frame(rows: list, lang: str):
+    """The runs table with its column names in the page's language."""
+    import pandas as pd
+
+    headers = message("table_headers", lang).split("|")
+    return pd.DataFrame(rows, columns=headers).astype("string")
+
+
 def build_app(root: Path) -> "gr.Blocks":
     """The app for runs under ``root`` (created when missing); ``root`` is forced as run.output_root."""
     root = Path(root).resolve()
@@ -104,7 +112,7 @@ def build_app(root: Path) -> "gr.Blocks":
                                                    color_map={message("data_trained", lang): "green"
                                                               for lang in ("en", "zh-CN")})
                     data_images = gr.Gallery(label=t("data_images"), elem_id="data-images", columns=4, height=260,
-                                             interactive=False)
+                                             interactive=False, visible=False)  # shown for rows with images
 
             # --------------------------------------------------------------------------------- runs
             with gr.Tab(t("tab_runs"), id="runs", elem_id="tab-runs"):
@@ -218,11 +226,12 @@ def build_app(root: Path) -> "gr.Blocks":
 
         def on_submit(*values):
             *values, lang = values
+            overrides = []
             try:
                 overrides, name = overrides_of(values)
                 done = actions.submit(overrides, name)
             except LauncherError as exc:
-                lines = str(exc).splitlines()
+                lines = actions.redact(str(exc), overrides).splitlines()
                 return message("error", lang, detail=lines[0]), "\n".join(lines[1:] + [message("nothing_queued", lang)])
             return done.note.text(lang), ""
 
@@ -237,7 +246,7 @@ def build_app(root: Path) -> "gr.Blocks":
                 overrides, _ = overrides_of(values)
                 shown = actions.data_preview(overrides, n)
             except LauncherError as exc:
-                return message("error", lang, detail=exc), None, None
+                return message("error", lang, detail=exc), None, gr.update(value=None, visible=False)
             trained = message("data_trained", lang)
             spans = []
             for sample in shown.samples:
@@ -255,7 +264,7 @@ def build_app(root: Path) -> "gr.Blocks":
             gallery = [(image, note.text(lang)) for image, note in shown.images if image is not None]
             problems = [note.text(lang) for image, note in shown.images if image is None]
             text = message("data_stats", lang, count=len(shown.samples), stats=stats)
-            return "  \n".join([text] + problems), spans, gallery or None
+            return "  \n".join([text] + problems), spans, gr.update(value=gallery or None, visible=bool(gallery))
 
         on(data_btn.click, on_data_preview, form_inputs[:-1] + [data_n], [data_stats, data_text, data_images])
 
@@ -290,7 +299,8 @@ def build_app(root: Path) -> "gr.Blocks":
             sweep_update, _ = pick(sweeps, None if first else sweep_selected)
             compare_update = gr.update(choices=rels, value=[]) if first else gr.update(choices=rels)
             _, sweep_now = pick(sweeps, None if first else sweep_selected)
-            return ([text, runs.table_rows(infos), run_update] + run_details(selected, log_rel, lang, infos)
+            return ([text, runs_frame(runs.table_rows(infos), lang), run_update]
+                    + run_details(selected, log_rel, lang, infos)
                     + [chat_update, compare_update, sweep_update] + list(on_sweep(sweep_now)))
 
         def on_load(*selected):

@@ -154,6 +154,8 @@ MESSAGES = {
                    "显示 {count} 个样本；高亮为参与训练的文本。统计：{stats}"),
     "data_trained": ("trained", "训练"),
     # Runs
+    "table_headers": ("run|state|step|loss|eval loss|ETA|requeues|job|where|started",
+                      "运行|状态|步数|损失|评估损失|预计剩余|重新排队|作业|位置|开始时间"),
     "runs_summary": ("{n} run(s) under `{root}`: {counts}", "`{root}` 下共 {n} 个运行：{counts}"),
     "run_state": ("state **{state}**", "状态 **{state}**"),
     "run_job": (", job {job_id}", "，作业 {job_id}"),

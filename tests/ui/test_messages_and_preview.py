@@ -51,6 +51,19 @@ def test_messages_follow_the_language():
         Note("nope")
 
 
+def test_preview_never_shows_a_typed_secret(monkeypatch):
+    """A W&B key typed as an override is refused by the preflight, and the page shows it nowhere (config,
+    sbatch script, command, verdict); a secret in this process's environment neither."""
+    from launcher.ui import actions
+
+    monkeypatch.setenv("HF_TOKEN", "hf_envsecret42")
+    p = actions.preview(["cluster=slurm_local", "+cluster.env.WANDB_API_KEY=wandb-typed-7f3a", "run.name=hf_envsecret42"])
+    assert not p.ok and "secrets are never written" in p.error
+    shown = "\n".join([p.error, p.config_yaml, p.plan, p.command] + [str(v) for v in p.verdict])
+    assert "wandb-typed-7f3a" not in shown and "hf_envsecret42" not in shown
+    assert "+cluster.env.WANDB_API_KEY=<WANDB_API_KEY>" in p.command and "run.name=<HF_TOKEN>" in p.command
+
+
 # ------------------------------------------------------------------------------------------ data preview
 
 

@@ -77,6 +77,9 @@ def bench_report(summary: dict, run_dir: Path) -> dict:
         "cuda_max_allocated_gb": summary.get("cuda_max_allocated_gb"),
         "cuda_max_reserved_gb": summary.get("cuda_max_reserved_gb"),
         "packing_fill": data.get("packing_fill"),
+        # VL: images/s from the data's images per non-pad token (every row is drawn once per epoch)
+        "images_per_s": (summary.get("steady_tokens_per_s") or 0) * data["images"] / data["tokens"]
+        if data.get("images") and data.get("tokens") else None,
         "data_cache_hit": data.get("cache_hit"),
         "model_tflops_per_s": (summary.get("model_flops_per_s") or 0) / 1e12,
         "run_dir": str(run_dir),

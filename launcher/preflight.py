@@ -114,6 +114,7 @@ def check_datasets(problems: Problems, cfg: Config) -> None:
 
     dataset_dir = dataset_dir_of(cfg)
     specs = load_registry(dataset_dir)
+    media = media_checker(cfg)
     for key, entries in (("data.datasets", cfg.data.datasets), ("data.eval_datasets", cfg.data.eval_datasets)):
         for entry in entries:
             name = entry.name if hasattr(entry, "name") else str(entry)
@@ -145,7 +146,7 @@ def check_datasets(problems: Problems, cfg: Config) -> None:
                     f"{key}: dataset '{name}': file {path} not found; fix file_name in {dataset_dir}/dataset_info.json"
                 )
                 continue
-            check = check_dataset(spec)
+            check = check_dataset(spec, media=media)
             if not check.bad:
                 continue
             if cfg.data.lenient and check.rows > check.bad:
@@ -153,6 +154,35 @@ def check_datasets(problems: Problems, cfg: Config) -> None:
                                          f" {check.summary(name)}")
             else:
                 problems.errors.append(f"{key}: {check.summary(name)}")
+
+
+def media_checker(cfg: Config) -> Callable:
+    """check(sample, where) for a row's images: the model takes them and the template has an image slot (every
+    row); the files are images none of which resizes to more tokens than data.cutoff_len (the image files of
+    the first ``IMAGE_FILE_ROWS`` rows with images: a header read each, so a million-image set stays seconds)."""
+    from launcher.data.templates import IMAGE_TEMPLATES
+    from launcher.data.vision import VisionData, check_media, sample_grids
+    from launcher.models.vision import build_image_processor, vision_info
+
+    info = vision_info(cfg.model)
+    template = cfg.data.template
+    image_slot = template in (None, "auto") or template in IMAGE_TEMPLATES
+    vision, opened = None, [0]
+
+    def check(sample: dict, where: str) -> None:
+        nonlocal vision
+        check_media(sample, template, image_slot, info is not None, cfg.model.name_or_path or cfg.model.name, where)
+        if sample.get("images") and opened[0] < IMAGE_FILE_ROWS:
+            opened[0] += 1
+            if vision is None:
+                vision = VisionData(build_image_processor(info), cfg.data.image_max_pixels, cfg.data.image_min_pixels)
+            sample_grids(sample, vision, cfg.data.cutoff_len, where)
+
+    return check
+
+
+IMAGE_FILE_ROWS = 1000
+"""Rows whose image files the dry run opens (the rest are opened while the data is built)."""
 
 
 # ------------------------------------------------------------------------------------ model, tokenizer

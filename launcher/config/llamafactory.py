@@ -7,7 +7,7 @@ command, and runs it through the normal train path (preflight, run dir, local or
 - translated to one of our keys (``KEY_TABLE`` below; the README's table is generated from the same rules);
 - accepted as a no-op because the behaviour is built in here (``BUILT_IN``: e.g. ``plot_loss``, we always
   plot), listed in one printed note;
-- refused with "not supported yet: ..." for features we do not have (KTO, freeze tuning, LoRA+, VL images,
+- refused with "not supported yet: ..." for features we do not have (KTO, freeze tuning, LoRA+, videos,
   pretraining), naming the key and what to do;
 - refused as unknown.
 
@@ -36,7 +36,7 @@ from launcher.errors import ConfigError
 # tokenizer's own chat template (data.template=auto), which is what LLaMA-Factory's templates for chat models
 # (qwen3, qwen2_vl, llama4, ...) render too, and the run log says so.
 TEMPLATES = {"qwen": "qwen", "qwen2_5": "qwen", "chatml": "chatml", "llama3": "llama3", "mistral": "mistral",
-             "empty": "plain"}
+             "empty": "plain", "qwen2_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl"}
 
 # LLaMA-Factory's stock DeepSpeed files (examples/deepspeed/): when a file of that name is not found where
 # the YAML says, its well-known content (stage, offload) is used, with a note.
@@ -67,15 +67,8 @@ UNSUPPORTED = {
     "freeze_trainable_layers": "not supported yet: freeze tuning; use finetuning_type: lora or full",
     "freeze_trainable_modules": "not supported yet: freeze tuning; use finetuning_type: lora or full",
     "freeze_extra_modules": "not supported yet: freeze tuning; use finetuning_type: lora or full",
-    "image_max_pixels": "not supported yet: vision-language models (images); train a text model or wait for VL",
-    "image_min_pixels": "not supported yet: vision-language models (images); train a text model or wait for VL",
-    "video_max_pixels": "not supported yet: vision-language models (videos)",
-    "video_min_pixels": "not supported yet: vision-language models (videos)",
-    "video_fps": "not supported yet: vision-language models (videos)",
-    "video_maxlen": "not supported yet: vision-language models (videos)",
-    "freeze_vision_tower": "not supported yet: vision-language models; remove the key for a text model",
-    "freeze_multi_modal_projector": "not supported yet: vision-language models; remove the key for a text model",
-    "freeze_language_model": "not supported yet: vision-language models; remove the key for a text model",
+    "video_fps": "not supported yet: videos (images only); remove the key",
+    "video_maxlen": "not supported yet: videos (images only); remove the key",
     "quantization_bit": "not supported yet: QLoRA (quantized base); remove the key to train LoRA on the full-precision base",
     "quantization_method": "not supported yet: QLoRA; remove the key",
     "pissa_init": "not supported yet: PiSSA initialisation; remove the key for standard LoRA init",
@@ -93,6 +86,15 @@ UNSUPPORTED = {
     "upcast_layernorm": "not supported: remove the key",
     "adapter_name_or_path": "not supported yet: starting from an existing adapter; merge it first (llamafactory-cli export) and train from the merged model",
 }
+
+# Vision-language keys (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): LF key -> ours.
+VISION_KEYS = {"image_max_pixels": "data.image_max_pixels", "image_min_pixels": "data.image_min_pixels",
+               "freeze_vision_tower": "model.freeze_vision_tower",
+               "freeze_multi_modal_projector": "model.freeze_projector",
+               "freeze_language_model": "model.freeze_language_model"}
+# Video sizes: LLaMA-Factory's documented VL files set them even for image data; they change nothing here (a
+# row with videos is refused when the data is read), so they are named in a note, not refused.
+VIDEO_SIZE_KEYS = ("video_max_pixels", "video_min_pixels")
 
 STAGES = {"sft": "sft", "dpo": "dpo"}
 STAGE_HINTS = {
@@ -502,6 +504,18 @@ def translate(lf: dict, *, source: str = "llamafactory.yaml", lines: Optional[di
                                       " the same run dir (our checkpoints resume exactly), or train from the"
                                       " saved model with model_name_or_path")
     take("resume_from_checkpoint")
+
+    # ---- vision-language
+    for key, ours in VISION_KEYS.items():
+        if key in lf:
+            value = take(key)
+            put(ours, bool(value) if key.startswith("freeze_") else value)
+    videos = [k for k in VIDEO_SIZE_KEYS if k in lf]
+    for key in videos:
+        take(key)
+    if videos:
+        notes.append(f"{', '.join(videos)}: no effect (videos are not trained here; a dataset row with videos is"
+                     " refused with its file and line)")
 
     # ---- everything else: built in, unsupported, or unknown
     for key in lf:

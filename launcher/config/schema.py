@@ -37,6 +37,12 @@ class ModelConfig:
     attn_implementation: str = "auto"
     """auto (flash_attention_2 when installed and supported, else sdpa), sdpa, eager, flash_attention_2."""
     trust_remote_code: bool = False
+    freeze_vision_tower: bool = True
+    """VL models: keep the vision tower (patch embedding and blocks) frozen (LLaMA-Factory's default)."""
+    freeze_projector: bool = True
+    """VL models: keep the merger/projector (and Qwen3-VL's deepstack mergers) frozen (LLaMA-Factory's default)."""
+    freeze_language_model: bool = False
+    """VL models: keep the language model frozen (train only what the other two switches leave on)."""
 
 
 @dataclass
@@ -84,6 +90,10 @@ class DataConfig:
     """Rows per batch handed to a worker."""
     use_cache: bool = True
     """Reuse tokenized data from cache_dir when files, tokenizer, template and options are unchanged."""
+    image_max_pixels: int = 768 * 768
+    """VL: images with more pixels are scaled down (by the square root of the ratio) first, as LLaMA-Factory does."""
+    image_min_pixels: int = 32 * 32
+    """VL: images with fewer pixels are scaled up first."""
 
 
 @dataclass
@@ -97,6 +107,8 @@ class LoraConfig:
     use_dora: bool = False
     use_rslora: bool = False
     modules_to_save: Optional[list] = None
+    include_vision: bool = False
+    """VL models: let target_modules reach the vision tower too (by default LoRA adapts the language model only)."""
 
 
 @dataclass
@@ -449,7 +461,7 @@ def check_combinations(cfg: Config) -> None:
         raise ConfigError("data.datasets: name at least one dataset (e.g. data.datasets=[alpaca_en_demo])")
     _choice(d.mix_strategy, ("concat", "interleave"), "data.mix_strategy")
     if d.template is not None:
-        _choice(d.template, ("auto", "chatml", "qwen", "llama3", "mistral", "plain"), "data.template")
+        _choice(d.template, ("auto", "chatml", "qwen", "llama3", "mistral", "plain", "qwen2_vl", "qwen3_vl"), "data.template")
     _choice(cfg.model.dtype, ("auto", "float32", "bfloat16", "float16"), "model.dtype")
     _choice(
         cfg.model.attn_implementation,

@@ -52,7 +52,17 @@ class DataBundle:
     attn_implementation: str = "sdpa"
     """What ``collate`` builds masks for."""
     pad_token_id: int = 0
+    vision: Optional[object] = None
+    """VL models: the VisionData (image processor, limits, vision token ids) the rows were made with."""
+    rope_index: Optional[Callable] = None
+    """VL models: the model's own get_rope_index (launcher.models.vision.rope_index_for)."""
 
+    def collate_for(self, attn_implementation: str, dummy_image: bool = True) -> Callable[[list], dict]:
+        """dummy_image (VL): batches without images carry a zero-weight dummy image (sharded engines)."""
+        from launcher.data.collate import make_collate
+
+        return make_collate(self.kind, self.pad_token_id, attn_implementation, self.vision, self.rope_index,
+                            dummy_image)
 
 def resolve_dataset_dir(data: DataConfig) -> Path:
     path = Path(data.dataset_dir)
@@ -157,14 +167,27 @@ def split_rows(records: np.ndarray, record_len: np.ndarray, pack: bool, cutoff_l
     return records[order], offsets
 
 
+def image_stats(folder: Path, records: np.ndarray, merge_size: int) -> dict:
+    """Images and image tokens of the given records (from the store's image columns)."""
+    tokens = Tokens(folder)
+    if not tokens.has_images or not len(records):
+        return {"images": 0, "image_tokens": 0}
+    offsets = np.asarray(tokens.image_offsets)
+    per_image = np.asarray(tokens.image_grid_thw, np.int64).prod(axis=1) // (merge_size ** 2)
+    cum = np.concatenate([[0], np.cumsum(per_image)])
+    per_record = cum[offsets[1:]] - cum[offsets[:-1]]
+    return {"images": int(np.diff(offsets)[records].sum()), "image_tokens": int(per_record[records].sum())}
+
+
 def preprocess(cfg: Config, tokenizer, renderer, kind: str, train_specs, eval_specs, progress: bool,
-               folder: Path) -> None:
+               folder: Path, vision=None) -> None:
     """Everything the cache stores, written into ``folder``: the token store, the train/eval rows (packed or
     not) as indices into it, the held-out samples and the counts."""
     data, seed = cfg.data, cfg.train.seed
     preference, pack = kind == "preference", data.packing and kind != "preference"
     writer = StoreWriter(folder)
-    options = EncodeOptions(tokenizer, renderer, data.cutoff_len, data.train_on_prompt, data.mask_history, data.lenient)
+    options = EncodeOptions(tokenizer, renderer, data.cutoff_len, data.train_on_prompt, data.mask_history, data.lenient,
+                            vision, cfg.model.name_or_path or cfg.model.name)
     encoder = Encoder(options, resolve_num_proc(data), data.preprocess_batch_size, progress)
     try:
         encoded, groups = encode_entries(encoder, writer, data, data.datasets, train_specs, seed, preference, 0)
@@ -211,17 +234,22 @@ def preprocess(cfg: Config, tokenizer, renderer, kind: str, train_specs, eval_sp
     skipped = sum(e.skipped for e in encoded)
     if skipped:
         stats["skipped_invalid"] = skipped
+    if vision is not None:
+        stats.update(image_stats(folder, train_records, vision.merge_size))
+        stats["dropped_image_cut"] = sum(e.image_cut for e in encoded)
     eval_samples = read_samples_at(all_specs, encoded, eval_ids.tolist()) if len(eval_ids) else None
     write_meta(folder, {"stats": stats, "eval_samples": eval_samples,
                         "layout": "preference" if preference else ("packed" if pack else "rows")})
 
 
-def preprocess_key(cfg: Config, tokenizer, renderer, train_specs, eval_specs) -> str:
+def preprocess_key(cfg: Config, tokenizer, renderer, train_specs, eval_specs, vision=None) -> str:
     data = cfg.data
     files = {s.name: file_fingerprint(s.source()) if s.file_name else s.hf_hub_url for s in train_specs + eval_specs}
     specs = {s.name: {k: str(v) for k, v in vars(s).items()} for s in train_specs + eval_specs}
     options = {k: getattr(data, k) for k in ("cutoff_len", "train_on_prompt", "mask_history", "packing", "lenient",
                                              "max_samples", "mix_strategy", "val_size", "template")}
+    if vision is not None:  # the image files are hashed by the data files' paths only; sizes decide the tokens
+        options["vision"] = vision.fingerprint()
     entries = [vars(e) for e in data.datasets] + [{"eval": vars(e)} for e in data.eval_datasets]
     return cache_key({"files": files, "specs": specs, "options": options, "entries": entries, "seed": cfg.train.seed,
                       "tokenizer": tokenizer_fingerprint(tokenizer), "renderer": renderer.name})
@@ -246,17 +274,20 @@ def build_datasets(cfg: Config, tokenizer, *, attn_implementation: Optional[str]
     data = cfg.data
     train_specs, eval_specs = resolve_specs(data)
     kind = data_kind(train_specs + eval_specs)
+    vision, info = vision_data(cfg, tokenizer)
     if kind == "pt" and not data.template and not getattr(tokenizer, "chat_template", None):
         renderer, note = choose_renderer(tokenizer, "plain")  # plain text needs no chat format
+    elif info is not None and not data.template:
+        renderer, note = choose_renderer(tokenizer, info.template)  # LLaMA-Factory's template for the family
     else:
         renderer, note = choose_renderer(tokenizer, data.template)
     if progress is None:
         progress = sys.stderr.isatty() and int(__import__("os").environ.get("RANK", "0")) == 0
 
     if data.use_cache:
-        key = preprocess_key(cfg, tokenizer, renderer, train_specs, eval_specs)
+        key = preprocess_key(cfg, tokenizer, renderer, train_specs, eval_specs, vision)
         folder, hit = cached(resolve_cache_dir(data), key,
-                             lambda tmp: preprocess(cfg, tokenizer, renderer, kind, train_specs, eval_specs, progress, tmp))
+                             lambda tmp: preprocess(cfg, tokenizer, renderer, kind, train_specs, eval_specs, progress, tmp, vision))
         train, eval_rows, meta = open_store(folder)
     else:
         # Built in a scratch folder on the cache's disk (not /tmp, which may be RAM), mapped, then deleted:
@@ -265,16 +296,39 @@ def build_datasets(cfg: Config, tokenizer, *, attn_implementation: Optional[str]
         cache_dir.mkdir(parents=True, exist_ok=True)
         key, hit = None, False
         with tempfile.TemporaryDirectory(dir=cache_dir, prefix="uncached-") as tmp:
-            preprocess(cfg, tokenizer, renderer, kind, train_specs, eval_specs, progress, Path(tmp))
+            preprocess(cfg, tokenizer, renderer, kind, train_specs, eval_specs, progress, Path(tmp), vision)
             train, eval_rows, meta = open_store(Path(tmp))
     stats = dict(meta["stats"], template=renderer.name, template_note=note, cache_hit=hit, cache_key=key)
     from launcher.data.collate import make_collate, resolve_attn_implementation  # torch: only when batches are made
 
     attn = resolve_attn_implementation(attn_implementation or cfg.model.attn_implementation)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return DataBundle(train, eval_rows, meta["eval_samples"], make_collate(kind, pad_id, attn),
+    rope_index = None
+    if vision is not None:
+        from launcher.models.vision import model_config, rope_index_for
+
+        rope_index = rope_index_for(model_config(cfg.model))
+    return DataBundle(train, eval_rows, meta["eval_samples"],
+                      # VL: a batch without images runs a zero-weight dummy image, so that every rank runs the
+                      # vision tower (ZeRO-3/FSDP gather in forward, DDP expects the same used parameters)
+                      make_collate(kind, pad_id, attn, vision, rope_index, dummy_image=vision is not None),
                       stats, kind=kind, packed=data.packing and kind != "preference", attn_implementation=attn,
-                      pad_token_id=pad_id)
+                      pad_token_id=pad_id, vision=vision, rope_index=rope_index)
+
+
+def vision_data(cfg: Config, tokenizer):
+    """(VisionData, VisionModelInfo) for a Qwen-VL model, (None, None) for a text model."""
+    from launcher.data.vision import VisionData
+    from launcher.models.vision import build_image_processor, vision_info
+
+    info = vision_info(cfg.model)
+    if info is None:
+        return None, None
+    if cfg.data.image_min_pixels > cfg.data.image_max_pixels:
+        raise DataError(f"data.image_min_pixels ({cfg.data.image_min_pixels}) is above data.image_max_pixels"
+                        f" ({cfg.data.image_max_pixels}); lower it")
+    vision = VisionData(build_image_processor(info), cfg.data.image_max_pixels, cfg.data.image_min_pixels)
+    return vision.with_tokenizer(tokenizer), info
 
 
 def build_preference_datasets(cfg: Config, tokenizer, **kwargs) -> DataBundle:

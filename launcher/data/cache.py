@@ -15,8 +15,9 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-CACHE_VERSION = 2
-"""Bump when the row format or the preprocessing changes meaning (2: memory-mapped store, was a pickle)."""
+CACHE_VERSION = 3
+"""Bump when the row format or the preprocessing changes meaning (2: memory-mapped store, was a pickle; 3: image
+references in the store)."""
 COMPLETE_MARK = "complete"
 
 HASH_CONTENT_UP_TO = 1 << 30

@@ -1,8 +1,10 @@
 """``launcher data preview|dump``: see what training will see, before it waits in a queue.
 
 preview: N samples as the model gets them, trained spans marked (green on a terminal, ``[[...]]`` otherwise),
-then the counts (samples, dropped, tokens, trained tokens, packing fill). ``load_preview`` gives the same as
-data (``PreviewSample``: the text runs, trained or not, and a sample's images) for ``launcher ui``'s preview.
+then the counts (samples, dropped, tokens, trained tokens, packing fill). For a VL model each image's span is
+listed (token positions, image tokens, grid) and a run of image tokens prints as ``<|image_pad|>*N``.
+``load_preview`` gives the same as data (``PreviewSample``: the text runs, trained or not, and a sample's
+images) for ``launcher ui``'s preview.
 dump: every row as JSON Lines (input_ids, labels, and position_ids/segment_lengths for packed rows).
 
 Both take the same Hydra overrides as ``launcher train`` (``data=alpaca_demo data.cutoff_len=512``).

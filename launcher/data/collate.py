@@ -101,8 +101,83 @@ def collate_preference(rows: list[dict], pad_token_id: int, attn_implementation:
     return collate_rows(flat, pad_token_id, attn_implementation)
 
 
-def make_collate(kind: str, pad_token_id: int, attn_implementation: str = "sdpa") -> Callable[[list[dict]], dict]:
-    """The collate function for rows of ``kind`` (sft, pt or preference)."""
+def mrope_positions(rows: list[dict], width: int, packed: bool, rope_index, vision) -> torch.Tensor:
+    """3-D position ids from the model's own ``get_rope_index``, computed per sample (per segment of a packed
+    row), so samples never share positions: [3, B, T] for unpacked rows; for packed rows [4, B, T] with the
+    text positions (restarting at 0 per sample) first, which transformers reads for the sample boundaries."""
+    from launcher.data.vision import token_type_ids
+
+    rows_out = 4 if packed else 3
+    positions = torch.zeros(rows_out, len(rows), width, dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids = r["input_ids"]
+        lengths = r.get("segment_lengths", [len(ids)])
+        per_segment = r.get("segment_images", [len(r.get("images") or [])])
+        grids = list(r.get("image_grid_thw") or [])
+        offset, g = 0, 0
+        for n, k in zip(lengths, per_segment):
+            seg = torch.tensor(ids[offset: offset + n], dtype=torch.long)[None]
+            if k:
+                types = torch.tensor(token_type_ids(ids[offset: offset + n], vision), dtype=torch.long)[None]
+                grid = torch.tensor(grids[g: g + k], dtype=torch.long)
+                pos, _ = rope_index(seg, types, image_grid_thw=grid)
+                pos = pos[:, 0]
+            else:  # text only: the three rows are the plain positions
+                pos = torch.arange(n).expand(3, n)
+            positions[rows_out - 3:, b, offset: offset + n] = pos
+            if packed:
+                positions[0, b, offset: offset + n] = torch.arange(n)
+            offset += n
+            g += k
+        if packed:  # padding counts on from 0, its own "sample" (see collate_rows)
+            positions[:, b, offset:] = torch.arange(width - offset)
+    return positions
+
+
+def collate_vision_rows(rows: list[dict], pad_token_id: int, attn_implementation: str, vision, rope_index,
+                        dummy_image: bool = False) -> dict:
+    """VL rows -> a batch: ``collate_rows``' batch plus pixel_values, image_grid_thw (None without images),
+    mm_token_type_ids and 3-D position ids. ``dummy_image``: a batch without images carries a tiny white
+    image as ``dummy_pixel_values`` / ``dummy_image_grid_thw`` that the loss runs through the vision tower
+    at zero weight (sharded engines need every rank to run it; LlamaFactory#5616)."""
+    from launcher.data.vision import dummy_image_batch, load_pixels, token_type_ids
+
+    batch = collate_rows(rows, pad_token_id, attn_implementation)
+    packed = any("segment_lengths" in r for r in rows)
+    width = batch["input_ids"].shape[1]
+    paths = [p for r in rows for p in (r.get("images") or [])]
+    grids = [g for r in rows for g in (r.get("image_grid_thw") or [])]
+    pixels = load_pixels(paths, grids, vision)
+    batch["pixel_values"] = pixels.get("pixel_values")
+    batch["image_grid_thw"] = pixels.get("image_grid_thw")
+    if not paths and dummy_image:
+        dummy = dummy_image_batch(vision)
+        batch["dummy_pixel_values"], batch["dummy_image_grid_thw"] = dummy["pixel_values"], dummy["image_grid_thw"]
+    batch["mm_token_type_ids"] = torch.tensor(
+        [token_type_ids(r["input_ids"], vision) + [0] * (width - len(r["input_ids"])) for r in rows], dtype=torch.long)
+    batch["position_ids"] = mrope_positions(rows, width, packed, rope_index, vision)
+    return batch
+
+
+def collate_vision_preference(rows: list[dict], pad_token_id: int, attn_implementation: str, vision, rope_index,
+                              dummy_image: bool = False) -> dict:
+    """Preference VL rows -> 2B rows (chosen first, then rejected), each side with its own copy of the images,
+    as LLaMA-Factory's pairwise collator does (the vision tower sees each image twice)."""
+    flat = [{"input_ids": r[f"{side}_input_ids"], "labels": r[f"{side}_labels"], "images": r.get("images"),
+             "image_grid_thw": r.get("image_grid_thw")} for side in ("chosen", "rejected") for r in rows]
+    return collate_vision_rows(flat, pad_token_id, attn_implementation, vision, rope_index, dummy_image)
+
+
+def make_collate(kind: str, pad_token_id: int, attn_implementation: str = "sdpa", vision=None, rope_index=None,
+                 dummy_image: bool = False) -> Callable[[list[dict]], dict]:
+    """The collate function for rows of ``kind`` (sft, pt or preference); with ``vision`` (a VisionData) and
+    ``rope_index`` (``launcher.models.vision.rope_index_for``), for a VL model's rows."""
+    if vision is not None:
+        if rope_index is None:
+            raise ValueError("a VL collate needs the model's rope index (launcher.models.vision.rope_index_for)")
+        fn = collate_vision_preference if kind == "preference" else collate_vision_rows
+        return partial(fn, pad_token_id=pad_token_id, attn_implementation=attn_implementation, vision=vision,
+                       rope_index=rope_index, dummy_image=dummy_image)
     fn = collate_preference if kind == "preference" else collate_rows
     return partial(fn, pad_token_id=pad_token_id, attn_implementation=attn_implementation)
 

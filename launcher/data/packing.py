@@ -84,16 +84,23 @@ def plan_packs_flat(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray, np.
 
 def pack_rows(rows: list[dict], plan: list[list[int]]) -> list[dict]:
     packed = []
+    vision = any("images" in r for r in rows)
     for group in plan:
         input_ids, labels, position_ids, lengths = [], [], [], []
+        images, grids, per_segment = [], [], []
         for i in group:
             n = len(rows[i]["input_ids"])
             input_ids += rows[i]["input_ids"]
             labels += rows[i]["labels"]
             position_ids += list(range(n))
             lengths.append(n)
-        packed.append({"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
-                       "segment_lengths": lengths})
+            images += rows[i].get("images") or []
+            grids += rows[i].get("image_grid_thw") or []
+            per_segment.append(len(rows[i].get("images") or []))
+        row = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "segment_lengths": lengths}
+        if vision:  # images in order, with how many belong to each sample (for its own 3-D positions)
+            row.update(images=images, image_grid_thw=grids, segment_images=per_segment)
+        packed.append(row)
     return packed
 
 

@@ -7,6 +7,11 @@ A store is a folder:
   one token row, or for preference data two (chosen, rejected). An unpacked row is one record, a packed row
   the records packing put together, in the order they are concatenated;
 - ``prompt_len.npy``: int32 per record, preference data only;
+- images (VL data only): ``image_offsets.npy`` int64 [records + 1] (record r's images are
+  [image_offsets[r], image_offsets[r + 1])), ``image_grid_thw.npy`` int32 [images, 3] (the processor's grid,
+  which fixed the image's token count), ``image_paths.bin`` (UTF-8 paths end to end) with
+  ``image_path_offsets.npy`` int64 [images + 1]. A rank maps them like the tokens and decodes only the paths of
+  the rows it reads; pixels are made per batch in the data-loader (launcher/data/vision.py says why);
 - ``meta.json``: counts, kind, statistics and the held-out samples (small).
 
 Why numpy memmaps and not an Arrow table: a row is a slice of two flat int32 files, which is Arrow's own
@@ -39,11 +44,23 @@ class StoreWriter:
         self.trained: list[np.ndarray] = []
         """Trained tokens per record (for the statistics; not written)."""
         self.rows = 0
+        self._image_counts: list[np.ndarray] = []
+        self._image_grids: list[np.ndarray] = []
+        self._image_path_lens: list[np.ndarray] = []
+        self._image_paths = None
 
     def add(self, input_ids: np.ndarray, labels: np.ndarray, row_lengths: np.ndarray,
-            prompt_lens: Optional[np.ndarray] = None) -> int:
-        """Append token rows (flat ids/labels, one length per row); returns the first new row's number."""
+            prompt_lens: Optional[np.ndarray] = None, images: Optional["ImageRefs"] = None) -> int:
+        """Append token rows (flat ids/labels, one length per row); returns the first new row's number.
+        ``images``: the records' image references (VL data: given with every call, empty where no image)."""
         first = self.rows
+        if images is not None:
+            if self._image_paths is None:
+                self._image_paths = open(self.folder / "image_paths.bin", "wb")
+            self._image_counts.append(np.asarray(images.counts, np.int64))
+            self._image_grids.append(np.asarray(images.grids, np.int32).reshape(-1, 3))
+            self._image_path_lens.append(np.asarray(images.path_lens, np.int64))
+            self._image_paths.write(images.paths)
         self._ids.write(np.ascontiguousarray(input_ids, dtype=TOKEN_DTYPE).tobytes())
         self._labels.write(np.ascontiguousarray(labels, dtype=TOKEN_DTYPE).tobytes())
         self._lengths.append(np.asarray(row_lengths, dtype=np.int64))
@@ -64,6 +81,47 @@ class StoreWriter:
         np.save(self.folder / "row_offsets.npy", offsets)
         if self._prompt_lens:
             np.save(self.folder / "prompt_len.npy", np.concatenate(self._prompt_lens))
+        if self._image_paths is not None:
+            self._image_paths.close()
+            np.save(self.folder / "image_offsets.npy", _offsets(np.concatenate(self._image_counts)))
+            np.save(self.folder / "image_grid_thw.npy", np.concatenate(self._image_grids))
+            np.save(self.folder / "image_path_offsets.npy", _offsets(np.concatenate(self._image_path_lens)))
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
+
+
+class ImageRefs:
+    """Image references of a batch of records, flat: ``counts`` per record, ``grids`` [images, 3],
+    ``paths`` UTF-8 bytes end to end with ``path_lens`` (cheap to send from a worker: no object per path)."""
+
+    def __init__(self):
+        from array import array
+
+        self.counts, self.grids, self.path_lens = array("q"), array("i"), array("q")
+        self.paths = bytearray()
+
+    def append(self, paths: Sequence[str], grids: Sequence) -> None:
+        self.counts.append(len(paths))
+        for path, grid in zip(paths, grids):
+            data = str(path).encode("utf-8")
+            self.paths += data
+            self.path_lens.append(len(data))
+            self.grids.extend(int(g) for g in grid)
+
+    def take(self, n_records: int) -> "ImageRefs":
+        """The first ``n_records`` records' references."""
+        out = ImageRefs()
+        counts = list(self.counts[:n_records])
+        n_images = sum(counts)
+        out.counts.extend(counts)
+        out.grids.extend(self.grids[: 3 * n_images])
+        out.path_lens.extend(self.path_lens[:n_images])
+        out.paths += self.paths[: sum(self.path_lens[:n_images])]
+        return out
 
 
 def write_split(folder: Path, split: str, groups_flat: np.ndarray, group_offsets: np.ndarray) -> None:
@@ -95,6 +153,19 @@ class Tokens:
         self.row_offsets = np.load(folder / "row_offsets.npy", mmap_mode="r")
         prompt = folder / "prompt_len.npy"
         self.prompt_len = np.load(prompt, mmap_mode="r") if prompt.is_file() else None
+        self.has_images = (folder / "image_offsets.npy").is_file()
+        if self.has_images:
+            self.image_offsets = np.load(folder / "image_offsets.npy", mmap_mode="r")
+            self.image_grid_thw = np.load(folder / "image_grid_thw.npy", mmap_mode="r")
+            self.image_paths = _mmap(folder / "image_paths.bin", np.uint8)
+            self.image_path_offsets = np.load(folder / "image_path_offsets.npy", mmap_mode="r")
+
+    def images(self, record: int) -> tuple[list[str], list[list[int]]]:
+        """(paths, grids) of a record's images, in placeholder order."""
+        a, b = int(self.image_offsets[record]), int(self.image_offsets[record + 1])
+        bounds = self.image_path_offsets[a: b + 1]
+        paths = [bytes(self.image_paths[int(bounds[k]): int(bounds[k + 1])]).decode("utf-8") for k in range(b - a)]
+        return paths, self.image_grid_thw[a:b].tolist()
 
     def row(self, r: int) -> tuple[list, list]:
         a, b = int(self.row_offsets[r]), int(self.row_offsets[r + 1])
@@ -105,7 +176,9 @@ class TokenRows(Sequence):
     """A split of a store as the rows the trainer reads: ``rows[i]`` is a dict of lists, as before.
 
     layout: ``rows`` ({input_ids, labels}), ``packed`` (+ position_ids, segment_lengths) or ``preference``
-    ({chosen,rejected}_{input_ids,labels}, prompt_len).
+    ({chosen,rejected}_{input_ids,labels}, prompt_len). A store with images adds ``images`` (paths) and
+    ``image_grid_thw`` to every row (a pair's sides share them), and ``segment_images`` (images per sample,
+    in order) to packed rows.
     """
 
     def __init__(self, tokens: Tokens, items: np.ndarray, item_offsets: np.ndarray, layout: str):
@@ -132,19 +205,35 @@ class TokenRows(Sequence):
         if self.layout == "preference":
             r = int(records[0])
             chosen, rejected = self.tokens.row(2 * r), self.tokens.row(2 * r + 1)
-            return {"chosen_input_ids": chosen[0], "chosen_labels": chosen[1], "rejected_input_ids": rejected[0],
-                    "rejected_labels": rejected[1], "prompt_len": int(self.tokens.prompt_len[r])}
+            row = {"chosen_input_ids": chosen[0], "chosen_labels": chosen[1], "rejected_input_ids": rejected[0],
+                   "rejected_labels": rejected[1], "prompt_len": int(self.tokens.prompt_len[r])}
+            if self.tokens.has_images:
+                row["images"], row["image_grid_thw"] = self.tokens.images(r)
+            return row
         if self.layout == "rows":
-            ids, labels = self.tokens.row(int(records[0]))
-            return {"input_ids": ids, "labels": labels}
+            r = int(records[0])
+            ids, labels = self.tokens.row(r)
+            row = {"input_ids": ids, "labels": labels}
+            if self.tokens.has_images:
+                row["images"], row["image_grid_thw"] = self.tokens.images(r)
+            return row
         input_ids, labels, position_ids, lengths = [], [], [], []
+        images, grids, per_segment = [], [], []
         for r in records:
             ids, labs = self.tokens.row(int(r))
             input_ids += ids
             labels += labs
             position_ids += range(len(ids))
             lengths.append(len(ids))
-        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "segment_lengths": lengths}
+            if self.tokens.has_images:
+                paths, thw = self.tokens.images(int(r))
+                images += paths
+                grids += thw
+                per_segment.append(len(paths))
+        row = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "segment_lengths": lengths}
+        if self.tokens.has_images:  # images in order, with how many belong to each sample (its own 3-D positions)
+            row.update(images=images, image_grid_thw=grids, segment_images=per_segment)
+        return row
 
     def __getitem__(self, i):
         if isinstance(i, slice):

@@ -21,7 +21,13 @@ from typing import Any, Optional
 from launcher.errors import DataError
 from launcher.data.formats import ANSWER_ROLES
 
-NAMED_TEMPLATES = ("chatml", "qwen", "llama3", "mistral", "plain")
+NAMED_TEMPLATES = ("chatml", "qwen", "llama3", "mistral", "plain", "qwen2_vl", "qwen3_vl")
+IMAGE_TEMPLATES = ("qwen2_vl", "qwen3_vl")
+"""Named templates with an image slot (LLaMA-Factory's names): ChatML whose user turns carry vision spans.
+qwen2_vl (Qwen2-VL, Qwen2.5-VL) adds LF's default system prompt; qwen3_vl starts every answer that has no
+think block with an empty one, trained (LF's ReasoningTemplate with enable_thinking, its default)."""
+DEFAULT_SYSTEM = {"qwen2_vl": "You are a helpful assistant."}
+EMPTY_THINK = "<think>\n\n</think>\n\n"
 
 
 def parse_tools(tools: Any, where: str) -> Optional[list]:
@@ -95,7 +101,19 @@ class NamedTemplate:
     eos_token: str = ""
     supports_tools: bool = True
 
+    @property
+    def image_slot(self) -> bool:
+        return self.name in IMAGE_TEMPLATES
+
     def render(self, messages: list, tools: Optional[list], add_generation_prompt: bool, where: str = "") -> str:
+        if self.name in IMAGE_TEMPLATES:
+            if self.name in DEFAULT_SYSTEM and not (messages and messages[0]["role"] == "system"):
+                messages = [{"role": "system", "content": DEFAULT_SYSTEM[self.name]}] + list(messages)
+            if self.name == "qwen3_vl":
+                messages = [dict(m, content=EMPTY_THINK + m["content"])
+                            if m["role"] == "assistant" and "<think>" not in m["content"]
+                            and "</think>" not in m["content"] else m for m in messages]
+            return _render_chatml(messages, tools, add_generation_prompt, self.eos_token, where)
         render = {"chatml": _render_chatml, "qwen": _render_chatml, "llama3": _render_llama3,
                   "mistral": _render_mistral, "plain": _render_plain}[self.name]
         return render(messages, tools, add_generation_prompt, self.eos_token, where)

@@ -8,6 +8,7 @@ its parsed objects, once).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 from launcher.errors import DataError
 from launcher.data.formats import row_to_sample
@@ -33,8 +34,10 @@ class DatasetCheck:
         return f"dataset '{name}': {self.errors[0]}{more}"
 
 
-def check_dataset(spec: DatasetSpec, max_errors: int = SHOWN_ERRORS) -> DatasetCheck:
+def check_dataset(spec: DatasetSpec, max_errors: int = SHOWN_ERRORS,
+                  media: Optional[Callable[[dict, str], None]] = None) -> DatasetCheck:
     """Read every row of a local dataset and format it; count bad rows, keep the first messages.
+    ``media(sample, where)`` checks a formatted row's images (preflight.media_checker), raising DataError.
 
     A file error (missing, not UTF-8, a malformed JSON list) stops the check: it is one error for the file.
     An empty file or list is an error too (no row to train on).
@@ -44,7 +47,9 @@ def check_dataset(spec: DatasetSpec, max_errors: int = SHOWN_ERRORS) -> DatasetC
         for where, payload, raw in read_spec_items(spec):
             check.rows += 1
             try:
-                row_to_sample(parse_json_line(payload, where) if raw else payload, spec, where)
+                sample = row_to_sample(parse_json_line(payload, where) if raw else payload, spec, where)
+                if media is not None:
+                    media(sample, where)
             except DataError as exc:
                 check.bad += 1
                 if len(check.errors) < max_errors:

@@ -32,10 +32,11 @@ from launcher.errors import DataError
 from launcher.data.formats import row_to_sample
 from launcher.data.readers import parse_json_line
 from launcher.data.registry import DatasetSpec
+from launcher.data.store import ImageRefs
 from launcher.data.tokenize import check_trainable, row_trained, tokenize_sample
 
 STORED_KEYS = {"input_ids", "labels", "chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels",
-               "prompt_len"}
+               "prompt_len", "images", "image_grid_thw"}
 """What a token row may hold; the store writes these (and nothing else) to disk."""
 
 SHOWN_ERRORS = 5
@@ -50,6 +51,10 @@ class EncodeOptions:
     train_on_prompt: bool
     mask_history: bool
     lenient: bool
+    vision: Any = None
+    """VL models: the VisionData (launcher.data.vision); rows then carry image references."""
+    model_name: str = ""
+    """For the message when a text model gets images."""
 
 
 _OPTIONS: Optional[EncodeOptions] = None
@@ -74,13 +79,14 @@ def encode_batch(spec: DatasetSpec, items: list, preference: bool, options: Opti
     ids, labels = array("i"), array("i")
     row_lens, trained, prompt_lens = array("q"), array("q"), array("i")
     records, dropped, errors = array("i"), array("i"), []
+    images = ImageRefs() if opt.vision is not None else None
+    image_cut = 0
     for k, (where, payload, raw) in enumerate(items):
         try:
             row = parse_json_line(payload, where) if raw else payload
             sample = row_to_sample(row, spec, where)
-            token_rows = tokenize_sample(opt.tokenizer, opt.renderer, sample, opt.cutoff_len, opt.train_on_prompt,
-                                         opt.mask_history, where)
-            kept = [r for r in token_rows if check_trainable(r, where, opt.lenient) is not None]
+            token_rows, cut = tokenize_with_media(sample, opt, where)
+            kept = [r for r in token_rows if r is not None and check_trainable(r, where, opt.lenient) is not None]
         except DataError as exc:
             errors.append((k, str(exc)))
             records.append(-1)
@@ -93,8 +99,11 @@ def encode_batch(spec: DatasetSpec, items: list, preference: bool, options: Opti
                                           " add one in launcher/data/store.py and workers.encode_batch")
         records.append(len(kept))
         dropped.append(len(token_rows) - len(kept))
+        image_cut += cut
         for r in kept:
             trained.append(row_trained(r))
+            if images is not None:
+                images.append(r.get("images") or [], r.get("image_grid_thw") or [])
             if preference:
                 for side in ("chosen", "rejected"):
                     ids.extend(r[f"{side}_input_ids"])
@@ -108,7 +117,25 @@ def encode_batch(spec: DatasetSpec, items: list, preference: bool, options: Opti
     return {"ids": np.frombuffer(ids, np.int32), "labels": np.frombuffer(labels, np.int32),
             "row_lens": np.frombuffer(row_lens, np.int64), "trained": np.frombuffer(trained, np.int64),
             "prompt_lens": np.frombuffer(prompt_lens, np.int32), "records": np.frombuffer(records, np.int32),
-            "dropped": np.frombuffer(dropped, np.int32), "errors": errors}
+            "dropped": np.frombuffer(dropped, np.int32), "errors": errors, "images": images, "image_cut": image_cut}
+
+
+def tokenize_with_media(sample: dict, opt: EncodeOptions, where: str) -> tuple[list, int]:
+    """(token rows, rows dropped because cutoff_len cut an image span); a row with media the model or
+    template cannot take, or a cut span in strict mode, raises a DataError naming the row."""
+    from launcher.data.vision import check_media, image_cut_message, tokenize_vision_sample
+
+    check_media(sample, opt.renderer.name, getattr(opt.renderer, "image_slot", True), opt.vision is not None,
+                opt.model_name, where)
+    if not sample.get("images"):
+        return tokenize_sample(opt.tokenizer, opt.renderer, sample, opt.cutoff_len, opt.train_on_prompt,
+                               opt.mask_history, where), 0
+    rows = tokenize_vision_sample(opt.tokenizer, opt.renderer, sample, opt.cutoff_len, opt.train_on_prompt,
+                                  opt.mask_history, opt.vision, where)
+    cut = sum(r is None for r in rows)
+    if cut and not opt.lenient:
+        raise DataError(image_cut_message(where, opt.cutoff_len))
+    return rows, cut
 
 
 @dataclass
@@ -121,6 +148,8 @@ class EncodedDataset:
     """Each sample's position among the file's rows (malformed rows count), to read it again."""
     skipped: int = 0
     """Rows rejected as malformed and skipped (lenient mode)."""
+    image_cut: int = 0
+    """Token rows dropped (lenient mode) because data.cutoff_len cut an image's span."""
     errors: list = field(default_factory=list)
 
 
@@ -170,7 +199,7 @@ class Encoder:
         width = 2 if preference else 1
         firsts, counts, drops, positions = [], [], [], []
         seen = 0
-        skipped, errors, stop = 0, [], []
+        skipped, errors, stop, image_cut = 0, [], [], 0
         accepted = 0
         batches = iter(lambda: list(islice(items, self.batch_size)), [])
         bar = tqdm(desc=desc, unit=" rows", disable=not self.progress, file=sys.stderr, leave=False, smoothing=0.1)
@@ -199,8 +228,10 @@ class Encoder:
                 n_records = int(records[:keep_items][ok].sum())
                 n_rows = n_records * width
                 n_tokens = int(result["row_lens"][:n_rows].sum())
+                refs = result["images"].take(n_records) if result["images"] is not None else None
                 first = writer.add(result["ids"][:n_tokens], result["labels"][:n_tokens], result["row_lens"][:n_rows],
-                                   result["prompt_lens"][:n_records] if preference else None)
+                                   result["prompt_lens"][:n_records] if preference else None, refs)
+                image_cut += result["image_cut"]
                 writer.trained.append(result["trained"][:n_records])
                 per = records[:keep_items][ok].astype(np.int64)
                 starts = np.zeros(len(per), np.int64)
@@ -219,4 +250,4 @@ class Encoder:
             raise DataError(errors[0] + more)
         cat = (lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt))
         return EncodedDataset(cat(firsts, np.int64), cat(counts, np.int64), cat(drops, np.int64),
-                              cat(positions, np.int64), skipped)
+                              cat(positions, np.int64), skipped, image_cut=image_cut)

@@ -59,6 +59,7 @@ def build_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implementation
     from launcher.models.build import apply_lora, build_base_model
 
     model = build_base_model(cfg, tokenizer, attn_implementation, precision.param_dtype)
+    freeze_for_config(model, cfg, dist_info)
     if cfg.method.finetuning == "lora":
         if save_base_to is not None and cfg.model.name_or_path is None and dist_info.is_main:
             model.save_pretrained(save_base_to, safe_serialization=True)
@@ -70,6 +71,22 @@ def build_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implementation
         if cfg.method.finetuning == "lora":
             model.enable_input_require_grads()
     return model
+
+
+def freeze_for_config(model: nn.Module, cfg: Config, dist_info: DistInfo) -> None:
+    """VL models: freeze the vision tower / projector / language model as model.freeze_* say (LLaMA-Factory's
+    defaults: tower and projector frozen). LoRA freezes the whole base anyway; this matters for full tuning."""
+    from launcher.models.vision import freeze_vision_parts, is_vision_model
+
+    if not is_vision_model(model):
+        return
+    m = cfg.model
+    frozen = freeze_vision_parts(model, m.freeze_vision_tower, m.freeze_projector, m.freeze_language_model)
+    if not any(p.requires_grad for p in model.parameters()) and cfg.method.finetuning == "full":
+        raise ConfigError("model.freeze_*: every part of the model is frozen; set model.freeze_language_model=false"
+                          " (or unfreeze the vision tower / projector)")
+    if dist_info.is_main and frozen:
+        log.info("frozen: %s", ", ".join(frozen))
 
 
 class Engine:

@@ -2,6 +2,7 @@
 
 Multi-turn, streamed, with a system prompt. Reads lines from standard input, so a piped file is a scripted
 conversation. Commands: /reset (forget the conversation), /system TEXT (new system prompt, and reset),
+/image PATH (VL models: attach a picture to the next message; ``--image PATH`` attaches one to the first),
 /history, /help, /exit (or /quit, or end of input). Every turn is appended to a JSONL log
 (default RUN_DIR/chat/<time>.jsonl) with the exact prompt the model saw.
 """
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Optional, TextIO
 
-HELP = "commands: /reset  /system TEXT  /history  /help  /exit"
+HELP = "commands: /reset  /system TEXT  /image PATH  /history  /help  /exit"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dir")
     parser.add_argument("--system", default=None, help="system prompt")
     parser.add_argument("--base", action="store_true", help="chat with the base model the run started from")
+    parser.add_argument("--image", action="append", default=[], help="VL models: a picture for the first message"
+                        " (repeatable)")
     parser.add_argument("--checkpoint", default=None, help="chat with checkpoint step-N instead of the final model")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
@@ -82,6 +85,14 @@ def chat_loop(session, log: TurnLog, stdin: TextIO, stdout: TextIO, stderr: Text
                 session.reset(system=rest.strip() or None, keep_system=False)
                 log.write({"event": "system", "system": session.system})
                 stdout.write(f"(system prompt {'set' if session.system else 'cleared'}; conversation cleared)\n")
+            elif command == "/image":
+                from launcher.errors import LauncherError
+
+                try:
+                    session.attach(rest.strip())
+                    stdout.write(f"(image {rest.strip()} attached to your next message)\n")
+                except LauncherError as exc:
+                    stdout.write(f"error: {exc}\n")
             elif command == "/history":
                 stdout.write(json.dumps(session.messages(), ensure_ascii=False, indent=1) + "\n")
             elif command == "/help":
@@ -128,9 +139,14 @@ def chat_main(argv: list[str]) -> int:
     dtype = requested_dtype(args.dtype, device)
     if dtype != torch.float32:
         model.to(dtype)
+    from launcher.data import vision_data
+
+    vision, _ = vision_data(cfg, tokenizer)
     session = ChatSession(model, tokenizer, prompt_renderer(tokenizer, cfg), device,
                           GenerationOptions(args.max_new_tokens, args.do_sample, args.temperature, args.top_p),
-                          system=args.system)
+                          system=args.system, vision=vision)
+    for path in args.image:
+        session.attach(path)
     log_path = None
     if not args.no_log:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -92,6 +92,8 @@ def export_run(run_dir: Path, args: ExportArgs) -> Path:
     if args.dtype != "keep" and args.dtype not in DTYPES:
         raise ExportError(f"--dtype: '{args.dtype}' is not one of keep, {', '.join(DTYPES)}")
 
+    from launcher.models.vision import save_vision_files
+
     model, tokenizer, cfg, source = load_run_model(run_dir, checkpoint=args.checkpoint, merge=True)
     if hasattr(model, "merge_and_unload"):  # a PEFT model that load_trained_model did not merge
         model = model.merge_and_unload()
@@ -110,6 +112,7 @@ def export_run(run_dir: Path, args: ExportArgs) -> Path:
     try:
         model.save_pretrained(tmp, max_shard_size=args.max_shard_size, safe_serialization=True)
         save_tokenizer(tokenizer, tmp)
+        save_vision_files(tmp, cfg, tokenizer)  # VL: preprocessor config + chat template with image slots
         adapter = adapter_info(run_dir)
         info = {
             "run_dir": str(run_dir.resolve()),

@@ -1,6 +1,8 @@
 """Greedy answers to held-out prompts, and the exact-match score that shows whether a model learned."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 
@@ -32,10 +34,27 @@ def answer_ids(new_ids: list[int], stop: list[int]) -> list[int]:
     return new_ids[: ends[0]] if ends else new_ids
 
 
+def vision_inputs(enc: dict, images: list, vision, device) -> dict:
+    """pixel_values, image_grid_thw and mm_token_type_ids for prompts whose vision spans are already expanded
+    (``launcher.data.vision.expand_prompt``); images: per prompt, [(path, grid), ...]."""
+    from launcher.data.vision import load_pixels
+
+    flat = [item for per_prompt in images for item in per_prompt]
+    extra = {"mm_token_type_ids": (enc["input_ids"] == vision.ids["image_pad"]).long()}
+    if flat:
+        pixels = load_pixels([p for p, _ in flat], [g for _, g in flat], vision)
+        extra.update(pixel_values=pixels["pixel_values"].to(device), image_grid_thw=pixels["image_grid_thw"].to(device))
+    return extra
+
+
 @torch.no_grad()
 def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, device, do_sample: bool = False,
-                   temperature: float = 1.0, top_p: float = 1.0) -> tuple[list[str], list[int]]:
-    """Answers to already-rendered prompts, and how many tokens each generated (its end token included)."""
+                   temperature: float = 1.0, top_p: float = 1.0, images: Optional[list] = None,
+                   vision=None) -> tuple[list[str], list[int]]:
+    """Answers to already-rendered prompts, and how many tokens each generated (its end token included).
+
+    VL models: ``images`` per prompt as [(path, grid)], with ``vision`` (a VisionData); the prompts carry
+    the expanded vision spans. The model computes its 3-D positions itself from mm_token_type_ids."""
     was_training = model.training
     model.eval()
     side = tokenizer.padding_side
@@ -44,6 +63,8 @@ def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, de
         enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     finally:
         tokenizer.padding_side = side
+    if vision is not None:
+        enc = dict(enc, **vision_inputs(enc, images or [[] for _ in prompts], vision, device))
     stop = eos_ids(model, tokenizer)
     try:
         out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
@@ -66,15 +87,25 @@ def exact_match(predictions: list[str], references: list[str]) -> float:
 
 
 def exact_match_eval(model, tokenizer, samples: list, max_new_tokens: int, device, render,
-                     batch_size: int = 16) -> dict:
+                     batch_size: int = 16, vision=None) -> dict:
     """Greedy answers to ``samples``' prompts, rendered by ``render`` (launcher.inference.prompts.prompt_renderer,
-    the template training used), scored by exact match."""
+    the template training used), scored by exact match. ``vision``: a VL model's VisionData (images used)."""
+    from launcher.data.vision import expand_prompt
+
     pairs = [prompt_and_reference(s) for s in samples]
-    prompts = [render(conv, s.get("tools")) for (conv, _), s in zip(pairs, samples)]
+    images = []
+    prompts = []
+    for (conv, _), s in zip(pairs, samples):
+        if vision is not None:
+            conv, grids = expand_prompt(conv, s.get("images") or [], vision)
+            images.append(list(zip(s.get("images") or [], grids)))
+        prompts.append(render(conv, s.get("tools")))
     refs = [ref for _, ref in pairs]
     preds = []
     for start in range(0, len(prompts), batch_size):
-        preds += generate_texts(model, tokenizer, prompts[start: start + batch_size], max_new_tokens, device)[0]
+        chunk = images[start: start + batch_size] if vision is not None else None
+        preds += generate_texts(model, tokenizer, prompts[start: start + batch_size], max_new_tokens, device,
+                                images=chunk, vision=vision)[0]
     return {
         "exact_match": exact_match(preds, refs),
         "n": len(refs),

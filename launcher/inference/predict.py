@@ -77,12 +77,13 @@ def output_dir(run_dir: Path, label: str, args: PredictArgs) -> Path:
     raise ConfigError(f"predict: {root} already holds 9999 results for '{name}'; move some away")
 
 
-def generate_batch(model, tokenizer, prompts: list[str], args: PredictArgs, device) -> tuple[list[str], list[int]]:
-    """Answers to already-rendered prompts, and how many tokens each generated."""
+def generate_batch(model, tokenizer, prompts: list[str], args: PredictArgs, device, images=None,
+                   vision=None) -> tuple[list[str], list[int]]:
+    """Answers to already-rendered prompts, and how many tokens each generated (VL: with their images)."""
     from launcher.inference.generation import generate_texts
 
     return generate_texts(model, tokenizer, prompts, args.max_new_tokens, device, args.do_sample, args.temperature,
-                          args.top_p)
+                          args.top_p, images=images, vision=vision)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -121,6 +122,16 @@ def run_predict(cfg: Config, run_dir: Path, args: PredictArgs, progress: Optiona
         model.to(dtype)
     render = prompt_renderer(tokenizer, cfg)
     pairs = [prompt_and_reference(s) for s in samples]
+    from launcher.data import vision_data
+    from launcher.data.vision import expand_prompt
+
+    vision, _ = vision_data(cfg, tokenizer)
+    images: list = []
+    if vision is not None:  # VL: vision spans in the prompt text, the images beside it
+        expanded = [expand_prompt(conv, s.get("images") or [], vision, f"{label} sample {k}")
+                    for k, ((conv, _), s) in enumerate(zip(pairs, samples))]
+        images = [list(zip(s.get("images") or [], grids)) for (_, grids), s in zip(expanded, samples)]
+        pairs = [(conv, ref) for (conv, _), (_, ref) in zip(expanded, pairs)]
     prompts = [render(conv, s.get("tools")) for (conv, _), s in zip(pairs, samples)]
     labels = [ref for _, ref in pairs]
 
@@ -136,7 +147,8 @@ def run_predict(cfg: Config, run_dir: Path, args: PredictArgs, progress: Optiona
     t0 = time.time()
     for start in range(0, len(order), args.batch_size):
         idx = order[start: start + args.batch_size]
-        texts, counts = generate_batch(model, tokenizer, [prompts[i] for i in idx], args, device)
+        texts, counts = generate_batch(model, tokenizer, [prompts[i] for i in idx], args, device,
+                                       [images[i] for i in idx] if vision is not None else None, vision)
         for i, text in zip(idx, texts):
             predictions[i] = text
         generated += sum(counts)

@@ -49,8 +49,13 @@ def held_out_samples(cfg: Config, names: Optional[list] = None) -> tuple[str, li
 def prompt_renderer(tokenizer, cfg: Optional[Config]) -> Callable[[list, Optional[list]], str]:
     """messages, tools -> prompt text ending with the assistant's generation prompt."""
     from launcher.data.templates import choose_renderer, parse_tools
+    from launcher.models.vision import vision_info
 
-    renderer, _ = choose_renderer(tokenizer, cfg.data.template if cfg is not None else None)
+    template = cfg.data.template if cfg is not None else None
+    info = vision_info(cfg.model) if cfg is not None else None
+    if info is not None and not template:
+        template = info.template  # as training chose it (launcher.data.build_datasets)
+    renderer, _ = choose_renderer(tokenizer, template)
 
     def render(messages: list, tools=None) -> str:
         return renderer.render(messages, parse_tools(tools, "prompt"), True)

@@ -36,33 +36,48 @@ def choose_attn_implementation(requested: str, device: torch.device) -> str:
     return requested
 
 
+def auto_model_class(cfg: Config):
+    """AutoModelForImageTextToText for Qwen2-VL/2.5-VL/3-VL, AutoModelForCausalLM otherwise."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from launcher.models.vision import vision_info
+
+    return AutoModelForImageTextToText if vision_info(cfg.model) else AutoModelForCausalLM
+
+
 def build_base_model(cfg: Config, tokenizer, attn_implementation: str, dtype: torch.dtype):
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
+
+    from launcher.models.vision import check_vision_config
 
     m = cfg.model
+    auto_class = auto_model_class(cfg)
     if m.name_or_path:
-        return AutoModelForCausalLM.from_pretrained(
+        return auto_class.from_pretrained(
             m.name_or_path, dtype=dtype, attn_implementation=attn_implementation,
             trust_remote_code=m.trust_remote_code,
         )
+    check_vision_config(m)
     try:
         config = AutoConfig.for_model(m.arch, **m.config)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"model.arch / model.config: {exc}") from None
-    config.vocab_size = len(tokenizer)
-    config.pad_token_id = tokenizer.pad_token_id
-    config.eos_token_id = tokenizer.eos_token_id
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    config.bos_token_id = bos
+    # A VL config keeps the text settings in text_config (the top level forwards only some of them).
+    for target in {id(c): c for c in (config, getattr(config, "text_config", config))}.values():
+        target.vocab_size = len(tokenizer)
+        target.pad_token_id = tokenizer.pad_token_id
+        target.eos_token_id = tokenizer.eos_token_id
+        target.bos_token_id = bos
     # Same seed, same init on every rank, so DDP starts from identical weights without a broadcast.
     torch.manual_seed(cfg.train.seed)
-    model = random_init_model(config, attn_implementation, dtype)
+    model = random_init_model(config, attn_implementation, dtype, auto_class)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
 
 
-def random_init_model(config, attn_implementation: str, dtype: torch.dtype):
+def random_init_model(config, attn_implementation: str, dtype: torch.dtype, auto_class=None):
     """``AutoModelForCausalLM.from_config``, each weight drawn once.
 
     ``from_config`` lets torch's layer constructors initialize every weight and then overwrites them all with
@@ -74,8 +89,9 @@ def random_init_model(config, attn_implementation: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
     from transformers import initialization
 
+    auto_class = auto_class or AutoModelForCausalLM
     with initialization.no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
+        model = auto_class.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
     for name in getattr(model, "all_tied_weights_keys", None) or {}:
         model.get_parameter(name)._is_hf_initialized = True  # overwritten by tie_weights() below
     model.init_weights()  # initialize_weights() + tie_weights()
@@ -101,7 +117,12 @@ def lora_peft_config(lora: LoraConfig):
 def apply_lora(model, lora: LoraConfig):
     from peft import get_peft_model
 
-    return get_peft_model(model, lora_peft_config(lora))
+    from launcher.models.vision import is_vision_model, lora_target_modules
+
+    config = lora_peft_config(lora)
+    if is_vision_model(model):  # the language model's linear layers unless the vision tower is asked for
+        config.target_modules = lora_target_modules(model, lora.target_modules, lora.include_vision)
+    return get_peft_model(model, config)
 
 
 def point_adapter_at_base(adapter_dir: Path, base_dir: Path) -> None:
@@ -123,9 +144,8 @@ def count_parameters(model) -> tuple[int, int]:
 
 def load_trained_model(run_dir: Path, device: Optional[torch.device] = None, merge: bool = False):
     """Reload the final model of a run dir: a full HF model, or base + PEFT adapter."""
-    from transformers import AutoModelForCausalLM
-
     from launcher.models.tokenizers import load_saved_tokenizer
+    from launcher.models.vision import auto_class_for
 
     run_dir = Path(run_dir)
     model_dir = run_dir / "model"
@@ -138,12 +158,12 @@ def load_trained_model(run_dir: Path, device: Optional[torch.device] = None, mer
         base = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
         if not Path(base).exists() and (run_dir / "base_model").exists():
             base = str(run_dir / "base_model")  # the run dir was moved after training
-        model = AutoModelForCausalLM.from_pretrained(base)
+        model = auto_class_for(base).from_pretrained(base)
         model = PeftModel.from_pretrained(model, model_dir)
         if merge:
             model = model.merge_and_unload()
     else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        model = auto_class_for(model_dir).from_pretrained(model_dir)
     if device is not None:
         model.to(device)
     return model, tokenizer

@@ -64,10 +64,10 @@ def load_base(run_dir: Path, cfg: Config, tokenizer):
     A full fine-tune of a random-init model saved no base; ``build_base_model`` seeds with
     ``train.seed`` before init, so rebuilding it from the config gives the same weights.
     """
-    from transformers import AutoModelForCausalLM
+    from launcher.models.vision import auto_class_for
 
     if (run_dir / BASE_MODEL_DIR / "config.json").is_file():
-        return AutoModelForCausalLM.from_pretrained(run_dir / BASE_MODEL_DIR)
+        return auto_class_for(run_dir / BASE_MODEL_DIR).from_pretrained(run_dir / BASE_MODEL_DIR)
     return build_base_model(cfg, tokenizer, "sdpa", torch.float32)
 
 

@@ -3,6 +3,7 @@
 Counts the matmuls of a decoder-only transformer (attention projections with GQA, gated MLP, causal
 attention scores over each sample's own context) and the LM head only where the loss is computed (our loss
 skips the LM head at untrained positions). Training = forward + backward = 3 x forward.
+VL models: the language model is counted (their ``text_config``); the vision tower's FLOPs are not.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def layer_matmul_params(config) -> int:
 
 def forward_flops(config, tokens: int, lm_head_positions: int, attended_pairs: int) -> float:
     """Forward FLOPs for ``tokens`` positions, ``lm_head_positions`` LM-head rows and the causal pairs attended."""
+    config = getattr(config, "text_config", None) or config
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     layers = config.num_hidden_layers

@@ -148,13 +148,59 @@ class CausalLMLoss(nn.Module):
     def lm_head(self) -> nn.Module:
         return self.model.get_output_embeddings()
 
-    def forward(self, input_ids, shift_labels, position_ids=None, attention_mask=None, **_unused) -> torch.Tensor:
-        out = self.backbone()(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        )
-        hidden = out.last_hidden_state
+    def forward(self, input_ids, shift_labels, position_ids=None, attention_mask=None, **vision) -> torch.Tensor:
+        hidden, extra = backbone_hidden(self.model, input_ids, attention_mask, position_ids, vision)
         trained = shift_labels != IGNORE_INDEX
         head = self.lm_head()
         if self.fused and plain_linear_head(head):
-            return fused_linear_ce_sum(hidden[trained], head.weight, shift_labels[trained], self.chunk_size)
-        return chunked_ce_sum(hidden[trained], head, shift_labels[trained], self.chunk_size)
+            return fused_linear_ce_sum(hidden[trained], head.weight, shift_labels[trained], self.chunk_size) + extra
+        return chunked_ce_sum(hidden[trained], head, shift_labels[trained], self.chunk_size) + extra
+
+
+VISION_INPUTS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")
+
+
+def backbone_hidden(model: nn.Module, input_ids, attention_mask, position_ids, batch: dict):
+    """(last hidden states, a zero that depends on the vision tower or 0.0) of the model's backbone.
+
+    A text model runs its decoder. A VL model (Qwen2-VL family) runs its multimodal ``model`` with
+    pixel_values, image_grid_thw, mm_token_type_ids and the explicit 3-D position ids from the collate; a
+    batch with ``dummy_pixel_values`` also runs the vision tower on that dummy image and returns its
+    features times zero, to be added to the loss, so that every rank runs the tower as often (ZeRO-3/FSDP
+    gather its weights in forward) and its parameters get (zero) gradients.
+    """
+    from launcher.models.vision import is_vision_model, multimodal_backbone
+
+    if not is_vision_model(getattr(model, "get_base_model", lambda: model)()):
+        out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                  use_cache=False)
+        return out.last_hidden_state, 0.0
+    backbone = multimodal_backbone(model)
+    kwargs = {k: batch[k] for k in VISION_INPUTS if batch.get(k) is not None}
+    if batch.get("dummy_pixel_values") is None:
+        out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                       **kwargs)
+        return out.last_hidden_state, 0.0
+    # Sharded engines gather weights module by module as they run, so every rank must run the same modules in
+    # the same order (else gloo aborts on a size mismatch and NCCL hangs). The model's own order with images is
+    # token embedding -> vision tower -> language model; a text-only batch keeps it: the embedding runs here,
+    # then the dummy image, then the backbone on the embeddings (no input_ids: Qwen3-VL takes one or the other).
+    inputs_embeds = backbone.get_input_embeddings()(input_ids)
+    features = backbone.get_image_features(batch["dummy_pixel_values"], batch["dummy_image_grid_thw"],
+                                           return_dict=True)
+    extra = sum(t.float().sum() for t in _tensors(features)) * 0.0
+    out = backbone(input_ids=None, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                   position_ids=position_ids, use_cache=False, **kwargs)
+    return out.last_hidden_state, extra
+
+
+def _tensors(value):
+    """Every tensor in a model output / list / tuple (Qwen3-VL adds deepstack features beside the pooled ones)."""
+    if torch.is_tensor(value):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _tensors(v)
+    elif hasattr(value, "values"):
+        for v in value.values():
+            yield from _tensors(v)

@@ -186,7 +186,8 @@ class Trainer:
 
         with self.precision.autocast():
             return exact_match_eval(self.model, self.tokenizer, samples[:n], self.cfg.train.max_new_tokens,
-                                    self.dist.device, prompt_renderer(self.tokenizer, self.cfg))
+                                    self.dist.device, prompt_renderer(self.tokenizer, self.cfg),
+                                    vision=getattr(self.data, "vision", None))
 
     # ------------------------------------------------------------------------------------ saving
 
@@ -202,6 +203,10 @@ class Trainer:
     def save_final(self) -> None:
         directory = self.run_dir / MODEL_DIR
         self.engine.save_final(directory, self.tokenizer)
+        if self.dist.is_main:
+            from launcher.models.vision import save_vision_files
+
+            save_vision_files(directory, self.cfg, self.tokenizer)  # VL: processor config, image chat template
         if self.dist.is_main and self.cfg.method.finetuning == "lora" and self.cfg.model.name_or_path is None:
             # Point the adapter at the random-init base saved beside it, so standard PEFT loading works;
             # load_trained_model also finds it there if the run dir has moved.

@@ -70,7 +70,8 @@ def test_wrong_image_count(tmp_path):
     expect(tmp_path, r"image file not found: .*missing\.jpg")
     rows[0]["images"] = ["a.jpg"]
     write_dataset(tmp_path, "d", rows, entry)
-    assert build(tmp_path).stats["samples"] == 1
+    # the default model is a text model: images are refused, not silently ignored (tests/vl has the VL cases)
+    expect(tmp_path, r"row 0: the row has images but model 'tiny-qwen2' has no vision tower")
 
 
 def test_unknown_dataset_lists_names(tmp_path):

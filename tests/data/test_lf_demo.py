@@ -8,7 +8,20 @@ from tests.data.helpers import lf_demo_dir, make_config, qwen_tokenizer
 
 DEMO = lf_demo_dir()
 pytestmark = pytest.mark.skipif(DEMO is None, reason="LLaMA-Factory demo data not found (set LAUNCHER_LF_DEMO_DIR)")
-LOCAL = sorted(k for k, v in json.loads((DEMO / "dataset_info.json").read_text()).items() if "file_name" in v) if DEMO else []
+INFO = json.loads((DEMO / "dataset_info.json").read_text()) if DEMO else {}
+MEDIA_COLUMNS = ("images", "videos", "audios")
+LOCAL = sorted(k for k, v in INFO.items() if "file_name" in v and not set(v.get("columns", {})) & set(MEDIA_COLUMNS))
+MEDIA = sorted(k for k, v in INFO.items() if "file_name" in v and set(v.get("columns", {})) & set(MEDIA_COLUMNS))
+
+
+@pytest.mark.parametrize("name", MEDIA)
+def test_demo_media_datasets_are_refused_for_a_text_model(name):
+    """A text model refuses images (tests/vl trains mllm_demo on a VL model); videos and audio are refused."""
+    from launcher.errors import DataError
+
+    match = r"has no vision tower" if name == "mllm_demo" else r"which launcher does not train yet"
+    with pytest.raises(DataError, match=match):
+        build_datasets(make_config(DEMO, [name], max_samples=8, use_cache=False), qwen_tokenizer())
 
 
 @pytest.mark.parametrize("name", LOCAL)

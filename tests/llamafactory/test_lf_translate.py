@@ -193,8 +193,7 @@ def test_deepspeed_nvme_and_missing_file(tmp_path):
     ({"stage": "pt"}, "stage", "not supported yet: pretraining"),
     ({"finetuning_type": "freeze", "freeze_trainable_layers": 2}, "finetuning_type", "not supported yet: freeze"),
     ({"loraplus_lr_ratio": 16.0}, "loraplus_lr_ratio", "not supported yet: LoRA+"),
-    ({"image_max_pixels": 262144}, "image_max_pixels", "not supported yet: vision-language"),
-    ({"freeze_vision_tower": True}, "freeze_vision_tower", "not supported yet: vision-language"),
+    ({"video_fps": 2.0}, "video_fps", "not supported yet: videos"),
     ({"report_to": "swanlab"}, "report_to", "'swanlab' is not supported"),
     ({"lr_scheduler_type": "polynomial"}, "lr_scheduler_type", "'polynomial' is not supported"),
     ({"some_new_key": 1}, "some_new_key", "unknown LLaMA-Factory key"),
@@ -213,12 +212,12 @@ def test_unsupported_key_is_one_line_naming_it(tmp_path, write_lf, extra, key, w
 
 
 def test_every_unsupported_key_is_reported_at_once(tmp_path):
-    bad = {**fill(LORA, Path("/m"), REPO_ROOT / "data", tmp_path), "loraplus_lr_ratio": 16, "image_max_pixels": 1,
+    bad = {**fill(LORA, Path("/m"), REPO_ROOT / "data", tmp_path), "loraplus_lr_ratio": 16, "video_maxlen": 1,
            "quantization_bit": 4}
     with pytest.raises(ConfigError) as info:
         translate(bad, cwd=tmp_path)
     text = str(info.value)
-    assert all(k in text for k in ("loraplus_lr_ratio", "image_max_pixels", "quantization_bit"))
+    assert all(k in text for k in ("loraplus_lr_ratio", "video_maxlen", "quantization_bit"))
     assert len(text.splitlines()) == 3
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from launcher.engines.distributed import all_reduce_sum
 from launcher.errors import DataError
 from launcher.training.batching import eval_batches
-from launcher.training.loss import IGNORE_INDEX, chunked_token_logprobs
+from launcher.training.loss import IGNORE_INDEX, backbone_hidden, chunked_token_logprobs
 from launcher.training.objectives.base import Objective, forwards_for, to_device
 from launcher.training.preference_loss import PairTerms, needs_reference, orpo_nll_sum, pair_terms
 from launcher.training.process_stats import peak_rss_gb
@@ -42,16 +42,15 @@ class SequenceLogProbs(nn.Module):
         self.model = model
         self.chunk_size = chunk_size
 
-    def forward(self, input_ids, shift_labels, position_ids=None, attention_mask=None, **_unused):
-        out = self.model.get_decoder()(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        )
+    def forward(self, input_ids, shift_labels, position_ids=None, attention_mask=None, **vision):
+        # VL models: the multimodal backbone with the batch's pixels (a dummy image adds an exact zero)
+        hidden, extra = backbone_hidden(self.model, input_ids, attention_mask, position_ids, vision)
         trained = shift_labels != IGNORE_INDEX
-        token_logps = chunked_token_logprobs(out.last_hidden_state[trained], self.model.get_output_embeddings(),
+        token_logps = chunked_token_logprobs(hidden[trained], self.model.get_output_embeddings(),
                                              shift_labels[trained], self.chunk_size)
         rows = trained.nonzero(as_tuple=True)[0]
         sums = token_logps.new_zeros(input_ids.shape[0]).index_add(0, rows, token_logps)
-        return sums, trained.sum(dim=1)
+        return sums + extra, trained.sum(dim=1)
 
 
 def check_shared_prompt(row: dict, where: str) -> None:

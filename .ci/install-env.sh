@@ -26,4 +26,10 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = "0" ] && command -v apt-get >/de
   echo "[install] installing chromium for the web UI's browser tests"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
+# A CJK font, so that the Chinese page (and its README screenshot) shows characters rather than empty boxes.
+if [ -x /usr/bin/chromium ] && ! fc-list :lang=zh 2>/dev/null | grep -q . && [ "$(id -u)" = "0" ] \
+    && command -v apt-get >/dev/null 2>&1; then
+  echo "[install] installing a CJK font (fonts-wqy-microhei) for the web UI's Chinese screenshots"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei >/dev/null
+fi
 "$VENV/bin/python" -c "import torch, transformers, peft, hydra, submitit; print('[install] torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"

@@ -3,6 +3,8 @@
 preview: N samples as the model gets them, trained spans marked (green on a terminal, ``[[...]]`` otherwise),
 then the counts (samples, dropped, tokens, trained tokens, packing fill). For a VL model each image's span is
 listed (token positions, image tokens, grid) and a run of image tokens prints as ``<|image_pad|>*N``.
+``load_preview`` gives the same as data (``PreviewSample``: the text runs, trained or not, and a sample's
+images) for ``launcher ui``'s preview.
 dump: every row as JSON Lines (input_ids, labels, and position_ids/segment_lengths for packed rows).
 
 Both take the same Hydra overrides as ``launcher train`` (``data=alpaca_demo data.cutoff_len=512``).
@@ -13,6 +15,7 @@ import argparse
 import json
 import re
 import sys
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from launcher.errors import LauncherError
@@ -27,7 +30,8 @@ def load_tokenizer(model_cfg):
 
 
 def split_segments(row: dict) -> list[dict]:
-    """A packed row back into its samples (an unpacked row is one segment)."""
+    """A packed row back into its samples (an unpacked row is one segment); a VL row's images go with the
+    segment whose placeholders they fill (``segment_images``: images per segment)."""
     if "chosen_input_ids" in row:
         return [{"input_ids": row[f"{s}_input_ids"], "labels": row[f"{s}_labels"], "side": s} for s in ("chosen", "rejected")]
     out, offset, image = [], 0, 0
@@ -42,25 +46,12 @@ def split_segments(row: dict) -> list[dict]:
     return out
 
 
-def image_lines(seg: dict, vision) -> list[str]:
-    """Where each image's tokens sit in the sample, how many there are, and the grid they come from."""
-    from launcher.data.vision import describe_positions
-
-    lines = []
-    for k, span in enumerate(describe_positions(seg, vision)):
-        grid = seg["image_grid_thw"][k] if k < len(seg.get("image_grid_thw") or []) else None
-        path = seg["images"][k] if k < len(seg.get("images") or []) else "?"
-        lines.append(f"    image {k}: tokens [{span['start']}, {span['end']}) = vision_start + {span['image_tokens']}"
-                     f" image tokens + vision_end, grid {'x'.join(map(str, grid or []))}, {path}")
-    return lines
-
-
 def compress_image_runs(text: str) -> str:
     return re.sub(r"(?:<\|image_pad\|>)+", lambda m: f"<|image_pad|>*{m.group(0).count('<|image_pad|>')}", text)
 
 
-def render_marked(tokenizer, input_ids: list, labels: list, color: bool) -> str:
-    """Decoded text with trained runs marked: colours on a terminal, [[...]] in a file or pipe."""
+def marked_spans(tokenizer, input_ids: list, labels: list) -> list[tuple[str, bool]]:
+    """The decoded text as runs of (text, trained): consecutive tokens with the same label mask decode together."""
     runs: list[tuple[bool, list]] = []
     for tok, lab in zip(input_ids, labels):
         trained = lab != -100
@@ -68,14 +59,19 @@ def render_marked(tokenizer, input_ids: list, labels: list, color: bool) -> str:
             runs[-1][1].append(tok)
         else:
             runs.append((trained, [tok]))
-    parts = []
-    for trained, ids in runs:
-        text = compress_image_runs(tokenizer.decode(ids, skip_special_tokens=False))
-        if color:
-            parts.append(f"{GREEN if trained else DIM}{text}{RESET}")
-        else:
-            parts.append(f"[[{text}]]" if trained else text)
-    return "".join(parts)
+    return [(compress_image_runs(tokenizer.decode(ids, skip_special_tokens=False)), trained) for trained, ids in runs]
+
+
+def mark(spans: list, color: bool) -> str:
+    """(text, trained) runs as one text: colours on a terminal, [[...]] in a file or pipe."""
+    if color:
+        return "".join(f"{GREEN if trained else DIM}{text}{RESET}" for text, trained in spans)
+    return "".join(f"[[{text}]]" if trained else text for text, trained in spans)
+
+
+def render_marked(tokenizer, input_ids: list, labels: list, color: bool) -> str:
+    """Decoded text with trained runs marked."""
+    return mark(marked_spans(tokenizer, input_ids, labels), color)
 
 
 def format_stats(stats: dict) -> str:
@@ -86,21 +82,96 @@ def format_stats(stats: dict) -> str:
     return line + note
 
 
-def preview(bundle, tokenizer, n: int, color: bool) -> str:
-    blocks = []
+@dataclass
+class PreviewSample:
+    """One sample as the model gets it, for a terminal (``preview``) or a page (``launcher ui``)."""
+
+    index: int
+    side: Optional[str]
+    """chosen / rejected for preference rows."""
+    tokens: int
+    trained: int
+    spans: list
+    """[(decoded text, trained)], in order."""
+    images: list = field(default_factory=list)
+    """The sample's image paths as its row names them (absolute, or relative to the dataset dir)."""
+    image_tokens: list = field(default_factory=list)
+    """Image tokens per image, where the model has a vision tower (else empty)."""
+    image_spans: list = field(default_factory=list)
+    """[{start, end, image_tokens}]: where each image's vision span sits in the sample."""
+    image_grids: list = field(default_factory=list)
+    """Each image's (t, h, w) patch grid, where the rows carry it."""
+
+
+def preview_samples(bundle, tokenizer, n: int) -> list[PreviewSample]:
+    """The first ``n`` samples of the train rows (a packed row split back into its samples)."""
+    vision = getattr(bundle, "vision", None)
+    out: list[PreviewSample] = []
     for row in bundle.train:
         for seg in split_segments(row):
-            if len(blocks) >= n:
+            if len(out) >= n:
                 break
-            head = f"--- sample {len(blocks)}" + (f" ({seg['side']})" if "side" in seg else "")
-            head += f": {len(seg['input_ids'])} tokens, {sum(l != -100 for l in seg['labels'])} trained"
-            if bundle.vision is not None and seg.get("images"):
-                head += f", {len(seg['images'])} image(s)\n" + "\n".join(image_lines(seg, bundle.vision))
-            blocks.append(head + "\n" + render_marked(tokenizer, seg["input_ids"], seg["labels"], color))
-        if len(blocks) >= n:
+            sample = PreviewSample(index=len(out), side=seg.get("side"), tokens=len(seg["input_ids"]),
+                                   trained=sum(lab != -100 for lab in seg["labels"]),
+                                   spans=marked_spans(tokenizer, seg["input_ids"], seg["labels"]),
+                                   images=list(seg.get("images") or []),
+                                   image_grids=[list(g) for g in seg.get("image_grid_thw") or []])
+            if vision is not None and sample.images:
+                from launcher.data.vision import describe_positions  # the VL port's; absent where VL is
+
+                sample.image_spans = describe_positions(seg, vision)
+                sample.image_tokens = [span["image_tokens"] for span in sample.image_spans]
+            out.append(sample)
+        if len(out) >= n:
             break
+    return out
+
+
+def image_lines(sample: PreviewSample) -> list[str]:
+    """Where each image's tokens sit in the sample, how many there are, and the grid they come from."""
+    lines = []
+    for k, span in enumerate(sample.image_spans):
+        grid = sample.image_grids[k] if k < len(sample.image_grids) else None
+        path = sample.images[k] if k < len(sample.images) else "?"
+        lines.append(f"    image {k}: tokens [{span['start']}, {span['end']}) = vision_start + {span['image_tokens']}"
+                     f" image tokens + vision_end, grid {'x'.join(map(str, grid or []))}, {path}")
+    return lines
+
+
+def preview(bundle, tokenizer, n: int, color: bool) -> str:
+    return format_preview(preview_samples(bundle, tokenizer, n), bundle.stats, color)
+
+
+def format_preview(samples: list, stats: dict, color: bool) -> str:
+    """The terminal text of ``launcher data preview``: each sample's counts and marked text, then the counts."""
+    blocks = []
+    for sample in samples:
+        head = f"--- sample {sample.index}" + (f" ({sample.side})" if sample.side else "")
+        head += f": {sample.tokens} tokens, {sample.trained} trained"
+        if sample.images:
+            head += f", {len(sample.images)} image(s)"
+            head += "".join("\n" + line for line in image_lines(sample))
+        blocks.append(head + "\n" + mark(sample.spans, color))
     legend = "trained text in green" if color else "trained text in [[...]]"
-    return "\n".join(blocks + [f"--- {legend}", format_stats(bundle.stats)])
+    return "\n".join(blocks + [f"--- {legend}", format_stats(stats)])
+
+
+def load_preview(overrides: Sequence[str], n: int) -> tuple:
+    """(config, the first ``n`` samples, the data's counts) for ``launcher train``'s overrides."""
+    from launcher.config.compose import compose_config
+
+    cfg = compose_config(list(overrides))
+    return (cfg,) + preview_config(cfg, n)
+
+
+def preview_config(cfg, n: int) -> tuple:
+    """(the first ``n`` samples, the data's counts) of a composed config: tokenized and cached exactly as
+    training will (``launcher data preview`` and the web UI both call it)."""
+    from launcher.data import build_datasets
+
+    tokenizer = load_tokenizer(cfg.model)
+    bundle = build_datasets(cfg, tokenizer)
+    return preview_samples(bundle, tokenizer, n), dict(bundle.stats)
 
 
 def dump(bundle, path: str, split: str) -> int:
@@ -127,13 +198,13 @@ def data_main(argv: Sequence[str]) -> int:
         from launcher.config.compose import compose_config
         from launcher.data import build_datasets
 
-        cfg = compose_config(args.overrides)
-        tokenizer = load_tokenizer(cfg.model)
-        bundle = build_datasets(cfg, tokenizer)
         if args.command == "preview":
             color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
-            print(preview(bundle, tokenizer, args.num, color))
+            print(format_preview(*load_preview(args.overrides, args.num)[1:], color))
         else:
+            cfg = compose_config(args.overrides)
+            tokenizer = load_tokenizer(cfg.model)
+            bundle = build_datasets(cfg, tokenizer)
             count = dump(bundle, args.out, args.split)
             print(f"wrote {count} {args.split} rows to {args.out}")
             print(format_stats(bundle.stats))

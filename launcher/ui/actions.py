@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from launcher.errors import LauncherError, PreflightError
+from launcher.ui.i18n import Note
 
 
 HYDRA_LOCK = threading.RLock()
@@ -42,7 +43,7 @@ class Preview:
     plan: str = ""
     """sbatch script + torchrun command (SLURM), the local command, or the sweep's points and arrays."""
     verdict: list = field(default_factory=list)
-    """Preflight: "passed", warnings, or one line per problem."""
+    """Preflight: "passed" and warnings (Notes, worded by the page), or one line per problem (the CLI's text)."""
     command: str = ""
     """The equivalent CLI command."""
 
@@ -66,9 +67,51 @@ def preflight_lines(exc: PreflightError) -> list:
     return [line.strip()[2:] if line.strip().startswith("- ") else line.strip() for line in lines[1:]]
 
 
-@one_at_a_time
+def secret_values(overrides: Sequence[str]) -> dict:
+    """{value: NAME} of secrets typed as overrides (``cluster.env.WANDB_API_KEY=...``; the preflight refuses
+    them) and of the secret environment variables this process has."""
+    import os
+
+    from launcher.rundir import SECRET_ENV_VARS
+
+    found = {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        name = key.rsplit(".", 1)[-1].upper()
+        if name in SECRET_ENV_VARS and len(value.strip("'\"")) >= 4:
+            found[value.strip("'\"")] = name
+    for name in SECRET_ENV_VARS:
+        if len(os.environ.get(name) or "") >= 4:
+            found[os.environ[name]] = name
+    return found
+
+
+def redact(text: str, overrides: Sequence[str]) -> str:
+    for value, name in secret_values(overrides).items():
+        text = text.replace(value, f"<{name}>")
+    return text
+
+
+def hide_secrets(result: "Preview", overrides: Sequence[str]) -> "Preview":
+    """Every text the page shows with secret values replaced by ``<NAME>``: never shown, not even back to
+    the one who typed them (a screen is shared, recorded, screenshotted)."""
+    def hide(text):
+        if isinstance(text, Note):
+            return Note(text.name, **{k: hide(v) for k, v in text.params.items()})
+        return redact(text, overrides) if isinstance(text, str) else text
+
+    result.error, result.config_yaml, result.plan = hide(result.error), hide(result.config_yaml), hide(result.plan)
+    result.command, result.verdict = hide(result.command), [hide(v) for v in result.verdict]
+    return result
+
+
 def preview(overrides: Sequence[str], name: Optional[str] = None) -> Preview:
-    """``launcher train [-m] OVERRIDES --dry-run``, as data for the page."""
+    """``launcher train [-m] OVERRIDES --dry-run``, as data for the page (secret values hidden)."""
+    return hide_secrets(_preview(overrides, name), overrides)
+
+
+@one_at_a_time
+def _preview(overrides: Sequence[str], name: Optional[str] = None) -> Preview:
     from launcher.ui.form import train_command
 
     overrides = list(overrides)
@@ -89,7 +132,7 @@ def preview(overrides: Sequence[str], name: Optional[str] = None) -> Preview:
     result = Preview(ok=True, config_yaml=yaml.safe_dump(config_to_dict(cfg), sort_keys=False), command=command)
     try:
         warnings = run_preflight(cfg)
-        result.verdict = ["passed"] + [f"warning: {w}" for w in warnings]
+        result.verdict = [Note("verdict_passed")] + [Note("verdict_warning", detail=w) for w in warnings]
     except PreflightError as exc:
         result.ok = False
         result.verdict = preflight_lines(exc)
@@ -130,7 +173,7 @@ def preview_sweep(overrides: list, name: Optional[str]) -> Preview:
 
     warnings = [line for line in stderr.getvalue().splitlines() if line.strip()]
     return Preview(ok=True, config_yaml=yaml.safe_dump(config_to_dict(points[0].cfg), sort_keys=False),
-                   plan=describe(sweep_name, points, grid), verdict=["passed (every point)"] + warnings,
+                   plan=describe(sweep_name, points, grid), verdict=[Note("verdict_passed_sweep")] + warnings,
                    command=command)
 
 
@@ -138,8 +181,13 @@ def preview_sweep(overrides: list, name: Optional[str]) -> Preview:
 class Submitted:
     run_dir: Path
     """The run dir, or the sweep dir."""
-    message: str
+    note: Note
+    """What was done, for the page to word in its language."""
     job_id: str = ""
+
+    @property
+    def message(self) -> str:
+        return str(self.note)
 
 
 @one_at_a_time
@@ -163,11 +211,11 @@ def submit(overrides: Sequence[str], name: Optional[str] = None) -> Submitted:
         from launcher.slurm.submit import submit_run
 
         info = submit_run(cfg, run_dir, quiet=True)
-        return Submitted(run_dir, f"submitted SLURM job {info['job_id']}: {run_dir}", str(info["job_id"]))
+        return Submitted(run_dir, Note("submitted_slurm", job_id=info["job_id"], run_dir=run_dir), str(info["job_id"]))
     from launcher.ui.local_job import start_detached
 
     pid = start_detached(["--run-dir", str(run_dir)], run_dir)
-    return Submitted(run_dir, f"started locally (process {pid}): {run_dir}")
+    return Submitted(run_dir, Note("started_local", pid=pid, run_dir=run_dir))
 
 
 def submit_sweep(overrides: list, name: Optional[str]) -> Submitted:
@@ -183,14 +231,85 @@ def submit_sweep(overrides: list, name: Optional[str]) -> Submitted:
         with redirect_stderr(stderr):
             result = launch_sweep(overrides, name, quiet=True)
         arrays = ", ".join(a["array_job_id"] for a in result["arrays"])
-        return Submitted(Path(result["sweep_dir"]),
-                         f"submitted sweep of {len(result['points'])} point(s) as job array(s) {arrays}:"
-                         f" {result['sweep_dir']}", arrays)
+        return Submitted(Path(result["sweep_dir"]), Note("submitted_sweep", points=len(result["points"]), arrays=arrays,
+                                                         sweep_dir=result["sweep_dir"]), arrays)
     with redirect_stderr(stderr):
         sweep_name, points, grid = plan_sweep(overrides, name)
     sweep_dir, _ = lay_out(sweep_name, points, grid, overrides)
     from launcher.ui.local_job import start_detached
 
     pid = start_detached(["--sweep-dir", str(sweep_dir)], sweep_dir)
-    return Submitted(sweep_dir, f"started a local sweep of {len(points)} point(s) (process {pid}): {sweep_dir}")
+    return Submitted(sweep_dir, Note("started_local_sweep", points=len(points), pid=pid, sweep_dir=sweep_dir))
 
+
+
+# ------------------------------------------------------------------------------------------ data preview
+
+PREVIEW_IMAGE_PX = 384
+"""Longest side of an image as the preview shows it (the page needs a glance, not the pixels)."""
+
+
+@dataclass
+class DataPreview:
+    samples: list
+    """``launcher.data.cli.PreviewSample`` of the first rows."""
+    stats: dict
+    images: list = field(default_factory=list)
+    """[(PIL image or None, Note caption)] for every image of the samples shown, in order."""
+
+
+def image_file(dataset_dir: Path, name: str) -> Path:
+    """An image a row names (absolute, or relative to the dataset dir), refused outside the dataset dir."""
+    from launcher.errors import DataError
+
+    root = Path(dataset_dir).resolve()
+    path = (root / name).resolve()  # an absolute name stays absolute
+    if root not in path.parents:
+        raise DataError(f"{name}: not under the dataset dir {root}; the preview shows only the dataset's own files")
+    if not path.is_file():
+        raise DataError(f"{name}: no such file under {root}")
+    return path
+
+
+def load_preview_image(path: Path) -> tuple:
+    """(the image made small, its own "WxH"): a page holds a few of them, not their full pixels."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        small = image.convert("RGB")
+    size = f"{small.width}x{small.height}"
+    small.thumbnail((PREVIEW_IMAGE_PX, PREVIEW_IMAGE_PX))
+    return small, size
+
+
+def data_preview(overrides: Sequence[str], n: int = 3) -> DataPreview:
+    """``launcher data preview OVERRIDES -n N`` as data for the page, plus each sample's images from the raw
+    files. ConfigError/DataError as the CLI would print them."""
+    from launcher.data import resolve_dataset_dir
+    from launcher.data.cli import preview_config
+
+    with HYDRA_LOCK:  # only the compose: tokenizing may take a while and needs no Hydra
+        from launcher.config.compose import compose_config
+
+        cfg = compose_config(list(overrides))
+    samples, stats = preview_config(cfg, n)
+    return DataPreview(samples, stats, preview_images(samples, resolve_dataset_dir(cfg.data)))
+
+
+def preview_images(samples: list, dataset_dir: Path) -> list:
+    """[(small PIL image or None, caption Note)] for each image of each sample, read from the raw files."""
+    out = []
+    for sample in samples:
+        for k, name in enumerate(sample.images):
+            try:
+                image, size = load_preview_image(image_file(dataset_dir, name))
+            except (LauncherError, OSError) as exc:
+                out.append((None, Note("data_image_missing", index=sample.index, k=k, detail=str(exc))))
+                continue
+            if k < len(sample.image_tokens):
+                note = Note("data_image_caption", index=sample.index, k=k, tokens=sample.image_tokens[k], size=size)
+            else:
+                note = Note("data_image_caption_unknown", index=sample.index, k=k, size=size)
+            out.append((image, note))
+    return out

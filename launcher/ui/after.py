@@ -1,8 +1,10 @@
 """Chat, export and predict for a finished run: the same functions ``launcher chat|export|predict`` call.
 
-Chat: ``load_run_model`` (trained or base model), a ``ChatSession`` built per reply from the page's history
-(the page holds the conversation; several tabs can chat with one loaded model), its streamer feeding a queue
-that the page reads piece by piece. Loaded models are kept (a few) so that each turn does not reload.
+Chat: ``load_run_model`` (trained or base model), a ``ChatSession`` built per reply from the conversation the
+page holds (its turns and, for a VL model, its images; several tabs can chat with one loaded model), its
+streamer feeding a queue that the page reads piece by piece. Loaded models are kept (a few) so that each turn
+does not reload. An uploaded image is copied into RUN_DIR/chat/images/ and attached to the turn
+(``ChatSession.attach``, as ``launcher chat``'s /image does); a text model's run refuses it.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ _lock = threading.Lock()
 
 
 def load(run_dir: Path, base: bool = False) -> tuple:
-    """(model, tokenizer, cfg, source, device), cached by (run dir, base)."""
+    """(model, tokenizer, cfg, source, device, vision), cached by (run dir, base); vision is None for a text
+    model."""
     from launcher.engines.distributed import choose_device
     from launcher.models.trained import load_run_model
 
@@ -29,10 +32,55 @@ def load(run_dir: Path, base: bool = False) -> tuple:
             return _models[key]
         device = choose_device()
         model, tokenizer, cfg, source = load_run_model(Path(run_dir), merge=True, base=base, device=device)
-        _models[key] = (model, tokenizer, cfg, source, device)
+        _models[key] = (model, tokenizer, cfg, source, device, vision_for(cfg, tokenizer))
         while len(_models) > MAX_LOADED:
             _models.popitem(last=False)
         return _models[key]
+
+
+def vision_for(cfg, tokenizer):
+    """The VisionData ``launcher chat`` gives a ChatSession for a VL model; None for a text model, or where
+    this build has no VL support (``launcher.data.vision_data`` comes with the VL port)."""
+    try:
+        from launcher.data import vision_data
+    except ImportError:
+        return None
+    return vision_data(cfg, tokenizer)[0]
+
+
+def run_sees_images(run_dir: Path) -> bool:
+    """Whether a run's model has a vision tower, from its config alone (no model loaded)."""
+    from launcher.config.schema import load_run_config
+
+    try:
+        from launcher.models.vision import vision_info
+    except ImportError:  # no VL support in this build: every model is a text model
+        return False
+    return vision_info(load_run_config(Path(run_dir)).model) is not None
+
+
+def keep_image(run_dir: Path, upload: str) -> str:
+    """An uploaded image, checked to be one and copied to RUN_DIR/chat/images/ under its content hash (Gradio's
+    upload folder is a cache; the chat log names this copy). DataError when it is not a readable image."""
+    import hashlib
+    import shutil
+
+    from PIL import Image, UnidentifiedImageError
+
+    from launcher.errors import DataError
+
+    try:
+        with Image.open(upload) as image:
+            image.verify()
+            kind = (image.format or "png").lower()
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"{Path(upload).name}: {exc}") from None
+    digest = hashlib.sha256(Path(upload).read_bytes()).hexdigest()[:16]
+    target = Path(run_dir) / "chat" / "images" / f"{digest}.{kind}"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(upload, target)
+    return str(target)
 
 
 class _QueueWriter:
@@ -49,17 +97,28 @@ class _QueueWriter:
         pass
 
 
-def stream_reply(run_dir: Path, history: list, user_text: str, system: Optional[str], base: bool = False,
-                 max_new_tokens: int = 256) -> Iterator[str]:
-    """Yield the growing answer to ``user_text`` after ``history`` ([{role, content}]), as it is generated."""
+def new_conversation() -> dict:
+    """What the page keeps of one model's conversation: the session's turns (with a VL session's ``<image>``
+    placeholders) and its images, in placeholder order."""
+    return {"turns": [], "images": []}
+
+
+def stream_reply(run_dir: Path, conversation: dict, user_text: str, system: Optional[str], base: bool = False,
+                 image: Optional[str] = None, max_new_tokens: int = 256) -> Iterator[str]:
+    """Yield the growing answer to ``user_text`` (with ``image`` attached, for a VL model) after the
+    ``conversation`` so far; once answered, ``conversation`` holds the session's turns and images."""
     from launcher.inference.chat_session import ChatSession, GenerationOptions
     from launcher.inference.prompts import prompt_renderer
 
-    model, tokenizer, cfg, _, device = load(run_dir, base)
+    model, tokenizer, cfg, _, device, vision = load(run_dir, base)
+    extra = {"vision": vision} if vision is not None else {}  # a text-only ChatSession takes no vision
     session = ChatSession(model, tokenizer, prompt_renderer(tokenizer, cfg), device,
-                          GenerationOptions(max_new_tokens=max_new_tokens), system=system or None)
-    session.history = [{"role": m["role"], "content": m["content"]} for m in history
-                       if m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)]
+                          GenerationOptions(max_new_tokens=max_new_tokens), system=system or None, **extra)
+    session.history = [dict(m) for m in conversation["turns"]]
+    if vision is not None:
+        session.images = list(conversation["images"])
+        if image:
+            session.attach(image)
     pieces: "queue.Queue" = queue.Queue()
     done = object()
     result: dict = {}
@@ -82,7 +141,9 @@ def stream_reply(run_dir: Path, history: list, user_text: str, system: Optional[
         yield text
     if "error" in result:
         raise result["error"]
-    log_turn(run_dir, base, system, user_text, result["answer"], result["prompt"])
+    conversation["turns"] = session.history
+    conversation["images"] = list(getattr(session, "images", []))
+    log_turn(run_dir, base, system, user_text, result["answer"], result["prompt"], [image] if image else [])
     yield result["answer"]  # the cleaned answer (end-of-turn cut), as the history keeps it
 
 
@@ -93,20 +154,22 @@ def chat_log_path(run_dir: Path) -> Path:
     return Path(run_dir) / "chat" / f"ui-{_dt.date.today():%Y%m%d}.jsonl"
 
 
-def log_turn(run_dir: Path, base: bool, system: Optional[str], user: str, answer: str, prompt: str) -> None:
+def log_turn(run_dir: Path, base: bool, system: Optional[str], user: str, answer: str, prompt: str,
+             images: list = ()) -> None:
     from launcher.inference.chat import TurnLog
 
     TurnLog(chat_log_path(run_dir)).write({"event": "turn", "source": "ui", "model": "base" if base else "trained",
-                                           "system": system or None, "user": user, "assistant": answer,
-                                           "prompt": prompt})
+                                           "system": system or None, "user": user, "images": list(images),
+                                           "assistant": answer, "prompt": prompt})
 
 
-def export(run_dir: Path) -> str:
+def export(run_dir: Path) -> "Note":
     """``launcher export RUN_DIR --force`` (to RUN_DIR/export); returns a one-line report."""
     from launcher.inference.export import ExportArgs, export_run, exported_files
+    from launcher.ui.i18n import Note
 
     out = export_run(Path(run_dir), ExportArgs(force=True))
-    return f"exported: {out} ({', '.join(exported_files(out))})"
+    return Note("exported", out=out, files=", ".join(exported_files(out)))
 
 
 def predict(run_dir: Path, limit: Optional[int] = None, max_new_tokens: int = 64) -> dict:

@@ -3,7 +3,8 @@
 Every handler calls ``launcher.ui.actions`` / ``runs`` / ``after``, which call the CLI's functions. The app
 keeps no state of its own: the Runs tab is rebuilt from the run dirs on every load and every timer tick.
 Labels are keys of ``launcher.ui.i18n`` (English and Chinese; the browser's language or Gradio's settings
-panel picks one).
+panel picks one). Handler messages follow the same switch: each event first reads the page's language in the
+browser (``LANG_JS``) into a hidden box, then runs its handler with it (``i18n.message``, ``i18n.Note``).
 """
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ import gradio as gr
 
 from launcher.errors import LauncherError
 from launcher.ui import actions, after, form, runs
-from launcher.ui.i18n import build_i18n
+from launcher.ui.i18n import Note, build_i18n, message
 
 REFRESH_S = 3.0
+LANG_JS = "() => document.documentElement.lang || navigator.language || 'en'"
+"""The page's language as Gradio's language switch (or the browser) set it: svelte-i18n writes it to <html lang>."""
+DATA_PREVIEW_MAX = 20
 
 
 def _compose_defaults(groups: dict) -> dict:
@@ -37,6 +41,14 @@ def _plot_frame(rows: list):
 
     frame = pd.DataFrame(rows, columns=["step", "loss", "series"])
     return frame.astype({"step": "int64", "loss": "float64", "series": "string"})
+
+
+def runs_frame(rows: list, lang: str):
+    """The runs table with its column names in the page's language."""
+    import pandas as pd
+
+    headers = message("table_headers", lang).split("|")
+    return pd.DataFrame(rows, columns=headers).astype("string")
 
 
 def build_app(root: Path) -> "gr.Blocks":
@@ -83,6 +95,9 @@ def build_app(root: Path) -> "gr.Blocks":
                 with gr.Row():
                     preview_btn = gr.Button(t("preview"), variant="secondary", elem_id="preview-btn")
                     submit_btn = gr.Button(t("submit"), variant="primary", elem_id="submit-btn")
+                    data_btn = gr.Button(t("data_preview_btn"), variant="secondary", elem_id="data-preview-btn")
+                    data_n = gr.Number(value=3, precision=0, minimum=1, maximum=DATA_PREVIEW_MAX, label=t("data_n"),
+                                       elem_id="data-n", scale=0, min_width=120)
                 status = gr.Textbox(label=t("status"), interactive=False, elem_id="compose-status", lines=2)
                 command = gr.Textbox(label=t("command"), interactive=False, elem_id="command", buttons=["copy"])
                 verdict = gr.Textbox(label=t("preflight"), interactive=False, elem_id="verdict", lines=3)
@@ -90,6 +105,14 @@ def build_app(root: Path) -> "gr.Blocks":
                     plan = gr.Code(label=t("plan"), language="shell", interactive=False, elem_id="plan")
                     config_view = gr.Code(label=t("resolved_config"), language="yaml", interactive=False,
                                           elem_id="resolved-config")
+                with gr.Accordion(t("data_preview"), open=True, elem_id="data-preview-box"):
+                    data_stats = gr.Markdown(elem_id="data-stats")
+                    data_text = gr.HighlightedText(label=t("data_preview_text"), elem_id="data-preview",
+                                                   combine_adjacent=False, show_legend=False,
+                                                   color_map={message("data_trained", lang): "green"
+                                                              for lang in ("en", "zh-CN")})
+                    data_images = gr.Gallery(label=t("data_images"), elem_id="data-images", columns=4, height=260,
+                                             interactive=False, visible=False)  # shown for rows with images
 
             # --------------------------------------------------------------------------------- runs
             with gr.Tab(t("tab_runs"), id="runs", elem_id="tab-runs"):
@@ -130,9 +153,12 @@ def build_app(root: Path) -> "gr.Blocks":
                     bot = gr.Chatbot(label=t("trained_model"), elem_id="chat-trained", height=300)
                     base_bot = gr.Chatbot(label=t("base_model"), elem_id="chat-base", height=300)
                 with gr.Row():
-                    message = gr.Textbox(label=t("message"), elem_id="chat-message", scale=4)
+                    message_box = gr.Textbox(label=t("message"), elem_id="chat-message", scale=4)
+                    chat_image = gr.Image(label=t("chat_image"), type="filepath", sources=["upload"],
+                                          elem_id="chat-image", height=140, scale=1)
                     send_btn = gr.Button(t("send"), variant="primary", elem_id="send-btn", scale=0)
                     clear_btn = gr.Button(t("clear"), elem_id="clear-btn", scale=0)
+                chat_status = gr.Markdown(elem_id="chat-status")
                 gr.Markdown(t("after_help"))
                 with gr.Row():
                     export_btn = gr.Button(t("export"), elem_id="export-btn")
@@ -143,15 +169,25 @@ def build_app(root: Path) -> "gr.Blocks":
         # ================================================================================== handlers
 
         last_defaults = gr.State(initial)
+        lang_box = gr.Textbox(value="en", visible=False, elem_id="page-lang")
+
+        def on(trigger, fn, inputs, outputs, **kwargs):
+            """``trigger(fn, inputs + [page language], outputs)``: the language is read in the browser first."""
+            return trigger(None, None, [lang_box], js=LANG_JS, queue=False, show_progress="hidden").then(
+                fn, list(inputs) + [lang_box], outputs, **kwargs)
+
+        def say(lang, note) -> str:
+            return note.text(lang) if isinstance(note, Note) else str(note)
 
         def on_groups(last, *choices):
             """Fill the fields whose default the new group choice changes; leave the others as the user set them
             (and a repeated event for the same choice changes nothing)."""
+            *choices, lang = choices
             groups = dict(zip(form.GROUPS, choices))
             try:
                 defaults = _compose_defaults(groups)
             except LauncherError as exc:
-                return [last] + [gr.update() for _ in field_boxes] + [str(exc)]
+                return [last] + [gr.update() for _ in field_boxes] + [message("error", lang, detail=exc)]
             def shown(f, value):
                 return ("" if value is None else str(value)) if f.kind == "str" or f.optional else value
 
@@ -160,15 +196,16 @@ def build_app(root: Path) -> "gr.Blocks":
             return [defaults] + updates + [""]
 
         for box in group_boxes:  # one at a time, in order: the last pick's defaults win
-            box.input(on_groups, [last_defaults] + group_boxes, [last_defaults] + field_boxes + [status],
-                      concurrency_limit=1, concurrency_id="groups")
+            on(box.input, on_groups, [last_defaults] + group_boxes, [last_defaults] + field_boxes + [status],
+               concurrency_limit=1, concurrency_id="groups")
 
         def overrides_of(values: tuple) -> tuple:
             """(overrides, name) from the form; the UI's root is always the output root."""
             n = len(form.GROUPS)
             groups = dict(zip(form.GROUPS, values[:n]))
             fields = dict(zip([f.key for f in form.FIELDS], values[n:n + len(form.FIELDS)]))
-            name, free_text, sweep_text = values[n + len(form.FIELDS):]
+            name, free_text, *sweep_text = values[n + len(form.FIELDS):]  # the data preview has no sweep box
+            sweep_text = sweep_text[0] if sweep_text else ""
             overrides = form.form_overrides(groups, fields, free_text, _compose_defaults(groups))
             overrides += form.split_overrides(sweep_text) + [f"run.output_root={root}"]
             return overrides, (name or "").strip() or None
@@ -176,26 +213,60 @@ def build_app(root: Path) -> "gr.Blocks":
         form_inputs = group_boxes + field_boxes + [run_name, free, sweep]
 
         def on_preview(*values):
+            *values, lang = values
             try:
                 overrides, name = overrides_of(values)
             except LauncherError as exc:
-                return str(exc), "", "", "", ""
+                return message("error", lang, detail=exc), "", "", "", ""
             p = actions.preview(overrides, name)
-            head = "ok: preflight passed; Submit queues this" if p.ok else f"error: {p.error}"
-            return head, p.command, "\n".join(p.verdict), p.plan, p.config_yaml
+            head = message("preview_ok", lang) if p.ok else message("preview_refused", lang, detail=p.error)
+            return head, p.command, "\n".join(say(lang, v) for v in p.verdict), p.plan, p.config_yaml
 
-        preview_btn.click(on_preview, form_inputs, [status, command, verdict, plan, config_view])
+        on(preview_btn.click, on_preview, form_inputs, [status, command, verdict, plan, config_view])
 
         def on_submit(*values):
+            *values, lang = values
+            overrides = []
             try:
                 overrides, name = overrides_of(values)
                 done = actions.submit(overrides, name)
             except LauncherError as exc:
-                lines = str(exc).splitlines()
-                return f"error: {lines[0]}", "\n".join(lines[1:])
-            return done.message, ""
+                lines = actions.redact(str(exc), overrides).splitlines()
+                return message("error", lang, detail=lines[0]), "\n".join(lines[1:] + [message("nothing_queued", lang)])
+            return done.note.text(lang), ""
 
-        submit_btn.click(on_submit, form_inputs, [status, verdict])
+        on(submit_btn.click, on_submit, form_inputs, [status, verdict])
+
+        def on_data_preview(*values, progress=gr.Progress()):
+            """``launcher data preview``: the first rows tokenized, trained text highlighted, images shown."""
+            *values, n, lang = values
+            n = max(1, min(int(n or 3), DATA_PREVIEW_MAX))
+            progress(0, desc=message("data_loading", lang))
+            try:
+                overrides, _ = overrides_of(values)
+                shown = actions.data_preview(overrides, n)
+            except LauncherError as exc:
+                return message("error", lang, detail=exc), None, gr.update(value=None, visible=False)
+            trained = message("data_trained", lang)
+            spans = []
+            for sample in shown.samples:
+                side = f" ({sample.side})" if sample.side else ""
+                head = message("data_sample", lang, index=sample.index, side=side, tokens=sample.tokens,
+                               trained=sample.trained)
+                if sample.images:
+                    head += message("data_images", lang, count=len(sample.images))
+                spans.append((("\n" if spans else "") + f"── {head} ──\n", None))
+                spans += [(text, trained if is_trained else None) for text, is_trained in sample.spans]
+            stats = "  ".join(f"{k}={v}" for k, v in shown.stats.items()
+                              if k not in ("template_note", "cache_key") and v is not None)
+            if shown.stats.get("template_note"):
+                stats += "  \n" + str(shown.stats["template_note"])
+            gallery = [(image, note.text(lang)) for image, note in shown.images if image is not None]
+            problems = [note.text(lang) for image, note in shown.images if image is None]
+            text = message("data_stats", lang, count=len(shown.samples), stats=stats)
+            return "  \n".join([text] + problems), spans, gr.update(value=gallery or None, visible=bool(gallery))
+
+        on(data_btn.click, on_data_preview, form_inputs[:-1] + [data_n], [data_stats, data_text, data_images])
 
         def run_path(rel: Optional[str]) -> Optional[Path]:
             if not rel:
@@ -203,7 +274,7 @@ def build_app(root: Path) -> "gr.Blocks":
             path = runs.confine(root, rel)
             return path if (path / "config.yaml").is_file() else None
 
-        def refresh(selected, log_rel, chat_selected, compare_selected, sweep_selected, first: bool):
+        def refresh(selected, log_rel, chat_selected, compare_selected, sweep_selected, lang, first: bool):
             """The runs table and every run selector, from the run dirs. Only the page's first load sets the
             selectors' values; later refreshes change their choices, never what the user picked (a refresh
             computed before a click must not undo it)."""
@@ -212,7 +283,8 @@ def build_app(root: Path) -> "gr.Blocks":
             counts: dict = {}
             for i in infos:
                 counts[i.state] = counts.get(i.state, 0) + 1
-            text = f"{len(infos)} run(s) under `{root}`: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+            text = message("runs_summary", lang, n=len(infos), root=root,
+                           counts=", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
             finished = [i.rel for i in infos if i.has_model]
             sweeps = [str(p.relative_to(root)) for p in runs.find_sweep_dirs(root)]
             def pick(options, current):
@@ -227,7 +299,8 @@ def build_app(root: Path) -> "gr.Blocks":
             sweep_update, _ = pick(sweeps, None if first else sweep_selected)
             compare_update = gr.update(choices=rels, value=[]) if first else gr.update(choices=rels)
             _, sweep_now = pick(sweeps, None if first else sweep_selected)
-            return ([text, runs.table_rows(infos), run_update] + run_details(selected, log_rel, infos)
+            return ([text, runs_frame(runs.table_rows(infos), lang), run_update]
+                    + run_details(selected, log_rel, lang, infos)
                     + [chat_update, compare_update, sweep_update] + list(on_sweep(sweep_now)))
 
         def on_load(*selected):
@@ -236,19 +309,22 @@ def build_app(root: Path) -> "gr.Blocks":
         def on_tick(*selected):
             return refresh(*selected, first=False)
 
-        def run_details(rel, log_rel, infos=None):
+        def run_details(rel, log_rel, lang, infos=None):
             path = run_path(rel)
             if path is None:
                 return ["", _plot_frame([]), gr.update(choices=[], value=None), ""]
             info = next((i for i in (infos or runs.scan(root)) if i.rel == rel), None)
             lines = [f"**{rel}**"]
             if info is not None:
-                lines.append(f"state **{info.state}**" + (f", job {info.job_id}" if info.job_id else "")
-                             + f", step {info.step if info.step is not None else '-'}"
-                             + (f"/{info.total_steps}" if info.total_steps else "")
-                             + (f", loss {info.loss:.4f}" if info.loss is not None else "")
-                             + (f", ETA {runs._fmt_eta(info.eta_s)}" if info.eta_s is not None else "")
-                             + f", requeues {info.requeues}")
+                step = f"{info.step if info.step is not None else '-'}" + (
+                    f"/{info.total_steps}" if info.total_steps else "")
+                lines.append(message("run_state", lang, state=info.state)
+                             + (message("run_job", lang, job_id=info.job_id) if info.job_id else "")
+                             + message("run_step", lang, step=step)
+                             + (message("run_loss", lang, loss=f"{info.loss:.4f}") if info.loss is not None else "")
+                             + (message("run_eta", lang, eta=runs._fmt_eta(info.eta_s)) if info.eta_s is not None
+                                else "")
+                             + message("run_requeues", lang, requeues=info.requeues))
             logs = runs.log_files(path)
             log_rel = log_rel if log_rel in logs else (logs[-1] if logs else None)
             # Confined to the root, not the run dir: a sweep point's node logs link into its sweep dir.
@@ -258,26 +334,27 @@ def build_app(root: Path) -> "gr.Blocks":
         refresh_outputs = [summary, table, run_select, run_info, loss_plot, log_select, log_view,
                            chat_run, compare_runs, sweep_select, sweep_table, sweep_plot]
         refresh_inputs = [run_select, log_select, chat_run, compare_runs, sweep_select]
-        refresh_btn.click(on_tick, refresh_inputs, refresh_outputs, show_progress="hidden")
-        timer.tick(on_tick, refresh_inputs, refresh_outputs, show_progress="hidden")
-        app.load(on_load, refresh_inputs, refresh_outputs, show_progress="hidden")
-        run_select.input(lambda rel: run_details(rel, None), [run_select], [run_info, loss_plot, log_select, log_view],
-                         show_progress="hidden")
-        log_select.input(lambda rel, log_rel: run_details(rel, log_rel), [run_select, log_select],
-                         [run_info, loss_plot, log_select, log_view], show_progress="hidden")
+        on(refresh_btn.click, on_tick, refresh_inputs, refresh_outputs, show_progress="hidden")
+        on(timer.tick, on_tick, refresh_inputs, refresh_outputs, show_progress="hidden")
+        on(app.load, on_load, refresh_inputs, refresh_outputs, show_progress="hidden")
+        on(run_select.input, lambda rel, lang: run_details(rel, None, lang), [run_select],
+           [run_info, loss_plot, log_select, log_view], show_progress="hidden")
+        on(log_select.input, run_details, [run_select, log_select], [run_info, loss_plot, log_select, log_view],
+           show_progress="hidden")
 
         def on_table_select(evt: gr.SelectData):
             return evt.row_value[0] if evt.row_value else gr.update()
 
         table.select(on_table_select, None, run_select, show_progress="hidden").then(
-            lambda rel: run_details(rel, None), [run_select], [run_info, loss_plot, log_select, log_view],
-            show_progress="hidden")
+            None, None, [lang_box], js=LANG_JS, queue=False, show_progress="hidden").then(
+            lambda rel, lang: run_details(rel, None, lang), [run_select, lang_box],
+            [run_info, loss_plot, log_select, log_view], show_progress="hidden")
 
-        def on_cancel(rel):
+        def on_cancel(rel, lang):
             path = run_path(rel)
-            return runs.cancel(path) if path else "no run selected"
+            return runs.cancel(path).text(lang) if path else message("no_run_selected", lang)
 
-        cancel_btn.click(on_cancel, [run_select], [cancel_result])
+        on(cancel_btn.click, on_cancel, [run_select], [cancel_result])
 
         def on_compare(selected):
             rows = []
@@ -314,57 +391,78 @@ def build_app(root: Path) -> "gr.Blocks":
 
         sweep_select.change(on_sweep, [sweep_select], [sweep_table, sweep_plot])
 
-        def on_send(rel, text, system_text, history, base_history, compare_base):
+        conversations = gr.State({})
+        """{"trained"|"base": after.new_conversation()}: what each model's ChatSession keeps between turns."""
+
+        def on_send(rel, text, image, system_text, history, base_history, compare_base, convs, lang):
             path = run_path(rel)
             history, base_history = list(history or []), list(base_history or [])
+            convs = {k: dict(v) for k, v in (convs or {}).items()}
             if path is None or not (text or "").strip():
-                yield history, base_history, text
+                yield history, base_history, text, convs, "", gr.update()
                 return
             text = text.strip()
+            kept = None
+            if image:
+                if not after.run_sees_images(path):
+                    from launcher.config.schema import load_run_config
+
+                    model_name = load_run_config(path).model.name
+                    yield (history, base_history, text, convs,
+                           message("image_refused", lang, run=rel, model=model_name), gr.update())
+                    return
+                try:
+                    kept = after.keep_image(path, image)
+                except LauncherError as exc:
+                    yield history, base_history, text, convs, message("image_unreadable", lang, detail=exc), gr.update()
+                    return
             targets = [(False, history)] + ([(True, base_history)] if compare_base else [])
             try:
-                for base, conversation in targets:
-                    past = list(conversation)
-                    conversation.append({"role": "user", "content": text})
-                    conversation.append({"role": "assistant", "content": ""})
-                    for partial in after.stream_reply(path, past, text, system_text, base=base):
-                        conversation[-1] = {"role": "assistant", "content": partial or "…"}
-                        yield history, base_history, ""
-                    if not conversation[-1]["content"].strip("…"):
-                        conversation[-1] = {"role": "assistant", "content": "(empty answer: the model ended its turn)"}
-                    yield history, base_history, ""
+                for base, shown in targets:
+                    conversation = convs.setdefault("base" if base else "trained", after.new_conversation())
+                    if kept:
+                        shown.append({"role": "user", "content": {"path": image}})
+                    shown.append({"role": "user", "content": text})
+                    shown.append({"role": "assistant", "content": ""})
+                    for partial in after.stream_reply(path, conversation, text, system_text, base=base, image=kept):
+                        shown[-1] = {"role": "assistant", "content": partial or "…"}
+                        yield history, base_history, "", convs, "", None
+                    if not shown[-1]["content"].strip("…"):
+                        shown[-1] = {"role": "assistant", "content": message("empty_answer", lang)}
+                    yield history, base_history, "", convs, "", None
             except LauncherError as exc:
-                raise gr.Error(str(exc))
+                raise gr.Error(message("error", lang, detail=exc))
 
-        send_inputs = [chat_run, message, system, bot, base_bot, with_base]
-        send_btn.click(on_send, send_inputs, [bot, base_bot, message])
-        message.submit(on_send, send_inputs, [bot, base_bot, message])
-        clear_btn.click(lambda: ([], []), None, [bot, base_bot])
-        chat_run.input(lambda _: ([], []), [chat_run], [bot, base_bot])
+        send_inputs = [chat_run, message_box, chat_image, system, bot, base_bot, with_base, conversations]
+        send_outputs = [bot, base_bot, message_box, conversations, chat_status, chat_image]
+        on(send_btn.click, on_send, send_inputs, send_outputs)
+        on(message_box.submit, on_send, send_inputs, send_outputs)
+        clear_btn.click(lambda: ([], [], {}, ""), None, [bot, base_bot, conversations, chat_status])
+        chat_run.input(lambda _: ([], [], {}, ""), [chat_run], [bot, base_bot, conversations, chat_status])
 
-        def on_export(rel, progress=gr.Progress()):
+        def on_export(rel, lang, progress=gr.Progress()):
             path = run_path(rel)
             if path is None:
-                return "no finished run selected"
-            progress(0.1, desc="exporting (merge LoRA, write safetensors)")
+                return message("no_finished_run", lang)
+            progress(0.1, desc=message("exporting", lang))
             try:
-                return after.export(path)
+                return after.export(path).text(lang)
             except LauncherError as exc:
-                return f"error: {exc}"
+                return message("error", lang, detail=exc)
 
-        def on_predict(rel, limit, progress=gr.Progress(track_tqdm=True)):
+        def on_predict(rel, limit, lang, progress=gr.Progress(track_tqdm=True)):
             path = run_path(rel)
             if path is None:
-                return "no finished run selected"
-            progress(0, desc="loading the model")
+                return message("no_finished_run", lang)
+            progress(0, desc=message("loading_model", lang))
             try:
                 m = after.predict(path, limit=int(limit) if limit else None)
             except LauncherError as exc:
-                return f"error: {exc}"
+                return message("error", lang, detail=exc)
             scores = ", ".join(f"{k} {m[k]:.2f}" for k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4", "exact_match"))
-            return f"{m['dataset']}: {m['n']} samples; {scores}\nwritten: {m['output_dir']}"
+            return message("predicted", lang, dataset=m["dataset"], n=m["n"], scores=scores, out=m["output_dir"])
 
-        export_btn.click(on_export, [chat_run], [after_out])
-        predict_btn.click(on_predict, [chat_run, predict_limit], [after_out])
+        on(export_btn.click, on_export, [chat_run], [after_out])
+        on(predict_btn.click, on_predict, [chat_run, predict_limit], [after_out])
     app.launcher_i18n = t.i18n  # launch(i18n=...) needs it
     return app

@@ -43,6 +43,12 @@ LABELS = {
     "lx_preview": ("Preview (dry run + preflight)", "预览（试运行 + 预检）"),
     "lx_submit": ("Submit", "提交"),
     "lx_status": ("status", "状态"),
+    "lx_data_preview_btn": ("Preview data", "预览数据"),
+    "lx_data_n": ("samples", "样本数"),
+    "lx_data_preview": ("dataset preview (launcher data preview)", "数据集预览（launcher data preview）"),
+    "lx_data_preview_text": ("first samples as the model sees them (trained text highlighted)",
+                             "模型看到的前几个样本（高亮为参与训练的文本）"),
+    "lx_data_images": ("the samples' images", "样本中的图片"),
     "lx_command": ("equivalent command", "等价命令"),
     "lx_preflight": ("preflight verdict (one problem per line)", "预检结果（每行一个问题）"),
     "lx_plan": ("sbatch script / torchrun command", "sbatch 脚本 / torchrun 命令"),
@@ -67,6 +73,7 @@ LABELS = {
     "lx_trained_model": ("trained model", "训练后的模型"),
     "lx_base_model": ("base model", "基座模型"),
     "lx_message": ("message", "消息"),
+    "lx_chat_image": ("image (VL runs)", "图片（视觉语言模型）"),
     "lx_send": ("Send", "发送"),
     "lx_clear": ("Clear", "清空"),
     "lx_after_help": ("**After training**: export writes RUN_DIR/export (LoRA merged); predict scores the run's eval "
@@ -115,3 +122,96 @@ class Labels:
 
 def build_i18n() -> Labels:
     return Labels()
+
+
+# ------------------------------------------------------------------------------------------------ messages
+
+MESSAGES = {
+    # Compose
+    "error": ("error: {detail}", "错误：{detail}"),
+    "preview_ok": ("ok: preflight passed; Submit queues this", "通过：预检已通过，点击“提交”即可排队"),
+    "preview_refused": ("error: {detail}", "错误：{detail}"),
+    "verdict_passed": ("passed", "通过"),
+    "verdict_passed_sweep": ("passed (every point)", "通过（每个超参点）"),
+    "verdict_warning": ("warning: {detail}", "警告：{detail}"),
+    "submitted_slurm": ("submitted SLURM job {job_id}: {run_dir}", "已提交 SLURM 作业 {job_id}：{run_dir}"),
+    "started_local": ("started locally (process {pid}): {run_dir}", "已在本机启动（进程 {pid}）：{run_dir}"),
+    "submitted_sweep": ("submitted sweep of {points} point(s) as job array(s) {arrays}: {sweep_dir}",
+                        "已提交 {points} 个超参点的搜索，作业数组 {arrays}：{sweep_dir}"),
+    "started_local_sweep": ("started a local sweep of {points} point(s) (process {pid}): {sweep_dir}",
+                            "已在本机启动 {points} 个超参点的搜索（进程 {pid}）：{sweep_dir}"),
+    "nothing_queued": ("nothing was queued", "未提交任何作业"),
+    # Dataset preview
+    "data_loading": ("tokenizing the data (cached for training)", "正在分词（结果缓存，训练时复用）"),
+    "data_sample": ("sample {index}{side}: {tokens} tokens, {trained} trained", "样本 {index}{side}：{tokens} 个词元，其中 {trained} 个参与训练"),
+    "data_images": (", {count} image(s)", "，{count} 张图片"),
+    "data_image_caption": ("sample {index}, image {k}: {tokens} image tokens, {size}",
+                           "样本 {index}，图片 {k}：{tokens} 个图像词元，{size}"),
+    "data_image_caption_unknown": ("sample {index}, image {k}: {size} (image tokens: this build has no VL tokenization)",
+                                   "样本 {index}，图片 {k}：{size}（图像词元数：当前版本尚无视觉语言分词）"),
+    "data_image_missing": ("sample {index}, image {k}: {detail}", "样本 {index}，图片 {k}：{detail}"),
+    "data_stats": ("{count} sample(s) shown; trained text highlighted. Counts: {stats}",
+                   "显示 {count} 个样本；高亮为参与训练的文本。统计：{stats}"),
+    "data_trained": ("trained", "训练"),
+    # Runs
+    "table_headers": ("run|state|step|loss|eval loss|ETA|requeues|job|where|started",
+                      "运行|状态|步数|损失|评估损失|预计剩余|重新排队|作业|位置|开始时间"),
+    "runs_summary": ("{n} run(s) under `{root}`: {counts}", "`{root}` 下共 {n} 个运行：{counts}"),
+    "run_state": ("state **{state}**", "状态 **{state}**"),
+    "run_job": (", job {job_id}", "，作业 {job_id}"),
+    "run_step": (", step {step}", "，步数 {step}"),
+    "run_loss": (", loss {loss}", "，损失 {loss}"),
+    "run_eta": (", ETA {eta}", "，预计剩余 {eta}"),
+    "run_requeues": (", requeues {requeues}", "，重新排队 {requeues} 次"),
+    "no_run_selected": ("no run selected", "未选择运行"),
+    "cancel_ended": ("job {job_id} already ended ({state}): nothing to cancel",
+                     "作业 {job_id} 已结束（{state}）：无需取消"),
+    "cancel_done": ("{output}", "已请求取消：{output}"),
+    "cancel_failed": ("error: {output}", "错误：{output}"),
+    "cancel_local": ("stopped the local job of {folder}", "已停止 {folder} 的本机作业"),
+    "cancel_nothing": ("{run_dir}: nothing to cancel (not running, or started from a terminal: stop it there)",
+                       "{run_dir}：无可取消的作业（未在运行，或是从终端启动的：请在那里停止）"),
+    # Chat and after training
+    "no_finished_run": ("no finished run selected", "未选择已完成的运行"),
+    "empty_answer": ("(empty answer: the model ended its turn)", "（空回答：模型结束了这一轮）"),
+    "image_refused": ("{run}: this run's model ({model}) has no vision tower, so it cannot see images; remove the"
+                      " image, or chat with a VL run", "{run}：该运行的模型（{model}）没有视觉模块，无法理解图片；请移除图片，或选择视觉语言模型的运行"),
+    "image_unreadable": ("error: the uploaded file is not a readable image: {detail}",
+                         "错误：上传的文件不是可读取的图片：{detail}"),
+    "exporting": ("exporting (merge LoRA, write safetensors)", "正在导出（合并 LoRA，写入 safetensors）"),
+    "exported": ("exported: {out} ({files})", "已导出：{out}（{files}）"),
+    "loading_model": ("loading the model", "正在加载模型"),
+    "predicted": ("{dataset}: {n} samples; {scores}\nwritten: {out}", "{dataset}：{n} 个样本；{scores}\n已写入：{out}"),
+}
+"""Every message a handler shows, in English and Chinese; ``{name}`` fields are filled in both. Details that
+come from the library (a config key's message, the preflight's problems, SLURM's answers) stay as the CLI
+prints them: they name keys, files and commands that are the same in any language."""
+
+
+def language(code: str | None) -> str:
+    """The page's language (``document.documentElement.lang``, set by Gradio's language switch) as one of
+    LANGUAGES: any Chinese variant is zh-CN, anything else English."""
+    return "zh-CN" if (code or "").lower().startswith("zh") else "en"
+
+
+def message(name: str, lang: str = "en", **params) -> str:
+    texts = MESSAGES[name]
+    return texts[LANGUAGES.index(language(lang))].format(**params)
+
+
+class Note:
+    """A message to show, as its key and fields: the library returns it, the page words it in its language."""
+
+    def __init__(self, name: str, **params):
+        if name not in MESSAGES:
+            raise KeyError(f"no message '{name}' in launcher.ui.i18n.MESSAGES")
+        self.name, self.params = name, params
+
+    def text(self, lang: str = "en") -> str:
+        return message(self.name, lang, **self.params)
+
+    def __str__(self) -> str:
+        return self.text("en")
+
+    def __repr__(self) -> str:
+        return f"Note({self.name!r}, {self.params!r})"

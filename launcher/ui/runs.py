@@ -314,12 +314,13 @@ def tail_text(path: Path, lines: int = 200, max_bytes: int = 65536) -> str:
     return mask_secrets("\n".join(data.splitlines()[-lines:]))
 
 
-def cancel(run_dir: Path) -> str:
+def cancel(run_dir: Path) -> "Note":
     """``launcher cancel RUN_DIR`` for a SLURM run; SIGTERM to the job process of a run the UI started here."""
     import contextlib
     import io
 
     from launcher.slurm.jobs import JOB_FILE, cancel_main
+    from launcher.ui.i18n import Note
     from launcher.ui.local_job import stop
 
     run_dir = Path(run_dir)
@@ -329,14 +330,15 @@ def cancel(run_dir: Path) -> str:
         ref = resolve_target(str(run_dir))
         state = job_state(ref.job_id)["state"]
         if state in TERMINAL_STATES:
-            return f"job {ref.job_id} already ended ({state}): nothing to cancel"
+            return Note("cancel_ended", job_id=ref.job_id, state=state)
         out = io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             rc = cancel_main([str(run_dir)])
-        if rc == 0:
-            (run_dir / CANCEL_REQUEST).write_text(json.dumps({"job_id": ref.job_id, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
-        return out.getvalue().strip()
+        if rc != 0:
+            return Note("cancel_failed", output=out.getvalue().strip())
+        (run_dir / CANCEL_REQUEST).write_text(json.dumps({"job_id": ref.job_id, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+        return Note("cancel_done", output=out.getvalue().strip())
     for folder in (run_dir, run_dir.parent):
         if stop(folder):
-            return f"stopped the local job of {folder}"
-    return f"{run_dir}: nothing to cancel (not running, or started from a terminal: stop it there)"
+            return Note("cancel_local", folder=folder)
+    return Note("cancel_nothing", run_dir=run_dir)

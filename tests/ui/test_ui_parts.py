@@ -224,10 +224,10 @@ def test_local_run_started_from_the_ui_completes_and_cancels(tmp_path):
         deadline = time.time() + 120
         while not (long.run_dir / "metrics.jsonl").exists() and time.time() < deadline:
             time.sleep(0.5)
-        assert "stopped the local job" in runs.cancel(running.path)
+        assert "stopped the local job" in str(runs.cancel(running.path))
         stopped = wait_state(root, "long", {"CANCELLED", "COMPLETED", "FAILED"}, timeout_s=60)
         assert stopped.state == "CANCELLED"
-        assert "nothing to cancel" in runs.cancel(running.path)
+        assert "nothing to cancel" in str(runs.cancel(running.path))
     finally:
         from launcher.ui.local_job import stop
 

@@ -354,9 +354,14 @@ def check_memory(problems: Problems, cfg: Config) -> None:
 
 
 def memory_summary(cfg: Config) -> Optional[str]:
-    """The dry run's memory lines: training state per GPU and the loading peak; None when the shape is unknown."""
+    """The dry run's memory lines: training state per GPU and the loading peak; None when the shape is unknown
+    or the cluster states no memory to check against (a local CPU run: reading the model's config would import
+    transformers, which a dry run of that kind never does)."""
     from launcher.memory_estimate import estimate_load_memory, estimate_memory_per_gpu
 
+    c = cfg.cluster
+    if not ((c.gpus_per_node > 0 and c.gpu_memory_gb is not None) or c.mem_gb is not None):
+        return None
     shape = model_shape_of(cfg)
     if shape is None:
         return None

@@ -66,7 +66,11 @@ def safetensors_folder(name_or_path: str) -> Optional[Path]:
         try:
             from huggingface_hub import snapshot_download
 
-            path = Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors"]))
+            patterns = ["*.json", "*.safetensors"]
+            try:  # the cached snapshot, without asking the network (the preflight checked it is cached)
+                path = Path(snapshot_download(name_or_path, allow_patterns=patterns, local_files_only=True))
+            except Exception:
+                path = Path(snapshot_download(name_or_path, allow_patterns=patterns))
         except Exception as exc:  # offline, gated, ...: the plain loader reports it its own way
             log.info("sharded loading: no local safetensors for %s (%s); loading the plain way", name_or_path, exc)
             return None

@@ -254,8 +254,12 @@ def freeze_layers(model, freeze) -> list[str]:
 
 
 def count_parameters(model) -> tuple[int, int]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # A ZeRO-3 parameter partitioned at build time holds an empty tensor; ds_numel is its real size.
+    def numel(p) -> int:
+        return getattr(p, "ds_numel", None) or p.numel()
+
+    total = sum(numel(p) for p in model.parameters())
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
     return total, trainable
 
 

@@ -150,8 +150,11 @@ def run_path(path: str, folder: str, out: Path) -> None:
         result["gpu_peak_gib"] = gpu_peak()
         result["report"] = report
     result["host_peak_gib"] = peak_host_gib()
+    from transformers import AutoConfig
+
+    vocab = AutoConfig.from_pretrained(folder).vocab_size
     with torch.no_grad(), context:
-        logits = forward(input_ids=torch.tensor(PROBE, device=DEVICE)).logits.float().cpu()
+        logits = forward(input_ids=torch.tensor([[t % vocab for t in PROBE[0]]], device=DEVICE)).logits.float().cpu()
     torch.save(logits, out.with_suffix(".pt"))
     out.write_text(json.dumps(result))
 

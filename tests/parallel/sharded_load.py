@@ -108,8 +108,10 @@ def measured(r: dict, strategy: str, phase: str) -> int:
     return (r[mark] - r["rss_before_model_kib"]) * 1024
 
 
-def run_load(root: Path, name: str, folder: Path, overrides: list[str]) -> tuple[Path, list[dict]]:
-    """Set up and train one step on NPROC gloo ranks; the run dir and each rank's measurements."""
+def run_load(root: Path, name: str, folder: Path, overrides: list[str],
+             checkpoint: bool = False) -> tuple[Path, list[dict]]:
+    """Set up and train one step on NPROC gloo ranks; the run dir and each rank's measurements. ``checkpoint``:
+    then write a checkpoint of that step (RUN_DIR/checkpoints/step-0000001)."""
     from launcher.config.compose import compose_config
     from launcher.rundir import make_run_dir, write_run_config
 
@@ -122,7 +124,8 @@ def run_load(root: Path, name: str, folder: Path, overrides: list[str]) -> tuple
     write_run_config(run_dir, cfg)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={NPROC}",
-           str(LOAD_WORKER), "--run-dir", str(run_dir), "--probe", ",".join(map(str, PROBE))]
+           str(LOAD_WORKER), "--run-dir", str(run_dir), "--probe", ",".join(map(str, PROBE)),
+           *(["--checkpoint-after"] if checkpoint else [])]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200)
     if proc.returncode != 0:

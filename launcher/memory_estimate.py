@@ -192,8 +192,10 @@ def estimate_load_memory(cfg: Config, shape: ModelShape) -> LoadEstimate:
             gpu_temp = wb * max(largest, shape.layer_params())
         host = file + per_node * host_temp + (per_node * shard if p.offload else 0)
         gpu = (gpu_temp + (0 if p.offload else shard)) if on_gpu else 0
-        how = (f"parallelism={p.name}: {'built on the meta device, each rank reads only its FSDP shards' if mode == 'meta' else 'partitioned as it loads (ZeRO-3 zero.Init)'}"
-               f", {shard / GIB:.1f} GB shard per rank{' in host RAM (offload)' if p.offload else ''}")
+        way = ("built on the meta device, each rank reads only its FSDP shards" if mode == "meta"
+               else "partitioned as it loads (ZeRO-3 zero.Init)")
+        where = " in host RAM (offload)" if p.offload else ""
+        how = f"parallelism={p.name}: {way}, {shard / GIB:.1f} GB shard per rank{where}"
     return LoadEstimate(host_gb_per_node=host / GIB, gpu_gb=gpu / GIB, how=how)
 
 

@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--probe", default="", help="comma-separated token ids of the probe row")
+    parser.add_argument("--checkpoint-after", action="store_true",
+                        help="after the measurements, write a checkpoint of the step (for the export measurement)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -82,6 +84,8 @@ def main(argv=None) -> int:
         recipe.train()
         marks["peak_step_kib"] = status_kib("VmHWM")
         marks["report"] = engine.report()
+        if args.checkpoint_after:
+            recipe.trainer.save_checkpoint()  # collective: every rank writes its shard
         (args.run_dir / f"load_rank{dist_info.rank}.json").write_text(json.dumps(marks))
         if dist_info.is_main:
             torch.save(logits.float().cpu(), args.run_dir / "load_logits.pt")

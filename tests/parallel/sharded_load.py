@@ -15,9 +15,10 @@ The checkpoint is read with plain reads (launcher.engines.loading.SafetensorsRea
 its pages sit in the node's page cache once and in no rank's RSS.
 Through the first step, on top of that: gradients and AdamW state of this rank's share of the trainable
 parameters 12T/N (DeepSpeed also keeps a separate fp32 master partition and a flat gradient partition, 8T/N),
-and a working set W = 3 x 4P that is measured, not derived: on CPU/gloo the first step's gathered layers,
+and a working set W = 4 x 4P that is measured, not derived: on CPU/gloo the first step's gathered layers,
 unsharded gradients, collective staging and the probe forward's gathered model took 1.1-2.4 x the fp32 model
-at N=2 (tests/benchmarks/bench_load.py prints the figures). ``SLACK`` covers the allocator and the tiny
+at N=2, and ZeRO-3 came within 5% of a 3 x allowance (tests/benchmarks/bench_load.py prints the figures).
+``SLACK`` covers the allocator and the tiny
 batch's activations.
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOAD_WORKER = Path(__file__).with_name("load_worker.py")
 NPROC = 2
-WORKING_SET = 3
+WORKING_SET = 4
 DS_OVERHEAD = 2
 SLACK = 96 << 20
 """Allocator slack, activations of one 2 x 32-token micro-batch, gloo buffers."""
@@ -108,8 +109,10 @@ def measured(r: dict, strategy: str, phase: str) -> int:
     return (r[mark] - r["rss_before_model_kib"]) * 1024
 
 
-def run_load(root: Path, name: str, folder: Path, overrides: list[str]) -> tuple[Path, list[dict]]:
-    """Set up and train one step on NPROC gloo ranks; the run dir and each rank's measurements."""
+def run_load(root: Path, name: str, folder: Path, overrides: list[str],
+             checkpoint: bool = False) -> tuple[Path, list[dict]]:
+    """Set up and train one step on NPROC gloo ranks; the run dir and each rank's measurements. ``checkpoint``:
+    then write a checkpoint of that step (RUN_DIR/checkpoints/step-0000001)."""
     from launcher.config.compose import compose_config
     from launcher.rundir import make_run_dir, write_run_config
 
@@ -122,7 +125,8 @@ def run_load(root: Path, name: str, folder: Path, overrides: list[str]) -> tuple
     write_run_config(run_dir, cfg)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={NPROC}",
-           str(LOAD_WORKER), "--run-dir", str(run_dir), "--probe", ",".join(map(str, PROBE))]
+           str(LOAD_WORKER), "--run-dir", str(run_dir), "--probe", ",".join(map(str, PROBE)),
+           *(["--checkpoint-after"] if checkpoint else [])]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200)
     if proc.returncode != 0:

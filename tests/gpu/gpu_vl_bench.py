@@ -19,7 +19,6 @@ the frame repeated for the temporal patch of 2).
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import sys
 import time

@@ -17,7 +17,6 @@ import torch
 from launcher.config.compose import compose_config
 from launcher.engines.deepspeed import build_deepspeed_config
 from launcher.engines.precision import make_grad_scaler, resolve_precision
-from tests.parallel.test_parallel_train import REPO_ROOT
 
 CUDA = torch.device("cuda", 0)
 

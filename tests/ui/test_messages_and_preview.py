@@ -4,7 +4,6 @@ image upload checks (kept under the run dir; refused for a text model).
 """
 from __future__ import annotations
 
-import json
 import re
 import string
 from pathlib import Path

@@ -42,8 +42,7 @@ def test_glob_over_a_config_group():
     grid = expand_grid(["method=glob(*)", "train.max_steps=5"])
     assert sorted(p[0] for p in grid.points) == [f"method={o}" for o in options]
     kept = sorted(o for o in options if o != "lora" and not o.startswith("dpo"))
-    assert expand_grid(["method=glob(*,exclude=[lora,dpo*])"]).points == [[f"method={o}"] for o in kept]
-    assert ["method=sft_full"] in expand_grid(["method=glob(*,exclude=[lora,dpo*])"]).points
+    assert sorted(expand_grid(["method=glob(*,exclude=[lora,dpo*])"]).points) == [[f"method={o}"] for o in kept]
     with pytest.raises(ConfigError, match="matches no option"):
         expand_grid(["method=glob(nothing*)"])
 

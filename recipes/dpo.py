@@ -62,7 +62,8 @@ class DPORecipe(Recipe):
                      " on every rank", cfg.parallelism.name)
         self.ref_model = None
         if objective.uses_reference and cfg.method.finetuning == "full" and not self.precompute:
-            self.ref_model = frozen_copy(model, dist.device)  # before the engine wraps (or shards) the policy
+            self.ref_model = frozen_copy(model, dist.device, cfg, self.tokenizer, self.attn_impl,
+                                         self.precision.param_dtype)  # before the engine wraps (or shards) the policy
         engine = build_engine(cfg, model, dist, self.total_steps, loss_module=objective.loss_module,
                               precision=self.precision)
         objective.scorer = unwrap_loss_module(engine.module)

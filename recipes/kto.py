@@ -48,7 +48,8 @@ class KTORecipe(Recipe):
 
         objective = KTOObjective(self.data, cfg)
         # LoRA: the policy with its adapters off is the reference; full: a frozen copy of the starting weights.
-        self.ref_model = frozen_copy(model, dist.device) if cfg.method.finetuning != "lora" else None
+        self.ref_model = frozen_copy(model, dist.device, cfg, self.tokenizer, self.attn_impl,
+                                    self.precision.param_dtype) if cfg.method.finetuning != "lora" else None
         engine = build_engine(cfg, model, dist, self.total_steps, loss_module=objective.loss_module,
                               precision=self.precision)
         objective.scorer = unwrap_loss_module(engine.module)

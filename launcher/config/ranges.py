@@ -56,6 +56,9 @@ FRACTION = Range(0, 1, high_open=True)
 RANGES: dict[str, Range] = {
     "data.val_size": Range(0),  # fraction or count: see val_size_problem
     "data.cutoff_len": Range(8),
+    # A Qwen-VL image is at least one merged 2x2 patch of 14-16 px, so fewer pixels than that cannot be asked for.
+    "data.image_max_pixels": Range(1024, phrase="at least 1024 pixels (32 x 32)"),
+    "data.image_min_pixels": Range(1024, phrase="at least 1024 pixels (32 x 32)"),
     "data.max_samples": AT_LEAST_1,
     "data.num_proc": AT_LEAST_1,
     "data.preprocess_batch_size": AT_LEAST_1,

@@ -69,7 +69,7 @@ def test_predict_scores_and_order_with_known_answers(lora_run, monkeypatch, caps
         conversation, reference = prompt_and_reference(sample)
         answer_of[render(conversation, None)] = reference
 
-    def fake_generate(model, tok, prompts, args, device):
+    def fake_generate(model, tok, prompts, args, device, *vision):  # vision: VL runs only
         return [answer_of[p] for p in prompts], [len(answer_of[p]) for p in prompts]
 
     monkeypatch.setattr(predict_module, "generate_batch", fake_generate)

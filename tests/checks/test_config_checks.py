@@ -165,8 +165,8 @@ def test_sweep_points_get_the_same_checks(tmp_path):
     from launcher.sweep.expand import expand_grid
     from launcher.sweep.plan import check_points
 
-    with pytest.raises(PreflightError, match=r"experiment=vl_demo: conf/experiment/ has no option 'vl_demo'"):
-        check_points(expand_grid(["experiment=vl_demo", "method.lr=1e-3,2e-3"]))
+    with pytest.raises(PreflightError, match=r"experiment=vl_dmeo: conf/experiment/ has no option 'vl_dmeo'"):
+        check_points(expand_grid(["experiment=vl_dmeo", "method.lr=1e-3,2e-3"]))
     with pytest.raises(PreflightError, match=r"model\.name_or_path: has no value"):
         check_points(expand_grid(["model=hf", "method.lr=1e-3,2e-3"]))
     folder = own_dataset_dir(tmp_path)

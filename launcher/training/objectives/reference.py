@@ -25,8 +25,30 @@ def sharded_parameters(cfg) -> bool:
     return sharded_parameters_of(cfg.parallelism)
 
 
-def frozen_copy(model: nn.Module, device) -> nn.Module:
-    """A frozen copy of the starting weights; take it before the engine wraps (or shards) the policy."""
+def frozen_copy(model: nn.Module, device, cfg=None, tokenizer=None, attn_implementation: str = "sdpa",
+                dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """A frozen copy of the starting weights; take it before the engine wraps (or shards) the policy.
+
+    A policy built sharded (FSDP on the meta device, ZeRO-3 partitioned as it loads: ``sharded_loading``) holds
+    no full weights to copy, so the reference is then built again the plain way (the same file, or the same
+    seeded random init), with the global RNG left as it was."""
+    from launcher.config.schema import sharded_loading
+
+    if cfg is not None and sharded_loading(cfg) is not None:
+        from launcher.models.build import build_base_model
+
+        from transformers.integrations import deepspeed as hf_deepspeed
+
+        # While the policy's HfDeepSpeedConfig is registered, transformers would build this one partitioned too.
+        registered = hf_deepspeed._hf_deepspeed_config_weak_ref
+        rng = torch.get_rng_state()
+        hf_deepspeed._hf_deepspeed_config_weak_ref = None
+        try:
+            ref = build_base_model(cfg, tokenizer, attn_implementation, dtype or torch.float32)
+        finally:
+            hf_deepspeed._hf_deepspeed_config_weak_ref = registered
+            torch.set_rng_state(rng)
+        return ref.to(device).eval().requires_grad_(False)
     return copy.deepcopy(model).to(device).eval().requires_grad_(False)
 
 

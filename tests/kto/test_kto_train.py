@@ -25,7 +25,7 @@ def assert_same_logits(recipe, run_dir):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("method,lr", [("kto_lora", "4e-2"), ("kto", "3e-3")])
+@pytest.mark.parametrize("method,lr", [("kto_lora", "1e-1"), ("kto", "3e-3")])
 def test_kto_learns_and_reloads(tmp_path, output_root, method, lr):
     data = write_feedback_data(tmp_path / "data")
     recipe, run_dir, summary = run_kto(output_root, [*fast(data), f"method={method}", f"method.lr={lr}",

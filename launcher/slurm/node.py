@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.config.schema import load_run_config
-from launcher.paths import REPO_ROOT
+from launcher.paths import CODE_ROOT, REPO_ROOT
 from launcher.training.preemption import (SLURM_STOP_SIGNALS, STOP_SIGNALS_ENV, clear_stop_state, request_stop,
                                          stopped_early)
 from launcher.slurm.head_node import resolve_head_node_from_env
@@ -73,7 +73,7 @@ class NodeLauncher:
             flush=True,
         )
         child_env = dict(env)
-        child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+        child_env["PYTHONPATH"] = rank_pythonpath(env.get("PYTHONPATH"), self.worker_module is not None)
         # torchrun's c10d rendezvous shares one TCP store across restart rounds without a per-attempt prefix:
         # ranks restarted after a crash (--max-restarts) read the dead ranks' gloo addresses and fail to
         # connect ("Connection refused"). A store per round avoids that.
@@ -94,7 +94,8 @@ class NodeLauncher:
     def _run_torchrun(self, argv: list, child_env: dict) -> int:
         import psutil  # noqa: F401  (imported now, not when the signal comes: forwarding must be quick)
 
-        proc = subprocess.Popen(argv, cwd=str(REPO_ROOT), env=child_env,
+        # cwd is the code snapshot too: `python -m` puts the cwd first on sys.path, ahead of PYTHONPATH.
+        proc = subprocess.Popen(argv, cwd=str(CODE_ROOT), env=child_env,
                                 preexec_fn=_ignore_preempt_signal)
         while proc.poll() is None:
             if self._signalled is not None:
@@ -156,6 +157,16 @@ class NodeLauncher:
         # Like submitit's own requeue: leave without a result, SLURM runs the job again.
         sys.exit(1)
 
+
+
+def rank_pythonpath(inherited: Optional[str], test_payload: bool = False) -> str:
+    """The ranks' PYTHONPATH: this launcher's own code first (the run's snapshot, RUN_DIR/code, when the job
+    was submitted by ``launcher train``), then what the job inherited. A test payload (``worker_module``)
+    lives in the checkout's tests/, outside the snapshot, so the checkout follows for it."""
+    parts = [str(CODE_ROOT)]
+    if test_payload and REPO_ROOT != CODE_ROOT:
+        parts.append(str(REPO_ROOT))
+    return os.pathsep.join(p for p in (*parts, inherited) if p)
 
 
 def job_was_cancelled(job_id: str) -> bool:

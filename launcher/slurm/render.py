@@ -43,6 +43,7 @@ RESERVED_SBATCH_OPTIONS = {
     "error": "(the run dir decides where logs go)",
     "job_name": "run.name",
     "comment": "(the launcher stores the run dir there)",
+    "chdir": "(the job runs in the run's code snapshot, RUN_DIR/code)",
 }
 
 PORT_BASE = 20000
@@ -96,9 +97,10 @@ def check_no_secrets(cfg: Config, environ: Optional[dict] = None) -> None:
 
 
 def setup_lines(cfg: Config, repo_root: Union[str, Path]) -> list:
-    """Shell lines run once per job before srun: user setup, the repo on PYTHONPATH, non-secret env vars."""
+    """Shell lines run once per job before srun: user setup, the code on PYTHONPATH (``repo_root``: the
+    run's code snapshot, RUN_DIR/code), non-secret env vars."""
     lines = [str(line) for line in cfg.cluster.setup]
-    # Unpickling the node launcher on the nodes needs the same code that submitted it.
+    # Unpickling the node launcher on the nodes needs the same code that submitted it: the run's snapshot.
     lines.append(f"export PYTHONPATH={shlex.quote(str(repo_root))}${{PYTHONPATH:+:$PYTHONPATH}}")
     for key in sorted(cfg.cluster.env):
         if not str(key).isidentifier():
@@ -125,7 +127,8 @@ def _mem_string(mem_gb: float) -> str:
 
 
 def sbatch_parameters(cfg: Config, run_dir: Union[str, Path], repo_root: Union[str, Path]) -> dict:
-    """Parameters for submitit's SlurmExecutor (sbatch option names, underscores for dashes)."""
+    """Parameters for submitit's SlurmExecutor (sbatch option names, underscores for dashes). ``repo_root``:
+    the code the job runs, the run's snapshot (RUN_DIR/code): its cwd and first on its PYTHONPATH."""
     c = cfg.cluster
     check_sbatch_extra(cfg)
     params: dict = {
@@ -151,7 +154,9 @@ def sbatch_parameters(cfg: Config, run_dir: Union[str, Path], repo_root: Union[s
         params["exclusive"] = True
     # Requeue readiness: SLURM may requeue the job on preemption or node failure; USR2 (submitit's signal,
     # not USR1 which NCCL claims) arrives signal_delay_s before the time limit.
-    additional = {"requeue": True}
+    # The job's cwd is the code snapshot: `python -m submitit.core._submit` puts the cwd first on sys.path, so
+    # a job started in the checkout would unpickle the node launcher from whatever the checkout holds by then.
+    additional = {"requeue": True, "chdir": str(repo_root)}
     additional.update({_normalize_option(str(k)): v for k, v in c.sbatch_extra.items()})
     params["additional_parameters"] = additional
     return params

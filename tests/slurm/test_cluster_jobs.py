@@ -179,3 +179,17 @@ def test_start_cluster_is_idempotent(slurm_cluster):
     assert time.time() - started < 15 and "cluster ready: 2 node(s)" in done.stdout
     assert "up" not in done.stdout.replace("cluster ready", "")  # no daemon was (re)started
     assert sorted(p.read_text() for p in Path(slurm_cluster).parents[1].glob("run/*.pid")) == pids
+
+
+def test_queued_job_runs_the_code_it_was_submitted_with(slurm_cluster, runs_root):
+    _, run_dir, info = launch(runs_root, ["cluster.nodes=1", "cluster.nproc_per_node=1"],
+                              worker_module="tests.slurm.payload_code_origin")
+    code = run_dir / "code"
+    assert (code / "launcher" / "slurm" / "node.py").is_file() and (code / "recipes" / "sft.py").is_file()
+    assert f"export PYTHONPATH={code}" in (run_dir / "submitted.sbatch").read_text()
+    assert_completed(run_dir, info["job_id"])
+    origin = json.loads((run_dir / "code_origin.json").read_text())
+    # The ranks imported the snapshot (not the checkout), ran in it, and still resolve data in the checkout.
+    assert Path(origin["launcher"]).is_relative_to(code) and Path(origin["recipes"]).is_relative_to(code)
+    assert Path(origin["cwd"]) == code and Path(origin["code_root"]) == code
+    assert Path(origin["repo_root"]) == REPO_ROOT.resolve()

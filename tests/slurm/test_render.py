@@ -18,7 +18,8 @@ from launcher.slurm.submit import render_plan
 GOLDEN = Path(__file__).parent / "golden"
 RUN_DIR = "/shared/runs/tiny-qwen2-sft_full-tasks/2026-01-01/00-00-00"
 PYTHON = "/opt/venv/bin/python"
-REPO = "/opt/launcher"
+REPO = f"{RUN_DIR}/code"
+"""What submit passes: the run's code snapshot, which the job puts on PYTHONPATH (not the live checkout)."""
 
 A100_OVERRIDES = [
     "cluster=slurm_a100",
@@ -54,6 +55,8 @@ def test_golden_sbatch_multinode_gpu():
     assert "#SBATCH --account=proj42\n" in script and "#SBATCH --qos=high\n" in script
     assert "#SBATCH --reservation=llm\n" in script and "#SBATCH --mail-type=END\n" in script
     assert "module load cuda/12.4\n" in script and "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1\n" in script
+    assert f"export PYTHONPATH={RUN_DIR}/code${{PYTHONPATH:+:$PYTHONPATH}}\n" in script
+    assert f"#SBATCH --chdir={RUN_DIR}/code\n" in script  # `python -m` looks in the cwd first
 
 
 def test_golden_torchrun_command():

@@ -15,8 +15,10 @@ and the restarted ranks resume from the last checkpoint.
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,7 +32,8 @@ from launcher.training.preemption import (SLURM_STOP_SIGNALS, STOP_SIGNALS_ENV, 
                                          stopped_early)
 from launcher.slurm.head_node import resolve_head_node_from_env
 from launcher.slurm.requeue import record_requeue, requeue_job
-from launcher.slurm.render import AGENT_SIGNALS_FLAG, RANK_LOG_DIR, format_command, port_for_job, render_torchrun_command
+from launcher.slurm.render import (AGENT_SIGNALS_FLAG, RANK_LOG_DIR, format_command, port_candidates,
+                                   render_torchrun_command)
 
 
 
@@ -55,7 +58,7 @@ class NodeLauncher:
             signal.signal(signum, self._on_signal)
         cfg = load_run_config(self.run_dir)
         head, addr = resolve_head_node_from_env()
-        port = port_for_job(job_id)
+        port = agree_port(Path(self.run_dir), job_id, node_rank, env.get("SLURM_RESTART_COUNT", "0"))
         argv = render_torchrun_command(
             cfg, self.run_dir, addr, port, job_id, node_rank, python=sys.executable, worker_module=self.worker_module
         )
@@ -157,6 +160,65 @@ class NodeLauncher:
         # Like submitit's own requeue: leave without a result, SLURM runs the job again.
         sys.exit(1)
 
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a listening socket could take ``port`` on every address of this host, IPv4 and IPv6, as the
+    c10d store will. SO_REUSEADDR as the store sets it: a port left in TIME_WAIT counts as free, a listener not."""
+    for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:  # no IPv6 on this host
+            continue
+        with sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as err:
+                if family == socket.AF_INET6 and err.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    continue
+                return False
+    return True
+
+
+def pick_free_port(candidates: list, is_free=port_is_free) -> int:
+    """The first candidate free on this host. Another job could still take it before torchrun binds it; the
+    window is the second between this test and torchrun's start, and the job then fails with EADDRINUSE."""
+    for port in candidates:
+        if is_free(port):
+            return port
+    raise RuntimeError(f"no free rendezvous port on this node among {candidates[0]}..{candidates[-1]}:"
+                       " another job holds them all; resubmit, or ask the admins what listens there (ss -ltnp)")
+
+
+def port_file(run_dir: Path, job_id: str, restart: str) -> Path:
+    """Where node 0 publishes the rendezvous port it picked; one per job id and SLURM restart (requeue)."""
+    return Path(run_dir) / RANK_LOG_DIR / f"rdzv_port.{job_id}.{restart}"
+
+
+def agree_port(run_dir: Path, job_id: str, node_rank: int, restart: str = "0", timeout_s: float = 600,
+               poll_s: float = 0.2) -> int:
+    """The rendezvous port every node of the job uses. Only the head node (node 0) can test which port is free
+    where the store will listen: it takes the first free of ``port_candidates`` and writes it to the run dir
+    (shared by the nodes, like config.yaml); the other nodes wait for that file."""
+    path = port_file(run_dir, job_id, restart)
+    if node_rank == 0:
+        port = pick_free_port(port_candidates(job_id))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(f"{port}\n")
+        os.replace(tmp, path)
+        return port
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            return int(path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            time.sleep(poll_s)
+    raise RuntimeError(f"node {node_rank}: node 0 did not publish the rendezvous port in {path} within"
+                       f" {timeout_s:.0f} s; is the run dir on a file system all nodes share?")
 
 
 def rank_pythonpath(inherited: Optional[str], test_payload: bool = False) -> str:

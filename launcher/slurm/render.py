@@ -50,16 +50,34 @@ PORT_BASE = 20000
 PORT_SPAN = 10000
 
 
-def port_for_job(job_id: Union[int, str]) -> int:
-    """Rendezvous port from the job id: two jobs sharing a node never both pick 29500.
+PORT_CANDIDATES = 32
+"""How many ports the head node tries, from the job's own one upwards, before it gives up."""
 
-    The range [20000, 30000) stays below Linux's ephemeral ports (32768+), so an outgoing connection
-    cannot already hold it. An array task id ("123_4") uses its numeric SLURM_JOB_ID instead.
-    """
+
+def _job_number(job_id: Union[int, str]) -> int:
     text = str(job_id)
-    if not text.isdigit():
-        raise ValueError(f"port_for_job: expected a numeric SLURM job id, got {job_id!r}")
-    return PORT_BASE + int(text) % PORT_SPAN
+    array_job, _, task = text.partition("_")
+    if not array_job.isdigit() or (task and not task.isdigit()):
+        raise ValueError(f"port_for_job: expected a SLURM job id (123 or, for an array task, 123_4), got {job_id!r}")
+    # An array task "A_T": the tasks of one array get consecutive ports, like consecutive jobs.
+    return int(array_job) + (int(task) if task else 0)
+
+
+def port_candidates(job_id: Union[int, str], count: int = PORT_CANDIDATES) -> list:
+    """Rendezvous ports to try, in order: the job's own one, then the next ones (wrapping inside the range).
+
+    The first is ``20000 + job % 10000`` from the whole job id (array task id added): jobs queued near each
+    other in time get different ports, and only jobs 10000 ids apart share one; the head node then takes
+    the first candidate that is free on it (``launcher.slurm.node.pick_free_port``). The range
+    [20000, 30000) stays below Linux's ephemeral ports (32768+), so an outgoing connection cannot hold it.
+    """
+    first = _job_number(job_id) % PORT_SPAN
+    return [PORT_BASE + (first + i) % PORT_SPAN for i in range(count)]
+
+
+def port_for_job(job_id: Union[int, str]) -> int:
+    """The job's own rendezvous port: the first of ``port_candidates`` (when it is free on the head node)."""
+    return port_candidates(job_id, 1)[0]
 
 
 def _normalize_option(key: str) -> str:

@@ -50,7 +50,8 @@ def render_plan(cfg: Config, run_dir: Union[str, Path], python: Optional[str] = 
         "",
         f"# per-node command (each of the {c.nodes} task(s) runs one torchrun with {c.nproc_per_node} rank(s)):",
         "#   HEAD_ADDR = NodeAddr of the first host of SLURM_JOB_NODELIST (scontrol show hostnames / show node)",
-        "#   PORT      = 20000 + SLURM_JOB_ID % 10000",
+        "#   PORT      = 20000 + SLURM_JOB_ID % 10000, or the next port free on the head node (bind test there;"
+        " node 0 publishes it in RUN_DIR/logs for the others)",
         "#   is_host=1 on node 0 (it hosts the c10d rendezvous), 0 elsewhere",
         f"#   run from the code snapshot taken at submit: cd {code_dir}; PYTHONPATH={code_dir}",
         format_command(torchrun),

@@ -62,7 +62,9 @@ class NodeLauncher:
         argv = render_torchrun_command(
             cfg, self.run_dir, addr, port, job_id, node_rank, python=sys.executable, worker_module=self.worker_module
         )
-        if not torchrun_leaves_term_alone():
+        # With a container prefix torchrun is the image's, not this Python's: the flag stays (the field's docstring
+        # asks for torch >= 2.9 in the image).
+        if not cfg.cluster.container_prefix and not torchrun_leaves_term_alone():
             argv.remove(AGENT_SIGNALS_FLAG)
             print("[launcher] this torch's torchrun has no --signals-to-handle (torch >= 2.9): on SIGTERM its agent"
                   " kills the ranks 30 s later, so a stop on TERM saves only if the step and checkpoint fit in"
@@ -119,7 +121,7 @@ class NodeLauncher:
         import psutil
 
         try:
-            workers = psutil.Process(agent_pid).children(recursive=False)
+            workers = torchrun_workers(psutil.Process(agent_pid))
         except psutil.NoSuchProcess:
             return
         for worker in workers:
@@ -160,6 +162,20 @@ class NodeLauncher:
         # Like submitit's own requeue: leave without a result, SLURM runs the job again.
         sys.exit(1)
 
+
+
+def torchrun_workers(started) -> list:
+    """The ranks: children of the torchrun agent, which is the process we started or, under a container prefix
+    (``apptainer exec ...``, which shares the host's process ids), a descendant of it."""
+    import psutil
+
+    for proc in [started, *started.children(recursive=True)]:
+        try:
+            if "torch.distributed.run" in proc.cmdline():
+                return proc.children(recursive=False)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return []
 
 
 def port_is_free(port: int) -> bool:

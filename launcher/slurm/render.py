@@ -80,6 +80,38 @@ def port_for_job(job_id: Union[int, str]) -> int:
     return port_candidates(job_id, 1)[0]
 
 
+def check_container(cfg: Config) -> None:
+    """One way into a container at a time, and only on SLURM (the keys would be ignored elsewhere)."""
+    c = cfg.cluster
+    if c.container_image and c.container_prefix:
+        raise ConfigError("cluster.container_image and cluster.container_prefix: set one (pyxis's --container-image,"
+                          " or a prefix such as `apptainer exec --nv image.sif`), not both")
+    if c.container_mounts and not c.container_image:
+        raise ConfigError("cluster.container_mounts: only with cluster.container_image (pyxis); with"
+                          " cluster.container_prefix put the binds in the prefix (apptainer exec -B SRC:DST ...)")
+    if (c.container_image or c.container_prefix) and c.kind != "slurm":
+        key = "container_image" if c.container_image else "container_prefix"
+        raise ConfigError(f"cluster.{key}: containers are for cluster.kind=slurm; a local run uses this host's"
+                          " Python (run the launcher inside the container instead)")
+
+
+def container_srun_args(cfg: Config, run_dir: Union[str, Path], code_dir: Union[str, Path]) -> list:
+    """pyxis options for the srun that starts each node's task: the image, the mounts (the run dir always,
+    at its own path: the task reads its config and the code snapshot there), the snapshot as cwd."""
+    c = cfg.cluster
+    if not c.container_image:
+        return []
+    mounts = [str(m) for m in c.container_mounts] + [f"{run_dir}:{run_dir}"]
+    return [f"--container-image={c.container_image}", f"--container-mounts={','.join(mounts)}",
+            f"--container-workdir={code_dir}"]
+
+
+def task_python(cfg: Config, python: str) -> str:
+    """The Python that runs a node's task and its torchrun: the container's when the job runs in one."""
+    c = cfg.cluster
+    return c.container_python if (c.container_image or c.container_prefix) else python
+
+
 def _normalize_option(key: str) -> str:
     return key.lstrip("-").replace("-", "_")
 
@@ -149,6 +181,7 @@ def sbatch_parameters(cfg: Config, run_dir: Union[str, Path], repo_root: Union[s
     the code the job runs, the run's snapshot (RUN_DIR/code): its cwd and first on its PYTHONPATH."""
     c = cfg.cluster
     check_sbatch_extra(cfg)
+    check_container(cfg)
     params: dict = {
         "job_name": default_run_name(cfg),
         # The run dir in the comment lets `launcher status JOB_ID` find the run (scontrol / sacct Comment).
@@ -177,6 +210,8 @@ def sbatch_parameters(cfg: Config, run_dir: Union[str, Path], repo_root: Union[s
     additional = {"requeue": True, "chdir": str(repo_root)}
     additional.update({_normalize_option(str(k)): v for k, v in c.sbatch_extra.items()})
     params["additional_parameters"] = additional
+    if c.container_image:
+        params["srun_args"] = container_srun_args(cfg, run_dir, repo_root)
     return params
 
 
@@ -193,7 +228,8 @@ def render_sbatch(cfg: Config, run_dir: Union[str, Path], python: str, repo_root
 
     folder = Path(run_dir) / SUBMITIT_DIR
     return _make_sbatch_string(
-        command=submitit_command(python, run_dir), folder=folder, **sbatch_parameters(cfg, run_dir, repo_root)
+        command=submitit_command(task_python(cfg, python) if cfg.cluster.container_image else python, run_dir),
+        folder=folder, **sbatch_parameters(cfg, run_dir, repo_root)
     )
 
 
@@ -214,11 +250,14 @@ def render_torchrun_command(
     """argv of the one torchrun a node runs: nproc_per_node ranks, c10d rendezvous on the head node.
 
     Every rank runs ``python -m <the method's recipe module> --run-dir RUN_DIR`` (it reads RUN_DIR/config.yaml);
-    ``worker_module`` replaces the recipe (tests run small payloads this way)."""
+    ``worker_module`` replaces the recipe (tests run small payloads this way). ``cluster.container_prefix``
+    goes first (``apptainer exec --nv image.sif python -m torch.distributed.run ...``)."""
     c = cfg.cluster
+    check_container(cfg)
     run_dir = str(run_dir)
+    prefix = shlex.split(c.container_prefix) if c.container_prefix else []
     argv = [
-        python, "-m", "torch.distributed.run",
+        *prefix, task_python(cfg, python), "-m", "torch.distributed.run",
         f"--nnodes={c.nodes}",
         f"--nproc-per-node={c.nproc_per_node}",
         "--rdzv-backend=c10d",

@@ -53,10 +53,21 @@ def render_plan(cfg: Config, run_dir: Union[str, Path], python: Optional[str] = 
         "#   PORT      = 20000 + SLURM_JOB_ID % 10000, or the next port free on the head node (bind test there;"
         " node 0 publishes it in RUN_DIR/logs for the others)",
         "#   is_host=1 on node 0 (it hosts the c10d rendezvous), 0 elsewhere",
+        *container_lines(cfg),
         f"#   run from the code snapshot taken at submit: cd {code_dir}; PYTHONPATH={code_dir}",
         format_command(torchrun),
         "",
     ])
+
+
+def container_lines(cfg: Config) -> list:
+    c = cfg.cluster
+    if c.container_image:
+        return [f"#   in the container {c.container_image} (pyxis: srun --container-image, see the srun line above),"
+                f" Python {c.container_python}"]
+    if c.container_prefix:
+        return [f"#   in a container: `{c.container_prefix}` runs torchrun with the image's {c.container_python}"]
+    return []
 
 
 def make_executor(cfg: Config, run_dir: Path):
@@ -65,7 +76,10 @@ def make_executor(cfg: Config, run_dir: Path):
     if shutil.which("sbatch") is None:
         raise LauncherError("cluster=slurm: sbatch is not on PATH; run on a SLURM login node (or start the test"
                             " cluster with slurm/start-cluster.sh and export SLURM_CONF)")
-    executor = submitit.SlurmExecutor(folder=run_dir / SUBMITIT_DIR, max_num_timeout=cfg.cluster.max_requeues)
+    # In a pyxis container the task runs the image's Python, as render_sbatch shows.
+    python = cfg.cluster.container_python if cfg.cluster.container_image else None
+    executor = submitit.SlurmExecutor(folder=run_dir / SUBMITIT_DIR, max_num_timeout=cfg.cluster.max_requeues,
+                                      python=python)
     executor.update_parameters(**sbatch_parameters(cfg, run_dir, run_dir / CODE_SNAPSHOT_DIR))
     return executor
 
@@ -144,7 +158,8 @@ def submit_array(cfgs: list, run_dirs: list, sweep_dir: Union[str, Path], job_na
         if not (run_dir / CONFIG_FILE).exists():
             write_run_config(run_dir, other)
     folder = sweep_dir / SUBMITIT_DIR
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=c.max_requeues)
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=c.max_requeues,
+                                      python=c.container_python if c.container_image else None)
     # One snapshot for the whole array (every task runs the same code), in the sweep dir.
     params = sbatch_parameters(cfg, sweep_dir, snapshot_code(sweep_dir))
     params["job_name"] = job_name or default_run_name(cfg)

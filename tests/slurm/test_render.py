@@ -149,3 +149,48 @@ def test_nccl_network_keys_are_exported():
     both = compose_config([*A100_OVERRIDES, "cluster.nccl_socket_ifname=ib0", "+cluster.env.NCCL_SOCKET_IFNAME=eth1"])
     text = render_sbatch(both, RUN_DIR, python=PYTHON, repo_root=REPO)
     assert "export NCCL_SOCKET_IFNAME=eth1\n" in text and "NCCL_SOCKET_IFNAME=ib0" not in text
+
+
+def test_container_image_runs_each_node_task_in_pyxis():
+    cfg = compose_config([*A100_OVERRIDES, "cluster.container_image='nvcr.io#nvidia/pytorch:25.01-py3'",  # quoted: # starts a comment for Hydra
+                          "cluster.container_mounts=[/data:/data,/models:/models:ro]", "cluster.container_python=python3"])
+    script = render_sbatch(cfg, RUN_DIR, python=PYTHON, repo_root=REPO)
+    srun = [line for line in script.splitlines() if line.startswith("srun ")]
+    assert len(srun) == 1, script
+    # (quoted by submitit's renderer: # would start a shell comment)
+    assert (f"'--container-image=nvcr.io#nvidia/pytorch:25.01-py3' --container-mounts=/data:/data,/models:/models:ro,"
+            f"{RUN_DIR}:{RUN_DIR} --container-workdir={REPO}") in srun[0]
+    # The image's Python runs the task (the submitting one's path is not in the image), and its torchrun.
+    assert srun[0].endswith(f"python3 -u -m submitit.core._submit {RUN_DIR}/slurm") and PYTHON not in srun[0]
+    argv = render_torchrun_command(cfg, RUN_DIR, "10.0.0.11", 23456, "123456", 0, python="/usr/bin/python3.12")
+    assert argv[:3] == ["python3", "-m", "torch.distributed.run"]
+    plan = render_plan(cfg, RUN_DIR, python=PYTHON)
+    assert "--container-image=nvcr.io#nvidia/pytorch:25.01-py3" in plan and "in the container" in plan
+    # Without the key nothing changes: the golden script has no container option.
+    assert "--container" not in render_sbatch(compose_config(A100_OVERRIDES), RUN_DIR, python=PYTHON, repo_root=REPO)
+
+
+def test_container_prefix_goes_before_torchrun():
+    cfg = compose_config([*A100_OVERRIDES, "cluster.container_prefix='apptainer exec --nv -B /data /img/l.sif'"])
+    argv = render_torchrun_command(cfg, RUN_DIR, "10.0.0.11", 23456, "123456", 1, python=PYTHON)
+    assert argv[:7] == ["apptainer", "exec", "--nv", "-B", "/data", "/img/l.sif", "python"]
+    assert argv[7:9] == ["-m", "torch.distributed.run"] and argv[-3:] == ["recipes.sft", "--run-dir", RUN_DIR]
+    script = render_sbatch(cfg, RUN_DIR, python=PYTHON, repo_root=REPO)
+    assert "--container" not in script and f"{PYTHON} -u -m submitit.core._submit" in script  # the task: on the host
+    plan = render_plan(cfg, RUN_DIR, python=PYTHON)
+    assert "apptainer exec --nv -B /data /img/l.sif python" in plan.replace(" \\\n  ", " ")
+
+
+def test_container_keys_are_checked():
+    both = compose_config([*A100_OVERRIDES, "cluster.container_image=img", "cluster.container_prefix='apptainer exec x'"])
+    with pytest.raises(ConfigError, match="cluster.container_image and cluster.container_prefix: set one"):
+        render_plan(both, RUN_DIR)
+    mounts = compose_config([*A100_OVERRIDES, "cluster.container_mounts=[/data:/data]"])
+    with pytest.raises(ConfigError, match="cluster.container_mounts: only with cluster.container_image"):
+        render_plan(mounts, RUN_DIR)
+    from launcher.errors import PreflightError
+    from launcher.preflight import run_preflight
+
+    local = compose_config(["cluster.container_image=img"])  # the key would be ignored: refused before the run
+    with pytest.raises(PreflightError, match="cluster.container_image: containers are for cluster.kind=slurm"):
+        run_preflight(local)

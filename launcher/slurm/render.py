@@ -281,11 +281,13 @@ def render_torchrun_command(
 
 
 def format_command(argv: list) -> str:
-    """argv -> one shell command, one option per line (for plans, logs and golden files)."""
+    """argv -> one shell command, one option per line (for plans, logs and golden files); a container prefix
+    and the Python stay on the first line with torchrun's module."""
     parts: list = []
+    first_option = argv.index("torch.distributed.run") + 1 if "torch.distributed.run" in argv else 2
     for i, token in enumerate(argv):
         quoted = token if "$" in token else shlex.quote(token)
-        if token.startswith("-") and i > 1:
+        if token.startswith("-") and i >= first_option:
             parts.append(" \\\n  " + quoted)
         else:
             parts.append((" " if parts else "") + quoted)

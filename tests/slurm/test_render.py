@@ -178,7 +178,7 @@ def test_container_prefix_goes_before_torchrun():
     script = render_sbatch(cfg, RUN_DIR, python=PYTHON, repo_root=REPO)
     assert "--container" not in script and f"{PYTHON} -u -m submitit.core._submit" in script  # the task: on the host
     plan = render_plan(cfg, RUN_DIR, python=PYTHON)
-    assert "apptainer exec --nv -B /data /img/l.sif python" in plan.replace(" \\\n  ", " ")
+    assert "\napptainer exec --nv -B /data /img/l.sif python -m torch.distributed.run \\\n  --nnodes=4 \\\n" in plan
 
 
 def test_container_keys_are_checked():

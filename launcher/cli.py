@@ -76,8 +76,8 @@ def train_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     from launcher.config.compose import REPO_ROOT, compose_config, default_run_name, uses_implicit_data_group
-    from launcher.rundir import (discard_unstarted_run, make_run_dir, write_code_version, write_overrides,
-                                 write_run_config)
+    from launcher.rundir import (discard_unstarted_run, make_run_dir, snapshot_code, write_code_version,
+                                 write_overrides, write_run_config)
 
     # Unknown keys and wrong types raise here; invalid values are listed by the preflight with its other findings.
     cfg = compose_config(args.overrides, check=False)
@@ -123,6 +123,7 @@ def train_main(argv: list[str]) -> int:
         write_run_config(run_dir, cfg)
         write_overrides(run_dir, args.overrides)
         write_code_version(run_dir, REPO_ROOT)
+        snapshot_code(run_dir)  # the ranks run this copy, whatever the checkout holds when the job starts
         print(f"run dir: {run_dir}", flush=True)
         if cfg.cluster.kind == "local":
             from launcher.local import run_local

@@ -3,6 +3,10 @@
 One process runs in the launcher's own process (no torchrun start-up cost); more run under torchrun
 ``--standalone`` (a free port, so two local runs never collide), with a log file per rank. Each rank gets
 OMP_NUM_THREADS = usable CPUs / local ranks unless the environment or ``cluster.env`` sets it.
+
+The ranks under torchrun import the run's code snapshot (RUN_DIR/code, first on PYTHONPATH;
+PYTHONSAFEPATH keeps a checkout in the cwd from shadowing it on Python >= 3.11); the cwd stays the user's,
+so relative paths in the config mean what they meant at the prompt.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.config.schema import Config, recipe_module
+from launcher.paths import CODE_SNAPSHOT_DIR
 from launcher.rundir import child_env
 
 
@@ -30,8 +35,10 @@ def torchrun_command(cfg: Config, run_dir: Path) -> list[str]:
 def describe_local(cfg: Config) -> str:
     n = cfg.cluster.nproc_per_node
     if n == 1:
-        return f"# local: one process, in the launcher's own process: python -m {recipe_module(cfg)} --run-dir RUN_DIR"
-    return "# local: " + " ".join(torchrun_command(cfg, Path("RUN_DIR")))
+        return (f"# local: one process, in the launcher's own process: python -m {recipe_module(cfg)} --run-dir RUN_DIR"
+                " (the code is snapshot to RUN_DIR/code)")
+    return ("# local: PYTHONPATH=RUN_DIR/code (the code snapshot taken at launch) "
+            + " ".join(torchrun_command(cfg, Path("RUN_DIR"))))
 
 
 def usable_cpus() -> int:
@@ -63,4 +70,15 @@ def run_local(cfg: Config, run_dir: Path) -> int:
         torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
         return main_in_process(run_dir)
     cmd = torchrun_command(cfg, run_dir)
-    return subprocess.call(cmd, env=env)
+    return subprocess.call(cmd, env=snapshot_env(env, run_dir))
+
+
+def snapshot_env(env: dict, run_dir: Path) -> dict:
+    """``env`` with the run's code snapshot first on PYTHONPATH (when the run dir has one)."""
+    code_dir = Path(run_dir) / CODE_SNAPSHOT_DIR
+    if not code_dir.is_dir():
+        return env
+    env = dict(env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code_dir), env.get("PYTHONPATH")) if p)
+    env["PYTHONSAFEPATH"] = "1"
+    return env

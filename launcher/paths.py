@@ -8,8 +8,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-"""The checkout: conf/, data/ and the default cache live under it."""
+CODE_ROOT = Path(__file__).resolve().parents[1]
+"""Where the running code lives: the checkout, or a run's code snapshot (RUN_DIR/code) on the ranks."""
+
+CODE_SNAPSHOT_DIR = "code"
+"""In a run dir (or sweep dir): the launcher/, recipes/ and conf/ trees as they were at submit time; the
+ranks run from it (cwd and PYTHONPATH), so a queued job runs the code it was submitted with."""
+SNAPSHOT_SOURCE_FILE = "SOURCE_CHECKOUT"
+"""In a code snapshot: the path of the checkout it was copied from (data/ and the cache stay there)."""
+
+
+def _checkout_of(code_root: Path) -> Path:
+    source = code_root / SNAPSHOT_SOURCE_FILE
+    return Path(source.read_text().strip()) if source.is_file() else code_root
+
+
+REPO_ROOT = _checkout_of(CODE_ROOT)
+"""The checkout: conf/, data/ and the default cache live under it (also when the code runs from a snapshot)."""
 
 CONFIG_FILE = "config.yaml"
 """The resolved config, written by the launcher; what every rank reads (no Hydra on the ranks)."""

@@ -76,9 +76,10 @@ def check_batch(problems: Problems, cfg: Config) -> None:
 
 def check_cluster(problems: Problems, cfg: Config) -> None:
     c, p = cfg.cluster, cfg.parallelism
-    from launcher.slurm.render import check_no_secrets, check_sbatch_extra
+    from launcher.slurm.render import check_container, check_no_secrets, check_sbatch_extra
 
     check_no_secrets(cfg, dict(os.environ))
+    check_container(cfg)
     if c.gpus_per_node > 0 and c.nproc_per_node != c.gpus_per_node:
         problems.errors.append(
             f"cluster.nproc_per_node: {c.nproc_per_node} processes on nodes with {c.gpus_per_node} GPUs; one torchrun"

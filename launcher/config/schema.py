@@ -293,6 +293,20 @@ class ClusterConfig:
     None: NCCL picks. A wrong pick (a docker bridge, a management NIC) hangs multi-node init."""
     nccl_ib_hca: Optional[str] = None
     """InfiniBand adapters NCCL may use (NCCL_IB_HCA: ``mlx5_0,mlx5_1`` or ``=mlx5_0:1``); None: all."""
+    container_image: Optional[str] = None
+    """SLURM with pyxis/enroot: run each node's task in this image (``srun --container-image=...``: an enroot
+    URI ``nvcr.io#nvidia/pytorch:25.01-py3`` or a ``.sqsh`` file). The image needs this launcher's dependencies.
+    None: no container."""
+    container_mounts: list = field(default_factory=list)
+    """With container_image: ``SRC[:DST[:FLAGS]]`` mounts (``--container-mounts``) for data, models and caches;
+    the run dir is always mounted at its own path."""
+    container_prefix: Optional[str] = None
+    """SLURM without pyxis: a command put before torchrun on each node (``apptainer exec --nv image.sif``,
+    ``singularity exec --nv -B /data image.sif``); bind the run dir and data yourself. The image's torch must be
+    >= 2.9 (torchrun --signals-to-handle). None: torchrun runs on the host."""
+    container_python: str = "python"
+    """The Python inside the container (with container_image or container_prefix): it runs the node task and
+    torchrun, as the submitting Python's path rarely exists in the image."""
 
 
 LOGGER_BACKENDS = ("wandb", "tensorboard", "mlflow")

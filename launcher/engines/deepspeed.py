@@ -29,7 +29,7 @@ from launcher.paths import CHECKPOINT_STATE_FILE
 from launcher.config.schema import Config, resolve_grad_accum
 from launcher.engines.distributed import DistInfo, ensure_process_group
 from launcher.engines.base import Engine, LossFactory, require_checkpoint_kind, strip_wrapper_prefix
-from launcher.engines.optim import build_optimizer, build_scheduler
+from launcher.engines.optim import build_optimizer, build_scheduler, param_groups
 from launcher.engines.precision import Precision
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,8 @@ def build_deepspeed_config(cfg: Config, world_size: int, grad_accum: int, on_gpu
         # after 1000 clean steps; DeepSpeed's defaults, written out so the rendered config says what runs.
         "fp16": ({"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
                   "hysteresis": 2, "min_loss_scale": 1} if fp16 else {"enabled": False}),
-        # Our own torch AdamW (same update as the DDP path); with offload DeepSpeed would otherwise insist on
-        # its cpu_adam, a JIT build of about 90 s.
+        # The optimizer is ours (build_zero_optimizer: DeepSpeed's CPU Adam on an offloaded GPU run where it
+        # builds, torch's AdamW otherwise); with offload DeepSpeed would otherwise insist on its cpu_adam.
         "zero_force_ds_cpu_optimizer": False,
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 1 << 30,
@@ -110,6 +110,74 @@ def start_deepspeed(dist_info: DistInfo) -> None:
 def run_deepspeed_config(cfg: Config, dist_info: DistInfo, precision: Precision) -> dict[str, Any]:
     return build_deepspeed_config(cfg, dist_info.world_size, resolve_grad_accum(cfg, dist_info.world_size),
                                   dist_info.device.type == "cuda", precision.bf16, precision.fp16)
+
+
+CPU_ADAM = "deepspeed_cpu_adam"
+TORCH_OPTIMIZER = "torch"
+
+
+def cpu_adam_status() -> tuple[bool, str]:
+    """Whether DeepSpeed's CPU Adam (a C++ op with AVX kernels) can run here, and how it gets built: prebuilt
+    in the DeepSpeed install (DS_BUILD_CPU_ADAM=1 pip install deepspeed), or JIT-compiled with ninja on the
+    first use, which costs about 1-2 minutes of one node's CPUs and is cached under TORCH_EXTENSIONS_DIR
+    (default ~/.cache/torch_extensions) for every later run with the same torch/CUDA/Python. Builds nothing."""
+    import glob
+    import os
+    import shutil
+
+    import deepspeed.git_version_info as ds_version
+    from deepspeed.ops.op_builder import CPUAdamBuilder
+
+    if ds_version.installed_ops.get("cpu_adam"):
+        return True, "prebuilt in this DeepSpeed install"
+    if not CPUAdamBuilder().is_compatible(verbose=False):
+        return False, "DeepSpeed says its CPU Adam op is not compatible with this system (see `ds_report`)"
+    if shutil.which("ninja") is None:
+        return False, "its JIT build needs ninja (pip install ninja), which is not on PATH"
+    cache = os.environ.get("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/torch_extensions"))
+    cached = glob.glob(os.path.join(cache, "*", "cpu_adam", "cpu_adam*.so"))
+    if cached:
+        return True, f"built before, cached at {cached[0]}"
+    return True, (f"JIT-compiled now (once: about 1-2 min, cached under {cache}; prebuild with DS_BUILD_CPU_ADAM=1)")
+
+
+def offload_optimizer_choice(on_gpu: bool, offload: bool, method, cpu_adam: tuple[bool, str]) -> tuple[str, str]:
+    """Which optimizer updates the parameters: DeepSpeed's CPU Adam where ZeRO offloads the optimizer state
+    from a GPU run and the op is available (``cpu_adam_status``), as it is several times faster than torch's
+    AdamW on CPU tensors; torch's otherwise (also on a CPU-only run: the same update as the DDP path, no build).
+    Returns (CPU_ADAM | TORCH_OPTIMIZER, the reason, empty when there is nothing to say)."""
+    if not (on_gpu and offload):
+        return TORCH_OPTIMIZER, ""
+    if method.optimizer != "adamw":
+        return TORCH_OPTIMIZER, f"method.optimizer={method.optimizer}: DeepSpeed's CPU Adam is Adam only; torch's runs"
+    if method.finetuning == "lora" and method.lora.plus_lr_ratio:
+        return TORCH_OPTIMIZER, "LoRA+ (method.lora.plus_lr_ratio) builds its groups for torch's AdamW; torch's runs"
+    ok, how = cpu_adam
+    if not ok:
+        return TORCH_OPTIMIZER, (f"DeepSpeed's CPU Adam is not available: {how}; torch's AdamW updates the offloaded"
+                                 " state instead (same result, several times slower per step)")
+    return CPU_ADAM, f"DeepSpeed's CPU Adam for the offloaded optimizer state ({how})"
+
+
+def build_zero_optimizer(model: nn.Module, method, on_gpu: bool, offload: bool) -> torch.optim.Optimizer:
+    """The optimizer handed to ``deepspeed.initialize``: ``offload_optimizer_choice`` says which, with a log line;
+    a failed JIT build falls back to torch's AdamW, saying why."""
+    choice, reason = offload_optimizer_choice(on_gpu, offload, method,
+                                              cpu_adam_status() if on_gpu and offload else (False, ""))
+    if choice == CPU_ADAM:
+        log.info("optimizer: %s", reason)
+        try:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            return DeepSpeedCPUAdam(param_groups(model, method.weight_decay), lr=method.lr,
+                                    betas=(method.adam_beta1, method.adam_beta2), eps=method.adam_eps,
+                                    adamw_mode=True)
+        except Exception as err:  # the JIT build failed (compiler, headers): train on, with torch's AdamW
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            reason = f"DeepSpeed's CPU Adam failed to build ({first}); torch's AdamW updates the offloaded state"
+    if reason:
+        log.warning("optimizer: %s", reason)
+    return build_optimizer(model, method)
 
 
 ZERO3_BUILT_ATTR = "_launcher_hf_deepspeed_config"
@@ -285,7 +353,7 @@ class DeepSpeedEngine(Engine):
         # Built before DeepSpeed partitions the parameters (ZeRO-3 is applied to the built model here:
         # every rank built the same seeded weights, so partitioning after the build is exact), so the
         # decay/no-decay split still sees real shapes.
-        optimizer = build_optimizer(self.model, cfg.method)
+        optimizer = build_zero_optimizer(self.model, cfg.method, on_gpu, cfg.parallelism.offload)
         self.scheduler = build_scheduler(optimizer, cfg.train, total_steps)
         self.ds, self.optimizer, _, _ = deepspeed.initialize(
             model=loss_module, optimizer=optimizer, config=self.ds_config, dist_init_required=False,

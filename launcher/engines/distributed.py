@@ -25,7 +25,31 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(backend: str = "auto", timeout_s: int = 1800) -> DistInfo:
+GPU_WITH_CPU_GROUP = "cuda:nccl,cpu:gloo"
+"""One process group, two backends: NCCL for CUDA tensors, gloo for CPU ones (torchtitan does the same for
+CPU offload)."""
+
+
+def process_group_backend(requested: str, device_type: str, cpu_offload: bool = False) -> str:
+    """The backend string for ``init_process_group``. ``auto``: nccl on a GPU, gloo on the CPU. On a GPU with
+    FSDP's CPU offload (``fsdp_offload``) the shards, gradients and optimizer state are CPU tensors, and the
+    collectives on them (gradient-norm clipping, DCP checkpoints, broadcasts at load) need gloo beside NCCL:
+    ``cuda:nccl,cpu:gloo``, also when nccl was asked for by name."""
+    if requested not in ("auto", "nccl", "gloo"):
+        raise ValueError(f"parallelism.backend: {requested!r} is not auto, nccl or gloo")
+    if device_type != "cuda" or requested == "gloo":
+        return "gloo"
+    return GPU_WITH_CPU_GROUP if cpu_offload else "nccl"
+
+
+def uses_cpu_offload_group(parallelism) -> bool:
+    """Whether the run's collectives touch CPU tensors on a GPU run: FSDP2 with CPU offload. (DeepSpeed's
+    offload moves tensors itself and communicates on the GPU.)"""
+    return parallelism.strategy == "fsdp" and bool(parallelism.offload)
+
+
+def init_distributed(backend: str = "auto", timeout_s: int = 1800, cpu_offload: bool = False) -> DistInfo:
+    """``cpu_offload``: FSDP's CPU offload (``uses_cpu_offload_group``): a gloo group beside NCCL on a GPU."""
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -35,9 +59,8 @@ def init_distributed(backend: str = "auto", timeout_s: int = 1800) -> DistInfo:
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        if backend == "auto":
-            backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(backend=process_group_backend(backend, device.type, cpu_offload),
+                                timeout=datetime.timedelta(seconds=timeout_s))
     return DistInfo(rank, world, local_rank, device)
 
 
@@ -85,9 +108,10 @@ def destroy_distributed() -> None:
         dist.destroy_process_group()
 
 
-def ensure_process_group(device: torch.device) -> None:
+def ensure_process_group(device: torch.device, cpu_offload: bool = False) -> None:
     """Sharded engines (FSDP, DeepSpeed) need a process group even for a world of one (a single process
-    started without torchrun); make a one-rank group on a free local port then."""
+    started without torchrun); make a one-rank group on a free local port then (with gloo beside NCCL for
+    FSDP's CPU offload, as ``process_group_backend`` says)."""
     if is_distributed():
         return
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
@@ -100,4 +124,4 @@ def ensure_process_group(device: torch.device) -> None:
     for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port)), ("RANK", "0"),
                        ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
         os.environ.setdefault(key, value)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+    dist.init_process_group(process_group_backend("auto", device.type, cpu_offload), rank=0, world_size=1)

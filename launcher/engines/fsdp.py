@@ -81,7 +81,7 @@ class FSDPEngine(Engine):
         self.lora = cfg.method.finetuning == "lora"
         self.offload = cfg.parallelism.offload
         device = dist_info.device
-        ensure_process_group(device)
+        ensure_process_group(device, cpu_offload=self.offload)
         self.mesh = init_device_mesh(device.type, (dist_info.world_size,))
         self.precision = precision
         self.bf16 = precision.bf16

@@ -15,8 +15,10 @@ and the restarted ranks resume from the last checkpoint.
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,12 +27,13 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.config.schema import load_run_config
-from launcher.paths import REPO_ROOT
+from launcher.paths import CODE_ROOT, REPO_ROOT
 from launcher.training.preemption import (SLURM_STOP_SIGNALS, STOP_SIGNALS_ENV, clear_stop_state, request_stop,
                                          stopped_early)
 from launcher.slurm.head_node import resolve_head_node_from_env
 from launcher.slurm.requeue import record_requeue, requeue_job
-from launcher.slurm.render import AGENT_SIGNALS_FLAG, RANK_LOG_DIR, format_command, port_for_job, render_torchrun_command
+from launcher.slurm.render import (AGENT_SIGNALS_FLAG, RANK_LOG_DIR, format_command, port_candidates,
+                                   render_torchrun_command)
 
 
 
@@ -55,11 +58,13 @@ class NodeLauncher:
             signal.signal(signum, self._on_signal)
         cfg = load_run_config(self.run_dir)
         head, addr = resolve_head_node_from_env()
-        port = port_for_job(job_id)
+        port = agree_port(Path(self.run_dir), job_id, node_rank, env.get("SLURM_RESTART_COUNT", "0"))
         argv = render_torchrun_command(
             cfg, self.run_dir, addr, port, job_id, node_rank, python=sys.executable, worker_module=self.worker_module
         )
-        if not torchrun_leaves_term_alone():
+        # With a container prefix torchrun is the image's, not this Python's: the flag stays (the field's docstring
+        # asks for torch >= 2.9 in the image).
+        if not cfg.cluster.container_prefix and not torchrun_leaves_term_alone():
             argv.remove(AGENT_SIGNALS_FLAG)
             print("[launcher] this torch's torchrun has no --signals-to-handle (torch >= 2.9): on SIGTERM its agent"
                   " kills the ranks 30 s later, so a stop on TERM saves only if the step and checkpoint fit in"
@@ -73,7 +78,7 @@ class NodeLauncher:
             flush=True,
         )
         child_env = dict(env)
-        child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+        child_env["PYTHONPATH"] = rank_pythonpath(env.get("PYTHONPATH"), self.worker_module is not None)
         # torchrun's c10d rendezvous shares one TCP store across restart rounds without a per-attempt prefix:
         # ranks restarted after a crash (--max-restarts) read the dead ranks' gloo addresses and fail to
         # connect ("Connection refused"). A store per round avoids that.
@@ -94,7 +99,8 @@ class NodeLauncher:
     def _run_torchrun(self, argv: list, child_env: dict) -> int:
         import psutil  # noqa: F401  (imported now, not when the signal comes: forwarding must be quick)
 
-        proc = subprocess.Popen(argv, cwd=str(REPO_ROOT), env=child_env,
+        # cwd is the code snapshot too: `python -m` puts the cwd first on sys.path, ahead of PYTHONPATH.
+        proc = subprocess.Popen(argv, cwd=str(CODE_ROOT), env=child_env,
                                 preexec_fn=_ignore_preempt_signal)
         while proc.poll() is None:
             if self._signalled is not None:
@@ -115,7 +121,7 @@ class NodeLauncher:
         import psutil
 
         try:
-            workers = psutil.Process(agent_pid).children(recursive=False)
+            workers = torchrun_workers(psutil.Process(agent_pid))
         except psutil.NoSuchProcess:
             return
         for worker in workers:
@@ -156,6 +162,89 @@ class NodeLauncher:
         # Like submitit's own requeue: leave without a result, SLURM runs the job again.
         sys.exit(1)
 
+
+
+def torchrun_workers(started) -> list:
+    """The ranks: children of the torchrun agent, which is the process we started or, under a container prefix
+    (``apptainer exec ...``, which shares the host's process ids), a descendant of it."""
+    import psutil
+
+    for proc in [started, *started.children(recursive=True)]:
+        try:
+            if "torch.distributed.run" in proc.cmdline():
+                return proc.children(recursive=False)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return []
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a listening socket could take ``port`` on every address of this host, IPv4 and IPv6, as the
+    c10d store will. SO_REUSEADDR as the store sets it: a port left in TIME_WAIT counts as free, a listener not."""
+    for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:  # no IPv6 on this host
+            continue
+        with sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as err:
+                if family == socket.AF_INET6 and err.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    continue
+                return False
+    return True
+
+
+def pick_free_port(candidates: list, is_free=port_is_free) -> int:
+    """The first candidate free on this host. Another job could still take it before torchrun binds it; the
+    window is the second between this test and torchrun's start, and the job then fails with EADDRINUSE."""
+    for port in candidates:
+        if is_free(port):
+            return port
+    raise RuntimeError(f"no free rendezvous port on this node among {candidates[0]}..{candidates[-1]}:"
+                       " another job holds them all; resubmit, or ask the admins what listens there (ss -ltnp)")
+
+
+def port_file(run_dir: Path, job_id: str, restart: str) -> Path:
+    """Where node 0 publishes the rendezvous port it picked; one per job id and SLURM restart (requeue)."""
+    return Path(run_dir) / RANK_LOG_DIR / f"rdzv_port.{job_id}.{restart}"
+
+
+def agree_port(run_dir: Path, job_id: str, node_rank: int, restart: str = "0", timeout_s: float = 600,
+               poll_s: float = 0.2) -> int:
+    """The rendezvous port every node of the job uses. Only the head node (node 0) can test which port is free
+    where the store will listen: it takes the first free of ``port_candidates`` and writes it to the run dir
+    (shared by the nodes, like config.yaml); the other nodes wait for that file."""
+    path = port_file(run_dir, job_id, restart)
+    if node_rank == 0:
+        port = pick_free_port(port_candidates(job_id))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(f"{port}\n")
+        os.replace(tmp, path)
+        return port
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            return int(path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            time.sleep(poll_s)
+    raise RuntimeError(f"node {node_rank}: node 0 did not publish the rendezvous port in {path} within"
+                       f" {timeout_s:.0f} s; is the run dir on a file system all nodes share?")
+
+
+def rank_pythonpath(inherited: Optional[str], test_payload: bool = False) -> str:
+    """The ranks' PYTHONPATH: this launcher's own code first (the run's snapshot, RUN_DIR/code, when the job
+    was submitted by ``launcher train``), then what the job inherited. A test payload (``worker_module``)
+    lives in the checkout's tests/, outside the snapshot, so the checkout follows for it."""
+    parts = [str(CODE_ROOT)]
+    if test_payload and REPO_ROOT != CODE_ROOT:
+        parts.append(str(REPO_ROOT))
+    return os.pathsep.join(p for p in (*parts, inherited) if p)
 
 
 def job_was_cancelled(job_id: str) -> bool:

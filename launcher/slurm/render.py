@@ -43,22 +43,73 @@ RESERVED_SBATCH_OPTIONS = {
     "error": "(the run dir decides where logs go)",
     "job_name": "run.name",
     "comment": "(the launcher stores the run dir there)",
+    "chdir": "(the job runs in the run's code snapshot, RUN_DIR/code)",
 }
 
 PORT_BASE = 20000
 PORT_SPAN = 10000
 
 
-def port_for_job(job_id: Union[int, str]) -> int:
-    """Rendezvous port from the job id: two jobs sharing a node never both pick 29500.
+PORT_CANDIDATES = 32
+"""How many ports the head node tries, from the job's own one upwards, before it gives up."""
 
-    The range [20000, 30000) stays below Linux's ephemeral ports (32768+), so an outgoing connection
-    cannot already hold it. An array task id ("123_4") uses its numeric SLURM_JOB_ID instead.
-    """
+
+def _job_number(job_id: Union[int, str]) -> int:
     text = str(job_id)
-    if not text.isdigit():
-        raise ValueError(f"port_for_job: expected a numeric SLURM job id, got {job_id!r}")
-    return PORT_BASE + int(text) % PORT_SPAN
+    array_job, _, task = text.partition("_")
+    if not array_job.isdigit() or (task and not task.isdigit()):
+        raise ValueError(f"port_for_job: expected a SLURM job id (123 or, for an array task, 123_4), got {job_id!r}")
+    # An array task "A_T": the tasks of one array get consecutive ports, like consecutive jobs.
+    return int(array_job) + (int(task) if task else 0)
+
+
+def port_candidates(job_id: Union[int, str], count: int = PORT_CANDIDATES) -> list:
+    """Rendezvous ports to try, in order: the job's own one, then the next ones (wrapping inside the range).
+
+    The first is ``20000 + job % 10000`` from the whole job id (array task id added): jobs queued near each
+    other in time get different ports, and only jobs 10000 ids apart share one; the head node then takes
+    the first candidate that is free on it (``launcher.slurm.node.pick_free_port``). The range
+    [20000, 30000) stays below Linux's ephemeral ports (32768+), so an outgoing connection cannot hold it.
+    """
+    first = _job_number(job_id) % PORT_SPAN
+    return [PORT_BASE + (first + i) % PORT_SPAN for i in range(count)]
+
+
+def port_for_job(job_id: Union[int, str]) -> int:
+    """The job's own rendezvous port: the first of ``port_candidates`` (when it is free on the head node)."""
+    return port_candidates(job_id, 1)[0]
+
+
+def check_container(cfg: Config) -> None:
+    """One way into a container at a time, and only on SLURM (the keys would be ignored elsewhere)."""
+    c = cfg.cluster
+    if c.container_image and c.container_prefix:
+        raise ConfigError("cluster.container_image and cluster.container_prefix: set one (pyxis's --container-image,"
+                          " or a prefix such as `apptainer exec --nv image.sif`), not both")
+    if c.container_mounts and not c.container_image:
+        raise ConfigError("cluster.container_mounts: only with cluster.container_image (pyxis); with"
+                          " cluster.container_prefix put the binds in the prefix (apptainer exec -B SRC:DST ...)")
+    if (c.container_image or c.container_prefix) and c.kind != "slurm":
+        key = "container_image" if c.container_image else "container_prefix"
+        raise ConfigError(f"cluster.{key}: containers are for cluster.kind=slurm; a local run uses this host's"
+                          " Python (run the launcher inside the container instead)")
+
+
+def container_srun_args(cfg: Config, run_dir: Union[str, Path], code_dir: Union[str, Path]) -> list:
+    """pyxis options for the srun that starts each node's task: the image, the mounts (the run dir always,
+    at its own path: the task reads its config and the code snapshot there), the snapshot as cwd."""
+    c = cfg.cluster
+    if not c.container_image:
+        return []
+    mounts = [str(m) for m in c.container_mounts] + [f"{run_dir}:{run_dir}"]
+    return [f"--container-image={c.container_image}", f"--container-mounts={','.join(mounts)}",
+            f"--container-workdir={code_dir}"]
+
+
+def task_python(cfg: Config, python: str) -> str:
+    """The Python that runs a node's task and its torchrun: the container's when the job runs in one."""
+    c = cfg.cluster
+    return c.container_python if (c.container_image or c.container_prefix) else python
 
 
 def _normalize_option(key: str) -> str:
@@ -96,9 +147,10 @@ def check_no_secrets(cfg: Config, environ: Optional[dict] = None) -> None:
 
 
 def setup_lines(cfg: Config, repo_root: Union[str, Path]) -> list:
-    """Shell lines run once per job before srun: user setup, the repo on PYTHONPATH, non-secret env vars."""
+    """Shell lines run once per job before srun: user setup, the code on PYTHONPATH (``repo_root``: the
+    run's code snapshot, RUN_DIR/code), non-secret env vars."""
     lines = [str(line) for line in cfg.cluster.setup]
-    # Unpickling the node launcher on the nodes needs the same code that submitted it.
+    # Unpickling the node launcher on the nodes needs the same code that submitted it: the run's snapshot.
     lines.append(f"export PYTHONPATH={shlex.quote(str(repo_root))}${{PYTHONPATH:+:$PYTHONPATH}}")
     for key in sorted(cfg.cluster.env):
         if not str(key).isidentifier():
@@ -125,9 +177,11 @@ def _mem_string(mem_gb: float) -> str:
 
 
 def sbatch_parameters(cfg: Config, run_dir: Union[str, Path], repo_root: Union[str, Path]) -> dict:
-    """Parameters for submitit's SlurmExecutor (sbatch option names, underscores for dashes)."""
+    """Parameters for submitit's SlurmExecutor (sbatch option names, underscores for dashes). ``repo_root``:
+    the code the job runs, the run's snapshot (RUN_DIR/code): its cwd and first on its PYTHONPATH."""
     c = cfg.cluster
     check_sbatch_extra(cfg)
+    check_container(cfg)
     params: dict = {
         "job_name": default_run_name(cfg),
         # The run dir in the comment lets `launcher status JOB_ID` find the run (scontrol / sacct Comment).
@@ -151,9 +205,13 @@ def sbatch_parameters(cfg: Config, run_dir: Union[str, Path], repo_root: Union[s
         params["exclusive"] = True
     # Requeue readiness: SLURM may requeue the job on preemption or node failure; USR2 (submitit's signal,
     # not USR1 which NCCL claims) arrives signal_delay_s before the time limit.
-    additional = {"requeue": True}
+    # The job's cwd is the code snapshot: `python -m submitit.core._submit` puts the cwd first on sys.path, so
+    # a job started in the checkout would unpickle the node launcher from whatever the checkout holds by then.
+    additional = {"requeue": True, "chdir": str(repo_root)}
     additional.update({_normalize_option(str(k)): v for k, v in c.sbatch_extra.items()})
     params["additional_parameters"] = additional
+    if c.container_image:
+        params["srun_args"] = container_srun_args(cfg, run_dir, repo_root)
     return params
 
 
@@ -170,7 +228,8 @@ def render_sbatch(cfg: Config, run_dir: Union[str, Path], python: str, repo_root
 
     folder = Path(run_dir) / SUBMITIT_DIR
     return _make_sbatch_string(
-        command=submitit_command(python, run_dir), folder=folder, **sbatch_parameters(cfg, run_dir, repo_root)
+        command=submitit_command(task_python(cfg, python) if cfg.cluster.container_image else python, run_dir),
+        folder=folder, **sbatch_parameters(cfg, run_dir, repo_root)
     )
 
 
@@ -191,11 +250,14 @@ def render_torchrun_command(
     """argv of the one torchrun a node runs: nproc_per_node ranks, c10d rendezvous on the head node.
 
     Every rank runs ``python -m <the method's recipe module> --run-dir RUN_DIR`` (it reads RUN_DIR/config.yaml);
-    ``worker_module`` replaces the recipe (tests run small payloads this way)."""
+    ``worker_module`` replaces the recipe (tests run small payloads this way). ``cluster.container_prefix``
+    goes first (``apptainer exec --nv image.sif python -m torch.distributed.run ...``)."""
     c = cfg.cluster
+    check_container(cfg)
     run_dir = str(run_dir)
+    prefix = shlex.split(c.container_prefix) if c.container_prefix else []
     argv = [
-        python, "-m", "torch.distributed.run",
+        *prefix, task_python(cfg, python), "-m", "torch.distributed.run",
         f"--nnodes={c.nodes}",
         f"--nproc-per-node={c.nproc_per_node}",
         "--rdzv-backend=c10d",
@@ -219,11 +281,13 @@ def render_torchrun_command(
 
 
 def format_command(argv: list) -> str:
-    """argv -> one shell command, one option per line (for plans, logs and golden files)."""
+    """argv -> one shell command, one option per line (for plans, logs and golden files); a container prefix
+    and the Python stay on the first line with torchrun's module."""
     parts: list = []
+    first_option = argv.index("torch.distributed.run") + 1 if "torch.distributed.run" in argv else 2
     for i, token in enumerate(argv):
         quoted = token if "$" in token else shlex.quote(token)
-        if token.startswith("-") and i > 1:
+        if token.startswith("-") and i >= first_option:
             parts.append(" \\\n  " + quoted)
         else:
             parts.append((" " if parts else "") + quoted)

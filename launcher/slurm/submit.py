@@ -16,7 +16,8 @@ from typing import Optional, Union
 
 from launcher.config.schema import Config
 from launcher.errors import LauncherError
-from launcher.rundir import CONFIG_FILE, write_code_version, write_run_config
+from launcher.paths import CODE_SNAPSHOT_DIR
+from launcher.rundir import CONFIG_FILE, snapshot_code, write_code_version, write_run_config
 from launcher.slurm.jobs import JOB_FILE
 from launcher.slurm.node import REPO_ROOT, NodeLauncher
 from launcher.slurm.render import (
@@ -36,7 +37,8 @@ def render_plan(cfg: Config, run_dir: Union[str, Path], python: Optional[str] = 
     """The sbatch script and the per-node torchrun command, as text; touches nothing, submits nothing."""
     python = python or shlex.quote(sys.executable)
     check_no_secrets(cfg, dict(os.environ))
-    script = render_sbatch(cfg, run_dir, python=python, repo_root=REPO_ROOT)
+    code_dir = Path(run_dir) / CODE_SNAPSHOT_DIR
+    script = render_sbatch(cfg, run_dir, python=python, repo_root=code_dir)
     torchrun = render_torchrun_command(
         cfg, run_dir, head_addr="$HEAD_ADDR", port="$PORT", job_id="$SLURM_JOB_ID", node_rank="$SLURM_NODEID",
         python=python,
@@ -48,11 +50,24 @@ def render_plan(cfg: Config, run_dir: Union[str, Path], python: Optional[str] = 
         "",
         f"# per-node command (each of the {c.nodes} task(s) runs one torchrun with {c.nproc_per_node} rank(s)):",
         "#   HEAD_ADDR = NodeAddr of the first host of SLURM_JOB_NODELIST (scontrol show hostnames / show node)",
-        "#   PORT      = 20000 + SLURM_JOB_ID % 10000",
+        "#   PORT      = 20000 + SLURM_JOB_ID % 10000, or the next port free on the head node (bind test there;"
+        " node 0 publishes it in RUN_DIR/logs for the others)",
         "#   is_host=1 on node 0 (it hosts the c10d rendezvous), 0 elsewhere",
+        *container_lines(cfg),
+        f"#   run from the code snapshot taken at submit: cd {code_dir}; PYTHONPATH={code_dir}",
         format_command(torchrun),
         "",
     ])
+
+
+def container_lines(cfg: Config) -> list:
+    c = cfg.cluster
+    if c.container_image:
+        return [f"#   in the container {c.container_image} (pyxis: srun --container-image, see the srun line above),"
+                f" Python {c.container_python}"]
+    if c.container_prefix:
+        return [f"#   in a container: `{c.container_prefix}` runs torchrun with the image's {c.container_python}"]
+    return []
 
 
 def make_executor(cfg: Config, run_dir: Path):
@@ -61,8 +76,11 @@ def make_executor(cfg: Config, run_dir: Path):
     if shutil.which("sbatch") is None:
         raise LauncherError("cluster=slurm: sbatch is not on PATH; run on a SLURM login node (or start the test"
                             " cluster with slurm/start-cluster.sh and export SLURM_CONF)")
-    executor = submitit.SlurmExecutor(folder=run_dir / SUBMITIT_DIR, max_num_timeout=cfg.cluster.max_requeues)
-    executor.update_parameters(**sbatch_parameters(cfg, run_dir, REPO_ROOT))
+    # In a pyxis container the task runs the image's Python, as render_sbatch shows.
+    python = cfg.cluster.container_python if cfg.cluster.container_image else None
+    executor = submitit.SlurmExecutor(folder=run_dir / SUBMITIT_DIR, max_num_timeout=cfg.cluster.max_requeues,
+                                      python=python)
+    executor.update_parameters(**sbatch_parameters(cfg, run_dir, run_dir / CODE_SNAPSHOT_DIR))
     return executor
 
 
@@ -77,6 +95,8 @@ def submit_run(cfg: Config, run_dir: Union[str, Path], worker_module: Optional[s
         write_run_config(run_dir, cfg)
     if not (run_dir / "code_version.txt").exists():
         write_code_version(run_dir, REPO_ROOT)
+    # Unpickling the node launcher and every rank import from this copy, not from the live checkout.
+    snapshot_code(run_dir)
     executor = make_executor(cfg, run_dir)
     job = executor.submit(NodeLauncher(run_dir=str(run_dir), worker_module=worker_module))
     script = run_dir / SUBMITTED_SCRIPT
@@ -138,8 +158,10 @@ def submit_array(cfgs: list, run_dirs: list, sweep_dir: Union[str, Path], job_na
         if not (run_dir / CONFIG_FILE).exists():
             write_run_config(run_dir, other)
     folder = sweep_dir / SUBMITIT_DIR
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=c.max_requeues)
-    params = sbatch_parameters(cfg, sweep_dir, REPO_ROOT)
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=c.max_requeues,
+                                      python=c.container_python if c.container_image else None)
+    # One snapshot for the whole array (every task runs the same code), in the sweep dir.
+    params = sbatch_parameters(cfg, sweep_dir, snapshot_code(sweep_dir))
     params["job_name"] = job_name or default_run_name(cfg)
     params["comment"] = f"{SWEEP_COMMENT_PREFIX}{sweep_dir}"
     params["array_parallelism"] = c.array_parallelism

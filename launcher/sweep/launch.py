@@ -98,8 +98,8 @@ def run_local_sweep(points: list, parallel: int = 1, poll_s: float = 0.5) -> int
 
 
 def _run_points(pending: list, running: dict, parallel: int, poll_s: float) -> int:
-    from launcher.config.compose import REPO_ROOT
     from launcher.local import omp_threads_per_rank
+    from launcher.paths import CODE_SNAPSHOT_DIR, REPO_ROOT
     from launcher.rundir import child_env
 
     failed = 0
@@ -108,9 +108,14 @@ def _run_points(pending: list, running: dict, parallel: int, poll_s: float) -> i
             point = pending.pop(0)
             env = child_env(point.cfg.cluster.env)
             env.setdefault("OMP_NUM_THREADS", str(omp_threads_per_rank(point.cfg.cluster.nproc_per_node, parallel)))
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+            # A point may wait long in this queue: it runs the sweep's code snapshot (SWEEP_DIR/code), taken
+            # when the sweep was laid out; cwd too, as `python -m` puts the cwd first on sys.path.
+            code_dir = point.run_dir.parent / CODE_SNAPSHOT_DIR
+            if not code_dir.is_dir():  # points laid out by an older launcher
+                code_dir = REPO_ROOT
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code_dir), env.get("PYTHONPATH")) if p)
             log = open(point.run_dir / LOCAL_LOG, "wb")
-            proc = subprocess.Popen(local_command(point.cfg, point.run_dir), cwd=str(REPO_ROOT), env=env,
+            proc = subprocess.Popen(local_command(point.cfg, point.run_dir), cwd=str(code_dir), env=env,
                                     stdout=log, stderr=subprocess.STDOUT)
             running[point.index] = (point, proc, log, _dt.datetime.now())
             print(f"[sweep] point {point.index} started ({point.label()}): {point.run_dir}", flush=True)

@@ -275,11 +275,12 @@ def write_sweep_file(sweep_dir: Path, data: dict) -> None:
 def lay_out(sweep_name: str, points: list, grid: Grid, argv: Sequence[str]) -> tuple:
     """Create the sweep dir and every point's run dir (config.yaml, overrides.txt, code version)."""
     from launcher.config.compose import REPO_ROOT
-    from launcher.rundir import make_run_dir, write_code_version, write_overrides, write_run_config
+    from launcher.rundir import make_run_dir, snapshot_code, write_code_version, write_overrides, write_run_config
 
     root = Path(points[0].cfg.run.output_root)
     sweep_dir = make_run_dir(root / SWEEPS_SUBDIR, sweep_name)
     write_code_version(sweep_dir, REPO_ROOT)  # once: git is slow, and every point runs the same code
+    snapshot_code(sweep_dir)  # likewise: one copy of the code for all points (SWEEP_DIR/code)
     code_files = [p for p in (sweep_dir / "code_version.txt", sweep_dir / "code.diff") if p.exists()]
     for point in points:
         point.run_dir = sweep_dir / point_dir_name(point.index, point.swept)

@@ -36,10 +36,10 @@ def run_recipe(recipe_cls, run_dir: Path, evaluations: bool = True) -> dict:
 
     # First, so that a preemption signal arriving during setup is kept for the first step boundary.
     stop_flag = StopFlag(run_dir)
-    from launcher.engines.distributed import destroy_distributed, init_distributed
+    from launcher.engines.distributed import destroy_distributed, init_distributed, uses_cpu_offload_group
 
     cfg = load_run_config(run_dir)
-    dist_info = init_distributed(cfg.parallelism.backend)
+    dist_info = init_distributed(cfg.parallelism.backend, cpu_offload=uses_cpu_offload_group(cfg.parallelism))
     setup_logging(dist_info.rank)
     recipe = recipe_cls(cfg, run_dir, dist_info)
     recipe.stop_flag = stop_flag

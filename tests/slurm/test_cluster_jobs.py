@@ -16,7 +16,7 @@ from launcher.preflight import run_preflight
 from launcher.rundir import make_run_dir, write_code_version, write_run_config
 from launcher.slurm.jobs import TERMINAL_STATES, cancel_main, job_state, logs_main, status_main
 from launcher.slurm.node import REPO_ROOT
-from launcher.slurm.render import render_sbatch
+from launcher.slurm.render import port_candidates, render_sbatch
 from launcher.slurm.submit import render_plan, submit_run
 
 SECRETS = {"WANDB_API_KEY": "wandb-secret-7f3a9c", "HF_TOKEN": "hf_secret_2b8d41"}
@@ -94,8 +94,10 @@ def test_two_nodes_form_one_world_and_train(slurm_cluster, runs_root):
     assert job_state(job_id)["nodes"] == "node[1-2]"
     node0 = (run_dir / "slurm" / f"{job_id}_0_log.out").read_text()
     node1 = (run_dir / "slurm" / f"{job_id}_1_log.out").read_text()
-    # Both nodes reached the same head node at the address SLURM gives for it, on the job's port.
-    port = 20000 + int(job_id) % 10000
+    # Both nodes reached the same head node at the address SLURM gives for it, on the port node 0 published
+    # (the job's own one unless another job held it on the head node).
+    port = int((run_dir / "logs" / f"rdzv_port.{job_id}.0").read_text())
+    assert port in port_candidates(job_id)
     assert f"node 0/2 (node1): head node1 at 127.0.0.1:{port}" in node0
     assert f"node 1/2 (node2): head node1 at 127.0.0.1:{port}" in node1
     assert "world size: 2" in node_logs(run_dir, job_id)
@@ -179,3 +181,21 @@ def test_start_cluster_is_idempotent(slurm_cluster):
     assert time.time() - started < 15 and "cluster ready: 2 node(s)" in done.stdout
     assert "up" not in done.stdout.replace("cluster ready", "")  # no daemon was (re)started
     assert sorted(p.read_text() for p in Path(slurm_cluster).parents[1].glob("run/*.pid")) == pids
+
+
+def test_queued_job_runs_the_code_it_was_submitted_with(slurm_cluster, runs_root):
+    # Two nodes: the rendezvous (on the port node 0 publishes) has to form before the payload runs.
+    _, run_dir, info = launch(runs_root, ["cluster.nodes=2", "cluster.nproc_per_node=1"],
+                              worker_module="tests.slurm.payload_code_origin")
+    code = run_dir / "code"
+    assert (code / "launcher" / "slurm" / "node.py").is_file() and (code / "recipes" / "sft.py").is_file()
+    assert f"export PYTHONPATH={code}" in (run_dir / "submitted.sbatch").read_text()
+    assert_completed(run_dir, info["job_id"])
+    origin = json.loads((run_dir / "code_origin.json").read_text())
+    # The ranks imported the snapshot (not the checkout), ran in it, and still resolve data in the checkout.
+    assert Path(origin["launcher"]).is_relative_to(code) and Path(origin["recipes"]).is_relative_to(code)
+    assert Path(origin["cwd"]) == code and Path(origin["code_root"]) == code
+    assert Path(origin["repo_root"]) == REPO_ROOT.resolve()
+    port = int((run_dir / "logs" / f"rdzv_port.{info['job_id']}.0").read_text())
+    for node in (0, 1):
+        assert f"--rdzv-endpoint=127.0.0.1:{port}" in (run_dir / "logs" / f"node{node}" / "command.txt").read_text()

@@ -18,7 +18,8 @@ from launcher.slurm.submit import render_plan
 GOLDEN = Path(__file__).parent / "golden"
 RUN_DIR = "/shared/runs/tiny-qwen2-sft_full-tasks/2026-01-01/00-00-00"
 PYTHON = "/opt/venv/bin/python"
-REPO = "/opt/launcher"
+REPO = f"{RUN_DIR}/code"
+"""What submit passes: the run's code snapshot, which the job puts on PYTHONPATH (not the live checkout)."""
 
 A100_OVERRIDES = [
     "cluster=slurm_a100",
@@ -54,6 +55,8 @@ def test_golden_sbatch_multinode_gpu():
     assert "#SBATCH --account=proj42\n" in script and "#SBATCH --qos=high\n" in script
     assert "#SBATCH --reservation=llm\n" in script and "#SBATCH --mail-type=END\n" in script
     assert "module load cuda/12.4\n" in script and "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1\n" in script
+    assert f"export PYTHONPATH={RUN_DIR}/code${{PYTHONPATH:+:$PYTHONPATH}}\n" in script
+    assert f"#SBATCH --chdir={RUN_DIR}/code\n" in script  # `python -m` looks in the cwd first
 
 
 def test_golden_torchrun_command():
@@ -77,7 +80,7 @@ def test_port_for_job():
     assert port_for_job(5) != port_for_job(6)
     assert all(20000 <= port_for_job(j) < 30000 for j in (0, 9999, 10000, 987654321))
     with pytest.raises(ValueError):
-        port_for_job("12_3")
+        port_for_job("12_x")  # an array task "12_3" is fine (tests/slurm/test_rdzv_port.py)
 
 
 SHOW_NODE = """NodeName=gpu017 Arch=x86_64 CoresPerSocket=32
@@ -146,3 +149,48 @@ def test_nccl_network_keys_are_exported():
     both = compose_config([*A100_OVERRIDES, "cluster.nccl_socket_ifname=ib0", "+cluster.env.NCCL_SOCKET_IFNAME=eth1"])
     text = render_sbatch(both, RUN_DIR, python=PYTHON, repo_root=REPO)
     assert "export NCCL_SOCKET_IFNAME=eth1\n" in text and "NCCL_SOCKET_IFNAME=ib0" not in text
+
+
+def test_container_image_runs_each_node_task_in_pyxis():
+    cfg = compose_config([*A100_OVERRIDES, "cluster.container_image='nvcr.io#nvidia/pytorch:25.01-py3'",  # quoted: # starts a comment for Hydra
+                          "cluster.container_mounts=[/data:/data,/models:/models:ro]", "cluster.container_python=python3"])
+    script = render_sbatch(cfg, RUN_DIR, python=PYTHON, repo_root=REPO)
+    srun = [line for line in script.splitlines() if line.startswith("srun ")]
+    assert len(srun) == 1, script
+    # (quoted by submitit's renderer: # would start a shell comment)
+    assert (f"'--container-image=nvcr.io#nvidia/pytorch:25.01-py3' --container-mounts=/data:/data,/models:/models:ro,"
+            f"{RUN_DIR}:{RUN_DIR} --container-workdir={REPO}") in srun[0]
+    # The image's Python runs the task (the submitting one's path is not in the image), and its torchrun.
+    assert srun[0].endswith(f"python3 -u -m submitit.core._submit {RUN_DIR}/slurm") and PYTHON not in srun[0]
+    argv = render_torchrun_command(cfg, RUN_DIR, "10.0.0.11", 23456, "123456", 0, python="/usr/bin/python3.12")
+    assert argv[:3] == ["python3", "-m", "torch.distributed.run"]
+    plan = render_plan(cfg, RUN_DIR, python=PYTHON)
+    assert "--container-image=nvcr.io#nvidia/pytorch:25.01-py3" in plan and "in the container" in plan
+    # Without the key nothing changes: the golden script has no container option.
+    assert "--container" not in render_sbatch(compose_config(A100_OVERRIDES), RUN_DIR, python=PYTHON, repo_root=REPO)
+
+
+def test_container_prefix_goes_before_torchrun():
+    cfg = compose_config([*A100_OVERRIDES, "cluster.container_prefix='apptainer exec --nv -B /data /img/l.sif'"])
+    argv = render_torchrun_command(cfg, RUN_DIR, "10.0.0.11", 23456, "123456", 1, python=PYTHON)
+    assert argv[:7] == ["apptainer", "exec", "--nv", "-B", "/data", "/img/l.sif", "python"]
+    assert argv[7:9] == ["-m", "torch.distributed.run"] and argv[-3:] == ["recipes.sft", "--run-dir", RUN_DIR]
+    script = render_sbatch(cfg, RUN_DIR, python=PYTHON, repo_root=REPO)
+    assert "--container" not in script and f"{PYTHON} -u -m submitit.core._submit" in script  # the task: on the host
+    plan = render_plan(cfg, RUN_DIR, python=PYTHON)
+    assert "\napptainer exec --nv -B /data /img/l.sif python -m torch.distributed.run \\\n  --nnodes=4 \\\n" in plan
+
+
+def test_container_keys_are_checked():
+    both = compose_config([*A100_OVERRIDES, "cluster.container_image=img", "cluster.container_prefix='apptainer exec x'"])
+    with pytest.raises(ConfigError, match="cluster.container_image and cluster.container_prefix: set one"):
+        render_plan(both, RUN_DIR)
+    mounts = compose_config([*A100_OVERRIDES, "cluster.container_mounts=[/data:/data]"])
+    with pytest.raises(ConfigError, match="cluster.container_mounts: only with cluster.container_image"):
+        render_plan(mounts, RUN_DIR)
+    from launcher.errors import PreflightError
+    from launcher.preflight import run_preflight
+
+    local = compose_config(["cluster.container_image=img"])  # the key would be ignored: refused before the run
+    with pytest.raises(PreflightError, match="cluster.container_image: containers are for cluster.kind=slurm"):
+        run_preflight(local)

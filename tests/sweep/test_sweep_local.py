@@ -19,6 +19,8 @@ def test_local_sequential_sweep_of_two_points(output_root, capsys):
     sweep_dir = sweep_dirs[0]
     data = json.loads((sweep_dir / SWEEP_FILE).read_text())
     assert data["cluster"] == "local" and data["swept_keys"] == ["method.lora.r"]
+    # The points waited in this process's queue; they ran the code snapshot taken when the sweep was laid out.
+    assert (sweep_dir / "code" / "recipes" / "sft.py").is_file()
     # One after the other: the second started after the first ended.
     results = [json.loads((sweep_dir / p["run_dir"] / LOCAL_RESULT).read_text()) for p in data["points"]]
     assert [r["returncode"] for r in results] == [0, 0]

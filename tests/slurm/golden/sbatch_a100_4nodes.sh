@@ -2,6 +2,7 @@
 
 # Parameters
 #SBATCH --account=proj42
+#SBATCH --chdir=/shared/runs/tiny-qwen2-sft_full-tasks/2026-01-01/00-00-00/code
 #SBATCH --comment=launcher:/shared/runs/tiny-qwen2-sft_full-tasks/2026-01-01/00-00-00
 #SBATCH --constraint=a100-80gb
 #SBATCH --cpus-per-task=64
@@ -26,7 +27,7 @@
 # setup
 module load cuda/12.4
 source /opt/venv/bin/activate
-export PYTHONPATH=/opt/launcher${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=/shared/runs/tiny-qwen2-sft_full-tasks/2026-01-01/00-00-00/code${PYTHONPATH:+:$PYTHONPATH}
 export OMP_NUM_THREADS=8
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
 

@@ -75,7 +75,7 @@ def test_one_node_two_processes_trains(slurm_cluster, runs_root, monkeypatch):
     # The run dir holds the exact submitted script, the resolved config and the code version.
     submitted = (run_dir / "submitted.sbatch").read_text()
     assert submitted == (run_dir / "slurm" / f"{job_id}_submission.sh").read_text()
-    assert submitted == render_sbatch(cfg, run_dir, python=shlex.quote(sys.executable), repo_root=REPO_ROOT)
+    assert submitted == render_sbatch(cfg, run_dir, python=shlex.quote(sys.executable), repo_root=run_dir / "code")
     assert (run_dir / "config.yaml").exists() and "commit:" in (run_dir / "code_version.txt").read_text()
     # Secrets travelled only through the environment.
     for path in run_dir.rglob("*"):

@@ -143,6 +143,8 @@ def attach_media(sample: dict, row: dict, spec: DatasetSpec, where: str) -> None
     for key, placeholder in MEDIA_PLACEHOLDERS.items():
         col = cols.get(key)
         value = row.get(col) if col else None
+        if value is None and not any(placeholder in t for t in texts):
+            continue  # neither files nor placeholders: the text-only row, by far the most common
         files = [] if value is None else ([value] if isinstance(value, str) else list(value))
         count = sum(t.count(placeholder) for t in texts)
         if count != len(files):

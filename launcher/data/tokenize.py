@@ -15,7 +15,7 @@ Rows:
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 from launcher.errors import DataError
 from launcher.data.templates import parse_tools, split_pairs
@@ -53,25 +53,26 @@ def piece_char_limit(cutoff_len: int) -> int:
     return max(LONG_PIECE_MIN, LONG_PIECE_CHARS_PER_TOKEN * cutoff_len)
 
 
-def _ids(tokenizer, text: str, max_chars: Optional[int] = None) -> list[int]:
-    if max_chars is not None and len(text) > max_chars:
-        text = text[:max_chars]
-    if not text:
-        return []
+def text_encoder(tokenizer) -> Callable[[str], list[int]]:
+    """text -> its ids without special tokens added. A fast tokenizer's Rust backend is called directly: the
+    same ids as ``tokenizer(text, add_special_tokens=False)`` (the golden-row test holds it to that), without
+    transformers' Python bookkeeping around each call; the tokenizer is the pipeline's main cost."""
     backend = getattr(tokenizer, "_tokenizer", None)
     if backend is not None and hasattr(backend, "encode"):
-        # A fast tokenizer's Rust backend directly: the same ids as tokenizer(text, add_special_tokens=False)
-        # (the golden-row test holds it to that), without transformers' Python bookkeeping around the call.
-        return backend.encode(text, add_special_tokens=False).ids
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+        encode = backend.encode
+        return lambda text: encode(text, add_special_tokens=False).ids if text else []
+    return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
 def encode_pairs(tokenizer, pairs: list[tuple[str, str]], cutoff_len: Optional[int] = None
                  ) -> list[tuple[list[int], list[int]]]:
     """Each (prompt, answer) tokenized on its own; with ``cutoff_len``, a piece too long to matter whole is cut
     first (``piece_char_limit``), so memory does not grow with the length of a row."""
-    limit = piece_char_limit(cutoff_len) if cutoff_len else None
-    return [(_ids(tokenizer, p, limit), _ids(tokenizer, a, limit)) for p, a in pairs]
+    encode = text_encoder(tokenizer)
+    if cutoff_len:
+        limit = piece_char_limit(cutoff_len)
+        return [(encode(p[:limit]), encode(a[:limit])) for p, a in pairs]
+    return [(encode(p), encode(a)) for p, a in pairs]
 
 
 def encode_supervised(encoded: list[tuple[list[int], list[int]]], cutoff_len: int, train_on_prompt: bool = False,
@@ -130,7 +131,7 @@ def encode_text(tokenizer, text: str, cutoff_len: int) -> list[dict]:
             f"a pretraining text of {len(text):,} characters (more than {MAX_TEXT_CHARS:,}) in one row; every"
             " token of it would be kept, so split it into several rows (e.g. one per document or chapter)"
         )
-    ids = _ids(tokenizer, text)
+    ids = text_encoder(tokenizer)(text)
     if tokenizer.eos_token_id is not None:
         ids = ids + [tokenizer.eos_token_id]
     return [{"input_ids": ids[i: i + cutoff_len], "labels": ids[i: i + cutoff_len]} for i in range(0, len(ids), cutoff_len)]
@@ -163,7 +164,9 @@ def tokenize_sample(tokenizer, renderer, sample: dict, cutoff_len: int, train_on
 
 
 def count_trained(labels: list) -> int:
-    return len(labels) - list(labels).count(IGNORE_INDEX)  # list.count runs in C
+    if not isinstance(labels, list):
+        labels = list(labels)
+    return len(labels) - labels.count(IGNORE_INDEX)  # list.count runs in C
 
 
 def row_trained(row: dict) -> int:

@@ -33,6 +33,7 @@ from launcher.data.formats import row_to_sample
 from launcher.data.readers import parse_json_line
 from launcher.data.registry import DatasetSpec
 from launcher.data.store import ImageRefs
+from launcher.data.vision import check_media, image_cut_message, tokenize_vision_sample
 from launcher.data.tokenize import check_trainable, row_trained, tokenize_sample
 
 COLUMNS = {"prompt_len": np.int32, "kto_tag": np.int8}
@@ -96,7 +97,7 @@ def encode_batch(spec: DatasetSpec, items: list, preference: bool, options: Opti
             dropped.append(0)
             continue
         for r in kept:
-            if set(r) - STORED_KEYS:
+            if not STORED_KEYS.issuperset(r):
                 # fail loudly rather than drop what the store has no column for (e.g. image inputs)
                 raise NotImplementedError(f"{where}: the token store has no column for {sorted(set(r) - STORED_KEYS)};"
                                           " add one in launcher/data/store.py and workers.encode_batch")
@@ -129,8 +130,9 @@ def encode_batch(spec: DatasetSpec, items: list, preference: bool, options: Opti
 def tokenize_with_media(sample: dict, opt: EncodeOptions, where: str) -> tuple[list, int]:
     """(token rows, rows dropped because cutoff_len cut an image span); a row with media the model or
     template cannot take, or a cut span in strict mode, raises a DataError naming the row."""
-    from launcher.data.vision import check_media, image_cut_message, tokenize_vision_sample
-
+    if not ("images" in sample or "videos" in sample or "audios" in sample):  # text rows: the common case, first
+        return tokenize_sample(opt.tokenizer, opt.renderer, sample, opt.cutoff_len, opt.train_on_prompt,
+                               opt.mask_history, where), 0
     check_media(sample, opt.renderer.name, getattr(opt.renderer, "image_slot", True), opt.vision is not None,
                 opt.model_name, where)
     if not sample.get("images"):

@@ -8,7 +8,8 @@ the Qwen tokenizer:
 - preprocessing rows/s with 1 worker and with all cores (read, format, render, tokenize, write the cache),
   and rows per CPU-second (user + system time of the process and its workers), which a busy shared
   machine distorts far less than wall time;
-- peak memory while preprocessing: the sum of the process tree's PSS (shared pages counted once), sampled;
+- peak memory while preprocessing: the sum of the process tree's PSS (shared pages counted once), sampled,
+  in a run of its own (sampling costs CPU, so the timed runs are not sampled);
 - the cache's size on disk;
 - cache-hit load time (build_datasets finding the cache), in a fresh process;
 - the RSS a loading rank adds: two processes load the cache at once, each reports its RSS before
@@ -30,16 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.benchmarks.big_alpaca import write_big_set  # noqa: E402
 from tests.data.helpers import lf_demo_dir, make_config, qwen_tokenizer  # noqa: E402
 
 MB = 1 << 20
-
-
-def write_big_set(folder: Path, rows: int) -> None:
-    demo = json.loads((lf_demo_dir() / "alpaca_en_demo.json").read_text())
-    big = [demo[i % len(demo)] for i in range(rows)]
-    (folder / "alpaca_big.json").write_text(json.dumps(big, ensure_ascii=False))
-    (folder / "dataset_info.json").write_text(json.dumps({"alpaca_big": {"file_name": "alpaca_big.json"}}))
 
 
 def tree_pss(pid: int) -> int:
@@ -186,11 +181,18 @@ def main() -> int:
         for n in procs:
             cache = Path(tmp) / f"cache{n}"
             r = run_child(["--child", "build", "--dir", str(folder), "--cache", str(cache), "--num-proc", str(n),
-                           *common], sample_memory=True)
+                           *common])
             fill = f", fill {100 * r['fill']:.2f}%" if r["fill"] else ""
             print(f"preprocess num_proc={n}: {r['seconds']:.1f} s, {r['samples'] / r['seconds']:.0f} rows/s,"
-                  f" {r['cpu']:.1f} CPU-s ({r['samples'] / r['cpu']:.0f} rows per CPU-second),"
-                  f" peak PSS {r['peak_pss'] / MB:.0f} MB; {r['tokens']} tokens in {r['rows']} rows{fill}")
+                  f" {r['cpu']:.1f} CPU-s ({r['samples'] / r['cpu']:.0f} rows per CPU-second);"
+                  f" {r['tokens']} tokens in {r['rows']} rows{fill}")
+        # Memory in a run of its own: reading every process's smaps 4 times a second takes CPU from the workers
+        # (on 2 cores, enough to move the timing above by several percent).
+        n = max(procs)
+        r = run_child(["--child", "build", "--dir", str(folder), "--cache", str(Path(tmp) / "cache-mem"),
+                       "--num-proc", str(n), *common], sample_memory=True)
+        print(f"peak PSS while preprocessing (num_proc={n}, process and workers, shared pages counted once):"
+              f" {r['peak_pss'] / MB:.0f} MB")
         print(f"cache on disk: {du(cache) / MB:.0f} MB")
         load = ["--child", "load", "--dir", str(folder), "--cache", str(cache), *common]
         r = run_child(load)

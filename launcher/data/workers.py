@@ -161,6 +161,22 @@ class EncodedDataset:
     errors: list = field(default_factory=list)
 
 
+def _frozen_after_first(batches: Iterator[list]) -> Iterator[list]:
+    """The batches, with the garbage collector told to leave alone what exists once the first is read: a JSON
+    list's reader has then parsed the whole file (a million rows are millions of objects, with no reference
+    cycles), and every full collection would walk all of them, again and again, while they are handed on.
+    They are still freed one by one as they are used; the freeze is undone at the end."""
+    first = next(batches, None)
+    if first is None:
+        return
+    gc.freeze()
+    try:
+        yield first
+        yield from batches
+    finally:
+        gc.unfreeze()
+
+
 class Encoder:
     """A pool of ``num_proc`` workers (none when 1) that encodes datasets into one store, in order."""
 
@@ -174,6 +190,11 @@ class Encoder:
             # write to (and so copy) every page of the parent's heap they share.
             gc.freeze()
             self.pool = ProcessPoolExecutor(self.num_proc, mp_context=get_context("fork"))
+            # Fork the workers now, before any file is read: forked at the first batch, they would inherit the
+            # reader's objects (a JSON list is parsed whole), and their garbage collections, walking them, would
+            # copy those pages into every worker (memory, and CPU for the page faults).
+            for started in [self.pool.submit(os.getpid) for _ in range(self.num_proc)]:
+                started.result()
 
     def close(self) -> None:
         if self.pool is not None:

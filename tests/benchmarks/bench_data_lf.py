@@ -45,7 +45,10 @@ def tree_pss() -> int:
 
 def child(folder: str, procs: int, sample: bool) -> dict:
     # LLaMA-Factory imports torchaudio for audio inputs only; PyPI's torchaudio is a CUDA build that does not
-    # load beside a CPU torch, and this text benchmark never reaches it.
+    # load beside a CPU torch, and this text benchmark never reaches it. transformers first: it looks for
+    # torchaudio's spec when imported, which the stand-in has not.
+    import transformers  # noqa: F401
+
     sys.modules.setdefault("torchaudio", types.ModuleType("torchaudio"))
     from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
     from llamafactory.hparams import get_train_args
@@ -76,8 +79,9 @@ def child(folder: str, procs: int, sample: bool) -> dict:
 
 
 def run(folder: Path, procs: int, sample: bool) -> dict:
+    # LLaMA-Factory logs and draws progress bars on stderr: left out, so the figures are what shows
     out = subprocess.run([sys.executable, __file__, "--child", str(folder), "--procs", str(procs)]
-                         + (["--sample"] if sample else []), stdout=subprocess.PIPE, text=True, check=True).stdout
+                         + (["--sample"] if sample else []), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

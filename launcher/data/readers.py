@@ -146,6 +146,14 @@ class _JsonText:
         self.text = self.text[keep:] + new
         return True
 
+    def ahead(self, pos: int) -> int:
+        """Read on while less than half a chunk lies after ``pos``; the position, moved with the window. So a row
+        is rarely cut by the window's end: a cut one is parsed again, and the error raised first (its line and
+        column counted over the window) costs more than the row."""
+        while len(self.text) - pos < self.chunk_bytes // 2 and self.more(pos):
+            pos = 0
+        return pos
+
     def skip_space(self, pos: int) -> int:
         """The position of the next non-blank character, reading on as needed (len(text) at the end)."""
         while True:
@@ -219,7 +227,7 @@ def _json_list_rows(path: Path, chunk_bytes: int = 1 << 24) -> Iterator[Any]:
                 if src.text[pos] != ",":
                     raise malformed(json.JSONDecodeError("Expecting ',' delimiter", src.text, pos))
                 pos = src.skip_space(pos + 1)
-            row, pos = decode(pos)
+            row, pos = decode(src.ahead(pos))
             yield row
             first = False
             pos = src.skip_space(pos)

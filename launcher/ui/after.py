@@ -12,7 +12,10 @@ import queue
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
+
+if TYPE_CHECKING:
+    from launcher.ui.i18n import Note
 
 MAX_LOADED = 4
 _models: "OrderedDict[tuple, tuple]" = OrderedDict()
@@ -163,7 +166,7 @@ def log_turn(run_dir: Path, base: bool, system: Optional[str], user: str, answer
                                            "assistant": answer, "prompt": prompt})
 
 
-def export(run_dir: Path) -> "Note":
+def export(run_dir: Path) -> Note:
     """``launcher export RUN_DIR --force`` (to RUN_DIR/export); returns a one-line report."""
     from launcher.inference.export import ExportArgs, export_run, exported_files
     from launcher.ui.i18n import Note

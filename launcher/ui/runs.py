@@ -16,7 +16,10 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from launcher.ui.i18n import Note
 
 from launcher.errors import LauncherError
 
@@ -314,7 +317,7 @@ def tail_text(path: Path, lines: int = 200, max_bytes: int = 65536) -> str:
     return mask_secrets("\n".join(data.splitlines()[-lines:]))
 
 
-def cancel(run_dir: Path) -> "Note":
+def cancel(run_dir: Path) -> Note:
     """``launcher cancel RUN_DIR`` for a SLURM run; SIGTERM to the job process of a run the UI started here."""
     import contextlib
     import io

@@ -21,6 +21,8 @@ CHROMIUM = os.environ.get("LAUNCHER_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 SHOTS = REPO_ROOT / "docs" / "ui"
+"""Where the README's screenshots live. Tests write there only when LAUNCHER_UI_SCREENSHOTS=1 (to refresh them);
+otherwise to a temporary folder, so that a test run leaves the checkout as it found it."""
 
 
 def free_port() -> int:
@@ -107,5 +109,8 @@ def page(browser):
 
 
 def screenshot(page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    import tempfile
+
+    folder = SHOTS if os.environ.get("LAUNCHER_UI_SCREENSHOTS") == "1" else Path(tempfile.gettempdir()) / "launcher-ui-shots"
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)

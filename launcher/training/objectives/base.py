@@ -78,3 +78,68 @@ class Objective:
 
     def log_result(self, trainer) -> None:
         """Rank 0: a line or two in the log about what the run achieved."""
+
+
+class RewardObjective(Objective):
+    """An objective scored by a reference (DPO's family, KTO): the held-out rows and a probe of the first
+    training rows are scored the same way, and the run's summary keeps the reward metrics of the first and the
+    last evaluation. A subclass sets ``probe_prefix`` and gives ``probe_count``, ``_eval_stats`` (one batch's
+    float64 sums in ``stat_keys`` order) and ``_metrics_from`` (sums -> metrics)."""
+
+    probe_prefix = "train_rows"
+    """The eval record's prefix for the probe of training rows."""
+
+    def probe_count(self) -> int:
+        raise NotImplementedError
+
+    def _eval_stats(self, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _metrics_from(self, sums: torch.Tensor) -> dict:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def score(self, trainer, rows: list) -> Optional[dict]:
+        """The metrics of the current policy on ``rows`` (every rank takes its share). Collective."""
+        from launcher.engines.distributed import all_reduce_sum
+        from launcher.training.batching import eval_batches
+
+        if not rows:
+            return None
+        dist = trainer.dist
+        trainer.engine.eval()
+        sums = torch.zeros(len(self.stat_keys), dtype=torch.float64, device=dist.device)
+        batches = eval_batches(len(rows), dist.rank, dist.world_size, self.cfg.train.micro_batch_size)
+        # Sharded engines: as many forwards on every rank (the reference's too), fillers not counted.
+        for idx, counted in forwards_for(batches, trainer.engine.forward_is_collective, dist.device):
+            batch = to_device(self.collate([rows[i] for i in idx]), dist.device)
+            with trainer.precision.autocast():
+                stats = self._eval_stats(batch)
+            if counted:
+                sums += stats
+        all_reduce_sum(sums)
+        trainer.engine.train()
+        return self._metrics_from(sums)
+
+    def evaluate(self, trainer) -> Optional[dict]:
+        """Held-out rows (``eval/...`` and ``eval_loss``) and the first ``probe_count`` training rows
+        (``<probe_prefix>/...``)."""
+        fields: dict = {}
+        held_out = self.score(trainer, self.data.eval)
+        count = self.probe_count()
+        probe = self.score(trainer, self.data.train[:count]) if count else None
+        for prefix, values in (("eval", held_out), (self.probe_prefix, probe)):
+            for key, value in (values or {}).items():
+                fields[f"{prefix}/{key}"] = value
+        if held_out:
+            fields["eval_loss"] = held_out["loss"]
+        return fields
+
+    def finish(self, trainer, summary: dict) -> None:
+        from launcher.training.process_stats import peak_rss_gb
+
+        first = next((e for e in trainer.evals if e["step"] == 0), None)
+        last = trainer.evals[-1] if trainer.evals else None
+        summary["rewards_before"] = first and {k: v for k, v in first.items() if "rewards/" in k}
+        summary["rewards_after"] = last and {k: v for k, v in last.items() if "rewards/" in k}
+        summary["peak_rss_mb"] = round(peak_rss_gb() * 1024, 1)

@@ -29,11 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from launcher.engines.distributed import all_reduce_sum
-from launcher.training.batching import eval_batches
 from launcher.training.loss import IGNORE_INDEX
-from launcher.training.objectives.base import Objective, forwards_for, to_device
+from launcher.training.objectives.base import RewardObjective
 from launcher.training.objectives.preference import SequenceLogProbs
-from launcher.training.process_stats import peak_rss_gb
 
 log = logging.getLogger("launcher.kto")
 
@@ -63,8 +61,9 @@ def kto_losses(logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Te
     return torch.where(desirable, good, bad), beta * logratios.detach()
 
 
-class KTOObjective(Objective):
+class KTOObjective(RewardObjective):
     name = "kto"
+    probe_prefix = "train_rows"
     stat_keys = STAT_KEYS
 
     def __init__(self, data, cfg):
@@ -151,47 +150,15 @@ class KTOObjective(Objective):
     def extra_train_metrics(self, stats: dict) -> dict:
         return {k: v for k, v in stats.items() if "/" in k or k == "kl"}
 
+    def probe_count(self) -> int:
+        return self.kto.probe_rows
+
+    def _eval_stats(self, batch: dict) -> torch.Tensor:
+        # A batch of one row has no other answer to pair with: its "mismatched" row is itself, so z is its
+        # log-ratio.
+        return self._stats(*self._score(batch, self.scorer, world_size=1))
+
     # ------------------------------------------------------------------------------------ evaluation
-
-    @torch.no_grad()
-    def score_rows(self, trainer, rows: list) -> Optional[dict]:
-        """Loss, rewards and KL of the current policy on ``rows`` (every rank takes its share)."""
-        if not rows:
-            return None
-        dist = trainer.dist
-        trainer.engine.eval()
-        sums = torch.zeros(len(STAT_KEYS), dtype=torch.float64, device=dist.device)
-        batches = eval_batches(len(rows), dist.rank, dist.world_size, self.cfg.train.micro_batch_size)
-        # Sharded engines: as many forwards on every rank (the reference's too), fillers not counted. A batch
-        # of one row has no other answer to pair with: its "mismatched" row is itself, so z is its log-ratio.
-        for idx, counted in forwards_for(batches, trainer.engine.forward_is_collective, dist.device):
-            batch = to_device(self.collate([rows[i] for i in idx]), dist.device)
-            with trainer.precision.autocast():
-                stats = self._stats(*self._score(batch, self.scorer, world_size=1))
-            if counted:
-                sums += stats
-        all_reduce_sum(sums)
-        trainer.engine.train()
-        return self._metrics_from(sums)
-
-    def evaluate(self, trainer) -> Optional[dict]:
-        """Held-out rows (``eval/...`` and ``eval_loss``) and the first probe_rows training rows (``train_rows/...``)."""
-        fields: dict = {}
-        held_out = self.score_rows(trainer, self.data.eval)
-        probe = self.score_rows(trainer, self.data.train[: self.kto.probe_rows]) if self.kto.probe_rows else None
-        for prefix, values in (("eval", held_out), ("train_rows", probe)):
-            for key, value in (values or {}).items():
-                fields[f"{prefix}/{key}"] = value
-        if held_out:
-            fields["eval_loss"] = held_out["loss"]
-        return fields
-
-    def finish(self, trainer, summary: dict) -> None:
-        first = next((e for e in trainer.evals if e["step"] == 0), None)
-        last = trainer.evals[-1] if trainer.evals else None
-        summary["rewards_before"] = first and {k: v for k, v in first.items() if "rewards/" in k}
-        summary["rewards_after"] = last and {k: v for k, v in last.items() if "rewards/" in k}
-        summary["peak_rss_mb"] = round(peak_rss_gb() * 1024, 1)
 
     def log_result(self, trainer) -> None:
         first = next((e for e in trainer.evals if e["step"] == 0), None)

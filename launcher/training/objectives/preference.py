@@ -15,13 +15,10 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from launcher.engines.distributed import all_reduce_sum
 from launcher.errors import DataError
-from launcher.training.batching import eval_batches
 from launcher.training.loss import IGNORE_INDEX, backbone_hidden, chunked_token_logprobs
-from launcher.training.objectives.base import Objective, forwards_for, to_device
+from launcher.training.objectives.base import RewardObjective
 from launcher.training.preference_loss import PairTerms, needs_reference, orpo_nll_sum, pair_terms
-from launcher.training.process_stats import peak_rss_gb
 
 log = logging.getLogger("launcher.dpo")
 
@@ -66,8 +63,9 @@ def check_shared_prompt(row: dict, where: str) -> None:
             raise DataError(f"{where}: the {side} answer has no trained token (cut by data.cutoff_len?)")
 
 
-class PreferenceObjective(Objective):
+class PreferenceObjective(RewardObjective):
     name = "preference"
+    probe_prefix = "train_pairs"
     stat_keys = STAT_KEYS
 
     def __init__(self, data, cfg):
@@ -151,47 +149,13 @@ class PreferenceObjective(Objective):
     def extra_train_metrics(self, stats: dict) -> dict:
         return {k: v for k, v in stats.items() if "/" in k or k == "nll"}
 
+    def probe_count(self) -> int:
+        return self.dpo.probe_pairs
+
+    def _eval_stats(self, batch: dict) -> torch.Tensor:
+        return self._stats(*self._score(batch, self.scorer))
+
     # ------------------------------------------------------------------------------------ evaluation
-
-    @torch.no_grad()
-    def score_pairs(self, trainer, rows: list) -> Optional[dict]:
-        """Loss and reward metrics of the current policy on ``rows`` (every rank takes its share)."""
-        if not rows:
-            return None
-        dist = trainer.dist
-        trainer.engine.eval()
-        sums = torch.zeros(len(STAT_KEYS), dtype=torch.float64, device=dist.device)
-        batches = eval_batches(len(rows), dist.rank, dist.world_size, self.cfg.train.micro_batch_size)
-        # Sharded engines: as many forwards on every rank (the reference's too), fillers not counted.
-        for idx, counted in forwards_for(batches, trainer.engine.forward_is_collective, dist.device):
-            batch = to_device(self.collate([rows[i] for i in idx]), dist.device)
-            with trainer.precision.autocast():
-                terms, logps, tokens = self._score(batch, self.scorer)
-            if counted:
-                sums += self._stats(terms, logps, tokens)
-        all_reduce_sum(sums)
-        trainer.engine.train()
-        return self._metrics_from(sums)
-
-    def evaluate(self, trainer) -> Optional[dict]:
-        """Held-out pairs (``eval/...``, and ``eval_loss``) and the first probe_pairs training pairs
-        (``train_pairs/...``)."""
-        fields: dict = {}
-        held_out = self.score_pairs(trainer, self.data.eval)
-        probe = self.score_pairs(trainer, self.data.train[: self.dpo.probe_pairs]) if self.dpo.probe_pairs else None
-        for prefix, values in (("eval", held_out), ("train_pairs", probe)):
-            for key, value in (values or {}).items():
-                fields[f"{prefix}/{key}"] = value
-        if held_out:
-            fields["eval_loss"] = held_out["loss"]
-        return fields
-
-    def finish(self, trainer, summary: dict) -> None:
-        first = next((e for e in trainer.evals if e["step"] == 0), None)
-        last = trainer.evals[-1] if trainer.evals else None
-        summary["rewards_before"] = first and {k: v for k, v in first.items() if "rewards/" in k}
-        summary["rewards_after"] = last and {k: v for k, v in last.items() if "rewards/" in k}
-        summary["peak_rss_mb"] = round(peak_rss_gb() * 1024, 1)
 
     def log_result(self, trainer) -> None:
         first = next((e for e in trainer.evals if e["step"] == 0), None)

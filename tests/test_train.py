@@ -7,26 +7,17 @@ import pytest
 import torch
 
 from launcher.cli import main as cli_main
-from launcher.config.compose import compose_config
-from launcher.rundir import make_run_dir, write_run_config
-from launcher.engines.distributed import init_distributed
 from launcher.models.build import load_trained_model
 from recipes.sft import SFTRecipe
+from tests.recipe_runs import run_recipe
 
 FAST = ["train.max_steps=30", "train.micro_batch_size=8", "train.log_every=1", "train.eval_every=0",
         "train.warmup_ratio=0", "data.max_samples=400", "train.eval_max_batches=2",
         "train.exact_match_samples=0"]
 
 
-def run_recipe(output_root, overrides):
-    cfg = compose_config([f"run.output_root={output_root}", *FAST, *overrides])
-    run_dir = make_run_dir(output_root, "t")
-    write_run_config(run_dir, cfg)
-    recipe = SFTRecipe(cfg, run_dir, init_distributed())
-    recipe.setup()
-    summary = recipe.train()
-    recipe.cleanup()
-    return recipe, run_dir, summary
+def run_sft(output_root, overrides):
+    return run_recipe(SFTRecipe, output_root, [*FAST, *overrides])
 
 
 def probe_batch(recipe):
@@ -48,7 +39,7 @@ def assert_loss_falls(run_dir):
 @pytest.mark.parametrize("method", ["sft_full", "lora"])
 def test_train_then_reload_gives_same_logits(output_root, method):
     lr = "method.lr=5e-3" if method == "lora" else "method.lr=2e-3"
-    recipe, run_dir, summary = run_recipe(output_root, [f"method={method}", lr])
+    recipe, run_dir, summary = run_sft(output_root, [f"method={method}", lr])
     assert_loss_falls(run_dir)
     assert summary["eval_loss_after"] < summary["eval_loss_before"]
     batch = probe_batch(recipe)

@@ -8,7 +8,8 @@ import importlib.util
 import pytest
 
 from tests.conftest import SHARED_DEMO
-from tests.dpo.helpers import records, run_dpo
+from tests.dpo.helpers import run_dpo
+from tests.recipe_runs import records
 from tests.dpo.test_dpo_train import assert_rewards_rise, assert_same_logits
 
 pytestmark = [

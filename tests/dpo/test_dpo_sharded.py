@@ -18,7 +18,8 @@ import pytest
 
 from launcher.config.compose import compose_config
 from launcher.rundir import make_run_dir, write_run_config
-from tests.dpo.helpers import SMALL_MODEL, records, run_dpo
+from tests.dpo.helpers import SMALL_MODEL, run_dpo
+from tests.recipe_runs import records
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 UNEVEN = ["data=prefs", "data.eval_datasets=[]", "data.val_size=3", "data.max_samples=15", "method.dpo.probe_pairs=3",

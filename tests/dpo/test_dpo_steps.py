@@ -9,7 +9,8 @@ from launcher.config.compose import compose_config
 from launcher.rundir import make_run_dir, write_run_config
 from launcher.engines.distributed import init_distributed
 from recipes.dpo import DPORecipe
-from tests.dpo.helpers import FAST, records, run_dpo
+from tests.dpo.helpers import FAST, run_dpo
+from tests.recipe_runs import records
 
 KEYS = ("loss", "rewards/accuracy", "rewards/margin", "rewards/chosen", "logps/chosen", "logps/rejected")
 COMMON = ["method=dpo", "method.lr=3e-3", "train.max_steps=3", "method.dpo.probe_pairs=8"]

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from launcher.models.build import load_trained_model
-from tests.dpo.helpers import records, run_dpo
+from tests.dpo.helpers import run_dpo
+from tests.recipe_runs import records
 
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin", "logps/chosen",
                "logps/rejected")

@@ -4,11 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from launcher.config.compose import compose_config
-from launcher.engines.distributed import init_distributed
 from launcher.paths import REPO_ROOT
-from launcher.rundir import make_run_dir, write_run_config
 from recipes.kto import KTORecipe
+from tests.recipe_runs import run_recipe
 
 SMALL_MODEL = ["model.config.hidden_size=64", "model.config.intermediate_size=192", "model.config.num_hidden_layers=2"]
 
@@ -40,18 +38,4 @@ def fast(dataset_dir: Path) -> list[str]:
 
 
 def run_kto(output_root: Path, overrides: list[str], name: str = "t"):
-    cfg = compose_config([f"run.output_root={output_root}", *overrides])
-    run_dir = make_run_dir(output_root, name)
-    write_run_config(run_dir, cfg)
-    recipe = KTORecipe(cfg, run_dir, init_distributed())
-    recipe.setup()
-    try:
-        summary = recipe.train()
-    finally:
-        recipe.cleanup()
-    return recipe, run_dir, summary
-
-
-def records(run_dir: Path, kind: str) -> list[dict]:
-    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if r["kind"] == kind]
+    return run_recipe(KTORecipe, output_root, overrides, name)

@@ -9,11 +9,11 @@ from tests.kto.helpers import fast, run_kto, write_feedback_data
 
 
 def test_sft_on_feedback_data_is_refused_naming_kto(tmp_path, output_root):
-    from tests.test_train import run_recipe
+    from tests.test_train import run_sft
 
     data = write_feedback_data(tmp_path / "data")
     with pytest.raises(DataError, match="method=kto"):
-        run_recipe(output_root, [f"data.dataset_dir={data}", "data.datasets=[feedback]", "data.eval_datasets=[]",
+        run_sft(output_root, [f"data.dataset_dir={data}", "data.datasets=[feedback]", "data.eval_datasets=[]",
                                  "data.use_cache=false"])
 
 

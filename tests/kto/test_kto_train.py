@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from launcher.models.build import load_trained_model
-from tests.kto.helpers import fast, records, run_kto, write_feedback_data
+from tests.kto.helpers import fast, run_kto, write_feedback_data
+from tests.recipe_runs import records
 
 KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margin", "logps/chosen", "logps/rejected", "kl")
 

@@ -8,12 +8,12 @@ import torch
 from launcher.config.compose import compose_config
 from launcher.errors import ConfigError
 from launcher.models.build import load_trained_model
-from tests.test_train import assert_loss_falls, probe_batch, run_recipe
+from tests.test_train import assert_loss_falls, probe_batch, run_sft
 
 
 def test_freeze_trains_only_the_chosen_layers_and_reloads(output_root):
     torch.manual_seed(42)  # the recipe seeds with train.seed=42 too: the same random init, to compare against
-    recipe, run_dir, _ = run_recipe(output_root, ["method=freeze", "method.freeze.trainable_layers=1",
+    recipe, run_dir, _ = run_sft(output_root, ["method=freeze", "method.freeze.trainable_layers=1",
                                                   "method.freeze.trainable_modules=[mlp]",
                                                   "method.freeze.extra_modules=[norm]"])
     model = recipe.model
@@ -44,7 +44,7 @@ def test_freeze_trains_only_the_chosen_layers_and_reloads(output_root):
 
 def test_freeze_names_a_module_that_matches_nothing(output_root):
     with pytest.raises(ConfigError, match="method.freeze.trainable_modules: mpl matches no module"):
-        run_recipe(output_root, ["method=freeze", "method.freeze.trainable_modules=[mpl]"])
+        run_sft(output_root, ["method=freeze", "method.freeze.trainable_modules=[mpl]"])
 
 
 def test_freeze_is_refused_where_the_method_has_no_freeze():

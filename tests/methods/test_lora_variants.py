@@ -8,11 +8,11 @@ import torch
 from launcher.config.compose import compose_config
 from launcher.errors import ConfigError
 from launcher.models.build import load_trained_model
-from tests.test_train import assert_loss_falls, probe_batch, run_recipe
+from tests.test_train import assert_loss_falls, probe_batch, run_sft
 
 
 def test_lora_plus_trains_b_faster_and_reloads(output_root):
-    recipe, run_dir, _ = run_recipe(output_root, ["method=lora", "method.lr=2e-3", "method.lora.plus_lr_ratio=16"])
+    recipe, run_dir, _ = run_sft(output_root, ["method=lora", "method.lr=2e-3", "method.lora.plus_lr_ratio=16"])
     model = recipe.model
     names = {id(p): n for n, p in model.named_parameters()}
     peak = {}
@@ -46,7 +46,7 @@ def test_lora_variant_learns_and_peft_reloads_the_adapter(output_root, variant):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    recipe, run_dir, _ = run_recipe(output_root, ["method=lora", "method.lr=5e-3", variant])
+    recipe, run_dir, _ = run_sft(output_root, ["method=lora", "method.lr=5e-3", variant])
     assert_loss_falls(run_dir)
     batch = probe_batch(recipe)
     model = recipe.model.eval()

@@ -82,9 +82,9 @@ def test_export_of_a_qlora_run_merges_into_the_unquantized_base(tmp_path, tiny_h
     from transformers import AutoModelForCausalLM
 
     from launcher.inference.export import ExportArgs, export_run
-    from tests.test_train import run_recipe
+    from tests.test_train import run_sft
 
-    recipe, run_dir, _ = run_recipe(tmp_path / "out", ["model=hf", f"model.name_or_path={tiny_hf_model}",
+    recipe, run_dir, _ = run_sft(tmp_path / "out", ["model=hf", f"model.name_or_path={tiny_hf_model}",
                                                        "method=lora", "method.lr=5e-3", "train.max_steps=5"])
     config = run_dir / "config.yaml"
     config.write_text(config.read_text().replace("quantize: null", "quantize: 4bit"))

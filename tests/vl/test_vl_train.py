@@ -10,10 +10,8 @@ import sys
 import pytest
 import torch
 
-from launcher.config.compose import compose_config
-from launcher.engines.distributed import init_distributed
 from launcher.models.build import load_trained_model
-from launcher.rundir import make_run_dir, write_run_config
+from tests.recipe_runs import run_recipe
 from tests.vl.helpers import REPO
 
 FAST = ["experiment=vl_demo", "data.max_samples=32", "train.micro_batch_size=4", "train.grad_accum=1",
@@ -22,16 +20,7 @@ FAST = ["experiment=vl_demo", "data.max_samples=32", "train.micro_batch_size=4",
 
 
 def run(recipe_class, output_root, overrides):
-    cfg = compose_config([f"run.output_root={output_root}", *FAST, *overrides])
-    run_dir = make_run_dir(output_root, "t")
-    write_run_config(run_dir, cfg)
-    recipe = recipe_class(cfg, run_dir, init_distributed())
-    recipe.setup()
-    try:
-        summary = recipe.train()
-    finally:
-        recipe.cleanup()
-    return recipe, run_dir, summary
+    return run_recipe(recipe_class, output_root, [*FAST, *overrides])
 
 
 def train_losses(run_dir):

@@ -32,8 +32,8 @@ def refused_path(param: str):
                        " URL (data:image/png;base64,...)", param, "image_path_refused")
 
 
-def too_large(param: str, what: str, limit: int):
-    return bad_request(f"{param}: the image is {what}; this server decodes at most {limit:,} pixels (width x height)",
+def too_large(param: str, size: str, limit: int):
+    return bad_request(f"{param}: the image{size} has more pixels than this server decodes ({limit:,}, width x height)",
                        param, "image_too_large")
 
 
@@ -111,10 +111,10 @@ class ImagePolicy:
                 with Image.open(BytesIO(image.data), formats=FORMATS) as opened:
                     width, height = opened.size
                     if width * height > self.max_pixels:
-                        raise too_large(param, f"{width}x{height} pixels", self.max_pixels)
+                        raise too_large(param, f" ({width}x{height})", self.max_pixels)
                     opened.load()  # a truncated or corrupt file fails here, not in the model's worker
             except Image.DecompressionBombError:  # PIL's own limit, when it is below ours
-                raise too_large(param, "too many pixels", self.max_pixels) from None
+                raise too_large(param, "", self.max_pixels) from None
             except UnidentifiedImageError:
                 raise bad_request(f"{param}: not an image this server reads ({', '.join(FORMATS)})", param,
                                   "invalid_image") from None

@@ -30,7 +30,8 @@ def body_too_large(limit: int) -> APIError:
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes is a 413, however the client announces it."""
+    """ASGI middleware: a request body over ``limit`` bytes is a 413, however the client announces it. It
+    answers itself, so it must sit outside every middleware that reads the body."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -46,19 +47,32 @@ class BodyLimit:
                 too_large = False  # the HTTP server has already refused a malformed length
             if too_large:
                 return await self._refuse(send)
-        seen = 0
+        seen, refused = 0, False
 
         async def counted():
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    # Raised inside the route's body read: the app's APIError handler answers 413.
-                    raise body_too_large(self.limit)
+                    # Answer here and tell the app the client left: whatever middleware sits inside (and
+                    # however it wraps errors), the app stops reading and its own response is dropped.
+                    refused = True
+                    await self._refuse(send)
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, counted, send)
+        async def guarded(message):
+            if not refused:
+                await send(message)
+
+        try:
+            await self.app(scope, counted, guarded)
+        except Exception:
+            if not refused:
+                raise  # the app's failure to read a refused body is expected; any other is not
 
     async def _refuse(self, send):
         body = json.dumps(body_too_large(self.limit).body()).encode()

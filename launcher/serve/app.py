@@ -3,14 +3,16 @@
 The event loop only moves bytes: parsing the body, tokenizing, reading and decoding images run on a small
 pool of preparation threads, generation on a worker thread, so /health and every other client are answered
 while one request is refused or served. Each request has a deadline (``ServeLimits.request_timeout_s``) over
-all of it: body, preparation, queue and generation; past it, a 504, and a running generation stops at its
-next token. Bodies are bounded by ``BodyLimit``.
+all of it: body (408 when it is late), preparation, queue and generation (504); a running generation stops at
+its next token. Bodies are bounded by ``BodyLimit``.
 
 Requests are queued on one asyncio lock (the model is not re-entrant and a CPU has no room for two
-generations); a request that would wait behind more than ``max_queue`` others gets 503 at once. When a client
-goes away mid-answer, the generation is cancelled at the next token and the lock passes on. Every error a
-client sees is an OpenAI-shaped body with its status code; an exception inside generation becomes a 500 (or
-an error event in a stream) whose details go to the server's log only, and the server keeps serving.
+generations); a request that would wait behind more than ``max_queue`` others gets 503 at once, and so does
+one arriving while ``max_queue`` others are still being read and prepared (each holds its body, so the bodies
+held at once are bounded too). When a client goes away mid-answer, the generation is cancelled at the next
+token and the lock passes on. Every error a client sees is an OpenAI-shaped body with its status code; an
+exception inside generation becomes a 500 (or an error event in a stream) whose details go to the server's
+log only, and the server keeps serving.
 """
 from __future__ import annotations
 
@@ -177,19 +179,32 @@ def create_app(engine, model_name: str, api_key: Optional[str] = None, max_queue
         engine.prepare(chat)
         return chat
 
-    async def within(awaitable, deadline: float):
+    async def within(awaitable, deadline: float, error: APIError):
         try:
             return await asyncio.wait_for(awaitable, max(0.0, deadline - time.monotonic()))
         except asyncio.TimeoutError:
-            raise timed_out(timeout) from None
+            raise error from None
+
+    # Requests between arrival and the generation queue: each holds its body, so they are counted too.
+    admitted = {"preparing": 0}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         deadline = time.monotonic() + timeout
-        raw = await within(request.body(), deadline)
-        # Refusals (bad values, too long a prompt, a bad image, a full queue) come before a stream's 200 line.
-        chat = await within(asyncio.get_running_loop().run_in_executor(preparing, prepare, raw), deadline)
-        del raw
+        if admitted["preparing"] >= max_queue:
+            raise APIError(503, f"the server is busy ({admitted['preparing']} requests being read); retry later",
+                           "server_error", None, "server_overloaded")
+        admitted["preparing"] += 1
+        try:
+            slow_body = APIError(408, f"the request body did not arrive within {timeout:g} s (--request-timeout)",
+                                 "invalid_request_error", None, "timeout")
+            raw = await within(request.body(), deadline, slow_body)
+            # Refusals (bad values, too long a prompt, a bad image, a full queue) come before a stream's 200 line.
+            future = asyncio.get_running_loop().run_in_executor(preparing, prepare, raw)
+            del raw
+            chat = await within(future, deadline, timed_out(timeout))
+        finally:
+            admitted["preparing"] -= 1
         generation.check_capacity()
         rid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         now = int(time.time())

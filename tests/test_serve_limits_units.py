@@ -28,6 +28,11 @@ def test_context_length_is_found_wherever_the_model_keeps_it():
     assert context_length(model(vl, {"max_length": 1000}), tok) == (1000, "generation_config.max_length")
     # GenerationConfig's default max_length (20) is not the model's
     assert context_length(model(SimpleNamespace()), tok) == (None, "")
+    # --context-length replaces the soft limits (tokenizer, generation config), never passes the config's
+    soft = SimpleNamespace(model_max_length=2048)
+    assert context_length(model(vl), soft, 3000) == (3000, "--context-length")
+    assert context_length(model(vl), soft, 9000) == (4096, "config.text_config.max_position_embeddings")
+    assert context_length(model(SimpleNamespace()), tok, 512) == (512, "--context-length")
 
 
 @pytest.fixture

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-image-pixels", type=int, default=40_000_000,
                         help="largest image decoded, width x height (default 40 million)")
     parser.add_argument("--context-length", type=int, default=None,
-                        help="prompt + answer tokens allowed (default and maximum: the model's own)")
+                        help="prompt + answer tokens allowed (default: the smallest the model declares; never past its"
+                             " position embeddings)")
     return parser
 
 

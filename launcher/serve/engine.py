@@ -39,10 +39,10 @@ CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_le
 UNSET = 10 ** 9
 
 
-def context_length(model, tokenizer) -> tuple[Optional[int], str]:
-    """(the smallest context length the model declares, where it was found), or (None, "") when it declares
-    none. Looks in the config and its text_config (VL models keep it there), the generation config's
-    max_length when the model sets one, and the tokenizer's model_max_length."""
+def context_limits(model, tokenizer) -> list[tuple[int, str, bool]]:
+    """Every context length the model declares: (tokens, where, hard). Hard limits come from the config and
+    its text_config (VL models keep them there: the position embeddings); soft ones from the generation
+    config's max_length when the model sets one, and the tokenizer's model_max_length."""
     found = []
     configs = [("config", model.config)]
     text = getattr(model.config, "text_config", None)
@@ -52,16 +52,28 @@ def context_length(model, tokenizer) -> tuple[Optional[int], str]:
         for key in CONTEXT_KEYS:
             value = getattr(config, key, None)
             if isinstance(value, int) and 0 < value < UNSET:
-                found.append((value, f"{where}.{key}"))
+                found.append((value, f"{where}.{key}", True))
     generation = getattr(model, "generation_config", None)
     if generation is not None and "max_length" in generation.to_diff_dict():  # set by the model, not the default 20
         value = generation.max_length
         if isinstance(value, int) and 0 < value < UNSET:
-            found.append((value, "generation_config.max_length"))
+            found.append((value, "generation_config.max_length", False))
     value = getattr(tokenizer, "model_max_length", None)
     if isinstance(value, int) and 0 < value < UNSET:
-        found.append((value, "tokenizer.model_max_length"))
-    return min(found) if found else (None, "")
+        found.append((value, "tokenizer.model_max_length", False))
+    return found
+
+
+def context_length(model, tokenizer, given: Optional[int] = None) -> tuple[Optional[int], str]:
+    """(context length, where it comes from): the smallest the model declares; ``given`` (--context-length)
+    replaces the soft limits but never passes a hard one. (None, "") when there is neither."""
+    found = context_limits(model, tokenizer)
+    if given is not None:
+        found = [f for f in found if f[2]] + [(given, "--context-length", False)]
+    if not found:
+        return None, ""
+    value, where, _ = min(found)
+    return value, where
 
 
 def longest_token_chars(tokenizer) -> int:
@@ -180,8 +192,8 @@ class TransformersEngine:
 
     def __init__(self, loaded: LoadedModel, max_new_tokens: int, images: Optional[ImagePolicy] = None,
                  context: Optional[int] = None):
-        """``context``: the operator's context length (``--context-length``); the model's own is used when it
-        is smaller, and one of the two must exist."""
+        """``context``: the operator's context length (``--context-length``), in place of the tokenizer's or
+        generation config's, never past the config's; the server needs one of them."""
         self.loaded = loaded
         self.max_new_tokens = max_new_tokens
         self.images = images or ImagePolicy()
@@ -189,9 +201,7 @@ class TransformersEngine:
 
         self.stop_ids = eos_ids(loaded.model, loaded.tokenizer)
         self.device = next(loaded.model.parameters()).device
-        declared, self.context_source = context_length(loaded.model, loaded.tokenizer)
-        if context is not None and (declared is None or context < declared):
-            declared, self.context_source = context, "--context-length"
+        declared, self.context_source = context_length(loaded.model, loaded.tokenizer, context)
         if declared is None:
             raise LauncherError("the model declares no context length (config max_position_embeddings, its"
                                 " text_config, generation_config.max_length or the tokenizer's model_max_length);"

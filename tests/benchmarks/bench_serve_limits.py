@@ -118,6 +118,8 @@ def main() -> int:
     parser.add_argument("path", nargs="?")
     parser.add_argument("--code", default=str(REPO), help="checkout whose launcher package serves")
     parser.add_argument("--case-timeout", type=float, default=60)
+    parser.add_argument("--cases", default="prompt,length,chunked",
+                        help="which of prompt (10 MB), length (200 MB with Content-Length), chunked (200 MB) to run")
     args = parser.parse_args()
     tmp = tempfile.TemporaryDirectory()
     if args.path:
@@ -147,12 +149,13 @@ def main() -> int:
         big = body_of(200 << 20)
         post = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         cases = {
-            "10 MB prompt": (post + b"Content-Length: %d\r\n\r\n" % len(prompt), [prompt]),
-            "200 MB body, Content-Length": (post + b"Content-Length: %d\r\n\r\n" % len(big),
-                                            [big[i:i + (1 << 20)] for i in range(0, len(big), 1 << 20)]),
-            "200 MB body, chunked": (post + b"Transfer-Encoding: chunked\r\n\r\n", chunks(big)),
+            "prompt": ("10 MB prompt", post + b"Content-Length: %d\r\n\r\n" % len(prompt), [prompt]),
+            "length": ("200 MB body, Content-Length", post + b"Content-Length: %d\r\n\r\n" % len(big),
+                       [big[i:i + (1 << 20)] for i in range(0, len(big), 1 << 20)]),
+            "chunked": ("200 MB body, chunked", post + b"Transfer-Encoding: chunked\r\n\r\n", chunks(big)),
         }
-        for name, (head, parts) in cases.items():
+        for key in args.cases.split(","):
+            name, head, parts = cases[key]
             before = rss_mb(proc.pid)
             watch = Watch(proc.pid, port)
             start = time.perf_counter()

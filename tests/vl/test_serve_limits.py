@@ -246,12 +246,11 @@ def test_bad_values_are_400s(vl, name):
     assert r.json()["error"]["type"] == "invalid_request_error"
 
 
-@pytest.mark.parametrize("name, data, code", [
-    ("200-megapixel PNG", png_header(20000, 10000), "image_too_large"),
-    ("50-megapixel PNG", png_header(10000, 5000), "image_too_large"),
-    ("truncated PNG", None, "invalid_image"),
+@pytest.mark.parametrize("name, code", [
+    ("200-megapixel PNG", "image_too_large"), ("50-megapixel PNG", "image_too_large"), ("truncated PNG", "invalid_image"),
 ])
-def test_bad_images_are_400s(vl, name, data, code):
-    data = truncated_png() if data is None else data
+def test_bad_images_are_400s(vl, name, code):
+    data = {"200-megapixel PNG": lambda: png_header(20000, 10000), "50-megapixel PNG": lambda: png_header(10000, 5000),
+            "truncated PNG": truncated_png}[name]()
     r = post(vl, ask([image(data_url(data)), {"type": "text", "text": "hi"}]))
     assert r.status_code == 400 and r.json()["error"]["code"] == code, r.text

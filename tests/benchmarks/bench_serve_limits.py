@@ -134,7 +134,8 @@ def main() -> int:
     env = {**os.environ, "PYTHONPATH": args.code, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     log = open(Path(tmp.name) / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "launcher", "serve", str(path), "--port", str(port),
-                             "--model-name", "m"], env=env, stdout=log, stderr=subprocess.STDOUT)
+                             "--model-name", "m"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            cwd=args.code)  # python -m puts the working folder first on sys.path
     import httpx
 
     try:

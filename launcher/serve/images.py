@@ -44,7 +44,8 @@ class ImagePolicy:
     max_bytes: int = 32 << 20
     """Largest image file read from a path (a data URL is already bounded by the request body limit)."""
     max_pixels: int = 40_000_000
-    """Largest image decoded, width x height (40 MP: 120 MB of RGB); PIL only warns from 89 MP and refuses from 179 MP."""
+    """Largest image decoded, width x height (40 MP: 120 MB of RGB). PIL only warns from 89 MP and refuses
+    from 179 MP."""
 
     @classmethod
     def build(cls, roots, max_bytes: int, max_pixels: int) -> "ImagePolicy":

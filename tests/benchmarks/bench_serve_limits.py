@@ -41,7 +41,8 @@ class Watch:
         self.client = httpx.Client(timeout=30)  # made before the case starts: building one takes ~0.5 s
         self.pid, self.port, self.stop = pid, port, threading.Event()
         self.peak_rss, self.health = 0.0, []
-        self.threads = [threading.Thread(target=self._rss, daemon=True), threading.Thread(target=self._health, daemon=True)]
+        self.threads = [threading.Thread(target=self._rss, daemon=True),
+                        threading.Thread(target=self._health, daemon=True)]
         for t in self.threads:
             t.start()
 
@@ -146,7 +147,8 @@ def main() -> int:
             except httpx.HTTPError:
                 time.sleep(0.5)
         print(f"server up ({args.code}); idle RSS {rss_mb(proc.pid):.0f} MB")
-        prompt = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hello " * ((10 << 20) // 6)}]}).encode()
+        text = "hello " * ((10 << 20) // 6)
+        prompt = json.dumps({"model": "m", "messages": [{"role": "user", "content": text}]}).encode()
         big = body_of(200 << 20)
         post = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         cases = {

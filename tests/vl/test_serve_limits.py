@@ -247,7 +247,8 @@ def test_bad_values_are_400s(vl, name):
 
 
 @pytest.mark.parametrize("name, code", [
-    ("200-megapixel PNG", "image_too_large"), ("50-megapixel PNG", "image_too_large"), ("truncated PNG", "invalid_image"),
+    ("200-megapixel PNG", "image_too_large"), ("50-megapixel PNG", "image_too_large"),
+    ("truncated PNG", "invalid_image"),
 ])
 def test_bad_images_are_400s(vl, name, code):
     data = {"200-megapixel PNG": lambda: png_header(20000, 10000), "50-megapixel PNG": lambda: png_header(10000, 5000),

@@ -65,3 +65,10 @@ def test_only_regular_files_under_the_roots_are_read(root):
     with pytest.raises(APIError, match="more pixels"):
         ImagePolicy(max_pixels=63).check(InlineImage((root / "ok.png").read_bytes(), "p"))
     assert ImagePolicy(max_pixels=64).check(InlineImage((root / "ok.png").read_bytes(), "p")) == (8, 8)
+
+
+def test_cli_refuses_a_missing_image_root_before_loading(tmp_path, capsys):
+    from launcher.cli import main as cli_main
+
+    assert cli_main(["serve", str(tmp_path), "--image-root", str(tmp_path / "nowhere")]) == 2
+    assert "--image-root" in capsys.readouterr().err

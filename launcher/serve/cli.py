@@ -77,10 +77,12 @@ def serve_main(argv: list[str]) -> int:
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     auth = "API key required" if api_key else "no API key"
+    roots = ", ".join(map(str, images.roots)) or "none (data URLs only)"
     print(f"serving '{loaded.name}' ({loaded.source}) on http://{args.host}:{args.port}/v1"
           f" | engine: transformers on {engine.device} ({vllm_status()}) | {auth}"
           f" | context {engine.context} tokens ({engine.context_source})"
-          f" | loaded in {time.perf_counter() - started:.1f} s", flush=True)
+          + (f" | image paths under: {roots}" if engine.has_vision else "")
+          + f" | loaded in {time.perf_counter() - started:.1f} s", flush=True)
     server.run()
     return 0 if server.started else 1
 

@@ -1,9 +1,11 @@
-"""``launcher serve RUN_DIR|MODEL_DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY]``.
+"""``launcher serve RUN_DIR|MODEL_DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--image-root DIR]``.
 
 Binds to loopback unless told otherwise; any other address needs an API key (``--api-key`` or the
 ``LAUNCHER_API_KEY`` environment variable, which keeps it out of ``ps``), checked as
-``Authorization: Bearer KEY`` on every /v1 route. Prints one line when it is ready: what it serves, the
-engine and device, the URL, and how long loading took.
+``Authorization: Bearer KEY`` on every /v1 route. A VL model reads images from data URLs, and from server
+paths only under the folders named with ``--image-root``. Requests are bounded in body size, time, prompt
+length (the model's context) and image pixels. Prints one line when it is ready: what it serves, the engine
+and device, the URL, the context length, and how long loading took.
 """
 from __future__ import annotations
 
@@ -29,6 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--max-new-tokens", type=int, default=512, help="answer length when a request sets none")
     parser.add_argument("--max-queue", type=int, default=32, help="requests allowed to wait; more get 503")
+    parser.add_argument("--image-root", action="append", default=[], metavar="DIR",
+                        help="a folder whose images requests may name by path (repeatable; default: none, data URLs"
+                             " only)")
+    parser.add_argument("--max-body-mb", type=float, default=32, help="largest request body in MB (default 32)")
+    parser.add_argument("--request-timeout", type=float, default=300,
+                        help="seconds a request may take, queue and generation included (default 300)")
+    parser.add_argument("--max-image-pixels", type=int, default=40_000_000,
+                        help="largest image decoded, width x height (default 40 million)")
+    parser.add_argument("--context-length", type=int, default=None,
+                        help="prompt + answer tokens allowed (default: the smallest the model declares; never past its"
+                             " position embeddings)")
     return parser
 
 
@@ -43,6 +56,14 @@ def serve_main(argv: list[str]) -> int:
         raise ConfigError(f"--port: {args.port} is not a TCP port (1-65535)")
     if args.max_new_tokens < 1 or args.max_queue < 1:
         raise ConfigError("--max-new-tokens and --max-queue must be >= 1")
+    if not (args.max_body_mb > 0 and args.request_timeout > 0 and args.max_image_pixels > 0
+            and (args.context_length is None or args.context_length > 1)):
+        raise ConfigError("--max-body-mb, --request-timeout and --max-image-pixels must be > 0, --context-length > 1")
+    from launcher.serve.images import ImagePolicy
+    from launcher.serve.limits import ServeLimits
+
+    limits = ServeLimits(max_body_bytes=int(args.max_body_mb * (1 << 20)), request_timeout_s=args.request_timeout)
+    images = ImagePolicy.build(args.image_root, limits.max_body_bytes, args.max_image_pixels)
 
     import uvicorn
 
@@ -51,14 +72,17 @@ def serve_main(argv: list[str]) -> int:
 
     loaded = load_for_serving(args.path, checkpoint=args.checkpoint, template=args.template, dtype=args.dtype,
                               name=args.model_name)
-    engine = TransformersEngine(loaded, args.max_new_tokens)
-    app = create_app(engine, loaded.name, api_key=api_key, max_queue=args.max_queue)
+    engine = TransformersEngine(loaded, args.max_new_tokens, images, args.context_length)
+    app = create_app(engine, loaded.name, api_key=api_key, max_queue=args.max_queue, limits=limits)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     auth = "API key required" if api_key else "no API key"
+    roots = ", ".join(map(str, images.roots)) or "none (data URLs only)"
     print(f"serving '{loaded.name}' ({loaded.source}) on http://{args.host}:{args.port}/v1"
           f" | engine: transformers on {engine.device} ({vllm_status()}) | {auth}"
-          f" | loaded in {time.perf_counter() - started:.1f} s", flush=True)
+          f" | context {engine.context} tokens ({engine.context_source})"
+          + (f" | image paths under: {roots}" if engine.has_vision else "")
+          + f" | loaded in {time.perf_counter() - started:.1f} s", flush=True)
     server.run()
     return 0 if server.started else 1
 

@@ -12,8 +12,13 @@ training loop's generation helpers (end-of-answer ids, greedy/sampling flags). v
 start-up, but its engine is not wired in yet.
 
 Vision-language models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL runs, exports or folders): a request's images (data URLs
-or server paths, parsed by openai_protocol) are expanded into vision spans and turned into pixels exactly as
-``launcher chat --image`` does (launcher.data.vision, launcher.inference.generation.vision_inputs).
+or server paths, parsed by openai_protocol, read and decoded under launcher.serve.images' rules) are expanded
+into vision spans and turned into pixels exactly as ``launcher chat --image`` does (launcher.data.vision,
+launcher.inference.generation.vision_inputs).
+
+The context length is found wherever the model keeps it (``context_length``) and a server without one does
+not start. A request is held to it before any costly work: first by its characters (no tokenizer turns more
+than ``longest token`` characters into one token, so a longer text cannot fit), then by its tokens.
 """
 from __future__ import annotations
 
@@ -25,7 +30,56 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from launcher.errors import LauncherError
-from launcher.serve.openai_protocol import ChatRequest, find_stop, stop_holdback
+from launcher.serve.images import ImagePolicy
+from launcher.serve.openai_protocol import ChatRequest, bad_request, find_stop, stop_holdback
+
+# Config keys that hold a context length, across families (GPT-2: n_positions; MPT: max_seq_len; ...).
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length")
+# Values at or above this are "unset" sentinels (tokenizers use int(1e30)), not limits.
+UNSET = 10 ** 9
+
+
+def context_limits(model, tokenizer) -> list[tuple[int, str, bool]]:
+    """Every context length the model declares: (tokens, where, hard). Hard limits come from the config and
+    its text_config (VL models keep them there: the position embeddings); soft ones from the generation
+    config's max_length when the model sets one, and the tokenizer's model_max_length."""
+    found = []
+    configs = [("config", model.config)]
+    text = getattr(model.config, "text_config", None)
+    if text is not None:
+        configs.append(("config.text_config", text))
+    for where, config in configs:
+        for key in CONTEXT_KEYS:
+            value = getattr(config, key, None)
+            if isinstance(value, int) and 0 < value < UNSET:
+                found.append((value, f"{where}.{key}", True))
+    generation = getattr(model, "generation_config", None)
+    if generation is not None and "max_length" in generation.to_diff_dict():  # set by the model, not the default 20
+        value = generation.max_length
+        if isinstance(value, int) and 0 < value < UNSET:
+            found.append((value, "generation_config.max_length", False))
+    value = getattr(tokenizer, "model_max_length", None)
+    if isinstance(value, int) and 0 < value < UNSET:
+        found.append((value, "tokenizer.model_max_length", False))
+    return found
+
+
+def context_length(model, tokenizer, given: Optional[int] = None) -> tuple[Optional[int], str]:
+    """(context length, where it comes from): the smallest the model declares; ``given`` (--context-length)
+    replaces the soft limits but never passes a hard one. (None, "") when there is neither."""
+    found = context_limits(model, tokenizer)
+    if given is not None:
+        found = [f for f in found if f[2]] + [(given, "--context-length", False)]
+    if not found:
+        return None, ""
+    value, where, _ = min(found)
+    return value, where
+
+
+def longest_token_chars(tokenizer) -> int:
+    """Characters in the vocabulary's longest token: no text of n characters is fewer than n / this tokens
+    (byte-level tokens spell each byte as one character, so they are never shorter than the text they cover)."""
+    return max((len(token) for token in tokenizer.get_vocab()), default=1) or 1
 
 
 def vllm_status() -> str:
@@ -136,54 +190,70 @@ class TransformersEngine:
 
     name = "transformers"
 
-    def __init__(self, loaded: LoadedModel, max_new_tokens: int):
+    def __init__(self, loaded: LoadedModel, max_new_tokens: int, images: Optional[ImagePolicy] = None,
+                 context: Optional[int] = None):
+        """``context``: the operator's context length (``--context-length``), in place of the tokenizer's or
+        generation config's, never past the config's; the server needs one of them."""
         self.loaded = loaded
         self.max_new_tokens = max_new_tokens
+        self.images = images or ImagePolicy()
         from launcher.inference.generation import eos_ids
 
         self.stop_ids = eos_ids(loaded.model, loaded.tokenizer)
         self.device = next(loaded.model.parameters()).device
-        limit = getattr(loaded.model.config, "max_position_embeddings", None)
-        self.context = int(limit) if limit else None
+        declared, self.context_source = context_length(loaded.model, loaded.tokenizer, context)
+        if declared is None:
+            raise LauncherError("the model declares no context length (config max_position_embeddings, its"
+                                " text_config, generation_config.max_length or the tokenizer's model_max_length);"
+                                " pass --context-length N")
+        self.context = declared
+        self.max_prompt_chars = self.context * longest_token_chars(loaded.tokenizer)
 
     @property
     def has_vision(self) -> bool:
         return self.loaded.vision is not None
 
+    def check_size(self, request: ChatRequest) -> None:
+        """Refuse, before tokenizing or opening an image, a request that cannot fit the context: every image
+        takes at least one token, and the text at least chars / longest-token tokens."""
+        chars = sum(len(m["content"]) for m in request.messages)
+        if chars > self.max_prompt_chars or len(request.images) >= self.context:
+            raise bad_request(f"the messages hold {chars:,} characters and {len(request.images)} images; this"
+                              f" model's context of {self.context} tokens holds at most {self.max_prompt_chars:,}"
+                              " characters", "messages", "context_length_exceeded")
+
     def prepare(self, request: ChatRequest) -> tuple:
-        """(prompt ids, [(image, grid)]) of a request, made once: image placeholders expanded to vision spans;
-        an image that is missing or not an image is a 400 naming the message part."""
+        """(prompt ids, [(image, grid)]) of a request, made once: checked against the context, images read and
+        decoded under the server's rules, image placeholders expanded to vision spans. Blocking: call it from
+        a worker thread."""
         if request.prepared is None:
+            self.check_size(request)
             messages, images = request.messages, []
             if self.has_vision:
                 from launcher.data.vision import expand_prompt
                 from launcher.errors import DataError
-                from launcher.serve.openai_protocol import bad_request
 
+                sources = [self.images.read(source) for source in request.images]
+                for image in sources:
+                    self.images.check(image)
                 try:
-                    messages, grids = expand_prompt(messages, request.images, self.loaded.vision, "messages")
+                    messages, grids = expand_prompt(messages, sources, self.loaded.vision, "messages")
                 except DataError as exc:
                     raise bad_request(str(exc), "messages", "invalid_image") from None
-                images = list(zip(request.images, grids))
+                images = list(zip(sources, grids))
             prompt = self.loaded.render(messages)
-            request.prepared = (self.loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"], images)
+            ids = self.loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            self.budget(request, len(ids))
+            request.prepared = (ids, images)
         return request.prepared
-
-    def prompt_ids(self, request: ChatRequest) -> list:
-        return self.prepare(request)[0]
 
     def budget(self, request: ChatRequest, prompt_tokens: int) -> int:
         """New tokens allowed: the request's max_tokens (or the server's cap) within the context length."""
-        from launcher.serve.openai_protocol import bad_request
-
-        want = request.max_tokens or self.max_new_tokens
-        if self.context is not None:
-            room = self.context - prompt_tokens
-            if room < 1:
-                raise bad_request(f"the prompt is {prompt_tokens} tokens; this model's context is {self.context}",
-                                  "messages", "context_length_exceeded")
-            want = min(want, room)
-        return want
+        room = self.context - prompt_tokens
+        if room < 1:
+            raise bad_request(f"the prompt is {prompt_tokens} tokens; this model's context is {self.context}",
+                              "messages", "context_length_exceeded")
+        return min(request.max_tokens or self.max_new_tokens, room)
 
     def stream(self, request: ChatRequest, cancel: threading.Event) -> Iterator:
         """Yield text pieces, then one ``Finished``. Stop sequences are cut out, as the OpenAI API does."""

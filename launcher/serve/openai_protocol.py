@@ -8,14 +8,30 @@ Message contents may be a string or a list of parts; text parts are joined. Imag
 ``data:image/...;base64,`` URL, a local file path or a ``file://`` URL) become ``<image>`` placeholders where
 they stand, their sources collected in order (``ChatRequest.images``) for a vision-language model; a text
 model refuses them with a 400 naming the reason. Remote http(s) URLs are refused: the server does not fetch.
+Whether a path may be read at all is the server's decision (launcher.serve.images), not this module's.
+
+Every value a client sends is checked before any work is done on it: the body is JSON without NaN/Infinity
+and nested at most ``MAX_JSON_DEPTH`` deep; numbers are finite and in range (a NaN fails every comparison,
+so ranges are written as ``low <= x <= high``, which NaN never passes); sizes that would make work
+unbounded (max_tokens, stop sequences) are capped.
 """
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MAX_STOP = 4
+MAX_STOP_CHARS = 256
+"""A stop sequence is matched against the answer's tail on every token: its length bounds that work."""
+MAX_JSON_DEPTH = 32
+"""A chat request nests about 5 deep; Python's JSON parser would recurse ~1000 deep and fail with a 500."""
+MIN_TEMPERATURE = 0.01
+"""Below this (and above 0) logits / temperature overflow to inf and sampling fails; 0 is greedy."""
+SEED_RANGE = (-2 ** 63, 2 ** 63 - 1)
+"""A 64-bit seed, as the OpenAI API documents it; torch refuses larger ones."""
 
 
 class APIError(Exception):
@@ -32,6 +48,33 @@ def bad_request(message: str, param: Optional[str] = None, code: Optional[str] =
     return APIError(400, message, "invalid_request_error", param, code)
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """The request body as JSON: NaN/Infinity literals, over-long integers and nesting deeper than
+    ``MAX_JSON_DEPTH`` are 400s, like any other malformed body."""
+    try:
+        body = json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise bad_request(f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise bad_request(f"the request body is not valid JSON ({exc})") from None
+    except ValueError:  # from parse_constant, or Python's cap on integer digits
+        raise bad_request("the request body is not valid JSON: it holds NaN, Infinity or an integer of over 4300"
+                          " digits") from None
+    # Iterative, so that checking the depth cannot itself run out of stack.
+    stack = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise bad_request(f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return body
+
+
 @dataclass
 class ChatRequest:
     model: str
@@ -45,7 +88,7 @@ class ChatRequest:
     seed: Optional[int] = None
     include_usage: bool = False
     images: list = field(default_factory=list)
-    """Image sources in placeholder order: ``InlineImage`` (a data URL's bytes) or a local file path."""
+    """Image sources in placeholder order: ``InlineImage`` (a data URL's bytes) or ``ImagePath``."""
     prepared: Any = None
     """The engine's prompt for this request, made once (``TransformersEngine.prepare``)."""
 
@@ -53,8 +96,17 @@ class ChatRequest:
 IMAGE_PLACEHOLDER = "<image>"
 
 
+@dataclass(frozen=True)
+class ImagePath:
+    """An image a request names by a path on the server; whether it is read is launcher.serve.images' call."""
+
+    path: str
+    label: str
+    """The message part that named it, for messages."""
+
+
 def image_source(part: dict, param: str):
-    """The image a content part names: an InlineImage of a data URL's bytes, or a local file path."""
+    """The image a content part names: an InlineImage of a data URL's bytes, or an ImagePath."""
     import base64
     import binascii
 
@@ -72,11 +124,11 @@ def image_source(part: dict, param: str):
             data = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
             raise bad_request(f"{param}: the data URL's base64 payload does not decode", param) from None
-        return InlineImage(data, f"{param} (data URL, {len(data)} bytes)")
+        return InlineImage(data, param)
     if url.startswith(("http://", "https://")):
         raise bad_request(f"{param}: this server does not fetch URLs; send the image as a data URL"
                           " (data:image/png;base64,...) or a path on the server", param, "image_url_not_supported")
-    return url[len("file://"):] if url.startswith("file://") else url
+    return ImagePath(url[len("file://"):] if url.startswith("file://") else url, param)
 
 
 def _number(body: dict, key: str, default: float, low: float, high: float, low_open: bool = False) -> float:
@@ -85,10 +137,24 @@ def _number(body: dict, key: str, default: float, low: float, high: float, low_o
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad_request(f"'{key}' must be a number, got {value!r}", key)
-    if value > high or value < low or (low_open and value == low):
+    try:
+        value = float(value)
+    except OverflowError:  # an integer too large for a float
+        value = math.inf
+    # Written so that NaN (false in every comparison) is refused too.
+    if not (math.isfinite(value) and low <= value <= high) or (low_open and value == low):
         interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
         raise bad_request(f"'{key}' must be in {interval}, got {value}", key)
-    return float(value)
+    return value
+
+
+def _integer(body: dict, key: str, low: int, high: int, what: str) -> Optional[int]:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise bad_request(f"'{key}' must be {what}, got {value!r}"[:300], key)
+    return value
 
 
 def _content_text(content: Any, i: int, has_vision: bool, images: Optional[list] = None) -> str:
@@ -150,6 +216,8 @@ def parse_stop(value: Any) -> list:
         raise bad_request("'stop' must be a non-empty string or a list of them", "stop")
     if len(stops) > MAX_STOP:
         raise bad_request(f"'stop' takes at most {MAX_STOP} sequences, got {len(stops)}", "stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise bad_request(f"a stop sequence may be at most {MAX_STOP_CHARS} characters", "stop")
     return stops
 
 
@@ -165,7 +233,9 @@ UNSUPPORTED = {
 }
 
 
-def parse_chat_request(body: Any, has_vision: bool = False) -> ChatRequest:
+def parse_chat_request(body: Any, has_vision: bool = False, max_tokens_limit: Optional[int] = None) -> ChatRequest:
+    """The request, every field checked. ``max_tokens_limit``: the model's context length (max_tokens above it
+    could never be honoured)."""
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     model = body.get("model")
@@ -174,7 +244,8 @@ def parse_chat_request(body: Any, has_vision: bool = False) -> ChatRequest:
     for key, reason in UNSUPPORTED.items():
         if body.get(key) not in (None, False, [], {}):
             raise bad_request(reason, key)
-    if body.get("n", 1) != 1:
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or n != 1):
         raise bad_request("'n' must be 1: one answer per request", "n")
     for key in ("presence_penalty", "frequency_penalty"):
         if body.get(key) not in (None, 0, 0.0):
@@ -182,25 +253,28 @@ def parse_chat_request(body: Any, has_vision: bool = False) -> ChatRequest:
     fmt = body.get("response_format")
     if fmt not in (None, {}) and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
         raise bad_request("'response_format': only {\"type\": \"text\"} is supported", "response_format")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-        raise bad_request(f"'max_tokens' must be a positive integer, got {max_tokens!r}", "max_tokens")
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise bad_request(f"'seed' must be an integer, got {seed!r}", "seed")
+    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    limit = max_tokens_limit or 2 ** 31 - 1
+    max_tokens = _integer(body, key, 1, limit, "a positive integer" + (
+        f" no larger than this model's context ({max_tokens_limit} tokens)" if max_tokens_limit else ""))
+    seed = _integer(body, "seed", *SEED_RANGE, "a 64-bit integer")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise bad_request("'stream' must be true or false", "stream")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise bad_request("'stream_options' must be an object", "stream_options")
+    temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise bad_request(f"'temperature' must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {temperature}",
+                          "temperature")
     images: list = []
     return ChatRequest(
         model=model,
         messages=parse_messages(body.get("messages"), has_vision, images),
         images=images,
         stream=stream,
-        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        temperature=temperature,
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
         max_tokens=max_tokens,
         stop=parse_stop(body.get("stop")),

@@ -1,5 +1,6 @@
 """launcher serve over a tiny Qwen2-VL folder, driven by the official openai client: image parts (a data URL,
-a server path) reach the model as vision spans and pixels; bad images are 400s naming the part."""
+a server path under --image-root) reach the model as vision spans and pixels; bad images are 400s naming the
+part. Paths outside the root and the other limits: test_serve_limits.py."""
 from __future__ import annotations
 
 import base64
@@ -28,10 +29,16 @@ def data_url(colour) -> str:
 
 
 @pytest.fixture(scope="module")
-def vl_server(tmp_path_factory):
+def image_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("images")
+
+
+@pytest.fixture(scope="module")
+def vl_server(tmp_path_factory, image_root):
     folder = save_tiny_vl_folder(tmp_path_factory.mktemp("hf") / "tiny-qwen2-vl", weight_std=0.5)
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    server = Server([str(folder), "--model-name", "vl"], env, tmp_path_factory.mktemp("serve") / "server.log")
+    server = Server([str(folder), "--model-name", "vl", "--image-root", str(image_root)], env,
+                    tmp_path_factory.mktemp("serve") / "server.log")
     yield server
     server.stop()
 
@@ -46,13 +53,13 @@ def image_part(url: str) -> dict:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def test_images_reach_the_model(vl_server, tmp_path):
+def test_images_reach_the_model(vl_server, image_root):
     question = {"type": "text", "text": "What colour is it?"}
     text_only = ask(vl_server, [question])
     red = ask(vl_server, [image_part(data_url((220, 30, 30))), question])
     # a 56x56 image is a 4x4 patch grid, 4 image tokens after the 2x2 merge, plus vision start and end
     assert red.usage.prompt_tokens == text_only.usage.prompt_tokens + 4 + 2
-    path = tmp_path / "blue.png"
+    path = image_root / "blue.png"
     path.write_bytes(png((40, 70, 220)))
     blue = ask(vl_server, [image_part(str(path)), question])
     again = ask(vl_server, [image_part(f"file://{path}"), question])
@@ -70,8 +77,8 @@ def test_images_reach_the_model(vl_server, tmp_path):
 @pytest.mark.parametrize("url, words", [
     ("data:image/png;base64,@@@", "does not decode"),
     ("https://example.com/cat.png", "does not fetch URLs"),
-    ("/no/such/file.png", "image file not found"),
-    ("data:image/png;base64," + base64.b64encode(b"not an image").decode(), "is not an image"),
+    ("/no/such/file.png", "does not read that path"),
+    ("data:image/png;base64," + base64.b64encode(b"not an image").decode(), "not an image this server reads"),
 ])
 def test_bad_images_are_400s_naming_the_part(vl_server, url, words):
     with pytest.raises(openai.BadRequestError) as info:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from launcher.config.parallelism import PRESETS, sharding_stage
 from launcher.config.schema import Config
 
 GIB = 1024**3
@@ -117,7 +118,7 @@ def estimate_memory_per_gpu(cfg: Config, shape: ModelShape) -> MemoryEstimate:
     trainable = shape.num_lora_params(m.lora.r, m.lora.target_modules) if lora else params
     opt_per_param = (12 if wb == 2 else 8) if m.optimizer == "adamw" else (4 if wb == 2 else 0)
 
-    stage = 3 if p.strategy == "fsdp" else (p.zero_stage if p.strategy == "deepspeed" else 0)
+    stage = sharding_stage(p)
     shard_weights = world if stage >= 3 else 1
     shard_grads = world if stage >= 2 else 1
     shard_opt = world if stage >= 1 else 1
@@ -215,21 +216,21 @@ def fits(cfg: Config, shape: ModelShape, limit_gb: float) -> bool:
 # What to try, in order of least change to the run: each is (override shown to the user, config change).
 ALTERNATIVES = (
     ("train.gradient_checkpointing=true", lambda c: _set(c, "train", gradient_checkpointing=True)),
-    ("parallelism=zero2", lambda c: _set(c, "parallelism", name="zero2", strategy="deepspeed", zero_stage=2,
-                                         offload=False)),
-    ("parallelism=fsdp", lambda c: _set(c, "parallelism", name="fsdp", strategy="fsdp", zero_stage=0,
-                                          offload=False)),
-    ("parallelism=zero3", lambda c: _set(c, "parallelism", name="zero3", strategy="deepspeed", zero_stage=3,
-                                         offload=False)),
+    ("parallelism=zero2", lambda c: _preset(c, "zero2")),
+    ("parallelism=fsdp", lambda c: _preset(c, "fsdp")),
+    ("parallelism=zero3", lambda c: _preset(c, "zero3")),
     ("parallelism=zero3 train.gradient_checkpointing=true",
-     lambda c: _set(_set(c, "parallelism", name="zero3", strategy="deepspeed", zero_stage=3), "train",
-                    gradient_checkpointing=True)),
-    ("parallelism=zero3_offload",
-     lambda c: _set(c, "parallelism", name="zero3_offload", strategy="deepspeed", zero_stage=3, offload=True)),
+     lambda c: _set(_preset(c, "zero3"), "train", gradient_checkpointing=True)),
+    ("parallelism=zero3_offload", lambda c: _preset(c, "zero3_offload")),
     ("method=lora", lambda c: _set(c, "method", name="lora", finetuning="lora")),
     ("method=lora train.gradient_checkpointing=true",
      lambda c: _set(_set(c, "method", name="lora", finetuning="lora"), "train", gradient_checkpointing=True)),
 )
+
+
+def _preset(cfg: Config, name: str) -> Config:
+    """``cfg`` under ``parallelism=NAME``: the preset's row of launcher.config.parallelism.PRESETS."""
+    return _set(cfg, "parallelism", name=name, **PRESETS[name].keys())
 
 
 def _set(cfg: Config, group: str, **changes) -> Config:

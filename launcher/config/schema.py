@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from launcher.config.parallelism import PRESETS, shards_parameters
 from launcher.errors import ConfigError
 
 
@@ -233,14 +234,8 @@ def save_every_minutes(cfg: "Config") -> float:
     return DEFAULT_SLURM_SAVE_MINUTES if cfg.cluster.kind == "slurm" else 0.0
 
 
-PARALLELISMS: dict[str, tuple[str, int, bool]] = {
-    "ddp": ("ddp", 0, False),
-    "zero2": ("deepspeed", 2, False),
-    "zero3": ("deepspeed", 3, False),
-    "zero3_offload": ("deepspeed", 3, True),
-    "fsdp": ("fsdp", 0, False),
-    "fsdp_offload": ("fsdp", 0, True),
-}
+PARALLELISMS: dict[str, tuple[str, int, bool]] = {name: (row.strategy, row.zero_stage, row.offload)
+                                                  for name, row in PRESETS.items()}
 """parallelism.name -> (strategy, zero_stage, offload): the name and the three keys must agree."""
 
 
@@ -521,7 +516,7 @@ def check_combinations(cfg: Config) -> None:
     if not (m.lora.init in ("default", "gaussian", "pissa", "olora") or re.fullmatch(r"pissa_niter_[1-9]\d*", m.lora.init)):
         raise ConfigError(f"method.lora.init: '{m.lora.init}' is not one of default, gaussian, pissa, pissa_niter_N"
                           " (N >= 1: fast SVD), olora")
-    if lora_init_converted(m.lora) and sharded_parameters_of(p):
+    if lora_init_converted(m.lora) and shards_parameters(p):
         raise ConfigError(f"method.lora.init: {m.lora.init} is converted to a plain LoRA adapter when saved, which is"
                           f" not done under parallelism={p.name} yet; use parallelism=ddp (or zero2), or"
                           " method.lora.init=default")
@@ -533,7 +528,7 @@ def check_combinations(cfg: Config) -> None:
         if cfg.model.name_or_path is None:
             raise ConfigError("method.lora.quantize: QLoRA quantizes a pretrained model's weights; set model=hf"
                               " model.name_or_path=... (a random-init model has nothing worth quantizing)")
-        if sharded_parameters_of(p):
+        if shards_parameters(p):
             raise ConfigError(f"method.lora.quantize: a quantized base is not sharded by parallelism={p.name} here;"
                               " use parallelism=ddp (each GPU holds the whole 4-bit base)")
         if lora_init_converted(m.lora):
@@ -618,11 +613,6 @@ def validate_dpo(d: DpoConfig) -> None:
 def lora_init_converted(lora: LoraConfig) -> bool:
     """PiSSA and OLoRA change the base weights at init; their saved adapters are converted back to plain LoRA."""
     return lora.init.startswith("pissa") or lora.init == "olora"
-
-
-def sharded_parameters_of(p: "ParallelismConfig") -> bool:
-    """ZeRO-3 and FSDP keep a shard of each parameter per rank."""
-    return p.strategy == "fsdp" or (p.strategy == "deepspeed" and p.zero_stage == 3)
 
 
 def world_size(cfg: Config) -> int:

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from launcher.config.schema import sharded_parameters_of
+from launcher.config.parallelism import shards_parameters
 from launcher.engines.distributed import all_reduce_sum
 from launcher.training.batching import eval_batches
 from launcher.training.objectives.base import forwards_for, to_device
@@ -22,7 +22,7 @@ from launcher.training.objectives.preference import SequenceLogProbs
 
 def sharded_parameters(cfg) -> bool:
     """ZeRO-3 and FSDP keep a shard of each parameter per rank (their forwards are collective)."""
-    return sharded_parameters_of(cfg.parallelism)
+    return shards_parameters(cfg.parallelism)
 
 
 def frozen_copy(model: nn.Module, device, cfg=None, tokenizer=None, attn_implementation: str = "sdpa",

@@ -10,7 +10,7 @@ cannot fit by a wide margin, not to predict the allocator to the last gigabyte:
 - activations per layer ~ 34 x seq x batch x hidden bytes in 16-bit (attention with a fused kernel), about
   2 x seq x batch x hidden with gradient checkpointing (plus one layer recomputed at a time).
 Loading (``estimate_load_memory``) is counted apart: the peak before training starts, host RAM per node and
-GPU memory, by how the strategy builds the model (launcher.config.schema.sharded_loading):
+GPU memory, by how the strategy builds the model (launcher.engines.model_build.sharded_loading):
 - a full copy per rank (DDP, ZeRO-1/2, DoRA): every rank builds the fp32 model in host RAM and moves it whole
   to its GPU; the node also holds the checkpoint's pages (page cache, shared by its ranks);
 - FSDP (meta device) and ZeRO-3 (zero.Init): a rank holds its shard, plus one full tensor (FSDP: a module's
@@ -163,7 +163,7 @@ FILE_BYTES = 2
 
 
 def estimate_load_memory(cfg: Config, shape: ModelShape) -> LoadEstimate:
-    from launcher.config.schema import sharded_loading
+    from launcher.engines.model_build import sharded_loading
 
     c, p = cfg.cluster, cfg.parallelism
     world, per_node = c.nodes * c.nproc_per_node, c.nproc_per_node

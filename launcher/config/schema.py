@@ -619,28 +619,6 @@ def world_size(cfg: Config) -> int:
     return cfg.cluster.nodes * cfg.cluster.nproc_per_node
 
 
-def sharded_loading(cfg: Config) -> Optional[str]:
-    """How the model is built without a full copy per rank: "meta" (FSDP: built on the meta device, each rank
-    fills only its shards after sharding), "zero3" (DeepSpeed ZeRO-3: partitioned as it is constructed or
-    loaded), or None (every rank builds the whole model: DDP, ZeRO-1/2; DoRA, PiSSA and OLoRA, whose adapters
-    need the base weights when created; QLoRA; VL models). Read by the model build (launcher.engines.base) and the preflight's load estimate."""
-    p = cfg.parallelism
-    lora = cfg.method.lora if cfg.method.finetuning == "lora" else None
-    # DoRA, PiSSA and OLoRA need the base weights when the adapters are created (gaussian is peft's init); QLoRA loads its own quantized
-    # base; VL models keep the plain build (their vision tower and processor files are not in the meta path yet).
-    if lora is not None and (lora.use_dora or lora.quantize or lora.init != "default"):
-        return None
-    from launcher.models.vision import vision_info
-
-    if vision_info(cfg.model) is not None:
-        return None
-    if p.strategy == "fsdp":
-        return "meta"
-    if p.strategy == "deepspeed" and p.zero_stage == 3:
-        return "zero3"
-    return None
-
-
 def resolve_grad_accum(cfg: Config, world: Optional[int] = None) -> int:
     """Micro-batches per optimizer step, from global batch = micro x accum x world (must divide)."""
     t = cfg.train

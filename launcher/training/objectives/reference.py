@@ -32,7 +32,7 @@ def frozen_copy(model: nn.Module, device, cfg=None, tokenizer=None, attn_impleme
     A policy built sharded (FSDP on the meta device, ZeRO-3 partitioned as it loads: ``sharded_loading``) holds
     no full weights to copy, so the reference is then built again the plain way (the same file, or the same
     seeded random init), with the global RNG left as it was."""
-    from launcher.config.schema import sharded_loading
+    from launcher.engines.model_build import sharded_loading
 
     if cfg is not None and sharded_loading(cfg) is not None:
         from launcher.models.build import build_base_model

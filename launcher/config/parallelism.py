@@ -53,6 +53,9 @@ PRESETS: dict[str, Parallelism] = {
 }
 """parallelism.name -> what it does; the name and the three keys of a config must agree with its row."""
 
+STRATEGIES = tuple(dict.fromkeys(row.strategy for row in PRESETS.values()))
+"""The engines, in the table's order: ddp, deepspeed, fsdp."""
+
 
 def parallelism_of(p) -> Parallelism:
     """The row a config's ``parallelism`` keys describe (a ``ParallelismConfig``: strategy, zero_stage, offload)."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from launcher.config.parallelism import PRESETS, shards_parameters
+from launcher.config.parallelism import PRESETS, STRATEGIES, shards_parameters
 from launcher.errors import ConfigError
 
 
@@ -561,7 +561,7 @@ def check_combinations(cfg: Config) -> None:
         ("auto", "sdpa", "eager", "flash_attention_2"),
         "model.attn_implementation",
     )
-    _choice(p.strategy, ("ddp", "deepspeed", "fsdp"), "parallelism.strategy")
+    _choice(p.strategy, STRATEGIES, "parallelism.strategy")
     _choice(p.backend, ("auto", "nccl", "gloo"), "parallelism.backend")
     if p.strategy == "deepspeed" and p.zero_stage not in (1, 2, 3):
         raise ConfigError("parallelism.zero_stage: DeepSpeed needs zero_stage 1, 2 or 3")

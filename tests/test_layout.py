@@ -151,3 +151,13 @@ def test_no_private_name_is_imported_across_packages():
         if private:
             offenders.append(f"{module}:{line} imports {', '.join(private)} from {target}")
     assert offenders == [], "private names imported across packages:\n" + "\n".join(offenders)
+
+
+def test_models_is_a_base_layer():
+    """launcher.models (tokenizers, vision, the plain build, QLoRA's base) stands on the config and nothing above:
+    building for a parallelism is the engines', reading a run back is inference's."""
+    below = {"config", "errors", "files", "packages", "paths"}
+    above = sorted(f"{module}:{line} imports {target}" for module, target, _, line in _library_imports()
+                   if module.startswith("launcher.models") and target.startswith("launcher.")
+                   and _unit(target) not in below | {"models"})
+    assert above == [], "launcher/models/ imports from above it:\n" + "\n".join(above)

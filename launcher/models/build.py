@@ -1,4 +1,5 @@
-"""Models: a hub id or local folder, or a random-init model of a real architecture; LoRA on top.
+"""Models: a hub id or local folder, or a random-init model of a real architecture, built whole; LoRA's peft
+config and freeze tuning's choice of parameters (applied for a parallelism by launcher.engines.model_build).
 
 Also where the attention implementation is chosen (precision: launcher.engines.precision; device:
 launcher.engines.distributed).
@@ -8,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Optional
 
 import torch
 

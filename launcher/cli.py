@@ -212,7 +212,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "status": _lazy("launcher.slurm.jobs", "status_main"),
     "logs": _lazy("launcher.slurm.jobs", "logs_main"),
     "cancel": _lazy("launcher.slurm.jobs", "cancel_main"),
-    "export": _lazy("launcher.inference.export_cli", "export_main"),
+    "export": _lazy("launcher.export.cli", "export_main"),
     "predict": _lazy("launcher.inference.predict_cli", "predict_main"),
     "chat": _lazy("launcher.inference.chat", "chat_main"),
     "serve": _lazy("launcher.serve.cli", "serve_main"),

@@ -10,7 +10,7 @@ cannot fit by a wide margin, not to predict the allocator to the last gigabyte:
 - activations per layer ~ 34 x seq x batch x hidden bytes in 16-bit (attention with a fused kernel), about
   2 x seq x batch x hidden with gradient checkpointing (plus one layer recomputed at a time).
 Loading (``estimate_load_memory``) is counted apart: the peak before training starts, host RAM per node and
-GPU memory, by how the strategy builds the model (launcher.config.schema.sharded_loading):
+GPU memory, by how the strategy builds the model (launcher.engines.model_build.sharded_loading):
 - a full copy per rank (DDP, ZeRO-1/2, DoRA): every rank builds the fp32 model in host RAM and moves it whole
   to its GPU; the node also holds the checkpoint's pages (page cache, shared by its ranks);
 - FSDP (meta device) and ZeRO-3 (zero.Init): a rank holds its shard, plus one full tensor (FSDP: a module's
@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from launcher.config.parallelism import PRESETS, sharding_stage
 from launcher.config.schema import Config
 
 GIB = 1024**3
@@ -117,7 +118,7 @@ def estimate_memory_per_gpu(cfg: Config, shape: ModelShape) -> MemoryEstimate:
     trainable = shape.num_lora_params(m.lora.r, m.lora.target_modules) if lora else params
     opt_per_param = (12 if wb == 2 else 8) if m.optimizer == "adamw" else (4 if wb == 2 else 0)
 
-    stage = 3 if p.strategy == "fsdp" else (p.zero_stage if p.strategy == "deepspeed" else 0)
+    stage = sharding_stage(p)
     shard_weights = world if stage >= 3 else 1
     shard_grads = world if stage >= 2 else 1
     shard_opt = world if stage >= 1 else 1
@@ -162,7 +163,7 @@ FILE_BYTES = 2
 
 
 def estimate_load_memory(cfg: Config, shape: ModelShape) -> LoadEstimate:
-    from launcher.config.schema import sharded_loading
+    from launcher.engines.model_build import sharded_loading
 
     c, p = cfg.cluster, cfg.parallelism
     world, per_node = c.nodes * c.nproc_per_node, c.nproc_per_node
@@ -215,21 +216,21 @@ def fits(cfg: Config, shape: ModelShape, limit_gb: float) -> bool:
 # What to try, in order of least change to the run: each is (override shown to the user, config change).
 ALTERNATIVES = (
     ("train.gradient_checkpointing=true", lambda c: _set(c, "train", gradient_checkpointing=True)),
-    ("parallelism=zero2", lambda c: _set(c, "parallelism", name="zero2", strategy="deepspeed", zero_stage=2,
-                                         offload=False)),
-    ("parallelism=fsdp", lambda c: _set(c, "parallelism", name="fsdp", strategy="fsdp", zero_stage=0,
-                                          offload=False)),
-    ("parallelism=zero3", lambda c: _set(c, "parallelism", name="zero3", strategy="deepspeed", zero_stage=3,
-                                         offload=False)),
+    ("parallelism=zero2", lambda c: _preset(c, "zero2")),
+    ("parallelism=fsdp", lambda c: _preset(c, "fsdp")),
+    ("parallelism=zero3", lambda c: _preset(c, "zero3")),
     ("parallelism=zero3 train.gradient_checkpointing=true",
-     lambda c: _set(_set(c, "parallelism", name="zero3", strategy="deepspeed", zero_stage=3), "train",
-                    gradient_checkpointing=True)),
-    ("parallelism=zero3_offload",
-     lambda c: _set(c, "parallelism", name="zero3_offload", strategy="deepspeed", zero_stage=3, offload=True)),
+     lambda c: _set(_preset(c, "zero3"), "train", gradient_checkpointing=True)),
+    ("parallelism=zero3_offload", lambda c: _preset(c, "zero3_offload")),
     ("method=lora", lambda c: _set(c, "method", name="lora", finetuning="lora")),
     ("method=lora train.gradient_checkpointing=true",
      lambda c: _set(_set(c, "method", name="lora", finetuning="lora"), "train", gradient_checkpointing=True)),
 )
+
+
+def _preset(cfg: Config, name: str) -> Config:
+    """``cfg`` under ``parallelism=NAME``: the preset's row of launcher.config.parallelism.PRESETS."""
+    return _set(cfg, "parallelism", name=name, **PRESETS[name].keys())
 
 
 def _set(cfg: Config, group: str, **changes) -> Config:

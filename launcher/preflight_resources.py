@@ -5,7 +5,6 @@ Each ``check_*`` takes (problems, cfg) and adds one line per problem, naming the
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -16,7 +15,10 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.config.schema import Config
+from launcher.engines.checkpoint_layout import COMPLETE, META_FILE, complete_checkpoints
 from launcher.errors import ConfigError
+from launcher.models.quantize import qlora_problem
+from launcher.packages import package_installed
 
 # What each engine or option imports on the ranks: (package, pip name).
 ENGINE_PACKAGES = {"deepspeed": ("deepspeed", "deepspeed (pip install -e '.[deepspeed]')")}
@@ -185,13 +187,6 @@ def check_slurm_resources(problems, cfg: Config) -> None:
 # ------------------------------------------------------------------------------------- packages
 
 
-def package_installed(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):  # a blocked import (sys.modules[name] = None) or a broken package
-        return False
-
-
 def check_packages(problems, cfg: Config) -> None:
     """An engine or logger whose package is missing: refused here instead of every rank dying on import."""
     needed = []
@@ -206,20 +201,6 @@ def check_packages(problems, cfg: Config) -> None:
         if not package_installed(package):
             problems.errors.append(f"{key}: {choice} needs the {package} package, which is not installed in this"
                                    f" environment; install {pip_name}, or choose another")
-
-
-def qlora_problem(cfg: Config, gpus: int, where: str) -> Optional[str]:
-    """One line when QLoRA (method.lora.quantize) cannot run: bitsandbytes' kernels need a CUDA GPU."""
-    q = cfg.method.lora.quantize
-    if not q or cfg.method.finetuning != "lora":
-        return None
-    if gpus < 1:
-        return (f"method.lora.quantize={q}: QLoRA's bitsandbytes kernels need a CUDA GPU and this run has none"
-                f" ({where}); drop method.lora.quantize to train LoRA on the full-precision base, or run on a GPU")
-    if not package_installed("bitsandbytes"):
-        return (f"method.lora.quantize={q}: needs the bitsandbytes package, which is not installed in this"
-                " environment; pip install bitsandbytes (or pip install -e '.[gpu]')")
-    return None
 
 
 def check_qlora(problems, cfg: Config) -> None:
@@ -238,7 +219,7 @@ def check_qlora(problems, cfg: Config) -> None:
 
 
 def check_resume(problems, cfg: Config) -> None:
-    """run.resume is auto, never, or the path of a complete checkpoint (launcher.training.checkpoint)."""
+    """run.resume is auto, never, or the path of a complete checkpoint (launcher.engines.checkpoint_layout)."""
     setting = cfg.run.resume
     if setting in RESUME_WORDS:
         return
@@ -249,14 +230,12 @@ def check_resume(problems, cfg: Config) -> None:
                           " use run.resume=auto (this run dir's latest), never, or RUN_DIR/checkpoints/step-N")
     if not path.is_dir():
         raise ConfigError(f"run.resume: {path} does not exist; point it at a checkpoint dir (RUN_DIR/checkpoints/step-N)")
-    # Which files make a complete checkpoint is the training side's definition (COMPLETE marker, meta.json).
-    complete, meta_file = path / "COMPLETE", path / "meta.json"
+    complete, meta_file = path / COMPLETE, path / META_FILE
     if not complete.is_file():
-        inside = sorted(p.name for p in (path / "checkpoints").glob("step-*") if (p / "COMPLETE").is_file()) \
-            if (path / "checkpoints").is_dir() else []
-        hint = f"; it looks like a run dir: use {path / 'checkpoints' / inside[-1]}" if inside else \
+        inside = complete_checkpoints(path)
+        hint = f"; it looks like a run dir: use {inside[-1]}" if inside else \
             "; point it at RUN_DIR/checkpoints/step-N"
-        raise ConfigError(f"run.resume: {path} is not a complete checkpoint (no COMPLETE marker){hint}")
+        raise ConfigError(f"run.resume: {path} is not a complete checkpoint (no {COMPLETE} marker){hint}")
     try:
         meta = json.loads(meta_file.read_text())
     except (OSError, json.JSONDecodeError) as exc:

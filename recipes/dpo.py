@@ -19,7 +19,8 @@ import logging
 import sys
 
 from launcher.data import build_preference_datasets
-from launcher.engines.base import build_engine, build_model
+from launcher.engines.base import build_engine
+from launcher.engines.model_build import build_model
 from launcher.paths import BASE_MODEL_DIR
 from launcher.training.entry import recipe_main
 from launcher.training.objectives import unwrap_loss_module

@@ -17,7 +17,8 @@ from __future__ import annotations
 import sys
 
 from launcher.data import build_supervised_datasets
-from launcher.engines.base import build_engine, build_model
+from launcher.engines.base import build_engine
+from launcher.engines.model_build import build_model
 from launcher.paths import BASE_MODEL_DIR
 from launcher.training.entry import recipe_main
 from launcher.training.objectives.sft import CausalLMObjective

@@ -60,3 +60,104 @@ def test_help_and_text_dry_run_import_neither_torch_nor_transformers(tmp_path):
     for modules in (help_modules, dry_modules):
         assert "torch" not in modules and "transformers" not in modules
     assert "hydra" not in help_modules
+
+
+def _unit(module: str) -> str:
+    """The part of launcher a module belongs to: its subpackage, or itself for a root module (launcher.cli)."""
+    return module.split(".")[1]
+
+
+def _library_imports():
+    """(importing module, imported launcher module, names taken from it, line) for every import in launcher/,
+    at the top or inside functions; relative imports resolved."""
+    for path in sorted((REPO / "launcher").rglob("*.py")):
+        parts = list(path.relative_to(REPO).with_suffix("").parts)
+        package = parts[:-1]  # what a relative import starts from, for a module and an __init__ alike
+        module = ".".join(parts if parts[-1] != "__init__" else parts[:-1])
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    yield module, alias.name, (), node.lineno
+            elif isinstance(node, ast.ImportFrom):
+                target = node.module or ""
+                if node.level:
+                    base = package[:len(package) - (node.level - 1)]
+                    target = ".".join(base + ([target] if target else []))
+                names = tuple(alias.name for alias in node.names)
+                yield module, target, names, node.lineno
+                for name in names:  # from launcher import cli, data: the module launcher.cli, the package
+                    found = REPO / (target + "." + name).replace(".", "/")
+                    if found.with_suffix(".py").is_file() or found.is_dir():
+                        yield module, f"{target}.{name}", (), node.lineno
+
+
+def strongly_connected(graph: dict[str, set]) -> list[list[str]]:
+    """The groups of nodes that reach each other (Tarjan), those with more than one node, each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return groups
+
+
+def test_no_cycle_among_launchers_packages():
+    """Dependencies point one way: no two parts of launcher (a subpackage, or a root module) import each other,
+    however indirectly, counting imports inside functions. A cycle means the contract they share has no home."""
+    graph: dict[str, set] = {}
+    where: dict[tuple, str] = {}
+    for module, target, _, line in _library_imports():
+        if module.count(".") < 1 or not target.startswith("launcher.") or _unit(module) == _unit(target):
+            continue
+        graph.setdefault(_unit(module), set()).add(_unit(target))
+        where.setdefault((_unit(module), _unit(target)), f"{module}:{line} imports {target}")
+    cycles = []
+    for members in strongly_connected(graph):
+        inside = [where[a, b] for a in members for b in members if (a, b) in where]
+        cycles.append(f"{', '.join(members)}: " + "; ".join(inside))
+    assert cycles == [], "package cycles in launcher/:\n" + "\n".join(cycles)
+
+
+def test_no_private_name_is_imported_across_packages():
+    """A name starting with _ is its module's own; another part of launcher that needs it needs it public."""
+    offenders = []
+    for module, target, names, line in _library_imports():
+        if module.count(".") < 1 or not target.startswith("launcher.") or _unit(module) == _unit(target):
+            continue
+        private = [n for n in names if n.startswith("_")] + [p for p in target.split(".") if p.startswith("_")
+                                                              and p != "__init__"]
+        if private:
+            offenders.append(f"{module}:{line} imports {', '.join(private)} from {target}")
+    assert offenders == [], "private names imported across packages:\n" + "\n".join(offenders)
+
+
+def test_models_is_a_base_layer():
+    """launcher.models (tokenizers, vision, the plain build, QLoRA's base) stands on the config and nothing above:
+    building for a parallelism is the engines', reading a run back is inference's."""
+    below = {"config", "errors", "files", "packages", "paths"}
+    above = sorted(f"{module}:{line} imports {target}" for module, target, _, line in _library_imports()
+                   if module.startswith("launcher.models") and target.startswith("launcher.")
+                   and _unit(target) not in below | {"models"})
+    assert above == [], "launcher/models/ imports from above it:\n" + "\n".join(above)

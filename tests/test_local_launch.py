@@ -13,7 +13,7 @@ from launcher import __version__
 from launcher.cli import main as cli_main
 from launcher.local import omp_threads_per_rank, usable_cpus
 from launcher.rundir import discard_unstarted_run, make_run_dir
-from launcher.training import checkpoint as ckpt
+from launcher.engines import checkpoint as ckpt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["train.max_steps=1", "data.max_samples=16", "train.micro_batch_size=4", "train.eval_every=0",

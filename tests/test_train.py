@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from launcher.cli import main as cli_main
-from launcher.models.build import load_trained_model
+from launcher.inference.trained import load_trained_model
 from recipes.sft import SFTRecipe
 from tests.recipe_runs import run_recipe
 

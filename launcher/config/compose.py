@@ -19,7 +19,8 @@ def conf_dir() -> Path:
     return Path(os.environ.get("LAUNCHER_CONF_DIR", REPO_ROOT / "conf")).resolve()
 
 
-def _one_line(exc: Exception) -> str:
+def hydra_error_line(exc: Exception) -> str:
+    """A Hydra or OmegaConf error as one line, without the hints that do not name the problem."""
     text = " ".join(str(exc).split())
     # Hydra appends a hint about HYDRA_FULL_ERROR and the full key path; keep what names the problem.
     text = re.sub(r"\s*Set the environment variable HYDRA_FULL_ERROR=1.*$", "", text)
@@ -28,7 +29,7 @@ def _one_line(exc: Exception) -> str:
     return text
 
 
-def _as_value_override(override: str, groups: set) -> str:
+def as_value_override(override: str, groups: set) -> str:
     """``a.b=c`` -> ``++a.b=c``: any schema key may be set even where a YAML file leaves it out.
 
     A key that is not in the schema is then rejected by ``parse_config`` with the list of known keys,
@@ -111,7 +112,7 @@ def prepare_overrides(overrides: Sequence[str], groups: set) -> list[str]:
     """The user's overrides as Hydra gets them: group options checked, data=custom added where it applies."""
     check_group_options(overrides, groups)
     extra = [f"data={OWN_DATA}"] if uses_implicit_data_group(overrides) else []
-    return extra + [_as_value_override(o, groups) for o in overrides]
+    return extra + [as_value_override(o, groups) for o in overrides]
 
 
 def missing_value_message(exc: Exception) -> str:
@@ -169,7 +170,7 @@ def compose_dict(overrides: Sequence[str] = (), config_name: str = "train") -> d
     except MissingMandatoryValue as exc:
         raise ConfigError(missing_value_message(exc)) from None
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(f"config: {_one_line(exc)}") from None
+        raise ConfigError(f"config: {hydra_error_line(exc)}") from None
     finally:
         GlobalHydra.instance().clear()
     assert isinstance(data, dict)

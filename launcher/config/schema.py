@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from launcher.config.parallelism import PRESETS, STRATEGIES, shards_parameters
 from launcher.errors import ConfigError
 
 
@@ -233,14 +234,8 @@ def save_every_minutes(cfg: "Config") -> float:
     return DEFAULT_SLURM_SAVE_MINUTES if cfg.cluster.kind == "slurm" else 0.0
 
 
-PARALLELISMS: dict[str, tuple[str, int, bool]] = {
-    "ddp": ("ddp", 0, False),
-    "zero2": ("deepspeed", 2, False),
-    "zero3": ("deepspeed", 3, False),
-    "zero3_offload": ("deepspeed", 3, True),
-    "fsdp": ("fsdp", 0, False),
-    "fsdp_offload": ("fsdp", 0, True),
-}
+PARALLELISMS: dict[str, tuple[str, int, bool]] = {name: (row.strategy, row.zero_stage, row.offload)
+                                                  for name, row in PRESETS.items()}
 """parallelism.name -> (strategy, zero_stage, offload): the name and the three keys must agree."""
 
 
@@ -521,7 +516,7 @@ def check_combinations(cfg: Config) -> None:
     if not (m.lora.init in ("default", "gaussian", "pissa", "olora") or re.fullmatch(r"pissa_niter_[1-9]\d*", m.lora.init)):
         raise ConfigError(f"method.lora.init: '{m.lora.init}' is not one of default, gaussian, pissa, pissa_niter_N"
                           " (N >= 1: fast SVD), olora")
-    if lora_init_converted(m.lora) and sharded_parameters_of(p):
+    if lora_init_converted(m.lora) and shards_parameters(p):
         raise ConfigError(f"method.lora.init: {m.lora.init} is converted to a plain LoRA adapter when saved, which is"
                           f" not done under parallelism={p.name} yet; use parallelism=ddp (or zero2), or"
                           " method.lora.init=default")
@@ -533,7 +528,7 @@ def check_combinations(cfg: Config) -> None:
         if cfg.model.name_or_path is None:
             raise ConfigError("method.lora.quantize: QLoRA quantizes a pretrained model's weights; set model=hf"
                               " model.name_or_path=... (a random-init model has nothing worth quantizing)")
-        if sharded_parameters_of(p):
+        if shards_parameters(p):
             raise ConfigError(f"method.lora.quantize: a quantized base is not sharded by parallelism={p.name} here;"
                               " use parallelism=ddp (each GPU holds the whole 4-bit base)")
         if lora_init_converted(m.lora):
@@ -566,7 +561,7 @@ def check_combinations(cfg: Config) -> None:
         ("auto", "sdpa", "eager", "flash_attention_2"),
         "model.attn_implementation",
     )
-    _choice(p.strategy, ("ddp", "deepspeed", "fsdp"), "parallelism.strategy")
+    _choice(p.strategy, STRATEGIES, "parallelism.strategy")
     _choice(p.backend, ("auto", "nccl", "gloo"), "parallelism.backend")
     if p.strategy == "deepspeed" and p.zero_stage not in (1, 2, 3):
         raise ConfigError("parallelism.zero_stage: DeepSpeed needs zero_stage 1, 2 or 3")
@@ -620,35 +615,8 @@ def lora_init_converted(lora: LoraConfig) -> bool:
     return lora.init.startswith("pissa") or lora.init == "olora"
 
 
-def sharded_parameters_of(p: "ParallelismConfig") -> bool:
-    """ZeRO-3 and FSDP keep a shard of each parameter per rank."""
-    return p.strategy == "fsdp" or (p.strategy == "deepspeed" and p.zero_stage == 3)
-
-
 def world_size(cfg: Config) -> int:
     return cfg.cluster.nodes * cfg.cluster.nproc_per_node
-
-
-def sharded_loading(cfg: Config) -> Optional[str]:
-    """How the model is built without a full copy per rank: "meta" (FSDP: built on the meta device, each rank
-    fills only its shards after sharding), "zero3" (DeepSpeed ZeRO-3: partitioned as it is constructed or
-    loaded), or None (every rank builds the whole model: DDP, ZeRO-1/2; DoRA, PiSSA and OLoRA, whose adapters
-    need the base weights when created; QLoRA; VL models). Read by the model build (launcher.engines.base) and the preflight's load estimate."""
-    p = cfg.parallelism
-    lora = cfg.method.lora if cfg.method.finetuning == "lora" else None
-    # DoRA, PiSSA and OLoRA need the base weights when the adapters are created (gaussian is peft's init); QLoRA loads its own quantized
-    # base; VL models keep the plain build (their vision tower and processor files are not in the meta path yet).
-    if lora is not None and (lora.use_dora or lora.quantize or lora.init != "default"):
-        return None
-    from launcher.models.vision import vision_info
-
-    if vision_info(cfg.model) is not None:
-        return None
-    if p.strategy == "fsdp":
-        return "meta"
-    if p.strategy == "deepspeed" and p.zero_stage == 3:
-        return "zero3"
-    return None
 
 
 def resolve_grad_accum(cfg: Config, world: Optional[int] = None) -> int:

@@ -1,4 +1,4 @@
-"""What every engine shares, and the one model-build path.
+"""What every engine shares (the model they wrap is built in launcher.engines.model_build).
 
 The loop talks to an engine only: ``module(**batch)`` runs the objective's loss module (wrapped for the
 parallelism), then ``backward``, ``step``, the checkpoint methods and ``save_final``. Each engine states its
@@ -13,14 +13,13 @@ Also here: ``forward_is_collective`` (sharded engines: every rank must run the s
 from __future__ import annotations
 
 import contextlib
-import logging
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
-from launcher.config.schema import Config, lora_init_converted, sharded_loading
+from launcher.config.schema import Config, lora_init_converted
 from launcher.engines.distributed import DistInfo
 from launcher.engines.precision import Precision, resolve_precision
 from launcher.errors import ConfigError
@@ -28,7 +27,6 @@ from launcher.files import apply_umask
 from launcher.models.tokenizers import save_tokenizer
 from launcher.paths import LORA_INIT_DIR
 
-log = logging.getLogger(__name__)
 
 LossFactory = Callable[[nn.Module, Config], nn.Module]
 """(model, cfg) -> the module an engine wraps (DDP/FSDP/DeepSpeed) and calls as ``module(**batch)``."""
@@ -47,100 +45,6 @@ def require_checkpoint_kind(directory: Path, subdir: str, engine: str) -> None:
     if not (Path(directory) / subdir).is_dir():
         raise ConfigError(f"run.resume: {directory} holds no {engine} checkpoint; it was written by another"
                           " parallelism. Resume with the parallelism that wrote it, or run.resume=never")
-
-
-def build_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implementation: str, precision: Precision,
-                save_base_to: Optional[Path] = None) -> nn.Module:
-    """The one path from the config to the model an engine wraps: the base (hub id, folder, or random init) with
-    parameters in ``precision.param_dtype``, LoRA applied for ``finetuning=lora``, all but the chosen layers
-    frozen for ``finetuning=freeze``, gradient checkpointing on.
-
-    No rank builds the whole model when the strategy shards it (``sharded_loading``): under FSDP the model comes
-    back on the meta device with the note of where its weights come from (the engine fills its shards after
-    ``fully_shard``, launcher.engines.loading); under ZeRO-3 it is partitioned while constructed or loaded
-    (launcher.engines.deepspeed.build_zero3_model).
-
-    ``save_base_to``: LoRA on a random-init base keeps the base there (rank 0), since it exists nowhere else and a
-    saved adapter must be reloadable.
-    """
-    from launcher.models.build import (apply_lora, build_base_model, build_quantized_base, freeze_layers,
-                                       save_initial_adapter)
-
-    lora = cfg.method.finetuning == "lora"
-    save_random_base = save_base_to is not None and cfg.model.name_or_path is None and lora
-    mode = sharded_loading(cfg)
-    model = None
-    if mode == "meta":
-        model = _build_meta(cfg, tokenizer, attn_implementation, precision, save_base_to if save_random_base else None)
-        if model is not None and dist_info.is_main:
-            log.info("model: built on the meta device; each rank fills only its FSDP shards after sharding (%s)",
-                     "read from the safetensors" if cfg.model.name_or_path else "random init, seeded")
-    if model is None:
-        if lora and cfg.method.lora.quantize:
-            model = build_quantized_base(cfg, attn_implementation, dist_info.device)  # QLoRA: a frozen 4/8-bit base
-        elif mode == "zero3":
-            from launcher.engines.deepspeed import build_zero3_model
-
-            model = build_zero3_model(cfg, tokenizer, dist_info, attn_implementation, precision)
-        else:
-            model = build_base_model(cfg, tokenizer, attn_implementation, precision.param_dtype)
-        freeze_for_config(model, cfg, dist_info)
-        if save_random_base:
-            if mode == "zero3":
-                from launcher.engines.deepspeed import save_zero3_base
-
-                save_zero3_base(model, save_base_to, tokenizer, dist_info.is_main)
-            elif dist_info.is_main:
-                model.save_pretrained(save_base_to, safe_serialization=True)
-                save_tokenizer(tokenizer, save_base_to)
-                apply_umask(save_base_to)
-        if lora:
-            model = apply_lora(model, cfg.method.lora)
-            if lora_init_converted(cfg.method.lora) and save_base_to is not None and dist_info.is_main:
-                save_initial_adapter(model, Path(save_base_to).parent / LORA_INIT_DIR)
-    if cfg.method.finetuning == "freeze":
-        freeze_layers(model, cfg.method.freeze)
-    if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if lora:
-            model.enable_input_require_grads()
-    return model
-
-
-def freeze_for_config(model: nn.Module, cfg: Config, dist_info: DistInfo) -> None:
-    """VL models: freeze the vision tower / projector / language model as model.freeze_* say (LLaMA-Factory's
-    defaults: tower and projector frozen). LoRA freezes the whole base anyway; this matters for full tuning."""
-    from launcher.models.vision import freeze_vision_parts, is_vision_model
-
-    if not is_vision_model(model):
-        return
-    m = cfg.model
-    frozen = freeze_vision_parts(model, m.freeze_vision_tower, m.freeze_projector, m.freeze_language_model)
-    if not any(p.requires_grad for p in model.parameters()) and cfg.method.finetuning == "full":
-        raise ConfigError("model.freeze_*: every part of the model is frozen; set model.freeze_language_model=false"
-                          " (or unfreeze the vision tower / projector)")
-    if dist_info.is_main and frozen:
-        log.info("frozen: %s", ", ".join(frozen))
-
-
-def _build_meta(cfg: Config, tokenizer, attn_implementation: str, precision: Precision,
-                save_base_to: Optional[Path]) -> Optional[nn.Module]:
-    """The FSDP model on the meta device with its ``DeferredWeights``; None when its weights are not in
-    safetensors (the plain build then loads them)."""
-    from launcher.engines.loading import DEFERRED_ATTR, DeferredWeights, build_meta_model
-    from launcher.models.build import apply_lora
-
-    model, folder = build_meta_model(cfg, tokenizer, attn_implementation, precision.param_dtype)
-    if model is None:
-        return None
-    if folder is None:
-        torch.manual_seed(cfg.train.seed)  # as the plain random init seeds right before drawing
-    deferred = DeferredWeights(folder=folder, rng_state=torch.get_rng_state(), lora=cfg.method.finetuning == "lora",
-                               save_base_to=save_base_to, tokenizer=tokenizer)
-    if deferred.lora:
-        model = apply_lora(model, cfg.method.lora, initialize=False)
-    setattr(model, DEFERRED_ATTR, deferred)
-    return model
 
 
 class Engine:

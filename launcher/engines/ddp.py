@@ -16,10 +16,10 @@ from torch import nn
 
 from launcher.config.schema import Config
 from launcher.engines.base import Engine, LossFactory
+from launcher.engines.checkpoint_layout import STATE_FILE
 from launcher.engines.distributed import DistInfo
 from launcher.engines.optim import build_optimizer, build_scheduler
 from launcher.engines.precision import Precision, make_grad_scaler
-from launcher.paths import CHECKPOINT_STATE_FILE
 
 
 class DDPEngine(Engine):
@@ -70,10 +70,10 @@ class DDPEngine(Engine):
                      "scheduler": self.scheduler.state_dict(), **extra}
             if self.scaler is not None:
                 state["grad_scaler"] = self.scaler.state_dict()
-            torch.save(state, Path(directory) / CHECKPOINT_STATE_FILE)
+            torch.save(state, Path(directory) / STATE_FILE)
 
     def load_checkpoint(self, directory: Path) -> dict[str, Any]:
-        state = torch.load(Path(directory) / CHECKPOINT_STATE_FILE, map_location="cpu", weights_only=False)
+        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
         result = self.model.load_state_dict(state["model"], strict=False)
         if result.unexpected_keys:
             raise RuntimeError(f"checkpoint has parameters this model lacks: {result.unexpected_keys[:5]}")

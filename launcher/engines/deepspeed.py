@@ -25,16 +25,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from launcher.paths import CHECKPOINT_STATE_FILE
 from launcher.config.schema import Config, resolve_grad_accum
 from launcher.engines.distributed import DistInfo, ensure_process_group
 from launcher.engines.base import Engine, LossFactory, require_checkpoint_kind, strip_wrapper_prefix
+from launcher.engines.checkpoint_layout import DEEPSPEED_TAG, STATE_FILE
 from launcher.engines.optim import build_optimizer, build_scheduler, param_groups
 from launcher.engines.precision import Precision
 
 log = logging.getLogger(__name__)
-
-DS_TAG = "deepspeed"
 
 
 def build_deepspeed_config(cfg: Config, world_size: int, grad_accum: int, on_gpu: bool,
@@ -409,20 +407,20 @@ class DeepSpeedEngine(Engine):
     def save_checkpoint(self, directory: Path, extra: dict[str, Any]) -> None:
         """Every rank writes its own ZeRO shard (optimizer and, under ZeRO-3, parameters) into ``directory``."""
         directory = Path(directory)
-        self.ds.save_checkpoint(str(directory), tag=DS_TAG, save_latest=False,
+        self.ds.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, save_latest=False,
                                 exclude_frozen_parameters=self.lora)
         if self.dist.is_main:
             torch.save({"scheduler": self.scheduler.state_dict(), "engine": "deepspeed",
-                        "zero_stage": self.zero_stage, **extra}, directory / CHECKPOINT_STATE_FILE)
+                        "zero_stage": self.zero_stage, **extra}, directory / STATE_FILE)
 
     def load_checkpoint(self, directory: Path) -> dict[str, Any]:
         directory = Path(directory)
-        require_checkpoint_kind(directory, DS_TAG, "DeepSpeed")
-        path, _ = self.ds.load_checkpoint(str(directory), tag=DS_TAG, load_module_strict=not self.lora,
+        require_checkpoint_kind(directory, DEEPSPEED_TAG, "DeepSpeed")
+        path, _ = self.ds.load_checkpoint(str(directory), tag=DEEPSPEED_TAG, load_module_strict=not self.lora,
                                           load_optimizer_states=True, load_lr_scheduler_states=False)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint in {directory}")
-        state = torch.load(directory / CHECKPOINT_STATE_FILE, map_location="cpu", weights_only=False)
+        state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
         self.scheduler.load_state_dict(state["scheduler"])
         return state
 

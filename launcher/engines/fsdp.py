@@ -23,17 +23,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from launcher.paths import CHECKPOINT_STATE_FILE
 from launcher.config.schema import Config
 from launcher.engines.distributed import DistInfo, ensure_process_group
 from launcher.engines.base import Engine, LossFactory, require_checkpoint_kind, strip_wrapper_prefix
+from launcher.engines.checkpoint_layout import FSDP_SHARDS_DIR, STATE_FILE
 from launcher.engines.loading import deferred_weights, materialize
 from launcher.engines.optim import build_optimizer, build_scheduler
 from launcher.engines.precision import Precision, make_grad_scaler
 
 log = logging.getLogger(__name__)
-
-SHARDED_DIR = "fsdp"
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
@@ -101,7 +99,7 @@ class FSDPEngine(Engine):
         fully_shard(self.loss_module, **kwargs)
         self.loaded_sharded = deferred
         if deferred:
-            # Built on the meta device (launcher.engines.base.build_model): now each rank allocates and fills
+            # Built on the meta device (launcher.engines.model_build.build_model): now each rank allocates and fills
             # only its own shards.
             materialize(model, torch.device("cpu") if self.offload else device)
         self.module = self.loss_module
@@ -173,24 +171,24 @@ class FSDPEngine(Engine):
 
         directory = Path(directory)
         msd, osd = get_state_dict(self.loss_module, self.optimizer, options=self._options())
-        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(directory / SHARDED_DIR))
+        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(directory / FSDP_SHARDS_DIR))
         if self.dist.is_main:
             torch.save({"scheduler": self.scheduler.state_dict(), "engine": "fsdp", **extra,
                         **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {})},
-                       directory / CHECKPOINT_STATE_FILE)
+                       directory / STATE_FILE)
 
     def load_checkpoint(self, directory: Path) -> dict[str, Any]:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
         directory = Path(directory)
-        require_checkpoint_kind(directory, SHARDED_DIR, "FSDP")
+        require_checkpoint_kind(directory, FSDP_SHARDS_DIR, "FSDP")
         msd, osd = get_state_dict(self.loss_module, self.optimizer, options=self._options())
         state = {"model": msd, "optim": osd}
-        dcp.load(state, checkpoint_id=str(directory / SHARDED_DIR))
+        dcp.load(state, checkpoint_id=str(directory / FSDP_SHARDS_DIR))
         set_state_dict(self.loss_module, self.optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optim"], options=self._options(strict=not self.lora))
-        extra = torch.load(directory / CHECKPOINT_STATE_FILE, map_location="cpu", weights_only=False)
+        extra = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
         self.scheduler.load_state_dict(extra["scheduler"])
         if self.scaler is not None and "grad_scaler" in extra:
             self.scaler.load_state_dict(extra["grad_scaler"])

@@ -127,7 +127,7 @@ def chat_main(argv: list[str]) -> int:
     from launcher.inference.prompts import prompt_renderer
     from launcher.engines.distributed import choose_device
     from launcher.engines.precision import requested_dtype
-    from launcher.models.trained import load_run_model
+    from launcher.inference.trained import load_run_model
 
     if args.base and args.checkpoint:
         raise ConfigError("--base and --checkpoint: pick one")

@@ -102,7 +102,7 @@ def run_predict(cfg: Config, run_dir: Path, args: PredictArgs, progress: Optiona
     from launcher.engines.distributed import choose_device
     from launcher.engines.precision import requested_dtype
     from launcher.inference.text_metrics import pair_scores, similarity_metrics
-    from launcher.models.trained import load_run_model
+    from launcher.inference.trained import load_run_model
 
     args.check()
     run_dir = Path(run_dir)

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def predict_main(argv: list[str]) -> int:
     args = build_parser().parse_intermixed_args(argv)
     from launcher.inference.predict import PredictArgs, run_predict
-    from launcher.models.trained import check_run_dir
+    from launcher.inference.trained import check_run_dir
 
     run_dir = check_run_dir(Path(args.run_dir))
     cfg = apply_overrides(load_run_config(run_dir), args.overrides)

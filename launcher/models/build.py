@@ -1,4 +1,5 @@
-"""Models: a hub id or local folder, or a random-init model of a real architecture; LoRA on top.
+"""Models: a hub id or local folder, or a random-init model of a real architecture, built whole; LoRA's peft
+config and freeze tuning's choice of parameters (applied for a parallelism by launcher.engines.model_build).
 
 Also where the attention implementation is chosen (precision: launcher.engines.precision; device:
 launcher.engines.distributed).
@@ -8,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -85,39 +85,6 @@ def build_base_model(cfg: Config, tokenizer, attn_implementation: str, dtype: to
     return model
 
 
-def quantization_config(quantize: str):
-    """QLoRA's base: nf4 with double quantization and bf16 compute (the QLoRA paper's and LLaMA-Factory's
-    defaults), or LLM.int8 for 8bit."""
-    from transformers import BitsAndBytesConfig
-
-    if quantize == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=torch.bfloat16)
-    return BitsAndBytesConfig(load_in_8bit=True)
-
-
-def build_quantized_base(cfg: Config, attn_implementation: str, device: torch.device):
-    """QLoRA: the pretrained base loaded quantized by bitsandbytes onto this rank's GPU, prepared for training
-    adapters on it (peft's prepare_model_for_kbit_training: norms and head in fp32, input gradients for
-    checkpointing). Raises ConfigError in one line where bitsandbytes cannot run (no CUDA, not installed)."""
-    from launcher.preflight_resources import qlora_problem
-
-    gpus = 1 if device.type == "cuda" else 0
-    problem = qlora_problem(cfg, gpus, f"this rank runs on {device.type}")
-    if problem:
-        raise ConfigError(problem)
-    from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM
-
-    m = cfg.model
-    model = AutoModelForCausalLM.from_pretrained(
-        m.name_or_path, quantization_config=quantization_config(cfg.method.lora.quantize), dtype=torch.bfloat16,
-        device_map={"": device}, attn_implementation=attn_implementation, trust_remote_code=m.trust_remote_code,
-    )
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing,
-                                           gradient_checkpointing_kwargs={"use_reentrant": False})
-
-
 def random_init_model(config, attn_implementation: str, dtype: torch.dtype, auto_class=None):
     """``AutoModelForCausalLM.from_config``, each weight drawn once.
 
@@ -154,42 +121,6 @@ def lora_peft_config(lora: LoraConfig):
         modules_to_save=lora.modules_to_save,
         init_lora_weights=True if lora.init == "default" else lora.init,
     )
-
-
-def apply_lora(model, lora: LoraConfig, initialize: bool = True):
-    """LoRA on ``model``. The adapters are created empty and initialized layer by layer after injection
-    (``launcher.engines.loading.init_lora``), so a sharded model, whose adapters are initialized only once its
-    shards exist, draws the same random numbers as a plain one. ``initialize=False``: leave them on the meta
-    device for the sharded loader. DoRA's magnitude, PiSSA and OLoRA need the base weights at creation, and
-    gaussian init is peft's: peft's own path."""
-    from peft import get_peft_model
-
-    from launcher.models.vision import is_vision_model, lora_target_modules
-
-    config = lora_peft_config(lora)
-    if is_vision_model(model):  # the language model's linear layers unless the vision tower is asked for
-        config.target_modules = lora_target_modules(model, lora.target_modules, lora.include_vision)
-    if lora.use_dora or lora.init != "default" or lora.quantize:  # from the base weights, or peft's own init
-        return get_peft_model(model, config)
-    model = get_peft_model(model, config, low_cpu_mem_usage=True)
-    if initialize:
-        from launcher.engines.loading import init_lora
-
-        init_lora(model)
-    return model
-
-
-def save_initial_adapter(model, directory: Path) -> None:
-    """PiSSA/OLoRA: the adapter as initialized, which the final save subtracts to convert the trained adapter into
-    a plain LoRA adapter for the unchanged base (peft's path_initial_model_for_weight_conversion). Saved with
-    init_lora_weights=True, as peft asks, so that loading it does not decompose the residual base again."""
-    config = model.peft_config["default"]
-    init = config.init_lora_weights
-    config.init_lora_weights = True
-    try:
-        model.save_pretrained(directory, safe_serialization=True)
-    finally:
-        config.init_lora_weights = init
 
 
 def point_adapter_at_base(adapter_dir: Path, base_dir: Path) -> None:
@@ -261,30 +192,3 @@ def count_parameters(model) -> tuple[int, int]:
     total = sum(numel(p) for p in model.parameters())
     trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
     return total, trainable
-
-
-def load_trained_model(run_dir: Path, device: Optional[torch.device] = None, merge: bool = False):
-    """Reload the final model of a run dir: a full HF model, or base + PEFT adapter."""
-    from launcher.models.tokenizers import load_saved_tokenizer
-    from launcher.models.vision import auto_class_for
-
-    run_dir = Path(run_dir)
-    model_dir = run_dir / "model"
-    tokenizer = load_saved_tokenizer(model_dir)
-    if (model_dir / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        import json
-
-        base = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-        if not Path(base).exists() and (run_dir / "base_model").exists():
-            base = str(run_dir / "base_model")  # the run dir was moved after training
-        model = auto_class_for(base).from_pretrained(base)
-        model = PeftModel.from_pretrained(model, model_dir)
-        if merge:
-            model = model.merge_and_unload()
-    else:
-        model = auto_class_for(model_dir).from_pretrained(model_dir)
-    if device is not None:
-        model.to(device)
-    return model, tokenizer

@@ -110,7 +110,7 @@ def load_for_serving(path: Path, checkpoint: Optional[str] = None, template: Opt
     from launcher.inference.prompts import prompt_renderer
     from launcher.engines.distributed import choose_device
     from launcher.engines.precision import requested_dtype
-    from launcher.models.trained import load_run_model
+    from launcher.inference.trained import load_run_model
 
     path = Path(path)
     device = choose_device()

@@ -31,7 +31,9 @@ class JobRef:
     run_dir: Optional[Path]
 
 
-def _run(cmd: list) -> subprocess.CompletedProcess:
+def run_slurm_command(cmd: list) -> subprocess.CompletedProcess:
+    """A SLURM client command (squeue, sacct, scontrol, scancel), its output captured; refused in one line where
+    SLURM is not installed."""
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     except FileNotFoundError:
@@ -40,10 +42,10 @@ def _run(cmd: list) -> subprocess.CompletedProcess:
 
 
 def run_dir_of_job(job_id: str) -> Optional[Path]:
-    out = _run(["scontrol", "show", "job", "-o", job_id]).stdout
+    out = run_slurm_command(["scontrol", "show", "job", "-o", job_id]).stdout
     match = re.search(r"\bComment=launcher:(\S+)", out)
     if not match:
-        out = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "Comment"]).stdout
+        out = run_slurm_command(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "Comment"]).stdout
         match = re.search(r"launcher:(\S+)", out)
     return Path(match.group(1)) if match else None
 
@@ -68,8 +70,8 @@ def job_state(job_id: str) -> dict:
     """State and a few facts of the job: the controller's view while it remembers the job (accounting lags
     by a second or two), else accounting's. ``reason`` is SLURM's reason for a pending job (Resources,
     Priority, PartitionNodeLimit, JobHeldUser, ...), else ""."""
-    out = _run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T|%M|%N|%r"]).stdout.strip()
-    acct = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,Elapsed,NodeList,ExitCode,Reason"]).stdout
+    out = run_slurm_command(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T|%M|%N|%r"]).stdout.strip()
+    acct = run_slurm_command(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,Elapsed,NodeList,ExitCode,Reason"]).stdout
     acct_lines = [line for line in acct.splitlines() if line.strip()]
     acct_state, acct_elapsed, acct_nodes, exit_code, acct_reason = (
         (acct_lines[-1].split("|") + [""] * 5)[:5] if acct_lines else ("", "", "", "", ""))
@@ -215,7 +217,7 @@ def cancel_main(argv: Optional[list] = None) -> int:
     if info["state"] in TERMINAL_STATES:
         print(f"job {ref.job_id} already ended ({info['detail']}); nothing to cancel")
         return 0
-    done = _run(["scancel", ref.job_id])
+    done = run_slurm_command(["scancel", ref.job_id])
     if done.returncode != 0:
         print(f"scancel {ref.job_id} failed: {done.stderr.strip()}", file=sys.stderr)
         return 1

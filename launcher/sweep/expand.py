@@ -34,7 +34,7 @@ def _parse(overrides: Sequence[str], config_loader):
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    from launcher.config.compose import _one_line
+    from launcher.config.compose import hydra_error_line
 
     parser = OverridesParser.create(config_loader=config_loader)
     parsed = []
@@ -42,7 +42,7 @@ def _parse(overrides: Sequence[str], config_loader):
         try:
             parsed.extend(parser.parse_overrides([text]))
         except HydraException as exc:
-            raise ConfigError(f"sweep: cannot parse override '{text}': {_one_line(exc)}") from None
+            raise ConfigError(f"sweep: cannot parse override '{text}': {hydra_error_line(exc)}") from None
     return parsed
 
 
@@ -56,7 +56,7 @@ def expand_grid(overrides: Sequence[str]) -> Grid:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
-    from launcher.config.compose import _one_line, conf_dir
+    from launcher.config.compose import hydra_error_line, conf_dir
 
     GlobalHydra.instance().clear()
     try:
@@ -75,7 +75,7 @@ def expand_grid(overrides: Sequence[str]) -> Grid:
                     try:
                         values = list(override.sweep_string_iterator())
                     except HydraException as exc:
-                        raise ConfigError(f"sweep: '{override.input_line}': {_one_line(exc)}") from None
+                        raise ConfigError(f"sweep: '{override.input_line}': {hydra_error_line(exc)}") from None
                     if not values:
                         raise ConfigError(
                             f"sweep: '{override.input_line}' gives no value"

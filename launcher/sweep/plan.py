@@ -85,8 +85,8 @@ def compose_points(point_overrides: list) -> list:
 
     from omegaconf.errors import MissingMandatoryValue
 
-    from launcher.config.compose import (OWN_DATA, _as_value_override, _one_line, check_group_options, conf_dir,
-                                         config_groups, missing_value_message, uses_implicit_data_group)
+    from launcher.config.compose import (OWN_DATA, as_value_override, check_group_options, conf_dir, config_groups,
+                                         hydra_error_line, missing_value_message, uses_implicit_data_group)
     from launcher.errors import ConfigError
 
     try:
@@ -110,7 +110,7 @@ def compose_points(point_overrides: list) -> list:
                     continue
                 if uses_implicit_data_group(overrides):  # as compose_dict does (launcher.config.compose)
                     overrides = [f"data={OWN_DATA}"] + list(overrides)
-                hydra_form = [_as_value_override(o, groups) for o in overrides]
+                hydra_form = [as_value_override(o, groups) for o in overrides]
                 values = [o for o, h in zip(overrides, hydra_form) if h == "++" + o] if apply_overrides else []
                 structural = tuple(h for o, h in zip(overrides, hydra_form) if o not in values)
                 try:
@@ -124,7 +124,7 @@ def compose_points(point_overrides: list) -> list:
                     results.append(missing_value_message(exc))
                     continue
                 except (HydraException, OmegaConfBaseException) as exc:
-                    results.append(f"config: {_one_line(exc)}")
+                    results.append(f"config: {hydra_error_line(exc)}")
                     continue
                 results.append(data)
     finally:

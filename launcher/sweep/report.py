@@ -47,13 +47,13 @@ def _expand_task_ids(job_id: str) -> list:
 
 def slurm_states(job_ids: list) -> dict:
     """{job id ("A_a" or "J"): state} for every array task and job asked about, two commands in all."""
-    from launcher.slurm.jobs import _run
+    from launcher.slurm.jobs import run_slurm_command
 
     if not job_ids or shutil.which("sacct") is None and shutil.which("squeue") is None:
         return {}
     parents = sorted({str(j).split("_")[0] for j in job_ids})
     states: dict = {}
-    acct = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(parents), "-o", "JobID,State"]).stdout
+    acct = run_slurm_command(["sacct", "-n", "-P", "-X", "-j", ",".join(parents), "-o", "JobID,State"]).stdout
     for line in acct.splitlines():
         if "|" not in line:
             continue
@@ -61,7 +61,7 @@ def slurm_states(job_ids: list) -> dict:
         for task in _expand_task_ids(job.strip()):
             states[task] = state.split()[0] if state.strip() else "UNKNOWN"
     # The controller's view wins while it still holds a task: accounting lags by a second or two.
-    queue = _run(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(parents), "-o", "%i|%T"]).stdout
+    queue = run_slurm_command(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(parents), "-o", "%i|%T"]).stdout
     for line in queue.splitlines():
         if "|" in line:
             job, state = line.split("|", 1)

@@ -29,7 +29,7 @@ from launcher.engines.precision import Precision
 from launcher.errors import ConfigError
 from launcher.models.build import point_adapter_at_base
 from launcher.paths import BASE_MODEL_DIR, MODEL_DIR, SUMMARY_FILE
-from launcher.training import checkpoint as ckpt
+from launcher.engines import checkpoint as ckpt
 from launcher.training import preemption
 from launcher.training.batching import epoch_plan
 from launcher.training.flops import causal_pairs

@@ -26,7 +26,7 @@ def load(run_dir: Path, base: bool = False) -> tuple:
     """(model, tokenizer, cfg, source, device, vision), cached by (run dir, base); vision is None for a text
     model."""
     from launcher.engines.distributed import choose_device
-    from launcher.models.trained import load_run_model
+    from launcher.inference.trained import load_run_model
 
     key = (str(Path(run_dir).resolve()), base)
     with _lock:
@@ -168,7 +168,7 @@ def log_turn(run_dir: Path, base: bool, system: Optional[str], user: str, answer
 
 def export(run_dir: Path) -> Note:
     """``launcher export RUN_DIR --force`` (to RUN_DIR/export); returns a one-line report."""
-    from launcher.inference.export import ExportArgs, export_run, exported_files
+    from launcher.export.hf import ExportArgs, export_run, exported_files
     from launcher.ui.i18n import Note
 
     out = export_run(Path(run_dir), ExportArgs(force=True))
@@ -179,7 +179,7 @@ def predict(run_dir: Path, limit: Optional[int] = None, max_new_tokens: int = 64
     """``launcher predict RUN_DIR [--limit N]`` on the run's eval data; tqdm progress (the page tracks it)."""
     from launcher.config.schema import load_run_config
     from launcher.inference.predict import PredictArgs, run_predict
-    from launcher.models.trained import check_run_dir
+    from launcher.inference.trained import check_run_dir
 
     run_dir = check_run_dir(Path(run_dir))
     args = PredictArgs(limit=limit, max_new_tokens=max_new_tokens)

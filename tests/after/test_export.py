@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from launcher.inference.export_cli import export_main
-from launcher.inference.export import ExportArgs, ExportError, export_run
+from launcher.export.cli import export_main
+from launcher.export.hf import ExportArgs, ExportError, export_run
 
 
 def probe_ids(tokenizer):

@@ -15,7 +15,7 @@ pytest.importorskip("gguf")
 
 from launcher.cli import main as cli_main  # noqa: E402
 from launcher.config.compose import compose_config  # noqa: E402
-from launcher.inference.gguf_export import LLAMA3_SPLIT  # noqa: E402
+from launcher.export.gguf import LLAMA3_SPLIT  # noqa: E402
 from launcher.models.build import build_base_model  # noqa: E402
 
 TEXT = "Hello, world! The cat's 12 apples; <|im_start|>user\nhi there<|im_end|>\n"

@@ -60,7 +60,7 @@ def test_predict_scores_and_order_with_known_answers(lora_run, monkeypatch, caps
     """Generation replaced by the reference answers (batches are sorted by length): every metric is exact."""
     from launcher.inference.prompts import held_out_samples, prompt_renderer
     from launcher.inference.generation import prompt_and_reference
-    from launcher.models.trained import load_run_model
+    from launcher.inference.trained import load_run_model
 
     _, tokenizer, cfg, _ = load_run_model(lora_run)
     render = prompt_renderer(tokenizer, cfg)

@@ -14,7 +14,7 @@ from launcher.inference.generation import prompt_and_reference
 from launcher.inference.predict_cli import predict_main
 from launcher.inference.prompts import held_out_samples, prompt_renderer
 from launcher.models.tokenizers import load_tokenizer
-from launcher.models.trained import load_run_model
+from launcher.inference.trained import load_run_model
 from tests.after.conftest import train_run
 
 N = 16

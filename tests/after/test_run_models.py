@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from launcher.errors import LauncherError
-from launcher.models.trained import load_run_model, resolve_checkpoint
+from launcher.inference.trained import load_run_model, resolve_checkpoint
 
 
 def first_logits(model, tokenizer):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from launcher.training import checkpoint as ckpt  # noqa: E402
+from launcher.engines import checkpoint as ckpt  # noqa: E402
 
 
 def main() -> int:

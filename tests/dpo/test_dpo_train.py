@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from launcher.models.build import load_trained_model
+from launcher.inference.trained import load_trained_model
 from tests.dpo.helpers import run_dpo
 from tests.recipe_runs import records
 

@@ -115,7 +115,8 @@ def run_path(path: str, folder: str, out: Path) -> None:
         import torch.distributed as dist
 
         from launcher.config.compose import compose_config
-        from launcher.engines.base import build_engine, build_model
+        from launcher.engines.base import build_engine
+        from launcher.engines.model_build import build_model
         from launcher.engines.distributed import DistInfo
         from launcher.engines.precision import resolve_precision
         from launcher.models.tokenizers import load_tokenizer

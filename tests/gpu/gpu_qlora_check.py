@@ -52,8 +52,8 @@ def check(model_dir: Path, workdir: Path, quantize: str = "4bit") -> dict:
     from transformers import AutoModelForCausalLM
 
     from launcher.engines.distributed import init_distributed
-    from launcher.inference.export import ExportArgs, export_run
-    from launcher.models.build import quantization_config
+    from launcher.export.hf import ExportArgs, export_run
+    from launcher.models.quantize import quantization_config
     from launcher.rundir import make_run_dir, write_run_config
     from launcher.config.compose import compose_config
     from recipes.sft import SFTRecipe

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from launcher.models.build import load_trained_model
+from launcher.inference.trained import load_trained_model
 from tests.kto.helpers import fast, run_kto, write_feedback_data
 from tests.recipe_runs import records
 

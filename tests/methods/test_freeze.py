@@ -7,7 +7,7 @@ import torch
 
 from launcher.config.compose import compose_config
 from launcher.errors import ConfigError
-from launcher.models.build import load_trained_model
+from launcher.inference.trained import load_trained_model
 from tests.test_train import assert_loss_falls, probe_batch, run_sft
 
 
@@ -30,7 +30,7 @@ def test_freeze_trains_only_the_chosen_layers_and_reloads(output_root):
         got = reloaded.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     # the frozen weights are still the initial ones: a fresh build from the same seed has them
-    from launcher.engines.base import build_model
+    from launcher.engines.model_build import build_model
 
     torch.manual_seed(recipe.cfg.train.seed)
     fresh = build_model(recipe.cfg, recipe.tokenizer, recipe.dist, recipe.attn_impl, recipe.precision)

@@ -7,7 +7,7 @@ import torch
 
 from launcher.config.compose import compose_config
 from launcher.errors import ConfigError
-from launcher.models.build import load_trained_model
+from launcher.inference.trained import load_trained_model
 from tests.test_train import assert_loss_falls, probe_batch, run_sft
 
 

@@ -53,7 +53,7 @@ def train_losses(run_dir: Path) -> dict[int, float]:
 
 
 def saved_logits(run_dir: Path, batch: dict) -> torch.Tensor:
-    from launcher.models.build import load_trained_model
+    from launcher.inference.trained import load_trained_model
 
     model, _ = load_trained_model(run_dir)
     with torch.no_grad():

@@ -13,7 +13,7 @@ from launcher.config.compose import compose_config
 from launcher.data import build_text_datasets
 from launcher.engines.distributed import init_distributed
 from launcher.errors import ConfigError, DataError
-from launcher.models.build import load_trained_model
+from launcher.inference.trained import load_trained_model
 from launcher.models.tokenizers import build_char_tokenizer
 from launcher.rundir import make_run_dir, write_run_config
 from recipes.pretrain import PretrainRecipe

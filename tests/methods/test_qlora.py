@@ -50,7 +50,7 @@ def test_dry_run_on_cpu_refuses_qlora_in_one_line(tmp_path, tiny_hf_model, capsy
 
 @pytest.mark.skipif(CUDA, reason="this machine has a CUDA GPU")
 def test_building_a_quantized_base_on_cpu_is_the_same_error(tiny_hf_model):
-    from launcher.models.build import build_quantized_base
+    from launcher.models.quantize import build_quantized_base
 
     cfg = compose_config(qlora(tiny_hf_model))
     with pytest.raises(ConfigError, match="QLoRA's bitsandbytes kernels need a CUDA GPU .*this rank runs on cpu"):
@@ -81,7 +81,7 @@ def test_export_of_a_qlora_run_merges_into_the_unquantized_base(tmp_path, tiny_h
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from launcher.inference.export import ExportArgs, export_run
+    from launcher.export.hf import ExportArgs, export_run
     from tests.test_train import run_sft
 
     recipe, run_dir, _ = run_sft(tmp_path / "out", ["model=hf", f"model.name_or_path={tiny_hf_model}",

@@ -160,7 +160,7 @@ def figures(name: str, shape: Shape, strategy: str, lora: bool, ranks: list[dict
 EXPORT_PEAK = r"""
 import sys
 from pathlib import Path
-from launcher.inference.export import ExportArgs, export_run
+from launcher.export.hf import ExportArgs, export_run
 import deepspeed.utils.zero_to_fp32, torch.distributed.checkpoint, safetensors.torch  # imports are not the export
 def status(field):
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":"))

@@ -44,8 +44,8 @@ def logits_of(model, probe: dict) -> torch.Tensor:
 def test_export_from_sharded_checkpoint_gives_the_live_logits(tmp_path, parallelism, lora):
     from transformers import AutoModelForCausalLM
 
-    from launcher.inference.export import ExportArgs, export_run
-    from launcher.models.trained import load_run_model
+    from launcher.export.hf import ExportArgs, export_run
+    from launcher.inference.trained import load_run_model
 
     name = f"{parallelism}{'-lora' if lora else ''}"
     run_dir = train_with_checkpoint(tmp_path, name, [f"parallelism={parallelism}", *(LORA if lora else [])])

@@ -2,21 +2,29 @@
 consistent with our batch and accumulation, and the memory estimate shards what each strategy shards."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from launcher.config.compose import compose_config
+from launcher.config.parallelism import PRESETS as PARALLELISM_PRESETS
 from launcher.config.schema import resolve_grad_accum
 from launcher.errors import ConfigError
 from launcher.engines.deepspeed import build_deepspeed_config
 
-PRESETS = {
-    "ddp": ("ddp", 0, False),
-    "zero2": ("deepspeed", 2, False),
-    "zero3": ("deepspeed", 3, False),
-    "zero3_offload": ("deepspeed", 3, True),
-    "fsdp": ("fsdp", 0, False),
-    "fsdp_offload": ("fsdp", 0, True),
-}
+REPO = Path(__file__).resolve().parents[2]
+
+PRESETS = {name: (row.strategy, row.zero_stage, row.offload) for name, row in PARALLELISM_PRESETS.items()}
+
+
+def test_every_preset_file_is_a_row_of_the_table():
+    """conf/parallelism/NAME.yaml and launcher.config.parallelism.PRESETS say the same, file for row."""
+    files = {path.stem: yaml.safe_load(path.read_text()) for path in (REPO / "conf" / "parallelism").glob("*.yaml")}
+    assert sorted(files) == sorted(PARALLELISM_PRESETS)
+    for name, keys in files.items():
+        assert keys["name"] == name
+        assert {k: keys[k] for k in ("strategy", "zero_stage", "offload")} == PARALLELISM_PRESETS[name].keys(), name
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -30,7 +30,8 @@ def test_bf16_sharded_matches_ddp_and_saves_bf16(gpu_root, gpu_nproc, parallelis
 
     from safetensors import safe_open
 
-    from launcher.models.build import flash_attn_usable, load_trained_model
+    from launcher.inference.trained import load_trained_model
+    from launcher.models.build import flash_attn_usable
     from tests.parallel import test_parallel_train as t
 
     monkeypatch.setattr(t, "NPROC", gpu_nproc)

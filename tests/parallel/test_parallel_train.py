@@ -75,7 +75,7 @@ def assert_losses_match(run_dir: Path, reference: Path) -> None:
 
 
 def assert_reload_matches_probe(run_dir: Path) -> None:
-    from launcher.models.build import load_trained_model
+    from launcher.inference.trained import load_trained_model
 
     probe = torch.load(run_dir / "probe_logits.pt")
     model, _ = load_trained_model(run_dir)

@@ -20,7 +20,7 @@ from launcher.slurm.jobs import TERMINAL_STATES, job_state
 from launcher.slurm.node import REPO_ROOT
 from launcher.slurm.requeue import REQUEUE_FILE, requeue_history
 from launcher.slurm.submit import submit_run
-from launcher.training import checkpoint as ckpt
+from launcher.engines import checkpoint as ckpt
 from tests.resume.helpers import TINY, assert_same_weights, final_weights, raw_train_steps, train_losses
 
 STALL_HOOK = Path(__file__).resolve().parent / "stall_hook"  # sitecustomize: stalls a checkpoint write

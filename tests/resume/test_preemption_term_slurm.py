@@ -14,7 +14,7 @@ import pytest
 
 from launcher.slurm.jobs import job_state
 from launcher.slurm.requeue import requeue_history
-from launcher.training import checkpoint as ckpt
+from launcher.engines import checkpoint as ckpt
 from tests.resume.test_preemption_slurm import (STEPS, assert_matches_reference, last_step, launch, node_logs,
                                                 resumed_from, wait_done, wait_until)
 

@@ -8,7 +8,8 @@ import torch
 
 from launcher.config.schema import parse_config
 from launcher.data import build_datasets
-from launcher.models.build import apply_lora, build_base_model
+from launcher.engines.model_build import apply_lora
+from launcher.models.build import build_base_model
 from launcher.models.vision import (VisionModelInfo, auto_class_for, build_image_processor, freeze_vision_parts,
                                     save_processor_files, torchvision_usable)
 from launcher.training.loss import CausalLMLoss

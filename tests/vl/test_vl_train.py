@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from launcher.models.build import load_trained_model
+from launcher.inference.trained import load_trained_model
 from tests.recipe_runs import run_recipe
 from tests.vl.helpers import REPO
 
@@ -155,7 +155,7 @@ def test_gguf_export_writes_the_language_model_and_says_so(sft_run, tmp_path, ca
 
 def test_gguf_export_refuses_qwen3_vl_naming_what_to_do(tmp_path):
     pytest.importorskip("gguf")
-    from launcher.inference.gguf_export import GGUFExportError, write_gguf
+    from launcher.export.gguf import GGUFExportError, write_gguf
     from tests.vl.helpers import tiny_model, tokenizer_for
 
     with pytest.raises(GGUFExportError, match="Qwen2-VL and Qwen2.5-VL .* 'qwen3_vl'.*launcher export RUN_DIR"):

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from launcher.config.schema import sharded_parameters_of
+from launcher.config.parallelism import shards_parameters
 from launcher.engines.distributed import all_reduce_sum
 from launcher.training.batching import eval_batches
 from launcher.training.objectives.base import forwards_for, to_device
@@ -22,7 +22,7 @@ from launcher.training.objectives.preference import SequenceLogProbs
 
 def sharded_parameters(cfg) -> bool:
     """ZeRO-3 and FSDP keep a shard of each parameter per rank (their forwards are collective)."""
-    return sharded_parameters_of(cfg.parallelism)
+    return shards_parameters(cfg.parallelism)
 
 
 def frozen_copy(model: nn.Module, device, cfg=None, tokenizer=None, attn_implementation: str = "sdpa",
@@ -32,7 +32,7 @@ def frozen_copy(model: nn.Module, device, cfg=None, tokenizer=None, attn_impleme
     A policy built sharded (FSDP on the meta device, ZeRO-3 partitioned as it loads: ``sharded_loading``) holds
     no full weights to copy, so the reference is then built again the plain way (the same file, or the same
     seeded random init), with the global RNG left as it was."""
-    from launcher.config.schema import sharded_loading
+    from launcher.engines.model_build import sharded_loading
 
     if cfg is not None and sharded_loading(cfg) is not None:
         from launcher.models.build import build_base_model

@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from launcher.config.parallelism import parallelism_of
 from launcher.engines.distributed import all_reduce_sum
 from launcher.training.batching import eval_batches
 from launcher.training.loss import IGNORE_INDEX, CausalLMLoss
@@ -31,7 +32,7 @@ class CausalLMObjective(Objective):
 
     def loss_module(self, model: nn.Module, cfg) -> nn.Module:
         # ZeRO-3 gathers a weight only inside its module's forward: there the head must be called, not read.
-        zero3 = cfg.parallelism.strategy == "deepspeed" and cfg.parallelism.zero_stage == 3
+        zero3 = parallelism_of(cfg.parallelism).zero3
         return CausalLMLoss(model, cfg.train.loss_chunk_size, fused=not zero3)
 
     def collate(self, rows: list) -> dict:

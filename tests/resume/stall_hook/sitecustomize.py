@@ -4,7 +4,7 @@ With ``LAUNCHER_TEST_STALL_CHECKPOINT_STEP=STEP:SECONDS`` set, rank 0 sleeps SEC
 checkpoint of STEP (after the state files, before the checkpoint is sealed with its COMPLETE marker), so that a
 test can kill the writer there. ``stall-STEP.pid`` beside the checkpoints says who sleeps; it also keeps a
 restarted worker from stalling again. The production save path carries no hook: this wraps
-``launcher.training.checkpoint.seal_checkpoint`` when that module is imported.
+``launcher.engines.checkpoint.seal_checkpoint`` when that module is imported.
 """
 import importlib.abc
 import importlib.util
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 SPEC = os.environ.get("LAUNCHER_TEST_STALL_CHECKPOINT_STEP")
-TARGET = "launcher.training.checkpoint"
+TARGET = "launcher.engines.checkpoint"
 
 
 def _patch(module) -> None:

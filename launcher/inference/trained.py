@@ -1,6 +1,7 @@
 """A run's model as the after-training tools need it: final or at a checkpoint, adapter or merged, or its base.
 
-``launcher.models.build.load_trained_model`` reloads ``RUN_DIR/model``. This adds the other two sources:
+``load_trained_model`` reloads ``RUN_DIR/model`` (a full HF model, or base + PEFT adapter); ``load_run_model`` adds
+the other two sources:
 - a checkpoint ``RUN_DIR/checkpoints/step-N`` of any engine, rebuilt on the run's base model from the resolved
   ``config.yaml``: DDP's ``state.pt`` holds the trainable parameters; FSDP's DCP shards are read straight into
   the rebuilt model's tensors (no second copy); DeepSpeed's ZeRO shards are consolidated tensor by tensor
@@ -16,12 +17,36 @@ from typing import Optional
 import torch
 
 from launcher.config.schema import Config, load_run_config
+from launcher.engines import checkpoint_layout as layout
+from launcher.engines.model_build import apply_lora
 from launcher.errors import ConfigError, LauncherError
-from launcher.paths import BASE_MODEL_DIR, MODEL_DIR
-from launcher.training import checkpoint as ckpt
-from launcher.models.build import apply_lora, build_base_model, load_trained_model
+from launcher.models.build import build_base_model
 from launcher.models.tokenizers import load_saved_tokenizer, load_tokenizer
+from launcher.paths import BASE_MODEL_DIR, MODEL_DIR
 
+
+def load_trained_model(run_dir: Path, device: Optional[torch.device] = None, merge: bool = False):
+    """Reload the final model of a run dir: a full HF model, or base + PEFT adapter."""
+    from launcher.models.vision import auto_class_for
+
+    run_dir = Path(run_dir)
+    model_dir = run_dir / MODEL_DIR
+    tokenizer = load_saved_tokenizer(model_dir)
+    if (model_dir / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+        if not Path(base).exists() and (run_dir / BASE_MODEL_DIR).exists():
+            base = str(run_dir / BASE_MODEL_DIR)  # the run dir was moved after training
+        model = auto_class_for(base).from_pretrained(base)
+        model = PeftModel.from_pretrained(model, model_dir)
+        if merge:
+            model = model.merge_and_unload()
+    else:
+        model = auto_class_for(model_dir).from_pretrained(model_dir)
+    if device is not None:
+        model.to(device)
+    return model, tokenizer
 
 
 def check_run_dir(run_dir: Path) -> Path:
@@ -38,9 +63,9 @@ def resolve_checkpoint(run_dir: Path, name: str) -> Path:
         digits = name[len("step-"):] if name.startswith("step-") else name
         if not digits.isdigit():
             raise ConfigError(f"--checkpoint: '{name}' is not step-N, a step number, or a checkpoint folder")
-        path = ckpt.checkpoint_root(run_dir) / ckpt.step_dir_name(int(digits))
-    if not (path / ckpt.COMPLETE).is_file() or not (path / "state.pt").is_file():
-        found = ", ".join(p.name for p in ckpt.complete_checkpoints(run_dir)) or "none"
+        path = layout.checkpoint_root(run_dir) / layout.step_dir_name(int(digits))
+    if not (path / layout.COMPLETE).is_file() or not (path / layout.STATE_FILE).is_file():
+        found = ", ".join(p.name for p in layout.complete_checkpoints(run_dir)) or "none"
         raise ConfigError(f"--checkpoint: {path} is not a complete checkpoint (complete ones in this run: {found})")
     return path
 
@@ -75,7 +100,7 @@ def load_checkpoint_model(run_dir: Path, cfg: Config, checkpoint: Path, tokenize
     model = load_base(run_dir, cfg, tokenizer)
     if cfg.method.finetuning == "lora":
         model = apply_lora(model, cfg.method.lora)
-    state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)
+    state = torch.load(checkpoint / layout.STATE_FILE, map_location="cpu", weights_only=False)
     if "model" in state:
         state = state["model"]
         result = model.load_state_dict(state, strict=False)
@@ -106,9 +131,7 @@ def load_dcp_weights(model, checkpoint: Path) -> set:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    from launcher.engines.fsdp import SHARDED_DIR
-
-    reader = dcp.FileSystemReader(str(checkpoint / SHARDED_DIR))
+    reader = dcp.FileSystemReader(str(checkpoint / layout.FSDP_SHARDS_DIR))
     stored = {k for k, m in reader.read_metadata().state_dict_metadata.items() if isinstance(m, TensorStorageMetadata)}
     prefix = "model.model."  # the checkpoint's "model" entry, then the loss wrapper's attribute
     own = model.state_dict()
@@ -127,10 +150,9 @@ def load_zero_weights(model, checkpoint: Path, lora: bool) -> set:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     from launcher.engines.base import WRAPPER_PREFIX
-    from launcher.engines.deepspeed import DS_TAG
 
-    lazy = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=DS_TAG, exclude_frozen_parameters=lora,
-                                                    lazy_mode=True)
+    lazy = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=layout.DEEPSPEED_TAG,
+                                                    exclude_frozen_parameters=lora, lazy_mode=True)
     own = model.state_dict()
     names = {k: k[len(WRAPPER_PREFIX):] for k in lazy if k.startswith(WRAPPER_PREFIX)}
     unknown = sorted(n for n in names.values() if n not in own)
@@ -145,7 +167,7 @@ def load_zero_weights(model, checkpoint: Path, lora: bool) -> set:
 def split_checkpoint_path(path: Path) -> tuple[Path, Optional[str]]:
     """``RUN_DIR/checkpoints/step-N`` -> (RUN_DIR, that folder); a run dir -> (it, None)."""
     path = Path(path)
-    if not (path / "config.yaml").is_file() and (path / ckpt.COMPLETE).is_file() \
+    if not (path / "config.yaml").is_file() and (path / layout.COMPLETE).is_file() \
             and (path.parent.parent / "config.yaml").is_file():
         return path.parent.parent, str(path)
     return path, None
@@ -170,7 +192,7 @@ def load_run_model(run_dir: Path, *, checkpoint: Optional[str] = None, merge: bo
         model, source = load_checkpoint_model(run_dir, cfg, path, tokenizer, merge), f"checkpoint {path.name}"
     else:
         if not (run_dir / MODEL_DIR / "config.json").is_file() and not (run_dir / MODEL_DIR / "adapter_config.json").is_file():
-            found = ", ".join(p.name for p in ckpt.complete_checkpoints(run_dir))
+            found = ", ".join(p.name for p in layout.complete_checkpoints(run_dir))
             hint = f"; pick a checkpoint with --checkpoint ({found})" if found else ""
             raise LauncherError(f"{run_dir}: the run has no final model (no {MODEL_DIR}/){hint}")
         model, tokenizer = load_trained_model(run_dir, merge=merge)

@@ -36,9 +36,9 @@ def checkpoint_reader(checkpoint: Path, engine: str, lora: bool) -> tuple[set, C
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-        from launcher.engines.fsdp import SHARDED_DIR
+        from launcher.engines.checkpoint_layout import FSDP_SHARDS_DIR
 
-        reader = dcp.FileSystemReader(str(checkpoint / SHARDED_DIR))
+        reader = dcp.FileSystemReader(str(checkpoint / FSDP_SHARDS_DIR))
         meta = reader.read_metadata().state_dict_metadata
         prefix = "model." + WRAPPER_PREFIX  # the checkpoint's "model" entry, then the loss wrapper's attribute
         keys = {k[len(prefix):] for k, m in meta.items() if k.startswith(prefix) and isinstance(m, TensorStorageMetadata)}
@@ -46,7 +46,7 @@ def checkpoint_reader(checkpoint: Path, engine: str, lora: bool) -> tuple[set, C
         def read(key: str, shape: tuple) -> torch.Tensor:
             md = meta[prefix + key]
             t = torch.empty(tuple(md.size), dtype=md.properties.dtype)
-            dcp.load({prefix + key: t}, storage_reader=dcp.FileSystemReader(str(checkpoint / SHARDED_DIR)),
+            dcp.load({prefix + key: t}, storage_reader=dcp.FileSystemReader(str(checkpoint / FSDP_SHARDS_DIR)),
                      no_dist=True)
             return t
 
@@ -54,9 +54,9 @@ def checkpoint_reader(checkpoint: Path, engine: str, lora: bool) -> tuple[set, C
     if engine == "deepspeed":
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        from launcher.engines.deepspeed import DS_TAG
+        from launcher.engines.checkpoint_layout import DEEPSPEED_TAG
 
-        lazy = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=DS_TAG, exclude_frozen_parameters=lora,
+        lazy = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=DEEPSPEED_TAG, exclude_frozen_parameters=lora,
                                                         lazy_mode=True)
         keys = {k[len(WRAPPER_PREFIX):] for k in lazy if k.startswith(WRAPPER_PREFIX)}
         return keys, lambda key, shape: lazy[WRAPPER_PREFIX + key].contiguous()
@@ -67,11 +67,12 @@ def stream_export(run_dir: Path, cfg: Config, checkpoint: Path, tokenizer, out: 
                   max_shard_bytes: int) -> Optional[dict]:
     """Write the HF model of ``checkpoint`` into ``out`` tensor by tensor; returns {"parameters", "dtype"}, or
     None when this checkpoint kind takes the plain path."""
+    from launcher.engines.checkpoint_layout import STATE_FILE
     from launcher.engines.loading import build_meta_model, checkpoint_index
     from launcher.engines.streaming import ShardedSafetensorsWriter
     from launcher.paths import BASE_MODEL_DIR
 
-    state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)
+    state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=False)
     engine = state.get("engine")
     lora = cfg.method.finetuning == "lora"
     if "model" in state or engine not in ("fsdp", "deepspeed") or (lora and cfg.method.lora.use_dora):

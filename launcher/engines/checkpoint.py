@@ -8,6 +8,9 @@ disk that lost the end of a file): ``manifest.json``, written before the marker,
 and a sha256, and ``COMPLETE`` holds the manifest's own sha256. At resume ``latest_valid_checkpoint`` checks
 the newest checkpoint against its manifest and falls back to the previous one, saying why in one line.
 A checkpoint with an empty ``COMPLETE`` (written before manifests existed) is taken as it is.
+
+The names of the folder and its files, and finding the complete ones: launcher.engines.checkpoint_layout
+(torch-free, for the preflight); imported here too, so this module answers every question about a checkpoint.
 """
 
 from __future__ import annotations
@@ -24,39 +27,18 @@ from typing import Optional
 import numpy as np
 import torch
 
+from launcher.engines.checkpoint_layout import (COMPLETE, MANIFEST, META_FILE, TMP_PREFIX, checkpoint_root,
+                                               complete_checkpoints, latest_checkpoint, rng_file, step_dir_name)
 from launcher.engines.distributed import DistInfo, barrier, broadcast_object
 from launcher.errors import ConfigError
 
 log = logging.getLogger("launcher.checkpoint")
 
-COMPLETE = "COMPLETE"
-MANIFEST = "manifest.json"
 # Files up to this size are hashed whole; a bigger one (a multi-GB shard) only in its first and last
 # HASH_EDGE_BYTES, so saving and checking cost at most 64 MiB of reading per file whatever the model size.
 # Its recorded size still catches any truncation or append; a change in its middle is not caught.
 HASH_WHOLE_MAX = 64 << 20
 HASH_EDGE_BYTES = 16 << 20
-
-
-def checkpoint_root(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def step_dir_name(step: int) -> str:
-    return f"step-{step:07d}"
-
-
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    root = checkpoint_root(run_dir)
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.name.startswith("step-") and (p / COMPLETE).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    found = complete_checkpoints(run_dir)
-    return found[-1] if found else None
 
 
 def rng_state() -> dict:
@@ -80,7 +62,7 @@ def save_checkpoint(run_dir: Path, step: int, engine, meta: dict, dist_info: Dis
     """Collective: every rank calls it at the same step."""
     root = checkpoint_root(run_dir)
     final = root / step_dir_name(step)
-    tmp = root / f".tmp-{step_dir_name(step)}"
+    tmp = root / f"{TMP_PREFIX}{step_dir_name(step)}"
     if dist_info.is_main:
         root.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
@@ -88,7 +70,7 @@ def save_checkpoint(run_dir: Path, step: int, engine, meta: dict, dist_info: Dis
         tmp.mkdir()
     barrier()
     engine.save_checkpoint(tmp, {"meta": meta})
-    torch.save(rng_state(), tmp / f"rng-rank{dist_info.rank}.pt")
+    torch.save(rng_state(), tmp / rng_file(dist_info.rank))
     barrier()
     if dist_info.is_main:
         seal_checkpoint(tmp, meta)
@@ -104,7 +86,7 @@ def save_checkpoint(run_dir: Path, step: int, engine, meta: dict, dist_info: Dis
 def seal_checkpoint(tmp: Path, meta: dict) -> None:
     """Rank 0, once every rank has written its files: the metadata, the manifest, then the marker that makes
     it complete."""
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
     mark_complete(tmp)
     _fsync_dir(tmp)
 
@@ -114,7 +96,7 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
     complete = complete_checkpoints(run_dir)
     for old in complete[: max(0, len(complete) - max(1, keep))]:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in checkpoint_root(run_dir).glob(".tmp-*"):
+    for stale in checkpoint_root(run_dir).glob(f"{TMP_PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -208,7 +190,7 @@ def check_resume_checkpoint(directory: Path) -> None:
 
 
 def load_rng(directory: Path, rank: int) -> None:
-    path = Path(directory) / f"rng-rank{rank}.pt"
+    path = Path(directory) / rng_file(rank)
     if path.exists():
         set_rng_state(torch.load(path, weights_only=False))
 

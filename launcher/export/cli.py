@@ -1,5 +1,5 @@
 """``launcher export RUN_DIR``: a standalone HF model folder (LoRA merged) that from_pretrained and vLLM load,
-or with ``--format gguf`` one GGUF file for llama.cpp (``launcher.inference.gguf_export``)."""
+or with ``--format gguf`` one GGUF file for llama.cpp (``launcher.export.gguf``)."""
 from __future__ import annotations
 
 import argparse
@@ -24,7 +24,7 @@ def export_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.format == "gguf":
         from launcher.errors import ConfigError
-        from launcher.inference.gguf_export import GGUF_DTYPES, GGUFArgs, export_gguf
+        from launcher.export.gguf import GGUF_DTYPES, GGUFArgs, export_gguf
 
         dtype = args.dtype or "f16"
         if dtype not in GGUF_DTYPES:
@@ -44,7 +44,7 @@ def export_main(argv: list[str]) -> int:
                           " float16 or float32")
     args.dtype = args.dtype or "keep"
 
-    from launcher.inference.export import ExportArgs, export_run, exported_files
+    from launcher.export.hf import ExportArgs, export_run, exported_files
 
     out = export_run(args.run_dir, ExportArgs(out=args.out, max_shard_size=args.max_shard_size,
                                               checkpoint=args.checkpoint, dtype=args.dtype, force=args.force))

@@ -264,7 +264,7 @@ def export_gguf(source: Path, args: GGUFArgs) -> dict:
     """A run dir (final model, merged adapter, or --checkpoint) or an HF model folder -> one .gguf file."""
     source = Path(source)
     if (source / "config.yaml").is_file():
-        from launcher.models.trained import load_run_model
+        from launcher.inference.trained import load_run_model
 
         model, tokenizer, cfg, _ = load_run_model(source, checkpoint=args.checkpoint, merge=True)
         if hasattr(model, "merge_and_unload"):

@@ -22,7 +22,7 @@ from typing import Optional
 from launcher.errors import LauncherError
 from launcher.files import apply_umask
 from launcher.models.tokenizers import save_tokenizer
-from launcher.models.trained import adapter_info, check_run_dir, load_run_model, split_checkpoint_path
+from launcher.inference.trained import adapter_info, check_run_dir, load_run_model, split_checkpoint_path
 
 INFO_FILE = "export_info.json"
 
@@ -100,8 +100,8 @@ def export_run(run_dir: Path, args: ExportArgs) -> Path:
     if args.checkpoint:
         # Sharded checkpoints stream tensor by tensor (never the whole model in this process).
         from launcher.config.schema import load_run_config
-        from launcher.inference.stream_export import stream_export
-        from launcher.models.trained import resolve_checkpoint, run_tokenizer
+        from launcher.export.stream import stream_export
+        from launcher.inference.trained import resolve_checkpoint, run_tokenizer
 
         cfg = load_run_config(run_dir)
         checkpoint_dir = resolve_checkpoint(run_dir, args.checkpoint)

@@ -60,7 +60,7 @@ def train_main(argv: list[str]) -> int:
     argv = expand_llamafactory(argv)
     refuse_config_files([a for a in argv if not a.startswith("-")])
     if any(a in ("-m", "--multirun") for a in argv):
-        from launcher.sweep.launch import sweep_main
+        from launcher.launch.sweep_launch import sweep_main
 
         return sweep_main(argv)
     epilog = None
@@ -76,7 +76,7 @@ def train_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     from launcher.config.compose import REPO_ROOT, compose_config, default_run_name, uses_implicit_data_group
-    from launcher.rundir import (discard_unstarted_run, make_run_dir, snapshot_code, write_code_version,
+    from launcher.launch.rundir import (discard_unstarted_run, make_run_dir, snapshot_code, write_code_version,
                                  write_overrides, write_run_config)
 
     # Unknown keys and wrong types raise here; invalid values are listed by the preflight with its other findings.
@@ -86,7 +86,7 @@ def train_main(argv: list[str]) -> int:
         print("note: data.dataset_dir/data.datasets given without a data group: using data=custom (its own"
               " settings, not the default tasks' epochs, held-out set and exact-match check)", file=sys.stderr)
 
-    from launcher.preflight import run_preflight
+    from launcher.checks.preflight import run_preflight
 
     for warning in run_preflight(cfg):  # raises PreflightError before anything is written or queued
         print(f"warning: {warning}", file=sys.stderr)
@@ -100,16 +100,16 @@ def train_main(argv: list[str]) -> int:
         if cfg.cluster.kind == "slurm":
             from pathlib import Path
 
-            from launcher.slurm.submit import render_plan
+            from launcher.launch.slurm_submit import render_plan
 
             would_be = Path(cfg.run.output_root).resolve() / name / "<date>" / "<time>"
             print(render_plan(cfg, would_be))
         else:
-            from launcher.local import describe_local
+            from launcher.launch.local import describe_local
 
             print(describe_local(cfg))
-        from launcher.preflight import memory_summary
-        from launcher.preflight_model import describe_precision
+        from launcher.checks.memory import memory_summary
+        from launcher.checks.model import describe_precision
 
         print(f"# precision: {describe_precision(cfg)}")
         summary = memory_summary(cfg)
@@ -126,11 +126,11 @@ def train_main(argv: list[str]) -> int:
         snapshot_code(run_dir)  # the ranks run this copy, whatever the checkout holds when the job starts
         print(f"run dir: {run_dir}", flush=True)
         if cfg.cluster.kind == "local":
-            from launcher.local import run_local
+            from launcher.launch.local import run_local
 
             code = run_local(cfg, run_dir)
         else:
-            from launcher.slurm.submit import submit_run
+            from launcher.launch.slurm_submit import submit_run
 
             code = 0 if submit_run(cfg, run_dir).get("job_id") else 1
     finally:
@@ -198,7 +198,7 @@ def _lazy(module: str, function: str) -> Callable[[list[str]], int]:
 
 
 def bench_main(argv: list[str]) -> int:
-    from launcher.bench import bench_main as impl
+    from launcher.launch.bench import bench_main as impl
 
     return impl(argv)
 

@@ -100,7 +100,7 @@ def build_quantized_base(cfg: Config, attn_implementation: str, device: torch.de
     """QLoRA: the pretrained base loaded quantized by bitsandbytes onto this rank's GPU, prepared for training
     adapters on it (peft's prepare_model_for_kbit_training: norms and head in fp32, input gradients for
     checkpointing). Raises ConfigError in one line where bitsandbytes cannot run (no CUDA, not installed)."""
-    from launcher.preflight_resources import qlora_problem
+    from launcher.checks.resources import qlora_problem
 
     gpus = 1 if device.type == "cuda" else 0
     problem = qlora_problem(cfg, gpus, f"this rank runs on {device.type}")

@@ -3,7 +3,7 @@
 Preview = ``launcher train --dry-run``: compose (the schema's one-line message on a bad value), preflight
 (every problem on its own line), the sbatch script and per-node torchrun command or the local command, and
 the equivalent ``launcher train ...`` command. Submit = ``launcher train``: the same checks, then a run dir and
-``submit_run`` (SLURM, returns once queued) or a detached local process (``launcher.ui.local_job``). A sweep
+``submit_run`` (SLURM, returns once queued) or a detached local process (``launcher.launch.detached``). A sweep
 is ``launcher train -m``: ``launcher.sweep``'s plan, lay-out and job array.
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ def secret_values(overrides: Sequence[str]) -> dict:
     them) and of the secret environment variables this process has."""
     import os
 
-    from launcher.rundir import SECRET_ENV_VARS
+    from launcher.slurm.render import SECRET_ENV_VARS
 
     found = {}
     for item in overrides:
@@ -121,7 +121,7 @@ def _preview(overrides: Sequence[str], name: Optional[str] = None) -> Preview:
 
     from launcher.config.compose import compose_config, default_run_name
     from launcher.config.schema import config_to_dict
-    from launcher.preflight import run_preflight
+    from launcher.checks.preflight import run_preflight
 
     command = train_command(overrides, name)
     try:
@@ -139,12 +139,12 @@ def _preview(overrides: Sequence[str], name: Optional[str] = None) -> Preview:
         result.error = str(exc).splitlines()[0]
     try:
         if cfg.cluster.kind == "slurm":
-            from launcher.slurm.submit import render_plan
+            from launcher.launch.slurm_submit import render_plan
 
             would_be = Path(cfg.run.output_root).resolve() / run_name / "<date>" / "<time>"
             result.plan = render_plan(cfg, would_be)
         else:
-            from launcher.local import describe_local
+            from launcher.launch.local import describe_local
 
             result.plan = describe_local(cfg)
     except LauncherError as exc:
@@ -200,19 +200,19 @@ def submit(overrides: Sequence[str], name: Optional[str] = None) -> Submitted:
     if is_sweep(overrides):
         return submit_sweep(overrides, name)
     from launcher.config.compose import REPO_ROOT, compose_config, default_run_name
-    from launcher.preflight import run_preflight
-    from launcher.rundir import new_run
+    from launcher.checks.preflight import run_preflight
+    from launcher.launch.rundir import new_run
 
     cfg = compose_config(overrides)
     run_name = default_run_name(cfg, name)
     run_preflight(cfg)
     run_dir = new_run(cfg, run_name, overrides, REPO_ROOT)
     if cfg.cluster.kind == "slurm":
-        from launcher.slurm.submit import submit_run
+        from launcher.launch.slurm_submit import submit_run
 
         info = submit_run(cfg, run_dir, quiet=True)
         return Submitted(run_dir, Note("submitted_slurm", job_id=info["job_id"], run_dir=run_dir), str(info["job_id"]))
-    from launcher.ui.local_job import start_detached
+    from launcher.launch.detached import start_detached
 
     pid = start_detached(["--run-dir", str(run_dir)], run_dir)
     return Submitted(run_dir, Note("started_local", pid=pid, run_dir=run_dir))
@@ -223,7 +223,7 @@ def submit_sweep(overrides: list, name: Optional[str]) -> Submitted:
     another in one detached process (``launcher.sweep.run_local_sweep``)."""
     from launcher.config.compose import compose_config
     from launcher.sweep.expand import expand_grid
-    from launcher.sweep.launch import launch_sweep
+    from launcher.launch.sweep_launch import launch_sweep
     from launcher.sweep.plan import lay_out, plan_sweep
 
     stderr = io.StringIO()
@@ -236,7 +236,7 @@ def submit_sweep(overrides: list, name: Optional[str]) -> Submitted:
     with redirect_stderr(stderr):
         sweep_name, points, grid = plan_sweep(overrides, name)
     sweep_dir, _ = lay_out(sweep_name, points, grid, overrides)
-    from launcher.ui.local_job import start_detached
+    from launcher.launch.detached import start_detached
 
     pid = start_detached(["--sweep-dir", str(sweep_dir)], sweep_dir)
     return Submitted(sweep_dir, Note("started_local_sweep", points=len(points), pid=pid, sweep_dir=sweep_dir))

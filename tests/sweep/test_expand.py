@@ -12,7 +12,7 @@ from launcher.config.compose import conf_dir
 
 from launcher.errors import ConfigError, PreflightError
 from launcher.sweep.expand import expand_grid
-from launcher.sweep.launch import run_local_sweep, sweep_main
+from launcher.launch.sweep_launch import run_local_sweep, sweep_main
 from launcher.sweep.plan import LOCAL_LOG, LOCAL_RESULT, SweepPoint, check_points, group_by_shape, point_dir_name
 from launcher.sweep.report import _expand_task_ids, format_table, last_error_line, plot_sweep
 
@@ -110,7 +110,7 @@ def test_dry_run_prints_the_arrays_and_writes_nothing(output_root, capsys):
 
 def test_local_points_run_n_at_a_time(tmp_path, monkeypatch):
     """--parallel 2 overlaps two points; a failing point is recorded and does not stop the others."""
-    import launcher.sweep.launch as sweep
+    import launcher.launch.sweep_launch as sweep
 
     script = "import sys, time; t = time.time(); time.sleep(1.0); print(t, time.time()); sys.exit(int(sys.argv[1]))"
     monkeypatch.setattr(sweep, "local_command", lambda cfg, run_dir: [sys.executable, "-c", script,

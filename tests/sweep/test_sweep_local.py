@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from launcher.sweep.launch import sweep_main
+from launcher.launch.sweep_launch import sweep_main
 from launcher.sweep.plan import LOCAL_RESULT, SWEEP_FILE
 from launcher.sweep.report import report_main, sweep_rows
 

@@ -1,4 +1,4 @@
-"""Launch a planned sweep: on SLURM one job array per distinct resource shape
+"""Launch a planned sweep: lay out the sweep dir (a run dir per point, one code snapshot), then on SLURM one job array per distinct resource shape
 (``--array=0-N%cluster.array_parallelism``), returning as soon as queued (a dropped SSH session loses nothing);
 here, points one after another, or ``--parallel N`` at a time. ``sweep_main`` is ``launcher train -m``.
 """
@@ -8,6 +8,7 @@ import argparse
 import datetime as _dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,8 +16,43 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from launcher.config.schema import Config, recipe_module
-from launcher.sweep.plan import (LOCAL_LOG, LOCAL_RESULT, compact_indices, describe, group_by_shape, lay_out,
-                                 plan_sweep, write_sweep_file)
+from launcher.sweep.expand import Grid
+from launcher.sweep.plan import (LOCAL_LOG, LOCAL_RESULT, SWEEPS_SUBDIR, compact_indices, describe, group_by_shape,
+                                 plan_sweep, point_dir_name, write_sweep_file)
+
+
+# ------------------------------------------------------------------------------------------ lay-out
+
+
+def lay_out(sweep_name: str, points: list, grid: Grid, argv: Sequence[str]) -> tuple:
+    """Create the sweep dir and every point's run dir (config.yaml, overrides.txt, code version)."""
+    from launcher.config.compose import REPO_ROOT
+    from launcher.launch.rundir import make_run_dir, snapshot_code, write_code_version, write_overrides, write_run_config
+
+    root = Path(points[0].cfg.run.output_root)
+    sweep_dir = make_run_dir(root / SWEEPS_SUBDIR, sweep_name)
+    write_code_version(sweep_dir, REPO_ROOT)  # once: git is slow, and every point runs the same code
+    snapshot_code(sweep_dir)  # likewise: one copy of the code for all points (SWEEP_DIR/code)
+    code_files = [p for p in (sweep_dir / "code_version.txt", sweep_dir / "code.diff") if p.exists()]
+    for point in points:
+        point.run_dir = sweep_dir / point_dir_name(point.index, point.swept)
+        point.run_dir.mkdir()
+        write_run_config(point.run_dir, point.cfg)
+        write_overrides(point.run_dir, point.overrides)
+        for src in code_files:
+            shutil.copyfile(src, point.run_dir / src.name)
+    data = {
+        "name": sweep_name,
+        "created_at": _dt.datetime.now().isoformat(timespec="seconds"),
+        "sweep_dir": str(sweep_dir),
+        "cluster": points[0].cfg.cluster.kind,
+        "argv": list(argv),
+        "swept_keys": grid.swept_keys,
+        "arrays": [],
+        "points": [p.record(sweep_dir) for p in points],
+    }
+    write_sweep_file(sweep_dir, data)
+    return sweep_dir, data
 
 
 # ------------------------------------------------------------------------------------------ SLURM
@@ -24,7 +60,7 @@ from launcher.sweep.plan import (LOCAL_LOG, LOCAL_RESULT, compact_indices, descr
 
 def submit_sweep(sweep_dir: Path, data: dict, points: list, worker_module: Optional[str] = None) -> list:
     """One job array per resource shape; sweep.json is rewritten after each so it always says what is queued."""
-    from launcher.slurm.submit import submit_array
+    from launcher.launch.slurm_submit import submit_array
 
     from launcher.errors import LauncherError
 
@@ -72,7 +108,7 @@ def submit_sweep(sweep_dir: Path, data: dict, points: list, worker_module: Optio
 
 
 def local_command(cfg: Config, run_dir: Path) -> list:
-    from launcher.local import torchrun_command
+    from launcher.launch.local import torchrun_command
 
     if cfg.cluster.nproc_per_node == 1:
         return [sys.executable, "-m", recipe_module(cfg), "--run-dir", str(run_dir)]
@@ -98,9 +134,9 @@ def run_local_sweep(points: list, parallel: int = 1, poll_s: float = 0.5) -> int
 
 
 def _run_points(pending: list, running: dict, parallel: int, poll_s: float) -> int:
-    from launcher.local import omp_threads_per_rank
+    from launcher.launch.local import omp_threads_per_rank
     from launcher.paths import CODE_SNAPSHOT_DIR, REPO_ROOT
-    from launcher.rundir import child_env
+    from launcher.launch.rundir import child_env
 
     failed = 0
     while pending or running:

@@ -24,7 +24,7 @@ def bench_main(argv: list[str]) -> int:
 
     from launcher.config.compose import compose_config, default_run_name
     from launcher.errors import ConfigError
-    from launcher.rundir import make_run_dir, write_run_config
+    from launcher.launch.rundir import make_run_dir, write_run_config
 
     # What is measured is training: no evaluation before, during or after it (held-out loss, exact match, DPO's
     # probe pairs: run(evaluations=False)), and no final save. The overrides spare the setup their preparation.

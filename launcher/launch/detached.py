@@ -1,9 +1,9 @@
-"""A local run (or local sweep) started from the UI, in its own session, outliving the page and the UI.
+"""A local run (or local sweep) in its own session, outliving whoever started it (``launch_run(detach=True)``).
 
 ``launcher train cluster=local`` runs in the terminal that started it; the UI must return at once and may be
 restarted while the run trains, so it starts this module detached (a new session, no inherited pipes):
 
-    python -m launcher.launch.detached --run-dir RUN_DIR      one run: its ranks' command from launcher.sweep
+    python -m launcher.launch.detached --run-dir RUN_DIR      one run: its ranks' command from sweep_launch
     python -m launcher.launch.detached --sweep-dir SWEEP_DIR  every point, one after another (run_local_sweep)
 
 It leaves what the Runs tab reads: ``local_job.json`` (written by the starting UI: this process's pid and start

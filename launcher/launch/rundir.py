@@ -96,17 +96,6 @@ def snapshot_code(run_dir: Path, code_root: Path = CODE_ROOT, checkout: Path = R
     return dest
 
 
-def new_run(cfg: Config, name: str, overrides: Sequence[str], repo: Path) -> Path:
-    """A fresh run dir holding what a launch needs: resolved config, overrides as typed, code version and
-    the code snapshot the ranks run."""
-    run_dir = make_run_dir(cfg.run.output_root, name)
-    write_run_config(run_dir, cfg)
-    write_overrides(run_dir, overrides)
-    write_code_version(run_dir, repo)
-    snapshot_code(run_dir)
-    return run_dir
-
-
 def child_env(extra: Optional[dict] = None) -> dict:
     """Environment for processes we start: secrets pass through the environment, never through files."""
     env = dict(os.environ)

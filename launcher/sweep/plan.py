@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -304,14 +303,13 @@ def describe(sweep_name: str, points: list, grid: Grid) -> str:
 
 
 def plan_sweep(overrides: Sequence[str], name: Optional[str] = None, timings: Optional[dict] = None) -> tuple:
-    """Expand and check the whole sweep (nothing written). Returns (sweep name, points, grid)."""
+    """Expand and check the whole sweep (nothing written or printed). Returns (sweep name, points, grid); its
+    warnings are ``sweep_warnings(grid, points)``."""
     timings = timings if timings is not None else {}
     start = time.perf_counter()
     grid = expand_grid(overrides)
     timings["expand_s"] = time.perf_counter() - start
     sweep_name, points = check_points(grid, name, timings)
-    for warning in sweep_warnings(grid, points):
-        print(f"warning: {warning}", file=sys.stderr)
     return sweep_name, points, grid
 
 

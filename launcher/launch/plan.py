@@ -115,6 +115,11 @@ def plan_run(overrides: Sequence[str], name: Optional[str] = None, *, sweep: boo
         plan.would_run = describe_run(cfg, plan.name)
     except LauncherError as exc:
         plan.render_error = exc
+    except Exception:
+        # A value the preflight refused can break the rendering (a zero divisor, a negative size); the refusal
+        # has the line that matters. With a config that passed, such an error is a bug: raise.
+        if plan.refusal is None:
+            raise
     return plan
 
 

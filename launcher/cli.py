@@ -59,10 +59,6 @@ def expand_llamafactory(argv: list[str]) -> list[str]:
 def train_main(argv: list[str]) -> int:
     argv = expand_llamafactory(argv)
     refuse_config_files([a for a in argv if not a.startswith("-")])
-    if any(a in ("-m", "--multirun") for a in argv):
-        from launcher.sweep.launch import sweep_main
-
-        return sweep_main(argv)
     epilog = None
     if any(a in ("-h", "--help") for a in argv):
         from launcher.config.compose import config_groups_help
@@ -70,76 +66,27 @@ def train_main(argv: list[str]) -> int:
         epilog = config_groups_help()
     parser = argparse.ArgumentParser(prog="launcher train", add_help=True, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, key=value or group=option")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, key=value or group=option; with -m, a=1,2 or"
+                        " range(1,4) or choice(x,y) sweep")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and run the preflight; launch nothing")
-    parser.add_argument("--name", default=None, help="run name (default: <model>-<method>-<data>)")
+    parser.add_argument("--name", default=None, help="run or sweep name (default: <model>-<method>-<data>)")
+    parser.add_argument("-m", "--multirun", action="store_true",
+                        help="a grid sweep: every combination of the comma lists / range() / choice() / glob()")
+    parser.add_argument("--parallel", type=int, default=1, help="-m with cluster=local: points run at the same time")
     args = parser.parse_args(argv)
+    if args.parallel < 1:
+        parser.error("--parallel must be >= 1")
+    from launcher.launch.plan import dry_run_report, plan_run, print_messages
 
-    from launcher.config.compose import REPO_ROOT, compose_config, default_run_name, uses_implicit_data_group
-    from launcher.rundir import (discard_unstarted_run, make_run_dir, snapshot_code, write_code_version,
-                                 write_overrides, write_run_config)
-
-    # Unknown keys and wrong types raise here; invalid values are listed by the preflight with its other findings.
-    cfg = compose_config(args.overrides, check=False)
-    name = default_run_name(cfg, args.name)
-    if uses_implicit_data_group(args.overrides):
-        print("note: data.dataset_dir/data.datasets given without a data group: using data=custom (its own"
-              " settings, not the default tasks' epochs, held-out set and exact-match check)", file=sys.stderr)
-
-    from launcher.preflight import run_preflight
-
-    for warning in run_preflight(cfg):  # raises PreflightError before anything is written or queued
-        print(f"warning: {warning}", file=sys.stderr)
+    plan = plan_run(args.overrides, args.name, sweep=args.multirun, parallel=args.parallel)
+    print_messages(plan)
+    plan.raise_if_refused()  # before anything is written or queued
     if args.dry_run:
-        import yaml
-
-        from launcher.config.schema import config_to_dict
-
-        print("# resolved config")
-        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        if cfg.cluster.kind == "slurm":
-            from pathlib import Path
-
-            from launcher.slurm.submit import render_plan
-
-            would_be = Path(cfg.run.output_root).resolve() / name / "<date>" / "<time>"
-            print(render_plan(cfg, would_be))
-        else:
-            from launcher.local import describe_local
-
-            print(describe_local(cfg))
-        from launcher.preflight import memory_summary
-        from launcher.preflight_model import describe_precision
-
-        print(f"# precision: {describe_precision(cfg)}")
-        summary = memory_summary(cfg)
-        if summary:
-            print(summary)
-        print("# preflight passed; dry run: nothing was launched")
+        print(dry_run_report(plan))
         return 0
-    run_dir = make_run_dir(cfg.run.output_root, name)
-    code = 1
-    try:
-        write_run_config(run_dir, cfg)
-        write_overrides(run_dir, args.overrides)
-        write_code_version(run_dir, REPO_ROOT)
-        snapshot_code(run_dir)  # the ranks run this copy, whatever the checkout holds when the job starts
-        print(f"run dir: {run_dir}", flush=True)
-        if cfg.cluster.kind == "local":
-            from launcher.local import run_local
+    from launcher.launch.run import launch_run
 
-            code = run_local(cfg, run_dir)
-        else:
-            from launcher.slurm.submit import submit_run
-
-            code = 0 if submit_run(cfg, run_dir).get("job_id") else 1
-    finally:
-        # A launch that failed before training started (bad data found by a rank, sbatch refused the job)
-        # leaves nothing behind; a started run keeps its dir and logs, a queued one its dir.
-        if code != 0 and discard_unstarted_run(run_dir):
-            print(f"run dir removed: the launch failed before training started ({run_dir})", file=sys.stderr,
-                  flush=True)
-    return code
+    return launch_run(plan).rc
 
 
 LLAMAFACTORY_KEYS = ("model_name_or_path", "stage", "finetuning_type", "dataset", "do_train", "output_dir")
@@ -197,16 +144,10 @@ def _lazy(module: str, function: str) -> Callable[[list[str]], int]:
     return call
 
 
-def bench_main(argv: list[str]) -> int:
-    from launcher.bench import bench_main as impl
-
-    return impl(argv)
-
-
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": train_main,
     "data": data_main,
-    "bench": bench_main,
+    "bench": _lazy("launcher.launch.bench", "bench_main"),
     "plot": plot_main,
     "sweep": _lazy("launcher.sweep.report", "sweep_command_main"),
     "status": _lazy("launcher.slurm.jobs", "status_main"),

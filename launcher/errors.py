@@ -15,3 +15,7 @@ class DataError(LauncherError):
 
 class PreflightError(LauncherError):
     """A run that would fail after waiting in a queue; refused before submission."""
+
+
+class SubmitError(LauncherError):
+    """The scheduler did not take the job (sbatch refused it, or SLURM did not answer): its one-line reason."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from launcher.config.compose import compose_config
 from launcher.engines.distributed import init_distributed
-from launcher.rundir import make_run_dir, write_run_config
+from launcher.launch.rundir import make_run_dir, write_run_config
 
 
 def run_recipe(recipe_class, output_root: Path, overrides: list[str], name: str = "t"):

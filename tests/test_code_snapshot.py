@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 from launcher.config.compose import compose_config
-from launcher.local import snapshot_env
+from launcher.launch.local import snapshot_env
 from launcher.paths import CODE_ROOT, CODE_SNAPSHOT_DIR, REPO_ROOT, SNAPSHOT_SOURCE_FILE
-from launcher.rundir import SNAPSHOT_TREES, snapshot_code
+from launcher.launch.rundir import SNAPSHOT_TREES, snapshot_code
 from launcher.slurm.node import rank_pythonpath
 from launcher.slurm.render import render_sbatch
-from launcher.slurm.submit import render_plan
+from launcher.launch.slurm_submit import render_plan
 
 
 def fake_checkout(root: Path) -> Path:

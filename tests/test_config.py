@@ -7,7 +7,7 @@ from launcher.cli import main as cli_main
 from launcher.config.compose import compose_config, conf_dir
 from launcher.config.schema import Config, load_run_config, parse_config, config_to_dict
 from launcher.errors import ConfigError
-from launcher.rundir import make_run_dir, write_run_config
+from launcher.launch.rundir import make_run_dir, write_run_config
 
 
 def group_options():

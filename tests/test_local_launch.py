@@ -11,8 +11,8 @@ import pytest
 
 from launcher import __version__
 from launcher.cli import main as cli_main
-from launcher.local import omp_threads_per_rank, usable_cpus
-from launcher.rundir import discard_unstarted_run, make_run_dir
+from launcher.launch.local import omp_threads_per_rank, usable_cpus
+from launcher.launch.rundir import discard_unstarted_run, make_run_dir
 from launcher.engines import checkpoint as ckpt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

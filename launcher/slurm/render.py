@@ -12,9 +12,8 @@ from typing import Optional, Union
 from launcher.config.compose import default_run_name
 from launcher.config.schema import Config, recipe_module
 from launcher.errors import ConfigError
-from launcher.rundir import SECRET_ENV_VARS  # only ever passed through the environment, never written
-
-
+SECRET_ENV_VARS = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+"""Secrets a run may need: only ever passed through the environment, never written (``check_no_secrets``)."""
 
 SUBMITIT_DIR = "slurm"
 """Run dir subfolder for submitit's files: the pickled node launcher, per-node stdout/stderr (%j_%t_log.*)."""

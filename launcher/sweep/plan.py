@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime as _dt
 import json
 import os
 import re
-import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,7 +148,7 @@ def check_points(grid: Grid, name: Optional[str] = None, timings: Optional[dict]
     """
     from launcher.config.schema import parse_config
     from launcher.errors import LauncherError
-    from launcher.preflight import run_preflight
+    from launcher.checks.preflight import run_preflight
 
     timings = timings if timings is not None else {}
     points = [SweepPoint(index=i, overrides=list(o), swept=grid.swept_values(o)) for i, o in enumerate(grid.points)]
@@ -272,36 +269,6 @@ def write_sweep_file(sweep_dir: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def lay_out(sweep_name: str, points: list, grid: Grid, argv: Sequence[str]) -> tuple:
-    """Create the sweep dir and every point's run dir (config.yaml, overrides.txt, code version)."""
-    from launcher.config.compose import REPO_ROOT
-    from launcher.rundir import make_run_dir, snapshot_code, write_code_version, write_overrides, write_run_config
-
-    root = Path(points[0].cfg.run.output_root)
-    sweep_dir = make_run_dir(root / SWEEPS_SUBDIR, sweep_name)
-    write_code_version(sweep_dir, REPO_ROOT)  # once: git is slow, and every point runs the same code
-    snapshot_code(sweep_dir)  # likewise: one copy of the code for all points (SWEEP_DIR/code)
-    code_files = [p for p in (sweep_dir / "code_version.txt", sweep_dir / "code.diff") if p.exists()]
-    for point in points:
-        point.run_dir = sweep_dir / point_dir_name(point.index, point.swept)
-        point.run_dir.mkdir()
-        write_run_config(point.run_dir, point.cfg)
-        write_overrides(point.run_dir, point.overrides)
-        for src in code_files:
-            shutil.copyfile(src, point.run_dir / src.name)
-    data = {
-        "name": sweep_name,
-        "created_at": _dt.datetime.now().isoformat(timespec="seconds"),
-        "sweep_dir": str(sweep_dir),
-        "cluster": points[0].cfg.cluster.kind,
-        "argv": list(argv),
-        "swept_keys": grid.swept_keys,
-        "arrays": [],
-        "points": [p.record(sweep_dir) for p in points],
-    }
-    write_sweep_file(sweep_dir, data)
-    return sweep_dir, data
-
 
 # -------------------------------------------------------------------------------------------- entry
 
@@ -336,14 +303,13 @@ def describe(sweep_name: str, points: list, grid: Grid) -> str:
 
 
 def plan_sweep(overrides: Sequence[str], name: Optional[str] = None, timings: Optional[dict] = None) -> tuple:
-    """Expand and check the whole sweep (nothing written). Returns (sweep name, points, grid)."""
+    """Expand and check the whole sweep (nothing written or printed). Returns (sweep name, points, grid); its
+    warnings are ``sweep_warnings(grid, points)``."""
     timings = timings if timings is not None else {}
     start = time.perf_counter()
     grid = expand_grid(overrides)
     timings["expand_s"] = time.perf_counter() - start
     sweep_name, points = check_points(grid, name, timings)
-    for warning in sweep_warnings(grid, points):
-        print(f"warning: {warning}", file=sys.stderr)
     return sweep_name, points, grid
 
 

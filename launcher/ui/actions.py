@@ -1,17 +1,15 @@
-"""What the Compose tab's buttons do, as calls into the CLI's own functions (no Gradio here).
+"""What the Compose tab's buttons do, as calls into the launch path the CLI uses (no Gradio here).
 
-Preview = ``launcher train --dry-run``: compose (the schema's one-line message on a bad value), preflight
-(every problem on its own line), the sbatch script and per-node torchrun command or the local command, and
-the equivalent ``launcher train ...`` command. Submit = ``launcher train``: the same checks, then a run dir and
-``submit_run`` (SLURM, returns once queued) or a detached local process (``launcher.ui.local_job``). A sweep
-is ``launcher train -m``: ``launcher.sweep``'s plan, lay-out and job array.
+Preview = ``launcher train --dry-run``: ``launcher.launch.plan.plan_run`` (compose, preflight with every
+problem on its own line, the sbatch script and per-node torchrun command or the local command, or a sweep's
+points and arrays) plus the equivalent ``launcher train ...`` command. Submit = ``launcher train``:
+``launcher.launch.run.launch_run`` on the same plan, SLURM returning once queued, a local run or sweep
+started detached (``launcher.launch.detached``).
 """
 from __future__ import annotations
 
 import functools
-import io
 import threading
-from contextlib import redirect_stderr
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -72,7 +70,7 @@ def secret_values(overrides: Sequence[str]) -> dict:
     them) and of the secret environment variables this process has."""
     import os
 
-    from launcher.rundir import SECRET_ENV_VARS
+    from launcher.slurm.render import SECRET_ENV_VARS
 
     found = {}
     for item in overrides:
@@ -112,69 +110,33 @@ def preview(overrides: Sequence[str], name: Optional[str] = None) -> Preview:
 
 @one_at_a_time
 def _preview(overrides: Sequence[str], name: Optional[str] = None) -> Preview:
+    from launcher.launch.plan import plan_run
     from launcher.ui.form import train_command
 
     overrides = list(overrides)
-    if is_sweep(overrides):
-        return preview_sweep(overrides, name)
-    import yaml
-
-    from launcher.config.compose import compose_config, default_run_name
-    from launcher.config.schema import config_to_dict
-    from launcher.preflight import run_preflight
-
-    command = train_command(overrides, name)
+    sweep = is_sweep(overrides)
+    command = train_command(overrides, name, sweep=sweep)
     try:
-        cfg = compose_config(overrides)
-        run_name = default_run_name(cfg, name)
+        plan = plan_run(overrides, name, sweep=sweep)
     except LauncherError as exc:
-        return Preview(ok=False, error=str(exc), command=command)
-    result = Preview(ok=True, config_yaml=yaml.safe_dump(config_to_dict(cfg), sort_keys=False), command=command)
-    try:
-        warnings = run_preflight(cfg)
-        result.verdict = [Note("verdict_passed")] + [Note("verdict_warning", detail=w) for w in warnings]
-    except PreflightError as exc:
-        result.ok = False
-        result.verdict = preflight_lines(exc)
-        result.error = str(exc).splitlines()[0]
-    try:
-        if cfg.cluster.kind == "slurm":
-            from launcher.slurm.submit import render_plan
-
-            would_be = Path(cfg.run.output_root).resolve() / run_name / "<date>" / "<time>"
-            result.plan = render_plan(cfg, would_be)
-        else:
-            from launcher.local import describe_local
-
-            result.plan = describe_local(cfg)
-    except LauncherError as exc:
-        result.ok = False
-        result.error = result.error or str(exc)
-        result.verdict.append(str(exc))
-    return result
-
-
-def preview_sweep(overrides: list, name: Optional[str]) -> Preview:
-    """``launcher train -m ... --dry-run``: every point composed and preflighted, the arrays it would queue."""
-    from launcher.sweep.plan import describe, plan_sweep
-    from launcher.ui.form import train_command
-
-    command = train_command(overrides, name, sweep=True)
-    stderr = io.StringIO()
-    try:
-        with redirect_stderr(stderr):
-            sweep_name, points, grid = plan_sweep(overrides, name)
-    except LauncherError as exc:
+        if not sweep:
+            return Preview(ok=False, error=str(exc), command=command)
         lines = str(exc).splitlines()
         return Preview(ok=False, error=lines[0], verdict=[line.strip() for line in lines], command=command)
-    import yaml
-
-    from launcher.config.schema import config_to_dict
-
-    warnings = [line for line in stderr.getvalue().splitlines() if line.strip()]
-    return Preview(ok=True, config_yaml=yaml.safe_dump(config_to_dict(points[0].cfg), sort_keys=False),
-                   plan=describe(sweep_name, points, grid), verdict=[Note("verdict_passed_sweep")] + warnings,
-                   command=command)
+    result = Preview(ok=True, config_yaml=plan.config_yaml(), plan=plan.would_run, command=command)
+    if sweep:
+        result.verdict = [Note("verdict_passed_sweep")] + [f"warning: {w}" for w in plan.warnings]
+    elif plan.refusal is not None:
+        result.ok = False
+        result.verdict = preflight_lines(plan.refusal)
+        result.error = str(plan.refusal).splitlines()[0]
+    else:
+        result.verdict = [Note("verdict_passed")] + [Note("verdict_warning", detail=w) for w in plan.warnings]
+    if plan.render_error is not None:
+        result.ok = False
+        result.error = result.error or str(plan.render_error)
+        result.verdict.append(str(plan.render_error))
+    return result
 
 
 @dataclass
@@ -194,53 +156,25 @@ class Submitted:
 def submit(overrides: Sequence[str], name: Optional[str] = None) -> Submitted:
     """``launcher train [-m] OVERRIDES``: refuse before anything is written, else queue or start; return at once.
 
-    Raises LauncherError (ConfigError, PreflightError) with the message the CLI would print.
+    Raises LauncherError (ConfigError, PreflightError, SubmitError) with the message the CLI would print; a
+    submission SLURM refused leaves no run dir behind.
     """
+    from launcher.launch.plan import plan_run
+    from launcher.launch.run import launch_run
+
     overrides = list(overrides)
-    if is_sweep(overrides):
-        return submit_sweep(overrides, name)
-    from launcher.config.compose import REPO_ROOT, compose_config, default_run_name
-    from launcher.preflight import run_preflight
-    from launcher.rundir import new_run
-
-    cfg = compose_config(overrides)
-    run_name = default_run_name(cfg, name)
-    run_preflight(cfg)
-    run_dir = new_run(cfg, run_name, overrides, REPO_ROOT)
-    if cfg.cluster.kind == "slurm":
-        from launcher.slurm.submit import submit_run
-
-        info = submit_run(cfg, run_dir, quiet=True)
-        return Submitted(run_dir, Note("submitted_slurm", job_id=info["job_id"], run_dir=run_dir), str(info["job_id"]))
-    from launcher.ui.local_job import start_detached
-
-    pid = start_detached(["--run-dir", str(run_dir)], run_dir)
-    return Submitted(run_dir, Note("started_local", pid=pid, run_dir=run_dir))
-
-
-def submit_sweep(overrides: list, name: Optional[str]) -> Submitted:
-    """A grid: on SLURM one job array per resource shape (``launch_sweep``); here, the points one after
-    another in one detached process (``launcher.sweep.run_local_sweep``)."""
-    from launcher.config.compose import compose_config
-    from launcher.sweep.expand import expand_grid
-    from launcher.sweep.launch import launch_sweep
-    from launcher.sweep.plan import lay_out, plan_sweep
-
-    stderr = io.StringIO()
-    if compose_config(expand_grid(overrides).points[0]).cluster.kind == "slurm":
-        with redirect_stderr(stderr):
-            result = launch_sweep(overrides, name, quiet=True)
-        arrays = ", ".join(a["array_job_id"] for a in result["arrays"])
-        return Submitted(Path(result["sweep_dir"]), Note("submitted_sweep", points=len(result["points"]), arrays=arrays,
-                                                         sweep_dir=result["sweep_dir"]), arrays)
-    with redirect_stderr(stderr):
-        sweep_name, points, grid = plan_sweep(overrides, name)
-    sweep_dir, _ = lay_out(sweep_name, points, grid, overrides)
-    from launcher.ui.local_job import start_detached
-
-    pid = start_detached(["--sweep-dir", str(sweep_dir)], sweep_dir)
-    return Submitted(sweep_dir, Note("started_local_sweep", points=len(points), pid=pid, sweep_dir=sweep_dir))
-
+    plan = plan_run(overrides, name, sweep=is_sweep(overrides))
+    done = launch_run(plan, detach=True, quiet=True)
+    slurm = plan.cfg.cluster.kind == "slurm"
+    if plan.sweep is not None:
+        points = len(plan.sweep.points)
+        if slurm:
+            return Submitted(done.run_dir, Note("submitted_sweep", points=points, arrays=done.job_id.replace(",", ", "),
+                                                sweep_dir=done.run_dir), done.job_id.replace(",", ", "))
+        return Submitted(done.run_dir, Note("started_local_sweep", points=points, pid=done.pid, sweep_dir=done.run_dir))
+    if slurm:
+        return Submitted(done.run_dir, Note("submitted_slurm", job_id=done.job_id, run_dir=done.run_dir), done.job_id)
+    return Submitted(done.run_dir, Note("started_local", pid=done.pid, run_dir=done.run_dir))
 
 
 # ------------------------------------------------------------------------------------------ data preview

@@ -3,7 +3,7 @@
 A run dir is a folder with ``config.yaml`` at ``ROOT/<name>/<date>/<time>`` (``launcher train``) or
 ``ROOT/sweeps/<name>/<date>/<time>/<point>`` (a sweep's point). State:
 - SLURM runs (``slurm_job.json``): squeue/sacct, asked once for all jobs (``launcher.sweep.report.slurm_states``);
-- runs started by the UI here (``launcher.ui.local_job``): the job process, then ``local_result.json``;
+- runs started by the UI here (``launcher.launch.detached``): the job process, then ``local_result.json``;
 - other local runs (``launcher train cluster=local`` in a terminal): COMPLETED once ``summary.json`` exists.
 Step and loss come from the tail of ``metrics.jsonl``; ETA from the steps done so far and the time they took.
 
@@ -161,7 +161,7 @@ def _total_steps(cfg: dict, summary: Optional[dict], last_train: Optional[dict])
 
 def local_state(run_dir: Path, summary: Optional[dict]) -> str:
     from launcher.sweep.plan import LOCAL_LOG, LOCAL_RESULT
-    from launcher.ui.local_job import CANCEL_FILE, job_alive
+    from launcher.launch.detached import CANCEL_FILE, job_alive
 
     result = read_json(run_dir / LOCAL_RESULT)
     if result is not None:
@@ -297,7 +297,7 @@ def log_files(run_dir: Path) -> list:
 
 def mask_secrets(text: str) -> str:
     """Values of secret environment variables (W&B, HF tokens) replaced, should a log have printed one."""
-    from launcher.rundir import SECRET_ENV_VARS
+    from launcher.slurm.render import SECRET_ENV_VARS
 
     for name in SECRET_ENV_VARS:
         value = os.environ.get(name)
@@ -324,7 +324,7 @@ def cancel(run_dir: Path) -> Note:
 
     from launcher.slurm.jobs import JOB_FILE, cancel_main
     from launcher.ui.i18n import Note
-    from launcher.ui.local_job import stop
+    from launcher.launch.detached import stop
 
     run_dir = Path(run_dir)
     if (run_dir / JOB_FILE).exists():

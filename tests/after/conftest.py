@@ -6,7 +6,7 @@ import os
 import pytest
 
 from launcher.config.compose import compose_config
-from launcher.rundir import make_run_dir, write_run_config
+from launcher.launch.rundir import make_run_dir, write_run_config
 
 FAST = ["train.micro_batch_size=4", "train.log_every=1", "train.eval_every=0", "train.warmup_ratio=0",
         "data.max_samples=200", "train.eval_max_batches=1", "logger=none", "train.exact_match_samples=0"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from launcher.sweep.launch import launch_sweep  # noqa: E402
+from launcher.launch.sweep_launch import launch_sweep  # noqa: E402
 
 
 def main() -> int:

@@ -28,7 +28,7 @@ from tests.ui.conftest import CHROMIUM, CHROMIUM_ARGS, free_port, start_ui, wait
 
 def make_runs(root: Path, runs: int, steps: int) -> None:
     from launcher.config.compose import compose_config
-    from launcher.rundir import make_run_dir, write_run_config
+    from launcher.launch.rundir import make_run_dir, write_run_config
 
     cfg = compose_config([f"run.output_root={root}", f"train.max_steps={steps}"])
     for i in range(runs):

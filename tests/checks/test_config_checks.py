@@ -17,7 +17,7 @@ from launcher.config.ranges import RANGES
 from launcher.config.schema import Config
 from launcher.data.mixing import split_eval
 from launcher.errors import ConfigError, PreflightError
-from launcher.preflight import run_preflight
+from launcher.checks.preflight import run_preflight
 
 
 @pytest.fixture(autouse=True)

@@ -14,8 +14,8 @@ import pytest
 
 from launcher.config.compose import compose_config
 from launcher.errors import PreflightError
-from launcher.preflight import run_preflight
-from launcher.preflight_resources import gpus_in_gres, local_gpu_count, parse_sinfo, usable_cpus
+from launcher.checks.preflight import run_preflight
+from launcher.checks.resources import gpus_in_gres, local_gpu_count, parse_sinfo, usable_cpus
 
 
 @pytest.fixture(autouse=True)
@@ -176,7 +176,7 @@ def test_sinfo_figures_are_read():
 
 
 def test_partition_node_limit_is_named():
-    from launcher.preflight_resources import Partition, partition_problems
+    from launcher.checks.resources import Partition, partition_problems
 
     cfg = compose_config(["cluster=slurm_local", "cluster.nodes=2", "cluster.nproc_per_node=1"])
     small = Partition("short", nodes=8, cpus_per_node=4, mem_mb_per_node=16000, gpus_per_node=0, max_nodes=1)

@@ -101,7 +101,8 @@ def test_whole_file_check_finds_bad_rows_anywhere(tmp_path):
 
 def test_preflight_reads_the_whole_file(tmp_path):
     from launcher.config.schema import parse_config
-    from launcher.preflight import Problems, check_datasets
+    from launcher.checks.data import check_datasets
+    from launcher.checks.problems import Problems
 
     rows = _rows(2000)
     rows[1999] = {"instruction": "Q", "output": ""}

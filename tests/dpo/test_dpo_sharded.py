@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from launcher.config.compose import compose_config
-from launcher.rundir import make_run_dir, write_run_config
+from launcher.launch.rundir import make_run_dir, write_run_config
 from tests.dpo.helpers import SMALL_MODEL, run_dpo
 from tests.recipe_runs import records
 

@@ -6,7 +6,7 @@ import pytest
 
 from launcher.cli import main as cli_main
 from launcher.config.compose import compose_config
-from launcher.rundir import make_run_dir, write_run_config
+from launcher.launch.rundir import make_run_dir, write_run_config
 from launcher.engines.distributed import init_distributed
 from recipes.dpo import DPORecipe
 from tests.dpo.helpers import FAST, run_dpo

@@ -54,7 +54,7 @@ def check(model_dir: Path, workdir: Path, quantize: str = "4bit") -> dict:
     from launcher.engines.distributed import init_distributed
     from launcher.export.hf import ExportArgs, export_run
     from launcher.models.quantize import quantization_config
-    from launcher.rundir import make_run_dir, write_run_config
+    from launcher.launch.rundir import make_run_dir, write_run_config
     from launcher.config.compose import compose_config
     from recipes.sft import SFTRecipe
 

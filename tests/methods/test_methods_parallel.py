@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from launcher.config.compose import compose_config
-from launcher.rundir import make_run_dir, write_run_config
+from launcher.launch.rundir import make_run_dir, write_run_config
 from tests.kto.helpers import fast as kto_fast
 from tests.kto.helpers import write_feedback_data
 from tests.methods.test_pretrain import text_overrides, write_text_data

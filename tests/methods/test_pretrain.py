@@ -15,7 +15,7 @@ from launcher.engines.distributed import init_distributed
 from launcher.errors import ConfigError, DataError
 from launcher.inference.trained import load_trained_model
 from launcher.models.tokenizers import build_char_tokenizer
-from launcher.rundir import make_run_dir, write_run_config
+from launcher.launch.rundir import make_run_dir, write_run_config
 from recipes.pretrain import PretrainRecipe
 from tests.conftest import SHARED_DEMO
 
@@ -125,7 +125,7 @@ def test_llamafactory_text_demos(name, suffix):
 
 def test_dry_run_refuses_pretrain_on_instruction_data(tmp_path):
     from launcher.errors import PreflightError
-    from launcher.preflight import run_preflight
+    from launcher.checks.preflight import run_preflight
 
     folder, _ = write_text_data(tmp_path / "data")
     cfg = compose_config([*text_overrides(folder), "data.datasets=[tasks]"], check=False)

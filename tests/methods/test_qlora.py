@@ -110,7 +110,7 @@ def test_qlora_trains_on_gpu_and_the_adapter_reloads(tmp_path, tiny_hf_model):
 
 def test_memory_estimate_counts_the_quantized_base():
     """The preflight's GPU memory check must not refuse a QLoRA run for the full-precision base it never holds."""
-    from launcher.memory_estimate import ModelShape, estimate_memory_per_gpu
+    from launcher.checks.memory_estimate import ModelShape, estimate_memory_per_gpu
 
     shape = ModelShape(vocab=152064, hidden=3584, intermediate=18944, layers=28, heads=28, kv_heads=4, tied=False)
     common = ["model=hf", "model.name_or_path=/models/qwen2.5-7b", "method=lora", "cluster.gpus_per_node=1",

@@ -114,7 +114,7 @@ def run_load(root: Path, name: str, folder: Path, overrides: list[str],
     """Set up and train one step on NPROC gloo ranks; the run dir and each rank's measurements. ``checkpoint``:
     then write a checkpoint of that step (RUN_DIR/checkpoints/step-0000001)."""
     from launcher.config.compose import compose_config
-    from launcher.rundir import make_run_dir, write_run_config
+    from launcher.launch.rundir import make_run_dir, write_run_config
 
     cfg = compose_config([f"run.output_root={root}", "model=hf", f"model.name_or_path={folder}",
                           "model.tokenizer=builtin:chars", "train.max_steps=1", "train.micro_batch_size=2",

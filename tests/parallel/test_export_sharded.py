@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from launcher.config.compose import compose_config
-from launcher.rundir import make_run_dir, write_run_config
+from launcher.launch.rundir import make_run_dir, write_run_config
 from tests.parallel.test_parallel_train import COMMON, LOGITS_ATOL, LORA, NPROC, REPO_ROOT, WORKER
 
 STEPS = 2

@@ -43,7 +43,7 @@ def test_grad_scaler_is_chosen_for_fp16_only():
 
 
 def test_dry_run_names_the_precision_that_runs():
-    from launcher.preflight_model import describe_precision
+    from launcher.checks.model import describe_precision
 
     gpu = ["cluster=slurm_a100", "cluster.partition=null", "model.dtype=float16"]
     assert "loss scaling (DeepSpeed's fp16 mode)" in describe_precision(compose_config([*gpu, "parallelism=zero3"]))

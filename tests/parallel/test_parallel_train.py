@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from launcher.config.compose import compose_config
-from launcher.rundir import make_run_dir, write_run_config
+from launcher.launch.rundir import make_run_dir, write_run_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("worker.py")

@@ -10,7 +10,7 @@ import pytest
 from launcher.config.compose import compose_config
 from launcher.errors import ConfigError
 from launcher.engines.distributed import init_distributed
-from launcher.rundir import make_run_dir, write_run_config
+from launcher.launch.rundir import make_run_dir, write_run_config
 from launcher.engines import checkpoint as ckpt
 from recipes.sft import SFTRecipe
 from tests.resume.helpers import TINY, assert_same_weights, final_weights, raw_train_steps, train_losses

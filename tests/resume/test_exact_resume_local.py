@@ -15,7 +15,7 @@ import pytest
 
 from launcher.config.compose import compose_config
 from launcher.errors import ConfigError
-from launcher.rundir import make_run_dir, write_run_config
+from launcher.launch.rundir import make_run_dir, write_run_config
 from launcher.engines import checkpoint as ckpt
 from launcher.training import preemption
 from launcher.engines.distributed import init_distributed

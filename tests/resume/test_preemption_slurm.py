@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from launcher.config.compose import compose_config, default_run_name
-from launcher.rundir import make_run_dir, write_code_version, write_run_config
+from launcher.launch.rundir import make_run_dir, write_code_version, write_run_config
 from launcher.slurm.jobs import TERMINAL_STATES, job_state
 from launcher.slurm.node import REPO_ROOT
 from launcher.slurm.requeue import REQUEUE_FILE, requeue_history
-from launcher.slurm.submit import submit_run
+from launcher.launch.slurm_submit import submit_run
 from launcher.engines import checkpoint as ckpt
 from tests.resume.helpers import TINY, assert_same_weights, final_weights, raw_train_steps, train_losses
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 
 from launcher.config.compose import compose_config, default_run_name
-from launcher.preflight import run_preflight
-from launcher.rundir import make_run_dir, write_code_version, write_run_config
+from launcher.checks.preflight import run_preflight
+from launcher.launch.rundir import make_run_dir, write_code_version, write_run_config
 from launcher.slurm.jobs import TERMINAL_STATES, cancel_main, job_state, logs_main, status_main
 from launcher.slurm.node import REPO_ROOT
 from launcher.slurm.render import port_candidates, render_sbatch
-from launcher.slurm.submit import render_plan, submit_run
+from launcher.launch.slurm_submit import render_plan, submit_run
 
 SECRETS = {"WANDB_API_KEY": "wandb-secret-7f3a9c", "HF_TOKEN": "hf_secret_2b8d41"}
 

@@ -13,8 +13,8 @@ import pytest
 
 from launcher.config.compose import compose_config
 from launcher.errors import PreflightError
-from launcher.memory_estimate import ModelShape, estimate_memory_per_gpu
-from launcher.preflight import run_preflight
+from launcher.checks.memory_estimate import ModelShape, estimate_memory_per_gpu
+from launcher.checks.preflight import run_preflight
 
 LLAMA_8B = dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=14336, vocab_size=128256,
                 num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False, model_type="llama")
@@ -179,8 +179,8 @@ def test_70b_on_one_gpu_is_refused_with_a_suggestion_that_fits():
 
 
 def test_70b_on_8x8_h100_loads_under_zero3_and_fsdp_but_not_with_a_copy_per_rank():
-    from launcher.memory_estimate import estimate_load_memory
-    from launcher.preflight import memory_summary
+    from launcher.checks.memory_estimate import estimate_load_memory
+    from launcher.checks.memory import memory_summary
 
     for strategy in ("zero3", "fsdp"):
         cfg = compose_config([*H100_8X8, *LLAMA3_70B, f"parallelism={strategy}"])

@@ -13,7 +13,7 @@ from launcher.config.compose import compose_config
 from launcher.errors import ConfigError
 from launcher.slurm.head_node import HeadNodeError, parse_hostnames, parse_node_addr, resolve_head_node
 from launcher.slurm.render import format_command, port_for_job, render_sbatch, render_torchrun_command
-from launcher.slurm.submit import render_plan
+from launcher.launch.slurm_submit import render_plan
 
 GOLDEN = Path(__file__).parent / "golden"
 RUN_DIR = "/shared/runs/tiny-qwen2-sft_full-tasks/2026-01-01/00-00-00"
@@ -189,7 +189,7 @@ def test_container_keys_are_checked():
     with pytest.raises(ConfigError, match="cluster.container_mounts: only with cluster.container_image"):
         render_plan(mounts, RUN_DIR)
     from launcher.errors import PreflightError
-    from launcher.preflight import run_preflight
+    from launcher.checks.preflight import run_preflight
 
     local = compose_config(["cluster.container_image=img"])  # the key would be ignored: refused before the run
     with pytest.raises(PreflightError, match="cluster.container_image: containers are for cluster.kind=slurm"):

@@ -12,7 +12,8 @@ from launcher.config.compose import conf_dir
 
 from launcher.errors import ConfigError, PreflightError
 from launcher.sweep.expand import expand_grid
-from launcher.sweep.launch import run_local_sweep, sweep_main
+from launcher.cli import train_main
+from launcher.launch.sweep_launch import run_local_sweep
 from launcher.sweep.plan import LOCAL_LOG, LOCAL_RESULT, SweepPoint, check_points, group_by_shape, point_dir_name
 from launcher.sweep.report import _expand_task_ids, format_table, last_error_line, plot_sweep
 
@@ -71,7 +72,7 @@ def test_a_bad_point_refuses_the_whole_sweep_naming_its_overrides():
 
 def test_refused_sweep_writes_nothing(output_root):
     with pytest.raises(PreflightError, match=r"point 1 \(method.lora.r=-1\)"):
-        sweep_main(["-m", f"run.output_root={output_root}", "method=lora", "method.lora.r=8,-1"])
+        train_main(["-m", f"run.output_root={output_root}", "method=lora", "method.lora.r=8,-1"])
     assert list(output_root.iterdir()) == []
 
 
@@ -101,7 +102,7 @@ def test_point_dir_names():
 
 
 def test_dry_run_prints_the_arrays_and_writes_nothing(output_root, capsys):
-    rc = sweep_main(["-m", "--dry-run", f"run.output_root={output_root}", "cluster=slurm_local",
+    rc = train_main(["-m", "--dry-run", f"run.output_root={output_root}", "cluster=slurm_local",
                      "cluster.array_parallelism=2", "method=lora", "method.lr=1e-3,3e-3", "method.lora.r=4,8,16"])
     out = capsys.readouterr().out
     assert rc == 0 and "6 point(s)" in out and "job array of 6 tasks (points 0-5): --array=0-5%2" in out
@@ -110,7 +111,7 @@ def test_dry_run_prints_the_arrays_and_writes_nothing(output_root, capsys):
 
 def test_local_points_run_n_at_a_time(tmp_path, monkeypatch):
     """--parallel 2 overlaps two points; a failing point is recorded and does not stop the others."""
-    import launcher.sweep.launch as sweep
+    import launcher.launch.sweep_launch as sweep
 
     script = "import sys, time; t = time.time(); time.sleep(1.0); print(t, time.time()); sys.exit(int(sys.argv[1]))"
     monkeypatch.setattr(sweep, "local_command", lambda cfg, run_dir: [sys.executable, "-c", script,

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 
-from launcher.sweep.launch import sweep_main
+from launcher.cli import train_main
 from launcher.sweep.plan import LOCAL_RESULT, SWEEP_FILE
 from launcher.sweep.report import report_main, sweep_rows
 
 
 def test_local_sequential_sweep_of_two_points(output_root, capsys):
-    rc = sweep_main(["-m", f"run.output_root={output_root}", "train.exact_match_samples=0", "method=lora", "method.lora.r=4,8", "train.max_steps=3",
+    rc = train_main(["-m", f"run.output_root={output_root}", "train.exact_match_samples=0", "method=lora", "method.lora.r=4,8", "train.max_steps=3",
                      "train.log_every=1", "train.eval_every=0", "data.max_samples=64", "train.eval_max_batches=1",
                      "--name", "local-r"])
     out = capsys.readouterr().out

@@ -16,7 +16,7 @@ import pytest
 
 from launcher.errors import PreflightError
 from launcher.slurm.jobs import TERMINAL_STATES
-from launcher.sweep.launch import launch_sweep
+from launcher.launch.sweep_launch import launch_sweep
 from launcher.sweep.plan import SWEEP_FILE
 from launcher.sweep.report import report_main, sweep_rows
 

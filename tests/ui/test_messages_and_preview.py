@@ -142,7 +142,7 @@ def test_uploaded_image_is_kept_under_the_run_dir_and_a_non_image_refused(tmp_pa
 
 def test_a_text_run_does_not_see_images(tmp_path):
     from launcher.config.compose import compose_config
-    from launcher.rundir import make_run_dir, write_run_config
+    from launcher.launch.rundir import make_run_dir, write_run_config
     from launcher.ui.after import run_sees_images
 
     run_dir = make_run_dir(tmp_path, "text")

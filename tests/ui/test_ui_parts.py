@@ -16,7 +16,7 @@ import pytest
 
 from launcher.config.compose import compose_config
 from launcher.errors import ConfigError, LauncherError
-from launcher.rundir import make_run_dir, write_run_config
+from launcher.launch.rundir import make_run_dir, write_run_config
 from launcher.ui import form, runs
 from launcher.ui.i18n import LABELS, LANGUAGES, required_keys, translations
 from tests.ui.conftest import REPO_ROOT, free_port, start_ui, wait_for_page
@@ -229,6 +229,6 @@ def test_local_run_started_from_the_ui_completes_and_cancels(tmp_path):
         assert stopped.state == "CANCELLED"
         assert "nothing to cancel" in str(runs.cancel(running.path))
     finally:
-        from launcher.ui.local_job import stop
+        from launcher.launch.detached import stop
 
         stop(long.run_dir)  # never leave a detached run training after a failed assertion

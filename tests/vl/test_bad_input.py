@@ -6,7 +6,8 @@ import pytest
 
 from launcher.data import build_datasets
 from launcher.errors import DataError
-from launcher.preflight import Problems, check_datasets
+from launcher.checks.data import check_datasets
+from launcher.checks.problems import Problems
 from tests.vl.helpers import tokenizer_for, vl_config, write_images
 
 ENTRY = {"formatting": "sharegpt", "columns": {"messages": "messages", "images": "images", "videos": "videos"},

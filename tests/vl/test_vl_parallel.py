@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from launcher.config.compose import compose_config
-from launcher.rundir import make_run_dir, write_run_config
+from launcher.launch.rundir import make_run_dir, write_run_config
 from tests.vl.helpers import write_images
 
 REPO = Path(__file__).resolve().parents[2]

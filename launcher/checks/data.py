@@ -1,21 +1,109 @@
-"""Preflight checks of the data *choices*: is each dataset the kind the method trains on, and does it carry
-columns the run would silently not use (or use as something else)?
+"""Checks of the data: the datasets exist and their rows parse (images included), each is the kind the method
+trains on, and none carries columns the run would silently not use (or use as something else).
 
-Rows themselves are checked by the dataset check (launcher.preflight.check_datasets); these read only
-``dataset_info.json`` and, for media, the model's config.
+The row check reads every row (``launcher.data.validate``) and the first ``IMAGE_FILE_ROWS`` rows' image
+headers; the choice checks read only ``dataset_info.json`` and, for media, the model's config.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
+from launcher.checks.problems import Problems
 from launcher.config.schema import Config
 from launcher.errors import LauncherError
+from launcher.paths import REPO_ROOT
 
 MEDIA_COLUMNS = ("images", "videos", "audios")
 # Keys of a model config that mean it has encoders for media (Qwen2-VL, LLaVA, Qwen2-Audio, ...).
 MEDIA_CONFIG_KEYS = ("vision_config", "audio_config", "vision_tower", "mm_vision_tower", "visual")
+
+
+# ------------------------------------------------------------------------------------- the rows
+
+
+def check_datasets(problems: Problems, cfg: Config) -> None:
+    from launcher.data.readers import hub_reachable
+    from launcher.data.registry import load_registry
+    from launcher.data.validate import check_dataset
+
+    from launcher.data import resolve_dataset_dir
+
+    dataset_dir = resolve_dataset_dir(cfg.data)
+    specs = load_registry(dataset_dir)
+    media = media_checker(cfg)
+    for key, entries in (("data.datasets", cfg.data.datasets), ("data.eval_datasets", cfg.data.eval_datasets)):
+        for entry in entries:
+            name = entry.name if hasattr(entry, "name") else str(entry)
+            if name not in specs:
+                problems.errors.append(
+                    f"{key}: unknown dataset '{name}' in {dataset_dir}/dataset_info.json;"
+                    f" datasets there: {', '.join(sorted(specs)) or '(none)'}"
+                )
+                continue
+            spec = specs[name]
+            if not spec.file_name:
+                if spec.hf_hub_url and not hub_reachable():
+                    problems.errors.append(
+                        f"{key}: dataset '{name}' comes from the hub ({spec.hf_hub_url}), which is not reachable"
+                        " from here; download it and set file_name in dataset_info.json"
+                    )
+                elif spec.hf_hub_url:
+                    problems.warnings.append(f"{key}: dataset '{name}' comes from the hub; its rows are not checked")
+                    continue
+                else:
+                    problems.errors.append(
+                        f"{key}: dataset '{name}' has no file_name in dataset_info.json; only local files and"
+                        " hf_hub_url are supported"
+                    )
+                continue
+            path = spec.source()
+            if not path.exists():
+                problems.errors.append(
+                    f"{key}: dataset '{name}': file {path} not found; fix file_name in {dataset_dir}/dataset_info.json"
+                )
+                continue
+            check = check_dataset(spec, media=media)
+            if not check.bad:
+                continue
+            if cfg.data.lenient and check.rows > check.bad:
+                problems.warnings.append(f"{key}: data.lenient=true skips {check.bad} of {check.rows} rows;"
+                                         f" {check.summary(name)}")
+            else:
+                problems.errors.append(f"{key}: {check.summary(name)}")
+
+
+def media_checker(cfg: Config) -> Callable:
+    """check(sample, where) for a row's images: the model takes them and the template has an image slot (every
+    row); the files are images none of which resizes to more tokens than data.cutoff_len (the image files of
+    the first ``IMAGE_FILE_ROWS`` rows with images: a header read each, so a million-image set stays seconds)."""
+    from launcher.data.templates import IMAGE_TEMPLATES
+    from launcher.data.vision import VisionData, check_media, sample_grids
+    from launcher.models.vision import build_image_processor, vision_info
+
+    info = vision_info(cfg.model)
+    template = cfg.data.template
+    image_slot = template in (None, "auto") or template in IMAGE_TEMPLATES
+    vision, opened = None, [0]
+
+    def check(sample: dict, where: str) -> None:
+        nonlocal vision
+        check_media(sample, template, image_slot, info is not None, cfg.model.name_or_path or cfg.model.name, where)
+        if sample.get("images") and opened[0] < IMAGE_FILE_ROWS:
+            opened[0] += 1
+            if vision is None:
+                vision = VisionData(build_image_processor(info), cfg.data.image_max_pixels, cfg.data.image_min_pixels)
+            sample_grids(sample, vision, cfg.data.cutoff_len, where)
+
+    return check
+
+
+IMAGE_FILE_ROWS = 1000
+"""Rows whose image files the dry run opens (the rest are opened while the data is built)."""
+
+
+# ------------------------------------------------------------------------------------- the choices
 
 
 def used_specs(cfg: Config, dataset_dir: Path):
@@ -38,7 +126,7 @@ def used_specs(cfg: Config, dataset_dir: Path):
 
 def model_has_media_encoders(cfg: Config) -> Optional[bool]:
     """Whether the model takes images/videos/audio; None when its config is not readable from here."""
-    from launcher.preflight_model import model_folder
+    from launcher.checks.model import model_folder
 
     m = cfg.model
     if m.name_or_path is None:

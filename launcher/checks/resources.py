@@ -1,5 +1,7 @@
-"""Preflight checks of what a run asks for against what there is: CPUs and GPUs here, the SLURM partition's
-nodes, CPUs, memory and GPUs, the packages its engine needs, and the checkpoint it resumes from.
+"""Checks of the cluster settings and of what a run asks for against what there is: the cluster section is
+coherent (launch pattern, signal vs time limit, secrets only in the environment, container), CPUs and GPUs
+here, the SLURM partition's nodes, CPUs, memory and GPUs, the packages its engine needs, the checkpoint it
+resumes from, and a writable output root. Memory per GPU and per node: ``launcher.checks.memory``.
 
 Each ``check_*`` takes (problems, cfg) and adds one line per problem, naming the key and what to do.
 """
@@ -10,10 +12,12 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from launcher.checks.problems import Problems
 from launcher.config.schema import Config
 from launcher.engines.checkpoint_layout import COMPLETE, META_FILE, complete_checkpoints
 from launcher.errors import ConfigError
@@ -25,6 +29,37 @@ ENGINE_PACKAGES = {"deepspeed": ("deepspeed", "deepspeed (pip install -e '.[deep
 LOGGER_PACKAGES = {"wandb": ("wandb", "wandb")}
 SINFO_FORMAT = "%R %D %c %m %G"
 RESUME_WORDS = ("auto", "never")
+
+
+# ------------------------------------------------------------------------------------- cluster settings
+
+
+def check_cluster(problems: Problems, cfg: Config) -> None:
+    c, p = cfg.cluster, cfg.parallelism
+    from launcher.slurm.render import check_container, check_no_secrets, check_sbatch_extra
+
+    check_no_secrets(cfg, dict(os.environ))
+    check_container(cfg)
+    if c.gpus_per_node > 0 and c.nproc_per_node != c.gpus_per_node:
+        problems.errors.append(
+            f"cluster.nproc_per_node: {c.nproc_per_node} processes on nodes with {c.gpus_per_node} GPUs; one torchrun"
+            f" per node starts one rank per GPU: set cluster.nproc_per_node={c.gpus_per_node}"
+        )
+    if p.backend == "nccl" and c.gpus_per_node == 0:
+        problems.errors.append(
+            "parallelism.backend: nccl needs GPUs but cluster.gpus_per_node=0; use parallelism.backend=gloo (or auto)"
+        )
+    if c.gpus_per_node > 0 and c.gpu_memory_gb is None:
+        problems.warnings.append("cluster.gpu_memory_gb is not set: the memory fit check is skipped")
+    if c.kind != "slurm":
+        return
+    check_sbatch_extra(cfg)
+    # (value ranges: launcher.config.ranges; the partition's limits: check_slurm_resources below)
+    if c.time_min >= 1 and c.signal_delay_s >= c.time_min * 60:
+        problems.errors.append(
+            f"cluster.signal_delay_s: {c.signal_delay_s} s is not shorter than the time limit"
+            f" (cluster.time_min={c.time_min} min); lower it or raise cluster.time_min"
+        )
 
 
 # ------------------------------------------------------------------------------------- this host
@@ -249,3 +284,19 @@ def check_resume(problems, cfg: Config) -> None:
             " are laid out per rank, so resume with the same world, or start fresh with run.resume=never (or"
             " `launcher export` the checkpoint and train from it as model.name_or_path)"
         )
+
+
+# ------------------------------------------------------------------------------------- output
+
+
+def check_output_root(problems: Problems, cfg: Config) -> None:
+    root = Path(cfg.run.output_root)
+    root = root if root.is_absolute() else Path.cwd() / root
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".preflight-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"run.output_root: {root} is not writable ({exc.strerror}); point run.output_root at a writable folder"
+        ) from None

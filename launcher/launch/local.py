@@ -18,7 +18,7 @@ from typing import Optional
 
 from launcher.config.schema import Config, recipe_module
 from launcher.paths import CODE_SNAPSHOT_DIR
-from launcher.rundir import child_env
+from launcher.launch.rundir import child_env
 
 
 def torchrun_command(cfg: Config, run_dir: Path) -> list[str]:

@@ -1,5 +1,6 @@
-"""Preflight checks of the model: where its files are, whether its weights are whole, whether the LoRA
-targets exist in it, and what dtype the run will really compute in.
+"""Checks of the model and its tokenizer: where the model's files are, whether its config is readable and its
+weights whole, whether a hub model is reachable, whether the LoRA targets and frozen modules exist in it, what
+dtype the run will really compute in, and whether the tokenizer has a chat template (or data.template names one).
 
 Cheap first: a random-init model is checked without importing torch or transformers; the LoRA target check
 builds the model on the meta device (no memory, no weights read), and only when the targets are a list.
@@ -12,7 +13,9 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from launcher.checks.problems import Problems
 from launcher.config.schema import Config
+from launcher.data.templates import NAMED_TEMPLATES as KNOWN_TEMPLATES
 from launcher.errors import ConfigError
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
@@ -79,6 +82,113 @@ def check_hub_model(problems, cfg: Config) -> None:
         f"model.name_or_path: '{source}' is not in the local HF cache; every node will download it"
         f" (pre-fetch with `huggingface-cli download {source}`); memory check skipped"
     )
+
+
+BUILTIN_TOKENIZERS = ("builtin:chars", "builtin:qwen")  # both carry a chat template
+# Vocab sizes of the builtin tokenizers, for the memory estimate of random-init models.
+BUILTIN_VOCAB = {"builtin:chars": 512, "builtin:qwen": 151_669}
+
+
+# ------------------------------------------------------------------------------------- config
+
+
+def check_random_init_arch(arch: str) -> None:
+    """model.arch names a transformers model_type, checked by its folder in the installed transformers (importing
+    transformers' configs pulls in torch: seconds a text dry run need not spend)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("transformers")
+    known = spec is not None and spec.origin and (Path(spec.origin).parent / "models" / arch.replace("-", "_")).is_dir()
+    if not known:
+        raise ConfigError(f"model.arch: '{arch}' is not a transformers model_type (e.g. qwen2, llama, mistral)")
+
+
+def read_model_config(cfg: Config, problems: Optional[Problems] = None) -> Optional[dict]:
+    """The HF config dict of the model (random init: arch defaults + overrides); None when unknown."""
+    m = cfg.model
+    if m.name_or_path is None:
+        check_random_init_arch(m.arch)
+        from transformers import CONFIG_MAPPING
+
+        if m.arch not in CONFIG_MAPPING:
+            raise ConfigError(f"model.arch: '{m.arch}' is not a transformers model_type (e.g. qwen2, llama, mistral)")
+        data = CONFIG_MAPPING[m.arch]().to_dict()
+        data.update(m.config)
+        if "vocab_size" not in m.config and m.tokenizer in BUILTIN_VOCAB:
+            data["vocab_size"] = BUILTIN_VOCAB[m.tokenizer]
+        return data
+    source = os.path.expanduser(m.name_or_path)
+    if looks_like_path(m.name_or_path):
+        config_file = Path(source) / "config.json"
+        if not Path(source).is_dir():
+            raise ConfigError(f"model.name_or_path: folder {source} does not exist; point it at a HF model folder")
+        if not config_file.is_file():
+            raise ConfigError(f"model.name_or_path: {source} has no config.json; is it a HF model folder?")
+        try:
+            return json.loads(config_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"model.name_or_path: {config_file} is unreadable ({exc}); fix or re-download it")
+    cached = hub_cached_file(m.name_or_path, "config.json")
+    if cached:
+        return json.loads(Path(cached).read_text())
+    return None  # check_hub_model says why (offline: an error; else a warning)
+
+
+def check_model(problems: Problems, cfg: Config) -> None:
+    if cfg.model.name_or_path is None:
+        check_random_init_arch(cfg.model.arch)  # its defaults are read only by the memory check
+        return
+    read_model_config(cfg, problems)
+
+
+# ------------------------------------------------------------------------------------- tokenizer
+
+
+def _has_chat_template(folder: Path) -> bool:
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            return bool(json.loads(config.read_text()).get("chat_template"))
+        except (OSError, json.JSONDecodeError):
+            return False
+    return False
+
+
+def check_tokenizer(problems: Problems, cfg: Config) -> None:
+    m, d = cfg.model, cfg.data
+    template = None if d.template in (None, "auto") else d.template
+    if template is not None and template not in KNOWN_TEMPLATES:
+        raise ConfigError(f"data.template: '{d.template}' is not a known template; use one of {', '.join(KNOWN_TEMPLATES)}")
+    source = m.tokenizer or m.name_or_path
+    if source is None:
+        raise ConfigError("model.tokenizer: a random-init model needs a tokenizer (builtin:chars, builtin:qwen, or a path)")
+    if source in BUILTIN_TOKENIZERS:
+        return
+    folder: Optional[Path] = None
+    if looks_like_path(source):
+        folder = Path(os.path.expanduser(source))
+        if not folder.is_dir():
+            raise ConfigError(f"model.tokenizer: folder {folder} does not exist")
+        if not ((folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()
+                or (folder / "vocab.json").is_file() or (folder / "tokenizer.model").is_file()):
+            raise ConfigError(f"model.tokenizer: {folder} has no tokenizer files (tokenizer.json, tokenizer_config.json)")
+        has_template = _has_chat_template(folder)
+    else:
+        cached = hub_cached_file(source, "tokenizer_config.json")
+        if cached is None:
+            reason = hub_offline_reason() if source != m.name_or_path else None  # the model's: check_hub_model
+            if reason:
+                raise ConfigError(f"model.tokenizer: '{source}' is not in the local HF cache and the hub cannot be"
+                                  f" reached ({reason}); download it, or point model.tokenizer at a local folder")
+            return
+        has_template = _has_chat_template(Path(cached).parent)
+    if not has_template and template is None:
+        raise ConfigError(
+            f"data.template: tokenizer {source} has no chat template; name one with data.template="
+            f" ({', '.join(KNOWN_TEMPLATES)})"
+        )
 
 
 # ------------------------------------------------------------------------------------- weights
@@ -234,7 +344,7 @@ def check_dtype(problems, cfg: Config) -> None:
     if dtype not in ("float16", "bfloat16"):
         return
     if c.kind == "local":
-        from launcher.preflight_resources import local_gpu_count
+        from launcher.checks.resources import local_gpu_count
 
         on_gpu, where = local_gpu_count() > 0, "this machine has no GPU"
     else:
@@ -250,7 +360,7 @@ def describe_precision(cfg: Config) -> str:
     """What the run will really compute in, for the dry run (launcher.engines.precision decides on the ranks)."""
     dtype, c = cfg.model.dtype, cfg.cluster
     if c.kind == "local":
-        from launcher.preflight_resources import local_gpu_count
+        from launcher.checks.resources import local_gpu_count
 
         on_gpu = local_gpu_count() > 0
     else:

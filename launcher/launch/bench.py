@@ -22,27 +22,27 @@ def bench_main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default: RUN_DIR/bench.json)")
     args = parser.parse_args(argv)
 
-    from launcher.config.compose import compose_config, default_run_name
+    import dataclasses
+
     from launcher.errors import ConfigError
-    from launcher.rundir import make_run_dir, write_run_config
+    from launcher.launch.plan import plan_run
+    from launcher.launch.run import launch_run
 
     # What is measured is training: no evaluation before, during or after it (held-out loss, exact match, DPO's
-    # probe pairs: run(evaluations=False)), and no final save. The overrides spare the setup their preparation.
+    # probe pairs: launch_run(bench=True)), and no final save. The overrides spare the setup their preparation.
     overrides = list(args.overrides) + ["train.save_model=false", "train.exact_match_samples=0",
                                         "train.eval_every=0", "method.dpo.probe_pairs=0"]
     if args.steps:
         overrides.append(f"train.max_steps={args.steps}")
-    cfg = compose_config(overrides)
+    # No preflight: the start-up is timed from the command, and nothing here waits in a queue to be refused.
+    plan = plan_run(overrides, preflight=False)
+    cfg = plan.cfg
     if cfg.train.max_steps < 2:
         raise ConfigError("train.max_steps: a benchmark needs at least 2 steps (--steps N)")
     if cfg.cluster.nproc_per_node != 1 or cfg.cluster.kind != "local":
         raise ConfigError("cluster: launcher bench measures one local process; use cluster=local cluster.nproc_per_node=1")
-    run_dir = make_run_dir(cfg.run.output_root, "bench-" + default_run_name(cfg))
-    write_run_config(run_dir, cfg)
-
-    from launcher.training.entry import run_in_process
-
-    summary = run_in_process(run_dir, evaluations=False)
+    launched = launch_run(dataclasses.replace(plan, name="bench-" + plan.name), bench=True, quiet=True)
+    summary, run_dir = launched.summary, launched.run_dir
     report = bench_report(summary, run_dir)
     out = args.out or run_dir / "bench.json"
     out.write_text(json.dumps(report, indent=1) + "\n")

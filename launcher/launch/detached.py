@@ -1,10 +1,10 @@
-"""A local run (or local sweep) started from the UI, in its own session, outliving the page and the UI.
+"""A local run (or local sweep) in its own session, outliving whoever started it (``launch_run(detach=True)``).
 
 ``launcher train cluster=local`` runs in the terminal that started it; the UI must return at once and may be
 restarted while the run trains, so it starts this module detached (a new session, no inherited pipes):
 
-    python -m launcher.ui.local_job --run-dir RUN_DIR      one run: its ranks' command from launcher.sweep
-    python -m launcher.ui.local_job --sweep-dir SWEEP_DIR  every point, one after another (run_local_sweep)
+    python -m launcher.launch.detached --run-dir RUN_DIR      one run: its ranks' command from sweep_launch
+    python -m launcher.launch.detached --sweep-dir SWEEP_DIR  every point, one after another (run_local_sweep)
 
 It leaves what the Runs tab reads: ``local_job.json`` (written by the starting UI: this process's pid and start
 time, so a recycled pid is never taken for it), the run's output in ``run.log`` and, at the end, ``local_result.json`` (return code), the
@@ -33,12 +33,12 @@ CANCEL_FILE = "local_cancelled.json"
 def start_detached(args: list, folder: Path) -> int:
     """Start this module with ``args`` in a new session; its early output goes to FOLDER/local_job.log."""
     from launcher.config.compose import REPO_ROOT
-    from launcher.rundir import child_env
+    from launcher.launch.rundir import child_env
 
     env = child_env()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     with open(Path(folder) / "local_job.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "launcher.ui.local_job", *args], cwd=str(REPO_ROOT),
+        proc = subprocess.Popen([sys.executable, "-m", "launcher.launch.detached", *args], cwd=str(REPO_ROOT),
                                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     write_job_file(Path(folder), proc.pid)  # here, not in the child: the run shows as running at once
@@ -95,7 +95,7 @@ def stop(folder: Path) -> bool:
 
 def run_one(run_dir: Path) -> int:
     from launcher.config.schema import load_run_config
-    from launcher.sweep.launch import run_local_sweep
+    from launcher.launch.sweep_launch import run_local_sweep
     from launcher.sweep.plan import LOCAL_LOG, LOCAL_RESULT, SweepPoint
 
     point = SweepPoint(index=0, overrides=[], swept={}, cfg=load_run_config(run_dir), run_dir=run_dir)
@@ -106,7 +106,7 @@ def run_one(run_dir: Path) -> int:
 
 def run_sweep(sweep_dir: Path) -> int:
     from launcher.config.schema import load_run_config
-    from launcher.sweep.launch import run_local_sweep
+    from launcher.launch.sweep_launch import run_local_sweep
     from launcher.sweep.plan import SWEEP_FILE, SweepPoint
 
     data = json.loads((sweep_dir / SWEEP_FILE).read_text())
@@ -119,7 +119,7 @@ def run_sweep(sweep_dir: Path) -> int:
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m launcher.ui.local_job")
+    parser = argparse.ArgumentParser(prog="python -m launcher.launch.detached")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--run-dir", type=Path)
     target.add_argument("--sweep-dir", type=Path)

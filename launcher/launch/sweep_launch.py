@@ -1,13 +1,14 @@
-"""Launch a planned sweep: on SLURM one job array per distinct resource shape
-(``--array=0-N%cluster.array_parallelism``), returning as soon as queued (a dropped SSH session loses nothing);
-here, points one after another, or ``--parallel N`` at a time. ``sweep_main`` is ``launcher train -m``.
+"""Launch a planned sweep: lay out the sweep dir (a run dir per point, one code snapshot), then on SLURM
+one job array per distinct resource shape (``--array=0-N%cluster.array_parallelism``), returning as soon as
+queued (a dropped SSH session loses nothing); here, points one after another, or ``--parallel N`` at a time.
+``launch_run`` calls ``start_sweep`` for a planned sweep.
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -15,8 +16,43 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from launcher.config.schema import Config, recipe_module
-from launcher.sweep.plan import (LOCAL_LOG, LOCAL_RESULT, compact_indices, describe, group_by_shape, lay_out,
-                                 plan_sweep, write_sweep_file)
+from launcher.sweep.expand import Grid
+from launcher.sweep.plan import (LOCAL_LOG, LOCAL_RESULT, SWEEPS_SUBDIR, compact_indices, group_by_shape,
+                                 point_dir_name, write_sweep_file)
+
+
+# ------------------------------------------------------------------------------------------ lay-out
+
+
+def lay_out(sweep_name: str, points: list, grid: Grid, argv: Sequence[str]) -> tuple:
+    """Create the sweep dir and every point's run dir (config.yaml, overrides.txt, code version)."""
+    from launcher.config.compose import REPO_ROOT
+    from launcher.launch.rundir import make_run_dir, snapshot_code, write_code_version, write_overrides, write_run_config
+
+    root = Path(points[0].cfg.run.output_root)
+    sweep_dir = make_run_dir(root / SWEEPS_SUBDIR, sweep_name)
+    write_code_version(sweep_dir, REPO_ROOT)  # once: git is slow, and every point runs the same code
+    snapshot_code(sweep_dir)  # likewise: one copy of the code for all points (SWEEP_DIR/code)
+    code_files = [p for p in (sweep_dir / "code_version.txt", sweep_dir / "code.diff") if p.exists()]
+    for point in points:
+        point.run_dir = sweep_dir / point_dir_name(point.index, point.swept)
+        point.run_dir.mkdir()
+        write_run_config(point.run_dir, point.cfg)
+        write_overrides(point.run_dir, point.overrides)
+        for src in code_files:
+            shutil.copyfile(src, point.run_dir / src.name)
+    data = {
+        "name": sweep_name,
+        "created_at": _dt.datetime.now().isoformat(timespec="seconds"),
+        "sweep_dir": str(sweep_dir),
+        "cluster": points[0].cfg.cluster.kind,
+        "argv": list(argv),
+        "swept_keys": grid.swept_keys,
+        "arrays": [],
+        "points": [p.record(sweep_dir) for p in points],
+    }
+    write_sweep_file(sweep_dir, data)
+    return sweep_dir, data
 
 
 # ------------------------------------------------------------------------------------------ SLURM
@@ -24,7 +60,7 @@ from launcher.sweep.plan import (LOCAL_LOG, LOCAL_RESULT, compact_indices, descr
 
 def submit_sweep(sweep_dir: Path, data: dict, points: list, worker_module: Optional[str] = None) -> list:
     """One job array per resource shape; sweep.json is rewritten after each so it always says what is queued."""
-    from launcher.slurm.submit import submit_array
+    from launcher.launch.slurm_submit import submit_array
 
     from launcher.errors import LauncherError
 
@@ -72,7 +108,7 @@ def submit_sweep(sweep_dir: Path, data: dict, points: list, worker_module: Optio
 
 
 def local_command(cfg: Config, run_dir: Path) -> list:
-    from launcher.local import torchrun_command
+    from launcher.launch.local import torchrun_command
 
     if cfg.cluster.nproc_per_node == 1:
         return [sys.executable, "-m", recipe_module(cfg), "--run-dir", str(run_dir)]
@@ -98,9 +134,9 @@ def run_local_sweep(points: list, parallel: int = 1, poll_s: float = 0.5) -> int
 
 
 def _run_points(pending: list, running: dict, parallel: int, poll_s: float) -> int:
-    from launcher.local import omp_threads_per_rank
+    from launcher.launch.local import omp_threads_per_rank
     from launcher.paths import CODE_SNAPSHOT_DIR, REPO_ROOT
-    from launcher.rundir import child_env
+    from launcher.launch.rundir import child_env
 
     failed = 0
     while pending or running:
@@ -137,27 +173,33 @@ def _run_points(pending: list, running: dict, parallel: int, poll_s: float) -> i
     return failed
 
 
-def launch_sweep(overrides: Sequence[str], name: Optional[str] = None, parallel: int = 1,
-                 timings: Optional[dict] = None, worker_module: Optional[str] = None, quiet: bool = False) -> dict:
-    """Plan, lay out, then submit (SLURM) or run (local). Returns {"sweep_dir", "arrays", "points", "rc"}."""
+def start_sweep(plan, *, detach: bool = False, quiet: bool = False, worker_module: Optional[str] = None,
+                timings: Optional[dict] = None):
+    """Lay out the planned sweep, then submit its job arrays (SLURM) or run its points here (``plan.parallel``
+    at a time; detach=True: one after another in a process of their own). Returns a ``Launched``."""
+    from launcher.launch.run import Launched
+
     timings = timings if timings is not None else {}
-    sweep_name, points, grid = plan_sweep(overrides, name, timings)
-    _print_warnings(points)
-    _note_parallel(parallel, points)
+    points, grid = plan.sweep.points, plan.sweep.grid
     start = time.perf_counter()
-    sweep_dir, data = lay_out(sweep_name, points, grid, overrides)
+    sweep_dir, data = lay_out(plan.name, points, grid, plan.overrides)
     timings["write_s"] = time.perf_counter() - start
     if not quiet:
-        print(describe(sweep_name, points, grid), flush=True)
+        print(plan.would_run, flush=True)
         print(f"sweep dir: {sweep_dir}", flush=True)
-    if points[0].cfg.cluster.kind == "local":
-        rc = run_local_sweep(points, parallel)
+    if plan.cfg.cluster.kind == "local":
+        if detach:
+            from launcher.launch.detached import start_detached
+
+            return Launched(sweep_dir, pid=start_detached(["--sweep-dir", str(sweep_dir)], sweep_dir))
+        rc = run_local_sweep(points, plan.parallel)
         if not quiet:
             print(f"report: launcher sweep report {sweep_dir}", flush=True)
-        return {"sweep_dir": sweep_dir, "arrays": [], "points": points, "rc": rc}
+        return Launched(sweep_dir, rc=rc)
     start = time.perf_counter()
     arrays = submit_sweep(sweep_dir, data, points, worker_module)
     timings["submit_s"] = time.perf_counter() - start
+    ids = ",".join(a["array_job_id"] for a in arrays)
     if not quiet:
         for array in arrays:
             if array["tasks"] == 1:
@@ -166,49 +208,21 @@ def launch_sweep(overrides: Sequence[str], name: Optional[str] = None, parallel:
             print(f"Submitted job array {array['array_job_id']}: {array['tasks']} tasks (points"
                   f" {compact_indices(array['points'])}), at most {array['parallelism']} running at once"
                   " (cluster.array_parallelism)")
-        ids = ",".join(a["array_job_id"] for a in arrays)
         print(f"  sweep dir: {sweep_dir}")
         print(f"  report:    launcher sweep report {sweep_dir}    (works while it runs)")
         print(f"  queue:     squeue -r -j {ids}    cancel: scancel {ids.replace(',', ' ')}")
         print(f"  one point: launcher status|logs {sweep_dir}/<point dir>")
-    return {"sweep_dir": sweep_dir, "arrays": arrays, "points": points, "rc": 0}
+    return Launched(sweep_dir, job_id=ids, arrays=arrays)
 
 
-def _print_warnings(points: list) -> None:
-    seen: dict = {}
-    for point in points:
-        for warning in point.warnings:
-            seen.setdefault(warning, []).append(point.index)
-    for warning, indices in seen.items():
-        where = "every point" if len(indices) == len(points) else f"point(s) {', '.join(map(str, indices))}"
-        print(f"warning ({where}): {warning}", file=sys.stderr)
+def launch_sweep(overrides: Sequence[str], name: Optional[str] = None, parallel: int = 1,
+                 timings: Optional[dict] = None, worker_module: Optional[str] = None, quiet: bool = False) -> dict:
+    """``launcher train -m OVERRIDES`` as a function: ``plan_run`` then ``launch_run``, warnings to stderr.
+    Returns {"sweep_dir", "arrays", "points", "rc"}."""
+    from launcher.launch.plan import plan_run, print_messages
+    from launcher.launch.run import launch_run
 
-
-def sweep_main(argv: list) -> int:
-    """``launcher train -m|--multirun OVERRIDES... [--name NAME] [--dry-run] [--parallel N]``."""
-    parser = argparse.ArgumentParser(
-        prog="launcher train -m",
-        description="A grid sweep: every combination of the comma lists / range() / choice() / glob() overrides.",
-    )
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides; a=1,2 or range(1,4) or choice(x,y) sweep")
-    parser.add_argument("-m", "--multirun", action="store_true", help="(accepted: this is the sweep entry point)")
-    parser.add_argument("--dry-run", action="store_true", help="expand and check every point; launch nothing")
-    parser.add_argument("--name", default=None, help="sweep name (default: <model>-<method>-<data>)")
-    parser.add_argument("--parallel", type=int, default=1, help="cluster=local: points run at the same time")
-    args = parser.parse_args(argv)
-    if args.parallel < 1:
-        parser.error("--parallel must be >= 1")
-    if args.dry_run:
-        sweep_name, points, grid = plan_sweep(args.overrides, args.name)
-        _note_parallel(args.parallel, points)
-        _print_warnings(points)
-        print(describe(sweep_name, points, grid))
-        print("# preflight passed for every point; dry run: nothing was written or launched")
-        return 0
-    return launch_sweep(args.overrides, args.name, args.parallel)["rc"]
-
-
-def _note_parallel(parallel: int, points: list) -> None:
-    if parallel > 1 and points[0].cfg.cluster.kind == "slurm":
-        print("note: --parallel is for cluster=local; on SLURM, cluster.array_parallelism caps the running tasks",
-              file=sys.stderr)
+    plan = plan_run(overrides, name, sweep=True, parallel=parallel, timings=timings)
+    print_messages(plan)
+    launched = launch_run(plan, quiet=quiet, worker_module=worker_module, timings=timings)
+    return {"sweep_dir": launched.run_dir, "arrays": launched.arrays, "points": plan.sweep.points, "rc": launched.rc}

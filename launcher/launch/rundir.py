@@ -18,8 +18,6 @@ import yaml
 from launcher.config.schema import Config, config_to_dict
 from launcher.paths import CODE_ROOT, CODE_SNAPSHOT_DIR, CONFIG_FILE, REPO_ROOT, SNAPSHOT_SOURCE_FILE
 
-SECRET_ENV_VARS = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
-
 
 def make_run_dir(output_root: str | Path, name: str, now: Optional[_dt.datetime] = None) -> Path:
     """Create a new, empty run dir; an existing one is never reused (a suffix is added instead)."""
@@ -96,17 +94,6 @@ def snapshot_code(run_dir: Path, code_root: Path = CODE_ROOT, checkout: Path = R
     (tmp / SNAPSHOT_SOURCE_FILE).write_text(f"{Path(checkout).resolve()}\n")
     os.replace(tmp, dest)
     return dest
-
-
-def new_run(cfg: Config, name: str, overrides: Sequence[str], repo: Path) -> Path:
-    """A fresh run dir holding what a launch needs: resolved config, overrides as typed, code version and
-    the code snapshot the ranks run."""
-    run_dir = make_run_dir(cfg.run.output_root, name)
-    write_run_config(run_dir, cfg)
-    write_overrides(run_dir, overrides)
-    write_code_version(run_dir, repo)
-    snapshot_code(run_dir)
-    return run_dir
 
 
 def child_env(extra: Optional[dict] = None) -> dict:

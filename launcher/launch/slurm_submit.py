@@ -1,4 +1,5 @@
-"""Submit a run to SLURM through submitit, and render the plan for --dry-run. Returns as soon as queued.
+"""Submit a run (or a sweep's job array) to SLURM through submitit, and render the plan for --dry-run.
+Returns as soon as queued; a job sbatch does not take raises SubmitError with sbatch's one-line reason.
 
 The run dir is expected to hold config.yaml (and code_version.txt) already; ``submit_run`` adds the exact
 submitted script (``submitted.sbatch``) and ``slurm_job.json`` (job id, when, where the logs go).
@@ -15,9 +16,9 @@ from pathlib import Path
 from typing import Optional, Union
 
 from launcher.config.schema import Config
-from launcher.errors import LauncherError
+from launcher.errors import LauncherError, SubmitError
+from launcher.launch.rundir import CONFIG_FILE, snapshot_code, write_code_version, write_run_config
 from launcher.paths import CODE_SNAPSHOT_DIR
-from launcher.rundir import CONFIG_FILE, snapshot_code, write_code_version, write_run_config
 from launcher.slurm.jobs import JOB_FILE
 from launcher.slurm.node import REPO_ROOT, NodeLauncher
 from launcher.slurm.render import (
@@ -70,6 +71,16 @@ def container_lines(cfg: Config) -> list:
     return []
 
 
+def sbatch_reason(exc: BaseException) -> str:
+    """sbatch's own one-line reason from submitit's error (which carries sbatch's whole stderr): its last
+    ``sbatch: error:`` line, the one that says why the job was not taken."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("sbatch: error:")]
+    if errors:
+        return errors[-1]
+    return lines[-1] if lines else f"sbatch failed ({type(exc).__name__})"
+
+
 def make_executor(cfg: Config, run_dir: Path):
     import submitit
 
@@ -97,8 +108,13 @@ def submit_run(cfg: Config, run_dir: Union[str, Path], worker_module: Optional[s
         write_code_version(run_dir, REPO_ROOT)
     # Unpickling the node launcher and every rank import from this copy, not from the live checkout.
     snapshot_code(run_dir)
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
+
     executor = make_executor(cfg, run_dir)
-    job = executor.submit(NodeLauncher(run_dir=str(run_dir), worker_module=worker_module))
+    try:
+        job = executor.submit(NodeLauncher(run_dir=str(run_dir), worker_module=worker_module))
+    except (FailedJobError, FailedSubmissionError, OSError) as exc:  # sbatch said no, or could not be run
+        raise SubmitError(sbatch_reason(exc)) from None
     script = run_dir / SUBMITTED_SCRIPT
     # submitit leaves the submitted file as <job>_submission.sh in its folder; keep a plain copy too.
     shutil.copyfile(job.paths.submission_file, script)

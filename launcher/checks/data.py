@@ -13,7 +13,6 @@ from typing import Callable, Optional
 from launcher.checks.problems import Problems
 from launcher.config.schema import Config
 from launcher.errors import LauncherError
-from launcher.paths import REPO_ROOT
 
 MEDIA_COLUMNS = ("images", "videos", "audios")
 # Keys of a model config that mean it has encoders for media (Qwen2-VL, LLaVA, Qwen2-Audio, ...).

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
+from launcher.disk_full import disk_full_guard, written_so_far
 from launcher.process_lock import Holder
 
 log = logging.getLogger("launcher.data")
@@ -85,7 +86,8 @@ def cached(cache_dir: Path, key: str, build: Callable[[Path], None]) -> tuple[Pa
     """(folder, hit). The first caller builds under an exclusive lock; the others block, then use its folder.
 
     ``build(tmp)`` writes the whole result into an empty folder; it is renamed into place only when complete
-    (a rename is atomic), so no reader ever sees a half-written cache. A build stopped by SIGTERM removes its
+    (a rename is atomic), so no reader ever sees a half-written cache. A full disk is one line
+(launcher/disk_full.py) and leaves nothing behind. A build stopped by SIGTERM removes its
     folder; one killed outright leaves it for the next build to remove (``remove_orphaned_builds``).
     """
     cache_dir = Path(cache_dir)
@@ -102,10 +104,10 @@ def cached(cache_dir: Path, key: str, build: Callable[[Path], None]) -> tuple[Pa
             tmp.mkdir()
             try:
                 (tmp / BUILDER_MARK).write_text(Holder.me().text())
-                with sigterm_exits():
+                with sigterm_exits(), disk_full_guard(folder, "the tokenized data cache", lambda: written_so_far(tmp)):
                     build(tmp)
-                (tmp / BUILDER_MARK).unlink()
-                (tmp / COMPLETE_MARK).write_text("")
+                    (tmp / BUILDER_MARK).unlink()
+                    (tmp / COMPLETE_MARK).write_text("")
                 shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from an older version
                 os.rename(tmp, folder)
             finally:

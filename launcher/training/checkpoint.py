@@ -30,6 +30,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from launcher.disk_full import disk_full_guard, folder_bytes, human_bytes, written_so_far
 from launcher.engines.distributed import DistInfo, barrier, broadcast_object
 from launcher.errors import ConfigError
 
@@ -95,19 +96,35 @@ def save_checkpoint(run_dir: Path, step: int, engine, meta: dict, dist_info: Dis
             shutil.rmtree(tmp)
         tmp.mkdir()
     barrier()
-    engine.save_checkpoint(tmp, {"meta": meta})
-    torch.save(rng_state(), tmp / f"rng-rank{dist_info.rank}.pt")
-    barrier()
+    try:
+        # A full disk: one line with the space, and the unfinished folder removed (it is never marked complete).
+        with disk_full_guard(final, f"checkpoint {final.name}", lambda: checkpoint_space_needed(run_dir, tmp)):
+            engine.save_checkpoint(tmp, {"meta": meta})
+            torch.save(rng_state(), tmp / f"rng-rank{dist_info.rank}.pt")
+            barrier()
+            if dist_info.is_main:
+                seal_checkpoint(tmp, meta)
+                if final.exists():  # a checkpoint of the same step from an earlier attempt of this run
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                _fsync_dir(root)
+    except BaseException:
+        if dist_info.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if dist_info.is_main:
-        seal_checkpoint(tmp, meta)
-        if final.exists():  # a checkpoint of the same step from an earlier attempt of this run
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
         _remember_verified(final)  # just sealed from the files it holds: no need to read them back
         prune_checkpoints(run_dir, keep)
     barrier()
     return final
+
+
+def checkpoint_space_needed(run_dir: Path, tmp: Path) -> str:
+    """For a full disk's message: the size of this run's last checkpoint, or what the failed one had written."""
+    previous = latest_checkpoint(run_dir)
+    if previous is not None:
+        return f"a checkpoint of this run takes {human_bytes(folder_bytes(previous))} ({previous.name})"
+    return written_so_far(tmp)
 
 
 def seal_checkpoint(tmp: Path, meta: dict) -> None:

@@ -2,14 +2,16 @@
 
 Writers of big files (checkpoints, the tokenized data cache, exports, the metrics log) run inside
 ``disk_full_guard``, which turns the errors a full disk causes into a ``DiskFullError`` (a LauncherError: the CLI
-and every rank print it as one line). Those are ``OSError`` ENOSPC / EDQUOT, and torch's ``RuntimeError`` from its
+and every rank print it as one line). Those are ``OSError`` ENOSPC / EDQUOT; torch's ``RuntimeError`` from its
 zip writer, which loses the errno (``unexpected pos 576 vs 534``, ``basic_ios::clear: iostream error``,
-``PytorchStreamWriter failed writing file``). Each writer writes under a temporary name and removes it on any
-error, so nothing half-written is ever marked complete; the guard only words the error.
+``PytorchStreamWriter failed writing file``); numpy's short ``tofile`` (the GGUF writer); and other writers'
+errors that carry the OS's message (safetensors' ``SafetensorError``). Each writer writes under a temporary name
+and removes it on any error, so nothing half-written is ever marked complete; the guard only words the error.
 """
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,12 +19,13 @@ from typing import Callable, Optional
 
 from launcher.errors import LauncherError
 
-TORCH_WRITE_FAILURES = ("unexpected pos", "basic_ios::clear", "PytorchStreamWriter failed writing",
-                        "file write failed")
-"""What torch's serializer says when a write fails; it keeps no errno, so the cause is told from free space."""
+WRITE_FAILURES_WITHOUT_ERRNO = ("unexpected pos", "basic_ios::clear", "PytorchStreamWriter failed writing",
+                                "file write failed", "requested and")
+"""What torch's serializer ("unexpected pos 576 vs 534") and numpy's ``tofile`` ("49152 requested and 1512
+written") say when a write fails: no errno, so the message tells the cause from the free space."""
 
 LOW_SPACE = 64 << 20
-"""Less free than this (or than the write needs) after a failed torch write: the disk is full."""
+"""Less free than this after a write failed without an errno: the disk is full."""
 
 
 class DiskFullError(LauncherError):
@@ -30,8 +33,8 @@ class DiskFullError(LauncherError):
 
 
 def disk_full_cause(exc: BaseException) -> Optional[str]:
-    """'space' (ENOSPC), 'quota' (EDQUOT), 'torch' (a torch write failure, errno unknown) or None, from ``exc``
-    or the exceptions it was raised from."""
+    """'space' (ENOSPC), 'quota' (EDQUOT), 'no errno' (a write that failed without saying why: torch's, numpy's)
+    or None, from ``exc`` or the exceptions it was raised from."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -39,8 +42,16 @@ def disk_full_cause(exc: BaseException) -> Optional[str]:
             return "space"
         if isinstance(exc, OSError) and exc.errno == errno.EDQUOT:
             return "quota"
-        if isinstance(exc, RuntimeError) and any(text in str(exc) for text in TORCH_WRITE_FAILURES):
-            return "torch"
+        text = str(exc)
+        # Writers in other languages pass the OS's words on, not an OSError (safetensors: "I/O error: No space
+        # left on device (os error 28)").
+        if os.strerror(errno.ENOSPC) in text:
+            return "space"
+        if os.strerror(errno.EDQUOT) in text:
+            return "quota"
+        if (isinstance(exc, RuntimeError) or (isinstance(exc, OSError) and exc.errno is None)) and \
+                any(failure in text for failure in WRITE_FAILURES_WITHOUT_ERRNO):
+            return "no errno"
         exc = exc.__cause__ or exc.__context__
     return None
 
@@ -89,8 +100,8 @@ def disk_full_message(path: Path, what: str, cause: str, needed: Optional[str] =
     if cause == "quota":
         head = f"disk quota exceeded writing {what} to {path}"
         space += " (the quota is per user or group: `quota -s` or `lfs quota` shows it)"
-    elif cause == "torch" and free >= LOW_SPACE:
-        head = f"writing {what} to {path} failed (torch's writer lost the reason: a quota or an I/O error?)"
+    elif cause == "no errno" and free >= LOW_SPACE:
+        head = f"writing {what} to {path} failed (the writer gave no reason; not for lack of space: a quota?)"
     else:
         head = f"no space left on device writing {what} to {path}"
     return f"{head}: {space}{need}; free space there or write to another file system"

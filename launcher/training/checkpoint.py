@@ -268,8 +268,8 @@ def checkpoint_problem(directory: Path) -> Optional[str]:
 
 def latest_valid_checkpoint(run_dir: Path, dist_info: Optional[DistInfo] = None) -> Optional[Path]:
     """The newest complete checkpoint whose files match their manifest; damaged newer ones are moved aside
-    (``set_aside_damaged``) with a one-line warning each. With ``dist_info``, rank 0 checks and every rank gets its answer
-    (a collective call then)."""
+    (``set_aside_damaged``) with a one-line warning each. With ``dist_info``, rank 0 checks and every rank gets
+    its answer (a collective call then)."""
     chosen = None
     if dist_info is None or dist_info.is_main:
         candidates = list(reversed(complete_checkpoints(run_dir)))

@@ -74,7 +74,8 @@ def test_a_second_recipe_process_stops_with_one_line(output_root):
                                 env=ENV, capture_output=True, text=True, timeout=300)
         assert second.returncode == 2, second.stderr[-3000:]
         errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1 and f"PID {first.pid} on host {socket.gethostname()}" in errors[0], second.stderr[-3000:]
+        assert len(errors) == 1, second.stderr[-3000:]
+        assert f"PID {first.pid} on host {socket.gethostname()}" in errors[0]
         assert "Traceback" not in second.stderr
         assert sorted(p.name for p in run_dir.iterdir()) == before, "the refused run wrote into the run dir"
     finally:
@@ -129,8 +130,8 @@ def test_without_locks_a_live_holder_is_refused_and_a_dead_one_taken_over(tmp_pa
     assert any("took over" in r.getMessage() and "does not lock" in r.getMessage() for r in caplog.records)
 
 
-def test_without_locks_another_hosts_holder_is_refused_unless_an_earlier_attempt_of_this_job(tmp_path, no_locks,
-                                                                                              monkeypatch):
+def test_without_locks_another_hosts_holder_is_refused_unless_an_earlier_attempt_of_this_job(
+        tmp_path, no_locks, monkeypatch):
     write_holder(tmp_path, 4242, "node-elsewhere", slurm_job="77", slurm_restart=0)
     with pytest.raises(LauncherError, match="PID 4242 on host node-elsewhere, SLURM job 77"):
         hold_run_dir(tmp_path)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -87,8 +87,8 @@ def cached(cache_dir: Path, key: str, build: Callable[[Path], None]) -> tuple[Pa
 
     ``build(tmp)`` writes the whole result into an empty folder; it is renamed into place only when complete
     (a rename is atomic), so no reader ever sees a half-written cache. A full disk is one line
-(launcher/disk_full.py) and leaves nothing behind. A build stopped by SIGTERM removes its
-    folder; one killed outright leaves it for the next build to remove (``remove_orphaned_builds``).
+    (launcher/disk_full.py) and leaves nothing behind. A build stopped by SIGTERM removes its folder; one
+    killed outright leaves it for the next build to remove (``remove_orphaned_builds``).
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -100,3 +100,37 @@ def test_a_rank_whose_sigterm_means_stop_keeps_its_handler(tmp_path):
         assert (folder / "ok").is_file() and seen == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+PREPROCESS = textwrap.dedent("""
+    import sys
+    from launcher.data import cli as data_cli
+    from tests.data.helpers import char_tokenizer
+
+    data_cli.load_tokenizer = lambda model_cfg: char_tokenizer()
+    sys.exit(data_cli.data_main(["dump", "--out", sys.argv[1], *sys.argv[2:]]))
+""")
+
+
+def test_sigterm_during_real_preprocessing_with_workers(tmp_path):
+    """`launcher data dump` tokenizing 60k rows with 2 encoder workers, stopped by SIGTERM once its .tmp appears."""
+    from tests.data.helpers import write_dataset
+
+    rows = [{"instruction": f"Question {i} " * 8, "input": "", "output": f"Answer {i} " * 8} for i in range(60000)]
+    write_dataset(tmp_path / "data", "d", rows)
+    cache_dir = tmp_path / "cache"
+    overrides = [f"data.dataset_dir={tmp_path / 'data'}", "data.datasets=[d]", "data.eval_datasets=[]",
+                 f"data.cache_dir={cache_dir}", "data.cutoff_len=256", "data.num_proc=2"]
+    proc = subprocess.Popen([sys.executable, "-c", PREPROCESS, str(tmp_path / "rows.jsonl"), *overrides],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    deadline = time.monotonic() + 120
+    while not (cache_dir.is_dir() and any(".tmp-" in p.name for p in cache_dir.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the encoding
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "SIGTERM during preprocessing" in err
+    assert build_dirs(cache_dir) == [], "the interrupted preprocessing left a folder"

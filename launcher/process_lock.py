@@ -5,7 +5,9 @@ lock, with the holder's PID, host and SLURM job in the file) for as long as it t
 starts in the same run dir is refused with the first one's PID and host. The lock dies with its process, so a
 restart that legitimately reuses the run dir (a SLURM requeue on any node, a torchrun restart, a rerun after a
 kill -9) takes it over; the log says whose it was. A clean end empties the file, so a non-empty file found
-free means its holder died. On a file system without fcntl locks (some Lustre mounts), the recorded holder
+free means its holder died. A requeued SLURM attempt that finds the lock still held by an earlier attempt of its
+own job (SLURM has ended that one, but an NFS server keeps a dead node's locks until its lease runs out) waits
+for it, up to EARLIER_ATTEMPT_WAIT_S. On a file system without fcntl locks (some Lustre mounts), the recorded holder
 decides: a dead PID on this host, or an earlier attempt of this same SLURM job (SLURM starts a requeued
 attempt only once the old one is gone), is taken over; a live or unknowable one is refused.
 
@@ -30,6 +32,8 @@ from launcher.errors import LauncherError
 log = logging.getLogger("launcher.lock")
 
 RUN_LOCK_FILE = "run.lock"
+EARLIER_ATTEMPT_WAIT_S = 120
+"""How long a requeued attempt waits for the lock of an earlier attempt of its job (an NFS lease: 90 s)."""
 NO_LOCKS_HERE = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
 """What fcntl says on a file system that does not do locks."""
 
@@ -64,12 +68,16 @@ class Holder:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since)) if self.since else "?"
         return f"PID {self.pid} on host {self.host}{job}, since {started}"
 
+    def earlier_attempt_of_this_job(self) -> bool:
+        """An earlier attempt of the SLURM job this process belongs to: SLURM requeues only once it has ended."""
+        me = Holder.me()
+        return bool(self.slurm_job) and self.slurm_job == me.slurm_job and self.slurm_restart < me.slurm_restart
+
     def gone(self) -> Optional[bool]:
         """True: it no longer runs; False: it runs; None: it cannot be told from here (another host)."""
+        if self.earlier_attempt_of_this_job():
+            return True
         if self.host != socket.gethostname():
-            me = Holder.me()
-            if self.slurm_job and self.slurm_job == me.slurm_job and self.slurm_restart < me.slurm_restart:
-                return True  # an earlier attempt of this job: SLURM requeues only once it has ended
             return None
         return not pid_alive(self.pid)
 
@@ -127,6 +135,27 @@ def _busy(run_dir: Path, holder: Optional[Holder], path: Path) -> LauncherError:
         " would overwrite each other's checkpoints and metrics: wait for it to end or stop it, or start a new run")
 
 
+def _wait_for_earlier_attempt(fd: int, run_dir: Path, path: Path) -> bool:
+    """The lock is held. By an earlier attempt of this SLURM job, which SLURM has ended, on a node that died: an
+    NFS server keeps a dead client's lock until its lease runs out (90 s by default), so wait that long. By
+    anyone else: refused."""
+    holder = Holder.parse(_read(fd))
+    if holder is None or not holder.earlier_attempt_of_this_job():
+        raise _busy(run_dir, holder, path)
+    log.warning("run dir %s: its lock is still held by %s, an earlier attempt of this job; waiting up to %d s for"
+                " the file system to release it", run_dir, holder.describe(), EARLIER_ATTEMPT_WAIT_S)
+    deadline = time.monotonic() + EARLIER_ATTEMPT_WAIT_S
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+    raise _busy(run_dir, holder, path)
+
+
 def hold_run_dir(run_dir: Path) -> RunDirLock:
     """Take ``RUN_DIR/run.lock`` for this process, or raise a LauncherError naming the process that has it."""
     run_dir = Path(run_dir)
@@ -140,10 +169,11 @@ def hold_run_dir(run_dir: Path) -> RunDirLock:
             locked = True
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise _busy(run_dir, Holder.parse(_read(fd)), path) from None
-            if exc.errno not in NO_LOCKS_HERE:
+                locked = _wait_for_earlier_attempt(fd, run_dir, path)
+            elif exc.errno in NO_LOCKS_HERE:
+                locked = False
+            else:
                 raise
-            locked = False
         previous = Holder.parse(_read(fd))
         if previous is not None and (previous.pid, previous.host) != (os.getpid(), socket.gethostname()):
             gone = previous.gone()

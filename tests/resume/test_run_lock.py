@@ -28,10 +28,11 @@ HOLDER = textwrap.dedent("""
     import sys, time
     from launcher.process_lock import hold_run_dir
     lock = hold_run_dir(sys.argv[1])
-    print("held", flush=True)
     if sys.argv[2] == "release":
         lock.release()
+        print("held", flush=True)  # and released
     else:
+        print("held", flush=True)
         time.sleep(300)
 """)
 
@@ -138,3 +139,33 @@ def test_without_locks_another_hosts_holder_is_refused_unless_an_earlier_attempt
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # the requeued attempt: SLURM ended the first one
     hold_run_dir(tmp_path).release()
+
+
+def test_a_requeued_attempt_waits_for_the_lock_of_its_earlier_attempt(tmp_path, monkeypatch, caplog):
+    """SLURM ended attempt 0, but its lock is still held (an NFS lease of a dead node): attempt 1 waits for it."""
+    import threading
+
+    first = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), "sleep"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+                             env={**ENV, "SLURM_JOB_ID": "77", "SLURM_RESTART_COUNT": "0"})
+    assert first.stdout.readline().strip() == "held"
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    monkeypatch.setattr(process_lock, "EARLIER_ATTEMPT_WAIT_S", 30)
+    threading.Timer(2.0, lambda: end(first)).start()  # the lease runs out
+    with caplog.at_level(logging.WARNING, logger="launcher.lock"):
+        hold_run_dir(tmp_path).release()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("an earlier attempt of this job; waiting" in m for m in messages)
+    assert any("took over" in m and f"PID {first.pid}" in m for m in messages)
+
+
+def test_another_job_is_not_waited_for(tmp_path, monkeypatch):
+    first = start_holder(tmp_path)
+    try:
+        monkeypatch.setenv("SLURM_JOB_ID", "78")
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+        with pytest.raises(LauncherError, match="is in use"):
+            hold_run_dir(tmp_path)
+    finally:
+        end(first)

@@ -22,9 +22,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from launcher.config.schema import Config, DataConfig
+from launcher.disk_full import disk_full_guard, written_so_far
 from launcher.errors import DataError
 from launcher.paths import REPO_ROOT
-from launcher.data.cache import cache_key, cached, file_fingerprint, tokenizer_fingerprint
+from launcher.data.cache import cache_key, cached, file_fingerprint, sigterm_exits, tokenizer_fingerprint
 from launcher.data.formats import row_to_sample
 from launcher.data.mixing import mix, resample, split_eval, take
 from launcher.data.packing import plan_packs_flat
@@ -308,7 +309,8 @@ def build_datasets(cfg: Config, tokenizer, *, attn_implementation: Optional[str]
         cache_dir = resolve_cache_dir(data)
         cache_dir.mkdir(parents=True, exist_ok=True)
         key, hit = None, False
-        with tempfile.TemporaryDirectory(dir=cache_dir, prefix="uncached-") as tmp:
+        with tempfile.TemporaryDirectory(dir=cache_dir, prefix="uncached-") as tmp, sigterm_exits(), \
+                disk_full_guard(cache_dir, "the tokenized data (data.use_cache=false)", lambda: written_so_far(tmp)):
             preprocess(cfg, tokenizer, renderer, kind, train_specs, eval_specs, progress, Path(tmp), vision)
             train, eval_rows, meta = open_store(Path(tmp))
     stats = dict(meta["stats"], template=renderer.name, template_note=note, cache_hit=hit, cache_key=key)

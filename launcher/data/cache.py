@@ -4,21 +4,38 @@ The key covers the dataset files' content, the tokenizer (vocab, special tokens,
 template and the data options; the value is a folder (``store``: memory-mapped token files). One process
 builds while the others wait on a file lock, then map the result: this works with or without
 torch.distributed, across nodes on a shared filesystem, and never sits in a collective that a slow preprocessing would time out (NCCL's watchdog, LlamaFactory#2902).
+
+A build writes into ``<key>.tmp-<host>-<pid>`` (with a ``builder`` marker: PID, host) and renames it into place
+when complete. SIGTERM during a build removes that folder before the process ends; a build killed outright
+(kill -9, a node lost) leaves it, and the next build in the cache dir removes every such folder whose key's
+lock is free (its builder held that lock while it ran, so a free lock means the builder is gone).
 """
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
+import signal
+import socket
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
+
+from launcher.disk_full import disk_full_guard, written_so_far
+from launcher.process_lock import Holder
+
+log = logging.getLogger("launcher.data")
 
 CACHE_VERSION = 4
 """Bump when the row format or the preprocessing changes meaning (2: memory-mapped store, was a pickle; 3: per-record
 columns (columns.json), KTO rows; 4: image references in the store)."""
 COMPLETE_MARK = "complete"
+BUILDER_MARK = "builder"
+"""In a build's .tmp folder: the building process (process_lock.Holder), for the message when it is removed."""
 
 HASH_CONTENT_UP_TO = 1 << 30
 """Files up to this size are hashed by content (a copy hits the cache); bigger ones by size and mtime."""
@@ -69,8 +86,9 @@ def cached(cache_dir: Path, key: str, build: Callable[[Path], None]) -> tuple[Pa
     """(folder, hit). The first caller builds under an exclusive lock; the others block, then use its folder.
 
     ``build(tmp)`` writes the whole result into an empty folder; it is renamed into place only when complete
-    (a rename is atomic), so no reader ever sees a half-written cache, and a crashed build leaves only a
-    ``.tmp`` folder that the next build removes.
+    (a rename is atomic), so no reader ever sees a half-written cache. A full disk is one line
+    (launcher/disk_full.py) and leaves nothing behind. A build stopped by SIGTERM removes its folder; one
+    killed outright leaves it for the next build to remove (``remove_orphaned_builds``).
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -80,12 +98,16 @@ def cached(cache_dir: Path, key: str, build: Callable[[Path], None]) -> tuple[Pa
         try:
             if (folder / COMPLETE_MARK).is_file():
                 return folder, True
-            tmp = cache_dir / f"{key}.tmp{os.getpid()}"
+            remove_orphaned_builds(cache_dir, holding=key)
+            tmp = cache_dir / f"{key}.tmp-{socket.gethostname()}-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             try:
-                build(tmp)
-                (tmp / COMPLETE_MARK).write_text("")
+                (tmp / BUILDER_MARK).write_text(Holder.me().text())
+                with sigterm_exits(), disk_full_guard(folder, "the tokenized data cache", lambda: written_so_far(tmp)):
+                    build(tmp)
+                    (tmp / BUILDER_MARK).unlink()
+                    (tmp / COMPLETE_MARK).write_text("")
                 shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder from an older version
                 os.rename(tmp, folder)
             finally:
@@ -93,3 +115,73 @@ def cached(cache_dir: Path, key: str, build: Callable[[Path], None]) -> tuple[Pa
             return folder, False
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def remove_orphaned_builds(cache_dir: Path, holding: str) -> list[Path]:
+    """Remove the .tmp folders of builds that died (every one of key ``holding``, whose lock this process
+    holds; another key's when its lock is free), saying whose each was. Returns what was removed."""
+    removed = []
+    for tmp in sorted(Path(cache_dir).glob("*.tmp*")):
+        key = tmp.name.split(".tmp", 1)[0]
+        if not tmp.is_dir() or not key:
+            continue
+        if key == holding:
+            _remove_orphan(tmp)
+            removed.append(tmp)
+            continue
+        with open(Path(cache_dir) / f"{key}.lock", "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # being built right now
+            try:
+                if tmp.is_dir():
+                    _remove_orphan(tmp)
+                    removed.append(tmp)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    return removed
+
+
+def _orphan_note(tmp: Path) -> str:
+    try:
+        holder = Holder.parse((tmp / BUILDER_MARK).read_text())
+    except OSError:
+        holder = None
+    return f"left by {holder.describe()}" if holder else "left by a build that died"
+
+
+def _remove_orphan(tmp: Path) -> None:
+    log.warning("data cache: removing the unfinished build %s (%s)", tmp, _orphan_note(tmp))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _Terminated(SystemExit):
+    """SIGTERM during a build: unwinds the build (its ``finally`` blocks remove what it wrote), then ends the
+    process with the status a shell gives a SIGTERM (143)."""
+
+
+@contextmanager
+def sigterm_exits():
+    """While a build runs, SIGTERM ends the process through the Python stack instead of at once, so the
+    build's folder is removed on the way out. Only where SIGTERM would otherwise end the process abruptly
+    (its default action, in the main thread): a rank whose SIGTERM means "checkpoint and stop" keeps that."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    owner = os.getpid()
+
+    def on_term(signum, frame):
+        if os.getpid() != owner:  # a forked encoder worker: the default action, as before
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        log.warning("data cache: SIGTERM during preprocessing; removing its unfinished folder and exiting")
+        raise _Terminated(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

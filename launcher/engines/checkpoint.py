@@ -11,6 +11,11 @@ A checkpoint with an empty ``COMPLETE`` (written before manifests existed) is ta
 
 The names of the folder and its files, and finding the complete ones: launcher.engines.checkpoint_layout
 (torch-free, for the preflight); imported here too, so this module answers every question about a checkpoint.
+
+A damaged checkpoint is moved aside to ``checkpoints/damaged/step-NNNNNNN-<time>`` (named in the log): it is
+never loaded, never counted by retention and never deleted by it. Retention keeps the newest ``keep``
+checkpoints that pass the check, so a damaged newer one can never push out a good one (with
+``keep_checkpoints=1`` it used to delete each new checkpoint right after it was saved).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import logging
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -29,11 +35,14 @@ import torch
 
 from launcher.engines.checkpoint_layout import (COMPLETE, MANIFEST, META_FILE, TMP_PREFIX, checkpoint_root,
                                                complete_checkpoints, latest_checkpoint, rng_file, step_dir_name)
+from launcher.disk_full import disk_full_guard, folder_bytes, human_bytes, written_so_far
 from launcher.engines.distributed import DistInfo, barrier, broadcast_object
 from launcher.errors import ConfigError
 
 log = logging.getLogger("launcher.checkpoint")
 
+DAMAGED_DIR = "damaged"
+"""Under checkpoints/: damaged checkpoints, moved there by ``set_aside_damaged``; kept for a person to look at."""
 # Files up to this size are hashed whole; a bigger one (a multi-GB shard) only in its first and last
 # HASH_EDGE_BYTES, so saving and checking cost at most 64 MiB of reading per file whatever the model size.
 # Its recorded size still catches any truncation or append; a change in its middle is not caught.
@@ -69,18 +78,35 @@ def save_checkpoint(run_dir: Path, step: int, engine, meta: dict, dist_info: Dis
             shutil.rmtree(tmp)
         tmp.mkdir()
     barrier()
-    engine.save_checkpoint(tmp, {"meta": meta})
-    torch.save(rng_state(), tmp / rng_file(dist_info.rank))
-    barrier()
+    try:
+        # A full disk: one line with the space, and the unfinished folder removed (it is never marked complete).
+        with disk_full_guard(final, f"checkpoint {final.name}", lambda: checkpoint_space_needed(run_dir, tmp)):
+            engine.save_checkpoint(tmp, {"meta": meta})
+            torch.save(rng_state(), tmp / rng_file(dist_info.rank))
+            barrier()
+            if dist_info.is_main:
+                seal_checkpoint(tmp, meta)
+                if final.exists():  # a checkpoint of the same step from an earlier attempt of this run
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                _fsync_dir(root)
+    except BaseException:
+        if dist_info.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if dist_info.is_main:
-        seal_checkpoint(tmp, meta)
-        if final.exists():  # a checkpoint of the same step from an earlier attempt of this run
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
+        _remember_verified(final)  # just sealed from the files it holds: no need to read them back
         prune_checkpoints(run_dir, keep)
     barrier()
     return final
+
+
+def checkpoint_space_needed(run_dir: Path, tmp: Path) -> str:
+    """For a full disk's message: the size of this run's last checkpoint, or what the failed one had written."""
+    previous = latest_checkpoint(run_dir)
+    if previous is not None:
+        return f"a checkpoint of this run takes {human_bytes(folder_bytes(previous))} ({previous.name})"
+    return written_so_far(tmp)
 
 
 def seal_checkpoint(tmp: Path, meta: dict) -> None:
@@ -92,12 +118,75 @@ def seal_checkpoint(tmp: Path, meta: dict) -> None:
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    """Keep the newest ``keep`` complete checkpoints (never fewer than one); drop stale temporaries."""
-    complete = complete_checkpoints(run_dir)
-    for old in complete[: max(0, len(complete) - max(1, keep))]:
-        shutil.rmtree(old, ignore_errors=True)
+    """Keep the newest ``keep`` complete checkpoints that pass ``checkpoint_problem`` (never fewer than one);
+    a damaged one met on the way is moved aside, not counted; drop stale temporaries.
+
+    Each checkpoint is checked once per process (``verified_problem``), so a save costs no re-reading of the
+    checkpoints already kept."""
+    kept = 0
+    for directory in reversed(complete_checkpoints(run_dir)):
+        if kept >= max(1, keep):
+            shutil.rmtree(directory, ignore_errors=True)
+            continue
+        problem = verified_problem(directory)
+        if problem is None:
+            kept += 1
+        else:
+            set_aside_damaged(directory, problem, "not counted by train.keep_checkpoints")
     for stale in checkpoint_root(run_dir).glob(f"{TMP_PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def set_aside_damaged(directory: Path, problem: str, consequence: str) -> Optional[Path]:
+    """Move a damaged checkpoint to ``checkpoints/damaged/<name>-<time>``, out of the way of resume and retention,
+    and say so in one line. Returns where it went (None if it could not be moved: it is then only skipped)."""
+    directory = Path(directory)
+    aside = directory.parent / DAMAGED_DIR
+    target = aside / f"{directory.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while target.exists():
+        target = aside / f"{directory.name}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+        n += 1
+    try:
+        aside.mkdir(exist_ok=True)
+        os.replace(directory, target)
+    except OSError as exc:
+        log.warning("checkpoint %s is damaged (%s); %s; it could not be moved aside (%s)",
+                    directory, problem, consequence, exc)
+        return None
+    log.warning("checkpoint %s is damaged (%s); moved to %s; %s", directory, problem, target, consequence)
+    return target
+
+
+_VERIFIED: dict = {}
+"""Checkpoints this process checked or sealed: path -> the identity of its COMPLETE marker then."""
+
+
+def _marker_identity(directory: Path):
+    st = (Path(directory) / COMPLETE).stat()
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _remember_verified(directory: Path) -> None:
+    try:
+        _VERIFIED[str(Path(directory).resolve())] = _marker_identity(directory)
+    except OSError:
+        pass
+
+
+def verified_problem(directory: Path) -> Optional[str]:
+    """``checkpoint_problem``, read once per process: a checkpoint that passed (or that this process sealed)
+    is not read again while its marker is the same file."""
+    key = str(Path(directory).resolve())
+    try:
+        if _VERIFIED.get(key) == _marker_identity(directory):
+            return None
+    except OSError:
+        pass
+    problem = checkpoint_problem(directory)
+    if problem is None:
+        _remember_verified(directory)
+    return problem
 
 
 def file_digest(path: Path, size: int) -> str:
@@ -160,19 +249,21 @@ def checkpoint_problem(directory: Path) -> Optional[str]:
 
 
 def latest_valid_checkpoint(run_dir: Path, dist_info: Optional[DistInfo] = None) -> Optional[Path]:
-    """The newest complete checkpoint whose files match their manifest; damaged newer ones are skipped
-    with a one-line warning each. With ``dist_info``, rank 0 checks and every rank gets its answer
-    (a collective call then)."""
+    """The newest complete checkpoint whose files match their manifest; damaged newer ones are moved aside
+    (``set_aside_damaged``) with a one-line warning each. With ``dist_info``, rank 0 checks and every rank gets
+    its answer (a collective call then)."""
     chosen = None
     if dist_info is None or dist_info.is_main:
-        for directory in reversed(complete_checkpoints(run_dir)):
+        candidates = list(reversed(complete_checkpoints(run_dir)))
+        for directory in candidates:
             problem = checkpoint_problem(directory)
             if problem is None:
+                _remember_verified(directory)
                 chosen = directory
                 break
-            log.warning("checkpoint %s is damaged (%s); falling back to the one before it", directory, problem)
+            set_aside_damaged(directory, problem, "falling back to the one before it")
         else:
-            if complete_checkpoints(run_dir):
+            if candidates:
                 log.warning("no undamaged checkpoint left in %s: training starts from step 0", checkpoint_root(run_dir))
     if dist_info is not None:
         chosen = broadcast_object(None if chosen is None else str(chosen))

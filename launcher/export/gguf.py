@@ -31,6 +31,7 @@ from typing import Optional
 
 import numpy as np
 
+from launcher.disk_full import disk_full_guard, written_so_far
 from launcher.errors import LauncherError
 
 GGUF_DTYPES = ("f32", "f16", "q8_0")
@@ -233,25 +234,26 @@ def write_gguf(model, tokenizer, path: Path, dtype: str, name: str, tokenizer_fo
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     counts: dict = {}
     try:
-        for hf_name, data in state.items():
-            if hf_name.endswith("rotary_emb.inv_freq"):
-                continue
-            gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-            if gguf_name is None:
-                raise GGUFExportError(f"no GGUF name for the tensor '{hf_name}' of this {config.model_type} model")
-            if arch_key == "LLAMA" and hf_name.endswith("q_proj.weight"):
-                data = llama_permute(data, n_head, n_head)
-            elif arch_key == "LLAMA" and hf_name.endswith("k_proj.weight"):
-                data = llama_permute(data, n_head, n_kv)
-            encoded, raw = encode_tensor(data, dtype)
-            kind = raw.name if raw is not None else str(encoded.dtype).replace("float", "f")
-            counts[kind] = counts.get(kind, 0) + 1
-            writer.add_tensor(gguf_name, encoded, raw_dtype=raw)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, path)
+        with disk_full_guard(path, "the GGUF file", lambda: written_so_far(tmp)):
+            for hf_name, data in state.items():
+                if hf_name.endswith("rotary_emb.inv_freq"):
+                    continue
+                gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+                if gguf_name is None:
+                    raise GGUFExportError(f"no GGUF name for the tensor '{hf_name}' of this {config.model_type} model")
+                if arch_key == "LLAMA" and hf_name.endswith("q_proj.weight"):
+                    data = llama_permute(data, n_head, n_head)
+                elif arch_key == "LLAMA" and hf_name.endswith("k_proj.weight"):
+                    data = llama_permute(data, n_head, n_kv)
+                encoded, raw = encode_tensor(data, dtype)
+                kind = raw.name if raw is not None else str(encoded.dtype).replace("float", "f")
+                counts[kind] = counts.get(kind, 0) + 1
+                writer.add_tensor(gguf_name, encoded, raw_dtype=raw)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+            writer.close()
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()

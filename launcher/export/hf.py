@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
+from launcher.disk_full import disk_full_guard, human_bytes, written_so_far
 from launcher.errors import LauncherError
 from launcher.files import apply_umask
 from launcher.models.tokenizers import save_tokenizer
@@ -107,9 +108,10 @@ def export_run(run_dir: Path, args: ExportArgs) -> Path:
         checkpoint_dir = resolve_checkpoint(run_dir, args.checkpoint)
         tokenizer = run_tokenizer(run_dir, cfg)
         try:
-            streamed = stream_export(run_dir, cfg, checkpoint_dir, tokenizer, tmp,
-                                     None if args.dtype == "keep" else DTYPES[args.dtype],
-                                     parse_size(args.max_shard_size))
+            with disk_full_guard(out, "the export", lambda: written_so_far(tmp)):
+                streamed = stream_export(run_dir, cfg, checkpoint_dir, tokenizer, tmp,
+                                         None if args.dtype == "keep" else DTYPES[args.dtype],
+                                         parse_size(args.max_shard_size))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -127,30 +129,33 @@ def export_run(run_dir: Path, args: ExportArgs) -> Path:
         if gen.pad_token_id is None:
             gen.pad_token_id = tokenizer.pad_token_id
         model.config.use_cache = True
+    weights = "" if streamed else \
+        f"the weights alone take {human_bytes(sum(p.numel() * p.element_size() for p in model.parameters()))}"
     try:
-        if streamed is None:
-            model.save_pretrained(tmp, max_shard_size=args.max_shard_size, safe_serialization=True)
-        save_tokenizer(tokenizer, tmp)
-        save_vision_files(tmp, cfg, tokenizer)  # VL: preprocessor config + chat template with image slots
-        adapter = adapter_info(run_dir)
-        info = {
-            "run_dir": str(run_dir.resolve()),
-            "source": source,
-            "method": cfg.method.name,
-            "merged_lora": cfg.method.finetuning == "lora",
-            "lora": {"r": adapter["r"], "alpha": adapter["lora_alpha"]} if adapter else None,
-            "args": asdict(args),
-            "dtype": streamed["dtype"] if streamed else str(next(model.parameters()).dtype).replace("torch.", ""),
-            "parameters": streamed["parameters"] if streamed else sum(p.numel() for p in model.parameters()),
-        }
-        # The list of what we wrote is the marker that lets a later --force replace this folder, and only it.
-        info["files"] = sorted([p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if not p.is_dir()] + [INFO_FILE])
-        (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
-        apply_umask(tmp)
-        if out.exists():
-            check_target(run_dir, out, args.force)  # again: files may have appeared while the model loaded
-            shutil.rmtree(out)
-        tmp.rename(out)
+        with disk_full_guard(out, "the export", lambda: weights or written_so_far(tmp)):
+            if streamed is None:
+                model.save_pretrained(tmp, max_shard_size=args.max_shard_size, safe_serialization=True)
+            save_tokenizer(tokenizer, tmp)
+            save_vision_files(tmp, cfg, tokenizer)  # VL: preprocessor config + chat template with image slots
+            adapter = adapter_info(run_dir)
+            info = {
+                "run_dir": str(run_dir.resolve()),
+                "source": source,
+                "method": cfg.method.name,
+                "merged_lora": cfg.method.finetuning == "lora",
+                "lora": {"r": adapter["r"], "alpha": adapter["lora_alpha"]} if adapter else None,
+                "args": asdict(args),
+                "dtype": streamed["dtype"] if streamed else str(next(model.parameters()).dtype).replace("torch.", ""),
+                "parameters": streamed["parameters"] if streamed else sum(p.numel() for p in model.parameters()),
+            }
+            # The list of what we wrote is the marker that lets a later --force replace this folder, and only it.
+            info["files"] = sorted([p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if not p.is_dir()] + [INFO_FILE])
+            (tmp / INFO_FILE).write_text(json.dumps(info, indent=1))
+            apply_umask(tmp)
+            if out.exists():
+                check_target(run_dir, out, args.force)  # again: files may have appeared while the model loaded
+                shutil.rmtree(out)
+            tmp.rename(out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

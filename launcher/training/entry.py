@@ -41,17 +41,41 @@ def run_recipe(recipe_cls, run_dir: Path, evaluations: bool = True) -> dict:
     cfg = load_run_config(run_dir)
     dist_info = init_distributed(cfg.parallelism.backend, cpu_offload=uses_cpu_offload_group(cfg.parallelism))
     setup_logging(dist_info.rank)
-    recipe = recipe_cls(cfg, run_dir, dist_info)
-    recipe.stop_flag = stop_flag
-    recipe.evaluations = evaluations
+    recipe = None
+    lock = None
     try:
+        lock = hold_run(run_dir, dist_info)
+        recipe = recipe_cls(cfg, run_dir, dist_info)
+        recipe.stop_flag = stop_flag
+        recipe.evaluations = evaluations
         recipe.setup()
         summary = recipe.train()
     finally:
         stop_flag.close()
-        recipe.cleanup()
+        if recipe is not None:
+            recipe.cleanup()
         destroy_distributed()
+        if lock is not None:
+            lock.release()
     return summary
+
+
+def hold_run(run_dir: Path, dist_info):
+    """Rank 0 locks the run dir for this run (launcher/process_lock.py); every rank learns whether it could,
+    so that a refused run ends on every rank with the same one line, before anything is written."""
+    from launcher.engines.distributed import broadcast_object
+    from launcher.process_lock import hold_run_dir
+
+    lock, refusal = None, None
+    if dist_info.is_main:
+        try:
+            lock = hold_run_dir(run_dir)
+        except LauncherError as exc:
+            refusal = str(exc)
+    refusal = broadcast_object(refusal)
+    if refusal:
+        raise LauncherError(refusal)
+    return lock
 
 
 def recipe_main(recipe_cls, argv=None) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.config.schema import Config, config_to_dict, logger_backends
+from launcher.disk_full import disk_full_guard
 from launcher.paths import METRICS_FILE
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ class MetricsLogger:
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as fh:
+        with disk_full_guard(self.path, "the metrics log"), open(self.path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         values = numeric_fields(record)
         if values:

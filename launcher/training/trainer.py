@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,6 +25,7 @@ import torch
 
 from launcher.config.schema import Config, save_every_minutes
 from launcher.data.tokenize import row_length
+from launcher.disk_full import DiskFullError, disk_full_guard, written_so_far
 from launcher.engines.base import Engine
 from launcher.engines.distributed import DistInfo, all_reduce_sum
 from launcher.engines.precision import Precision
@@ -204,11 +207,17 @@ class Trainer:
 
     def save_final(self) -> None:
         directory = self.run_dir / MODEL_DIR
-        self.engine.save_final(directory, self.tokenizer)
-        if self.dist.is_main:
-            from launcher.models.vision import save_vision_files
+        try:
+            with disk_full_guard(directory, "the final model", lambda: written_so_far(directory)):
+                self.engine.save_final(directory, self.tokenizer)
+                if self.dist.is_main:
+                    from launcher.models.vision import save_vision_files
 
-            save_vision_files(directory, self.cfg, self.tokenizer)  # VL: processor config, image chat template
+                    save_vision_files(directory, self.cfg, self.tokenizer)  # VL: processor config, image chat template
+        except DiskFullError:
+            if self.dist.is_main:  # a model cut short must not pass for the run's result
+                shutil.rmtree(directory, ignore_errors=True)
+            raise
         if self.dist.is_main and self.cfg.method.finetuning == "lora" and self.cfg.model.name_or_path is None:
             # Point the adapter at the random-init base saved beside it, so standard PEFT loading works;
             # load_trained_model also finds it there if the run dir has moved.
@@ -298,7 +307,14 @@ class Trainer:
         )
         self.objective.finish(self, summary)
         if self.dist.is_main:
-            (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
+            # summary.json says the run finished: written whole or not at all.
+            path = self.run_dir / SUMMARY_FILE
+            with disk_full_guard(path, "the run summary"):
+                try:
+                    path.with_name(path.name + ".tmp").write_text(json.dumps(summary, indent=1))
+                    os.replace(path.with_name(path.name + ".tmp"), path)
+                finally:
+                    path.with_name(path.name + ".tmp").unlink(missing_ok=True)
             plot = plot_loss(self.run_dir)
             log.info("done: %s", self.run_dir)
             if summary.get("eval_loss_before") is not None and final_eval is not None:

@@ -12,6 +12,7 @@ from typing import Optional, Union
 from launcher.config.compose import default_run_name
 from launcher.config.schema import Config, recipe_module
 from launcher.errors import ConfigError
+from launcher.shell import placeholder, shell_word, unplaceholder  # noqa: F401  (the one quoting rule)
 from launcher.rundir import SECRET_ENV_VARS  # only ever passed through the environment, never written
 
 
@@ -151,13 +152,13 @@ def setup_lines(cfg: Config, repo_root: Union[str, Path]) -> list:
     run's code snapshot, RUN_DIR/code), non-secret env vars."""
     lines = [str(line) for line in cfg.cluster.setup]
     # Unpickling the node launcher on the nodes needs the same code that submitted it: the run's snapshot.
-    lines.append(f"export PYTHONPATH={shlex.quote(str(repo_root))}${{PYTHONPATH:+:$PYTHONPATH}}")
+    lines.append(f"export PYTHONPATH={shell_word(str(repo_root))}${{PYTHONPATH:+:$PYTHONPATH}}")
     for key in sorted(cfg.cluster.env):
         if not str(key).isidentifier():
             raise ConfigError(f"cluster.env.{key}: not a valid environment variable name")
-        lines.append(f"export {key}={shlex.quote(str(cfg.cluster.env[key]))}")
+        lines.append(f"export {key}={shell_word(str(cfg.cluster.env[key]))}")
     for key, value in nccl_env(cfg).items():
-        lines.append(f"export {key}={shlex.quote(value)}")
+        lines.append(f"export {key}={shell_word(value)}")
     return lines
 
 
@@ -216,9 +217,16 @@ def sbatch_parameters(cfg: Config, run_dir: Union[str, Path], repo_root: Union[s
 
 
 def submitit_command(python: str, run_dir: Union[str, Path]) -> str:
-    """The command submitit runs in each task (it unpickles and calls the node launcher)."""
+    """The command submitit runs in each task (it unpickles and calls the node launcher); ``python`` is a
+    shell word already (``shell_word``), as submitit takes it."""
     folder = Path(run_dir) / SUBMITIT_DIR
-    return " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    return " ".join([python, "-u -m submitit.core._submit", shell_word(str(folder))])
+
+
+def submitit_python(cfg: Config) -> Optional[str]:
+    """The ``python`` to give submitit's executor: the container's (quoted: submitit writes it into the script
+    as it is), or None for submitit's own quoted sys.executable."""
+    return shell_word(cfg.cluster.container_python) if cfg.cluster.container_image else None
 
 
 def render_sbatch(cfg: Config, run_dir: Union[str, Path], python: str, repo_root: Union[str, Path]) -> str:
@@ -228,7 +236,7 @@ def render_sbatch(cfg: Config, run_dir: Union[str, Path], python: str, repo_root
 
     folder = Path(run_dir) / SUBMITIT_DIR
     return _make_sbatch_string(
-        command=submitit_command(task_python(cfg, python) if cfg.cluster.container_image else python, run_dir),
+        command=submitit_command(submitit_python(cfg) or python, run_dir),
         folder=folder, **sbatch_parameters(cfg, run_dir, repo_root)
     )
 
@@ -282,11 +290,12 @@ def render_torchrun_command(
 
 def format_command(argv: list) -> str:
     """argv -> one shell command, one option per line (for plans, logs and golden files); a container prefix
-    and the Python stay on the first line with torchrun's module."""
+    and the Python stay on the first line with torchrun's module. Every token goes through ``shell_word``:
+    bash (or ``shlex.split``, after joining the continued lines) gives ``argv`` back, placeholders as $NAME."""
     parts: list = []
     first_option = argv.index("torch.distributed.run") + 1 if "torch.distributed.run" in argv else 2
     for i, token in enumerate(argv):
-        quoted = token if "$" in token else shlex.quote(token)
+        quoted = shell_word(token)
         if token.startswith("-") and i >= first_option:
             parts.append(" \\\n  " + quoted)
         else:

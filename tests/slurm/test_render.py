@@ -135,7 +135,8 @@ def test_render_plan_shows_script_and_per_node_command(monkeypatch):
     plan = render_plan(cfg, RUN_DIR, python=PYTHON)
     assert "#SBATCH --nodes=2" in plan
     assert "-m torch.distributed.run \\\n  --nnodes=2 \\\n  --nproc-per-node=1" in plan
-    assert "--rdzv-endpoint=$HEAD_ADDR:$PORT" in plan
+    # The node-side values stay shell variables, expanded where the command is pasted; nothing else expands.
+    assert '--rdzv-endpoint="$HEAD_ADDR":"$PORT"' in plan and '--rdzv-id="$SLURM_JOB_ID"' in plan
     assert "hf_secret_value_123" not in plan
 
 

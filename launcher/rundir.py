@@ -18,7 +18,7 @@ import yaml
 from launcher.config.schema import Config, config_to_dict
 from launcher.paths import CODE_ROOT, CODE_SNAPSHOT_DIR, CONFIG_FILE, REPO_ROOT, SNAPSHOT_SOURCE_FILE
 
-SECRET_ENV_VARS = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+from launcher.secret_env import SECRET_ENV_VARS  # noqa: F401  (re-exported: the names live in secret_env)
 
 
 def make_run_dir(output_root: str | Path, name: str, now: Optional[_dt.datetime] = None) -> Path:

@@ -13,7 +13,7 @@ from launcher.config.compose import default_run_name
 from launcher.config.schema import Config, recipe_module
 from launcher.errors import ConfigError
 from launcher.shell import placeholder, shell_word, unplaceholder  # noqa: F401  (the one quoting rule)
-from launcher.rundir import SECRET_ENV_VARS  # only ever passed through the environment, never written
+from launcher.secret_env import is_secret_name, secret_assignments, secret_values
 
 
 
@@ -127,24 +127,30 @@ def check_sbatch_extra(cfg: Config) -> None:
 
 
 def check_no_secrets(cfg: Config, environ: Optional[dict] = None) -> None:
-    """Refuse configs that would write a secret into the script, the config or the logs."""
+    """Refuse configs that would write a secret into the script, the config or the logs: a secret-looking
+    name in cluster.env (``launcher.secret_env``: *_KEY, *_TOKEN, *SECRET*, *PASSWORD*), one given a value
+    in a setup line or an sbatch option, or the value of a secret of ``environ`` anywhere there."""
     c = cfg.cluster
     for key in c.env:
-        if str(key).upper() in SECRET_ENV_VARS:
+        if is_secret_name(key):
             raise ConfigError(
-                f"cluster.env.{key}: secrets are never written to the run dir; remove it and export {key}"
-                " in the shell that submits (sbatch passes the environment to the job)"
+                f"cluster.env.{key}: looks like a secret, and secrets are never written to the run dir; remove it"
+                f" and export {key} in the shell that runs the launcher (sbatch passes that environment to the"
+                " job, a local run's ranks inherit it)"
             )
-    secrets = [v for k, v in (environ or {}).items() if k in SECRET_ENV_VARS and v and len(v) >= 6]
-    written = [str(v) for v in c.env.values()] + [str(line) for line in c.setup]
-    written += [str(v) for v in c.sbatch_extra.values()]
-    for text in written:
-        for secret in secrets:
-            if secret in text:
-                raise ConfigError(
-                    "cluster.env/cluster.setup/cluster.sbatch_extra: contains the value of a secret"
-                    f" ({', '.join(SECRET_ENV_VARS)}); pass secrets only through the environment"
-                )
+    written = {f"cluster.env.{k}": v for k, v in c.env.items()}
+    written.update({f"cluster.setup[{i}]": line for i, line in enumerate(c.setup)})
+    written.update({f"cluster.sbatch_extra.{k}": v for k, v in c.sbatch_extra.items()})
+    secrets = secret_values(environ or {})
+    for key, text in written.items():
+        named = secret_assignments(text) if not key.startswith("cluster.env.") else []
+        if named:
+            raise ConfigError(f"{key}: sets {named[0]}, which looks like a secret; secrets are never written to the"
+                              f" run dir: export {named[0]} in the shell that runs the launcher instead")
+        for secret, name in secrets.items():
+            if secret in str(text):
+                raise ConfigError(f"{key}: holds the value of {name}; secrets are never written to the run dir,"
+                                  " pass them only through the environment")
 
 
 def setup_lines(cfg: Config, repo_root: Union[str, Path]) -> list:

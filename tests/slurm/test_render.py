@@ -119,7 +119,7 @@ def test_head_node_never_localhost_on_multinode():
 
 def test_secret_in_cluster_env_is_refused():
     cfg = compose_config(["cluster=slurm_local", "+cluster.env.WANDB_API_KEY=abc123"])
-    with pytest.raises(ConfigError, match="cluster.env.WANDB_API_KEY: secrets are never written"):
+    with pytest.raises(ConfigError, match="cluster.env.WANDB_API_KEY: looks like a secret, and secrets are never written"):
         render_plan(cfg, RUN_DIR)
 
 

@@ -223,3 +223,19 @@ def test_dry_run_command_lines_quote_user_text():
         assert words[:2] == ["launcher", "train"] and "run.name=$(id)" in words and "cluster.qos=`id`;x" in words
     assert shlex.split(train_command(overrides, name="a'b"))[-1] == "a'b"
     assert compose_config(["cluster=slurm_local"]).cluster.kind == "slurm"
+
+
+def test_a_newline_from_the_ui_fields_or_overrides_box_is_refused():
+    """The Compose tab's partition/account fields and its overrides box reach the same schema check."""
+    from launcher.ui import actions, form
+
+    groups = {"cluster": "slurm_local"}
+    defaults = form.field_defaults(compose_dict(form.group_overrides(groups)))
+    for fields, free in (({"cluster.partition": "debug\ntouch /tmp/pwned"}, ""),
+                         ({"cluster.account": "acct\r\nsrun x"}, ""),
+                         ({}, "\"cluster.qos='high\ntouch /tmp/pwned'\"")):
+        overrides = form.form_overrides(groups, fields, free, defaults)
+        shown = actions.preview(overrides)
+        assert not shown.ok and shown.plan == ""
+        key = next(iter(fields), "cluster.qos")
+        assert shown.error.startswith(f"{key}: the value") and "one line of printable text" in shown.error

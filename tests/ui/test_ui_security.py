@@ -191,3 +191,38 @@ def test_data_preview_opens_only_files_under_the_roots(secured, page):
     data_preview(page, f"data=custom data.dataset_dir={tmp / 'shared-data'} data.datasets=[mine]"
                        f" data.cache_dir={tmp / 'root' / '.cache'}", "2 sample(s) shown")
     expect()(page.locator("#data-preview")).to_contain_text("ALLOWED-ROW-0")
+
+
+def test_lockouts_double_up_to_the_cap_and_are_forgotten():
+    from launcher.ui.login_gate import FORGET_S, FREE_FAILURES, MAX_LOCKOUT_S, LoginThrottle
+
+    now = [1000.0]
+    throttle = LoginThrottle(clock=lambda: now[0])
+    waits = []
+    for _ in range(FREE_FAILURES + 12):
+        assert throttle.retry_after("a") == 0
+        throttle.attempt("a")
+        waits.append(throttle.retry_after("a"))
+        now[0] += waits[-1]
+    assert waits[:FREE_FAILURES - 1] == [0] * (FREE_FAILURES - 1)
+    assert waits[FREE_FAILURES - 1:FREE_FAILURES + 3] == [1, 2, 4, 8] and max(waits) == MAX_LOCKOUT_S
+    assert throttle.retry_after("b") == 0  # per client
+    throttle.attempt("a")
+    now[0] += FORGET_S + MAX_LOCKOUT_S + 1
+    assert throttle.retry_after("a") == 0 and "a" not in throttle.clients
+
+
+def test_roots_follow_symlinks_and_dots(tmp_path):
+    from launcher.errors import ConfigError
+    from launcher.ui.roots import UiRoots
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "link").symlink_to(outside)
+    roots = UiRoots.of([root])
+    assert roots.check(root / "a.json", "x") == root / "a.json"
+    for path in (root / "link" / "a.json", root / ".." / "outside" / "a.json", Path("/etc/passwd"),
+                 tmp_path / "root-other"):
+        with pytest.raises(ConfigError, match="x: .* is outside the folders this UI may open"):
+            roots.check(path, "x")

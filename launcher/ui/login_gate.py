@@ -46,19 +46,21 @@ class LoginThrottle:
         self.clock = clock
         self.clients: dict = {}  # client -> [failures, locked_until, last_attempt]
 
-    def _state(self, client: str) -> list:
-        now = self.clock()
+    def _forget_old(self, now: float) -> None:
         for key in [k for k, v in self.clients.items() if now - v[2] > FORGET_S]:
             del self.clients[key]
-        return self.clients.setdefault(client, [0, 0.0, now])
 
     def retry_after(self, client: str) -> float:
-        return max(0.0, self._state(client)[1] - self.clock())
+        now = self.clock()
+        self._forget_old(now)
+        state = self.clients.get(client)
+        return max(0.0, state[1] - now) if state else 0.0
 
     def attempt(self, client: str) -> None:
         """Count a try as failed before it is checked (parallel guesses cannot outrun the count)."""
-        state = self._state(client)
         now = self.clock()
+        self._forget_old(now)
+        state = self.clients.setdefault(client, [0, 0.0, now])
         state[0] += 1
         state[2] = now
         if state[0] >= FREE_FAILURES:

@@ -466,6 +466,10 @@ def build_app(root: Path, data_roots: tuple = ()) -> "gr.Blocks":
                 return message("no_finished_run", lang)
             progress(0, desc=message("loading_model", lang))
             try:
+                from launcher.config.schema import load_run_config
+                from launcher.ui.roots import check_config
+
+                check_config(load_run_config(path), allowed, data_only=True)  # predict reads the run's eval data
                 m = after.predict(path, limit=int(limit) if limit else None)
             except LauncherError as exc:
                 return message("error", lang, detail=exc)

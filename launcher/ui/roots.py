@@ -74,18 +74,20 @@ def default_roots(output_root: Path, data_roots: Sequence = ()) -> UiRoots:
     return UiRoots.of([*conf_dataset_dirs(), *data_roots, output_root, upload_folder()])
 
 
-def config_paths(cfg) -> Iterator[tuple]:
-    """(what, path) for every local path a preview, data preview or submit of ``cfg`` opens."""
+def config_paths(cfg, data_only: bool = False) -> Iterator[tuple]:
+    """(what, path) for every local path a preview, data preview or submit of ``cfg`` opens; ``data_only``:
+    the dataset dir and the files it names (what predicting with a finished run's config reads)."""
     from launcher.data import resolve_dataset_dir
     from launcher.data.registry import load_registry
 
     dataset_dir = resolve_dataset_dir(cfg.data)
     yield "data.dataset_dir", dataset_dir
-    if cfg.data.cache_dir:
-        yield "data.cache_dir", Path(cfg.data.cache_dir)
-    yield "run.output_root", Path(cfg.run.output_root)
-    if cfg.run.resume not in ("auto", "never"):
-        yield "run.resume", Path(cfg.run.resume)
+    if not data_only:
+        if cfg.data.cache_dir:
+            yield "data.cache_dir", Path(cfg.data.cache_dir)
+        yield "run.output_root", Path(cfg.run.output_root)
+        if cfg.run.resume not in ("auto", "never"):
+            yield "run.resume", Path(cfg.run.resume)
     try:
         specs = load_registry(dataset_dir)
     except (LauncherError, OSError):
@@ -103,10 +105,10 @@ def config_paths(cfg) -> Iterator[tuple]:
                 yield f"{where} + folder", spec.source() / spec.folder
 
 
-def check_config(cfg, roots: UiRoots) -> None:
+def check_config(cfg, roots: UiRoots, data_only: bool = False) -> None:
     """ConfigError (the one refusal) for the first path of ``cfg`` outside ``roots``; the dataset dir is checked
     before its dataset_info.json is read."""
-    for what, path in config_paths(cfg):
+    for what, path in config_paths(cfg, data_only):
         roots.check(path, what)
 
 

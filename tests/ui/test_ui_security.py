@@ -226,3 +226,18 @@ def test_roots_follow_symlinks_and_dots(tmp_path):
                  tmp_path / "root-other"):
         with pytest.raises(ConfigError, match="x: .* is outside the folders this UI may open"):
             roots.check(path, "x")
+
+
+def test_predict_checks_only_the_data_a_finished_run_reads(tmp_path):
+    from launcher.config.compose import compose_config
+    from launcher.errors import ConfigError
+    from launcher.ui.roots import UiRoots, check_config
+
+    (tmp_path / "data").mkdir()
+    cfg = compose_config([f"data.dataset_dir={tmp_path / 'data'}", "run.output_root=/elsewhere/outputs"], check=False)
+    roots = UiRoots.of([tmp_path])
+    check_config(cfg, roots, data_only=True)  # the run's own output root is not opened by predict
+    with pytest.raises(ConfigError, match="run.output_root: /elsewhere/outputs is outside"):
+        check_config(cfg, roots)
+    with pytest.raises(ConfigError, match="data.dataset_dir: .* is outside"):
+        check_config(cfg, UiRoots.of([tmp_path / "other"]), data_only=True)

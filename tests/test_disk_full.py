@@ -14,7 +14,7 @@ import torch
 from launcher.config.compose import compose_config
 from launcher.data import cache
 from launcher.disk_full import DiskFullError, disk_full_guard
-from launcher.rundir import make_run_dir, write_run_config
+from launcher.launch.rundir import make_run_dir, write_run_config
 from launcher.training import checkpoint as ckpt
 from launcher.training.metrics import MetricsLogger
 from tests.resume.helpers import TINY

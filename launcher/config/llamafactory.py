@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -140,7 +139,9 @@ def hydra_value(value: Any) -> str:
 
 def command_line(overrides: list, extra: tuple = ()) -> str:
     """The shell command a user can paste: ``launcher train`` + the overrides, quoted for the shell."""
-    return " ".join(["launcher", "train", *extra, *(shlex.quote(o) for o in overrides)])
+    from launcher.shell import shell_command
+
+    return shell_command(["launcher", "train", *extra, *overrides])
 
 
 # ----------------------------------------------------------------------------------------- reading

@@ -472,10 +472,12 @@ def recipe_module(cfg: Config) -> str:
 
 
 def validation_problems(cfg: Config) -> list[str]:
-    """Every value out of range (launcher.config.ranges), or else the first impossible combination."""
+    """Every string with a control character (launcher.config.text_values), every value out of range
+    (launcher.config.ranges), or else the first impossible combination."""
     from launcher.config.ranges import range_problems
+    from launcher.config.text_values import text_problems
 
-    problems = range_problems(cfg)
+    problems = text_problems(cfg) + range_problems(cfg)
     if problems:  # the combination checks below assume values in range
         return problems
     try:

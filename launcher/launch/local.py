@@ -33,12 +33,14 @@ def torchrun_command(cfg: Config, run_dir: Path) -> list[str]:
 
 
 def describe_local(cfg: Config) -> str:
+    from launcher.shell import shell_command
+
     n = cfg.cluster.nproc_per_node
     if n == 1:
         return (f"# local: one process, in the launcher's own process: python -m {recipe_module(cfg)} --run-dir RUN_DIR"
                 " (the code is snapshot to RUN_DIR/code)")
     return ("# local: PYTHONPATH=RUN_DIR/code (the code snapshot taken at launch) "
-            + " ".join(torchrun_command(cfg, Path("RUN_DIR"))))
+            + shell_command(torchrun_command(cfg, Path("RUN_DIR"))))
 
 
 def usable_cpus() -> int:

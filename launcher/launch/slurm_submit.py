@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -25,9 +24,12 @@ from launcher.slurm.render import (
     SUBMITIT_DIR,
     check_no_secrets,
     format_command,
+    placeholder,
     render_sbatch,
     render_torchrun_command,
     sbatch_parameters,
+    shell_word,
+    submitit_python,
 )
 
 SUBMITTED_SCRIPT = "submitted.sbatch"
@@ -36,13 +38,13 @@ SUBMITTED_SCRIPT = "submitted.sbatch"
 
 def render_plan(cfg: Config, run_dir: Union[str, Path], python: Optional[str] = None) -> str:
     """The sbatch script and the per-node torchrun command, as text; touches nothing, submits nothing."""
-    python = python or shlex.quote(sys.executable)
+    python = python or shell_word(sys.executable)
     check_no_secrets(cfg, dict(os.environ))
     code_dir = Path(run_dir) / CODE_SNAPSHOT_DIR
     script = render_sbatch(cfg, run_dir, python=python, repo_root=code_dir)
     torchrun = render_torchrun_command(
-        cfg, run_dir, head_addr="$HEAD_ADDR", port="$PORT", job_id="$SLURM_JOB_ID", node_rank="$SLURM_NODEID",
-        python=python,
+        cfg, run_dir, head_addr=placeholder("HEAD_ADDR"), port=placeholder("PORT"),
+        job_id=placeholder("SLURM_JOB_ID"), node_rank=placeholder("SLURM_NODEID"), python=python,
     )
     c = cfg.cluster
     return "\n".join([
@@ -55,7 +57,7 @@ def render_plan(cfg: Config, run_dir: Union[str, Path], python: Optional[str] = 
         " node 0 publishes it in RUN_DIR/logs for the others)",
         "#   is_host=1 on node 0 (it hosts the c10d rendezvous), 0 elsewhere",
         *container_lines(cfg),
-        f"#   run from the code snapshot taken at submit: cd {code_dir}; PYTHONPATH={code_dir}",
+        f"#   run from the code snapshot taken at submit: cd {shell_word(code_dir)}; PYTHONPATH={shell_word(code_dir)}",
         format_command(torchrun),
         "",
     ])
@@ -88,9 +90,8 @@ def make_executor(cfg: Config, run_dir: Path):
         raise LauncherError("cluster=slurm: sbatch is not on PATH; run on a SLURM login node (or start the test"
                             " cluster with slurm/start-cluster.sh and export SLURM_CONF)")
     # In a pyxis container the task runs the image's Python, as render_sbatch shows.
-    python = cfg.cluster.container_python if cfg.cluster.container_image else None
     executor = submitit.SlurmExecutor(folder=run_dir / SUBMITIT_DIR, max_num_timeout=cfg.cluster.max_requeues,
-                                      python=python)
+                                      python=submitit_python(cfg))
     executor.update_parameters(**sbatch_parameters(cfg, run_dir, run_dir / CODE_SNAPSHOT_DIR))
     return executor
 
@@ -174,8 +175,7 @@ def submit_array(cfgs: list, run_dirs: list, sweep_dir: Union[str, Path], job_na
         if not (run_dir / CONFIG_FILE).exists():
             write_run_config(run_dir, other)
     folder = sweep_dir / SUBMITIT_DIR
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=c.max_requeues,
-                                      python=c.container_python if c.container_image else None)
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=c.max_requeues, python=submitit_python(cfg))
     # One snapshot for the whole array (every task runs the same code), in the sweep dir.
     params = sbatch_parameters(cfg, sweep_dir, snapshot_code(sweep_dir))
     params["job_name"] = job_name or default_run_name(cfg)

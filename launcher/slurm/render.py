@@ -12,8 +12,10 @@ from typing import Optional, Union
 from launcher.config.compose import default_run_name
 from launcher.config.schema import Config, recipe_module
 from launcher.errors import ConfigError
-SECRET_ENV_VARS = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
-"""Secrets a run may need: only ever passed through the environment, never written (``check_no_secrets``)."""
+from launcher.shell import placeholder, shell_word, unplaceholder  # noqa: F401  (the one quoting rule)
+from launcher.secret_env import is_secret_name, secret_assignments, secret_values
+
+
 
 SUBMITIT_DIR = "slurm"
 """Run dir subfolder for submitit's files: the pickled node launcher, per-node stdout/stderr (%j_%t_log.*)."""
@@ -125,24 +127,30 @@ def check_sbatch_extra(cfg: Config) -> None:
 
 
 def check_no_secrets(cfg: Config, environ: Optional[dict] = None) -> None:
-    """Refuse configs that would write a secret into the script, the config or the logs."""
+    """Refuse configs that would write a secret into the script, the config or the logs: a secret-looking
+    name in cluster.env (``launcher.secret_env``: *_KEY, *_TOKEN, *SECRET*, *PASSWORD*), one given a value
+    in a setup line or an sbatch option, or the value of a secret of ``environ`` anywhere there."""
     c = cfg.cluster
     for key in c.env:
-        if str(key).upper() in SECRET_ENV_VARS:
+        if is_secret_name(key):
             raise ConfigError(
-                f"cluster.env.{key}: secrets are never written to the run dir; remove it and export {key}"
-                " in the shell that submits (sbatch passes the environment to the job)"
+                f"cluster.env.{key}: looks like a secret, and secrets are never written to the run dir; remove it"
+                f" and export {key} in the shell that runs the launcher (sbatch passes that environment to the"
+                " job, a local run's ranks inherit it)"
             )
-    secrets = [v for k, v in (environ or {}).items() if k in SECRET_ENV_VARS and v and len(v) >= 6]
-    written = [str(v) for v in c.env.values()] + [str(line) for line in c.setup]
-    written += [str(v) for v in c.sbatch_extra.values()]
-    for text in written:
-        for secret in secrets:
-            if secret in text:
-                raise ConfigError(
-                    "cluster.env/cluster.setup/cluster.sbatch_extra: contains the value of a secret"
-                    f" ({', '.join(SECRET_ENV_VARS)}); pass secrets only through the environment"
-                )
+    written = {f"cluster.env.{k}": v for k, v in c.env.items()}
+    written.update({f"cluster.setup[{i}]": line for i, line in enumerate(c.setup)})
+    written.update({f"cluster.sbatch_extra.{k}": v for k, v in c.sbatch_extra.items()})
+    secrets = secret_values(environ or {})
+    for key, text in written.items():
+        named = secret_assignments(text) if not key.startswith("cluster.env.") else []
+        if named:
+            raise ConfigError(f"{key}: sets {named[0]}, which looks like a secret; secrets are never written to the"
+                              f" run dir: export {named[0]} in the shell that runs the launcher instead")
+        for secret, name in secrets.items():
+            if secret in str(text):
+                raise ConfigError(f"{key}: holds the value of {name}; secrets are never written to the run dir,"
+                                  " pass them only through the environment")
 
 
 def setup_lines(cfg: Config, repo_root: Union[str, Path]) -> list:
@@ -150,13 +158,13 @@ def setup_lines(cfg: Config, repo_root: Union[str, Path]) -> list:
     run's code snapshot, RUN_DIR/code), non-secret env vars."""
     lines = [str(line) for line in cfg.cluster.setup]
     # Unpickling the node launcher on the nodes needs the same code that submitted it: the run's snapshot.
-    lines.append(f"export PYTHONPATH={shlex.quote(str(repo_root))}${{PYTHONPATH:+:$PYTHONPATH}}")
+    lines.append(f"export PYTHONPATH={shell_word(str(repo_root))}${{PYTHONPATH:+:$PYTHONPATH}}")
     for key in sorted(cfg.cluster.env):
         if not str(key).isidentifier():
             raise ConfigError(f"cluster.env.{key}: not a valid environment variable name")
-        lines.append(f"export {key}={shlex.quote(str(cfg.cluster.env[key]))}")
+        lines.append(f"export {key}={shell_word(str(cfg.cluster.env[key]))}")
     for key, value in nccl_env(cfg).items():
-        lines.append(f"export {key}={shlex.quote(value)}")
+        lines.append(f"export {key}={shell_word(value)}")
     return lines
 
 
@@ -215,9 +223,16 @@ def sbatch_parameters(cfg: Config, run_dir: Union[str, Path], repo_root: Union[s
 
 
 def submitit_command(python: str, run_dir: Union[str, Path]) -> str:
-    """The command submitit runs in each task (it unpickles and calls the node launcher)."""
+    """The command submitit runs in each task (it unpickles and calls the node launcher); ``python`` is a
+    shell word already (``shell_word``), as submitit takes it."""
     folder = Path(run_dir) / SUBMITIT_DIR
-    return " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    return " ".join([python, "-u -m submitit.core._submit", shell_word(str(folder))])
+
+
+def submitit_python(cfg: Config) -> Optional[str]:
+    """The ``python`` to give submitit's executor: the container's (quoted: submitit writes it into the script
+    as it is), or None for submitit's own quoted sys.executable."""
+    return shell_word(cfg.cluster.container_python) if cfg.cluster.container_image else None
 
 
 def render_sbatch(cfg: Config, run_dir: Union[str, Path], python: str, repo_root: Union[str, Path]) -> str:
@@ -227,7 +242,7 @@ def render_sbatch(cfg: Config, run_dir: Union[str, Path], python: str, repo_root
 
     folder = Path(run_dir) / SUBMITIT_DIR
     return _make_sbatch_string(
-        command=submitit_command(task_python(cfg, python) if cfg.cluster.container_image else python, run_dir),
+        command=submitit_command(submitit_python(cfg) or python, run_dir),
         folder=folder, **sbatch_parameters(cfg, run_dir, repo_root)
     )
 
@@ -281,11 +296,12 @@ def render_torchrun_command(
 
 def format_command(argv: list) -> str:
     """argv -> one shell command, one option per line (for plans, logs and golden files); a container prefix
-    and the Python stay on the first line with torchrun's module."""
+    and the Python stay on the first line with torchrun's module. Every token goes through ``shell_word``:
+    bash (or ``shlex.split``, after joining the continued lines) gives ``argv`` back, placeholders as $NAME."""
     parts: list = []
     first_option = argv.index("torch.distributed.run") + 1 if "torch.distributed.run" in argv else 2
     for i, token in enumerate(argv):
-        quoted = token if "$" in token else shlex.quote(token)
+        quoted = shell_word(token)
         if token.startswith("-") and i >= first_option:
             parts.append(" \\\n  " + quoted)
         else:

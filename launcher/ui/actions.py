@@ -68,19 +68,15 @@ def preflight_lines(exc: PreflightError) -> list:
 def secret_values(overrides: Sequence[str]) -> dict:
     """{value: NAME} of secrets typed as overrides (``cluster.env.WANDB_API_KEY=...``; the preflight refuses
     them) and of the secret environment variables this process has."""
-    import os
-
-    from launcher.slurm.render import SECRET_ENV_VARS
+    from launcher import secret_env
 
     found = {}
     for item in overrides:
         key, _, value = item.partition("=")
         name = key.rsplit(".", 1)[-1].upper()
-        if name in SECRET_ENV_VARS and len(value.strip("'\"")) >= 4:
+        if secret_env.is_secret_name(name) and len(value.strip("'\"")) >= 4:
             found[value.strip("'\"")] = name
-    for name in SECRET_ENV_VARS:
-        if len(os.environ.get(name) or "") >= 4:
-            found[os.environ[name]] = name
+    found.update(secret_env.secret_values())
     return found
 
 

@@ -51,10 +51,14 @@ def runs_frame(rows: list, lang: str):
     return pd.DataFrame(rows, columns=headers).astype("string")
 
 
-def build_app(root: Path) -> "gr.Blocks":
-    """The app for runs under ``root`` (created when missing); ``root`` is forced as run.output_root."""
+def build_app(root: Path, data_roots: tuple = ()) -> "gr.Blocks":
+    """The app for runs under ``root`` (created when missing); ``root`` is forced as run.output_root. Handlers
+    open files only under ``root``, ``data_roots``, conf/data's data folders and the upload folder."""
+    from launcher.ui.roots import check_overrides, default_roots
+
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
+    allowed = default_roots(root, data_roots)
     t = build_i18n()
     options = form.group_options()
     group_defaults = form.default_groups()
@@ -208,6 +212,7 @@ def build_app(root: Path) -> "gr.Blocks":
             sweep_text = sweep_text[0] if sweep_text else ""
             overrides = form.form_overrides(groups, fields, free_text, _compose_defaults(groups))
             overrides += form.split_overrides(sweep_text) + [f"run.output_root={root}"]
+            check_overrides(overrides, allowed)  # before any handler opens a file the form names
             return overrides, (name or "").strip() or None
 
         form_inputs = group_boxes + field_boxes + [run_name, free, sweep]
@@ -404,6 +409,11 @@ def build_app(root: Path) -> "gr.Blocks":
             text = text.strip()
             kept = None
             if image:
+                try:
+                    image = str(allowed.check(image, "chat image"))
+                except LauncherError as exc:
+                    yield history, base_history, text, convs, message("image_unreadable", lang, detail=exc), gr.update()
+                    return
                 if not after.run_sees_images(path):
                     from launcher.config.schema import load_run_config
 
@@ -456,6 +466,10 @@ def build_app(root: Path) -> "gr.Blocks":
                 return message("no_finished_run", lang)
             progress(0, desc=message("loading_model", lang))
             try:
+                from launcher.config.schema import load_run_config
+                from launcher.ui.roots import check_config
+
+                check_config(load_run_config(path), allowed, data_only=True)  # predict reads the run's eval data
                 m = after.predict(path, limit=int(limit) if limit else None)
             except LauncherError as exc:
                 return message("error", lang, detail=exc)

@@ -178,4 +178,6 @@ def train_command(overrides: Sequence[str], name: Optional[str] = None, sweep: b
     words = ["launcher", "train"] + (["-m"] if sweep else []) + list(overrides)
     if name:
         words += ["--name", name]
-    return " ".join(shlex.quote(w) for w in words)
+    from launcher.shell import shell_command
+
+    return shell_command(words)

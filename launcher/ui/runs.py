@@ -296,13 +296,12 @@ def log_files(run_dir: Path) -> list:
 
 
 def mask_secrets(text: str) -> str:
-    """Values of secret environment variables (W&B, HF tokens) replaced, should a log have printed one."""
-    from launcher.slurm.render import SECRET_ENV_VARS
+    """Values of secret environment variables (W&B, HF tokens, any *_KEY, *_TOKEN, ...) replaced, should a log
+    have printed one."""
+    from launcher.secret_env import secret_values
 
-    for name in SECRET_ENV_VARS:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            text = text.replace(value, f"<{name}>")
+    for value, name in secret_values().items():
+        text = text.replace(value, f"<{name}>")
     return text
 
 

@@ -1,8 +1,12 @@
-"""``launcher ui [--host 127.0.0.1] [--port 7860] [--root OUTPUT_ROOT] [--token TOKEN]``: serve the web app.
+"""``launcher ui [--host 127.0.0.1] [--port 7860] [--root OUTPUT_ROOT] [--data-root DIR]... [--token TOKEN]``.
 
 Binds to 127.0.0.1 unless told otherwise; any other address needs a login (Gradio's auth, user ``launcher``
 and the token) and is refused without one, before anything is started. The token is best passed in
-``LAUNCHER_UI_TOKEN`` (a command-line argument is visible to every user of the host in ``ps``).
+``LAUNCHER_UI_TOKEN`` (a command-line argument is visible to every user of the host in ``ps``). With a login,
+nothing but the login page is served before it, and wrong passwords are throttled per client
+(``launcher.ui.login_gate``). Handlers open files only under the UI's roots (``launcher.ui.roots``): the data
+folders of conf/data and each ``--data-root``, the output root, and the upload folder (a private temp folder
+unless GRADIO_TEMP_DIR is set).
 """
 from __future__ import annotations
 
@@ -36,8 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", default=None,
                         help="output root whose runs the UI shows and where it launches (default: run.output_root"
                              " of conf/train.yaml, relative to the current folder)")
+    parser.add_argument("--data-root", action="append", default=[], metavar="DIR",
+                        help="a folder whose datasets the page may preview and train on, besides the data folders"
+                             " of conf/data (repeatable)")
     parser.add_argument("--token", default=None, help=f"login password (user '{USER}'); better: set {TOKEN_ENV}")
     return parser
+
+
+def private_upload_folder() -> str:
+    """GRADIO_TEMP_DIR unless set: a folder only this user can read (Gradio's default, /tmp/gradio, is shared
+    by every Gradio app and user of the host)."""
+    import tempfile
+
+    if not os.environ.get("GRADIO_TEMP_DIR"):
+        os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="launcher-ui-uploads-")  # mode 0700
+    return os.environ["GRADIO_TEMP_DIR"]
 
 
 def default_root() -> Path:
@@ -53,15 +70,24 @@ def ui_main(argv: Optional[list] = None) -> int:
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port: {args.port} is not a port number")
     root = Path(args.root or default_root()).resolve()
+    for folder in args.data_root:
+        if not Path(folder).is_dir():
+            raise ConfigError(f"--data-root {folder}: no such folder")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    private_upload_folder()
     from launcher.ui.app import build_app
 
-    app = build_app(root)
+    app = build_app(root, data_roots=args.data_root)
     print(f"launcher ui: runs under {root}; http://{args.host}:{args.port}/"
           + (f" (login: user '{USER}')" if token else ""), flush=True)
+    from starlette.middleware import Middleware
+
+    from launcher.ui.login_gate import LoginGate
+
     app.queue(default_concurrency_limit=4).launch(
         server_name=args.host, server_port=args.port, auth=(USER, token) if token else None, share=False,
         inbrowser=False, quiet=True, show_error=True, i18n=app.launcher_i18n, footer_links=["settings"],
+        app_kwargs={"middleware": [Middleware(LoginGate)]},
     )
     return 0
 

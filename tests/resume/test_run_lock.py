@@ -19,7 +19,7 @@ from launcher import process_lock
 from launcher.config.compose import compose_config
 from launcher.errors import LauncherError
 from launcher.process_lock import Holder, hold_run_dir
-from launcher.rundir import make_run_dir, write_run_config
+from launcher.launch.rundir import make_run_dir, write_run_config
 from tests.resume.helpers import TINY
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -199,7 +199,8 @@ def test_70b_on_8x8_h100_loads_under_zero3_and_fsdp_but_not_with_a_copy_per_rank
 # 11
 def test_secret_in_cluster_env():
     refused(["cluster=slurm_local", "cluster.partition=null", "+cluster.env.HF_TOKEN=hf_abcdef"],
-            r"cluster\.env\.HF_TOKEN: secrets are never written to the run dir; remove it and export HF_TOKEN")
+            r"cluster\.env\.HF_TOKEN: looks like a secret, and secrets are never written to the run dir; remove it"
+            r" and export HF_TOKEN in the shell")
 
 
 # 12

@@ -119,7 +119,7 @@ def test_head_node_never_localhost_on_multinode():
 
 def test_secret_in_cluster_env_is_refused():
     cfg = compose_config(["cluster=slurm_local", "+cluster.env.WANDB_API_KEY=abc123"])
-    with pytest.raises(ConfigError, match="cluster.env.WANDB_API_KEY: secrets are never written"):
+    with pytest.raises(ConfigError, match="cluster.env.WANDB_API_KEY: looks like a secret, and secrets are never written"):
         render_plan(cfg, RUN_DIR)
 
 
@@ -135,7 +135,8 @@ def test_render_plan_shows_script_and_per_node_command(monkeypatch):
     plan = render_plan(cfg, RUN_DIR, python=PYTHON)
     assert "#SBATCH --nodes=2" in plan
     assert "-m torch.distributed.run \\\n  --nnodes=2 \\\n  --nproc-per-node=1" in plan
-    assert "--rdzv-endpoint=$HEAD_ADDR:$PORT" in plan
+    # The node-side values stay shell variables, expanded where the command is pasted; nothing else expands.
+    assert '--rdzv-endpoint="$HEAD_ADDR":"$PORT"' in plan and '--rdzv-id="$SLURM_JOB_ID"' in plan
     assert "hf_secret_value_123" not in plan
 
 

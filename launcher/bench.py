@@ -24,6 +24,7 @@ def bench_main(argv: list[str]) -> int:
 
     from launcher.config.compose import compose_config, default_run_name
     from launcher.errors import ConfigError
+    from launcher.paths import BENCH_FILE
     from launcher.rundir import make_run_dir, write_run_config
 
     # What is measured is training: no evaluation before, during or after it (held-out loss, exact match, DPO's
@@ -44,7 +45,7 @@ def bench_main(argv: list[str]) -> int:
 
     summary = run_in_process(run_dir, evaluations=False)
     report = bench_report(summary, run_dir)
-    out = args.out or run_dir / "bench.json"
+    out = args.out or run_dir / BENCH_FILE
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(format_report(report))
     print(f"written: {out}")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.config.schema import Config, recipe_module
-from launcher.paths import CODE_SNAPSHOT_DIR
+from launcher.paths import CODE_SNAPSHOT_DIR, LOG_DIR
 from launcher.rundir import child_env
 
 
@@ -26,7 +26,7 @@ def torchrun_command(cfg: Config, run_dir: Path) -> list[str]:
         sys.executable, "-m", "torch.distributed.run",
         "--standalone",
         f"--nproc_per_node={cfg.cluster.nproc_per_node}",
-        f"--log-dir={run_dir / 'logs' / 'torchrun'}",
+        f"--log-dir={run_dir / LOG_DIR / 'torchrun'}",
         "--tee=3",
         "-m", recipe_module(cfg), "--run-dir", str(run_dir),
     ]

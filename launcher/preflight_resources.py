@@ -17,6 +17,7 @@ from typing import Optional
 
 from launcher.config.schema import Config
 from launcher.errors import ConfigError
+from launcher.paths import CHECKPOINTS_DIR
 
 # What each engine or option imports on the ranks: (package, pip name).
 ENGINE_PACKAGES = {"deepspeed": ("deepspeed", "deepspeed (pip install -e '.[deepspeed]')")}
@@ -252,9 +253,9 @@ def check_resume(problems, cfg: Config) -> None:
     # Which files make a complete checkpoint is the training side's definition (COMPLETE marker, meta.json).
     complete, meta_file = path / "COMPLETE", path / "meta.json"
     if not complete.is_file():
-        inside = sorted(p.name for p in (path / "checkpoints").glob("step-*") if (p / "COMPLETE").is_file()) \
-            if (path / "checkpoints").is_dir() else []
-        hint = f"; it looks like a run dir: use {path / 'checkpoints' / inside[-1]}" if inside else \
+        inside = sorted(p.name for p in (path / CHECKPOINTS_DIR).glob("step-*") if (p / "COMPLETE").is_file()) \
+            if (path / CHECKPOINTS_DIR).is_dir() else []
+        hint = f"; it looks like a run dir: use {path / CHECKPOINTS_DIR / inside[-1]}" if inside else \
             "; point it at RUN_DIR/checkpoints/step-N"
         raise ConfigError(f"run.resume: {path} is not a complete checkpoint (no COMPLETE marker){hint}")
     try:

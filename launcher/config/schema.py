@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from launcher.errors import ConfigError
+from launcher.paths import CONFIG_FILE
 
 
 # --------------------------------------------------------------------------------------------- groups
@@ -681,7 +682,7 @@ def load_run_config(run_dir: Union[str, Path]) -> Config:
     """What ranks call: the resolved config written by the launcher, no Hydra involved."""
     import yaml
 
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / CONFIG_FILE
     with open(path) as fh:
         data = yaml.safe_load(fh)
     return parse_config(data)

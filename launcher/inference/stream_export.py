@@ -69,9 +69,9 @@ def stream_export(run_dir: Path, cfg: Config, checkpoint: Path, tokenizer, out: 
     None when this checkpoint kind takes the plain path."""
     from launcher.engines.loading import build_meta_model, checkpoint_index
     from launcher.engines.streaming import ShardedSafetensorsWriter
-    from launcher.paths import BASE_MODEL_DIR
+    from launcher.paths import BASE_MODEL_DIR, CHECKPOINT_STATE_FILE
 
-    state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)
+    state = torch.load(checkpoint / CHECKPOINT_STATE_FILE, map_location="cpu", weights_only=False)
     engine = state.get("engine")
     lora = cfg.method.finetuning == "lora"
     if "model" in state or engine not in ("fsdp", "deepspeed") or (lora and cfg.method.lora.use_dora):

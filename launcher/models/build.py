@@ -14,6 +14,7 @@ import torch
 
 from launcher.config.schema import Config, LoraConfig
 from launcher.errors import ConfigError
+from launcher.paths import BASE_MODEL_DIR, MODEL_DIR
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +270,7 @@ def load_trained_model(run_dir: Path, device: Optional[torch.device] = None, mer
     from launcher.models.vision import auto_class_for
 
     run_dir = Path(run_dir)
-    model_dir = run_dir / "model"
+    model_dir = run_dir / MODEL_DIR
     tokenizer = load_saved_tokenizer(model_dir)
     if (model_dir / "adapter_config.json").exists():
         from peft import PeftModel
@@ -277,8 +278,8 @@ def load_trained_model(run_dir: Path, device: Optional[torch.device] = None, mer
         import json
 
         base = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-        if not Path(base).exists() and (run_dir / "base_model").exists():
-            base = str(run_dir / "base_model")  # the run dir was moved after training
+        if not Path(base).exists() and (run_dir / BASE_MODEL_DIR).exists():
+            base = str(run_dir / BASE_MODEL_DIR)  # the run dir was moved after training
         model = auto_class_for(base).from_pretrained(base)
         model = PeftModel.from_pretrained(model, model_dir)
         if merge:

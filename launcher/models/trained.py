@@ -17,7 +17,7 @@ import torch
 
 from launcher.config.schema import Config, load_run_config
 from launcher.errors import ConfigError, LauncherError
-from launcher.paths import BASE_MODEL_DIR, MODEL_DIR
+from launcher.paths import BASE_MODEL_DIR, CHECKPOINT_STATE_FILE, CONFIG_FILE, MODEL_DIR
 from launcher.training import checkpoint as ckpt
 from launcher.models.build import apply_lora, build_base_model, load_trained_model
 from launcher.models.tokenizers import load_saved_tokenizer, load_tokenizer
@@ -26,7 +26,7 @@ from launcher.models.tokenizers import load_saved_tokenizer, load_tokenizer
 
 def check_run_dir(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
+    if not (run_dir / CONFIG_FILE).is_file():
         raise LauncherError(f"{run_dir}: not a run dir (no config.yaml); pass the folder `launcher train` printed")
     return run_dir
 
@@ -39,7 +39,7 @@ def resolve_checkpoint(run_dir: Path, name: str) -> Path:
         if not digits.isdigit():
             raise ConfigError(f"--checkpoint: '{name}' is not step-N, a step number, or a checkpoint folder")
         path = ckpt.checkpoint_root(run_dir) / ckpt.step_dir_name(int(digits))
-    if not (path / ckpt.COMPLETE).is_file() or not (path / "state.pt").is_file():
+    if not (path / ckpt.COMPLETE).is_file() or not (path / CHECKPOINT_STATE_FILE).is_file():
         found = ", ".join(p.name for p in ckpt.complete_checkpoints(run_dir)) or "none"
         raise ConfigError(f"--checkpoint: {path} is not a complete checkpoint (complete ones in this run: {found})")
     return path
@@ -75,7 +75,7 @@ def load_checkpoint_model(run_dir: Path, cfg: Config, checkpoint: Path, tokenize
     model = load_base(run_dir, cfg, tokenizer)
     if cfg.method.finetuning == "lora":
         model = apply_lora(model, cfg.method.lora)
-    state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=False)
+    state = torch.load(checkpoint / CHECKPOINT_STATE_FILE, map_location="cpu", weights_only=False)
     if "model" in state:
         state = state["model"]
         result = model.load_state_dict(state, strict=False)
@@ -145,8 +145,8 @@ def load_zero_weights(model, checkpoint: Path, lora: bool) -> set:
 def split_checkpoint_path(path: Path) -> tuple[Path, Optional[str]]:
     """``RUN_DIR/checkpoints/step-N`` -> (RUN_DIR, that folder); a run dir -> (it, None)."""
     path = Path(path)
-    if not (path / "config.yaml").is_file() and (path / ckpt.COMPLETE).is_file() \
-            and (path.parent.parent / "config.yaml").is_file():
+    if not (path / CONFIG_FILE).is_file() and (path / ckpt.COMPLETE).is_file() \
+            and (path.parent.parent / CONFIG_FILE).is_file():
         return path.parent.parent, str(path)
     return path, None
 

@@ -26,6 +26,7 @@ import torch
 
 from launcher.engines.distributed import DistInfo, barrier, broadcast_object
 from launcher.errors import ConfigError
+from launcher.paths import CHECKPOINTS_DIR
 
 log = logging.getLogger("launcher.checkpoint")
 
@@ -39,7 +40,7 @@ HASH_EDGE_BYTES = 16 << 20
 
 
 def checkpoint_root(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
+    return Path(run_dir) / CHECKPOINTS_DIR
 
 
 def step_dir_name(step: int) -> str:

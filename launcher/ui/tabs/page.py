@@ -7,6 +7,7 @@ from typing import Optional
 
 import gradio as gr
 
+from launcher.paths import CONFIG_FILE
 from launcher.ui import runs
 
 LANG_JS = "() => document.documentElement.lang || navigator.language || 'en'"
@@ -30,7 +31,7 @@ class Page:
         if not rel:
             return None
         path = runs.confine(self.root, rel)
-        return path if (path / "config.yaml").is_file() else None
+        return path if (path / CONFIG_FILE).is_file() else None
 
 
 def plot_frame(rows: list):

@@ -26,7 +26,6 @@ from typing import Callable, Optional
 
 from launcher.config.schema import Config, resolve_grad_accum, validation_problems, world_size
 from launcher.errors import ConfigError, LauncherError, PreflightError
-from launcher.paths import REPO_ROOT
 from launcher.data.templates import NAMED_TEMPLATES as KNOWN_TEMPLATES
 from launcher.preflight_data import check_data_choices
 from launcher.preflight_model import (check_dtype, check_freeze_modules, check_hub_model, check_lora_targets,
@@ -105,17 +104,13 @@ def check_cluster(problems: Problems, cfg: Config) -> None:
 # --------------------------------------------------------------------------------------------- data
 
 
-def dataset_dir_of(cfg: Config) -> Path:
-    path = Path(cfg.data.dataset_dir)
-    return path if path.is_absolute() else REPO_ROOT / path
-
-
 def check_datasets(problems: Problems, cfg: Config) -> None:
+    from launcher.data import resolve_dataset_dir
     from launcher.data.readers import hub_reachable
     from launcher.data.registry import load_registry
     from launcher.data.validate import check_dataset
 
-    dataset_dir = dataset_dir_of(cfg)
+    dataset_dir = resolve_dataset_dir(cfg.data)
     specs = load_registry(dataset_dir)
     media = media_checker(cfg)
     for key, entries in (("data.datasets", cfg.data.datasets), ("data.eval_datasets", cfg.data.eval_datasets)):

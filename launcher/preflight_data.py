@@ -76,9 +76,9 @@ def dataset_kind(spec) -> str:
 
 
 def check_data_choices(problems, cfg: Config) -> None:
-    from launcher.preflight import dataset_dir_of
+    from launcher.data import resolve_dataset_dir
 
-    dataset_dir = dataset_dir_of(cfg)
+    dataset_dir = resolve_dataset_dir(cfg.data)
     info = f"{dataset_dir}/dataset_info.json"
     method = cfg.method.name
     media_model: Optional[bool] = None

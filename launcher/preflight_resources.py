@@ -17,6 +17,7 @@ from typing import Optional
 
 from launcher.config.schema import Config
 from launcher.errors import ConfigError
+from launcher.host import usable_cpus
 from launcher.paths import CHECKPOINTS_DIR
 
 # What each engine or option imports on the ranks: (package, pip name).
@@ -27,13 +28,6 @@ RESUME_WORDS = ("auto", "never")
 
 
 # ------------------------------------------------------------------------------------- this host
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def local_gpu_count() -> int:

@@ -99,3 +99,34 @@ def test_run_dirs_are_never_reused(tmp_path):
 def test_parse_config_rejects_wrong_nested_type():
     with pytest.raises(ConfigError, match="method.lora: expected a mapping"):
         parse_config({"method": {"lora": 3}, "data": {"datasets": ["tasks"]}})
+
+
+@pytest.mark.parametrize("value", ["plain/path-1.0", "gpu a", "it's", "true", "null", "12", "1e-4", "a,b", "x=y",
+                                   "${oops}x", "back\\slash", "end\\", "q\\'x", "a:b", "[x]"])
+def test_hydra_value_gives_back_a_string_through_compose(value):
+    from launcher.config.compose import compose_dict, hydra_value
+
+    assert compose_dict([f"model.name={hydra_value(value)}"])["model"]["name"] == value  # a free string key
+
+
+@pytest.mark.parametrize("value", [
+    None, True, False, 0, -3, 2.5, 1e-4, "gpu a", "it's", "12",
+    ["a", "b c", 1, True, None], ("x", 2.0), [], ["nested", ["1", 2]],
+    {"stage": 2, "offload": True, "name": "zero 2", "targets": ["q_proj", "v proj"]}, {},
+])
+def test_hydra_value_round_trips_through_the_override_grammar(value):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from launcher.config.compose import hydra_value
+
+    parsed = OverridesParser.create().parse_override(f"key={hydra_value(value)}").value()
+    expected = list(value) if isinstance(value, tuple) else value
+    assert parsed == expected and type(parsed) is type(expected)
+
+
+def test_hydra_value_refuses_a_dict_key_hydra_would_misread():
+    from launcher.config.compose import hydra_value
+
+    for key in ("two words", "true", "12", 3):
+        with pytest.raises(ValueError, match="dict key"):
+            hydra_value({key: 1})

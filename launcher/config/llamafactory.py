@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from launcher.config.compose import hydra_value
 from launcher.errors import ConfigError
 
 # LLaMA-Factory template names whose format one of our named templates reproduces; any other name uses the
@@ -113,29 +114,6 @@ class Translation:
 
 
 # ------------------------------------------------------------------------------------------- values
-
-
-_PLAIN = re.compile(r"[A-Za-z_/.][A-Za-z0-9_./\-]*")
-_NON_STRINGS = re.compile(r"(?i)(true|false|null|none|nan|[-+]?inf|[-+]?[0-9._]+(e[-+]?[0-9]+)?)")
-
-
-def hydra_value(value: Any) -> str:
-    """A Python value as Hydra's override grammar reads it back unchanged (strings quoted where needed)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(hydra_value(v) for v in value) + "]"
-    text = str(value)
-    if _PLAIN.fullmatch(text) and not _NON_STRINGS.fullmatch(text):
-        return text
-    # Hydra's quoted string: backslashes are escapes only before a quote or the closing quote, so only those
-    # runs are doubled; OmegaConf's \${ keeps a literal ${ uninterpolated.
-    text = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text)
-    return "'" + text.replace("'", "\\'").replace("${", "\\${") + "'"
 
 
 def command_line(overrides: list, extra: tuple = ()) -> str:

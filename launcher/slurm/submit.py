@@ -16,10 +16,10 @@ from typing import Optional, Union
 
 from launcher.config.schema import Config
 from launcher.errors import LauncherError
-from launcher.paths import CODE_SNAPSHOT_DIR, LOG_DIR, SUBMITTED_SCRIPT
+from launcher.paths import CODE_SNAPSHOT_DIR, LOG_DIR, REPO_ROOT, SUBMITTED_SCRIPT
 from launcher.rundir import CONFIG_FILE, snapshot_code, write_code_version, write_run_config
 from launcher.slurm.jobs import JOB_FILE
-from launcher.slurm.node import REPO_ROOT, NodeLauncher
+from launcher.slurm.node import NodeLauncher
 from launcher.slurm.render import (
     SUBMITIT_DIR,
     check_no_secrets,

@@ -246,7 +246,7 @@ def _refusal(failures: list, total: int, stage: str) -> PreflightError:
 def shape_of(cfg: Config) -> str:
     """What one job array must share: every sbatch parameter but the name and comment (nodes, GPUs,
     time, partition, setup lines, env, extra options), the requeue limit and the concurrency cap."""
-    from launcher.slurm.node import REPO_ROOT
+    from launcher.paths import REPO_ROOT
     from launcher.slurm.render import sbatch_parameters
 
     params = sbatch_parameters(cfg, "RUN_DIR", REPO_ROOT)
@@ -274,7 +274,7 @@ def write_sweep_file(sweep_dir: Path, data: dict) -> None:
 
 def lay_out(sweep_name: str, points: list, grid: Grid, argv: Sequence[str]) -> tuple:
     """Create the sweep dir and every point's run dir (config.yaml, overrides.txt, code version)."""
-    from launcher.config.compose import REPO_ROOT
+    from launcher.paths import REPO_ROOT
     from launcher.rundir import make_run_dir, snapshot_code, write_code_version, write_overrides, write_run_config
 
     root = Path(points[0].cfg.run.output_root)

@@ -130,3 +130,26 @@ def test_hydra_value_refuses_a_dict_key_hydra_would_misread():
     for key in ("two words", "true", "12", 3):
         with pytest.raises(ValueError, match="dict key"):
             hydra_value({key: 1})
+
+
+def test_every_schema_field_has_a_docstring():
+    """Each field of each dataclass in the schema is followed by its docstring (what it does, its unit, what it
+    interacts with): the schema is the reference a user reads for a key."""
+    import ast
+    from pathlib import Path
+
+    import launcher.config.schema as schema
+
+    tree = ast.parse(Path(schema.__file__).read_text())
+    undocumented = []
+    for cls in tree.body:
+        if not isinstance(cls, ast.ClassDef) or not any("dataclass" in ast.unparse(d) for d in cls.decorator_list):
+            continue
+        for node, following in zip(cls.body, cls.body[1:] + [None]):
+            if not isinstance(node, ast.AnnAssign):
+                continue
+            documented = isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant) \
+                and isinstance(following.value.value, str) and following.value.value.strip()
+            if not documented:
+                undocumented.append(f"{cls.name}.{node.target.id}")
+    assert undocumented == [], f"schema fields without a docstring under them: {', '.join(undocumented)}"

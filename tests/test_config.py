@@ -153,3 +153,64 @@ def test_every_schema_field_has_a_docstring():
             if not documented:
                 undocumented.append(f"{cls.name}.{node.target.id}")
     assert undocumented == [], f"schema fields without a docstring under them: {', '.join(undocumented)}"
+
+
+def _conf_leaves(data: dict, prefix: str = ""):
+    """(dotted key, value) of what a conf file sets; a dict-valued key the schema takes whole is one leaf."""
+    whole = ("model.config", "parallelism.deepspeed", "cluster.sbatch_extra", "cluster.env")
+    for key, value in data.items():
+        if not prefix and key == "defaults":
+            continue
+        dotted = prefix + str(key)
+        if isinstance(value, dict) and value and dotted not in whole:
+            yield from _conf_leaves(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def test_conf_files_set_only_what_differs_from_the_schema():
+    """Defaults live in the schema. A conf key that restates the schema's default is allowed only where an earlier
+    layer may set it otherwise (an experiment resetting what a group set; a global-package group resetting what
+    another group set), or with a comment on its line saying why it is there."""
+    import re
+
+    import yaml
+
+    from launcher.config.schema import Config, config_to_dict
+
+    defaults = config_to_dict(Config())
+
+    def schema_default(key):
+        value = defaults
+        for part in key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                return KeyError  # not a schema key: parse_config refuses it elsewhere
+            value = value[part]
+        return value
+
+    entries = []  # (file, group, dotted key, value)
+    root = conf_dir()
+    for path in sorted(root.rglob("*.yaml")):
+        if ".example" in path.name:
+            continue
+        text = path.read_text()
+        group = None if path.parent == root else path.parent.name
+        global_package = group in (None, "experiment") or "@package _global_" in text
+        for key, value in _conf_leaves(yaml.safe_load(text) or {}):
+            entries.append((path, group, key if global_package else f"{group}.{key}", value))
+
+    def commented(path, key):
+        leaf = key.rsplit(".", 1)[-1]
+        return any(re.match(rf"\s*{re.escape(leaf)}\s*:[^#]*#", line) for line in path.read_text().splitlines())
+
+    restated = []
+    for path, group, key, value in entries:
+        default = schema_default(key)
+        if value != default:
+            continue
+        earlier = [e for e in entries if e[2] == key and e[3] != default
+                   and (e[1] != "experiment" if group == "experiment" else e[1] not in (group, "experiment"))]
+        if not earlier and not commented(path, key):
+            restated.append(f"{path.relative_to(root)}: {key}={value!r}")
+    assert restated == [], ("these conf keys restate the schema's default; remove them (or say why in a comment):\n"
+                            + "\n".join(restated))

@@ -63,7 +63,7 @@ class DatasetEntry:
 
 @dataclass
 class DataConfig:
-    name: str = "arith"
+    name: str = "tasks"
     """Short name used in run dir names."""
     dataset_dir: str = "data"
     """Folder holding dataset_info.json and the files it names (LLaMA-Factory layout). Relative to the repo."""
@@ -188,7 +188,7 @@ class MethodConfig:
     """sft_full, lora, dpo, kto, pretrain: which recipe trains (``METHODS``)."""
     finetuning: str = "full"
     """full, lora or freeze; each method allows the kinds ``METHODS`` lists."""
-    lr: float = 1e-4
+    lr: float = 1e-3
     """Peak learning rate, reached after warmup; the schedule (train.lr_scheduler) decays it to train.min_lr_ratio x lr.
     LoRA+ trains the B matrices at lora.plus_lr_ratio x this."""
     weight_decay: float = 0.0
@@ -219,18 +219,18 @@ class TrainConfig:
     """Optimizer steps; -1: derive from epochs."""
     epochs: float = 3.0
     """Passes over the training mix when max_steps is -1; may be fractional."""
-    micro_batch_size: int = 4
+    micro_batch_size: int = 16
     """Rows per forward/backward on each rank; with cutoff_len it sets activation memory. An optimizer step sees
     micro_batch_size x grad_accum x world size rows."""
-    grad_accum: Optional[int] = None
-    """Micro-batches per optimizer step; derived from global_batch_size when None."""
+    grad_accum: Optional[int] = 1
+    """Micro-batches per optimizer step; None: derived from global_batch_size (set it to null to give only that)."""
     global_batch_size: Optional[int] = None
     """micro_batch_size x grad_accum x world size; must divide exactly."""
     lr_scheduler: str = "cosine"
     """cosine, linear, constant."""
     warmup_steps: int = 0
     """Optimizer steps of linear warmup from 0 to method.lr; when > 0 it wins over warmup_ratio."""
-    warmup_ratio: float = 0.0
+    warmup_ratio: float = 0.03
     """Warmup as a fraction of all optimizer steps (rounded up), used when warmup_steps is 0."""
     min_lr_ratio: float = 0.0
     """Where the cosine or linear decay ends, as a fraction of method.lr (0: decays to 0)."""
@@ -238,11 +238,11 @@ class TrainConfig:
     """Clip the gradients' global L2 norm to this before each optimizer step; 0: no clipping."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less activation memory for about a third more compute per step."""
-    log_every: int = 1
+    log_every: int = 10
     """A train record (loss, lr, grad norm, tokens/s) in metrics.jsonl every this many optimizer steps, and at the last
     one."""
-    eval_every: int = 0
-    """0: evaluate only at the end (when there is eval data)."""
+    eval_every: int = 250
+    """Held-out evaluation every this many optimizer steps; 0: only at the end (when there is eval data)."""
     save_every: int = 0
     """0: save only the final model."""
     save_every_minutes: Optional[float] = None

@@ -23,6 +23,7 @@ from launcher.engines.checkpoint_layout import COMPLETE, META_FILE, complete_che
 from launcher.errors import ConfigError
 from launcher.models.quantize import qlora_problem
 from launcher.packages import package_installed
+from launcher.host import usable_cpus
 
 # What each engine or option imports on the ranks: (package, pip name).
 ENGINE_PACKAGES = {"deepspeed": ("deepspeed", "deepspeed (pip install -e '.[deepspeed]')")}
@@ -63,13 +64,6 @@ def check_cluster(problems: Problems, cfg: Config) -> None:
 
 
 # ------------------------------------------------------------------------------------- this host
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def local_gpu_count() -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from launcher.config.schema import Config, parse_config
 from launcher.errors import ConfigError
@@ -41,6 +41,40 @@ def as_value_override(override: str, groups: set) -> str:
     if key in groups or "/" in key or "@" in key:
         return override
     return "++" + override
+
+
+_PLAIN = re.compile(r"[A-Za-z_/.][A-Za-z0-9_./\-]*")
+_NON_STRINGS = re.compile(r"(?i)(true|false|null|none|nan|[-+]?inf|[-+]?[0-9._]+(e[-+]?[0-9]+)?)")
+_DICT_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
+
+
+def hydra_value(value: Any) -> str:
+    """A Python value as Hydra's override grammar reads it back unchanged: ``key=`` + this gives ``value``.
+
+    Strings are quoted where Hydra would read them as something else (a number, a bool, null, a list, an
+    interpolation, words with spaces); lists and tuples become ``[a,b]``, dicts ``{k:v}``.
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        for key in value:
+            # Hydra's grammar has no quoted dict keys, so a key must read back as itself unquoted.
+            if not isinstance(key, str) or not _DICT_KEY.fullmatch(key) or _NON_STRINGS.fullmatch(key):
+                raise ValueError(f"dict key {key!r} cannot be written as a Hydra override key")
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    if _PLAIN.fullmatch(text) and not _NON_STRINGS.fullmatch(text):
+        return text
+    # Hydra's quoted string: backslashes are escapes only before a quote or the closing quote, so only those
+    # runs are doubled; OmegaConf's \${ keeps a literal ${ uninterpolated.
+    text = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text)
+    return "'" + text.replace("'", "\\'").replace("${", "\\${") + "'"
 
 
 def config_groups() -> set:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from launcher.config.compose import hydra_value
 from launcher.errors import ConfigError
 
 # LLaMA-Factory template names whose format one of our named templates reproduces; any other name uses the
@@ -112,29 +113,6 @@ class Translation:
 
 
 # ------------------------------------------------------------------------------------------- values
-
-
-_PLAIN = re.compile(r"[A-Za-z_/.][A-Za-z0-9_./\-]*")
-_NON_STRINGS = re.compile(r"(?i)(true|false|null|none|nan|[-+]?inf|[-+]?[0-9._]+(e[-+]?[0-9]+)?)")
-
-
-def hydra_value(value: Any) -> str:
-    """A Python value as Hydra's override grammar reads it back unchanged (strings quoted where needed)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(hydra_value(v) for v in value) + "]"
-    text = str(value)
-    if _PLAIN.fullmatch(text) and not _NON_STRINGS.fullmatch(text):
-        return text
-    # Hydra's quoted string: backslashes are escapes only before a quote or the closing quote, so only those
-    # runs are doubled; OmegaConf's \${ keeps a literal ${ uninterpolated.
-    text = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text)
-    return "'" + text.replace("'", "\\'").replace("${", "\\${") + "'"
 
 
 def command_line(overrides: list, extra: tuple = ()) -> str:
@@ -245,15 +223,123 @@ def load_deepspeed(value: str, cwd: Path, yaml_dir: Path, where: str) -> tuple[i
 # -------------------------------------------------------------------------------------- translation
 
 
-def lora_init_and_quantization(lf: dict, take, put, fail, notes) -> None:
+def _names(value: Any) -> list:
+    """A comma list (``a,b``) or a YAML list -> list of stripped names."""
+    items = value if isinstance(value, list) else str(value).split(",")
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
+def _path(value: Any, cwd: Path) -> str:
+    path = Path(str(value)).expanduser()
+    return str(path if path.is_absolute() else (cwd / path))
+
+
+def model_short_name(name_or_path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(name_or_path).rstrip("/")).name).strip("-") or "hf"
+
+
+@dataclass
+class _Reading:
+    """One file being translated: the keys read so far and the overrides, notes and errors collected.
+
+    Every section reads its keys with ``take``, so that the keys nobody took are the ones left to refuse."""
+    lf: dict
+    source: str
+    lines: dict
+    out: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+    seen: set = field(default_factory=set)
+
+    def where(self, key: str) -> str:
+        return f"{self.source}:{self.lines[key]}" if key in self.lines else self.source
+
+    def fail(self, key: str, message: str) -> None:
+        self.errors.append(f"{self.where(key)}: {key}: {message}")
+
+    def put(self, key: str, value: Any) -> None:
+        self.out.append(f"{key}={hydra_value(value)}")
+
+    def take(self, key: str, default: Any = None) -> Any:
+        self.seen.add(key)
+        return self.lf.get(key, default)
+
+
+def model_and_method(r: _Reading) -> tuple[str, str]:
+    """model_name_or_path, trust_remote_code, stage x finetuning_type -> the presets and the method option.
+
+    Returns (stage, finetuning_type), which decide how the later sections read their keys."""
+    lf = r.lf
+    model = r.take("model_name_or_path")
+    if not model:
+        r.fail("model_name_or_path", "required: the hub id or local folder of the model to train")
+    stage = str(r.take("stage", "sft"))
+    finetuning = str(r.take("finetuning_type", "lora"))  # LLaMA-Factory's default is lora
+    if stage in STAGE_HINTS:
+        r.fail("stage", STAGE_HINTS[stage])
+    elif stage not in STAGES:
+        r.fail("stage", f"'{stage}' is not one of sft, dpo, kto, pt, rm, ppo")
+    if finetuning not in ("lora", "full", "freeze"):
+        r.fail("finetuning_type", f"'{finetuning}' is not lora, full or freeze")
+    elif stage in STAGES and (stage, finetuning) not in METHOD_OPTIONS:
+        r.fail("finetuning_type", f"{finetuning} with stage {stage} is not supported; use lora or full")
+    method = METHOD_OPTIONS.get((stage, finetuning))
+    r.out += ["experiment=llamafactory", "model=hf"]
+    if model:
+        r.put("model.name_or_path", model)
+        r.put("model.name", model_short_name(model))
+    if "trust_remote_code" in lf:
+        r.put("model.trust_remote_code", bool(r.take("trust_remote_code")))
+    if method:
+        r.out.append(f"method={method}")
+        if method == "pretrain" and finetuning != "full":
+            r.out.append(f"method.finetuning={finetuning}")
+    r.out.append("data=llamafactory")
+    return stage, finetuning
+
+
+def lora(r: _Reading, finetuning: str) -> None:
+    """lora_* and the LoRA variants (DoRA, rsLoRA, LoRA+, PiSSA, QLoRA); a note when finetuning is not lora."""
+    lf, take, put = r.lf, r.take, r.put
+    lora_keys = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_dora", "use_rslora",
+                 "additional_target", "loraplus_lr_ratio", "pissa_init", "pissa_iter", "pissa_convert",
+                 "quantization_bit", "quantization_method", "quantization_type", "double_quantization")
+    if finetuning != "lora":
+        unused = [k for k in lora_keys if k in lf and take(k) is not None or k in r.seen and k in lf]
+        if unused:
+            r.notes.append(f"{', '.join(unused)}: unused with finetuning_type {finetuning} (as in LLaMA-Factory)")
+        return
+    rank = take("lora_rank", 8)
+    put("method.lora.r", rank)
+    # LLaMA-Factory's lora_alpha defaults to twice the rank.
+    put("method.lora.alpha", take("lora_alpha") if lf.get("lora_alpha") is not None else 2 * rank)
+    if "lora_dropout" in lf:
+        put("method.lora.dropout", take("lora_dropout"))
+    if "lora_target" in lf:
+        targets = _names(take("lora_target"))
+        put("method.lora.target_modules", "all-linear" if targets == ["all"] else targets)
+    for key in ("use_dora", "use_rslora"):
+        if key in lf:
+            put(f"method.lora.{key}", bool(take(key)))
+    if lf.get("additional_target"):
+        put("method.lora.modules_to_save", _names(take("additional_target")))
+    take("additional_target")
+    if lf.get("loraplus_lr_ratio") is not None:
+        put("method.lora.plus_lr_ratio", float(take("loraplus_lr_ratio")))
+    take("loraplus_lr_ratio")
+    lora_init_and_quantization(r)
+
+
+def lora_init_and_quantization(r: _Reading) -> None:
     """PiSSA (pissa_init, pissa_iter, pissa_convert) and QLoRA (quantization_bit and its settings)."""
+    lf, take, put, fail = r.lf, r.take, r.put, r.fail
     if lf.get("pissa_init"):
         take("pissa_init")
         iters = take("pissa_iter", 16)  # LLaMA-Factory's default: fast SVD with 16 iterations; -1: full SVD
         put("method.lora.init", "pissa" if int(iters) < 0 else f"pissa_niter_{int(iters)}")
         if lf.get("pissa_convert") is False:
-            notes.append("pissa_convert: false, but the saved adapter is always converted to plain LoRA here"
-                         " (it then loads onto the unchanged base model)")
+            r.notes.append("pissa_convert: false, but the saved adapter is always converted to plain LoRA here"
+                           " (it then loads onto the unchanged base model)")
         take("pissa_convert")
     else:
         for key in ("pissa_init", "pissa_iter", "pissa_convert"):
@@ -274,162 +360,73 @@ def lora_init_and_quantization(lf: dict, take, put, fail, notes) -> None:
     put("method.lora.quantize", f"{int(bits)}bit")
 
 
-
-
-def _names(value: Any) -> list:
-    """A comma list (``a,b``) or a YAML list -> list of stripped names."""
-    items = value if isinstance(value, list) else str(value).split(",")
-    return [str(v).strip() for v in items if str(v).strip()]
-
-
-def _path(value: Any, cwd: Path) -> str:
-    path = Path(str(value)).expanduser()
-    return str(path if path.is_absolute() else (cwd / path))
-
-
-def model_short_name(name_or_path: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(name_or_path).rstrip("/")).name).strip("-") or "hf"
-
-
-def translate(lf: dict, *, source: str = "llamafactory.yaml", lines: Optional[dict] = None,
-              cwd: Optional[Path] = None, yaml_dir: Optional[Path] = None,
-              deepspeed_loader: Optional[Callable] = None) -> Translation:
-    """LLaMA-Factory train keys -> our overrides. Raises ConfigError listing every key it cannot take."""
-    cwd = Path(cwd or Path.cwd())
-    yaml_dir = Path(yaml_dir or cwd)
-    lines = lines or {}
-    load_ds = deepspeed_loader or load_deepspeed
-    out, notes, errors, built_in = [], [], [], []
-
-    def where(key: str) -> str:
-        return f"{source}:{lines[key]}" if key in lines else source
-
-    def fail(key: str, message: str) -> None:
-        errors.append(f"{where(key)}: {key}: {message}")
-
-    def put(key: str, value: Any) -> None:
-        out.append(f"{key}={hydra_value(value)}")
-
-    seen = set()
-
-    def take(key: str, default: Any = None) -> Any:
-        seen.add(key)
-        return lf.get(key, default)
-
-    # ---- model
-    model = take("model_name_or_path")
-    if not model:
-        fail("model_name_or_path", "required: the hub id or local folder of the model to train")
-    # ---- method: stage x finetuning_type
-    stage = str(take("stage", "sft"))
-    finetuning = str(take("finetuning_type", "lora"))  # LLaMA-Factory's default is lora
-    if stage in STAGE_HINTS:
-        fail("stage", STAGE_HINTS[stage])
-    elif stage not in STAGES:
-        fail("stage", f"'{stage}' is not one of sft, dpo, kto, pt, rm, ppo")
-    if finetuning not in ("lora", "full", "freeze"):
-        fail("finetuning_type", f"'{finetuning}' is not lora, full or freeze")
-    elif stage in STAGES and (stage, finetuning) not in METHOD_OPTIONS:
-        fail("finetuning_type", f"{finetuning} with stage {stage} is not supported; use lora or full")
-    method = METHOD_OPTIONS.get((stage, finetuning))
-    out += ["experiment=llamafactory", "model=hf"]
-    if model:
-        put("model.name_or_path", model)
-        put("model.name", model_short_name(model))
-    if "trust_remote_code" in lf:
-        put("model.trust_remote_code", bool(take("trust_remote_code")))
-    if method:
-        out.append(f"method={method}")
-        if method == "pretrain" and finetuning != "full":
-            out.append(f"method.finetuning={finetuning}")
-    out.append("data=llamafactory")
-
-    # ---- LoRA
-    lora_keys = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "use_dora", "use_rslora",
-                 "additional_target", "loraplus_lr_ratio", "pissa_init", "pissa_iter", "pissa_convert",
-                 "quantization_bit", "quantization_method", "quantization_type", "double_quantization")
-    if finetuning != "lora":
-        unused = [k for k in lora_keys if k in lf and take(k) is not None or k in seen and k in lf]
-        if unused:
-            notes.append(f"{', '.join(unused)}: unused with finetuning_type {finetuning} (as in LLaMA-Factory)")
-    else:
-        rank = take("lora_rank", 8)
-        put("method.lora.r", rank)
-        # LLaMA-Factory's lora_alpha defaults to twice the rank.
-        put("method.lora.alpha", take("lora_alpha") if lf.get("lora_alpha") is not None else 2 * rank)
-        if "lora_dropout" in lf:
-            put("method.lora.dropout", take("lora_dropout"))
-        if "lora_target" in lf:
-            targets = _names(take("lora_target"))
-            put("method.lora.target_modules", "all-linear" if targets == ["all"] else targets)
-        for key in ("use_dora", "use_rslora"):
-            if key in lf:
-                put(f"method.lora.{key}", bool(take(key)))
-        if lf.get("additional_target"):
-            put("method.lora.modules_to_save", _names(take("additional_target")))
-        take("additional_target")
-        if lf.get("loraplus_lr_ratio") is not None:
-            put("method.lora.plus_lr_ratio", float(take("loraplus_lr_ratio")))
-        take("loraplus_lr_ratio")
-        lora_init_and_quantization(lf, take, put, fail, notes)
-
-    # ---- freeze tuning (LLaMA-Factory's defaults, 2 last layers and all their modules, are ours too)
+def freeze(r: _Reading, finetuning: str) -> None:
+    """freeze_* (LLaMA-Factory's defaults, 2 last layers and all their modules, are ours too)."""
     for key, ours in (("freeze_trainable_layers", "trainable_layers"), ("freeze_trainable_modules", "trainable_modules"),
                       ("freeze_extra_modules", "extra_modules")):
-        if key not in lf:
+        if key not in r.lf:
             continue
-        value = take(key)
+        value = r.take(key)
         if finetuning != "freeze":
-            notes.append(f"{key}: unused with finetuning_type {finetuning} (as in LLaMA-Factory)")
+            r.notes.append(f"{key}: unused with finetuning_type {finetuning} (as in LLaMA-Factory)")
         elif key == "freeze_trainable_layers":
-            put(f"method.freeze.{ours}", int(value))
+            r.put(f"method.freeze.{ours}", int(value))
         elif key == "freeze_trainable_modules" and _names(value) == ["all"]:
-            put(f"method.freeze.{ours}", "all")
+            r.put(f"method.freeze.{ours}", "all")
         else:
-            put(f"method.freeze.{ours}", _names(value) if value is not None else [])
+            r.put(f"method.freeze.{ours}", _names(value) if value is not None else [])
 
-    # ---- KTO: pref_beta is KTO's beta under stage kto; the desirable/undesirable weights
+
+def kto(r: _Reading, stage: str) -> None:
+    """KTO: pref_beta is KTO's beta under stage kto; the desirable/undesirable weights."""
+    lf = r.lf
     if stage == "kto":
         if "pref_beta" in lf:
-            put("method.kto.beta", take("pref_beta"))
+            r.put("method.kto.beta", r.take("pref_beta"))
         for key, ours in (("kto_chosen_weight", "desirable_weight"), ("kto_rejected_weight", "undesirable_weight")):
             if key in lf:
-                put(f"method.kto.{ours}", take(key))
+                r.put(f"method.kto.{ours}", r.take(key))
         if "pref_loss" in lf:
-            take("pref_loss")
-            notes.append("pref_loss: unused with stage kto (as in LLaMA-Factory: KTO has one loss)")
+            r.take("pref_loss")
+            r.notes.append("pref_loss: unused with stage kto (as in LLaMA-Factory: KTO has one loss)")
     else:
         for key in ("kto_chosen_weight", "kto_rejected_weight"):
             if key in lf:
-                take(key)
-                notes.append(f"{key}: unused with stage {stage} (as in LLaMA-Factory)")
+                r.take(key)
+                r.notes.append(f"{key}: unused with stage {stage} (as in LLaMA-Factory)")
 
-    # ---- preference optimization
+
+def preference(r: _Reading, stage: str) -> None:
+    """pref_* for DPO (and its losses); runs after ``kto``, which takes pref_beta and pref_loss under stage kto."""
+    lf = r.lf
     pref_keys = {"pref_beta": "beta", "pref_loss": "loss_type", "simpo_gamma": "simpo_gamma",
                  "dpo_label_smoothing": "label_smoothing"}
     for key, ours in pref_keys.items():
         if key not in lf:
             continue
-        if key in seen:
-            continue  # taken by KTO above
-        value = take(key)
+        if key in r.seen:
+            continue  # taken by KTO
+        value = r.take(key)
         if stage != "dpo":
-            notes.append(f"{key}: unused with stage {stage} (as in LLaMA-Factory)")
+            r.notes.append(f"{key}: unused with stage {stage} (as in LLaMA-Factory)")
         elif key == "pref_loss":
             if value not in PREF_LOSSES:
-                fail(key, f"'{value}' is not supported (ours: {', '.join(PREF_LOSSES)})")
+                r.fail(key, f"'{value}' is not supported (ours: {', '.join(PREF_LOSSES)})")
             else:
-                put("method.dpo.loss_type", PREF_LOSSES[value])
+                r.put("method.dpo.loss_type", PREF_LOSSES[value])
         else:
-            put(f"method.dpo.{ours}", value)
+            r.put(f"method.dpo.{ours}", value)
     if "pref_ftx" in lf and not lf["pref_ftx"]:
-        take("pref_ftx")  # 0 is the default: nothing to translate
+        r.take("pref_ftx")  # 0 is the default: nothing to translate
 
-    # ---- data
+
+def dataset(r: _Reading, stage: str, cwd: Path) -> None:
+    """dataset, dataset_dir, template, cutoff_len, packing and the rest of LLaMA-Factory's dataset section."""
+    lf, take, put = r.lf, r.take, r.put
     if "dataset" in lf:
         put("data.datasets", _names(take("dataset")))
     else:
-        fail("dataset", "required: the dataset names from dataset_info.json (a comma list)")
+        r.fail("dataset", "required: the dataset names from dataset_info.json (a comma list)")
     if "eval_dataset" in lf:
         put("data.eval_datasets", _names(take("eval_dataset")))
     put("data.dataset_dir", _path(take("dataset_dir", "data"), cwd))
@@ -439,8 +436,8 @@ def translate(lf: dict, *, source: str = "llamafactory.yaml", lines: Optional[di
             put("data.template", TEMPLATES[template])
         else:
             put("data.template", "auto")
-            notes.append(f"template: '{template}' -> the tokenizer's own chat template (data.template=auto);"
-                         f" set data.template to one of chatml, qwen, llama3, mistral, plain to force one")
+            r.notes.append(f"template: '{template}' -> the tokenizer's own chat template (data.template=auto);"
+                           f" set data.template to one of chatml, qwen, llama3, mistral, plain to force one")
     for key, ours in (("cutoff_len", "data.cutoff_len"), ("max_samples", "data.max_samples"),
                       ("val_size", "data.val_size"), ("train_on_prompt", "data.train_on_prompt"),
                       ("mask_history", "data.mask_history")):
@@ -449,21 +446,24 @@ def translate(lf: dict, *, source: str = "llamafactory.yaml", lines: Optional[di
     packing, neat = take("packing"), take("neat_packing")
     if stage == "pt" and packing is None and neat is None:
         packing = True  # LLaMA-Factory packs pretraining text unless told otherwise
-        notes.append("packing: on for stage pt (LLaMA-Factory's default); documents never attend to each other")
+        r.notes.append("packing: on for stage pt (LLaMA-Factory's default); documents never attend to each other")
     if packing or neat:
         put("data.packing", True)
         if packing and not neat and stage != "pt":
-            notes.append("packing: samples packed here never attend to each other (what LLaMA-Factory's"
-                         " neat_packing does)")
+            r.notes.append("packing: samples packed here never attend to each other (what LLaMA-Factory's"
+                           " neat_packing does)")
     elif packing is False or neat is False:
         put("data.packing", False)
     if "mix_strategy" in lf:
         strategy = take("mix_strategy")
         if strategy != "concat":
-            fail("mix_strategy", f"'{strategy}' is not supported yet (interleave_under/over differ from our"
-                                 " weighted interleave); use concat or set data.mix_strategy=interleave by hand")
+            r.fail("mix_strategy", f"'{strategy}' is not supported yet (interleave_under/over differ from our"
+                                   " weighted interleave); use concat or set data.mix_strategy=interleave by hand")
 
-    # ---- training schedule
+
+def train(r: _Reading) -> None:
+    """The training schedule, optimizer, gradient checkpointing, precision and attention kernel."""
+    lf, take, put, fail = r.lf, r.take, r.put, r.fail
     for key, ours in (("learning_rate", "method.lr"), ("weight_decay", "method.weight_decay"),
                       ("adam_beta1", "method.adam_beta1"), ("adam_beta2", "method.adam_beta2"),
                       ("adam_epsilon", "method.adam_eps"), ("num_train_epochs", "train.epochs"),
@@ -514,42 +514,54 @@ def translate(lf: dict, *, source: str = "llamafactory.yaml", lines: Optional[di
         else:
             fail("flash_attn", f"'{attn}' is not one of {', '.join(ATTENTION)}")
 
-    # ---- saving and evaluation (Hugging Face strategies: steps, epoch, no)
-    save_strategy = take("save_strategy", "steps")
+
+def saving(r: _Reading) -> None:
+    """save_strategy and save_steps (Hugging Face strategies: steps, epoch, no)."""
+    save_strategy = r.take("save_strategy", "steps")
     if save_strategy == "no":
-        put("train.save_every", 0)
+        r.put("train.save_every", 0)
     elif save_strategy == "steps":
-        if "save_steps" in lf:
-            put("train.save_every", take("save_steps"))
+        if "save_steps" in r.lf:
+            r.put("train.save_every", r.take("save_steps"))
     else:
-        fail("save_strategy", f"'{save_strategy}' is not supported yet; use steps with save_steps")
+        r.fail("save_strategy", f"'{save_strategy}' is not supported yet; use steps with save_steps")
+
+
+def evaluation(r: _Reading) -> None:
+    """eval_strategy (or its old name evaluation_strategy), eval_steps and do_eval."""
+    lf = r.lf
     eval_strategy = lf.get("eval_strategy", lf.get("evaluation_strategy", "no"))
-    take("eval_strategy"), take("evaluation_strategy")
+    r.take("eval_strategy"), r.take("evaluation_strategy")
     if eval_strategy == "steps":
-        put("train.eval_every", take("eval_steps", lf.get("logging_steps", 500)))
+        r.put("train.eval_every", r.take("eval_steps", lf.get("logging_steps", 500)))
     elif eval_strategy == "no":
         if "eval_steps" in lf:
-            take("eval_steps")
-            notes.append("eval_steps: ignored because eval_strategy is no (as in LLaMA-Factory)")
+            r.take("eval_steps")
+            r.notes.append("eval_steps: ignored because eval_strategy is no (as in LLaMA-Factory)")
     else:
-        fail("eval_strategy", f"'{eval_strategy}' is not supported yet; use steps with eval_steps")
-    if take("do_eval"):
-        fail("do_eval", "not supported: evaluation happens during training (val_size / eval_dataset with"
-                        " eval_strategy: steps); run `launcher predict RUN_DIR` for generation metrics")
+        r.fail("eval_strategy", f"'{eval_strategy}' is not supported yet; use steps with eval_steps")
+    if r.take("do_eval"):
+        r.fail("do_eval", "not supported: evaluation happens during training (val_size / eval_dataset with"
+                          " eval_strategy: steps); run `launcher predict RUN_DIR` for generation metrics")
 
-    # ---- parallelism
-    if lf.get("deepspeed"):
-        value = str(take("deepspeed"))
+
+def parallelism(r: _Reading, cwd: Path, yaml_dir: Path, load_ds: Callable) -> None:
+    """deepspeed: the JSON's ZeRO stage and offload -> our parallelism option."""
+    if r.lf.get("deepspeed"):
+        value = str(r.take("deepspeed"))
         try:
-            stage_n, offload, note = load_ds(value, cwd, yaml_dir, where("deepspeed"))
-            out += parallelism_overrides(stage_n, offload, where("deepspeed"))
+            stage_n, offload, note = load_ds(value, cwd, yaml_dir, r.where("deepspeed"))
+            r.out += parallelism_overrides(stage_n, offload, r.where("deepspeed"))
             if note:
-                notes.append(note)
+                r.notes.append(note)
         except ConfigError as exc:
-            errors.append(str(exc))
-    take("deepspeed")
+            r.errors.append(str(exc))
+    r.take("deepspeed")
 
-    # ---- output and logging
+
+def output(r: _Reading, cwd: Path) -> None:
+    """output_dir, run_name, report_to and resume_from_checkpoint."""
+    lf, take, put = r.lf, r.take, r.put
     if lf.get("output_dir"):
         target = Path(_path(take("output_dir"), cwd))
         put("run.output_root", str(target.parent))
@@ -558,49 +570,79 @@ def translate(lf: dict, *, source: str = "llamafactory.yaml", lines: Optional[di
     if lf.get("run_name"):
         put("run.name", take("run_name"))
     report_to = _names(take("report_to", "none") or "none")
-    loggers = [r for r in report_to if r != "none"]
+    loggers = [name for name in report_to if name != "none"]
     for name in loggers:
         if name not in LOGGERS:
-            fail("report_to", f"'{name}' is not supported (ours: {', '.join(LOGGERS)}, none)")
-    loggers = [r for r in loggers if r in LOGGERS]
+            r.fail("report_to", f"'{name}' is not supported (ours: {', '.join(LOGGERS)}, none)")
+    loggers = [name for name in loggers if name in LOGGERS]
     if len(loggers) == 1:
-        out.append(f"logger={loggers[0]}")
+        r.out.append(f"logger={loggers[0]}")
     elif loggers:
         put("logger.backends", loggers)
     if lf.get("resume_from_checkpoint"):
-        fail("resume_from_checkpoint", "a Hugging Face Trainer checkpoint cannot be resumed here; relaunch in"
-                                      " the same run dir (our checkpoints resume exactly), or train from the"
-                                      " saved model with model_name_or_path")
+        r.fail("resume_from_checkpoint", "a Hugging Face Trainer checkpoint cannot be resumed here; relaunch in"
+                                        " the same run dir (our checkpoints resume exactly), or train from the"
+                                        " saved model with model_name_or_path")
     take("resume_from_checkpoint")
 
-    # ---- vision-language
-    for key, ours in VISION_KEYS.items():
-        if key in lf:
-            value = take(key)
-            put(ours, bool(value) if key.startswith("freeze_") else value)
-    videos = [k for k in VIDEO_SIZE_KEYS if k in lf]
-    for key in videos:
-        take(key)
-    if videos:
-        notes.append(f"{', '.join(videos)}: no effect (videos are not trained here; a dataset row with videos is"
-                     " refused with its file and line)")
 
-    # ---- everything else: built in, unsupported, or unknown
-    for key in lf:
-        if key in seen:
+def vision(r: _Reading) -> None:
+    """The vision-language keys (image sizes, what to freeze); video sizes only get a note."""
+    for key, ours in VISION_KEYS.items():
+        if key in r.lf:
+            value = r.take(key)
+            r.put(ours, bool(value) if key.startswith("freeze_") else value)
+    videos = [k for k in VIDEO_SIZE_KEYS if k in r.lf]
+    for key in videos:
+        r.take(key)
+    if videos:
+        r.notes.append(f"{', '.join(videos)}: no effect (videos are not trained here; a dataset row with videos"
+                       " is refused with its file and line)")
+
+
+def untaken(r: _Reading) -> None:
+    """Every key no section took: built in (one note), unsupported, or unknown."""
+    built_in = []
+    for key in r.lf:
+        if key in r.seen:
             continue
         if key in BUILT_IN:
             built_in.append(key)
         elif key in UNSUPPORTED:
-            fail(key, UNSUPPORTED[key])
+            r.fail(key, UNSUPPORTED[key])
         else:
-            fail(key, "unknown LLaMA-Factory key, not translated; remove it, or set the equivalent launcher key"
-                      " as an override after the file (see `launcher train --help`)")
+            r.fail(key, "unknown LLaMA-Factory key, not translated; remove it, or set the equivalent launcher key"
+                        " as an override after the file (see `launcher train --help`)")
     if built_in:
-        notes.append("built in here, nothing to translate: " + "; ".join(f"{k} ({BUILT_IN[k]})" for k in built_in))
-    if errors:
-        raise ConfigError("\n".join(errors))
-    return Translation(overrides=out, notes=notes)
+        r.notes.append("built in here, nothing to translate: "
+                       + "; ".join(f"{k} ({BUILT_IN[k]})" for k in built_in))
+
+
+def translate(lf: dict, *, source: str = "llamafactory.yaml", lines: Optional[dict] = None,
+              cwd: Optional[Path] = None, yaml_dir: Optional[Path] = None,
+              deepspeed_loader: Optional[Callable] = None) -> Translation:
+    """LLaMA-Factory train keys -> our overrides. Raises ConfigError listing every key it cannot take."""
+    cwd = Path(cwd or Path.cwd())
+    yaml_dir = Path(yaml_dir or cwd)
+    r = _Reading(lf, source, lines or {})
+    # The order is the order of the printed overrides, and some sections see what an earlier one took
+    # (preference skips the pref_* keys KTO read).
+    stage, finetuning = model_and_method(r)
+    lora(r, finetuning)
+    freeze(r, finetuning)
+    kto(r, stage)
+    preference(r, stage)
+    dataset(r, stage, cwd)
+    train(r)
+    saving(r)
+    evaluation(r)
+    parallelism(r, cwd, yaml_dir, deepspeed_loader or load_deepspeed)
+    output(r, cwd)
+    vision(r)
+    untaken(r)
+    if r.errors:
+        raise ConfigError("\n".join(r.errors))
+    return Translation(overrides=r.out, notes=r.notes)
 
 
 def translate_file(path: Path, cwd: Optional[Path] = None) -> Translation:

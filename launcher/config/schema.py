@@ -17,6 +17,7 @@ from typing import Any, Optional, Union
 
 from launcher.config.parallelism import PRESETS, STRATEGIES, shards_parameters
 from launcher.errors import ConfigError
+from launcher.paths import CONFIG_FILE
 
 
 # --------------------------------------------------------------------------------------------- groups
@@ -39,6 +40,8 @@ class ModelConfig:
     attn_implementation: str = "auto"
     """auto (flash_attention_2 when installed and supported, else sdpa), sdpa, eager, flash_attention_2."""
     trust_remote_code: bool = False
+    """Let Hugging Face run the model's own Python code from its folder or hub repo (models not in transformers); only
+    for sources you trust."""
     freeze_vision_tower: bool = True
     """VL models: keep the vision tower (patch embedding and blocks) frozen (LLaMA-Factory's default)."""
     freeze_projector: bool = True
@@ -52,13 +55,16 @@ class DatasetEntry:
     """One dataset of a mix: a name from dataset_info.json / conf/data, with its own share."""
 
     name: str
+    """A dataset of dataset_info.json (in data.dataset_dir)."""
     max_samples: Optional[int] = None
+    """Cap on this dataset's rows; None: all (data.max_samples still applies)."""
     weight: Optional[float] = None
+    """Share of this dataset with data.mix_strategy=interleave (drawn with probability ~ weight); None: 1."""
 
 
 @dataclass
 class DataConfig:
-    name: str = "arith"
+    name: str = "tasks"
     """Short name used in run dir names."""
     dataset_dir: str = "data"
     """Folder holding dataset_info.json and the files it names (LLaMA-Factory layout). Relative to the repo."""
@@ -72,8 +78,12 @@ class DataConfig:
     template: Optional[str] = None
     """Named chat template (chatml, qwen, llama3, mistral, plain) used when the tokenizer has none, or to force one."""
     cutoff_len: int = 1024
+    """Tokens per sample: longer ones are cut (prompt and answer share the budget, as in LLaMA-Factory); with packing,
+    the length of a packed row. Sets activation memory with micro_batch_size."""
     train_on_prompt: bool = False
+    """Train on the prompt tokens too (by default only the answers carry labels)."""
     mask_history: bool = False
+    """Multi-turn rows: train only on the last answer; the last turn also gets the cutoff_len budget first."""
     packing: bool = False
     """Pack samples into rows of cutoff_len; attention stays within each sample."""
     lenient: bool = False
@@ -101,14 +111,19 @@ class DataConfig:
 @dataclass
 class LoraConfig:
     r: int = 8
+    """Rank of the adapters: trainable parameters and adapter memory grow linearly with it."""
     alpha: int = 16
     """Rule of thumb: twice the rank."""
     dropout: float = 0.0
+    """Dropout on each adapter's input, in [0, 1); 0: off."""
     target_modules: Any = "all-linear"
     """all-linear, or a list of module names (q_proj, v_proj, ...)."""
     use_dora: bool = False
+    """DoRA: learn each weight's magnitude apart from its LoRA-updated direction (peft's use_dora); slower per step."""
     use_rslora: bool = False
+    """rsLoRA: scale the update by alpha/sqrt(r) instead of alpha/r, so large ranks keep learning."""
     modules_to_save: Optional[list] = None
+    """Modules trained in full and saved with the adapter (embed_tokens, lm_head, ...); None: adapters only."""
     init: str = "default"
     """How the adapters start (peft's init_lora_weights): default (A random, B zero), gaussian, pissa (the top
     singular vectors of each weight; the base keeps the residual), pissa_niter_N (fast SVD with N iterations),
@@ -128,6 +143,8 @@ class LoraConfig:
 @dataclass
 class DpoConfig:
     beta: float = 0.1
+    """Strength of the preference term: how far the policy may move from the reference (sigmoid, ipo, hinge); SimPO's
+    reward scale; ORPO's weight of the odds-ratio term."""
     label_smoothing: float = 0.0
     """Conservative DPO: the assumed fraction of flipped labels, in [0, 0.5); sigmoid and simpo only."""
     loss_type: str = "sigmoid"
@@ -172,40 +189,61 @@ class MethodConfig:
     """sft_full, lora, dpo, kto, pretrain: which recipe trains (``METHODS``)."""
     finetuning: str = "full"
     """full, lora or freeze; each method allows the kinds ``METHODS`` lists."""
-    lr: float = 1e-4
+    lr: float = 1e-3
+    """Peak learning rate, reached after warmup; the schedule (train.lr_scheduler) decays it to train.min_lr_ratio x lr.
+    LoRA+ trains the B matrices at lora.plus_lr_ratio x this."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay on matrices; biases and norm weights (1-D tensors) are never decayed."""
     optimizer: str = "adamw"
     """adamw or sgd."""
     adam_beta1: float = 0.9
+    """AdamW's decay rate of the gradient's running mean."""
     adam_beta2: float = 0.999
+    """AdamW's decay rate of the squared gradient's running mean."""
     adam_eps: float = 1e-8
+    """AdamW's epsilon, added to the denominator for stability."""
     lora: LoraConfig = field(default_factory=LoraConfig)
+    """Adapters, with method.finetuning=lora."""
     dpo: DpoConfig = field(default_factory=DpoConfig)
+    """The preference loss, for method.name=dpo."""
     kto: KtoConfig = field(default_factory=KtoConfig)
+    """The KTO loss, for method.name=kto."""
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    """Which layers train, with method.finetuning=freeze."""
 
 
 @dataclass
 class TrainConfig:
     seed: int = 42
+    """Seeds the random init (model and adapters), the data mix and held-out split, and each epoch's shuffle."""
     max_steps: int = -1
     """Optimizer steps; -1: derive from epochs."""
     epochs: float = 3.0
-    micro_batch_size: int = 4
-    grad_accum: Optional[int] = None
-    """Micro-batches per optimizer step; derived from global_batch_size when None."""
+    """Passes over the training mix when max_steps is -1; may be fractional."""
+    micro_batch_size: int = 16
+    """Rows per forward/backward on each rank; with cutoff_len it sets activation memory. An optimizer step sees
+    micro_batch_size x grad_accum x world size rows."""
+    grad_accum: Optional[int] = 1
+    """Micro-batches per optimizer step; None: derived from global_batch_size (set it to null to give only that)."""
     global_batch_size: Optional[int] = None
     """micro_batch_size x grad_accum x world size; must divide exactly."""
     lr_scheduler: str = "cosine"
     """cosine, linear, constant."""
     warmup_steps: int = 0
-    warmup_ratio: float = 0.0
+    """Optimizer steps of linear warmup from 0 to method.lr; when > 0 it wins over warmup_ratio."""
+    warmup_ratio: float = 0.03
+    """Warmup as a fraction of all optimizer steps (rounded up), used when warmup_steps is 0."""
     min_lr_ratio: float = 0.0
+    """Where the cosine or linear decay ends, as a fraction of method.lr (0: decays to 0)."""
     max_grad_norm: float = 1.0
+    """Clip the gradients' global L2 norm to this before each optimizer step; 0: no clipping."""
     gradient_checkpointing: bool = False
-    log_every: int = 1
-    eval_every: int = 0
-    """0: evaluate only at the end (when there is eval data)."""
+    """Recompute activations in the backward pass: less activation memory for about a third more compute per step."""
+    log_every: int = 10
+    """A train record (loss, lr, grad norm, tokens/s) in metrics.jsonl every this many optimizer steps, and at the last
+    one."""
+    eval_every: int = 250
+    """Held-out evaluation every this many optimizer steps; 0: only at the end (when there is eval data)."""
     save_every: int = 0
     """0: save only the final model."""
     save_every_minutes: Optional[float] = None
@@ -215,11 +253,13 @@ class TrainConfig:
     save_model: bool = True
     """Write the final model (benchmarks turn it off)."""
     keep_checkpoints: int = 2
+    """Step checkpoints kept in RUN_DIR/checkpoints; older ones are deleted once a newer one is complete."""
     eval_max_batches: int = 0
     """0: the whole eval set."""
     exact_match_samples: int = 0
     """Held-out prompts answered greedily before and after training, scored by exact match (0: off)."""
     max_new_tokens: int = 32
+    """Longest greedy answer for the exact-match check (exact_match_samples)."""
     loss_chunk_size: int = 256
     """Positions per chunk of the LM head + cross-entropy; logits are never materialized for all positions."""
 
@@ -258,27 +298,45 @@ class ParallelismConfig:
 @dataclass
 class ClusterConfig:
     name: str = "local"
+    """The preset chosen (conf/cluster/<name>.yaml), kept in the resolved config for the record."""
     kind: str = "local"
     """local (torchrun on this host) or slurm (submitit)."""
     nodes: int = 1
+    """Machines; on SLURM one task per node, each running torchrun with nproc_per_node ranks."""
     nproc_per_node: int = 1
     """Processes per node: GPUs, or CPU processes on gloo."""
     gpus_per_node: int = 0
+    """GPUs requested per node (sbatch --gpus-per-node); 0: a CPU job."""
     cpus_per_task: Optional[int] = None
+    """CPUs per node's task (sbatch --cpus-per-task), shared by its ranks and the data workers; None: the partition's
+    default."""
     mem_gb: Optional[float] = None
+    """Memory per node in GB (sbatch --mem); None: the partition's default."""
     partition: Optional[str] = None
+    """SLURM partition (sbatch --partition); None: the cluster's default."""
     account: Optional[str] = None
+    """SLURM account charged (sbatch --account); None: your default account."""
     qos: Optional[str] = None
+    """SLURM quality of service (sbatch --qos); None: the default."""
     time_min: int = 60
+    """Time limit in minutes (sbatch --time); the stop signal comes signal_delay_s before it."""
     constraint: Optional[str] = None
+    """Node features required (sbatch --constraint, e.g. a100); None: any node."""
     exclusive: bool = False
+    """Whole nodes, shared with no other job (sbatch --exclusive)."""
     gpu_memory_gb: Optional[float] = None
     """Memory of one GPU, for the preflight's fit check (80 for A100-80G/H100)."""
     signal_delay_s: int = 120
+    """Seconds before the time limit that SLURM sends the stop signal (USR2): every rank checkpoints at a step boundary
+    and the job requeues. Must be shorter than the time limit."""
     max_requeues: int = 3
+    """How many times a run requeues itself after a stop signal (time limit or preemption) before it gives up."""
     max_restarts: int = 2
+    """torchrun --max-restarts: how many times a node restarts its ranks after one fails, within one job."""
     array_parallelism: int = 16
+    """A sweep is one job array: at most this many of its points run at once (sbatch --array=...%N)."""
     sbatch_extra: dict = field(default_factory=dict)
+    """More #SBATCH options, {option: value}; options the launcher sets from the keys above are refused."""
     setup: list = field(default_factory=list)
     """Shell lines run before the job (module load, environment activation)."""
     env: dict = field(default_factory=dict)
@@ -320,6 +378,7 @@ class LoggerConfig:
     group: Optional[str] = None
     """W&B group, MLflow tag ``group``, TensorBoard text ``group``; a sweep sets it to the sweep's name."""
     tags: list = field(default_factory=list)
+    """W&B tags, MLflow tags (tag.<name>) and a TensorBoard text entry."""
     mode: str = "auto"
     """W&B: auto (online with credentials, offline without), online, offline, disabled."""
     tracking_uri: Optional[str] = None
@@ -340,6 +399,7 @@ class RunConfig:
     name: Optional[str] = None
     """Run name; default ``<model>-<method>-<data>``."""
     output_root: str = "outputs"
+    """Where run dirs are made: OUTPUT_ROOT/<run name>/<date>/<time> (relative to the current directory)."""
     dir: Optional[str] = None
     """Set by the launcher: the run dir."""
     resume: str = "auto"
@@ -349,13 +409,21 @@ class RunConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
+    """What is trained (conf/model/)."""
     data: DataConfig = field(default_factory=DataConfig)
+    """What it is trained on (conf/data/)."""
     method: MethodConfig = field(default_factory=MethodConfig)
+    """How: the recipe, what trains and the optimizer (conf/method/)."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """The loop: steps, batch, schedule, evaluation and checkpoint cadence."""
     parallelism: ParallelismConfig = field(default_factory=ParallelismConfig)
+    """How the model is spread over ranks (conf/parallelism/)."""
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Where it runs: this host or SLURM (conf/cluster/)."""
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    """Where metrics go besides metrics.jsonl (conf/logger/)."""
     run: RunConfig = field(default_factory=RunConfig)
+    """The run's name, run dir and resume."""
 
 
 # ---------------------------------------------------------------------------------------- conversion
@@ -651,7 +719,7 @@ def load_run_config(run_dir: Union[str, Path]) -> Config:
     """What ranks call: the resolved config written by the launcher, no Hydra involved."""
     import yaml
 
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / CONFIG_FILE
     with open(path) as fh:
         data = yaml.safe_load(fh)
     return parse_config(data)

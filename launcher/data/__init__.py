@@ -73,6 +73,7 @@ PACKABLE_KINDS = ("sft", "pt")
 
 
 def resolve_dataset_dir(data: DataConfig) -> Path:
+    """data.dataset_dir (where dataset_info.json is); a relative one is under the checkout."""
     path = Path(data.dataset_dir)
     return path if path.is_absolute() else (REPO_ROOT / path)
 

@@ -29,6 +29,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from launcher.errors import DataError
+from launcher.host import usable_cpus
 from launcher.data.formats import row_to_sample
 from launcher.data.readers import parse_json_line
 from launcher.data.registry import DatasetSpec
@@ -70,10 +71,7 @@ def default_num_proc() -> int:
     slurm = os.environ.get("SLURM_CPUS_PER_TASK")
     if slurm and slurm.isdigit() and int(slurm) > 0:
         return int(slurm)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return max(1, usable_cpus())
 
 
 def encode_batch(spec: DatasetSpec, items: list, preference: bool, options: Optional[EncodeOptions] = None) -> dict:

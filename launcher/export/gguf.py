@@ -33,6 +33,7 @@ import numpy as np
 
 from launcher.disk_full import disk_full_guard, written_so_far
 from launcher.errors import LauncherError
+from launcher.paths import BASE_MODEL_DIR, CONFIG_FILE, MODEL_DIR
 
 GGUF_DTYPES = ("f32", "f16", "q8_0")
 ARCHS = {"qwen2": "QWEN2", "llama": "LLAMA"}
@@ -265,7 +266,7 @@ def write_gguf(model, tokenizer, path: Path, dtype: str, name: str, tokenizer_fo
 def export_gguf(source: Path, args: GGUFArgs) -> dict:
     """A run dir (final model, merged adapter, or --checkpoint) or an HF model folder -> one .gguf file."""
     source = Path(source)
-    if (source / "config.yaml").is_file():
+    if (source / CONFIG_FILE).is_file():
         from launcher.inference.trained import load_run_model
 
         model, tokenizer, cfg, _ = load_run_model(source, checkpoint=args.checkpoint, merge=True)
@@ -273,7 +274,7 @@ def export_gguf(source: Path, args: GGUFArgs) -> dict:
             model = model.merge_and_unload()
         name = cfg.run.name or source.parent.parent.name
         default_dir = source / "export-gguf"
-        folders = (source / "model", source / "base_model")
+        folders = (source / MODEL_DIR, source / BASE_MODEL_DIR)
     elif (source / "config.json").is_file():
         from launcher.models.tokenizers import load_saved_tokenizer
         from launcher.models.vision import auto_class_for

@@ -22,6 +22,7 @@ from typing import Optional
 from launcher.disk_full import disk_full_guard, human_bytes, written_so_far
 from launcher.errors import LauncherError
 from launcher.files import apply_umask
+from launcher.paths import BASE_MODEL_DIR, CHECKPOINTS_DIR, MODEL_DIR
 from launcher.models.tokenizers import save_tokenizer
 from launcher.inference.trained import adapter_info, check_run_dir, load_run_model, split_checkpoint_path
 
@@ -52,7 +53,7 @@ def default_out(run_dir: Path) -> Path:
 
 def check_target(run_dir: Path, out: Path, force: bool) -> None:
     run_dir, out = Path(run_dir).resolve(), Path(out).resolve()
-    protected = [run_dir, run_dir / "model", run_dir / "base_model", run_dir / "checkpoints"]
+    protected = [run_dir, run_dir / MODEL_DIR, run_dir / BASE_MODEL_DIR, run_dir / CHECKPOINTS_DIR]
     if out in protected or out in run_dir.parents:
         raise ExportError(f"--out {out}: that folder holds the run itself; export to a new folder (default RUN_DIR/export)")
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):

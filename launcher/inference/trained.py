@@ -22,7 +22,7 @@ from launcher.engines.model_build import apply_lora
 from launcher.errors import ConfigError, LauncherError
 from launcher.models.build import build_base_model
 from launcher.models.tokenizers import load_saved_tokenizer, load_tokenizer
-from launcher.paths import BASE_MODEL_DIR, MODEL_DIR
+from launcher.paths import BASE_MODEL_DIR, CONFIG_FILE, MODEL_DIR
 
 
 def load_trained_model(run_dir: Path, device: Optional[torch.device] = None, merge: bool = False):
@@ -51,7 +51,7 @@ def load_trained_model(run_dir: Path, device: Optional[torch.device] = None, mer
 
 def check_run_dir(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
+    if not (run_dir / CONFIG_FILE).is_file():
         raise LauncherError(f"{run_dir}: not a run dir (no config.yaml); pass the folder `launcher train` printed")
     return run_dir
 
@@ -167,8 +167,8 @@ def load_zero_weights(model, checkpoint: Path, lora: bool) -> set:
 def split_checkpoint_path(path: Path) -> tuple[Path, Optional[str]]:
     """``RUN_DIR/checkpoints/step-N`` -> (RUN_DIR, that folder); a run dir -> (it, None)."""
     path = Path(path)
-    if not (path / "config.yaml").is_file() and (path / layout.COMPLETE).is_file() \
-            and (path.parent.parent / "config.yaml").is_file():
+    if not (path / CONFIG_FILE).is_file() and (path / layout.COMPLETE).is_file() \
+            and (path.parent.parent / CONFIG_FILE).is_file():
         return path.parent.parent, str(path)
     return path, None
 

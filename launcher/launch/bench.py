@@ -27,6 +27,7 @@ def bench_main(argv: list[str]) -> int:
     from launcher.errors import ConfigError
     from launcher.launch.plan import plan_run
     from launcher.launch.run import launch_run
+    from launcher.paths import BENCH_FILE
 
     # What is measured is training: no evaluation before, during or after it (held-out loss, exact match, DPO's
     # probe pairs: launch_run(bench=True)), and no final save. The overrides spare the setup their preparation.
@@ -44,7 +45,7 @@ def bench_main(argv: list[str]) -> int:
     launched = launch_run(dataclasses.replace(plan, name="bench-" + plan.name), bench=True, quiet=True)
     summary, run_dir = launched.summary, launched.run_dir
     report = bench_report(summary, run_dir)
-    out = args.out or run_dir / "bench.json"
+    out = args.out or run_dir / BENCH_FILE
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(format_report(report))
     print(f"written: {out}")

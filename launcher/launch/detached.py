@@ -32,7 +32,7 @@ CANCEL_FILE = "local_cancelled.json"
 
 def start_detached(args: list, folder: Path) -> int:
     """Start this module with ``args`` in a new session; its early output goes to FOLDER/local_job.log."""
-    from launcher.config.compose import REPO_ROOT
+    from launcher.paths import REPO_ROOT
     from launcher.launch.rundir import child_env
 
     env = child_env()

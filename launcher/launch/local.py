@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.config.schema import Config, recipe_module
-from launcher.paths import CODE_SNAPSHOT_DIR
+from launcher.host import usable_cpus
+from launcher.paths import CODE_SNAPSHOT_DIR, LOG_DIR
 from launcher.launch.rundir import child_env
 
 
@@ -26,7 +27,7 @@ def torchrun_command(cfg: Config, run_dir: Path) -> list[str]:
         sys.executable, "-m", "torch.distributed.run",
         "--standalone",
         f"--nproc_per_node={cfg.cluster.nproc_per_node}",
-        f"--log-dir={run_dir / 'logs' / 'torchrun'}",
+        f"--log-dir={run_dir / LOG_DIR / 'torchrun'}",
         "--tee=3",
         "-m", recipe_module(cfg), "--run-dir", str(run_dir),
     ]
@@ -41,14 +42,6 @@ def describe_local(cfg: Config) -> str:
                 " (the code is snapshot to RUN_DIR/code)")
     return ("# local: PYTHONPATH=RUN_DIR/code (the code snapshot taken at launch) "
             + shell_command(torchrun_command(cfg, Path("RUN_DIR"))))
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask: what SLURM, taskset or a container allow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def omp_threads_per_rank(ranks: int, concurrent_runs: int = 1, cpus: Optional[int] = None) -> int:

@@ -16,7 +16,8 @@ from typing import Optional, Sequence
 import yaml
 
 from launcher.config.schema import Config, config_to_dict
-from launcher.paths import CODE_ROOT, CODE_SNAPSHOT_DIR, CONFIG_FILE, REPO_ROOT, SNAPSHOT_SOURCE_FILE
+from launcher.paths import (CHECKPOINTS_DIR, CODE_ROOT, CODE_SNAPSHOT_DIR, CONFIG_FILE, METRICS_FILE, MODEL_DIR, REPO_ROOT,
+                            SNAPSHOT_SOURCE_FILE)
 
 
 def make_run_dir(output_root: str | Path, name: str, now: Optional[_dt.datetime] = None) -> Path:
@@ -106,9 +107,9 @@ def child_env(extra: Optional[dict] = None) -> dict:
 def run_started(run_dir: Path) -> bool:
     """Whether training got going in ``run_dir``: a metrics record, a checkpoint or a model was written."""
     run_dir = Path(run_dir)
-    metrics = run_dir / "metrics.jsonl"
-    return ((metrics.is_file() and metrics.stat().st_size > 0) or (run_dir / "checkpoints").exists()
-            or (run_dir / "model").exists())
+    metrics = run_dir / METRICS_FILE
+    return ((metrics.is_file() and metrics.stat().st_size > 0) or (run_dir / CHECKPOINTS_DIR).exists()
+            or (run_dir / MODEL_DIR).exists())
 
 
 def discard_unstarted_run(run_dir: Path) -> bool:

@@ -17,9 +17,9 @@ from typing import Optional, Union
 from launcher.config.schema import Config
 from launcher.errors import LauncherError, SubmitError
 from launcher.launch.rundir import CONFIG_FILE, snapshot_code, write_code_version, write_run_config
-from launcher.paths import CODE_SNAPSHOT_DIR
+from launcher.paths import CODE_SNAPSHOT_DIR, LOG_DIR, REPO_ROOT, SUBMITTED_SCRIPT
 from launcher.slurm.jobs import JOB_FILE
-from launcher.slurm.node import REPO_ROOT, NodeLauncher
+from launcher.slurm.node import NodeLauncher
 from launcher.slurm.render import (
     SUBMITIT_DIR,
     check_no_secrets,
@@ -31,9 +31,6 @@ from launcher.slurm.render import (
     shell_word,
     submitit_python,
 )
-
-SUBMITTED_SCRIPT = "submitted.sbatch"
-
 
 
 def render_plan(cfg: Config, run_dir: Union[str, Path], python: Optional[str] = None) -> str:
@@ -127,7 +124,7 @@ def submit_run(cfg: Config, run_dir: Union[str, Path], worker_module: Optional[s
         "nproc_per_node": cfg.cluster.nproc_per_node,
         "script": str(script),
         "node_logs": str(run_dir / SUBMITIT_DIR),
-        "rank_logs": str(run_dir / "logs"),
+        "rank_logs": str(run_dir / LOG_DIR),
     }
     (run_dir / JOB_FILE).write_text(json.dumps(record, indent=2) + "\n")
     if not quiet:
@@ -208,7 +205,7 @@ def submit_array(cfgs: list, run_dirs: list, sweep_dir: Union[str, Path], job_na
             "nproc_per_node": c.nproc_per_node,
             "script": str(script),
             "node_logs": str(folder),
-            "rank_logs": str(run_dir / "logs"),
+            "rank_logs": str(run_dir / LOG_DIR),
         }
         (run_dir / JOB_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return {"array_job_id": array_job_id, "task_job_ids": task_ids, "script": str(script), "jobs": jobs}

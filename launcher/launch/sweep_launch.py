@@ -26,7 +26,7 @@ from launcher.sweep.plan import (LOCAL_LOG, LOCAL_RESULT, SWEEPS_SUBDIR, compact
 
 def lay_out(sweep_name: str, points: list, grid: Grid, argv: Sequence[str]) -> tuple:
     """Create the sweep dir and every point's run dir (config.yaml, overrides.txt, code version)."""
-    from launcher.config.compose import REPO_ROOT
+    from launcher.paths import REPO_ROOT
     from launcher.launch.rundir import make_run_dir, snapshot_code, write_code_version, write_overrides, write_run_config
 
     root = Path(points[0].cfg.run.output_root)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from launcher.errors import LauncherError
+from launcher.paths import CONFIG_FILE
 from launcher.serve.images import ImagePolicy
 from launcher.serve.openai_protocol import ChatRequest, bad_request, find_stop, stop_holdback
 
@@ -114,7 +115,7 @@ def load_for_serving(path: Path, checkpoint: Optional[str] = None, template: Opt
 
     path = Path(path)
     device = choose_device()
-    if (path / "config.yaml").is_file():
+    if (path / CONFIG_FILE).is_file():
         model, tokenizer, cfg, source = load_run_model(path, checkpoint=checkpoint, merge=True, device=device)
         if hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()
@@ -132,7 +133,7 @@ def load_for_serving(path: Path, checkpoint: Optional[str] = None, template: Opt
         info = path / "export_info.json"
         if info.is_file():
             run_dir = Path(json.loads(info.read_text()).get("run_dir", ""))
-            if (run_dir / "config.yaml").is_file():
+            if (run_dir / CONFIG_FILE).is_file():
                 from launcher.config.schema import load_run_config
 
                 cfg = load_run_config(run_dir)

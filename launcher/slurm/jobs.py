@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.errors import LauncherError
-from launcher.slurm.render import RANK_LOG_DIR, SUBMITIT_DIR
+from launcher.paths import LOG_DIR, METRICS_FILE
+from launcher.slurm.render import SUBMITIT_DIR
 
 JOB_FILE = "slurm_job.json"
 TERMINAL_STATES = {
@@ -106,9 +107,9 @@ def describe_state(info: dict) -> str:
 
 
 def _last_metrics(run_dir: Optional[Path]) -> Optional[str]:
-    if run_dir is None or not (run_dir / "metrics.jsonl").exists():
+    if run_dir is None or not (run_dir / METRICS_FILE).exists():
         return None
-    lines = (run_dir / "metrics.jsonl").read_text().strip().splitlines()
+    lines = (run_dir / METRICS_FILE).read_text().strip().splitlines()
     return lines[-1] if lines else None
 
 
@@ -129,7 +130,7 @@ def node_log_files(ref: JobRef) -> list:
 def rank_log_files(ref: JobRef) -> list:
     if ref.run_dir is None:
         return []
-    return sorted((ref.run_dir / RANK_LOG_DIR).glob("node*/*/attempt_*/*/std*.log"))
+    return sorted((ref.run_dir / LOG_DIR).glob("node*/*/attempt_*/*/std*.log"))
 
 
 def _parser(prog: str, help_text: str) -> argparse.ArgumentParser:
@@ -206,7 +207,7 @@ def logs_main(argv: Optional[list] = None) -> int:
     if not args.follow:
         ranks = rank_log_files(ref)
         if ranks:
-            print(f"[launcher] per-rank logs: {ref.run_dir / RANK_LOG_DIR}/node*/*/attempt_*/<local rank>/", flush=True)
+            print(f"[launcher] per-rank logs: {ref.run_dir / LOG_DIR}/node*/*/attempt_*/<local rank>/", flush=True)
     return 0
 
 

@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.config.schema import load_run_config
-from launcher.paths import CODE_ROOT, REPO_ROOT
+from launcher.paths import CODE_ROOT, LOG_DIR, NODE_COMMAND_FILE, REPO_ROOT
 from launcher.training.preemption import (SLURM_STOP_SIGNALS, STOP_SIGNALS_ENV, clear_stop_state, request_stop,
                                          stopped_early)
 from launcher.slurm.head_node import resolve_head_node_from_env
 from launcher.slurm.requeue import record_requeue, requeue_job
-from launcher.slurm.render import (AGENT_SIGNALS_FLAG, RANK_LOG_DIR, format_command, port_candidates,
+from launcher.slurm.render import (AGENT_SIGNALS_FLAG, format_command, port_candidates,
                                    render_torchrun_command)
 
 
@@ -69,9 +69,9 @@ class NodeLauncher:
             print("[launcher] this torch's torchrun has no --signals-to-handle (torch >= 2.9): on SIGTERM its agent"
                   " kills the ranks 30 s later, so a stop on TERM saves only if the step and checkpoint fit in"
                   " that time (USR2, cluster.signal_delay_s, is not affected)", flush=True)
-        log_dir = Path(self.run_dir) / RANK_LOG_DIR / f"node{node_rank}"
+        log_dir = Path(self.run_dir) / LOG_DIR / f"node{node_rank}"
         log_dir.mkdir(parents=True, exist_ok=True)
-        (log_dir / "command.txt").write_text(format_command(argv) + "\n")
+        (log_dir / NODE_COMMAND_FILE).write_text(format_command(argv) + "\n")
         print(
             f"[launcher] node {node_rank}/{cfg.cluster.nodes} ({env.get('SLURMD_NODENAME', '?')}): head {head}"
             f" at {addr}:{port}, job {job_id}; rank logs under {log_dir}",
@@ -211,7 +211,7 @@ def pick_free_port(candidates: list, is_free=port_is_free) -> int:
 
 def port_file(run_dir: Path, job_id: str, restart: str) -> Path:
     """Where node 0 publishes the rendezvous port it picked; one per job id and SLURM restart (requeue)."""
-    return Path(run_dir) / RANK_LOG_DIR / f"rdzv_port.{job_id}.{restart}"
+    return Path(run_dir) / LOG_DIR / f"rdzv_port.{job_id}.{restart}"
 
 
 def agree_port(run_dir: Path, job_id: str, node_rank: int, restart: str = "0", timeout_s: float = 600,

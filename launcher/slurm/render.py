@@ -12,6 +12,7 @@ from typing import Optional, Union
 from launcher.config.compose import default_run_name
 from launcher.config.schema import Config, recipe_module
 from launcher.errors import ConfigError
+from launcher.paths import LOG_DIR
 from launcher.shell import placeholder, shell_word, unplaceholder  # noqa: F401  (the one quoting rule)
 from launcher.secret_env import is_secret_name, secret_assignments, secret_values
 
@@ -19,9 +20,6 @@ from launcher.secret_env import is_secret_name, secret_assignments, secret_value
 
 SUBMITIT_DIR = "slurm"
 """Run dir subfolder for submitit's files: the pickled node launcher, per-node stdout/stderr (%j_%t_log.*)."""
-
-RANK_LOG_DIR = "logs"
-"""Run dir subfolder for torchrun's per-rank logs: logs/node<K>/<attempt>/<local rank>/{stdout,stderr}.log."""
 
 # sbatch options that the launcher sets from typed keys; setting them again in sbatch_extra would make
 # the script disagree with the launch pattern (e.g. 8 tasks per node each running torchrun).
@@ -278,7 +276,7 @@ def render_torchrun_command(
         f"--rdzv-endpoint={head_addr}:{port}",
         f"--rdzv-id={job_id}",
         f"--max-restarts={c.max_restarts}",
-        f"--log-dir={run_dir}/{RANK_LOG_DIR}/node{node_rank}",
+        f"--log-dir={run_dir}/{LOG_DIR}/node{node_rank}",
         # Every rank's output goes to its own file and, prefixed with the rank, to the node's log.
         "--tee=3",
         # Not SIGTERM: the agent would answer it by killing its workers 30 s later, mid-step. SLURM's TERM

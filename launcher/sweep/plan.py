@@ -243,7 +243,7 @@ def _refusal(failures: list, total: int, stage: str) -> PreflightError:
 def shape_of(cfg: Config) -> str:
     """What one job array must share: every sbatch parameter but the name and comment (nodes, GPUs,
     time, partition, setup lines, env, extra options), the requeue limit and the concurrency cap."""
-    from launcher.slurm.node import REPO_ROOT
+    from launcher.paths import REPO_ROOT
     from launcher.slurm.render import sbatch_parameters
 
     params = sbatch_parameters(cfg, "RUN_DIR", REPO_ROOT)

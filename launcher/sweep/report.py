@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.errors import LauncherError
+from launcher.paths import LOG_DIR, SUMMARY_FILE
 from launcher.training.metrics import read_metrics
 from launcher.sweep.plan import LOCAL_LOG, LOCAL_RESULT, SWEEP_FILE
 
@@ -100,9 +101,9 @@ def last_error_line(files: list) -> Optional[str]:
 
 def error_files(sweep_dir: Path, run_dir: Path, job_id: Optional[str]) -> list:
     """Where a point's failure is told, most precise first: each rank's stderr, the local log, the node logs."""
-    files = sorted(run_dir.glob("logs/node*/*/attempt_*/*/stderr.log"), key=lambda p: p.stat().st_mtime)
+    files = sorted(run_dir.glob(f"{LOG_DIR}/node*/*/attempt_*/*/stderr.log"), key=lambda p: p.stat().st_mtime)
     files = list(reversed(files))
-    files += sorted(run_dir.glob("logs/torchrun/*/attempt_*/*/stderr.log"))
+    files += sorted(run_dir.glob(f"{LOG_DIR}/torchrun/*/attempt_*/*/stderr.log"))
     if (run_dir / LOCAL_LOG).exists():
         files.append(run_dir / LOCAL_LOG)
     if job_id:
@@ -120,9 +121,9 @@ def point_row(sweep_dir: Path, point: dict, states: dict, is_slurm: bool) -> dic
         row["state"] = "MISSING"
         return row
     summary = {}
-    if (run_dir / "summary.json").exists():
+    if (run_dir / SUMMARY_FILE).exists():
         try:
-            summary = json.loads((run_dir / "summary.json").read_text())
+            summary = json.loads((run_dir / SUMMARY_FILE).read_text())
         except json.JSONDecodeError:
             summary = {}
     metrics = read_metrics(run_dir)

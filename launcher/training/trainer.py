@@ -228,54 +228,21 @@ class Trainer:
     # ------------------------------------------------------------------------------------ the loop
 
     def fit(self) -> dict:
-        t = self.cfg.train
+        """Train from ``self.step`` (0, or where ``resume`` left it) to ``total_steps``; returns the summary that
+        rank 0 also writes to the run dir. Evaluates before and after unless ``evaluations`` is off."""
         summary: dict = {"run_dir": str(self.run_dir), "total_steps": self.total_steps}
-        start_step = self.step
-        if start_step == 0 and self.evaluations:
-            before = self.log_eval()
-            em_before = self.exact_match()
-            if self.dist.is_main and em_before is not None:
-                self.metrics.log({"kind": "exact_match", "step": 0, "exact_match": em_before["exact_match"]})
-            summary.update(eval_loss_before=before, exact_match_before=em_before and em_before["exact_match"])
-
-        progress = None
-        if self.dist.is_main:
-            from tqdm import tqdm
-
-            # In a log file (SLURM, torchrun --tee) a bar redrawn every second is noise: update twice a minute.
-            progress = tqdm(total=self.total_steps, initial=start_step, desc="train", unit="step",
-                            dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        if self.step == 0 and self.evaluations:
+            summary.update(self._evaluate_before())
+        progress = self._progress_bar()
         self.engine.train()
         self.meter.start_window()
         self._last_save = time.monotonic()  # the clock of timed saves counts training time, not setup
         last_loss = None
         while self.step < self.total_steps:
-            self.meter.begin_step()
-            stats = self.train_step(self.step)
-            self.meter.end_step(stats)
-            self.step += 1
-            self.trained_tokens_total += stats["trained_tokens"]
+            stats = self._train_one_step(progress)
             last_loss = stats["loss"]
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
-            if self.step % t.log_every == 0 or self.step == self.total_steps:
-                trained_per_s, tokens_per_s = self.meter.window_rates()
-                record = {
-                    "kind": "train", "step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
-                    "loss": stats["loss"], "lr": stats["lr"], "grad_norm": stats["grad_norm"],
-                    "trained_tokens_per_s": trained_per_s, "tokens_per_s": tokens_per_s,
-                    "trained_tokens_seen": self.trained_tokens_total,
-                }
-                record.update(self.objective.extra_train_metrics(stats))
-                if self.metrics:
-                    self.metrics.log(record)
-            if self.evaluations and t.eval_every and self.step % t.eval_every == 0 and self.step != self.total_steps:
-                self.log_eval()
-            saved = False
-            if t.save_every and self.step % t.save_every == 0 and self.step != self.total_steps:
-                self.save_checkpoint()
-                saved = True
+            self._log_train(stats)
+            saved = self._scheduled_eval_and_save()
             stop, save_due = self._boundary_decision()
             if stop:
                 return self._stop_early(progress, summary)
@@ -285,7 +252,66 @@ class Trainer:
                 self.save_checkpoint()
         if progress is not None:
             progress.close()
+        return self._finish(summary, last_loss)
 
+    def _evaluate_before(self) -> dict:
+        """The held-out loss and exact match of the untrained model (a fresh run's step 0)."""
+        before = self.log_eval()
+        em_before = self.exact_match()
+        if self.dist.is_main and em_before is not None:
+            self.metrics.log({"kind": "exact_match", "step": 0, "exact_match": em_before["exact_match"]})
+        return {"eval_loss_before": before, "exact_match_before": em_before and em_before["exact_match"]}
+
+    def _progress_bar(self):
+        """Rank 0's tqdm bar, starting at the resumed step; None on the other ranks."""
+        if not self.dist.is_main:
+            return None
+        from tqdm import tqdm
+
+        # In a log file (SLURM, torchrun --tee) a bar redrawn every second is noise: update twice a minute.
+        return tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
+                    dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+
+    def _train_one_step(self, progress) -> dict:
+        """One optimizer step, timed, counted and shown on the bar."""
+        self.meter.begin_step()
+        stats = self.train_step(self.step)
+        self.meter.end_step(stats)
+        self.step += 1
+        self.trained_tokens_total += stats["trained_tokens"]
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
+        return stats
+
+    def _log_train(self, stats: dict) -> None:
+        """A ``train`` record every train.log_every steps and at the last step."""
+        if not (self.step % self.cfg.train.log_every == 0 or self.step == self.total_steps):
+            return
+        trained_per_s, tokens_per_s = self.meter.window_rates()
+        record = {
+            "kind": "train", "step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
+            "loss": stats["loss"], "lr": stats["lr"], "grad_norm": stats["grad_norm"],
+            "trained_tokens_per_s": trained_per_s, "tokens_per_s": tokens_per_s,
+            "trained_tokens_seen": self.trained_tokens_total,
+        }
+        record.update(self.objective.extra_train_metrics(stats))
+        if self.metrics:
+            self.metrics.log(record)
+
+    def _scheduled_eval_and_save(self) -> bool:
+        """train.eval_every and train.save_every; the last step is left to ``_finish``. True when it saved."""
+        t = self.cfg.train
+        if self.evaluations and t.eval_every and self.step % t.eval_every == 0 and self.step != self.total_steps:
+            self.log_eval()
+        if t.save_every and self.step % t.save_every == 0 and self.step != self.total_steps:
+            self.save_checkpoint()
+            return True
+        return False
+
+    def _finish(self, summary: dict, last_loss: Optional[float]) -> dict:
+        """After the last step: the measured figures, the final evaluation, the saved model, the summary."""
+        # Measured before the final evaluation and save, so that throughput and memory are training's own.
         summary.update(self.meter.summary(self.model.config, time.time()))
         if self.dist.device.type == "cuda":
             summary["cuda_max_allocated_gb"] = torch.cuda.max_memory_allocated(self.dist.device) / 2**30
@@ -295,7 +321,7 @@ class Trainer:
         em_after = self.exact_match() if self.evaluations else None
         if em_after is not None and self.metrics:
             self.metrics.log({"kind": "exact_match", "step": self.step, "exact_match": em_after["exact_match"]})
-        if t.save_model:
+        if self.cfg.train.save_model:
             self.save_final()
         summary.update(
             final_step=self.step, final_train_loss=last_loss, eval_loss_after=final_eval,
@@ -307,25 +333,29 @@ class Trainer:
         )
         self.objective.finish(self, summary)
         if self.dist.is_main:
-            # summary.json says the run finished: written whole or not at all.
-            path = self.run_dir / SUMMARY_FILE
-            with disk_full_guard(path, "the run summary"):
-                try:
-                    path.with_name(path.name + ".tmp").write_text(json.dumps(summary, indent=1))
-                    os.replace(path.with_name(path.name + ".tmp"), path)
-                finally:
-                    path.with_name(path.name + ".tmp").unlink(missing_ok=True)
-            plot = plot_loss(self.run_dir)
-            log.info("done: %s", self.run_dir)
-            if summary.get("eval_loss_before") is not None and final_eval is not None:
-                log.info("eval loss %.4f -> %.4f", summary["eval_loss_before"], final_eval)
-            if summary.get("exact_match_before") is not None and em_after is not None:
-                log.info("held-out exact match %.1f%% -> %.1f%% (%d prompts)", 100 * summary["exact_match_before"],
-                         100 * em_after["exact_match"], em_after["n"])
-            self.objective.log_result(self)
-            if plot:
-                log.info("loss plot: %s", plot)
+            self._write_summary(summary, final_eval, em_after)
         return summary
+
+    def _write_summary(self, summary: dict, final_eval: Optional[float], em_after: Optional[dict]) -> None:
+        """Rank 0: summary.json, loss.png, and the before -> after figures in the log."""
+        # summary.json says the run finished: written whole or not at all.
+        path = self.run_dir / SUMMARY_FILE
+        with disk_full_guard(path, "the run summary"):
+            try:
+                path.with_name(path.name + ".tmp").write_text(json.dumps(summary, indent=1))
+                os.replace(path.with_name(path.name + ".tmp"), path)
+            finally:
+                path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+        plot = plot_loss(self.run_dir)
+        log.info("done: %s", self.run_dir)
+        if summary.get("eval_loss_before") is not None and final_eval is not None:
+            log.info("eval loss %.4f -> %.4f", summary["eval_loss_before"], final_eval)
+        if summary.get("exact_match_before") is not None and em_after is not None:
+            log.info("held-out exact match %.1f%% -> %.1f%% (%d prompts)", 100 * summary["exact_match_before"],
+                     100 * em_after["exact_match"], em_after["n"])
+        self.objective.log_result(self)
+        if plot:
+            log.info("loss plot: %s", plot)
 
     def _boundary_decision(self) -> tuple[bool, bool]:
         """(stop, timed save) agreed by all ranks; no collective when neither can happen (no flag, no timer)."""

@@ -10,6 +10,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+from launcher.config.compose import hydra_value
 from launcher.errors import ConfigError
 
 GROUPS = ("model", "data", "method", "parallelism", "cluster", "logger", "experiment")
@@ -107,20 +108,6 @@ def lookup(data: dict, key: str) -> Any:
 def field_defaults(composed: dict) -> dict:
     """{key: value} of every form field in a composed config (what the boxes show for these groups)."""
     return {f.key: lookup(composed, f.key) for f in FIELDS}
-
-
-def hydra_value(value: Any) -> str:
-    """A value as the right side of a Hydra override; strings Hydra would parse as something else are quoted."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    text = str(value)
-    if text and all(c.isalnum() or c in "_-./:" for c in text) and text.lower() not in ("null", "true", "false"):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def coerce(field: Field, raw: Any) -> Any:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from launcher.ui.i18n import Note
 
 from launcher.errors import LauncherError
+from launcher.paths import CONFIG_FILE, LOG_DIR, METRICS_FILE, MODEL_DIR, SUMMARY_FILE
 
 SWEEPS = "sweeps"
 RUNNING_STATES = {"RUNNING", "PENDING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
@@ -42,8 +43,8 @@ def confine(root: Path, relative: str) -> Path:
 def find_run_dirs(root: Path) -> list:
     """Run dirs under ROOT (plain runs and sweep points), newest first."""
     root = Path(root)
-    plain = [p.parent for p in root.glob("*/*/*/config.yaml") if p.parts[-4] != SWEEPS]
-    points = [p.parent for p in root.glob(f"{SWEEPS}/*/*/*/*/config.yaml")]
+    plain = [p.parent for p in root.glob(f"*/*/*/{CONFIG_FILE}") if p.parts[-4] != SWEEPS]
+    points = [p.parent for p in root.glob(f"{SWEEPS}/*/*/*/*/{CONFIG_FILE}")]
     return sorted(plain + points, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
@@ -188,7 +189,7 @@ def scan(root: Path, slurm_states=None) -> list:
     root = Path(root).resolve()
     infos = []
     for run_dir in find_run_dirs(root):
-        cfg = _cached("config", run_dir / "config.yaml", _read_config)
+        cfg = _cached("config", run_dir / CONFIG_FILE, _read_config)
         rel = str(run_dir.relative_to(root))
         job = read_json(run_dir / JOB_FILE)
         in_sweep = rel.startswith(SWEEPS + "/")
@@ -197,12 +198,12 @@ def scan(root: Path, slurm_states=None) -> list:
             path=run_dir, rel=rel, name=parts[1] if in_sweep else parts[0],
             sweep="/".join(parts[1:4]) if in_sweep else "",
             kind=(cfg.get("cluster") or {}).get("kind", "?"), job_id=str(job["job_id"]) if job else "",
-            started=time.strftime("%Y-%m-%d %H:%M", time.localtime((run_dir / "config.yaml").stat().st_mtime)),
+            started=time.strftime("%Y-%m-%d %H:%M", time.localtime((run_dir / CONFIG_FILE).stat().st_mtime)),
             requeues=len(requeue_history(run_dir)),
-            has_model=(run_dir / "model").is_dir(),
+            has_model=(run_dir / MODEL_DIR).is_dir(),
         )
-        summary = _cached("summary", run_dir / "summary.json", read_json)
-        train, evals = _cached("metrics", run_dir / "metrics.jsonl", last_metrics)
+        summary = _cached("summary", run_dir / SUMMARY_FILE, read_json)
+        train, evals = _cached("metrics", run_dir / METRICS_FILE, last_metrics)
         if train:
             info.step, info.loss = train.get("step"), train["loss"]
         if evals:
@@ -223,7 +224,7 @@ def scan(root: Path, slurm_states=None) -> list:
         for info in infos:
             if info.job_id:
                 state = slurm_states.get(info.job_id, "UNKNOWN")
-                if state == "UNKNOWN" and (info.path / "summary.json").exists():
+                if state == "UNKNOWN" and (info.path / SUMMARY_FILE).exists():
                     state = "COMPLETED"
                 elif state == "UNKNOWN" and (info.path / CANCEL_REQUEST).exists():
                     state = "CANCELLED"  # an array task cancelled before it started is missing from sacct
@@ -238,7 +239,7 @@ def eta_seconds(info: RunInfo) -> Optional[float]:
     if info.state != "RUNNING" or not info.step or not info.total_steps or info.step >= info.total_steps:
         return None
     try:
-        elapsed = (info.path / "metrics.jsonl").stat().st_mtime - (info.path / "config.yaml").stat().st_mtime
+        elapsed = (info.path / METRICS_FILE).stat().st_mtime - (info.path / CONFIG_FILE).stat().st_mtime
     except OSError:
         return None
     return max(0.0, elapsed / info.step * (info.total_steps - info.step))
@@ -289,7 +290,7 @@ def log_files(run_dir: Path) -> list:
     from launcher.sweep.plan import LOCAL_LOG
 
     run_dir = Path(run_dir)
-    found = sorted(run_dir.glob("logs/**/std*.log"))
+    found = sorted(run_dir.glob(f"{LOG_DIR}/**/std*.log"))
     found += [p for p in (run_dir / LOCAL_LOG, run_dir / "local_job.log") if p.exists()]
     found += sorted(p for p in (run_dir / "slurm").glob("*_log.*") if p.exists())
     return [str(p.relative_to(run_dir)) for p in found]

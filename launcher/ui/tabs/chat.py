@@ -1,0 +1,143 @@
+"""The Chat tab: talk to a finished run (and its base model side by side), export it, score its predictions."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from launcher.errors import LauncherError
+from launcher.ui import after
+from launcher.ui.i18n import message
+from launcher.ui.tabs.page import Page
+
+
+@dataclass
+class ChatTab:
+    chat_run: gr.Dropdown
+    with_base: gr.Checkbox
+    system: gr.Textbox
+    bot: gr.Chatbot
+    base_bot: gr.Chatbot
+    message_box: gr.Textbox
+    chat_image: gr.Image
+    send_btn: gr.Button
+    clear_btn: gr.Button
+    chat_status: gr.Markdown
+    export_btn: gr.Button
+    predict_limit: gr.Number
+    predict_btn: gr.Button
+    after_out: gr.Textbox
+
+
+def layout(t) -> ChatTab:
+    with gr.Tab(t("tab_chat"), id="chat", elem_id="tab-chat"):
+        with gr.Row():
+            chat_run = gr.Dropdown([], label=t("chat_run"), elem_id="chat-run", scale=3)
+            with_base = gr.Checkbox(label=t("with_base"), value=True, elem_id="with-base", scale=1)
+        system = gr.Textbox(label=t("system_prompt"), elem_id="system-prompt")
+        with gr.Row():
+            bot = gr.Chatbot(label=t("trained_model"), elem_id="chat-trained", height=300)
+            base_bot = gr.Chatbot(label=t("base_model"), elem_id="chat-base", height=300)
+        with gr.Row():
+            message_box = gr.Textbox(label=t("message"), elem_id="chat-message", scale=4)
+            chat_image = gr.Image(label=t("chat_image"), type="filepath", sources=["upload"],
+                                  elem_id="chat-image", height=140, scale=1)
+            send_btn = gr.Button(t("send"), variant="primary", elem_id="send-btn", scale=0)
+            clear_btn = gr.Button(t("clear"), elem_id="clear-btn", scale=0)
+        chat_status = gr.Markdown(elem_id="chat-status")
+        gr.Markdown(t("after_help"))
+        with gr.Row():
+            export_btn = gr.Button(t("export"), elem_id="export-btn")
+            predict_limit = gr.Number(value=20, precision=0, label=t("predict_limit"), elem_id="predict-limit")
+            predict_btn = gr.Button(t("predict"), elem_id="predict-btn")
+        after_out = gr.Textbox(label=t("after_result"), lines=4, interactive=False, elem_id="after-result")
+    return ChatTab(chat_run, with_base, system, bot, base_bot, message_box, chat_image, send_btn, clear_btn,
+                   chat_status, export_btn, predict_limit, predict_btn, after_out)
+
+
+def wire(page: Page, tab: ChatTab) -> None:
+    on, run_path = page.on, page.run_path
+    # {"trained"|"base": after.new_conversation()}: what each model's ChatSession keeps between turns.
+    conversations = gr.State({})
+
+    def on_send(rel, text, image, system_text, history, base_history, compare_base, convs, lang):
+        path = run_path(rel)
+        history, base_history = list(history or []), list(base_history or [])
+        convs = {k: dict(v) for k, v in (convs or {}).items()}
+        if path is None or not (text or "").strip():
+            yield history, base_history, text, convs, "", gr.update()
+            return
+        text = text.strip()
+        kept = None
+        if image:
+            try:
+                image = str(page.allowed.check(image, "chat image"))
+            except LauncherError as exc:
+                yield history, base_history, text, convs, message("image_unreadable", lang, detail=exc), gr.update()
+                return
+            if not after.run_sees_images(path):
+                from launcher.config.schema import load_run_config
+
+                model_name = load_run_config(path).model.name
+                yield (history, base_history, text, convs,
+                       message("image_refused", lang, run=rel, model=model_name), gr.update())
+                return
+            try:
+                kept = after.keep_image(path, image)
+            except LauncherError as exc:
+                yield history, base_history, text, convs, message("image_unreadable", lang, detail=exc), gr.update()
+                return
+        targets = [(False, history)] + ([(True, base_history)] if compare_base else [])
+        try:
+            for base, shown in targets:
+                conversation = convs.setdefault("base" if base else "trained", after.new_conversation())
+                if kept:
+                    shown.append({"role": "user", "content": {"path": image}})
+                shown.append({"role": "user", "content": text})
+                shown.append({"role": "assistant", "content": ""})
+                for partial in after.stream_reply(path, conversation, text, system_text, base=base, image=kept):
+                    shown[-1] = {"role": "assistant", "content": partial or "…"}
+                    yield history, base_history, "", convs, "", None
+                if not shown[-1]["content"].strip("…"):
+                    shown[-1] = {"role": "assistant", "content": message("empty_answer", lang)}
+                yield history, base_history, "", convs, "", None
+        except LauncherError as exc:
+            raise gr.Error(message("error", lang, detail=exc))
+
+    send_inputs = [tab.chat_run, tab.message_box, tab.chat_image, tab.system, tab.bot, tab.base_bot, tab.with_base,
+                   conversations]
+    send_outputs = [tab.bot, tab.base_bot, tab.message_box, conversations, tab.chat_status, tab.chat_image]
+    on(tab.send_btn.click, on_send, send_inputs, send_outputs)
+    on(tab.message_box.submit, on_send, send_inputs, send_outputs)
+    cleared = [tab.bot, tab.base_bot, conversations, tab.chat_status]
+    tab.clear_btn.click(lambda: ([], [], {}, ""), None, cleared)
+    tab.chat_run.input(lambda _: ([], [], {}, ""), [tab.chat_run], cleared)
+
+    def on_export(rel, lang, progress=gr.Progress()):
+        path = run_path(rel)
+        if path is None:
+            return message("no_finished_run", lang)
+        progress(0.1, desc=message("exporting", lang))
+        try:
+            return after.export(path).text(lang)
+        except LauncherError as exc:
+            return message("error", lang, detail=exc)
+
+    def on_predict(rel, limit, lang, progress=gr.Progress(track_tqdm=True)):
+        path = run_path(rel)
+        if path is None:
+            return message("no_finished_run", lang)
+        progress(0, desc=message("loading_model", lang))
+        try:
+            from launcher.config.schema import load_run_config
+            from launcher.ui.roots import check_config
+
+            check_config(load_run_config(path), page.allowed, data_only=True)  # predict reads the run's eval data
+            m = after.predict(path, limit=int(limit) if limit else None)
+        except LauncherError as exc:
+            return message("error", lang, detail=exc)
+        scores = ", ".join(f"{k} {m[k]:.2f}" for k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4", "exact_match"))
+        return message("predicted", lang, dataset=m["dataset"], n=m["n"], scores=scores, out=m["output_dir"])
+
+    on(tab.export_btn.click, on_export, [tab.chat_run], [tab.after_out])
+    on(tab.predict_btn.click, on_predict, [tab.chat_run, tab.predict_limit], [tab.after_out])

@@ -1,0 +1,201 @@
+"""The Compose tab: pick groups and fields, preview the command and plan, submit, preview the data."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from launcher.errors import LauncherError
+from launcher.ui import actions, form
+from launcher.ui.i18n import Note, message
+from launcher.ui.roots import check_overrides
+from launcher.ui.tabs.page import Page
+
+DATA_PREVIEW_MAX = 20
+
+
+def compose_defaults(groups: dict) -> dict:
+    """The form fields' values that a choice of config groups gives."""
+    from launcher.config.compose import compose_config
+    from launcher.config.schema import config_to_dict
+
+    with actions.HYDRA_LOCK:
+        return form.field_defaults(config_to_dict(compose_config(form.group_overrides(groups))))
+
+
+@dataclass
+class ComposeTab:
+    group_boxes: list
+    field_boxes: list
+    """One per ``form.FIELDS``, in that order."""
+    run_name: gr.Textbox
+    free: gr.Textbox
+    sweep: gr.Textbox
+    preview_btn: gr.Button
+    submit_btn: gr.Button
+    data_btn: gr.Button
+    data_n: gr.Number
+    status: gr.Textbox
+    command: gr.Textbox
+    verdict: gr.Textbox
+    plan: gr.Code
+    config_view: gr.Code
+    data_stats: gr.Markdown
+    data_text: gr.HighlightedText
+    data_images: gr.Gallery
+
+
+def layout(t, options: dict, group_defaults: dict, initial: dict) -> ComposeTab:
+    """The tab's components; ``initial`` holds the fields' values for ``group_defaults``."""
+    with gr.Tab(t("tab_compose"), id="compose", elem_id="tab-compose"):
+        with gr.Row():
+            group_boxes = [gr.Dropdown(options[g], value=group_defaults[g] or options[g][0], label=t(f"group_{g}"),
+                                       elem_id=f"group-{g}", interactive=True) for g in form.GROUPS]
+        field_boxes = []
+        for chunk in range(0, len(form.FIELDS), 6):
+            with gr.Row():
+                for f in form.FIELDS[chunk:chunk + 6]:
+                    label, elem_id = t("field_" + f.key.replace(".", "_")), "field-" + f.key.replace(".", "-")
+                    value = initial[f.key]
+                    if f.kind == "bool":
+                        box = gr.Checkbox(value=value, label=label, elem_id=elem_id)
+                    elif f.kind == "choice":
+                        box = gr.Dropdown(list(f.choices), value=value, label=label, elem_id=elem_id)
+                    elif f.kind == "str" or f.optional:  # an empty Number box comes back as 0, not null
+                        box = gr.Textbox(value="" if value is None else str(value), label=label,
+                                         elem_id=elem_id)
+                    else:
+                        box = gr.Number(value=value, label=label, precision=0 if f.kind == "int" else None,
+                                        elem_id=elem_id)
+                    field_boxes.append(box)
+        with gr.Row():
+            run_name = gr.Textbox(label=t("run_name"), elem_id="run-name", scale=1)
+            free = gr.Textbox(label=t("overrides"), placeholder="train.log_every=1 data.max_samples=100",
+                              lines=2, elem_id="overrides", scale=3)
+            sweep = gr.Textbox(label=t("sweep"), placeholder="method.lr=1e-3,2e-3 method.lora.r=4,8",
+                               lines=2, elem_id="sweep", scale=2)
+        with gr.Row():
+            preview_btn = gr.Button(t("preview"), variant="secondary", elem_id="preview-btn")
+            submit_btn = gr.Button(t("submit"), variant="primary", elem_id="submit-btn")
+            data_btn = gr.Button(t("data_preview_btn"), variant="secondary", elem_id="data-preview-btn")
+            data_n = gr.Number(value=3, precision=0, minimum=1, maximum=DATA_PREVIEW_MAX, label=t("data_n"),
+                               elem_id="data-n", scale=0, min_width=120)
+        status = gr.Textbox(label=t("status"), interactive=False, elem_id="compose-status", lines=2)
+        command = gr.Textbox(label=t("command"), interactive=False, elem_id="command", buttons=["copy"])
+        verdict = gr.Textbox(label=t("preflight"), interactive=False, elem_id="verdict", lines=3)
+        with gr.Row():
+            plan = gr.Code(label=t("plan"), language="shell", interactive=False, elem_id="plan")
+            config_view = gr.Code(label=t("resolved_config"), language="yaml", interactive=False,
+                                  elem_id="resolved-config")
+        with gr.Accordion(t("data_preview"), open=True, elem_id="data-preview-box"):
+            data_stats = gr.Markdown(elem_id="data-stats")
+            data_text = gr.HighlightedText(label=t("data_preview_text"), elem_id="data-preview",
+                                           combine_adjacent=False, show_legend=False,
+                                           color_map={message("data_trained", lang): "green"
+                                                      for lang in ("en", "zh-CN")})
+            data_images = gr.Gallery(label=t("data_images"), elem_id="data-images", columns=4, height=260,
+                                     interactive=False, visible=False)  # shown for rows with images
+    return ComposeTab(group_boxes, field_boxes, run_name, free, sweep, preview_btn, submit_btn, data_btn, data_n,
+                      status, command, verdict, plan, config_view, data_stats, data_text, data_images)
+
+
+def say(lang, note) -> str:
+    return note.text(lang) if isinstance(note, Note) else str(note)
+
+
+def wire(page: Page, tab: ComposeTab, last_defaults: gr.State) -> None:
+    """Group picks refill the fields; preview, submit and data preview read the whole form."""
+    root, on = page.root, page.on
+    group_boxes, field_boxes = tab.group_boxes, tab.field_boxes
+
+    def on_groups(last, *choices):
+        """Fill the fields whose default the new group choice changes; leave the others as the user set them
+        (and a repeated event for the same choice changes nothing)."""
+        *choices, lang = choices
+        groups = dict(zip(form.GROUPS, choices))
+        try:
+            defaults = compose_defaults(groups)
+        except LauncherError as exc:
+            return [last] + [gr.update() for _ in field_boxes] + [message("error", lang, detail=exc)]
+        def shown(f, value):
+            return ("" if value is None else str(value)) if f.kind == "str" or f.optional else value
+
+        updates = [gr.update(value=shown(f, defaults[f.key])) if defaults[f.key] != (last or {}).get(f.key)
+                   else gr.update() for f in form.FIELDS]
+        return [defaults] + updates + [""]
+
+    for box in group_boxes:  # one at a time, in order: the last pick's defaults win
+        on(box.input, on_groups, [last_defaults] + group_boxes, [last_defaults] + field_boxes + [tab.status],
+           concurrency_limit=1, concurrency_id="groups")
+
+    def overrides_of(values: tuple) -> tuple:
+        """(overrides, name) from the form; the UI's root is always the output root."""
+        n = len(form.GROUPS)
+        groups = dict(zip(form.GROUPS, values[:n]))
+        fields = dict(zip([f.key for f in form.FIELDS], values[n:n + len(form.FIELDS)]))
+        name, free_text, *sweep_text = values[n + len(form.FIELDS):]  # the data preview has no sweep box
+        sweep_text = sweep_text[0] if sweep_text else ""
+        overrides = form.form_overrides(groups, fields, free_text, compose_defaults(groups))
+        overrides += form.split_overrides(sweep_text) + [f"run.output_root={root}"]
+        check_overrides(overrides, page.allowed)  # before any handler opens a file the form names
+        return overrides, (name or "").strip() or None
+
+    form_inputs = group_boxes + field_boxes + [tab.run_name, tab.free, tab.sweep]
+
+    def on_preview(*values):
+        *values, lang = values
+        try:
+            overrides, name = overrides_of(values)
+        except LauncherError as exc:
+            return message("error", lang, detail=exc), "", "", "", ""
+        p = actions.preview(overrides, name)
+        head = message("preview_ok", lang) if p.ok else message("preview_refused", lang, detail=p.error)
+        return head, p.command, "\n".join(say(lang, v) for v in p.verdict), p.plan, p.config_yaml
+
+    on(tab.preview_btn.click, on_preview, form_inputs,
+       [tab.status, tab.command, tab.verdict, tab.plan, tab.config_view])
+
+    def on_submit(*values):
+        *values, lang = values
+        overrides = []
+        try:
+            overrides, name = overrides_of(values)
+            done = actions.submit(overrides, name)
+        except LauncherError as exc:
+            lines = actions.redact(str(exc), overrides).splitlines()
+            return message("error", lang, detail=lines[0]), "\n".join(lines[1:] + [message("nothing_queued", lang)])
+        return done.note.text(lang), ""
+
+    on(tab.submit_btn.click, on_submit, form_inputs, [tab.status, tab.verdict])
+
+    def on_data_preview(*values, progress=gr.Progress()):
+        """``launcher data preview``: the first rows tokenized, trained text highlighted, images shown."""
+        *values, n, lang = values
+        n = max(1, min(int(n or 3), DATA_PREVIEW_MAX))
+        progress(0, desc=message("data_loading", lang))
+        try:
+            overrides, _ = overrides_of(values)
+            shown = actions.data_preview(overrides, n)
+        except LauncherError as exc:
+            return message("error", lang, detail=exc), None, gr.update(value=None, visible=False)
+        trained = message("data_trained", lang)
+        spans = []
+        for sample in shown.samples:
+            side = f" ({sample.side})" if sample.side else ""
+            head = message("data_sample", lang, index=sample.index, side=side, tokens=sample.tokens,
+                           trained=sample.trained)
+            if sample.images:
+                head += message("data_images", lang, count=len(sample.images))
+            spans.append((("\n" if spans else "") + f"── {head} ──\n", None))
+            spans += [(text, trained if is_trained else None) for text, is_trained in sample.spans]
+        stats = "  ".join(f"{k}={v}" for k, v in shown.stats.items()
+                          if k not in ("template_note", "cache_key") and v is not None)
+        if shown.stats.get("template_note"):
+            stats += "  \n" + str(shown.stats["template_note"])
+        gallery = [(image, note.text(lang)) for image, note in shown.images if image is not None]
+        problems = [note.text(lang) for image, note in shown.images if image is None]
+        text = message("data_stats", lang, count=len(shown.samples), stats=stats)
+        return "  \n".join([text] + problems), spans, gr.update(value=gallery or None, visible=bool(gallery))
+
+    on(tab.data_btn.click, on_data_preview, form_inputs[:-1] + [tab.data_n],
+       [tab.data_stats, tab.data_text, tab.data_images])

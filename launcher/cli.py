@@ -57,8 +57,10 @@ def expand_llamafactory(argv: list[str]) -> list[str]:
 
 
 def train_main(argv: list[str]) -> int:
-    argv = expand_llamafactory(argv)
-    refuse_config_files([a for a in argv if not a.startswith("-")])
+    help_asked = any(a in ("-h", "--help") for a in argv)
+    if not help_asked:  # --help lists this command's flags whatever else the line holds
+        argv = expand_llamafactory(argv)
+        refuse_config_files([a for a in argv if not a.startswith("-")])
     if any(a in ("-m", "--multirun") for a in argv):
         from launcher.sweep.launch import sweep_main
 
@@ -73,6 +75,14 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, key=value or group=option")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and run the preflight; launch nothing")
     parser.add_argument("--name", default=None, help="run name (default: <model>-<method>-<data>)")
+    # Consumed before this parser (expand_llamafactory, sweep_main); declared so that --help lists them.
+    parser.add_argument("--from-llamafactory", metavar="FILE.yaml", default=None,
+                        help="a llamafactory-cli train file: translated to overrides (the equivalent command is"
+                             " printed); overrides after it win")
+    parser.add_argument("-m", "--multirun", action="store_true",
+                        help="grid sweep over comma lists / range() / choice() (launcher train -m --help)")
+    parser.add_argument("--parallel", type=int, default=1, metavar="N",
+                        help="with -m and cluster=local: sweep points run at the same time")
     args = parser.parse_args(argv)
 
     from launcher.config.compose import REPO_ROOT, compose_config, default_run_name, uses_implicit_data_group

@@ -112,7 +112,7 @@ def dataset_dir_of(cfg: Config) -> Path:
 
 def check_datasets(problems: Problems, cfg: Config) -> None:
     from launcher.data.readers import hub_reachable
-    from launcher.data.registry import load_registry
+    from launcher.data.registry import load_registry, unknown_dataset
     from launcher.data.validate import check_dataset
 
     dataset_dir = dataset_dir_of(cfg)
@@ -122,10 +122,7 @@ def check_datasets(problems: Problems, cfg: Config) -> None:
         for entry in entries:
             name = entry.name if hasattr(entry, "name") else str(entry)
             if name not in specs:
-                problems.errors.append(
-                    f"{key}: unknown dataset '{name}' in {dataset_dir}/dataset_info.json;"
-                    f" datasets there: {', '.join(sorted(specs)) or '(none)'}"
-                )
+                problems.errors.append(f"{key}: {unknown_dataset(name, dataset_dir, specs)}")
                 continue
             spec = specs[name]
             if not spec.file_name:

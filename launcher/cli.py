@@ -45,11 +45,13 @@ def expand_llamafactory(argv: list[str]) -> list[str]:
                 raise ConfigError("--from-llamafactory: give the llamafactory-cli train YAML file")
             from pathlib import Path
 
-            from launcher.config.llamafactory import command_line, translate_file
+            from launcher.config.compose import config_groups
+            from launcher.config.llamafactory import command_line, drop_replaced_groups, translate_file
 
             translation = translate_file(Path(path))
-            expanded = argv[:i] + translation.overrides + rest
-            for note in translation.notes:
+            overrides, replaced = drop_replaced_groups(translation.overrides, rest, config_groups())
+            expanded = argv[:i] + overrides + rest
+            for note in translation.notes + replaced:
                 print(f"note: {note}", file=sys.stderr)
             print("# equivalent command:\n" + command_line(expanded), flush=True)
             return expanded

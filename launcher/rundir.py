@@ -139,3 +139,23 @@ def discard_unstarted_run(run_dir: Path) -> bool:
         except OSError:
             break
     return True
+
+
+def link_final_model(model_dir: Path, target: Path) -> list[str]:
+    """Link each file (or folder) of ``model_dir`` into ``target`` by a relative symlink; return what was
+    skipped, one line each. Symlinks ``target`` already holds that point below it (an earlier run's) are
+    replaced; a real file of the same name is left alone and reported."""
+    target.mkdir(parents=True, exist_ok=True)
+    root = target.resolve()
+    for entry in target.iterdir():
+        if entry.is_symlink() and not os.path.isabs(os.readlink(entry)) \
+                and root in Path(os.path.normpath(target / os.readlink(entry))).resolve().parents:
+            entry.unlink()
+    skipped = []
+    for item in sorted(model_dir.iterdir()):
+        link = target / item.name
+        if link.exists() or link.is_symlink():
+            skipped.append(f"{link} exists and is not a link this launcher made; left as it is")
+            continue
+        link.symlink_to(os.path.relpath(item.resolve(), root))
+    return skipped

@@ -349,6 +349,11 @@ class RunConfig:
     """Set by the launcher: the run dir."""
     resume: str = "auto"
     """auto (latest complete checkpoint of this run dir), never, or a checkpoint path."""
+    link_model_to: Optional[str] = None
+    """After training, the final model's files are linked (relative symlinks) into this folder, replacing the
+    links an earlier run left there and never touching other files: where LLaMA-Factory's follow-up YAMLs look
+    for a model (``adapter_name_or_path: <output_dir>``). ``--from-llamafactory`` sets it to the file's
+    ``output_dir``."""
 
 
 @dataclass

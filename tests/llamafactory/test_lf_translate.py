@@ -387,7 +387,53 @@ def test_trains_two_steps_from_a_llamafactory_file(tmp_path, write_lf, tiny_hf_m
     steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps if r.get("kind") == "train"] == [1, 2]
     assert (run / "model" / "adapter_config.json").is_file()
+    # where LF's merge/inference YAMLs look: adapter_name_or_path = output_dir
+    from peft import PeftConfig
+
+    output_dir = tmp_path / "saves" / "tiny-lora"
+    assert (output_dir / "adapter_config.json").resolve() == (run / "model" / "adapter_config.json").resolve()
+    assert PeftConfig.from_pretrained(str(output_dir)).r == 16
     import yaml
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["method"]["lora"]["r"] == 16 and cfg["train"]["micro_batch_size"] == 2
+
+
+def test_a_group_given_after_the_file_replaces_what_the_file_set_for_it(tmp_path, write_lf, tiny_hf_model, capsys):
+    from launcher.cli import expand_llamafactory
+    from launcher.config.compose import config_groups
+    from launcher.config.llamafactory import drop_replaced_groups
+
+    kept, notes = drop_replaced_groups(["model=hf", "model.name_or_path=/m", "model.trust_remote_code=true",
+                                        "method=lora", "method.lora.r=16", "data.cutoff_len=128"],
+                                       ["model=tiny_qwen2", "method.lora.r=8"], config_groups())
+    assert kept == ["method=lora", "method.lora.r=16", "data.cutoff_len=128"]
+    assert len(notes) == 1 and "model.name_or_path=/m" in notes[0]
+
+    path = write_lf(fill(LORA, tiny_hf_model, REPO_ROOT / "data", tmp_path))
+    expanded = expand_llamafactory(["--from-llamafactory", str(path), "model=tiny_qwen2"])
+    assert not any(o.startswith("model.") for o in expanded) and expanded[-1] == "model=tiny_qwen2"
+    assert "replaces what the file set" in capsys.readouterr().err
+    from launcher.config.compose import compose_config
+
+    assert compose_config(expanded, check=False).model.name_or_path is None  # tiny_qwen2's, not the file's
+
+
+def test_final_model_is_linked_where_llamafactorys_follow_up_yamls_look(tmp_path):
+    from launcher.rundir import link_final_model
+
+    out = tmp_path / "saves" / "sft"
+    first = out / "2026-12-07" / "06-00-00" / "model"
+    second = out / "2026-12-07" / "07-00-00" / "model"
+    for model, files in ((first, ["adapter_config.json", "adapter_model.safetensors"]), (second, ["config.json"])):
+        model.mkdir(parents=True)
+        for name in files:
+            (model / name).write_text(f"{model.parent.name}/{name}")
+    assert link_final_model(first, out) == []
+    assert (out / "adapter_config.json").read_text() == "06-00-00/adapter_config.json"
+    (out / "README.md").write_text("mine")
+    (second / "README.md").write_text("the model card")
+    skipped = link_final_model(second, out)  # the earlier run's links go; the user's file stays
+    assert len(skipped) == 1 and "README.md" in skipped[0] and (out / "README.md").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir() if p.is_symlink()) == ["config.json"]
+    assert not (out / "config.json").readlink().is_absolute()

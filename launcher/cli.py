@@ -124,6 +124,11 @@ def train_main(argv: list[str]) -> int:
         from launcher.preflight_model import describe_precision
 
         print(f"# precision: {describe_precision(cfg)}")
+        from launcher.training.probes import scoring_plan
+
+        plan = scoring_plan(cfg)  # DPO/KTO: the forwards spent scoring before and after training
+        if plan:
+            print(plan)
         summary = memory_summary(cfg)
         if summary:
             print(summary)

@@ -135,8 +135,9 @@ class DpoConfig:
     """SimPO's target reward margin (gamma); the loss is -logsigmoid(beta * (mean logp margin) - gamma)."""
     precompute_ref_log_probs: bool = False
     """Score every pair with the reference once before training, then train with no reference in memory."""
-    probe_pairs: int = 64
-    """Training pairs whose reward accuracy/margin are logged before and after training (0: off)."""
+    probe_pairs: int = 8
+    """Training pairs whose reward accuracy/margin are logged before and after training (0: off); never more than
+    the run trains on. Each costs forwards before and after (the dry run counts them)."""
 
 
 @dataclass
@@ -148,8 +149,9 @@ class KtoConfig:
     data keep desirable_weight * n_desirable / (undesirable_weight * n_undesirable) in [1, 4/3] (the KTO paper)."""
     undesirable_weight: float = 1.0
     """Weight of the undesirable (kto_tag false) rows' losses (LLaMA-Factory's kto_rejected_weight)."""
-    probe_rows: int = 64
-    """Training rows whose rewards/KL are logged before and after training (0: off)."""
+    probe_rows: int = 8
+    """Training rows whose rewards/KL are logged before and after training (0: off); never more than the run
+    trains on. Each costs forwards before and after (the dry run counts them)."""
 
 
 @dataclass

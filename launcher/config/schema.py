@@ -519,9 +519,6 @@ def check_combinations(cfg: Config) -> None:
     _choice(m.dpo.loss_type, ("sigmoid", "ipo", "hinge", "simpo", "orpo"), "method.dpo.loss_type")
     if m.name == "dpo":
         validate_dpo(m.dpo)
-    if m.name == "kto" and t.micro_batch_size < 2:
-        raise ConfigError("train.micro_batch_size: KTO estimates its KL term from each row's prompt paired with"
-                          " another row's answer in the same micro-batch; it needs >= 2 (4 or more is better)")
     if m.name == "pretrain" and not d.packing:
         raise ConfigError("data.packing: method=pretrain packs documents (each ends with the end-of-text token and"
                           " attends only to itself); set data.packing=true (data=c4_demo and data=wiki_demo do)")

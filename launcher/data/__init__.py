@@ -29,7 +29,7 @@ from launcher.data.formats import row_to_sample
 from launcher.data.mixing import mix, resample, split_eval, take
 from launcher.data.packing import plan_packs_flat
 from launcher.data.readers import parse_json_line, read_spec_items, read_spec_rows
-from launcher.data.store import StoreWriter, Tokens, TokenRows, read_meta, write_meta, write_split
+from launcher.data.store import StoreWriter, Tokens, TokenRows, add_column, read_meta, write_meta, write_split
 from launcher.data.workers import EncodedDataset, EncodeOptions, Encoder, default_num_proc
 from launcher.data.registry import DatasetSpec, load_registry, lookup
 from launcher.data.templates import choose_renderer
@@ -192,6 +192,23 @@ def image_stats(folder: Path, records: np.ndarray, merge_size: int) -> dict:
     return {"images": int(np.diff(offsets)[records].sum()), "image_tokens": int(per_record[records].sum())}
 
 
+LF_PREPROCESSING_BATCH = 1000
+"""LLaMA-Factory's preprocessing_batch_size (its default): the blocks within which it rotates KTO's answers."""
+
+
+def kl_partner_records(source_sizes: list, block: int = LF_PREPROCESSING_BATCH) -> np.ndarray:
+    """KTO's mismatched pairs as LLaMA-Factory 0.9.5 makes them when it preprocesses (FeedbackDatasetProcessor):
+    within each block of ``block`` samples of the merged training (or held-out) data, in file order, sample i
+    takes sample i-1's answer and the first takes the last's. Per record, the record whose answer it takes; the
+    collate uses it when a micro-batch of one row has no other row to rotate (launcher.data.collate)."""
+    out, start = [], 0
+    for n in source_sizes:
+        for b0 in range(0, n, block):
+            out.append(start + np.roll(np.arange(b0, min(b0 + block, n)), 1))
+        start += n
+    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
+
+
 def preprocess(cfg: Config, tokenizer, renderer, kind: str, train_specs, eval_specs, progress: bool,
                folder: Path, vision=None) -> None:
     """Everything the cache stores, written into ``folder``: the token store, the train/eval rows (packed or
@@ -218,6 +235,10 @@ def preprocess(cfg: Config, tokenizer, renderer, kind: str, train_specs, eval_sp
     finally:
         encoder.close()
         writer.close()
+    if kind == "kto":
+        n_train = sum(int(e.count.sum()) for e in encoded[: len(train_specs)])
+        n_eval = sum(int(e.count.sum()) for e in encoded[len(train_specs):])
+        add_column(folder, "kl_record", kl_partner_records([n_train, n_eval]))
     whole = EncodedDataset(np.concatenate([e.first for e in encoded]), np.concatenate([e.count for e in encoded]),
                            np.concatenate([e.dropped for e in encoded]), np.zeros(0, np.int64))
     train_ids, eval_ids = np.asarray(train_ids, np.int64), np.asarray(eval_ids, np.int64)

@@ -15,9 +15,9 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 """Bump when the row format or the preprocessing changes meaning (2: memory-mapped store, was a pickle; 3: per-record
-columns (columns.json), KTO rows; 4: image references in the store)."""
+columns (columns.json), KTO rows; 4: image references in the store; 5: KTO's kl_record column)."""
 COMPLETE_MARK = "complete"
 
 HASH_CONTENT_UP_TO = 1 << 30

@@ -6,6 +6,7 @@ then one real two-step training run from a LLaMA-Factory file.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -307,17 +308,11 @@ def test_yaml_positional_points_to_from_llamafactory(capsys, write_lf):
 
 @pytest.mark.parametrize("shape", ["kto", "pretrain"])
 def test_dry_run_kto_and_pretrain_from_llamafactory_examples(tmp_path, write_lf, tiny_hf_model, capsys, shape):
-    from tests.conftest import SHARED_DEMO
+    from launcher.paths import SHIPPED_LF_DATA
 
-    if not (SHARED_DEMO / "dataset_info.json").is_file():
-        pytest.skip(f"LLaMA-Factory demo data not found in {SHARED_DEMO}")
-    path = write_lf(fill(KTO if shape == "kto" else PRETRAIN, tiny_hf_model, SHARED_DEMO, tmp_path))
+    path = write_lf(fill(KTO if shape == "kto" else PRETRAIN, tiny_hf_model, SHIPPED_LF_DATA, tmp_path))
     args = ["train", "--from-llamafactory", str(path), "train.max_steps=3", "--dry-run"]
-    if shape == "kto":
-        # the documented file trains one row per device; KTO's KL term needs another row's answer in the batch
-        assert cli_main(args) != 0
-        assert "train.micro_batch_size: KTO estimates its KL term" in capsys.readouterr().err
-        args.insert(-1, "train.micro_batch_size=2")
+    # the documented KTO file trains one row per device: its KL rows take LF's pairing (tests/kto/test_kto_data.py)
     assert cli_main(args) == 0
     out = capsys.readouterr().out
     assert "preflight passed" in out
@@ -437,3 +432,32 @@ def test_final_model_is_linked_where_llamafactorys_follow_up_yamls_look(tmp_path
     assert len(skipped) == 1 and "README.md" in skipped[0] and (out / "README.md").read_text() == "mine"
     assert sorted(p.name for p in out.iterdir() if p.is_symlink()) == ["config.json"]
     assert not (out / "config.json").readlink().is_absolute()
+
+
+# LLaMA-Factory 0.9.5's examples/train_lora/qwen3_lora_kto.yaml, key for key
+QWEN3_KTO = {
+    "model_name_or_path": "Qwen/Qwen3-4B-Instruct-2507", "trust_remote_code": True,
+    "stage": "kto", "do_train": True, "finetuning_type": "lora", "lora_rank": 8, "lora_target": "all", "pref_beta": 0.1,
+    "dataset": "kto_en_demo", "template": "qwen3_nothink", "cutoff_len": 2048, "max_samples": 1000,
+    "preprocessing_num_workers": 16, "dataloader_num_workers": 4,
+    "output_dir": "saves/qwen3-4b/lora/kto", "logging_steps": 10, "save_steps": 500, "plot_loss": True,
+    "overwrite_output_dir": True, "report_to": "none",
+    "per_device_train_batch_size": 1, "gradient_accumulation_steps": 8, "learning_rate": 5.0e-6,
+    "num_train_epochs": 3.0, "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "bf16": True, "ddp_timeout": 180000000,
+}
+
+
+def test_llamafactorys_kto_example_trains_as_written(tmp_path, write_lf, tiny_hf_model):
+    """qwen3_lora_kto.yaml (one row per device, 8 accumulated) with only the model, the paths and the length of
+    the run changed: a tiny local model, 2 steps."""
+    from launcher.paths import SHIPPED_LF_DATA
+
+    lf = {**fill(QWEN3_KTO, tiny_hf_model, SHIPPED_LF_DATA, tmp_path), "max_steps": 2, "logging_steps": 1,
+          "bf16": False}
+    assert lf["per_device_train_batch_size"] == 1 and lf["gradient_accumulation_steps"] == 8
+    path = write_lf(lf)
+    assert cli_main(["train", "--from-llamafactory", str(path), "data.max_samples=40", "method.kto.probe_rows=2"]) == 0
+    run = next(p for p in (tmp_path / "saves" / "x").glob("*/*") if p.is_dir())
+    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in steps if r.get("kind") == "train"]
+    assert [r["step"] for r in train] == [1, 2] and all(math.isfinite(r["loss"]) and "kl" in r for r in train)

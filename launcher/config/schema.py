@@ -563,7 +563,8 @@ def check_combinations(cfg: Config) -> None:
         raise ConfigError("data.datasets: name at least one dataset (e.g. data.datasets=[alpaca_en_demo])")
     _choice(d.mix_strategy, ("concat", "interleave"), "data.mix_strategy")
     if d.template is not None:
-        _choice(d.template, ("auto", "chatml", "qwen", "llama3", "mistral", "plain", "qwen2_vl", "qwen3_vl"), "data.template")
+        _choice(d.template, ("auto", "chatml", "qwen", "llama3", "mistral", "plain", "qwen2_vl", "qwen3_vl",
+                               "qwen3_vl_nothink"), "data.template")
     _choice(cfg.model.dtype, ("auto", "float32", "bfloat16", "float16"), "model.dtype")
     _choice(
         cfg.model.attn_implementation,

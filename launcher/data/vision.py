@@ -158,7 +158,8 @@ def check_media(sample: dict, template: str, image_slot: bool, vision_model: boo
                         " or drop the images column from dataset_info.json")
     if not image_slot:
         raise DataError(f"{where}: data.template={template} has no image slot; use data.template=qwen2_vl"
-                        " (Qwen2-VL, Qwen2.5-VL) or qwen3_vl, or leave it unset for the model's own")
+                        " (Qwen2-VL, Qwen2.5-VL), qwen3_vl or qwen3_vl_nothink (Qwen3-VL), or leave it unset for"
+                        " the model's own")
 
 
 def expand_placeholders(messages: list[dict], counts: list[int], vision: VisionData) -> list[dict]:

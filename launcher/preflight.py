@@ -165,13 +165,17 @@ def media_checker(cfg: Config) -> Callable:
     from launcher.models.vision import build_image_processor, vision_info
 
     info = vision_info(cfg.model)
-    template = cfg.data.template
-    image_slot = template in (None, "auto") or template in IMAGE_TEMPLATES
+    # as training asks for it (launcher.data.template_request): unset/auto is the VL family's own template
+    template = None if cfg.data.template in (None, "auto") else cfg.data.template
+    if template is None and info is not None:
+        template = info.template
+    image_slot = template is None or template in IMAGE_TEMPLATES
     vision, opened = None, [0]
 
     def check(sample: dict, where: str) -> None:
         nonlocal vision
-        check_media(sample, template, image_slot, info is not None, cfg.model.name_or_path or cfg.model.name, where)
+        check_media(sample, template, image_slot, info is not None, cfg.model.name_or_path or cfg.model.name, where,
+                    info.template if info is not None else None)
         if sample.get("images") and opened[0] < IMAGE_FILE_ROWS:
             opened[0] += 1
             if vision is None:
@@ -258,6 +262,7 @@ def check_tokenizer(problems: Problems, cfg: Config) -> None:
     if source is None:
         raise ConfigError("model.tokenizer: a random-init model needs a tokenizer (builtin:chars, builtin:qwen, or a path)")
     if source in BUILTIN_TOKENIZERS:
+        check_template_resolution(problems, cfg)
         return
     folder: Optional[Path] = None
     if _looks_like_path(source):
@@ -282,6 +287,26 @@ def check_tokenizer(problems: Problems, cfg: Config) -> None:
             f"data.template: tokenizer {source} has no chat template; name one with data.template="
             f" ({', '.join(KNOWN_TEMPLATES)})"
         )
+    check_template_resolution(problems, cfg)
+
+
+def check_template_resolution(problems: Problems, cfg: Config) -> None:
+    """Resolve the template exactly as training will (launcher.data.template_request, choose_renderer), with the
+    tokenizer itself (local or cached: no download here): a template training would refuse is an error, and
+    the fallback from a tokenizer template that cannot be split into turns is said now, not in the job's log."""
+    from launcher.data import data_kind, resolve_specs, template_request
+    from launcher.data.templates import choose_renderer
+    from launcher.models.tokenizers import load_tokenizer
+    from launcher.models.vision import vision_info
+
+    try:
+        kind = data_kind([s for specs in resolve_specs(cfg.data) for s in specs])
+    except LauncherError:
+        return  # the data checks report it
+    tokenizer = load_tokenizer(cfg.model)
+    renderer, note = choose_renderer(tokenizer, template_request(cfg.data, kind, vision_info(cfg.model), tokenizer))
+    if note:
+        problems.warnings.append(f"data.template: {note} (training does the same; set data.template to choose)")
 
 
 # ------------------------------------------------------------------------------------ output, memory

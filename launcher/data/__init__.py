@@ -297,6 +297,18 @@ def open_store(folder: Path) -> tuple[TokenRows, Optional[TokenRows], dict]:
     return train, (eval_rows if len(eval_rows) else None), meta
 
 
+def template_request(data, kind: str, info, tokenizer) -> Optional[str]:
+    """The template training asks ``choose_renderer`` for (the preflight asks the same): data.template when it
+    names one; unset or ``auto``: plain for pretraining text when the tokenizer has no chat template,
+    LLaMA-Factory's template of a VL model's family, else None (the tokenizer's own, or its fallback)."""
+    named = None if data.template in (None, "auto") else data.template
+    if named is None and kind == "pt" and not getattr(tokenizer, "chat_template", None):
+        return "plain"  # plain text needs no chat format
+    if named is None and info is not None:
+        return info.template
+    return named
+
+
 def build_datasets(cfg: Config, tokenizer, *, attn_implementation: Optional[str] = None,
                    progress: Optional[bool] = None) -> DataBundle:
     """Tokenized (and packed) train/eval rows plus their collate function, from the cache when it has them.
@@ -309,12 +321,7 @@ def build_datasets(cfg: Config, tokenizer, *, attn_implementation: Optional[str]
     train_specs, eval_specs = resolve_specs(data)
     kind = data_kind(train_specs + eval_specs)
     vision, info = vision_data(cfg, tokenizer)
-    if kind == "pt" and not data.template and not getattr(tokenizer, "chat_template", None):
-        renderer, note = choose_renderer(tokenizer, "plain")  # plain text needs no chat format
-    elif info is not None and not data.template:
-        renderer, note = choose_renderer(tokenizer, info.template)  # LLaMA-Factory's template for the family
-    else:
-        renderer, note = choose_renderer(tokenizer, data.template)
+    renderer, note = choose_renderer(tokenizer, template_request(data, kind, info, tokenizer))
     if progress is None:
         progress = sys.stderr.isatty() and int(__import__("os").environ.get("RANK", "0")) == 0
 

@@ -1,20 +1,26 @@
 # Two commands set up a fresh machine:
-#   make train   installs into .venv and runs the embedded default fine-tune (`launcher train`)
-#   make test    installs into .venv, starts the local SLURM cluster, runs the test suite
+#   make train   installs what training needs into .venv (pip only) and runs the embedded default fine-tune
+#   make test    adds the test tools (pytest, the web UI, Chromium and a CJK font for its browser tests: apt,
+#                skipped with a message when apt is busy for long), starts the local SLURM cluster, runs the tests
 # Extra Hydra overrides for `make train`: make train ARGS="method=lora train.max_steps=200"
 
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 ARGS    ?=
 PYTEST_ARGS ?=
 
 .PHONY: install train test slurm-up slurm-down clean-outputs
 
 $(STAMP): setup.cfg pyproject.toml
-	bash .ci/install-env.sh "$(PY)" "$(VENV)"
+	bash .ci/install-env.sh "$(PY)" "$(VENV)" deepspeed
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	bash .ci/install-env.sh "$(PY)" "$(VENV)" dev,deepspeed,ui
+	touch $(TEST_STAMP)
 
 install: $(STAMP)
 
@@ -27,6 +33,7 @@ slurm-up:
 slurm-down:
 	bash slurm/stop-cluster.sh
 
-test: $(STAMP)
+test: $(TEST_STAMP)
+	bash .ci/install-test-extras.sh
 	@if [ -x slurm/start-cluster.sh ] || [ -f slurm/start-cluster.sh ]; then bash slurm/start-cluster.sh; fi
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Create the virtual environment and install the project into it (idempotent).
+# Create the virtual environment and install the project into it (idempotent): what training needs, pip only.
+# The browser and font that only the web UI's browser tests need are .ci/install-test-extras.sh (make test).
 # torch: the CPU build where there is no NVIDIA GPU (torch==2.13.0, which pip takes from local disk on the
 # project's CPU machines), the default CUDA build where there is one.
 set -euo pipefail
 PY="${1:-python3}"
 VENV="${2:-.venv}"
+# pip extras of setup.cfg: make train takes deepspeed (parallelism=zero*); make test adds dev and ui.
+EXTRAS="${3:-deepspeed}"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
@@ -19,17 +22,6 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
       || "$VENV/bin/python" -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-echo "[install] installing launcher and its dependencies"
-"$VENV/bin/python" -m pip install -q -e ".[dev,deepspeed,ui]"
-# The web UI's browser tests drive Debian's Chromium through Playwright (no browser download); they skip without it.
-if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-  echo "[install] installing chromium for the web UI's browser tests"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-fi
-# A CJK font, so that the Chinese page (and its README screenshot) shows characters rather than empty boxes.
-if [ -x /usr/bin/chromium ] && ! fc-list :lang=zh 2>/dev/null | grep -q . && [ "$(id -u)" = "0" ] \
-    && command -v apt-get >/dev/null 2>&1; then
-  echo "[install] installing a CJK font (fonts-wqy-microhei) for the web UI's Chinese screenshots"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei >/dev/null
-fi
+echo "[install] installing launcher and its dependencies (extras: $EXTRAS)"
+"$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
 "$VENV/bin/python" -c "import torch, transformers, peft, hydra, submitit; print('[install] torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"

@@ -45,11 +45,13 @@ def expand_llamafactory(argv: list[str]) -> list[str]:
                 raise ConfigError("--from-llamafactory: give the llamafactory-cli train YAML file")
             from pathlib import Path
 
-            from launcher.config.llamafactory import command_line, translate_file
+            from launcher.config.compose import config_groups
+            from launcher.config.llamafactory import command_line, drop_replaced_groups, translate_file
 
             translation = translate_file(Path(path))
-            expanded = argv[:i] + translation.overrides + rest
-            for note in translation.notes:
+            overrides, replaced = drop_replaced_groups(translation.overrides, rest, config_groups())
+            expanded = argv[:i] + overrides + rest
+            for note in translation.notes + replaced:
                 print(f"note: {note}", file=sys.stderr)
             print("# equivalent command:\n" + command_line(expanded), flush=True)
             return expanded
@@ -57,8 +59,10 @@ def expand_llamafactory(argv: list[str]) -> list[str]:
 
 
 def train_main(argv: list[str]) -> int:
-    argv = expand_llamafactory(argv)
-    refuse_config_files([a for a in argv if not a.startswith("-")])
+    help_asked = any(a in ("-h", "--help") for a in argv)
+    if not help_asked:  # --help lists this command's flags whatever else the line holds
+        argv = expand_llamafactory(argv)
+        refuse_config_files([a for a in argv if not a.startswith("-")])
     epilog = None
     if any(a in ("-h", "--help") for a in argv):
         from launcher.config.compose import config_groups_help
@@ -70,6 +74,10 @@ def train_main(argv: list[str]) -> int:
                         " range(1,4) or choice(x,y) sweep")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and run the preflight; launch nothing")
     parser.add_argument("--name", default=None, help="run or sweep name (default: <model>-<method>-<data>)")
+    # Consumed before this parser (expand_llamafactory); declared so that --help lists it.
+    parser.add_argument("--from-llamafactory", metavar="FILE.yaml", default=None,
+                        help="a llamafactory-cli train file: translated to overrides (the equivalent command is"
+                             " printed); overrides after it win")
     parser.add_argument("-m", "--multirun", action="store_true",
                         help="a grid sweep: every combination of the comma lists / range() / choice() / glob()")
     parser.add_argument("--parallel", type=int, default=1, help="-m with cluster=local: points run at the same time")

@@ -26,6 +26,9 @@ def _checkout_of(code_root: Path) -> Path:
 REPO_ROOT = _checkout_of(CODE_ROOT)
 """The checkout: conf/, data/ and the default cache live under it (also when the code runs from a snapshot)."""
 
+SHIPPED_LF_DATA = REPO_ROOT / "data" / "llamafactory"
+"""The part of LLaMA-Factory's demo data the presets need (data=alpaca_demo, ...; LLAMAFACTORY_DATA replaces it)."""
+
 CONFIG_FILE = "config.yaml"
 """The resolved config, written by the launcher; what every rank reads (no Hydra on the ranks)."""
 METRICS_FILE = "metrics.jsonl"

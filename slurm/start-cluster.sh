@@ -49,9 +49,11 @@ done
 if [[ ${#need_install[@]} -gt 0 ]]; then
   log "installing ${need_install[*]} (apt-get, about a minute)"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >/dev/null
+  # Another apt-get or dpkg holding the lock is waited for (APT_LOCK_WAIT s, default 300), not an instant failure.
+  lock_wait=(-o "DPkg::Lock::Timeout=${APT_LOCK_WAIT:-300}")
+  apt-get "${lock_wait[@]}" update -q >/dev/null
   # policy-rc.d keeps the packages' init scripts from starting system daemons we do not use.
-  apt-get install -y -q "${need_install[@]}" >/dev/null
+  apt-get "${lock_wait[@]}" install -y -q "${need_install[@]}" >/dev/null
 fi
 export PATH="/usr/sbin:$PATH"
 

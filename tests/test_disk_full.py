@@ -15,7 +15,7 @@ from launcher.config.compose import compose_config
 from launcher.data import cache
 from launcher.disk_full import DiskFullError, disk_full_guard
 from launcher.launch.rundir import make_run_dir, write_run_config
-from launcher.training import checkpoint as ckpt
+from launcher.engines import checkpoint as ckpt
 from launcher.training.metrics import MetricsLogger
 from tests.resume.helpers import TINY
 from tests.tmpfs import fill, small_tmpfs

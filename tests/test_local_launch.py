@@ -89,3 +89,19 @@ def test_two_local_ranks_run_with_their_share_of_threads(tmp_path):
                           timeout=600, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"CPU threads per rank: {omp_threads_per_rank(2)}" in done.stdout + done.stderr
+
+
+def test_each_commands_help_lists_its_flags(capsys):
+    """`launcher train --help` lists the flags taken before its parser (--from-llamafactory, -m), whatever else
+    the line holds; every other command's --help lists its own."""
+    for argv, flags in [(["train", "--help"], ["--from-llamafactory", "-m, --multirun", "--parallel", "--dry-run"]),
+                        (["train", "--from-llamafactory", "lf.yaml", "--help"], ["--from-llamafactory"]),
+                        (["train", "-m", "--help"], ["--parallel", "--dry-run"]),
+                        (["predict", "--help"], ["--dataset", "--limit"]),
+                        (["export", "--help"], ["--format", "--out"])]:
+        with pytest.raises(SystemExit) as done:
+            cli_main(argv)
+        assert done.value.code == 0, argv
+        out = capsys.readouterr().out
+        for flag in flags:
+            assert flag in out, (argv, flag)

@@ -24,7 +24,7 @@ MEDIA_CONFIG_KEYS = ("vision_config", "audio_config", "vision_tower", "mm_vision
 
 def check_datasets(problems: Problems, cfg: Config) -> None:
     from launcher.data.readers import hub_reachable
-    from launcher.data.registry import load_registry
+    from launcher.data.registry import load_registry, unknown_dataset
     from launcher.data.validate import check_dataset
 
     from launcher.data import resolve_dataset_dir
@@ -36,10 +36,7 @@ def check_datasets(problems: Problems, cfg: Config) -> None:
         for entry in entries:
             name = entry.name if hasattr(entry, "name") else str(entry)
             if name not in specs:
-                problems.errors.append(
-                    f"{key}: unknown dataset '{name}' in {dataset_dir}/dataset_info.json;"
-                    f" datasets there: {', '.join(sorted(specs)) or '(none)'}"
-                )
+                problems.errors.append(f"{key}: {unknown_dataset(name, dataset_dir, specs)}")
                 continue
             spec = specs[name]
             if not spec.file_name:
@@ -82,13 +79,17 @@ def media_checker(cfg: Config) -> Callable:
     from launcher.models.vision import build_image_processor, vision_info
 
     info = vision_info(cfg.model)
-    template = cfg.data.template
-    image_slot = template in (None, "auto") or template in IMAGE_TEMPLATES
+    # as training asks for it (launcher.data.template_request): unset/auto is the VL family's own template
+    template = None if cfg.data.template in (None, "auto") else cfg.data.template
+    if template is None and info is not None:
+        template = info.template
+    image_slot = template is None or template in IMAGE_TEMPLATES
     vision, opened = None, [0]
 
     def check(sample: dict, where: str) -> None:
         nonlocal vision
-        check_media(sample, template, image_slot, info is not None, cfg.model.name_or_path or cfg.model.name, where)
+        check_media(sample, template, image_slot, info is not None, cfg.model.name_or_path or cfg.model.name, where,
+                    info.template if info is not None else None)
         if sample.get("images") and opened[0] < IMAGE_FILE_ROWS:
             opened[0] += 1
             if vision is None:

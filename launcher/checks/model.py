@@ -16,7 +16,7 @@ from typing import Optional
 from launcher.checks.problems import Problems
 from launcher.config.schema import Config
 from launcher.data.templates import NAMED_TEMPLATES as KNOWN_TEMPLATES
-from launcher.errors import ConfigError
+from launcher.errors import ConfigError, LauncherError
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
 # Module types peft's LoRA can wrap (peft.tuners.lora.layer: Linear, Embedding, Conv1d/2d/3d, transformers' Conv1D).
@@ -165,6 +165,10 @@ def check_tokenizer(problems: Problems, cfg: Config) -> None:
     if source is None:
         raise ConfigError("model.tokenizer: a random-init model needs a tokenizer (builtin:chars, builtin:qwen, or a path)")
     if source in BUILTIN_TOKENIZERS:
+        # builtin:chars carries a template made to split into turns, so there is nothing to resolve, and
+        # loading it would bring transformers into the default dry run (which stays torch- and transformers-free).
+        if source != "builtin:chars":
+            check_template_resolution(problems, cfg)
         return
     folder: Optional[Path] = None
     if looks_like_path(source):
@@ -189,6 +193,26 @@ def check_tokenizer(problems: Problems, cfg: Config) -> None:
             f"data.template: tokenizer {source} has no chat template; name one with data.template="
             f" ({', '.join(KNOWN_TEMPLATES)})"
         )
+    check_template_resolution(problems, cfg)
+
+
+def check_template_resolution(problems: Problems, cfg: Config) -> None:
+    """Resolve the template exactly as training will (launcher.data.template_request, choose_renderer), with the
+    tokenizer itself (local or cached: no download here): a template training would refuse is an error, and
+    the fallback from a tokenizer template that cannot be split into turns is said now, not in the job's log."""
+    from launcher.data import data_kind, resolve_specs, template_request
+    from launcher.data.templates import choose_renderer
+    from launcher.models.tokenizers import load_tokenizer
+    from launcher.models.vision import vision_info
+
+    try:
+        kind = data_kind([s for specs in resolve_specs(cfg.data) for s in specs])
+    except LauncherError:
+        return  # the data checks report it
+    tokenizer = load_tokenizer(cfg.model)
+    renderer, note = choose_renderer(tokenizer, template_request(cfg.data, kind, vision_info(cfg.model), tokenizer))
+    if note:
+        problems.warnings.append(f"data.template: {note} (training does the same; set data.template to choose)")
 
 
 # ------------------------------------------------------------------------------------- weights

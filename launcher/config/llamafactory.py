@@ -36,7 +36,8 @@ from launcher.errors import ConfigError
 # tokenizer's own chat template (data.template=auto), which is what LLaMA-Factory's templates for chat models
 # (qwen3, qwen2_vl, llama4, ...) render too, and the run log says so.
 TEMPLATES = {"qwen": "qwen", "qwen2_5": "qwen", "chatml": "chatml", "llama3": "llama3", "mistral": "mistral",
-             "empty": "plain", "qwen2_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl"}
+             "empty": "plain", "qwen2_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl",
+             "qwen3_vl_nothink": "qwen3_vl_nothink"}
 
 # LLaMA-Factory's stock DeepSpeed files (examples/deepspeed/): when a file of that name is not found where
 # the YAML says, its well-known content (stage, offload) is used, with a note.
@@ -566,6 +567,9 @@ def output(r: _Reading, cwd: Path) -> None:
         target = Path(_path(take("output_dir"), cwd))
         put("run.output_root", str(target.parent))
         put("run.name", target.name)
+        # LF saves the model in output_dir itself, where its follow-up YAMLs (adapter_name_or_path) look for it;
+        # our run dir is output_dir/<date>/<time>, so the final model is linked back into output_dir.
+        put("run.link_model_to", str(target))
     take("output_dir")
     if lf.get("run_name"):
         put("run.name", take("run_name"))
@@ -643,6 +647,25 @@ def translate(lf: dict, *, source: str = "llamafactory.yaml", lines: Optional[di
     if r.errors:
         raise ConfigError("\n".join(r.errors))
     return Translation(overrides=r.out, notes=r.notes)
+
+
+def drop_replaced_groups(overrides: list, later: list, groups: set) -> tuple[list, list]:
+    """The translation's ``overrides`` less what it set for a config group that a ``later`` override chooses
+    (``model=tiny_qwen2`` after the file replaces the file's ``model.name_or_path``, as any group option given
+    later replaces the group), and one note per group saying what was dropped."""
+    chosen = []
+    for arg in later:
+        key = arg.split("=", 1)[0].lstrip("+~") if "=" in arg and not arg.startswith("-") else ""
+        if key in groups and key not in chosen:
+            chosen.append(key)
+    kept, notes = list(overrides), []
+    for group in chosen:
+        dropped = [o for o in kept if o.split("=", 1)[0].lstrip("+~").split(".", 1)[0] == group]
+        if dropped:
+            kept = [o for o in kept if o not in dropped]
+            notes.append(f"{group}= given after the file replaces what the file set for it: dropped "
+                         + " ".join(dropped))
+    return kept, notes
 
 
 def translate_file(path: Path, cwd: Optional[Path] = None) -> Translation:

@@ -153,8 +153,9 @@ class DpoConfig:
     """SimPO's target reward margin (gamma); the loss is -logsigmoid(beta * (mean logp margin) - gamma)."""
     precompute_ref_log_probs: bool = False
     """Score every pair with the reference once before training, then train with no reference in memory."""
-    probe_pairs: int = 64
-    """Training pairs whose reward accuracy/margin are logged before and after training (0: off)."""
+    probe_pairs: int = 8
+    """Training pairs whose reward accuracy/margin are logged before and after training (0: off); never more than
+    the run trains on. Each costs forwards before and after (the dry run counts them)."""
 
 
 @dataclass
@@ -166,8 +167,9 @@ class KtoConfig:
     data keep desirable_weight * n_desirable / (undesirable_weight * n_undesirable) in [1, 4/3] (the KTO paper)."""
     undesirable_weight: float = 1.0
     """Weight of the undesirable (kto_tag false) rows' losses (LLaMA-Factory's kto_rejected_weight)."""
-    probe_rows: int = 64
-    """Training rows whose rewards/KL are logged before and after training (0: off)."""
+    probe_rows: int = 8
+    """Training rows whose rewards/KL are logged before and after training (0: off); never more than the run
+    trains on. Each costs forwards before and after (the dry run counts them)."""
 
 
 @dataclass
@@ -404,6 +406,11 @@ class RunConfig:
     """Set by the launcher: the run dir."""
     resume: str = "auto"
     """auto (latest complete checkpoint of this run dir), never, or a checkpoint path."""
+    link_model_to: Optional[str] = None
+    """After training, the final model's files are linked (relative symlinks) into this folder, replacing the
+    links an earlier run left there and never touching other files: where LLaMA-Factory's follow-up YAMLs look
+    for a model (``adapter_name_or_path: <output_dir>``). ``--from-llamafactory`` sets it to the file's
+    ``output_dir``."""
 
 
 @dataclass
@@ -577,9 +584,6 @@ def check_combinations(cfg: Config) -> None:
     _choice(m.dpo.loss_type, ("sigmoid", "ipo", "hinge", "simpo", "orpo"), "method.dpo.loss_type")
     if m.name == "dpo":
         validate_dpo(m.dpo)
-    if m.name == "kto" and t.micro_batch_size < 2:
-        raise ConfigError("train.micro_batch_size: KTO estimates its KL term from each row's prompt paired with"
-                          " another row's answer in the same micro-batch; it needs >= 2 (4 or more is better)")
     if m.name == "pretrain" and not d.packing:
         raise ConfigError("data.packing: method=pretrain packs documents (each ends with the end-of-text token and"
                           " attends only to itself); set data.packing=true (data=c4_demo and data=wiki_demo do)")
@@ -624,7 +628,8 @@ def check_combinations(cfg: Config) -> None:
         raise ConfigError("data.datasets: name at least one dataset (e.g. data.datasets=[alpaca_en_demo])")
     _choice(d.mix_strategy, ("concat", "interleave"), "data.mix_strategy")
     if d.template is not None:
-        _choice(d.template, ("auto", "chatml", "qwen", "llama3", "mistral", "plain", "qwen2_vl", "qwen3_vl"), "data.template")
+        _choice(d.template, ("auto", "chatml", "qwen", "llama3", "mistral", "plain", "qwen2_vl", "qwen3_vl",
+                               "qwen3_vl_nothink"), "data.template")
     _choice(cfg.model.dtype, ("auto", "float32", "bfloat16", "float16"), "model.dtype")
     _choice(
         cfg.model.attn_implementation,

@@ -30,7 +30,7 @@ from launcher.data.formats import row_to_sample
 from launcher.data.mixing import mix, resample, split_eval, take
 from launcher.data.packing import plan_packs_flat
 from launcher.data.readers import parse_json_line, read_spec_items, read_spec_rows
-from launcher.data.store import StoreWriter, Tokens, TokenRows, read_meta, write_meta, write_split
+from launcher.data.store import StoreWriter, Tokens, TokenRows, add_column, read_meta, write_meta, write_split
 from launcher.data.workers import EncodedDataset, EncodeOptions, Encoder, default_num_proc
 from launcher.data.registry import DatasetSpec, load_registry, lookup
 from launcher.data.templates import choose_renderer
@@ -194,6 +194,23 @@ def image_stats(folder: Path, records: np.ndarray, merge_size: int) -> dict:
     return {"images": int(np.diff(offsets)[records].sum()), "image_tokens": int(per_record[records].sum())}
 
 
+LF_PREPROCESSING_BATCH = 1000
+"""LLaMA-Factory's preprocessing_batch_size (its default): the blocks within which it rotates KTO's answers."""
+
+
+def kl_partner_records(source_sizes: list, block: int = LF_PREPROCESSING_BATCH) -> np.ndarray:
+    """KTO's mismatched pairs as LLaMA-Factory 0.9.5 makes them when it preprocesses (FeedbackDatasetProcessor):
+    within each block of ``block`` samples of the merged training (or held-out) data, in file order, sample i
+    takes sample i-1's answer and the first takes the last's. Per record, the record whose answer it takes; the
+    collate uses it when a micro-batch of one row has no other row to rotate (launcher.data.collate)."""
+    out, start = [], 0
+    for n in source_sizes:
+        for b0 in range(0, n, block):
+            out.append(start + np.roll(np.arange(b0, min(b0 + block, n)), 1))
+        start += n
+    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
+
+
 def preprocess(cfg: Config, tokenizer, renderer, kind: str, train_specs, eval_specs, progress: bool,
                folder: Path, vision=None) -> None:
     """Everything the cache stores, written into ``folder``: the token store, the train/eval rows (packed or
@@ -220,6 +237,10 @@ def preprocess(cfg: Config, tokenizer, renderer, kind: str, train_specs, eval_sp
     finally:
         encoder.close()
         writer.close()
+    if kind == "kto":
+        n_train = sum(int(e.count.sum()) for e in encoded[: len(train_specs)])
+        n_eval = sum(int(e.count.sum()) for e in encoded[len(train_specs):])
+        add_column(folder, "kl_record", kl_partner_records([n_train, n_eval]))
     whole = EncodedDataset(np.concatenate([e.first for e in encoded]), np.concatenate([e.count for e in encoded]),
                            np.concatenate([e.dropped for e in encoded]), np.zeros(0, np.int64))
     train_ids, eval_ids = np.asarray(train_ids, np.int64), np.asarray(eval_ids, np.int64)
@@ -278,6 +299,18 @@ def open_store(folder: Path) -> tuple[TokenRows, Optional[TokenRows], dict]:
     return train, (eval_rows if len(eval_rows) else None), meta
 
 
+def template_request(data, kind: str, info, tokenizer) -> Optional[str]:
+    """The template training asks ``choose_renderer`` for (the preflight asks the same): data.template when it
+    names one; unset or ``auto``: plain for pretraining text when the tokenizer has no chat template,
+    LLaMA-Factory's template of a VL model's family, else None (the tokenizer's own, or its fallback)."""
+    named = None if data.template in (None, "auto") else data.template
+    if named is None and kind == "pt" and not getattr(tokenizer, "chat_template", None):
+        return "plain"  # plain text needs no chat format
+    if named is None and info is not None:
+        return info.template
+    return named
+
+
 def build_datasets(cfg: Config, tokenizer, *, attn_implementation: Optional[str] = None,
                    progress: Optional[bool] = None) -> DataBundle:
     """Tokenized (and packed) train/eval rows plus their collate function, from the cache when it has them.
@@ -290,12 +323,7 @@ def build_datasets(cfg: Config, tokenizer, *, attn_implementation: Optional[str]
     train_specs, eval_specs = resolve_specs(data)
     kind = data_kind(train_specs + eval_specs)
     vision, info = vision_data(cfg, tokenizer)
-    if kind == "pt" and not data.template and not getattr(tokenizer, "chat_template", None):
-        renderer, note = choose_renderer(tokenizer, "plain")  # plain text needs no chat format
-    elif info is not None and not data.template:
-        renderer, note = choose_renderer(tokenizer, info.template)  # LLaMA-Factory's template for the family
-    else:
-        renderer, note = choose_renderer(tokenizer, data.template)
+    renderer, note = choose_renderer(tokenizer, template_request(data, kind, info, tokenizer))
     if progress is None:
         progress = sys.stderr.isatty() and int(__import__("os").environ.get("RANK", "0")) == 0
 

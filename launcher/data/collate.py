@@ -104,10 +104,16 @@ def collate_preference(rows: list[dict], pad_token_id: int, attn_implementation:
 def mismatched_rows(rows: list[dict], cutoff_len: Optional[int] = None) -> list[dict]:
     """KTO's KL rows for a micro-batch: row i's prompt with row i-1's answer (row 0 takes the last row's),
     TRL 1.16's rotation (x_1, y_n), (x_2, y_1), ..., (x_n, y_{n-1}) within the batch, so the mismatched answers
-    are the same set as the batch's own. The answer is cut at ``cutoff_len`` (TRL cuts at max_length)."""
+    are the same set as the batch's own. The answer is cut at ``cutoff_len`` (TRL cuts at max_length). A batch
+    of one row takes the answer of its ``kl_input_ids`` (LLaMA-Factory's pairing, made when the data is
+    preprocessed) instead of its own."""
     out = []
     for i, row in enumerate(rows):
         prev = rows[i - 1]
+        if len(rows) == 1 and "kl_input_ids" in row:
+            # A micro-batch of one row has no other answer: take the one LLaMA-Factory pairs it with when it
+            # preprocesses (the previous sample's, launcher.data.kl_partner_records).
+            prev = {"input_ids": row["kl_input_ids"], "prompt_len": row["kl_prompt_len"]}
         p, q = int(row["prompt_len"]), int(prev["prompt_len"])
         answer = list(prev["input_ids"][q:])
         if cutoff_len is not None:

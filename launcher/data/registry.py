@@ -142,8 +142,19 @@ def load_registry(dataset_dir: Path) -> Registry:
     return Registry(raw, dataset_dir)
 
 
+def unknown_dataset(name: str, where: Path, specs: Mapping) -> str:
+    """The message for a dataset name that ``where``/dataset_info.json lacks."""
+    from launcher.paths import SHIPPED_LF_DATA
+
+    known = ", ".join(sorted(specs)) or "(none)"
+    message = f"unknown dataset '{name}' in {where}/dataset_info.json; datasets there: {known}"
+    if Path(where).resolve() == SHIPPED_LF_DATA.resolve():
+        message += (" (the project ships only these of LLaMA-Factory's demo sets; for the others set"
+                    " LLAMAFACTORY_DATA=/path/to/LLaMA-Factory/data, its repository's data/ folder)")
+    return message
+
+
 def lookup(specs: Mapping, name: str, where: Path) -> DatasetSpec:
     if name not in specs:
-        known = ", ".join(sorted(specs)) or "(none)"
-        raise DataError(f"unknown dataset '{name}' in {where}/dataset_info.json; datasets there: {known}")
+        raise DataError(unknown_dataset(name, where, specs))
     return specs[name]

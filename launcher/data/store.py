@@ -130,6 +130,15 @@ class ImageRefs:
         return out
 
 
+def add_column(folder: Path, name: str, values: np.ndarray) -> None:
+    """Add a per-record column to a closed store (one value per record)."""
+    folder = Path(folder)
+    np.save(folder / f"{name}.npy", np.asarray(values))
+    listed = folder / COLUMNS_FILE
+    names = set(json.loads(listed.read_text())) if listed.is_file() else set()
+    listed.write_text(json.dumps(sorted(names | {name})))
+
+
 def write_split(folder: Path, split: str, groups_flat: np.ndarray, group_offsets: np.ndarray) -> None:
     np.save(Path(folder) / f"{split}.items.npy", np.asarray(groups_flat, np.int64))
     np.save(Path(folder) / f"{split}.item_offsets.npy", np.asarray(group_offsets, np.int64))
@@ -231,6 +240,10 @@ class TokenRows(Sequence):
             r = int(records[0])
             ids, labels = self.tokens.row(r)
             row = {"input_ids": ids, "labels": labels, **self.tokens.record_columns(r)}
+            if "kl_record" in row:  # KTO: the record whose answer makes this row's mismatched KL row
+                kl = int(row.pop("kl_record"))
+                row["kl_input_ids"] = self.tokens.row(kl)[0]
+                row["kl_prompt_len"] = int(self.tokens.columns["prompt_len"][kl])
             if self.tokens.has_images:
                 row["images"], row["image_grid_thw"] = self.tokens.images(r)
             return row

@@ -21,11 +21,12 @@ from typing import Any, Optional
 from launcher.errors import DataError
 from launcher.data.formats import ANSWER_ROLES
 
-NAMED_TEMPLATES = ("chatml", "qwen", "llama3", "mistral", "plain", "qwen2_vl", "qwen3_vl")
-IMAGE_TEMPLATES = ("qwen2_vl", "qwen3_vl")
+NAMED_TEMPLATES = ("chatml", "qwen", "llama3", "mistral", "plain", "qwen2_vl", "qwen3_vl", "qwen3_vl_nothink")
+IMAGE_TEMPLATES = ("qwen2_vl", "qwen3_vl", "qwen3_vl_nothink")
 """Named templates with an image slot (LLaMA-Factory's names): ChatML whose user turns carry vision spans.
 qwen2_vl (Qwen2-VL, Qwen2.5-VL) adds LF's default system prompt; qwen3_vl starts every answer that has no
-think block with an empty one, trained (LF's ReasoningTemplate with enable_thinking, its default)."""
+think block with an empty one, trained (LF's ReasoningTemplate with enable_thinking, its default);
+qwen3_vl_nothink is LF's plain copy of the qwen template (no think block added, no default system)."""
 DEFAULT_SYSTEM = {"qwen2_vl": "You are a helpful assistant."}
 EMPTY_THINK = "<think>\n\n</think>\n\n"
 

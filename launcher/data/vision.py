@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from launcher.errors import DataError
 
@@ -144,7 +144,7 @@ def image_size(path, where: str) -> tuple[int, int]:
 
 
 def check_media(sample: dict, template: str, image_slot: bool, vision_model: bool, model_name: str,
-                where: str) -> None:
+                where: str, suggested: Optional[str] = None) -> None:
     """Media the model or template cannot take: one line naming the row and what to do."""
     if sample.get("videos") or sample.get("audios"):
         kind = "videos" if sample.get("videos") else "audios"
@@ -156,9 +156,13 @@ def check_media(sample: dict, template: str, image_slot: bool, vision_model: boo
         raise DataError(f"{where}: the row has images but model '{model_name}' has no vision tower; use a Qwen2-VL,"
                         " Qwen2.5-VL or Qwen3-VL model (model=tiny_qwen2_vl, or model=hf with a VL checkpoint),"
                         " or drop the images column from dataset_info.json")
+    if not image_slot and suggested:
+        raise DataError(f"{where}: data.template={template} has no image slot; use data.template={suggested} (the"
+                        f" template of model '{model_name}', LLaMA-Factory's name), or leave it unset")
     if not image_slot:
         raise DataError(f"{where}: data.template={template} has no image slot; use data.template=qwen2_vl"
-                        " (Qwen2-VL, Qwen2.5-VL) or qwen3_vl, or leave it unset for the model's own")
+                        " (Qwen2-VL, Qwen2.5-VL), qwen3_vl or qwen3_vl_nothink (Qwen3-VL), or leave it unset for"
+                        " the model's own")
 
 
 def expand_placeholders(messages: list[dict], counts: list[int], vision: VisionData) -> list[dict]:

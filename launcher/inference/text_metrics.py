@@ -5,6 +5,10 @@ with the spaces kept as tokens and then dropped by the join/split), rouge-chines
 space-joined words (F1), and nltk's ``sentence_bleu`` scores the *characters* with smoothing method 3.
 Each score is x100 and rounded to 4 places per sample; the metric is the mean over samples. An empty
 prediction or reference scores 0 for ROUGE (rouge-chinese raises on empty input).
+
+ROUGE-L can come out above ROUGE-1, in LLaMA-Factory's numbers too: rouge-chinese counts ROUGE-1/2 over the
+*distinct* n-grams of each side (``exclusive=True``) but ROUGE-L over all words, so an answer that repeats a
+word ("a a a a" against "a a a a b c d e": ROUGE-1 33.3, ROUGE-L 66.7) scores higher on ROUGE-L.
 """
 from __future__ import annotations
 
@@ -57,9 +61,10 @@ def similarity_metrics(predictions: Sequence[str], references: Sequence[str]) ->
     """Mean ROUGE-1/2/L and BLEU-4 (x100) over pairs; empty input gives zeros."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-    totals = dict.fromkeys(METRIC_NAMES, 0.0)
-    for p, r in zip(predictions, references):
-        for k, v in pair_scores(p, r).items():
-            totals[k] += v
-    n = max(len(references), 1)
-    return {k: round(v / n, 4) for k, v in totals.items()}
+    if not references:
+        return dict.fromkeys(METRIC_NAMES, 0.0)
+    import numpy as np
+
+    per_pair = [pair_scores(p, r) for p, r in zip(predictions, references)]
+    # LLaMA-Factory's _dump: np.mean of the rounded per-sample scores, itself not rounded again.
+    return {k: float(np.mean([s[k] for s in per_pair])) for k in METRIC_NAMES}

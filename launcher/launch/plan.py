@@ -156,7 +156,12 @@ def dry_run_report(plan: RunPlan) -> str:
     from launcher.checks.memory import memory_summary
     from launcher.checks.model import describe_precision
 
+    from launcher.training.probes import scoring_plan
+
     lines = ["# resolved config", plan.config_yaml(), plan.would_run, f"# precision: {describe_precision(plan.cfg)}"]
+    scoring = scoring_plan(plan.cfg)  # DPO/KTO: the forwards spent scoring before and after training
+    if scoring:
+        lines.append(scoring)
     summary = memory_summary(plan.cfg)
     if summary:
         lines.append(summary)

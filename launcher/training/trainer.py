@@ -224,6 +224,13 @@ class Trainer:
             point_adapter_at_base(directory, self.run_dir / BASE_MODEL_DIR)
         if self.dist.is_main:
             log.info("model saved: %s", directory)
+        if self.dist.is_main and self.cfg.run.link_model_to:
+            from launcher.training.model_links import link_final_model
+
+            for line in link_final_model(directory, Path(self.cfg.run.link_model_to)):
+                log.warning("%s", line)
+            log.info("model linked into %s (where LLaMA-Factory's follow-up YAMLs look for it)",
+                     self.cfg.run.link_model_to)
 
     # ------------------------------------------------------------------------------------ the loop
 

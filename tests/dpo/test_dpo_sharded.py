@@ -48,7 +48,9 @@ def torchrun_dpo(root: Path, name: str, overrides: list) -> Path:
 @pytest.fixture(scope="module")
 def single_process(tmp_path_factory):
     """Step-0 held-out metrics of the same data and initial weights, one process (no collectives)."""
-    _, run_dir, _ = run_dpo(tmp_path_factory.mktemp("dpo1"), [*UNEVEN, "train.max_steps=1"], name="one")
+    # 3 steps of one pair: the probe (never more pairs than the run trains on) holds the same 3 pairs as the
+    # 2-rank runs' 2 steps of 2
+    _, run_dir, _ = run_dpo(tmp_path_factory.mktemp("dpo1"), [*UNEVEN, "train.max_steps=3"], name="one")
     return records(run_dir, "eval")[0]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from launcher.config.compose import compose_config
-from launcher.errors import ConfigError, DataError
+from launcher.errors import DataError
 from tests.kto.helpers import fast, run_kto, write_feedback_data
 
 
@@ -31,9 +31,9 @@ def test_kto_tag_must_be_a_boolean(tmp_path, output_root):
         run_kto(output_root, [*fast(data), "method=kto"])
 
 
-def test_kto_needs_two_rows_per_micro_batch():
-    with pytest.raises(ConfigError, match="train.micro_batch_size"):
-        compose_config(["method=kto", "train.micro_batch_size=1"])
+def test_kto_takes_a_micro_batch_of_one_row():
+    # its KL row then takes LLaMA-Factory's pairing, made when the data is preprocessed (tests/kto/test_kto_data.py)
+    assert compose_config(["method=kto", "train.micro_batch_size=1"]).train.micro_batch_size == 1
 
 
 def test_dry_run_composes_kto_and_refuses_the_wrong_data(tmp_path, capsys):

@@ -6,6 +6,7 @@ then one real two-step training run from a LLaMA-Factory file.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -307,17 +308,11 @@ def test_yaml_positional_points_to_from_llamafactory(capsys, write_lf):
 
 @pytest.mark.parametrize("shape", ["kto", "pretrain"])
 def test_dry_run_kto_and_pretrain_from_llamafactory_examples(tmp_path, write_lf, tiny_hf_model, capsys, shape):
-    from tests.conftest import SHARED_DEMO
+    from launcher.paths import SHIPPED_LF_DATA
 
-    if not (SHARED_DEMO / "dataset_info.json").is_file():
-        pytest.skip(f"LLaMA-Factory demo data not found in {SHARED_DEMO}")
-    path = write_lf(fill(KTO if shape == "kto" else PRETRAIN, tiny_hf_model, SHARED_DEMO, tmp_path))
+    path = write_lf(fill(KTO if shape == "kto" else PRETRAIN, tiny_hf_model, SHIPPED_LF_DATA, tmp_path))
     args = ["train", "--from-llamafactory", str(path), "train.max_steps=3", "--dry-run"]
-    if shape == "kto":
-        # the documented file trains one row per device; KTO's KL term needs another row's answer in the batch
-        assert cli_main(args) != 0
-        assert "train.micro_batch_size: KTO estimates its KL term" in capsys.readouterr().err
-        args.insert(-1, "train.micro_batch_size=2")
+    # the documented KTO file trains one row per device: its KL rows take LF's pairing (tests/kto/test_kto_data.py)
     assert cli_main(args) == 0
     out = capsys.readouterr().out
     assert "preflight passed" in out
@@ -387,7 +382,82 @@ def test_trains_two_steps_from_a_llamafactory_file(tmp_path, write_lf, tiny_hf_m
     steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps if r.get("kind") == "train"] == [1, 2]
     assert (run / "model" / "adapter_config.json").is_file()
+    # where LF's merge/inference YAMLs look: adapter_name_or_path = output_dir
+    from peft import PeftConfig
+
+    output_dir = tmp_path / "saves" / "tiny-lora"
+    assert (output_dir / "adapter_config.json").resolve() == (run / "model" / "adapter_config.json").resolve()
+    assert PeftConfig.from_pretrained(str(output_dir)).r == 16
     import yaml
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["method"]["lora"]["r"] == 16 and cfg["train"]["micro_batch_size"] == 2
+
+
+def test_a_group_given_after_the_file_replaces_what_the_file_set_for_it(tmp_path, write_lf, tiny_hf_model, capsys):
+    from launcher.cli import expand_llamafactory
+    from launcher.config.compose import config_groups
+    from launcher.config.llamafactory import drop_replaced_groups
+
+    kept, notes = drop_replaced_groups(["model=hf", "model.name_or_path=/m", "model.trust_remote_code=true",
+                                        "method=lora", "method.lora.r=16", "data.cutoff_len=128"],
+                                       ["model=tiny_qwen2", "method.lora.r=8"], config_groups())
+    assert kept == ["method=lora", "method.lora.r=16", "data.cutoff_len=128"]
+    assert len(notes) == 1 and "model.name_or_path=/m" in notes[0]
+
+    path = write_lf(fill(LORA, tiny_hf_model, REPO_ROOT / "data", tmp_path))
+    expanded = expand_llamafactory(["--from-llamafactory", str(path), "model=tiny_qwen2"])
+    assert not any(o.startswith("model.") for o in expanded) and expanded[-1] == "model=tiny_qwen2"
+    assert "replaces what the file set" in capsys.readouterr().err
+    from launcher.config.compose import compose_config
+
+    assert compose_config(expanded, check=False).model.name_or_path is None  # tiny_qwen2's, not the file's
+
+
+def test_final_model_is_linked_where_llamafactorys_follow_up_yamls_look(tmp_path):
+    from launcher.training.model_links import link_final_model
+
+    out = tmp_path / "saves" / "sft"
+    first = out / "2026-12-07" / "06-00-00" / "model"
+    second = out / "2026-12-07" / "07-00-00" / "model"
+    for model, files in ((first, ["adapter_config.json", "adapter_model.safetensors"]), (second, ["config.json"])):
+        model.mkdir(parents=True)
+        for name in files:
+            (model / name).write_text(f"{model.parent.name}/{name}")
+    assert link_final_model(first, out) == []
+    assert (out / "adapter_config.json").read_text() == "06-00-00/adapter_config.json"
+    (out / "README.md").write_text("mine")
+    (second / "README.md").write_text("the model card")
+    skipped = link_final_model(second, out)  # the earlier run's links go; the user's file stays
+    assert len(skipped) == 1 and "README.md" in skipped[0] and (out / "README.md").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir() if p.is_symlink()) == ["config.json"]
+    assert not (out / "config.json").readlink().is_absolute()
+
+
+# LLaMA-Factory 0.9.5's examples/train_lora/qwen3_lora_kto.yaml, key for key
+QWEN3_KTO = {
+    "model_name_or_path": "Qwen/Qwen3-4B-Instruct-2507", "trust_remote_code": True,
+    "stage": "kto", "do_train": True, "finetuning_type": "lora", "lora_rank": 8, "lora_target": "all", "pref_beta": 0.1,
+    "dataset": "kto_en_demo", "template": "qwen3_nothink", "cutoff_len": 2048, "max_samples": 1000,
+    "preprocessing_num_workers": 16, "dataloader_num_workers": 4,
+    "output_dir": "saves/qwen3-4b/lora/kto", "logging_steps": 10, "save_steps": 500, "plot_loss": True,
+    "overwrite_output_dir": True, "report_to": "none",
+    "per_device_train_batch_size": 1, "gradient_accumulation_steps": 8, "learning_rate": 5.0e-6,
+    "num_train_epochs": 3.0, "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "bf16": True, "ddp_timeout": 180000000,
+}
+
+
+def test_llamafactorys_kto_example_trains_as_written(tmp_path, write_lf, tiny_hf_model):
+    """qwen3_lora_kto.yaml (one row per device, 8 accumulated) with only the model, the paths and the length of
+    the run changed: a tiny local model, 2 steps."""
+    from launcher.paths import SHIPPED_LF_DATA
+
+    lf = {**fill(QWEN3_KTO, tiny_hf_model, SHIPPED_LF_DATA, tmp_path), "max_steps": 2, "logging_steps": 1,
+          "bf16": False}
+    assert lf["per_device_train_batch_size"] == 1 and lf["gradient_accumulation_steps"] == 8
+    path = write_lf(lf)
+    assert cli_main(["train", "--from-llamafactory", str(path), "data.max_samples=40", "method.kto.probe_rows=2"]) == 0
+    run = next(p for p in (tmp_path / "saves" / "x").glob("*/*") if p.is_dir())
+    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in steps if r.get("kind") == "train"]
+    assert [r["step"] for r in train] == [1, 2] and all(math.isfinite(r["loss"]) and "kl" in r for r in train)

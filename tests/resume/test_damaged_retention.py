@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from launcher.training import checkpoint as ckpt
+from launcher.engines import checkpoint as ckpt
 from tests.resume.test_checkpoint_integrity import train
 
 KEEP_ONE = ["train.save_every=2", "train.keep_checkpoints=1"]

@@ -99,10 +99,12 @@ class RewardObjective(Objective):
         raise NotImplementedError
 
     @torch.no_grad()
-    def score(self, trainer, rows: list) -> Optional[dict]:
-        """The metrics of the current policy on ``rows`` (every rank takes its share). Collective."""
+    def score(self, trainer, rows: list, what: str = "scoring") -> Optional[dict]:
+        """The metrics of the current policy on ``rows`` (every rank takes its share). Collective. Rank 0 shows
+        a progress bar named ``what`` and logs the pass's cost."""
         from launcher.engines.distributed import all_reduce_sum
         from launcher.training.batching import eval_batches
+        from launcher.training.probes import ScoringProgress, forwards_per_batch
 
         if not rows:
             return None
@@ -111,23 +113,35 @@ class RewardObjective(Objective):
         sums = torch.zeros(len(self.stat_keys), dtype=torch.float64, device=dist.device)
         batches = eval_batches(len(rows), dist.rank, dist.world_size, self.cfg.train.micro_batch_size)
         # Sharded engines: as many forwards on every rank (the reference's too), fillers not counted.
-        for idx, counted in forwards_for(batches, trainer.engine.forward_is_collective, dist.device):
+        plan = forwards_for(batches, trainer.engine.forward_is_collective, dist.device)
+        progress = ScoringProgress(f"{what}: {len(rows)} rows", len(plan),
+                                   forwards_per_batch(self.cfg, precomputed="ref_logps" in rows[0]), dist.is_main)
+        for idx, counted in plan:
             batch = to_device(self.collate([rows[i] for i in idx]), dist.device)
             with trainer.precision.autocast():
                 stats = self._eval_stats(batch)
             if counted:
                 sums += stats
+            progress.update()
+        progress.close()
         all_reduce_sum(sums)
         trainer.engine.train()
         return self._metrics_from(sums)
 
     def evaluate(self, trainer) -> Optional[dict]:
-        """Held-out rows (``eval/...`` and ``eval_loss``) and the first ``probe_count`` training rows
-        (``<probe_prefix>/...``)."""
+        """Held-out rows (``eval/...`` and ``eval_loss``; ``train.eval_max_batches`` bounds them) and the first
+        ``probe_count`` training rows (``<probe_prefix>/...``), never more than the run trains on."""
+        from launcher.training.probes import held_out_size, probe_size
+
+        t, world = self.cfg.train, trainer.dist.world_size
+        when = "before training" if trainer.step == 0 else f"step {trainer.step}"
         fields: dict = {}
-        held_out = self.score(trainer, self.data.eval)
-        count = self.probe_count()
-        probe = self.score(trainer, self.data.train[:count]) if count else None
+        rows = self.data.eval
+        if rows is not None:
+            rows = rows[: held_out_size(len(rows), t.micro_batch_size, world, t.eval_max_batches)]
+        held_out = self.score(trainer, rows, f"held-out {when}")
+        count = probe_size(self.probe_count(), trainer.total_steps, t.micro_batch_size * trainer.grad_accum * world)
+        probe = self.score(trainer, self.data.train[:count], f"{self.probe_prefix} probe {when}") if count else None
         for prefix, values in (("eval", held_out), (self.probe_prefix, probe)):
             for key, value in (values or {}).items():
                 fields[f"{prefix}/{key}"] = value

@@ -13,8 +13,10 @@ ranks z is averaged over them (TRL gathers it), once per micro-batch.
 
 A batch (``launcher.data.collate.collate_feedback``) holds the B rows, then their B mismatched rows: row i's
 prompt with row i-1's answer, made when the micro-batch is collated (TRL 1.16 rotates the answers within each
-batch the same way, and requires sequential sampling so that its precomputed rotation is the batch's); the
-mismatched rows are scored without gradient. The reference is what ``reference`` is, as for DPO
+batch the same way, and requires sequential sampling so that its precomputed rotation is the batch's); a
+micro-batch of one row (LLaMA-Factory's qwen3_lora_kto.yaml) has no other row, so its KL row takes the answer
+LLaMA-Factory 0.9.5 pairs it with when it preprocesses: the previous sample's in file order, within blocks of
+1000 (``launcher.data.kl_partner_records``). The mismatched rows are scored without gradient. The reference is what ``reference`` is, as for DPO
 (launcher.training.objectives.reference): a frozen copy, or the policy with its adapters off. Reference
 log-probs are not precomputed for KTO: a mismatched row exists only within its micro-batch, so its reference
 log-prob depends on which rows were batched together.
@@ -154,8 +156,7 @@ class KTOObjective(RewardObjective):
         return self.kto.probe_rows
 
     def _eval_stats(self, batch: dict) -> torch.Tensor:
-        # A batch of one row has no other answer to pair with: its "mismatched" row is itself, so z is its
-        # log-ratio.
+        # A batch of one row pairs its prompt with LLaMA-Factory's partner answer (launcher.data.collate).
         return self._stats(*self._score(batch, self.scorer, world_size=1))
 
     # ------------------------------------------------------------------------------------ evaluation

@@ -89,15 +89,21 @@ def precompute_reference_logps(rows: list, collate: Callable[[list], dict], refe
     Every rank scores its share (sharded engines: as many forwards on every rank, fillers not counted) and the
     values are summed over ranks. ``rows`` must be a list: rows of the memory-mapped store are made afresh on
     each access, so values written into them would not stay."""
+    from launcher.training.probes import ScoringProgress
+
     scorer.eval()
     values = torch.zeros(len(rows), width, dtype=torch.float64, device=dist.device)
     batches = eval_batches(len(rows), dist.rank, dist.world_size, micro_batch_size)
-    for idx, counted in forwards_for(batches, collective, dist.device):
+    plan = forwards_for(batches, collective, dist.device)
+    progress = ScoringProgress(f"reference log-probs: {len(rows)} rows", len(plan), 1, dist.is_main)
+    for idx, counted in plan:
         batch = to_device(collate([rows[i] for i in idx]), dist.device)
         ref = reference(batch).double()
         if counted:
             for k in range(width):
                 values[idx, k] = ref[k * len(idx): (k + 1) * len(idx)]
+        progress.update()
+    progress.close()
     all_reduce_sum(values)  # each rank filled its share
     for row, v in zip(rows, values.tolist()):
         row["ref_logps"] = tuple(v)

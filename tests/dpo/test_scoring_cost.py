@@ -1,0 +1,56 @@
+"""DPO's and KTO's scoring outside the steps is bounded by default and counted up front: the probe never
+outgrows the rows the run trains on, the held-out rows honour train.eval_max_batches, the dry run says how
+many forwards each pass takes, and a run logs each pass's progress and cost."""
+import logging
+
+from launcher.config.compose import compose_config
+from launcher.training.probes import (batches_per_rank, describe_scoring, forwards_per_batch, held_out_size,
+                                      probe_size, scoring_plan)
+
+
+def test_probe_is_small_by_default_and_shrinks_with_max_steps():
+    cfg = compose_config(["method=dpo_lora", "data=prefs"], check=False)
+    assert cfg.method.dpo.probe_pairs == 8 and compose_config(["method=kto_lora"], check=False).method.kto.probe_rows == 8
+    assert probe_size(64, total_steps=4, global_batch=2) == 8
+    assert probe_size(8, total_steps=1, global_batch=2) == 2
+    assert held_out_size(60, micro_batch=4, world=2, eval_max_batches=3) == 24
+    assert held_out_size(60, micro_batch=4, world=2, eval_max_batches=0) == 60
+    assert batches_per_rank(9, 4, 2) == 2 and batches_per_rank(0, 4, 1) == 0
+
+
+def test_forwards_per_batch():
+    def cfg(*o):
+        return compose_config(list(o), check=False)
+
+    assert forwards_per_batch(cfg("method=dpo_lora")) == 2  # policy + reference (adapters off)
+    assert forwards_per_batch(cfg("method=dpo_lora", "method.dpo.loss_type=simpo")) == 1
+    assert forwards_per_batch(cfg("method=dpo", "method.dpo.precompute_ref_log_probs=true")) == 1
+    assert forwards_per_batch(cfg("method=kto_lora")) == 3
+    assert forwards_per_batch(cfg("method=lora")) == 0
+
+
+def test_dry_run_counts_the_forwards():
+    cfg = compose_config(["method=dpo_lora", "data=prefs", "train.micro_batch_size=4", "train.grad_accum=1",
+                          "train.max_steps=1", "train.eval_max_batches=2", "method.dpo.precompute_ref_log_probs=true"],
+                         check=False)
+    text = describe_scoring(cfg, world=1, train_rows=100, eval_rows=60, total_steps=1, accum=1)
+    # 8 held-out pairs (2 batches of 4) + 4 probe pairs (one step of 4): 3 batches, policy only (precomputed)
+    assert "8 held-out + 4 training pairs" in text and "3 micro-batches x 1 forwards = 3 forwards" in text
+    assert "precomputed once before training: 160 pairs, 40 forwards" in text
+    assert scoring_plan(compose_config(["method=lora"], check=False)) is None
+    plan = scoring_plan(compose_config(["method=kto_lora", "data=kto_demo", "train.max_steps=4"], check=False))
+    assert "15 held-out + 8 training rows" in plan and "x 3 forwards" in plan
+
+
+def test_a_run_logs_each_scoring_pass(tmp_path, caplog):
+    from recipes.dpo import RECIPE
+    from tests.recipe_runs import run_recipe
+
+    caplog.set_level(logging.INFO, logger="launcher.train")
+    run_recipe(RECIPE, tmp_path, ["method=dpo_lora", "data=prefs", "data.max_samples=8", "data.eval_datasets=[]",
+                       "data.val_size=2", "train.micro_batch_size=2", "train.grad_accum=1", "train.max_steps=1",
+                       "train.eval_every=0", "train.exact_match_samples=0", "logger=none"])
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("held-out before training: 2 rows: 1 micro-batches x 2 forwards") for line in lines), lines
+    assert any(line.startswith("train_pairs probe before training: 2 rows") for line in lines), lines  # 1 step x 2
+    assert any("train_pairs probe step 1: 2 rows" in line and "s per forward" in line for line in lines), lines

@@ -85,9 +85,12 @@ def child(argv: list[str], timing_out: Path) -> int:
     patched = []
     for module, cls, attr, phase in PATCHES:
         try:
-            klass = getattr(importlib.import_module(module), cls)
+            mod = importlib.import_module(module)
+            klass = getattr(mod, cls)
         except (ImportError, AttributeError):
             continue
+        if not Path(mod.__file__).resolve().is_relative_to(Path.cwd().resolve()):
+            continue  # an editable install's finder found it in another checkout: not this one's code
         if attr in vars(klass):
             setattr(klass, attr, wrap(vars(klass)[attr], phase))
             patched.append(f"{module}.{cls}.{attr}")

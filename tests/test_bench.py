@@ -27,6 +27,7 @@ def test_bench_reports_consistent_figures(output_root, capsys):
     assert "non_pad_tokens_per_s" in printed and "  tokenizer" in printed
 
     assert report["steps"] == 4 and report["steady_steps"] == 3
+    assert report["data"] == "tasks"  # the dataset that trained
     assert (report["attention"], report["compute_dtype"]) == ("sdpa", "float32")
     # Non-pad tokens include the prompt tokens that are not trained.
     assert 0 < report["trained_tokens_per_s"] < report["non_pad_tokens_per_s"]
@@ -43,6 +44,21 @@ def test_bench_reports_consistent_figures(output_root, capsys):
     assert math.isclose(sum(phases.values()), report["time_to_first_step_s"], abs_tol=0.02)
     # The pytest process started long before this command: "before setup" counts from the process start.
     assert phases["before_setup"] > 1.0
+
+
+def test_bench_report_names_the_dataset_that_trained(output_root):
+    """DPO on dpo_en_demo over experiment=bench_reference keeps data=alpaca_demo's group name; bench.json names
+    the dataset that trained (it said alpaca-demo)."""
+    from launcher.bench import bench_report
+    from launcher.rundir import make_run_dir, write_run_config
+
+    cfg = compose_config(["experiment=bench_reference", "method=dpo_lora", "data.datasets=[dpo_en_demo]",
+                          "data.cutoff_len=1024"])
+    run_dir = make_run_dir(output_root, "bench-dpo")
+    write_run_config(run_dir, cfg)
+    report = bench_report({}, run_dir)
+    assert report["data"] == "dpo_en_demo" and report["data_group"] == "alpaca-demo"
+    assert report["method"] == "dpo" and report["cutoff_len"] == 1024
 
 
 def test_process_start_time_is_when_the_command_started():

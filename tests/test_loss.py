@@ -102,3 +102,33 @@ def test_fused_head_under_bf16_autocast_matches_plain_head_and_stays_bf16():
     torch.testing.assert_close(ours, plain, rtol=1e-3, atol=0)
     torch.testing.assert_close(hidden.grad, expected[0], rtol=2e-2, atol=2e-3)
     torch.testing.assert_close(weight.grad, expected[1], rtol=2e-2, atol=2e-3)
+
+
+def test_cpu_head_buffers_change_no_bit():
+    """On a CPU the fused head writes each chunk's logits into buffers made once per call (no fresh
+    [chunk, vocab] tensors to fault in): loss and gradients equal, bit for bit, those of fresh tensors and
+    torch.logsumexp (the head as it was), also for a last chunk shorter than the others."""
+    from launcher.training.loss import _logits_lse_into
+
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(23, 16), torch.randn(1000, 16) * 0.3
+    targets = torch.randint(0, 1000, (23,))
+    logits, lse = _logits_lse_into(hidden, weight, torch.empty(23, 1000), torch.empty(23, 1000))
+    assert torch.equal(logits, hidden @ weight.t())
+    assert torch.equal(lse, torch.logsumexp(hidden @ weight.t(), dim=-1))
+
+    total, grad_h, grad_w = torch.zeros(()), torch.empty_like(hidden), torch.zeros(weight.shape)
+    for start in range(0, 23, 8):  # the head as it was: fresh tensors per chunk
+        h, y = hidden[start: start + 8], targets[start: start + 8]
+        chunk_logits = h @ weight.t()
+        chunk_lse = torch.logsumexp(chunk_logits, dim=-1)
+        total += (chunk_lse - chunk_logits.gather(1, y[:, None]).squeeze(1)).sum()
+        grad = chunk_logits.sub_(chunk_lse[:, None]).exp_()
+        grad[torch.arange(y.shape[0]), y] -= 1.0
+        grad_h[start: start + 8] = grad @ weight
+        grad_w.addmm_(grad.t(), h)
+    h_in, w_in = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss = fused_linear_ce_sum(h_in, w_in, targets, chunk_size=8)
+    loss.backward()
+    assert torch.equal(loss.detach(), total)
+    assert torch.equal(h_in.grad, grad_h) and torch.equal(w_in.grad, grad_w)

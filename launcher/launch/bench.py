@@ -60,7 +60,10 @@ def bench_report(summary: dict, run_dir: Path) -> dict:
     report = {
         "model": cfg.model.name,
         "method": cfg.method.name,
-        "data": cfg.data.name,
+        # The datasets that trained (data.datasets), not the data group's name: a run that overrides
+        # data.datasets (DPO on dpo_en_demo from experiment=bench_reference) keeps the group's name.
+        "data": ", ".join(e.name for e in cfg.data.datasets) or cfg.data.name,
+        "data_group": cfg.data.name,
         "cutoff_len": cfg.data.cutoff_len,
         "packing": cfg.data.packing,
         "micro_batch_size": cfg.train.micro_batch_size,

@@ -140,6 +140,12 @@ class DpoConfig:
 
 
 @dataclass
+class RmConfig:
+    probe_pairs: int = 64
+    """Training pairs whose pair accuracy and margin are logged before and after training (0: off)."""
+
+
+@dataclass
 class KtoConfig:
     beta: float = 0.1
     """Strength of the pull towards the reference (LLaMA-Factory's pref_beta, TRL's beta)."""
@@ -168,7 +174,7 @@ class FreezeConfig:
 @dataclass
 class MethodConfig:
     name: str = "sft_full"
-    """sft_full, lora, dpo, kto, pretrain: which recipe trains (``METHODS``)."""
+    """sft_full, lora, dpo, kto, rm, pretrain: which recipe trains (``METHODS``)."""
     finetuning: str = "full"
     """full, lora or freeze; each method allows the kinds ``METHODS`` lists."""
     lr: float = 1e-4
@@ -181,6 +187,7 @@ class MethodConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
     kto: KtoConfig = field(default_factory=KtoConfig)
+    rm: RmConfig = field(default_factory=RmConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
 
 
@@ -466,6 +473,7 @@ METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "lora": ("recipes.sft", ("lora",)),
     "dpo": ("recipes.dpo", ("full", "lora")),
     "kto": ("recipes.kto", ("full", "lora")),
+    "rm": ("recipes.rm", ("full", "lora", "freeze")),
     "pretrain": ("recipes.pretrain", ("full", "lora", "freeze")),
 }
 """method.name -> (the recipe module every rank runs, the method.finetuning kinds it allows)."""
@@ -512,6 +520,10 @@ def check_combinations(cfg: Config) -> None:
     _choice(m.dpo.loss_type, ("sigmoid", "ipo", "hinge", "simpo", "orpo"), "method.dpo.loss_type")
     if m.name == "dpo":
         validate_dpo(m.dpo)
+    if m.name == "rm":
+        from launcher.config.reward_checks import check_reward_model
+
+        check_reward_model(cfg)
     if m.name == "kto" and t.micro_batch_size < 2:
         raise ConfigError("train.micro_batch_size: KTO estimates its KL term from each row's prompt paired with"
                           " another row's answer in the same micro-batch; it needs >= 2 (4 or more is better)")

@@ -87,14 +87,14 @@ VISION_KEYS = {"image_max_pixels": "data.image_max_pixels", "image_min_pixels": 
 # row with videos is refused when the data is read), so they are named in a note, not refused.
 VIDEO_SIZE_KEYS = ("video_max_pixels", "video_min_pixels")
 
-STAGES = {"sft": "sft", "dpo": "dpo", "kto": "kto", "pt": "pt"}
+STAGES = {"sft": "sft", "dpo": "dpo", "kto": "kto", "pt": "pt", "rm": "rm"}
 # (stage, finetuning_type) -> our method option; a finetuning kind the option does not name is set on top.
 METHOD_OPTIONS = {("sft", "full"): "sft_full", ("sft", "lora"): "lora", ("sft", "freeze"): "freeze",
                   ("dpo", "full"): "dpo", ("dpo", "lora"): "dpo_lora", ("kto", "full"): "kto",
                   ("kto", "lora"): "kto_lora", ("pt", "full"): "pretrain", ("pt", "lora"): "pretrain",
-                  ("pt", "freeze"): "pretrain"}
+                  ("pt", "freeze"): "pretrain", ("rm", "full"): "rm", ("rm", "lora"): "rm_lora",
+                  ("rm", "freeze"): "rm"}
 STAGE_HINTS = {
-    "rm": "not supported yet: reward modelling (stage: rm)",
     "ppo": "not supported yet: PPO (stage: ppo); use stage: dpo",
 }
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant", "constant_with_warmup": "constant"}
@@ -339,7 +339,7 @@ def translate(lf: dict, *, source: str = "llamafactory.yaml", lines: Optional[di
         put("model.trust_remote_code", bool(take("trust_remote_code")))
     if method:
         out.append(f"method={method}")
-        if method == "pretrain" and finetuning != "full":
+        if method == "pretrain" and finetuning != "full" or method == "rm" and finetuning == "freeze":
             out.append(f"method.finetuning={finetuning}")
     out.append("data=llamafactory")
 

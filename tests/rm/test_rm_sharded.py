@@ -22,14 +22,17 @@ UNEVEN = ["data.max_samples=12", "method.rm.probe_pairs=3", "train.micro_batch_s
           "train.exact_match_samples=0", "method.lr=1e-3", *SMALL_MODEL]
 
 
-def test_fsdp_two_ranks_match_one_process_and_reload(tmp_path):
+# ZeRO-3 runs this to the end, but its step-0 scores differ from one process's by ~5e-4 (and the reloaded final
+# scores from the logged ones by ~1e-3): not yet explained, so not claimed here (see the branch's report).
+@pytest.mark.parametrize("parallelism", ["fsdp"])
+def test_sharded_two_ranks_match_one_process_and_reload(tmp_path, parallelism):
     data = letters_data(write_letter_pairs(tmp_path / "letters", n_train=12, n_eval=3))
     one, one_dir, _ = run_rm(tmp_path / "one", [*data, *UNEVEN, "method=rm", "train.max_steps=1",
                                                 "train.save_model=false"], name="one")
     expected = records(one_dir, "eval")[0]
 
-    cfg = compose_config([f"run.output_root={tmp_path}", *data, *UNEVEN, "method=rm", "parallelism=fsdp"])
-    run_dir = make_run_dir(tmp_path, "fsdp")
+    cfg = compose_config([f"run.output_root={tmp_path}", *data, *UNEVEN, "method=rm", f"parallelism={parallelism}"])
+    run_dir = make_run_dir(tmp_path, parallelism)
     write_run_config(run_dir, cfg)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -47,5 +50,5 @@ def test_fsdp_two_ranks_match_one_process_and_reload(tmp_path):
     got = reloaded_scores(run_dir, list(one.data.eval), one.trainer.objective.collate)
     assert got[:, 0].mean().item() == pytest.approx(evals[-1]["eval/rewards/chosen"], abs=1e-5)
     assert got[:, 1].mean().item() == pytest.approx(evals[-1]["eval/rewards/rejected"], abs=1e-5)
-    print(f"\nfsdp rm: step-0 eval/rewards/chosen {evals[0]['eval/rewards/chosen']:.5f} == single process "
+    print(f"\n{parallelism} rm: step-0 eval/rewards/chosen {evals[0]['eval/rewards/chosen']:.5f} == single process "
           f"{expected['eval/rewards/chosen']:.5f}; reloaded final scores match the logged means")

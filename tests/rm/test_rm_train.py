@@ -14,11 +14,18 @@ from tests.rm.helpers import letters_data, reloaded_scores, run_rm, write_letter
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin")
 
 
-@pytest.mark.parametrize("method,lr,steps", [("rm", "1e-2", 6), ("rm_lora", "3e-3", 10)])
-def test_pair_accuracy_rises_and_reload_scores_the_same(output_root, tmp_path, method, lr, steps):
+@pytest.mark.parametrize("method,lr,steps,extra", [
+    ("rm", "1e-2", 6, []),
+    ("rm_lora", "3e-3", 10, []),
+    ("rm", "1e-2", 6, ["method.finetuning=freeze", "method.freeze.trainable_layers=1"]),
+], ids=["full", "lora", "freeze"])
+def test_pair_accuracy_rises_and_reload_scores_the_same(output_root, tmp_path, method, lr, steps, extra):
     data = letters_data(write_letter_pairs(tmp_path / "letters"))
     recipe, run_dir, summary = run_rm(output_root, [*data, f"method={method}", f"method.lr={lr}",
-                                                    f"train.max_steps={steps}"])
+                                                    f"train.max_steps={steps}", *extra])
+    if extra:  # freeze: the last layer and the new score head train, nothing else
+        trainable = {n for n, p in recipe.model.named_parameters() if p.requires_grad}
+        assert "score.weight" in trainable and all(n.startswith(("score.", "model.layers.1.")) for n in trainable)
     before, after = summary["rewards_before"], summary["rewards_after"]
     print(f"\n[{method}] held-out pair accuracy {before['eval/rewards/accuracy']:.3f} -> "
           f"{after['eval/rewards/accuracy']:.3f}, margin {before['eval/rewards/margin']:.4f} -> "

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from launcher.models.build import load_trained_model
 from tests.recipe_runs import records
 from tests.rm.helpers import letters_data, reloaded_scores, run_rm, write_letter_pairs
 
@@ -45,6 +46,11 @@ def test_pair_accuracy_rises_and_reload_scores_the_same(output_root, tmp_path, m
     trained = recipe.trainer.objective.scores(rows, torch.device("cpu"))
     got = reloaded_scores(run_dir, rows, recipe.trainer.objective.collate)
     torch.testing.assert_close(got, trained, rtol=0, atol=1e-5)
+    reloaded, _ = load_trained_model(run_dir)  # what launcher's own tools load: the same scorer
+    batch = recipe.trainer.objective.collate(rows)
+    with torch.no_grad():
+        ours = reloaded.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(ours[:, 0].view(2, -1).T, trained, rtol=0, atol=1e-5)
     # the same numbers the run logged for the held-out pairs after training
     assert got[:, 0].mean().item() == pytest.approx(after["eval/rewards/chosen"], abs=1e-5)
     assert got[:, 1].mean().item() == pytest.approx(after["eval/rewards/rejected"], abs=1e-5)

@@ -32,7 +32,8 @@ def test_non_ranking_data_is_refused_at_the_dry_run_naming_the_dataset(tmp_path,
     (tmp_path / "s.json").write_text(json.dumps([{"instruction": "a", "output": "b"}] * 4))
     (tmp_path / "dataset_info.json").write_text(json.dumps({"plain_sft": {"file_name": "s.json"}}))
     rc = cli_main(["train", "--dry-run", "method=rm", f"data.dataset_dir={tmp_path}", "data.datasets=[plain_sft]",
-                   "data.eval_datasets=[]", "data.use_cache=false", *SMALL_MODEL, f"run.output_root={tmp_path / 'out'}"])
+                   "data.eval_datasets=[]", "data.use_cache=false", *SMALL_MODEL,
+                   f"run.output_root={tmp_path / 'out'}"])
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert rc == 2 and len(lines) == 1, lines
     assert "method=rm needs preference data" in lines[0] and "'plain_sft'" in lines[0], lines[0]

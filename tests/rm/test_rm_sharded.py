@@ -1,7 +1,7 @@
 """The reward model under FSDP on 2 CPU ranks (torchrun, gloo), full and LoRA: built as
-AutoModelForSequenceClassification on the meta device and sharded, the held-out pairs scored collectively (3 pairs:
-2 on rank 0, 1 on rank 1), the step-0 scores equal to a single process's (full), and the gathered final model reloads with
-AutoModelForSequenceClassification and scores the held-out pairs as the run logged them."""
+AutoModelForSequenceClassification on the meta device and sharded, the held-out pairs scored collectively (3
+pairs: 2 on rank 0, 1 on rank 1), the step-0 scores equal to a single process's (full), and the gathered final
+model reloads with AutoModelForSequenceClassification and scores the held-out pairs as the run logged them."""
 from __future__ import annotations
 
 import os

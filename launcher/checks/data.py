@@ -149,7 +149,7 @@ def model_has_media_encoders(cfg: Config) -> Optional[bool]:
     return any(k in config for k in MEDIA_CONFIG_KEYS)
 
 
-METHOD_DATA_KINDS = {"dpo": ("preference",), "kto": ("kto",), "pretrain": ("pt",)}
+METHOD_DATA_KINDS = {"dpo": ("preference",), "rm": ("preference",), "kto": ("kto",), "pretrain": ("pt",)}
 """method.name -> the dataset kinds it trains on (``dataset_kind``); the others: sft and pt."""
 KIND_WORDS = {"sft": "instruction", "preference": "preference", "kto": "KTO feedback", "pt": "plain text"}
 
@@ -199,9 +199,9 @@ def check_data_choices(problems, cfg: Config) -> None:
         listed = [f"'{n}'" for found in wrong_kind.values() for n, _ in found]
         kinds = {k for found in wrong_kind.values() for _, k in found}
         names, are = ", ".join(listed), "is" if len(listed) == 1 else "are"
-        if method == "dpo":
+        if method in ("dpo", "rm"):
             problems.errors.append(
-                f"{keys}: method=dpo needs preference data, but {names} (in {info}) {are} not marked ranking: true;"
+                f"{keys}: method={method} needs preference data, but {names} (in {info}) {are} not marked ranking: true;"
                 " use preference data (data=prefs, or a dataset with ranking: true such as dpo_en_demo)"
             )
         elif method == "kto":

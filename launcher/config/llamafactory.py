@@ -88,14 +88,14 @@ VISION_KEYS = {"image_max_pixels": "data.image_max_pixels", "image_min_pixels": 
 # row with videos is refused when the data is read), so they are named in a note, not refused.
 VIDEO_SIZE_KEYS = ("video_max_pixels", "video_min_pixels")
 
-STAGES = {"sft": "sft", "dpo": "dpo", "kto": "kto", "pt": "pt"}
+STAGES = {"sft": "sft", "dpo": "dpo", "kto": "kto", "pt": "pt", "rm": "rm"}
 # (stage, finetuning_type) -> our method option; a finetuning kind the option does not name is set on top.
 METHOD_OPTIONS = {("sft", "full"): "sft_full", ("sft", "lora"): "lora", ("sft", "freeze"): "freeze",
                   ("dpo", "full"): "dpo", ("dpo", "lora"): "dpo_lora", ("kto", "full"): "kto",
                   ("kto", "lora"): "kto_lora", ("pt", "full"): "pretrain", ("pt", "lora"): "pretrain",
-                  ("pt", "freeze"): "pretrain"}
+                  ("pt", "freeze"): "pretrain", ("rm", "full"): "rm", ("rm", "lora"): "rm_lora",
+                  ("rm", "freeze"): "rm"}
 STAGE_HINTS = {
-    "rm": "not supported yet: reward modelling (stage: rm)",
     "ppo": "not supported yet: PPO (stage: ppo); use stage: dpo",
 }
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant", "constant_with_warmup": "constant"}
@@ -293,7 +293,7 @@ def model_and_method(r: _Reading) -> tuple[str, str]:
         r.put("model.trust_remote_code", bool(r.take("trust_remote_code")))
     if method:
         r.out.append(f"method={method}")
-        if method == "pretrain" and finetuning != "full":
+        if method == "pretrain" and finetuning != "full" or method == "rm" and finetuning == "freeze":
             r.out.append(f"method.finetuning={finetuning}")
     r.out.append("data=llamafactory")
     return stage, finetuning

@@ -80,6 +80,7 @@ RANGES: dict[str, Range] = {
     "method.kto.desirable_weight": POSITIVE,
     "method.kto.undesirable_weight": POSITIVE,
     "method.kto.probe_rows": Range(0, note=" (0: off)"),
+    "method.rm.probe_pairs": Range(0, note=" (0: off)"),
     "train.seed": Range(0, 2**32 - 1),
     "train.max_steps": Range(-1, note="; -1 trains for train.epochs"),  # 0 and < -1: see validate
     "train.epochs": NOT_NEGATIVE,  # > 0 when max_steps is -1: see validate

@@ -159,6 +159,12 @@ class DpoConfig:
 
 
 @dataclass
+class RmConfig:
+    probe_pairs: int = 8
+    """Training pairs whose pair accuracy and margin are logged before and after training (0: off)."""
+
+
+@dataclass
 class KtoConfig:
     beta: float = 0.1
     """Strength of the pull towards the reference (LLaMA-Factory's pref_beta, TRL's beta)."""
@@ -188,7 +194,7 @@ class FreezeConfig:
 @dataclass
 class MethodConfig:
     name: str = "sft_full"
-    """sft_full, lora, dpo, kto, pretrain: which recipe trains (``METHODS``)."""
+    """sft_full, lora, dpo, kto, rm, pretrain: which recipe trains (``METHODS``)."""
     finetuning: str = "full"
     """full, lora or freeze; each method allows the kinds ``METHODS`` lists."""
     lr: float = 1e-3
@@ -210,6 +216,8 @@ class MethodConfig:
     """The preference loss, for method.name=dpo."""
     kto: KtoConfig = field(default_factory=KtoConfig)
     """The KTO loss, for method.name=kto."""
+    rm: RmConfig = field(default_factory=RmConfig)
+    """The reward model's probe, for method.name=rm."""
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     """Which layers train, with method.finetuning=freeze."""
 
@@ -536,6 +544,7 @@ METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "lora": ("recipes.sft", ("lora",)),
     "dpo": ("recipes.dpo", ("full", "lora")),
     "kto": ("recipes.kto", ("full", "lora")),
+    "rm": ("recipes.rm", ("full", "lora", "freeze")),
     "pretrain": ("recipes.pretrain", ("full", "lora", "freeze")),
 }
 """method.name -> (the recipe module every rank runs, the method.finetuning kinds it allows)."""
@@ -584,6 +593,10 @@ def check_combinations(cfg: Config) -> None:
     _choice(m.dpo.loss_type, ("sigmoid", "ipo", "hinge", "simpo", "orpo"), "method.dpo.loss_type")
     if m.name == "dpo":
         validate_dpo(m.dpo)
+    if m.name == "rm":
+        from launcher.config.reward_checks import check_reward_model
+
+        check_reward_model(cfg)
     if m.name == "pretrain" and not d.packing:
         raise ConfigError("data.packing: method=pretrain packs documents (each ends with the end-of-text token and"
                           " attends only to itself); set data.packing=true (data=c4_demo and data=wiki_demo do)")

@@ -409,11 +409,11 @@ def build_feedback_datasets(cfg: Config, tokenizer, **kwargs) -> DataBundle:
 
 
 def build_preference_datasets(cfg: Config, tokenizer, **kwargs) -> DataBundle:
-    """``build_datasets`` for DPO: refuses datasets that are not ``ranking: true``."""
+    """``build_datasets`` for DPO and reward models: refuses datasets that are not ``ranking: true``."""
     bundle = build_datasets(cfg, tokenizer, **kwargs)
     if bundle.kind != "preference":
-        raise DataError("method=dpo needs preference data: datasets marked ranking: true in dataset_info.json"
-                        " (e.g. data.datasets=[dpo_en_demo])")
+        raise DataError(f"method={cfg.method.name} needs preference data: datasets marked ranking: true in"
+                        " dataset_info.json (e.g. data.datasets=[dpo_en_demo])")
     return bundle
 
 

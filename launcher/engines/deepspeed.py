@@ -207,7 +207,8 @@ def build_zero3_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implemen
 
     from launcher.engines.distributed import broadcast_object
     from launcher.engines.loading import safetensors_folder
-    from launcher.models.build import random_init_config
+    from launcher.models.build import head_config_kwargs, random_init_config
+    from launcher.models.reward import class_for_method
 
     start_deepspeed(dist_info)
     ds_config = run_deepspeed_config(cfg, dist_info, precision)
@@ -216,28 +217,32 @@ def build_zero3_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implemen
     folder = safetensors_folder(m.name_or_path) if m.name_or_path else None
     if m.name_or_path and folder is None:
         hf_ds_config = HfDeepSpeedConfig(ds_config)  # registered (weakly) with transformers: kept on the model
-        model = AutoModelForCausalLM.from_pretrained(m.name_or_path, dtype=dtype,
-                                                     attn_implementation=attn_implementation,
-                                                     trust_remote_code=m.trust_remote_code)
+        model = class_for_method(cfg, AutoModelForCausalLM).from_pretrained(
+            m.name_or_path, dtype=dtype, attn_implementation=attn_implementation,
+            trust_remote_code=m.trust_remote_code, **head_config_kwargs(cfg, tokenizer))
     else:
         from transformers import AutoConfig
 
-        config = (AutoConfig.from_pretrained(folder, trust_remote_code=m.trust_remote_code) if folder
+        config = (AutoConfig.from_pretrained(folder, trust_remote_code=m.trust_remote_code,
+                                             **head_config_kwargs(cfg, tokenizer)) if folder
                   else random_init_config(cfg, tokenizer))
         if folder is None:
             torch.manual_seed(cfg.train.seed)
         # Our own zero.Init (transformers' would also draw the tied output matrix that tying discards, shifting
         # every later random number away from the plain build's).
         with initialization.no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
-            model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype,
-                                                     trust_remote_code=m.trust_remote_code)
+            model = class_for_method(cfg, AutoModelForCausalLM).from_config(
+                config, attn_implementation=attn_implementation, dtype=dtype,
+                trust_remote_code=m.trust_remote_code)
         for name in getattr(model, "all_tied_weights_keys", None) or {}:
             model.get_parameter(name)._is_hf_initialized = True
         if folder is not None:
             load_zero3_from_safetensors(model, folder, dist_info.is_main)
         initialize_missing_zero3(model)
         model.tie_weights()
-        if folder is not None and (folder / "generation_config.json").is_file():
+        if not model.can_generate():  # a reward model (launcher.models.reward)
+            pass
+        elif folder is not None and (folder / "generation_config.json").is_file():
             from transformers import GenerationConfig
 
             model.generation_config = GenerationConfig.from_pretrained(folder)
@@ -313,7 +318,8 @@ def save_zero3_base(model: nn.Module, directory: Path, tokenizer, is_main: bool)
         return
     writer.close()
     model.config.save_pretrained(directory)
-    model.generation_config.save_pretrained(directory)
+    if model.can_generate():
+        model.generation_config.save_pretrained(directory)
     save_tokenizer(tokenizer, directory)
     apply_umask(directory)
 

@@ -155,7 +155,8 @@ def build_meta_model(cfg, tokenizer, attn_implementation: str, dtype: torch.dtyp
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
     from transformers import initialization
 
-    from launcher.models.build import random_init_config
+    from launcher.models.build import head_config_kwargs, random_init_config
+    from launcher.models.reward import class_for_method
 
     m = cfg.model
     folder = None
@@ -163,14 +164,18 @@ def build_meta_model(cfg, tokenizer, attn_implementation: str, dtype: torch.dtyp
         folder = safetensors_folder(m.name_or_path)
         if folder is None:
             return None, None
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=m.trust_remote_code)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=m.trust_remote_code,
+                                            **head_config_kwargs(cfg, tokenizer))
     else:
         config = random_init_config(cfg, tokenizer)
     with torch.device("meta"), initialization.no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype,
-                                                 trust_remote_code=m.trust_remote_code)
+        model = class_for_method(cfg, AutoModelForCausalLM).from_config(
+            config, attn_implementation=attn_implementation, dtype=dtype,
+            trust_remote_code=m.trust_remote_code)
     model.tie_weights()
-    if folder is not None and (folder / "generation_config.json").is_file():
+    if not model.can_generate():  # a reward model (launcher.models.reward)
+        pass
+    elif folder is not None and (folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(folder)
     elif folder is None:
         model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -156,7 +156,9 @@ def apply_lora(model, lora: LoraConfig, initialize: bool = True):
     from launcher.engines.loading import init_lora
     from launcher.models.build import lora_peft_config
 
-    config = lora_peft_config(lora)
+    from launcher.models.reward import is_sequence_scorer
+
+    config = lora_peft_config(lora, "SEQ_CLS" if is_sequence_scorer(model) else "CAUSAL_LM")
     if is_vision_model(model):  # the language model's linear layers unless the vision tower is asked for
         config.target_modules = lora_target_modules(model, lora.target_modules, lora.include_vision)
     if lora.use_dora or lora.init != "default" or lora.quantize:  # from the base weights, or peft's own init

@@ -37,11 +37,15 @@ def choose_attn_implementation(requested: str, device: torch.device) -> str:
 
 
 def auto_model_class(cfg: Config):
-    """AutoModelForImageTextToText for Qwen2-VL/2.5-VL/3-VL, AutoModelForCausalLM otherwise."""
+    """AutoModelForImageTextToText for Qwen2-VL/2.5-VL/3-VL, AutoModelForSequenceClassification for a reward
+    model (launcher.models.reward), AutoModelForCausalLM otherwise."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
+    from launcher.models.reward import is_reward_model, reward_model_class
     from launcher.models.vision import vision_info
 
+    if is_reward_model(cfg):
+        return reward_model_class()
     return AutoModelForImageTextToText if vision_info(cfg.model) else AutoModelForCausalLM
 
 
@@ -65,7 +69,16 @@ def random_init_config(cfg: Config, tokenizer):
         target.pad_token_id = tokenizer.pad_token_id
         target.eos_token_id = tokenizer.eos_token_id
         target.bos_token_id = bos
+    config.update(head_config_kwargs(cfg, tokenizer))
     return config
+
+
+def head_config_kwargs(cfg: Config, tokenizer) -> dict:
+    """Config values the model class of ``cfg`` needs on top of the base's (a reward model: one score, the pad id
+    its pooling looks for); {} for a causal LM."""
+    from launcher.models.reward import is_reward_model, reward_config_kwargs
+
+    return reward_config_kwargs(tokenizer) if is_reward_model(cfg) else {}
 
 
 def build_base_model(cfg: Config, tokenizer, attn_implementation: str, dtype: torch.dtype):
@@ -74,14 +87,15 @@ def build_base_model(cfg: Config, tokenizer, attn_implementation: str, dtype: to
     if m.name_or_path:
         return auto_class.from_pretrained(
             m.name_or_path, dtype=dtype, attn_implementation=attn_implementation,
-            trust_remote_code=m.trust_remote_code,
+            trust_remote_code=m.trust_remote_code, **head_config_kwargs(cfg, tokenizer),
         )
     config = random_init_config(cfg, tokenizer)
     # Same seed, same init on every rank, so DDP starts from identical weights without a broadcast.
     torch.manual_seed(cfg.train.seed)
     model = random_init_model(config, attn_implementation, dtype, auto_class)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if model.can_generate():  # a reward model (launcher.models.reward) has no generation config
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
 
 
@@ -106,12 +120,12 @@ def random_init_model(config, attn_implementation: str, dtype: torch.dtype, auto
     return model
 
 
-def lora_peft_config(lora: LoraConfig):
+def lora_peft_config(lora: LoraConfig, task_type: str = "CAUSAL_LM"):
+    """task_type SEQ_CLS (a reward model): peft also trains and saves the score head (modules_to_save)."""
     from peft import LoraConfig as PeftLoraConfig
-    from peft import TaskType
 
     return PeftLoraConfig(
-        task_type=TaskType.CAUSAL_LM,
+        task_type=task_type,
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,

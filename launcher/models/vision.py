@@ -283,11 +283,17 @@ def rope_index_for(config):
 
 
 def auto_class_for(folder) -> type:
-    """The transformers auto class that loads a saved model folder: image-text-to-text for the VL families."""
+    """The transformers auto class that loads a saved model folder: image-text-to-text for the VL families,
+    sequence classification for a reward model (launcher.models.reward)."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     config_file = Path(folder) / "config.json"
-    model_type = None
+    model_type, architectures = None, []
     if config_file.is_file():
-        model_type = json.loads(config_file.read_text()).get("model_type")
+        config = json.loads(config_file.read_text())
+        model_type, architectures = config.get("model_type"), config.get("architectures") or []
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        from launcher.models.reward import reward_model_class
+
+        return reward_model_class()
     return AutoModelForImageTextToText if model_type in VL_ARCHS else AutoModelForCausalLM

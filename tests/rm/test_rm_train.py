@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from launcher.models.build import load_trained_model
+from launcher.inference.trained import load_trained_model
 from tests.recipe_runs import records
 from tests.rm.helpers import letters_data, reloaded_scores, run_rm, write_letter_pairs
 

@@ -7,6 +7,8 @@ a row's order or the packing plan changes a hash.
 
 kto_en_demo's entries were regenerated when KTO came (issue 19): its rows are KTO rows now (only the last answer
 trained, never packed), which SFT refuses.
+They were regenerated again with KTO at micro-batch 1 (issue 33): each row also carries its LLaMA-Factory KL
+partner (kl_input_ids, kl_prompt_len); input_ids, labels, kto_tag and prompt_len are as before (checked row by row).
 
 Regenerate only when a change of the rows is intended:  PYTHONPATH=. python tests/data/test_golden.py
 """

@@ -209,7 +209,12 @@ def check_template_resolution(problems: Problems, cfg: Config) -> None:
         kind = data_kind([s for specs in resolve_specs(cfg.data) for s in specs])
     except LauncherError:
         return  # the data checks report it
-    tokenizer = load_tokenizer(cfg.model)
+    try:
+        tokenizer = load_tokenizer(cfg.model)
+    except Exception as exc:  # noqa: BLE001 - a best-effort look: the files' presence is checked above
+        problems.warnings.append(f"model.tokenizer: not loaded here to resolve the template ({type(exc).__name__}:"
+                                 f" {str(exc)[:200]}); training loads it and resolves it then")
+        return
     renderer, note = choose_renderer(tokenizer, template_request(cfg.data, kind, vision_info(cfg.model), tokenizer))
     if note:
         problems.warnings.append(f"data.template: {note} (training does the same; set data.template to choose)")

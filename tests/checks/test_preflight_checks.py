@@ -90,8 +90,10 @@ def tiny_model_dir(tmp_path: Path, name: str = "model") -> Path:
     (folder / "config.json").write_text(json.dumps({
         "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": 16, "intermediate_size": 32,
         "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 64}))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
-    (folder / "tokenizer.json").write_text("{}")
+    # A tokenizer that loads (the preflight resolves the chat template with it, as training will).
+    from launcher.models.tokenizers import build_char_tokenizer
+
+    build_char_tokenizer().save_pretrained(folder)
     save_file({"model.embed_tokens.weight": np.zeros((64, 16), dtype=np.float32),
                "lm_head.weight": np.ones((64, 16), dtype=np.float32)}, str(folder / "model.safetensors"))
     return folder

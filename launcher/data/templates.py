@@ -2,8 +2,8 @@
 
 Two kinds of renderer share one interface, ``render(messages, tools, add_generation_prompt) -> str``:
 - ``TokenizerTemplate``: the tokenizer's own Jinja chat template (the default), and
-- named templates written here (chatml/qwen/qwen3_nothink, llama3, mistral, plain), used with ``data.template`` or when the
-  tokenizer has no template, or when its template cannot be split into turns (see ``choose_renderer``).
+- named templates written here (chatml/qwen/qwen3_nothink, llama3, mistral, plain), used with ``data.template``
+  or when the tokenizer has no template, or when its template cannot be split into turns (see ``choose_renderer``).
 
 ``split_pairs`` finds each answer by rendering growing prefixes: the prompt of answer k is what the
 generation prompt adds after the previous answer, and the answer is what rendering turn k adds after that.

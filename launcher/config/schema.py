@@ -76,7 +76,9 @@ class DataConfig:
     """Held out of the training mix for evaluation, as LLaMA-Factory reads it: a float is a fraction in [0, 1)
     (0.05), an integer a count of samples (200). A float >= 1 is refused."""
     template: Optional[str] = None
-    """Named chat template (chatml, qwen, llama3, mistral, plain) used when the tokenizer has none, or to force one."""
+    """Named chat template (chatml, qwen, qwen3_nothink, llama3, mistral, plain; qwen2_vl, qwen3_vl, qwen3_vl_nothink
+    for images) used when the tokenizer has none, or to force one. LLaMA-Factory's names render as LF's templates do:
+    qwen adds its default system prompt ("You are Qwen, created by Alibaba Cloud. ...") where a sample has none."""
     cutoff_len: int = 1024
     """Tokens per sample: longer ones are cut (prompt and answer share the budget, as in LLaMA-Factory); with packing,
     the length of a packed row. Sets activation memory with micro_batch_size."""
@@ -641,8 +643,8 @@ def check_combinations(cfg: Config) -> None:
         raise ConfigError("data.datasets: name at least one dataset (e.g. data.datasets=[alpaca_en_demo])")
     _choice(d.mix_strategy, ("concat", "interleave"), "data.mix_strategy")
     if d.template is not None:
-        _choice(d.template, ("auto", "chatml", "qwen", "llama3", "mistral", "plain", "qwen2_vl", "qwen3_vl",
-                               "qwen3_vl_nothink"), "data.template")
+        _choice(d.template, ("auto", "chatml", "qwen", "qwen3_nothink", "llama3", "mistral", "plain", "qwen2_vl",
+                               "qwen3_vl", "qwen3_vl_nothink"), "data.template")
     _choice(cfg.model.dtype, ("auto", "float32", "bfloat16", "float16"), "model.dtype")
     _choice(
         cfg.model.attn_implementation,

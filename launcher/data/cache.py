@@ -30,9 +30,10 @@ from launcher.process_lock import Holder
 
 log = logging.getLogger("launcher.data")
 
-CACHE_VERSION = 5
+CACHE_VERSION = 6
 """Bump when the row format or the preprocessing changes meaning (2: memory-mapped store, was a pickle; 3: per-record
-columns (columns.json), KTO rows; 4: image references in the store; 5: KTO's kl_record column)."""
+columns (columns.json), KTO rows; 4: image references in the store; 5: KTO's kl_record column; 6: the named template
+qwen adds LF's default system prompt)."""
 COMPLETE_MARK = "complete"
 BUILDER_MARK = "builder"
 """In a build's .tmp folder: the building process (process_lock.Holder), for the message when it is removed."""

@@ -2,15 +2,20 @@
 
 Two kinds of renderer share one interface, ``render(messages, tools, add_generation_prompt) -> str``:
 - ``TokenizerTemplate``: the tokenizer's own Jinja chat template (the default), and
-- named templates written here (chatml/qwen, llama3, mistral, plain), used with ``data.template`` or when the
-  tokenizer has no template, or when its template cannot be split into turns (see ``choose_renderer``).
+- named templates written here (chatml/qwen/qwen3_nothink, llama3, mistral, plain), used with ``data.template``
+  or when the tokenizer has no template, or when its template cannot be split into turns (see ``choose_renderer``).
 
 ``split_pairs`` finds each answer by rendering growing prefixes: the prompt of answer k is what the
 generation prompt adds after the previous answer, and the answer is what rendering turn k adds after that.
 This needs a template that renders a conversation prefix by prefix. Qwen3's does not: it puts an empty
 ``<think></think>`` block only into the *last* assistant turn, so the same turn renders differently as a
 prefix and in the whole conversation. Such templates are detected once with a probe conversation, and the
-matching named template is used instead (for Qwen3: qwen, which is Qwen3's format without the think block).
+matching named template is used instead (for Qwen3: qwen3_nothink, which is Qwen3's format without the think
+block and, like Qwen3's own template, without a default system prompt).
+
+Named templates that carry LLaMA-Factory's names render what LF's template of that name renders, its default
+system prompt included (``DEFAULT_SYSTEM``): qwen adds "You are Qwen, created by Alibaba Cloud. ..." to every
+conversation without a system prompt (or with an empty one), as LF 0.9.5's qwen template does.
 """
 from __future__ import annotations
 
@@ -21,13 +26,17 @@ from typing import Any, Optional
 from launcher.errors import DataError
 from launcher.data.formats import ANSWER_ROLES
 
-NAMED_TEMPLATES = ("chatml", "qwen", "llama3", "mistral", "plain", "qwen2_vl", "qwen3_vl", "qwen3_vl_nothink")
+NAMED_TEMPLATES = ("chatml", "qwen", "qwen3_nothink", "llama3", "mistral", "plain", "qwen2_vl", "qwen3_vl",
+                   "qwen3_vl_nothink")
 IMAGE_TEMPLATES = ("qwen2_vl", "qwen3_vl", "qwen3_vl_nothink")
 """Named templates with an image slot (LLaMA-Factory's names): ChatML whose user turns carry vision spans.
 qwen2_vl (Qwen2-VL, Qwen2.5-VL) adds LF's default system prompt; qwen3_vl starts every answer that has no
 think block with an empty one, trained (LF's ReasoningTemplate with enable_thinking, its default);
 qwen3_vl_nothink is LF's plain copy of the qwen template (no think block added, no default system)."""
-DEFAULT_SYSTEM = {"qwen2_vl": "You are a helpful assistant."}
+DEFAULT_SYSTEM = {"qwen": "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+                  "qwen2_vl": "You are a helpful assistant."}
+"""LLaMA-Factory's default_system of the templates of that name: used when a conversation has no system prompt or an
+empty one (LF: ``system or default_system``). chatml, qwen3_nothink and the others have none."""
 EMPTY_THINK = "<think>\n\n</think>\n\n"
 
 
@@ -107,16 +116,18 @@ class NamedTemplate:
         return self.name in IMAGE_TEMPLATES
 
     def render(self, messages: list, tools: Optional[list], add_generation_prompt: bool, where: str = "") -> str:
+        if self.name in DEFAULT_SYSTEM:
+            system, body = _split_system(messages)
+            if not system:  # none, or empty: LF's ``system or default_system``
+                messages = [{"role": "system", "content": DEFAULT_SYSTEM[self.name]}] + list(body)
         if self.name in IMAGE_TEMPLATES:
-            if self.name in DEFAULT_SYSTEM and not (messages and messages[0]["role"] == "system"):
-                messages = [{"role": "system", "content": DEFAULT_SYSTEM[self.name]}] + list(messages)
             if self.name == "qwen3_vl":
                 messages = [dict(m, content=EMPTY_THINK + m["content"])
                             if m["role"] == "assistant" and "<think>" not in m["content"]
                             and "</think>" not in m["content"] else m for m in messages]
             return _render_chatml(messages, tools, add_generation_prompt, self.eos_token, where)
-        render = {"chatml": _render_chatml, "qwen": _render_chatml, "llama3": _render_llama3,
-                  "mistral": _render_mistral, "plain": _render_plain}[self.name]
+        render = {"chatml": _render_chatml, "qwen": _render_chatml, "qwen3_nothink": _render_chatml,
+                  "llama3": _render_llama3, "mistral": _render_mistral, "plain": _render_plain}[self.name]
         return render(messages, tools, add_generation_prompt, self.eos_token, where)
 
 
@@ -237,6 +248,11 @@ def template_family(tokenizer) -> str:
     return "plain"
 
 
+FALLBACK = {"qwen": "qwen3_nothink"}
+"""The named template used in place of a tokenizer template that cannot be split, per family: a ChatML tokenizer
+(Qwen3's) gets qwen3_nothink, its format without a default system prompt, since its own template adds none."""
+
+
 def named_template(name: str, tokenizer) -> NamedTemplate:
     if name not in NAMED_TEMPLATES:
         raise DataError(f"data.template: unknown template '{name}'; use one of {', '.join(NAMED_TEMPLATES)}"
@@ -281,6 +297,7 @@ def choose_renderer(tokenizer, template: Optional[str]):
             split_pairs(own, probe, tools, "probe")
     except Exception as exc:  # any template error here means "cannot use it turn by turn"
         family = template_family(tokenizer)
+        family = FALLBACK.get(family, family)
         reason = str(exc) if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
         return named_template(family, tokenizer), (
             f"the tokenizer's chat template cannot be split into turns ({reason}); using the named template '{family}'"

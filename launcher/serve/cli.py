@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", default=None, help="required key (default $LAUNCHER_API_KEY); needed off loopback")
     parser.add_argument("--model-name", default=None, help="the model id clients send (default: the run or folder name)")
     parser.add_argument("--checkpoint", default=None, help="serve checkpoint step-N of a run instead of its final model")
-    parser.add_argument("--template", default=None, choices=["chatml", "qwen", "llama3", "mistral", "plain"],
+    parser.add_argument("--template", default=None,
+                        choices=["chatml", "qwen", "qwen3_nothink", "llama3", "mistral", "plain"],
                         help="force a named chat template (default: the run's, else the tokenizer's)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--max-new-tokens", type=int, default=512, help="answer length when a request sets none")

@@ -25,7 +25,8 @@ def test_auto_is_unset_for_training_and_preflight_alike():
 
 def test_the_fallback_is_said_by_the_preflight():
     warnings = run_preflight(compose_config(["data=alpaca_demo", "model=tiny_qwen2_qwentok"]))
-    assert any("using the named template 'qwen'" in w and "training does the same" in w for w in warnings), warnings
+    assert any("using the named template 'qwen3_nothink'" in w and "training does the same" in w
+               for w in warnings), warnings
 
 
 def test_images_with_a_template_without_slot_name_the_models_template():

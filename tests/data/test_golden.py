@@ -6,9 +6,8 @@ the counts, as the list-of-dicts pipeline produced them (commit 52434a9). Any ch
 a row's order or the packing plan changes a hash.
 
 kto_en_demo's entries were regenerated when KTO came (issue 19): its rows are KTO rows now (only the last answer
-trained, never packed), which SFT refuses.
-They were regenerated again with KTO at micro-batch 1 (issue 33): each row also carries its LLaMA-Factory KL
-partner (kl_input_ids, kl_prompt_len); input_ids, labels, kto_tag and prompt_len are as before (checked row by row).
+trained, never packed), which SFT refuses; and again when each KTO row gained its KL partner (kl_input_ids,
+kl_prompt_len: LLaMA-Factory's previous-sample answer, issue 33), the other columns unchanged.
 
 Regenerate only when a change of the rows is intended:  PYTHONPATH=. python tests/data/test_golden.py
 """

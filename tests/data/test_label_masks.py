@@ -75,6 +75,22 @@ def test_tool_call_and_observation_qwen():
     assert tok.convert_tokens_to_ids("<|im_end|>") in [l for l in row["labels"] if l != IGNORE_INDEX]
 
 
+def test_named_qwen_adds_llamafactorys_default_system_and_qwen3_nothink_none():
+    """LF 0.9.5's qwen template: ``system or default_system``; its qwen3_nothink (and our chatml) has none."""
+    tok = qwen_tokenizer()
+    default = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]
+    body = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nYo<|im_end|>\n"
+    qwen = choose_renderer(tok, "qwen")[0]
+    assert qwen.render(chat, None, False) == default + body
+    assert qwen.render([{"role": "system", "content": ""}] + chat, None, False) == default + body
+    assert qwen.render([{"role": "system", "content": "S"}] + chat, None, False).startswith("<|im_start|>system\nS<|im")
+    assert split_pairs(qwen, chat, None, "t") == [(default + "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+                                                  "Yo<|im_end|>\n")]
+    for name in ("qwen3_nothink", "chatml"):
+        assert choose_renderer(tok, name)[0].render(chat, None, False) == body
+
+
 def test_qwen3_template_falls_back_and_keeps_thinking_trained():
     tok = qwen_tokenizer()
     own = TokenizerTemplate(tok)
@@ -83,7 +99,7 @@ def test_qwen3_template_falls_back_and_keeps_thinking_trained():
     prefix = own.render(MULTI["messages"][:3], None, False)
     assert not full.startswith(prefix)
     renderer, note = choose_renderer(tok, None)
-    assert isinstance(renderer, NamedTemplate) and renderer.name == "qwen" and "cannot be split" in note
+    assert isinstance(renderer, NamedTemplate) and renderer.name == "qwen3_nothink" and "cannot be split" in note
     sample = {"messages": [{"role": "user", "content": "Why?"},
                            {"role": "assistant", "content": "<think>\nBecause.\n</think>\n\nSo."}], "tools": None}
     [row] = tokenize_sample(tok, renderer, sample, cutoff_len=1024)

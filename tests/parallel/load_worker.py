@@ -49,9 +49,10 @@ def measure(recipe, args) -> None:
     """The marks and logits the module docstring lists, written into the run dir."""
     cfg, dist_info = recipe.cfg, recipe.dist
     recipe.evaluations = False  # memory and logits of loading and one step; no held-out passes
-    import recipes.sft as sft_module
+    # Recipe.build_policy builds every recipe's model with the build_model it imported
+    import launcher.training.recipe as recipe_module
 
-    build = sft_module.build_model
+    build = recipe_module.build_model
     marks: dict[str, int] = {}
 
     def measured_build(*a, **kw):
@@ -61,7 +62,7 @@ def measure(recipe, args) -> None:
         marks["peak_build_kib"] = status_kib("VmHWM")
         return model
 
-    sft_module.build_model = measured_build
+    recipe_module.build_model = measured_build
     # Modules the build and the first step import on first use, imported now: their code is not the model's
     # memory, and must not count in the peak measured from the reset.
     import importlib

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from launcher.config.compose import compose_config
 from launcher.engines.distributed import init_distributed
+from launcher.inference.trained import load_trained_model
 from launcher.launch.rundir import make_run_dir, write_run_config
 
 
@@ -22,6 +25,19 @@ def run_recipe(recipe_class, output_root: Path, overrides: list[str], name: str 
     finally:
         recipe.cleanup()
     return recipe, run_dir, summary
+
+
+def assert_reload_gives_same_logits(recipe, run_dir: Path, batch: dict):
+    """The run's saved model, loaded as launcher's own tools load it, gives the trained model's logits on
+    ``batch`` (input ids and attention mask) to 1e-5; returns (reloaded model, tokenizer)."""
+    recipe.model.eval()
+    with torch.no_grad():
+        expected = recipe.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    reloaded, tokenizer = load_trained_model(run_dir)
+    with torch.no_grad():
+        got = reloaded.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    return reloaded, tokenizer
 
 
 def records(run_dir: Path, kind: str) -> list[dict]:

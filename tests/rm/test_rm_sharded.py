@@ -20,7 +20,9 @@ UNEVEN = ["data.max_samples=12", "method.rm.probe_pairs=3", "train.micro_batch_s
 @pytest.mark.parametrize("parallelism,method", [("fsdp", "rm"), ("fsdp", "rm_lora")])
 def test_sharded_two_ranks_match_one_process_and_reload(tmp_path, parallelism, method):
     data = letters_data(write_letter_pairs(tmp_path / "letters", n_train=12, n_eval=3))
-    one, one_dir, _ = run_rm(tmp_path / "one", [*data, *UNEVEN, f"method={method}", "train.max_steps=1",
+    # 3 steps of one pair: the probe (never more pairs than the run trains on) holds the same 3 pairs as the
+    # 2-rank run's 2 steps of 2, as in tests/dpo/test_dpo_sharded.py
+    one, one_dir, _ = run_rm(tmp_path / "one", [*data, *UNEVEN, f"method={method}", "train.max_steps=3",
                                                 "train.save_model=false"], name="one")
     expected = records(one_dir, "eval")[0]
 

@@ -19,12 +19,9 @@ import logging
 import sys
 
 from launcher.data import build_preference_datasets
-from launcher.engines.base import build_engine
-from launcher.engines.model_build import build_model
-from launcher.paths import BASE_MODEL_DIR
 from launcher.training.entry import recipe_main
 from launcher.training.objectives import unwrap_loss_module
-from launcher.training.objectives.preference import PreferenceObjective, check_shared_prompt
+from launcher.training.objectives.preference import PreferenceObjective, check_shared_prompts
 from launcher.training.objectives.reference import (describe_reference, frozen_copy, precompute_reference_logps,
                                                     reference_scorer, sharded_parameters)
 from launcher.training.recipe import Recipe
@@ -38,18 +35,11 @@ class DPORecipe(Recipe):
         self.start_setup()  # seed, tokenizer, precision, attention
 
         self.data = build_preference_datasets(cfg, self.tokenizer, attn_implementation=self.attn_impl)
-        for split, rows in (("train", self.data.train), ("eval", self.data.eval or [])):
-            for i, row in enumerate(rows):
-                check_shared_prompt(row, f"{split} pair {i}")
+        check_shared_prompts(self.data)
         self.meter.phase("data")
         self.log_data(self.data)
 
-        model = build_model(cfg, self.tokenizer, dist, self.attn_impl, self.precision,
-                            save_base_to=self.run_dir / BASE_MODEL_DIR if cfg.train.save_model or cfg.train.save_every
-                            else None)
-        self.meter.phase("model")
-        self.log_model(model)
-        self.plan_steps(len(self.data.train))
+        model = self.build_policy()  # logged, and the steps planned from the training rows
 
         objective = PreferenceObjective(self.data, cfg)
         d = cfg.method.dpo
@@ -65,8 +55,7 @@ class DPORecipe(Recipe):
         if objective.uses_reference and cfg.method.finetuning == "full" and not self.precompute:
             self.ref_model = frozen_copy(model, dist.device, cfg, self.tokenizer, self.attn_impl,
                                          self.precision.param_dtype)  # before the engine wraps (or shards) the policy
-        engine = build_engine(cfg, model, dist, self.total_steps, loss_module=objective.loss_module,
-                              precision=self.precision)
+        engine = self.build_engine(model, objective)
         objective.scorer = unwrap_loss_module(engine.module)
         self.engine_forward_is_collective = engine.forward_is_collective
         objective.reference = reference_scorer(cfg, objective.scorer, self.ref_model)

@@ -19,9 +19,6 @@ import logging
 import sys
 
 from launcher.data import build_feedback_datasets
-from launcher.engines.base import build_engine
-from launcher.engines.model_build import build_model
-from launcher.paths import BASE_MODEL_DIR
 from launcher.training.entry import recipe_main
 from launcher.training.objectives import unwrap_loss_module
 from launcher.training.objectives.kto import KTOObjective
@@ -40,19 +37,13 @@ class KTORecipe(Recipe):
         self.meter.phase("data")
         self.log_data(self.data)
 
-        model = build_model(cfg, self.tokenizer, dist, self.attn_impl, self.precision,
-                            save_base_to=self.run_dir / BASE_MODEL_DIR if cfg.train.save_model or cfg.train.save_every
-                            else None)
-        self.meter.phase("model")
-        self.log_model(model)
-        self.plan_steps(len(self.data.train))
+        model = self.build_policy()  # logged, and the steps planned from the training rows
 
         objective = KTOObjective(self.data, cfg)
         # LoRA: the policy with its adapters off is the reference; full: a frozen copy of the starting weights.
         self.ref_model = frozen_copy(model, dist.device, cfg, self.tokenizer, self.attn_impl,
                                     self.precision.param_dtype) if cfg.method.finetuning != "lora" else None
-        engine = build_engine(cfg, model, dist, self.total_steps, loss_module=objective.loss_module,
-                              precision=self.precision)
+        engine = self.build_engine(model, objective)
         objective.scorer = unwrap_loss_module(engine.module)
         objective.reference = reference_scorer(cfg, objective.scorer, self.ref_model)
         self.make_trainer(engine, self.data, objective)

@@ -23,12 +23,9 @@ import logging
 import sys
 
 from launcher.data import build_preference_datasets
-from launcher.engines.base import build_engine
-from launcher.engines.model_build import build_model
-from launcher.paths import BASE_MODEL_DIR
 from launcher.training.entry import recipe_main
 from launcher.training.objectives import unwrap_loss_module
-from launcher.training.objectives.preference import check_shared_prompt
+from launcher.training.objectives.preference import check_shared_prompts
 from launcher.training.objectives.reward_model import RewardModelObjective
 from launcher.training.recipe import Recipe
 
@@ -41,33 +38,29 @@ class RewardModelRecipe(Recipe):
         self.start_setup()  # seed, tokenizer, precision, attention
 
         self.data = build_preference_datasets(cfg, self.tokenizer, attn_implementation=self.attn_impl)
-        for split, rows in (("train", self.data.train), ("eval", self.data.eval or [])):
-            for i, row in enumerate(rows):
-                check_shared_prompt(row, f"{split} pair {i}")
+        check_shared_prompts(self.data)
         # A reward model scores; it does not answer (train.exact_match_samples has nothing to generate with).
         self.data.eval_samples = None
         self.meter.phase("data")
         self.log_data(self.data)
 
         # AutoModelForSequenceClassification, num_labels=1 (launcher.models.reward), built for method=rm
-        model = build_model(cfg, self.tokenizer, dist, self.attn_impl, self.precision,
-                            save_base_to=self.run_dir / BASE_MODEL_DIR if cfg.train.save_model or cfg.train.save_every
-                            else None)
-        if cfg.method.finetuning == "freeze":
-            # The new head has to learn whatever the chosen layers do (LoRA: peft trains it as modules_to_save).
-            model.score.requires_grad_(True)
-        self.meter.phase("model")
-        self.log_model(model)
-        self.plan_steps(len(self.data.train))
+        model = self.build_policy(prepare=self.train_new_head)
 
         objective = RewardModelObjective(self.data, cfg)
-        engine = build_engine(cfg, model, dist, self.total_steps, loss_module=objective.loss_module,
-                              precision=self.precision)
+        engine = self.build_engine(model, objective)
         objective.scorer = unwrap_loss_module(engine.module)
         self.make_trainer(engine, self.data, objective)
         if dist.is_main:
             log.info("rm: pairwise loss on %d training pairs, %s, score at the last non-pad token (pad id %s)",
                      len(self.data.train), cfg.method.finetuning, self.tokenizer.pad_token_id)
+
+
+    def train_new_head(self, model) -> None:
+        """Freeze tuning: the new score head has to learn whatever the chosen layers do (LoRA: peft trains it as
+        modules_to_save)."""
+        if self.cfg.method.finetuning == "freeze":
+            model.score.requires_grad_(True)
 
 
 RECIPE = RewardModelRecipe

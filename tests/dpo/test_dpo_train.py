@@ -5,11 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
-from launcher.inference.trained import load_trained_model
 from tests.dpo.helpers import run_dpo
-from tests.recipe_runs import records
+from tests.recipe_runs import assert_reload_gives_same_logits, records
 
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin", "logps/chosen",
                "logps/rejected")
@@ -33,14 +31,7 @@ def assert_rewards_rise(summary):
 
 
 def assert_same_logits(recipe, run_dir):
-    batch = recipe.data.collate(recipe.data.eval[:4])
-    recipe.model.eval()
-    with torch.no_grad():
-        expected = recipe.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    reloaded, _ = load_trained_model(run_dir)
-    with torch.no_grad():
-        got = reloaded.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert_reload_gives_same_logits(recipe, run_dir, recipe.data.collate(recipe.data.eval[:4]))
 
 
 @pytest.mark.parametrize("method,lr", [("dpo_lora", "4e-2"), ("dpo", "3e-3")])

@@ -6,24 +6,11 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
-from launcher.inference.trained import load_trained_model
 from tests.kto.helpers import fast, run_kto, write_feedback_data
-from tests.recipe_runs import records
+from tests.recipe_runs import assert_reload_gives_same_logits, records
 
 KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margin", "logps/chosen", "logps/rejected", "kl")
-
-
-def assert_same_logits(recipe, run_dir):
-    batch = recipe.data.collate(recipe.data.eval[:4])
-    recipe.model.eval()
-    with torch.no_grad():
-        expected = recipe.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    reloaded, _ = load_trained_model(run_dir)
-    with torch.no_grad():
-        got = reloaded.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("method,lr", [("kto_lora", "1e-1"), ("kto", "3e-3")])
@@ -47,4 +34,4 @@ def test_kto_learns_and_reloads(tmp_path, output_root, method, lr):
     assert after["train_rows/rewards/margin"] > 0.05
     last_eval = records(run_dir, "eval")[-1]
     assert math.isfinite(last_eval["eval/kl"]) and last_eval["eval/kl"] >= 0
-    assert_same_logits(recipe, run_dir)
+    assert_reload_gives_same_logits(recipe, run_dir, recipe.data.collate(recipe.data.eval[:4]))

@@ -7,7 +7,7 @@ import torch
 
 from launcher.config.compose import compose_config
 from launcher.errors import ConfigError
-from launcher.inference.trained import load_trained_model
+from tests.recipe_runs import assert_reload_gives_same_logits
 from tests.test_train import assert_loss_falls, probe_batch, run_sft
 
 
@@ -21,14 +21,7 @@ def test_freeze_trains_only_the_chosen_layers_and_reloads(output_root):
     assert trainable == {n for n, _ in model.named_parameters()
                          if n.startswith("model.layers.3.mlp.") or n == "model.norm.weight"}
     assert_loss_falls(run_dir)
-    batch = probe_batch(recipe)
-    model.eval()
-    with torch.no_grad():
-        expected = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    reloaded, _ = load_trained_model(run_dir)
-    with torch.no_grad():
-        got = reloaded.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    reloaded, _ = assert_reload_gives_same_logits(recipe, run_dir, probe_batch(recipe))
     # the frozen weights are still the initial ones: a fresh build from the same seed has them
     from launcher.engines.model_build import build_model
 

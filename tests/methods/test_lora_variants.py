@@ -7,7 +7,7 @@ import torch
 
 from launcher.config.compose import compose_config
 from launcher.errors import ConfigError
-from launcher.inference.trained import load_trained_model
+from tests.recipe_runs import assert_reload_gives_same_logits
 from tests.test_train import assert_loss_falls, probe_batch, run_sft
 
 
@@ -23,14 +23,7 @@ def test_lora_plus_trains_b_faster_and_reloads(output_root):
     b = [lr for n, lr in peak.items() if "lora_B" in n]
     assert a and b and all(lr == pytest.approx(2e-3) for lr in a) and all(lr == pytest.approx(2e-3 * 16) for lr in b)
     assert_loss_falls(run_dir)
-    batch = probe_batch(recipe)
-    model.eval()
-    with torch.no_grad():
-        expected = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    reloaded, _ = load_trained_model(run_dir)
-    with torch.no_grad():
-        got = reloaded.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert_reload_gives_same_logits(recipe, run_dir, probe_batch(recipe))
 
 
 def test_lora_plus_needs_lora():

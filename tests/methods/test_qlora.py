@@ -18,20 +18,6 @@ CUDA = torch.cuda.is_available()
 BNB = importlib.util.find_spec("bitsandbytes") is not None
 
 
-@pytest.fixture(scope="module")
-def tiny_hf_model(tmp_path_factory):
-    from launcher.models.build import build_base_model
-    from launcher.models.tokenizers import load_tokenizer
-
-    cfg = compose_config([])
-    tokenizer = load_tokenizer(cfg.model)
-    model = build_base_model(cfg, tokenizer, "sdpa", torch.float32)
-    out = tmp_path_factory.mktemp("hf") / "tiny-qwen2"
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 def qlora(model_dir, *extra):
     return ["model=hf", f"model.name_or_path={model_dir}", "method=lora", "method.lora.quantize=4bit", *extra]
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
+
+from tests.torchrun_rank import sft_rank
 
 
 def status_kib(field: str) -> int:
@@ -38,21 +39,20 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint-after", action="store_true",
                         help="after the measurements, write a checkpoint of the step (for the export measurement)")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from launcher.config.schema import load_run_config
-    from launcher.engines.distributed import destroy_distributed, init_distributed
-    from launcher.training.entry import setup_logging
-    from recipes.sft import SFTRecipe
+    with sft_rank(args.run_dir) as recipe:
+        measure(recipe, args)
+    return 0
 
-    cfg = load_run_config(args.run_dir)
-    dist_info = init_distributed(cfg.parallelism.backend)
-    setup_logging(dist_info.rank)
-    recipe = SFTRecipe(cfg, args.run_dir, dist_info)
+
+def measure(recipe, args) -> None:
+    """The marks and logits the module docstring lists, written into the run dir."""
+    cfg, dist_info = recipe.cfg, recipe.dist
     recipe.evaluations = False  # memory and logits of loading and one step; no held-out passes
-    import recipes.sft as sft_module
+    # Recipe.build_policy builds every recipe's model with the build_model it imported
+    import launcher.training.recipe as recipe_module
 
-    build = sft_module.build_model
+    build = recipe_module.build_model
     marks: dict[str, int] = {}
 
     def measured_build(*a, **kw):
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         marks["peak_build_kib"] = status_kib("VmHWM")
         return model
 
-    sft_module.build_model = measured_build
+    recipe_module.build_model = measured_build
     # Modules the build and the first step import on first use, imported now: their code is not the model's
     # memory, and must not count in the peak measured from the reset.
     import importlib
@@ -71,28 +71,23 @@ def main(argv=None) -> int:
                  "torch.distributed.fsdp", "torch.distributed.checkpoint",
                  *(["deepspeed"] if cfg.parallelism.strategy == "deepspeed" else [])):
         importlib.import_module(name)
-    try:
-        recipe.setup()
-        marks["peak_setup_kib"] = status_kib("VmHWM")
-        engine = recipe.engine
-        engine.eval()
-        ids = torch.tensor([[int(t) for t in args.probe.split(",")]])
-        with torch.no_grad(), engine.inference_context():
-            logits = engine.model(input_ids=ids.to(dist_info.device)).logits
-        marks["peak_probe_kib"] = status_kib("VmHWM")
-        engine.train()
-        recipe.train()
-        marks["peak_step_kib"] = status_kib("VmHWM")
-        marks["report"] = engine.report()
-        if args.checkpoint_after:
-            recipe.trainer.save_checkpoint()  # collective: every rank writes its shard
-        (args.run_dir / f"load_rank{dist_info.rank}.json").write_text(json.dumps(marks))
-        if dist_info.is_main:
-            torch.save(logits.float().cpu(), args.run_dir / "load_logits.pt")
-    finally:
-        recipe.cleanup()
-        destroy_distributed()
-    return 0
+    recipe.setup()
+    marks["peak_setup_kib"] = status_kib("VmHWM")
+    engine = recipe.engine
+    engine.eval()
+    ids = torch.tensor([[int(t) for t in args.probe.split(",")]])
+    with torch.no_grad(), engine.inference_context():
+        logits = engine.model(input_ids=ids.to(dist_info.device)).logits
+    marks["peak_probe_kib"] = status_kib("VmHWM")
+    engine.train()
+    recipe.train()
+    marks["peak_step_kib"] = status_kib("VmHWM")
+    marks["report"] = engine.report()
+    if args.checkpoint_after:
+        recipe.trainer.save_checkpoint()  # collective: every rank writes its shard
+    (args.run_dir / f"load_rank{dist_info.rank}.json").write_text(json.dumps(marks))
+    if dist_info.is_main:
+        torch.save(logits.float().cpu(), args.run_dir / "load_logits.pt")
 
 
 if __name__ == "__main__":

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
+
+from tests.torchrun_rank import sft_rank
 
 PROBE_FILE = "probe_logits.pt"
 PROBE_ROWS = 3
@@ -23,18 +24,9 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint-after", action="store_true",
                         help="also write a checkpoint of the final step (its export must give the probe logits)")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from launcher.config.schema import load_run_config
-    from launcher.engines.distributed import destroy_distributed, init_distributed
-    from launcher.training.entry import setup_logging
-    from recipes.sft import SFTRecipe
-
-    cfg = load_run_config(args.run_dir)
-    dist_info = init_distributed(cfg.parallelism.backend)
-    setup_logging(dist_info.rank)
-    recipe = SFTRecipe(cfg, args.run_dir, dist_info)
-    try:
+    with sft_rank(args.run_dir) as recipe:
+        dist_info = recipe.dist
         recipe.setup()
         recipe.train()
         if args.checkpoint_after:
@@ -49,9 +41,6 @@ def main(argv=None) -> int:
             torch.save({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
                         "logits": logits.float().cpu()}, args.run_dir / PROBE_FILE)
             (args.run_dir / "engine.json").write_text(json.dumps(engine.report()))
-    finally:
-        recipe.cleanup()
-        destroy_distributed()
     return 0
 
 

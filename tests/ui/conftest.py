@@ -56,6 +56,15 @@ def start_ui(root: Path, port: int, log: Path, extra_args: tuple = ()) -> subpro
                                  *extra_args], cwd=str(REPO_ROOT), env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
+def stop_ui(proc: subprocess.Popen) -> None:
+    """Ask the server to stop; kill it when it has not within 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 @pytest.fixture(scope="session")
 def ui_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("ui-runs")
@@ -77,11 +86,7 @@ def ui_server(request, ui_root):
         wait_for_page(url, proc, log)
         yield url, ui_root
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_ui(proc)
         errors = [line for line in log.read_text(errors="replace").splitlines() if "Traceback" in line]
         if errors:  # a handler failed: the page showed a toast, the cause is in the server log
             print(f"launcher ui logged {len(errors)} traceback(s); see {log}")

@@ -8,14 +8,13 @@ import http.client
 import json
 import os
 import re
-import subprocess
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.ui.conftest import free_port, start_ui, wait_for_page
+from tests.ui.conftest import free_port, start_ui, stop_ui, wait_for_page
 from tests.ui.test_browser import expect, fill, textbox
 
 TOKEN = "tok-" + uuid.uuid4().hex[:12]
@@ -51,11 +50,7 @@ def secured(tmp_path_factory):
         wait_for_page(f"http://127.0.0.1:{port}/", proc, log)
         yield port, tmp
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_ui(proc)
 
 
 def request(port: int, method: str, path: str, body: bytes = b"", headers: dict = None, source: str = "127.0.0.1"):

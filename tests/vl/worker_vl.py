@@ -4,28 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
+
+from tests.torchrun_rank import sft_rank
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run-dir", required=True, type=Path)
     args = parser.parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from launcher.config.schema import load_run_config
-    from launcher.engines.distributed import destroy_distributed, init_distributed
-    from launcher.training.entry import setup_logging
-    from recipes.sft import SFTRecipe
-
-    cfg = load_run_config(args.run_dir)
-    dist_info = init_distributed(cfg.parallelism.backend)
-    setup_logging(dist_info.rank)
-    recipe = SFTRecipe(cfg, args.run_dir, dist_info)
     seen = []
-    try:
+    with sft_rank(args.run_dir) as recipe:
+        rank = recipe.dist.rank
         recipe.setup()
         collate = recipe.trainer.objective.collate
 
@@ -38,10 +30,7 @@ def main(argv=None) -> int:
         recipe.trainer.objective.collate = recording
         recipe.train()
         engine = recipe.engine.report()
-    finally:
-        recipe.cleanup()
-        destroy_distributed()
-    (args.run_dir / f"batches_rank{dist_info.rank}.json").write_text(json.dumps({"batches": seen, "engine": engine}))
+    (args.run_dir / f"batches_rank{rank}.json").write_text(json.dumps({"batches": seen, "engine": engine}))
     return 0
 
 

@@ -39,6 +39,12 @@ def forwards_for(batches: list[list[int]], collective: bool, device) -> list[tup
     return [(batches[k], True) if k < len(batches) else (filler, False) for k in range(n)]
 
 
+def first_and_last_eval(trainer) -> tuple[Optional[dict], Optional[dict]]:
+    """The run's eval record before training (None when there was none) and its latest one (None when none)."""
+    first = next((e for e in trainer.evals if e["step"] == 0), None)
+    return first, (trainer.evals[-1] if trainer.evals else None)
+
+
 class Objective:
     name = "objective"
     stat_keys: tuple = ()
@@ -88,6 +94,12 @@ class RewardObjective(Objective):
 
     probe_prefix = "train_rows"
     """The eval record's prefix for the probe of training rows."""
+
+    def __init__(self, data, cfg):
+        self.data = data
+        self.cfg = cfg
+        self.scorer: Optional[nn.Module] = None
+        """The loss module without wrappers (set once the engine is built): held-out and probe scoring."""
 
     def probe_count(self) -> int:
         raise NotImplementedError
@@ -152,8 +164,7 @@ class RewardObjective(Objective):
     def finish(self, trainer, summary: dict) -> None:
         from launcher.training.process_stats import peak_rss_gb
 
-        first = next((e for e in trainer.evals if e["step"] == 0), None)
-        last = trainer.evals[-1] if trainer.evals else None
+        first, last = first_and_last_eval(trainer)
         summary["rewards_before"] = first and {k: v for k, v in first.items() if "rewards/" in k}
         summary["rewards_after"] = last and {k: v for k, v in last.items() if "rewards/" in k}
         summary["peak_rss_mb"] = round(peak_rss_gb() * 1024, 1)

@@ -32,7 +32,7 @@ from torch import nn
 
 from launcher.engines.distributed import all_reduce_sum
 from launcher.training.loss import IGNORE_INDEX
-from launcher.training.objectives.base import RewardObjective
+from launcher.training.objectives.base import RewardObjective, first_and_last_eval
 from launcher.training.objectives.preference import SequenceLogProbs
 
 log = logging.getLogger("launcher.kto")
@@ -69,12 +69,9 @@ class KTOObjective(RewardObjective):
     stat_keys = STAT_KEYS
 
     def __init__(self, data, cfg):
-        self.data = data
-        self.cfg = cfg
+        super().__init__(data, cfg)  # and ``scorer``: the policy's SequenceLogProbs without wrappers
         self.kto = cfg.method.kto
         self.uses_reference = True
-        self.scorer: Optional[nn.Module] = None
-        """The policy's SequenceLogProbs without wrappers (set once the engine is built)."""
         self.reference: Optional[Callable[[dict], torch.Tensor]] = None
         """batch -> reference log-probs [2B] (rows, then mismatched rows)."""
 
@@ -162,8 +159,7 @@ class KTOObjective(RewardObjective):
     # ------------------------------------------------------------------------------------ evaluation
 
     def log_result(self, trainer) -> None:
-        first = next((e for e in trainer.evals if e["step"] == 0), None)
-        last = trainer.evals[-1] if trainer.evals else None
+        first, last = first_and_last_eval(trainer)
         for prefix in ("train_rows", "eval"):
             key = f"{prefix}/rewards/margin"
             if first and last and key in first and key in last:

@@ -17,7 +17,7 @@ from torch import nn
 
 from launcher.errors import DataError
 from launcher.training.loss import IGNORE_INDEX, backbone_hidden, chunked_token_logprobs
-from launcher.training.objectives.base import RewardObjective
+from launcher.training.objectives.base import RewardObjective, first_and_last_eval
 from launcher.training.preference_loss import PairTerms, needs_reference, orpo_nll_sum, pair_terms
 
 log = logging.getLogger("launcher.dpo")
@@ -63,18 +63,33 @@ def check_shared_prompt(row: dict, where: str) -> None:
             raise DataError(f"{where}: the {side} answer has no trained token (cut by data.cutoff_len?)")
 
 
+def check_shared_prompts(data) -> None:
+    """``check_shared_prompt`` on every training and held-out pair of ``data``."""
+    for split, rows in (("train", data.train), ("eval", data.eval or [])):
+        for i, row in enumerate(rows):
+            check_shared_prompt(row, f"{split} pair {i}")
+
+
+def log_pair_rewards(trainer, logger: logging.Logger, accuracy: str) -> None:
+    """The ``accuracy`` (pairs whose chosen row is rewarded more) and the margin before -> after training, on the
+    training-pair probe and the held-out pairs: what a pair objective (DPO's family, the reward model) achieved."""
+    first, last = first_and_last_eval(trainer)
+    for prefix in ("train_pairs", "eval"):
+        key = f"{prefix}/rewards/accuracy"
+        if first and last and key in first:
+            logger.info("%s: %s %.3f -> %.3f, margin %.4f -> %.4f", prefix, accuracy, first[key], last[key],
+                        first[f"{prefix}/rewards/margin"], last[f"{prefix}/rewards/margin"])
+
+
 class PreferenceObjective(RewardObjective):
     name = "preference"
     probe_prefix = "train_pairs"
     stat_keys = STAT_KEYS
 
     def __init__(self, data, cfg):
-        self.data = data
-        self.cfg = cfg
+        super().__init__(data, cfg)  # and ``scorer``: the policy's SequenceLogProbs without wrappers
         self.dpo = cfg.method.dpo
         self.uses_reference = needs_reference(self.dpo.loss_type)
-        self.scorer: Optional[nn.Module] = None
-        """The policy's SequenceLogProbs without wrappers (set once the engine is built)."""
         self.reference: Optional[Callable[[dict], torch.Tensor]] = None
         """batch -> reference log-probs [2B], when the loss needs a reference and the rows carry none."""
 
@@ -158,10 +173,4 @@ class PreferenceObjective(RewardObjective):
     # ------------------------------------------------------------------------------------ evaluation
 
     def log_result(self, trainer) -> None:
-        first = next((e for e in trainer.evals if e["step"] == 0), None)
-        last = trainer.evals[-1] if trainer.evals else None
-        for prefix in ("train_pairs", "eval"):
-            key = f"{prefix}/rewards/accuracy"
-            if first and last and key in first:
-                log.info("%s: reward accuracy %.3f -> %.3f, margin %.4f -> %.4f", prefix, first[key], last[key],
-                         first[f"{prefix}/rewards/margin"], last[f"{prefix}/rewards/margin"])
+        log_pair_rewards(trainer, log, "reward accuracy")

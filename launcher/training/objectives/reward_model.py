@@ -10,13 +10,13 @@ higher), rewards/margin.
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from launcher.training.objectives.base import RewardObjective
+from launcher.training.objectives.preference import log_pair_rewards
 
 log = logging.getLogger("launcher.rm")
 
@@ -49,12 +49,6 @@ class RewardModelObjective(RewardObjective):
     name = "reward_model"
     probe_prefix = "train_pairs"
     stat_keys = STAT_KEYS
-
-    def __init__(self, data, cfg):
-        self.data = data
-        self.cfg = cfg
-        self.scorer: Optional[nn.Module] = None
-        """The SequenceScores without wrappers (set once the engine is built): held-out scoring."""
 
     def loss_module(self, model: nn.Module, cfg) -> nn.Module:
         return SequenceScores(model)
@@ -120,10 +114,4 @@ class RewardModelObjective(RewardObjective):
     # ------------------------------------------------------------------------------------ evaluation
 
     def log_result(self, trainer) -> None:
-        first = next((e for e in trainer.evals if e["step"] == 0), None)
-        last = trainer.evals[-1] if trainer.evals else None
-        for prefix in ("train_pairs", "eval"):
-            key = f"{prefix}/rewards/accuracy"
-            if first and last and key in first:
-                log.info("%s: pair accuracy %.3f -> %.3f, margin %.4f -> %.4f", prefix, first[key], last[key],
-                         first[f"{prefix}/rewards/margin"], last[f"{prefix}/rewards/margin"])
+        log_pair_rewards(trainer, log, "pair accuracy")

@@ -404,3 +404,16 @@ def describe_precision(cfg: Config) -> str:
         return f"float16 compute, fp32 master weights, dynamic loss scaling ({scaler})"
     name = "bfloat16" if dtype == "bfloat16" else "bfloat16 where the GPU has it (else float32)"
     return f"{name} compute, fp32 master weights"
+
+
+def check_reward_model(problems: Problems, cfg: Config) -> None:
+    """method=rm scores text with AutoModelForSequenceClassification (launcher.models.reward), which has no class
+    for a vision-language model."""
+    if cfg.method.name != "rm":
+        return
+    from launcher.models.vision import vision_info
+
+    if vision_info(cfg.model):
+        raise ConfigError(f"model: method=rm scores text with AutoModelForSequenceClassification, which has no"
+                          f" class for the vision-language model {cfg.model.name_or_path or cfg.model.arch};"
+                          " use a text-only model")

@@ -26,7 +26,7 @@ from launcher.checks.config import check_batch, check_config
 from launcher.checks.data import check_data_choices, check_datasets
 from launcher.checks.memory import check_memory
 from launcher.checks.model import (check_dtype, check_freeze_modules, check_hub_model, check_lora_targets,
-                                   check_model, check_tokenizer, check_weights)
+                                   check_model, check_reward_model, check_tokenizer, check_weights)
 from launcher.checks.problems import Problems
 from launcher.checks.resources import (check_cluster, check_local_resources, check_output_root, check_packages,
                                        check_qlora, check_resume, check_slurm_resources)
@@ -35,7 +35,7 @@ from launcher.errors import PreflightError
 
 CHECKS = (check_config, check_cluster, check_local_resources, check_slurm_resources, check_packages, check_qlora,
           check_batch,
-          check_datasets, check_data_choices, check_model, check_hub_model, check_weights, check_tokenizer,
+          check_datasets, check_data_choices, check_model, check_reward_model, check_hub_model, check_weights, check_tokenizer,
           check_lora_targets, check_freeze_modules, check_dtype, check_resume, check_output_root, check_memory)
 """In this order: the config first (a later check may assume its values in range; ``Problems.check`` keeps a
 broken value's follow-up error from hiding the line that matters)."""

@@ -596,9 +596,9 @@ def check_combinations(cfg: Config) -> None:
     if m.name == "dpo":
         validate_dpo(m.dpo)
     if m.name == "rm":
-        from launcher.config.reward_checks import check_reward_model
-
-        check_reward_model(cfg)
+        if m.lora.quantize is not None:
+            raise ConfigError("method.lora.quantize: a quantized (QLoRA) base is not built as a reward model here;"
+                              " use method=rm_lora with method.lora.quantize=null")
     if m.name == "pretrain" and not d.packing:
         raise ConfigError("data.packing: method=pretrain packs documents (each ends with the end-of-text token and"
                           " attends only to itself); set data.packing=true (data=c4_demo and data=wiki_demo do)")

@@ -34,7 +34,7 @@ def test_every_message_the_ui_names_exists():
     """Each Note("...") / message("...") in launcher/ui names a key of MESSAGES (a typo fails here, not in a
     handler), and every key is used."""
     used = set()
-    for path in UI_DIR.glob("*.py"):
+    for path in UI_DIR.rglob("*.py"):  # the tabs too
         used |= set(re.findall(r"""(?:Note|message)\(\s*["']([a-z_]+)["']""", path.read_text()))
     assert used - set(MESSAGES) == set()
     assert set(MESSAGES) - used == set()

@@ -49,8 +49,8 @@ def test_bench_reports_consistent_figures(output_root, capsys):
 def test_bench_report_names_the_dataset_that_trained(output_root):
     """DPO on dpo_en_demo over experiment=bench_reference keeps data=alpaca_demo's group name; bench.json names
     the dataset that trained (it said alpaca-demo)."""
-    from launcher.bench import bench_report
-    from launcher.rundir import make_run_dir, write_run_config
+    from launcher.launch.bench import bench_report
+    from launcher.launch.rundir import make_run_dir, write_run_config
 
     cfg = compose_config(["experiment=bench_reference", "method=dpo_lora", "data.datasets=[dpo_en_demo]",
                           "data.cutoff_len=1024"])

@@ -95,7 +95,10 @@ def child(argv: list[str], timing_out: Path) -> int:
             setattr(klass, attr, wrap(vars(klass)[attr], phase))
             patched.append(f"{module}.{cls}.{attr}")
 
-    from launcher.bench import bench_main
+    try:
+        from launcher.launch.bench import bench_main
+    except ImportError:  # a checkout from before the launch package (e.g. 3d80684)
+        from launcher.bench import bench_main
 
     rc = bench_main(argv)
     timed = {p: totals[p] for p in PHASES if p != "other"}

@@ -41,7 +41,11 @@ class SlowEngine:
 
 
 def run(coro):
-    return asyncio.run(coro)
+    # On a thread of its own: a session-wide browser (Playwright's sync API) may hold this thread's loop.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def client(app):

@@ -46,5 +46,9 @@ def test_non_ranking_data_is_refused_at_the_dry_run_naming_the_dataset(tmp_path,
     (["method=rm", "method.rm.probe_pairs=-1"], "method.rm.probe_pairs"),
 ])
 def test_what_is_not_a_reward_model_is_refused(overrides, match):
-    with pytest.raises(ConfigError, match=match):
-        compose_config(["data=prefs", *overrides])
+    """Refused when the config is checked: by the schema, or (the model's kind) by the preflight's model check."""
+    from launcher.checks.preflight import run_preflight
+    from launcher.errors import PreflightError
+
+    with pytest.raises((ConfigError, PreflightError), match=match):
+        run_preflight(compose_config(["data=prefs", *overrides]))

@@ -111,6 +111,10 @@ def plan_run(overrides: Sequence[str], name: Optional[str] = None, *, sweep: boo
             plan.warnings = run_preflight(cfg)
         except PreflightError as exc:
             plan.refusal = exc
+    from launcher.config.text_values import text_problems
+
+    if plan.refusal is not None and text_problems(cfg):
+        return plan  # a value with a newline would break the script's lines: nothing is rendered from it
     try:
         plan.would_run = describe_run(cfg, plan.name)
     except LauncherError as exc:

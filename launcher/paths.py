@@ -26,8 +26,14 @@ def _checkout_of(code_root: Path) -> Path:
 REPO_ROOT = _checkout_of(CODE_ROOT)
 """The checkout: conf/, data/ and the default cache live under it (also when the code runs from a snapshot)."""
 
-SHIPPED_LF_DATA = REPO_ROOT / "data" / "llamafactory"
-"""The part of LLaMA-Factory's demo data the presets need (data=alpaca_demo, ...; LLAMAFACTORY_DATA replaces it)."""
+LF_DATA_ENV = "LLAMAFACTORY_DATA"
+"""The environment variable that names LLaMA-Factory's data folder (``data/`` of a LLaMA-Factory clone, with its
+dataset_info.json and demo files), which the demo presets (data=alpaca_demo, kto_demo, c4_demo, mllm_demo,
+wiki_demo) read; conf/data/*_demo.yaml name it and ``LF_DATA_BESIDE_CHECKOUT``, its fallback."""
+LF_DATA_BESIDE_CHECKOUT = REPO_ROOT.parent / "shared" / "datasets" / "llamafactory-demo"
+"""Where the demo presets look when LLAMAFACTORY_DATA is unset (``../shared/datasets/llamafactory-demo``)."""
+LF_DATA_SOURCE = "git clone https://github.com/hiyouga/LLaMA-Factory: LLaMA-Factory/data"
+"""Where LLaMA-Factory keeps dataset_info.json and its demo files, for messages."""
 
 CONFIG_FILE = "config.yaml"
 """The resolved config, written by the launcher; what every rank reads (no Hydra on the ranks)."""

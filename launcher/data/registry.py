@@ -6,6 +6,7 @@ editing a file it copied from LLaMA-Factory.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -132,9 +133,7 @@ def load_registry(dataset_dir: Path) -> Registry:
     dataset_dir = Path(dataset_dir)
     paths = [p for p in (dataset_dir / "dataset_info.json", dataset_dir / "dataset_info.yaml") if p.is_file()]
     if not paths:
-        raise DataError(
-            f"{dataset_dir}: no dataset_info.json in data.dataset_dir; point data.dataset_dir at the folder that has it"
-        )
+        raise DataError(missing_info_file(dataset_dir))
     raw: dict[str, tuple] = {}
     for path in paths:
         for name, entry in _read_info_file(path).items():
@@ -142,16 +141,32 @@ def load_registry(dataset_dir: Path) -> Registry:
     return Registry(raw, dataset_dir)
 
 
+def is_lf_data_default(dataset_dir: Path) -> bool:
+    """Whether ``dataset_dir`` is where the LLaMA-Factory demo presets look: $LLAMAFACTORY_DATA, or its fallback
+    beside the checkout."""
+    from launcher.paths import LF_DATA_BESIDE_CHECKOUT, LF_DATA_ENV
+
+    places = [LF_DATA_BESIDE_CHECKOUT] + ([Path(os.environ[LF_DATA_ENV])] if os.environ.get(LF_DATA_ENV) else [])
+    return any(Path(dataset_dir).resolve() == Path(place).resolve() for place in places)
+
+
+def missing_info_file(dataset_dir: Path) -> str:
+    """The message for a data.dataset_dir without dataset_info.json: for the LLaMA-Factory demo presets, which
+    folder to point LLAMAFACTORY_DATA at and where LLaMA-Factory keeps it."""
+    from launcher.paths import LF_DATA_ENV, LF_DATA_SOURCE
+
+    if is_lf_data_default(dataset_dir):
+        state = f"{LF_DATA_ENV}={os.environ[LF_DATA_ENV]}" if os.environ.get(LF_DATA_ENV) else f"{LF_DATA_ENV} unset"
+        return (f"{dataset_dir}: no dataset_info.json ({state}); the LLaMA-Factory demo presets read LLaMA-Factory's"
+                f" data folder: set {LF_DATA_ENV}=/path/to/LLaMA-Factory/data ({LF_DATA_SOURCE}) or"
+                " data.dataset_dir=DIR")
+    return f"{dataset_dir}: no dataset_info.json in data.dataset_dir; point data.dataset_dir at the folder that has it"
+
+
 def unknown_dataset(name: str, where: Path, specs: Mapping) -> str:
     """The message for a dataset name that ``where``/dataset_info.json lacks."""
-    from launcher.paths import SHIPPED_LF_DATA
-
     known = ", ".join(sorted(specs)) or "(none)"
-    message = f"unknown dataset '{name}' in {where}/dataset_info.json; datasets there: {known}"
-    if Path(where).resolve() == SHIPPED_LF_DATA.resolve():
-        message += (" (the project ships only these of LLaMA-Factory's demo sets; for the others set"
-                    " LLAMAFACTORY_DATA=/path/to/LLaMA-Factory/data, its repository's data/ folder)")
-    return message
+    return f"unknown dataset '{name}' in {where}/dataset_info.json; datasets there: {known}"
 
 
 def lookup(specs: Mapping, name: str, where: Path) -> DatasetSpec:

@@ -11,9 +11,11 @@ import pytest
 
 from launcher.config.compose import compose_config
 from launcher.data import build_feedback_datasets, kl_partner_records
-from launcher.paths import SHIPPED_LF_DATA
+from tests.conftest import SHARED_DEMO
 
 FIXTURE = Path(__file__).with_name("fixtures") / "lf_kto_en_demo.json"
+# kto_en_demo is LLaMA-Factory's (its data folder); the pure pairing test below needs nothing.
+needs_lf_data = pytest.mark.skipif(not SHARED_DEMO.is_dir(), reason=f"no LLaMA-Factory demo data at {SHARED_DEMO}")
 
 
 def digest(ids: list) -> str:
@@ -27,7 +29,7 @@ def test_partners_rotate_within_blocks_of_each_source():
 
 
 def kl_rows(overrides: list, tokenizer=None):
-    cfg = compose_config(["method=kto_lora", "data=kto_demo", f"data.dataset_dir={SHIPPED_LF_DATA}", "data.val_size=0",
+    cfg = compose_config(["method=kto_lora", "data=kto_demo", f"data.dataset_dir={SHARED_DEMO}", "data.val_size=0",
                           "data.use_cache=false", "train.micro_batch_size=1", *overrides])
     if tokenizer is None:
         from launcher.models.tokenizers import load_tokenizer
@@ -40,6 +42,7 @@ def kl_rows(overrides: list, tokenizer=None):
         yield row, batch["input_ids"][1][keep].tolist(), batch["labels"][1][keep].tolist()
 
 
+@needs_lf_data
 def test_a_batch_of_one_row_takes_the_previous_samples_answer():
     from launcher.models.tokenizers import build_char_tokenizer
 
@@ -53,6 +56,7 @@ def test_a_batch_of_one_row_takes_the_previous_samples_answer():
         assert kl_labels == [-100] * p + answer
 
 
+@needs_lf_data
 @pytest.mark.skipif(not FIXTURE.is_file(), reason="no LLaMA-Factory fixture (tests/kto/fixtures/make_lf_kto_reference.py)")
 def test_kl_rows_equal_llamafactorys_on_kto_en_demo():
     """Every row of kto_en_demo (qwen template, Qwen's tokenizer): our row and its KL row equal LF 0.9.5's

@@ -17,6 +17,7 @@ from launcher.config.llamafactory import (
     deepspeed_choice, hydra_value, parallelism_overrides, read_yaml, translate, translate_file,
 )
 from launcher.errors import ConfigError
+from tests.conftest import SHARED_DEMO
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -306,11 +307,13 @@ def test_yaml_positional_points_to_from_llamafactory(capsys, write_lf):
     assert f"use launcher train --from-llamafactory {path}" in err and len(err.strip().splitlines()) == 1
 
 
+needs_lf_data = pytest.mark.skipif(not SHARED_DEMO.is_dir(), reason=f"no LLaMA-Factory demo data at {SHARED_DEMO}")
+
+
+@needs_lf_data
 @pytest.mark.parametrize("shape", ["kto", "pretrain"])
 def test_dry_run_kto_and_pretrain_from_llamafactory_examples(tmp_path, write_lf, tiny_hf_model, capsys, shape):
-    from launcher.paths import SHIPPED_LF_DATA
-
-    path = write_lf(fill(KTO if shape == "kto" else PRETRAIN, tiny_hf_model, SHIPPED_LF_DATA, tmp_path))
+    path = write_lf(fill(KTO if shape == "kto" else PRETRAIN, tiny_hf_model, SHARED_DEMO, tmp_path))
     args = ["train", "--from-llamafactory", str(path), "train.max_steps=3", "--dry-run"]
     # the documented KTO file trains one row per device: its KL rows take LF's pairing (tests/kto/test_kto_data.py)
     assert cli_main(args) == 0
@@ -447,12 +450,11 @@ QWEN3_KTO = {
 }
 
 
+@needs_lf_data
 def test_llamafactorys_kto_example_trains_as_written(tmp_path, write_lf, tiny_hf_model):
     """qwen3_lora_kto.yaml (one row per device, 8 accumulated) with only the model, the paths and the length of
     the run changed: a tiny local model, 2 steps."""
-    from launcher.paths import SHIPPED_LF_DATA
-
-    lf = {**fill(QWEN3_KTO, tiny_hf_model, SHIPPED_LF_DATA, tmp_path), "max_steps": 2, "logging_steps": 1,
+    lf = {**fill(QWEN3_KTO, tiny_hf_model, SHARED_DEMO, tmp_path), "max_steps": 2, "logging_steps": 1,
           "bf16": False}
     assert lf["per_device_train_batch_size"] == 1 and lf["gradient_accumulation_steps"] == 8
     path = write_lf(lf)

@@ -25,6 +25,9 @@ commands:
   chat RUN_DIR [--system TEXT] [--base]            chat with the trained model in the terminal
   serve RUN_DIR|MODEL_DIR [--host H] [--port N] [--api-key K]
                                                    OpenAI-compatible API (/v1/chat/completions, streaming)
+  predict|export|chat|serve --from-llamafactory FILE.yaml [ARGS...] [--dry-run]
+                                                   a LLaMA-Factory do_predict / merge / inference file,
+                                                   translated (the equivalent command is printed) and run
   bench [OVERRIDES...] [--steps N]                 speed and memory of N training steps (experiment=bench_reference)
   plot RUN_DIR                                     redraw the loss plot of a run
   ui [--host 127.0.0.1] [--port 7860] [--root DIR] web app: compose, check, submit, watch, compare, chat
@@ -58,8 +61,66 @@ def expand_llamafactory(argv: list[str]) -> list[str]:
     return argv
 
 
+def llamafactory_file(argv: list[str]) -> tuple[int, str] | None:
+    """(index, path) of ``--from-llamafactory FILE`` (or ``--from-llamafactory=FILE``) in argv, or None."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--from-llamafactory="):
+            return i, arg.split("=", 1)[1]
+        if arg == "--from-llamafactory":
+            if i + 1 >= len(argv):
+                raise ConfigError("--from-llamafactory: give the LLaMA-Factory YAML file")
+            return i, argv[i + 1]
+    return None
+
+
+def from_llamafactory_after(command: str, main_function: Callable[[list[str]], int]) -> Callable[[list[str]], int]:
+    """``launcher predict|export|chat|serve --from-llamafactory FILE [more args] [--dry-run]``: the file
+    translated to the command's arguments (launcher.config.llamafactory_after), the equivalent command printed,
+    then run (with --dry-run: not run)."""
+
+    def call(argv: list[str]) -> int:
+        found = None if any(a in ("-h", "--help") for a in argv) else llamafactory_file(argv)
+        if found is None:
+            return main_function(argv)
+        i, path = found
+        rest = argv[:i] + argv[i + (1 if "=" in argv[i] else 2):]
+        dry_run = "--dry-run" in rest
+        rest = [a for a in rest if a != "--dry-run"]
+        from pathlib import Path
+
+        from launcher.config.llamafactory_after import translate_after_file
+        from launcher.shell import shell_command
+
+        translation = translate_after_file(Path(path), command)
+        for note in translation.notes:
+            print(f"note: {note}", file=sys.stderr)
+        argv = translation.argv + rest
+        print("# equivalent command:\n" + shell_command(["launcher", command, *argv]), flush=True)
+        if dry_run:
+            print(f"dry run: nothing was run (launcher {command})")
+            return 0
+        return main_function(argv)
+
+    call.__name__ = getattr(main_function, "__name__", command)
+    return call
+
+
 def train_main(argv: list[str]) -> int:
     help_asked = any(a in ("-h", "--help") for a in argv)
+    found = None if help_asked else llamafactory_file(argv)
+    if found is not None:  # a do_predict or export file given to train goes where LLaMA-Factory would send it
+        from pathlib import Path
+
+        from launcher.config.llamafactory import read_yaml
+        from launcher.config.llamafactory_after import command_for
+
+        command = command_for(read_yaml(Path(found[1]))[0])
+        if command == "predict":
+            print(f"note: {found[1]}: do_predict: true -> launcher predict --from-llamafactory", file=sys.stderr)
+            return COMMANDS["predict"](argv)
+        if command == "export":
+            raise ConfigError(f"{found[1]}: export_dir: a merge/export file; use launcher export --from-llamafactory"
+                              f" {found[1]}")
     if not help_asked:  # --help lists this command's flags whatever else the line holds
         argv = expand_llamafactory(argv)
         refuse_config_files([a for a in argv if not a.startswith("-")])
@@ -161,10 +222,10 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "status": _lazy("launcher.slurm.jobs", "status_main"),
     "logs": _lazy("launcher.slurm.jobs", "logs_main"),
     "cancel": _lazy("launcher.slurm.jobs", "cancel_main"),
-    "export": _lazy("launcher.export.cli", "export_main"),
-    "predict": _lazy("launcher.inference.predict_cli", "predict_main"),
-    "chat": _lazy("launcher.inference.chat", "chat_main"),
-    "serve": _lazy("launcher.serve.cli", "serve_main"),
+    "export": from_llamafactory_after("export", _lazy("launcher.export.cli", "export_main")),
+    "predict": from_llamafactory_after("predict", _lazy("launcher.inference.predict_cli", "predict_main")),
+    "chat": from_llamafactory_after("chat", _lazy("launcher.inference.chat", "chat_main")),
+    "serve": from_llamafactory_after("serve", _lazy("launcher.serve.cli", "serve_main")),
     "ui": _lazy("launcher.ui.server", "ui_main"),
 }
 

@@ -21,6 +21,10 @@ def export_main(argv: list[str]) -> int:
     parser.add_argument("--dtype", default=None, choices=["keep", "bfloat16", "float16", "float32", "f32", "f16", "q8_0"],
                         help="hf: keep (default), bfloat16, float16, float32; gguf: f32, f16 (default), q8_0")
     parser.add_argument("--force", action="store_true", help="replace an existing target folder")
+    parser.add_argument("--from-llamafactory", metavar="FILE.yaml", default=None,
+                        help="a LLaMA-Factory merge/export (export_dir) file: translated to these arguments; the equivalent command is"
+                             " printed")
+    parser.add_argument("--dry-run", action="store_true", help="with --from-llamafactory: print the command, run nothing")
     args = parser.parse_args(argv)
     if args.format == "gguf":
         from launcher.errors import ConfigError

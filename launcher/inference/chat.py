@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug-prompt", action="store_true", help="print each rendered prompt to stderr")
     parser.add_argument("--log", default=None, help="conversation log (JSONL); default RUN_DIR/chat/<time>.jsonl")
     parser.add_argument("--no-log", action="store_true", help="write no conversation log")
+    parser.add_argument("--from-llamafactory", metavar="FILE.yaml", default=None,
+                        help="a LLaMA-Factory inference (llamafactory-cli chat) file: translated to these arguments; the equivalent command is"
+                             " printed")
+    parser.add_argument("--dry-run", action="store_true", help="with --from-llamafactory: print the command, run nothing")
     return parser
 
 

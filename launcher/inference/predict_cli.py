@@ -52,7 +52,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--link-to", default=None, metavar="DIR",
+                        help="also link the written files into DIR (LLaMA-Factory's output_dir); files there that"
+                             " are not links are left alone")
+    parser.add_argument("--from-llamafactory", metavar="FILE.yaml", default=None,
+                        help="a LLaMA-Factory do_predict file (model_name_or_path, adapter_name_or_path,"
+                             " eval_dataset, ...): translated to these arguments; the equivalent command is printed")
+    parser.add_argument("--dry-run", action="store_true", help="with --from-llamafactory: print the command, run nothing")
     return parser
+
+
+def link_outputs(out_dir: Path, target: Path) -> list[str]:
+    """Link each file of ``out_dir`` into ``target`` (made if missing); a link there is replaced, anything else is
+    left alone and named in the returned lines."""
+    import os
+
+    target.mkdir(parents=True, exist_ok=True)
+    skipped = []
+    for item in sorted(Path(out_dir).iterdir()):
+        link = target / item.name
+        if link.is_symlink():
+            link.unlink()
+        elif link.exists():
+            skipped.append(f"{link} exists and is not a link; left as it is")
+            continue
+        link.symlink_to(os.path.relpath(item.resolve(), target.resolve()))
+    return skipped
 
 
 def predict_main(argv: list[str]) -> int:
@@ -73,4 +98,8 @@ def predict_main(argv: list[str]) -> int:
           f"{metrics['generated_tokens_per_s']:.0f} generated tokens/s")
     print(json.dumps(shown))
     print(f"written: {metrics['output_dir']}/predictions.jsonl, metrics.json")
+    if args.link_to:
+        for line in link_outputs(Path(metrics["output_dir"]), Path(args.link_to)):
+            print(f"note: {line}")
+        print(f"linked into: {args.link_to}")
     return 0

@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--context-length", type=int, default=None,
                         help="prompt + answer tokens allowed (default: the smallest the model declares; never past its"
                              " position embeddings)")
+    parser.add_argument("--from-llamafactory", metavar="FILE.yaml", default=None,
+                        help="a LLaMA-Factory inference (llamafactory-cli api) file: translated to these arguments; the equivalent command is"
+                             " printed")
+    parser.add_argument("--dry-run", action="store_true", help="with --from-llamafactory: print the command, run nothing")
     return parser
 
 

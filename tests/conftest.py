@@ -42,6 +42,43 @@ def tiny_hf_model(tmp_path_factory) -> Path:
     return out
 
 
+# ----------------------------------------------------------------------------- trained run dirs
+# A tiny LoRA run and a tiny full run, a few steps each: what the after-training tests (export, predict,
+# chat, serve) and the LLaMA-Factory prediction/merge files read.
+
+FAST = ["train.micro_batch_size=4", "train.log_every=1", "train.eval_every=0", "train.warmup_ratio=0",
+        "data.max_samples=200", "train.eval_max_batches=1", "logger=none", "train.exact_match_samples=0"]
+
+
+def train_run(root, name, overrides):
+    from launcher.config.compose import compose_config
+    from launcher.engines.distributed import init_distributed
+    from launcher.launch.rundir import make_run_dir, write_run_config
+    from recipes.sft import SFTRecipe
+
+    cfg = compose_config([f"run.output_root={root}", *FAST, *overrides])
+    run_dir = make_run_dir(root, name)
+    write_run_config(run_dir, cfg)
+    recipe = SFTRecipe(cfg, run_dir, init_distributed())
+    recipe.setup()
+    recipe.train()
+    recipe.cleanup()
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def lora_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("after-lora")
+    # lr high enough that the adapter moves the logits visibly within a few steps.
+    return train_run(root, "lora", ["method=lora", "method.lr=2e-2", "train.max_steps=4", "train.save_every=2"])
+
+
+@pytest.fixture(scope="session")
+def full_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("after-full")
+    return train_run(root, "full", ["method=sft_full", "method.lr=2e-3", "train.max_steps=2", "train.save_every=1"])
+
+
 # ----------------------------------------------------------------------------- the SLURM test cluster
 # One real cluster per test session: ``slurm/start-cluster.sh --nodes 2`` runs once (a second call is a
 # no-op of about a second) and SLURM_CONF is exported. Where slurm is not installed, cluster tests skip

@@ -163,7 +163,7 @@ def dry_run_report(plan: RunPlan) -> str:
     from launcher.training.probes import scoring_plan
 
     lines = ["# resolved config", plan.config_yaml(), plan.would_run, f"# precision: {describe_precision(plan.cfg)}"]
-    scoring = scoring_plan(plan.cfg)  # DPO/KTO: the forwards spent scoring before and after training
+    scoring = scoring_plan(plan.cfg)  # the forwards spent scoring and evaluating before, during and after training
     if scoring:
         lines.append(scoring)
     summary = memory_summary(plan.cfg)

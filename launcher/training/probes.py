@@ -1,11 +1,14 @@
 """What scoring outside the training steps costs, said before it runs and shown while it runs.
 
-DPO and KTO score rows without training them: the held-out rows and a probe of the first training rows,
-before training and after it (``RewardObjective.evaluate``), and DPO scores every pair with the reference once
-up front when its log-probs are precomputed. On a loaded CPU each forward can take seconds, so:
+DPO, KTO and reward modelling score rows without training them: the held-out rows and a probe of the first
+training rows, before training and after it (``RewardObjective.evaluate``), and DPO scores every pair with the
+reference once up front when its log-probs are precomputed. The causal-LM methods (SFT, pretraining) compute the
+held-out loss before, during (``train.eval_every``) and after training, and ``train.exact_match_samples``
+prompts are answered greedily before and after. On a loaded CPU each forward can take seconds, so:
 
-- the probe is small by default (``method.dpo.probe_pairs`` / ``method.kto.probe_rows``: 8) and never larger
-  than the rows the run trains on (``train.max_steps=4`` shrinks it);
+- the probe is small by default (``method.dpo.probe_pairs`` / ``method.kto.probe_rows`` /
+  ``method.rm.probe_pairs``: 8) and never larger than the rows the run trains on (``train.max_steps=4`` shrinks
+  it); exact match is off by default;
 - the held-out rows honour ``train.eval_max_batches``;
 - ``launcher train --dry-run`` prints how many forwards each pass takes (``describe_scoring``);
 - each pass shows a progress bar on rank 0 and logs what it cost (``ScoringProgress``).
@@ -20,11 +23,12 @@ from typing import Optional
 
 log = logging.getLogger("launcher.train")
 
-REWARD_METHODS = ("dpo", "kto")
+REWARD_METHODS = ("dpo", "kto", "rm")
 
 
 def method_family(cfg) -> Optional[str]:
-    """``dpo`` or ``kto`` for the methods that score rows outside the steps, else None."""
+    """``dpo``, ``kto`` or ``rm`` for the methods that score pairs or rows with a probe outside the steps, else
+    None (the causal-LM methods: held-out loss only)."""
     name = cfg.method.name
     return next((m for m in REWARD_METHODS if name == m or name.startswith(m + "_")), None)
 
@@ -36,6 +40,8 @@ def forwards_per_batch(cfg, precomputed: Optional[bool] = None) -> int:
     family = method_family(cfg)
     if family == "kto":
         return 3
+    if family == "rm":
+        return 1  # chosen and rejected rows in one batch
     if family == "dpo":
         from launcher.training.preference_loss import needs_reference
 
@@ -63,22 +69,41 @@ def batches_per_rank(rows: int, micro_batch: int, world: int) -> int:
 
 def requested_probe(cfg) -> int:
     family = method_family(cfg)
-    return cfg.method.dpo.probe_pairs if family == "dpo" else cfg.method.kto.probe_rows if family == "kto" else 0
+    return {"dpo": lambda: cfg.method.dpo.probe_pairs, "kto": lambda: cfg.method.kto.probe_rows,
+            "rm": lambda: cfg.method.rm.probe_pairs}.get(family, lambda: 0)()
+
+
+def describe_evaluation(cfg, world: int, eval_rows: int) -> Optional[str]:
+    """The dry run's lines for the causal-LM methods: the held-out loss passes and the exact-match check."""
+    t = cfg.train
+    lines = []
+    held = held_out_size(eval_rows, t.micro_batch_size, world, t.eval_max_batches)
+    if held:
+        batches = batches_per_rank(held, t.micro_batch_size, world)
+        during = f", every {t.eval_every} steps" if t.eval_every else ""
+        lines.append(f"# held-out loss before training{during} and after: {held} rows (train.eval_max_batches), "
+                     f"{batches} micro-batches x 1 forward = {batches} forwards per rank, each time")
+    if t.exact_match_samples and eval_rows:
+        n = min(t.exact_match_samples, eval_rows)
+        lines.append(f"# exact match before and after training: {n} held-out prompts answered greedily on rank 0"
+                     f" (train.exact_match_samples), up to {t.max_new_tokens} tokens each: at most"
+                     f" {n * t.max_new_tokens} forwards, each time")
+    return "\n".join(lines) or None
 
 
 def describe_scoring(cfg, world: int, train_rows: int, eval_rows: int, total_steps: int, accum: int) -> Optional[str]:
     """The dry run's lines: rows, micro-batches per rank and forwards of each scoring pass (None: no such pass)."""
     family = method_family(cfg)
     if family is None:
-        return None
+        return describe_evaluation(cfg, world, eval_rows)
     t = cfg.train
-    unit = "pairs" if family == "dpo" else "rows"
+    unit = "rows" if family == "kto" else "pairs"
     probe = probe_size(requested_probe(cfg), total_steps, t.micro_batch_size * accum * world)
     held = held_out_size(eval_rows, t.micro_batch_size, world, t.eval_max_batches)
     per = forwards_per_batch(cfg)
     batches = batches_per_rank(probe, t.micro_batch_size, world) + batches_per_rank(held, t.micro_batch_size, world)
     lines = [f"# scoring before and after training ({family}): {held} held-out + {probe} training {unit}"
-             f" (method.{family}.probe_{'pairs' if family == 'dpo' else 'rows'}, train.eval_max_batches), "
+             f" (method.{family}.probe_{unit}, train.eval_max_batches), "
              f"{batches} micro-batches x {per} forwards = {batches * per} forwards per rank, each time"]
     if family == "dpo" and cfg.method.dpo.precompute_ref_log_probs:
         pre = batches_per_rank(train_rows, t.micro_batch_size, world) + batches_per_rank(eval_rows, t.micro_batch_size,
@@ -130,9 +155,7 @@ def _count_rows(spec, caps: list) -> int:
 
 def scoring_plan(cfg) -> Optional[str]:
     """``describe_scoring`` for a composed config, counting the local datasets' rows (the dry run's thin shell;
-    the preflight has already read them, so they parse). None for methods without such passes."""
-    if method_family(cfg) is None:
-        return None
+    the preflight has already read them, so they parse). None when nothing is scored outside the steps."""
     from launcher.config.schema import resolve_grad_accum, world_size
     from launcher.data import resolve_dataset_dir
     from launcher.data.registry import load_registry

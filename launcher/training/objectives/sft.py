@@ -16,6 +16,7 @@ from launcher.engines.distributed import all_reduce_sum
 from launcher.training.batching import eval_batches
 from launcher.training.loss import IGNORE_INDEX, CausalLMLoss
 from launcher.training.objectives.base import Objective, forwards_for, to_device, unwrap_loss_module
+from launcher.training.probes import ScoringProgress
 
 
 def trained_tokens(batch: dict) -> int:
@@ -66,13 +67,19 @@ class CausalLMObjective(Objective):
         totals = torch.zeros(2, dtype=torch.float64, device=dist.device)
         loss_module = unwrap_loss_module(engine.module)
         # Sharded engines: as many forwards on every rank, fillers not counted.
-        for idx, counted in forwards_for(batches, engine.forward_is_collective, dist.device):
+        plan = forwards_for(batches, engine.forward_is_collective, dist.device)
+        when = "before training" if trainer.step == 0 else f"step {trainer.step}"
+        shown = min(len(rows), len(batches) * t.micro_batch_size * dist.world_size)
+        progress = ScoringProgress(f"held-out loss {when}: {shown} rows", len(plan), 1, dist.is_main)
+        for idx, counted in plan:
             batch = to_device(self.data.collate([rows[i] for i in idx]), dist.device)
             with trainer.precision.autocast():
                 token_loss = loss_module(**batch).double()
             if counted:
                 totals[0] += token_loss
                 totals[1] += trained_tokens(batch)
+            progress.update()
+        progress.close()
         all_reduce_sum(totals)
         engine.train()
         return float(totals[0] / max(float(totals[1]), 1.0))

@@ -87,9 +87,10 @@ def exact_match(predictions: list[str], references: list[str]) -> float:
 
 
 def exact_match_eval(model, tokenizer, samples: list, max_new_tokens: int, device, render,
-                     batch_size: int = 16, vision=None) -> dict:
+                     batch_size: int = 16, vision=None, on_batch=None) -> dict:
     """Greedy answers to ``samples``' prompts, rendered by ``render`` (launcher.inference.prompts.prompt_renderer,
-    the template training used), scored by exact match. ``vision``: a VL model's VisionData (images used)."""
+    the template training used), scored by exact match. ``vision``: a VL model's VisionData (images used).
+    ``on_batch``: called after each batch of ``batch_size`` prompts (a progress bar)."""
     from launcher.data.vision import expand_prompt
 
     pairs = [prompt_and_reference(s) for s in samples]
@@ -106,6 +107,8 @@ def exact_match_eval(model, tokenizer, samples: list, max_new_tokens: int, devic
         chunk = images[start: start + batch_size] if vision is not None else None
         preds += generate_texts(model, tokenizer, prompts[start: start + batch_size], max_new_tokens, device,
                                 images=chunk, vision=vision)[0]
+        if on_batch is not None:
+            on_batch()
     return {
         "exact_match": exact_match(preds, refs),
         "n": len(refs),

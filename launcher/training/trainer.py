@@ -189,10 +189,20 @@ class Trainer:
         from launcher.inference.generation import exact_match_eval
         from launcher.inference.prompts import prompt_renderer
 
+        from launcher.training.probes import ScoringProgress
+
+        samples = samples[:n]
+        batch_size = 16
+        when = "before training" if self.step == 0 else f"step {self.step}"
+        # Each batch generates up to max_new_tokens tokens: one forward each.
+        progress = ScoringProgress(f"exact match {when}: {len(samples)} prompts", -(-len(samples) // batch_size),
+                                   self.cfg.train.max_new_tokens, True)
         with self.precision.autocast():
-            return exact_match_eval(self.model, self.tokenizer, samples[:n], self.cfg.train.max_new_tokens,
-                                    self.dist.device, prompt_renderer(self.tokenizer, self.cfg),
-                                    vision=getattr(self.data, "vision", None))
+            result = exact_match_eval(self.model, self.tokenizer, samples, self.cfg.train.max_new_tokens,
+                                      self.dist.device, prompt_renderer(self.tokenizer, self.cfg), batch_size=batch_size,
+                                      vision=getattr(self.data, "vision", None), on_batch=progress.update)
+        progress.close()
+        return result
 
     # ------------------------------------------------------------------------------------ saving
 

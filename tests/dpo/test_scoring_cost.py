@@ -61,15 +61,18 @@ def test_dry_run_counts_the_causal_lm_evaluations():
     assert "held-out loss" in scoring_plan(compose_config(["method=lora"], check=False))
 
 
-def test_a_run_shows_the_held_out_loss_passes(tmp_path, caplog):
+def test_a_run_shows_the_held_out_loss_and_exact_match_passes(tmp_path, caplog):
     from recipes.sft import SFTRecipe
     from tests.recipe_runs import run_recipe
 
     caplog.set_level(logging.INFO, logger="launcher.train")
     run_recipe(SFTRecipe, tmp_path, ["method=lora", "data.max_samples=8", "data.eval_datasets=[]", "data.val_size=2",
                                      "train.micro_batch_size=2", "train.grad_accum=1", "train.max_steps=1",
-                                     "train.eval_every=0", "train.exact_match_samples=0", "logger=none"])
+                                     "train.eval_every=0", "train.exact_match_samples=2", "train.max_new_tokens=3",
+                                     "logger=none"])
     lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("exact match before training: 2 prompts: 1 micro-batches x 3 forwards") for line in lines)
+    assert any(line.startswith("exact match step 1: 2 prompts") and "s per forward" in line for line in lines), lines
     assert any(line.startswith("held-out loss before training: 2 rows: 1 micro-batches x 1 forwards") for line in lines), lines
     assert any(line.startswith("held-out loss step 1: 2 rows") and "s per forward" in line for line in lines), lines
 

@@ -121,6 +121,9 @@ def train_main(argv: list[str]) -> int:
         if command == "export":
             raise ConfigError(f"{found[1]}: export_dir: a merge/export file; use launcher export --from-llamafactory"
                               f" {found[1]}")
+        if command == "chat":
+            raise ConfigError(f"{found[1]}: no stage, dataset or do_train: an inference file; use launcher chat (or"
+                              f" serve) --from-llamafactory {found[1]}")
     if not help_asked:  # --help lists this command's flags whatever else the line holds
         argv = expand_llamafactory(argv)
         refuse_config_files([a for a in argv if not a.startswith("-")])

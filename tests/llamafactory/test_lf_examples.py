@@ -186,3 +186,11 @@ def test_counts(capsys):
             if outcome == "B":
                 print(f"  B {config}: {why} ('{refusal}')")
     assert counts["C"] == 0 and counts["A"] + counts["B"] == 56
+
+
+@pytest.mark.parametrize("config, command", [("merge_lora/qwen3_lora_sft.yaml", "export"),
+                                             ("inference/qwen3_lora_sft.yaml", "chat")])
+def test_merge_and_inference_files_given_to_train_name_their_command(config, command, capsys):
+    assert cli_main(["train", "--from-llamafactory", str(EXAMPLES / config), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"use launcher {command}" in err[0] and f"--from-llamafactory {EXAMPLES / config}" in err[0]

@@ -102,6 +102,26 @@ def test_llamafactorys_inference_files_chat_and_serve(lora_run, tiny_hf_model, t
     assert len(err) == 1 and "model_name_or_path" in err[0] and "launcher serve" in err[0]
 
 
+def test_llamafactorys_inference_file_chats(lora_run, tmp_path, repo_env):
+    """`launcher chat --from-llamafactory` runs the chat (a scripted turn on standard input) with the file's
+    generation keys."""
+    import subprocess
+    import sys
+
+    lf_output_dir(lora_run, tmp_path / "saves" / "qwen3-4b" / "lora" / "sft")
+    path = lf_file(tmp_path, "inference/qwen3_lora_sft.yaml", model_name_or_path=str(lora_run / "base_model"),
+                   max_new_tokens=3)
+    log = tmp_path / "chat.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "launcher", "chat", "--from-llamafactory", str(path), "--log", str(log)],
+                          input="Add the two numbers.\n/exit\n", capture_output=True, text=True, env=repo_env,
+                          cwd=tmp_path, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"launcher chat {lora_run} --max-new-tokens 3 --log {log}" in proc.stdout
+    assert proc.stdout.count("Assistant: ") == 1
+    turns = [json.loads(line) for line in log.read_text().splitlines() if json.loads(line)["event"] == "turn"]
+    assert [t["user"] for t in turns] == ["Add the two numbers."]
+
+
 @pytest.mark.parametrize("example, command, changes, refusal", [
     ("merge_lora/qwen3_gptq.yaml", "export", {}, "export_quantization_bit: not supported: GPTQ"),
     ("inference/qwen3_lora_sft.yaml", "serve", {"infer_backend": "vllm"}, "infer_backend: 'vllm' is not supported"),

@@ -79,8 +79,15 @@ def from_llamafactory_after(command: str, main_function: Callable[[list[str]], i
     then run (with --dry-run: not run)."""
 
     def call(argv: list[str]) -> int:
-        found = None if any(a in ("-h", "--help") for a in argv) else llamafactory_file(argv)
+        help_asked = any(a in ("-h", "--help") for a in argv)
+        found = None if help_asked else llamafactory_file(argv)
         if found is None:
+            if "--dry-run" in argv and not help_asked:  # the flag is declared for --help; never ignored
+                from launcher.shell import shell_command
+
+                print(shell_command(["launcher", command, *[a for a in argv if a != "--dry-run"]]))
+                print(f"dry run: nothing was run (launcher {command})")
+                return 0
             return main_function(argv)
         i, path = found
         rest = argv[:i] + argv[i + (1 if "=" in argv[i] else 2):]

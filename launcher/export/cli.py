@@ -24,7 +24,7 @@ def export_main(argv: list[str]) -> int:
     parser.add_argument("--from-llamafactory", metavar="FILE.yaml", default=None,
                         help="a LLaMA-Factory merge/export (export_dir) file: translated to these arguments; the equivalent command is"
                              " printed")
-    parser.add_argument("--dry-run", action="store_true", help="with --from-llamafactory: print the command, run nothing")
+    parser.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
     args = parser.parse_args(argv)
     if args.format == "gguf":
         from launcher.errors import ConfigError

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--from-llamafactory", metavar="FILE.yaml", default=None,
                         help="a LLaMA-Factory inference (llamafactory-cli chat) file: translated to these arguments; the equivalent command is"
                              " printed")
-    parser.add_argument("--dry-run", action="store_true", help="with --from-llamafactory: print the command, run nothing")
+    parser.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
     return parser
 
 

@@ -194,3 +194,12 @@ def test_merge_and_inference_files_given_to_train_name_their_command(config, com
     assert cli_main(["train", "--from-llamafactory", str(EXAMPLES / config), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"use launcher {command}" in err[0] and f"--from-llamafactory {EXAMPLES / config}" in err[0]
+
+
+@pytest.mark.parametrize("command", ["predict", "export", "chat", "serve"])
+def test_after_training_commands_list_the_flags_and_honour_dry_run(command, capsys):
+    with pytest.raises(SystemExit):
+        cli_main([command, "--help"])
+    assert "--from-llamafactory" in capsys.readouterr().out
+    assert cli_main([command, "RUN_DIR", "--dry-run"]) == 0  # the flag without a file: printed, not run
+    assert capsys.readouterr().out.endswith(f"launcher {command} RUN_DIR\ndry run: nothing was run (launcher {command})\n")

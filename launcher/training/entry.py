@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 from launcher.config.schema import load_run_config, recipe_module
 from launcher.errors import LauncherError
@@ -30,12 +31,14 @@ def setup_logging(rank: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run_recipe(recipe_cls, run_dir: Path, evaluations: bool = True) -> dict:
-    """Set up and train. ``evaluations=False`` (launcher bench) leaves out every evaluation."""
+def run_recipe(recipe_cls, run_dir: Path, evaluations: bool = True, stop_signals: Optional[tuple] = None,
+               escalate: tuple = ()) -> dict:
+    """Set up and train. ``evaluations=False`` (launcher bench) leaves out every evaluation. ``stop_signals`` /
+    ``escalate``: see ``StopFlag`` (None: the signals ``STOP_SIGNALS_ENV`` lists)."""
     from launcher.training.preemption import StopFlag
 
     # First, so that a preemption signal arriving during setup is kept for the first step boundary.
-    stop_flag = StopFlag(run_dir)
+    stop_flag = StopFlag(run_dir, stop_signals, escalate)
     from launcher.engines.distributed import destroy_distributed, init_distributed, uses_cpu_offload_group
 
     cfg = load_run_config(run_dir)
@@ -91,18 +94,19 @@ def recipe_main(recipe_cls, argv=None) -> int:
     return 0
 
 
-def run_in_process(run_dir: Path, evaluations: bool = True) -> dict:
+def run_in_process(run_dir: Path, evaluations: bool = True, stop_signals: Optional[tuple] = None,
+                   escalate: tuple = ()) -> dict:
     """One rank in this process: the recipe the run's config names, imported by its module name."""
     cfg = load_run_config(run_dir)
     module = importlib.import_module(recipe_module(cfg))
-    return run_recipe(module.RECIPE, Path(run_dir).resolve(), evaluations)
+    return run_recipe(module.RECIPE, Path(run_dir).resolve(), evaluations, stop_signals, escalate)
 
 
-def main_in_process(run_dir: Path) -> int:
+def main_in_process(run_dir: Path, stop_signals: Optional[tuple] = None, escalate: tuple = ()) -> int:
     """``run_in_process`` with the rank's error handling (one line for a user's error, exit code 2)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        run_in_process(run_dir)
+        run_in_process(run_dir, stop_signals=stop_signals, escalate=escalate)
     except LauncherError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -380,9 +380,10 @@ class Trainer:
         if latest is None or latest.name != ckpt.step_dir_name(self.step):
             self.save_checkpoint()
         if self.dist.is_main:
-            preemption.mark_stopped(self.run_dir, self.step, ckpt.latest_checkpoint(self.run_dir))
-            log.warning("stopped at step %d of %d on a preemption signal; checkpoint saved, the job requeues",
-                        self.step, self.total_steps)
+            preemption.mark_stopped(self.run_dir, self.step, ckpt.latest_checkpoint(self.run_dir),
+                                    getattr(self.stop_flag, "received", None))
+            log.warning("stopped at step %d of %d on a stop signal; checkpoint saved: %s", self.step,
+                        self.total_steps, ckpt.latest_checkpoint(self.run_dir))
         summary.update(preempted=True, final_step=self.step, trained_tokens=self.trained_tokens_total)
         return summary
 

@@ -274,6 +274,12 @@ class TrainConfig:
     """Longest greedy answer for the exact-match check (exact_match_samples)."""
     loss_chunk_size: int = 256
     """Positions per chunk of the LM head + cross-entropy; logits are never materialized for all positions."""
+    stall_timeout_s: Optional[float] = None
+    """Hang watchdog (launcher/training/watchdog.py): seconds a rank may go without progress before the run is taken
+    for hung: every rank's stack is dumped to RUN_DIR/logs/stall-<time>/, the stalled rank(s) and phase are logged,
+    and the ranks exit so that torchrun (cluster.max_restarts) or SLURM restarts them from the last checkpoint.
+    None: per-phase defaults (30 min for a step or a collective, an hour for a checkpoint or the final save; the
+    data phase is never timed); a number: that for every timed phase; 0: off."""
 
 
 DEFAULT_SLURM_SAVE_MINUTES = 30.0
@@ -345,6 +351,10 @@ class ClusterConfig:
     """How many times a run requeues itself after a stop signal (time limit or preemption) before it gives up."""
     max_restarts: int = 2
     """torchrun --max-restarts: how many times a node restarts its ranks after one fails, within one job."""
+    rendezvous_timeout_s: int = 300
+    """Seconds a non-head node waits for the head node's rendezvous port to answer before the job fails with a
+    message naming the address, port and network interface (launcher/slurm/rendezvous.py); the head's torchrun
+    starts within seconds, so this bounds start-up hangs (a firewall, a wrong interface or head address)."""
     array_parallelism: int = 16
     """A sweep is one job array: at most this many of its points run at once (sbatch --array=...%N)."""
     sbatch_extra: dict = field(default_factory=dict)

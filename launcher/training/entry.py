@@ -40,19 +40,29 @@ def run_recipe(recipe_cls, run_dir: Path, evaluations: bool = True, stop_signals
     # First, so that a preemption signal arriving during setup is kept for the first step boundary.
     stop_flag = StopFlag(run_dir, stop_signals, escalate)
     from launcher.engines.distributed import destroy_distributed, init_distributed, uses_cpu_offload_group
+    from launcher.training import progress
+    from launcher.training.watchdog import start_watchdog
 
     cfg = load_run_config(run_dir)
-    dist_info = init_distributed(cfg.parallelism.backend, cpu_offload=uses_cpu_offload_group(cfg.parallelism))
-    setup_logging(dist_info.rank)
+    # Before the process group: a rendezvous that never completes is a stall too.
+    watchdog = start_watchdog(run_dir, int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                              cfg.train.stall_timeout_s)
     recipe = None
     lock = None
     try:
+        dist_info = init_distributed(cfg.parallelism.backend, cpu_offload=uses_cpu_offload_group(cfg.parallelism))
+        watchdog.device_type = dist_info.device.type
+        setup_logging(dist_info.rank)
+        if dist_info.is_main:
+            progress.record_attempt(run_dir, dist_info.world_size)
+        progress.report(progress.DATA)
         lock = hold_run(run_dir, dist_info)
         recipe = recipe_cls(cfg, run_dir, dist_info)
         recipe.stop_flag = stop_flag
         recipe.evaluations = evaluations
         recipe.setup()
         summary = recipe.train()
+        progress.report(progress.DONE)
     finally:
         stop_flag.close()
         if recipe is not None:
@@ -60,6 +70,8 @@ def run_recipe(recipe_cls, run_dir: Path, evaluations: bool = True, stop_signals
         destroy_distributed()
         if lock is not None:
             lock.release()
+        watchdog.stop()
+        progress.stop_progress()
     return summary
 
 

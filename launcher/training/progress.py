@@ -170,3 +170,52 @@ def record_attempt(run_dir: Path, world_size: int, resumed_from: Optional[str] =
     append_jsonl(progress_dir(run_dir) / ATTEMPTS_FILE,
                  {"attempt": attempt_id(), "world_size": world_size, "at": time.time(),
                   "resumed_from": resumed_from})
+
+
+# ------------------------------------------------------------------------------------------ for status and the UI
+
+
+def run_health(run_dir: Path, now: Optional[float] = None) -> dict:
+    """What ``launcher status`` and the UI show of a run's ranks, from the run dir alone (no SLURM, no torch):
+
+    ``phase`` (the least advanced rank's), ``step``, ``ranks`` (each rank's phase, step, host, pid, seconds since
+    its last progress and since its watchdog last wrote, attempt), ``stalls`` (every stall acted on: time,
+    stalled ranks, phase, step, stack folder), ``attempts`` (each start of the ranks) and ``restarts`` (starts
+    after the first: torchrun restarts and SLURM requeues). Empty lists where the run has no such files."""
+    now = time.time() if now is None else now
+    ranks = read_ranks(run_dir)
+    attempts = read_jsonl(progress_dir(run_dir) / ATTEMPTS_FILE)
+    latest = attempts[-1]["attempt"] if attempts else (ranks[-1].attempt if ranks else None)
+    current_ranks = [r for r in ranks if r.attempt == latest] or ranks
+    stalls = [{k: s.get(k) for k in ("time", "attempt", "stalled_ranks", "phase", "step", "folder", "description")}
+              for s in read_jsonl(progress_dir(run_dir) / STALLS_FILE)]
+    lead = min(current_ranks, key=lambda r: (r.step, PHASES.index(r.phase) if r.phase in PHASES else 0),
+               default=None)
+    return {
+        "phase": lead.phase if lead else None,
+        "step": lead.step if lead else None,
+        "ranks": [{"rank": r.rank, "phase": r.phase, "step": r.step, "host": r.host, "pid": r.pid,
+                   "attempt": r.attempt, "progress_at": r.progress_at, "alive_at": r.alive_at,
+                   "since_progress_s": round(now - r.progress_at, 1), "since_alive_s": round(now - r.alive_at, 1)}
+                  for r in current_ranks],
+        "stalls": stalls,
+        "attempts": attempts,
+        "restarts": max(0, len(attempts) - 1),
+    }
+
+
+def health_lines(health: dict) -> list:
+    """``run_health`` as the indented lines ``launcher status`` prints."""
+    lines = []
+    if health["phase"] is not None:
+        lines.append(f"  phase: {health['phase']} (step {health['step']})")
+    for r in health["ranks"]:
+        lines.append(f"  rank {r['rank']}: {r['phase']}, step {r['step']}, last progress {r['since_progress_s']:.0f} s"
+                     f" ago ({r['host']} pid {r['pid']})")
+    if health["restarts"]:
+        lines.append(f"  restarts: {health['restarts']} (torchrun restarts and requeues; attempts"
+                     f" {', '.join(a['attempt'] for a in health['attempts'])})")
+    for s in health["stalls"]:
+        lines.append(f"  stall at {s['time']}: rank(s) {', '.join(map(str, s['stalled_ranks'] or []))} in phase"
+                     f" '{s['phase']}' at step {s['step']}; stacks in {s['folder']}")
+    return lines

@@ -96,6 +96,7 @@ RANGES: dict[str, Range] = {
     "train.save_every": Range(0, note=" (0: only the final model)"),
     "train.save_every_minutes": Range(0, note=" (0: off; unset: 30 on SLURM, off locally)"),
     "train.stall_timeout_s": Range(0, note=" (0: the hang watchdog is off; unset: per-phase defaults)"),
+    "train.startup_stall_timeout_s": Range(0, note=" (0: start-up is not timed; unset: per-phase defaults)"),
     "train.keep_checkpoints": AT_LEAST_1,
     "train.eval_max_batches": Range(0, note=" (0: the whole eval set)"),
     "train.exact_match_samples": Range(0, note=" (0: off)"),

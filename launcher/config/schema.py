@@ -278,8 +278,14 @@ class TrainConfig:
     """Hang watchdog (launcher/training/watchdog.py): seconds a rank may go without progress before the run is taken
     for hung: every rank's stack is dumped to RUN_DIR/logs/stall-<time>/, the stalled rank(s) and phase are logged,
     and the ranks exit so that torchrun (cluster.max_restarts) or SLURM restarts them from the last checkpoint.
-    None: per-phase defaults (30 min for a step or a collective, an hour for a checkpoint or the final save; the
-    data phase is never timed); a number: that for every timed phase; 0: off."""
+    Covers the training loop's phases: a step, a collective, an evaluation, a checkpoint, the final save (start-up:
+    startup_stall_timeout_s). None: 30 min for a step or a collective, an hour for an evaluation, a checkpoint or
+    the final save; a number: that for each of them; 0: the watchdog is off."""
+    startup_stall_timeout_s: Optional[float] = None
+    """The hang watchdog's bound for start-up phases (joining the process group, loading the model, building the
+    engine and resuming): a large model loads for minutes, so these have their own. None: 15 min for the process
+    group, 30 min for the model and engine; a number: that for each; 0: start-up is not timed. Tokenizing the
+    data is never timed (it takes as long as it takes, with progress in the log)."""
 
 
 DEFAULT_SLURM_SAVE_MINUTES = 30.0

@@ -24,7 +24,10 @@ from launcher.paths import CODE_SNAPSHOT_DIR, LOG_DIR
 from launcher.launch.rundir import child_env
 
 
-def torchrun_command(cfg: Config, run_dir: Path) -> list[str]:
+def torchrun_command(cfg: Config, run_dir: Path, ranks_handle_stop: bool = False) -> list[str]:
+    """``ranks_handle_stop``: the agent leaves INT and TERM to the ranks, which checkpoint and stop on them
+    (``run_local``; its caller forwards them). Without it (a local sweep point, which stops its agent with TERM)
+    the agent ends its ranks itself."""
     from launcher.launch.local_stop import AGENT_SIGNALS_FLAG_LOCAL
     from launcher.slurm.node import torchrun_leaves_term_alone
 
@@ -35,7 +38,7 @@ def torchrun_command(cfg: Config, run_dir: Path) -> list[str]:
         f"--log-dir={run_dir / LOG_DIR / 'torchrun'}",
         "--tee=3",
         # Ctrl-C and TERM are the ranks' to handle (checkpoint at a step boundary), not the agent's.
-        *([AGENT_SIGNALS_FLAG_LOCAL] if torchrun_leaves_term_alone() else []),
+        *([AGENT_SIGNALS_FLAG_LOCAL] if ranks_handle_stop and torchrun_leaves_term_alone() else []),
         "-m", recipe_module(cfg), "--run-dir", str(run_dir),
     ]
 
@@ -89,7 +92,7 @@ def run_local(cfg: Config, run_dir: Path) -> int:
             local_stop.restore_handlers(previous)  # the stop flag leaves them ignored: give Ctrl-C back
     else:
         with local_stop.LocalStopper(run_dir) as stopper:
-            rc = stopper.run(torchrun_command(cfg, run_dir), snapshot_env(env, run_dir))
+            rc = stopper.run(torchrun_command(cfg, run_dir, ranks_handle_stop=True), snapshot_env(env, run_dir))
             signalled = stopper.signalled
     report = local_stop.stop_report(run_dir, default_run_name(cfg))
     if report:

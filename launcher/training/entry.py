@@ -46,7 +46,7 @@ def run_recipe(recipe_cls, run_dir: Path, evaluations: bool = True, stop_signals
     cfg = load_run_config(run_dir)
     # Before the process group: a rendezvous that never completes is a stall too.
     watchdog = start_watchdog(run_dir, int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                              cfg.train.stall_timeout_s)
+                              cfg.train.stall_timeout_s, cfg.train.startup_stall_timeout_s)
     recipe = None
     lock = None
     try:

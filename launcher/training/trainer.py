@@ -33,7 +33,8 @@ from launcher.errors import ConfigError
 from launcher.models.build import point_adapter_at_base
 from launcher.paths import BASE_MODEL_DIR, MODEL_DIR, SUMMARY_FILE
 from launcher.engines import checkpoint as ckpt
-from launcher.training import preemption, progress
+from launcher.training import preemption
+from launcher.training import progress as rank_progress
 from launcher.training.batching import epoch_plan
 from launcher.training.flops import causal_pairs
 from launcher.training.meter import StepMeter
@@ -138,14 +139,14 @@ class Trainer:
         return out
 
     def train_step(self, step: int) -> dict:
-        progress.report(progress.FORWARD_BACKWARD)
+        rank_progress.report(rank_progress.FORWARD_BACKWARD)
         batches = self.micro_batches_for_step(step)
         norms = self.objective.normalizers([b for b, _, _ in batches])
         counts = torch.tensor(norms + [sum(n for _, n, _ in batches), sum(p for _, _, p in batches)],
                               dtype=torch.float64, device=self.dist.device)
-        progress.report(progress.COLLECTIVE)
+        rank_progress.report(rank_progress.COLLECTIVE)
         all_reduce_sum(counts)
-        progress.report(progress.FORWARD_BACKWARD)
+        rank_progress.report(rank_progress.FORWARD_BACKWARD)
         sums = torch.zeros(len(self.objective.stat_keys), dtype=torch.float64, device=self.dist.device)
         for i, (batch, _, _) in enumerate(batches):
             batch = to_device(batch, self.dist.device)
@@ -154,9 +155,9 @@ class Trainer:
                                                               self.dist.world_size)
                 self.engine.backward(loss)
             sums += stats
-        progress.report(progress.COLLECTIVE)
+        rank_progress.report(rank_progress.COLLECTIVE)
         all_reduce_sum(sums)
-        progress.report(progress.FORWARD_BACKWARD)
+        rank_progress.report(rank_progress.FORWARD_BACKWARD)
         lr = self.engine.lr
         grad_norm = self.engine.step()
         metrics = self.objective.step_metrics(sums, counts)
@@ -167,7 +168,7 @@ class Trainer:
 
     def log_eval(self) -> Optional[float]:
         """The objective's evaluation, logged as an ``eval`` record (``probe`` when it has no held-out loss)."""
-        progress.report(progress.EVAL)
+        rank_progress.report(rank_progress.EVAL)
         fields = self.objective.evaluate(self)
         record: dict = {"kind": "eval", "step": self.step, **(fields or {})}
         if "eval_loss" not in record:  # "eval" records carry an eval_loss (the loss plot reads it)
@@ -203,7 +204,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------ saving
 
     def save_checkpoint(self) -> None:
-        progress.report(progress.CHECKPOINT)
+        rank_progress.report(rank_progress.CHECKPOINT)
         meta = {"step": self.step, "world_size": self.dist.world_size, "trained_tokens": self.trained_tokens_total,
                 "epoch": self.step // self.steps_per_epoch, "step_in_epoch": self.step % self.steps_per_epoch}
         path = ckpt.save_checkpoint(self.run_dir, self.step, self.engine, meta, self.dist,
@@ -213,7 +214,7 @@ class Trainer:
             log.info("checkpoint saved: %s", path)
 
     def save_final(self) -> None:
-        progress.report(progress.FINAL_SAVE)
+        rank_progress.report(rank_progress.FINAL_SAVE)
         directory = self.run_dir / MODEL_DIR
         try:
             with disk_full_guard(directory, "the final model", lambda: written_so_far(directory)):
@@ -294,7 +295,7 @@ class Trainer:
         self.meter.end_step(stats)
         self.step += 1
         self.trained_tokens_total += stats["trained_tokens"]
-        progress.report(progress.FORWARD_BACKWARD, self.step)
+        rank_progress.report(rank_progress.FORWARD_BACKWARD, self.step)
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
@@ -379,9 +380,9 @@ class Trainer:
             return False, False
         due = bool(self.save_minutes) and self.dist.is_main and \
             time.monotonic() - self._last_save >= self.save_minutes * 60
-        progress.report(progress.COLLECTIVE)
+        rank_progress.report(rank_progress.COLLECTIVE)
         decision = preemption.boundary_decision(self.stop_flag, due, self.dist.device)
-        progress.report(progress.FORWARD_BACKWARD)
+        rank_progress.report(rank_progress.FORWARD_BACKWARD)
         return decision
 
     def _stop_early(self, progress, summary: dict) -> dict:

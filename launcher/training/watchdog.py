@@ -71,11 +71,20 @@ DUMP_WAIT_S = 8.0
 """How long the claiming rank waits for the other ranks' own stack files before writing theirs."""
 
 
-def stall_timeouts(stall_timeout_s: Optional[float]) -> dict:
-    """phase -> seconds. None: the defaults; a number: that for every timed phase (0: the watchdog is off)."""
-    if stall_timeout_s is None:
-        return dict(DEFAULT_STALL_TIMEOUTS)
-    return {phase: (float(stall_timeout_s) if default else 0.0) for phase, default in DEFAULT_STALL_TIMEOUTS.items()}
+STARTUP_PHASES = (prog.RENDEZVOUS, prog.MODEL_LOAD, prog.ENGINE)
+"""Timed by train.startup_stall_timeout_s; the others (but data and done) by train.stall_timeout_s."""
+
+
+def stall_timeouts(stall_timeout_s: Optional[float], startup_stall_timeout_s: Optional[float] = None) -> dict:
+    """phase -> seconds (0: not timed). None: the phase's default; a number: that for every phase it covers;
+    train.stall_timeout_s=0 turns the watchdog off altogether."""
+    out = {}
+    for phase, default in DEFAULT_STALL_TIMEOUTS.items():
+        chosen = startup_stall_timeout_s if phase in STARTUP_PHASES else stall_timeout_s
+        out[phase] = float(chosen) if chosen is not None and default else default
+    if stall_timeout_s == 0:
+        return {phase: 0.0 for phase in out}
+    return out
 
 
 def _phase_order(phase: str) -> int:
@@ -203,9 +212,9 @@ class Watchdog:
 
 
 def start_watchdog(run_dir: Path, rank: int, world_size: int, stall_timeout_s: Optional[float],
-                   device_type: str = "cpu") -> Watchdog:
+                   startup_stall_timeout_s: Optional[float] = None, device_type: str = "cpu") -> Watchdog:
     progress = prog.start_progress(run_dir, rank, world_size)
-    return Watchdog(run_dir, progress, stall_timeouts(stall_timeout_s), device_type).start()
+    return Watchdog(run_dir, progress, stall_timeouts(stall_timeout_s, startup_stall_timeout_s), device_type).start()
 
 
 # ------------------------------------------------------------------------------------------ the claim

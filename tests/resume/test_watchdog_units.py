@@ -44,7 +44,10 @@ def test_timeouts_per_phase_and_config():
     assert stall_timeouts(None) == DEFAULT_STALL_TIMEOUTS
     assert DEFAULT_STALL_TIMEOUTS[prog.DATA] == 0  # tokenizing takes as long as it takes
     assert stall_timeouts(7)[prog.CHECKPOINT] == 7 and stall_timeouts(7)[prog.DATA] == 0
-    assert not any(stall_timeouts(0).values())
+    # Start-up phases keep their own bound: a model may load for minutes in a run whose steps take a second.
+    assert stall_timeouts(7)[prog.MODEL_LOAD] == DEFAULT_STALL_TIMEOUTS[prog.MODEL_LOAD]
+    assert stall_timeouts(7, 60)[prog.RENDEZVOUS] == 60 and stall_timeouts(None, 60)[prog.COLLECTIVE] == 1800
+    assert not any(stall_timeouts(0).values()) and not any(stall_timeouts(0, 60).values())
     # The data phase is never a stall, however long.
     assert find_stalled([rank(0, prog.DATA, 0, 10_000)], NOW, stall_timeouts(None)) == []
     assert compose_config(["train.stall_timeout_s=15"]).train.stall_timeout_s == 15

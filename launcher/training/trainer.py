@@ -340,6 +340,7 @@ class Trainer:
             self.metrics.log({"kind": "exact_match", "step": self.step, "exact_match": em_after["exact_match"]})
         if self.cfg.train.save_model:
             self.save_final()
+            rank_progress.report(rank_progress.FINAL_SAVE)  # the model is written: progress
         summary.update(
             final_step=self.step, final_train_loss=last_loss, eval_loss_after=final_eval,
             exact_match_after=em_after and em_after["exact_match"],
@@ -363,6 +364,7 @@ class Trainer:
                 os.replace(path.with_name(path.name + ".tmp"), path)
             finally:
                 path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+        rank_progress.report(rank_progress.FINAL_SAVE)  # the summary is written: progress (the plot comes next)
         plot = plot_loss(self.run_dir)
         log.info("done: %s", self.run_dir)
         if summary.get("eval_loss_before") is not None and final_eval is not None:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from launcher.engines import checkpoint as ckpt
+from launcher.slurm.jobs import status_main
 from tests.resume.helpers import TINY, raw_train_steps, train_losses
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +51,7 @@ def wait_for_step(root: Path, step: int, proc: subprocess.Popen, timeout_s: floa
     raise AssertionError(f"no step {step} before the run ended:\n{proc.communicate()[0][-3000:]}")
 
 
-def test_ctrl_c_checkpoints_both_ranks_and_the_printed_command_resumes_exactly(tmp_path):
+def test_ctrl_c_checkpoints_both_ranks_and_the_printed_command_resumes_exactly(tmp_path, capsys):
     reference = start([f"run.output_root={tmp_path / 'ref'}", *ARGS])
     stopped_root = tmp_path / "stopped"
     proc = start([f"run.output_root={stopped_root}", *ARGS])
@@ -67,6 +68,9 @@ def test_ctrl_c_checkpoints_both_ranks_and_the_printed_command_resumes_exactly(t
     assert checkpoint.name == ckpt.step_dir_name(stop) and (checkpoint / ckpt.COMPLETE).is_file()
     ckpt.check_resume_checkpoint(checkpoint)  # every rank's files present and matching the manifest
     assert f"stopped at step {stop}; checkpoint saved: {checkpoint}" in out
+    assert status_main([str(run_dir)]) == 0  # a local run: its ranks' progress, from the run dir
+    status = capsys.readouterr().out
+    assert f"rank 0: done, step {stop}" in status and f"rank 1: done, step {stop}" in status, status
     command = out.split("[launcher] resume with:\n", 1)[1].splitlines()[0].strip()
     argv = shlex.split(command)
     assert argv[:2] == ["launcher", "train"] and f"run.resume={checkpoint}" in argv, command

@@ -64,7 +64,8 @@ checkpoint or final save longer than an hour is taken for a hang. Data is never 
 (or waiting on the cache lock while another rank does) takes as long as it takes, with progress in the log."""
 
 POLL_S = 1.0
-"""How often each rank's thread writes its file and looks at the others'."""
+"""How often each rank's thread writes its file and looks at the others' (more rarely in large jobs:
+``poll_interval``)."""
 FROZEN_AFTER_S = 10.0
 """A rank whose thread has not written for this long is frozen (its whole process stopped), not just waiting."""
 DUMP_WAIT_S = 8.0
@@ -121,12 +122,14 @@ class Watchdog:
     """One per rank: writes this rank's progress, watches everybody's, and reacts to a stall (module docstring)."""
 
     def __init__(self, run_dir: Path, progress: prog.Progress, timeouts: dict, device_type: str = "cpu",
-                 poll_s: float = POLL_S):
+                 poll_s: Optional[float] = None, watcher: bool = True):
         self.run_dir = Path(run_dir)
         self.progress = progress
         self.timeouts = timeouts
         self.device_type = device_type
-        self.poll_s = poll_s
+        self.poll_s = poll_interval(progress.record.world_size) if poll_s is None else poll_s
+        self.watcher = watcher
+        """Reads every rank's file (``is_watcher``); the others only write theirs and look for a claim."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="launcher-watchdog", daemon=True)
 
@@ -162,9 +165,11 @@ class Watchdog:
         if claim is not None:
             self._react(claim, claimed=False)
             return
+        if not self.watcher:
+            return
         records = [r for r in prog.read_ranks(self.run_dir) if r.attempt == me.attempt]
         now = time.time()
-        stalled = find_stalled(records, now, self.timeouts)
+        stalled = find_stalled(records, now, self.timeouts, frozen_after(self.poll_s))
         if not stalled:
             return
         claim = make_claim(self.run_dir, me, stalled, now)
@@ -211,10 +216,28 @@ class Watchdog:
         os._exit(STALL_EXIT_CODE)
 
 
+def poll_interval(world_size: int) -> float:
+    """Seconds between writes (and reads): 1 s up to 256 ranks, then longer, so that a large job's files do not
+    load a shared file system's metadata server (1024 ranks: a write every 4 s per rank)."""
+    return max(POLL_S, world_size / 256)
+
+
+def frozen_after(poll_s: float) -> float:
+    return max(FROZEN_AFTER_S, 5 * poll_s)
+
+
+def is_watcher(rank: int, local_rank: int) -> bool:
+    """Who reads every rank's file: the first rank of each node, and rank 1 (so that a one-node job still has a
+    watcher when its rank 0 is the one frozen). Everybody else only writes its own file and reacts to a claim."""
+    return local_rank == 0 or rank == 1
+
+
 def start_watchdog(run_dir: Path, rank: int, world_size: int, stall_timeout_s: Optional[float],
                    startup_stall_timeout_s: Optional[float] = None, device_type: str = "cpu") -> Watchdog:
     progress = prog.start_progress(run_dir, rank, world_size)
-    return Watchdog(run_dir, progress, stall_timeouts(stall_timeout_s, startup_stall_timeout_s), device_type).start()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    return Watchdog(run_dir, progress, stall_timeouts(stall_timeout_s, startup_stall_timeout_s), device_type,
+                    watcher=is_watcher(rank, local_rank)).start()
 
 
 # ------------------------------------------------------------------------------------------ the claim

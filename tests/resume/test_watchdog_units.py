@@ -12,7 +12,8 @@ from launcher.config.compose import compose_config
 from launcher.errors import ConfigError
 from launcher.slurm.rendezvous import RendezvousUnreachable, wait_for_head
 from launcher.training import progress as prog
-from launcher.training.watchdog import DEFAULT_STALL_TIMEOUTS, find_stalled, stall_timeouts
+from launcher.training.watchdog import (DEFAULT_STALL_TIMEOUTS, find_stalled, is_watcher, poll_interval,
+                                        stall_timeouts)
 
 NOW = 1_000_000.0
 
@@ -38,6 +39,13 @@ def test_who_is_named():
     assert [r.rank for r in find_stalled([rank(0, coll, 3, 25), rank(1, coll, 3, 25)], NOW, t)] == [0, 1]
     # A finished rank is neither frozen nor stalled.
     assert find_stalled([rank(0, prog.DONE, 9, 500, alive_ago=500), rank(1, fb, 9, 5)], NOW, t) == []
+
+
+def test_who_watches_and_how_often():
+    # One node of 8: local rank 0 and rank 1 read the files; 4 nodes of 8: each node's first rank and rank 1.
+    assert [r for r in range(8) if is_watcher(r, r)] == [0, 1]
+    assert [r for r in range(32) if is_watcher(r, r % 8)] == [0, 1, 8, 16, 24]
+    assert poll_interval(16) == 1 and poll_interval(1024) == 4
 
 
 def test_timeouts_per_phase_and_config():

@@ -357,6 +357,11 @@ class ClusterConfig:
     """How many times a run requeues itself after a stop signal (time limit or preemption) before it gives up."""
     max_restarts: int = 2
     """torchrun --max-restarts: how many times a node restarts its ranks after one fails, within one job."""
+    preprocess: str = "rank"
+    """Where the data is tokenized on SLURM. rank: in the training job (one rank builds the cache, every other rank
+    of every node waits on its lock, without a collective or a timeout). job: first in a CPU job of its own (one
+    node, cluster.cpus_per_task, no GPUs: ``launcher data build``), and the training job starts after it
+    (``--dependency=afterok``), so GPUs never wait on tokenization. Same cache key either way."""
     rendezvous_timeout_s: int = 300
     """Seconds a non-head node waits for the head node's rendezvous port to answer before the job fails with a
     message naming the address, port and network interface (launcher/slurm/rendezvous.py); the head's torchrun
@@ -680,6 +685,13 @@ def check_combinations(cfg: Config) -> None:
         raise ConfigError("parallelism.deepspeed: extra DeepSpeed settings need parallelism.strategy=deepspeed")
     _check_parallelism_name(p)
     _choice(c.kind, ("local", "slurm"), "cluster.kind")
+    _choice(c.preprocess, ("rank", "job"), "cluster.preprocess")
+    if c.preprocess == "job" and c.kind != "slurm":
+        raise ConfigError("cluster.preprocess=job: a data job is a SLURM job; locally the run tokenizes before its"
+                          " first step (or run `launcher data build` with the same overrides first)")
+    if c.preprocess == "job" and not cfg.data.use_cache:
+        raise ConfigError("cluster.preprocess=job: the data job hands the tokenized data over through the cache;"
+                          " drop data.use_cache=false")
     if c.kind == "local" and c.nodes != 1:
         raise ConfigError("cluster.nodes: cluster=local runs on this host only; use cluster=slurm for nodes > 1")
     _choice(cfg.logger.name, ("none",) + LOGGER_BACKENDS, "logger.name")

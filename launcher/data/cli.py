@@ -177,12 +177,17 @@ def preview_config(cfg, n: int) -> tuple:
 def build_store(overrides: Sequence[str]) -> str:
     """``launcher data build``: the tokenized store of the config ``overrides`` compose (the training run's own
     cache key: a run with the same overrides maps it and tokenizes nothing). Returns what to print."""
+    from launcher.config.compose import compose_config
+
+    return build_store_for(compose_config(list(overrides)))
+
+
+def build_store_for(cfg) -> str:
+    """``build_store`` of a composed config (the SLURM data job passes the run's resolved config)."""
     import time
 
-    from launcher.config.compose import compose_config
     from launcher.data import build_datasets, resolve_cache_dir
 
-    cfg = compose_config(list(overrides))
     if not cfg.data.use_cache:
         raise LauncherError("data.use_cache=false: a build would be thrown away; drop that override to build the cache")
     started = time.perf_counter()

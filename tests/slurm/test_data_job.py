@@ -33,6 +33,8 @@ def test_the_training_job_starts_after_the_data_job_and_tokenizes_nothing(slurm_
     data_state, _, data_end = sacct_times(data_job)
     _, train_start, _ = sacct_times(job_id)
     assert data_state == "COMPLETED" and train_start >= data_end, (data_end, train_start)
-    logs = node_logs(run_dir)
-    assert "[launcher] data store built in " in logs
-    assert "cache_hit=True" in logs and "cache_hit=False" not in logs
+    data_log = "".join(p.read_text() for p in (run_dir / "slurm").glob(f"{data_job}_*_log.*"))
+    train_log = "".join(p.read_text() for p in (run_dir / "slurm").glob(f"{job_id}_*_log.*"))
+    assert "[launcher] data store built in " in data_log
+    assert "cache_hit=True" in train_log and "cache_hit=False" not in train_log
+    print(f"\ndata job {data_job} ended {data_end}, training job {job_id} started {train_start} and mapped the store")

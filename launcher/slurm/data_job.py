@@ -8,7 +8,6 @@ never starts it (``DependencyNeverSatisfied``) and no GPU hour is spent.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Union
 
 from launcher.config.schema import Config, load_run_config
@@ -51,8 +50,3 @@ def after_data_job(train_params: dict, data_job_id: Union[str, int]) -> dict:
 def uses_data_job(cfg: Config) -> bool:
     return cfg.cluster.kind == "slurm" and cfg.cluster.preprocess == "job"
 
-
-def data_job_folder(run_dir: Union[str, Path]) -> Path:
-    from launcher.slurm.render import SUBMITIT_DIR
-
-    return Path(run_dir) / SUBMITIT_DIR

@@ -109,10 +109,6 @@ def start_progress(run_dir: Path, rank: int, world_size: int) -> Progress:
     return _current
 
 
-def current() -> Optional[Progress]:
-    return _current
-
-
 def report(phase: str, step: Optional[int] = None) -> None:
     """Say where this rank is; nothing happens where no progress file is kept (tests that build a Trainer)."""
     if _current is not None:

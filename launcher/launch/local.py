@@ -91,6 +91,11 @@ def run_local(cfg: Config, run_dir: Path) -> int:
         finally:
             local_stop.restore_handlers(previous)  # the stop flag leaves them ignored: give Ctrl-C back
     else:
+        from launcher.training.watchdog import nccl_flight_recorder_env
+
+        # NCCL's flight recorder on GPUs (ignored by gloo): the last collectives, dumped on a timeout.
+        for key, value in nccl_flight_recorder_env(run_dir).items():
+            env.setdefault(key, value)
         with local_stop.LocalStopper(run_dir) as stopper:
             rc = stopper.run(torchrun_command(cfg, run_dir, ranks_handle_stop=True), snapshot_env(env, run_dir))
             signalled = stopper.signalled

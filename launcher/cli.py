@@ -19,7 +19,7 @@ commands:
                                                    resource shape; locally one after another or N at a time
   sweep report SWEEP_DIR [--out PNG] [--json]      every point's state, losses, errors; a plot
   status|logs [-f]|cancel RUN_DIR|JOB_ID           follow a SLURM run
-  data preview|dump [OVERRIDES...]                 look at the tokenized data (labels, packing)
+  data preview|dump|build [OVERRIDES...]           look at the tokenized data; build its cache on CPU
   export RUN_DIR [--out DIR] [--format hf|gguf]   merge LoRA / write a standalone HF model, or one GGUF file
   predict RUN_DIR [--dataset NAME]                 generate on a dataset; ROUGE-1/2/L, BLEU-4
   chat RUN_DIR [--system TEXT] [--base]            chat with the trained model in the terminal

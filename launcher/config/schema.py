@@ -274,6 +274,18 @@ class TrainConfig:
     """Longest greedy answer for the exact-match check (exact_match_samples)."""
     loss_chunk_size: int = 256
     """Positions per chunk of the LM head + cross-entropy; logits are never materialized for all positions."""
+    stall_timeout_s: Optional[float] = None
+    """Hang watchdog (launcher/training/watchdog.py): seconds a rank may go without progress before the run is taken
+    for hung: every rank's stack is dumped to RUN_DIR/logs/stall-<time>/, the stalled rank(s) and phase are logged,
+    and the ranks exit so that torchrun (cluster.max_restarts) or SLURM restarts them from the last checkpoint.
+    Covers the training loop's phases: a step, a collective, an evaluation, a checkpoint, the final save (start-up:
+    startup_stall_timeout_s). None: 30 min for a step or a collective, an hour for an evaluation, a checkpoint or
+    the final save; a number: that for each of them; 0: the watchdog is off."""
+    startup_stall_timeout_s: Optional[float] = None
+    """The hang watchdog's bound for start-up phases (joining the process group, loading the model, building the
+    engine and resuming): a large model loads for minutes, so these have their own. None: 15 min for the process
+    group, 30 min for the model and engine; a number: that for each; 0: start-up is not timed. Tokenizing the
+    data is never timed (it takes as long as it takes, with progress in the log)."""
 
 
 DEFAULT_SLURM_SAVE_MINUTES = 30.0
@@ -345,6 +357,15 @@ class ClusterConfig:
     """How many times a run requeues itself after a stop signal (time limit or preemption) before it gives up."""
     max_restarts: int = 2
     """torchrun --max-restarts: how many times a node restarts its ranks after one fails, within one job."""
+    preprocess: str = "rank"
+    """Where the data is tokenized on SLURM. rank: in the training job (one rank builds the cache, every other rank
+    of every node waits on its lock, without a collective or a timeout). job: first in a CPU job of its own (one
+    node, cluster.cpus_per_task, no GPUs: ``launcher data build``), and the training job starts after it
+    (``--dependency=afterok``), so GPUs never wait on tokenization. Same cache key either way."""
+    rendezvous_timeout_s: int = 300
+    """Seconds a non-head node waits for the head node's rendezvous port to answer before the job fails with a
+    message naming the address, port and network interface (launcher/slurm/rendezvous.py); the head's torchrun
+    starts within seconds, so this bounds start-up hangs (a firewall, a wrong interface or head address)."""
     array_parallelism: int = 16
     """A sweep is one job array: at most this many of its points run at once (sbatch --array=...%N)."""
     sbatch_extra: dict = field(default_factory=dict)
@@ -664,6 +685,13 @@ def check_combinations(cfg: Config) -> None:
         raise ConfigError("parallelism.deepspeed: extra DeepSpeed settings need parallelism.strategy=deepspeed")
     _check_parallelism_name(p)
     _choice(c.kind, ("local", "slurm"), "cluster.kind")
+    _choice(c.preprocess, ("rank", "job"), "cluster.preprocess")
+    if c.preprocess == "job" and c.kind != "slurm":
+        raise ConfigError("cluster.preprocess=job: a data job is a SLURM job; locally the run tokenizes before its"
+                          " first step (or run `launcher data build` with the same overrides first)")
+    if c.preprocess == "job" and not cfg.data.use_cache:
+        raise ConfigError("cluster.preprocess=job: the data job hands the tokenized data over through the cache;"
+                          " drop data.use_cache=false")
     if c.kind == "local" and c.nodes != 1:
         raise ConfigError("cluster.nodes: cluster=local runs on this host only; use cluster=slurm for nodes > 1")
     _choice(cfg.logger.name, ("none",) + LOGGER_BACKENDS, "logger.name")

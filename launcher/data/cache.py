@@ -95,7 +95,7 @@ def cached(cache_dir: Path, key: str, build: Callable[[Path], None]) -> tuple[Pa
     cache_dir.mkdir(parents=True, exist_ok=True)
     folder = cache_dir / key
     with open(cache_dir / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        wait_for_lock(lock, cache_dir, key)
         try:
             if (folder / COMPLETE_MARK).is_file():
                 return folder, True
@@ -116,6 +116,45 @@ def cached(cache_dir: Path, key: str, build: Callable[[Path], None]) -> tuple[Pa
             return folder, False
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+LOCK_WAIT_LOG_S = 30.0
+"""While another process builds the data, a line in the log this often (no timeout: a build takes what it takes)."""
+
+
+def wait_for_lock(lock, cache_dir: Path, key: str, log_every_s: float = LOCK_WAIT_LOG_S) -> None:
+    """The build lock of ``key``, waited for as long as it takes, saying in the log who builds and for how long
+    we have waited (the other ranks of a job wait here, without a collective, while one rank tokenizes)."""
+    import time
+
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    started = time.monotonic()
+    log.warning("data: waiting for the tokenized data (cache key %s), which %s is building", key,
+                _builder_of(cache_dir, key))
+    while True:
+        time.sleep(min(1.0, log_every_s))
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            log.warning("data: the tokenized data is ready after %.0f s of waiting", time.monotonic() - started)
+            return
+        except BlockingIOError:
+            waited = time.monotonic() - started
+            if int(waited // log_every_s) != int((waited - min(1.0, log_every_s)) // log_every_s):
+                log.warning("data: still waiting for %s to finish tokenizing (%.0f s)", _builder_of(cache_dir, key),
+                            waited)
+
+
+def _builder_of(cache_dir: Path, key: str) -> str:
+    for marker in Path(cache_dir).glob(f"{key}.tmp-*/{BUILDER_MARK}"):
+        try:
+            return f"process {marker.read_text().strip()}"
+        except OSError:
+            continue
+    return "another process"
 
 
 def remove_orphaned_builds(cache_dir: Path, holding: str) -> list[Path]:

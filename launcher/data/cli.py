@@ -174,6 +174,31 @@ def preview_config(cfg, n: int) -> tuple:
     return preview_samples(bundle, tokenizer, n), dict(bundle.stats)
 
 
+def build_store(overrides: Sequence[str]) -> str:
+    """``launcher data build``: the tokenized store of the config ``overrides`` compose (the training run's own
+    cache key: a run with the same overrides maps it and tokenizes nothing). Returns what to print."""
+    from launcher.config.compose import compose_config
+
+    return build_store_for(compose_config(list(overrides)))
+
+
+def build_store_for(cfg) -> str:
+    """``build_store`` of a composed config (the SLURM data job passes the run's resolved config)."""
+    import time
+
+    from launcher.data import build_datasets, resolve_cache_dir
+
+    if not cfg.data.use_cache:
+        raise LauncherError("data.use_cache=false: a build would be thrown away; drop that override to build the cache")
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(cfg.model)
+    bundle = build_datasets(cfg, tokenizer)
+    stats = bundle.stats
+    folder = resolve_cache_dir(cfg.data) / str(stats["cache_key"])
+    verdict = "already built (cache hit)" if stats.get("cache_hit") else f"built in {time.perf_counter() - started:.1f} s"
+    return f"data store {verdict}: {folder}\n{format_stats(stats)}"
+
+
 def dump(bundle, path: str, split: str) -> int:
     rows = bundle.train if split == "train" else (bundle.eval or [])
     with open(path, "w", encoding="utf-8") as fh:
@@ -191,14 +216,17 @@ def data_main(argv: Sequence[str]) -> int:
     p_dump = sub.add_parser("dump", help="write the tokenized rows as JSON Lines")
     p_dump.add_argument("--out", required=True)
     p_dump.add_argument("--split", choices=("train", "eval"), default="train")
-    for p in (p_preview, p_dump):
+    p_build = sub.add_parser("build", help="tokenize into the cache, on this CPU, exactly as training will (same key)")
+    for p in (p_preview, p_dump, p_build):
         p.add_argument("overrides", nargs="*", help="Hydra overrides, as for launcher train")
     args = parser.parse_args(list(argv))
     try:
         from launcher.config.compose import compose_config
         from launcher.data import build_datasets
 
-        if args.command == "preview":
+        if args.command == "build":
+            print(build_store(args.overrides))
+        elif args.command == "preview":
             color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
             print(format_preview(*load_preview(args.overrides, args.num)[1:], color))
         else:

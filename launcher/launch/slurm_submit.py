@@ -18,6 +18,7 @@ from launcher.config.schema import Config
 from launcher.errors import LauncherError, SubmitError
 from launcher.launch.rundir import CONFIG_FILE, snapshot_code, write_code_version, write_run_config
 from launcher.paths import CODE_SNAPSHOT_DIR, LOG_DIR, REPO_ROOT, SUBMITTED_SCRIPT
+from launcher.slurm.data_job import DataBuildJob, after_data_job, data_job_parameters, uses_data_job
 from launcher.slurm.jobs import JOB_FILE
 from launcher.slurm.node import NodeLauncher
 from launcher.slurm.render import (
@@ -44,8 +45,28 @@ def render_plan(cfg: Config, run_dir: Union[str, Path], python: Optional[str] = 
         job_id=placeholder("SLURM_JOB_ID"), node_rank=placeholder("SLURM_NODEID"), python=python,
     )
     c = cfg.cluster
+    data_lines = []
+    if uses_data_job(cfg):
+        from submitit.slurm.slurm import _make_sbatch_string
+
+        from launcher.slurm.render import submitit_command
+
+        train_params = sbatch_parameters(cfg, run_dir, code_dir)
+        data_script = _make_sbatch_string(command=submitit_command(submitit_python(cfg) or python, run_dir),
+                                          folder=Path(run_dir) / SUBMITIT_DIR, **data_job_parameters(train_params))
+        script = _make_sbatch_string(command=submitit_command(submitit_python(cfg) or python, run_dir),
+                                     folder=Path(run_dir) / SUBMITIT_DIR,
+                                     **after_data_job(train_params, "DATA_JOB_ID"))
+        data_lines = [
+            "# data job (cluster.preprocess=job): tokenizes into the cache on CPU (launcher data build on"
+            " RUN_DIR/config.yaml); submitted first",
+            data_script.rstrip("\n"),
+            "",
+        ]
     return "\n".join([
-        f"# sbatch script ({c.nodes} node(s) x 1 task; saved as {Path(run_dir) / SUBMITTED_SCRIPT} on submit)",
+        *data_lines,
+        f"# sbatch script ({c.nodes} node(s) x 1 task; saved as {Path(run_dir) / SUBMITTED_SCRIPT} on submit)"
+        + ("; starts after the data job completed (--dependency=afterok)" if data_lines else ""),
         script.rstrip("\n"),
         "",
         f"# per-node command (each of the {c.nodes} task(s) runs one torchrun with {c.nproc_per_node} rank(s)):",
@@ -109,7 +130,14 @@ def submit_run(cfg: Config, run_dir: Union[str, Path], worker_module: Optional[s
     from submitit.core.utils import FailedJobError, FailedSubmissionError
 
     executor = make_executor(cfg, run_dir)
+    data_job_id = None
     try:
+        if uses_data_job(cfg):
+            # The data job first; the training job waits for it in the queue (cluster.preprocess=job).
+            data_executor = make_executor(cfg, run_dir)
+            data_executor.update_parameters(**data_job_parameters(executor.parameters))
+            data_job_id = str(data_executor.submit(DataBuildJob(run_dir=str(run_dir))).job_id)
+            executor.update_parameters(**after_data_job(executor.parameters, data_job_id))
         job = executor.submit(NodeLauncher(run_dir=str(run_dir), worker_module=worker_module))
     except (FailedJobError, FailedSubmissionError, OSError) as exc:  # sbatch said no, or could not be run
         raise SubmitError(sbatch_reason(exc)) from None
@@ -126,8 +154,12 @@ def submit_run(cfg: Config, run_dir: Union[str, Path], worker_module: Optional[s
         "node_logs": str(run_dir / SUBMITIT_DIR),
         "rank_logs": str(run_dir / LOG_DIR),
     }
+    if data_job_id is not None:
+        record["data_job_id"] = data_job_id
     (run_dir / JOB_FILE).write_text(json.dumps(record, indent=2) + "\n")
     if not quiet:
+        if data_job_id is not None:
+            print(f"Submitted SLURM data job {data_job_id} (tokenizes on CPU; the training job starts after it)")
         print(f"Submitted SLURM job {job.job_id}: {cfg.cluster.nodes} node(s) x {cfg.cluster.nproc_per_node} process(es)")
         print(f"  run dir: {run_dir}")
         print(f"  follow:  launcher logs --follow {run_dir}")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.errors import LauncherError
-from launcher.paths import LOG_DIR, METRICS_FILE
+from launcher.paths import CONFIG_FILE, LOG_DIR, METRICS_FILE
 from launcher.slurm.render import SUBMITIT_DIR
 
 JOB_FILE = "slurm_job.json"
@@ -140,7 +140,14 @@ def _parser(prog: str, help_text: str) -> argparse.ArgumentParser:
 
 
 def status_main(argv: Optional[list] = None) -> int:
-    args = _parser("launcher status", "State of a SLURM run.").parse_args(argv)
+    args = _parser("launcher status", "State of a run: its SLURM job, and every rank's phase, progress, stalls"
+                   " and restarts.").parse_args(argv)
+    path = Path(args.target)
+    if path.is_dir() and not (path / JOB_FILE).exists() and (path / CONFIG_FILE).exists():
+        # A local run: no job, but its ranks' progress.
+        print(f"run {path.resolve()} (local)")
+        _print_health(path)
+        return 0
     ref = resolve_target(args.target)
     info = known_job_state(ref)
     print(f"job {ref.job_id}: {describe_state(info)}")
@@ -152,8 +159,17 @@ def status_main(argv: Optional[list] = None) -> int:
     if metrics:
         print(f"  last metrics: {metrics}")
     if ref.run_dir is not None:
+        _print_health(ref.run_dir)
+    if ref.run_dir is not None:
         print(f"  logs: launcher logs {ref.run_dir}")
     return 0
+
+
+def _print_health(run_dir: Path) -> None:
+    from launcher.training.progress import health_lines, run_health
+
+    for line in health_lines(run_health(run_dir)):
+        print(line)
 
 
 def _print_new(path: Path, offsets: dict, prefix: str) -> None:

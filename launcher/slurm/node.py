@@ -84,6 +84,17 @@ class NodeLauncher:
         # connect ("Connection refused"). A store per round avoids that.
         child_env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
         child_env[STOP_SIGNALS_ENV] = ",".join(s.name for s in SLURM_STOP_SIGNALS)
+        if cfg.cluster.gpus_per_node:
+            from launcher.training.watchdog import nccl_flight_recorder_env
+
+            for key, value in nccl_flight_recorder_env(Path(self.run_dir)).items():
+                child_env.setdefault(key, value)
+        if node_rank != 0:
+            # Fails within the bound, naming address, port and interface, instead of torchrun's silent retries.
+            from launcher.slurm.rendezvous import wait_for_head
+
+            waited = wait_for_head(head, addr, port, cfg.cluster.rendezvous_timeout_s)
+            print(f"[launcher] node {node_rank}: head {addr}:{port} answered after {waited:.1f} s", flush=True)
         returncode = self._run_torchrun(argv, child_env)
         stopped = stopped_early(Path(self.run_dir))
         if stopped is not None:  # saved and stopped; the exit code of the last ranks says nothing more

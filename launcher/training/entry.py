@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 from launcher.config.schema import load_run_config, recipe_module
 from launcher.errors import LauncherError
@@ -30,26 +31,38 @@ def setup_logging(rank: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run_recipe(recipe_cls, run_dir: Path, evaluations: bool = True) -> dict:
-    """Set up and train. ``evaluations=False`` (launcher bench) leaves out every evaluation."""
+def run_recipe(recipe_cls, run_dir: Path, evaluations: bool = True, stop_signals: Optional[tuple] = None,
+               escalate: tuple = ()) -> dict:
+    """Set up and train. ``evaluations=False`` (launcher bench) leaves out every evaluation. ``stop_signals`` /
+    ``escalate``: see ``StopFlag`` (None: the signals ``STOP_SIGNALS_ENV`` lists)."""
     from launcher.training.preemption import StopFlag
 
     # First, so that a preemption signal arriving during setup is kept for the first step boundary.
-    stop_flag = StopFlag(run_dir)
+    stop_flag = StopFlag(run_dir, stop_signals, escalate)
     from launcher.engines.distributed import destroy_distributed, init_distributed, uses_cpu_offload_group
+    from launcher.training import progress
+    from launcher.training.watchdog import start_watchdog
 
     cfg = load_run_config(run_dir)
-    dist_info = init_distributed(cfg.parallelism.backend, cpu_offload=uses_cpu_offload_group(cfg.parallelism))
-    setup_logging(dist_info.rank)
+    # Before the process group: a rendezvous that never completes is a stall too.
+    watchdog = start_watchdog(run_dir, int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                              cfg.train.stall_timeout_s, cfg.train.startup_stall_timeout_s)
     recipe = None
     lock = None
     try:
+        dist_info = init_distributed(cfg.parallelism.backend, cpu_offload=uses_cpu_offload_group(cfg.parallelism))
+        watchdog.device_type = dist_info.device.type
+        setup_logging(dist_info.rank)
+        if dist_info.is_main:
+            progress.record_attempt(run_dir, dist_info.world_size)
+        progress.report(progress.DATA)
         lock = hold_run(run_dir, dist_info)
         recipe = recipe_cls(cfg, run_dir, dist_info)
         recipe.stop_flag = stop_flag
         recipe.evaluations = evaluations
         recipe.setup()
         summary = recipe.train()
+        progress.report(progress.DONE)
     finally:
         stop_flag.close()
         if recipe is not None:
@@ -57,6 +70,8 @@ def run_recipe(recipe_cls, run_dir: Path, evaluations: bool = True) -> dict:
         destroy_distributed()
         if lock is not None:
             lock.release()
+        watchdog.stop()
+        progress.stop_progress()
     return summary
 
 
@@ -91,18 +106,19 @@ def recipe_main(recipe_cls, argv=None) -> int:
     return 0
 
 
-def run_in_process(run_dir: Path, evaluations: bool = True) -> dict:
+def run_in_process(run_dir: Path, evaluations: bool = True, stop_signals: Optional[tuple] = None,
+                   escalate: tuple = ()) -> dict:
     """One rank in this process: the recipe the run's config names, imported by its module name."""
     cfg = load_run_config(run_dir)
     module = importlib.import_module(recipe_module(cfg))
-    return run_recipe(module.RECIPE, Path(run_dir).resolve(), evaluations)
+    return run_recipe(module.RECIPE, Path(run_dir).resolve(), evaluations, stop_signals, escalate)
 
 
-def main_in_process(run_dir: Path) -> int:
+def main_in_process(run_dir: Path, stop_signals: Optional[tuple] = None, escalate: tuple = ()) -> int:
     """``run_in_process`` with the rank's error handling (one line for a user's error, exit code 2)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        run_in_process(run_dir)
+        run_in_process(run_dir, stop_signals=stop_signals, escalate=escalate)
     except LauncherError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

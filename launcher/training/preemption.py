@@ -9,8 +9,8 @@ How a stop travels (see also launcher/slurm/node.py):
    TERM *ignored* and tells the agent not to handle TERM (``--signals-to-handle``): otherwise the agent dies
    of USR2, or answers TERM by killing its workers 30 s later whatever they are doing. The ranks inherit the
    ignored signals and replace them with ``StopFlag``'s handler, which only sets a flag (the node process
-   lists the signals in ``STOP_SIGNALS_ENV``; a local run handles USR2 only, so Ctrl-C and kill still end
-   it at once). The node process also forwards the signal to the ranks itself (a cluster may deliver it to
+   lists the signals in ``STOP_SIGNALS_ENV``; a local run's launcher lists INT and TERM too: Ctrl-C and
+   ``kill`` checkpoint at the next step boundary, see ``launcher.launch.local``). The node process also forwards the signal to the ranks itself (a cluster may deliver it to
    the task's main process only) and writes ``STOP_REQUESTED`` so that a rank still starting up, which could
    not have caught the signal yet, sees the request too.
 2. At each step boundary every rank all-reduces its flag (MAX): all ranks agree on the same step, save a
@@ -94,10 +94,12 @@ def stop_was_requested(run_dir: Path, environ: Optional[Mapping[str, str]] = Non
     return bool(record) and record.get("attempt") == attempt_key(environ)
 
 
-def mark_stopped(run_dir: Path, step: int, checkpoint: Path) -> None:
-    """Rank 0: the ranks saved ``checkpoint`` at ``step`` and leave early; the node process requeues."""
+def mark_stopped(run_dir: Path, step: int, checkpoint: Path, signum: Optional[int] = None) -> None:
+    """Rank 0: the ranks saved ``checkpoint`` at ``step`` and leave early (on ``signum`` where rank 0 got it);
+    the node process requeues, a local launcher prints the resume command."""
     _write_json(state_dir(run_dir) / STOPPED,
-                {"attempt": attempt_key(), "step": step, "checkpoint": str(checkpoint), "at": time.time()})
+                {"attempt": attempt_key(), "step": step, "checkpoint": str(checkpoint), "at": time.time(),
+                 "signal": signal.Signals(signum).name if signum else None})
 
 
 def stopped_early(run_dir: Path, environ: Optional[Mapping[str, str]] = None) -> Optional[dict]:
@@ -120,10 +122,14 @@ def clear_stop_state(run_dir: Path) -> None:
 class StopFlag:
     """Per rank: the signal handler only sets a flag; ``should_stop`` makes all ranks agree at a step boundary."""
 
-    def __init__(self, run_dir: Path, signals: Optional[tuple] = None):
+    def __init__(self, run_dir: Path, signals: Optional[tuple] = None, escalate: tuple = ()):
         self.run_dir = Path(run_dir)
         self.received: Optional[int] = None
         self.signals = stop_signals() if signals is None else tuple(signals)
+        self.escalate = tuple(escalate)
+        """Signals whose second arrival ends the process at once (KeyboardInterrupt): a local run in the launcher's
+        own process, where a second Ctrl-C means "stop now, no checkpoint". Never on ranks under torchrun or SLURM,
+        which may get one signal twice (from the terminal or SLURM, and forwarded by their parent)."""
         for signum in self.signals:
             signal.signal(signum, self._handle)
         # A stop requested while this rank was still importing (USR2 ignored then) is not lost.
@@ -131,6 +137,8 @@ class StopFlag:
             self.received = int(PREEMPT_SIGNAL)
 
     def _handle(self, signum, frame) -> None:
+        if self.received is not None and signum in self.escalate:
+            raise KeyboardInterrupt(f"{signal.Signals(signum).name} a second time: stopping now, no checkpoint")
         self.received = signum
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from launcher.errors import DataError
 from launcher.models.build import choose_attn_implementation, count_parameters
 from launcher.models.tokenizers import load_tokenizer
 from launcher.paths import BASE_MODEL_DIR
+from launcher.training import progress
 from launcher.training.batching import steps_per_epoch
 from launcher.training.meter import StepMeter
 from launcher.training.preemption import StopFlag
@@ -91,6 +92,7 @@ class Recipe:
             log.info("attention: %s, dtype: %s, device: %s, world size: %d, CPU threads per rank: %d",
                      self.attn_impl, self.precision.describe(), dist.device,
                      dist.world_size, torch.get_num_threads())
+        progress.report(progress.DATA)
 
     def log_data(self, data) -> None:
         if self.dist.is_main:
@@ -125,6 +127,7 @@ class Recipe:
         A run that saves a model (train.save_model or train.save_every) keeps a random-init LoRA base in
         run_dir/BASE_MODEL_DIR: it exists nowhere else, and the saved adapter must be reloadable."""
         cfg = self.cfg
+        progress.report(progress.MODEL_LOAD)
         saves_model = cfg.train.save_model or cfg.train.save_every
         model = build_model(cfg, self.tokenizer, self.dist, self.attn_impl, self.precision,
                             save_base_to=self.run_dir / BASE_MODEL_DIR if saves_model else None)
@@ -137,6 +140,7 @@ class Recipe:
 
     def build_engine(self, model: nn.Module, objective):
         """The engine (DDP, DeepSpeed ZeRO or FSDP2, as parallelism.* says) around the objective's loss module."""
+        progress.report(progress.ENGINE)
         return build_engine(self.cfg, model, self.dist, self.total_steps, loss_module=objective.loss_module,
                             precision=self.precision)
 

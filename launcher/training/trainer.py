@@ -34,6 +34,7 @@ from launcher.models.build import point_adapter_at_base
 from launcher.paths import BASE_MODEL_DIR, MODEL_DIR, SUMMARY_FILE
 from launcher.engines import checkpoint as ckpt
 from launcher.training import preemption
+from launcher.training import progress as rank_progress
 from launcher.training.batching import epoch_plan
 from launcher.training.flops import causal_pairs
 from launcher.training.meter import StepMeter
@@ -138,11 +139,14 @@ class Trainer:
         return out
 
     def train_step(self, step: int) -> dict:
+        rank_progress.report(rank_progress.FORWARD_BACKWARD)
         batches = self.micro_batches_for_step(step)
         norms = self.objective.normalizers([b for b, _, _ in batches])
         counts = torch.tensor(norms + [sum(n for _, n, _ in batches), sum(p for _, _, p in batches)],
                               dtype=torch.float64, device=self.dist.device)
+        rank_progress.report(rank_progress.COLLECTIVE)
         all_reduce_sum(counts)
+        rank_progress.report(rank_progress.FORWARD_BACKWARD)
         sums = torch.zeros(len(self.objective.stat_keys), dtype=torch.float64, device=self.dist.device)
         for i, (batch, _, _) in enumerate(batches):
             batch = to_device(batch, self.dist.device)
@@ -151,7 +155,9 @@ class Trainer:
                                                               self.dist.world_size)
                 self.engine.backward(loss)
             sums += stats
+        rank_progress.report(rank_progress.COLLECTIVE)
         all_reduce_sum(sums)
+        rank_progress.report(rank_progress.FORWARD_BACKWARD)
         lr = self.engine.lr
         grad_norm = self.engine.step()
         metrics = self.objective.step_metrics(sums, counts)
@@ -162,6 +168,7 @@ class Trainer:
 
     def log_eval(self) -> Optional[float]:
         """The objective's evaluation, logged as an ``eval`` record (``probe`` when it has no held-out loss)."""
+        rank_progress.report(rank_progress.EVAL)
         fields = self.objective.evaluate(self)
         record: dict = {"kind": "eval", "step": self.step, **(fields or {})}
         if "eval_loss" not in record:  # "eval" records carry an eval_loss (the loss plot reads it)
@@ -207,6 +214,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------ saving
 
     def save_checkpoint(self) -> None:
+        rank_progress.report(rank_progress.CHECKPOINT)
         meta = {"step": self.step, "world_size": self.dist.world_size, "trained_tokens": self.trained_tokens_total,
                 "epoch": self.step // self.steps_per_epoch, "step_in_epoch": self.step % self.steps_per_epoch}
         path = ckpt.save_checkpoint(self.run_dir, self.step, self.engine, meta, self.dist,
@@ -216,6 +224,7 @@ class Trainer:
             log.info("checkpoint saved: %s", path)
 
     def save_final(self) -> None:
+        rank_progress.report(rank_progress.FINAL_SAVE)
         directory = self.run_dir / MODEL_DIR
         try:
             with disk_full_guard(directory, "the final model", lambda: written_so_far(directory)):
@@ -296,6 +305,7 @@ class Trainer:
         self.meter.end_step(stats)
         self.step += 1
         self.trained_tokens_total += stats["trained_tokens"]
+        rank_progress.report(rank_progress.FORWARD_BACKWARD, self.step)
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
@@ -340,6 +350,7 @@ class Trainer:
             self.metrics.log({"kind": "exact_match", "step": self.step, "exact_match": em_after["exact_match"]})
         if self.cfg.train.save_model:
             self.save_final()
+            rank_progress.report(rank_progress.FINAL_SAVE)  # the model is written: progress
         summary.update(
             final_step=self.step, final_train_loss=last_loss, eval_loss_after=final_eval,
             exact_match_after=em_after and em_after["exact_match"],
@@ -363,6 +374,7 @@ class Trainer:
                 os.replace(path.with_name(path.name + ".tmp"), path)
             finally:
                 path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+        rank_progress.report(rank_progress.FINAL_SAVE)  # the summary is written: progress (the plot comes next)
         plot = plot_loss(self.run_dir)
         log.info("done: %s", self.run_dir)
         if summary.get("eval_loss_before") is not None and final_eval is not None:
@@ -380,7 +392,10 @@ class Trainer:
             return False, False
         due = bool(self.save_minutes) and self.dist.is_main and \
             time.monotonic() - self._last_save >= self.save_minutes * 60
-        return preemption.boundary_decision(self.stop_flag, due, self.dist.device)
+        rank_progress.report(rank_progress.COLLECTIVE)
+        decision = preemption.boundary_decision(self.stop_flag, due, self.dist.device)
+        rank_progress.report(rank_progress.FORWARD_BACKWARD)
+        return decision
 
     def _stop_early(self, progress, summary: dict) -> dict:
         """All ranks agreed to stop (preemption or time limit near): checkpoint this step and leave."""
@@ -390,9 +405,10 @@ class Trainer:
         if latest is None or latest.name != ckpt.step_dir_name(self.step):
             self.save_checkpoint()
         if self.dist.is_main:
-            preemption.mark_stopped(self.run_dir, self.step, ckpt.latest_checkpoint(self.run_dir))
-            log.warning("stopped at step %d of %d on a preemption signal; checkpoint saved, the job requeues",
-                        self.step, self.total_steps)
+            preemption.mark_stopped(self.run_dir, self.step, ckpt.latest_checkpoint(self.run_dir),
+                                    getattr(self.stop_flag, "received", None))
+            log.warning("stopped at step %d of %d on a stop signal; checkpoint saved: %s", self.step,
+                        self.total_steps, ckpt.latest_checkpoint(self.run_dir))
         summary.update(preempted=True, final_step=self.step, trained_tokens=self.trained_tokens_total)
         return summary
 

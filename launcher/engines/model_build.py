@@ -202,10 +202,20 @@ def apply_oft(model, oft: OftConfig):
     config = OFTConfig(task_type="SEQ_CLS" if is_sequence_scorer(model) else "CAUSAL_LM", r=oft.r,
                        oft_block_size=oft.block_size, target_modules=target, module_dropout=oft.module_dropout,
                        modules_to_save=oft.modules_to_save)
-    try:
-        return get_peft_model(model, config)
-    except ValueError as exc:  # peft: a layer's input size is not a multiple of the block size, ...
-        raise ConfigError(f"method.oft: {exc}".splitlines()[0]) from None
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = get_peft_model(model, config)
+        except ValueError as exc:
+            raise ConfigError(f"method.oft: {exc}".splitlines()[0]) from None
+    # peft moves a block size that does not divide a layer's input size to the nearest one that does, per layer.
+    adjusted = sorted({str(w.message) for w in caught if "Adjusted" in str(w.message)})
+    if adjusted:
+        log.warning("method.oft: peft adjusted the blocks of some layers (their input size is not a multiple): %s",
+                    "; ".join(adjusted))
+    return model
 
 
 def save_initial_adapter(model, directory: Path) -> None:

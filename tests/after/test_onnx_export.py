@@ -51,3 +51,25 @@ def test_onnx_export_of_a_lora_run_gives_torchs_logits_under_onnxruntime(lora_ru
     assert cli_main(["export", str(lora_run), "--format", "onnx", "--out", str(out), "--force"]) != 0
     assert "holds other files" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_onnx_export_of_a_vl_folder_writes_its_language_model(tmp_path, capsys):
+    """A Hugging Face Qwen2-VL folder: the graph is its language model with the LM head, for text input; its
+    onnxruntime logits equal the VL model's text-only logits."""
+    import onnxruntime as ort
+
+    from launcher.models.vision import auto_class_for
+    from tests.vl.helpers import save_tiny_vl_folder
+
+    folder = save_tiny_vl_folder(tmp_path / "tiny-vl")
+    assert cli_main(["export", str(folder), "--format", "onnx"]) == 0
+    out = tmp_path / "tiny-vl-onnx"
+    assert json.loads((out / "export_info.json").read_text())["model_type"] == "qwen2_vl"
+    model = auto_class_for(folder).from_pretrained(folder).eval()
+    ids = torch.randint(0, 100, (1, 13), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.numpy()
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    assert np.abs(got - expected).max() < 1e-4

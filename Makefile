@@ -19,7 +19,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	bash .ci/install-env.sh "$(PY)" "$(VENV)" dev,deepspeed,ui
+	bash .ci/install-env.sh "$(PY)" "$(VENV)" dev,deepspeed,ui,export
 	touch $(TEST_STAMP)
 
 install: $(STAMP)

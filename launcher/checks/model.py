@@ -344,7 +344,7 @@ def check_lora_targets(problems, cfg: Config) -> None:
 def check_freeze_modules(problems, cfg: Config) -> None:
     """method.finetuning=freeze: the named modules exist in the model (the meta build, as for LoRA targets)."""
     f = cfg.method.freeze
-    if cfg.method.finetuning != "freeze" or (f.trainable_modules == "all" and not f.extra_modules):
+    if cfg.method.finetuning != "freeze" or (f.trainable_modules == "all" and not f.extra_modules and not f.llama_pro):
         return
     modules = meta_model_modules(cfg)
     if modules is None:
@@ -355,8 +355,13 @@ def check_freeze_modules(problems, cfg: Config) -> None:
 
     layers = {n.split(".")[i + 1] for n in modules for i, part in enumerate(n.split(".")[:-1])
               if part == "layers" and n.split(".")[i + 1].isdigit()}
+    expand = cfg.method.llama_pro.expand
+    if expand and len(layers) % expand:  # LLaMA-Pro inserts one block after every num_layers/expand-th layer
+        problems.errors.append(f"method.llama_pro.expand: the model's {len(layers)} layers do not divide by {expand};"
+                               " pick a divisor")
+        return
     try:
-        plan_freeze(list(modules), len(layers), f)
+        plan_freeze(list(modules), len(layers) + expand, f)
     except ConfigError as exc:
         problems.errors.append(str(exc))
 

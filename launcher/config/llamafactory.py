@@ -94,7 +94,7 @@ METHOD_OPTIONS = {("sft", "full"): "sft_full", ("sft", "lora"): "lora", ("sft", 
                   ("dpo", "full"): "dpo", ("dpo", "lora"): "dpo_lora", ("kto", "full"): "kto",
                   ("kto", "lora"): "kto_lora", ("pt", "full"): "pretrain", ("pt", "lora"): "pretrain",
                   ("pt", "freeze"): "pretrain", ("rm", "full"): "rm", ("rm", "lora"): "rm_lora",
-                  ("rm", "freeze"): "rm"}
+                  ("rm", "freeze"): "rm", ("sft", "oft"): "oft"}
 STAGE_HINTS = {
     "ppo": "not supported yet: PPO (stage: ppo); use stage: dpo",
 }
@@ -280,8 +280,8 @@ def model_and_method(r: _Reading) -> tuple[str, str]:
         r.fail("stage", STAGE_HINTS[stage])
     elif stage not in STAGES:
         r.fail("stage", f"'{stage}' is not one of sft, dpo, kto, pt, rm, ppo")
-    if finetuning not in ("lora", "full", "freeze"):
-        r.fail("finetuning_type", f"'{finetuning}' is not lora, full or freeze")
+    if finetuning not in ("lora", "full", "freeze", "oft"):
+        r.fail("finetuning_type", f"'{finetuning}' is not lora, oft, full or freeze")
     elif stage in STAGES and (stage, finetuning) not in METHOD_OPTIONS:
         r.fail("finetuning_type", f"{finetuning} with stage {stage} is not supported; use lora or full")
     method = METHOD_OPTIONS.get((stage, finetuning))
@@ -306,7 +306,9 @@ def lora(r: _Reading, finetuning: str) -> None:
                  "additional_target", "loraplus_lr_ratio", "pissa_init", "pissa_iter", "pissa_convert",
                  "quantization_bit", "quantization_method", "quantization_type", "double_quantization")
     if finetuning != "lora":
-        unused = [k for k in lora_keys if k in lf and take(k) is not None or k in r.seen and k in lf]
+        taken_by_oft = {"additional_target", "quantization_bit"} if finetuning == "oft" else set()
+        unused = [k for k in lora_keys if k not in taken_by_oft and (k in lf and take(k) is not None
+                                                                       or k in r.seen and k in lf)]
         if unused:
             r.notes.append(f"{', '.join(unused)}: unused with finetuning_type {finetuning} (as in LLaMA-Factory)")
         return
@@ -355,10 +357,14 @@ def lora_init_and_quantization(r: _Reading) -> None:
     if int(bits) not in (4, 8):
         fail("quantization_bit", f"{bits} is not supported; use 4 or 8 (bitsandbytes)")
         return
-    if int(bits) == 4 and (qtype != "nf4" or double is False):
-        fail("quantization_type" if qtype != "nf4" else "double_quantization",
-             "QLoRA here is nf4 with double quantization (LLaMA-Factory's defaults); remove the key")
+    if int(bits) == 4 and qtype != "nf4":
+        fail("quantization_type", "QLoRA here is nf4 (LLaMA-Factory's default); remove the key")
     put("method.lora.quantize", f"{int(bits)}bit")
+    if double is False:
+        if int(bits) == 4:
+            put("method.lora.double_quantization", False)
+        else:
+            r.notes.append("double_quantization: unused with quantization_bit 8 (as in LLaMA-Factory)")
 
 
 def freeze(r: _Reading, finetuning: str) -> None:
@@ -376,6 +382,78 @@ def freeze(r: _Reading, finetuning: str) -> None:
             r.put(f"method.freeze.{ours}", "all")
         else:
             r.put(f"method.freeze.{ours}", _names(value) if value is not None else [])
+
+
+OFT_KEYS = {"oft_rank": "r", "oft_block_size": "block_size", "module_dropout": "module_dropout"}
+
+
+def oft(r: _Reading, finetuning: str) -> None:
+    """finetuning_type: oft -> method=oft: oft_rank, oft_block_size, oft_target, module_dropout, additional_target.
+    Quantized OFT (QOFT: quantization_bit with oft) is refused; a note when finetuning is not oft."""
+    lf, take, put = r.lf, r.take, r.put
+    present = [k for k in (*OFT_KEYS, "oft_target") if k in lf]
+    if finetuning != "oft":
+        for key in present:
+            take(key)
+        if present:
+            r.notes.append(f"{', '.join(present)}: unused with finetuning_type {finetuning} (as in LLaMA-Factory)")
+        return
+    for key, ours in OFT_KEYS.items():
+        if key in lf and lf[key] is not None:
+            put(f"method.oft.{ours}", take(key))
+        take(key)
+    if "oft_target" in lf:
+        targets = _names(take("oft_target"))
+        put("method.oft.target_modules", "all-linear" if targets == ["all"] else targets)
+    if lf.get("additional_target"):
+        put("method.oft.modules_to_save", _names(take("additional_target")))
+    take("additional_target")
+    if lf.get("quantization_bit") is not None:
+        take("quantization_bit")
+        r.fail("quantization_bit", "quantized OFT (QOFT) is not supported; remove the key to train OFT on the"
+                                   " full-precision base, or use finetuning_type: lora for QLoRA")
+
+
+def llama_pro(r: _Reading, stage: str, finetuning: str) -> None:
+    """use_llama_pro: train the blocks LLaMA-Factory's scripts/llama_pro.py inserted (the model named is already
+    expanded): method.freeze.llama_pro with freeze_trainable_layers as their count."""
+    if not r.take("use_llama_pro"):
+        return
+    if finetuning != "freeze":
+        r.fail("use_llama_pro", f"with finetuning_type {finetuning} is not supported here; use finetuning_type:"
+                                " freeze (LLaMA-Factory's example), which trains the expanded blocks in full")
+        return
+    r.put("method.freeze.llama_pro", True)
+    if "freeze_trainable_layers" not in r.lf:
+        r.put("method.freeze.trainable_layers", 2)  # LLaMA-Factory's default count
+
+
+TOKEN_LOSS_KEYS = ("use_dft_loss", "use_eaft_loss", "use_asft_loss")
+"""In LLaMA-Factory's order of precedence (its SFT trainer takes the first one set)."""
+
+
+def token_loss(r: _Reading, stage: str) -> None:
+    """use_dft_loss / use_eaft_loss (eaft_alpha) / use_asft_loss (asft_alpha) -> method.token_loss.*; SFT only."""
+    lf, take, put = r.lf, r.take, r.put
+    chosen = [k for k in TOKEN_LOSS_KEYS if take(k)]
+    alphas = {k: take(k) for k in ("asft_alpha", "eaft_alpha") if k in lf}
+    if not chosen:
+        if alphas:
+            r.notes.append(f"{', '.join(alphas)}: unused without use_asft_loss / use_eaft_loss (as in LLaMA-Factory)")
+        return
+    if stage != "sft":
+        r.notes.append(f"{', '.join(chosen)}: unused with stage {stage} (LLaMA-Factory applies them to SFT only)")
+        return
+    name = chosen[0][len("use_"):-len("_loss")]
+    put("method.token_loss.name", name)
+    if len(chosen) > 1:
+        r.notes.append(f"{', '.join(chosen)}: several token losses set; LLaMA-Factory uses the first of dft, eaft,"
+                       f" asft, so {name}")
+    for key, value in alphas.items():
+        if key.startswith(name):
+            put(f"method.token_loss.{key}", value)
+        else:
+            r.notes.append(f"{key}: unused with the {name} loss (as in LLaMA-Factory)")
 
 
 def kto(r: _Reading, stage: str) -> None:
@@ -499,6 +577,7 @@ def train(r: _Reading) -> None:
             fail("optim", f"'{optim}' is not supported (ours: adamw_torch, sgd)")
     if "disable_gradient_checkpointing" in lf:
         put("train.gradient_checkpointing", not take("disable_gradient_checkpointing"))
+    gradient_checkpointing_options(r)
     bf16, fp16 = take("bf16"), take("fp16")
     if take("pure_bf16"):
         fail("pure_bf16", "not supported yet: bf16 weights without fp32 master copies; use bf16: true")
@@ -514,6 +593,33 @@ def train(r: _Reading) -> None:
             put("model.attn_implementation", ATTENTION[attn])
         else:
             fail("flash_attn", f"'{attn}' is not one of {', '.join(ATTENTION)}")
+
+
+def gradient_checkpointing_options(r: _Reading) -> None:
+    """gradient_checkpointing (Hugging Face's switch: also on when LLaMA-Factory's disable_gradient_checkpointing is
+    true), use_reentrant_gc (the reentrant flag LLaMA-Factory passes to torch.utils.checkpoint) and
+    gradient_checkpointing_kwargs (Hugging Face's, applied after LLaMA-Factory's: its entries win)."""
+    lf, take, put = r.lf, r.take, r.put
+    on = not lf.get("disable_gradient_checkpointing", False)  # the llamafactory preset turns it on
+    if take("gradient_checkpointing") and not on:
+        put("train.gradient_checkpointing", True)
+        on = True
+    kwargs = {}
+    if "use_reentrant_gc" in lf:
+        kwargs["use_reentrant"] = bool(take("use_reentrant_gc"))
+    extra = take("gradient_checkpointing_kwargs")
+    if extra:
+        if not isinstance(extra, dict):
+            r.fail("gradient_checkpointing_kwargs", f"expected a mapping (use_reentrant: false), got {extra!r}")
+            return
+        kwargs.update(extra)
+    if not kwargs:
+        return
+    if not on:
+        r.notes.append(f"{', '.join(k for k in ('use_reentrant_gc', 'gradient_checkpointing_kwargs') if k in lf)}:"
+                       " unused with disable_gradient_checkpointing: true (as in LLaMA-Factory)")
+        return
+    put("train.gradient_checkpointing_kwargs", kwargs)
 
 
 def saving(r: _Reading) -> None:
@@ -632,8 +738,11 @@ def translate(lf: dict, *, source: str = "llamafactory.yaml", lines: Optional[di
     # The order is the order of the printed overrides, and some sections see what an earlier one took
     # (preference skips the pref_* keys KTO read).
     stage, finetuning = model_and_method(r)
+    oft(r, finetuning)
     lora(r, finetuning)
     freeze(r, finetuning)
+    llama_pro(r, stage, finetuning)
+    token_loss(r, stage)
     kto(r, stage)
     preference(r, stage)
     dataset(r, stage, cwd)

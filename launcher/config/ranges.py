@@ -81,6 +81,12 @@ RANGES: dict[str, Range] = {
     "method.kto.undesirable_weight": POSITIVE,
     "method.kto.probe_rows": Range(0, note=" (0: off)"),
     "method.rm.probe_pairs": Range(0, note=" (0: off)"),
+    "method.token_loss.asft_alpha": NOT_NEGATIVE,
+    "method.token_loss.eaft_alpha": NOT_NEGATIVE,
+    "method.llama_pro.expand": Range(0, note=" (0: no expansion)"),
+    "method.oft.block_size": Range(0, note=" (0: derived from method.oft.r)"),
+    "method.oft.r": Range(0, note=" (0: derived from method.oft.block_size)"),
+    "method.oft.module_dropout": FRACTION,
     "train.seed": Range(0, 2**32 - 1),
     "train.max_steps": Range(-1, note="; -1 trains for train.epochs"),  # 0 and < -1: see validate
     "train.epochs": NOT_NEGATIVE,  # > 0 when max_steps is -1: see validate

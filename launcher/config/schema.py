@@ -140,6 +140,9 @@ class LoraConfig:
     choice; LLaMA-Factory's loraplus_lr_ratio); None: plain LoRA. Through peft's create_loraplus_optimizer."""
     include_vision: bool = False
     """VL models: let target_modules reach the vision tower too (by default LoRA adapts the language model only)."""
+    double_quantization: bool = True
+    """QLoRA 4bit: quantize the per-block quantization constants too (bitsandbytes' bnb_4bit_use_double_quant; about
+    0.4 bit per weight saved; LLaMA-Factory's double_quantization). Ignored by 8bit, refused without quantize=4bit."""
 
 
 @dataclass
@@ -191,6 +194,55 @@ class FreezeConfig:
     """all, or a list of module names inside those layers (mlp, self_attn, ...): freeze_trainable_modules."""
     extra_modules: list = field(default_factory=list)
     """Modules outside the decoder layers that also train (embed_tokens, norm, lm_head): freeze_extra_modules."""
+    llama_pro: bool = False
+    """LLaMA-Pro (LLaMA-Factory's use_llama_pro): trainable_layers N picks the N blocks block expansion inserted (every
+    num_layers/N-th layer: stride-1, 2*stride-1, ... with stride num_layers/N) instead of the last N; num_layers must
+    divide by N."""
+
+
+@dataclass
+class TokenLossConfig:
+    """The SFT token loss (method.token_loss): plain cross-entropy or a reweighted variant
+    (launcher.training.token_losses has the papers' formulas); LLaMA-Factory's use_dft_loss, use_asft_loss,
+    use_eaft_loss."""
+
+    name: str = "ce"
+    """ce (cross-entropy), dft (each token's loss x its probability, detached), eaft (x (top-20 entropy / 3)^alpha,
+    detached), asft (dft + asft_alpha x KL(reference || policy) per token, against the frozen starting model)."""
+    asft_alpha: float = 0.1
+    """ASFT: weight of the per-token KL to the reference (LLaMA-Factory's asft_alpha)."""
+    eaft_alpha: float = 1.0
+    """EAFT: power of the entropy weight (LLaMA-Factory's eaft_alpha); 0 gives plain cross-entropy."""
+
+
+@dataclass
+class LlamaProConfig:
+    """LLaMA-Pro block expansion (Wu et al. 2024): copies of decoder layers inserted with their output projections
+    (o_proj, down_proj) zeroed, so the expanded model computes what the original did; with method=llama_pro only
+    the new blocks train."""
+
+    expand: int = 0
+    """New blocks to insert when the model is built, one after every num_layers/expand-th layer (must divide the
+    layer count); 0: no expansion (a model LLaMA-Factory's scripts/llama_pro.py already expanded is trained with
+    method.freeze.llama_pro=true alone). The saved model has num_layers + expand layers."""
+
+
+@dataclass
+class OftConfig:
+    """OFT (peft's OFTConfig; LLaMA-Factory's finetuning_type: oft): each adapted weight is multiplied by a learned
+    block-diagonal orthogonal matrix (Cayley parametrized), which keeps the angles between neurons."""
+
+    block_size: int = 32
+    """Rows of each orthogonal block (LLaMA-Factory's oft_block_size); must divide every adapted layer's input
+    size. Set it or r, not both (peft: r = in_features / block_size)."""
+    r: int = 0
+    """Number of orthogonal blocks (oft_rank); 0: derived from block_size."""
+    target_modules: Any = "all-linear"
+    """all-linear, or a list of module names (q_proj, v_proj, ...): LLaMA-Factory's oft_target."""
+    module_dropout: float = 0.0
+    """Probability of dropping a whole block's rotation in training (multiplicative dropout), in [0, 1)."""
+    modules_to_save: Optional[list] = None
+    """Modules trained in full and saved with the adapter (LLaMA-Factory's additional_target); None: adapters only."""
 
 
 @dataclass
@@ -222,6 +274,12 @@ class MethodConfig:
     """The reward model's probe, for method.name=rm."""
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     """Which layers train, with method.finetuning=freeze."""
+    token_loss: TokenLossConfig = field(default_factory=TokenLossConfig)
+    """SFT's per-token loss (cross-entropy, DFT, EAFT, ASFT); methods sft_full, lora, freeze, oft, llama_pro."""
+    llama_pro: LlamaProConfig = field(default_factory=LlamaProConfig)
+    """LLaMA-Pro's block expansion at build time (method=llama_pro)."""
+    oft: OftConfig = field(default_factory=OftConfig)
+    """Orthogonal adapters, with method.finetuning=oft."""
 
 
 @dataclass
@@ -251,6 +309,9 @@ class TrainConfig:
     """Clip the gradients' global L2 norm to this before each optimizer step; 0: no clipping."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less activation memory for about a third more compute per step."""
+    gradient_checkpointing_kwargs: dict = field(default_factory=dict)
+    """Options of torch.utils.checkpoint for gradient_checkpointing (transformers' gradient_checkpointing_kwargs):
+    use_reentrant (false unless given; LLaMA-Factory's use_reentrant_gc), preserve_rng_state, determinism_check."""
     log_every: int = 10
     """A train record (loss, lr, grad norm, tokens/s) in metrics.jsonl every this many optimizer steps, and at the last
     one."""
@@ -562,9 +623,15 @@ def _choice(value: str, allowed: tuple, key: str) -> None:
         raise ConfigError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
 
 
+ADAPTER_KINDS = ("lora", "oft")
+"""method.finetuning kinds that train a peft adapter on a frozen base (saved as the adapter alone)."""
+
+
 METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sft_full": ("recipes.sft", ("full", "freeze")),
     "lora": ("recipes.sft", ("lora",)),
+    "oft": ("recipes.sft", ("oft",)),
+    "llama_pro": ("recipes.sft", ("freeze",)),
     "dpo": ("recipes.dpo", ("full", "lora")),
     "kto": ("recipes.kto", ("full", "lora")),
     "rm": ("recipes.rm", ("full", "lora", "freeze")),
@@ -607,7 +674,7 @@ def check_combinations(cfg: Config) -> None:
     """Reject impossible choices and combinations, naming the key and what to change."""
     m, t, d, p, c = cfg.method, cfg.train, cfg.data, cfg.parallelism, cfg.cluster
     _choice(m.name, tuple(METHODS), "method.name")
-    _choice(m.finetuning, ("full", "lora", "freeze"), "method.finetuning")
+    _choice(m.finetuning, ("full", "lora", "freeze", "oft"), "method.finetuning")
     allowed = METHODS[m.name][1]
     if m.finetuning not in allowed:
         hint = "; use method=lora" if m.name == "sft_full" else ""
@@ -653,6 +720,7 @@ def check_combinations(cfg: Config) -> None:
                               " N < 0: the first |N|)")
         if not (m.freeze.trainable_modules == "all" or isinstance(m.freeze.trainable_modules, list)):
             raise ConfigError("method.freeze.trainable_modules: use all or a list of module names (mlp, self_attn)")
+    check_method_variants(cfg)
     if not (m.lora.target_modules == "all-linear" or isinstance(m.lora.target_modules, list)):
         raise ConfigError("method.lora.target_modules: use all-linear or a list of module names")
     _choice(t.lr_scheduler, ("cosine", "linear", "constant"), "train.lr_scheduler")
@@ -716,6 +784,58 @@ def _check_parallelism_name(p: ParallelismConfig) -> None:
         f"parallelism.{key}: {getattr(p, key)} contradicts parallelism={p.name} ({key}={expected[key]});"
         f" choose the option instead of setting the key: parallelism={matching[0] if matching else p.name}"
     )
+
+
+GRADIENT_CHECKPOINTING_KWARGS = ("use_reentrant", "preserve_rng_state", "determinism_check", "debug")
+SFT_TOKEN_LOSS_METHODS = ("sft_full", "lora", "oft", "llama_pro")
+
+
+def check_method_variants(cfg: Config) -> None:
+    """OFT, LLaMA-Pro, the SFT token losses, QLoRA's double quantization and the checkpointing options."""
+    m, t, p = cfg.method, cfg.train, cfg.parallelism
+    _choice(m.token_loss.name, ("ce", "dft", "eaft", "asft"), "method.token_loss.name")
+    if m.token_loss.name != "ce":
+        if m.name not in SFT_TOKEN_LOSS_METHODS:
+            raise ConfigError(f"method.token_loss.name: {m.token_loss.name} is an SFT loss (methods"
+                              f" {', '.join(SFT_TOKEN_LOSS_METHODS)}); method={m.name} has its own loss")
+        if m.token_loss.name == "asft" and shards_parameters(p):
+            raise ConfigError(f"method.token_loss.name: asft keeps a frozen reference model whole on every rank, which"
+                              f" parallelism={p.name} does not shard here; use parallelism=ddp or zero2")
+    if m.finetuning == "oft":
+        if m.oft.r == 0 and m.oft.block_size <= 0:
+            raise ConfigError("method.oft.block_size: give a block size > 0 (32 is LLaMA-Factory's) or method.oft.r")
+        if m.oft.r and m.oft.block_size:
+            raise ConfigError(f"method.oft: set r ({m.oft.r}) or block_size ({m.oft.block_size}), not both"
+                              " (peft derives one from the other); e.g. method.oft.r=0")
+        if not (m.oft.target_modules == "all-linear" or isinstance(m.oft.target_modules, list)):
+            raise ConfigError("method.oft.target_modules: use all-linear or a list of module names")
+        if shards_parameters(p):
+            raise ConfigError(f"method.finetuning: oft's orthogonal blocks are built from each weight's full input"
+                              f" size, which parallelism={p.name} splits here; use parallelism=ddp or zero2")
+    if m.llama_pro.expand and m.name != "llama_pro":
+        raise ConfigError(f"method.llama_pro.expand: block expansion trains only the new blocks; use method=llama_pro"
+                          f" (got method={m.name}), or set it to 0")
+    if m.name == "llama_pro":
+        if not m.freeze.llama_pro:
+            raise ConfigError("method.freeze.llama_pro: method=llama_pro trains the expanded blocks; set it to true")
+    if m.freeze.llama_pro:
+        if m.finetuning != "freeze":
+            raise ConfigError(f"method.freeze.llama_pro: LLaMA-Pro trains whole expanded blocks (method.finetuning="
+                              f"freeze), got finetuning={m.finetuning}")
+        if m.freeze.trainable_layers <= 0:
+            raise ConfigError("method.freeze.trainable_layers: with llama_pro it counts the expanded blocks, > 0")
+        if m.llama_pro.expand and m.freeze.trainable_layers != m.llama_pro.expand:
+            raise ConfigError(f"method.freeze.trainable_layers: {m.freeze.trainable_layers} differs from"
+                              f" method.llama_pro.expand={m.llama_pro.expand}; the new blocks are the ones that train")
+    if not m.lora.double_quantization and m.lora.quantize != "4bit":
+        raise ConfigError("method.lora.double_quantization: applies to 4-bit QLoRA only (method.lora.quantize=4bit);"
+                          " leave it true otherwise")
+    unknown = sorted(set(t.gradient_checkpointing_kwargs) - set(GRADIENT_CHECKPOINTING_KWARGS))
+    if unknown:
+        raise ConfigError(f"train.gradient_checkpointing_kwargs: {', '.join(map(str, unknown))} is not an option of"
+                          f" torch.utils.checkpoint here ({', '.join(GRADIENT_CHECKPOINTING_KWARGS)})")
+    if t.gradient_checkpointing_kwargs and not t.gradient_checkpointing:
+        raise ConfigError("train.gradient_checkpointing_kwargs: set only with train.gradient_checkpointing=true")
 
 
 def validate_dpo(d: DpoConfig) -> None:

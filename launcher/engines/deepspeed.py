@@ -341,7 +341,7 @@ class DeepSpeedEngine(Engine):
         self.cfg = cfg
         self.dist = dist_info
         self.zero_stage = cfg.parallelism.zero_stage
-        self.lora = cfg.method.finetuning == "lora"
+        self.lora = cfg.method.finetuning in ("lora", "oft")  # an adapter: frozen base left out of checkpoints
         self.precision = precision
         on_gpu = dist_info.device.type == "cuda"
         bf16 = precision.bf16

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from launcher.config.parallelism import parallelism_of
-from launcher.config.schema import Config, LoraConfig, lora_init_converted
+from launcher.config.schema import ADAPTER_KINDS, Config, LoraConfig, OftConfig, lora_init_converted
 from launcher.errors import ConfigError
 from launcher.files import apply_umask
 from launcher.models.quantize import build_quantized_base
@@ -45,6 +45,8 @@ def sharded_loading(cfg: Config) -> Optional[str]:
     # base; VL models keep the plain build (their vision tower and processor files are not in the meta path yet).
     if lora is not None and (lora.use_dora or lora.quantize or lora.init != "default"):
         return None
+    if cfg.method.llama_pro.expand:  # block expansion copies whole built layers (launcher.models.llama_pro)
+        return None
     if vision_info(cfg.model) is not None:
         return None
     row = parallelism_of(p)
@@ -70,7 +72,8 @@ def build_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implementation
     from launcher.models.build import build_base_model, freeze_layers
 
     lora = cfg.method.finetuning == "lora"
-    save_random_base = save_base_to is not None and cfg.model.name_or_path is None and lora
+    adapter = cfg.method.finetuning in ADAPTER_KINDS
+    save_random_base = save_base_to is not None and cfg.model.name_or_path is None and adapter
     mode = sharded_loading(cfg)
     model = None
     if mode == "meta":
@@ -88,6 +91,13 @@ def build_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implementation
         else:
             model = build_base_model(cfg, tokenizer, attn_implementation, precision.param_dtype)
         freeze_for_config(model, cfg, dist_info)
+        if cfg.method.llama_pro.expand:
+            from launcher.models.llama_pro import expand_blocks
+
+            added = expand_blocks(model, cfg.method.llama_pro.expand)
+            if dist_info.is_main:
+                log.info("LLaMA-Pro: %d identity blocks inserted (layers %s); %d layers now", len(added),
+                         ", ".join(map(str, added)), len(model.get_decoder().layers))
         if save_random_base:
             if mode == "zero3":
                 from launcher.engines.deepspeed import save_zero3_base
@@ -101,11 +111,15 @@ def build_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implementation
             model = apply_lora(model, cfg.method.lora)
             if lora_init_converted(cfg.method.lora) and save_base_to is not None and dist_info.is_main:
                 save_initial_adapter(model, Path(save_base_to).parent / LORA_INIT_DIR)
+        elif cfg.method.finetuning == "oft":
+            model = apply_oft(model, cfg.method.oft)
     if cfg.method.finetuning == "freeze":
         freeze_layers(model, cfg.method.freeze)
     if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if lora:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs(cfg))
+        if adapter or cfg.method.finetuning == "freeze":
+            # Reentrant checkpointing passes gradients only through inputs that require them; with a frozen
+            # embedding, the first checkpointed layer's input must be made to.
             model.enable_input_require_grads()
     return model
 
@@ -166,6 +180,41 @@ def apply_lora(model, lora: LoraConfig, initialize: bool = True):
     model = get_peft_model(model, config, low_cpu_mem_usage=True)
     if initialize:
         init_lora(model)
+    return model
+
+
+def checkpointing_kwargs(cfg: Config) -> dict:
+    """torch.utils.checkpoint's options for gradient checkpointing: non-reentrant unless the config says otherwise
+    (train.gradient_checkpointing_kwargs; LLaMA-Factory's use_reentrant_gc)."""
+    return {"use_reentrant": False, **cfg.train.gradient_checkpointing_kwargs}
+
+
+def apply_oft(model, oft: OftConfig):
+    """OFT adapters on ``model`` (peft's OFTConfig, LLaMA-Factory's finetuning_type: oft): all linear layers of the
+    language model (or ``oft.target_modules``), each weight rotated by learned orthogonal blocks."""
+    from peft import OFTConfig, get_peft_model
+
+    from launcher.models.reward import is_sequence_scorer
+
+    target = oft.target_modules
+    if is_vision_model(model):
+        target = lora_target_modules(model, target, False)
+    config = OFTConfig(task_type="SEQ_CLS" if is_sequence_scorer(model) else "CAUSAL_LM", r=oft.r,
+                       oft_block_size=oft.block_size, target_modules=target, module_dropout=oft.module_dropout,
+                       modules_to_save=oft.modules_to_save)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = get_peft_model(model, config)
+        except ValueError as exc:
+            raise ConfigError(f"method.oft: {exc}".splitlines()[0]) from None
+    # peft moves a block size that does not divide a layer's input size to the nearest one that does, per layer.
+    adjusted = sorted({str(w.message) for w in caught if "Adjusted" in str(w.message)})
+    if adjusted:
+        log.warning("method.oft: peft adjusted the blocks of some layers (their input size is not a multiple): %s",
+                    "; ".join(adjusted))
     return model
 
 

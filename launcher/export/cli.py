@@ -1,5 +1,6 @@
 """``launcher export RUN_DIR``: a standalone HF model folder (LoRA merged) that from_pretrained and vLLM load,
-or with ``--format gguf`` one GGUF file for llama.cpp (``launcher.export.gguf``)."""
+or with ``--format gguf`` one GGUF file for llama.cpp (``launcher.export.gguf``), or with ``--format onnx`` an ONNX
+graph checked with onnxruntime (``launcher.export.onnx``)."""
 from __future__ import annotations
 
 import argparse
@@ -11,11 +12,13 @@ def export_main(argv: list[str]) -> int:
         prog="launcher export",
         description="Merge a LoRA adapter into its base (or take a full fine-tune) and write one HF model folder.",
     )
-    parser.add_argument("run_dir", help="a run dir (or, for --format gguf, also a Hugging Face model folder)")
-    parser.add_argument("--format", default="hf", choices=["hf", "gguf"],
-                        help="hf: a model folder (default); gguf: one .gguf file (Qwen2, Llama)")
+    parser.add_argument("run_dir", help="a run dir (or, for --format gguf/onnx, also a Hugging Face model folder)")
+    parser.add_argument("--format", default="hf", choices=["hf", "gguf", "onnx"],
+                        help="hf: a model folder (default); gguf: one .gguf file (Qwen2, Llama); onnx: model.onnx"
+                             " (input ids, attention mask -> logits), checked against torch with onnxruntime")
     parser.add_argument("--out", default=None,
-                        help="target folder (default RUN_DIR/export); gguf: a .gguf file or a folder (RUN_DIR/export-gguf)")
+                        help="target folder (default RUN_DIR/export); gguf: a .gguf file or a folder (RUN_DIR/export-gguf);"
+                             " onnx: a folder (RUN_DIR/export-onnx)")
     parser.add_argument("--max-shard-size", default="2GB", help="largest safetensors file, e.g. 500MB, 2GB (default 2GB)")
     parser.add_argument("--checkpoint", default=None, help="export checkpoint step-N instead of the final model")
     parser.add_argument("--dtype", default=None, choices=["keep", "bfloat16", "float16", "float32", "f32", "f16", "q8_0"],
@@ -26,6 +29,17 @@ def export_main(argv: list[str]) -> int:
                              " printed")
     parser.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
     args = parser.parse_args(argv)
+    if args.format == "onnx":
+        from launcher.errors import ConfigError
+        from launcher.export.onnx import OnnxArgs, export_onnx
+
+        if args.dtype not in (None, "float32", "f32"):
+            raise ConfigError(f"--dtype: '{args.dtype}' is not available with --format onnx, which exports float32")
+        info = export_onnx(args.run_dir, OnnxArgs(out=args.out, checkpoint=args.checkpoint, force=args.force))
+        check = info["onnxruntime_check"]
+        print(f"exported: {info['path']} ({info['model_type']}, {info['parameters']} parameters, float32; onnxruntime"
+              f" logits within {check['max_abs_diff']:.2g} of torch's)")
+        return 0
     if args.format == "gguf":
         from launcher.errors import ConfigError
         from launcher.export.gguf import GGUF_DTYPES, GGUFArgs, export_gguf

@@ -98,8 +98,16 @@ def load_base(run_dir: Path, cfg: Config, tokenizer):
 
 def load_checkpoint_model(run_dir: Path, cfg: Config, checkpoint: Path, tokenizer, merge: bool):
     model = load_base(run_dir, cfg, tokenizer)
+    if cfg.method.llama_pro.expand and not (run_dir / BASE_MODEL_DIR / "config.json").is_file():
+        from launcher.models.llama_pro import expand_blocks
+
+        expand_blocks(model, cfg.method.llama_pro.expand)  # the checkpoint holds the expanded model
     if cfg.method.finetuning == "lora":
         model = apply_lora(model, cfg.method.lora)
+    elif cfg.method.finetuning == "oft":
+        from launcher.engines.model_build import apply_oft
+
+        model = apply_oft(model, cfg.method.oft)
     state = torch.load(checkpoint / layout.STATE_FILE, map_location="cpu", weights_only=False)
     if "model" in state:
         state = state["model"]
@@ -110,7 +118,7 @@ def load_checkpoint_model(run_dir: Path, cfg: Config, checkpoint: Path, tokenize
     elif state.get("engine") == "fsdp":
         loaded = load_dcp_weights(model, checkpoint)
     elif state.get("engine") == "deepspeed":
-        loaded = load_zero_weights(model, checkpoint, lora=cfg.method.finetuning == "lora")
+        loaded = load_zero_weights(model, checkpoint, lora=cfg.method.finetuning in ("lora", "oft"))
     else:
         raise LauncherError(f"{checkpoint}: state.pt holds no weights and names no engine whose shards we read"
                             f" (engine: {state.get('engine')!r}); use the run's final model (drop --checkpoint)")
@@ -118,7 +126,7 @@ def load_checkpoint_model(run_dir: Path, cfg: Config, checkpoint: Path, tokenize
     missing = sorted(trainable - loaded)
     if missing:
         raise LauncherError(f"{checkpoint}: trainable parameters missing from the checkpoint: {missing[:5]}")
-    if cfg.method.finetuning == "lora" and merge:
+    if cfg.method.finetuning in ("lora", "oft") and merge:
         model = model.merge_and_unload()
     return model
 

@@ -159,7 +159,12 @@ def plan_freeze(names: list[str], num_layers: int, freeze) -> list[str]:
     """Freeze tuning's choice, a pure function of parameter (or module) names: those in the chosen decoder layers
     (their ``trainable_modules``, or all of them) and the ``extra_modules`` outside the layers. Raises
     ConfigError naming a module name that matches nothing (a typo would silently train nothing)."""
-    ids = set(trainable_layer_ids(freeze.trainable_layers, num_layers))
+    if getattr(freeze, "llama_pro", False):  # LLaMA-Pro: the expanded blocks (launcher.models.llama_pro)
+        from launcher.models.llama_pro import expanded_layer_ids
+
+        ids = set(expanded_layer_ids(num_layers, freeze.trainable_layers))
+    else:
+        ids = set(trainable_layer_ids(freeze.trainable_layers, num_layers))
     modules = None if freeze.trainable_modules == "all" else {str(m) for m in freeze.trainable_modules}
     extra = {str(m) for m in freeze.extra_modules}
     seen_modules, seen_extra, trainable = set(), set(), []

@@ -25,14 +25,15 @@ def qlora_problem(cfg: Config, gpus: int, where: str) -> Optional[str]:
     return None
 
 
-def quantization_config(quantize: str):
-    """QLoRA's base: nf4 with double quantization and bf16 compute (the QLoRA paper's and LLaMA-Factory's
-    defaults), or LLM.int8 for 8bit."""
+def quantization_config(quantize: str, double_quantization: bool = True):
+    """QLoRA's base: nf4 with double quantization (method.lora.double_quantization) and bf16 compute (the QLoRA
+    paper's and LLaMA-Factory's defaults), or LLM.int8 for 8bit."""
     import torch
     from transformers import BitsAndBytesConfig
 
     if quantize == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_use_double_quant=double_quantization,
                                   bnb_4bit_compute_dtype=torch.bfloat16)
     return BitsAndBytesConfig(load_in_8bit=True)
 
@@ -52,8 +53,9 @@ def build_quantized_base(cfg: Config, attn_implementation: str, device):
 
     m = cfg.model
     model = AutoModelForCausalLM.from_pretrained(
-        m.name_or_path, quantization_config=quantization_config(cfg.method.lora.quantize), dtype=torch.bfloat16,
+        m.name_or_path, quantization_config=quantization_config(cfg.method.lora.quantize, cfg.method.lora.double_quantization), dtype=torch.bfloat16,
         device_map={"": device}, attn_implementation=attn_implementation, trust_remote_code=m.trust_remote_code,
     )
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing,
-                                           gradient_checkpointing_kwargs={"use_reentrant": False})
+                                           gradient_checkpointing_kwargs={"use_reentrant": False,
+                                                                          **cfg.train.gradient_checkpointing_kwargs})

@@ -13,6 +13,8 @@ as the plain cross-entropy over all positions:
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -158,11 +160,17 @@ class CausalLMLoss(nn.Module):
     all ranks), so variable-length micro-batches are weighted by their tokens (transformers#34191).
     """
 
-    def __init__(self, model: nn.Module, chunk_size: int = 256, fused: bool = True):
+    def __init__(self, model: nn.Module, chunk_size: int = 256, fused: bool = True, token_loss=None,
+                 reference: Optional[nn.Module] = None):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
         self.fused = fused
+        # A reweighted SFT loss (launcher.training.token_losses; a TokenLossConfig), None or ce: cross-entropy.
+        self.token_loss = token_loss if token_loss is not None and token_loss.name != "ce" else None
+        # ASFT's frozen reference, kept out of the module tree (not wrapped, trained or checkpointed); None with
+        # an adapter: the policy with its adapters switched off is the reference.
+        self.__dict__["reference"] = reference
 
     def backbone(self) -> nn.Module:
         return self.model.get_decoder()
@@ -174,9 +182,31 @@ class CausalLMLoss(nn.Module):
         hidden = backbone_hidden(self.model, input_ids, attention_mask, position_ids, vision)
         trained = shift_labels != IGNORE_INDEX
         head = self.lm_head()
+        if self.token_loss is not None:
+            return self.reweighted_loss_sum(hidden[trained], head, shift_labels[trained], trained, input_ids,
+                                            attention_mask, position_ids, vision)
         if self.fused and plain_linear_head(head):
             return fused_linear_ce_sum(hidden[trained], head.weight, shift_labels[trained], self.chunk_size)
         return chunked_ce_sum(hidden[trained], head, shift_labels[trained], self.chunk_size)
+
+
+    def reweighted_loss_sum(self, hidden, head, targets, trained, input_ids, attention_mask, position_ids, vision):
+        from launcher.training.token_losses import chunked_token_loss_sum
+
+        t = self.token_loss
+        ref_hidden = ref_head = None
+        if t.name == "asft":
+            with torch.no_grad():
+                if self.reference is not None:
+                    ref_hidden = backbone_hidden(self.reference, input_ids, attention_mask, position_ids, vision)
+                    ref_head = self.reference.get_output_embeddings()
+                else:  # an adapter on a frozen base: the base is the starting model
+                    with self.model.disable_adapter():
+                        ref_hidden = backbone_hidden(self.model, input_ids, attention_mask, position_ids, vision)
+                    ref_head = head
+                ref_hidden = ref_hidden[trained]
+        return chunked_token_loss_sum(hidden, head, targets, self.chunk_size, t.name, t.asft_alpha, t.eaft_alpha,
+                                      ref_hidden, ref_head)
 
 
 VISION_INPUTS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")

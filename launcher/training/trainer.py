@@ -237,7 +237,7 @@ class Trainer:
             if self.dist.is_main:  # a model cut short must not pass for the run's result
                 shutil.rmtree(directory, ignore_errors=True)
             raise
-        if self.dist.is_main and self.cfg.method.finetuning == "lora" and self.cfg.model.name_or_path is None:
+        if self.dist.is_main and self.cfg.method.finetuning in ("lora", "oft") and self.cfg.model.name_or_path is None:
             # Point the adapter at the random-init base saved beside it, so standard PEFT loading works;
             # load_trained_model also finds it there if the run dir has moved.
             point_adapter_at_base(directory, self.run_dir / BASE_MODEL_DIR)

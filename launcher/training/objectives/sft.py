@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from launcher.config.parallelism import parallelism_of
+from launcher.config.schema import ADAPTER_KINDS
 from launcher.engines.distributed import all_reduce_sum
 from launcher.training.batching import eval_batches
 from launcher.training.loss import IGNORE_INDEX, CausalLMLoss
@@ -34,7 +35,15 @@ class CausalLMObjective(Objective):
     def loss_module(self, model: nn.Module, cfg) -> nn.Module:
         # ZeRO-3 gathers a weight only inside its module's forward: there the head must be called, not read.
         zero3 = parallelism_of(cfg.parallelism).zero3
-        return CausalLMLoss(model, cfg.train.loss_chunk_size, fused=not zero3)
+        token_loss = cfg.method.token_loss
+        reference = None
+        if token_loss.name == "asft" and cfg.method.finetuning not in ADAPTER_KINDS:
+            # ASFT's anchor: the starting weights, copied before the engine wraps the policy.
+            from launcher.training.objectives.reference import frozen_copy
+
+            reference = frozen_copy(model, next(model.parameters()).device)
+        return CausalLMLoss(model, cfg.train.loss_chunk_size, fused=not zero3, token_loss=token_loss,
+                            reference=reference)
 
     def collate(self, rows: list) -> dict:
         return self.data.collate(rows)

@@ -116,6 +116,33 @@ def build_image_processor(info: VisionModelInfo, fast: Optional[bool] = None):
     return image_processor_class(fast)(**values)
 
 
+def build_video_settings(info: VisionModelInfo, max_pixels: int, min_pixels: int, fps: float, maxlen: int):
+    """The family's video processor values (the folder's video_preprocessor_config.json, else its
+    preprocessor_config.json, else the released ones) with LF's frame options."""
+    from launcher.data.video import RELEASED_VIDEO_SIZE, VideoSettings
+
+    values = dict(RELEASED_PROCESSOR[info.family])
+    size = dict(RELEASED_VIDEO_SIZE[info.family])
+    folder = Path(info.source) if info.source else None
+    # Qwen2-VL/2.5-VL's video processor reads preprocessor_config.json; Qwen3-VL ships its own video file, and
+    # its preprocessor_config.json's size is the image processor's
+    names = ("video_preprocessor_config.json",) if info.family == "qwen3_vl" else (
+        "preprocessor_config.json", "video_preprocessor_config.json")
+    for name in names:  # the later wins
+        if folder and (folder / name).is_file():
+            saved = json.loads((folder / name).read_text())
+            values.update({k: saved[k] for k in ("patch_size", "temporal_patch_size", "merge_size", "image_mean",
+                                                 "image_std") if k in saved})
+            if isinstance(saved.get("size"), dict) and "shortest_edge" in saved["size"]:
+                size = dict(saved["size"])
+            if "min_pixels" in saved or "max_pixels" in saved:
+                size = {"shortest_edge": saved.get("min_pixels", size["shortest_edge"]),
+                        "longest_edge": saved.get("max_pixels", size["longest_edge"])}
+    return VideoSettings(info.family, max_pixels, min_pixels, float(fps), int(maxlen), size["shortest_edge"],
+                         size["longest_edge"], values["patch_size"], values["temporal_patch_size"],
+                         values["merge_size"], tuple(values["image_mean"]), tuple(values["image_std"]))
+
+
 _CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and message['role'] != 'system' %}DEFAULT_SYSTEM{% endif %}"
@@ -261,8 +288,12 @@ class _ConfigOnly:
         self.get_vision_position_ids = types.MethodType(model_class.get_vision_position_ids, self)
         self._get_rope_index = types.MethodType(model_class.get_rope_index, self)
 
-    def __call__(self, input_ids, mm_token_type_ids, image_grid_thw=None):
-        return self._get_rope_index(input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw)
+    def __call__(self, input_ids, mm_token_type_ids, image_grid_thw=None, video_grid_thw=None, second_per_grid_ts=None):
+        kwargs = {"video_grid_thw": video_grid_thw} if video_grid_thw is not None else {}
+        if second_per_grid_ts is not None and self.config.model_type == "qwen2_5_vl":  # the others take none
+            kwargs["second_per_grid_ts"] = second_per_grid_ts
+        return self._get_rope_index(input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw,
+                                    **kwargs)
 
     def __getstate__(self):  # data-loader workers started by spawn get the config and rebuild the bindings
         return {"config": self.config, "cls": self._cls}

@@ -145,7 +145,8 @@ def mrope_positions(rows: list[dict], width: int, packed: bool, rope_index, visi
         ids = r["input_ids"]
         lengths = r.get("segment_lengths", [len(ids)])
         per_segment = r.get("segment_images", [len(r.get("images") or [])])
-        videos_per_segment = r.get("segment_videos", [len(r.get("videos") or [])])
+        videos_per_segment = r.get("segment_videos") or (
+            [len(r.get("videos") or [])] if len(lengths) == 1 else [0] * len(lengths))
         grids = list(r.get("image_grid_thw") or [])
         video_grids = list(r.get("video_grid_thw") or [])
         seconds = list(r.get("video_second_per_grid") or [])

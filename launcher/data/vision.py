@@ -166,7 +166,7 @@ def check_media(sample: dict, template: str, image_slot: bool, vision_model: boo
         raise DataError(f"{where}: the row has {kind} but model '{model_name}' has no vision tower; use a Qwen2-VL,"
                         " Qwen2.5-VL or Qwen3-VL model (model=tiny_qwen2_vl, or model=hf with a VL checkpoint),"
                         f" or drop the {kind} column from dataset_info.json")
-    slot = "an image" if kind == "images" else "a video"
+    slot = "image" if kind == "images" else "video"
     if not image_slot and suggested:
         raise DataError(f"{where}: data.template={template} has no {slot} slot; use data.template={suggested} (the"
                         f" template of model '{model_name}', LLaMA-Factory's name), or leave it unset")

@@ -151,6 +151,8 @@ _CHAT_TEMPLATE = (
     "{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' or 'image' in part or 'image_url' in part %}"
     "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' or 'video' in part %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}"
@@ -165,8 +167,9 @@ VL_CHAT_TEMPLATES = {
 
 
 def save_processor_files(out_dir: Path, image_processor, tokenizer, info: VisionModelInfo) -> None:
-    """preprocessor_config.json (+ processor_class) and a chat template with image slots beside the model, so
-    that ``AutoProcessor`` and vLLM-style servers find the image settings and can render image messages.
+    """preprocessor_config.json (+ processor_class), video_preprocessor_config.json and a chat template with
+    image and video slots beside the model, so that ``AutoProcessor`` and vLLM-style servers find the image and
+    video settings and can render image and video messages.
     Call after ``tokenizer.save_pretrained``: the template written here replaces the tokenizer's text one."""
     out_dir = Path(out_dir)
     (out_dir / "chat_template.jinja").write_text(VL_CHAT_TEMPLATES[info.template])
@@ -180,6 +183,17 @@ def save_processor_files(out_dir: Path, image_processor, tokenizer, info: Vision
         "Qwen2_5_VLProcessor" if info.family == "qwen2_5_vl" else "Qwen2VLProcessor")
     saved["processor_class"] = processor_class
     config_file.write_text(json.dumps(saved, indent=2) + "\n")
+    # the video processor's own file (Qwen3-VL's size differs from its images'): what build_video_settings and
+    # AutoVideoProcessor read back
+    video = build_video_settings(info, 0, 0, 2.0, 1)
+    (out_dir / "video_preprocessor_config.json").write_text(json.dumps({
+        "video_processor_type": "Qwen3VLVideoProcessor" if info.family == "qwen3_vl" else "Qwen2VLVideoProcessor",
+        "processor_class": processor_class, "size": {"shortest_edge": video.shortest_edge,
+                                                     "longest_edge": video.longest_edge},
+        "patch_size": video.patch_size, "temporal_patch_size": video.temporal_patch_size,
+        "merge_size": video.merge_size, "image_mean": list(video.image_mean), "image_std": list(video.image_std),
+        "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "do_convert_rgb": True}, indent=2) + "\n")
 
 
 def save_vision_files(out: Path, cfg, tokenizer) -> None:

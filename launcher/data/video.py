@@ -33,43 +33,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from launcher.errors import DataError
+from launcher.models.vision import VideoSettings  # LF's options with the model's video processor values
 
 VIDEO_PLACEHOLDER = "<video>"
-LF_VIDEO_MAX_PIXELS = 256 * 256
-LF_VIDEO_MIN_PIXELS = 16 * 16
-LF_VIDEO_FPS = 2.0
-LF_VIDEO_MAXLEN = 128
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 FRAME_LIST_SEPARATOR = "\n"
 """A list of frame paths travels through the token store as one string, its paths joined by this."""
-
-RELEASED_VIDEO_SIZE = {
-    # the video processor's pixel limits: Qwen2-VL/2.5-VL read them from preprocessor_config.json
-    # (min_pixels / max_pixels); Qwen3-VL ships a video_preprocessor_config.json of its own
-    "qwen2_vl": {"shortest_edge": 3136, "longest_edge": 12845056},
-    "qwen2_5_vl": {"shortest_edge": 3136, "longest_edge": 12845056},
-    "qwen3_vl": {"shortest_edge": 4096, "longest_edge": 25165824},
-}
-
-
-@dataclass(frozen=True)
-class VideoSettings:
-    """LF's video options (data.video_*) and the model's video processor values."""
-
-    family: str
-    """qwen2_vl, qwen2_5_vl or qwen3_vl."""
-    max_pixels: int = LF_VIDEO_MAX_PIXELS
-    min_pixels: int = LF_VIDEO_MIN_PIXELS
-    fps: float = LF_VIDEO_FPS
-    maxlen: int = LF_VIDEO_MAXLEN
-    shortest_edge: int = 3136
-    longest_edge: int = 12845056
-    patch_size: int = 14
-    temporal_patch_size: int = 2
-    merge_size: int = 2
-    image_mean: tuple = (0.48145466, 0.4578275, 0.40821073)
-    image_std: tuple = (0.26862954, 0.26130258, 0.27577711)
-
 
 @dataclass(frozen=True)
 class VideoPlan:

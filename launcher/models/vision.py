@@ -33,6 +33,14 @@ RELEASED_PROCESSOR = {
 }
 RELEASED_PROCESSOR["qwen2_5_vl"] = RELEASED_PROCESSOR["qwen2_vl"]
 
+RELEASED_VIDEO_SIZE = {
+    # the video processor's pixel limits: Qwen2-VL/2.5-VL read them from preprocessor_config.json
+    # (min_pixels / max_pixels); Qwen3-VL ships a video_preprocessor_config.json of its own
+    "qwen2_vl": {"shortest_edge": 3136, "longest_edge": 12845056},
+    "qwen2_5_vl": {"shortest_edge": 3136, "longest_edge": 12845056},
+    "qwen3_vl": {"shortest_edge": 4096, "longest_edge": 25165824},
+}
+
 VISION_TOKENS = {"vision_start": "<|vision_start|>", "vision_end": "<|vision_end|>", "image_pad": "<|image_pad|>",
                  "video_pad": "<|video_pad|>"}
 
@@ -42,6 +50,31 @@ FREEZE_GROUPS = {
     "projector": ("visual.merger", "visual.deepstack_merger_list"),
     "language_model": ("language_model",),
 }
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """How a model's videos become frames: LF's options (data.video_*) and the model's video processor values."""
+
+    family: str
+    """qwen2_vl, qwen2_5_vl or qwen3_vl."""
+    max_pixels: int
+    """data.video_max_pixels: frames above are scaled down first."""
+    min_pixels: int
+    """data.video_min_pixels: frames below are scaled up first."""
+    fps: float
+    """data.video_fps: frames sampled per second."""
+    maxlen: int
+    """data.video_maxlen: the most frames sampled."""
+    shortest_edge: int
+    """The video processor's size.shortest_edge (min pixels of smart_resize)."""
+    longest_edge: int
+    """The video processor's size.longest_edge (max pixels; Qwen3-VL: over all frames)."""
+    patch_size: int
+    temporal_patch_size: int
+    merge_size: int
+    image_mean: tuple
+    image_std: tuple
 
 
 @dataclass(frozen=True)
@@ -119,8 +152,6 @@ def build_image_processor(info: VisionModelInfo, fast: Optional[bool] = None):
 def build_video_settings(info: VisionModelInfo, max_pixels: int, min_pixels: int, fps: float, maxlen: int):
     """The family's video processor values (the folder's video_preprocessor_config.json, else its
     preprocessor_config.json, else the released ones) with LF's frame options."""
-    from launcher.data.video import RELEASED_VIDEO_SIZE, VideoSettings
-
     values = dict(RELEASED_PROCESSOR[info.family])
     size = dict(RELEASED_VIDEO_SIZE[info.family])
     folder = Path(info.source) if info.source else None

@@ -96,6 +96,18 @@ def test_qwen2_5_positions_follow_time_and_batches_train(tmp_path):
     model = tiny_model("tiny_qwen2_5_vl")
     hidden = backbone_hidden(model, batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch)
     assert torch.isfinite(hidden).all()
+    # packed after a text sample, the video's sample keeps its own positions (restarting at 0)
+    write(tmp_path, [{"messages": turn("Hello there?", "Hi.")},
+                     {"messages": turn("<video>What happens?"), "videos": ["v.mp4"]}])
+    packed = build_datasets(vl_config("tiny_qwen2_5_vl", tmp_path, ["d"], packing=True),
+                            tokenizer_for("tiny_qwen2_5_vl"))
+    (packed_row,) = packed.train
+    assert sorted(packed_row["segment_videos"]) == [0, 1] and packed_row["videos"] == row["videos"]
+    positions = packed.collate_for("sdpa")([packed_row])["position_ids"]
+    k = packed_row["segment_videos"].index(1)
+    start, n = sum(packed_row["segment_lengths"][:k]), packed_row["segment_lengths"][k]
+    assert n == len(row["input_ids"])
+    assert torch.equal(positions[1:, 0, start: start + n], batch["position_ids"][:, 0])
 
 
 def test_cut_never_splits_a_video(tmp_path):

@@ -195,3 +195,18 @@ def test_trains_on_mllm_video_demo(tmp_path, method):
               if json.loads(line)["kind"] == "train"]
     assert len(losses) == 3 and losses[-1] < losses[0], losses
     assert (run_dir / "model").is_dir()
+
+
+def test_frame_list_video_as_lf_writes_it(tmp_path):
+    """LF's already sampled frames (a list of image paths in ``videos``): taken at video_fps, an odd count
+    padded with the last frame, decoded per batch like a file."""
+    from tests.vl.helpers import write_images
+
+    frames = write_images(tmp_path, [(84, 56)] * 3)
+    write(tmp_path, [{"messages": turn("<video>What changes?"), "videos": [frames]}])
+    bundle = build_datasets(vl_config("tiny_qwen2_vl", tmp_path, ["d"]), tokenizer_for("tiny_qwen2_vl"))
+    row = bundle.train[0]
+    assert row["video_grid_thw"] == [[2, 4, 6]] and row["video_second_per_grid"] == [pytest.approx(1.0)]
+    assert row["input_ids"].count(bundle.vision.ids["video_pad"]) == 2 * 4 * 6 // 4
+    batch = bundle.collate_for("sdpa")([row])
+    assert batch["pixel_values_videos"].shape == (2 * 4 * 6, 3 * 2 * 14 * 14)

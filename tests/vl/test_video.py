@@ -194,7 +194,21 @@ def test_trains_on_mllm_video_demo(tmp_path, method):
     losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
               if json.loads(line)["kind"] == "train"]
     assert len(losses) == 3 and losses[-1] < losses[0], losses
-    assert (run_dir / "model").is_dir()
+    assert (run_dir / "model" / "video_preprocessor_config.json").is_file()
+    if method == "lora":
+        return
+    # chat with a video (what ``launcher chat RUN_DIR --video PATH`` / ``/video PATH`` do)
+    from launcher.inference.chat_session import ChatSession, GenerationOptions
+    from launcher.inference.prompts import prompt_renderer
+
+    video = str(DEMO / "mllm_demo_data" / "4.mp4")
+    session = ChatSession(recipe.model.eval(), recipe.tokenizer, prompt_renderer(recipe.tokenizer, recipe.cfg),
+                          torch.device("cpu"), GenerationOptions(max_new_tokens=3), vision=recipe.data.vision)
+    session.attach_video(video)
+    answer, prompt = session.reply("What happens?")
+    assert prompt.count("<|vision_start|>") == 1 and "<|video_pad|>" in prompt and session.videos == [video]
+    with pytest.raises(DataError, match="/video: video file not found"):
+        session.attach_video(str(DEMO / "missing.mp4"))
 
 
 def test_frame_list_video_as_lf_writes_it(tmp_path):

@@ -71,11 +71,13 @@ def check_datasets(problems: Problems, cfg: Config) -> None:
 
 
 def media_checker(cfg: Config) -> Callable:
-    """check(sample, where) for a row's images: the model takes them and the template has an image slot (every
-    row); the files are images none of which resizes to more tokens than data.cutoff_len (the image files of
-    the first ``IMAGE_FILE_ROWS`` rows with images: a header read each, so a million-image set stays seconds)."""
+    """check(sample, where) for a row's images and videos: the model takes them and the template has an image
+    slot (every row); the files are images or videos none of which takes more tokens than data.cutoff_len (the
+    files of the first ``IMAGE_FILE_ROWS`` rows with media: a header read each, so a million-image set stays
+    seconds)."""
     from launcher.data.templates import IMAGE_TEMPLATES
-    from launcher.data.vision import VisionData, check_media, sample_grids
+    from launcher.data import video_settings
+    from launcher.data.vision import VisionData, check_media, sample_grids, sample_videos
     from launcher.models.vision import build_image_processor, vision_info
 
     info = vision_info(cfg.model)
@@ -90,11 +92,15 @@ def media_checker(cfg: Config) -> Callable:
         nonlocal vision
         check_media(sample, template, image_slot, info is not None, cfg.model.name_or_path or cfg.model.name, where,
                     info.template if info is not None else None)
-        if sample.get("images") and opened[0] < IMAGE_FILE_ROWS:
+        if (sample.get("images") or sample.get("videos")) and opened[0] < IMAGE_FILE_ROWS:
             opened[0] += 1
             if vision is None:
-                vision = VisionData(build_image_processor(info), cfg.data.image_max_pixels, cfg.data.image_min_pixels)
+                vision = VisionData(build_image_processor(info), cfg.data.image_max_pixels, cfg.data.image_min_pixels,
+                                    video=video_settings(cfg, info))
             sample_grids(sample, vision, cfg.data.cutoff_len, where)
+            # each video's header (its frames, duration and size): missing, unreadable, frameless or longer
+            # than data.cutoff_len alone
+            sample_videos(sample, vision, cfg.data.cutoff_len, where)
 
     return check
 

@@ -64,8 +64,6 @@ BUILT_IN = {
 # Keys refused with what to do; 'not supported yet' means the feature is planned, not that the key is wrong.
 UNSUPPORTED = {
     "loraplus_lr_embedding": "not supported: LoRA+ trains LoRA on embeddings at learning_rate here; remove the key",
-    "video_fps": "not supported yet: videos (images only); remove the key",
-    "video_maxlen": "not supported yet: videos (images only); remove the key",
     "use_unsloth": "not supported: unsloth kernels; remove the key",
     "enable_liger_kernel": "not supported yet: Liger kernels (our loss is already chunked: no full logits); remove the key",
     "rope_scaling": "not supported yet: RoPE scaling; remove the key",
@@ -83,10 +81,9 @@ UNSUPPORTED = {
 VISION_KEYS = {"image_max_pixels": "data.image_max_pixels", "image_min_pixels": "data.image_min_pixels",
                "freeze_vision_tower": "model.freeze_vision_tower",
                "freeze_multi_modal_projector": "model.freeze_projector",
-               "freeze_language_model": "model.freeze_language_model"}
-# Video sizes: LLaMA-Factory's documented VL files set them even for image data; they change nothing here (a
-# row with videos is refused when the data is read), so they are named in a note, not refused.
-VIDEO_SIZE_KEYS = ("video_max_pixels", "video_min_pixels")
+               "freeze_language_model": "model.freeze_language_model",
+               "video_max_pixels": "data.video_max_pixels", "video_min_pixels": "data.video_min_pixels",
+               "video_fps": "data.video_fps", "video_maxlen": "data.video_maxlen"}
 
 STAGES = {"sft": "sft", "dpo": "dpo", "kto": "kto", "pt": "pt", "rm": "rm"}
 # (stage, finetuning_type) -> our method option; a finetuning kind the option does not name is set on top.
@@ -697,17 +694,11 @@ def output(r: _Reading, cwd: Path) -> None:
 
 
 def vision(r: _Reading) -> None:
-    """The vision-language keys (image sizes, what to freeze); video sizes only get a note."""
+    """The vision-language keys (image and video sizes, video frame sampling, what to freeze)."""
     for key, ours in VISION_KEYS.items():
         if key in r.lf:
             value = r.take(key)
             r.put(ours, bool(value) if key.startswith("freeze_") else value)
-    videos = [k for k in VIDEO_SIZE_KEYS if k in r.lf]
-    for key in videos:
-        r.take(key)
-    if videos:
-        r.notes.append(f"{', '.join(videos)}: no effect (videos are not trained here; a dataset row with videos"
-                       " is refused with its file and line)")
 
 
 def untaken(r: _Reading) -> None:

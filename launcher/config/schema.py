@@ -108,6 +108,15 @@ class DataConfig:
     """VL: images with more pixels are scaled down (by the square root of the ratio) first, as LLaMA-Factory does."""
     image_min_pixels: int = 32 * 32
     """VL: images with fewer pixels are scaled up first."""
+    video_max_pixels: int = 256 * 256
+    """VL videos: frames with more pixels are scaled down first (LLaMA-Factory's default); with the frame count,
+    what decides a video's tokens."""
+    video_min_pixels: int = 16 * 16
+    """VL videos: frames with fewer pixels are scaled up first."""
+    video_fps: float = 2.0
+    """VL videos: frames sampled per second of video (evenly spread), at most video_maxlen in all."""
+    video_maxlen: int = 128
+    """VL videos: the most frames sampled from one video (LLaMA-Factory's default); lower it for long videos."""
 
 
 @dataclass

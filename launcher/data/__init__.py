@@ -191,7 +191,14 @@ def image_stats(folder: Path, records: np.ndarray, merge_size: int) -> dict:
     per_image = np.asarray(tokens.image_grid_thw, np.int64).prod(axis=1) // (merge_size ** 2)
     cum = np.concatenate([[0], np.cumsum(per_image)])
     per_record = cum[offsets[1:]] - cum[offsets[:-1]]
-    return {"images": int(np.diff(offsets)[records].sum()), "image_tokens": int(per_record[records].sum())}
+    out = {"images": int(np.diff(offsets)[records].sum()), "image_tokens": int(per_record[records].sum())}
+    if tokens.has_videos:
+        offsets = np.asarray(tokens.video_offsets)
+        per_video = np.asarray(tokens.video_grid_thw, np.int64).prod(axis=1) // (merge_size ** 2)
+        cum = np.concatenate([[0], np.cumsum(per_video)])
+        per_record = cum[offsets[1:]] - cum[offsets[:-1]]
+        out.update(videos=int(np.diff(offsets)[records].sum()), video_tokens=int(per_record[records].sum()))
+    return out
 
 
 LF_PREPROCESSING_BATCH = 1000
@@ -373,8 +380,23 @@ def vision_data(cfg: Config, tokenizer):
     if cfg.data.image_min_pixels > cfg.data.image_max_pixels:
         raise DataError(f"data.image_min_pixels ({cfg.data.image_min_pixels}) is above data.image_max_pixels"
                         f" ({cfg.data.image_max_pixels}); lower it")
-    vision = VisionData(build_image_processor(info), cfg.data.image_max_pixels, cfg.data.image_min_pixels)
+    vision = VisionData(build_image_processor(info), cfg.data.image_max_pixels, cfg.data.image_min_pixels,
+                        video=video_settings(cfg, info))
     return vision.with_tokenizer(tokenizer), info
+
+
+def video_settings(cfg: Config, info):
+    """The VideoSettings of a VL model: data.video_* and the model's video processor values."""
+    from launcher.models.vision import build_video_settings
+
+    data = cfg.data
+    if data.video_min_pixels > data.video_max_pixels:
+        raise DataError(f"data.video_min_pixels ({data.video_min_pixels}) is above data.video_max_pixels"
+                        f" ({data.video_max_pixels}); lower it")
+    if data.video_fps <= 0 or data.video_maxlen < 1:
+        raise DataError(f"data.video_fps ({data.video_fps}) must be above 0 and data.video_maxlen"
+                        f" ({data.video_maxlen}) at least 1")
+    return build_video_settings(info, data.video_max_pixels, data.video_min_pixels, data.video_fps, data.video_maxlen)
 
 
 def build_supervised_datasets(cfg: Config, tokenizer, **kwargs) -> DataBundle:

@@ -2,7 +2,8 @@
 
 preview: N samples as the model gets them, trained spans marked (green on a terminal, ``[[...]]`` otherwise),
 then the counts (samples, dropped, tokens, trained tokens, packing fill). For a VL model each image's span is
-listed (token positions, image tokens, grid) and a run of image tokens prints as ``<|image_pad|>*N``.
+listed (token positions, image tokens, grid) and a run of image tokens prints as ``<|image_pad|>*N``; each
+video's frames (sampled, of the stream's), their size, grid and tokens likewise (``<|video_pad|>*N``).
 ``load_preview`` gives the same as data (``PreviewSample``: the text runs, trained or not, and a sample's
 images) for ``launcher ui``'s preview.
 dump: every row as JSON Lines (input_ids, labels, and position_ids/segment_lengths for packed rows).
@@ -34,20 +35,28 @@ def split_segments(row: dict) -> list[dict]:
     segment whose placeholders they fill (``segment_images``: images per segment)."""
     if "chosen_input_ids" in row:
         return [{"input_ids": row[f"{s}_input_ids"], "labels": row[f"{s}_labels"], "side": s} for s in ("chosen", "rejected")]
-    out, offset, image = [], 0, 0
+    out, offset, image, video = [], 0, 0, 0
     lengths = row.get("segment_lengths", [len(row["input_ids"])])
     per_segment = row.get("segment_images", [len(row.get("images") or [])])
-    for n, k in zip(lengths, per_segment):
+    videos_per_segment = row.get("segment_videos") or (
+        [len(row.get("videos") or [])] if len(lengths) == 1 else [0] * len(lengths))
+    for n, k, v in zip(lengths, per_segment, videos_per_segment):
         out.append({"input_ids": row["input_ids"][offset: offset + n], "labels": row["labels"][offset: offset + n],
                     "images": (row.get("images") or [])[image: image + k],
-                    "image_grid_thw": (row.get("image_grid_thw") or [])[image: image + k]})
+                    "image_grid_thw": (row.get("image_grid_thw") or [])[image: image + k],
+                    "videos": (row.get("videos") or [])[video: video + v],
+                    "video_grid_thw": (row.get("video_grid_thw") or [])[video: video + v]})
         offset += n
         image += k
+        video += v
     return out
 
 
 def compress_image_runs(text: str) -> str:
-    return re.sub(r"(?:<\|image_pad\|>)+", lambda m: f"<|image_pad|>*{m.group(0).count('<|image_pad|>')}", text)
+    """Runs of image (and video) pad tokens as ``<|image_pad|>*N``."""
+    for pad in ("<|image_pad|>", "<|video_pad|>"):
+        text = re.sub(f"(?:{re.escape(pad)})+", lambda m, pad=pad: f"{pad}*{m.group(0).count(pad)}", text)
+    return text
 
 
 def marked_spans(tokenizer, input_ids: list, labels: list) -> list[tuple[str, bool]]:
@@ -75,7 +84,8 @@ def render_marked(tokenizer, input_ids: list, labels: list, color: bool) -> str:
 
 
 def format_stats(stats: dict) -> str:
-    keys = ("samples", "dropped", "rows", "tokens", "trained_tokens", "images", "image_tokens", "dropped_image_cut",
+    keys = ("samples", "dropped", "rows", "tokens", "trained_tokens", "images", "image_tokens", "videos", "video_tokens",
+            "dropped_image_cut",
             "packing_fill", "eval_samples", "template", "cache_hit")
     line = "  ".join(f"{k}={stats[k]}" for k in keys if k in stats)
     note = f"\nnote: {stats['template_note']}" if stats.get("template_note") else ""
@@ -101,6 +111,15 @@ class PreviewSample:
     """[{start, end, image_tokens}]: where each image's vision span sits in the sample."""
     image_grids: list = field(default_factory=list)
     """Each image's (t, h, w) patch grid, where the rows carry it."""
+    videos: list = field(default_factory=list)
+    """The sample's videos (a file, a frame folder, or frame paths joined by newlines)."""
+    video_grids: list = field(default_factory=list)
+    """Each video's (t, h, w) patch grid."""
+    video_spans: list = field(default_factory=list)
+    """Per video, [{start, end, video_tokens}] of its vision spans (Qwen3-VL: one per temporal patch)."""
+    video_frames: list = field(default_factory=list)
+    """Per video, {sampled, of, width, height, fps}: frames kept (the temporal patch's copy included), the
+    stream's frame count (None for frame folders), the frame size after the video pixel limits."""
 
 
 def preview_samples(bundle, tokenizer, n: int) -> list[PreviewSample]:
@@ -115,16 +134,55 @@ def preview_samples(bundle, tokenizer, n: int) -> list[PreviewSample]:
                                    trained=sum(lab != -100 for lab in seg["labels"]),
                                    spans=marked_spans(tokenizer, seg["input_ids"], seg["labels"]),
                                    images=list(seg.get("images") or []),
-                                   image_grids=[list(g) for g in seg.get("image_grid_thw") or []])
-            if vision is not None and sample.images:
+                                   image_grids=[list(g) for g in seg.get("image_grid_thw") or []],
+                                   videos=list(seg.get("videos") or []),
+                                   video_grids=[list(g) for g in seg.get("video_grid_thw") or []])
+            if vision is not None and (sample.images or sample.videos):
                 from launcher.data.vision import describe_positions  # the VL port's; absent where VL is
 
-                sample.image_spans = describe_positions(seg, vision)
+                spans = describe_positions(seg, vision)
+                sample.image_spans = [span for span in spans if span["image_tokens"]]
                 sample.image_tokens = [span["image_tokens"] for span in sample.image_spans]
+                add_video_details(sample, [span for span in spans if span["video_tokens"]], vision)
             out.append(sample)
         if len(out) >= n:
             break
     return out
+
+
+def add_video_details(sample: PreviewSample, spans: list, vision) -> None:
+    """Each video's spans and frames (its header read again: what training will decode)."""
+    from launcher.data.video import frame_paths, plan_video, probe_file
+
+    for k, (source, grid) in enumerate(zip(sample.videos, sample.video_grids)):
+        per_video = grid[0] if vision.video.family == "qwen3_vl" else 1
+        sample.video_spans.append(spans[k * per_video: (k + 1) * per_video])
+        try:
+            plan = plan_video(source, vision.video, "preview")
+            total = None if frame_paths(source) is not None else probe_file(source, "preview")[2]
+        except LauncherError:  # changed since it was tokenized: the counts from the rows still show
+            sample.video_frames.append(None)
+            continue
+        sample.video_frames.append({"sampled": len(plan.frames) + len(plan.frames) % 2, "of": total,
+                                    "width": plan.frame_size[0], "height": plan.frame_size[1],
+                                    "seconds_per_patch": round(plan.seconds_per_grid, 3)})
+
+
+def video_lines(sample: PreviewSample) -> list[str]:
+    """Per video: its frames, grid, tokens and where they sit."""
+    lines = []
+    for k, source in enumerate(sample.videos):
+        spans = sample.video_spans[k] if k < len(sample.video_spans) else []
+        tokens = sum(s["video_tokens"] for s in spans)
+        grid = "x".join(map(str, sample.video_grids[k])) if k < len(sample.video_grids) else "?"
+        where = f"tokens [{spans[0]['start']}, {spans[-1]['end']})" if spans else "no tokens"
+        frames = sample.video_frames[k] if k < len(sample.video_frames) else None
+        seen = (f"{frames['sampled']} frames" + (f" of {frames['of']}" if frames["of"] else "")
+                + f" at {frames['width']}x{frames['height']}, {frames['seconds_per_patch']} s per temporal patch"
+                if frames else "frames unknown")
+        lines.append(f"    video {k}: {seen}, grid {grid}, {tokens} video tokens in {len(spans)} span(s) {where},"
+                     f" {source.splitlines()[0]}")
+    return lines
 
 
 def image_lines(sample: PreviewSample) -> list[str]:
@@ -151,6 +209,9 @@ def format_preview(samples: list, stats: dict, color: bool) -> str:
         if sample.images:
             head += f", {len(sample.images)} image(s)"
             head += "".join("\n" + line for line in image_lines(sample))
+        if sample.videos:
+            head += f", {len(sample.videos)} video(s)"
+            head += "".join("\n" + line for line in video_lines(sample))
         blocks.append(head + "\n" + mark(sample.spans, color))
     legend = "trained text in green" if color else "trained text in [[...]]"
     return "\n".join(blocks + [f"--- {legend}", format_stats(stats)])

@@ -135,7 +135,8 @@ def collate_feedback(rows: list[dict], pad_token_id: int, attn_implementation: s
 def mrope_positions(rows: list[dict], width: int, packed: bool, rope_index, vision) -> torch.Tensor:
     """3-D position ids from the model's own ``get_rope_index``, computed per sample (per segment of a packed
     row), so samples never share positions: [3, B, T] for unpacked rows; for packed rows [4, B, T] with the
-    text positions (restarting at 0 per sample) first, which transformers reads for the sample boundaries."""
+    text positions (restarting at 0 per sample) first, which transformers reads for the sample boundaries.
+    Videos count with their grids and (Qwen2.5-VL) seconds per temporal patch."""
     from launcher.data.vision import token_type_ids
 
     rows_out = 4 if packed else 3
@@ -144,14 +145,20 @@ def mrope_positions(rows: list[dict], width: int, packed: bool, rope_index, visi
         ids = r["input_ids"]
         lengths = r.get("segment_lengths", [len(ids)])
         per_segment = r.get("segment_images", [len(r.get("images") or [])])
+        videos_per_segment = r.get("segment_videos") or (
+            [len(r.get("videos") or [])] if len(lengths) == 1 else [0] * len(lengths))
         grids = list(r.get("image_grid_thw") or [])
-        offset, g = 0, 0
-        for n, k in zip(lengths, per_segment):
+        video_grids = list(r.get("video_grid_thw") or [])
+        seconds = list(r.get("video_second_per_grid") or [])
+        offset, g, v = 0, 0, 0
+        for n, k, nv in zip(lengths, per_segment, videos_per_segment):
             seg = torch.tensor(ids[offset: offset + n], dtype=torch.long)[None]
-            if k:
+            if k or nv:
                 types = torch.tensor(token_type_ids(ids[offset: offset + n], vision), dtype=torch.long)[None]
-                grid = torch.tensor(grids[g: g + k], dtype=torch.long)
-                pos, _ = rope_index(seg, types, image_grid_thw=grid)
+                grid = torch.tensor(grids[g: g + k], dtype=torch.long) if k else None
+                video_grid = torch.tensor(video_grids[v: v + nv], dtype=torch.long) if nv else None
+                pos, _ = rope_index(seg, types, image_grid_thw=grid, video_grid_thw=video_grid,
+                                    second_per_grid_ts=torch.tensor(seconds[v: v + nv]) if nv else None)
                 pos = pos[:, 0]
             else:  # text only: the three rows are the plain positions
                 pos = torch.arange(n).expand(3, n)
@@ -160,6 +167,7 @@ def mrope_positions(rows: list[dict], width: int, packed: bool, rope_index, visi
                 positions[0, b, offset: offset + n] = torch.arange(n)
             offset += n
             g += k
+            v += nv
         if packed:  # padding counts on from 0, its own "sample" (see collate_rows)
             positions[:, b, offset:] = torch.arange(width - offset)
     return positions
@@ -201,8 +209,9 @@ def collate_vision_rows(rows: list[dict], pad_token_id: int, attn_implementation
 
     paths = [p for r in rows for p in (r.get("images") or [])]
     grids = [g for r in rows for g in (r.get("image_grid_thw") or [])]
+    videos = [p for r in rows for p in (r.get("videos") or [])]
     dummy = None
-    if not paths and dummy_image:
+    if not paths and not videos and dummy_image:
         rows, dummy, (start, length) = with_dummy_image(rows, vision)
     batch = collate_rows(rows, pad_token_id, attn_implementation)
     packed = any("segment_lengths" in r for r in rows)
@@ -210,6 +219,15 @@ def collate_vision_rows(rows: list[dict], pad_token_id: int, attn_implementation
     pixels = dummy if dummy is not None else load_pixels(paths, grids, vision)
     batch["pixel_values"] = pixels.get("pixel_values")
     batch["image_grid_thw"] = pixels.get("image_grid_thw")
+    if videos:  # decoded here, per batch, in the data-loader workers (launcher/data/video.py)
+        from launcher.data.video import load_video_pixels
+
+        frames = load_video_pixels(videos, [g for r in rows for g in (r.get("video_grid_thw") or [])], vision.video)
+        batch["pixel_values_videos"] = frames["pixel_values_videos"]
+        batch["video_grid_thw"] = frames["video_grid_thw"]
+        if vision.video.family == "qwen2_5_vl":  # the only family whose forward takes it
+            batch["second_per_grid_ts"] = torch.tensor(
+                [s for r in rows for s in (r.get("video_second_per_grid") or [])], dtype=torch.float32)
     if dummy is not None and not packed:  # no real token attends to the dummy span (a packed row's mask does it)
         batch["attention_mask"][0, start: start + length] = 0
     batch["mm_token_type_ids"] = torch.tensor(
@@ -223,7 +241,9 @@ def collate_vision_preference(rows: list[dict], pad_token_id: int, attn_implemen
     """Preference VL rows -> 2B rows (chosen first, then rejected), each side with its own copy of the images,
     as LLaMA-Factory's pairwise collator does (the vision tower sees each image twice)."""
     flat = [{"input_ids": r[f"{side}_input_ids"], "labels": r[f"{side}_labels"], "images": r.get("images"),
-             "image_grid_thw": r.get("image_grid_thw")} for side in ("chosen", "rejected") for r in rows]
+             "image_grid_thw": r.get("image_grid_thw"), "videos": r.get("videos"),
+             "video_grid_thw": r.get("video_grid_thw"), "video_second_per_grid": r.get("video_second_per_grid")}
+            for side in ("chosen", "rejected") for r in rows]
     return collate_vision_rows(flat, pad_token_id, attn_implementation, vision, rope_index, dummy_image)
 
 

@@ -156,13 +156,33 @@ def attach_media(sample: dict, row: dict, spec: DatasetSpec, where: str) -> None
             continue
         resolved = []
         for f in files:
+            if key == "videos" and isinstance(f, list):  # LF's already sampled frames: a list of image paths
+                resolved.append(_frame_list(f, spec, where))
+                continue
             if not isinstance(f, str):
                 raise DataError(f"{where}: {key} must be file paths, got {type(f).__name__}")
             path = Path(f) if Path(f).is_absolute() else Path(spec.dataset_dir or ".") / f
-            if not path.is_file():
+            if not (path.is_file() or (key == "videos" and path.is_dir())):  # a video may be a folder of frames
                 raise DataError(f"{where}: {key[:-1]} file not found: {path}; paths are relative to data.dataset_dir")
             resolved.append(str(path))
         sample[key] = resolved
+
+
+def _frame_list(frames: list, spec: DatasetSpec, where: str) -> str:
+    """A video given as frame image paths -> one string (launcher.data.video.FRAME_LIST_SEPARATOR)."""
+    from launcher.data.video import FRAME_LIST_SEPARATOR
+
+    if not frames:
+        raise DataError(f"{where}: a video given as frames has none; list its frame images or remove the row")
+    out = []
+    for f in frames:
+        if not isinstance(f, str) or FRAME_LIST_SEPARATOR in f:
+            raise DataError(f"{where}: a video's frames must be image file paths, got {f!r}")
+        path = Path(f) if Path(f).is_absolute() else Path(spec.dataset_dir or ".") / f
+        if not path.is_file():
+            raise DataError(f"{where}: video frame file not found: {path}; paths are relative to data.dataset_dir")
+        out.append(str(path))
+    return FRAME_LIST_SEPARATOR.join(out)
 
 
 def row_to_sample(row: Any, spec: DatasetSpec, where: str) -> Optional[dict]:

@@ -85,6 +85,7 @@ def plan_packs_flat(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray, np.
 def pack_rows(rows: list[dict], plan: list[list[int]]) -> list[dict]:
     packed = []
     vision = any("images" in r for r in rows)
+    with_videos = any(r.get("videos") for r in rows)
     for group in plan:
         input_ids, labels, position_ids, lengths = [], [], [], []
         images, grids, per_segment = [], [], []
@@ -100,6 +101,10 @@ def pack_rows(rows: list[dict], plan: list[list[int]]) -> list[dict]:
         row = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "segment_lengths": lengths}
         if vision:  # images in order, with how many belong to each sample (for its own 3-D positions)
             row.update(images=images, image_grid_thw=grids, segment_images=per_segment)
+        if with_videos:  # videos likewise
+            for key in ("videos", "video_grid_thw", "video_second_per_grid"):
+                row[key] = [v for i in group for v in rows[i].get(key) or []]
+            row["segment_videos"] = [len(rows[i].get("videos") or []) for i in group]
         packed.append(row)
     return packed
 

@@ -14,6 +14,9 @@ A store is a folder:
   which fixed the image's token count), ``image_paths.bin`` (UTF-8 paths end to end) with
   ``image_path_offsets.npy`` int64 [images + 1]. A rank maps them like the tokens and decodes only the paths of
   the rows it reads; pixels are made per batch in the data-loader (launcher/data/vision.py says why);
+- videos (VL data with videos only): the same four files with ``video_`` in place of ``image_`` (a path is a
+  video file, a frame folder, or frame paths joined by a newline), and ``video_second_per_grid.npy`` float64
+  [videos] (seconds per temporal patch: Qwen2.5-VL's mRoPE time step);
 - ``meta.json``: counts, kind, statistics and the held-out samples (small).
 
 Why numpy memmaps and not an Arrow table: a row is a slice of two flat int32 files, which is Arrow's own
@@ -47,25 +50,20 @@ class StoreWriter:
         self.trained: list[np.ndarray] = []
         """Trained tokens per record (for the statistics; not written)."""
         self.rows = 0
-        self._image_counts: list[np.ndarray] = []
-        self._image_grids: list[np.ndarray] = []
-        self._image_path_lens: list[np.ndarray] = []
-        self._image_paths = None
+        self._media = {"image": _MediaParts(), "video": _MediaParts()}
 
     def add(self, input_ids: np.ndarray, labels: np.ndarray, row_lengths: np.ndarray,
-            columns: Optional[dict[str, np.ndarray]] = None, images: Optional["ImageRefs"] = None) -> int:
+            columns: Optional[dict[str, np.ndarray]] = None, images: Optional["ImageRefs"] = None,
+            videos: Optional["ImageRefs"] = None) -> int:
         """Append token rows (flat ids/labels, one length per row); returns the first new row's number.
         ``columns``: numeric per-record values (one per record, not per token row: a preference record is two
         rows), saved at ``close`` as ``<name>.npy``; give the same names with every call.
-        ``images``: the records' image references (VL data: given with every call, empty where no image)."""
+        ``images`` / ``videos``: the records' image and video references (VL data: given with every call, empty
+        where none)."""
         first = self.rows
-        if images is not None:
-            if self._image_paths is None:
-                self._image_paths = open(self.folder / "image_paths.bin", "wb")
-            self._image_counts.append(np.asarray(images.counts, np.int64))
-            self._image_grids.append(np.asarray(images.grids, np.int32).reshape(-1, 3))
-            self._image_path_lens.append(np.asarray(images.path_lens, np.int64))
-            self._image_paths.write(images.paths)
+        for kind, refs in (("image", images), ("video", videos)):
+            if refs is not None:
+                self._media[kind].add(refs, self.folder, kind)
         self._ids.write(np.ascontiguousarray(input_ids, dtype=TOKEN_DTYPE).tobytes())
         self._labels.write(np.ascontiguousarray(labels, dtype=TOKEN_DTYPE).tobytes())
         self._lengths.append(np.asarray(row_lengths, dtype=np.int64))
@@ -87,11 +85,41 @@ class StoreWriter:
         for name, parts in self._columns.items():
             np.save(self.folder / f"{name}.npy", np.concatenate(parts))
         (self.folder / COLUMNS_FILE).write_text(json.dumps(sorted(self._columns)))
-        if self._image_paths is not None:
-            self._image_paths.close()
-            np.save(self.folder / "image_offsets.npy", _offsets(np.concatenate(self._image_counts)))
-            np.save(self.folder / "image_grid_thw.npy", np.concatenate(self._image_grids))
-            np.save(self.folder / "image_path_offsets.npy", _offsets(np.concatenate(self._image_path_lens)))
+        self._media["image"].close(self.folder, "image", always=True)
+        self._media["video"].close(self.folder, "video", always=False)
+
+
+class _MediaParts:
+    """One kind of media's references: paths streamed to ``<kind>_paths.bin``, the rest gathered until the
+    store is closed."""
+
+    def __init__(self):
+        self.counts, self.grids, self.path_lens, self.seconds = [], [], [], []
+        self.file = None
+
+    def add(self, refs: "ImageRefs", folder: Path, kind: str) -> None:
+        if self.file is None:
+            self.file = open(folder / f"{kind}_paths.bin", "wb")
+        self.file.write(refs.paths)
+        self.counts.append(np.asarray(refs.counts, np.int64))
+        self.grids.append(np.asarray(refs.grids, np.int32).reshape(-1, 3))
+        self.path_lens.append(np.asarray(refs.path_lens, np.int64))
+        if refs.seconds is not None:
+            self.seconds.append(np.asarray(refs.seconds, np.float64))
+
+    def close(self, folder: Path, kind: str, always: bool) -> None:
+        """Writes the files (images: whenever references were given; videos: only when there is a video)."""
+        if self.file is None:
+            return
+        self.file.close()
+        if not always and not sum(int(c.sum()) for c in self.counts):
+            (folder / f"{kind}_paths.bin").unlink()
+            return
+        np.save(folder / f"{kind}_offsets.npy", _offsets(np.concatenate(self.counts)))
+        np.save(folder / f"{kind}_grid_thw.npy", np.concatenate(self.grids))
+        np.save(folder / f"{kind}_path_offsets.npy", _offsets(np.concatenate(self.path_lens)))
+        if self.seconds:
+            np.save(folder / f"{kind}_second_per_grid.npy", np.concatenate(self.seconds))
 
 
 def _offsets(lengths: np.ndarray) -> np.ndarray:
@@ -102,31 +130,37 @@ def _offsets(lengths: np.ndarray) -> np.ndarray:
 
 class ImageRefs:
     """Image references of a batch of records, flat: ``counts`` per record, ``grids`` [images, 3],
-    ``paths`` UTF-8 bytes end to end with ``path_lens`` (cheap to send from a worker: no object per path)."""
+    ``paths`` UTF-8 bytes end to end with ``path_lens`` (cheap to send from a worker: no object per path).
+    Videos use the same, ``with_seconds``: each video's seconds per temporal patch beside its grid."""
 
-    def __init__(self):
+    def __init__(self, with_seconds: bool = False):
         from array import array
 
         self.counts, self.grids, self.path_lens = array("q"), array("i"), array("q")
         self.paths = bytearray()
+        self.seconds = array("d") if with_seconds else None
 
-    def append(self, paths: Sequence[str], grids: Sequence) -> None:
+    def append(self, paths: Sequence[str], grids: Sequence, seconds: Sequence[float] = ()) -> None:
         self.counts.append(len(paths))
         for path, grid in zip(paths, grids):
             data = str(path).encode("utf-8")
             self.paths += data
             self.path_lens.append(len(data))
             self.grids.extend(int(g) for g in grid)
+        if self.seconds is not None:
+            self.seconds.extend(float(x) for x in seconds)
 
     def take(self, n_records: int) -> "ImageRefs":
         """The first ``n_records`` records' references."""
-        out = ImageRefs()
+        out = ImageRefs(self.seconds is not None)
         counts = list(self.counts[:n_records])
         n_images = sum(counts)
         out.counts.extend(counts)
         out.grids.extend(self.grids[: 3 * n_images])
         out.path_lens.extend(self.path_lens[:n_images])
         out.paths += self.paths[: sum(self.path_lens[:n_images])]
+        if self.seconds is not None:
+            out.seconds.extend(self.seconds[:n_images])
         return out
 
 
@@ -176,6 +210,13 @@ class Tokens:
             self.image_grid_thw = np.load(folder / "image_grid_thw.npy", mmap_mode="r")
             self.image_paths = _mmap(folder / "image_paths.bin", np.uint8)
             self.image_path_offsets = np.load(folder / "image_path_offsets.npy", mmap_mode="r")
+        self.has_videos = (folder / "video_offsets.npy").is_file()
+        if self.has_videos:
+            self.video_offsets = np.load(folder / "video_offsets.npy", mmap_mode="r")
+            self.video_grid_thw = np.load(folder / "video_grid_thw.npy", mmap_mode="r")
+            self.video_paths = _mmap(folder / "video_paths.bin", np.uint8)
+            self.video_path_offsets = np.load(folder / "video_path_offsets.npy", mmap_mode="r")
+            self.video_second_per_grid = np.load(folder / "video_second_per_grid.npy", mmap_mode="r")
 
     def images(self, record: int) -> tuple[list[str], list[list[int]]]:
         """(paths, grids) of a record's images, in placeholder order."""
@@ -183,6 +224,24 @@ class Tokens:
         bounds = self.image_path_offsets[a: b + 1]
         paths = [bytes(self.image_paths[int(bounds[k]): int(bounds[k + 1])]).decode("utf-8") for k in range(b - a)]
         return paths, self.image_grid_thw[a:b].tolist()
+
+    def videos(self, record: int) -> dict:
+        """A record's videos: {videos, video_grid_thw, video_second_per_grid} (empty lists without videos)."""
+        if not self.has_videos:
+            return {"videos": [], "video_grid_thw": [], "video_second_per_grid": []}
+        a, b = int(self.video_offsets[record]), int(self.video_offsets[record + 1])
+        bounds = self.video_path_offsets[a: b + 1]
+        paths = [bytes(self.video_paths[int(bounds[k]): int(bounds[k + 1])]).decode("utf-8") for k in range(b - a)]
+        return {"videos": paths, "video_grid_thw": self.video_grid_thw[a:b].tolist(),
+                "video_second_per_grid": self.video_second_per_grid[a:b].tolist()}
+
+    def media(self, record: int) -> dict:
+        """A record's images and (where the store has any) videos, as row keys."""
+        paths, grids = self.images(record)
+        out = {"images": paths, "image_grid_thw": grids}
+        if self.has_videos:
+            out.update(self.videos(record))
+        return out
 
     def record_columns(self, record: int) -> dict:
         return {name: values[record].item() for name, values in self.columns.items()}
@@ -234,7 +293,7 @@ class TokenRows(Sequence):
             row = {"chosen_input_ids": chosen[0], "chosen_labels": chosen[1], "rejected_input_ids": rejected[0],
                    "rejected_labels": rejected[1], **self.tokens.record_columns(r)}
             if self.tokens.has_images:
-                row["images"], row["image_grid_thw"] = self.tokens.images(r)
+                row.update(self.tokens.media(r))
             return row
         if self.layout == "rows":
             r = int(records[0])
@@ -245,10 +304,11 @@ class TokenRows(Sequence):
                 row["kl_input_ids"] = self.tokens.row(kl)[0]
                 row["kl_prompt_len"] = int(self.tokens.columns["prompt_len"][kl])
             if self.tokens.has_images:
-                row["images"], row["image_grid_thw"] = self.tokens.images(r)
+                row.update(self.tokens.media(r))
             return row
         input_ids, labels, position_ids, lengths = [], [], [], []
         images, grids, per_segment = [], [], []
+        videos: dict = {"videos": [], "video_grid_thw": [], "video_second_per_grid": [], "segment_videos": []}
         for r in records:
             ids, labs = self.tokens.row(int(r))
             input_ids += ids
@@ -260,9 +320,16 @@ class TokenRows(Sequence):
                 images += paths
                 grids += thw
                 per_segment.append(len(paths))
+            if self.tokens.has_videos:
+                record_videos = self.tokens.videos(int(r))
+                for key, value in record_videos.items():
+                    videos[key] += value
+                videos["segment_videos"].append(len(record_videos["videos"]))
         row = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "segment_lengths": lengths}
         if self.tokens.has_images:  # images in order, with how many belong to each sample (its own 3-D positions)
             row.update(images=images, image_grid_thw=grids, segment_images=per_segment)
+        if self.tokens.has_videos:
+            row.update(videos)
         return row
 
     def __getitem__(self, i):

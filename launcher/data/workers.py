@@ -34,13 +34,13 @@ from launcher.data.formats import row_to_sample
 from launcher.data.readers import parse_json_line
 from launcher.data.registry import DatasetSpec
 from launcher.data.store import ImageRefs
-from launcher.data.vision import check_media, image_cut_message, tokenize_vision_sample
+from launcher.data.vision import CutRow, check_media, media_cut_message, shorten_at_cut, tokenize_vision_sample
 from launcher.data.tokenize import check_trainable, row_trained, tokenize_sample
 
 COLUMNS = {"prompt_len": np.int32, "kto_tag": np.int8}
 """Numeric per-record values a token row may carry, stored as the store's columns (launcher.data.store)."""
 STORED_KEYS = {"input_ids", "labels", "chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels",
-               *COLUMNS, "images", "image_grid_thw"}
+               *COLUMNS, "images", "image_grid_thw", "videos", "video_grid_thw", "video_second_per_grid"}
 """What a token row may hold; the store writes these (and nothing else) to disk."""
 
 SHOWN_ERRORS = 5
@@ -82,6 +82,7 @@ def encode_batch(spec: DatasetSpec, items: list, preference: bool, options: Opti
     columns: dict[str, list] = {}
     records, dropped, errors = array("i"), array("i"), []
     images = ImageRefs() if opt.vision is not None else None
+    videos = ImageRefs(with_seconds=True) if opt.vision is not None else None
     image_cut = 0
     for k, (where, payload, raw) in enumerate(items):
         try:
@@ -109,6 +110,7 @@ def encode_batch(spec: DatasetSpec, items: list, preference: bool, options: Opti
                     columns.setdefault(name, []).append(int(r[name]))
             if images is not None:
                 images.append(r.get("images") or [], r.get("image_grid_thw") or [])
+                videos.append(r.get("videos") or [], r.get("video_grid_thw") or [], r.get("video_second_per_grid") or [])
             if preference:
                 for side in ("chosen", "rejected"):
                     ids.extend(r[f"{side}_input_ids"])
@@ -122,26 +124,28 @@ def encode_batch(spec: DatasetSpec, items: list, preference: bool, options: Opti
             "row_lens": np.frombuffer(row_lens, np.int64), "trained": np.frombuffer(trained, np.int64),
             "columns": {name: np.asarray(values, COLUMNS[name]) for name, values in columns.items()},
             "records": np.frombuffer(records, np.int32),
-            "dropped": np.frombuffer(dropped, np.int32), "errors": errors, "images": images, "image_cut": image_cut}
+            "dropped": np.frombuffer(dropped, np.int32), "errors": errors, "images": images, "videos": videos,
+            "image_cut": image_cut}
 
 
 def tokenize_with_media(sample: dict, opt: EncodeOptions, where: str) -> tuple[list, int]:
-    """(token rows, rows dropped because cutoff_len cut an image span); a row with media the model or
+    """(token rows, rows shortened or dropped because cutoff_len cut an image's or video's span); a row with media the model or
     template cannot take, or a cut span in strict mode, raises a DataError naming the row."""
     if not ("images" in sample or "videos" in sample or "audios" in sample):  # text rows: the common case, first
         return tokenize_sample(opt.tokenizer, opt.renderer, sample, opt.cutoff_len, opt.train_on_prompt,
                                opt.mask_history, where), 0
     check_media(sample, opt.renderer.name, getattr(opt.renderer, "image_slot", True), opt.vision is not None,
                 opt.model_name, where)
-    if not sample.get("images"):
+    if not sample.get("images") and not sample.get("videos"):
         return tokenize_sample(opt.tokenizer, opt.renderer, sample, opt.cutoff_len, opt.train_on_prompt,
                                opt.mask_history, where), 0
     rows = tokenize_vision_sample(opt.tokenizer, opt.renderer, sample, opt.cutoff_len, opt.train_on_prompt,
                                   opt.mask_history, opt.vision, where)
-    cut = sum(r is None for r in rows)
-    if cut and not opt.lenient:
-        raise DataError(image_cut_message(where, opt.cutoff_len))
-    return rows, cut
+    cuts = [r for r in rows if isinstance(r, CutRow)]
+    if cuts and not opt.lenient:
+        raise DataError(media_cut_message(where, opt.cutoff_len, cuts[0].cut))
+    # lenient: shortened before the cut media (check_trainable then drops a row left with nothing trained)
+    return [shorten_at_cut(r, opt.vision) if isinstance(r, CutRow) else r for r in rows], len(cuts)
 
 
 @dataclass
@@ -256,8 +260,10 @@ class Encoder:
                 n_rows = n_records * width
                 n_tokens = int(result["row_lens"][:n_rows].sum())
                 refs = result["images"].take(n_records) if result["images"] is not None else None
+                video_refs = result["videos"].take(n_records) if result["videos"] is not None else None
                 first = writer.add(result["ids"][:n_tokens], result["labels"][:n_tokens], result["row_lens"][:n_rows],
-                                   {name: values[:n_records] for name, values in result["columns"].items()}, refs)
+                                   {name: values[:n_records] for name, values in result["columns"].items()}, refs,
+                                   video_refs)
                 image_cut += result["image_cut"]
                 writer.trained.append(result["trained"][:n_records])
                 per = records[:keep_items][ok].astype(np.int64)

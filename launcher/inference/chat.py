@@ -3,6 +3,7 @@
 Multi-turn, streamed, with a system prompt. Reads lines from standard input, so a piped file is a scripted
 conversation. Commands: /reset (forget the conversation), /system TEXT (new system prompt, and reset),
 /image PATH (VL models: attach a picture to the next message; ``--image PATH`` attaches one to the first),
+/video PATH (likewise a video: a file or a folder of frames; ``--video PATH``),
 /history, /help, /exit (or /quit, or end of input). Every turn is appended to a JSONL log
 (default RUN_DIR/chat/<time>.jsonl) with the exact prompt the model saw.
 """
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Optional, TextIO
 
-HELP = "commands: /reset  /system TEXT  /image PATH  /history  /help  /exit"
+HELP = "commands: /reset  /system TEXT  /image PATH  /video PATH  /history  /help  /exit"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base", action="store_true", help="chat with the base model the run started from")
     parser.add_argument("--image", action="append", default=[], help="VL models: a picture for the first message"
                         " (repeatable)")
+    parser.add_argument("--video", action="append", default=[], help="VL models: a video (file or frame folder)"
+                        " for the first message (repeatable)")
     parser.add_argument("--checkpoint", default=None, help="chat with checkpoint step-N instead of the final model")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
@@ -97,6 +100,14 @@ def chat_loop(session, log: TurnLog, stdin: TextIO, stdout: TextIO, stderr: Text
                     stdout.write(f"(image {rest.strip()} attached to your next message)\n")
                 except LauncherError as exc:
                     stdout.write(f"error: {exc}\n")
+            elif command == "/video":
+                from launcher.errors import LauncherError
+
+                try:
+                    session.attach_video(rest.strip())
+                    stdout.write(f"(video {rest.strip()} attached to your next message)\n")
+                except LauncherError as exc:
+                    stdout.write(f"error: {exc}\n")
             elif command == "/history":
                 stdout.write(json.dumps(session.messages(), ensure_ascii=False, indent=1) + "\n")
             elif command == "/help":
@@ -151,6 +162,8 @@ def chat_main(argv: list[str]) -> int:
                           system=args.system, vision=vision)
     for path in args.image:
         session.attach(path)
+    for path in args.video:
+        session.attach_video(path)
     log_path = None
     if not args.no_log:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")

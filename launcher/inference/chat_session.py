@@ -45,10 +45,15 @@ class ChatSession:
         """The conversation's images so far, in the order of their <image> placeholders."""
         self.pending: list[str] = []
         """Images attached (/image, --image) for the next user turn."""
+        self.videos: list[str] = []
+        """The conversation's videos so far, in the order of their <video> placeholders."""
+        self.pending_videos: list[str] = []
+        """Videos attached (/video, --video) for the next user turn."""
 
     def reset(self, system: Optional[str] = None, keep_system: bool = True) -> None:
         self.history = []
         self.images, self.pending = [], []
+        self.videos, self.pending_videos = [], []
         if not keep_system or system is not None:
             self.system = system
 
@@ -62,10 +67,23 @@ class ChatSession:
         image_size(path, "/image")
         self.pending.append(path)
 
+    def attach_video(self, path: str) -> None:
+        """Attach a video (a file or a folder of frames) to the next user turn, checked now (its header: one line
+        if it is not a readable video)."""
+        from launcher.data.video import plan_video
+        from launcher.errors import DataError
+
+        if self.vision is None:
+            raise DataError(f"/video {path}: this model has no vision tower; chat with a Qwen-VL run")
+        plan_video(path, self.vision.video, "/video")
+        self.pending_videos.append(path)
+
     def user_message(self, user_text: str) -> dict:
-        """The next user turn: attached images go first as <image> placeholders (unless the text places them)."""
+        """The next user turn: attached videos, then images, go first as <video> / <image> placeholders (unless
+        the text places them)."""
         missing = len(self.pending) - user_text.count("<image>")
-        return {"role": "user", "content": "<image>" * max(missing, 0) + user_text}
+        missing_videos = len(self.pending_videos) - user_text.count("<video>")
+        return {"role": "user", "content": "<video>" * max(missing_videos, 0) + "<image>" * max(missing, 0) + user_text}
 
     def messages(self) -> list[dict]:
         head = [{"role": "system", "content": self.system}] if self.system else []
@@ -78,6 +96,10 @@ class ChatSession:
         from launcher.data.vision import expand_prompt
 
         images = self.images + self.pending
+        videos = self.videos + self.pending_videos
+        if videos:
+            expanded, grids, plans = expand_prompt(messages, images, self.vision, "chat", videos=videos)
+            return self.render(expanded, None), (list(zip(images, grids)), plans)
         expanded, grids = expand_prompt(messages, images, self.vision, "chat")
         return self.render(expanded, None), list(zip(images, grids))
 
@@ -92,7 +114,8 @@ class ChatSession:
         from launcher.inference.generation import answer_ids, eos_ids, sampling_kwargs, vision_inputs
 
         if self.vision is not None:
-            enc = dict(enc, **vision_inputs(enc, [images], self.vision, self.device))
+            images, plans = images if isinstance(images, tuple) else (images, [])
+            enc = dict(enc, **vision_inputs(enc, [images], self.vision, self.device, [plans]))
 
         o = self.options
         stop = eos_ids(self.model, self.tokenizer)
@@ -105,4 +128,6 @@ class ChatSession:
         self.history += [self.user_message(user_text), {"role": "assistant", "content": answer}]
         self.images += self.pending
         self.pending = []
+        self.videos += self.pending_videos
+        self.pending_videos = []
         return answer, prompt

@@ -34,16 +34,27 @@ def answer_ids(new_ids: list[int], stop: list[int]) -> list[int]:
     return new_ids[: ends[0]] if ends else new_ids
 
 
-def vision_inputs(enc: dict, images: list, vision, device) -> dict:
+def vision_inputs(enc: dict, images: list, vision, device, videos: Optional[list] = None) -> dict:
     """pixel_values, image_grid_thw and mm_token_type_ids for prompts whose vision spans are already expanded
-    (``launcher.data.vision.expand_prompt``); images: per prompt, [(path, grid), ...]."""
+    (``launcher.data.vision.expand_prompt``); images: per prompt, [(path, grid), ...]; videos: per prompt, the
+    video plans expand_prompt made (pixel_values_videos, video_grid_thw, and Qwen2.5-VL's second_per_grid_ts)."""
     from launcher.data.vision import load_pixels
 
     flat = [item for per_prompt in images for item in per_prompt]
-    extra = {"mm_token_type_ids": (enc["input_ids"] == vision.ids["image_pad"]).long()}
+    types = (enc["input_ids"] == vision.ids["image_pad"]).long()
+    extra = {"mm_token_type_ids": types + 2 * (enc["input_ids"] == vision.ids["video_pad"]).long()}
     if flat:
         pixels = load_pixels([p for p, _ in flat], [g for _, g in flat], vision)
         extra.update(pixel_values=pixels["pixel_values"].to(device), image_grid_thw=pixels["image_grid_thw"].to(device))
+    plans = [plan for per_prompt in (videos or []) for plan in per_prompt]
+    if plans:
+        from launcher.data.video import load_video_pixels
+
+        frames = load_video_pixels([p.source for p in plans], [list(p.grid) for p in plans], vision.video)
+        extra.update(pixel_values_videos=frames["pixel_values_videos"].to(device),
+                     video_grid_thw=frames["video_grid_thw"].to(device))
+        if vision.video.family == "qwen2_5_vl":
+            extra["second_per_grid_ts"] = torch.tensor([p.seconds_per_grid for p in plans], device=device)
     return extra
 
 

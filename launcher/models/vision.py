@@ -33,6 +33,14 @@ RELEASED_PROCESSOR = {
 }
 RELEASED_PROCESSOR["qwen2_5_vl"] = RELEASED_PROCESSOR["qwen2_vl"]
 
+RELEASED_VIDEO_SIZE = {
+    # the video processor's pixel limits: Qwen2-VL/2.5-VL read them from preprocessor_config.json
+    # (min_pixels / max_pixels); Qwen3-VL ships a video_preprocessor_config.json of its own
+    "qwen2_vl": {"shortest_edge": 3136, "longest_edge": 12845056},
+    "qwen2_5_vl": {"shortest_edge": 3136, "longest_edge": 12845056},
+    "qwen3_vl": {"shortest_edge": 4096, "longest_edge": 25165824},
+}
+
 VISION_TOKENS = {"vision_start": "<|vision_start|>", "vision_end": "<|vision_end|>", "image_pad": "<|image_pad|>",
                  "video_pad": "<|video_pad|>"}
 
@@ -42,6 +50,31 @@ FREEZE_GROUPS = {
     "projector": ("visual.merger", "visual.deepstack_merger_list"),
     "language_model": ("language_model",),
 }
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """How a model's videos become frames: LF's options (data.video_*) and the model's video processor values."""
+
+    family: str
+    """qwen2_vl, qwen2_5_vl or qwen3_vl."""
+    max_pixels: int
+    """data.video_max_pixels: frames above are scaled down first."""
+    min_pixels: int
+    """data.video_min_pixels: frames below are scaled up first."""
+    fps: float
+    """data.video_fps: frames sampled per second."""
+    maxlen: int
+    """data.video_maxlen: the most frames sampled."""
+    shortest_edge: int
+    """The video processor's size.shortest_edge (min pixels of smart_resize)."""
+    longest_edge: int
+    """The video processor's size.longest_edge (max pixels; Qwen3-VL: over all frames)."""
+    patch_size: int
+    temporal_patch_size: int
+    merge_size: int
+    image_mean: tuple
+    image_std: tuple
 
 
 @dataclass(frozen=True)
@@ -116,6 +149,31 @@ def build_image_processor(info: VisionModelInfo, fast: Optional[bool] = None):
     return image_processor_class(fast)(**values)
 
 
+def build_video_settings(info: VisionModelInfo, max_pixels: int, min_pixels: int, fps: float, maxlen: int):
+    """The family's video processor values (the folder's video_preprocessor_config.json, else its
+    preprocessor_config.json, else the released ones) with LF's frame options."""
+    values = dict(RELEASED_PROCESSOR[info.family])
+    size = dict(RELEASED_VIDEO_SIZE[info.family])
+    folder = Path(info.source) if info.source else None
+    # Qwen2-VL/2.5-VL's video processor reads preprocessor_config.json; Qwen3-VL ships its own video file, and
+    # its preprocessor_config.json's size is the image processor's
+    names = ("video_preprocessor_config.json",) if info.family == "qwen3_vl" else (
+        "preprocessor_config.json", "video_preprocessor_config.json")
+    for name in names:  # the later wins
+        if folder and (folder / name).is_file():
+            saved = json.loads((folder / name).read_text())
+            values.update({k: saved[k] for k in ("patch_size", "temporal_patch_size", "merge_size", "image_mean",
+                                                 "image_std") if k in saved})
+            if isinstance(saved.get("size"), dict) and "shortest_edge" in saved["size"]:
+                size = dict(saved["size"])
+            if "min_pixels" in saved or "max_pixels" in saved:
+                size = {"shortest_edge": saved.get("min_pixels", size["shortest_edge"]),
+                        "longest_edge": saved.get("max_pixels", size["longest_edge"])}
+    return VideoSettings(info.family, max_pixels, min_pixels, float(fps), int(maxlen), size["shortest_edge"],
+                         size["longest_edge"], values["patch_size"], values["temporal_patch_size"],
+                         values["merge_size"], tuple(values["image_mean"]), tuple(values["image_std"]))
+
+
 _CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and message['role'] != 'system' %}DEFAULT_SYSTEM{% endif %}"
@@ -124,6 +182,8 @@ _CHAT_TEMPLATE = (
     "{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' or 'image' in part or 'image_url' in part %}"
     "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' or 'video' in part %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}"
@@ -138,8 +198,9 @@ VL_CHAT_TEMPLATES = {
 
 
 def save_processor_files(out_dir: Path, image_processor, tokenizer, info: VisionModelInfo) -> None:
-    """preprocessor_config.json (+ processor_class) and a chat template with image slots beside the model, so
-    that ``AutoProcessor`` and vLLM-style servers find the image settings and can render image messages.
+    """preprocessor_config.json (+ processor_class), video_preprocessor_config.json and a chat template with
+    image and video slots beside the model, so that ``AutoProcessor`` and vLLM-style servers find the image and
+    video settings and can render image and video messages.
     Call after ``tokenizer.save_pretrained``: the template written here replaces the tokenizer's text one."""
     out_dir = Path(out_dir)
     (out_dir / "chat_template.jinja").write_text(VL_CHAT_TEMPLATES[info.template])
@@ -153,6 +214,17 @@ def save_processor_files(out_dir: Path, image_processor, tokenizer, info: Vision
         "Qwen2_5_VLProcessor" if info.family == "qwen2_5_vl" else "Qwen2VLProcessor")
     saved["processor_class"] = processor_class
     config_file.write_text(json.dumps(saved, indent=2) + "\n")
+    # the video processor's own file (Qwen3-VL's size differs from its images'): what build_video_settings and
+    # AutoVideoProcessor read back
+    video = build_video_settings(info, 0, 0, 2.0, 1)
+    (out_dir / "video_preprocessor_config.json").write_text(json.dumps({
+        "video_processor_type": "Qwen3VLVideoProcessor" if info.family == "qwen3_vl" else "Qwen2VLVideoProcessor",
+        "processor_class": processor_class, "size": {"shortest_edge": video.shortest_edge,
+                                                     "longest_edge": video.longest_edge},
+        "patch_size": video.patch_size, "temporal_patch_size": video.temporal_patch_size,
+        "merge_size": video.merge_size, "image_mean": list(video.image_mean), "image_std": list(video.image_std),
+        "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "do_convert_rgb": True}, indent=2) + "\n")
 
 
 def save_vision_files(out: Path, cfg, tokenizer) -> None:
@@ -261,8 +333,12 @@ class _ConfigOnly:
         self.get_vision_position_ids = types.MethodType(model_class.get_vision_position_ids, self)
         self._get_rope_index = types.MethodType(model_class.get_rope_index, self)
 
-    def __call__(self, input_ids, mm_token_type_ids, image_grid_thw=None):
-        return self._get_rope_index(input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw)
+    def __call__(self, input_ids, mm_token_type_ids, image_grid_thw=None, video_grid_thw=None, second_per_grid_ts=None):
+        kwargs = {"video_grid_thw": video_grid_thw} if video_grid_thw is not None else {}
+        if second_per_grid_ts is not None and self.config.model_type == "qwen2_5_vl":  # the others take none
+            kwargs["second_per_grid_ts"] = second_per_grid_ts
+        return self._get_rope_index(input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw,
+                                    **kwargs)
 
     def __getstate__(self):  # data-loader workers started by spawn get the config and rebuild the bindings
         return {"config": self.config, "cls": self._cls}

@@ -209,7 +209,8 @@ class CausalLMLoss(nn.Module):
                                       ref_hidden, ref_head)
 
 
-VISION_INPUTS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")
+VISION_INPUTS = ("pixel_values", "image_grid_thw", "mm_token_type_ids", "pixel_values_videos", "video_grid_thw",
+                 "second_per_grid_ts")
 
 
 def backbone_hidden(model: nn.Module, input_ids, attention_mask, position_ids, batch: dict):

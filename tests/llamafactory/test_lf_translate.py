@@ -261,7 +261,7 @@ def test_deepspeed_nvme_and_missing_file(tmp_path):
     ({"quantization_bit": 3}, "quantization_bit", "3 is not supported; use 4 or 8"),
     ({"quantization_bit": 4, "quantization_method": "hqq"}, "quantization_method", "'hqq' is not supported"),
     ({"loraplus_lr_embedding": 1e-6}, "loraplus_lr_embedding", "LoRA+ trains LoRA on embeddings at learning_rate"),
-    ({"video_fps": 2.0}, "video_fps", "not supported yet: videos"),
+    ({"use_unsloth": True}, "use_unsloth", "not supported: unsloth kernels"),
     ({"report_to": "swanlab"}, "report_to", "'swanlab' is not supported"),
     ({"lr_scheduler_type": "polynomial"}, "lr_scheduler_type", "'polynomial' is not supported"),
     ({"some_new_key": 1}, "some_new_key", "unknown LLaMA-Factory key"),
@@ -281,11 +281,11 @@ def test_unsupported_key_is_one_line_naming_it(tmp_path, write_lf, extra, key, w
 
 def test_every_unsupported_key_is_reported_at_once(tmp_path):
     bad = {**fill(LORA, Path("/m"), REPO_ROOT / "data", tmp_path), "loraplus_lr_embedding": 1e-6,
-           "video_maxlen": 1, "quantization_bit": 2}
+           "use_unsloth": True, "quantization_bit": 2}
     with pytest.raises(ConfigError) as info:
         translate(bad, cwd=tmp_path)
     text = str(info.value)
-    assert all(k in text for k in ("loraplus_lr_embedding", "video_maxlen", "quantization_bit"))
+    assert all(k in text for k in ("loraplus_lr_embedding", "use_unsloth", "quantization_bit"))
     assert len(text.splitlines()) == 3
 
 

@@ -78,3 +78,23 @@ def save_tiny_vl_folder(out: Path, model: str = "tiny_qwen2_vl", weight_std: flo
     tokenizer.save_pretrained(out)
     save_vision_files(out, parse_config({"model": model_yaml(model), "data": {"datasets": ["x"]}}), tokenizer)
     return out
+
+
+def write_video(path: Path, frames: int = 8, size: tuple[int, int] = (64, 48), fps: int = 4, seed: int = 0) -> Path:
+    """A small MPEG-4 video of random colours, written with PyAV (no files shipped); frames=0 with an .avi path
+    writes a video stream with no frame in it."""
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        container.start_encoding()  # the header, even with no frame (an .avi then says 0 frames)
+        for _ in range(frames):
+            picture = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

@@ -55,10 +55,10 @@ def test_placeholder_count(tmp_path):
     expect(tmp_path, r"2 <image> placeholder\(s\) in the text but 1 images")
 
 
-def test_video_column(tmp_path):
+def test_video_column(tmp_path):  # videos are read (tests/vl/test_video.py); this file is no video
     (tmp_path / "v.mp4").write_bytes(b"x")
     write(tmp_path, [row(text="<video>What happens?", images=[], videos=["v.mp4"])])
-    expect(tmp_path, r"the row has videos, which launcher does not train yet")
+    expect(tmp_path, r"v\.mp4 is not a video FFmpeg can read")
 
 
 def test_images_for_a_text_model(tmp_path):

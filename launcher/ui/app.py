@@ -18,7 +18,7 @@ from launcher.ui.i18n import build_i18n
 from launcher.ui.tabs import chat, compare, compose, runs
 from launcher.ui.tabs.page import Page
 
-REFRESH_S = 3.0
+REFRESH_S = 2.0
 
 
 def build_app(root: Path, data_roots: tuple = ()) -> "gr.Blocks":

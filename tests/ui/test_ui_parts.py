@@ -100,7 +100,9 @@ def fake_run(root: Path, name: str, steps: int, max_steps: int, summary: bool = 
     write_run_config(run_dir, cfg)
     with open(run_dir / "metrics.jsonl", "w") as fh:
         for step in range(1, steps + 1):
-            fh.write(json.dumps({"kind": "train", "step": step, "loss": 5.0 / step, "epoch": step / 100}) + "\n")
+            fh.write(json.dumps({"kind": "train", "step": step, "loss": 5.0 / step, "epoch": step / 100,
+                                 "trained_tokens_seen": 100 * step, "trained_tokens_per_s": 50.0,
+                                 "tokens_per_s": 80.0}) + "\n")
         fh.write(json.dumps({"kind": "eval", "step": steps, "eval_loss": 1.5}) + "\n")
         fh.write('{"kind": "train", "step": 99')  # a line being written
     if summary:
@@ -131,7 +133,9 @@ def test_scan_reads_every_run_from_its_dir(tmp_path):
     assert infos["cli"].state == "UNKNOWN" and infos["cli"].total_steps == round(3 / 0.03 * epochs)
     s = infos["slurm"]
     assert (s.state, s.job_id, s.requeues, s.eval_loss) == ("RUNNING", "123", 1, 1.5)
-    assert s.eta_s is not None and s.eta_s >= 0
+    # measured between the last two train records: 100 trained tokens per step at 50 tokens/s
+    assert s.step_s == pytest.approx(2.0) and s.eta_s == pytest.approx(2.0 * 8)
+    assert (s.phase, infos["done"].phase, infos["lost"].phase) == ("training", "finished", "failed")
     rows = runs.table_rows(list(infos.values()))
     assert len(rows) == 5 and all(len(r) == len(runs.TABLE_HEADERS) for r in rows)
     assert [p["series"] for p in runs.curves(done)].count("train") == 10

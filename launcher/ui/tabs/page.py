@@ -26,9 +26,12 @@ class Page:
     allowed: "UiRoots"
     """The folders a handler may open files under (``launcher.ui.roots``): checked before any file is opened."""
 
-    def on(self, trigger, fn, inputs, outputs, **kwargs):
-        """``trigger(fn, inputs + [page language], outputs)``: the language is read in the browser first."""
-        return trigger(None, None, [self.lang_box], js=LANG_JS, queue=False, show_progress="hidden").then(
+    def on(self, trigger, fn, inputs, outputs, trigger_mode=None, **kwargs):
+        """``trigger(fn, inputs + [page language], outputs)``: the language is read in the browser first.
+        ``trigger_mode="always_last"``: an event that fires while the last one runs is not dropped (a second
+        run picked in Compare while the first one's curves load)."""
+        extra = {"trigger_mode": trigger_mode} if trigger_mode else {}
+        return trigger(None, None, [self.lang_box], js=LANG_JS, queue=False, show_progress="hidden", **extra).then(
             fn, list(inputs) + [self.lang_box], outputs, **kwargs)
 
     def run_path(self, rel: Optional[str]) -> Optional[Path]:
@@ -39,12 +42,11 @@ class Page:
         return path if (path / CONFIG_FILE).is_file() else None
 
 
-def plot_frame(rows: list):
-    """Curve points as a typed frame; None when there are none (a plot that starts from an empty frame draws
-    no lines for later values: Gradio 6 fixes the colour domain at the first value)."""
-    if not rows:
-        return None
-    import pandas as pd
+def curve_chart(rows: list, metric: str, lang: str):
+    """The chart of ``rows`` (``launcher.ui.plots``) with its axes named in the page's language."""
+    from launcher.ui import plots
+    from launcher.ui.i18n import MESSAGES, message
 
-    frame = pd.DataFrame(rows, columns=["step", "loss", "series"])
-    return frame.astype({"step": "int64", "loss": "float64", "series": "string"})
+    y_title = message("axis_loss", lang) if metric == plots.LOSS else (
+        message("metric_" + metric, lang) if "metric_" + metric in MESSAGES else metric)
+    return plots.chart(rows, y_title=y_title, x_title=message("axis_step", lang))

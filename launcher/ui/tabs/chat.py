@@ -8,7 +8,7 @@ import gradio as gr
 from launcher.errors import LauncherError
 from launcher.ui import after
 from launcher.ui.i18n import message
-from launcher.ui.tabs.page import Page
+from launcher.ui.tabs.page import Page, failure
 
 
 @dataclass
@@ -101,8 +101,8 @@ def wire(page: Page, tab: ChatTab) -> None:
                 if not shown[-1]["content"].strip("…"):
                     shown[-1] = {"role": "assistant", "content": message("empty_answer", lang)}
                 yield history, base_history, "", convs, "", None
-        except LauncherError as exc:
-            raise gr.Error(message("error", lang, detail=exc))
+        except Exception as exc:  # noqa: BLE001 - shown beside the chat as its one line, never a bare "Error"
+            yield history, base_history, text, convs, failure(exc, lang), gr.update()
 
     send_inputs = [tab.chat_run, tab.message_box, tab.chat_image, tab.system, tab.bot, tab.base_bot, tab.with_base,
                    conversations]
@@ -120,8 +120,8 @@ def wire(page: Page, tab: ChatTab) -> None:
         progress(0.1, desc=message("exporting", lang))
         try:
             return after.export(path).text(lang)
-        except LauncherError as exc:
-            return message("error", lang, detail=exc)
+        except Exception as exc:  # noqa: BLE001
+            return failure(exc, lang)
 
     def on_predict(rel, limit, lang, progress=gr.Progress(track_tqdm=True)):
         path = run_path(rel)
@@ -134,8 +134,8 @@ def wire(page: Page, tab: ChatTab) -> None:
 
             check_config(load_run_config(path), page.allowed, data_only=True)  # predict reads the run's eval data
             m = after.predict(path, limit=int(limit) if limit else None)
-        except LauncherError as exc:
-            return message("error", lang, detail=exc)
+        except Exception as exc:  # noqa: BLE001
+            return failure(exc, lang)
         scores = ", ".join(f"{k} {m[k]:.2f}" for k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4", "exact_match"))
         return message("predicted", lang, dataset=m["dataset"], n=m["n"], scores=scores, out=m["output_dir"])
 

@@ -9,7 +9,7 @@ from launcher.errors import LauncherError
 from launcher.ui import actions, form
 from launcher.ui.i18n import Note, message
 from launcher.ui.roots import check_overrides
-from launcher.ui.tabs.page import Page
+from launcher.ui.tabs.page import Page, failure
 
 DATA_PREVIEW_MAX = 20
 
@@ -146,9 +146,9 @@ def wire(page: Page, tab: ComposeTab, last_defaults: gr.State) -> None:
         *values, lang = values
         try:
             overrides, name = overrides_of(values)
-        except LauncherError as exc:
-            return message("error", lang, detail=exc), "", "", "", ""
-        p = actions.preview(overrides, name)
+            p = actions.preview(overrides, name)
+        except Exception as exc:  # noqa: BLE001 - a handler's failure is shown as its one line, never "Error"
+            return failure(exc, lang), "", "", "", ""
         head = message("preview_ok", lang) if p.ok else message("preview_refused", lang, detail=p.error)
         return head, p.command, "\n".join(say(lang, v) for v in p.verdict), p.plan, p.config_yaml
 
@@ -161,9 +161,10 @@ def wire(page: Page, tab: ComposeTab, last_defaults: gr.State) -> None:
         try:
             overrides, name = overrides_of(values)
             done = actions.submit(overrides, name)
-        except LauncherError as exc:
-            lines = actions.redact(str(exc), overrides).splitlines()
-            return message("error", lang, detail=lines[0]), "\n".join(lines[1:] + [message("nothing_queued", lang)])
+        except Exception as exc:  # noqa: BLE001 - sbatch's refusal, a config error, anything: its one line
+            lines = [line for line in actions.redact(str(exc), overrides).splitlines() if line.strip()]
+            first = lines[0] if lines else type(exc).__name__
+            return message("error", lang, detail=first), "\n".join(lines[1:] + [message("nothing_queued", lang)])
         return done.note.text(lang), ""
 
     on(tab.submit_btn.click, on_submit, form_inputs, [tab.status, tab.verdict])
@@ -176,8 +177,8 @@ def wire(page: Page, tab: ComposeTab, last_defaults: gr.State) -> None:
         try:
             overrides, _ = overrides_of(values)
             shown = actions.data_preview(overrides, n)
-        except LauncherError as exc:
-            return message("error", lang, detail=exc), None, gr.update(value=None, visible=False)
+        except Exception as exc:  # noqa: BLE001
+            return failure(exc, lang), None, gr.update(value=None, visible=False)
         trained = message("data_trained", lang)
         spans = []
         for sample in shown.samples:

@@ -50,3 +50,17 @@ def curve_chart(rows: list, metric: str, lang: str):
     y_title = message("axis_loss", lang) if metric == plots.LOSS else (
         message("metric_" + metric, lang) if "metric_" + metric in MESSAGES else metric)
     return plots.chart(rows, y_title=y_title, x_title=message("axis_step", lang))
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as the one line a page shows: its first non-empty line, else its type's name (never a
+    bare "Error")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def failure(exc: BaseException, lang: str) -> str:
+    """``error: <the one-line reason>`` in the page's language."""
+    from launcher.ui.i18n import message
+
+    return message("error", lang, detail=one_line(exc))

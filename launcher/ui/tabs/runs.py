@@ -12,7 +12,7 @@ import gradio as gr
 
 from launcher.ui import plots, runs
 from launcher.ui.i18n import MESSAGES, message
-from launcher.ui.tabs.page import LANG_JS, Page, curve_chart
+from launcher.ui.tabs.page import LANG_JS, Page, curve_chart, one_line
 
 
 def runs_frame(rows: list, lang: str):
@@ -215,9 +215,3 @@ def wire(page: Page, tab: RunsTab, *, app: gr.Blocks, timer: gr.Timer, chat_run:
 def state_word(state: str, lang: str) -> str:
     """A SLURM/local state in the page's language (a state with no translation stays as SLURM wrote it)."""
     return message("state_" + state, lang) if ("state_" + state) in MESSAGES else state
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as the one line a page shows: its first non-empty line, else its type."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -44,6 +44,8 @@ class Preview:
     """Preflight: "passed" and warnings (Notes, worded by the page), or one line per problem (the CLI's text)."""
     command: str = ""
     """The equivalent CLI command."""
+    precision: str = ""
+    """What the run will really compute in (``checks.model.describe_precision``: the dry run's line)."""
 
 
 @one_at_a_time
@@ -120,6 +122,10 @@ def _preview(overrides: Sequence[str], name: Optional[str] = None) -> Preview:
         lines = str(exc).splitlines()
         return Preview(ok=False, error=lines[0], verdict=[line.strip() for line in lines], command=command)
     result = Preview(ok=True, config_yaml=plan.config_yaml(), plan=plan.would_run, command=command)
+    if plan.sweep is None:
+        from launcher.checks.model import describe_precision
+
+        result.precision = describe_precision(plan.cfg)
     if sweep:
         result.verdict = [Note("verdict_passed_sweep")] + [f"warning: {w}" for w in plan.warnings]
     elif plan.refusal is not None:

@@ -28,7 +28,7 @@ def build_app(root: Path, data_roots: tuple = ()) -> "gr.Blocks":
 
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    allowed = default_roots(root, data_roots)
+    allowed = default_roots(root, tuple(data_roots) + tuple(form.data_folders()))
     t = build_i18n()
     group_defaults = form.default_groups()
     initial = compose.compose_defaults(group_defaults)  # at start, not on page load: a late load would undo a pick
@@ -37,7 +37,8 @@ def build_app(root: Path, data_roots: tuple = ()) -> "gr.Blocks":
         gr.Markdown(t("title"))
         timer = gr.Timer(REFRESH_S)  # outside the tabs: a tab's components start only once the tab is opened
         with gr.Tabs():
-            compose_tab = compose.layout(t, form.group_options(), group_defaults, initial)
+            compose_tab = compose.layout(t, form.group_options(), group_defaults, initial,
+                                         model_choices=form.local_models(root), data_choices=form.data_folders())
             runs_tab = runs.layout(t)
             compare_tab = compare.layout(t)
             chat_tab = chat.layout(t)

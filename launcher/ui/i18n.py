@@ -84,6 +84,20 @@ LABELS = {
     "lx_predict_limit": ("samples (empty: all)", "样本数（留空：全部）"),
     "lx_after_result": ("result", "结果"),
     "lx_metric": ("metric", "指标"),
+    "lx_field_model_name_or_path": ("model path or hub id (empty: the model group's)",
+                                    "模型路径或 Hub ID（留空：使用模型预设）"),
+    "lx_field_model_dtype": ("compute type (model.dtype)", "计算类型 (model.dtype)"),
+    "lx_field_data_dataset_dir": ("data folder (with dataset_info.json)", "数据目录（含 dataset_info.json）"),
+    "lx_field_data_datasets": ("datasets", "数据集"),
+    "lx_field_data_eval_datasets": ("eval datasets (held out)", "评估数据集（留出）"),
+    "lx_field_train_grad_accum": ("gradient accumulation", "梯度累积"),
+    "lx_field_train_log_every": ("log every (steps)", "日志间隔（步）"),
+    "lx_field_train_eval_every": ("eval every (steps; 0: at the end)", "评估间隔（步；0：仅结束时）"),
+    "lx_field_train_save_every": ("save every (steps; 0: final only)", "保存间隔（步；0：仅最终）"),
+    "lx_field_method_lora_plus_lr_ratio": ("LoRA+ ratio (empty: off)", "LoRA+ 学习率比例（留空：关闭）"),
+    "lx_field_method_lora_target_modules": ("LoRA targets (all, or q_proj,v_proj)", "LoRA 作用模块（all 或 q_proj,v_proj）"),
+    "lx_field_method_lora_quantize": ("quantization (QLoRA)", "量化（QLoRA）"),
+    "lx_field_method_kto_beta": ("KTO beta", "KTO beta"),
 }
 
 LANGUAGES = ("en", "zh-CN")
@@ -141,6 +155,7 @@ MESSAGES = {
                         "已提交 {points} 个超参点的搜索，作业数组 {arrays}：{sweep_dir}"),
     "started_local_sweep": ("started a local sweep of {points} point(s) (process {pid}): {sweep_dir}",
                             "已在本机启动 {points} 个超参点的搜索（进程 {pid}）：{sweep_dir}"),
+    "precision_note": ("compute: {precision}", "实际计算精度：{precision}"),
     "nothing_queued": ("nothing was queued", "未提交任何作业"),
     # Dataset preview
     "data_loading": ("tokenizing the data (cached for training)", "正在分词（结果缓存，训练时复用）"),
@@ -249,3 +264,10 @@ class Note:
 
     def __repr__(self) -> str:
         return f"Note({self.name!r}, {self.params!r})"
+
+
+def worded(kind: str, name: str, lang: str = "en") -> str:
+    """``name`` (a run state, a phase, a metric) in the page's language: the message ``<kind>_<name>``, or the
+    name itself where none is written (a SLURM state or a metric this table does not know)."""
+    key = f"{kind}_{name}"
+    return message(key, lang) if key in MESSAGES else name

@@ -45,10 +45,10 @@ class Page:
 def curve_chart(rows: list, metric: str, lang: str):
     """The chart of ``rows`` (``launcher.ui.plots``) with its axes named in the page's language."""
     from launcher.ui import plots
-    from launcher.ui.i18n import MESSAGES, message
+    from launcher.ui.i18n import message, worded
 
     y_title = message("axis_loss", lang) if metric == plots.LOSS else (
-        message("metric_" + metric, lang) if "metric_" + metric in MESSAGES else metric)
+        worded("metric", metric, lang))
     return plots.chart(rows, y_title=y_title, x_title=message("axis_step", lang))
 
 

@@ -11,7 +11,7 @@ from typing import Callable
 import gradio as gr
 
 from launcher.ui import plots, runs
-from launcher.ui.i18n import MESSAGES, message
+from launcher.ui.i18n import message, worded
 from launcher.ui.tabs.page import LANG_JS, Page, curve_chart, one_line
 
 
@@ -71,7 +71,7 @@ def progress_html(info, lang: str) -> str:
     """A progress bar with step, epoch, ETA and tokens/s, and the run's phase, in the page's language."""
     import html
 
-    phase = message("phase_" + (info.phase or "unknown"), lang)
+    phase = worded("phase", info.phase or "unknown", lang)
     if info.reason:
         phase += f" ({html.escape(info.reason)})"
     parts = [f"<b class='run-phase'>{phase}</b>"]
@@ -155,8 +155,7 @@ def wire(page: Page, tab: RunsTab, *, app: gr.Blocks, timer: gr.Timer, chat_run:
         if info is not None:
             step = f"{info.step if info.step is not None else '-'}" + (
                 f"/{info.total_steps}" if info.total_steps else "")
-            lines.append(message("run_state", lang, state=message("state_" + info.state, lang)
-                                 if ("state_" + info.state) in MESSAGES else info.state)
+            lines.append(message("run_state", lang, state=worded("state", info.state, lang))
                          + (message("run_job", lang, job_id=info.job_id) if info.job_id else "")
                          + message("run_step", lang, step=step)
                          + (message("run_loss", lang, loss=f"{info.loss:.4f}") if info.loss is not None else "")
@@ -214,4 +213,4 @@ def wire(page: Page, tab: RunsTab, *, app: gr.Blocks, timer: gr.Timer, chat_run:
 
 def state_word(state: str, lang: str) -> str:
     """A SLURM/local state in the page's language (a state with no translation stays as SLURM wrote it)."""
-    return message("state_" + state, lang) if ("state_" + state) in MESSAGES else state
+    return worded("state", state, lang)

@@ -133,7 +133,7 @@ def say(lang, note) -> str:
     return note.text(lang) if isinstance(note, Note) else str(note)
 
 
-def wire(page: Page, tab: ComposeTab, last_defaults: gr.State) -> None:
+def wire(page: Page, tab: ComposeTab, last_defaults: gr.State, app: gr.Blocks) -> None:
     """Group picks refill the fields; preview, submit and data preview read the whole form."""
     root, on = page.root, page.on
     group_boxes, field_boxes = tab.group_boxes, tab.field_boxes
@@ -195,6 +195,7 @@ def wire(page: Page, tab: ComposeTab, last_defaults: gr.State) -> None:
         return overrides, (name or "").strip() or None
 
     form_inputs = group_boxes + field_boxes + [tab.run_name, tab.free, tab.sweep]
+    remember_form(app, form_inputs, last_defaults, all_rows, row_updates)
 
     def on_preview(*values):
         *values, lang = values
@@ -255,3 +256,45 @@ def wire(page: Page, tab: ComposeTab, last_defaults: gr.State) -> None:
 
     on(tab.data_btn.click, on_data_preview, form_inputs[:-1] + [tab.data_n],
        [tab.data_stats, tab.data_text, tab.data_images])
+
+
+FORM_STORE = "launcher-ui-form"
+"""The browser's localStorage key holding the form (``gr.BrowserState``): a reload shows it as it was."""
+
+
+def form_keys() -> list:
+    """One name per form input, in ``form_inputs`` order."""
+    return [f"group:{g}" for g in form.GROUPS] + [f.key for f in form.FIELDS] + ["run_name", "free", "sweep"]
+
+
+def remember_form(app: gr.Blocks, form_inputs: list, last_defaults: gr.State, all_rows: list, row_updates) -> None:
+    """Every change of the form is kept in the browser; a page load puts it back (groups, fields, the rows
+    the method shows, the defaults the next group pick compares against)."""
+    keys = form_keys()
+    saved = gr.BrowserState({}, storage_key=FORM_STORE)
+
+    def remember(*values):
+        return dict(zip(keys, values))
+
+    for box in form_inputs:
+        box.change(remember, form_inputs, [saved], queue=False, show_progress="hidden")
+
+    def restore(stored):
+        if not stored or set(stored) != set(keys):  # nothing kept, or kept by a form of other fields
+            return [gr.update()] * (1 + len(form_inputs) + len(all_rows))
+        groups = {g: stored[f"group:{g}"] for g in form.GROUPS}
+        try:
+            defaults = compose_defaults(groups)
+        except Exception:  # noqa: BLE001 - a kept group that conf/ no longer has: start afresh
+            return [gr.update()] * (1 + len(form_inputs) + len(all_rows))
+        updates = []
+        for key, box in zip(keys, form_inputs):
+            value = stored[key]
+            if key in ("data.datasets", "data.eval_datasets"):
+                names = form.dataset_names(stored.get("data.dataset_dir") or "")
+                updates.append(gr.update(choices=list(dict.fromkeys(names + list(value or []))), value=value))
+            else:
+                updates.append(gr.update(value=value))
+        return [defaults] + updates + row_updates(groups.get("method"))
+
+    app.load(restore, [saved], [last_defaults] + form_inputs + all_rows, show_progress="hidden")

@@ -14,7 +14,22 @@ if TYPE_CHECKING:
     from launcher.ui.roots import UiRoots
 
 LANG_JS = "() => document.documentElement.lang || navigator.language || 'en'"
-"""The page's language as Gradio's language switch (or the browser) set it: svelte-i18n writes it to <html lang>."""
+
+LANG_CHOICES = ("English", "中文")
+"""The language switch's options (each in its own language), as ``LANG_CODES`` names them."""
+LANG_CODES = {"English": "en", "中文": "zh-CN"}
+LANG_STORE = "launcher-ui-lang"
+"""The browser's localStorage key that remembers the switch across reloads."""
+
+_CHANGE_LOCALE = r"""
+async function launcherSetLang(code) {
+  // Gradio's own language store (what its settings panel sets): the module that exports changeLocale.
+  const url = performance.getEntriesByType("resource").map(e => e.name)
+      .find(n => /\/core-[^/]*\.js(\?|$)/.test(n));
+  if (url) { try { (await import(url)).changeLocale(code); } catch (e) { console.error(e); } }
+  document.documentElement.lang = code;
+}
+"""
 
 
 @dataclass
@@ -64,3 +79,20 @@ def failure(exc: BaseException, lang: str) -> str:
     from launcher.ui.i18n import message
 
     return message("error", lang, detail=one_line(exc))
+
+
+SWITCH_JS = ("async (choice) => {" + _CHANGE_LOCALE + """
+  const code = choice === '中文' ? 'zh-CN' : 'en';
+  localStorage.setItem('""" + LANG_STORE + """', code);
+  await launcherSetLang(code);
+  return choice;
+}""")
+"""The switch's change: remember the choice, switch Gradio's labels and the page's language."""
+
+RESTORE_JS = ("async () => {" + _CHANGE_LOCALE + """
+  const code = localStorage.getItem('""" + LANG_STORE + """');
+  if (code) { await launcherSetLang(code); }
+  const lang = code || document.documentElement.lang || navigator.language || 'en';
+  return lang.toLowerCase().startsWith('zh') ? '中文' : 'English';
+}""")
+"""On page load: the remembered language (else the browser's) applied, and shown on the switch."""

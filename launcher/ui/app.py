@@ -15,7 +15,7 @@ import gradio as gr
 
 from launcher.ui import form
 from launcher.ui.i18n import build_i18n
-from launcher.ui.tabs import chat, compare, compose, runs
+from launcher.ui.tabs import chat, compare, compose, evaluate, runs
 from launcher.ui.tabs.page import LANG_CHOICES, RESTORE_JS, SWITCH_JS, Page
 
 REFRESH_S = 2.0
@@ -45,16 +45,18 @@ def build_app(root: Path, data_roots: tuple = ()) -> "gr.Blocks":
             runs_tab = runs.layout(t)
             compare_tab = compare.layout(t)
             chat_tab = chat.layout(t)
+            evaluate_tab = evaluate.layout(t)
 
         last_defaults = gr.State(initial)
         page = Page(root, gr.Textbox(value="en", visible=False, elem_id="page-lang"), allowed)
         on_sweep = compare.sweep_report(root)
         compose.wire(page, compose_tab, last_defaults, app)
-        runs.wire(page, runs_tab, app=app, timer=timer, chat_run=chat_tab.chat_run,
+        runs.wire(page, runs_tab, app=app, timer=timer, chat_run=chat_tab.chat_run, eval_run=evaluate_tab.run,
                   compare_runs=compare_tab.compare_runs, sweep_select=compare_tab.sweep_select,
                   sweep_table=compare_tab.sweep_table, sweep_plot=compare_tab.sweep_plot, on_sweep=on_sweep)
         compare.wire(page, compare_tab, on_sweep)
         chat.wire(page, chat_tab)
+        evaluate.wire(page, evaluate_tab)
         # The switch sets Gradio's own language (every label) and the page's (every handler's text), and is
         # remembered in the browser; the next refresh (at most REFRESH_S) words the tables and states anew.
         lang_switch.input(None, [lang_switch], [lang_switch], js=SWITCH_JS, queue=False)

@@ -97,14 +97,15 @@ def progress_html(info, lang: str) -> str:
             f"<div style='margin-top:4px'>{' · '.join(parts)}</div>")
 
 
-def wire(page: Page, tab: RunsTab, *, app: gr.Blocks, timer: gr.Timer, chat_run: gr.Dropdown,
+def wire(page: Page, tab: RunsTab, *, app: gr.Blocks, timer: gr.Timer, chat_run: gr.Dropdown, eval_run: gr.Dropdown,
          compare_runs: gr.Dropdown, sweep_select: gr.Dropdown, sweep_table: gr.Code, sweep_plot: gr.Image,
          on_sweep: Callable) -> None:
     """Refresh on load, on every timer tick and on the button; the other tabs' selectors and the sweep report
     (``on_sweep``, the Compare tab's) are refreshed with the table."""
     root, on, run_path = page.root, page.on, page.run_path
 
-    def refresh(selected, log_rel, metric, key, chat_selected, compare_selected, sweep_selected, lang, first: bool):
+    def refresh(selected, log_rel, metric, key, chat_selected, eval_selected, compare_selected, sweep_selected, lang,
+                first: bool):
         """The runs table and every run selector, from the run dirs. Only the page's first load sets the
         selectors' values; later refreshes change their choices, never what the user picked (a refresh
         computed before a click must not undo it)."""
@@ -116,7 +117,8 @@ def wire(page: Page, tab: RunsTab, *, app: gr.Blocks, timer: gr.Timer, chat_run:
         text = message("runs_summary", lang, n=len(infos), root=root,
                        counts=", ".join(message("state_count", lang, n=n, state=state_word(s, lang).lower())
                                         for s, n in sorted(counts.items())))
-        finished = [i.rel for i in infos if i.has_model]
+        # a finished model, or a checkpoint of a stopped or running one: what chat and evaluate can load
+        finished = [i.rel for i in infos if i.has_model or (i.path / "checkpoints").is_dir()]
         sweeps = [str(p.relative_to(root)) for p in runs.find_sweep_dirs(root)]
         def pick(options, current):
             """Keep the user's pick; fill an empty selector with the newest option."""
@@ -127,6 +129,7 @@ def wire(page: Page, tab: RunsTab, *, app: gr.Blocks, timer: gr.Timer, chat_run:
 
         run_update, selected = pick(rels, None if first else selected)
         chat_update, _ = pick(finished, None if first else chat_selected)  # newest first: scan's order
+        eval_update, _ = pick(finished, None if first else eval_selected)
         sweep_update, _ = pick(sweeps, None if first else sweep_selected)
         compare_update = gr.update(choices=rels, value=[]) if first else gr.update(choices=rels)
         _, sweep_now = pick(sweeps, None if first else sweep_selected)
@@ -135,7 +138,7 @@ def wire(page: Page, tab: RunsTab, *, app: gr.Blocks, timer: gr.Timer, chat_run:
             r[1] = state_word(r[1], lang)
         return ([text, runs_frame(rows, lang), run_update]
                 + run_details(selected, None if first else log_rel, metric, key, lang, infos)
-                + [chat_update, compare_update, sweep_update] + list(on_sweep(sweep_now)))
+                + [chat_update, eval_update, compare_update, sweep_update] + list(on_sweep(sweep_now)))
 
     def on_load(*selected):
         return refresh(*selected, first=True)
@@ -178,8 +181,8 @@ def wire(page: Page, tab: RunsTab, *, app: gr.Blocks, timer: gr.Timer, chat_run:
 
     details = [tab.run_info, tab.progress, tab.metric, tab.loss_plot, tab.plot_key, tab.log_select, tab.log_view]
     refresh_outputs = [tab.summary, tab.table, tab.run_select, *details,
-                       chat_run, compare_runs, sweep_select, sweep_table, sweep_plot]
-    refresh_inputs = [tab.run_select, tab.log_select, tab.metric, tab.plot_key, chat_run, compare_runs, sweep_select]
+                       chat_run, eval_run, compare_runs, sweep_select, sweep_table, sweep_plot]
+    refresh_inputs = [tab.run_select, tab.log_select, tab.metric, tab.plot_key, chat_run, eval_run, compare_runs, sweep_select]
     on(tab.refresh_btn.click, on_tick, refresh_inputs, refresh_outputs, show_progress="hidden")
     on(timer.tick, on_tick, refresh_inputs, refresh_outputs, show_progress="hidden")
     on(app.load, on_load, refresh_inputs, refresh_outputs, show_progress="hidden")

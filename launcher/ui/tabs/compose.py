@@ -65,8 +65,10 @@ def field_box(t, f, value, model_choices: list, data_choices: list):
                            allow_custom_value=True, scale=2)
     if f.kind == "list":
         names = form.dataset_names(data_choices[0] if data_choices else "data")
+        # any value: a pick that the newly typed folder lacks is dropped by on_folder, and a name typed by hand
+        # is the preflight's to check (it names the dataset_info.json that lacks it)
         return gr.Dropdown(list(dict.fromkeys(names + list(value or []))), value=list(value or []), label=label,
-                           elem_id=elem_id, multiselect=True, scale=2)
+                           elem_id=elem_id, multiselect=True, scale=2, allow_custom_value=True)
     if f.kind == "bool":
         return gr.Checkbox(value=value, label=label, elem_id=elem_id, min_width=120)
     if f.kind == "choice":

@@ -25,6 +25,8 @@ from launcher.errors import LauncherError
 from launcher.paths import CONFIG_FILE, LOG_DIR, METRICS_FILE, MODEL_DIR, SUMMARY_FILE
 
 SWEEPS = "sweeps"
+LAUNCHER_LOG = "local_job.log"
+"""The detached launcher's own output (``launcher.launch.detached``): where a run's log is, not its progress."""
 RUNNING_STATES = {"RUNNING", "PENDING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
 TAIL_BYTES = 16384
 CANCEL_REQUEST = "cancel_requested.json"
@@ -386,7 +388,7 @@ def log_files(run_dir: Path) -> list:
 
     run_dir = Path(run_dir)
     found = sorted(run_dir.glob(f"{LOG_DIR}/**/std*.log"))
-    found += [p for p in (run_dir / LOCAL_LOG, run_dir / "local_job.log") if p.exists()]
+    found += [p for p in (run_dir / LOCAL_LOG, run_dir / LAUNCHER_LOG) if p.exists()]
     found += sorted(p for p in (run_dir / "slurm").glob("*_log.*") if p.exists())
     return [str(p.relative_to(run_dir)) for p in found]
 

@@ -68,6 +68,16 @@ def pick_many(page, elem_id: str, values: list) -> None:
     page.locator("body").click(position={"x": 5, "y": 5})
 
 
+def shot(page, name: str) -> None:
+    """A screenshot of the whole page at its own height: a full-page capture that resizes the window makes the
+    charts redraw, and it would catch them blank."""
+    height = page.evaluate("() => document.documentElement.scrollHeight")
+    page.set_viewport_size({"width": 1400, "height": min(max(height, 1000), 2400)})
+    page.wait_for_timeout(1500)
+    screenshot(page, name)
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+
 def train_points(page, elem: str = "loss-plot") -> int:
     """Training-loss points the plot draws (its SVG point marks, each labelled with its series)."""
     return page.locator(f"#{elem} path[aria-roledescription='point'][aria-label*='series: train']").count()
@@ -147,7 +157,7 @@ def test_journey_by_clicking(ui_server, browser, tmp_path_factory):
     print(f"submit -> first training point on the plot: {first_point_s:.1f} s")
     expect()(page.locator("#run-progress")).to_contain_text(f"step {STEPS}/{STEPS}")
     expect()(page.locator("#loss-plot path[aria-roledescription='line mark'][aria-label*='series: eval']")).to_have_count(1)
-    screenshot(page, "runs")
+    shot(page, "runs")
 
     # ---- evaluate: the ROUGE table and the predictions file
     open_tab(page, "Evaluate & export")
@@ -171,7 +181,7 @@ def test_journey_by_clicking(ui_server, browser, tmp_path_factory):
     page.locator("#gguf-btn").click()
     expect()(textbox(page, "export-result")).to_have_value(re.compile("^exported GGUF"), timeout=RUN_S * 1000)
     assert list((run_dir / "export-gguf").glob("*.gguf"))
-    screenshot(page, "evaluate")
+    shot(page, "evaluate")
 
     # ---- chat with a picture and a system prompt; the base answers beside it
     open_tab(page, "Chat")
@@ -190,7 +200,7 @@ def test_journey_by_clicking(ui_server, browser, tmp_path_factory):
     assert set(turns) == {"trained", "base"}, turns
     assert turns["trained"]["system"] == SYSTEM and turns["trained"]["images"]
     expect()(page.locator("#chat-base [data-testid='bot']").last).to_be_visible()
-    screenshot(page, "chat")
+    shot(page, "chat")
 
     # ---- reload: the form and the run as they were
     page.reload()
@@ -213,9 +223,9 @@ def test_journey_by_clicking(ui_server, browser, tmp_path_factory):
     page.locator(f"#run-select [role=option][aria-label='{rel}']").click()
     expect()(page.locator("#run-progress")).to_contain_text("已完成")
     expect()(page.locator("#loss-plot")).to_contain_text("步数")  # the x axis
-    screenshot(page, "runs-zh")
+    shot(page, "runs-zh")
     open_tab(page, "配置")
-    screenshot(page, "compose-zh")
+    shot(page, "compose-zh")
 
     # ---- Compare: three runs (this one and two made from it), six labelled lines
     import shutil
@@ -236,5 +246,5 @@ def test_journey_by_clicking(ui_server, browser, tmp_path_factory):
     expect()(lines).to_have_count(6, timeout=30_000)
     labels = {re.search(r"series: ([^;]+)", lines.nth(i).get_attribute("aria-label")).group(1) for i in range(6)}
     assert labels == {f"{name} {series}" for name in [rel] + others for series in ("train", "eval")}
-    screenshot(page, "compare")
+    shot(page, "compare")
     context.close()

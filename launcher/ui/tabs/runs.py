@@ -166,7 +166,10 @@ def wire(page: Page, tab: RunsTab, *, app: gr.Blocks, timer: gr.Timer, chat_run:
                             else "")
                          + message("run_requeues", lang, requeues=info.requeues))
         logs = runs.log_files(path)
-        log_rel = log_rel if log_rel in logs else runs.progress_log(path, logs)
+        best = runs.progress_log(path, logs)
+        # Keep the file the user follows, except the launcher's own (it says only "point 0 started"): picked
+        # while the run had no other log yet, it gives way to the run's log once that exists.
+        log_rel = log_rel if log_rel in logs and log_rel != runs.LAUNCHER_LOG else best
         # Confined to the root, not the run dir: a sweep point's node logs link into its sweep dir.
         tail = runs.tail_text(runs.confine(root, str(path.relative_to(root) / log_rel))) if log_rel else ""
         records = plots.read_records(path)

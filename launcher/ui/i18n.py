@@ -81,6 +81,8 @@ LABELS = {
     "lx_predict_limit": ("samples (empty: all)", "样本数（留空：全部）"),
     "lx_after_result": ("result", "结果"),
     "lx_metric": ("metric", "指标"),
+    "lx_resume_from": ("resume from", "从检查点恢复"),
+    "lx_resume": ("Resume", "恢复训练"),
     "lx_tab_evaluate": ("Evaluate & export", "评估与导出"),
     "lx_eval_run": ("run", "运行"),
     "lx_checkpoint": ("checkpoint", "检查点"),

@@ -236,3 +236,20 @@ def test_local_run_started_from_the_ui_completes_and_cancels(tmp_path):
         from launcher.launch.detached import stop
 
         stop(long.run_dir)  # never leave a detached run training after a failed assertion
+
+
+def test_resume_takes_the_runs_overrides_and_its_latest_or_chosen_checkpoint(tmp_path):
+    from launcher.errors import ConfigError
+    from launcher.ui.actions import resume_overrides
+
+    run_dir = tmp_path / "r" / "2026-01-01" / "10-00-00"
+    (run_dir / "checkpoints" / "step-0000004").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step-0000012").mkdir()
+    with pytest.raises(ConfigError, match="no overrides.txt"):
+        resume_overrides(run_dir)
+    (run_dir / "overrides.txt").write_text("method=lora\ntrain.max_steps=20\nrun.resume=never\n")
+    assert resume_overrides(run_dir) == ["method=lora", "train.max_steps=20",
+                                         f"run.resume={run_dir}/checkpoints/step-0000012"]
+    assert resume_overrides(run_dir, "step-0000004")[-1] == f"run.resume={run_dir}/checkpoints/step-0000004"
+    with pytest.raises(ConfigError, match="no checkpoint step-9"):
+        resume_overrides(run_dir, "step-9")

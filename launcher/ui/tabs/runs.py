@@ -23,6 +23,10 @@ def runs_frame(rows: list, lang: str):
     return pd.DataFrame(rows, columns=headers).astype("string")
 
 
+LATEST = "latest"
+"""The resume choice that means the run's newest checkpoint."""
+
+
 @dataclass
 class RunsTab:
     refresh_btn: gr.Button
@@ -30,6 +34,8 @@ class RunsTab:
     table: gr.Dataframe
     run_select: gr.Dropdown
     cancel_btn: gr.Button
+    resume_checkpoint: gr.Dropdown
+    resume_btn: gr.Button
     cancel_result: gr.Markdown
     run_info: gr.Markdown
     progress: gr.HTML
@@ -52,6 +58,9 @@ def layout(t) -> RunsTab:
         with gr.Row():
             run_select = gr.Dropdown([], label=t("run"), elem_id="run-select", scale=3)
             cancel_btn = gr.Button(t("cancel"), variant="stop", elem_id="cancel-btn", scale=0)
+            resume_checkpoint = gr.Dropdown([LATEST], value=LATEST, label=t("resume_from"),
+                                            elem_id="resume-checkpoint", scale=1)
+            resume_btn = gr.Button(t("resume"), elem_id="resume-btn", scale=0)
         cancel_result = gr.Markdown(elem_id="cancel-result")
         run_info = gr.Markdown(elem_id="run-info")
         progress = gr.HTML(elem_id="run-progress")
@@ -63,7 +72,7 @@ def layout(t) -> RunsTab:
             log_select = gr.Dropdown([], label=t("log_file"), elem_id="log-select")
         log_view = gr.Textbox(label=t("log_tail"), lines=12, max_lines=20, interactive=False,
                               elem_id="log-tail", autoscroll=True)
-    return RunsTab(refresh_btn, summary, table, run_select, cancel_btn, cancel_result, run_info, progress, metric,
+    return RunsTab(refresh_btn, summary, table, run_select, cancel_btn, resume_checkpoint, resume_btn, cancel_result, run_info, progress, metric,
                    loss_plot, plot_key, log_select, log_view)
 
 
@@ -213,8 +222,30 @@ def wire(page: Page, tab: RunsTab, *, app: gr.Blocks, timer: gr.Timer, chat_run:
             return message("error", lang, detail=one_line(exc))
 
     on(tab.cancel_btn.click, on_cancel, [tab.run_select], [tab.cancel_result])
-    # A message about one run is stale once another is picked.
-    tab.run_select.input(lambda: "", None, [tab.cancel_result], queue=False, show_progress="hidden")
+
+    def on_resume(rel, checkpoint, lang):
+        """``launcher train <the run's overrides> run.resume=<checkpoint>``: a new run from that checkpoint."""
+        from launcher.ui import actions
+
+        path = run_path(rel)
+        if path is None:
+            return message("no_run_selected", lang)
+        try:
+            return actions.resume(path, root, None if checkpoint in (None, "", LATEST) else checkpoint).note.text(lang)
+        except Exception as exc:  # noqa: BLE001
+            return message("error", lang, detail=one_line(exc))
+
+    on(tab.resume_btn.click, on_resume, [tab.run_select, tab.resume_checkpoint], [tab.cancel_result])
+
+    def on_pick(rel):
+        from launcher.ui.after import checkpoints
+
+        path = run_path(rel)
+        return "", gr.update(choices=[LATEST] + (checkpoints(path) if path else []), value=LATEST)
+
+    tab.run_select.change(on_pick, [tab.run_select], [tab.cancel_result, tab.resume_checkpoint], queue=False,
+                          show_progress="hidden")
+    # A message about one run is stale once another is picked (on_pick clears it).
 
 
 def state_word(state: str, lang: str) -> str:

@@ -16,7 +16,7 @@ import gradio as gr
 from launcher.ui import form
 from launcher.ui.i18n import build_i18n
 from launcher.ui.tabs import chat, compare, compose, evaluate, runs
-from launcher.ui.tabs.page import HEAD_HTML, LANG_CHOICES, RESTORE_JS, SWITCH_JS, Page
+from launcher.ui.tabs.page import LANG_CHOICES, RESTORE_JS, SWITCH_JS, Page
 
 REFRESH_S = 2.0
 
@@ -62,5 +62,4 @@ def build_app(root: Path, data_roots: tuple = ()) -> "gr.Blocks":
         lang_switch.input(None, [lang_switch], [lang_switch], js=SWITCH_JS, queue=False)
         app.load(None, None, [lang_switch], js=RESTORE_JS, queue=False)
     app.launcher_i18n = t.i18n  # launch(i18n=...) needs it
-    app.launcher_head = HEAD_HTML  # launch(head=...): the remembered language, before the app starts
     return app

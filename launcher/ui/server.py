@@ -87,7 +87,6 @@ def ui_main(argv: Optional[list] = None) -> int:
     app.queue(default_concurrency_limit=4).launch(
         server_name=args.host, server_port=args.port, auth=(USER, token) if token else None, share=False,
         inbrowser=False, quiet=True, show_error=True, i18n=app.launcher_i18n, footer_links=["settings"],
-        head=app.launcher_head,
         app_kwargs={"middleware": [Middleware(LoginGate)]},
     )
     return 0

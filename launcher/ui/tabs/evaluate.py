@@ -42,8 +42,6 @@ class EvaluateTab:
 
 
 def layout(t) -> EvaluateTab:
-    from launcher.export.gguf import GGUFArgs  # noqa: F401  (the GGUF types below are its dtypes)
-
     with gr.Tab(t("tab_evaluate"), id="evaluate", elem_id="tab-evaluate"):
         with gr.Row():
             run = gr.Dropdown([], label=t("eval_run"), elem_id="eval-run", scale=3)

@@ -21,6 +21,16 @@ LANG_CODES = {"English": "en", "中文": "zh-CN"}
 LANG_STORE = "launcher-ui-lang"
 """The browser's localStorage key that remembers the switch across reloads."""
 
+_CHANGE_LOCALE = r"""
+async function launcherSetLang(code) {
+  // Gradio's own language store (what its settings panel sets): the module that exports changeLocale.
+  const url = performance.getEntriesByType("resource").map(e => e.name)
+      .find(n => /\/core-[^/]*\.js(\?|$)/.test(n));
+  if (url) { try { (await import(url)).changeLocale(code); } catch (e) { console.error(e); } }
+  document.documentElement.lang = code;
+}
+"""
+
 
 @dataclass
 class Page:
@@ -71,30 +81,18 @@ def failure(exc: BaseException, lang: str) -> str:
     return message("error", lang, detail=one_line(exc))
 
 
-SWITCH_JS = ("""async (choice) => {
+SWITCH_JS = ("async (choice) => {" + _CHANGE_LOCALE + """
   const code = choice === '中文' ? 'zh-CN' : 'en';
   localStorage.setItem('""" + LANG_STORE + """', code);
-  window.location.reload();
+  await launcherSetLang(code);
   return choice;
 }""")
-"""The switch's change: remember the choice and reload (the form is kept in the browser): Gradio words every
-label, tab names included, only in the language it starts in (``HEAD_HTML``)."""
+"""The switch's change: remember the choice, switch Gradio's labels and the page's language."""
 
-HEAD_HTML = ("""<script>
-try {
+RESTORE_JS = ("async () => {" + _CHANGE_LOCALE + """
   const code = localStorage.getItem('""" + LANG_STORE + """');
-  if (code) {  // the language Gradio starts in is the browser's: the remembered switch is given as that
-    Object.defineProperty(navigator, 'language', {get: () => code});
-    Object.defineProperty(navigator, 'languages', {get: () => [code]});
-  }
-} catch (e) { console.error(e); }
-</script>""")
-"""Runs before the app starts (``launch(head=...)``)."""
-
-RESTORE_JS = ("""async () => {
-  const code = localStorage.getItem('""" + LANG_STORE + """');
-  if (code) { document.documentElement.lang = code; }
+  if (code) { await launcherSetLang(code); }
   const lang = code || document.documentElement.lang || navigator.language || 'en';
   return lang.toLowerCase().startsWith('zh') ? '中文' : 'English';
 }""")
-"""On page load: the switch shows the page's language."""
+"""On page load: the remembered language (else the browser's) applied, and shown on the switch."""

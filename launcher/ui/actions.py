@@ -44,6 +44,8 @@ class Preview:
     """Preflight: "passed" and warnings (Notes, worded by the page), or one line per problem (the CLI's text)."""
     command: str = ""
     """The equivalent CLI command."""
+    precision: str = ""
+    """What the run will really compute in (``checks.model.describe_precision``: the dry run's line)."""
 
 
 @one_at_a_time
@@ -120,6 +122,10 @@ def _preview(overrides: Sequence[str], name: Optional[str] = None) -> Preview:
         lines = str(exc).splitlines()
         return Preview(ok=False, error=lines[0], verdict=[line.strip() for line in lines], command=command)
     result = Preview(ok=True, config_yaml=plan.config_yaml(), plan=plan.would_run, command=command)
+    if plan.sweep is None:
+        from launcher.checks.model import describe_precision
+
+        result.precision = describe_precision(plan.cfg)
     if sweep:
         result.verdict = [Note("verdict_passed_sweep")] + [f"warning: {w}" for w in plan.warnings]
     elif plan.refusal is not None:
@@ -243,3 +249,33 @@ def preview_images(samples: list, dataset_dir: Path) -> list:
                 note = Note("data_image_caption_unknown", index=sample.index, k=k, size=size)
             out.append((image, note))
     return out
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+
+def resume_overrides(run_dir: Path, checkpoint: Optional[str] = None) -> list:
+    """The overrides a stopped or failed run was launched with (its ``overrides.txt``), with
+    ``run.resume=<its checkpoint>``: ``launcher train <those> run.resume=RUN_DIR/checkpoints/step-N`` starts a
+    new run dir from that checkpoint (the latest when ``checkpoint`` is None). LauncherError when it has none."""
+    from launcher.errors import ConfigError
+    from launcher.ui.after import checkpoints
+
+    run_dir = Path(run_dir)
+    saved = run_dir / "overrides.txt"
+    if not saved.is_file():
+        raise ConfigError(f"{run_dir}: no overrides.txt (not started by launcher train): resume it from where it was started")
+    found = checkpoints(run_dir)
+    if not found:
+        raise ConfigError(f"{run_dir}: no checkpoint to resume from (train.save_every was 0, or it stopped before the first save)")
+    chosen = checkpoint or found[0]
+    if chosen not in found:
+        raise ConfigError(f"{run_dir}: no checkpoint {chosen} (it has {', '.join(found)})")
+    kept = [o for o in saved.read_text().splitlines() if o.strip() and not o.startswith("run.resume=")]
+    return kept + [f"run.resume={run_dir / 'checkpoints' / chosen}"]
+
+
+def resume(run_dir: Path, root: Path, checkpoint: Optional[str] = None) -> Submitted:
+    """Submit the run again from its latest (or chosen) checkpoint, to the same output root."""
+    overrides = [o for o in resume_overrides(run_dir, checkpoint) if not o.startswith("run.output_root=")]
+    return submit(overrides + [f"run.output_root={root}"], Path(run_dir).parent.parent.name)

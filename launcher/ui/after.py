@@ -22,19 +22,21 @@ _models: "OrderedDict[tuple, tuple]" = OrderedDict()
 _lock = threading.Lock()
 
 
-def load(run_dir: Path, base: bool = False) -> tuple:
-    """(model, tokenizer, cfg, source, device, vision), cached by (run dir, base); vision is None for a text
-    model."""
+def load(run_dir: Path, base: bool = False, checkpoint: Optional[str] = None) -> tuple:
+    """(model, tokenizer, cfg, source, device, vision), cached by (run dir, base, checkpoint); vision is None
+    for a text model. ``checkpoint``: ``step-N`` of the run's checkpoints (None: the final model)."""
     from launcher.engines.distributed import choose_device
     from launcher.inference.trained import load_run_model
 
-    key = (str(Path(run_dir).resolve()), base)
+    checkpoint = None if base else (checkpoint or None)
+    key = (str(Path(run_dir).resolve()), base, checkpoint)
     with _lock:
         if key in _models:
             _models.move_to_end(key)
             return _models[key]
         device = choose_device()
-        model, tokenizer, cfg, source = load_run_model(Path(run_dir), merge=True, base=base, device=device)
+        model, tokenizer, cfg, source = load_run_model(Path(run_dir), merge=True, base=base, device=device,
+                                                       checkpoint=checkpoint)
         _models[key] = (model, tokenizer, cfg, source, device, vision_for(cfg, tokenizer))
         while len(_models) > MAX_LOADED:
             _models.popitem(last=False)
@@ -107,16 +109,19 @@ def new_conversation() -> dict:
 
 
 def stream_reply(run_dir: Path, conversation: dict, user_text: str, system: Optional[str], base: bool = False,
-                 image: Optional[str] = None, max_new_tokens: int = 256) -> Iterator[str]:
+                 image: Optional[str] = None, max_new_tokens: int = 256, temperature: float = 0.0,
+                 top_p: float = 1.0, checkpoint: Optional[str] = None) -> Iterator[str]:
     """Yield the growing answer to ``user_text`` (with ``image`` attached, for a VL model) after the
     ``conversation`` so far; once answered, ``conversation`` holds the session's turns and images."""
     from launcher.inference.chat_session import ChatSession, GenerationOptions
     from launcher.inference.prompts import prompt_renderer
 
-    model, tokenizer, cfg, _, device, vision = load(run_dir, base)
+    model, tokenizer, cfg, _, device, vision = load(run_dir, base, checkpoint)
     extra = {"vision": vision} if vision is not None else {}  # a text-only ChatSession takes no vision
-    session = ChatSession(model, tokenizer, prompt_renderer(tokenizer, cfg), device,
-                          GenerationOptions(max_new_tokens=max_new_tokens), system=system or None, **extra)
+    options = GenerationOptions(max_new_tokens=int(max_new_tokens), do_sample=bool(temperature and temperature > 0),
+                                temperature=float(temperature or 1.0), top_p=float(top_p or 1.0))
+    session = ChatSession(model, tokenizer, prompt_renderer(tokenizer, cfg), device, options,
+                          system=system or None, **extra)
     session.history = [dict(m) for m in conversation["turns"]]
     if vision is not None:
         session.images = list(conversation["images"])
@@ -166,21 +171,54 @@ def log_turn(run_dir: Path, base: bool, system: Optional[str], user: str, answer
                                            "assistant": answer, "prompt": prompt})
 
 
-def export(run_dir: Path) -> Note:
-    """``launcher export RUN_DIR --force`` (to RUN_DIR/export); returns a one-line report."""
+def checkpoints(run_dir: Path) -> list:
+    """The run's checkpoints by name (``step-N``), newest step first: what chat, evaluate, export and resume
+    can pick besides the final model."""
+    from launcher.paths import CHECKPOINTS_DIR
+
+    found = [p.name for p in (Path(run_dir) / CHECKPOINTS_DIR).glob("step-*") if p.is_dir()]
+    return sorted(found, key=lambda n: int(n.split("-", 1)[1]) if n.split("-", 1)[1].isdigit() else -1, reverse=True)
+
+
+def export(run_dir: Path, out: Optional[str] = None, max_shard_size: str = "2GB", dtype: str = "keep",
+           checkpoint: Optional[str] = None, force: bool = False) -> Note:
+    """``launcher export RUN_DIR [--out DIR] [--max-shard-size S] [--dtype D] [--checkpoint step-N] [--force]``:
+    refuses an existing target unless ``force``, as the CLI does. Returns a one-line report."""
     from launcher.export.hf import ExportArgs, export_run, exported_files
     from launcher.ui.i18n import Note
 
-    out = export_run(Path(run_dir), ExportArgs(force=True))
-    return Note("exported", out=out, files=", ".join(exported_files(out)))
+    out_dir = export_run(Path(run_dir), ExportArgs(out=out or None, max_shard_size=max_shard_size or "2GB",
+                                                   dtype=dtype or "keep", checkpoint=checkpoint or None,
+                                                   force=force))
+    return Note("exported", out=out_dir, files=", ".join(exported_files(out_dir)))
 
 
-def predict(run_dir: Path, limit: Optional[int] = None, max_new_tokens: int = 64) -> dict:
-    """``launcher predict RUN_DIR [--limit N]`` on the run's eval data; tqdm progress (the page tracks it)."""
+def export_gguf(run_dir: Path, out: Optional[str] = None, dtype: str = "f16", checkpoint: Optional[str] = None,
+                force: bool = False) -> Note:
+    """``launcher export RUN_DIR --gguf`` (``launcher.export.gguf``): one .gguf file; refuses an existing one
+    unless ``force``."""
+    from launcher.export.gguf import GGUFArgs, export_gguf as write
+    from launcher.ui.i18n import Note
+
+    info = write(Path(run_dir), GGUFArgs(out=out or None, dtype=dtype or "f16", checkpoint=checkpoint or None,
+                                         force=force))
+    path = info.get("path") if isinstance(info, dict) else info
+    return Note("exported_gguf", out=path, dtype=dtype)
+
+
+def predict(run_dir: Path, limit: Optional[int] = None, max_new_tokens: int = 64, datasets: tuple = (),
+            batch_size: int = 8, temperature: float = 0.0, top_p: float = 0.7,
+            checkpoint: Optional[str] = None) -> dict:
+    """``launcher predict RUN_DIR [--datasets ...] [--limit N] [--batch-size B] [--max-new-tokens M]
+    [--do-sample --temperature T --top-p P] [--checkpoint step-N]`` on the run's eval data or the picked
+    datasets; tqdm progress (the page tracks it)."""
     from launcher.config.schema import load_run_config
     from launcher.inference.predict import PredictArgs, run_predict
     from launcher.inference.trained import check_run_dir
 
     run_dir = check_run_dir(Path(run_dir))
-    args = PredictArgs(limit=limit, max_new_tokens=max_new_tokens)
+    args = PredictArgs(limit=limit, max_new_tokens=int(max_new_tokens), datasets=list(datasets or []),
+                       batch_size=int(batch_size), do_sample=bool(temperature and temperature > 0),
+                       temperature=float(temperature or 0.95), top_p=float(top_p or 0.7),
+                       checkpoint=checkpoint or None)
     return run_predict(load_run_config(run_dir), run_dir, args, progress=True)

@@ -15,10 +15,10 @@ import gradio as gr
 
 from launcher.ui import form
 from launcher.ui.i18n import build_i18n
-from launcher.ui.tabs import chat, compare, compose, runs
-from launcher.ui.tabs.page import Page
+from launcher.ui.tabs import chat, compare, compose, evaluate, runs
+from launcher.ui.tabs.page import LANG_CHOICES, RESTORE_JS, SWITCH_JS, Page
 
-REFRESH_S = 3.0
+REFRESH_S = 2.0
 
 
 def build_app(root: Path, data_roots: tuple = ()) -> "gr.Blocks":
@@ -28,28 +28,38 @@ def build_app(root: Path, data_roots: tuple = ()) -> "gr.Blocks":
 
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    allowed = default_roots(root, data_roots)
+    allowed = default_roots(root, tuple(data_roots) + tuple(form.data_folders()))
     t = build_i18n()
     group_defaults = form.default_groups()
     initial = compose.compose_defaults(group_defaults)  # at start, not on page load: a late load would undo a pick
 
     with gr.Blocks(title="launcher") as app:
-        gr.Markdown(t("title"))
+        with gr.Row(equal_height=True):
+            gr.Markdown(t("title"))
+            lang_switch = gr.Radio(list(LANG_CHOICES), value=LANG_CHOICES[0], show_label=False, container=False,
+                                   elem_id="lang-switch", scale=0, min_width=200)
         timer = gr.Timer(REFRESH_S)  # outside the tabs: a tab's components start only once the tab is opened
         with gr.Tabs():
-            compose_tab = compose.layout(t, form.group_options(), group_defaults, initial)
+            compose_tab = compose.layout(t, form.group_options(), group_defaults, initial,
+                                         model_choices=form.local_models(root), data_choices=form.data_folders())
             runs_tab = runs.layout(t)
             compare_tab = compare.layout(t)
             chat_tab = chat.layout(t)
+            evaluate_tab = evaluate.layout(t)
 
         last_defaults = gr.State(initial)
         page = Page(root, gr.Textbox(value="en", visible=False, elem_id="page-lang"), allowed)
         on_sweep = compare.sweep_report(root)
-        compose.wire(page, compose_tab, last_defaults)
-        runs.wire(page, runs_tab, app=app, timer=timer, chat_run=chat_tab.chat_run,
+        compose.wire(page, compose_tab, last_defaults, app)
+        runs.wire(page, runs_tab, app=app, timer=timer, chat_run=chat_tab.chat_run, eval_run=evaluate_tab.run,
                   compare_runs=compare_tab.compare_runs, sweep_select=compare_tab.sweep_select,
                   sweep_table=compare_tab.sweep_table, sweep_plot=compare_tab.sweep_plot, on_sweep=on_sweep)
         compare.wire(page, compare_tab, on_sweep)
         chat.wire(page, chat_tab)
+        evaluate.wire(page, evaluate_tab)
+        # The switch sets Gradio's own language (every label) and the page's (every handler's text), and is
+        # remembered in the browser; the next refresh (at most REFRESH_S) words the tables and states anew.
+        lang_switch.input(None, [lang_switch], [lang_switch], js=SWITCH_JS, queue=False)
+        app.load(None, None, [lang_switch], js=RESTORE_JS, queue=False)
     app.launcher_i18n = t.i18n  # launch(i18n=...) needs it
     return app

@@ -25,6 +25,8 @@ from launcher.errors import LauncherError
 from launcher.paths import CONFIG_FILE, LOG_DIR, METRICS_FILE, MODEL_DIR, SUMMARY_FILE
 
 SWEEPS = "sweeps"
+LAUNCHER_LOG = "local_job.log"
+"""The detached launcher's own output (``launcher.launch.detached``): where a run's log is, not its progress."""
 RUNNING_STATES = {"RUNNING", "PENDING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
 TAIL_BYTES = 16384
 CANCEL_REQUEST = "cancel_requested.json"
@@ -105,22 +107,28 @@ def tail_records(path: Path, max_bytes: int = TAIL_BYTES) -> list:
 
 
 def last_metrics(path: Path) -> tuple:
-    """(last train record, last eval record) of a metrics.jsonl, reading only its end."""
-    train = evals = None
+    """(last train record, the train record before it, last eval record, last record of any kind) of a
+    metrics.jsonl, reading only its end."""
+    train = previous = evals = last = None
     for size in (4096, 65536, TAIL_BYTES * 64):
+        train = previous = evals = last = None
         for record in reversed(tail_records(path, size)):
-            if train is None and record.get("kind") == "train" and record.get("loss") is not None:
-                train = record
+            last = last or record
+            if record.get("kind") == "train" and record.get("loss") is not None:
+                if train is None:
+                    train = record
+                elif previous is None:
+                    previous = record
             elif evals is None and record.get("kind") == "eval" and record.get("eval_loss") is not None:
                 evals = record
-        if train is not None and evals is not None:
+        if previous is not None and evals is not None:
             break
         try:
             if path.stat().st_size <= size:
                 break
         except OSError:
             break
-    return train, evals
+    return train, previous, evals, last
 
 
 def read_json(path: Path) -> Optional[dict]:
@@ -147,6 +155,16 @@ class RunInfo:
     requeues: int = 0
     started: str = ""
     has_model: bool = False
+    epoch: Optional[float] = None
+    total_epochs: Optional[float] = None
+    tokens_per_s: Optional[float] = None
+    step_s: Optional[float] = None
+    """Seconds per optimizer step, measured between the last two train records (the trainer's own timing)."""
+    phase: str = ""
+    """What the run is doing now (``PHASES``), from its state and what its run dir holds."""
+    reason: str = ""
+    """SLURM's reason for a pending job (Resources, Priority, BeginTime, ...)."""
+    started_at: float = 0.0
 
 
 def _total_steps(cfg: dict, summary: Optional[dict], last_train: Optional[dict]) -> Optional[int]:
@@ -203,9 +221,14 @@ def scan(root: Path, slurm_states=None) -> list:
             has_model=(run_dir / MODEL_DIR).is_dir(),
         )
         summary = _cached("summary", run_dir / SUMMARY_FILE, read_json)
-        train, evals = _cached("metrics", run_dir / METRICS_FILE, last_metrics)
+        train, previous, evals, last = _cached("metrics", run_dir / METRICS_FILE, last_metrics)
         if train:
             info.step, info.loss = train.get("step"), train["loss"]
+            info.epoch, info.tokens_per_s = train.get("epoch"), train.get("tokens_per_s")
+            info.step_s = step_seconds(train, previous)
+        info.total_epochs = ((cfg.get("train") or {}).get("epochs")
+                             if ((cfg.get("train") or {}).get("max_steps") or -1) <= 0 else None)
+        info.started_at = (run_dir / CONFIG_FILE).stat().st_mtime
         if evals:
             info.eval_loss = evals["eval_loss"]
         if summary:
@@ -229,20 +252,94 @@ def scan(root: Path, slurm_states=None) -> list:
                 elif state == "UNKNOWN" and (info.path / CANCEL_REQUEST).exists():
                     state = "CANCELLED"  # an array task cancelled before it started is missing from sacct
                 info.state = state
+        pending = [i.job_id for i in infos if i.state == "PENDING"]
+        reasons = pending_reasons(pending) if pending else {}
+        for info in infos:
+            info.reason = reasons.get(info.job_id, "")
     for info in infos:
         info.eta_s = eta_seconds(info)
+        info.phase = run_phase(info, _cached("metrics", info.path / METRICS_FILE, last_metrics)[3])
+    # Start order, newest first (a run dir's config.yaml is written once, when the run is made).
+    infos.sort(key=lambda i: i.started_at, reverse=True)
     return infos
 
 
+def pending_reasons(job_ids: list) -> dict:
+    """{job id: SLURM's reason} of pending jobs, one squeue call."""
+    from launcher.slurm.jobs import run_slurm_command
+
+    try:
+        out = run_slurm_command(["squeue", "-h", "-r", "-j", ",".join(sorted({j.split("_")[0] for j in job_ids})),
+                                 "-o", "%i|%r"]).stdout
+    except Exception:  # the reason is a detail: a squeue that does not answer leaves it out
+        return {}
+    return {job.strip(): reason.strip() for job, _, reason in (line.partition("|") for line in out.splitlines())
+            if reason.strip() and reason.strip() != "None"}
+
+
+def step_seconds(train: dict, previous: Optional[dict]) -> Optional[float]:
+    """Seconds per step between two train records: the trained tokens between them over the trainer's
+    measured rate (``trained_tokens_per_s`` is timed over exactly that window). None from one record: the
+    first window includes the setup before step 1, which made the first ETA several times too long."""
+    if previous is None:
+        return None
+    steps = (train.get("step") or 0) - (previous.get("step") or 0)
+    tokens = (train.get("trained_tokens_seen") or 0) - (previous.get("trained_tokens_seen") or 0)
+    rate = train.get("trained_tokens_per_s") or 0
+    if steps <= 0 or tokens <= 0 or rate <= 0:
+        return None
+    return tokens / rate / steps
+
+
+PHASES = ("queued", "starting", "loading", "training", "evaluating", "saving", "requeued", "finished",
+          "failed", "cancelled", "unknown")
+"""The words ``run_phase`` returns (the page translates them: ``i18n`` has ``phase_<word>``)."""
+
+
+def run_phase(info: RunInfo, last_record: Optional[dict]) -> str:
+    """What a run does now, from its state and its run dir: queued (SLURM pending), requeued (pending again
+    after a preemption), starting (running, no log yet), loading (model, tokenizer and data tokenizing: logs,
+    no metrics yet), training, evaluating (the bar of an eval pass is the log's last line), saving (a
+    checkpoint being written), then finished / failed / cancelled."""
+    from launcher.paths import CHECKPOINTS_DIR
+
+    state = info.state
+    if state in ("COMPLETED",):
+        return "finished"
+    if state in ("FAILED", "LOST", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"):
+        return "failed"
+    if state.startswith("CANCELLED"):
+        return "cancelled"
+    if state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"):
+        return "requeued" if info.requeues or state.startswith("REQUEUE") else "queued"
+    if state not in RUNNING_STATES:
+        return "unknown"
+    logs = log_files(info.path)
+    if last_record is None:
+        return "loading" if logs else "starting"
+    checkpoints = info.path / CHECKPOINTS_DIR
+    try:
+        newest = max((p.stat().st_mtime for p in checkpoints.iterdir()), default=0.0)
+        metrics_mtime = (info.path / METRICS_FILE).stat().st_mtime
+    except OSError:
+        newest, metrics_mtime = 0.0, 0.0
+    if newest > metrics_mtime:
+        return "saving"
+    progress = progress_log(info.path, logs)
+    if progress is not None:
+        last_line = tail_text(info.path / progress, lines=1, max_bytes=2048).split("\r")[-1]
+        if last_line.strip() and not last_line.lstrip().startswith("train") and "batch" in last_line:
+            return "evaluating"
+    return "training"
+
+
 def eta_seconds(info: RunInfo) -> Optional[float]:
-    """Steps left x seconds per step so far (from the run dir's creation to the last metrics line)."""
+    """Steps left x measured seconds per step (``step_seconds``); None until two train records exist."""
     if info.state != "RUNNING" or not info.step or not info.total_steps or info.step >= info.total_steps:
         return None
-    try:
-        elapsed = (info.path / METRICS_FILE).stat().st_mtime - (info.path / CONFIG_FILE).stat().st_mtime
-    except OSError:
+    if info.step_s is None:
         return None
-    return max(0.0, elapsed / info.step * (info.total_steps - info.step))
+    return max(0.0, info.step_s * (info.total_steps - info.step))
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -291,9 +388,28 @@ def log_files(run_dir: Path) -> list:
 
     run_dir = Path(run_dir)
     found = sorted(run_dir.glob(f"{LOG_DIR}/**/std*.log"))
-    found += [p for p in (run_dir / LOCAL_LOG, run_dir / "local_job.log") if p.exists()]
+    found += [p for p in (run_dir / LOCAL_LOG, run_dir / LAUNCHER_LOG) if p.exists()]
     found += sorted(p for p in (run_dir / "slurm").glob("*_log.*") if p.exists())
     return [str(p.relative_to(run_dir)) for p in found]
+
+
+def progress_log(run_dir: Path, logs: Optional[list] = None) -> Optional[str]:
+    """The log that shows a run's progress, relative to it: rank 0's stderr (the training bar) of the newest
+    attempt, else the run's own log; the launcher's file (``local_job.log``: "[sweep] point 0 started") last."""
+    from launcher.sweep.plan import LOCAL_LOG
+
+    run_dir = Path(run_dir)
+    logs = log_files(run_dir) if logs is None else logs
+    rank0 = [rel for rel in logs if rel.endswith("stderr.log") and Path(rel).parent.name == "0"]
+    if rank0:
+        return max(rank0, key=lambda rel: (run_dir / rel).stat().st_mtime if (run_dir / rel).exists() else 0)
+    for rel in (LOCAL_LOG,):
+        if rel in logs:
+            return rel
+    node = [rel for rel in logs if rel.startswith("slurm/") and rel.endswith(".err")]
+    if node:
+        return node[-1]
+    return logs[-1] if logs else None
 
 
 def mask_secrets(text: str) -> str:

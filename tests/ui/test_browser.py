@@ -148,7 +148,7 @@ def test_run_completes_with_loss_curve_and_survives_reload(submitted, page):
 def test_chat_with_finished_run_and_its_base(submitted, page):
     url, root, run_dir, _ = submitted
     wait_completed(page, url, root, run_dir)
-    open_tab(page, "Chat & after training")
+    open_tab(page, "Chat")
     expect()(page.locator("#chat-run input")).to_have_value(str(run_dir.relative_to(root)), timeout=30_000)
     fill(page, "system-prompt", "You answer briefly.")
     fill(page, "chat-message", "add 2 and 3")
@@ -174,10 +174,10 @@ def test_chat_with_finished_run_and_its_base(submitted, page):
 def test_export_and_predict_buttons(submitted, page):
     url, root, run_dir, _ = submitted
     wait_completed(page, url, root, run_dir)
-    open_tab(page, "Chat & after training")
-    expect()(page.locator("#chat-run input")).to_have_value(str(run_dir.relative_to(root)), timeout=CHAT_S * 1000)
+    open_tab(page, "Evaluate & export")
+    expect()(page.locator("#eval-run input")).to_have_value(str(run_dir.relative_to(root)), timeout=CHAT_S * 1000)
     page.locator("#export-btn").click()
-    expect()(textbox(page, "after-result")).to_have_value(re.compile("^exported: "), timeout=CHAT_S * 1000)
+    expect()(textbox(page, "export-result")).to_have_value(re.compile("^exported: "), timeout=CHAT_S * 1000)
     info = json.loads((run_dir / "export" / "export_info.json").read_text())
     assert info["source"] == "final model" and (run_dir / "export" / "config.json").exists()
     fill(page, "predict-limit", "4")

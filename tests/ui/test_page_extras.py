@@ -116,7 +116,7 @@ def picture(tmp_path: Path) -> Path:
 def test_image_upload_is_refused_for_a_text_run(ui_server, page, tmp_path):
     url, root = ui_server
     run_dir = train_locally(page, url, root, "text-chat", {}, TINY)
-    open_tab(page, "Chat & after training")
+    open_tab(page, "Chat")
     rel = str(run_dir.relative_to(root))
     choose(page, "chat-run", rel)
     page.locator("#chat-image input[type=file]").set_input_files(str(picture(tmp_path)))
@@ -144,7 +144,7 @@ def test_vl_run_sees_an_uploaded_image_and_the_preview_shows_images(ui_server, p
     screenshot(page, "compose-data-vl")
 
     run_dir = train_locally(page, url, root, "vl-chat", {"model": "tiny_qwen2_vl", "data": "vl_shapes"}, TINY)
-    open_tab(page, "Chat & after training")
+    open_tab(page, "Chat")
     rel = str(run_dir.relative_to(root))
     choose(page, "chat-run", rel)
     image = sorted((REPO_ROOT / "data" / "vl_shapes" / "eval").glob("*.png"))[0]

@@ -100,7 +100,9 @@ def fake_run(root: Path, name: str, steps: int, max_steps: int, summary: bool = 
     write_run_config(run_dir, cfg)
     with open(run_dir / "metrics.jsonl", "w") as fh:
         for step in range(1, steps + 1):
-            fh.write(json.dumps({"kind": "train", "step": step, "loss": 5.0 / step, "epoch": step / 100}) + "\n")
+            fh.write(json.dumps({"kind": "train", "step": step, "loss": 5.0 / step, "epoch": step / 100,
+                                 "trained_tokens_seen": 100 * step, "trained_tokens_per_s": 50.0,
+                                 "tokens_per_s": 80.0}) + "\n")
         fh.write(json.dumps({"kind": "eval", "step": steps, "eval_loss": 1.5}) + "\n")
         fh.write('{"kind": "train", "step": 99')  # a line being written
     if summary:
@@ -131,7 +133,9 @@ def test_scan_reads_every_run_from_its_dir(tmp_path):
     assert infos["cli"].state == "UNKNOWN" and infos["cli"].total_steps == round(3 / 0.03 * epochs)
     s = infos["slurm"]
     assert (s.state, s.job_id, s.requeues, s.eval_loss) == ("RUNNING", "123", 1, 1.5)
-    assert s.eta_s is not None and s.eta_s >= 0
+    # measured between the last two train records: 100 trained tokens per step at 50 tokens/s
+    assert s.step_s == pytest.approx(2.0) and s.eta_s == pytest.approx(2.0 * 8)
+    assert (s.phase, infos["done"].phase, infos["lost"].phase) == ("training", "finished", "failed")
     rows = runs.table_rows(list(infos.values()))
     assert len(rows) == 5 and all(len(r) == len(runs.TABLE_HEADERS) for r in rows)
     assert [p["series"] for p in runs.curves(done)].count("train") == 10
@@ -232,3 +236,20 @@ def test_local_run_started_from_the_ui_completes_and_cancels(tmp_path):
         from launcher.launch.detached import stop
 
         stop(long.run_dir)  # never leave a detached run training after a failed assertion
+
+
+def test_resume_takes_the_runs_overrides_and_its_latest_or_chosen_checkpoint(tmp_path):
+    from launcher.errors import ConfigError
+    from launcher.ui.actions import resume_overrides
+
+    run_dir = tmp_path / "r" / "2026-01-01" / "10-00-00"
+    (run_dir / "checkpoints" / "step-0000004").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step-0000012").mkdir()
+    with pytest.raises(ConfigError, match="no overrides.txt"):
+        resume_overrides(run_dir)
+    (run_dir / "overrides.txt").write_text("method=lora\ntrain.max_steps=20\nrun.resume=never\n")
+    assert resume_overrides(run_dir) == ["method=lora", "train.max_steps=20",
+                                         f"run.resume={run_dir}/checkpoints/step-0000012"]
+    assert resume_overrides(run_dir, "step-0000004")[-1] == f"run.resume={run_dir}/checkpoints/step-0000004"
+    with pytest.raises(ConfigError, match="no checkpoint step-9"):
+        resume_overrides(run_dir, "step-9")

@@ -8,7 +8,7 @@ import gradio as gr
 from launcher.errors import LauncherError
 from launcher.ui import after
 from launcher.ui.i18n import message
-from launcher.ui.tabs.page import Page
+from launcher.ui.tabs.page import Page, failure
 
 
 @dataclass
@@ -23,18 +23,26 @@ class ChatTab:
     send_btn: gr.Button
     clear_btn: gr.Button
     chat_status: gr.Markdown
-    export_btn: gr.Button
-    predict_limit: gr.Number
-    predict_btn: gr.Button
-    after_out: gr.Textbox
+    checkpoint: gr.Dropdown
+    temperature: gr.Number
+    top_p: gr.Number
+    max_new_tokens: gr.Number
 
 
 def layout(t) -> ChatTab:
     with gr.Tab(t("tab_chat"), id="chat", elem_id="tab-chat"):
         with gr.Row():
             chat_run = gr.Dropdown([], label=t("chat_run"), elem_id="chat-run", scale=3)
+            checkpoint = gr.Dropdown(["final"], value="final", label=t("checkpoint"), elem_id="chat-checkpoint",
+                                     scale=1)
             with_base = gr.Checkbox(label=t("with_base"), value=True, elem_id="with-base", scale=1)
-        system = gr.Textbox(label=t("system_prompt"), elem_id="system-prompt")
+        with gr.Row():
+            system = gr.Textbox(label=t("system_prompt"), elem_id="system-prompt", scale=3)
+            temperature = gr.Number(value=0.0, minimum=0, label=t("temperature"), elem_id="chat-temperature",
+                                    min_width=100)
+            top_p = gr.Number(value=1.0, minimum=0, maximum=1, label=t("top_p"), elem_id="chat-top-p", min_width=100)
+            max_new_tokens = gr.Number(value=128, precision=0, minimum=1, label=t("max_new_tokens"),
+                                       elem_id="chat-max-new-tokens", min_width=100)
         with gr.Row():
             bot = gr.Chatbot(label=t("trained_model"), elem_id="chat-trained", height=300)
             base_bot = gr.Chatbot(label=t("base_model"), elem_id="chat-base", height=300)
@@ -45,14 +53,8 @@ def layout(t) -> ChatTab:
             send_btn = gr.Button(t("send"), variant="primary", elem_id="send-btn", scale=0)
             clear_btn = gr.Button(t("clear"), elem_id="clear-btn", scale=0)
         chat_status = gr.Markdown(elem_id="chat-status")
-        gr.Markdown(t("after_help"))
-        with gr.Row():
-            export_btn = gr.Button(t("export"), elem_id="export-btn")
-            predict_limit = gr.Number(value=20, precision=0, label=t("predict_limit"), elem_id="predict-limit")
-            predict_btn = gr.Button(t("predict"), elem_id="predict-btn")
-        after_out = gr.Textbox(label=t("after_result"), lines=4, interactive=False, elem_id="after-result")
     return ChatTab(chat_run, with_base, system, bot, base_bot, message_box, chat_image, send_btn, clear_btn,
-                   chat_status, export_btn, predict_limit, predict_btn, after_out)
+                   chat_status, checkpoint, temperature, top_p, max_new_tokens)
 
 
 def wire(page: Page, tab: ChatTab) -> None:
@@ -60,7 +62,8 @@ def wire(page: Page, tab: ChatTab) -> None:
     # {"trained"|"base": after.new_conversation()}: what each model's ChatSession keeps between turns.
     conversations = gr.State({})
 
-    def on_send(rel, text, image, system_text, history, base_history, compare_base, convs, lang):
+    def on_send(rel, text, image, system_text, history, base_history, compare_base, convs, checkpoint,
+                temperature, top_p, max_new_tokens, lang):
         path = run_path(rel)
         history, base_history = list(history or []), list(base_history or [])
         convs = {k: dict(v) for k, v in (convs or {}).items()}
@@ -95,49 +98,31 @@ def wire(page: Page, tab: ChatTab) -> None:
                     shown.append({"role": "user", "content": {"path": image}})
                 shown.append({"role": "user", "content": text})
                 shown.append({"role": "assistant", "content": ""})
-                for partial in after.stream_reply(path, conversation, text, system_text, base=base, image=kept):
+                for partial in after.stream_reply(path, conversation, text, system_text, base=base, image=kept,
+                                                  max_new_tokens=int(max_new_tokens or 128),
+                                                  temperature=float(temperature or 0), top_p=float(top_p or 1.0),
+                                                  checkpoint=None if checkpoint in (None, "", "final") else checkpoint):
                     shown[-1] = {"role": "assistant", "content": partial or "…"}
                     yield history, base_history, "", convs, "", None
                 if not shown[-1]["content"].strip("…"):
                     shown[-1] = {"role": "assistant", "content": message("empty_answer", lang)}
                 yield history, base_history, "", convs, "", None
-        except LauncherError as exc:
-            raise gr.Error(message("error", lang, detail=exc))
+        except Exception as exc:  # noqa: BLE001 - shown beside the chat as its one line, never a bare "Error"
+            yield history, base_history, text, convs, failure(exc, lang), gr.update()
 
     send_inputs = [tab.chat_run, tab.message_box, tab.chat_image, tab.system, tab.bot, tab.base_bot, tab.with_base,
-                   conversations]
+                   conversations, tab.checkpoint, tab.temperature, tab.top_p, tab.max_new_tokens]
     send_outputs = [tab.bot, tab.base_bot, tab.message_box, conversations, tab.chat_status, tab.chat_image]
     on(tab.send_btn.click, on_send, send_inputs, send_outputs)
     on(tab.message_box.submit, on_send, send_inputs, send_outputs)
     cleared = [tab.bot, tab.base_bot, conversations, tab.chat_status]
     tab.clear_btn.click(lambda: ([], [], {}, ""), None, cleared)
-    tab.chat_run.input(lambda _: ([], [], {}, ""), [tab.chat_run], cleared)
 
-    def on_export(rel, lang, progress=gr.Progress()):
+    def on_run(rel):
+        """The run's checkpoints to chat with (final first); a new run starts a new conversation."""
         path = run_path(rel)
-        if path is None:
-            return message("no_finished_run", lang)
-        progress(0.1, desc=message("exporting", lang))
-        try:
-            return after.export(path).text(lang)
-        except LauncherError as exc:
-            return message("error", lang, detail=exc)
+        choices = ["final"] + (after.checkpoints(path) if path is not None else [])
+        return [], [], {}, "", gr.update(choices=choices, value="final")
 
-    def on_predict(rel, limit, lang, progress=gr.Progress(track_tqdm=True)):
-        path = run_path(rel)
-        if path is None:
-            return message("no_finished_run", lang)
-        progress(0, desc=message("loading_model", lang))
-        try:
-            from launcher.config.schema import load_run_config
-            from launcher.ui.roots import check_config
-
-            check_config(load_run_config(path), page.allowed, data_only=True)  # predict reads the run's eval data
-            m = after.predict(path, limit=int(limit) if limit else None)
-        except LauncherError as exc:
-            return message("error", lang, detail=exc)
-        scores = ", ".join(f"{k} {m[k]:.2f}" for k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4", "exact_match"))
-        return message("predicted", lang, dataset=m["dataset"], n=m["n"], scores=scores, out=m["output_dir"])
-
-    on(tab.export_btn.click, on_export, [tab.chat_run], [tab.after_out])
-    on(tab.predict_btn.click, on_predict, [tab.chat_run, tab.predict_limit], [tab.after_out])
+    tab.chat_run.change(on_run, [tab.chat_run], cleared + [tab.checkpoint], show_progress="hidden")
+    tab.checkpoint.input(lambda _: ([], [], {}, ""), [tab.checkpoint], cleared)

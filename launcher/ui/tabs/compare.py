@@ -8,14 +8,15 @@ from typing import Callable
 
 import gradio as gr
 
-from launcher.ui import runs
-from launcher.ui.tabs.page import Page, plot_frame
+from launcher.ui import plots, runs
+from launcher.ui.tabs.page import Page, curve_chart
 
 
 @dataclass
 class CompareTab:
     compare_runs: gr.Dropdown
-    compare_plot: gr.LinePlot
+    compare_metric: gr.Dropdown
+    compare_plot: gr.Plot
     sweep_select: gr.Dropdown
     sweep_table: gr.Code
     sweep_plot: gr.Image
@@ -23,13 +24,16 @@ class CompareTab:
 
 def layout(t) -> CompareTab:
     with gr.Tab(t("tab_compare"), id="compare", elem_id="tab-compare"):
-        compare_runs = gr.Dropdown([], multiselect=True, label=t("compare_runs"), elem_id="compare-runs")
-        compare_plot = gr.LinePlot(plot_frame([]), x="step", y="loss", color="series",
-                                   label=t("compare_plot"), elem_id="compare-plot", height=320)
+        with gr.Row():
+            compare_runs = gr.Dropdown([], multiselect=True, label=t("compare_runs"), elem_id="compare-runs",
+                                       scale=4)
+            compare_metric = gr.Dropdown([plots.LOSS], value=plots.LOSS, label=t("metric"),
+                                         elem_id="compare-metric", interactive=True, scale=1)
+        compare_plot = gr.Plot(label=t("compare_plot"), elem_id="compare-plot")
         sweep_select = gr.Dropdown([], label=t("sweep_dir"), elem_id="sweep-select")
         sweep_table = gr.Code(label=t("sweep_report"), language=None, interactive=False, elem_id="sweep-table")
         sweep_plot = gr.Image(label=t("sweep_plot"), elem_id="sweep-plot", interactive=False, height=320)
-    return CompareTab(compare_runs, compare_plot, sweep_select, sweep_table, sweep_plot)
+    return CompareTab(compare_runs, compare_metric, compare_plot, sweep_select, sweep_table, sweep_plot)
 
 
 def sweep_report(root: Path) -> Callable:
@@ -62,13 +66,22 @@ def sweep_report(root: Path) -> Callable:
 
 
 def wire(page: Page, tab: CompareTab, on_sweep: Callable) -> None:
-    def on_compare(selected):
-        rows = []
+    def on_compare(selected, metric, lang):
+        """Every selected run's curves of ``metric`` on one chart, each line named "<run> <series>"; the
+        metric choices are those any selected run logged."""
+        rows, names = [], [plots.LOSS]
         for rel in selected or []:
             path = page.run_path(rel)
-            if path is not None:
-                rows += [{**r, "series": f"{rel} {r['series']}"} for r in runs.curves(path)]
-        return plot_frame(rows)
+            if path is None:
+                continue
+            records = plots.read_records(path)
+            names += [n for n in plots.metric_names(records) if n not in names]
+            rows += plots.metric_rows(records, metric or plots.LOSS, label=rel)
+        metric = metric if metric in names else plots.LOSS
+        return curve_chart(rows, metric, lang), gr.update(choices=names, value=metric)
 
-    tab.compare_runs.change(on_compare, [tab.compare_runs], [tab.compare_plot])
+    page.on(tab.compare_runs.change, on_compare, [tab.compare_runs, tab.compare_metric],
+            [tab.compare_plot, tab.compare_metric], show_progress="hidden", trigger_mode="always_last")
+    page.on(tab.compare_metric.input, on_compare, [tab.compare_runs, tab.compare_metric],
+            [tab.compare_plot, tab.compare_metric], show_progress="hidden")
     tab.sweep_select.change(on_sweep, [tab.sweep_select], [tab.sweep_table, tab.sweep_plot])

@@ -9,7 +9,7 @@ from launcher.errors import LauncherError
 from launcher.ui import actions, form
 from launcher.ui.i18n import Note, message
 from launcher.ui.roots import check_overrides
-from launcher.ui.tabs.page import Page
+from launcher.ui.tabs.page import Page, failure
 
 DATA_PREVIEW_MAX = 20
 
@@ -19,8 +19,11 @@ def compose_defaults(groups: dict) -> dict:
     from launcher.config.compose import compose_config
     from launcher.config.schema import config_to_dict
 
+    overrides = form.group_overrides(groups)
+    if groups.get("model") == "hf":  # its path is the form's to give (``???`` in the group)
+        overrides.append("model.name_or_path=null")
     with actions.HYDRA_LOCK:
-        return form.field_defaults(config_to_dict(compose_config(form.group_overrides(groups))))
+        return form.field_defaults(config_to_dict(compose_config(overrides, check=False)))
 
 
 @dataclass
@@ -28,6 +31,10 @@ class ComposeTab:
     group_boxes: list
     field_boxes: list
     """One per ``form.FIELDS``, in that order."""
+    section_rows: dict
+    """{section: [gr.Row]}: the method rows are shown for the methods they apply to."""
+    precision: gr.Markdown
+    """The precision the run will really compute in (the dry run's line), beside the compute type."""
     run_name: gr.Textbox
     free: gr.Textbox
     sweep: gr.Textbox
@@ -45,29 +52,54 @@ class ComposeTab:
     data_images: gr.Gallery
 
 
-def layout(t, options: dict, group_defaults: dict, initial: dict) -> ComposeTab:
+def field_box(t, f, value, model_choices: list, data_choices: list):
+    """The box of one form field: a dropdown for choices (the model path and data folder accept any typed
+    value; the datasets are a multi-select filled from the folder's dataset_info.json), a checkbox, a text
+    box (strings and optional values: an empty Number box comes back as 0, not null) or a number box."""
+    label, elem_id = t("field_" + f.key.replace(".", "_")), "field-" + f.key.replace(".", "-")
+    if f.key == "model.name_or_path":
+        return gr.Dropdown(model_choices, value=value or None, label=label, elem_id=elem_id, allow_custom_value=True,
+                           scale=3)
+    if f.key == "data.dataset_dir":
+        return gr.Dropdown(list(dict.fromkeys([value] + data_choices)), value=value, label=label, elem_id=elem_id,
+                           allow_custom_value=True, scale=2)
+    if f.kind == "list":
+        names = form.dataset_names(data_choices[0] if data_choices else "data")
+        # any value: a pick that the newly typed folder lacks is dropped by on_folder, and a name typed by hand
+        # is the preflight's to check (it names the dataset_info.json that lacks it)
+        return gr.Dropdown(list(dict.fromkeys(names + list(value or []))), value=list(value or []), label=label,
+                           elem_id=elem_id, multiselect=True, scale=2, allow_custom_value=True)
+    if f.kind == "bool":
+        return gr.Checkbox(value=value, label=label, elem_id=elem_id, min_width=120)
+    if f.kind == "choice":
+        return gr.Dropdown(list(f.choices), value=value, label=label, elem_id=elem_id)
+    if f.kind in ("str", "modules") or f.optional:
+        return gr.Textbox(value="" if value is None else str(value), label=label, elem_id=elem_id)
+    return gr.Number(value=value, label=label, precision=0 if f.kind == "int" else None, elem_id=elem_id)
+
+
+def layout(t, options: dict, group_defaults: dict, initial: dict, model_choices: list = (),
+           data_choices: list = ()) -> ComposeTab:
     """The tab's components; ``initial`` holds the fields' values for ``group_defaults``."""
+    model_choices = list(model_choices)
+    data_choices = list(dict.fromkeys([initial.get("data.dataset_dir") or "data"] + list(data_choices)))
     with gr.Tab(t("tab_compose"), id="compose", elem_id="tab-compose"):
         with gr.Row():
             group_boxes = [gr.Dropdown(options[g], value=group_defaults[g] or options[g][0], label=t(f"group_{g}"),
                                        elem_id=f"group-{g}", interactive=True) for g in form.GROUPS]
-        field_boxes = []
-        for chunk in range(0, len(form.FIELDS), 6):
-            with gr.Row():
-                for f in form.FIELDS[chunk:chunk + 6]:
-                    label, elem_id = t("field_" + f.key.replace(".", "_")), "field-" + f.key.replace(".", "-")
-                    value = initial[f.key]
-                    if f.kind == "bool":
-                        box = gr.Checkbox(value=value, label=label, elem_id=elem_id)
-                    elif f.kind == "choice":
-                        box = gr.Dropdown(list(f.choices), value=value, label=label, elem_id=elem_id)
-                    elif f.kind == "str" or f.optional:  # an empty Number box comes back as 0, not null
-                        box = gr.Textbox(value="" if value is None else str(value), label=label,
-                                         elem_id=elem_id)
-                    else:
-                        box = gr.Number(value=value, label=label, precision=0 if f.kind == "int" else None,
-                                        elem_id=elem_id)
-                    field_boxes.append(box)
+        by_key, section_rows = {}, {}
+        method = group_defaults.get("method") or options["method"][0]
+        for section in form.SECTIONS:
+            fields = [f for f in form.FIELDS if form.section_of(f) == section]
+            shown = any(form.applies(f, method) for f in fields)
+            for chunk in range(0, len(fields), 6):
+                with gr.Row(visible=shown, elem_id=f"row-{section}-{chunk // 6}") as row:
+                    section_rows.setdefault(section, []).append(row)
+                    for f in fields[chunk:chunk + 6]:
+                        by_key[f.key] = field_box(t, f, initial[f.key], model_choices, data_choices)
+                if section == "model":
+                    precision = gr.Markdown(elem_id="precision-note")
+        field_boxes = [by_key[f.key] for f in form.FIELDS]
         with gr.Row():
             run_name = gr.Textbox(label=t("run_name"), elem_id="run-name", scale=1)
             free = gr.Textbox(label=t("overrides"), placeholder="train.log_every=1 data.max_samples=100",
@@ -95,7 +127,7 @@ def layout(t, options: dict, group_defaults: dict, initial: dict) -> ComposeTab:
                                                       for lang in ("en", "zh-CN")})
             data_images = gr.Gallery(label=t("data_images"), elem_id="data-images", columns=4, height=260,
                                      interactive=False, visible=False)  # shown for rows with images
-    return ComposeTab(group_boxes, field_boxes, run_name, free, sweep, preview_btn, submit_btn, data_btn, data_n,
+    return ComposeTab(group_boxes, field_boxes, section_rows, precision, run_name, free, sweep, preview_btn, submit_btn, data_btn, data_n,
                       status, command, verdict, plan, config_view, data_stats, data_text, data_images)
 
 
@@ -103,7 +135,7 @@ def say(lang, note) -> str:
     return note.text(lang) if isinstance(note, Note) else str(note)
 
 
-def wire(page: Page, tab: ComposeTab, last_defaults: gr.State) -> None:
+def wire(page: Page, tab: ComposeTab, last_defaults: gr.State, app: gr.Blocks) -> None:
     """Group picks refill the fields; preview, submit and data preview read the whole form."""
     root, on = page.root, page.on
     group_boxes, field_boxes = tab.group_boxes, tab.field_boxes
@@ -113,20 +145,43 @@ def wire(page: Page, tab: ComposeTab, last_defaults: gr.State) -> None:
         (and a repeated event for the same choice changes nothing)."""
         *choices, lang = choices
         groups = dict(zip(form.GROUPS, choices))
+        rows = row_updates(groups.get("method"))
         try:
             defaults = compose_defaults(groups)
-        except LauncherError as exc:
-            return [last] + [gr.update() for _ in field_boxes] + [message("error", lang, detail=exc)]
-        def shown(f, value):
-            return ("" if value is None else str(value)) if f.kind == "str" or f.optional else value
+        except Exception as exc:  # noqa: BLE001
+            return [last] + [gr.update() for _ in field_boxes] + rows + [failure(exc, lang)]
 
-        updates = [gr.update(value=shown(f, defaults[f.key])) if defaults[f.key] != (last or {}).get(f.key)
+        updates = [gr.update(value=defaults[f.key]) if defaults[f.key] != (last or {}).get(f.key)
                    else gr.update() for f in form.FIELDS]
-        return [defaults] + updates + [""]
+        return [defaults] + updates + rows + [""]
+
+    all_rows = [row for section in form.SECTIONS for row in tab.section_rows.get(section, [])]
+
+    def row_updates(method) -> list:
+        """Each form row shown when one of its fields applies to ``method`` (LoRA keys for LoRA methods, a
+        method block's keys for the methods that set it)."""
+        out = []
+        for section in form.SECTIONS:
+            fields = [f for f in form.FIELDS if form.section_of(f) == section]
+            visible = any(form.applies(f, method) for f in fields) if method else True
+            out += [gr.update(visible=visible) for _ in tab.section_rows.get(section, [])]
+        return out
 
     for box in group_boxes:  # one at a time, in order: the last pick's defaults win
-        on(box.input, on_groups, [last_defaults] + group_boxes, [last_defaults] + field_boxes + [tab.status],
-           concurrency_limit=1, concurrency_id="groups")
+        on(box.input, on_groups, [last_defaults] + group_boxes,
+           [last_defaults] + field_boxes + all_rows + [tab.status], concurrency_limit=1, concurrency_id="groups")
+
+    keys = [f.key for f in form.FIELDS]
+    folder_box = field_boxes[keys.index("data.dataset_dir")]
+    dataset_boxes = [field_boxes[keys.index("data.datasets")], field_boxes[keys.index("data.eval_datasets")]]
+
+    def on_folder(folder, *picked):
+        """A data folder's dataset_info.json entries offered in both pickers (picks it does not have dropped)."""
+        *picked, lang = picked
+        names = form.dataset_names(folder)
+        return [gr.update(choices=names, value=[p for p in (chosen or []) if p in names]) for chosen in picked]
+
+    on(folder_box.change, on_folder, [folder_box] + dataset_boxes, dataset_boxes, trigger_mode="always_last")
 
     def overrides_of(values: tuple) -> tuple:
         """(overrides, name) from the form; the UI's root is always the output root."""
@@ -135,25 +190,28 @@ def wire(page: Page, tab: ComposeTab, last_defaults: gr.State) -> None:
         fields = dict(zip([f.key for f in form.FIELDS], values[n:n + len(form.FIELDS)]))
         name, free_text, *sweep_text = values[n + len(form.FIELDS):]  # the data preview has no sweep box
         sweep_text = sweep_text[0] if sweep_text else ""
-        overrides = form.form_overrides(groups, fields, free_text, compose_defaults(groups))
+        overrides = form.form_overrides(groups, fields, free_text, compose_defaults(groups),
+                                        defaults_for=compose_defaults)
         overrides += form.split_overrides(sweep_text) + [f"run.output_root={root}"]
         check_overrides(overrides, page.allowed)  # before any handler opens a file the form names
         return overrides, (name or "").strip() or None
 
     form_inputs = group_boxes + field_boxes + [tab.run_name, tab.free, tab.sweep]
+    remember_form(app, form_inputs, last_defaults, all_rows, row_updates)
 
     def on_preview(*values):
         *values, lang = values
         try:
             overrides, name = overrides_of(values)
-        except LauncherError as exc:
-            return message("error", lang, detail=exc), "", "", "", ""
-        p = actions.preview(overrides, name)
+            p = actions.preview(overrides, name)
+        except Exception as exc:  # noqa: BLE001 - a handler's failure is shown as its one line, never "Error"
+            return failure(exc, lang), "", "", "", "", ""
         head = message("preview_ok", lang) if p.ok else message("preview_refused", lang, detail=p.error)
-        return head, p.command, "\n".join(say(lang, v) for v in p.verdict), p.plan, p.config_yaml
+        precision = message("precision_note", lang, precision=p.precision) if p.precision else ""
+        return head, p.command, "\n".join(say(lang, v) for v in p.verdict), p.plan, p.config_yaml, precision
 
     on(tab.preview_btn.click, on_preview, form_inputs,
-       [tab.status, tab.command, tab.verdict, tab.plan, tab.config_view])
+       [tab.status, tab.command, tab.verdict, tab.plan, tab.config_view, tab.precision])
 
     def on_submit(*values):
         *values, lang = values
@@ -161,9 +219,10 @@ def wire(page: Page, tab: ComposeTab, last_defaults: gr.State) -> None:
         try:
             overrides, name = overrides_of(values)
             done = actions.submit(overrides, name)
-        except LauncherError as exc:
-            lines = actions.redact(str(exc), overrides).splitlines()
-            return message("error", lang, detail=lines[0]), "\n".join(lines[1:] + [message("nothing_queued", lang)])
+        except Exception as exc:  # noqa: BLE001 - sbatch's refusal, a config error, anything: its one line
+            lines = [line for line in actions.redact(str(exc), overrides).splitlines() if line.strip()]
+            first = lines[0] if lines else type(exc).__name__
+            return message("error", lang, detail=first), "\n".join(lines[1:] + [message("nothing_queued", lang)])
         return done.note.text(lang), ""
 
     on(tab.submit_btn.click, on_submit, form_inputs, [tab.status, tab.verdict])
@@ -176,8 +235,8 @@ def wire(page: Page, tab: ComposeTab, last_defaults: gr.State) -> None:
         try:
             overrides, _ = overrides_of(values)
             shown = actions.data_preview(overrides, n)
-        except LauncherError as exc:
-            return message("error", lang, detail=exc), None, gr.update(value=None, visible=False)
+        except Exception as exc:  # noqa: BLE001
+            return failure(exc, lang), None, gr.update(value=None, visible=False)
         trained = message("data_trained", lang)
         spans = []
         for sample in shown.samples:
@@ -199,3 +258,45 @@ def wire(page: Page, tab: ComposeTab, last_defaults: gr.State) -> None:
 
     on(tab.data_btn.click, on_data_preview, form_inputs[:-1] + [tab.data_n],
        [tab.data_stats, tab.data_text, tab.data_images])
+
+
+FORM_STORE = "launcher-ui-form"
+"""The browser's localStorage key holding the form (``gr.BrowserState``): a reload shows it as it was."""
+
+
+def form_keys() -> list:
+    """One name per form input, in ``form_inputs`` order."""
+    return [f"group:{g}" for g in form.GROUPS] + [f.key for f in form.FIELDS] + ["run_name", "free", "sweep"]
+
+
+def remember_form(app: gr.Blocks, form_inputs: list, last_defaults: gr.State, all_rows: list, row_updates) -> None:
+    """Every change of the form is kept in the browser; a page load puts it back (groups, fields, the rows
+    the method shows, the defaults the next group pick compares against)."""
+    keys = form_keys()
+    saved = gr.BrowserState({}, storage_key=FORM_STORE)
+
+    def remember(*values):
+        return dict(zip(keys, values))
+
+    for box in form_inputs:
+        box.change(remember, form_inputs, [saved], queue=False, show_progress="hidden")
+
+    def restore(stored):
+        if not stored or set(stored) != set(keys):  # nothing kept, or kept by a form of other fields
+            return [gr.update()] * (1 + len(form_inputs) + len(all_rows))
+        groups = {g: stored[f"group:{g}"] for g in form.GROUPS}
+        try:
+            defaults = compose_defaults(groups)
+        except Exception:  # noqa: BLE001 - a kept group that conf/ no longer has: start afresh
+            return [gr.update()] * (1 + len(form_inputs) + len(all_rows))
+        updates = []
+        for key, box in zip(keys, form_inputs):
+            value = stored[key]
+            if key in ("data.datasets", "data.eval_datasets"):
+                names = form.dataset_names(stored.get("data.dataset_dir") or "")
+                updates.append(gr.update(choices=list(dict.fromkeys(names + list(value or []))), value=value))
+            else:
+                updates.append(gr.update(value=value))
+        return [defaults] + updates + row_updates(groups.get("method"))
+
+    app.load(restore, [saved], [last_defaults] + form_inputs + all_rows, show_progress="hidden")

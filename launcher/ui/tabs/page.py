@@ -14,7 +14,22 @@ if TYPE_CHECKING:
     from launcher.ui.roots import UiRoots
 
 LANG_JS = "() => document.documentElement.lang || navigator.language || 'en'"
-"""The page's language as Gradio's language switch (or the browser) set it: svelte-i18n writes it to <html lang>."""
+
+LANG_CHOICES = ("English", "中文")
+"""The language switch's options (each in its own language), as ``LANG_CODES`` names them."""
+LANG_CODES = {"English": "en", "中文": "zh-CN"}
+LANG_STORE = "launcher-ui-lang"
+"""The browser's localStorage key that remembers the switch across reloads."""
+
+_CHANGE_LOCALE = r"""
+async function launcherSetLang(code) {
+  // Gradio's own language store (what its settings panel sets): the module that exports changeLocale.
+  const url = performance.getEntriesByType("resource").map(e => e.name)
+      .find(n => /\/core-[^/]*\.js(\?|$)/.test(n));
+  if (url) { try { (await import(url)).changeLocale(code); } catch (e) { console.error(e); } }
+  document.documentElement.lang = code;
+}
+"""
 
 
 @dataclass
@@ -26,9 +41,12 @@ class Page:
     allowed: "UiRoots"
     """The folders a handler may open files under (``launcher.ui.roots``): checked before any file is opened."""
 
-    def on(self, trigger, fn, inputs, outputs, **kwargs):
-        """``trigger(fn, inputs + [page language], outputs)``: the language is read in the browser first."""
-        return trigger(None, None, [self.lang_box], js=LANG_JS, queue=False, show_progress="hidden").then(
+    def on(self, trigger, fn, inputs, outputs, trigger_mode=None, **kwargs):
+        """``trigger(fn, inputs + [page language], outputs)``: the language is read in the browser first.
+        ``trigger_mode="always_last"``: an event that fires while the last one runs is not dropped (a second
+        run picked in Compare while the first one's curves load)."""
+        extra = {"trigger_mode": trigger_mode} if trigger_mode else {}
+        return trigger(None, None, [self.lang_box], js=LANG_JS, queue=False, show_progress="hidden", **extra).then(
             fn, list(inputs) + [self.lang_box], outputs, **kwargs)
 
     def run_path(self, rel: Optional[str]) -> Optional[Path]:
@@ -39,12 +57,42 @@ class Page:
         return path if (path / CONFIG_FILE).is_file() else None
 
 
-def plot_frame(rows: list):
-    """Curve points as a typed frame; None when there are none (a plot that starts from an empty frame draws
-    no lines for later values: Gradio 6 fixes the colour domain at the first value)."""
-    if not rows:
-        return None
-    import pandas as pd
+def curve_chart(rows: list, metric: str, lang: str):
+    """The chart of ``rows`` (``launcher.ui.plots``) with its axes named in the page's language."""
+    from launcher.ui import plots
+    from launcher.ui.i18n import message, worded
 
-    frame = pd.DataFrame(rows, columns=["step", "loss", "series"])
-    return frame.astype({"step": "int64", "loss": "float64", "series": "string"})
+    y_title = message("axis_loss", lang) if metric == plots.LOSS else (
+        worded("metric", metric, lang))
+    return plots.chart(rows, y_title=y_title, x_title=message("axis_step", lang))
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as the one line a page shows: its first non-empty line, else its type's name (never a
+    bare "Error")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def failure(exc: BaseException, lang: str) -> str:
+    """``error: <the one-line reason>`` in the page's language."""
+    from launcher.ui.i18n import message
+
+    return message("error", lang, detail=one_line(exc))
+
+
+SWITCH_JS = ("async (choice) => {" + _CHANGE_LOCALE + """
+  const code = choice === '中文' ? 'zh-CN' : 'en';
+  localStorage.setItem('""" + LANG_STORE + """', code);
+  await launcherSetLang(code);
+  return choice;
+}""")
+"""The switch's change: remember the choice, switch Gradio's labels and the page's language."""
+
+RESTORE_JS = ("async () => {" + _CHANGE_LOCALE + """
+  const code = localStorage.getItem('""" + LANG_STORE + """');
+  if (code) { await launcherSetLang(code); }
+  const lang = code || document.documentElement.lang || navigator.language || 'en';
+  return lang.toLowerCase().startsWith('zh') ? '中文' : 'English';
+}""")
+"""On page load: the remembered language (else the browser's) applied, and shown on the switch."""

@@ -210,3 +210,33 @@ def _first_failing(fn: RewardFunction, items: list[Completion]) -> Optional[Comp
 def weighted_total(table: torch.Tensor, functions: list[tuple[RewardFunction, float]]) -> torch.Tensor:
     weights = torch.tensor([w for _, w in functions], dtype=table.dtype)
     return table @ weights
+
+
+def reward_spec_problems(cfg) -> list[str]:
+    """The dry run's lines for ``method.grpo.rewards`` entries that cannot be built: an unknown name, a
+    ``module:function`` that does not import or is not callable, an ``rm:RUN_DIR`` without a saved model.
+    Nothing is loaded but the named modules."""
+    out = []
+    for name in cfg.method.grpo.rewards:
+        if name in ("exact_match", "format", "length"):
+            continue
+        if name.startswith("rm:"):
+            run_dir = Path(name[3:]).expanduser()
+            if not (run_dir / "model").is_dir():
+                out.append(f"method.grpo.rewards: '{name}': {run_dir} holds no model/ (the saved model of a finished"
+                           " method=rm run); give the run dir of a method=rm run")
+            continue
+        if ":" not in name:
+            out.append(f"method.grpo.rewards: unknown reward '{name}'; use exact_match, format, length,"
+                       " module:function or rm:RUN_DIR")
+            continue
+        try:
+            CallableReward(name)
+        except ConfigError as exc:
+            out.append(str(exc))
+    if "format" in cfg.method.grpo.rewards:
+        try:
+            FormatMatch(cfg.method.grpo.format_pattern)
+        except ConfigError as exc:
+            out.append(str(exc))
+    return out

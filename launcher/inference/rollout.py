@@ -15,6 +15,7 @@ it, so no full copy outlives the rollout.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -93,7 +94,9 @@ class TransformersEngine(GenerationEngine):
         was_training = self.model.training
         self.model.eval()
         try:
-            with self.weights(), self.autocast():
+            with self.weights(), self.autocast(), warnings.catch_warnings():
+                # transformers 5.2x renames past_key_values to cache; 5.0 knows only the old name (setup.cfg)
+                warnings.filterwarnings("ignore", message=".*past_key_values.* is deprecated", category=FutureWarning)
                 cache = DynamicCache()
                 position = (mask.cumsum(-1) - 1).clamp(min=0)
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position, past_key_values=cache,

@@ -28,12 +28,15 @@ class PromptData:
     kind: str = "prompt"
 
 
-def _read(spec) -> list[dict]:
+def _read(spec, cap: Optional[int]) -> list[dict]:
+    """Canonical samples with their row; no further than ``cap`` rows when set (and num_samples is not)."""
     from launcher.data.formats import row_to_sample
     from launcher.data.readers import read_spec_rows
 
     out = []
     for where, row in read_spec_rows(spec):
+        if cap is not None and spec.num_samples is None and len(out) >= cap:
+            break
         sample = row_to_sample(row, spec, where)
         if sample is None:
             continue
@@ -59,7 +62,9 @@ def _mix(cfg: Config, entries: list) -> list[dict]:
             raise DataError(f"data.datasets: method={cfg.method.name} samples answers to prompts, and '{entry.name}'"
                             f" is {kind} data; use instruction data (alpaca/sharegpt) whose answer column is kept"
                             " for the rewards (e.g. data=tasks)")
-        samples = take(resample(_read(spec), spec.num_samples, cfg.train.seed), [entry.max_samples, d.max_samples])
+        caps = [entry.max_samples, d.max_samples]
+        cap = min((c for c in caps if c is not None), default=None)
+        samples = take(resample(_read(spec, cap), spec.num_samples, cfg.train.seed), caps)
         groups.append(samples)
     return mix(groups, [e.weight for e in entries], d.mix_strategy, cfg.train.seed)
 

@@ -69,20 +69,23 @@ def _mix(cfg: Config, entries: list) -> list[dict]:
     return mix(groups, [e.weight for e in entries], d.mix_strategy, cfg.train.seed)
 
 
-def prompt_row(sample: dict, render, tokenizer) -> dict:
+def prompt_row(sample: dict, renderer, tokenizer) -> dict:
     """The generation prompt of ``sample`` (up to its last answer) and that answer."""
-    from launcher.inference.generation import prompt_and_reference
+    from launcher.data.templates import parse_tools
 
-    messages, answer = prompt_and_reference(sample)
-    text = render(messages, sample.get("tools"))
+    messages = sample["messages"]
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    answer = messages[last]["content"]
+    text = renderer.render(messages[:last], parse_tools(sample.get("tools"), "prompt"), True)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return {"prompt_ids": ids, "prompt": text, "answer": answer, "row": sample["row"], "where": sample["where"]}
 
 
 def build_prompt_datasets(cfg: Config, tokenizer) -> PromptData:
     """Training and held-out prompt rows (see the module docstring)."""
+    from launcher.data import template_request
     from launcher.data.mixing import split_eval
-    from launcher.inference.prompts import prompt_renderer
+    from launcher.data.templates import choose_renderer
 
     d = cfg.data
     samples = _mix(cfg, d.datasets)
@@ -91,7 +94,8 @@ def build_prompt_datasets(cfg: Config, tokenizer) -> PromptData:
         held = _mix(cfg, d.eval_datasets)
     elif d.val_size > 0:
         samples, held = split_eval(samples, d.val_size, cfg.train.seed)
-    render = prompt_renderer(tokenizer, cfg)
+    # the template SFT on this data renders with (text models: data.template, else the tokenizer's own)
+    render, _ = choose_renderer(tokenizer, template_request(d, "sft", None, tokenizer))
     dropped = 0
     rows = []
     for s in samples:

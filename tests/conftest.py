@@ -133,6 +133,7 @@ ZERO3_CPU_DRIFT = (
     "tests/parallel/test_sharded_loading.py::test_sharded_load_stays_under_the_bound_and_gives_the_plain_logits[zero3",
     "tests/vl/test_vl_parallel.py::test_text_only_rank_does_not_hang[zero3",
     "tests/rm/test_rm_sharded.py::test_rm_sharded[zero3",
+    "tests/grpo/test_grpo_parallel.py::test_grpo_losses_on_two_ranks_equal_one_process[zero3",
 )
 
 

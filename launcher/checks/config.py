@@ -15,6 +15,10 @@ def check_config(problems: Problems, cfg: Config) -> None:
     found = validation_problems(cfg)
     problems.errors.extend(found)
     problems.config_valid = not found
+    if not found and cfg.method.name == "grpo":
+        from launcher.training.rewards import reward_spec_problems
+
+        problems.errors.extend(reward_spec_problems(cfg))
 
 
 def check_batch(problems: Problems, cfg: Config) -> None:

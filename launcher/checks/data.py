@@ -155,7 +155,8 @@ def model_has_media_encoders(cfg: Config) -> Optional[bool]:
     return any(k in config for k in MEDIA_CONFIG_KEYS)
 
 
-METHOD_DATA_KINDS = {"dpo": ("preference",), "rm": ("preference",), "kto": ("kto",), "pretrain": ("pt",)}
+METHOD_DATA_KINDS = {"dpo": ("preference",), "rm": ("preference",), "kto": ("kto",), "pretrain": ("pt",),
+                     "grpo": ("sft",)}
 """method.name -> the dataset kinds it trains on (``dataset_kind``); the others: sft and pt."""
 KIND_WORDS = {"sft": "instruction", "preference": "preference", "kto": "KTO feedback", "pt": "plain text"}
 
@@ -215,6 +216,14 @@ def check_data_choices(problems, cfg: Config) -> None:
                 f"{keys}: method=kto needs feedback data, but {names} (in {info}) {are} not: no kto_tag column"
                 " marks its answers desirable or undesirable; use a dataset whose entry maps kto_tag (such as"
                 " kto_en_demo), or method=dpo for preference pairs"
+            )
+        elif method == "grpo":
+            exact = "exact_match" in cfg.method.grpo.rewards
+            problems.errors.append(
+                f"{keys}: method=grpo samples answers to prompts, but {names} (in {info}) {are}"
+                f" {'/'.join(sorted(KIND_WORDS[k] for k in kinds))} data"
+                f"{' with no answer column for the exact_match reward' if exact else ''}; use instruction data"
+                " (alpaca/sharegpt with an answer: data=tasks)"
             )
         elif method == "pretrain":
             problems.errors.append(

@@ -93,7 +93,8 @@ METHOD_OPTIONS = {("sft", "full"): "sft_full", ("sft", "lora"): "lora", ("sft", 
                   ("pt", "freeze"): "pretrain", ("rm", "full"): "rm", ("rm", "lora"): "rm_lora",
                   ("rm", "freeze"): "rm", ("sft", "oft"): "oft"}
 STAGE_HINTS = {
-    "ppo": "not supported yet: PPO (stage: ppo); use stage: dpo",
+    "ppo": "not supported yet: PPO (stage: ppo); use stage: dpo, or our method=grpo (online RL with reward"
+           " functions, or a stage: rm run's model as the reward: method.grpo.rewards=[rm:RUN_DIR])",
 }
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant", "constant_with_warmup": "constant"}
 PREF_LOSSES = {"sigmoid": "sigmoid", "ipo": "ipo", "hinge": "hinge", "simpo": "simpo", "orpo": "orpo"}
@@ -274,6 +275,10 @@ def model_and_method(r: _Reading) -> tuple[str, str]:
     stage = str(r.take("stage", "sft"))
     finetuning = str(r.take("finetuning_type", "lora"))  # LLaMA-Factory's default is lora
     if stage in STAGE_HINTS:
+        if stage == "ppo":  # PPO's own keys: the one refusal line (stage) says what to do instead
+            for key in ("reward_model", "reward_model_type", "ppo_score_norm", "ppo_whiten_rewards", "ppo_target",
+                        "ppo_epochs", "ppo_buffer_size"):
+                r.take(key)
         r.fail("stage", STAGE_HINTS[stage])
     elif stage not in STAGES:
         r.fail("stage", f"'{stage}' is not one of sft, dpo, kto, pt, rm, ppo")

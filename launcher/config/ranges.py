@@ -87,6 +87,16 @@ RANGES: dict[str, Range] = {
     "method.oft.block_size": Range(0, note=" (0: derived from method.oft.r)"),
     "method.oft.r": Range(0, note=" (0: derived from method.oft.block_size)"),
     "method.oft.module_dropout": FRACTION,
+    "method.grpo.num_generations": Range(2, note=" (an advantage compares a completion with its group: G >= 2)"),
+    "method.grpo.max_completion_length": AT_LEAST_1,
+    "method.grpo.temperature": POSITIVE,
+    "method.grpo.top_p": Range(0, 1, low_open=True),
+    "method.grpo.length_target": AT_LEAST_1,
+    "method.grpo.epsilon": Range(0, 1, low_open=True),
+    "method.grpo.epsilon_high": Range(0, low_open=True),
+    "method.grpo.beta": NOT_NEGATIVE,
+    "method.grpo.num_iterations": AT_LEAST_1,
+    "method.grpo.eval_prompts": Range(0, note=" (0: off)"),
     "train.seed": Range(0, 2**32 - 1),
     "train.max_steps": Range(-1, note="; -1 trains for train.epochs"),  # 0 and < -1: see validate
     "train.epochs": NOT_NEGATIVE,  # > 0 when max_steps is -1: see validate

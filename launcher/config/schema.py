@@ -179,6 +179,58 @@ class RmConfig:
 
 
 @dataclass
+class GrpoConfig:
+    """Group Relative Policy Optimization (method.name=grpo): G sampled completions per prompt, scored by reward
+    functions, each completion's advantage its reward against its group's (launcher.training.objectives.grpo)."""
+
+    num_generations: int = 4
+    """G: completions sampled per prompt (at least 2: an advantage is a reward against its group's mean). A
+    micro-batch holds train.micro_batch_size prompts, so micro_batch_size x G sequences."""
+    max_completion_length: int = 16
+    """Most tokens generated per completion (tokens); a completion cut here is still scored (truncated)."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts (> 0); the held-out reward is scored greedily."""
+    top_p: float = 1.0
+    """Nucleus sampling of the rollouts: keep the smallest set of tokens whose probability reaches top_p."""
+    rewards: list = field(default_factory=lambda: ["exact_match"])
+    """Reward functions, summed with reward_weights: exact_match (1 when the completion equals the row's answer,
+    the dataset's output column / last assistant turn, stripped), format (1 when the stripped completion fully
+    matches format_pattern), length (1 - |tokens - length_target| / max_completion_length, not below 0),
+    ``module:function`` (called as f(prompt=str, completion=str, row=dict) -> float; the module importable from
+    the run's code), ``rm:RUN_DIR`` (the score of a method=rm run's saved model)."""
+    reward_weights: list = field(default_factory=list)
+    """One weight per entry of rewards; empty: 1.0 each."""
+    format_pattern: str = r"\S+"
+    """The ``format`` reward's regular expression (Python re.fullmatch on the stripped completion)."""
+    length_target: int = 8
+    """The ``length`` reward's ideal completion length (tokens)."""
+    reward_errors: str = "raise"
+    """raise: a reward function that raises stops the run, naming the function and the row; zero: it scores 0
+    and the failures are counted (reward_errors/<name> in metrics.jsonl)."""
+    loss_type: str = "dapo"
+    """How per-token losses become the step's loss, as TRL names them: grpo (mean over each completion's tokens,
+    then over completions), dr_grpo (sum over tokens / (completions x max_completion_length)), dapo (sum over
+    tokens / the step's completion tokens, all ranks), bnpo (mean over each micro-batch's tokens, then over the
+    micro-batches of the step)."""
+    scale_rewards: str = "group"
+    """group: advantage = (r - group mean) / (group std + 1e-4); batch: divided by the std of the step's rewards
+    instead; none: not divided (Dr. GRPO)."""
+    epsilon: float = 0.2
+    """Lower clip of the policy ratio: the ratio is clipped to [1 - epsilon, 1 + epsilon_high]."""
+    epsilon_high: Optional[float] = None
+    """Upper clip of the ratio (DAPO's clip-higher uses 0.28); None: epsilon."""
+    beta: float = 0.0
+    """Weight of the KL penalty to the reference (k3 estimator per token); 0: no reference is kept or scored.
+    The reference is a frozen copy (full) or the base with adapters off (LoRA)."""
+    num_iterations: int = 1
+    """Optimizer steps on each generation batch (TRL's num_iterations, mu): the first uses fresh completions,
+    the others reuse them against the log-probs of the policy that sampled them (clipped ratio)."""
+    eval_prompts: int = 32
+    """Held-out prompts answered greedily before and after training (and every train.eval_every steps) and
+    scored by the reward functions (eval/reward, eval/<function>); 0: off."""
+
+
+@dataclass
 class KtoConfig:
     beta: float = 0.1
     """Strength of the pull towards the reference (LLaMA-Factory's pref_beta, TRL's beta)."""
@@ -281,6 +333,8 @@ class MethodConfig:
     """The KTO loss, for method.name=kto."""
     rm: RmConfig = field(default_factory=RmConfig)
     """The reward model's probe, for method.name=rm."""
+    grpo: GrpoConfig = field(default_factory=GrpoConfig)
+    """Rollouts, rewards and the clipped loss, for method.name=grpo."""
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     """Which layers train, with method.finetuning=freeze."""
     token_loss: TokenLossConfig = field(default_factory=TokenLossConfig)
@@ -644,6 +698,7 @@ METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "dpo": ("recipes.dpo", ("full", "lora")),
     "kto": ("recipes.kto", ("full", "lora")),
     "rm": ("recipes.rm", ("full", "lora", "freeze")),
+    "grpo": ("recipes.grpo", ("full", "lora")),
     "pretrain": ("recipes.pretrain", ("full", "lora", "freeze")),
 }
 """method.name -> (the recipe module every rank runs, the method.finetuning kinds it allows)."""
@@ -696,6 +751,8 @@ def check_combinations(cfg: Config) -> None:
         if m.lora.quantize is not None:
             raise ConfigError("method.lora.quantize: a quantized (QLoRA) base is not built as a reward model here;"
                               " use method=rm_lora with method.lora.quantize=null")
+    if m.name == "grpo":
+        validate_grpo(m.grpo, d)
     if m.name == "pretrain" and not d.packing:
         raise ConfigError("data.packing: method=pretrain packs documents (each ends with the end-of-text token and"
                           " attends only to itself); set data.packing=true (data=c4_demo and data=wiki_demo do)")
@@ -855,6 +912,28 @@ def validate_dpo(d: DpoConfig) -> None:
     if d.precompute_ref_log_probs and d.loss_type in ("simpo", "orpo"):
         raise ConfigError(f"method.dpo.precompute_ref_log_probs: loss_type={d.loss_type} uses no reference model;"
                           " set it to false")
+
+
+def validate_grpo(g: GrpoConfig, d: DataConfig) -> None:
+    """GRPO's combinations: a group of at least 2, at least one reward, weights that match, known choices."""
+    _choice(g.loss_type, ("grpo", "dr_grpo", "dapo", "bnpo"), "method.grpo.loss_type")
+    _choice(g.scale_rewards, ("group", "batch", "none"), "method.grpo.scale_rewards")
+    _choice(g.reward_errors, ("raise", "zero"), "method.grpo.reward_errors")
+    if not g.rewards:
+        raise ConfigError("method.grpo.rewards: no reward function; name at least one (exact_match, format, length,"
+                          " module:function or rm:RUN_DIR)")
+    for k, name in enumerate(g.rewards):
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"method.grpo.rewards[{k}]: expected a reward name (exact_match, format, length,"
+                              f" module:function or rm:RUN_DIR), got {name!r}")
+    if g.reward_weights and len(g.reward_weights) != len(g.rewards):
+        raise ConfigError(f"method.grpo.reward_weights: {len(g.reward_weights)} weights for {len(g.rewards)} rewards"
+                          f" ({', '.join(map(str, g.rewards))}); give one per reward, or none for 1.0 each")
+    if any(isinstance(w, bool) or not isinstance(w, (int, float)) for w in g.reward_weights):
+        raise ConfigError(f"method.grpo.reward_weights: expected numbers, got {g.reward_weights!r}")
+    if d.packing:
+        raise ConfigError("data.packing: method=grpo trains on its own completions, one per row; set"
+                          " data.packing=false")
 
 
 def lora_init_converted(lora: LoraConfig) -> bool:

@@ -67,8 +67,19 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, step: int, engine, meta: dict, dist_info: DistInfo, keep: int) -> Path:
-    """Collective: every rank calls it at the same step."""
+def objective_file(rank: int) -> str:
+    return f"objective_rank{rank}.pt"
+
+
+def load_objective_state(directory: Path, rank: int) -> Optional[dict]:
+    """What the objective kept in this rank's checkpoint (online RL: its current completions), or None."""
+    path = Path(directory) / objective_file(rank)
+    return torch.load(path, weights_only=False) if path.exists() else None
+
+
+def save_checkpoint(run_dir: Path, step: int, engine, meta: dict, dist_info: DistInfo, keep: int,
+                    objective_state: Optional[dict] = None) -> Path:
+    """Collective: every rank calls it at the same step. ``objective_state``: this rank's, kept beside its RNG."""
     root = checkpoint_root(run_dir)
     final = root / step_dir_name(step)
     tmp = root / f"{TMP_PREFIX}{step_dir_name(step)}"
@@ -83,6 +94,8 @@ def save_checkpoint(run_dir: Path, step: int, engine, meta: dict, dist_info: Dis
         with disk_full_guard(final, f"checkpoint {final.name}", lambda: checkpoint_space_needed(run_dir, tmp)):
             engine.save_checkpoint(tmp, {"meta": meta})
             torch.save(rng_state(), tmp / rng_file(dist_info.rank))
+            if objective_state is not None:
+                torch.save(objective_state, tmp / objective_file(dist_info.rank))
             barrier()
             if dist_info.is_main:
                 seal_checkpoint(tmp, meta)

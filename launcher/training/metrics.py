@@ -250,6 +250,17 @@ def plot_loss(run_dir: Path, out: Optional[Path] = None) -> Optional[Path]:
     ax.set_title(Path(run_dir).parent.parent.name)
     ax.grid(alpha=0.3)
     ax.legend()
+    # Online RL (GRPO): the mean reward of each step's completions, and the held-out reward, on a second axis.
+    rewards = [(r["step"], r["reward"]) for r in records if r.get("kind") == "train" and "reward" in r]
+    held_out = [(r["step"], r["eval/reward"]) for r in records if "eval/reward" in r]
+    if rewards or held_out:
+        ax2 = ax.twinx()
+        if rewards:
+            ax2.plot(*zip(*rewards), color="tab:green", lw=1.2, label="reward (training completions)")
+        if held_out:
+            ax2.plot(*zip(*held_out), "s--", color="tab:red", lw=1.2, label="held-out reward (greedy)")
+        ax2.set_ylabel("reward")
+        ax2.legend(loc="center right")
     fig.tight_layout()
     out = out or Path(run_dir) / "loss.png"
     fig.savefig(out, dpi=110)

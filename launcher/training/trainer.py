@@ -113,6 +113,9 @@ class Trainer:
             )
         self.engine.load_checkpoint(directory)
         ckpt.load_rng(directory, self.dist.rank)
+        state = ckpt.load_objective_state(directory, self.dist.rank)
+        if state is not None:
+            self.objective.load_state_dict(state)
         self.step = meta["step"]
         self.trained_tokens_total = meta["trained_tokens"]
         if self.dist.is_main:
@@ -125,15 +128,17 @@ class Trainer:
     def micro_batches_for_step(self, step: int) -> list[tuple[dict, int, int]]:
         """This rank's collated micro-batches for ``step``, each with its real (non-pad) tokens and the causal
         (query, key) pairs its samples attend (for FLOP counts)."""
-        epoch, index = divmod(step, self.steps_per_epoch)
+        epoch, index = divmod(self.objective.data_step(step), self.steps_per_epoch)
         if self._plan is None or self._plan_epoch != epoch:
             t = self.cfg.train
             self._plan = epoch_plan(len(self.data.train), t.seed, epoch, self.dist.rank, self.dist.world_size,
                                     t.micro_batch_size, self.grad_accum)
             self._plan_epoch = epoch
         out = []
-        for idx in self._plan[index]:
-            rows = [self.data.train[i] for i in idx]
+        # Online RL turns the planned prompts into the rows it trains on (its completions); others keep them.
+        micro_rows = self.objective.rows_for_step(self, step, [[self.data.train[i] for i in idx]
+                                                               for idx in self._plan[index]])
+        for rows in micro_rows:
             pairs = causal_pairs([n for r in rows for n in segment_lengths(r)])
             out.append((self.objective.collate(rows), sum(row_length(r) for r in rows), pairs))
         return out
@@ -218,7 +223,7 @@ class Trainer:
         meta = {"step": self.step, "world_size": self.dist.world_size, "trained_tokens": self.trained_tokens_total,
                 "epoch": self.step // self.steps_per_epoch, "step_in_epoch": self.step % self.steps_per_epoch}
         path = ckpt.save_checkpoint(self.run_dir, self.step, self.engine, meta, self.dist,
-                                    self.cfg.train.keep_checkpoints)
+                                    self.cfg.train.keep_checkpoints, objective_state=self.objective.state_dict())
         self._last_save = time.monotonic()
         if self.dist.is_main:
             log.info("checkpoint saved: %s", path)

@@ -61,6 +61,22 @@ class Objective:
         """This rank's counts for the step (summed over ranks by the Trainer before ``micro_batch_loss``)."""
         raise NotImplementedError
 
+    def data_step(self, step: int) -> int:
+        """The step of the data plan (launcher.training.batching.epoch_plan) that optimizer step ``step`` trains
+        on: the same, unless several optimizer steps share one batch of rows (GRPO's num_iterations)."""
+        return step
+
+    def rows_for_step(self, trainer, step: int, micro_rows: list[list]) -> list[list]:
+        """The rows each micro-batch of ``step`` trains on, from the planned ones (online RL: their completions)."""
+        return micro_rows
+
+    def state_dict(self) -> Optional[dict]:
+        """What this rank's checkpoint keeps of the objective beyond the model, optimizer and RNG (None: nothing)."""
+        return None
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` gave, on resume."""
+
     def micro_batch_loss(self, module: nn.Module, batch: dict, counts: torch.Tensor,
                          world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss to backpropagate, float64 statistics in ``stat_keys`` order). ``counts``: the step's

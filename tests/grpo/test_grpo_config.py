@@ -1,0 +1,53 @@
+"""method=grpo's configuration: bad configs refused before any job queues (G < 2, no reward, unknown or
+unimportable rewards, weights that do not match, data without answers), LLaMA-Factory's stage: ppo refused in
+one line that points at GRPO."""
+from __future__ import annotations
+
+import pytest
+
+from launcher.checks.preflight import run_preflight
+from launcher.config.compose import compose_config
+from launcher.config.llamafactory import translate
+from launcher.errors import ConfigError, PreflightError
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["method.grpo.num_generations=1"], r"method.grpo.num_generations: .*G >= 2"),
+    (["method.grpo.rewards=[]"], "method.grpo.rewards: no reward function"),
+    (["method.grpo.rewards=[exact_match,format]", "method.grpo.reward_weights=[1.0]"],
+     "method.grpo.reward_weights: 1 weights for 2 rewards"),
+    (["method.grpo.loss_type=ppo"], "method.grpo.loss_type: 'ppo' is not one of grpo, dr_grpo, dapo, bnpo"),
+    (["data.packing=true"], "data.packing: method=grpo trains on its own completions"),
+])
+def test_impossible_grpo_configs_are_refused_when_composed(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        compose_config(["method=grpo", *overrides])
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["method.grpo.rewards=[exactmatch]"], "unknown reward 'exactmatch'"),
+    (["method.grpo.rewards=[no_such_module_x:f]"], "cannot import module 'no_such_module_x'"),
+    (["method.grpo.rewards=[tests.grpo.rewards_for_tests:nope]"], "'nope' in module 'tests.grpo.rewards_for_tests'"
+                                                                 " is not a function"),
+    (["method.grpo.rewards=[rm:/no/such/run]"], "holds no model/"),
+    (["method.grpo.rewards=[format]", "method.grpo.format_pattern='[a'"], "format_pattern: '\\[a' is not a regular"),
+    (["data=prefs"], "method=grpo samples answers to prompts, but 'prefs'.* with no answer column for the"
+                     " exact_match reward"),
+])
+def test_rewards_and_data_are_checked_at_the_dry_run(overrides, match):
+    with pytest.raises(PreflightError, match=match):
+        run_preflight(compose_config(["method=grpo", *overrides]))
+
+
+def test_a_good_grpo_config_passes_the_preflight():
+    cfg = compose_config(["method=grpo_lora", "method.grpo.rewards=[exact_match,tests.grpo.rewards_for_tests:"
+                          "first_char_is_digit]", "method.grpo.reward_weights=[1.0,0.5]"])
+    assert cfg.method.finetuning == "lora" and cfg.method.grpo.num_generations == 4
+    run_preflight(cfg)
+
+
+def test_llamafactory_stage_ppo_is_refused_in_one_line_pointing_at_grpo(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        translate({"model_name_or_path": "/m", "stage": "ppo", "reward_model": "saves/rm", "do_train": True,
+                   "finetuning_type": "lora", "dataset": "alpaca_en_demo"}, cwd=tmp_path)
+    assert "\n" not in str(err.value) and "stage: ppo" in str(err.value) and "method=grpo" in str(err.value)

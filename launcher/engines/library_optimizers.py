@@ -9,7 +9,9 @@
   the targeted linear modules (``all``: every linear layer but the LM head) form a third parameter group carrying
   the projection settings; the other parameters train with the same optimizer unprojected. The projectors (an
   object per matrix in the optimizer state) are saved with the state.
-- badam (badam, layer mode): ``BlockOptimizer`` over torch's AdamW, one decoder layer at a time. Its own
+- badam (badam, layer mode): ``BlockOptimizer`` over torch's AdamW, one decoder layer at a time (embeddings, final
+  norm and LM head stay frozen, as BAdam's block inference leaves them; method.weight_decay applies to every
+  parameter of the active block, 1-D ones included, as BAdam regroups them). Its own
   ``state_dict`` is the base optimizer's only, so the block schedule (active block, the next one, the random
   order left) and the fp32 copies of the active block are added here (``ResumableBlockOptimizer``).
 - adam_mini (adam-mini): ``Adam_mini`` with the model's hidden size and head counts.
@@ -155,7 +157,10 @@ def badam_optimizer(model: nn.Module, method, groups: list[dict]) -> torch.optim
 
     b = method.badam
     named = list(model.named_parameters())
-    base = torch.optim.AdamW([g for g in groups if g["params"]], **adam_kwargs(method), foreach=False)
+    # BlockOptimizer regroups each active block with the base optimizer's defaults, whose weight_decay wins over
+    # the groups' (torch's default 0.01 if not given): method.weight_decay is passed as that default.
+    base = torch.optim.AdamW([g for g in groups if g["params"]], **adam_kwargs(method), weight_decay=method.weight_decay,
+                             foreach=False)
     optimizer = ResumableBlockOptimizer(base_optimizer=base, named_parameters_list=named, block_prefix_list=None,
                                         switch_block_every=b.switch_interval, start_block=b.start_block,
                                         switch_mode=b.switch_mode, verbose=0)

@@ -112,6 +112,25 @@ def optimizer_combination_problem(cfg) -> Optional[str]:
         return ("method.optimizer: badam runs in one process here (it changes which parameters train while training,"
                 " which DDP's gradient buckets do not follow; LLaMA-Factory's distributed BAdam needs ZeRO-3, not wired"
                 " here yet); set cluster.nproc_per_node=1 and cluster.nodes=1")
+    layerwise = (opt in GALORE and m.galore.layerwise) or (opt == "apollo_adamw" and m.apollo.layerwise)
+    if layerwise:
+        key = "method.galore.layerwise" if opt in GALORE else "method.apollo.layerwise"
+        if cfg.cluster.nodes * cfg.cluster.nproc_per_node > 1:
+            return (f"{key}: layer-wise {opt} steps each parameter in the backward pass, before DDP has averaged its"
+                    " gradient (LLaMA-Factory refuses it distributed too); set cluster.nproc_per_node=1 and"
+                    f" cluster.nodes=1, or {key}=false")
+        from launcher.config.schema import resolve_grad_accum  # the schema imports this module
+
+        try:
+            accum = resolve_grad_accum(cfg)
+        except Exception:  # reported by the schema's own check
+            accum = 1
+        if accum != 1:
+            return (f"{key}: layer-wise {opt} steps at every backward pass, so it cannot accumulate gradients; set"
+                    f" train.grad_accum=1 (this config accumulates {accum}) or {key}=false")
+        if cfg.model.dtype == "float16":
+            return (f"{key}: layer-wise steps cannot wait for fp16's loss-scale check; use model.dtype=bfloat16 (or"
+                    f" method.pure_bf16=true), or {key}=false")
     if m.pure_bf16:
         if p.strategy != "ddp":
             return (f"method.pure_bf16: bf16 weights without an fp32 master copy are wired for parallelism=ddp only"

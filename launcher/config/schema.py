@@ -212,6 +212,10 @@ class GaloreConfig:
     """Multiplier of the projected-back update (GaLore's alpha; LLaMA-Factory's default 2)."""
     proj_type: str = "std"
     """std (project the smaller side), reverse_std, right, left, full."""
+    layerwise: bool = False
+    """One optimizer per parameter, stepped in the backward pass as soon as its gradient is ready, so gradients are
+    never all held at once (LLaMA-Factory's galore_layerwise). One process, train.grad_accum=1, no gradient clipping
+    (the logged grad_norm is 0), not with model.dtype=float16."""
 
 
 @dataclass
@@ -236,6 +240,9 @@ class ApolloConfig:
     """channel (one factor per row or column) or tensor (one per matrix)."""
     scale_front: bool = False
     """Apply sqrt(scale) before the norm-growth limiter instead of after."""
+    layerwise: bool = False
+    """One optimizer per parameter, stepped in the backward pass (as method.galore.layerwise; LLaMA-Factory's
+    apollo_layerwise)."""
 
 
 @dataclass

@@ -8,7 +8,8 @@
 - galore_adamw, galore_adamw_8bit, galore_adafactor (galore-torch), apollo_adamw (apollo-torch): the 2-D weights of
   the targeted linear modules (``all``: every linear layer but the LM head) form a third parameter group carrying
   the projection settings; the other parameters train with the same optimizer unprojected. The projectors (an
-  object per matrix in the optimizer state) are saved with the state.
+  object per matrix in the optimizer state) are saved with the state. ``layerwise``: an optimizer per parameter,
+  stepped in the backward pass (``LayerwiseOptimizer``).
 - badam (badam, layer mode): ``BlockOptimizer`` over torch's AdamW, one decoder layer at a time (embeddings, final
   norm and LM head stay frozen, as BAdam's block inference leaves them; method.weight_decay applies to every
   parameter of the active block, 1-D ones included, as BAdam regroups them). Its own
@@ -97,10 +98,12 @@ def galore_optimizer(model: nn.Module, method, groups: list[dict]) -> torch.opti
     groups = projection_groups(model, groups, projected_parameters(model, g.target), settings)
     lib = import_library(method.optimizer, "galore_torch")
     if method.optimizer == "galore_adamw":
-        return lib.GaLoreAdamW(groups, **adam_kwargs(method))
-    if method.optimizer == "galore_adamw_8bit":
-        return lib.GaLoreAdamW8bit(groups, **adam_kwargs(method))
-    return lib.GaLoreAdafactor(groups, **adafactor_kwargs(method))
+        make = lambda gs: lib.GaLoreAdamW(gs, **adam_kwargs(method))  # noqa: E731
+    elif method.optimizer == "galore_adamw_8bit":
+        make = lambda gs: lib.GaLoreAdamW8bit(gs, **adam_kwargs(method))  # noqa: E731
+    else:
+        make = lambda gs: lib.GaLoreAdafactor(gs, **adafactor_kwargs(method))  # noqa: E731
+    return LayerwiseOptimizer(groups, make) if g.layerwise else make(groups)
 
 
 def apollo_optimizer(model: nn.Module, method, groups: list[dict]) -> torch.optim.Optimizer:
@@ -109,7 +112,50 @@ def apollo_optimizer(model: nn.Module, method, groups: list[dict]) -> torch.opti
                 "scale": a.scale, "scale_type": a.scale_type}
     groups = projection_groups(model, groups, projected_parameters(model, a.target), settings)
     lib = import_library(method.optimizer, "apollo_torch")
-    return lib.APOLLOAdamW(groups, scale_front=a.scale_front, **adam_kwargs(method))
+    make = lambda gs: lib.APOLLOAdamW(gs, scale_front=a.scale_front, **adam_kwargs(method))  # noqa: E731
+    return LayerwiseOptimizer(groups, make) if a.layerwise else make(groups)
+
+
+class LayerwiseOptimizer(torch.optim.Optimizer):
+    """Layer-wise GaLore/APOLLO (LLaMA-Factory's galore_layerwise): one optimizer per parameter, stepped and
+    zeroed by a hook as soon as backward has accumulated that parameter's gradient, so the full set of gradients
+    never exists at once. The loop's ``step`` and ``zero_grad`` then have nothing left to do, and gradient
+    clipping sees no gradient (grad_norm 0, as LLaMA-Factory says).
+
+    The per-parameter optimizers' group dicts are this optimizer's groups, so the lr schedule reaches them
+    directly (LLaMA-Factory builds a scheduler per parameter for the same effect). The state dict is theirs, in
+    parameter order."""
+
+    def __init__(self, groups: list[dict], make):
+        self.optimizers = []
+        for group in groups:
+            for p in group["params"]:
+                self.optimizers.append(make([{**group, "params": [p]}]))
+        super().__init__([g for o in self.optimizers for g in o.param_groups], {})
+        for optimizer in self.optimizers:
+            param = optimizer.param_groups[0]["params"][0]
+            param.register_post_accumulate_grad_hook(self._stepper(optimizer))
+
+    @staticmethod
+    def _stepper(optimizer):
+        def hook(param):
+            if param.grad is not None:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        return hook
+
+    def step(self, closure=None):
+        return closure() if closure is not None else None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for optimizer, state in zip(self.optimizers, state_dict["optimizers"], strict=True):
+            optimizer.load_state_dict(state)
 
 
 def place_projectors(optimizer: torch.optim.Optimizer) -> None:

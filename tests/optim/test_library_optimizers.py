@@ -273,3 +273,31 @@ def test_bnb_8bit_optimizers_on_cuda():
     from tests.gpu.gpu_optimizers_check import check_bnb
 
     check_bnb()
+
+
+@pytest.mark.parametrize("optimizer", params(["galore_adamw", "apollo_adamw"]))
+def test_layerwise_steps_in_backward_as_the_grouped_one_and_resumes(optimizer, tmp_path):
+    """LLaMA-Factory's galore_layerwise/apollo_layerwise: an optimizer per parameter stepped in the backward hooks
+    gives the grouped optimizer's weights (no clipping: layer-wise steps before any norm exists), and resumes.
+    APOLLO seeds each matrix's random projection by its index in its optimizer, so per-parameter optimizers (all
+    index 1, in LLaMA-Factory too) project differently from the grouped one: only its resume is compared."""
+    section = optimizer.split("_")[0]
+    grouped_cfg = config(optimizer, "train.max_grad_norm=0")
+    layerwise_cfg = config(optimizer, "train.max_grad_norm=0", f"method.{section}.layerwise=true")
+    grouped, straight = engine_for(grouped_cfg), engine_for(layerwise_cfg)
+    for step in range(4):
+        engine_step(grouped, step)
+        engine_step(straight, step)
+        assert all(p.grad is None for p in straight.model.parameters()), "a gradient outlived its backward pass"
+    if optimizer == "galore_adamw":
+        assert_same_weights(straight.model, grouped.model)
+
+    first = engine_for(layerwise_cfg)
+    for step in range(2):
+        engine_step(first, step)
+    first.save_checkpoint(tmp_path, {})
+    resumed = engine_for(layerwise_cfg)
+    resumed.load_checkpoint(tmp_path)
+    for step in range(2, 4):
+        engine_step(resumed, step)
+    assert_same_weights(resumed.model, straight.model)

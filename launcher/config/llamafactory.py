@@ -594,7 +594,8 @@ def optimizer(r: _Reading) -> None:
             if key not in lf:
                 continue
             value = take(key)
-            if key == "badam_switch_interval" and value == -1 and custom == user:
+            if key in ("badam_switch_interval", "badam_switch_mode") and lf.get("badam_switch_interval") == -1 \
+                    and custom == user:
                 continue  # switch_mode=fixed, above
             if custom != user:
                 r.notes.append(f"{key}: ignored because {user} is not true (as in LLaMA-Factory)")

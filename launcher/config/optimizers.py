@@ -102,6 +102,9 @@ def optimizer_combination_problem(cfg) -> Optional[str]:
     if (uses_projection(opt) or opt == "badam") and m.finetuning == "lora":
         return (f"method.optimizer: {opt} trains full weights (as in LLaMA-Factory, not with LoRA); use method=sft_full"
                 f" or method.finetuning=freeze, or method.optimizer=adamw with LoRA")
+    if opt == "badam" and m.finetuning == "freeze":
+        return ("method.optimizer: badam picks which layer trains itself (one block at a time), which overrides"
+                " method.finetuning=freeze's choice; use method=sft_full with badam")
     if m.finetuning == "lora" and m.lora.plus_lr_ratio and opt not in ("adamw", "sgd"):
         return (f"method.lora.plus_lr_ratio: LoRA+ builds its own parameter groups for adamw or sgd, not for"
                 f" method.optimizer={opt}; drop one of them")

@@ -123,10 +123,11 @@ def optimizer_combination_problem(cfg) -> Optional[str]:
                     " gradient (LLaMA-Factory refuses it distributed too); set cluster.nproc_per_node=1 and"
                     f" cluster.nodes=1, or {key}=false")
         from launcher.config.schema import resolve_grad_accum  # the schema imports this module
+        from launcher.errors import ConfigError
 
         try:
             accum = resolve_grad_accum(cfg)
-        except Exception:  # reported by the schema's own check
+        except ConfigError:  # reported by the schema's own check
             accum = 1
         if accum != 1:
             return (f"{key}: layer-wise {opt} steps at every backward pass, so it cannot accumulate gradients; set"

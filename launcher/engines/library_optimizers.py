@@ -98,11 +98,11 @@ def galore_optimizer(model: nn.Module, method, groups: list[dict]) -> torch.opti
     groups = projection_groups(model, groups, projected_parameters(model, g.target), settings)
     lib = import_library(method.optimizer, "galore_torch")
     if method.optimizer == "galore_adamw":
-        make = lambda gs: lib.GaLoreAdamW(gs, **adam_kwargs(method))  # noqa: E731
+        make = lambda gs: lib.GaLoreAdamW(gs, **adam_kwargs(method))
     elif method.optimizer == "galore_adamw_8bit":
-        make = lambda gs: lib.GaLoreAdamW8bit(gs, **adam_kwargs(method))  # noqa: E731
+        make = lambda gs: lib.GaLoreAdamW8bit(gs, **adam_kwargs(method))
     else:
-        make = lambda gs: lib.GaLoreAdafactor(gs, **adafactor_kwargs(method))  # noqa: E731
+        make = lambda gs: lib.GaLoreAdafactor(gs, **adafactor_kwargs(method))
     return LayerwiseOptimizer(groups, make) if g.layerwise else make(groups)
 
 
@@ -112,7 +112,7 @@ def apollo_optimizer(model: nn.Module, method, groups: list[dict]) -> torch.opti
                 "scale": a.scale, "scale_type": a.scale_type}
     groups = projection_groups(model, groups, projected_parameters(model, a.target), settings)
     lib = import_library(method.optimizer, "apollo_torch")
-    make = lambda gs: lib.APOLLOAdamW(gs, scale_front=a.scale_front, **adam_kwargs(method))  # noqa: E731
+    make = lambda gs: lib.APOLLOAdamW(gs, scale_front=a.scale_front, **adam_kwargs(method))
     return LayerwiseOptimizer(groups, make) if a.layerwise else make(groups)
 
 

@@ -78,7 +78,7 @@ def test_memory_estimate_per_optimizer():
         return estimate_memory_per_gpu(compose_config([*GPU, *extra]), SHAPE)
 
     mixed, pure = est(), est("method.pure_bf16=true")
-    state = lambda e: e.weights_gb + e.grads_gb + e.optimizer_gb  # noqa: E731
+    state = lambda e: e.weights_gb + e.grads_gb + e.optimizer_gb
     assert pure.weights_gb == mixed.weights_gb and pure.optimizer_gb == pytest.approx(mixed.optimizer_gb / 3)
     assert state(pure) == pytest.approx(state(mixed) / 2)  # 2 + 2 + 4 bytes/param against 2 + 2 + 12
     adamw = mixed.optimizer_gb

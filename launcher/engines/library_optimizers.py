@@ -178,7 +178,9 @@ def badam_optimizer(model: nn.Module, method, groups: list[dict]) -> torch.optim
         """BAdam's BlockOptimizer whose state dict holds everything a resume needs (see the module docstring)."""
 
         def state_dict(self) -> dict:
-            return {"base": self.base_optimizer.state_dict(), "active_block": self.active_block,
+            # The schedule writes the lr into these groups (the base optimizer's are refilled from them each step).
+            return {"base": self.base_optimizer.state_dict(), "lrs": [g["lr"] for g in self.param_groups],
+                    "active_block": self.active_block,
                     "current_block_idx": self.current_block_idx, "global_step": self.global_step,
                     "block_order": list(getattr(self, "block_order", [])),
                     "hp": [p.detach().clone() for p in self.param_idx2hp.values()]}
@@ -196,6 +198,8 @@ def badam_optimizer(model: nn.Module, method, groups: list[dict]) -> torch.optim
             for hp, saved in zip(self.param_idx2hp.values(), state["hp"], strict=True):
                 hp.data.copy_(saved)
             self.base_optimizer.load_state_dict(state["base"])
+            for group, lr in zip(self.param_groups, state["lrs"], strict=True):
+                group["lr"] = lr
 
         def switch_trainable_params(self, verbose=1) -> None:
             self.active_block = self.current_block_idx

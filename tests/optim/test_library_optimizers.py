@@ -27,7 +27,7 @@ from launcher.models.tokenizers import load_tokenizer
 SMALL = ["model.config.hidden_size=64", "model.config.intermediate_size=128", "model.config.num_hidden_layers=3",
          "method.lr=1e-2", "method.galore.rank=4", "method.galore.update_interval=2", "method.apollo.rank=4",
          "method.apollo.update_interval=2", "method.badam.switch_interval=2", "train.warmup_ratio=0",
-         "train.lr_scheduler=constant", "train.max_grad_norm=1.0", "train.seed=3"]
+         "train.lr_scheduler=cosine", "train.max_grad_norm=1.0", "train.seed=3"]
 LINEAR_NAMES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 """What LLaMA-Factory's find_all_linear_modules gives for a Qwen2 (every linear but lm_head)."""
 CPU_OPTIMIZERS = ["adafactor", "galore_adamw", "galore_adafactor", "apollo_adamw", "badam", "adam_mini", "muon"]
@@ -301,3 +301,21 @@ def test_layerwise_steps_in_backward_as_the_grouped_one_and_resumes(optimizer, t
     for step in range(2, 4):
         engine_step(resumed, step)
     assert_same_weights(resumed.model, straight.model)
+
+
+@pytest.mark.parametrize("optimizer", params(["badam"]))
+def test_stop_and_resume_through_the_trainer(optimizer, output_root):
+    """The whole loop (SFT recipe, checkpoint files, RNG, data plan) with BAdam, whose block switch (every 2 steps)
+    falls on the resume: 4 steps straight, and 2 + stop + 2 more, give the same losses and final weights."""
+    from tests.resume.helpers import assert_same_weights as same_files, final_weights, train_losses
+    from tests.resume.test_exact_resume_local import StopAt, make_run, train
+
+    extra = [f"method.optimizer={optimizer}", "method.badam.switch_interval=2", "train.max_steps=4",
+             "model.config.num_hidden_layers=2"]
+    cfg, straight = make_run(output_root, "straight", extra)
+    train(cfg, straight)
+    cfg, run_dir = make_run(output_root, "resumed", [*extra, "train.save_every=2"])
+    assert train(cfg, run_dir, stop_at=2)["final_step"] == 2
+    assert train(cfg, run_dir)["final_step"] == 4
+    assert train_losses(run_dir) == train_losses(straight)
+    same_files(final_weights(run_dir), final_weights(straight))

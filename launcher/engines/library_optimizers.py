@@ -156,6 +156,9 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         for optimizer, state in zip(self.optimizers, state_dict["optimizers"], strict=True):
             optimizer.load_state_dict(state)
+        # torch's load_state_dict gives each child new group dicts: share those, or the schedule's lr would go to
+        # the old ones and the children would keep the loaded lr.
+        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
 
 
 def place_projectors(optimizer: torch.optim.Optimizer) -> None:
@@ -267,6 +270,9 @@ class OptimizerChain(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         for optimizer, state in zip(self.optimizers, state_dict["optimizers"], strict=True):
             optimizer.load_state_dict(state)
+        # torch's load_state_dict gives each child new group dicts: share those, or the schedule's lr would go to
+        # the old ones and the children would keep the loaded lr.
+        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
 
 
 def muon_split(model: nn.Module) -> tuple[list, list]:

@@ -80,7 +80,8 @@ def _target_problem(target: Any, key: str) -> Optional[str]:
 
 def optimizer_combination_problem(cfg) -> Optional[str]:
     """The first reason ``method.optimizer`` (and method.pure_bf16) cannot run with the rest of ``cfg``, or None.
-    ``cfg`` is a launcher.config.schema.Config (not imported: the schema imports this module)."""
+    ``cfg`` is a launcher.config.schema.Config (not imported: the schema imports this module); the ranges of the
+    numbers (ranks, intervals, scales) are launcher.config.ranges'.""" 
     m, p = cfg.method, cfg.parallelism
     opt = m.optimizer
     for key, allowed in CHOICES.items():
@@ -88,13 +89,6 @@ def optimizer_combination_problem(cfg) -> Optional[str]:
         value = getattr(getattr(m, section), name)
         if value not in allowed:
             return f"{key}: '{value}' is not one of {', '.join(allowed)}"
-    for key, value in (("method.galore.rank", m.galore.rank), ("method.galore.update_interval", m.galore.update_interval),
-                       ("method.apollo.rank", m.apollo.rank), ("method.apollo.update_interval", m.apollo.update_interval),
-                       ("method.badam.switch_interval", m.badam.switch_interval)):
-        if value < 1:
-            return f"{key}: must be >= 1, got {value}"
-    if m.badam.start_block is not None and m.badam.start_block < 0:
-        return f"method.badam.start_block: must be a decoder layer index >= 0 (or null), got {m.badam.start_block}"
     for key, target in (("method.galore.target", m.galore.target), ("method.apollo.target", m.apollo.target)):
         problem = _target_problem(target, key)
         if problem:

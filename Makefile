@@ -15,11 +15,11 @@ PYTEST_ARGS ?=
 .PHONY: install train test slurm-up slurm-down clean-outputs
 
 $(STAMP): setup.cfg pyproject.toml
-	bash .ci/install-env.sh "$(PY)" "$(VENV)" deepspeed
+	bash .ci/install-env.sh "$(PY)" "$(VENV)" deepspeed,optimizers
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	bash .ci/install-env.sh "$(PY)" "$(VENV)" dev,deepspeed,ui,export
+	bash .ci/install-env.sh "$(PY)" "$(VENV)" dev,deepspeed,ui,export,optimizers
 	touch $(TEST_STAMP)
 
 install: $(STAMP)

@@ -6,8 +6,9 @@
 set -euo pipefail
 PY="${1:-python3}"
 VENV="${2:-.venv}"
-# pip extras of setup.cfg: make train takes deepspeed (parallelism=zero*); make test adds dev and ui.
-EXTRAS="${3:-deepspeed}"
+# pip extras of setup.cfg: make train takes deepspeed (parallelism=zero*) and optimizers (method.optimizer's
+# libraries); make test adds dev and ui.
+EXTRAS="${3:-deepspeed,optimizers}"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi

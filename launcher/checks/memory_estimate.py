@@ -4,7 +4,9 @@ A rule-of-thumb model (ZeRO paper accounting; Korthikanti et al. for activations
 cannot fit by a wide margin, not to predict the allocator to the last gigabyte:
 
 - weights: bytes/param of the training dtype; gradients: the same, for trainable parameters only;
-- AdamW: fp32 master copy + two fp32 moments = 12 bytes/param in mixed precision, 8 in fp32;
+- AdamW: fp32 master copy + two fp32 moments = 12 bytes/param in mixed precision, 8 in fp32; with
+  method.pure_bf16 no master copy and bf16 moments: 4 (weights and gradients 2 each: half of mixed precision's
+  16 bytes/param in all); the other optimizers by their state (``optimizer_bytes``);
 - sharding over the world: ZeRO-1 shards the optimizer, ZeRO-2 also gradients, ZeRO-3/FSDP also weights;
   offload moves optimizer states (and with ZeRO-3/FSDP the sharded weights' master copy) to CPU;
 - activations per layer ~ 34 x seq x batch x hidden bytes in 16-bit (attention with a fused kernel), about
@@ -112,11 +114,12 @@ def _dtype_bytes(dtype: str, on_gpu: bool) -> int:
 def estimate_memory_per_gpu(cfg: Config, shape: ModelShape) -> MemoryEstimate:
     c, p, m, t = cfg.cluster, cfg.parallelism, cfg.method, cfg.train
     world = c.nodes * c.nproc_per_node
-    wb = _dtype_bytes(cfg.model.dtype, on_gpu=c.gpus_per_node > 0)
+    wb = 2 if m.pure_bf16 else _dtype_bytes(cfg.model.dtype, on_gpu=c.gpus_per_node > 0)
     params = shape.num_params()
     lora = m.finetuning == "lora"
     trainable = shape.num_lora_params(m.lora.r, m.lora.target_modules) if lora else params
-    opt_per_param = (12 if wb == 2 else 8) if m.optimizer == "adamw" else (4 if wb == 2 else 0)
+    if m.optimizer == "badam":  # one block (decoder layer) trains at a time
+        trainable = shape.layer_params()
 
     stage = sharding_stage(p)
     shard_weights = world if stage >= 3 else 1
@@ -129,7 +132,7 @@ def estimate_memory_per_gpu(cfg: Config, shape: ModelShape) -> MemoryEstimate:
     base_bytes = {"4bit": 0.53, "8bit": 1.03}.get(m.lora.quantize, wb) if lora else wb
     weights = params * base_bytes / shard_weights + (trainable * wb / shard_weights if lora else 0)
     grads = trainable * wb / shard_grads
-    optimizer = 0.0 if p.offload else trainable * opt_per_param / shard_opt
+    optimizer = 0.0 if p.offload else optimizer_bytes(cfg, shape, trainable, wb) / shard_opt
 
     seq, batch, h = cfg.data.cutoff_len, t.micro_batch_size, shape.hidden
     per_layer_full = 34 * seq * batch * h * wb / 2
@@ -143,6 +146,43 @@ def estimate_memory_per_gpu(cfg: Config, shape: ModelShape) -> MemoryEstimate:
         params=params, trainable=trainable, weights_gb=weights / GIB, grads_gb=grads / GIB,
         optimizer_gb=optimizer / GIB, activations_gb=activations / GIB, overhead_gb=CUDA_OVERHEAD_GB,
     )
+
+
+def optimizer_bytes(cfg: Config, shape: ModelShape, trainable: int, wb: int) -> float:
+    """Bytes of optimizer state (with the fp32 master copy of mixed precision) for ``trainable`` parameters.
+
+    States are fp32, or bf16 with method.pure_bf16 (no master copy then). adamw: two moments; sgd: as before
+    (the master copy only); adafactor: the factored second moment (rows + columns: about nothing); the 8-bit
+    AdamWs: two 1-byte moments; adam_mini: the first moment (one second moment per head or neuron); muon: one
+    momentum for the hidden matrices, two moments for the rest (embeddings); GaLore/APOLLO: the targeted linear
+    weights' two moments at rank/hidden of their size (projected on their smaller side, the hidden size), the
+    rest two full moments; badam: an fp32 copy and two fp32 moments of one block (``trainable`` is one layer)."""
+    m = cfg.method
+    master = 4 if wb == 2 and not m.pure_bf16 else 0
+    state = 2 if m.pure_bf16 else 4
+    opt = m.optimizer
+    if opt == "adamw":
+        return trainable * (master + 2 * state)
+    if opt == "sgd":
+        return trainable * (4 if wb == 2 else 0)
+    if opt == "adafactor":
+        return trainable * master
+    if opt in ("adamw_8bit", "paged_adamw_8bit"):
+        return trainable * (master + 2)
+    if opt == "adam_mini":
+        return trainable * (master + state)
+    if opt == "badam":
+        return trainable * (4 + 2 * 4)
+    hidden_matrices = shape.layers * (shape.layer_params() - 2 * shape.hidden)
+    hidden_matrices = min(hidden_matrices, trainable)
+    rest = trainable - hidden_matrices
+    if opt == "muon":
+        return trainable * master + hidden_matrices * state + rest * 2 * state
+    # GaLore / APOLLO
+    rank = m.galore.rank if opt.startswith("galore") else m.apollo.rank
+    moment = 1 if opt == "galore_adamw_8bit" else state
+    projected = hidden_matrices * min(1.0, rank / shape.hidden)
+    return trainable * master + (projected + rest) * 2 * moment
 
 
 @dataclass

@@ -373,7 +373,7 @@ def check_dtype(problems, cfg: Config) -> None:
     """model.dtype that a CPU run will not use: there the matmuls run in float32 (launcher.engines.precision:
     CPU autocast to bf16 is slower than fp32), so a low-precision request is said out loud, not ignored."""
     dtype, c = cfg.model.dtype, cfg.cluster
-    if dtype not in ("float16", "bfloat16"):
+    if dtype not in ("float16", "bfloat16") or cfg.method.pure_bf16:  # pure bf16 is bf16 on a CPU too
         return
     if c.kind == "local":
         from launcher.checks.resources import local_gpu_count
@@ -397,6 +397,10 @@ def describe_precision(cfg: Config) -> str:
         on_gpu = local_gpu_count() > 0
     else:
         on_gpu = c.gpus_per_node > 0
+    if cfg.method.pure_bf16:
+        where = "" if on_gpu else " (on a CPU too)"
+        return (f"pure bfloat16{where}: bf16 weights, gradients and optimizer state, no fp32 master copy (about half"
+                " the memory of mixed precision's; small updates can round away)")
     if not on_gpu:
         return f"float32 weights and compute (no GPU; model.dtype={dtype})"
     if dtype == "float32":

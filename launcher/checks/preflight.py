@@ -9,7 +9,8 @@ Which module owns which check (a new check goes to the one its subject names, an
 - ``launcher.checks.config``: every value in range, every combination possible, batch sizes divide the world
   (the rules are ``launcher.config.ranges`` and ``launcher.config.schema``: parsing applies them too);
 - ``launcher.checks.resources``: cluster settings coherent; what the run asks for exists (CPUs or GPUs here,
-  the SLURM partition's nodes, CPUs, memory and GPUs, the engine's package, QLoRA's GPU); run.resume is a
+  the SLURM partition's nodes, CPUs, memory and GPUs, the engine's and optimizer's packages, QLoRA's and the 8-bit
+  optimizers' GPU); run.resume is a
   complete checkpoint; the output root is writable;
 - ``launcher.checks.data``: datasets exist, their rows (and images) parse, each is the kind the method trains
   on and carries no column the run would not use;
@@ -29,12 +30,12 @@ from launcher.checks.model import (check_dtype, check_freeze_modules, check_hub_
                                    check_model, check_reward_model, check_tokenizer, check_weights)
 from launcher.checks.problems import Problems
 from launcher.checks.resources import (check_cluster, check_local_resources, check_output_root, check_packages,
-                                       check_qlora, check_resume, check_slurm_resources)
+                                       check_optimizer_device, check_qlora, check_resume, check_slurm_resources)
 from launcher.config.schema import Config
 from launcher.errors import PreflightError
 
 CHECKS = (check_config, check_cluster, check_local_resources, check_slurm_resources, check_packages, check_qlora,
-          check_batch,
+          check_optimizer_device, check_batch,
           check_datasets, check_data_choices, check_model, check_reward_model, check_hub_model, check_weights, check_tokenizer,
           check_lora_targets, check_freeze_modules, check_dtype, check_resume, check_output_root, check_memory)
 """In this order: the config first (a later check may assume its values in range; ``Problems.check`` keeps a

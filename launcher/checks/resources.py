@@ -1,6 +1,7 @@
 """Checks of the cluster settings and of what a run asks for against what there is: the cluster section is
 coherent (launch pattern, signal vs time limit, secrets only in the environment, container), CPUs and GPUs
-here, the SLURM partition's nodes, CPUs, memory and GPUs, the packages its engine needs, the checkpoint it
+here, the SLURM partition's nodes, CPUs, memory and GPUs, the packages its engine (and optimizer) needs, the
+CUDA GPU bitsandbytes' 8-bit optimizers need, the checkpoint it
 resumes from, and a writable output root. Memory per GPU and per node: ``launcher.checks.memory``.
 
 Each ``check_*`` takes (problems, cfg) and adds one line per problem, naming the key and what to do.
@@ -226,6 +227,12 @@ def check_packages(problems, cfg: Config) -> None:
     if cfg.model.attn_implementation == "flash_attention_2":
         needed.append(("model.attn_implementation", "model.attn_implementation=flash_attention_2", "flash_attn",
                        "flash-attn (pip install -e '.[gpu]')"))
+    from launcher.config.optimizers import PACKAGES as OPTIMIZER_PACKAGES
+
+    if cfg.method.optimizer in OPTIMIZER_PACKAGES:
+        package, pip_name = OPTIMIZER_PACKAGES[cfg.method.optimizer]
+        needed.append(("method.optimizer", f"method.optimizer={cfg.method.optimizer}", package,
+                       f"{pip_name} (pip install -e '.[optimizers]')"))
     for key, choice, package, pip_name in needed:
         if not package_installed(package):
             problems.errors.append(f"{key}: {choice} needs the {package} package, which is not installed in this"
@@ -242,6 +249,23 @@ def check_qlora(problems, cfg: Config) -> None:
     problem = qlora_problem(cfg, gpus, where)
     if problem:
         problems.errors.append(problem)
+
+
+def check_optimizer_device(problems, cfg: Config) -> None:
+    """bitsandbytes' 8-bit and paged optimizers (method.optimizer) have CUDA kernels only."""
+    from launcher.config.optimizers import needs_cuda
+
+    opt = cfg.method.optimizer
+    if not needs_cuda(opt):
+        return
+    if cfg.cluster.kind == "local":
+        gpus, where = local_gpu_count(), "this machine has no CUDA GPU"
+    else:
+        gpus, where = cfg.cluster.gpus_per_node, "cluster.gpus_per_node=0"
+    if gpus < 1:
+        other = "galore_adamw" if opt.startswith("galore") else "adamw"
+        problems.errors.append(f"method.optimizer={opt}: bitsandbytes keeps its 8-bit states with CUDA kernels only,"
+                               f" and this run has no GPU ({where}); use method.optimizer={other}, or run on a GPU")
 
 
 # ------------------------------------------------------------------------------------- resume

@@ -98,7 +98,20 @@ STAGE_HINTS = {
 }
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant", "constant_with_warmup": "constant"}
 PREF_LOSSES = {"sigmoid": "sigmoid", "ipo": "ipo", "hinge": "hinge", "simpo": "simpo", "orpo": "orpo"}
-OPTIMIZERS = {"adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_hf": "adamw", "sgd": "sgd"}
+OPTIMIZERS = {"adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_hf": "adamw", "sgd": "sgd",
+              "adafactor": "adafactor", "adamw_bnb_8bit": "adamw_8bit", "adamw_8bit": "adamw_8bit",
+              "paged_adamw_8bit": "paged_adamw_8bit"}
+# GaLore's optimizer by optim, as LLaMA-Factory's _create_galore_optimizer picks it (APOLLO: adamw_torch only).
+GALORE_OPTIMIZERS = {"adamw_torch": "galore_adamw", "adamw_bnb_8bit": "galore_adamw_8bit",
+                     "adamw_8bit": "galore_adamw_8bit", "paged_adamw_8bit": "galore_adamw_8bit",
+                     "adafactor": "galore_adafactor"}
+GALORE_KEYS = {"galore_rank": "rank", "galore_update_interval": "update_interval", "galore_scale": "scale",
+               "galore_proj_type": "proj_type"}
+APOLLO_KEYS = {"apollo_rank": "rank", "apollo_update_interval": "update_interval", "apollo_scale": "scale",
+               "apollo_proj": "proj", "apollo_proj_type": "proj_type", "apollo_scale_type": "scale_type",
+               "apollo_scale_front": "scale_front"}
+BADAM_KEYS = {"badam_start_block": "start_block", "badam_switch_mode": "switch_mode",
+              "badam_switch_interval": "switch_interval"}
 ATTENTION = {"auto": "auto", "sdpa": "sdpa", "fa2": "flash_attention_2", "disabled": "eager", "eager": "eager"}
 LOGGERS = ("wandb", "tensorboard", "mlflow")
 
@@ -571,18 +584,16 @@ def train(r: _Reading) -> None:
             fail("lr_scheduler_type", f"'{kind}' is not supported (ours: {', '.join(SCHEDULERS)})")
     if "lr_scheduler_kwargs" in lf and take("lr_scheduler_kwargs"):
         fail("lr_scheduler_kwargs", "not supported yet; use train.min_lr_ratio for a cosine floor")
-    if "optim" in lf:
-        optim = take("optim")
-        if optim in OPTIMIZERS:
-            put("method.optimizer", OPTIMIZERS[optim])
-        else:
-            fail("optim", f"'{optim}' is not supported (ours: adamw_torch, sgd)")
+    optimizer(r)
     if "disable_gradient_checkpointing" in lf:
         put("train.gradient_checkpointing", not take("disable_gradient_checkpointing"))
     gradient_checkpointing_options(r)
     bf16, fp16 = take("bf16"), take("fp16")
     if take("pure_bf16"):
-        fail("pure_bf16", "not supported yet: bf16 weights without fp32 master copies; use bf16: true")
+        if fp16:
+            fail("pure_bf16", "pure_bf16 trains in bf16, but fp16 is true; keep one")
+        put("method.pure_bf16", True)
+        bf16, fp16 = True, False
     if bf16 and fp16:
         fail("fp16", "bf16 and fp16 are both true; keep one")
     elif bf16:
@@ -622,6 +633,84 @@ def gradient_checkpointing_options(r: _Reading) -> None:
                        " unused with disable_gradient_checkpointing: true (as in LLaMA-Factory)")
         return
     put("train.gradient_checkpointing_kwargs", kwargs)
+def _module_list(value: Any) -> Any:
+    """LLaMA-Factory's comma-separated module names (galore_target, apollo_target) -> all, or a list."""
+    names = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    return "all" if names == ["all"] else names
+
+
+def optimizer(r: _Reading) -> None:
+    """optim and the custom optimizers (use_galore, use_apollo, use_badam, use_adam_mini, use_muon with their
+    keys) -> method.optimizer and method.galore/apollo/badam, as LLaMA-Factory's create_custom_optimizer picks:
+    GaLore, then APOLLO, then BAdam, then Adam-mini, then Muon; two of them at once are refused here."""
+    lf, take, put, fail = r.lf, r.take, r.put, r.fail
+    optim = str(take("optim", "adamw_torch"))
+    chosen = [k for k in ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon") if take(k)]
+    if len(chosen) > 1:
+        fail(chosen[1], f"{' and '.join(chosen)} are all true; LLaMA-Factory would use only {chosen[0]}: keep one")
+        return
+    custom = chosen[0] if chosen else None
+    if custom is None:
+        if optim in OPTIMIZERS:
+            if "optim" in lf:
+                put("method.optimizer", OPTIMIZERS[optim])
+        else:
+            fail("optim", f"'{optim}' is not supported (ours: {', '.join(OPTIMIZERS)})")
+    elif custom == "use_galore":
+        if optim not in GALORE_OPTIMIZERS:
+            fail("optim", f"'{optim}' has no GaLore variant (LLaMA-Factory's: {', '.join(GALORE_OPTIMIZERS)})")
+        else:
+            put("method.optimizer", GALORE_OPTIMIZERS[optim])
+        if take("galore_layerwise"):
+            put("method.galore.layerwise", True)
+    elif custom == "use_apollo":
+        if optim != "adamw_torch":
+            fail("optim", f"'{optim}': APOLLO runs with adamw_torch only (as in LLaMA-Factory)")
+        put("method.optimizer", "apollo_adamw")
+        if take("apollo_layerwise"):
+            put("method.apollo.layerwise", True)
+    elif custom == "use_badam":
+        if optim != "adamw_torch":
+            fail("optim", f"'{optim}': BAdam's block optimizer runs over torch's AdamW here; use adamw_torch")
+        mode = take("badam_mode", "layer")
+        if mode != "layer":
+            fail("badam_mode", f"'{mode}' is not supported yet (ratio-wise BAdam's sparse masks); use layer")
+        put("method.optimizer", "badam")
+        if lf.get("badam_switch_interval") == -1:  # LLaMA-Factory's "disable the block update"
+            take("badam_switch_interval")
+            put("method.badam.switch_mode", "fixed")
+            r.notes.append("badam_switch_interval: -1 (never switch) -> method.badam.switch_mode=fixed")
+        for key in ("badam_update_ratio", "badam_mask_mode"):
+            if key in lf:
+                take(key)
+                r.notes.append(f"{key}: read by ratio-wise BAdam only; layer-wise BAdam (badam_mode: layer) ignores"
+                               " it, as LLaMA-Factory does")
+    elif custom == "use_adam_mini":
+        put("method.optimizer", "adam_mini")
+    else:
+        put("method.optimizer", "muon")
+    if custom in ("use_adam_mini", "use_muon") and optim != "adamw_torch":
+        fail("optim", f"'{optim}': {custom} replaces the optimizer (LLaMA-Factory ignores optim then); remove optim")
+    if take("badam_verbose"):
+        r.notes.append("badam_verbose: BAdam says which block trains at each switch here")
+    for keys, section, user in ((GALORE_KEYS, "galore", "use_galore"), (APOLLO_KEYS, "apollo", "use_apollo"),
+                                (BADAM_KEYS, "badam", "use_badam")):
+        target_key = f"{section}_target"
+        for key in [target_key, *keys]:
+            if key not in lf:
+                continue
+            value = take(key)
+            if key in ("badam_switch_interval", "badam_switch_mode") and lf.get("badam_switch_interval") == -1 \
+                    and custom == user:
+                continue  # switch_mode=fixed, above
+            if custom != user:
+                r.notes.append(f"{key}: ignored because {user} is not true (as in LLaMA-Factory)")
+            elif key == target_key:
+                put(f"method.{section}.target", _module_list(value))
+            else:
+                put(f"method.{section}.{keys[key]}", value)
+    for key in ("galore_layerwise", "apollo_layerwise", "badam_mode"):
+        take(key)
 
 
 def saving(r: _Reading) -> None:

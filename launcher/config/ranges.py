@@ -97,6 +97,14 @@ RANGES: dict[str, Range] = {
     "method.grpo.beta": NOT_NEGATIVE,
     "method.grpo.num_iterations": AT_LEAST_1,
     "method.grpo.eval_prompts": Range(0, note=" (0: off)"),
+    "method.galore.rank": AT_LEAST_1,
+    "method.galore.update_interval": AT_LEAST_1,
+    "method.galore.scale": POSITIVE,
+    "method.apollo.rank": AT_LEAST_1,
+    "method.apollo.update_interval": AT_LEAST_1,
+    "method.apollo.scale": POSITIVE,
+    "method.badam.start_block": Range(0, phrase="a decoder layer index", note=" (null: switch_mode's first)"),
+    "method.badam.switch_interval": AT_LEAST_1,
     "train.seed": Range(0, 2**32 - 1),
     "train.max_steps": Range(-1, note="; -1 trains for train.epochs"),  # 0 and < -1: see validate
     "train.epochs": NOT_NEGATIVE,  # > 0 when max_steps is -1: see validate

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from launcher.config.parallelism import PRESETS, STRATEGIES, shards_parameters
+from launcher.config.optimizers import OPTIMIZERS, optimizer_combination_problem
 from launcher.errors import ConfigError
 from launcher.paths import CONFIG_FILE
 
@@ -307,6 +308,71 @@ class OftConfig:
 
 
 @dataclass
+class GaloreConfig:
+    """GaLore (Zhao et al. 2024, galore-torch): the gradients of the targeted matrices are projected onto rank
+    ``rank`` subspaces (refreshed by an SVD every ``update_interval`` steps), where the optimizer keeps its state:
+    optimizer memory of those matrices shrinks by about min(m, n) / rank. With method.optimizer=galore_adamw,
+    galore_adamw_8bit or galore_adafactor; LLaMA-Factory's galore_* keys."""
+
+    target: Any = "all"
+    """all (every linear layer but the LM head), or a list of module names (q_proj, v_proj, ...): the 2-D weights of the
+    linear modules whose name contains one of them are projected; the rest train with the plain optimizer."""
+    rank: int = 16
+    """Rank of the projected gradient (and of the optimizer state of the projected matrices)."""
+    update_interval: int = 200
+    """Optimizer steps between two refreshes of a matrix's projection (an SVD of its gradient)."""
+    scale: float = 2.0
+    """Multiplier of the projected-back update (GaLore's alpha; LLaMA-Factory's default 2)."""
+    proj_type: str = "std"
+    """std (project the smaller side), reverse_std, right, left, full."""
+    layerwise: bool = False
+    """One optimizer per parameter, stepped in the backward pass as soon as its gradient is ready, so gradients are
+    never all held at once (LLaMA-Factory's galore_layerwise). One process, train.grad_accum=1, no gradient clipping
+    (the logged grad_norm is 0), not with model.dtype=float16."""
+
+
+@dataclass
+class ApolloConfig:
+    """APOLLO (Zhu et al. 2025, apollo-torch): AdamW's update scaled channel- (or tensor-) wise by factors estimated
+    in a rank ``rank`` random (or SVD) projection of the gradient, for SGD-like optimizer memory. With
+    method.optimizer=apollo_adamw; LLaMA-Factory's apollo_* keys."""
+
+    target: Any = "all"
+    """all (every linear layer but the LM head), or a list of module names; as method.galore.target."""
+    rank: int = 16
+    """Rank of the auxiliary projection (1 with scale_type=tensor is APOLLO-Mini)."""
+    update_interval: int = 200
+    """Optimizer steps between two refreshes of the projection."""
+    scale: float = 32.0
+    """Multiplier of the scaled update (the update is multiplied by sqrt(scale))."""
+    proj: str = "random"
+    """random (Gaussian projection from a per-matrix seed) or svd."""
+    proj_type: str = "std"
+    """std, right, left: which side of the matrix is projected."""
+    scale_type: str = "channel"
+    """channel (one factor per row or column) or tensor (one per matrix)."""
+    scale_front: bool = False
+    """Apply sqrt(scale) before the norm-growth limiter instead of after."""
+    layerwise: bool = False
+    """One optimizer per parameter, stepped in the backward pass (as method.galore.layerwise; LLaMA-Factory's
+    apollo_layerwise)."""
+
+
+@dataclass
+class BadamConfig:
+    """BAdam (Luo et al. 2024, the badam package), layer mode: block coordinate descent, one decoder layer (block)
+    trains at a time under AdamW, switching every ``switch_interval`` steps; the optimizer state is that of one
+    block. With method.optimizer=badam; LLaMA-Factory's badam_* keys (badam_mode: layer)."""
+
+    start_block: Optional[int] = None
+    """The block (decoder layer index) trained first; None: the first of switch_mode's order."""
+    switch_mode: str = "ascending"
+    """ascending, descending, random (a random order per pass over the blocks), fixed (start_block only)."""
+    switch_interval: int = 50
+    """Optimizer steps before the next block trains."""
+
+
+@dataclass
 class MethodConfig:
     name: str = "sft_full"
     """sft_full, lora, dpo, kto, rm, pretrain: which recipe trains (``METHODS``)."""
@@ -318,7 +384,15 @@ class MethodConfig:
     weight_decay: float = 0.0
     """AdamW's decoupled weight decay on matrices; biases and norm weights (1-D tensors) are never decayed."""
     optimizer: str = "adamw"
-    """adamw or sgd."""
+    """adamw, sgd (momentum 0.9), adafactor (transformers', fixed lr), adamw_8bit or paged_adamw_8bit
+    (bitsandbytes, CUDA only), galore_adamw, galore_adamw_8bit (CUDA), galore_adafactor (method.galore),
+    apollo_adamw (method.apollo), badam (method.badam), adam_mini (one second moment per head or neuron), muon
+    (torch's Muon for the 2-D hidden matrices, AdamW for embeddings, LM head and 1-D tensors): launcher.engines.optim.
+    Each comes from the library its authors maintain; the dry run refuses one that cannot run with the parallelism."""
+    pure_bf16: bool = False
+    """Weights and optimizer state in bfloat16 with no fp32 master copy (LLaMA-Factory's pure_bf16): about half the
+    memory of mixed precision for weights, gradients and optimizer state; small updates can be lost to bf16's 8-bit
+    mantissa. Computes in bf16 on a CPU too. parallelism=ddp only."""
     adam_beta1: float = 0.9
     """AdamW's decay rate of the gradient's running mean."""
     adam_beta2: float = 0.999
@@ -343,6 +417,12 @@ class MethodConfig:
     """LLaMA-Pro's block expansion at build time (method=llama_pro)."""
     oft: OftConfig = field(default_factory=OftConfig)
     """Orthogonal adapters, with method.finetuning=oft."""
+    galore: GaloreConfig = field(default_factory=GaloreConfig)
+    """GaLore's projection, with method.optimizer=galore_*."""
+    apollo: ApolloConfig = field(default_factory=ApolloConfig)
+    """APOLLO's projection, with method.optimizer=apollo_adamw."""
+    badam: BadamConfig = field(default_factory=BadamConfig)
+    """BAdam's block schedule, with method.optimizer=badam."""
 
 
 @dataclass
@@ -743,7 +823,10 @@ def check_combinations(cfg: Config) -> None:
     if m.finetuning not in allowed:
         hint = "; use method=lora" if m.name == "sft_full" else ""
         raise ConfigError(f"method.finetuning: method={m.name} needs method.finetuning={'|'.join(allowed)}{hint}")
-    _choice(m.optimizer, ("adamw", "sgd"), "method.optimizer")
+    _choice(m.optimizer, OPTIMIZERS, "method.optimizer")
+    optimizer_problem = optimizer_combination_problem(cfg)
+    if optimizer_problem:
+        raise ConfigError(optimizer_problem)
     _choice(m.dpo.loss_type, ("sigmoid", "ipo", "hinge", "simpo", "orpo"), "method.dpo.loss_type")
     if m.name == "dpo":
         validate_dpo(m.dpo)

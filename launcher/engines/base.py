@@ -127,7 +127,7 @@ def build_engine(cfg: Config, model: nn.Module, dist_info: DistInfo, total_steps
                  loss_module: LossFactory, precision: Optional[Precision] = None) -> Engine:
     """loss_module: what ``engine.module`` wraps, built from the (device-placed) model: the objective's loss
     (launcher.training.objectives). precision: the run's policy (default: from ``cfg.model.dtype`` and the device)."""
-    precision = precision or resolve_precision(cfg.model.dtype, dist_info.device)
+    precision = precision or resolve_precision(cfg.model.dtype, dist_info.device, cfg.method.pure_bf16)
     strategy = cfg.parallelism.strategy
     if strategy == "ddp":
         from launcher.engines.ddp import DDPEngine

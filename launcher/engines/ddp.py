@@ -18,6 +18,7 @@ from launcher.config.schema import Config
 from launcher.engines.base import Engine, LossFactory
 from launcher.engines.checkpoint_layout import STATE_FILE
 from launcher.engines.distributed import DistInfo
+from launcher.engines.library_optimizers import after_load
 from launcher.engines.optim import build_optimizer, build_scheduler
 from launcher.engines.precision import Precision, make_grad_scaler
 
@@ -40,6 +41,9 @@ class DDPEngine(Engine):
             self.module = DistributedDataParallel(loss_module, device_ids=device_ids)
         else:
             self.module = loss_module
+        # What this run trains, named before the optimizer is built: BAdam turns requires_grad off for all but one
+        # block while training, and a checkpoint must still hold every block it trained.
+        self.trained_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, cfg.method)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, total_steps)
         self.scaler = make_grad_scaler(precision, sharded=False)
@@ -61,7 +65,8 @@ class DDPEngine(Engine):
     # ------------------------------------------------------------------ checkpoints
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        trained = set(self.trained_names)
+        return {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if n in trained}
 
     def save_checkpoint(self, directory: Path, extra: dict[str, Any]) -> None:
         """Rank 0 writes one file; every rank's RNG state is saved by the caller."""
@@ -78,6 +83,7 @@ class DDPEngine(Engine):
         if result.unexpected_keys:
             raise RuntimeError(f"checkpoint has parameters this model lacks: {result.unexpected_keys[:5]}")
         self.optimizer.load_state_dict(state["optimizer"])
+        after_load(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and "grad_scaler" in state:
             self.scaler.load_state_dict(state["grad_scaler"])

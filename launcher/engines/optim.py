@@ -1,4 +1,7 @@
-"""Optimizer and learning-rate schedule, built from the method and train configs."""
+"""Optimizer and learning-rate schedule, built from the method and train configs.
+
+adamw and sgd are torch's, built here; every other method.optimizer comes from its authors' library
+(launcher.engines.library_optimizers), over the same decay / no-decay groups."""
 from __future__ import annotations
 
 import math
@@ -28,6 +31,11 @@ def build_optimizer(model: torch.nn.Module, method: MethodConfig) -> torch.optim
     groups = param_groups(model, method.weight_decay)
     if method.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=method.lr, momentum=0.9)
+    if method.optimizer != "adamw":
+        from launcher.engines.library_optimizers import build_library_optimizer
+
+        return build_library_optimizer(model, method, groups,
+                                       adamw_implementation([p for g in groups for p in g["params"]]))
     return torch.optim.AdamW(groups, lr=method.lr, betas=(method.adam_beta1, method.adam_beta2),
                              eps=method.adam_eps, **adamw_implementation([p for g in groups for p in g["params"]]))
 

@@ -87,7 +87,7 @@ class Recipe:
         self.tokenizer = load_tokenizer(cfg.model)
         self.meter.phase("tokenizer")
         self.attn_impl = choose_attn_implementation(cfg.model.attn_implementation, dist.device)
-        self.precision = resolve_precision(cfg.model.dtype, dist.device)
+        self.precision = resolve_precision(cfg.model.dtype, dist.device, cfg.method.pure_bf16)
         if dist.is_main:
             log.info("attention: %s, dtype: %s, device: %s, world size: %d, CPU threads per rank: %d",
                      self.attn_impl, self.precision.describe(), dist.device,

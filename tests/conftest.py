@@ -86,6 +86,13 @@ def runs_root(tmp_path_factory) -> Path:
 # before this session's work (so the code did not change it: the machine or a dependency did), and they
 # passed at the last landing. Until that is found they still run, as expected failures (an XPASS is not an
 # error), so that CI shows them without hiding every other result. GPU runs are not affected by this mark.
+# Found since (2026-12-07): the _kernel_funcs crash came from DeepSpeed's zero.Init dropping the __init__ that
+# the `kernels` package's @use_kernelized_func gives transformers' attention classes when their module is first
+# imported inside the context (fixed: launcher.engines.deepspeed.import_model_classes); with transformers 5.24
+# the installed kernels 0.19.1 is outside its supported range, so that path is off anyway. The drift remains:
+# KTO zero3's first loss is 0.49995 where DDP's is exactly 0.5 (policy and reference log-probs differ at step 1),
+# also with ATEN_CPU_CAPABILITY=default (torch's AVX2 normal_ differs from its scalar one by up to 3e-3
+# relative, but forcing the scalar kernels moved the figure, 0.49996, without closing the gap).
 ZERO3_CPU_DRIFT = (
     "tests/dpo/test_dpo_sharded.py::test_uneven_pairs_on_two_sharded_ranks_finish[zero3",
     "tests/methods/test_methods_parallel.py::test_method_under_parallelism_matches_ddp[zero3",

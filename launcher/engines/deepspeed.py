@@ -20,7 +20,7 @@ import contextlib
 import copy
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -183,6 +183,21 @@ ZERO3_BUILT_ATTR = "_launcher_hf_deepspeed_config"
 a weak reference, and asks it whether ZeRO-3 is on whenever it touches the model)."""
 
 
+def zero_init_dtype(dtype: torch.dtype, ds_config: dict) -> Optional[torch.dtype]:
+    """The ``dtype`` to pass to ``zero.Init``: None for fp32 (the config, with bf16 and fp16 off, then says fp32).
+
+    A workaround for DeepSpeed 0.19.8 (partition_parameters.py, ``Init._set_dtype``): with a dtype given it runs
+    ``dtype or torch.float16 if accel.is_fp16_supported() else torch.bfloat16 if accel.is_bf16_supported else
+    torch.float32``, which parses as ``(dtype or fp16) if fp16_supported else (bf16 if <bound method> ...)``.
+    Its CPU accelerator says fp16 is supported only where oneDNN has fp16 (AVX512-FP16/AMX CPUs), so on other
+    CPUs (AMD EPYC with AVX2 here) an explicit float32 became bf16: every ZeRO-3 parameter stored rounded to
+    bf16, and 2-rank ZeRO-3 runs drifted from one process / DDP (weights off by up to 2^-8 relative). Without a
+    dtype it reads the config's bf16 / fp16 sections, which build_deepspeed_config sets from the precision.
+    """
+    low_precision = (ds_config.get("bf16") or {}).get("enabled") or (ds_config.get("fp16") or {}).get("enabled")
+    return None if dtype == torch.float32 and not low_precision else dtype
+
+
 def import_model_classes(auto_class, config) -> None:
     """Import the modeling module of ``config``'s model before a ``zero.Init`` context is entered.
 
@@ -252,7 +267,8 @@ def build_zero3_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implemen
         import_model_classes(auto_class, config)
         # Our own zero.Init (transformers' would also draw the tied output matrix that tying discards, shifting
         # every later random number away from the plain build's).
-        with initialization.no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
+        with initialization.no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config,
+                                                                    dtype=zero_init_dtype(dtype, ds_config)):
             model = auto_class.from_config(
                 config, attn_implementation=attn_implementation, dtype=dtype,
                 trust_remote_code=m.trust_remote_code)

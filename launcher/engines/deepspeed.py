@@ -20,7 +20,7 @@ import contextlib
 import copy
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -183,7 +183,7 @@ ZERO3_BUILT_ATTR = "_launcher_hf_deepspeed_config"
 a weak reference, and asks it whether ZeRO-3 is on whenever it touches the model)."""
 
 
-def zero_init_dtype(dtype: torch.dtype, ds_config: dict) -> Optional[torch.dtype]:
+def zero_init_dtype(dtype: torch.dtype, ds_config: dict) -> torch.dtype | None:
     """The ``dtype`` to pass to ``zero.Init``: None for fp32 (the config, with bf16 and fp16 off, then says fp32).
 
     A workaround for DeepSpeed 0.19.8 (partition_parameters.py, ``Init._set_dtype``): with a dtype given it runs

@@ -92,9 +92,6 @@ def runs_root(tmp_path_factory) -> Path:
 # launcher/engines/deepspeed.py (zero_init_dtype, import_model_classes). The tests that passed again after the
 # fix (run one at a time, --runxfail) left this list; the rest were not rerun yet.
 ZERO3_CPU_DRIFT = (
-    "tests/parallel/test_parallel_train.py::test_full_finetune_matches_ddp_saves_and_resumes[zero3",
-    "tests/parallel/test_parallel_train.py::test_lora_with_gradient_checkpointing_matches_ddp_and_saves_adapter[zero3",
-    "tests/parallel/test_parallel_train.py::test_zero3_offload_with_gradient_checkpointing_matches_ddp",
     "tests/vl/test_vl_parallel.py::test_text_only_rank_does_not_hang[zero3",
     "tests/rm/test_rm_sharded.py::test_rm_sharded[zero3",
 )

@@ -76,34 +76,3 @@ def slurm_cluster():
 def runs_root(tmp_path_factory) -> Path:
     """A fresh output root per test: job ids restart at 1 after a purge, so never reuse a submitit folder."""
     return tmp_path_factory.mktemp("runs")
-
-
-# ----------------------------------------------------------------------------- ZeRO-3 on CPU, drifted
-# On this project's current CPU machines (AMD EPYC, AVX2 only; deepspeed 0.19.8, torch 2.13.0+cpu, checked
-# 2026-12-07) the 2-rank ZeRO-3 runs no longer match one process / DDP: logps and losses differ by 1e-4
-# relative and exported logits by 6e-3 (tolerances 1e-5), and KTO's frozen reference fails with
-# "'Qwen2Attention' object has no attribute '_kernel_funcs'". The same tests fail the same way on the commit
-# before this session's work (so the code did not change it: the machine or a dependency did), and they
-# passed at the last landing. Until that is found they still run, as expected failures (an XPASS is not an
-# error), so that CI shows them without hiding every other result. GPU runs are not affected by this mark.
-# Found since (2026-12-07): the drift is DeepSpeed 0.19.8's zero.Init storing parameters in bf16 when asked for
-# float32 on CPUs without oneDNN fp16 (a precedence bug in Init._set_dtype), and the _kernel_funcs crash is
-# zero.Init dropping the __init__ of classes first imported inside it; both worked around in
-# launcher/engines/deepspeed.py (zero_init_dtype, import_model_classes). The tests that passed again after the
-# fix (run one at a time, --runxfail) left this list; the rest were not rerun yet.
-ZERO3_CPU_DRIFT = (
-    "tests/vl/test_vl_parallel.py::test_text_only_rank_does_not_hang[zero3",
-    "tests/rm/test_rm_sharded.py::test_rm_sharded[zero3",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    import torch
-
-    if torch.cuda.is_available():
-        return
-    mark = pytest.mark.xfail(strict=False, reason="ZeRO-3 on this CPU machine drifted from one process / DDP (on the"
-                             " commit before this session's work too); see ZERO3_CPU_DRIFT in tests/conftest.py")
-    for item in items:
-        if item.nodeid.startswith(ZERO3_CPU_DRIFT):
-            item.add_marker(mark)

@@ -183,6 +183,41 @@ ZERO3_BUILT_ATTR = "_launcher_hf_deepspeed_config"
 a weak reference, and asks it whether ZeRO-3 is on whenever it touches the model)."""
 
 
+def zero_init_dtype(dtype: torch.dtype, ds_config: dict) -> torch.dtype | None:
+    """The ``dtype`` to pass to ``zero.Init``: None for fp32 (the config, with bf16 and fp16 off, then says fp32).
+
+    A workaround for DeepSpeed 0.19.8 (partition_parameters.py, ``Init._set_dtype``): with a dtype given it runs
+    ``dtype or torch.float16 if accel.is_fp16_supported() else torch.bfloat16 if accel.is_bf16_supported else
+    torch.float32``, which parses as ``(dtype or fp16) if fp16_supported else (bf16 if <bound method> ...)``.
+    Its CPU accelerator says fp16 is supported only where oneDNN has fp16 (AVX512-FP16/AMX CPUs), so on other
+    CPUs (AMD EPYC with AVX2 here) an explicit float32 became bf16: every ZeRO-3 parameter stored rounded to
+    bf16, and 2-rank ZeRO-3 runs drifted from one process / DDP (weights off by up to 2^-8 relative). Without a
+    dtype it reads the config's bf16 / fp16 sections, which build_deepspeed_config sets from the precision.
+    """
+    low_precision = (ds_config.get("bf16") or {}).get("enabled") or (ds_config.get("fp16") or {}).get("enabled")
+    return None if dtype == torch.float32 and not low_precision else dtype
+
+
+def import_model_classes(auto_class, config) -> None:
+    """Import the modeling module of ``config``'s model before a ``zero.Init`` context is entered.
+
+    A workaround for DeepSpeed 0.19.8's ``zero.Init`` (partition_parameters.py, patch/unpatch_init_and_builtins)
+    meeting class decorators that replace ``__init__``: inside the context every nn.Module class created gets
+    ``_old_init = __init__`` and a wrapped ``__init__``; on exit ``__init__`` is set back to that ``_old_init``.
+    transformers 5.24 with the ``kernels`` package installed decorates attention classes with
+    ``@use_kernelized_func`` (kernels' ``new_init`` adds the per-instance ``_kernel_funcs`` that the decorated
+    forward reads) after the class is created. So when the modeling module is first imported inside zero.Init
+    (``from_config`` imports it lazily), the exit restores the undecorated ``__init__`` for good: the model
+    built in the context works, but every model of that class built afterwards in the process (KTO's frozen
+    reference, a reload) fails in forward with "'Qwen2Attention' object has no attribute '_kernel_funcs'".
+    Imported before the context, the classes are created unpatched and zero.Init restores their own
+    (decorated) ``__init__``. Remote-code models are imported by ``from_config`` itself (left as they are).
+    """
+    mapping = getattr(auto_class, "_model_mapping", None)
+    if mapping is not None and type(config) in mapping:
+        mapping[type(config)]  # the lookup imports the modeling module
+
+
 def build_zero3_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implementation: str,
                       precision: Precision) -> nn.Module:
     """The HF model with its parameters partitioned over the ranks from the start (ZeRO-3): constructed under
@@ -228,10 +263,13 @@ def build_zero3_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implemen
                   else random_init_config(cfg, tokenizer))
         if folder is None:
             torch.manual_seed(cfg.train.seed)
+        auto_class = class_for_method(cfg, AutoModelForCausalLM)
+        import_model_classes(auto_class, config)
         # Our own zero.Init (transformers' would also draw the tied output matrix that tying discards, shifting
         # every later random number away from the plain build's).
-        with initialization.no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype):
-            model = class_for_method(cfg, AutoModelForCausalLM).from_config(
+        with initialization.no_init_weights(), deepspeed.zero.Init(config_dict_or_path=ds_config,
+                                                                    dtype=zero_init_dtype(dtype, ds_config)):
+            model = auto_class.from_config(
                 config, attn_implementation=attn_implementation, dtype=dtype,
                 trust_remote_code=m.trust_remote_code)
         for name in getattr(model, "all_tied_weights_keys", None) or {}:

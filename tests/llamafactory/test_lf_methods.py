@@ -12,7 +12,9 @@ import yaml
 
 from launcher.cli import main as cli_main
 from launcher.config.llamafactory import translate
-from launcher.paths import SHIPPED_LF_DATA
+from tests.conftest import SHARED_DEMO
+
+needs_lf_data = pytest.mark.skipif(not SHARED_DEMO.is_dir(), reason=f"no LLaMA-Factory demo data at {SHARED_DEMO}")
 
 COMMON = {"stage": "sft", "do_train": True, "dataset": "alpaca_en_demo", "template": "qwen", "cutoff_len": 2048,
           "max_samples": 1000, "overwrite_cache": True, "preprocessing_num_workers": 16, "dataloader_num_workers": 4,
@@ -44,7 +46,7 @@ EXPECTED = {
 
 def lf_file(model, out: Path, name: str, **extra) -> dict:
     return {"model_name_or_path": str(model), "trust_remote_code": True, **COMMON, **EXAMPLES[name],
-            "dataset_dir": str(SHIPPED_LF_DATA), "output_dir": str(out / "saves" / name), **extra}
+            "dataset_dir": str(SHARED_DEMO), "output_dir": str(out / "saves" / name), **extra}
 
 
 def values(overrides: list) -> dict:
@@ -91,6 +93,7 @@ def test_method_keys_and_their_notes(tmp_path):
     assert any("unused with disable_gradient_checkpointing: true" in n for n in t.notes)
 
 
+@needs_lf_data
 @pytest.mark.parametrize("name", list(EXAMPLES))
 def test_example_passes_the_dry_run_with_the_tiny_model(tmp_path, tiny_hf_model, capsys, name):
     path = tmp_path / "lf.yaml"
@@ -108,6 +111,7 @@ def test_example_passes_the_dry_run_with_the_tiny_model(tmp_path, tiny_hf_model,
         assert m["token_loss"]["name"] == name
 
 
+@needs_lf_data
 def test_llama_pro_layer_count_that_does_not_divide_is_refused_at_the_dry_run(tmp_path, tiny_hf_model, capsys):
     path = tmp_path / "lf.yaml"
     path.write_text(yaml.safe_dump(lf_file(tiny_hf_model, tmp_path, "llama_pro", freeze_trainable_layers=3)))

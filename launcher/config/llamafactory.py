@@ -74,6 +74,8 @@ UNSUPPORTED = {
     "predict_with_generate": "not supported in training: run `launcher predict RUN_DIR` after training",
     "neftune_noise_alpha": "not supported yet: NEFTune; remove the key",
     "upcast_layernorm": "not supported: remove the key",
+    "mixture_of_depths": "not supported: mixture-of-depths (LLaMA-Factory converts the model with the MoD package,"
+                         " whose model classes are not transformers'); remove the key",
     "adapter_name_or_path": "not supported yet: starting from an existing adapter; merge it first (llamafactory-cli export) and train from the merged model",
 }
 

@@ -59,6 +59,10 @@ RANGES: dict[str, Range] = {
     # A Qwen-VL image is at least one merged 2x2 patch of 14-16 px, so fewer pixels than that cannot be asked for.
     "data.image_max_pixels": Range(1024, phrase="at least 1024 pixels (32 x 32)"),
     "data.image_min_pixels": Range(1024, phrase="at least 1024 pixels (32 x 32)"),
+    "data.video_max_pixels": Range(256, phrase="at least 256 pixels (16 x 16)"),
+    "data.video_min_pixels": AT_LEAST_1,
+    "data.video_fps": POSITIVE,
+    "data.video_maxlen": AT_LEAST_1,
     "data.max_samples": AT_LEAST_1,
     "data.num_proc": AT_LEAST_1,
     "data.preprocess_batch_size": AT_LEAST_1,

@@ -44,19 +44,26 @@ def run_recipe(recipe_cls, run_dir: Path, evaluations: bool = True, stop_signals
     from launcher.training.watchdog import start_watchdog
 
     cfg = load_run_config(run_dir)
+    rank = int(os.environ.get("RANK", 0))
+    # Rank 0 locks the run dir before anything is written there (the progress files included), so that a second
+    # process started on a live run leaves its files alone; the other ranks learn a refusal after the rendezvous.
+    early_lock, early_refusal = lock_run_dir(run_dir) if rank == 0 else (None, None)
     # Before the process group: a rendezvous that never completes is a stall too.
-    watchdog = start_watchdog(run_dir, int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                              cfg.train.stall_timeout_s, cfg.train.startup_stall_timeout_s)
+    watchdog = None
+    if early_refusal is None:
+        watchdog = start_watchdog(run_dir, rank, int(os.environ.get("WORLD_SIZE", 1)), cfg.train.stall_timeout_s,
+                                  cfg.train.startup_stall_timeout_s)
     recipe = None
-    lock = None
+    lock = early_lock
     try:
         dist_info = init_distributed(cfg.parallelism.backend, cpu_offload=uses_cpu_offload_group(cfg.parallelism))
-        watchdog.device_type = dist_info.device.type
+        if watchdog is not None:
+            watchdog.device_type = dist_info.device.type
         setup_logging(dist_info.rank)
+        lock = hold_run(dist_info, early_lock, early_refusal)
         if dist_info.is_main:
             progress.record_attempt(run_dir, dist_info.world_size)
         progress.report(progress.DATA)
-        lock = hold_run(run_dir, dist_info)
         recipe = recipe_cls(cfg, run_dir, dist_info)
         recipe.stop_flag = stop_flag
         recipe.evaluations = evaluations
@@ -70,25 +77,31 @@ def run_recipe(recipe_cls, run_dir: Path, evaluations: bool = True, stop_signals
         destroy_distributed()
         if lock is not None:
             lock.release()
-        watchdog.stop()
+        if watchdog is not None:
+            watchdog.stop()
         progress.stop_progress()
     return summary
 
 
-def hold_run(run_dir: Path, dist_info):
-    """Rank 0 locks the run dir for this run (launcher/process_lock.py); every rank learns whether it could,
-    so that a refused run ends on every rank with the same one line, before anything is written."""
-    from launcher.engines.distributed import broadcast_object
+def lock_run_dir(run_dir: Path):
+    """(the run dir's lock, None) or (None, the one-line refusal): launcher/process_lock.py, taken by rank 0."""
     from launcher.process_lock import hold_run_dir
 
-    lock, refusal = None, None
-    if dist_info.is_main:
-        try:
-            lock = hold_run_dir(run_dir)
-        except LauncherError as exc:
-            refusal = str(exc)
-    refusal = broadcast_object(refusal)
+    try:
+        return hold_run_dir(run_dir), None
+    except LauncherError as exc:
+        return None, str(exc)
+
+
+def hold_run(dist_info, lock, refusal: Optional[str]):
+    """Every rank learns whether rank 0 could lock the run dir, so that a refused run ends on every rank with the
+    same one line, before anything is written."""
+    from launcher.engines.distributed import broadcast_object
+
+    refusal = broadcast_object(refusal if dist_info.is_main else None)
     if refusal:
+        if lock is not None:
+            lock.release()
         raise LauncherError(refusal)
     return lock
 

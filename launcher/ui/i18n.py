@@ -27,8 +27,8 @@ LABELS = {
     "lx_field_data_cutoff_len": ("cutoff length", "截断长度"),
     "lx_field_data_packing": ("packing", "序列打包"),
     "lx_field_method_lora_r": ("LoRA rank r", "LoRA 秩 r"),
-    "lx_field_method_lora_alpha": ("LoRA alpha", "LoRA alpha"),
-    "lx_field_method_dpo_beta": ("DPO beta", "DPO beta"),
+    "lx_field_method_lora_alpha": ("LoRA alpha", "LoRA 缩放系数 alpha"),
+    "lx_field_method_dpo_beta": ("DPO beta", "DPO beta 参数"),
     "lx_field_method_dpo_loss_type": ("DPO loss type", "DPO 损失类型"),
     "lx_field_cluster_nodes": ("nodes", "节点数"),
     "lx_field_cluster_nproc_per_node": ("processes per node", "每节点进程数"),
@@ -90,7 +90,7 @@ LABELS = {
     "lx_batch_size": ("batch size", "批大小"),
     "lx_max_new_tokens": ("max new tokens", "最大生成长度"),
     "lx_temperature": ("temperature (0: greedy)", "温度（0：贪心）"),
-    "lx_top_p": ("top-p", "Top-p"),
+    "lx_top_p": ("top-p", "Top-p 采样值"),
     "lx_scores": ("scores (ROUGE, BLEU-4, exact match; %)", "得分（ROUGE、BLEU-4、精确匹配；%）"),
     "lx_predictions_file": ("predictions file", "预测结果文件"),
     "lx_export_help": ("**Export**: a Hugging Face folder (LoRA merged) or one GGUF file; an existing target is "
@@ -116,7 +116,7 @@ LABELS = {
     "lx_field_method_lora_plus_lr_ratio": ("LoRA+ ratio (empty: off)", "LoRA+ 学习率比例（留空：关闭）"),
     "lx_field_method_lora_target_modules": ("LoRA targets (all, or q_proj,v_proj)", "LoRA 作用模块（all 或 q_proj,v_proj）"),
     "lx_field_method_lora_quantize": ("quantization (QLoRA)", "量化（QLoRA）"),
-    "lx_field_method_kto_beta": ("KTO beta", "KTO beta"),
+    "lx_field_method_kto_beta": ("KTO beta", "KTO beta 参数"),
 }
 
 LANGUAGES = ("en", "zh-CN")

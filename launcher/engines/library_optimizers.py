@@ -116,7 +116,37 @@ def apollo_optimizer(model: nn.Module, method, groups: list[dict]) -> torch.opti
     return LayerwiseOptimizer(groups, make) if a.layerwise else make(groups)
 
 
-class LayerwiseOptimizer(torch.optim.Optimizer):
+class OptimizerChain(torch.optim.Optimizer):
+    """Several optimizers stepped, zeroed, saved and loaded as one, over disjoint parameters."""
+
+    def __init__(self, optimizers: Iterable[torch.optim.Optimizer]):
+        self.optimizers = list(optimizers)
+        # The children's group dicts themselves: the lr schedule writes group["lr"] where the children read it.
+        super().__init__([g for o in self.optimizers for g in o.param_groups], {})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for optimizer in self.optimizers:
+            optimizer.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for optimizer, state in zip(self.optimizers, state_dict["optimizers"], strict=True):
+            optimizer.load_state_dict(state)
+        # torch's load_state_dict gives each child new group dicts: share those, or the schedule's lr would go to
+        # the old ones and the children would keep the loaded lr.
+        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
+
+
+class LayerwiseOptimizer(OptimizerChain):
     """Layer-wise GaLore/APOLLO (LLaMA-Factory's galore_layerwise): one optimizer per parameter, stepped and
     zeroed by a hook as soon as backward has accumulated that parameter's gradient, so the full set of gradients
     never exists at once. The loop's ``step`` and ``zero_grad`` then have nothing left to do, and gradient
@@ -127,11 +157,7 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     parameter order."""
 
     def __init__(self, groups: list[dict], make):
-        self.optimizers = []
-        for group in groups:
-            for p in group["params"]:
-                self.optimizers.append(make([{**group, "params": [p]}]))
-        super().__init__([g for o in self.optimizers for g in o.param_groups], {})
+        super().__init__(make([{**group, "params": [p]}]) for group in groups for p in group["params"])
         for optimizer in self.optimizers:
             param = optimizer.param_groups[0]["params"][0]
             param.register_post_accumulate_grad_hook(self._stepper(optimizer))
@@ -149,16 +175,6 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         pass
-
-    def state_dict(self) -> dict:
-        return {"optimizers": [o.state_dict() for o in self.optimizers]}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        for optimizer, state in zip(self.optimizers, state_dict["optimizers"], strict=True):
-            optimizer.load_state_dict(state)
-        # torch's load_state_dict gives each child new group dicts: share those, or the schedule's lr would go to
-        # the old ones and the children would keep the loaded lr.
-        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
 
 
 def place_projectors(optimizer: torch.optim.Optimizer) -> None:
@@ -243,36 +259,6 @@ def adam_mini_optimizer(model: nn.Module, method) -> torch.optim.Optimizer:
 
 
 # ------------------------------------------------------------------------------------- Muon
-
-
-class OptimizerChain(torch.optim.Optimizer):
-    """Several optimizers stepped, zeroed, saved and loaded as one, over disjoint parameters."""
-
-    def __init__(self, optimizers: Iterable[torch.optim.Optimizer]):
-        self.optimizers = list(optimizers)
-        # The children's group dicts themselves: the lr schedule writes group["lr"] where the children read it.
-        super().__init__([g for o in self.optimizers for g in o.param_groups], {})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = closure() if closure is not None else None
-        for optimizer in self.optimizers:
-            optimizer.step()
-        return loss
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for optimizer in self.optimizers:
-            optimizer.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict:
-        return {"optimizers": [o.state_dict() for o in self.optimizers]}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        for optimizer, state in zip(self.optimizers, state_dict["optimizers"], strict=True):
-            optimizer.load_state_dict(state)
-        # torch's load_state_dict gives each child new group dicts: share those, or the schedule's lr would go to
-        # the old ones and the children would keep the loaded lr.
-        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
 
 
 def muon_split(model: nn.Module) -> tuple[list, list]:

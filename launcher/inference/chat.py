@@ -92,20 +92,14 @@ def chat_loop(session, log: TurnLog, stdin: TextIO, stdout: TextIO, stderr: Text
                 session.reset(system=rest.strip() or None, keep_system=False)
                 log.write({"event": "system", "system": session.system})
                 stdout.write(f"(system prompt {'set' if session.system else 'cleared'}; conversation cleared)\n")
-            elif command == "/image":
+            elif command in ("/image", "/video"):
                 from launcher.errors import LauncherError
 
+                kind = command[1:]
+                attach = session.attach if kind == "image" else session.attach_video
                 try:
-                    session.attach(rest.strip())
-                    stdout.write(f"(image {rest.strip()} attached to your next message)\n")
-                except LauncherError as exc:
-                    stdout.write(f"error: {exc}\n")
-            elif command == "/video":
-                from launcher.errors import LauncherError
-
-                try:
-                    session.attach_video(rest.strip())
-                    stdout.write(f"(video {rest.strip()} attached to your next message)\n")
+                    attach(rest.strip())
+                    stdout.write(f"({kind} {rest.strip()} attached to your next message)\n")
                 except LauncherError as exc:
                     stdout.write(f"error: {exc}\n")
             elif command == "/history":

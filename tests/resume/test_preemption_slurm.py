@@ -94,8 +94,8 @@ def shared_root(tmp_path_factory, slurm_cluster):
 
 
 @pytest.fixture(scope="module")
-def jobs(shared_root):
-    """Every job of this module, submitted at once so that they run side by side: an uninterrupted
+def jobs(shared_root, slurm_reference_job):
+    """Every job of this module, submitted at once so that they run side by side: the session's uninterrupted
     reference, one to signal, one to kill inside a checkpoint write (it stalls there until killed)."""
     # A decoy of the same name beside them, with a complete checkpoint further on: a requeued job that looked
     # for "the latest run" instead of its own run dir would jump to step 35.
@@ -109,7 +109,7 @@ def jobs(shared_root):
         "kill": launch(shared_root, ["cluster.max_restarts=1",
                                      "+cluster.env.LAUNCHER_TEST_STALL_CHECKPOINT_STEP=20:300",
                                      f"+cluster.env.PYTHONPATH={STALL_HOOK}"]),
-        "reference": launch(shared_root, []),
+        "reference": slurm_reference_job,
         "decoy": (decoy, None),
     }
 

@@ -27,9 +27,9 @@ def root(tmp_path_factory, slurm_cluster):
 
 
 @pytest.fixture(scope="module")
-def jobs(root):
-    """Submitted side by side: the run to signal and the uninterrupted reference."""
-    return {"term": launch(root, ["cluster.max_requeues=1"]), "reference": launch(root, [])}
+def jobs(root, slurm_reference_job):
+    """The run to signal and the session's uninterrupted reference (already done when the other module ran)."""
+    return {"term": launch(root, ["cluster.max_requeues=1"]), "reference": slurm_reference_job}
 
 
 def reference_run(jobs):

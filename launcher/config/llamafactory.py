@@ -37,7 +37,7 @@ from launcher.errors import ConfigError
 # (qwen3, qwen2_vl, llama4, ...) render too, and the run log says so.
 TEMPLATES = {"qwen": "qwen", "qwen2_5": "qwen", "chatml": "chatml", "llama3": "llama3", "mistral": "mistral",
              "empty": "plain", "qwen2_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl",
-             "qwen3_vl_nothink": "qwen3_vl_nothink"}
+             "qwen3_vl_nothink": "qwen3_vl_nothink", "qwen2_audio": "qwen2_audio"}
 
 # LLaMA-Factory's stock DeepSpeed files (examples/deepspeed/): when a file of that name is not found where
 # the YAML says, its well-known content (stage, offload) is used, with a note.

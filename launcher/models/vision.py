@@ -372,4 +372,8 @@ def auto_class_for(folder) -> type:
         from launcher.models.reward import reward_model_class
 
         return reward_model_class()
+    if model_type == "qwen2_audio":  # launcher.models.audio's family (its auto class: multimodal LMs)
+        from transformers import AutoModelForMultimodalLM
+
+        return AutoModelForMultimodalLM
     return AutoModelForImageTextToText if model_type in VL_ARCHS else AutoModelForCausalLM

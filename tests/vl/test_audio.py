@@ -1,0 +1,163 @@
+"""Audio (LLaMA-Factory's ``audios`` column and ``<audio>``) for Qwen2-Audio: token rows equal LF 0.9.5's on
+mllm_audio_demo (fixtures/make_lf_audio_reference.py), the features are LF's (resampling and log-mel), the
+tiny model trains on them (LoRA and full) and chats with an audio file, and bad audio is one line naming the
+row, in build_datasets and in the dry run."""
+import json
+import math
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from launcher.checks.data import check_datasets
+from launcher.checks.problems import Problems
+from launcher.data import build_datasets
+from launcher.errors import DataError
+from tests.vl.helpers import lf_demo_dir, tokenizer_for, vl_config
+
+DEMO = lf_demo_dir()
+AUDIO_FIXTURE = Path(__file__).with_name("fixtures") / "lf_mllm_audio_demo.json"
+MODEL = "tiny_qwen2_audio"
+ENTRY = {"formatting": "sharegpt", "columns": {"messages": "messages", "audios": "audios"},
+         "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}
+needs_demo = pytest.mark.skipif(DEMO is None, reason="LLaMA-Factory demo data not found (../shared/datasets)")
+
+
+def run_length_decoded(ids: list) -> list:
+    return [t for x in ids for t in ([x[0]] * x[1] if isinstance(x, list) else [x])]
+
+
+def write_wav(path: Path, seconds: float, rate: int = 22050, channels: int = 2) -> Path:
+    """A tone as 16-bit PCM WAV (stdlib only)."""
+    n = int(round(seconds * rate))
+    t = np.arange(n) / rate
+    tone = (0.3 * np.sin(2 * math.pi * 440 * t) * 32767).astype(np.int16)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(np.repeat(tone[:, None], channels, axis=1).tobytes())
+    return path
+
+
+def write(folder: Path, rows: list) -> None:
+    (folder / "d.json").write_text(json.dumps(rows))
+    (folder / "dataset_info.json").write_text(json.dumps({"d": dict(ENTRY, file_name="d.json")}))
+
+
+def turn(text: str, answer: str = "A tone.") -> list:
+    return [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
+
+
+@needs_demo
+def test_mllm_audio_demo_equals_llamafactory():
+    fixture = json.loads(AUDIO_FIXTURE.read_text())
+    expected = fixture["templates"]["qwen2_audio"]
+    bundle = build_datasets(vl_config(MODEL, DEMO, ["mllm_audio_demo"], cutoff_len=8192), tokenizer_for(MODEL))
+    assert bundle.stats["template"] == "qwen2_audio"  # the model family's, as LF users name it
+    assert len(bundle.train) == len(expected) == 3
+    for k, (ours, lf) in enumerate(zip(bundle.train, expected)):
+        assert ours["input_ids"] == run_length_decoded(lf["input_ids"]), f"row {k}"
+        assert ours["labels"] == run_length_decoded(lf["labels"]), f"row {k}"
+        assert [g[0] for g in ours["audio_grid"]] == lf["samples"], f"row {k}"
+        assert [g[1] for g in ours["audio_grid"]] == lf["feature_frames"], f"row {k}"
+        assert [g[2] for g in ours["audio_grid"]] == lf["audio_tokens"], f"row {k}"
+    assert bundle.stats["audios"] == 3
+    assert bundle.stats["audio_tokens"] == sum(sum(r["audio_tokens"]) for r in expected)
+    # the features LF's feature extractor makes of LF's resampled waveform (sums over 128 x 3000 log-mels)
+    batch = bundle.collate([bundle.train[k] for k in range(3)])
+    assert batch["input_features"].shape == (3, 128, 3000)
+    assert batch["feature_attention_mask"].sum(-1).tolist() == [r["feature_frames"][0] for r in expected]
+    sums = batch["input_features"].double().sum((1, 2)).tolist()
+    assert sums == pytest.approx([r["feature_sum"][0] for r in expected], rel=1e-4)
+
+
+def test_resample_is_torchaudios():
+    """Lengths follow torchaudio's ceil(n * new / old), and a tone keeps its frequency and level."""
+    import torch
+
+    from launcher.data.audio import resample
+
+    rate = 44100
+    t = torch.arange(rate) / rate
+    tone = torch.sin(2 * math.pi * 440 * t)[None]
+    out = resample(tone, rate, 16000)
+    assert out.shape == (1, math.ceil(rate * 160 / 441))
+    spectrum = torch.fft.rfft(out[0, 1000:15000]).abs()
+    assert abs(int(spectrum.argmax()) * 16000 / 14000 - 440) < 2
+    assert float(out[0, 1000:15000].abs().max()) == pytest.approx(1.0, abs=0.02)
+    assert resample(tone, rate, rate) is tone
+
+
+def test_wav_rows_tokens_and_preview(tmp_path, capsys):
+    """A stereo 22.05 kHz WAV: mono at 16 kHz, ceil(samples / 160) frames, tokens as the tower counts them;
+    ``launcher data preview`` shows its seconds and tokens."""
+    from launcher.data.cli import data_main
+
+    write_wav(tmp_path / "a.wav", 2.0)
+    write(tmp_path, [{"messages": turn("<audio>What is it?"), "audios": ["a.wav"]}])
+    bundle = build_datasets(vl_config(MODEL, tmp_path, ["d"]), tokenizer_for(MODEL))
+    row = bundle.train[0]
+    samples = math.ceil(44100 * 160 / 441)
+    frames = math.ceil(samples / 160)
+    tokens = ((frames - 1) // 2 + 1 - 2) // 2 + 1
+    assert row["audio_grid"] == [[samples, frames, tokens]]
+    assert row["input_ids"].count(151646) == tokens and tokens == 50
+    assert all(y == -100 for t, y in zip(row["input_ids"], row["labels"]) if t in (151646, 151647, 151648))
+    assert data_main(["preview", "-n", "1", "--color", "never", f"model={MODEL}", f"data.dataset_dir={tmp_path}",
+                      "data.datasets=[d]", "data.use_cache=false"]) == 0
+    out = capsys.readouterr().out
+    assert f"audio 0: 2.00 s, {frames} frames -> {tokens} tokens" in out
+    assert f"<|audio_bos|><|AUDIO|>*{tokens}<|audio_eos|>What is it?" in out
+
+
+BAD = [
+    ("missing", r"row 1 .*audio file not found: .*nope\.wav"),
+    ("not_audio", r"row 1 .*not audio FFmpeg can read"),
+    ("empty", r"row 1 .*has no samples \(0 s\)"),
+    ("count", r"row 1 .*1 <audio> placeholder\(s\) but 2 audio\(s\)"),
+    ("long", r"row 1 .*is 31\.0 s but the model hears at most 30 s"),
+    ("budget", r"row 1 .*audio 0 \(.*a\.wav, 2\.0 s\) takes 52 tokens but data\.cutoff_len is 40"),
+    ("text_model", r"row 1 .*the row has audios but model .* has no audio tower"),
+]
+
+
+def bad_rows(tmp_path: Path, case: str) -> tuple[list, dict]:
+    write_wav(tmp_path / "a.wav", 2.0)
+    audio, text, extra = "a.wav", "<audio>What is it?", {}
+    if case == "missing":
+        audio = "nope.wav"
+    elif case == "not_audio":
+        (tmp_path / "bad.wav").write_text("not audio at all")
+        audio = "bad.wav"
+    elif case == "empty":
+        write_wav(tmp_path / "empty.wav", 0.0)
+        audio = "empty.wav"
+    elif case == "long":
+        write_wav(tmp_path / "long.wav", 31.0, rate=8000, channels=1)
+        audio = "long.wav"
+    elif case == "budget":
+        extra = {"cutoff_len": 40}
+    audios = [audio, "a.wav"] if case == "count" else [audio]
+    return [{"messages": turn(text), "audios": audios}], extra
+
+
+@pytest.mark.parametrize("case,message", BAD, ids=[c for c, _ in BAD])
+def test_bad_audio_is_one_line_naming_the_row(tmp_path, case, message):
+    rows, extra = bad_rows(tmp_path, case)
+    write(tmp_path, rows)
+    model = "tiny_qwen2_vl" if case == "text_model" else MODEL
+    with pytest.raises(DataError, match=message) as caught:
+        build_datasets(vl_config(model, tmp_path, ["d"], **extra), tokenizer_for(model))
+    assert "\n" not in str(caught.value).strip()
+
+
+@pytest.mark.parametrize("case,message", [BAD[0], BAD[2], BAD[4]], ids=["missing", "empty", "long"])
+def test_dry_run_names_the_bad_audio(tmp_path, case, message):
+    rows, extra = bad_rows(tmp_path, case)
+    write(tmp_path, rows)
+    problems = Problems()
+    check_datasets(vl_config(MODEL, tmp_path, ["d"], **extra), problems)
+    assert any(__import__("re").search(message.replace("row 1 .*", ""), str(p)) for p in problems.errors), \
+        problems.errors

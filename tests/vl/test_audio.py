@@ -113,13 +113,13 @@ def test_wav_rows_tokens_and_preview(tmp_path, capsys):
 
 
 BAD = [
-    ("missing", r"row 1 .*audio file not found: .*nope\.wav"),
-    ("not_audio", r"row 1 .*not audio FFmpeg can read"),
-    ("empty", r"row 1 .*has no samples \(0 s\)"),
-    ("count", r"row 1 .*1 <audio> placeholder\(s\) but 2 audio\(s\)"),
-    ("long", r"row 1 .*is 31\.0 s but the model hears at most 30 s"),
-    ("budget", r"row 1 .*audio 0 \(.*a\.wav, 2\.0 s\) takes 52 tokens but data\.cutoff_len is 40"),
-    ("text_model", r"row 1 .*the row has audios but model .* has no audio tower"),
+    ("missing", r"row 0: .*audio file not found: .*nope\.wav"),
+    ("not_audio", r"row 0: .*not audio FFmpeg can read"),
+    ("empty", r"row 0: .*has no samples \(0 s\)"),
+    ("count", r"row 0: 1 <audio> placeholder\(s\) in the text but 2 audios"),
+    ("long", r"row 0: .*is 31\.0 s but the model hears at most 30 s"),
+    ("budget", r"row 0: .*audio 0 \(.*a\.wav, 2\.0 s\) takes 52 tokens but data\.cutoff_len is 40"),
+    ("text_model", r"row 0: .*the row has audios but model .* has no audio tower"),
 ]
 
 
@@ -158,6 +158,6 @@ def test_dry_run_names_the_bad_audio(tmp_path, case, message):
     rows, extra = bad_rows(tmp_path, case)
     write(tmp_path, rows)
     problems = Problems()
-    check_datasets(vl_config(MODEL, tmp_path, ["d"], **extra), problems)
-    assert any(__import__("re").search(message.replace("row 1 .*", ""), str(p)) for p in problems.errors), \
+    check_datasets(problems, vl_config(MODEL, tmp_path, ["d"], **extra))
+    assert any(__import__("re").search(message.replace("row 0: .*", ""), str(p)) for p in problems.errors), \
         problems.errors

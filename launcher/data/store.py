@@ -329,7 +329,7 @@ class TokenRows(Sequence):
         input_ids, labels, position_ids, lengths = [], [], [], []
         images, grids, per_segment = [], [], []
         videos: dict = {"videos": [], "video_grid_thw": [], "video_second_per_grid": [], "segment_videos": []}
-        audios: dict = {"audios": [], "audio_grid": []}
+        audios: dict = {"audios": [], "audio_grid": [], "segment_audios": []}
         for r in records:
             ids, labs = self.tokens.row(int(r))
             input_ids += ids
@@ -347,8 +347,10 @@ class TokenRows(Sequence):
                     videos[key] += value
                 videos["segment_videos"].append(len(record_videos["videos"]))
             if self.tokens.has_audios:
-                for key, value in self.tokens.audios(int(r)).items():
+                record_audios = self.tokens.audios(int(r))
+                for key, value in record_audios.items():
                     audios[key] += value
+                audios["segment_audios"].append(len(record_audios["audios"]))
         row = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "segment_lengths": lengths}
         if self.tokens.has_images:  # images in order, with how many belong to each sample (its own 3-D positions)
             row.update(images=images, image_grid_thw=grids, segment_images=per_segment)

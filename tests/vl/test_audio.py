@@ -99,7 +99,7 @@ def test_wav_rows_tokens_and_preview(tmp_path, capsys):
     write(tmp_path, [{"messages": turn("<audio>What is it?"), "audios": ["a.wav"]}])
     bundle = build_datasets(vl_config(MODEL, tmp_path, ["d"]), tokenizer_for(MODEL))
     row = bundle.train[0]
-    samples = math.ceil(44100 * 160 / 441)
+    samples = math.ceil(44100 * 320 / 441)  # 2 s at 22.05 kHz -> 16 kHz (divided by their gcd: 441 -> 320)
     frames = math.ceil(samples / 160)
     tokens = ((frames - 1) // 2 + 1 - 2) // 2 + 1
     assert row["audio_grid"] == [[samples, frames, tokens]]

@@ -213,7 +213,10 @@ def check_template_resolution(problems: Problems, cfg: Config) -> None:
         tokenizer = load_tokenizer(cfg.model)
     except Exception:  # noqa: BLE001 - a best-effort look: the tokenizer's files are checked above, and
         return  # training loads it (and says what is wrong with it) before any step
-    renderer, note = choose_renderer(tokenizer, template_request(cfg.data, kind, vision_info(cfg.model), tokenizer))
+    from launcher.models.audio import audio_info
+
+    family = vision_info(cfg.model) or audio_info(cfg.model)
+    renderer, note = choose_renderer(tokenizer, template_request(cfg.data, kind, family, tokenizer))
     if note:
         problems.warnings.append(f"data.template: {note} (training does the same; set data.template to choose)")
 

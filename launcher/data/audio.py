@@ -96,11 +96,11 @@ class AudioPlan:
 
 
 def decode_audio(path: str, where: str):
-    """([channels, samples] float32 tensor, sample rate): every frame of the first audio stream, FFmpeg's
-    decode through PyAV (what torchaudio.load / TorchCodec returns)."""
+    """([channels, samples] float32 numpy array, sample rate): every frame of the first audio stream, FFmpeg's
+    decode through PyAV (what torchaudio.load / TorchCodec returns). No torch here: tokenization runs in forked
+    workers, where a torch op after the parent's thread pool started can hang."""
     import av
     import numpy as np
-    import torch
 
     if not Path(path).is_file():
         raise DataError(f"{where}: audio file not found: {path}; paths are relative to data.dataset_dir")
@@ -126,7 +126,7 @@ def decode_audio(path: str, where: str):
         container.close()
     if not chunks or not rate:
         raise DataError(f"{where}: audio {path} has no samples (0 s); replace the file or remove the row")
-    return torch.from_numpy(np.concatenate(chunks, axis=1).astype(np.float32)), int(rate)
+    return np.concatenate(chunks, axis=1).astype(np.float32), int(rate)
 
 
 def _sinc_kernel(orig: int, new: int, dtype, width_zeros: int = 6, rolloff: float = 0.99):
@@ -165,9 +165,21 @@ def resample(waveform, orig_freq: int, new_freq: int):
     return out[..., :target].reshape(shape[:-1] + (min(target, out.shape[-1]),))
 
 
+def resampled_length(samples: int, orig_freq: int, new_freq: int) -> int:
+    """The samples ``resample`` makes of ``samples`` (torchaudio's ceil(samples * new / orig), gcd-reduced)."""
+    if orig_freq == new_freq:
+        return samples
+    gcd = math.gcd(int(orig_freq), int(new_freq))
+    return int(math.ceil((new_freq // gcd) * samples / (orig_freq // gcd)))
+
+
 def load_waveform(path: str, sampling_rate: int, where: str):
-    """LF's ``_regularize_audios``: mono (the mean of the channels) at ``sampling_rate``, as a float32 numpy array."""
-    audio, rate = decode_audio(path, where)
+    """LF's ``_regularize_audios``: mono (the mean of the channels) at ``sampling_rate``, as a float32 numpy array
+    (per batch, in the data-loader workers, which run torch on one thread)."""
+    import torch
+
+    decoded, rate = decode_audio(path, where)
+    audio = torch.from_numpy(decoded)
     if audio.shape[0] > 1:
         audio = audio.mean(dim=0, keepdim=True)
     if rate != sampling_rate:
@@ -185,8 +197,8 @@ def audio_tokens_of(frames: int) -> int:
 
 def plan_audio(source: str, audio: AudioData, where: str) -> AudioPlan:
     """The samples, frames and tokens of one audio; audio longer than the model hears is refused."""
-    wave = load_waveform(source, audio.sampling_rate, where)
-    samples = int(wave.shape[0])
+    decoded, rate = decode_audio(source, where)  # the length only: resampling waits for the batch
+    samples = resampled_length(int(decoded.shape[1]), rate, audio.sampling_rate)
     if samples == 0:
         raise DataError(f"{where}: audio {source} has no samples (0 s); replace the file or remove the row")
     seconds = samples / audio.sampling_rate

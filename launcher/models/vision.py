@@ -233,6 +233,10 @@ def save_vision_files(out: Path, cfg, tokenizer) -> None:
     info = vision_info(cfg.model)
     if info is not None:
         save_processor_files(out, build_image_processor(info), tokenizer, info)
+    else:  # an audio model's feature extractor and audio chat template (nothing for a text model)
+        from launcher.models.audio import save_audio_files
+
+        save_audio_files(out, cfg)
 
 
 def is_vision_model(model) -> bool:

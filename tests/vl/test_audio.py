@@ -205,3 +205,11 @@ def test_trains_on_mllm_audio_demo_exports_and_chats(tmp_path, method):
     assert prompt.count("<|audio_bos|>") == 1 and prompt.count("<|AUDIO|>") == 73 and session.audios == [clip]
     with pytest.raises(DataError, match="/audio: audio file not found"):
         session.attach_audio(str(DEMO / "missing.wav"))
+    # the held-out exact-match check generates with the samples' audio (the trainer's train.exact_match_samples)
+    from launcher.inference.generation import exact_match_eval
+
+    sample = {"messages": [{"role": "user", "content": "<audio>What can you hear?"},
+                           {"role": "assistant", "content": "A woman is coughing."}], "audios": [clip]}
+    scored = exact_match_eval(reloaded, recipe.tokenizer, [sample] * 2, 3, torch.device("cpu"),
+                              prompt_renderer(recipe.tokenizer, recipe.cfg))
+    assert scored["n"] == 2 and scored["examples"][0]["prediction"] == scored["examples"][1]["prediction"]

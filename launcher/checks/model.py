@@ -84,9 +84,9 @@ def check_hub_model(problems, cfg: Config) -> None:
     )
 
 
-BUILTIN_TOKENIZERS = ("builtin:chars", "builtin:qwen")  # both carry a chat template
+BUILTIN_TOKENIZERS = ("builtin:chars", "builtin:qwen", "builtin:qwen2_audio")  # all carry a chat template
 # Vocab sizes of the builtin tokenizers, for the memory estimate of random-init models.
-BUILTIN_VOCAB = {"builtin:chars": 512, "builtin:qwen": 151_669}
+BUILTIN_VOCAB = {"builtin:chars": 512, "builtin:qwen": 151_669, "builtin:qwen2_audio": 151_669}
 
 
 # ------------------------------------------------------------------------------------- config

@@ -74,6 +74,10 @@ UNSUPPORTED = {
     "predict_with_generate": "not supported in training: run `launcher predict RUN_DIR` after training",
     "neftune_noise_alpha": "not supported yet: NEFTune; remove the key",
     "upcast_layernorm": "not supported: remove the key",
+    "use_audio_in_video": "not supported: a video's audio track interleaved with its frames is the Qwen2.5-Omni"
+                          " thinker's, which is not supported (audio trains Qwen2-Audio); remove the key",
+    "audio_sampling_rate": "not supported: audio is resampled to the model's feature extractor's rate (16 kHz for"
+                           " Qwen2-Audio, LF's default; another rate fails in its feature extractor); remove the key",
     "mixture_of_depths": "not supported: mixture-of-depths (LLaMA-Factory converts the model with the MoD package,"
                          " whose model classes are not transformers'); remove the key",
     "adapter_name_or_path": "not supported yet: starting from an existing adapter; merge it first (llamafactory-cli export) and train from the merged model",

@@ -35,7 +35,8 @@ class ModelConfig:
     config: dict = field(default_factory=dict)
     """Architecture overrides for random init (hidden_size, num_hidden_layers, ...)."""
     tokenizer: Optional[str] = None
-    """Tokenizer folder or hub id; defaults to name_or_path. ``builtin:chars`` and ``builtin:qwen`` are offline."""
+    """Tokenizer folder or hub id; defaults to name_or_path. ``builtin:chars`` and ``builtin:qwen`` are offline
+    (and ``builtin:qwen2_audio``: Qwen's with Qwen2-Audio's audio tokens)."""
     dtype: str = "auto"
     """auto (bf16 on a GPU that has it, fp32 on CPU), float32, bfloat16, float16."""
     attn_implementation: str = "auto"

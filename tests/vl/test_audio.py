@@ -213,3 +213,35 @@ def test_trains_on_mllm_audio_demo_exports_and_chats(tmp_path, method):
     scored = exact_match_eval(reloaded, recipe.tokenizer, [sample] * 2, 3, torch.device("cpu"),
                               prompt_renderer(recipe.tokenizer, recipe.cfg))
     assert scored["n"] == 2 and scored["examples"][0]["prediction"] == scored["examples"][1]["prediction"]
+
+
+def test_packed_audio_rows_match_their_rows_alone(tmp_path):
+    """Two audio rows packed into one: each audio's features fill its own tokens, and the packed hidden states
+    equal each row's alone (the block mask keeps the samples apart)."""
+    import torch
+
+    from launcher.training.loss import backbone_hidden
+    from tests.vl.helpers import tiny_model
+
+    write_wav(tmp_path / "a.wav", 1.0)
+    write_wav(tmp_path / "b.wav", 0.5, rate=16000, channels=1)
+    write(tmp_path, [{"messages": turn("<audio>First?"), "audios": ["a.wav"]},
+                     {"messages": turn("Second: <audio>", "Shorter."), "audios": ["b.wav"]}])
+    tokenizer = tokenizer_for(MODEL)
+    packed = build_datasets(vl_config(MODEL, tmp_path, ["d"], packing=True, cutoff_len=256), tokenizer)
+    alone = build_datasets(vl_config(MODEL, tmp_path, ["d"]), tokenizer)
+    assert len(packed.train) == 1 and packed.train[0]["audios"] == [str(tmp_path / "a.wav"), str(tmp_path / "b.wav")]
+    model = tiny_model(MODEL).eval()
+
+    def hidden(bundle, rows):
+        batch = bundle.collate(rows)
+        with torch.no_grad():
+            return backbone_hidden(model, batch["input_ids"], batch.get("attention_mask"), batch.get("position_ids"),
+                                   batch)
+
+    together = hidden(packed, [packed.train[0]])[0]
+    start = 0
+    for row in alone.train:
+        n = len(row["input_ids"])
+        assert torch.allclose(together[start: start + n], hidden(alone, [row])[0, :n], atol=1e-4)
+        start += n

@@ -184,7 +184,10 @@ def test_trains_on_mllm_audio_demo_exports_and_chats(tmp_path, method):
     assert len(losses) == 3 and losses[-1] < losses[0], losses
     saved = json.loads((run_dir / "model" / "preprocessor_config.json").read_text())
     assert saved["feature_size"] == 128 and saved["processor_class"] == "Qwen2AudioProcessor"
+    tuned = {n for n, p in recipe.model.named_parameters() if p.requires_grad}
+    assert tuned and not any("audio_tower" in n or "multi_modal_projector" in n for n in tuned)  # LF's defaults
     if method == "lora":
+        assert all("lora_" in n for n in tuned)
         return
     from launcher.export.hf import ExportArgs, export_run
     from launcher.inference.chat_session import ChatSession, GenerationOptions

@@ -42,8 +42,9 @@ def write_wav(path: Path, seconds: float, rate: int = 22050, channels: int = 2) 
 
 
 def write(folder: Path, rows: list) -> None:
+    columns = dict(ENTRY["columns"], **({"videos": "videos"} if any("videos" in r for r in rows) else {}))
     (folder / "d.json").write_text(json.dumps(rows))
-    (folder / "dataset_info.json").write_text(json.dumps({"d": dict(ENTRY, file_name="d.json")}))
+    (folder / "dataset_info.json").write_text(json.dumps({"d": dict(ENTRY, columns=columns, file_name="d.json")}))
 
 
 def turn(text: str, answer: str = "A tone.") -> list:
@@ -120,6 +121,7 @@ BAD = [
     ("long", r"row 0: .*is 31\.0 s but the model hears at most 30 s"),
     ("budget", r"row 0: .*audio 0 \(.*a\.wav, 2\.0 s\) takes 52 tokens but data\.cutoff_len is 40"),
     ("text_model", r"row 0: .*the row has audios but model .* has no audio tower"),
+    ("with_video", r"row 0: the row has audios and videos: a model that takes both \(the Qwen2.5-Omni thinker"),
 ]
 
 
@@ -140,6 +142,8 @@ def bad_rows(tmp_path: Path, case: str) -> tuple[list, dict]:
     elif case == "budget":
         extra = {"cutoff_len": 40}
     audios = [audio, "a.wav"] if case == "count" else [audio]
+    if case == "with_video":  # LF's mllm_video_audio_demo shape
+        return [{"messages": turn("<video>" + text), "audios": audios, "videos": ["a.wav"]}], extra
     return [{"messages": turn(text), "audios": audios}], extra
 
 

@@ -212,6 +212,18 @@ def test_trains_on_mllm_audio_demo_exports_and_chats(tmp_path, method):
     assert prompt.count("<|audio_bos|>") == 1 and prompt.count("<|AUDIO|>") == 73 and session.audios == [clip]
     with pytest.raises(DataError, match="/audio: audio file not found"):
         session.attach_audio(str(DEMO / "missing.wav"))
+    # the terminal loop's /audio (``launcher chat``): attached to the next message, a bad path one line
+    import io
+
+    from launcher.inference.chat import TurnLog, chat_loop
+
+    session.reset()
+    out = io.StringIO()
+    turns = chat_loop(session, TurnLog(None), io.StringIO(f"/audio {clip}\n/audio nope.wav\nWhat is it?\n"), out,
+                      io.StringIO(), False)
+    assert turns == 1 and f"(audio {clip} attached to your next message)" in out.getvalue()
+    assert "error: nope.wav: audio file not found" in out.getvalue() or "audio file not found: nope.wav" in out.getvalue()
+    assert session.audios == [clip] and "<audio>What is it?" in session.history[0]["content"]
     # the held-out exact-match check generates with the samples' audio (the trainer's train.exact_match_samples)
     from launcher.inference.generation import exact_match_eval
 

@@ -80,18 +80,32 @@ def media_checker(cfg: Config) -> Callable:
     from launcher.data.vision import VisionData, check_media, sample_grids, sample_videos
     from launcher.models.vision import build_image_processor, vision_info
 
+    from launcher.models.audio import audio_info
+
     info = vision_info(cfg.model)
+    audio_model = audio_info(cfg.model)
     # as training asks for it (launcher.data.template_request): unset/auto is the VL family's own template
     template = None if cfg.data.template in (None, "auto") else cfg.data.template
     if template is None and info is not None:
         template = info.template
     image_slot = template is None or template in IMAGE_TEMPLATES
-    vision, opened = None, [0]
+    vision, audio, opened = None, None, [0]
 
     def check(sample: dict, where: str) -> None:
-        nonlocal vision
+        nonlocal vision, audio
         check_media(sample, template, image_slot, info is not None, cfg.model.name_or_path or cfg.model.name, where,
-                    info.template if info is not None else None)
+                    info.template if info is not None else None, audio_model=audio_model is not None)
+        if sample.get("audios") and opened[0] < IMAGE_FILE_ROWS:
+            # each audio decoded (its exact length): missing, unreadable, empty, longer than the model hears or
+            # than data.cutoff_len alone
+            from launcher.data.audio import AudioData, sample_audios
+            from launcher.models.audio import build_feature_extractor
+
+            opened[0] += 1
+            if audio is None:
+                extractor = build_feature_extractor(audio_model)
+                audio = AudioData(extractor, extractor.sampling_rate)
+            sample_audios(sample, audio, cfg.data.cutoff_len, where)
         if (sample.get("images") or sample.get("videos")) and opened[0] < IMAGE_FILE_ROWS:
             opened[0] += 1
             if vision is None:

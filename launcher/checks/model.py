@@ -84,9 +84,9 @@ def check_hub_model(problems, cfg: Config) -> None:
     )
 
 
-BUILTIN_TOKENIZERS = ("builtin:chars", "builtin:qwen")  # both carry a chat template
+BUILTIN_TOKENIZERS = ("builtin:chars", "builtin:qwen", "builtin:qwen2_audio")  # all carry a chat template
 # Vocab sizes of the builtin tokenizers, for the memory estimate of random-init models.
-BUILTIN_VOCAB = {"builtin:chars": 512, "builtin:qwen": 151_669}
+BUILTIN_VOCAB = {"builtin:chars": 512, "builtin:qwen": 151_669, "builtin:qwen2_audio": 151_669}
 
 
 # ------------------------------------------------------------------------------------- config
@@ -213,7 +213,10 @@ def check_template_resolution(problems: Problems, cfg: Config) -> None:
         tokenizer = load_tokenizer(cfg.model)
     except Exception:  # noqa: BLE001 - a best-effort look: the tokenizer's files are checked above, and
         return  # training loads it (and says what is wrong with it) before any step
-    renderer, note = choose_renderer(tokenizer, template_request(cfg.data, kind, vision_info(cfg.model), tokenizer))
+    from launcher.models.audio import audio_info
+
+    family = vision_info(cfg.model) or audio_info(cfg.model)
+    renderer, note = choose_renderer(tokenizer, template_request(cfg.data, kind, family, tokenizer))
     if note:
         problems.warnings.append(f"data.template: {note} (training does the same; set data.template to choose)")
 

@@ -37,7 +37,7 @@ from launcher.errors import ConfigError
 # (qwen3, qwen2_vl, llama4, ...) render too, and the run log says so.
 TEMPLATES = {"qwen": "qwen", "qwen2_5": "qwen", "chatml": "chatml", "llama3": "llama3", "mistral": "mistral",
              "empty": "plain", "qwen2_vl": "qwen2_vl", "qwen3_vl": "qwen3_vl",
-             "qwen3_vl_nothink": "qwen3_vl_nothink"}
+             "qwen3_vl_nothink": "qwen3_vl_nothink", "qwen2_audio": "qwen2_audio"}
 
 # LLaMA-Factory's stock DeepSpeed files (examples/deepspeed/): when a file of that name is not found where
 # the YAML says, its well-known content (stage, offload) is used, with a note.
@@ -74,6 +74,10 @@ UNSUPPORTED = {
     "predict_with_generate": "not supported in training: run `launcher predict RUN_DIR` after training",
     "neftune_noise_alpha": "not supported yet: NEFTune; remove the key",
     "upcast_layernorm": "not supported: remove the key",
+    "use_audio_in_video": "not supported: a video's audio track interleaved with its frames is the Qwen2.5-Omni"
+                          " thinker's, which is not supported (audio trains Qwen2-Audio); remove the key",
+    "audio_sampling_rate": "not supported: audio is resampled to the model's feature extractor's rate (16 kHz for"
+                           " Qwen2-Audio, LF's default; another rate fails in its feature extractor); remove the key",
     "mixture_of_depths": "not supported: mixture-of-depths (LLaMA-Factory converts the model with the MoD package,"
                          " whose model classes are not transformers'); remove the key",
     "adapter_name_or_path": "not supported yet: starting from an existing adapter; merge it first (llamafactory-cli export) and train from the merged model",

@@ -35,7 +35,8 @@ class ModelConfig:
     config: dict = field(default_factory=dict)
     """Architecture overrides for random init (hidden_size, num_hidden_layers, ...)."""
     tokenizer: Optional[str] = None
-    """Tokenizer folder or hub id; defaults to name_or_path. ``builtin:chars`` and ``builtin:qwen`` are offline."""
+    """Tokenizer folder or hub id; defaults to name_or_path. ``builtin:chars`` and ``builtin:qwen`` are offline
+    (and ``builtin:qwen2_audio``: Qwen's with Qwen2-Audio's audio tokens)."""
     dtype: str = "auto"
     """auto (bf16 on a GPU that has it, fp32 on CPU), float32, bfloat16, float16."""
     attn_implementation: str = "auto"
@@ -78,7 +79,7 @@ class DataConfig:
     (0.05), an integer a count of samples (200). A float >= 1 is refused."""
     template: Optional[str] = None
     """Named chat template (chatml, qwen, qwen3_nothink, llama3, mistral, plain; qwen2_vl, qwen3_vl, qwen3_vl_nothink
-    for images) used when the tokenizer has none, or to force one. LLaMA-Factory's names render as LF's templates do:
+    for images; qwen2_audio for Qwen2-Audio's audio) used when the tokenizer has none, or to force one. LLaMA-Factory's names render as LF's templates do:
     qwen adds its default system prompt ("You are Qwen, created by Alibaba Cloud. ...") where a sample has none."""
     cutoff_len: int = 1024
     """Tokens per sample: longer ones are cut (prompt and answer share the budget, as in LLaMA-Factory); with packing,
@@ -882,7 +883,7 @@ def check_combinations(cfg: Config) -> None:
     _choice(d.mix_strategy, ("concat", "interleave"), "data.mix_strategy")
     if d.template is not None:
         _choice(d.template, ("auto", "chatml", "qwen", "qwen3_nothink", "llama3", "mistral", "plain", "qwen2_vl",
-                               "qwen3_vl", "qwen3_vl_nothink"), "data.template")
+                               "qwen3_vl", "qwen3_vl_nothink", "qwen2_audio"), "data.template")
     _choice(cfg.model.dtype, ("auto", "float32", "bfloat16", "float16"), "model.dtype")
     _choice(
         cfg.model.attn_implementation,

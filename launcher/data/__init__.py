@@ -60,13 +60,15 @@ class DataBundle:
     """VL models: the model's own get_rope_index (launcher.models.vision.rope_index_for)."""
     cutoff_len: Optional[int] = None
     """KTO: where ``collate``'s mismatched KL rows are cut."""
+    audio: Optional[object] = None
+    """Audio models: the AudioData (feature extractor, audio token ids) the rows were made with."""
 
     def collate_for(self, attn_implementation: str, dummy_image: bool = True) -> Callable[[list], dict]:
         """dummy_image (VL): batches without images carry a zero-weight dummy image (sharded engines)."""
         from launcher.data.collate import make_collate
 
         return make_collate(self.kind, self.pad_token_id, attn_implementation, self.vision, self.rope_index,
-                            dummy_image, cutoff_len=self.cutoff_len)
+                            dummy_image, cutoff_len=self.cutoff_len, audio=self.audio)
 
 PACKABLE_KINDS = ("sft", "pt")
 """Kinds whose rows are packed with data.packing (a preference or KTO row is scored as a whole sequence)."""
@@ -219,14 +221,14 @@ def kl_partner_records(source_sizes: list, block: int = LF_PREPROCESSING_BATCH) 
 
 
 def preprocess(cfg: Config, tokenizer, renderer, kind: str, train_specs, eval_specs, progress: bool,
-               folder: Path, vision=None) -> None:
+               folder: Path, vision=None, audio=None) -> None:
     """Everything the cache stores, written into ``folder``: the token store, the train/eval rows (packed or
     not) as indices into it, the held-out samples and the counts."""
     data, seed = cfg.data, cfg.train.seed
     preference, pack = kind == "preference", data.packing and kind in PACKABLE_KINDS
     writer = StoreWriter(folder)
     options = EncodeOptions(tokenizer, renderer, data.cutoff_len, data.train_on_prompt, data.mask_history, data.lenient,
-                            vision, cfg.model.name_or_path or cfg.model.name)
+                            vision, cfg.model.name_or_path or cfg.model.name, audio)
     encoder = Encoder(options, resolve_num_proc(data), data.preprocess_batch_size, progress)
     try:
         encoded, groups = encode_entries(encoder, writer, data, data.datasets, train_specs, seed, preference, 0)
@@ -280,12 +282,14 @@ def preprocess(cfg: Config, tokenizer, renderer, kind: str, train_specs, eval_sp
     if vision is not None:
         stats.update(image_stats(folder, train_records, vision.merge_size))
         stats["dropped_image_cut"] = sum(e.image_cut for e in encoded)
+    if audio is not None:
+        stats.update(audio_stats(folder, train_records))
     eval_samples = read_samples_at(all_specs, encoded, eval_ids.tolist()) if len(eval_ids) else None
     write_meta(folder, {"stats": stats, "eval_samples": eval_samples,
                         "layout": "preference" if preference else ("packed" if pack else "rows")})
 
 
-def preprocess_key(cfg: Config, tokenizer, renderer, train_specs, eval_specs, vision=None) -> str:
+def preprocess_key(cfg: Config, tokenizer, renderer, train_specs, eval_specs, vision=None, audio=None) -> str:
     data = cfg.data
     files = {s.name: file_fingerprint(s.source()) if s.file_name else s.hf_hub_url for s in train_specs + eval_specs}
     specs = {s.name: {k: str(v) for k, v in vars(s).items()} for s in train_specs + eval_specs}
@@ -293,6 +297,8 @@ def preprocess_key(cfg: Config, tokenizer, renderer, train_specs, eval_specs, vi
                                              "max_samples", "mix_strategy", "val_size", "template")}
     if vision is not None:  # the image files are hashed by the data files' paths only; sizes decide the tokens
         options["vision"] = vision.fingerprint()
+    if audio is not None:
+        options["audio"] = audio.fingerprint()
     entries = [vars(e) for e in data.datasets] + [{"eval": vars(e)} for e in data.eval_datasets]
     return cache_key({"files": files, "specs": specs, "options": options, "entries": entries, "seed": cfg.train.seed,
                       "tokenizer": tokenizer_fingerprint(tokenizer), "renderer": renderer.name})
@@ -330,14 +336,17 @@ def build_datasets(cfg: Config, tokenizer, *, attn_implementation: Optional[str]
     train_specs, eval_specs = resolve_specs(data)
     kind = data_kind(train_specs + eval_specs)
     vision, info = vision_data(cfg, tokenizer)
+    audio, audio_model = audio_data(cfg, tokenizer)
+    info = info or audio_model
     renderer, note = choose_renderer(tokenizer, template_request(data, kind, info, tokenizer))
     if progress is None:
         progress = sys.stderr.isatty() and int(__import__("os").environ.get("RANK", "0")) == 0
 
     if data.use_cache:
-        key = preprocess_key(cfg, tokenizer, renderer, train_specs, eval_specs, vision)
+        key = preprocess_key(cfg, tokenizer, renderer, train_specs, eval_specs, vision, audio)
         folder, hit = cached(resolve_cache_dir(data), key,
-                             lambda tmp: preprocess(cfg, tokenizer, renderer, kind, train_specs, eval_specs, progress, tmp, vision))
+                             lambda tmp: preprocess(cfg, tokenizer, renderer, kind, train_specs, eval_specs, progress, tmp, vision,
+                                                    audio))
         train, eval_rows, meta = open_store(folder)
     else:
         # Built in a scratch folder on the cache's disk (not /tmp, which may be RAM), mapped, then deleted:
@@ -347,7 +356,7 @@ def build_datasets(cfg: Config, tokenizer, *, attn_implementation: Optional[str]
         key, hit = None, False
         with tempfile.TemporaryDirectory(dir=cache_dir, prefix="uncached-") as tmp, sigterm_exits(), \
                 disk_full_guard(cache_dir, "the tokenized data (data.use_cache=false)", lambda: written_so_far(tmp)):
-            preprocess(cfg, tokenizer, renderer, kind, train_specs, eval_specs, progress, Path(tmp), vision)
+            preprocess(cfg, tokenizer, renderer, kind, train_specs, eval_specs, progress, Path(tmp), vision, audio)
             train, eval_rows, meta = open_store(Path(tmp))
     stats = dict(meta["stats"], template=renderer.name, template_note=note, cache_hit=hit, cache_key=key)
     from launcher.data.collate import make_collate, resolve_attn_implementation  # torch: only when batches are made
@@ -363,10 +372,37 @@ def build_datasets(cfg: Config, tokenizer, *, attn_implementation: Optional[str]
                       # VL: a batch without images runs a zero-weight dummy image, so that every rank runs the
                       # vision tower (ZeRO-3/FSDP gather in forward, DDP expects the same used parameters)
                       make_collate(kind, pad_id, attn, vision, rope_index, dummy_image=vision is not None,
-                                   cutoff_len=data.cutoff_len),
+                                   cutoff_len=data.cutoff_len, audio=audio),
                       stats, kind=kind, packed=data.packing and kind in PACKABLE_KINDS, attn_implementation=attn,
                       pad_token_id=pad_id, vision=vision, rope_index=rope_index,
-                      cutoff_len=data.cutoff_len)
+                      cutoff_len=data.cutoff_len, audio=audio)
+
+
+def audio_data(cfg: Config, tokenizer):
+    """(AudioData, AudioModelInfo) for a Qwen2-Audio model, (None, None) for others."""
+    from launcher.data.audio import AudioData
+    from launcher.models.audio import audio_info, build_feature_extractor
+
+    info = audio_info(cfg.model)
+    if info is None:
+        return None, None
+    extractor = build_feature_extractor(info)
+    return AudioData(extractor, extractor.sampling_rate).with_tokenizer(tokenizer), info
+
+
+def audio_stats(folder: Path, records: np.ndarray) -> dict:
+    """Audios, their audio tokens and seconds, of the given records (from the store's audio columns)."""
+    tokens = Tokens(folder)
+    if not tokens.has_audios or not len(records):
+        return {"audios": 0, "audio_tokens": 0, "audio_seconds": 0.0}
+    offsets = np.asarray(tokens.audio_offsets)
+    grid = np.asarray(tokens.audio_grid, np.int64).reshape(-1, 3)
+    out = {"audios": int(np.diff(offsets)[records].sum())}
+    for name, column, scale in (("audio_tokens", 2, 1), ("audio_seconds", 0, 16000)):
+        cum = np.concatenate([[0], np.cumsum(grid[:, column])])
+        out[name] = (cum[offsets[1:]] - cum[offsets[:-1]])[records].sum() / scale
+    out["audio_tokens"], out["audio_seconds"] = int(out["audio_tokens"]), round(float(out["audio_seconds"]), 2)
+    return out
 
 
 def vision_data(cfg: Config, tokenizer):

@@ -3,7 +3,8 @@
 preview: N samples as the model gets them, trained spans marked (green on a terminal, ``[[...]]`` otherwise),
 then the counts (samples, dropped, tokens, trained tokens, packing fill). For a VL model each image's span is
 listed (token positions, image tokens, grid) and a run of image tokens prints as ``<|image_pad|>*N``; each
-video's frames (sampled, of the stream's), their size, grid and tokens likewise (``<|video_pad|>*N``).
+video's frames (sampled, of the stream's), their size, grid and tokens likewise (``<|video_pad|>*N``), and
+each audio's seconds, feature frames and tokens (``<|AUDIO|>*N``).
 ``load_preview`` gives the same as data (``PreviewSample``: the text runs, trained or not, and a sample's
 images) for ``launcher ui``'s preview.
 dump: every row as JSON Lines (input_ids, labels, and position_ids/segment_lengths for packed rows).
@@ -35,17 +36,23 @@ def split_segments(row: dict) -> list[dict]:
     segment whose placeholders they fill (``segment_images``: images per segment)."""
     if "chosen_input_ids" in row:
         return [{"input_ids": row[f"{s}_input_ids"], "labels": row[f"{s}_labels"], "side": s} for s in ("chosen", "rejected")]
-    out, offset, image, video = [], 0, 0, 0
+    out, offset, image, video, audio = [], 0, 0, 0, 0
     lengths = row.get("segment_lengths", [len(row["input_ids"])])
-    per_segment = row.get("segment_images", [len(row.get("images") or [])])
+    per_segment = row.get("segment_images") or (
+        [len(row.get("images") or [])] if len(lengths) == 1 else [0] * len(lengths))
+    audios_per_segment = row.get("segment_audios") or (
+        [len(row.get("audios") or [])] if len(lengths) == 1 else [0] * len(lengths))
     videos_per_segment = row.get("segment_videos") or (
         [len(row.get("videos") or [])] if len(lengths) == 1 else [0] * len(lengths))
-    for n, k, v in zip(lengths, per_segment, videos_per_segment):
+    for n, k, v, a in zip(lengths, per_segment, videos_per_segment, audios_per_segment):
         out.append({"input_ids": row["input_ids"][offset: offset + n], "labels": row["labels"][offset: offset + n],
                     "images": (row.get("images") or [])[image: image + k],
                     "image_grid_thw": (row.get("image_grid_thw") or [])[image: image + k],
                     "videos": (row.get("videos") or [])[video: video + v],
-                    "video_grid_thw": (row.get("video_grid_thw") or [])[video: video + v]})
+                    "video_grid_thw": (row.get("video_grid_thw") or [])[video: video + v],
+                    "audios": (row.get("audios") or [])[audio: audio + a],
+                    "audio_grid": (row.get("audio_grid") or [])[audio: audio + a]})
+        audio += a
         offset += n
         image += k
         video += v
@@ -54,7 +61,7 @@ def split_segments(row: dict) -> list[dict]:
 
 def compress_image_runs(text: str) -> str:
     """Runs of image (and video) pad tokens as ``<|image_pad|>*N``."""
-    for pad in ("<|image_pad|>", "<|video_pad|>"):
+    for pad in ("<|image_pad|>", "<|video_pad|>", "<|AUDIO|>"):
         text = re.sub(f"(?:{re.escape(pad)})+", lambda m, pad=pad: f"{pad}*{m.group(0).count(pad)}", text)
     return text
 
@@ -85,7 +92,7 @@ def render_marked(tokenizer, input_ids: list, labels: list, color: bool) -> str:
 
 def format_stats(stats: dict) -> str:
     keys = ("samples", "dropped", "rows", "tokens", "trained_tokens", "images", "image_tokens", "videos", "video_tokens",
-            "dropped_image_cut",
+            "audios", "audio_tokens", "audio_seconds", "dropped_image_cut",
             "packing_fill", "eval_samples", "template", "cache_hit")
     line = "  ".join(f"{k}={stats[k]}" for k in keys if k in stats)
     note = f"\nnote: {stats['template_note']}" if stats.get("template_note") else ""
@@ -120,6 +127,12 @@ class PreviewSample:
     video_frames: list = field(default_factory=list)
     """Per video, {sampled, of, width, height, fps}: frames kept (the temporal patch's copy included), the
     stream's frame count (None for frame folders), the frame size after the video pixel limits."""
+    audios: list = field(default_factory=list)
+    """The sample's audio files."""
+    audio_grids: list = field(default_factory=list)
+    """Each audio's [samples at 16 kHz, feature frames, audio tokens]."""
+    audio_spans: list = field(default_factory=list)
+    """[(start, end)] of each audio's span (audio_bos..audio_eos) in the sample."""
 
 
 def preview_samples(bundle, tokenizer, n: int) -> list[PreviewSample]:
@@ -136,7 +149,14 @@ def preview_samples(bundle, tokenizer, n: int) -> list[PreviewSample]:
                                    images=list(seg.get("images") or []),
                                    image_grids=[list(g) for g in seg.get("image_grid_thw") or []],
                                    videos=list(seg.get("videos") or []),
-                                   video_grids=[list(g) for g in seg.get("video_grid_thw") or []])
+                                   video_grids=[list(g) for g in seg.get("video_grid_thw") or []],
+                                   audios=list(seg.get("audios") or []),
+                                   audio_grids=[list(g) for g in seg.get("audio_grid") or []])
+            audio = getattr(bundle, "audio", None)
+            if audio is not None and sample.audios:
+                from launcher.data.audio import audio_spans
+
+                sample.audio_spans = audio_spans(seg["input_ids"], audio)
             if vision is not None and (sample.images or sample.videos):
                 from launcher.data.vision import describe_positions  # the VL port's; absent where VL is
 
@@ -185,6 +205,17 @@ def video_lines(sample: PreviewSample) -> list[str]:
     return lines
 
 
+def audio_lines(sample: PreviewSample) -> list[str]:
+    """Per audio: its seconds (at 16 kHz), feature frames and tokens, and where they sit."""
+    lines = []
+    for k, source in enumerate(sample.audios):
+        samples, frames, tokens = sample.audio_grids[k] if k < len(sample.audio_grids) else ("?", "?", "?")
+        seconds = f"{samples / 16000:.2f} s" if isinstance(samples, int) else "? s"
+        where = "at tokens [{}, {})".format(*sample.audio_spans[k]) if k < len(sample.audio_spans) else "(cut)"
+        lines.append(f"    audio {k}: {seconds}, {frames} frames -> {tokens} tokens {where}, {source}")
+    return lines
+
+
 def image_lines(sample: PreviewSample) -> list[str]:
     """Where each image's tokens sit in the sample, how many there are, and the grid they come from."""
     lines = []
@@ -212,6 +243,9 @@ def format_preview(samples: list, stats: dict, color: bool) -> str:
         if sample.videos:
             head += f", {len(sample.videos)} video(s)"
             head += "".join("\n" + line for line in video_lines(sample))
+        if sample.audios:
+            head += f", {len(sample.audios)} audio(s)"
+            head += "".join("\n" + line for line in audio_lines(sample))
         blocks.append(head + "\n" + mark(sample.spans, color))
     legend = "trained text in green" if color else "trained text in [[...]]"
     return "\n".join(blocks + [f"--- {legend}", format_stats(stats)])

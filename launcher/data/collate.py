@@ -247,11 +247,35 @@ def collate_vision_preference(rows: list[dict], pad_token_id: int, attn_implemen
     return collate_vision_rows(flat, pad_token_id, attn_implementation, vision, rope_index, dummy_image)
 
 
+def collate_audio_rows(rows: list[dict], pad_token_id: int, attn_implementation: str, audio,
+                       preference: bool = False) -> dict:
+    """Audio-model rows -> a batch: ``collate_rows``' (or ``collate_preference``'s) batch plus input_features
+    [audios, bins, frames] and feature_attention_mask of the batch's audios in row order (a preference pair's
+    sides each their own copy, as LF's pairwise collator does); none for a batch without audio. The features
+    are made here, per batch, in the data-loader workers (launcher/data/audio.py)."""
+    from launcher.data.audio import load_audio_features
+
+    if preference:
+        batch = collate_preference(rows, pad_token_id, attn_implementation)
+        rows = [r for _ in ("chosen", "rejected") for r in rows]
+    else:
+        batch = collate_rows(rows, pad_token_id, attn_implementation)
+    sources = [p for r in rows for p in (r.get("audios") or [])]
+    if sources:
+        batch.update(load_audio_features(sources, [g for r in rows for g in (r.get("audio_grid") or [])], audio))
+    return batch
+
+
 def make_collate(kind: str, pad_token_id: int, attn_implementation: str = "sdpa", vision=None, rope_index=None,
-                 dummy_image: bool = False, cutoff_len: Optional[int] = None) -> Callable[[list[dict]], dict]:
+                 dummy_image: bool = False, cutoff_len: Optional[int] = None, audio=None) -> Callable[[list[dict]], dict]:
     """The collate function for rows of ``kind`` (sft, pt, preference or kto; KTO's KL rows cut at cutoff_len);
     with ``vision`` (a VisionData) and ``rope_index`` (``launcher.models.vision.rope_index_for``), for a VL
-    model's rows."""
+    model's rows; with ``audio`` (an AudioData), for an audio model's."""
+    if audio is not None:
+        if kind == "kto":
+            raise ValueError("KTO with audio is not supported; use method=dpo or dpo_lora for audio preference data")
+        return partial(collate_audio_rows, pad_token_id=pad_token_id, attn_implementation=attn_implementation,
+                       audio=audio, preference=kind == "preference")
     if vision is not None:
         if kind == "kto":
             raise ValueError("KTO with images is not supported; use method=dpo or dpo_lora for image preference data")

@@ -17,6 +17,8 @@ A store is a folder:
 - videos (VL data with videos only): the same four files with ``video_`` in place of ``image_`` (a path is a
   video file, a frame folder, or frame paths joined by a newline), and ``video_second_per_grid.npy`` float64
   [videos] (seconds per temporal patch: Qwen2.5-VL's mRoPE time step);
+- audios (audio models only): the same four files with ``audio_`` (``audio_grid_thw.npy`` holds each audio's
+  [samples at 16 kHz, feature frames, audio tokens]: launcher/data/audio.py);
 - ``meta.json``: counts, kind, statistics and the held-out samples (small).
 
 Why numpy memmaps and not an Arrow table: a row is a slice of two flat int32 files, which is Arrow's own
@@ -50,18 +52,18 @@ class StoreWriter:
         self.trained: list[np.ndarray] = []
         """Trained tokens per record (for the statistics; not written)."""
         self.rows = 0
-        self._media = {"image": _MediaParts(), "video": _MediaParts()}
+        self._media = {"image": _MediaParts(), "video": _MediaParts(), "audio": _MediaParts()}
 
     def add(self, input_ids: np.ndarray, labels: np.ndarray, row_lengths: np.ndarray,
             columns: Optional[dict[str, np.ndarray]] = None, images: Optional["ImageRefs"] = None,
-            videos: Optional["ImageRefs"] = None) -> int:
+            videos: Optional["ImageRefs"] = None, audios: Optional["ImageRefs"] = None) -> int:
         """Append token rows (flat ids/labels, one length per row); returns the first new row's number.
         ``columns``: numeric per-record values (one per record, not per token row: a preference record is two
         rows), saved at ``close`` as ``<name>.npy``; give the same names with every call.
         ``images`` / ``videos``: the records' image and video references (VL data: given with every call, empty
         where none)."""
         first = self.rows
-        for kind, refs in (("image", images), ("video", videos)):
+        for kind, refs in (("image", images), ("video", videos), ("audio", audios)):
             if refs is not None:
                 self._media[kind].add(refs, self.folder, kind)
         self._ids.write(np.ascontiguousarray(input_ids, dtype=TOKEN_DTYPE).tobytes())
@@ -87,6 +89,7 @@ class StoreWriter:
         (self.folder / COLUMNS_FILE).write_text(json.dumps(sorted(self._columns)))
         self._media["image"].close(self.folder, "image", always=True)
         self._media["video"].close(self.folder, "video", always=False)
+        self._media["audio"].close(self.folder, "audio", always=False)
 
 
 class _MediaParts:
@@ -217,6 +220,12 @@ class Tokens:
             self.video_paths = _mmap(folder / "video_paths.bin", np.uint8)
             self.video_path_offsets = np.load(folder / "video_path_offsets.npy", mmap_mode="r")
             self.video_second_per_grid = np.load(folder / "video_second_per_grid.npy", mmap_mode="r")
+        self.has_audios = (folder / "audio_offsets.npy").is_file()
+        if self.has_audios:
+            self.audio_offsets = np.load(folder / "audio_offsets.npy", mmap_mode="r")
+            self.audio_grid = np.load(folder / "audio_grid_thw.npy", mmap_mode="r")
+            self.audio_paths = _mmap(folder / "audio_paths.bin", np.uint8)
+            self.audio_path_offsets = np.load(folder / "audio_path_offsets.npy", mmap_mode="r")
 
     def images(self, record: int) -> tuple[list[str], list[list[int]]]:
         """(paths, grids) of a record's images, in placeholder order."""
@@ -235,12 +244,23 @@ class Tokens:
         return {"videos": paths, "video_grid_thw": self.video_grid_thw[a:b].tolist(),
                 "video_second_per_grid": self.video_second_per_grid[a:b].tolist()}
 
+    def audios(self, record: int) -> dict:
+        """A record's audios: {audios, audio_grid} ([samples, frames, tokens] each)."""
+        a, b = int(self.audio_offsets[record]), int(self.audio_offsets[record + 1])
+        bounds = self.audio_path_offsets[a: b + 1]
+        paths = [bytes(self.audio_paths[int(bounds[k]): int(bounds[k + 1])]).decode("utf-8") for k in range(b - a)]
+        return {"audios": paths, "audio_grid": self.audio_grid[a:b].tolist()}
+
     def media(self, record: int) -> dict:
-        """A record's images and (where the store has any) videos, as row keys."""
-        paths, grids = self.images(record)
-        out = {"images": paths, "image_grid_thw": grids}
+        """A record's images and (where the store has any) videos and audios, as row keys."""
+        out = {}
+        if self.has_images:
+            paths, grids = self.images(record)
+            out = {"images": paths, "image_grid_thw": grids}
         if self.has_videos:
             out.update(self.videos(record))
+        if self.has_audios:
+            out.update(self.audios(record))
         return out
 
     def record_columns(self, record: int) -> dict:
@@ -292,7 +312,7 @@ class TokenRows(Sequence):
             chosen, rejected = self.tokens.row(2 * r), self.tokens.row(2 * r + 1)
             row = {"chosen_input_ids": chosen[0], "chosen_labels": chosen[1], "rejected_input_ids": rejected[0],
                    "rejected_labels": rejected[1], **self.tokens.record_columns(r)}
-            if self.tokens.has_images:
+            if self.tokens.has_images or self.tokens.has_audios:
                 row.update(self.tokens.media(r))
             return row
         if self.layout == "rows":
@@ -303,12 +323,13 @@ class TokenRows(Sequence):
                 kl = int(row.pop("kl_record"))
                 row["kl_input_ids"] = self.tokens.row(kl)[0]
                 row["kl_prompt_len"] = int(self.tokens.columns["prompt_len"][kl])
-            if self.tokens.has_images:
+            if self.tokens.has_images or self.tokens.has_audios:
                 row.update(self.tokens.media(r))
             return row
         input_ids, labels, position_ids, lengths = [], [], [], []
         images, grids, per_segment = [], [], []
         videos: dict = {"videos": [], "video_grid_thw": [], "video_second_per_grid": [], "segment_videos": []}
+        audios: dict = {"audios": [], "audio_grid": [], "segment_audios": []}
         for r in records:
             ids, labs = self.tokens.row(int(r))
             input_ids += ids
@@ -325,11 +346,18 @@ class TokenRows(Sequence):
                 for key, value in record_videos.items():
                     videos[key] += value
                 videos["segment_videos"].append(len(record_videos["videos"]))
+            if self.tokens.has_audios:
+                record_audios = self.tokens.audios(int(r))
+                for key, value in record_audios.items():
+                    audios[key] += value
+                audios["segment_audios"].append(len(record_audios["audios"]))
         row = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "segment_lengths": lengths}
         if self.tokens.has_images:  # images in order, with how many belong to each sample (its own 3-D positions)
             row.update(images=images, image_grid_thw=grids, segment_images=per_segment)
         if self.tokens.has_videos:
             row.update(videos)
+        if self.tokens.has_audios:  # in order; each audio's features replace its own <|AUDIO|> tokens
+            row.update(audios)
         return row
 
     def __getitem__(self, i):

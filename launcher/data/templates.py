@@ -27,14 +27,14 @@ from launcher.errors import DataError
 from launcher.data.formats import ANSWER_ROLES
 
 NAMED_TEMPLATES = ("chatml", "qwen", "qwen3_nothink", "llama3", "mistral", "plain", "qwen2_vl", "qwen3_vl",
-                   "qwen3_vl_nothink")
+                   "qwen3_vl_nothink", "qwen2_audio")
 IMAGE_TEMPLATES = ("qwen2_vl", "qwen3_vl", "qwen3_vl_nothink")
 """Named templates with an image slot (LLaMA-Factory's names): ChatML whose user turns carry vision spans.
 qwen2_vl (Qwen2-VL, Qwen2.5-VL) adds LF's default system prompt; qwen3_vl starts every answer that has no
 think block with an empty one, trained (LF's ReasoningTemplate with enable_thinking, its default);
 qwen3_vl_nothink is LF's plain copy of the qwen template (no think block added, no default system)."""
 DEFAULT_SYSTEM = {"qwen": "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
-                  "qwen2_vl": "You are a helpful assistant."}
+                  "qwen2_vl": "You are a helpful assistant.", "qwen2_audio": "You are a helpful assistant."}
 """LLaMA-Factory's default_system of the templates of that name: used when a conversation has no system prompt or an
 empty one (LF: ``system or default_system``). chatml, qwen3_nothink and the others have none."""
 EMPTY_THINK = "<think>\n\n</think>\n\n"
@@ -127,6 +127,7 @@ class NamedTemplate:
                             and "</think>" not in m["content"] else m for m in messages]
             return _render_chatml(messages, tools, add_generation_prompt, self.eos_token, where)
         render = {"chatml": _render_chatml, "qwen": _render_chatml, "qwen3_nothink": _render_chatml,
+                  "qwen2_audio": _render_chatml,  # LF's qwen2_audio: ChatML, its audio spans in the user turns
                   "llama3": _render_llama3, "mistral": _render_mistral, "plain": _render_plain}[self.name]
         return render(messages, tools, add_generation_prompt, self.eos_token, where)
 

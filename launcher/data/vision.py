@@ -154,14 +154,23 @@ def image_size(path, where: str) -> tuple[int, int]:
 
 
 def check_media(sample: dict, template: str, image_slot: bool, vision_model: bool, model_name: str,
-                where: str, suggested: Optional[str] = None) -> None:
+                where: str, suggested: Optional[str] = None, audio_model: bool = False) -> None:
     """Media the model or template cannot take: one line naming the row and what to do."""
-    if sample.get("audios"):
-        raise DataError(f"{where}: the row has audios, which launcher does not train yet (images and videos only);"
-                        " drop the audios column from dataset_info.json or use image or video data")
+    if sample.get("audios") and (sample.get("videos") or sample.get("images")):
+        raise DataError(f"{where}: the row has audios and {'videos' if sample.get('videos') else 'images'}: a model"
+                        " that takes both (the Qwen2.5-Omni thinker, LF's mllm_video_audio_demo) is not supported;"
+                        " drop one column from dataset_info.json (audio trains Qwen2-Audio, images and videos the"
+                        " Qwen-VL models)")
+    if sample.get("audios") and not audio_model:
+        raise DataError(f"{where}: the row has audios but model '{model_name}' has no audio tower; use a Qwen2-Audio"
+                        " model (model=tiny_qwen2_audio, or model=hf with a Qwen2-Audio checkpoint), or drop the audios"
+                        " column from dataset_info.json")
     kind = next((k for k in ("images", "videos") if sample.get(k)), None)
     if kind is None:
         return
+    if audio_model:
+        raise DataError(f"{where}: the row has {kind} but model '{model_name}' (Qwen2-Audio) takes audio only; use a"
+                        f" VL model for {kind}, or drop the {kind} column from dataset_info.json")
     if not vision_model:
         raise DataError(f"{where}: the row has {kind} but model '{model_name}' has no vision tower; use a Qwen2-VL,"
                         " Qwen2.5-VL or Qwen3-VL model (model=tiny_qwen2_vl, or model=hf with a VL checkpoint),"

@@ -40,7 +40,8 @@ from launcher.data.tokenize import check_trainable, row_trained, tokenize_sample
 COLUMNS = {"prompt_len": np.int32, "kto_tag": np.int8}
 """Numeric per-record values a token row may carry, stored as the store's columns (launcher.data.store)."""
 STORED_KEYS = {"input_ids", "labels", "chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels",
-               *COLUMNS, "images", "image_grid_thw", "videos", "video_grid_thw", "video_second_per_grid"}
+               *COLUMNS, "images", "image_grid_thw", "videos", "video_grid_thw", "video_second_per_grid", "audios",
+               "audio_grid"}
 """What a token row may hold; the store writes these (and nothing else) to disk."""
 
 SHOWN_ERRORS = 5
@@ -59,6 +60,8 @@ class EncodeOptions:
     """VL models: the VisionData (launcher.data.vision); rows then carry image references."""
     model_name: str = ""
     """For the message when a text model gets images."""
+    audio: Any = None
+    """Audio models: the AudioData (launcher.data.audio); rows then carry audio references."""
 
 
 _OPTIONS: Optional[EncodeOptions] = None
@@ -83,6 +86,7 @@ def encode_batch(spec: DatasetSpec, items: list, preference: bool, options: Opti
     records, dropped, errors = array("i"), array("i"), []
     images = ImageRefs() if opt.vision is not None else None
     videos = ImageRefs(with_seconds=True) if opt.vision is not None else None
+    audios = ImageRefs() if opt.audio is not None else None
     image_cut = 0
     for k, (where, payload, raw) in enumerate(items):
         try:
@@ -111,6 +115,8 @@ def encode_batch(spec: DatasetSpec, items: list, preference: bool, options: Opti
             if images is not None:
                 images.append(r.get("images") or [], r.get("image_grid_thw") or [])
                 videos.append(r.get("videos") or [], r.get("video_grid_thw") or [], r.get("video_second_per_grid") or [])
+            if audios is not None:
+                audios.append(r.get("audios") or [], r.get("audio_grid") or [])
             if preference:
                 for side in ("chosen", "rejected"):
                     ids.extend(r[f"{side}_input_ids"])
@@ -125,7 +131,7 @@ def encode_batch(spec: DatasetSpec, items: list, preference: bool, options: Opti
             "columns": {name: np.asarray(values, COLUMNS[name]) for name, values in columns.items()},
             "records": np.frombuffer(records, np.int32),
             "dropped": np.frombuffer(dropped, np.int32), "errors": errors, "images": images, "videos": videos,
-            "image_cut": image_cut}
+            "audios": audios, "image_cut": image_cut}
 
 
 def tokenize_with_media(sample: dict, opt: EncodeOptions, where: str) -> tuple[list, int]:
@@ -135,7 +141,12 @@ def tokenize_with_media(sample: dict, opt: EncodeOptions, where: str) -> tuple[l
         return tokenize_sample(opt.tokenizer, opt.renderer, sample, opt.cutoff_len, opt.train_on_prompt,
                                opt.mask_history, where), 0
     check_media(sample, opt.renderer.name, getattr(opt.renderer, "image_slot", True), opt.vision is not None,
-                opt.model_name, where)
+                opt.model_name, where, audio_model=opt.audio is not None)
+    if sample.get("audios"):  # an audio model's row (check_media refused audio elsewhere)
+        from launcher.data.audio import tokenize_audio_sample
+
+        return tokenize_audio_sample(opt.tokenizer, opt.renderer, sample, opt.cutoff_len, opt.train_on_prompt,
+                                     opt.mask_history, opt.audio, opt.lenient, where)
     if not sample.get("images") and not sample.get("videos"):
         return tokenize_sample(opt.tokenizer, opt.renderer, sample, opt.cutoff_len, opt.train_on_prompt,
                                opt.mask_history, where), 0
@@ -261,9 +272,10 @@ class Encoder:
                 n_tokens = int(result["row_lens"][:n_rows].sum())
                 refs = result["images"].take(n_records) if result["images"] is not None else None
                 video_refs = result["videos"].take(n_records) if result["videos"] is not None else None
+                audio_refs = result["audios"].take(n_records) if result["audios"] is not None else None
                 first = writer.add(result["ids"][:n_tokens], result["labels"][:n_tokens], result["row_lens"][:n_rows],
                                    {name: values[:n_records] for name, values in result["columns"].items()}, refs,
-                                   video_refs)
+                                   video_refs, audio_refs)
                 image_cut += result["image_cut"]
                 writer.trained.append(result["trained"][:n_records])
                 per = records[:keep_items][ok].astype(np.int64)

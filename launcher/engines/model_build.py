@@ -22,6 +22,7 @@ from launcher.errors import ConfigError
 from launcher.files import apply_umask
 from launcher.models.quantize import build_quantized_base
 from launcher.models.tokenizers import save_tokenizer
+from launcher.models.audio import audio_info, audio_lora_targets, freeze_audio_parts, is_audio_model
 from launcher.models.vision import freeze_vision_parts, is_vision_model, lora_target_modules, vision_info
 from launcher.paths import LORA_INIT_DIR
 
@@ -47,7 +48,7 @@ def sharded_loading(cfg: Config) -> Optional[str]:
         return None
     if cfg.method.llama_pro.expand:  # block expansion copies whole built layers (launcher.models.llama_pro)
         return None
-    if vision_info(cfg.model) is not None:
+    if vision_info(cfg.model) is not None or audio_info(cfg.model) is not None:
         return None
     row = parallelism_of(p)
     if row.strategy == "fsdp":
@@ -127,10 +128,11 @@ def build_model(cfg: Config, tokenizer, dist_info: DistInfo, attn_implementation
 def freeze_for_config(model: nn.Module, cfg: Config, dist_info: DistInfo) -> None:
     """VL models: freeze the vision tower / projector / language model as model.freeze_* say (LLaMA-Factory's
     defaults: tower and projector frozen). LoRA freezes the whole base anyway; this matters for full tuning."""
-    if not is_vision_model(model):
+    if not is_vision_model(model) and not is_audio_model(model):
         return
     m = cfg.model
-    frozen = freeze_vision_parts(model, m.freeze_vision_tower, m.freeze_projector, m.freeze_language_model)
+    freeze = freeze_audio_parts if is_audio_model(model) else freeze_vision_parts  # the audio tower: vision_tower's keys
+    frozen = freeze(model, m.freeze_vision_tower, m.freeze_projector, m.freeze_language_model)
     if not any(p.requires_grad for p in model.parameters()) and cfg.method.finetuning == "full":
         raise ConfigError("model.freeze_*: every part of the model is frozen; set model.freeze_language_model=false"
                           " (or unfreeze the vision tower / projector)")
@@ -175,6 +177,8 @@ def apply_lora(model, lora: LoraConfig, initialize: bool = True):
     config = lora_peft_config(lora, "SEQ_CLS" if is_sequence_scorer(model) else "CAUSAL_LM")
     if is_vision_model(model):  # the language model's linear layers unless the vision tower is asked for
         config.target_modules = lora_target_modules(model, lora.target_modules, lora.include_vision)
+    elif is_audio_model(model):  # likewise: the audio tower only when asked for
+        config.target_modules = audio_lora_targets(model, lora.target_modules, lora.include_vision)
     if lora.use_dora or lora.init != "default" or lora.quantize:  # from the base weights, or peft's own init
         return get_peft_model(model, config)
     model = get_peft_model(model, config, low_cpu_mem_usage=True)

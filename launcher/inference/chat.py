@@ -4,6 +4,7 @@ Multi-turn, streamed, with a system prompt. Reads lines from standard input, so 
 conversation. Commands: /reset (forget the conversation), /system TEXT (new system prompt, and reset),
 /image PATH (VL models: attach a picture to the next message; ``--image PATH`` attaches one to the first),
 /video PATH (likewise a video: a file or a folder of frames; ``--video PATH``),
+/audio PATH (audio models: an audio file; ``--audio PATH``),
 /history, /help, /exit (or /quit, or end of input). Every turn is appended to a JSONL log
 (default RUN_DIR/chat/<time>.jsonl) with the exact prompt the model saw.
 """
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Optional, TextIO
 
-HELP = "commands: /reset  /system TEXT  /image PATH  /video PATH  /history  /help  /exit"
+HELP = "commands: /reset  /system TEXT  /image PATH  /video PATH  /audio PATH  /history  /help  /exit"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image", action="append", default=[], help="VL models: a picture for the first message"
                         " (repeatable)")
     parser.add_argument("--video", action="append", default=[], help="VL models: a video (file or frame folder)"
+                        " for the first message (repeatable)")
+    parser.add_argument("--audio", action="append", default=[], help="audio models (Qwen2-Audio): an audio file"
                         " for the first message (repeatable)")
     parser.add_argument("--checkpoint", default=None, help="chat with checkpoint step-N instead of the final model")
     parser.add_argument("--max-new-tokens", type=int, default=512)
@@ -92,11 +95,11 @@ def chat_loop(session, log: TurnLog, stdin: TextIO, stdout: TextIO, stderr: Text
                 session.reset(system=rest.strip() or None, keep_system=False)
                 log.write({"event": "system", "system": session.system})
                 stdout.write(f"(system prompt {'set' if session.system else 'cleared'}; conversation cleared)\n")
-            elif command in ("/image", "/video"):
+            elif command in ("/image", "/video", "/audio"):
                 from launcher.errors import LauncherError
 
                 kind = command[1:]
-                attach = session.attach if kind == "image" else session.attach_video
+                attach = {"image": session.attach, "video": session.attach_video, "audio": session.attach_audio}[kind]
                 try:
                     attach(rest.strip())
                     stdout.write(f"({kind} {rest.strip()} attached to your next message)\n")
@@ -150,14 +153,19 @@ def chat_main(argv: list[str]) -> int:
         model.to(dtype)
     from launcher.data import vision_data
 
+    from launcher.data import audio_data
+
     vision, _ = vision_data(cfg, tokenizer)
+    audio, _ = audio_data(cfg, tokenizer)
     session = ChatSession(model, tokenizer, prompt_renderer(tokenizer, cfg), device,
                           GenerationOptions(args.max_new_tokens, args.do_sample, args.temperature, args.top_p),
-                          system=args.system, vision=vision)
+                          system=args.system, vision=vision, audio=audio)
     for path in args.image:
         session.attach(path)
     for path in args.video:
         session.attach_video(path)
+    for path in args.audio:
+        session.attach_audio(path)
     log_path = None
     if not args.no_log:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -34,7 +34,7 @@ def make_streamer(tokenizer, out: TextIO):
 
 class ChatSession:
     def __init__(self, model, tokenizer, render: Callable[[list, Optional[list]], str], device,
-                 options: GenerationOptions, system: Optional[str] = None, vision=None):
+                 options: GenerationOptions, system: Optional[str] = None, vision=None, audio=None):
         self.model, self.tokenizer, self.render, self.device = model, tokenizer, render, device
         self.options = options
         self.system = system
@@ -49,11 +49,18 @@ class ChatSession:
         """The conversation's videos so far, in the order of their <video> placeholders."""
         self.pending_videos: list[str] = []
         """Videos attached (/video, --video) for the next user turn."""
+        self.audio = audio
+        """An audio model's AudioData; None for others (then audio is refused)."""
+        self.audios: list[str] = []
+        """The conversation's audios so far, in the order of their <audio> placeholders."""
+        self.pending_audios: list[str] = []
+        """Audios attached (/audio, --audio) for the next user turn."""
 
     def reset(self, system: Optional[str] = None, keep_system: bool = True) -> None:
         self.history = []
         self.images, self.pending = [], []
         self.videos, self.pending_videos = [], []
+        self.audios, self.pending_audios = [], []
         if not keep_system or system is not None:
             self.system = system
 
@@ -78,12 +85,25 @@ class ChatSession:
         plan_video(path, self.vision.video, "/video")
         self.pending_videos.append(path)
 
+    def attach_audio(self, path: str) -> None:
+        """Attach an audio file to the next user turn, checked now (decoded: one line if it is missing,
+        unreadable, empty or longer than the model hears)."""
+        from launcher.data.audio import plan_audio
+        from launcher.errors import DataError
+
+        if self.audio is None:
+            raise DataError(f"/audio {path}: this model has no audio tower; chat with a Qwen2-Audio run")
+        plan_audio(path, self.audio, "/audio")
+        self.pending_audios.append(path)
+
     def user_message(self, user_text: str) -> dict:
         """The next user turn: attached videos, then images, go first as <video> / <image> placeholders (unless
         the text places them)."""
         missing = len(self.pending) - user_text.count("<image>")
         missing_videos = len(self.pending_videos) - user_text.count("<video>")
-        return {"role": "user", "content": "<video>" * max(missing_videos, 0) + "<image>" * max(missing, 0) + user_text}
+        missing_audios = len(self.pending_audios) - user_text.count("<audio>")
+        return {"role": "user", "content": "<audio>" * max(missing_audios, 0) + "<video>" * max(missing_videos, 0)
+                + "<image>" * max(missing, 0) + user_text}
 
     def messages(self) -> list[dict]:
         head = [{"role": "system", "content": self.system}] if self.system else []
@@ -91,6 +111,15 @@ class ChatSession:
 
     def _prompt_and_images(self, user_text: str) -> tuple[str, list]:
         messages = self.messages() + [self.user_message(user_text)]
+        if self.audio is not None:  # placeholders expanded to their spans; the plans go to reply's features
+            from launcher.data.audio import count_placeholders, expand_audio_placeholders, plan_audio
+            from launcher.errors import DataError
+
+            audios = self.audios + self.pending_audios
+            if count_placeholders(messages) != len(audios):
+                raise DataError(f"chat: {count_placeholders(messages)} <audio> placeholder(s) but {len(audios)} audio(s)")
+            plans = [plan_audio(a, self.audio, "chat") for a in audios]
+            return self.render(expand_audio_placeholders(messages, plans, self.audio), None), plans
         if self.vision is None:
             return self.render(messages, None), []
         from launcher.data.vision import expand_prompt
@@ -113,7 +142,12 @@ class ChatSession:
         enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
         from launcher.inference.generation import answer_ids, eos_ids, sampling_kwargs, vision_inputs
 
-        if self.vision is not None:
+        if self.audio is not None and images:  # an audio model: ``images`` holds the audio plans
+            from launcher.data.audio import load_audio_features
+
+            features = load_audio_features([p.source for p in images], [p.grid() for p in images], self.audio)
+            enc = dict(enc, **{k: v.to(self.device) for k, v in features.items()})
+        elif self.vision is not None:
             images, plans = images if isinstance(images, tuple) else (images, [])
             enc = dict(enc, **vision_inputs(enc, [images], self.vision, self.device, [plans]))
 
@@ -130,4 +164,6 @@ class ChatSession:
         self.pending = []
         self.videos += self.pending_videos
         self.pending_videos = []
+        self.audios += self.pending_audios
+        self.pending_audios = []
         return answer, prompt

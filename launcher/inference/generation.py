@@ -61,11 +61,13 @@ def vision_inputs(enc: dict, images: list, vision, device, videos: Optional[list
 @torch.no_grad()
 def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, device, do_sample: bool = False,
                    temperature: float = 1.0, top_p: float = 1.0, images: Optional[list] = None,
-                   vision=None) -> tuple[list[str], list[int]]:
+                   vision=None, audios: Optional[list] = None, audio=None) -> tuple[list[str], list[int]]:
     """Answers to already-rendered prompts, and how many tokens each generated (its end token included).
 
     VL models: ``images`` per prompt as [(path, grid)], with ``vision`` (a VisionData); the prompts carry
-    the expanded vision spans. The model computes its 3-D positions itself from mm_token_type_ids."""
+    the expanded vision spans. The model computes its 3-D positions itself from mm_token_type_ids.
+    Audio models: ``audios`` per prompt as [AudioPlan], with ``audio`` (an AudioData); the prompts carry the
+    expanded audio spans, whose features fill them in order."""
     was_training = model.training
     model.eval()
     side = tokenizer.padding_side
@@ -76,6 +78,12 @@ def generate_texts(model, tokenizer, prompts: list[str], max_new_tokens: int, de
         tokenizer.padding_side = side
     if vision is not None:
         enc = dict(enc, **vision_inputs(enc, images or [[] for _ in prompts], vision, device))
+    plans = [plan for per_prompt in (audios or []) for plan in per_prompt]
+    if audio is not None and plans:
+        from launcher.data.audio import load_audio_features
+
+        features = load_audio_features([p.source for p in plans], [p.grid() for p in plans], audio)
+        enc = dict(enc, **{k: v.to(device) for k, v in features.items()})
     stop = eos_ids(model, tokenizer)
     try:
         out = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
@@ -97,6 +105,20 @@ def exact_match(predictions: list[str], references: list[str]) -> float:
     return hits / len(references)
 
 
+def audio_data_of(model, tokenizer):
+    """An audio model's AudioData (its family's feature extractor), for held-out samples with audio; None for
+    other models (their prompts keep ``<audio>`` as text, as training's data check refuses such rows anyway)."""
+    from launcher.data.audio import AudioData
+    from launcher.models.audio import AudioModelInfo, build_feature_extractor, is_audio_model
+    from launcher.models.vision import unwrap
+
+    if not is_audio_model(model):
+        return None
+    family = unwrap(model).config.model_type
+    extractor = build_feature_extractor(AudioModelInfo(family, family))
+    return AudioData(extractor, extractor.sampling_rate).with_tokenizer(tokenizer)
+
+
 def exact_match_eval(model, tokenizer, samples: list, max_new_tokens: int, device, render,
                      batch_size: int = 16, vision=None, on_batch=None) -> dict:
     """Greedy answers to ``samples``' prompts, rendered by ``render`` (launcher.inference.prompts.prompt_renderer,
@@ -105,9 +127,16 @@ def exact_match_eval(model, tokenizer, samples: list, max_new_tokens: int, devic
     from launcher.data.vision import expand_prompt
 
     pairs = [prompt_and_reference(s) for s in samples]
-    images = []
+    audio = audio_data_of(model, tokenizer) if vision is None and any(s.get("audios") for s in samples) else None
+    images, audios = [], []
     prompts = []
     for (conv, _), s in zip(pairs, samples):
+        if audio is not None:
+            from launcher.data.audio import expand_audio_placeholders, plan_audio
+
+            plans = [plan_audio(str(a), audio, "exact match") for a in s.get("audios") or []]
+            conv = expand_audio_placeholders(conv, plans, audio)
+            audios.append(plans)
         if vision is not None:
             conv, grids = expand_prompt(conv, s.get("images") or [], vision)
             images.append(list(zip(s.get("images") or [], grids)))
@@ -117,7 +146,8 @@ def exact_match_eval(model, tokenizer, samples: list, max_new_tokens: int, devic
     for start in range(0, len(prompts), batch_size):
         chunk = images[start: start + batch_size] if vision is not None else None
         preds += generate_texts(model, tokenizer, prompts[start: start + batch_size], max_new_tokens, device,
-                                images=chunk, vision=vision)[0]
+                                images=chunk, vision=vision, audios=audios[start: start + batch_size],
+                                audio=audio)[0]
         if on_batch is not None:
             on_batch()
     return {

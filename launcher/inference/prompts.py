@@ -52,7 +52,9 @@ def prompt_renderer(tokenizer, cfg: Optional[Config]) -> Callable[[list, Optiona
     from launcher.models.vision import vision_info
 
     template = cfg.data.template if cfg is not None else None
-    info = vision_info(cfg.model) if cfg is not None else None
+    from launcher.models.audio import audio_info
+
+    info = (vision_info(cfg.model) or audio_info(cfg.model)) if cfg is not None else None
     if info is not None and not template:
         template = info.template  # as training chose it (launcher.data.build_datasets)
     renderer, _ = choose_renderer(tokenizer, template)

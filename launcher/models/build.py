@@ -41,11 +41,16 @@ def auto_model_class(cfg: Config):
     model (launcher.models.reward), AutoModelForCausalLM otherwise."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
+    from launcher.models.audio import audio_info
     from launcher.models.reward import is_reward_model, reward_model_class
     from launcher.models.vision import vision_info
 
     if is_reward_model(cfg):
         return reward_model_class()
+    if audio_info(cfg.model):  # Qwen2-Audio: transformers files it under multimodal LMs
+        from transformers import AutoModelForMultimodalLM
+
+        return AutoModelForMultimodalLM
     return AutoModelForImageTextToText if vision_info(cfg.model) else AutoModelForCausalLM
 
 

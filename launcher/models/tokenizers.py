@@ -86,6 +86,10 @@ def load_tokenizer(model_cfg: ModelConfig):
         raise ConfigError("model.tokenizer: a random-init model needs a tokenizer (builtin:chars, builtin:qwen, or a path)")
     if source == "builtin:chars":
         tokenizer = build_char_tokenizer()
+    elif source == "builtin:qwen2_audio":  # Qwen's BPE with Qwen2-Audio's three audio tokens (launcher.models.audio)
+        from launcher.models.audio import build_audio_tokenizer
+
+        tokenizer = build_audio_tokenizer(qwen_tokenizer_dir())
     else:
         if source == "builtin:qwen":
             source = str(qwen_tokenizer_dir())

@@ -233,6 +233,10 @@ def save_vision_files(out: Path, cfg, tokenizer) -> None:
     info = vision_info(cfg.model)
     if info is not None:
         save_processor_files(out, build_image_processor(info), tokenizer, info)
+    else:  # an audio model's feature extractor and audio chat template (nothing for a text model)
+        from launcher.models.audio import save_audio_files
+
+        save_audio_files(out, cfg)
 
 
 def is_vision_model(model) -> bool:
@@ -372,4 +376,8 @@ def auto_class_for(folder) -> type:
         from launcher.models.reward import reward_model_class
 
         return reward_model_class()
+    if model_type == "qwen2_audio":  # launcher.models.audio's family (its auto class: multimodal LMs)
+        from transformers import AutoModelForMultimodalLM
+
+        return AutoModelForMultimodalLM
     return AutoModelForImageTextToText if model_type in VL_ARCHS else AutoModelForCausalLM

@@ -209,6 +209,7 @@ class CausalLMLoss(nn.Module):
                                       ref_hidden, ref_head)
 
 
+AUDIO_INPUTS = ("input_features", "feature_attention_mask")
 VISION_INPUTS = ("pixel_values", "image_grid_thw", "mm_token_type_ids", "pixel_values_videos", "video_grid_thw",
                  "second_per_grid_ts")
 
@@ -220,9 +221,16 @@ def backbone_hidden(model: nn.Module, input_ids, attention_mask, position_ids, b
     pixel_values, image_grid_thw, mm_token_type_ids and the explicit 3-D position ids from the collate (a
     text-only batch carries a masked dummy image there: launcher.data.collate.with_dummy_image).
     """
+    from launcher.models.audio import is_audio_model
     from launcher.models.vision import is_vision_model, multimodal_backbone
 
-    if not is_vision_model(getattr(model, "get_base_model", lambda: model)()):
+    base = getattr(model, "get_base_model", lambda: model)()
+    if is_audio_model(base):  # Qwen2-Audio: its model puts the audio tower's features on the <|AUDIO|> tokens
+        kwargs = {k: batch[k] for k in AUDIO_INPUTS if batch.get(k) is not None}
+        out = multimodal_backbone(model)(input_ids=input_ids, attention_mask=attention_mask,
+                                         position_ids=position_ids, use_cache=False, **kwargs)
+        return out.last_hidden_state
+    if not is_vision_model(base):
         out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                   use_cache=False)
         return out.last_hidden_state

@@ -16,12 +16,14 @@ MEDIA = sorted(k for k, v in INFO.items() if "file_name" in v and set(v.get("col
 
 @pytest.mark.parametrize("name", MEDIA)
 def test_demo_media_datasets_are_refused_for_a_text_model(name):
-    """A text model refuses images and videos (tests/vl trains mllm_demo and mllm_video_demo on a VL model);
-    audio is refused."""
+    """A text model refuses images, videos and audio (tests/vl trains mllm_demo and mllm_video_demo on a VL
+    model, mllm_audio_demo on Qwen2-Audio)."""
     from launcher.errors import DataError
 
-    audio = "audios" in INFO[name].get("columns", {})
-    match = r"which launcher does not train yet" if audio else r"has no vision tower"
+    columns = INFO[name].get("columns", {})
+    audio = "audios" in columns
+    match = (r"the row has audios and videos: a model that takes both \(the Qwen2.5-Omni thinker"
+             if audio and "videos" in columns else r"has no audio tower" if audio else r"has no vision tower")
     with pytest.raises(DataError, match=match):
         build_datasets(make_config(DEMO, [name], max_samples=8, use_cache=False), qwen_tokenizer())
 

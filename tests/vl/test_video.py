@@ -145,7 +145,7 @@ def expect_refused(folder, match, **data):
     ("too long", r"video 0 \(.*v\.mp4\) takes at least \d+ tokens \(8 frames, grid \[4, 4, 4\]\) but"
                  r" data.cutoff_len is 16; lower data.video_maxlen"),
     ("placeholders", r"2 <video> placeholder\(s\) in the text but 1 videos"),
-    ("audio", r"the row has audios, which launcher does not train yet"),
+    ("audio", r"the row has audios but model .* has no audio tower; use a Qwen2-Audio model"),
 ])
 def test_bad_video_is_one_line_naming_the_row(tmp_path, case, match):
     write_video(tmp_path / "v.mp4", frames=16, fps=4)

@@ -58,5 +58,7 @@ def test_ppo_losses_on_two_ranks_equal_one_process(one_process, parallelism):
     for a, b in zip(want, got):
         assert b["reward"] == pytest.approx(a["reward"], abs=1e-6), a["step"]
         assert b["completion_length"] == a["completion_length"]
-        for key in ("loss", "policy_loss", "value_loss", "kl"):
+        for key in ("loss", "policy_loss", "value_loss"):
             assert b[key] == pytest.approx(a[key], rel=LOSS_RTOL, abs=1e-6), (a["step"], key, a[key], b[key])
+        # the KL is a sum of differences of float32 log-probs (batches padded differently): absolute tolerance
+        assert b["kl"] == pytest.approx(a["kl"], abs=1e-5), (a["step"], a["kl"], b["kl"])

@@ -106,3 +106,30 @@ def test_ppo_resumes_mid_generation_batch_exactly(straight, digits_task, output_
         for key in ("loss", "reward", "kl", "value_loss", "policy_loss", "completion_length", "clip_ratio"):
             assert a[key] == b[key], (a["step"], key, a[key], b[key])
     assert_same_weights(final_weights(run_dir), final_weights(ref_dir))
+
+
+LEARN_STEPS, LEARN_EPOCHS = 32, 4
+
+
+def learning_overrides(folder, rm_dir) -> list:
+    """The settings of the rise below (and of tests/benchmarks/demo_ppo.py, which runs them longer)."""
+    return ["method=ppo", *ppo_data(folder), f"method.ppo.reward_model={rm_dir}", "train.micro_batch_size=8",
+            "train.log_every=1", "train.warmup_ratio=0", "train.lr_scheduler=constant", "train.save_model=false",
+            "method.lr=2e-2", "method.ppo.max_completion_length=6", f"method.ppo.ppo_epochs={LEARN_EPOCHS}",
+            "method.ppo.kl_coef=0.0", "method.ppo.eval_prompts=8"]
+
+
+def test_ppo_mean_reward_rises_where_the_reward_model_is_right(digits_task, output_root):
+    folder, rm_dir, rm_summary = digits_task
+    # the reward model is right on the task: it ranks held-out digit answers above vowel ones
+    assert rm_summary["rewards_after"]["eval/rewards/accuracy"] >= 0.9
+    run_dir, (summary,) = train(output_root, "learns", [*learning_overrides(folder, rm_dir),
+                                                        f"train.max_steps={LEARN_STEPS}"])
+    rollouts = [r["reward"] for r in read_metrics(run_dir, "train")][::LEARN_EPOCHS]  # one per generation batch
+    assert len(rollouts) == LEARN_STEPS // LEARN_EPOCHS
+    first, last = sum(rollouts[:2]) / 2, sum(rollouts[-2:]) / 2
+    before, after = summary["held_out_before"]["eval/reward"], summary["held_out_after"]["eval/reward"]
+    print(f"\nPPO: mean reward of the first two rollouts {first:.3f}, of the last two {last:.3f}; held-out"
+          f" (greedy) {before:.3f} -> {after:.3f}")
+    assert last > first + 0.2
+    assert after > before + 0.25

@@ -133,3 +133,28 @@ def test_ppo_mean_reward_rises_where_the_reward_model_is_right(digits_task, outp
           f" (greedy) {before:.3f} -> {after:.3f}")
     assert last > first + 0.2
     assert after > before + 0.25
+
+
+def test_ppo_lora_trains_adapters_and_value_head_against_the_base(digits_task, output_root):
+    folder, rm_dir, _ = digits_task
+    extra = ["method=ppo_lora", "train.max_steps=2", "method.lr=1e-2", "method.ppo.eval_prompts=0"]
+    cfg_overrides = [o for o in ppo_overrides(folder, rm_dir) if not o.startswith(("method=", "train.max_steps"))]
+    cfg = compose_config([f"run.output_root={output_root}", *cfg_overrides, *extra])
+    run_dir = make_run_dir(output_root, "lora")
+    write_run_config(run_dir, cfg)
+    recipe = PPORecipe(cfg, run_dir, init_distributed())
+    recipe.setup()
+    head = recipe.trainer.engine.model.get_base_model().v_head
+    try:
+        recipe.train()
+    finally:
+        recipe.cleanup()
+    steps = read_metrics(run_dir, "train")
+    assert len(steps) == 2 and steps[1]["approx_kl"] > 0 and steps[1]["value_loss"] < steps[0]["value_loss"]
+    assert head.weight.requires_grad and head.weight.abs().sum() > 0  # it trained from zero
+    model_dir = run_dir / "model"
+    assert (model_dir / "adapter_config.json").is_file()
+    from safetensors import safe_open
+
+    with safe_open(model_dir / "adapter_model.safetensors", "pt") as f:
+        assert not [k for k in f.keys() if "v_head" in k]

@@ -45,7 +45,9 @@ def main(argv=None) -> int:
     _, rm_dir, rm = run_rm(root / "runs", [*letters_data(folder), "method=rm", "method.lr=1e-2",
                                            f"train.max_steps={args.rm_steps}", "train.save_model=true"], "rm")
     print(f"reward model ({rm_dir}): held-out pair accuracy {rm['rewards_before']['eval/rewards/accuracy']:.3f} ->"
-          f" {rm['rewards_after']['eval/rewards/accuracy']:.3f} ({time.monotonic() - t0:.0f} s)", flush=True)
+          f" {rm['rewards_after']['eval/rewards/accuracy']:.3f}; its mean score of held-out digit answers"
+          f" {rm['rewards_after']['eval/rewards/chosen']:.2f}, vowel answers {rm['rewards_after']['eval/rewards/rejected']:.2f}"
+          f" ({time.monotonic() - t0:.0f} s)", flush=True)
 
     t0 = time.monotonic()
     _, run_dir, summary = run_recipe(PPORecipe, root / "runs", [*learning_overrides(folder, rm_dir),

@@ -20,7 +20,7 @@ def check_config(problems: Problems, cfg: Config) -> None:
 
         problems.errors.extend(reward_spec_problems(cfg))
     if not found and cfg.method.name == "ppo":
-        from launcher.training.objectives.ppo import reward_model_problems
+        from launcher.training.reward_model_run import reward_model_problems
 
         problems.errors.extend(reward_model_problems(cfg))
 

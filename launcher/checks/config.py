@@ -19,6 +19,10 @@ def check_config(problems: Problems, cfg: Config) -> None:
         from launcher.training.rewards import reward_spec_problems
 
         problems.errors.extend(reward_spec_problems(cfg))
+    if not found and cfg.method.name == "ppo":
+        from launcher.training.reward_model_run import reward_model_problems
+
+        problems.errors.extend(reward_model_problems(cfg))
 
 
 def check_batch(problems: Problems, cfg: Config) -> None:

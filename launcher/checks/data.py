@@ -170,7 +170,7 @@ def model_has_media_encoders(cfg: Config) -> Optional[bool]:
 
 
 METHOD_DATA_KINDS = {"dpo": ("preference",), "rm": ("preference",), "kto": ("kto",), "pretrain": ("pt",),
-                     "grpo": ("sft",)}
+                     "grpo": ("sft",), "ppo": ("sft",)}
 """method.name -> the dataset kinds it trains on (``dataset_kind``); the others: sft and pt."""
 KIND_WORDS = {"sft": "instruction", "preference": "preference", "kto": "KTO feedback", "pt": "plain text"}
 
@@ -238,6 +238,12 @@ def check_data_choices(problems, cfg: Config) -> None:
                 f" {'/'.join(sorted(KIND_WORDS[k] for k in kinds))} data"
                 f"{' with no answer column for the exact_match reward' if exact else ''}; use instruction data"
                 " (alpaca/sharegpt with an answer: data=tasks)"
+            )
+        elif method == "ppo":
+            problems.errors.append(
+                f"{keys}: method=ppo samples answers to prompts (the reward model scores them), but {names} (in"
+                f" {info}) {are} {'/'.join(sorted(KIND_WORDS[k] for k in kinds))} data; use instruction data"
+                " (alpaca/sharegpt: data=tasks)"
             )
         elif method == "pretrain":
             problems.errors.append(

@@ -91,17 +91,15 @@ VISION_KEYS = {"image_max_pixels": "data.image_max_pixels", "image_min_pixels": 
                "video_max_pixels": "data.video_max_pixels", "video_min_pixels": "data.video_min_pixels",
                "video_fps": "data.video_fps", "video_maxlen": "data.video_maxlen"}
 
-STAGES = {"sft": "sft", "dpo": "dpo", "kto": "kto", "pt": "pt", "rm": "rm"}
+STAGES = {"sft": "sft", "dpo": "dpo", "kto": "kto", "pt": "pt", "rm": "rm", "ppo": "ppo"}
 # (stage, finetuning_type) -> our method option; a finetuning kind the option does not name is set on top.
 METHOD_OPTIONS = {("sft", "full"): "sft_full", ("sft", "lora"): "lora", ("sft", "freeze"): "freeze",
                   ("dpo", "full"): "dpo", ("dpo", "lora"): "dpo_lora", ("kto", "full"): "kto",
                   ("kto", "lora"): "kto_lora", ("pt", "full"): "pretrain", ("pt", "lora"): "pretrain",
                   ("pt", "freeze"): "pretrain", ("rm", "full"): "rm", ("rm", "lora"): "rm_lora",
-                  ("rm", "freeze"): "rm", ("sft", "oft"): "oft"}
-STAGE_HINTS = {
-    "ppo": "not supported yet: PPO (stage: ppo); use stage: dpo, or our method=grpo (online RL with reward"
-           " functions, or a stage: rm run's model as the reward: method.grpo.rewards=[rm:RUN_DIR])",
-}
+                  ("rm", "freeze"): "rm", ("sft", "oft"): "oft", ("ppo", "full"): "ppo", ("ppo", "lora"): "ppo_lora"}
+STAGE_HINTS: dict = {}
+"""stage -> the one line that refuses it and says what to do instead (none at present)."""
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant", "constant_with_warmup": "constant"}
 PREF_LOSSES = {"sigmoid": "sigmoid", "ipo": "ipo", "hinge": "hinge", "simpo": "simpo", "orpo": "orpo"}
 OPTIMIZERS = {"adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_hf": "adamw", "sgd": "sgd",
@@ -294,10 +292,6 @@ def model_and_method(r: _Reading) -> tuple[str, str]:
     stage = str(r.take("stage", "sft"))
     finetuning = str(r.take("finetuning_type", "lora"))  # LLaMA-Factory's default is lora
     if stage in STAGE_HINTS:
-        if stage == "ppo":  # PPO's own keys: the one refusal line (stage) says what to do instead
-            for key in ("reward_model", "reward_model_type", "ppo_score_norm", "ppo_whiten_rewards", "ppo_target",
-                        "ppo_epochs", "ppo_buffer_size"):
-                r.take(key)
         r.fail("stage", STAGE_HINTS[stage])
     elif stage not in STAGES:
         r.fail("stage", f"'{stage}' is not one of sft, dpo, kto, pt, rm, ppo")
@@ -518,6 +512,82 @@ def preference(r: _Reading, stage: str) -> None:
             r.put(f"method.dpo.{ours}", value)
     if "pref_ftx" in lf and not lf["pref_ftx"]:
         r.take("pref_ftx")  # 0 is the default: nothing to translate
+
+
+PPO_KEYS = ("reward_model", "reward_model_type", "reward_model_adapters", "reward_model_quantization_bit",
+            "ppo_buffer_size", "ppo_epochs", "ppo_score_norm", "ppo_target", "ppo_whiten_rewards")
+# LLaMA-Factory's generating_args defaults, which its PPO samples with when the file does not set them.
+PPO_GENERATION = {"max_new_tokens": ("method.ppo.max_completion_length", 1024),
+                  "temperature": ("method.ppo.temperature", 0.95), "top_p": ("method.ppo.top_p", 0.7)}
+
+
+def ppo(r: _Reading, stage: str, finetuning: str, cwd: Path) -> None:
+    """stage ppo: reward_model (the output_dir of a stage: rm run trained here, or its run dir) and its type,
+    ppo_*, and the generation keys the rollouts sample with (LLaMA-Factory's defaults where absent)."""
+    from launcher.config.llamafactory_after import run_dir_of
+
+    lf, take, put = r.lf, r.take, r.put
+    if stage != "ppo":
+        unused = [k for k in PPO_KEYS if k in lf and take(k) is not None]
+        if unused:
+            r.notes.append(f"{', '.join(unused)}: unused with stage {stage} (as in LLaMA-Factory)")
+        return
+    model = take("reward_model")
+    if not model:
+        r.fail("reward_model", "required with stage: ppo: the output_dir of a stage: rm run (trained with `launcher"
+                               " train --from-llamafactory`), or its run dir")
+    else:
+        path = Path(_path(model, cwd))
+        run_dir = run_dir_of(path)
+        if run_dir is None:
+            r.fail("reward_model", f"{path} is neither the output_dir of a stage: rm run trained with `launcher train"
+                                   " --from-llamafactory` nor a run dir; train the reward model with launcher first"
+                                   " (stage: rm), then give its output_dir")
+        else:
+            put("method.ppo.reward_model", str(run_dir))
+    kind = str(take("reward_model_type", "lora"))  # LLaMA-Factory's default
+    if kind == "api":
+        r.fail("reward_model_type", "not supported: a reward served over HTTP (api); train a reward model with stage:"
+                                    " rm and give its output_dir with reward_model_type: full")
+    elif kind not in ("full", "lora"):
+        r.fail("reward_model_type", f"'{kind}' is not one of full, lora (api is not supported)")
+    elif kind == "lora":
+        if finetuning != "lora":  # LLaMA-Factory refuses it too
+            r.fail("reward_model_type", "lora needs finetuning_type: lora (as in LLaMA-Factory); use"
+                                        " reward_model_type: full")
+        else:
+            r.notes.append("reward_model_type: lora: the stage: rm run's adapter is loaded on its own base as a"
+                           " separate scorer (LLaMA-Factory swaps it onto the policy's base); the scores are the same")
+    for key in ("reward_model_adapters", "reward_model_quantization_bit"):
+        if lf.get(key) is not None:
+            take(key)
+            r.fail(key, "not supported yet: the reward model is the stage: rm run's saved model as it is; remove"
+                        " the key")
+    if "ppo_epochs" in lf:
+        put("method.ppo.ppo_epochs", take("ppo_epochs"))
+    if "ppo_whiten_rewards" in lf:
+        put("method.ppo.whiten_rewards", bool(take("ppo_whiten_rewards")))
+    if take("ppo_buffer_size", 1) != 1:
+        r.fail("ppo_buffer_size", "not supported yet: each generation batch is one global batch here; set it to 1"
+                                  " or remove it (raise gradient_accumulation_steps for a larger batch)")
+    if take("ppo_score_norm", False):
+        r.fail("ppo_score_norm", "not supported yet: running score normalisation; remove the key")
+    if "ppo_target" in lf:
+        take("ppo_target")
+        r.notes.append("ppo_target: the adaptive KL controller is not built; the KL coefficient is fixed"
+                       " (method.ppo.kl_coef)")
+    for key, (ours, default) in PPO_GENERATION.items():
+        put(ours, take(key, default))
+    absent = [k for k in PPO_GENERATION if k not in lf]
+    if absent:
+        r.notes.append(f"{', '.join(absent)}: LLaMA-Factory's defaults for PPO's sampling ("
+                       + ", ".join(f"{k} {PPO_GENERATION[k][1]}" for k in absent) + ")")
+    if lf.get("top_k") not in (None, 0):
+        take("top_k")
+        r.notes.append("top_k: not applied; the rollouts sample with temperature and top_p")
+    if "do_sample" in lf:
+        if not take("do_sample"):
+            r.fail("do_sample", "false is not supported with stage: ppo: the rollouts sample; remove the key")
 
 
 def dataset(r: _Reading, stage: str, cwd: Path) -> None:
@@ -836,6 +906,7 @@ def translate(lf: dict, *, source: str = "llamafactory.yaml", lines: Optional[di
     token_loss(r, stage)
     kto(r, stage)
     preference(r, stage)
+    ppo(r, stage, finetuning, cwd)
     dataset(r, stage, cwd)
     train(r)
     saving(r)

@@ -232,6 +232,51 @@ class GrpoConfig:
     scored by the reward functions (eval/reward, eval/<function>); 0: off."""
 
 
+
+@dataclass
+class PpoConfig:
+    """Proximal Policy Optimization with a reward model (method.name=ppo, LLaMA-Factory's stage: ppo): one
+    completion per prompt sampled from the policy, scored by a method=rm run's model, per-token rewards with a KL
+    penalty to the reference, GAE on a value head that shares the policy's backbone
+    (launcher.training.objectives.ppo; the formulas are TRL's: launcher.training.ppo_loss)."""
+
+    reward_model: Optional[str] = None
+    """RUN_DIR of a finished method=rm (or rm_lora) run whose saved model scores prompt + completion (required;
+    checked at the dry run). It must share the policy's tokenizer: the text is tokenized once, with the policy's."""
+    max_completion_length: int = 16
+    """Most tokens generated per completion (tokens); a completion cut here is still scored (truncated)."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts (> 0); the held-out reward is scored greedily."""
+    top_p: float = 1.0
+    """Nucleus sampling of the rollouts: keep the smallest set of tokens whose probability reaches top_p."""
+    ppo_epochs: int = 4
+    """Optimizer steps on each generation batch (TRL's num_ppo_epochs, LLaMA-Factory's ppo_epochs): the first
+    uses the fresh completions, the others reuse them against the sampling policy's log-probs (clipped ratio)."""
+    kl_coef: float = 0.05
+    """Weight of the per-token KL penalty to the reference in the reward (-kl_coef * (logp - ref_logp); TRL's
+    kl_coef). 0: no reference is kept or scored. The reference is a frozen copy (full) or the base with adapters
+    off (LoRA). Fixed: LLaMA-Factory's adaptive controller (ppo_target) is not built."""
+    cliprange: float = 0.2
+    """Clip of the policy ratio: [1 - cliprange, 1 + cliprange]."""
+    cliprange_value: float = 0.2
+    """Clip of the value prediction around the sampling step's: [old - cliprange_value, old + cliprange_value]
+    (reward units)."""
+    vf_coef: float = 0.1
+    """Weight of the value loss in the loss (TRL's vf_coef)."""
+    gamma: float = 1.0
+    """Discount per token in GAE."""
+    lam: float = 0.95
+    """GAE's lambda: 1 gives the Monte Carlo return's advantage, 0 the one-step TD error."""
+    whiten_rewards: bool = False
+    """Whiten the per-token rewards (not shifting their mean) over the generation batch before GAE
+    (LLaMA-Factory's ppo_whiten_rewards, TRL's whiten_rewards). Advantages are always whitened."""
+    missing_eos_penalty: Optional[float] = None
+    """Subtracted from the score of a completion cut at max_completion_length without an end token (TRL's
+    missing_eos_penalty); None: none."""
+    eval_prompts: int = 32
+    """Held-out prompts answered greedily before and after training (and every train.eval_every steps) and
+    scored by the reward model (eval/reward; eval/exact_match where the rows have answers); 0: off."""
+
 @dataclass
 class KtoConfig:
     beta: float = 0.1
@@ -410,6 +455,8 @@ class MethodConfig:
     """The reward model's probe, for method.name=rm."""
     grpo: GrpoConfig = field(default_factory=GrpoConfig)
     """Rollouts, rewards and the clipped loss, for method.name=grpo."""
+    ppo: PpoConfig = field(default_factory=PpoConfig)
+    """Rollouts, the reward model, the value head and the clipped losses, for method.name=ppo."""
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     """Which layers train, with method.finetuning=freeze."""
     token_loss: TokenLossConfig = field(default_factory=TokenLossConfig)
@@ -780,6 +827,7 @@ METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "kto": ("recipes.kto", ("full", "lora")),
     "rm": ("recipes.rm", ("full", "lora", "freeze")),
     "grpo": ("recipes.grpo", ("full", "lora")),
+    "ppo": ("recipes.ppo", ("full", "lora")),
     "pretrain": ("recipes.pretrain", ("full", "lora", "freeze")),
 }
 """method.name -> (the recipe module every rank runs, the method.finetuning kinds it allows)."""
@@ -837,6 +885,9 @@ def check_combinations(cfg: Config) -> None:
                               " use method=rm_lora with method.lora.quantize=null")
     if m.name == "grpo":
         validate_grpo(m.grpo, d)
+    if m.name == "ppo" and d.packing:
+        raise ConfigError("data.packing: method=ppo trains on its own completions, one per row; set"
+                          " data.packing=false")
     if m.name == "pretrain" and not d.packing:
         raise ConfigError("data.packing: method=pretrain packs documents (each ends with the end-of-text token and"
                           " attends only to itself); set data.packing=true (data=c4_demo and data=wiki_demo do)")

@@ -206,7 +206,8 @@ class FSDPEngine(Engine):
 
         # Saved in the dtype it computed in, as DeepSpeed's bf16 mode saves.
         save_sharded_hf(self.model, directory, is_main=self.dist.is_main,
-                        dtype=torch.bfloat16 if self.bf16 else None, tokenizer=tokenizer)
+                        dtype=torch.bfloat16 if self.bf16 else None, tokenizer=tokenizer,
+                        skip=getattr(self.model, "_keys_to_ignore_on_save", None) or ())  # as save_pretrained (PPO's value head)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Collective. Rank 0 gets full CPU tensors of the model (LoRA: the trainable adapter); others {}."""

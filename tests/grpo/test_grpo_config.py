@@ -1,13 +1,11 @@
 """method=grpo's configuration: bad configs refused before any job queues (G < 2, no reward, unknown or
-unimportable rewards, weights that do not match, data without answers), LLaMA-Factory's stage: ppo refused in
-one line that points at GRPO."""
+unimportable rewards, weights that do not match, data without answers)."""
 from __future__ import annotations
 
 import pytest
 
 from launcher.checks.preflight import run_preflight
 from launcher.config.compose import compose_config
-from launcher.config.llamafactory import translate
 from launcher.errors import ConfigError, PreflightError
 
 
@@ -45,9 +43,3 @@ def test_a_good_grpo_config_passes_the_preflight():
     assert cfg.method.finetuning == "lora" and cfg.method.grpo.num_generations == 4
     run_preflight(cfg)
 
-
-def test_llamafactory_stage_ppo_is_refused_in_one_line_pointing_at_grpo(tmp_path):
-    with pytest.raises(ConfigError) as err:
-        translate({"model_name_or_path": "/m", "stage": "ppo", "reward_model": "saves/rm", "do_train": True,
-                   "finetuning_type": "lora", "dataset": "alpaca_en_demo"}, cwd=tmp_path)
-    assert "\n" not in str(err.value) and "stage: ppo" in str(err.value) and "method=grpo" in str(err.value)

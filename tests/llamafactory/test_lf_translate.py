@@ -256,7 +256,7 @@ def test_deepspeed_nvme_and_missing_file(tmp_path):
 
 
 @pytest.mark.parametrize("extra, key, words", [
-    ({"stage": "ppo"}, "stage", "not supported yet: PPO"),
+    ({"stage": "ppo", "reward_model": "saves/none"}, "reward_model", "neither the output_dir of a stage: rm run"),
     ({"stage": "dpo", "finetuning_type": "freeze"}, "finetuning_type", "freeze with stage dpo is not supported"),
     ({"quantization_bit": 3}, "quantization_bit", "3 is not supported; use 4 or 8"),
     ({"quantization_bit": 4, "quantization_method": "hqq"}, "quantization_method", "'hqq' is not supported"),

@@ -19,6 +19,9 @@ def check_config(problems: Problems, cfg: Config) -> None:
         from launcher.training.rewards import reward_spec_problems
 
         problems.errors.extend(reward_spec_problems(cfg))
+        from launcher.checks.model import grpo_model_problems
+
+        problems.errors.extend(grpo_model_problems(cfg))
 
 
 def check_batch(problems: Problems, cfg: Config) -> None:

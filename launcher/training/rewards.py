@@ -105,7 +105,9 @@ class CallableReward(RewardFunction):
 
 
 class RewardModelReward(RewardFunction):
-    """``rm:RUN_DIR``: a reward model trained with method=rm scores prompt + completion (its last token)."""
+    """``rm:RUN_DIR``: a reward model trained with method=rm scores prompt + completion (its last token); a
+    completion that ended (not truncated) gets the template's end of answer, as every answer the reward model
+    was trained on had it."""
 
     def __init__(self, spec: str, device, tokenizer):
         from launcher.inference.trained import load_trained_model
@@ -121,7 +123,7 @@ class RewardModelReward(RewardFunction):
 
     @torch.no_grad()
     def score(self, items):
-        texts = [c.row["prompt"] + c.text for c in items]
+        texts = [c.row["prompt"] + c.text + ("" if c.truncated else c.row.get("answer_suffix", "")) for c in items]
         side = self.tokenizer.padding_side
         self.tokenizer.padding_side = "right"  # scored at the last non-pad token, as in training
         try:

@@ -117,8 +117,9 @@ class RewardModelReward(RewardFunction):
         if not (run_dir / "config.yaml").is_file() and not (run_dir / "model").is_dir():
             raise ConfigError(f"method.grpo.rewards: '{spec}': {run_dir} is not a run dir of method=rm (no"
                               " config.yaml or model/)")
-        self.model = load_trained_model(run_dir, device=device).eval().requires_grad_(False)
-        self.tokenizer = tokenizer
+        model, own_tokenizer = load_trained_model(run_dir, device=device)
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = own_tokenizer or tokenizer  # the text is tokenized as the reward model was trained
         self.device = device
 
     @torch.no_grad()

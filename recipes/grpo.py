@@ -31,7 +31,7 @@ from launcher.inference.generation import eos_ids
 from launcher.inference.rollout import TransformersEngine
 from launcher.training.entry import recipe_main
 from launcher.training.objectives import unwrap_loss_module
-from launcher.training.objectives.grpo import CompletionLogProbs, GRPOObjective, generation_weights
+from launcher.training.objectives.grpo import CompletionLogProbs, GRPOObjective, generation_weights, sharded_forward
 from launcher.training.objectives.reference import frozen_copy
 from launcher.training.recipe import Recipe
 from launcher.training.rewards import build_reward_functions
@@ -90,7 +90,7 @@ class GRPORecipe(Recipe):
         if self.cfg.method.grpo.beta == 0:
             return None
         if ref_model is not None:
-            ref = CompletionLogProbs(ref_model)
+            ref = CompletionLogProbs(ref_model, share_prompts=not sharded_forward(self.cfg))
             return torch.no_grad()(lambda batch: ref(**batch)[0])
 
         @torch.no_grad()

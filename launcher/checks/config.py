@@ -23,6 +23,10 @@ def check_config(problems: Problems, cfg: Config) -> None:
         from launcher.training.reward_model_run import reward_model_problems
 
         problems.errors.extend(reward_model_problems(cfg))
+    if not found and cfg.method.name in ("grpo", "ppo"):
+        from launcher.checks.model import rollout_model_problems
+
+        problems.errors.extend(rollout_model_problems(cfg))
 
 
 def check_batch(problems: Problems, cfg: Config) -> None:

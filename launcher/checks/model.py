@@ -427,3 +427,15 @@ def check_reward_model(problems: Problems, cfg: Config) -> None:
         raise ConfigError(f"model: method=rm scores text with AutoModelForSequenceClassification, which has no"
                           f" class for the vision-language model {cfg.model.name_or_path or cfg.model.arch};"
                           " use a text-only model")
+
+
+def rollout_model_problems(cfg: Config) -> list[str]:
+    """method=grpo and ppo sample from text prompts: their rollouts (launcher.inference.rollout) and prompt rows
+    (launcher.data.prompt_rows) carry no images, so a vision-language model would answer image questions blind."""
+    from launcher.models.vision import vision_info
+
+    if cfg.method.name not in ("grpo", "ppo") or not vision_info(cfg.model):
+        return []
+    return [f"model: method={cfg.method.name} samples completions from text prompts only (its rollouts pass no images or videos)"
+            f" and {cfg.model.name_or_path or cfg.model.arch} is a vision-language model; use a text-only model"
+            " (or method=sft / dpo for VL data)"]

@@ -19,7 +19,8 @@ from launcher.errors import DataError
 @dataclass
 class PromptData:
     train: list
-    """Prompt rows: {prompt_ids, prompt (text), answer (text or None), row (the dataset row), where}."""
+    """Prompt rows: {prompt_ids, prompt (text), answer (text or None), row (the dataset row), where,
+    answer_suffix (what the template writes after an answer)}."""
     eval: Optional[list]
     """Held-out prompt rows (data.eval_datasets or the data.val_size split), or None."""
     eval_samples: Optional[list]
@@ -81,6 +82,14 @@ def prompt_row(sample: dict, renderer, tokenizer) -> dict:
     return {"prompt_ids": ids, "prompt": text, "answer": answer, "row": sample["row"], "where": sample["where"]}
 
 
+def answer_suffix(renderer) -> str:
+    """What the template writes after an answer's text (qwen: "<|im_end|>\\n"): a reward model trained on
+    rendered pairs saw it after every answer, so ``rm:RUN_DIR`` scores a finished completion with it."""
+    sentinel = "\x00answer\x00"
+    text = renderer.render([{"role": "user", "content": "q"}, {"role": "assistant", "content": sentinel}], None, False)
+    return text.split(sentinel, 1)[1] if sentinel in text else ""
+
+
 def build_prompt_datasets(cfg: Config, tokenizer) -> PromptData:
     """Training and held-out prompt rows (see the module docstring)."""
     from launcher.data import template_request
@@ -108,6 +117,9 @@ def build_prompt_datasets(cfg: Config, tokenizer) -> PromptData:
         raise DataError(f"data.cutoff_len: every one of the {len(samples)} prompts is longer than {d.cutoff_len}"
                         " tokens; raise data.cutoff_len")
     eval_rows = [prompt_row(s, render, tokenizer) for s in held] or None
+    suffix = answer_suffix(render)
+    for row in rows + (eval_rows or []):
+        row["answer_suffix"] = suffix
     eval_samples = [{k: v for k, v in s.items() if k in ("messages", "tools")} for s in held] or None
     lengths = [len(r["prompt_ids"]) for r in rows]
     stats = {"train_prompts": len(rows), "eval_prompts": len(eval_rows or []), "dropped_long_prompts": dropped,

@@ -5,7 +5,7 @@ and ms-swift use) can stand in for transformers.
 decodes text, and the caller keeps the grouping (prompt k's n completions are rows k*n .. k*n+n-1).
 
 ``TransformersEngine`` runs the HF model itself with a KV cache (transformers' DynamicCache), all prompts of a
-call in one left-padded batch. Why not ``model.generate``: sampling takes an explicit ``torch.Generator`` here
+call in one left-padded batch, each prompt read once and its cache repeated for its n completions. Why not ``model.generate``: sampling takes an explicit ``torch.Generator`` here
 (seeded per generation batch and rank, so rollouts are reproducible after a resume without saving RNG state),
 and a sharded policy (ZeRO-3, FSDP) must run the same number of forwards on every rank: with ``collective`` the
 ranks agree at each token whether any of them still decodes. The weights are gathered for the whole call by the
@@ -78,17 +78,20 @@ class TransformersEngine(GenerationEngine):
         rows = [p for p in prompts for _ in range(n)]
         if not rows and not self.collective:
             return Rollout([], [])
-        width = max((len(p) for p in rows), default=1)
-        ids = torch.full((max(len(rows), 1), width), self.pad, dtype=torch.long)
+        # Each prompt is read once (the prefill, most of a rollout's compute for short answers); its cache is
+        # then repeated for its n completions.
+        width = max((len(p) for p in prompts), default=1)
+        ids = torch.full((max(len(prompts), 1), width), self.pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for i, p in enumerate(rows):
+        for i, p in enumerate(prompts):
             if p:
                 ids[i, width - len(p):] = torch.tensor(p)
                 mask[i, width - len(p):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         eos = torch.tensor(self.eos, device=self.device)
-        out = torch.full((ids.shape[0], max_new_tokens), self.pad, dtype=torch.long, device=self.device)
-        unfinished = torch.ones(ids.shape[0], dtype=torch.bool, device=self.device)
+        size = len(rows) if rows else 1  # a rank with nothing to do runs one filler row
+        out = torch.full((size, max_new_tokens), self.pad, dtype=torch.long, device=self.device)
+        unfinished = torch.ones(size, dtype=torch.bool, device=self.device)
         if not rows:
             unfinished[:] = False  # a rank with nothing to do still runs the collective forwards (fillers)
         was_training = self.model.training
@@ -102,6 +105,9 @@ class TransformersEngine(GenerationEngine):
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position, past_key_values=cache,
                                     use_cache=True, logits_to_keep=1).logits[:, -1].float()
                 last_pos = position[:, -1]
+                if rows and n > 1:
+                    cache.batch_repeat_interleave(n)
+                    mask, logits, last_pos = (t.repeat_interleave(n, dim=0) for t in (mask, logits, last_pos))
                 steps = 0
                 for t in range(max_new_tokens):
                     if greedy:

@@ -105,7 +105,9 @@ class CallableReward(RewardFunction):
 
 
 class RewardModelReward(RewardFunction):
-    """``rm:RUN_DIR``: a reward model trained with method=rm scores prompt + completion (its last token)."""
+    """``rm:RUN_DIR``: a reward model trained with method=rm scores prompt + completion (its last token); a
+    completion that ended (not truncated) gets the template's end of answer, as every answer the reward model
+    was trained on had it."""
 
     def __init__(self, spec: str, device, tokenizer):
         from launcher.inference.trained import load_trained_model
@@ -115,13 +117,14 @@ class RewardModelReward(RewardFunction):
         if not (run_dir / "config.yaml").is_file() and not (run_dir / "model").is_dir():
             raise ConfigError(f"method.grpo.rewards: '{spec}': {run_dir} is not a run dir of method=rm (no"
                               " config.yaml or model/)")
-        self.model = load_trained_model(run_dir, device=device).eval().requires_grad_(False)
-        self.tokenizer = tokenizer
+        model, own_tokenizer = load_trained_model(run_dir, device=device)
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = own_tokenizer or tokenizer  # the text is tokenized as the reward model was trained
         self.device = device
 
     @torch.no_grad()
     def score(self, items):
-        texts = [c.row["prompt"] + c.text for c in items]
+        texts = [c.row["prompt"] + c.text + ("" if c.truncated else c.row.get("answer_suffix", "")) for c in items]
         side = self.tokenizer.padding_side
         self.tokenizer.padding_side = "right"  # scored at the last non-pad token, as in training
         try:

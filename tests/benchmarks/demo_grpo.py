@@ -1,4 +1,5 @@
-"""GRPO that learns, on 2 CPU cores in minutes (README: "GRPO on the task data"); a demonstration, not a CI test.
+"""GRPO from a short SFT on 2 CPU cores (README: "Status of the GRPO demo": it does not yet raise held-out exact
+match); a demonstration, not a CI test.
 
 1. A short SFT of the default tiny model on the task data (``--sft-steps``, default 600 of the 1,875 of a full
    epoch), so that its held-out exact match is well below 100%.

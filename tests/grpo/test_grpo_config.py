@@ -31,6 +31,8 @@ def test_impossible_grpo_configs_are_refused_when_composed(overrides, match):
     (["method.grpo.rewards=[format]", "method.grpo.format_pattern='[a'"], "format_pattern: '\\[a' is not a regular"),
     (["data=prefs"], "method=grpo samples answers to prompts, but 'prefs'.* with no answer column for the"
                      " exact_match reward"),
+    (["model=tiny_qwen2_vl"], "model: method=grpo samples completions from text prompts only .* is a"
+                              " vision-language model; use a text-only model"),
 ])
 def test_rewards_and_data_are_checked_at_the_dry_run(overrides, match):
     with pytest.raises(PreflightError, match=match):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -36,20 +37,59 @@ BASE_KEYS = ("loss", "completions", "completion_tokens", "kl", "entropy", "clipp
 
 
 class CompletionLogProbs(nn.Module):
-    """``forward(input_ids, attention_mask, position_ids, completion_ids)`` -> (log p of each completion token
-    [B, C], its entropy [B, C], no gradient). Only the C completion positions go through the LM head.
+    """``forward(input_ids, attention_mask, position_ids, completion_ids, prompt_groups)`` -> (log p of each
+    completion token [B, C], its entropy [B, C], no gradient). Only the C completion positions go through the LM
+    head.
+
+    With ``prompt_groups`` (each row's prompt among the batch's distinct prompts) and ``share_prompts``, each
+    prompt runs once and its key/value cache (with its gradient) is repeated for its completions: a group of G
+    costs P + G x C tokens instead of G x (P + C). Off under ZeRO-3/FSDP (their hooks expect one call per layer
+    per forward), with gradient checkpointing (no cache while training) and for VL models.
 
     What the engine wraps for GRPO (DDP / FSDP / DeepSpeed see an ordinary module); also the reference scorer."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, share_prompts: bool = True):
         super().__init__()
         self.model = model
+        self.share_prompts = share_prompts
 
-    def forward(self, input_ids, attention_mask, position_ids, completion_ids, **_unused):
+    def _shared_prompt_hidden(self, input_ids, attention_mask, position_ids, c: int, groups: torch.Tensor):
+        """[B, C, H]: the hidden state before each completion token, each distinct prompt run once."""
+        from transformers import DynamicCache
+
+        p = input_ids.shape[1] - c
+        firsts = torch.cat([groups.new_zeros(1), (groups[1:] != groups[:-1]).nonzero().view(-1) + 1])
+        decoder = self.model.get_decoder()
+        cache = DynamicCache()
+        with warnings.catch_warnings():
+            # transformers 5.2x renames past_key_values to cache; 5.0 knows only the old name (setup.cfg)
+            warnings.filterwarnings("ignore", message=".*past_key_values.* is deprecated", category=FutureWarning)
+            prompt = decoder(input_ids=input_ids[firsts, :p], attention_mask=attention_mask[firsts, :p],
+                             position_ids=position_ids[firsts, :p], past_key_values=cache, use_cache=True)
+            cache.batch_select_indices(groups)
+            completion = decoder(input_ids=input_ids[:, p:], attention_mask=attention_mask,
+                                 position_ids=position_ids[:, p:], past_key_values=cache, use_cache=True)
+        # the prompt's last state predicts the first completion token, each completion state the next one
+        return torch.cat([prompt.last_hidden_state[groups, -1:], completion.last_hidden_state[:, :-1]], dim=1)
+
+    def _can_share(self, groups) -> bool:
+        from launcher.models.vision import is_vision_model
+
+        model = getattr(self.model, "get_base_model", lambda: self.model)()
+        # transformers 5.2x renames is_gradient_checkpointing; 5.0 knows only the old name (setup.cfg)
+        name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else \
+            "is_gradient_checkpointing"
+        return (self.share_prompts and groups is not None and not getattr(model, name, False)
+                and not is_vision_model(model))
+
+    def forward(self, input_ids, attention_mask, position_ids, completion_ids, prompt_groups=None, **_unused):
         c = completion_ids.shape[1]
-        hidden = backbone_hidden(self.model, input_ids, attention_mask, position_ids, {})
-        # the state before each completion token predicts it
-        logits = self.model.get_output_embeddings()(hidden[:, -c - 1:-1]).float()
+        if self._can_share(prompt_groups):
+            hidden = self._shared_prompt_hidden(input_ids, attention_mask, position_ids, c, prompt_groups)
+        else:
+            # the state before each completion token predicts it
+            hidden = backbone_hidden(self.model, input_ids, attention_mask, position_ids, {})[:, -c - 1:-1]
+        logits = self.model.get_output_embeddings()(hidden).float()
         logps = logits.log_softmax(-1)
         token_logps = logps.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
@@ -58,7 +98,8 @@ class CompletionLogProbs(nn.Module):
 
 
 def collate_completions(rows: list, pad_id: int) -> dict:
-    """Completion rows -> one batch: the prompt left-padded, the completion right-padded after it."""
+    """Completion rows -> one batch: the prompt left-padded, the completion right-padded after it; prompt_groups
+    numbers the runs of consecutive rows with the same prompt (a group's completions)."""
     p = max(len(r["prompt_ids"]) for r in rows)
     c = max(max(len(r["completion_ids"]) for r in rows), 1)
     n = len(rows)
@@ -81,9 +122,12 @@ def collate_completions(rows: list, pad_id: int) -> dict:
                 old[i, :len(co)] = torch.tensor(r["old_logps"])
             if r.get("ref_logps") is not None:
                 ref[i, :len(co)] = torch.tensor(r["ref_logps"])
+    groups = [0]
+    for prev, row in zip(rows, rows[1:]):
+        groups.append(groups[-1] + (row["prompt_ids"] != prev["prompt_ids"]))
     batch = {
         "input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),
-        "completion_ids": comp, "completion_mask": cmask,
+        "completion_ids": comp, "completion_mask": cmask, "prompt_groups": torch.tensor(groups, dtype=torch.long),
         "advantages": torch.tensor([r["advantage"] for r in rows], dtype=torch.float32),
         "rewards": torch.tensor([r["rewards"] for r in rows], dtype=torch.float64),
         "reward": torch.tensor([r["reward"] for r in rows], dtype=torch.float64),
@@ -95,6 +139,12 @@ def collate_completions(rows: list, pad_id: int) -> dict:
     if rows[0].get("ref_logps") is not None:
         batch["ref_logps"] = ref
     return batch
+
+
+def sharded_forward(cfg) -> bool:
+    """ZeRO-3 and FSDP gather each layer's weights in hooks that expect one call per layer per forward."""
+    p = cfg.parallelism
+    return p.strategy == "fsdp" or (p.strategy == "deepspeed" and p.zero_stage == 3)
 
 
 def generation_weights(engine) -> Callable[[], contextlib.AbstractContextManager]:
@@ -135,7 +185,7 @@ class GRPOObjective(Objective):
     # ------------------------------------------------------------------------------------ the Trainer's hooks
 
     def loss_module(self, model: nn.Module, cfg) -> nn.Module:
-        return CompletionLogProbs(model)
+        return CompletionLogProbs(model, share_prompts=not sharded_forward(cfg))
 
     def collate(self, rows: list) -> dict:
         return collate_completions(rows, self.pad_id)
@@ -238,7 +288,8 @@ class GRPOObjective(Objective):
     def micro_batch_loss(self, module, batch, counts, world_size):
         g = self.g
         logps, entropy = module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                position_ids=batch["position_ids"], completion_ids=batch["completion_ids"])
+                                position_ids=batch["position_ids"], completion_ids=batch["completion_ids"],
+                                prompt_groups=batch["prompt_groups"])
         mask = batch["completion_mask"]
         old = batch["old_logps"] if "old_logps" in batch else logps.detach()
         eps_high = g.epsilon if g.epsilon_high is None else g.epsilon_high

@@ -59,6 +59,10 @@ def run_recipe(recipe_cls, run_dir: Path, evaluations: bool = True, stop_signals
         dist_info = init_distributed(cfg.parallelism.backend, cpu_offload=uses_cpu_offload_group(cfg.parallelism))
         if watchdog is not None:
             watchdog.device_type = dist_info.device.type
+        if dist_info.device.type == "cpu" and dist_info.world_size == 1:
+            from launcher.training.host_heap import keep_freed_memory
+
+            keep_freed_memory()  # no page faults for each step's fresh large tensors (see the module)
         setup_logging(dist_info.rank)
         lock = hold_run(dist_info, early_lock, early_refusal)
         if dist_info.is_main:

@@ -102,15 +102,21 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                         grad_w += grad_logits.t() @ h
         ctx.save_for_backward(grad_h if need_h else None, grad_w if need_w else None)
         ctx.weight_dtype = weight.dtype
+        ctx.backward_done = False
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
+        # Scaled in place: the gradients were made for this backward alone, and a fresh [vocab, hidden] fp32
+        # product is one more tensor to allocate (and on a CPU, fault in) per step. Same multiplication, same bits.
+        if ctx.backward_done:
+            raise RuntimeError("the fused LM head's backward runs once per forward (no retain_graph)")
+        ctx.backward_done = True
         if grad_h is not None:
-            grad_h = grad_h * grad_out.to(grad_h.dtype)
+            grad_h = grad_h.mul_(grad_out.to(grad_h.dtype))
         if grad_w is not None:
-            grad_w = (grad_w * grad_out).to(ctx.weight_dtype)
+            grad_w = grad_w.mul_(grad_out).to(ctx.weight_dtype)
         return grad_h, grad_w, None, None
 
 

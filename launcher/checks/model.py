@@ -424,3 +424,26 @@ def check_reward_model(problems: Problems, cfg: Config) -> None:
         raise ConfigError(f"model: method=rm scores text with AutoModelForSequenceClassification, which has no"
                           f" class for the vision-language model {cfg.model.name_or_path or cfg.model.arch};"
                           " use a text-only model")
+
+
+def check_sequence_parallel_heads(problems, cfg: Config) -> None:
+    """parallelism.sequence_parallel=N: Ulysses hands each rank heads/N of every attention layer, so N must divide
+    the model's attention heads and key/value heads (launcher.engines.sequence_parallel)."""
+    n = cfg.parallelism.sequence_parallel
+    if n <= 1:
+        return
+    from launcher.checks.memory import model_shape_of
+
+    shape = model_shape_of(cfg, problems)
+    if shape is None:
+        problems.warnings.append("parallelism.sequence_parallel: the model's config is not readable from here; its"
+                                 " heads are not checked against the sequence ranks")
+        return
+    for heads, what in ((shape.heads, "attention heads"), (shape.kv_heads, "key/value heads")):
+        if heads % n:
+            divisors = [d for d in range(1, heads + 1) if heads % d == 0 and shape.heads % d == 0
+                        and shape.kv_heads % d == 0]
+            problems.errors.append(
+                f"parallelism.sequence_parallel: {n} ranks per row must divide the model's {heads} {what} (each rank"
+                f" attends with 1/{n} of them); use one of {divisors}")
+            return

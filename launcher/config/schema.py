@@ -1060,7 +1060,8 @@ def world_size(cfg: Config) -> int:
 def resolve_grad_accum(cfg: Config, world: Optional[int] = None) -> int:
     """Micro-batches per optimizer step, from global batch = micro x accum x world (must divide)."""
     t = cfg.train
-    world = world or world_size(cfg)
+    # The ranks of a sequence group (parallelism.sequence_parallel) share rows: data-parallel ranks count.
+    world = world or world_size(cfg) // max(cfg.parallelism.sequence_parallel, 1)
     per_pass = t.micro_batch_size * world
     if t.global_batch_size is None:
         return t.grad_accum or 1

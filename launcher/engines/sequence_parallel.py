@@ -54,6 +54,9 @@ class SequenceParallel:
     segment_positions: Optional[torch.Tensor] = field(default=None, repr=False)
     """[B, T] text positions of the whole rows of the current forward (restarting at 0 per document), set by the
     decoder's pre-hook and read by the attention of every layer."""
+    document_spans: Optional[list] = field(default=None, repr=False)
+    """Per row, the (start, end) of each document of the current forward (from ``segment_positions``, once per
+    forward rather than once per layer)."""
 
 
 def data_parallel_coordinates(rank: int, world_size: int, sequence_parallel: int) -> tuple[int, int]:
@@ -227,7 +230,7 @@ def make_ulysses_attention(sp: SequenceParallel, inner: str):
                                              is_causal=True, **kwargs)
             out = out.reshape(b, tokens, h, d)
         else:
-            out = segment_causal_sdpa(module, q, k, v, segments(positions), scaling,
+            out = segment_causal_sdpa(module, q, k, v, sp.document_spans, scaling,
                                       dropout if module.training else 0.0)
         return sequence_to_heads(out, sp), None
 
@@ -288,6 +291,7 @@ def enable_sequence_parallel(model: nn.Module, sp: SequenceParallel) -> str:
         if positions is None:
             positions = torch.arange(width, device=whole.device).expand(whole.shape[0], width)
         sp.segment_positions = segment_positions_of(positions, width)
+        sp.document_spans = None if inner.startswith("flash") else segments(sp.segment_positions)
         kwargs = dict(kwargs)
         if ids is not None:
             kwargs["input_ids"] = ids[:, part]

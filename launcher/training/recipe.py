@@ -39,6 +39,8 @@ class Recipe:
         self.run_dir = Path(run_dir)
         self.dist = dist_info
         self.trainer: Optional[Trainer] = None
+        self.sequence_parallel = None
+        """parallelism.sequence_parallel > 1: this rank's sequence group (made in ``start_setup``)."""
         self._stop_flag: Optional[StopFlag] = None
         self.evaluations = True
         """False (launcher bench): no held-out loss, exact match or probes before, during or after training."""

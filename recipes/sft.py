@@ -33,7 +33,7 @@ class SFTRecipe(Recipe):
 
         model = self.build_policy()  # logged, and the steps planned from the training rows
 
-        objective = CausalLMObjective(self.data, cfg)
+        objective = CausalLMObjective(self.data, cfg, sequence_parallel=self.sequence_parallel)
         engine = self.build_engine(model, objective)
         self.make_trainer(engine, self.data, objective)
 

@@ -134,7 +134,9 @@ def estimate_memory_per_gpu(cfg: Config, shape: ModelShape) -> MemoryEstimate:
     grads = trainable * wb / shard_grads
     optimizer = 0.0 if p.offload else optimizer_bytes(cfg, shape, trainable, wb) / shard_opt
 
-    seq, batch, h = cfg.data.cutoff_len, t.micro_batch_size, shape.hidden
+    # parallelism.sequence_parallel: each rank holds 1/N of every row's tokens (the attention's all-to-all
+    # buffers are the size of q, k, v: counted in the 34 x seq x hidden of a layer).
+    seq, batch, h = cfg.data.cutoff_len / max(p.sequence_parallel, 1), t.micro_batch_size, shape.hidden
     per_layer_full = 34 * seq * batch * h * wb / 2
     if t.gradient_checkpointing:
         activations = shape.layers * 2 * seq * batch * h * wb / 2 + per_layer_full

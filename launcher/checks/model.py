@@ -436,6 +436,27 @@ def rollout_model_problems(cfg: Config) -> list[str]:
 
     if cfg.method.name not in ("grpo", "ppo") or not vision_info(cfg.model):
         return []
-    return [f"model: method={cfg.method.name} samples completions from text prompts only (its rollouts pass no images or videos)"
-            f" and {cfg.model.name_or_path or cfg.model.arch} is a vision-language model; use a text-only model"
+    return [f"model: method={cfg.method.name} samples completions from text prompts only (its rollouts pass no images"
+            f" or videos) and {cfg.model.name_or_path or cfg.model.arch} is a vision-language model; use a text-only model"
             " (or method=sft / dpo for VL data)"]
+def check_sequence_parallel_heads(problems, cfg: Config) -> None:
+    """parallelism.sequence_parallel=N: Ulysses hands each rank heads/N of every attention layer, so N must divide
+    the model's attention heads and key/value heads (launcher.engines.sequence_parallel)."""
+    n = cfg.parallelism.sequence_parallel
+    if n <= 1:
+        return
+    from launcher.checks.memory import model_shape_of
+
+    shape = model_shape_of(cfg, problems)
+    if shape is None:
+        problems.warnings.append("parallelism.sequence_parallel: the model's config is not readable from here; its"
+                                 " heads are not checked against the sequence ranks")
+        return
+    for heads, what in ((shape.heads, "attention heads"), (shape.kv_heads, "key/value heads")):
+        if heads % n:
+            divisors = [d for d in range(1, heads + 1) if heads % d == 0 and shape.heads % d == 0
+                        and shape.kv_heads % d == 0]
+            problems.errors.append(
+                f"parallelism.sequence_parallel: {n} ranks per row must divide the model's {heads} {what} (each rank"
+                f" attends with 1/{n} of them); use one of {divisors}")
+            return

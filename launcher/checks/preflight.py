@@ -27,7 +27,8 @@ from launcher.checks.config import check_batch, check_config
 from launcher.checks.data import check_data_choices, check_datasets
 from launcher.checks.memory import check_memory
 from launcher.checks.model import (check_dtype, check_freeze_modules, check_hub_model, check_lora_targets,
-                                   check_model, check_reward_model, check_tokenizer, check_weights)
+                                   check_model, check_reward_model, check_sequence_parallel_heads, check_tokenizer,
+                                   check_weights)
 from launcher.checks.problems import Problems
 from launcher.checks.resources import (check_cluster, check_local_resources, check_output_root, check_packages,
                                        check_optimizer_device, check_qlora, check_resume, check_slurm_resources)
@@ -37,7 +38,8 @@ from launcher.errors import PreflightError
 CHECKS = (check_config, check_cluster, check_local_resources, check_slurm_resources, check_packages, check_qlora,
           check_optimizer_device, check_batch,
           check_datasets, check_data_choices, check_model, check_reward_model, check_hub_model, check_weights, check_tokenizer,
-          check_lora_targets, check_freeze_modules, check_dtype, check_resume, check_output_root, check_memory)
+          check_lora_targets, check_freeze_modules, check_sequence_parallel_heads, check_dtype, check_resume, check_output_root,
+          check_memory)
 """In this order: the config first (a later check may assume its values in range; ``Problems.check`` keeps a
 broken value's follow-up error from hiding the line that matters)."""
 

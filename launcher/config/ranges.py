@@ -143,6 +143,7 @@ RANGES: dict[str, Range] = {
     "train.max_new_tokens": AT_LEAST_1,
     "train.loss_chunk_size": AT_LEAST_1,
     "parallelism.zero_stage": Range(0, 3),
+    "parallelism.sequence_parallel": Range(1, note="1: off"),
     "cluster.nodes": AT_LEAST_1,
     "cluster.rendezvous_timeout_s": AT_LEAST_1,
     "cluster.nproc_per_node": AT_LEAST_1,

@@ -569,6 +569,12 @@ class ParallelismConfig:
     """auto (nccl on GPU, gloo on CPU), nccl, gloo."""
     deepspeed: dict = field(default_factory=dict)
     """Extra DeepSpeed config merged over the generated one (launcher/engines/deepspeed.py)."""
+    sequence_parallel: int = 1
+    """Ranks that share each (packed) row, DeepSpeed-Ulysses style (launcher/engines/sequence_parallel.py): the row's
+    tokens are split over them and each attention layer trades heads for sequence with an all-to-all, so activation
+    memory per rank falls about N-fold. Groups are consecutive ranks inside the data-parallel world (ddp, zero2/3,
+    fsdp still shard over every rank): it must divide the world size (nodes x nproc_per_node) and the model's
+    attention and key/value heads. SFT, LoRA and pretraining only. 1: off."""
 
 
 @dataclass
@@ -922,6 +928,7 @@ def check_combinations(cfg: Config) -> None:
         if not (m.freeze.trainable_modules == "all" or isinstance(m.freeze.trainable_modules, list)):
             raise ConfigError("method.freeze.trainable_modules: use all or a list of module names (mlp, self_attn)")
     check_method_variants(cfg)
+    check_sequence_parallel(cfg)
     if not (m.lora.target_modules == "all-linear" or isinstance(m.lora.target_modules, list)):
         raise ConfigError("method.lora.target_modules: use all-linear or a list of module names")
     _choice(t.lr_scheduler, ("cosine", "linear", "constant"), "train.lr_scheduler")
@@ -989,6 +996,28 @@ def _check_parallelism_name(p: ParallelismConfig) -> None:
 
 GRADIENT_CHECKPOINTING_KWARGS = ("use_reentrant", "preserve_rng_state", "determinism_check", "debug")
 SFT_TOKEN_LOSS_METHODS = ("sft_full", "lora", "oft", "llama_pro")
+
+
+SEQUENCE_PARALLEL_METHODS = ("sft_full", "lora", "oft", "llama_pro", "pretrain")
+
+
+def check_sequence_parallel(cfg: Config) -> None:
+    """parallelism.sequence_parallel: a divisor of the world size, for the causal-LM methods (the model's heads
+    are checked by the preflight, which reads the model's config)."""
+    n, world, m = cfg.parallelism.sequence_parallel, world_size(cfg), cfg.method
+    if n < 1:
+        raise ConfigError(f"parallelism.sequence_parallel: {n} must be 1 (off) or more ranks per row")
+    if n == 1:
+        return
+    if world % n:
+        raise ConfigError(f"parallelism.sequence_parallel: {n} ranks per row does not divide the world size {world}"
+                          f" (cluster.nodes x cluster.nproc_per_node); use a divisor of {world}")
+    if m.name not in SEQUENCE_PARALLEL_METHODS:
+        raise ConfigError(f"parallelism.sequence_parallel: method={m.name} is not split over sequence ranks here"
+                          f" (methods {', '.join(SEQUENCE_PARALLEL_METHODS)}); set parallelism.sequence_parallel=1")
+    if m.token_loss.name == "asft":
+        raise ConfigError("parallelism.sequence_parallel: the asft token loss runs a reference model on whole rows;"
+                          " use method.token_loss.name=ce, dft or eaft, or parallelism.sequence_parallel=1")
 
 
 def check_method_variants(cfg: Config) -> None:
@@ -1083,7 +1112,8 @@ def world_size(cfg: Config) -> int:
 def resolve_grad_accum(cfg: Config, world: Optional[int] = None) -> int:
     """Micro-batches per optimizer step, from global batch = micro x accum x world (must divide)."""
     t = cfg.train
-    world = world or world_size(cfg)
+    # The ranks of a sequence group (parallelism.sequence_parallel) share rows: data-parallel ranks count.
+    world = world or world_size(cfg) // max(cfg.parallelism.sequence_parallel, 1)
     per_pass = t.micro_batch_size * world
     if t.global_batch_size is None:
         return t.grad_accum or 1

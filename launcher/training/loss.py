@@ -31,7 +31,9 @@ def _chunk_ce_sum(hidden: torch.Tensor, lm_head: nn.Module, targets: torch.Tenso
 def chunked_ce_sum(hidden: torch.Tensor, lm_head: nn.Module, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """Sum of token cross-entropies of ``lm_head(hidden)`` against ``targets`` ([N, H], [N])."""
     total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.shape[0], chunk_size):
+    # With nothing trained here (a sequence-parallel slice of prompt tokens) the head still runs once, on no rows,
+    # the same way: under ZeRO-3 its weight is gathered collectively in that call (and again in the recompute).
+    for start in range(0, max(hidden.shape[0], 1), chunk_size):
         h, y = hidden[start: start + chunk_size], targets[start: start + chunk_size]
         if torch.is_grad_enabled():
             # Recompute this chunk's logits in backward instead of keeping them alive.

@@ -17,6 +17,7 @@ from launcher.engines.base import build_engine
 from launcher.engines.distributed import DistInfo
 from launcher.engines.model_build import build_model
 from launcher.engines.precision import resolve_precision
+from launcher.engines.sequence_parallel import data_parallel_coordinates, init_sequence_parallel
 from launcher.errors import DataError
 from launcher.models.build import choose_attn_implementation, count_parameters
 from launcher.models.tokenizers import load_tokenizer
@@ -38,6 +39,8 @@ class Recipe:
         self.run_dir = Path(run_dir)
         self.dist = dist_info
         self.trainer: Optional[Trainer] = None
+        self.sequence_parallel = None
+        """parallelism.sequence_parallel > 1: this rank's sequence group (made in ``start_setup``)."""
         self._stop_flag: Optional[StopFlag] = None
         self.evaluations = True
         """False (launcher bench): no held-out loss, exact match or probes before, during or after training."""
@@ -88,6 +91,8 @@ class Recipe:
         self.meter.phase("tokenizer")
         self.attn_impl = choose_attn_implementation(cfg.model.attn_implementation, dist.device)
         self.precision = resolve_precision(cfg.model.dtype, dist.device, cfg.method.pure_bf16)
+        # parallelism.sequence_parallel: this rank's sequence group (None: each rank its own rows)
+        self.sequence_parallel = init_sequence_parallel(cfg.parallelism.sequence_parallel, dist.rank, dist.world_size)
         if dist.is_main:
             log.info("attention: %s, dtype: %s, device: %s, world size: %d, CPU threads per rank: %d",
                      self.attn_impl, self.precision.describe(), dist.device,
@@ -107,12 +112,14 @@ class Recipe:
     def plan_steps(self, n_rows: int) -> None:
         """Accumulation, steps per epoch and total steps, from the data and train.* (same on every rank)."""
         cfg, dist = self.cfg, self.dist
-        self.grad_accum = resolve_grad_accum(cfg, dist.world_size)
-        self.steps_per_epoch = steps_per_epoch(n_rows, dist.world_size, cfg.train.micro_batch_size, self.grad_accum)
+        # The ranks of a sequence group share rows: the data is split over the data-parallel ranks only.
+        _, data_world = data_parallel_coordinates(dist.rank, dist.world_size, cfg.parallelism.sequence_parallel)
+        self.grad_accum = resolve_grad_accum(cfg, data_world)
+        self.steps_per_epoch = steps_per_epoch(n_rows, data_world, cfg.train.micro_batch_size, self.grad_accum)
         if self.steps_per_epoch == 0:
             raise DataError(
                 f"data: {n_rows} training rows are fewer than one global batch"
-                f" ({cfg.train.micro_batch_size} x {self.grad_accum} x {dist.world_size}); lower train.micro_batch_size"
+                f" ({cfg.train.micro_batch_size} x {self.grad_accum} x {data_world}); lower train.micro_batch_size"
             )
         if cfg.train.max_steps > 0:
             self.total_steps = cfg.train.max_steps
@@ -152,6 +159,7 @@ class Recipe:
             tokenizer=self.tokenizer, precision=self.precision, grad_accum=self.grad_accum,
             steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps, meter=self.meter,
             attn_implementation=self.attn_impl, evaluations=self.evaluations, stop_flag=self._stop_flag,
+            sequence_parallel=self.sequence_parallel,
         )
         self.trainer.resume()
         self.meter.phase("resume_and_metrics")

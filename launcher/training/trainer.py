@@ -55,7 +55,7 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, dist: DistInfo, *, engine: Engine, data, objective: Objective,
                  tokenizer, precision: Precision, grad_accum: int, steps_per_epoch: int, total_steps: int,
                  meter: StepMeter, attn_implementation: str, evaluations: bool = True,
-                 stop_flag: Optional[preemption.StopFlag] = None):
+                 stop_flag: Optional[preemption.StopFlag] = None, sequence_parallel=None):
         self.cfg, self.run_dir, self.dist = cfg, Path(run_dir), dist
         self.engine, self.data, self.objective, self.tokenizer = engine, data, objective, tokenizer
         self.precision = precision
@@ -66,6 +66,11 @@ class Trainer:
         """False (launcher bench): no held-out loss, exact match or probes before, during or after training."""
         self.stop_flag = stop_flag
         """A preemption signal makes every rank checkpoint and stop at a step boundary."""
+        self.sequence_parallel = sequence_parallel
+        """parallelism.sequence_parallel > 1: this rank's sequence group, whose ranks read the same rows."""
+        self.sequence_size = sequence_parallel.size if sequence_parallel is not None else 1
+        self.data_rank, self.data_world = dist.rank // self.sequence_size, dist.world_size // self.sequence_size
+        """This rank's place among the data-parallel ranks (each sequence group is one of them)."""
         self.step = 0
         self.trained_tokens_total = 0
         self.evals: list[dict] = []
@@ -131,7 +136,7 @@ class Trainer:
         epoch, index = divmod(self.objective.data_step(step), self.steps_per_epoch)
         if self._plan is None or self._plan_epoch != epoch:
             t = self.cfg.train
-            self._plan = epoch_plan(len(self.data.train), t.seed, epoch, self.dist.rank, self.dist.world_size,
+            self._plan = epoch_plan(len(self.data.train), t.seed, epoch, self.data_rank, self.data_world,
                                     t.micro_batch_size, self.grad_accum)
             self._plan_epoch = epoch
         out = []
@@ -140,7 +145,9 @@ class Trainer:
                                                                for idx in self._plan[index]])
         for rows in micro_rows:
             pairs = causal_pairs([n for r in rows for n in segment_lengths(r)])
-            out.append((self.objective.collate(rows), sum(row_length(r) for r in rows), pairs))
+            # A sequence group's ranks share the rows: each counts its share of the tokens and pairs.
+            tokens = sum(row_length(r) for r in rows) / self.sequence_size
+            out.append((self.objective.collate(rows), tokens, pairs / self.sequence_size))
         return out
 
     def train_step(self, step: int) -> dict:
@@ -188,7 +195,7 @@ class Trainer:
         n = self.cfg.train.exact_match_samples
         if not n or not self.data.eval_samples:
             return None
-        if self.engine.forward_is_collective:
+        if self.engine.forward_is_collective or self.sequence_parallel is not None:
             if self.dist.is_main:
                 log.warning("train.exact_match_samples: skipped under parallelism=%s (rank-0 generation would"
                             " wait on sharded weights); evaluate the saved model instead", self.cfg.parallelism.name)

@@ -4,7 +4,7 @@
 # in .whl/ (see the closing notes for how they are made). Each check has its own time limit, so one hang does
 # not cost the others; everything is logged to $OUT (or ./gpu-out).
 #
-#   bash tests/gpu/run_device_checks.sh [checks...]     # default: env load bench vl fp16 parallel qlora optimizers
+#   bash tests/gpu/run_device_checks.sh [checks...]     # default: env load bench vl fp16 parallel qlora optimizers seqpar
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -13,7 +13,7 @@ if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=$PYTHONPATH:/tmp/site
 fi
-checks=${*:-env load bench vl fp16 parallel qlora optimizers}
+checks=${*:-env load bench vl fp16 parallel qlora optimizers seqpar}
 run() {  # name, seconds, command...
   local name=$1 limit=$2; shift 2
   echo "=== $name (limit ${limit}s) $(date +%T)"
@@ -33,5 +33,7 @@ for c in $checks; do
     fp16) run fp16_gpu 50 python3 -m pytest -x -q -p no:cacheprovider tests/parallel/test_fp16.py -k "cuda or gpu" ;;
     qlora) run qlora 60 python3 tests/gpu/gpu_qlora_check.py ;;
     optimizers) run optimizers 90 python3 tests/gpu/gpu_optimizers_check.py ;;
+    # sequence parallelism with flash-attention varlen (one GPU: a group of one); the per-rank memory bench needs 2 GPUs
+    seqpar) run seq_parallel 150 bash -c 'python3 tests/gpu/gpu_seq_parallel_check.py && if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then python3 tests/benchmarks/bench_seq_parallel.py --tokens 32768 --flash; else echo "bench_seq_parallel: needs 2 GPUs"; fi' ;;
   esac
 done

@@ -28,9 +28,12 @@ class CausalLMObjective(Objective):
     name = "causal_lm"
     stat_keys = ("loss_sum",)
 
-    def __init__(self, data, cfg):
+    def __init__(self, data, cfg, sequence_parallel=None):
         self.data = data
         self.cfg = cfg
+        self.sequence_parallel = sequence_parallel
+        """parallelism.sequence_parallel > 1: this rank's group (launcher.engines.sequence_parallel); each batch is
+        collated whole, then keeps this rank's slice of the targets, and the model attends over the group."""
 
     def loss_module(self, model: nn.Module, cfg) -> nn.Module:
         # ZeRO-3 gathers a weight only inside its module's forward: there the head must be called, not read.
@@ -42,11 +45,21 @@ class CausalLMObjective(Objective):
             from launcher.training.objectives.reference import frozen_copy
 
             reference = frozen_copy(model, next(model.parameters()).device)
+        if self.sequence_parallel is not None:
+            from launcher.engines.sequence_parallel import enable_sequence_parallel
+
+            enable_sequence_parallel(model, self.sequence_parallel)
         return CausalLMLoss(model, cfg.train.loss_chunk_size, fused=not zero3, token_loss=token_loss,
                             reference=reference)
 
     def collate(self, rows: list) -> dict:
-        return self.data.collate(rows)
+        batch = self.data.collate(rows)
+        sp = self.sequence_parallel
+        if sp is not None:
+            from launcher.engines.sequence_parallel import shard_batch
+
+            batch = shard_batch(batch, sp.size, sp.rank)
+        return batch
 
     def normalizers(self, batches: list[dict]) -> list[float]:
         return [sum(trained_tokens(b) for b in batches)]
@@ -70,7 +83,7 @@ class CausalLMObjective(Objective):
             return None
         engine, dist, t = trainer.engine, trainer.dist, self.cfg.train
         engine.eval()
-        batches = eval_batches(len(rows), dist.rank, dist.world_size, t.micro_batch_size)
+        batches = eval_batches(len(rows), trainer.data_rank, trainer.data_world, t.micro_batch_size)
         if t.eval_max_batches:
             batches = batches[: t.eval_max_batches]
         totals = torch.zeros(2, dtype=torch.float64, device=dist.device)
@@ -78,10 +91,10 @@ class CausalLMObjective(Objective):
         # Sharded engines: as many forwards on every rank, fillers not counted.
         plan = forwards_for(batches, engine.forward_is_collective, dist.device)
         when = "before training" if trainer.step == 0 else f"step {trainer.step}"
-        shown = min(len(rows), len(batches) * t.micro_batch_size * dist.world_size)
+        shown = min(len(rows), len(batches) * t.micro_batch_size * trainer.data_world)
         progress = ScoringProgress(f"held-out loss {when}: {shown} rows", len(plan), 1, dist.is_main)
         for idx, counted in plan:
-            batch = to_device(self.data.collate([rows[i] for i in idx]), dist.device)
+            batch = to_device(self.collate([rows[i] for i in idx]), dist.device)
             with trainer.precision.autocast():
                 token_loss = loss_module(**batch).double()
             if counted:

@@ -132,6 +132,7 @@ class VLLMServer:
              "--dtype", dtype, "--seed", str(seed)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env, cwd=str(folder))
         self._finalizer = weakref.finalize(self, _stop, self.proc, self._log)
+        self._buffer = b""
         ready = self._reply(start_timeout_s)
         if "error" in ready:
             self.close()
@@ -139,24 +140,26 @@ class VLLMServer:
         self.version = ready.get("vllm", "?")
 
     def _reply(self, timeout_s: Optional[float] = None) -> dict:
+        """The next reply line. Read off the raw fd with a buffer of our own: a buffered reader would hold several
+        lines of a stream while select() waits for more."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        out = self.proc.stdout
-        while True:
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buffer:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, _, _ = select.select([out], [], [], wait)
-            if ready:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
+            ready, _, _ = select.select([fd], [], [], wait)
+            if not ready:
                 self.close()
                 raise LauncherError(f"the vLLM server did not answer in {timeout_s:.0f} s (log: {self.log_path})")
-        line = out.readline(MAX_REPLY)
-        if not line:
-            code = self.proc.wait()
-            raise LauncherError(f"the vLLM server exited (code {code}); its log: {self.log_path}:\n"
-                                + _tail(self.log_path))
-        if not line.endswith(b"\n"):
-            self.close()
-            raise LauncherError(f"a vLLM server reply was longer than {MAX_REPLY} bytes")
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                code = self.proc.wait()
+                raise LauncherError(f"the vLLM server exited (code {code}); its log: {self.log_path}:\n"
+                                    + _tail(self.log_path))
+            self._buffer += chunk
+            if len(self._buffer) > MAX_REPLY and b"\n" not in self._buffer:
+                self.close()
+                raise LauncherError(f"a vLLM server reply was longer than {MAX_REPLY} bytes")
+        line, self._buffer = self._buffer.split(b"\n", 1)
         return json.loads(line)
 
     def send(self, request: dict) -> None:

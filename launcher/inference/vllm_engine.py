@@ -125,13 +125,14 @@ class VLLMServer:
                    HF_HUB_OFFLINE="1", VLLM_CONFIGURE_LOGGING=env.get("VLLM_CONFIGURE_LOGGING", "1"))
         for key in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):  # launcher's env must not leak into vLLM's venv
             env.pop(key, None)
-        self.log_path = log or folder / "vllm.log"
+        # not in the folder, which the server removes when it ends; removed after a clean shutdown
+        self.log_path = log or Path(tempfile.gettempdir()) / f"{folder.name}.log"
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [str(python), str(SERVER_SCRIPT), "--model", str(folder), "--max-model-len", str(max_model_len),
-             "--dtype", dtype, "--seed", str(seed)],
+             "--dtype", dtype, "--seed", str(seed), "--owned-dir", str(folder)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env, cwd=str(folder))
-        self._finalizer = weakref.finalize(self, _stop, self.proc, self._log)
+        self._finalizer = weakref.finalize(self, _stop, self.proc, self._log, self.log_path)
         self._buffer = b""
         ready = self._reply(start_timeout_s)
         if "error" in ready:
@@ -187,7 +188,7 @@ class VLLMServer:
         self._finalizer()
 
 
-def _stop(proc: subprocess.Popen, log) -> None:
+def _stop(proc: subprocess.Popen, log, log_path: Path) -> None:
     if proc.poll() is None:
         try:
             proc.stdin.write(b'{"op": "shutdown"}\n')
@@ -197,6 +198,8 @@ def _stop(proc: subprocess.Popen, log) -> None:
             proc.kill()
             proc.wait()
     log.close()
+    if proc.returncode == 0:
+        Path(log_path).unlink(missing_ok=True)
 
 
 def _tail(path: Path, lines: int = 15) -> str:

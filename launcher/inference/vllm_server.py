@@ -168,7 +168,19 @@ def main() -> int:
     parser.add_argument("--max-model-len", type=int, required=True)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--owned-dir", default=None,
+                        help="a temp dir of the engine's, removed when this server ends (whatever ended the engine)")
     args = parser.parse_args()
+    try:
+        return serve(args)
+    finally:
+        if args.owned_dir:
+            import shutil
+
+            shutil.rmtree(args.owned_dir, ignore_errors=True)
+
+
+def serve(args) -> int:
     replies = Replies()
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # one process: worker_of reaches the worker
     try:
@@ -183,6 +195,10 @@ def main() -> int:
         traceback.print_exc()
         replies.send({"error": f"vLLM could not start: {type(exc).__name__}: {exc}"})
         return 1
+    # loaded: the weights file in shared memory is not needed any more (updates come as files of their own)
+    for name in os.listdir(args.model):
+        if name.endswith(".safetensors"):
+            os.unlink(os.path.join(args.model, name))
     replies.send({"ready": True, "vllm": vllm.__version__})
     requests = Requests()
     while True:

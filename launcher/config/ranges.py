@@ -156,6 +156,7 @@ RANGES: dict[str, Range] = {
     "cluster.max_requeues": NOT_NEGATIVE,
     "cluster.max_restarts": NOT_NEGATIVE,
     "cluster.array_parallelism": AT_LEAST_1,
+    "generation.vllm_kv_cache_gib": POSITIVE,
 }
 # Per-dataset entries of data.datasets / data.eval_datasets.
 ENTRY_RANGES: dict[str, Range] = {"max_samples": AT_LEAST_1, "weight": NOT_NEGATIVE}

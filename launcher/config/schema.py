@@ -703,6 +703,24 @@ class RunConfig:
 
 
 @dataclass
+class GenerationConfig:
+    """Which engine generates the online-RL rollouts (method=grpo, ppo): transformers in the training process, or
+    vLLM in a venv of its own (launcher.inference.vllm_engine)."""
+
+    engine: str = "transformers"
+    """transformers: the policy itself with a KV cache (launcher.inference.rollout); vllm: vLLM's CPU/GPU build run
+    as a subprocess (``make vllm-env`` makes its venv; the dry run refuses vllm without it), given the policy's
+    weights (LoRA merged in) again after every optimizer update. Greedy completions are the same on both; sampled
+    ones are drawn by each engine's own generator. vllm needs parallelism without parameter sharding (ddp,
+    zero2)."""
+    vllm_python: Optional[str] = None
+    """The vLLM venv's python; None: $LAUNCHER_VLLM_PYTHON, else the repo's .venv-vllm/bin/python."""
+    vllm_kv_cache_gib: float = 1.0
+    """Memory vLLM reserves for its KV cache per rank (GiB, whole numbers on CPU: VLLM_CPU_KVCACHE_SPACE), beside
+    the policy's own memory; it bounds how many rollout tokens vLLM keeps in flight, not the result."""
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     """What is trained (conf/model/)."""
@@ -720,6 +738,8 @@ class Config:
     """Where metrics go besides metrics.jsonl (conf/logger/)."""
     run: RunConfig = field(default_factory=RunConfig)
     """The run's name, run dir and resume."""
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    """The rollout engine of online RL (generation.engine=transformers|vllm)."""
 
 
 # ---------------------------------------------------------------------------------------- conversion
@@ -820,6 +840,22 @@ def _choice(value: str, allowed: tuple, key: str) -> None:
         raise ConfigError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
 
 
+GENERATION_METHODS = ("grpo", "ppo")
+"""Methods whose rollouts generation.engine chooses the engine of."""
+
+
+def validate_generation(cfg: Config) -> None:
+    g = cfg.generation
+    _choice(g.engine, ("transformers", "vllm"), "generation.engine")
+    if g.engine == "vllm" and cfg.method.name not in GENERATION_METHODS:
+        raise ConfigError(f"generation.engine: method={cfg.method.name} generates no rollouts; vllm is for"
+                          f" {', '.join(GENERATION_METHODS)} (launcher serve --engine vllm serves a model)")
+    if g.engine == "vllm" and shards_parameters(cfg.parallelism):
+        raise ConfigError(f"generation.engine: vllm is given the policy's whole weights, not gathered from shards"
+                          f" under parallelism={cfg.parallelism.name} yet; use parallelism=ddp (or zero2), or"
+                          " generation.engine=transformers")
+
+
 ADAPTER_KINDS = ("lora", "oft")
 """method.finetuning kinds that train a peft adapter on a frozen base (saved as the adapter alone)."""
 
@@ -894,6 +930,7 @@ def check_combinations(cfg: Config) -> None:
     if m.name == "ppo" and d.packing:
         raise ConfigError("data.packing: method=ppo trains on its own completions, one per row; set"
                           " data.packing=false")
+    validate_generation(cfg)
     if m.name == "pretrain" and not d.packing:
         raise ConfigError("data.packing: method=pretrain packs documents (each ends with the end-of-text token and"
                           " attends only to itself); set data.packing=true (data=c4_demo and data=wiki_demo do)")

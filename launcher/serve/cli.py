@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--from-llamafactory", metavar="FILE.yaml", default=None,
                         help="a LLaMA-Factory inference (llamafactory-cli api) file: translated to these arguments; the equivalent command is"
                              " printed")
+    parser.add_argument("--engine", default="transformers", choices=["transformers", "vllm"],
+                        help="what generates: transformers in this process, or vLLM in its own venv (make vllm-env)")
+    parser.add_argument("--vllm-kv-cache-gib", type=float, default=1.0,
+                        help="--engine vllm: memory for its KV cache, GiB (default 1)")
     parser.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
     return parser
 
@@ -64,6 +68,13 @@ def serve_main(argv: list[str]) -> int:
     if not (args.max_body_mb > 0 and args.request_timeout > 0 and args.max_image_pixels > 0
             and (args.context_length is None or args.context_length > 1)):
         raise ConfigError("--max-body-mb, --request-timeout and --max-image-pixels must be > 0, --context-length > 1")
+    if args.engine == "vllm":
+        from launcher.inference.vllm_engine import missing_message, vllm_python
+
+        if args.vllm_kv_cache_gib <= 0:
+            raise ConfigError("--vllm-kv-cache-gib must be > 0")
+        if vllm_python() is None:  # refused before the model loads
+            raise ConfigError(missing_message("--engine vllm"))
     from launcher.serve.images import ImagePolicy
     from launcher.serve.limits import ServeLimits
 
@@ -77,14 +88,20 @@ def serve_main(argv: list[str]) -> int:
 
     loaded = load_for_serving(args.path, checkpoint=args.checkpoint, template=args.template, dtype=args.dtype,
                               name=args.model_name)
-    engine = TransformersEngine(loaded, args.max_new_tokens, images, args.context_length)
+    if args.engine == "vllm":
+        from launcher.serve.vllm_serving import VLLMServeEngine
+
+        engine = VLLMServeEngine(loaded, args.max_new_tokens, images, args.context_length,
+                                 kv_cache_gib=args.vllm_kv_cache_gib)
+    else:
+        engine = TransformersEngine(loaded, args.max_new_tokens, images, args.context_length)
     app = create_app(engine, loaded.name, api_key=api_key, max_queue=args.max_queue, limits=limits)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     auth = "API key required" if api_key else "no API key"
     roots = ", ".join(map(str, images.roots)) or "none (data URLs only)"
     print(f"serving '{loaded.name}' ({loaded.source}) on http://{args.host}:{args.port}/v1"
-          f" | engine: transformers on {engine.device} ({vllm_status()}) | {auth}"
+          f" | engine: {engine.name} on {engine.device} ({vllm_status()}) | {auth}"
           f" | context {engine.context} tokens ({engine.context_source})"
           + (f" | image paths under: {roots}" if engine.has_vision else "")
           + f" | loaded in {time.perf_counter() - started:.1f} s", flush=True)

@@ -8,8 +8,8 @@ A path is one of
 - any local Hugging Face model folder (``config.json``): the tokenizer's chat template (or ``--template``).
 
 Generation runs on transformers (``model.generate`` with a streamer, in a worker thread) and reuses the
-training loop's generation helpers (end-of-answer ids, greedy/sampling flags). vLLM is detected and named at
-start-up, but its engine is not wired in yet.
+training loop's generation helpers (end-of-answer ids, greedy/sampling flags). ``--engine vllm`` generates with
+vLLM in its own venv instead (launcher.serve.vllm_serving).
 
 Vision-language models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL runs, exports or folders): a request's images (data URLs
 or server paths, parsed by openai_protocol, read and decoded under launcher.serve.images' rules) are expanded
@@ -22,7 +22,6 @@ than ``longest token`` characters into one token, so a longer text cannot fit), 
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
 from dataclasses import dataclass
@@ -84,10 +83,11 @@ def longest_token_chars(tokenizer) -> int:
 
 
 def vllm_status() -> str:
-    """One phrase for the start-up line: why the engine is what it is."""
-    if importlib.util.find_spec("vllm") is None:
-        return "vLLM not installed"
-    return "vLLM is installed but not wired in yet"
+    """One phrase for the start-up line: whether the vLLM engine (--engine vllm, its own venv) is at hand."""
+    from launcher.inference.vllm_engine import INSTALL_COMMAND, vllm_python
+
+    python = vllm_python()
+    return f"vLLM venv at {python.parent.parent}" if python else f"vLLM venv absent: {INSTALL_COMMAND}"
 
 
 @dataclass

@@ -7,7 +7,12 @@ and the update (ours: from metrics.jsonl; TRL: its ``_generate`` and ``_calculat
 outside, the rest of ``training_step`` counted as update), and peak RSS.
 
     PYTHONPATH=. .venv/bin/python tests/benchmarks/bench_grpo.py [--model HF_DIR] [--steps 8] [--prompts 4]
-        [--G 8] [--max-completion 16] [--threads 1]
+        [--G 8] [--max-completion 16] [--threads 1] [--no-vllm]
+
+Where the vLLM venv is there (make vllm-env), ours runs a second time with generation.engine=vllm (side
+``vllm``): the generation share of the step with each engine is printed (vLLM's time includes pushing the
+weights after each update; its start-up falls in the first step, left out; its server's memory is not in the
+peak RSS).
 
 Without --model a random-init copy of the default tiny model is saved and used (its completions rarely end
 early: every completion runs to --max-completion on both sides, the fairest comparison of the loops).
@@ -49,18 +54,18 @@ def task_prompts(n: int) -> list[dict]:
     return [{"prompt": f"{r['instruction']}\n{r['input']}", "answer": r["output"]} for r in rows]
 
 
-def run_ours(a) -> dict:
+def run_ours(a, engine: str = "transformers") -> dict:
     from recipes.grpo import GRPORecipe
     from tests.recipe_runs import run_recipe
 
-    root = Path(a.work) / "ours"
+    root = Path(a.work) / f"ours-{engine}"
     overrides = [
         "method=grpo", f"model.name_or_path={a.model}", f"train.max_steps={a.steps}", f"train.seed={a.seed}",
         f"train.micro_batch_size={a.prompts}", "train.grad_accum=1", f"data.max_samples={a.prompts * a.steps}",
         "data.eval_datasets=[]", "train.exact_match_samples=0", "method.grpo.eval_prompts=0", "train.log_every=1",
         f"method.grpo.num_generations={a.G}", f"method.grpo.max_completion_length={a.max_completion}",
         f"method.lr={a.lr}", "train.lr_scheduler=constant", "train.warmup_ratio=0", "train.save_model=false",
-        "method.grpo.loss_type=dapo", "method.grpo.beta=0.0", "data.use_cache=false",
+        "method.grpo.loss_type=dapo", "method.grpo.beta=0.0", "data.use_cache=false", f"generation.engine={engine}",
     ]
     _, run_dir, _ = run_recipe(GRPORecipe, root, overrides, "bench")
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -130,7 +135,7 @@ def child(a) -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    result = run_ours(a) if a.side == "ours" else run_trl(a)
+    result = run_trl(a) if a.side == "trl" else run_ours(a, "vllm" if a.side == "vllm" else "transformers")
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -146,7 +151,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2, help="runs per side, alternating; the fastest is shown")
-    ap.add_argument("--side", choices=("ours", "trl"))
+    ap.add_argument("--no-vllm", action="store_true", help="leave out ours on the vLLM engine")
+    ap.add_argument("--side", choices=("ours", "trl", "vllm"))
     ap.add_argument("--work")
     a = ap.parse_args(argv)
     if a.side:
@@ -158,7 +164,14 @@ def main(argv=None) -> int:
         results: dict = {}
         # The sides alternate, each run --repeats times; the fastest run of each side is compared (the machine
         # is shared: load that comes and goes hits both sides alike this way).
-        for side in ("ours", "trl") * a.repeats:
+        from launcher.inference.vllm_engine import INSTALL_COMMAND, vllm_python
+
+        sides = ("ours", "trl")
+        if not a.no_vllm and vllm_python() is not None:
+            sides += ("vllm",)
+        elif not a.no_vllm:
+            print(f"the vLLM venv is absent ({INSTALL_COMMAND} makes it): ours on vLLM left out")
+        for side in sides * a.repeats:
             cmd = [sys.executable, __file__, "--side", side, "--work", tmp, "--model", a.model,
                    "--steps", str(a.steps), "--prompts", str(a.prompts), "--G", str(a.G),
                    "--max-completion", str(a.max_completion), "--lr", str(a.lr), "--seed", str(a.seed),
@@ -176,11 +189,15 @@ def main(argv=None) -> int:
                 results[side] = got
     print(f"GRPO, {a.prompts} prompts x G={a.G}, up to {a.max_completion} tokens, {a.steps} steps (first left"
           f" out), {a.threads} thread(s), fastest of {a.repeats} runs per side, model {a.model}")
-    print(f"{'':6} {'step s':>8} {'generation':>11} {'scoring':>8} {'update':>8} {'peak RSS MB':>12}")
+    print(f"{'':6} {'step s':>8} {'generation':>11} {'share':>6} {'scoring':>8} {'update':>8} {'peak RSS MB':>12}")
     for side, r in results.items():
-        print(f"{side:6} {r['step_s']:8.3f} {r['generation']:11.3f} {r['scoring']:8.3f} {r['update']:8.3f}"
-              f" {r['peak_rss_mb']:12.0f}")
+        print(f"{side:6} {r['step_s']:8.3f} {r['generation']:11.3f} {r['generation'] / r['step_s']:6.0%}"
+              f" {r['scoring']:8.3f} {r['update']:8.3f} {r['peak_rss_mb']:12.0f}")
     print(f"ours / TRL step time: {results['ours']['step_s'] / results['trl']['step_s']:.2f}x")
+    if "vllm" in results:
+        print(f"generation share of our step: {results['ours']['generation'] / results['ours']['step_s']:.0%} on"
+              f" transformers, {results['vllm']['generation'] / results['vllm']['step_s']:.0%} on vLLM; step time"
+              f" vLLM / transformers: {results['vllm']['step_s'] / results['ours']['step_s']:.2f}x")
     return 0
 
 

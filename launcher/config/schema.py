@@ -840,7 +840,7 @@ def _choice(value: str, allowed: tuple, key: str) -> None:
         raise ConfigError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
 
 
-GENERATION_METHODS = ("grpo", "ppo")
+GENERATION_METHODS = ("grpo",)  # ppo samples on transformers: its policy carries a value head vLLM is not given
 """Methods whose rollouts generation.engine chooses the engine of."""
 
 

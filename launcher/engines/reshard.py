@@ -96,10 +96,17 @@ def kept_grad_accum(meta: dict, micro_batch_size: int, world: int, name: str = "
             f"run.resume: {name} was trained with global batch {global_batch} (micro_batch_size"
             f" {meta['micro_batch_size']} x grad_accum {meta['grad_accum']} x world size {meta['world_size']});"
             f" at world size {world} with train.micro_batch_size={micro_batch_size} no grad_accum gives it"
-            f" ({global_batch} is not a multiple of {per_pass}): set train.micro_batch_size to a divisor of"
-            f" {global_batch // world if global_batch % world == 0 else global_batch} or pick a world size that"
-            f" divides {global_batch}")
+            f" ({global_batch} is not a multiple of {per_pass}): {_batch_advice(global_batch, world)}")
     return global_batch // per_pass
+
+
+def _batch_advice(global_batch: int, world: int) -> str:
+    if global_batch % world == 0:
+        return (f"set train.micro_batch_size to a divisor of {global_batch // world} (the per-rank share of the"
+                " global batch)")
+    worlds = [w for w in range(1, global_batch + 1) if global_batch % w == 0]
+    return (f"resume on a world size that divides {global_batch} ({', '.join(map(str, worlds))}), or export the"
+            " run and start a new run from the export")
 
 
 def read_meta(directory: Path) -> Optional[dict]:

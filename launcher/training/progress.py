@@ -204,12 +204,15 @@ def run_health(run_dir: Path, now: Optional[float] = None) -> dict:
         "stalls": stalls,
         "attempts": attempts,
         "restarts": max(0, len(attempts) - 1),
-        "reshards": _read_reshards(run_dir),
+        **_reshards(run_dir),
     }
 
 
-def _read_reshards(run_dir: Path) -> list:
-    return read_jsonl(progress_dir(run_dir) / RESHARDS_FILE)
+def _reshards(run_dir: Path) -> dict:
+    """``reshards``: each resume onto another world size or parallelism (launcher.engines.reshard); the key only
+    where the run was resharded."""
+    found = read_jsonl(progress_dir(run_dir) / RESHARDS_FILE)
+    return {"reshards": found} if found else {}
 
 
 def health_lines(health: dict) -> list:

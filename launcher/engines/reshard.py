@@ -7,10 +7,12 @@ What can be carried to another world size or parallelism, and why:
 - fsdp, fsdp_offload: torch.distributed.checkpoint (DCP) stores every tensor with its global shape and the
   offsets of each rank's shard; a ``dcp.load`` into a model sharded over another world re-slices them (DCP's
   own resharding), so N -> M ranks, offloaded or not, is a plain load.
-- ZeRO (zero2, zero3, zero3_offload): DeepSpeed stores each rank's flat partition of its own flattened groups;
-  loading them at another data-parallel degree or into FSDP needs DeepSpeed's universal-checkpoint conversion
-  (ds_to_universal), which this launcher does not run, so it is refused at the dry run, with what to do.
-- Across families (ddp <-> fsdp, ZeRO <-> anything else): the optimizer state is keyed and laid out differently
+- ZeRO-3 (zero3, zero3_offload) -> fsdp at any world size: launcher.engines.zero_convert reads every rank's
+  flat partitions back into whole fp32 weights and AdamW states, which FSDP shards over its own world.
+- Any other ZeRO change (another world size under ZeRO, ZeRO-2 anywhere else, ZeRO into ddp): DeepSpeed's own
+  loader needs its universal-checkpoint conversion (ds_to_universal) and a ZeRO-2 partition is laid out
+  differently again; refused at the dry run, with what to do.
+- Across other families (ddp <-> fsdp, fsdp -> ZeRO): the optimizer state is keyed and laid out differently
   in each; refused the same way. An online-RL objective's per-rank state (its pending completions) is refused
   at another world size.
 
@@ -65,13 +67,15 @@ def reshard_refusal(directory: Path, meta: dict, parallelism: str, world: int) -
     todo = (f"resume with parallelism={source} and {old_world} ranks (cluster.nodes x cluster.nproc_per_node),"
             f" or `launcher export` the run and start a new run from the export (model.name_or_path=EXPORT_DIR,"
             " run.resume=never)")
+    zero3_into_fsdp = src == "zero3" and dst == "fsdp"  # launcher.engines.zero_convert reads ZeRO-3 shards whole
     if src.startswith("zero") and dst.startswith("zero") and src != dst:
         return f"{where}: ZeRO stages lay out their shards differently and cannot load each other's; {todo}"
-    if src.startswith("zero") or src == "zero":
+    if src.startswith("zero") and not zero3_into_fsdp:
         return (f"{where}: a DeepSpeed ZeRO checkpoint holds each rank's flat partition of DeepSpeed's own"
                 f" flattened parameter groups, which cannot be re-sliced for another world size or engine here"
-                f" (that needs DeepSpeed's universal-checkpoint conversion, not run by the launcher); {todo}")
-    if src != dst:
+                f" (that needs DeepSpeed's universal-checkpoint conversion, not run by the launcher; a ZeRO-3 checkpoint"
+                f" does resume under parallelism=fsdp, at any world size); {todo}")
+    if src != dst and not zero3_into_fsdp:
         return (f"{where}: {src} and {dst} keep the optimizer state in different layouts (whole per parameter"
                 f" vs sharded DTensors vs ZeRO partitions), so it cannot be carried across; {todo}")
     if any(directory.glob("objective_rank*.pt")):

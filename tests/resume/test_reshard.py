@@ -3,7 +3,9 @@
 A 2-rank FSDP run trains one epoch (4 steps of global batch 8) and checkpoints at step 2; its step-2
 checkpoint resumes on 1 FSDP rank with grad_accum doubled: the losses of steps 3-4 are the uninterrupted
 run's within float tolerance, and the ledger of the final checkpoint holds every row of the epoch exactly once.
-A 2-rank ZeRO-3 checkpoint pointed at by a 2-rank FSDP run is refused at the dry run with the reason.
+A 2-rank ZeRO-3 checkpoint resumes on 2 FSDP ranks the same way (its shards read back whole,
+launcher.engines.zero_convert); what cannot be resharded (ZeRO-3 at another world size, into ddp or ZeRO-2) is
+refused at the dry run with the reason.
 """
 from __future__ import annotations
 
@@ -85,32 +87,49 @@ def test_fsdp_two_ranks_resume_on_one_rank(root, fsdp_two_ranks):
     assert "train.grad_accum 1 -> 2 keeps the global batch 8" in log
 
     # Every row of the epoch trained exactly once across the change, in the uninterrupted run's steps.
-    final = read_ledger(resumed / "checkpoints" / "step-0000004")
-    n_rows, trained = final["n_rows"], final["trained"]
-    spe = steps_per_epoch(n_rows, 2, 4, 1)
-    assert spe == 4 and final["epoch"] == 0
-    assert len(trained) == len(set(trained)) == spe * GLOBAL_BATCH
-    assert set(trained) == set(epoch_order(n_rows, 42, 0)[:spe * GLOBAL_BATCH])
-    assert set(trained) == set(read_ledger(reference / "checkpoints" / "step-0000004")["trained"])
+    assert_epoch_trained_once(resumed, reference)
 
     # launcher status says it was resharded.
     lines = "\n".join(health_lines(run_health(resumed)))
     assert "resharded at step 2: world size 2 -> 1 (fsdp), grad_accum 1 -> 2 (global batch 8 kept)" in lines
 
 
-def test_zero3_checkpoint_into_fsdp_is_refused_at_the_dry_run(root):
-    zero3 = launch(root, "zero3", ["parallelism=zero3", "train.epochs=0.5"], nproc=2)
+def assert_epoch_trained_once(run_dir: Path, like: Path) -> None:
+    """The final checkpoint's ledger holds every row of the epoch once, the rows ``like``'s final ledger holds."""
+    final = read_ledger(run_dir / "checkpoints" / "step-0000004")
+    n_rows, trained = final["n_rows"], final["trained"]
+    spe = steps_per_epoch(n_rows, 2, 4, 1)
+    assert spe == 4 and final["epoch"] == 0
+    assert len(trained) == len(set(trained)) == spe * GLOBAL_BATCH
+    assert set(trained) == set(epoch_order(n_rows, 42, 0)[:spe * GLOBAL_BATCH])
+    assert set(trained) == set(read_ledger(like / "checkpoints" / "step-0000004")["trained"])
+
+
+def test_zero3_two_ranks_resume_on_two_fsdp_ranks(root):
+    zero3 = launch(root, "zero3", ["parallelism=zero3"], nproc=2)
+    want = train_losses(zero3)
     step2 = zero3 / "checkpoints" / "step-0000002"
     cfg = compose_config([f"run.output_root={root}", *COMMON, "cluster.nproc_per_node=2", "parallelism=fsdp",
                           f"run.resume={step2}"], check=False)
-    with pytest.raises(PreflightError, match=r"run\.resume: step-0000002 was written with world size 2, this run"
-                       r" has 2 \(parallelism=zero3 -> fsdp\): a DeepSpeed ZeRO checkpoint .*universal-checkpoint"
-                       r".*`launcher export` the run and start a new run from the export"):
-        run_preflight(cfg)
-    # The same checkpoint on its own topology passes the dry run.
-    same = compose_config([f"run.output_root={root}", *COMMON, "cluster.nproc_per_node=2", "parallelism=zero3",
-                           f"run.resume={step2}"], check=False)
-    assert not [p for p in run_preflight(same) if "run.resume" in str(p)]
+    assert not [p for p in run_preflight(cfg) if "run.resume" in str(p)]  # the dry run lets it through
+
+    resumed = launch(root, "zero3-fsdp", ["parallelism=fsdp"], nproc=2, copy_checkpoint=step2)
+    got = train_losses(resumed)
+    assert sorted(got) == [3, 4]
+    for step in got:  # step 4 also checks the AdamW state and the scheduled lr carried over
+        assert got[step] == pytest.approx(want[step], rel=LOSS_RTOL), f"step {step}: {got[step]} vs {want[step]}"
+    assert_epoch_trained_once(resumed, zero3)
+    lines = "\n".join(health_lines(run_health(resumed)))
+    assert "resharded at step 2: world size 2 -> 2 (zero3 -> fsdp), grad_accum 1 -> 1" in lines
+
+    # What cannot be resharded is refused at the dry run, saying why and what to do.
+    for overrides, why in ((["cluster.nproc_per_node=1", "parallelism=zero3"], "DeepSpeed ZeRO checkpoint"),
+                           (["cluster.nproc_per_node=2", "parallelism=ddp"], "DeepSpeed ZeRO checkpoint"),
+                           (["cluster.nproc_per_node=2", "parallelism=zero2"], "ZeRO stages lay out")):
+        cfg = compose_config([f"run.output_root={root}", *COMMON, *overrides, f"run.resume={step2}"], check=False)
+        with pytest.raises(PreflightError, match=rf"run\.resume: step-0000002 was written with world size 2.*{why}"
+                           r".*`launcher export` the run and start a new run from the export"):
+            run_preflight(cfg)
 
 
 def test_global_batch_that_cannot_divide_is_refused():

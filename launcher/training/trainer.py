@@ -159,8 +159,12 @@ class Trainer:
         """Collective: the sample ledger of the epoch of the last trained step (every rank's rows gathered)."""
         if self.step == 0:
             return None
-        epoch, last = divmod(self.objective.data_step(self.step - 1), self.steps_per_epoch)
-        mine = {i: rows for i, rows in self._recorded.items() if i <= last} if self._recorded_epoch == epoch else {}
+        epoch = self.objective.data_step(self.step - 1) // self.steps_per_epoch
+        next_epoch, next_index = divmod(self.objective.data_step(self.step), self.steps_per_epoch)
+        # Only data steps that are done: one that several optimizer steps share (GRPO's num_iterations) and
+        # that goes on after this checkpoint is trained again by a resume, from the same rows.
+        done = next_index if next_epoch == epoch else self.steps_per_epoch
+        mine = {i: rows for i, rows in self._recorded.items() if i < done} if self._recorded_epoch == epoch else {}
         per_rank = all_gather_object(mine)
         return merged_ledger(self._ledger_base, epoch, len(self.data.train), self.cfg.train.seed, per_rank)
 

@@ -73,8 +73,8 @@ def reshard_refusal(directory: Path, meta: dict, parallelism: str, world: int) -
     if src.startswith("zero") and not zero3_into_fsdp:
         return (f"{where}: a DeepSpeed ZeRO checkpoint holds each rank's flat partition of DeepSpeed's own"
                 f" flattened parameter groups, which cannot be re-sliced for another world size or engine here"
-                f" (that needs DeepSpeed's universal-checkpoint conversion, not run by the launcher; a ZeRO-3 checkpoint"
-                f" does resume under parallelism=fsdp, at any world size); {todo}")
+                f" (that needs DeepSpeed's universal-checkpoint conversion, not run by the launcher; a ZeRO-3"
+                f" checkpoint does resume under parallelism=fsdp, at any world size); {todo}")
     if src != dst and not zero3_into_fsdp:
         return (f"{where}: {src} and {dst} keep the optimizer state in different layouts (whole per parameter"
                 f" vs sharded DTensors vs ZeRO partitions), so it cannot be carried across; {todo}")
@@ -132,8 +132,8 @@ def describe_reshard(meta: dict, parallelism: str, world: int, grad_accum: int) 
 
 def reshard_line(r: dict) -> str:
     """One record as ``launcher status`` and the run log say it."""
-    strategy = (f"{r['from_parallelism']} -> {r['to_parallelism']}" if r.get("from_parallelism") != r.get("to_parallelism")
-                else f"{r.get('to_parallelism')}")
+    before, after = r.get("from_parallelism"), r.get("to_parallelism")
+    strategy = f"{before} -> {after}" if before != after else f"{after}"
     return (f"resharded at step {r.get('step')}: world size {r.get('from_world')} -> {r.get('to_world')}"
             f" ({strategy}), grad_accum {r.get('from_grad_accum')} -> {r.get('to_grad_accum')}"
             f" (global batch {r.get('global_batch')} kept)")

@@ -21,6 +21,7 @@ from typing import Optional
 from launcher.checks.problems import Problems
 from launcher.config.schema import Config
 from launcher.engines.checkpoint_layout import COMPLETE, META_FILE, complete_checkpoints
+from launcher.engines.reshard import kept_grad_accum, reshard_refusal
 from launcher.errors import ConfigError
 from launcher.models.quantize import qlora_problem
 from launcher.packages import package_installed
@@ -295,13 +296,14 @@ def check_resume(problems, cfg: Config) -> None:
         raise ConfigError(f"run.resume: {meta_file} is unreadable ({exc}); the checkpoint is damaged,"
                           " pick an earlier one") from None
     world = cfg.cluster.nodes * cfg.cluster.nproc_per_node
-    if isinstance(meta, dict) and meta.get("world_size") not in (None, world):
-        raise ConfigError(
-            f"run.resume: {path.name} was written with world size {meta['world_size']}, this run has {world}"
-            f" (cluster.nodes x cluster.nproc_per_node); its data position, RNG streams and sharded optimizer state"
-            " are laid out per rank, so resume with the same world, or start fresh with run.resume=never (or"
-            " `launcher export` the checkpoint and train from it as model.name_or_path)"
-        )
+    if isinstance(meta, dict) and "world_size" in meta:
+        # Another world size or parallelism: resharded where it can be (launcher.engines.reshard), else refused
+        # here with the reason and what to do; the global batch must divide at the new world.
+        problem = reshard_refusal(path, meta, cfg.parallelism.name, world)
+        if problem:
+            raise ConfigError(problem)
+        if meta["world_size"] != world or meta.get("parallelism", cfg.parallelism.name) != cfg.parallelism.name:
+            kept_grad_accum(meta, cfg.train.micro_batch_size, world, path.name)
 
 
 # ------------------------------------------------------------------------------------- output

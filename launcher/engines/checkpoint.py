@@ -33,8 +33,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from launcher.engines.checkpoint_layout import (COMPLETE, MANIFEST, META_FILE, TMP_PREFIX, checkpoint_root,
-                                               complete_checkpoints, latest_checkpoint, rng_file, step_dir_name)
+from launcher.engines.checkpoint_layout import (COMPLETE, LEDGER_FILE, MANIFEST, META_FILE, TMP_PREFIX,
+                                               checkpoint_root, complete_checkpoints, latest_checkpoint, rng_file,
+                                               step_dir_name)
 from launcher.disk_full import disk_full_guard, folder_bytes, human_bytes, written_so_far
 from launcher.engines.distributed import DistInfo, barrier, broadcast_object
 from launcher.errors import ConfigError
@@ -78,8 +79,9 @@ def load_objective_state(directory: Path, rank: int) -> Optional[dict]:
 
 
 def save_checkpoint(run_dir: Path, step: int, engine, meta: dict, dist_info: DistInfo, keep: int,
-                    objective_state: Optional[dict] = None) -> Path:
-    """Collective: every rank calls it at the same step. ``objective_state``: this rank's, kept beside its RNG."""
+                    objective_state: Optional[dict] = None, ledger: Optional[dict] = None) -> Path:
+    """Collective: every rank calls it at the same step. ``objective_state``: this rank's, kept beside its RNG.
+    ``ledger``: the sample ledger (launcher.training.ledger), written by rank 0."""
     root = checkpoint_root(run_dir)
     final = root / step_dir_name(step)
     tmp = root / f"{TMP_PREFIX}{step_dir_name(step)}"
@@ -96,6 +98,8 @@ def save_checkpoint(run_dir: Path, step: int, engine, meta: dict, dist_info: Dis
             torch.save(rng_state(), tmp / rng_file(dist_info.rank))
             if objective_state is not None:
                 torch.save(objective_state, tmp / objective_file(dist_info.rank))
+            if ledger is not None and dist_info.is_main:
+                (tmp / LEDGER_FILE).write_text(json.dumps(ledger, separators=(",", ":")))
             barrier()
             if dist_info.is_main:
                 seal_checkpoint(tmp, meta)

@@ -27,6 +27,8 @@ FSDP_SHARDS_DIR = "fsdp"
 """FSDP: the DCP shards (every rank its own), the loss wrapper's state under ``model.``."""
 DEEPSPEED_TAG = "deepspeed"
 """DeepSpeed: the tag (sub-folder) of its ZeRO shards."""
+LEDGER_FILE = "ledger.json"
+"""The sample ledger: the rows of the current epoch already trained (launcher.training.ledger)."""
 
 
 def rng_file(rank: int) -> str:

@@ -101,6 +101,15 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def all_gather_object(obj) -> list:
+    """Every rank's ``obj``, in rank order, on every rank; ``[obj]`` without a process group."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def destroy_distributed() -> None:
     # Tearing the group down explicitly avoids the occasional abort at interpreter exit seen with gloo.
     if is_distributed():

@@ -26,7 +26,7 @@ from torch import nn
 from launcher.config.schema import Config
 from launcher.engines.distributed import DistInfo, ensure_process_group
 from launcher.engines.base import Engine, LossFactory, require_checkpoint_kind, strip_wrapper_prefix
-from launcher.engines.checkpoint_layout import FSDP_SHARDS_DIR, STATE_FILE
+from launcher.engines.checkpoint_layout import DEEPSPEED_TAG, FSDP_SHARDS_DIR, STATE_FILE
 from launcher.engines.loading import deferred_weights, materialize
 from launcher.engines.optim import build_optimizer, build_scheduler
 from launcher.engines.precision import Precision, make_grad_scaler
@@ -182,17 +182,49 @@ class FSDPEngine(Engine):
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
         directory = Path(directory)
-        require_checkpoint_kind(directory, FSDP_SHARDS_DIR, "FSDP")
-        msd, osd = get_state_dict(self.loss_module, self.optimizer, options=self._options())
-        state = {"model": msd, "optim": osd}
-        dcp.load(state, checkpoint_id=str(directory / FSDP_SHARDS_DIR))
-        set_state_dict(self.loss_module, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"], options=self._options(strict=not self.lora))
+        if (directory / DEEPSPEED_TAG).is_dir() and not (directory / FSDP_SHARDS_DIR).is_dir():
+            self._load_zero3(directory / DEEPSPEED_TAG)  # resharded from ZeRO-3 (launcher.engines.reshard)
+        else:
+            require_checkpoint_kind(directory, FSDP_SHARDS_DIR, "FSDP")
+            msd, osd = get_state_dict(self.loss_module, self.optimizer, options=self._options())
+            state = {"model": msd, "optim": osd}
+            dcp.load(state, checkpoint_id=str(directory / FSDP_SHARDS_DIR))
+            set_state_dict(self.loss_module, self.optimizer, model_state_dict=state["model"],
+                           optim_state_dict=state["optim"], options=self._options(strict=not self.lora))
         extra = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
         self.scheduler.load_state_dict(extra["scheduler"])
         if self.scaler is not None and "grad_scaler" in extra:
             self.scaler.load_state_dict(extra["grad_scaler"])
         return extra
+
+    def _load_zero3(self, folder: Path) -> None:
+        """Collective. A DeepSpeed ZeRO-3 checkpoint's fp32 weights and AdamW state, read whole on every rank
+        (launcher.engines.zero_convert) and sharded over this world as a full state dict."""
+        from torch.distributed.checkpoint.state_dict import (get_optimizer_state_dict, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
+        from launcher.engines.zero_convert import read_zero3_checkpoint
+
+        tensors, steps, groups = read_zero3_checkpoint(folder)
+        trainable = [n for n, p in self.loss_module.named_parameters() if p.requires_grad]
+        missing = [n for n in trainable if n not in tensors]
+        if missing:
+            raise RuntimeError(f"the ZeRO-3 checkpoint in {folder} lacks {len(missing)} trained parameter(s) of this"
+                               f" model ({', '.join(missing[:3])}); resume with the model that wrote it")
+        full = self._options(full_state_dict=True, strict=False)
+        set_model_state_dict(self.loss_module, {n: t["fp32"] for n, t in tensors.items()}, options=full)
+        osd = get_optimizer_state_dict(self.loss_module, self.optimizer, options=self._options(full_state_dict=True))
+        osd["state"] = {n: {"step": torch.tensor(float(steps[n])), "exp_avg": tensors[n]["exp_avg"],
+                            "exp_avg_sq": tensors[n]["exp_avg_sq"]} for n in trainable}
+        if [sorted(g["params"]) for g in osd["param_groups"]] != [sorted(g["names"]) for g in groups]:
+            raise RuntimeError(f"the ZeRO-3 checkpoint in {folder} groups its parameters differently from this run's"
+                               " optimizer (method.weight_decay, frozen modules); resume with the config that wrote it")
+        for mine, theirs in zip(osd["param_groups"], groups):  # lr as scheduled at the checkpoint, and the rest
+            mine.update({k: v for k, v in theirs.items() if k != "names" and k in mine})
+        set_optimizer_state_dict(self.loss_module, self.optimizer, osd, options=self._options(full_state_dict=True))
+        if self.dist.is_main:
+            log.info("fsdp: loaded %d parameters and their AdamW state from the ZeRO-3 checkpoint %s", len(trainable),
+                     folder.parent.name)
 
     # ------------------------------------------------------------------ final model
 

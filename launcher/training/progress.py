@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from launcher.engines.reshard import RESHARDS_FILE, reshard_line
+
 PROGRESS_DIR = "progress"
 STALLS_FILE = "stalls.jsonl"
 ATTEMPTS_FILE = "attempts.jsonl"
@@ -168,6 +170,11 @@ def record_attempt(run_dir: Path, world_size: int, resumed_from: Optional[str] =
                   "resumed_from": resumed_from})
 
 
+def record_reshard(run_dir: Path, record: dict) -> None:
+    """Rank 0 when it resumed onto another world size or parallelism (launcher.engines.reshard.describe_reshard)."""
+    append_jsonl(progress_dir(run_dir) / RESHARDS_FILE, {"attempt": attempt_id(), **record})
+
+
 # ------------------------------------------------------------------------------------------ for status and the UI
 
 
@@ -197,7 +204,15 @@ def run_health(run_dir: Path, now: Optional[float] = None) -> dict:
         "stalls": stalls,
         "attempts": attempts,
         "restarts": max(0, len(attempts) - 1),
+        **_reshards(run_dir),
     }
+
+
+def _reshards(run_dir: Path) -> dict:
+    """``reshards``: each resume onto another world size or parallelism (launcher.engines.reshard); the key only
+    where the run was resharded."""
+    found = read_jsonl(progress_dir(run_dir) / RESHARDS_FILE)
+    return {"reshards": found} if found else {}
 
 
 def health_lines(health: dict) -> list:
@@ -211,6 +226,8 @@ def health_lines(health: dict) -> list:
     if health["restarts"]:
         lines.append(f"  restarts: {health['restarts']} (torchrun restarts and requeues; attempts"
                      f" {', '.join(a['attempt'] for a in health['attempts'])})")
+    for r in health.get("reshards", []):
+        lines.append(f"  {reshard_line(r)}")
     for s in health["stalls"]:
         lines.append(f"  stall at {s['time']}: rank(s) {', '.join(map(str, s['stalled_ranks'] or []))} in phase"
                      f" '{s['phase']}' at step {s['step']}; stacks in {s['folder']}")

@@ -18,7 +18,7 @@ from launcher.engines.distributed import DistInfo
 from launcher.engines.model_build import build_model
 from launcher.engines.precision import resolve_precision
 from launcher.engines.sequence_parallel import data_parallel_coordinates, init_sequence_parallel
-from launcher.errors import DataError
+from launcher.errors import ConfigError, DataError
 from launcher.models.build import choose_attn_implementation, count_parameters
 from launcher.models.tokenizers import load_tokenizer
 from launcher.paths import BASE_MODEL_DIR
@@ -114,7 +114,7 @@ class Recipe:
         cfg, dist = self.cfg, self.dist
         # The ranks of a sequence group share rows: the data is split over the data-parallel ranks only.
         _, data_world = data_parallel_coordinates(dist.rank, dist.world_size, cfg.parallelism.sequence_parallel)
-        self.grad_accum = resolve_grad_accum(cfg, data_world)
+        self.grad_accum = self.resumed_grad_accum() or resolve_grad_accum(cfg, data_world)
         self.steps_per_epoch = steps_per_epoch(n_rows, data_world, cfg.train.micro_batch_size, self.grad_accum)
         if self.steps_per_epoch == 0:
             raise DataError(
@@ -125,6 +125,35 @@ class Recipe:
             self.total_steps = cfg.train.max_steps
         else:
             self.total_steps = max(1, int(math.ceil(cfg.train.epochs * self.steps_per_epoch)))
+
+    def resumed_grad_accum(self) -> Optional[int]:
+        """On a resume onto another world size or parallelism (launcher.engines.reshard): the grad_accum that keeps
+        the checkpoint's global batch, said in the log; None otherwise. The checkpoint is the one the trainer will
+        pick (its integrity is checked there)."""
+        from launcher.engines.checkpoint_layout import latest_checkpoint
+        from launcher.engines.reshard import (kept_grad_accum, read_meta, reshard_refusal,
+                                              sequence_parallel_reshard_refusal)
+        from launcher.training.preemption import choose_resume_checkpoint
+
+        cfg, world = self.cfg, self.dist.world_size
+        directory = choose_resume_checkpoint(cfg.run.resume, self.run_dir, latest_checkpoint(self.run_dir))
+        meta = read_meta(directory) if directory is not None else None
+        if meta is None or (meta.get("world_size") == world and meta.get("parallelism", cfg.parallelism.name)
+                            == cfg.parallelism.name
+                            and meta.get("sequence_parallel", 1) == cfg.parallelism.sequence_parallel):
+            return None
+        problem = sequence_parallel_reshard_refusal(directory, meta, cfg) or \
+            reshard_refusal(directory, meta, cfg.parallelism.name, world)
+        if problem:
+            raise ConfigError(problem)
+        accum = kept_grad_accum(meta, cfg.train.micro_batch_size, world, Path(directory).name)
+        if self.dist.is_main:
+            log.info("resuming %s (world size %d, parallelism=%s) at world size %d, parallelism=%s: train.grad_accum"
+                     " %d -> %d keeps the global batch %d (micro_batch_size %d x grad_accum x world size)",
+                     Path(directory).name, meta["world_size"], meta.get("parallelism"), world, cfg.parallelism.name,
+                     meta["grad_accum"], accum, cfg.train.micro_batch_size * accum * world,
+                     cfg.train.micro_batch_size)
+        return accum
 
     def build_policy(self, prepare: Optional[Callable[[nn.Module], None]] = None) -> nn.Module:
         """The model this run trains (launcher.engines.model_build.build_model; master weights stay fp32, a GPU

@@ -27,7 +27,9 @@ from launcher.config.schema import Config, save_every_minutes
 from launcher.data.tokenize import row_length
 from launcher.disk_full import DiskFullError, disk_full_guard, written_so_far
 from launcher.engines.base import Engine
-from launcher.engines.distributed import DistInfo, all_reduce_sum
+from launcher.engines.distributed import DistInfo, all_gather_object, all_reduce_sum
+from launcher.engines.reshard import (checkpoint_global_batch, describe_reshard, reshard_line, reshard_refusal,
+                                      sequence_parallel_reshard_refusal)
 from launcher.engines.precision import Precision
 from launcher.errors import ConfigError
 from launcher.models.build import point_adapter_at_base
@@ -37,6 +39,7 @@ from launcher.training import preemption
 from launcher.training import progress as rank_progress
 from launcher.training.batching import epoch_plan
 from launcher.training.flops import causal_pairs
+from launcher.training.ledger import merged_ledger, read_ledger, rows_to_skip
 from launcher.training.meter import StepMeter
 from launcher.training.metrics import MetricsLogger, plot_loss
 from launcher.training.objectives import Objective, to_device
@@ -77,6 +80,12 @@ class Trainer:
         self.metrics: Optional[MetricsLogger] = None
         self._plan: Optional[list] = None
         self._plan_epoch = -1
+        self._resume_skip: Optional[tuple] = None
+        """(epoch, step index, rows): the resumed epoch's rows already trained (its ledger's), left out of its plan."""
+        self._ledger_base: Optional[dict] = None
+        self._recorded: dict = {}
+        """This rank's trained rows of ``_recorded_epoch``, by step index in the epoch, since the start or resume."""
+        self._recorded_epoch = -1
         self.save_minutes = save_every_minutes(cfg)
         """Timed checkpoints (train.save_every_minutes; 0: off), decided on rank 0's clock."""
         self._last_save = time.monotonic()
@@ -108,14 +117,7 @@ class Trainer:
         if not (directory / ckpt.COMPLETE).is_file():
             raise ConfigError(f"run.resume: {directory} is not a complete checkpoint (no {ckpt.COMPLETE} marker)")
         meta = json.loads((directory / "meta.json").read_text())
-        if meta["world_size"] != self.dist.world_size:
-            raise ConfigError(
-                f"run.resume: checkpoint {directory.name} was written with world size {meta['world_size']},"
-                f" this run has {self.dist.world_size}; a checkpoint's data position, RNG streams and sharded"
-                " optimizer state are laid out per rank, so an exact resume needs the same world: resume with the"
-                " same nodes x nproc_per_node, or start fresh with run.resume=never (export the checkpoint with"
-                " `launcher export` and fine-tune from it as model.name_or_path to change the world size)"
-            )
+        resharded = self._check_topology(directory, meta)
         self.engine.load_checkpoint(directory)
         ckpt.load_rng(directory, self.dist.rank)
         state = ckpt.load_objective_state(directory, self.dist.rank)
@@ -123,10 +125,58 @@ class Trainer:
             self.objective.load_state_dict(state)
         self.step = meta["step"]
         self.trained_tokens_total = meta["trained_tokens"]
+        self._continue_ledger(directory, meta)
+        if resharded is not None and self.dist.is_main:
+            rank_progress.record_reshard(self.run_dir, resharded)
+            log.info("resume %s", reshard_line(resharded))
         if self.dist.is_main:
             # Steps logged after this checkpoint by the attempt that died are trained again: log them once.
             preemption.forget_metrics_after(self.run_dir, self.step)
             log.info("resumed from %s (step %d)", directory, self.step)
+
+    def _check_topology(self, directory: Path, meta: dict) -> Optional[dict]:
+        """None on the checkpoint's own topology; else refused (launcher.engines.reshard says why) or the record of
+        the reshard, once the global batch is checked to be the checkpoint's."""
+        parallelism, world = self.cfg.parallelism.name, self.dist.world_size
+        if meta["world_size"] == world and meta.get("parallelism", parallelism) == parallelism \
+                and meta.get("sequence_parallel", 1) == self.sequence_size:
+            return None
+        problem = sequence_parallel_reshard_refusal(directory, meta, self.cfg) or \
+            reshard_refusal(directory, meta, parallelism, world)
+        if problem:
+            raise ConfigError(problem)
+        global_batch = self.cfg.train.micro_batch_size * self.grad_accum * self.data_world
+        if global_batch != checkpoint_global_batch(meta):  # the recipe planned from another checkpoint
+            raise ConfigError(
+                f"run.resume: checkpoint {directory.name} has global batch {checkpoint_global_batch(meta)}, this"
+                f" run planned {global_batch}; resume from the checkpoint the run was planned on")
+        return describe_reshard(meta, parallelism, world, self.grad_accum)
+
+    def _continue_ledger(self, directory: Path, meta: dict) -> None:
+        """The rows of the resumed epoch already trained (the checkpoint's ledger), left out of its plan."""
+        ledger = read_ledger(directory)
+        self._ledger_base = ledger
+        epoch, index = divmod(self.objective.data_step(self.step), self.steps_per_epoch)
+        t = self.cfg.train
+        global_batch = t.micro_batch_size * self.grad_accum * self.data_world
+        where = f"world size {meta['world_size']}, this run has {self.dist.world_size}"
+        trained = rows_to_skip(ledger, directory.name, epoch, index, global_batch, len(self.data.train), t.seed, where)
+        self._resume_skip = (epoch, index, trained) if trained else None
+
+    def _ledger(self) -> Optional[dict]:
+        """Collective: the sample ledger of the epoch of the last trained step (every rank's rows gathered)."""
+        if self.step == 0:
+            return None
+        epoch = self.objective.data_step(self.step - 1) // self.steps_per_epoch
+        next_epoch, next_index = divmod(self.objective.data_step(self.step), self.steps_per_epoch)
+        # Only data steps that are done: one that several optimizer steps share (GRPO's num_iterations) and
+        # that goes on after this checkpoint is trained again by a resume, from the same rows.
+        done = next_index if next_epoch == epoch else self.steps_per_epoch
+        mine = {i: rows for i, rows in self._recorded.items() if i < done} if self._recorded_epoch == epoch else {}
+        if self.dist.rank % self.sequence_size:  # the ranks of a sequence group train the same rows: one records
+            mine = {}
+        per_rank = all_gather_object(mine)
+        return merged_ledger(self._ledger_base, epoch, len(self.data.train), self.cfg.train.seed, per_rank)
 
     # ------------------------------------------------------------------------------------ one step
 
@@ -136,9 +186,13 @@ class Trainer:
         epoch, index = divmod(self.objective.data_step(step), self.steps_per_epoch)
         if self._plan is None or self._plan_epoch != epoch:
             t = self.cfg.train
+            skip = self._resume_skip if self._resume_skip and self._resume_skip[0] == epoch else (epoch, 0, [])
             self._plan = epoch_plan(len(self.data.train), t.seed, epoch, self.data_rank, self.data_world,
-                                    t.micro_batch_size, self.grad_accum)
+                                    t.micro_batch_size, self.grad_accum, trained=skip[2], first_step=skip[1])
             self._plan_epoch = epoch
+        if self._recorded_epoch != epoch:
+            self._recorded, self._recorded_epoch = {}, epoch
+        self._recorded[index] = [i for idx in self._plan[index] for i in idx]
         out = []
         # Online RL turns the planned prompts into the rows it trains on (its completions); others keep them.
         micro_rows = self.objective.rows_for_step(self, step, [[self.data.train[i] for i in idx]
@@ -228,9 +282,13 @@ class Trainer:
     def save_checkpoint(self) -> None:
         rank_progress.report(rank_progress.CHECKPOINT)
         meta = {"step": self.step, "world_size": self.dist.world_size, "trained_tokens": self.trained_tokens_total,
-                "epoch": self.step // self.steps_per_epoch, "step_in_epoch": self.step % self.steps_per_epoch}
+                "epoch": self.step // self.steps_per_epoch, "step_in_epoch": self.step % self.steps_per_epoch,
+                # what a resume on another topology needs (launcher.engines.reshard)
+                "parallelism": self.cfg.parallelism.name, "micro_batch_size": self.cfg.train.micro_batch_size,
+                "grad_accum": self.grad_accum, "sequence_parallel": self.sequence_size}
         path = ckpt.save_checkpoint(self.run_dir, self.step, self.engine, meta, self.dist,
-                                    self.cfg.train.keep_checkpoints, objective_state=self.objective.state_dict())
+                                    self.cfg.train.keep_checkpoints, objective_state=self.objective.state_dict(),
+                                    ledger=self._ledger())
         self._last_save = time.monotonic()
         if self.dist.is_main:
             log.info("checkpoint saved: %s", path)

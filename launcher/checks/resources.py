@@ -21,7 +21,7 @@ from typing import Optional
 from launcher.checks.problems import Problems
 from launcher.config.schema import Config
 from launcher.engines.checkpoint_layout import COMPLETE, META_FILE, complete_checkpoints
-from launcher.engines.reshard import kept_grad_accum, reshard_refusal
+from launcher.engines.reshard import kept_grad_accum, reshard_refusal, sequence_parallel_reshard_refusal
 from launcher.errors import ConfigError
 from launcher.models.quantize import qlora_problem
 from launcher.packages import package_installed
@@ -299,7 +299,10 @@ def check_resume(problems, cfg: Config) -> None:
     if isinstance(meta, dict) and "world_size" in meta:
         # Another world size or parallelism: resharded where it can be (launcher.engines.reshard), else refused
         # here with the reason and what to do; the global batch must divide at the new world.
-        problem = reshard_refusal(path, meta, cfg.parallelism.name, world)
+        same = (meta["world_size"] == world and meta.get("parallelism", cfg.parallelism.name) == cfg.parallelism.name
+                and meta.get("sequence_parallel", 1) == cfg.parallelism.sequence_parallel)
+        problem = None if same else (sequence_parallel_reshard_refusal(path, meta, cfg)
+                                     or reshard_refusal(path, meta, cfg.parallelism.name, world))
         if problem:
             raise ConfigError(problem)
         if meta["world_size"] != world or meta.get("parallelism", cfg.parallelism.name) != cfg.parallelism.name:

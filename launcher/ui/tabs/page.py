@@ -58,13 +58,29 @@ class Page:
 
 
 def curve_chart(rows: list, metric: str, lang: str):
-    """The chart of ``rows`` (``launcher.ui.plots``) with its axes named in the page's language."""
+    """The chart of ``rows`` (``launcher.ui.plots``) with its axes and series named in the page's language
+    (a run's name before a series stays as it is)."""
     from launcher.ui import plots
     from launcher.ui.i18n import message, worded
 
-    y_title = message("axis_loss", lang) if metric == plots.LOSS else (
-        worded("metric", metric, lang))
-    return plots.chart(rows, y_title=y_title, x_title=message("axis_step", lang))
+    if metric == plots.LOSS:
+        rewards = any(r["series"].endswith("reward") for r in rows)
+        y_title = message("axis_loss_reward" if rewards else "axis_loss", lang)
+    else:
+        y_title = worded("metric", metric, lang)
+    return plots.chart([dict(r, series=series_word(r["series"], lang)) for r in rows], y_title=y_title,
+                       x_title=message("axis_step", lang))
+
+
+def series_word(series: str, lang: str) -> str:
+    """``[RUN ]train`` -> ``[RUN ]训练`` in Chinese: the loss view's series names (``plots.LOSS_SERIES``)."""
+    from launcher.ui import plots
+    from launcher.ui.i18n import worded
+
+    for _, name in sorted((p for pairs in plots.LOSS_SERIES.values() for p in pairs), key=lambda p: -len(p[1])):
+        if series == name or series.endswith(" " + name):
+            return series[: len(series) - len(name)] + worded("series", name, lang)
+    return series
 
 
 def one_line(exc: BaseException) -> str:

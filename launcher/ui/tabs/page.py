@@ -21,6 +21,18 @@ LANG_CODES = {"English": "en", "中文": "zh-CN"}
 LANG_STORE = "launcher-ui-lang"
 """The browser's localStorage key that remembers the switch across reloads."""
 
+TABS = ("compose", "runs", "compare", "chat", "evaluate")
+"""The tabs' ids (``gr.Tab(id=...)``); each is named by the label ``tab_<id>``."""
+
+
+def _tab_names() -> str:
+    import json
+
+    from launcher.ui.i18n import LABELS, key
+
+    return json.dumps({tab: LABELS[key(f"tab_{tab}")] for tab in TABS}, ensure_ascii=False)
+
+
 _CHANGE_LOCALE = r"""
 async function launcherSetLang(code) {
   // Gradio's own language store (what its settings panel sets): the module that exports changeLocale.
@@ -28,6 +40,15 @@ async function launcherSetLang(code) {
       .find(n => /\/core-[^/]*\.js(\?|$)/.test(n));
   if (url) { try { (await import(url)).changeLocale(code); } catch (e) { console.error(e); } }
   document.documentElement.lang = code;
+  // Gradio words a tab's name once its tab has been opened: the others keep the page's first language. Their
+  // text node is reworded in place (the node Svelte holds, so its own later updates still land).
+  const names = """ + _tab_names() + r""";
+  const zh = code.toLowerCase().startsWith('zh');
+  for (const button of document.querySelectorAll('button[role=tab][data-tab-id]')) {
+    const name = names[button.dataset.tabId];
+    const node = name && [...button.childNodes].find(c => c.nodeType === 3 && c.nodeValue.trim());
+    if (node) { node.nodeValue = name[zh ? 1 : 0]; }
+  }
 }
 """
 

@@ -51,7 +51,8 @@ class ComposeTab:
     data_text: gr.HighlightedText
     data_images: gr.Gallery
     args_path: gr.Textbox
-    """Saved arguments: the YAML file Save writes and Load reads (``launcher train --args-file``)."""
+    """Saved arguments: the YAML file Save writes and Load reads (``launcher train --args-file``); empty: the
+    run name's file under ROOT/saved-args."""
     save_btn: gr.Button
     load_btn: gr.Button
     args_result: gr.Textbox
@@ -362,12 +363,11 @@ def wire_saved_args(page: Page, tab: ComposeTab, form_inputs: list, last_default
 
     page.on(tab.save_btn.click, on_save, [tab.args_path] + form_inputs, [tab.args_path, tab.args_result])
 
-    def on_load(path_text, lang):
+    def on_load(path_text, name, lang):
+        """The named file, else the one Save writes for the run name in the form."""
         nothing = [gr.update()] * (1 + len(form_inputs) + len(all_rows))
         try:
-            if not (path_text or "").strip():
-                raise LauncherError("name the saved-arguments file to load (a .yaml that Save wrote)")
-            path = page.allowed.check(saved_args_path(root, path_text, ""), "saved arguments file")
+            path = page.allowed.check(saved_args_path(root, path_text, name), "saved arguments file")
             saved = read_args_file(path)
             with actions.HYDRA_LOCK:
                 groups, values, free = form.form_from_overrides(saved.overrides, compose_defaults,
@@ -380,4 +380,4 @@ def wire_saved_args(page: Page, tab: ComposeTab, form_inputs: list, last_default
                       sweep=form.join_overrides(saved.sweep))
         return form_updates(stored, form_inputs, len(all_rows), row_updates) + [message("args_loaded", lang, path=path)]
 
-    page.on(tab.load_btn.click, on_load, [tab.args_path], [last_defaults] + form_inputs + all_rows + [tab.args_result])
+    page.on(tab.load_btn.click, on_load, [tab.args_path, tab.run_name], [last_defaults] + form_inputs + all_rows + [tab.args_result])

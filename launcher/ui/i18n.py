@@ -275,6 +275,7 @@ MESSAGES = {
     "axis_step": ("step", "步数"),
     "axis_loss": ("loss", "损失"),
     "metric_lr": ("learning rate", "学习率"),
+    "metric_loss": ("loss", "损失"),
     "metric_reward": ("reward (mean)", "奖励（均值）"),
     "axis_loss_reward": ("loss, reward", "损失、奖励"),
     "series_train": ("train", "训练"),

@@ -93,6 +93,13 @@ def curve_chart(rows: list, metric: str, lang: str):
                        x_title=message("axis_step", lang))
 
 
+def metric_choices(names: list, lang: str) -> list:
+    """A metric picker's choices: (the metric in the page's language, its key) -- the key is what handlers get."""
+    from launcher.ui.i18n import worded
+
+    return [(worded("metric", name, lang), name) for name in names]
+
+
 def series_word(series: str, lang: str) -> str:
     """``[RUN ]train`` -> ``[RUN ]训练`` in Chinese: the loss view's series names (``plots.LOSS_SERIES``)."""
     from launcher.ui import plots

@@ -12,7 +12,7 @@ import gradio as gr
 
 from launcher.ui import plots, runs
 from launcher.ui.i18n import message, worded
-from launcher.ui.tabs.page import LANG_JS, Page, curve_chart, one_line
+from launcher.ui.tabs.page import LANG_JS, Page, curve_chart, metric_choices, one_line
 
 
 def runs_frame(rows: list, lang: str):
@@ -232,7 +232,7 @@ def wire(page: Page, tab: RunsTab, *, app: gr.Blocks, timer: gr.Timer, chat_run:
         new_key = json.dumps([rel, metric, lang, rows])
         plot = gr.update() if new_key == key else curve_chart(rows, metric, lang)
         bar = progress_html(info, lang) if info is not None else ""
-        return ["  \n".join(lines), bar, gr.update(choices=names, value=metric), plot, new_key,
+        return ["  \n".join(lines), bar, gr.update(choices=metric_choices(names, lang), value=metric), plot, new_key,
                 gr.update(choices=logs, value=log_rel), tail, health_markdown(path, lang)]
 
     details = [tab.run_info, tab.progress, tab.metric, tab.loss_plot, tab.plot_key, tab.log_select, tab.log_view,

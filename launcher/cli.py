@@ -209,6 +209,8 @@ def refuse_config_files(overrides: list[str]) -> None:
             keys = set(loaded) if isinstance(loaded, dict) else set()
         except Exception:  # missing, unreadable or not YAML: the generic hint below still applies
             pass
+        if "launcher_args" in keys:  # launcher.config.args_file.FORMAT_KEY: the web UI's saved arguments
+            raise ConfigError(f"{arg} is a saved-arguments file: use launcher train --args-file {arg}")
         if len(keys & set(LLAMAFACTORY_KEYS)) >= 2:
             raise ConfigError(f"{arg} looks like a LLaMA-Factory config: use launcher train --from-llamafactory {arg}")
         raise ConfigError(

@@ -144,3 +144,11 @@ def test_grpo_keys_show_for_grpo_only_and_its_rewards_are_drawn():
     spec = json.loads(curve_chart(plots.metric_rows(records), plots.LOSS, "zh-CN").plot)
     assert {d["series"] for d in next(iter(spec["datasets"].values()))} == {"训练", "奖励", "评估", "评估奖励"}
     assert "损失、奖励" in json.dumps(spec, ensure_ascii=False)
+
+
+def test_a_saved_arguments_file_given_as_an_override_is_pointed_to_args_file(tmp_path, capsys):
+    from launcher.cli import main
+
+    path = write_args_file(tmp_path / "mine.yaml", ["train.max_steps=1"])
+    assert main(["train", str(path)]) == 2
+    assert f"{path} is a saved-arguments file: use launcher train --args-file {path}" in capsys.readouterr().err

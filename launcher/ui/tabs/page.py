@@ -86,7 +86,7 @@ def curve_chart(rows: list, metric: str, lang: str):
 
     if metric == plots.LOSS:
         rewards = any(r["series"].endswith("reward") for r in rows)
-        y_title = message("axis_loss_reward" if rewards else "axis_loss", lang)
+        y_title = message("axis_loss_reward", lang) if rewards else message("axis_loss", lang)
     else:
         y_title = worded("metric", metric, lang)
     return plots.chart([dict(r, series=series_word(r["series"], lang)) for r in rows], y_title=y_title,

@@ -133,7 +133,7 @@ def train_main(argv: list[str]) -> int:
                               f" serve) --from-llamafactory {found[1]}")
     if not help_asked:  # --help lists this command's flags whatever else the line holds
         argv = expand_llamafactory(argv)
-        refuse_config_files([a for a in argv if not a.startswith("-")])
+        refuse_config_files(positional_words(argv))
     epilog = None
     if any(a in ("-h", "--help") for a in argv):
         from launcher.config.compose import config_groups_help
@@ -152,11 +152,21 @@ def train_main(argv: list[str]) -> int:
     parser.add_argument("-m", "--multirun", action="store_true",
                         help="a grid sweep: every combination of the comma lists / range() / choice() / glob()")
     parser.add_argument("--parallel", type=int, default=1, help="-m with cluster=local: points run at the same time")
+    parser.add_argument("--args-file", metavar="FILE.yaml", default=None,
+                        help="saved arguments (the web UI's Save): its overrides, name and sweep grid; overrides"
+                             " and --name given here win")
     args = parser.parse_args(argv)
     if args.parallel < 1:
         parser.error("--parallel must be >= 1")
     from launcher.launch.plan import dry_run_report, plan_run, print_messages
 
+    if args.args_file:
+        from launcher.config.args_file import read_args_file
+
+        saved = read_args_file(args.args_file)
+        args.overrides = saved.overrides + saved.sweep + args.overrides
+        args.name = args.name or saved.name
+        args.multirun = args.multirun or bool(saved.sweep)
     plan = plan_run(args.overrides, args.name, sweep=args.multirun, parallel=args.parallel)
     print_messages(plan)
     plan.raise_if_refused()  # before anything is written or queued
@@ -169,6 +179,20 @@ def train_main(argv: list[str]) -> int:
 
 
 LLAMAFACTORY_KEYS = ("model_name_or_path", "stage", "finetuning_type", "dataset", "do_train", "output_dir")
+
+
+def positional_words(argv: list[str]) -> list[str]:
+    """The words of ``argv`` that are neither flags nor a flag's value (``--args-file F.yaml``'s F.yaml is the
+    flag's, not an override)."""
+    out, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in ("--args-file", "--name", "--parallel"):
+            skip = True
+        elif not word.startswith("-"):
+            out.append(word)
+    return out
 
 
 def refuse_config_files(overrides: list[str]) -> None:
@@ -185,6 +209,8 @@ def refuse_config_files(overrides: list[str]) -> None:
             keys = set(loaded) if isinstance(loaded, dict) else set()
         except Exception:  # missing, unreadable or not YAML: the generic hint below still applies
             pass
+        if "launcher_args" in keys:  # launcher.config.args_file.FORMAT_KEY: the web UI's saved arguments
+            raise ConfigError(f"{arg} is a saved-arguments file: use launcher train --args-file {arg}")
         if len(keys & set(LLAMAFACTORY_KEYS)) >= 2:
             raise ConfigError(f"{arg} looks like a LLaMA-Factory config: use launcher train --from-llamafactory {arg}")
         raise ConfigError(

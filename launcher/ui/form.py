@@ -24,7 +24,8 @@ class Field:
     key: str
     """Dotted config key, e.g. ``method.lr``."""
     kind: str
-    """int, float, bool, str, or choice."""
+    """int, float, bool, str, choice, list (dataset names), modules (LoRA targets) or words (a list of
+    strings typed comma-separated, e.g. GRPO's rewards)."""
     choices: tuple = ()
     optional: bool = False
     """An empty box means null."""
@@ -60,6 +61,11 @@ FIELDS = (
     Field("method.dpo.beta", "float", section="dpo"),
     Field("method.dpo.loss_type", "choice", choices=("sigmoid", "ipo", "hinge", "simpo", "orpo"), section="dpo"),
     Field("method.kto.beta", "float", section="kto"),
+    Field("method.grpo.num_generations", "int", section="grpo"),
+    Field("method.grpo.max_completion_length", "int", section="grpo"),
+    Field("method.grpo.rewards", "words", section="grpo"),
+    Field("method.grpo.loss_type", "choice", choices=("grpo", "dr_grpo", "dapo", "bnpo"), section="grpo"),
+    Field("method.grpo.beta", "float", section="grpo"),
     Field("cluster.nodes", "int"),
     Field("cluster.nproc_per_node", "int"),
     Field("cluster.gpus_per_node", "int"),
@@ -69,7 +75,7 @@ FIELDS = (
 )
 
 
-SECTIONS = ("model", "data", "train", LORA, "dpo", "kto", "cluster")
+SECTIONS = ("model", "data", "train", LORA, "dpo", "kto", "grpo", "cluster")
 """The form's rows, in order (a field's ``section``; cluster keys sit in the cluster row)."""
 
 
@@ -180,7 +186,7 @@ def shown_value(field: Field, value: Any) -> Any:
     an empty box."""
     if field.kind == "list":
         return [v.get("name") if isinstance(v, dict) else str(v) for v in (value or [])]
-    if field.kind == "modules":
+    if field.kind in ("modules", "words"):
         return value if isinstance(value, str) else ",".join(map(str, value or []))
     if value is None and (field.kind == "str" or field.optional):
         return ""
@@ -221,6 +227,9 @@ def coerce(field: Field, raw: Any) -> Any:
         names = [x.strip() for x in text.replace(" ", ",").split(",") if x.strip()]
         # LLaMA-Factory's "all" is every linear layer: our all-linear
         return "all-linear" if names in (["all"], ["all-linear"]) else names
+    if field.kind == "words":  # commas only: a reward may be module:function or rm:RUN_DIR
+        text = ",".join(map(str, raw)) if isinstance(raw, (list, tuple)) else str(raw)
+        return [x.strip() for x in text.split(",") if x.strip()]
     try:
         if field.kind == "int":
             if isinstance(raw, float) and not raw.is_integer():
@@ -344,3 +353,48 @@ def data_folders() -> list:
     if (shared / "dataset_info.json").is_file():
         folders.append(str(shared))
     return list(dict.fromkeys(folders))
+
+
+def parse_override(text: str) -> tuple:
+    """(key, value) of a ``key=value`` override as Hydra reads it; (None, None) for anything else (``+key``,
+    ``~key``, a sweep)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_override(text)
+    except Exception:  # noqa: BLE001 - not one the form can show: it stays in the free box
+        return None, None
+    if parsed.type.name != "CHANGE" or parsed.is_sweep_override() or parsed.package:
+        return None, None
+    return parsed.key_or_group, parsed.value()
+
+
+def form_from_overrides(overrides: Sequence[str], defaults_for, ignore_keys: Sequence[str] = ()) -> tuple:
+    """What the form shows for saved overrides: (groups, {field key: box value}, free overrides). Group choices
+    and the form's fields are taken out; ``defaults_for(groups)`` fills the other fields as a group pick does;
+    what the form has no box for stays, in order, for the free box. ``model.name`` is dropped where the model
+    path gives it (the form adds it back); ``ignore_keys`` (the UI's forced output root) are dropped."""
+    groups = default_groups()
+    picked, rest = {}, []
+    for text in overrides:
+        key, value = parse_override(text)
+        if key in GROUPS and isinstance(value, str):
+            groups[key] = value
+        elif key is not None and any(f.key == key for f in FIELDS):
+            picked[key] = value
+        elif key not in ignore_keys or key is None:
+            rest.append((key, text))
+    values = dict(defaults_for(groups))
+    for f in FIELDS:
+        if f.key in picked:
+            values[f.key] = shown_value(f, picked[f.key])
+    path = values.get("model.name_or_path") or ""
+    free = [text for key, text in rest
+            if not (key == "model.name" and groups.get("model") == "hf" and path
+                    and parse_override(text)[1] == model_short_name(path))]
+    return groups, values, free
+
+
+def join_overrides(overrides: Sequence[str]) -> str:
+    """Overrides as the free box holds them (one per line, quoted where the box's split needs it)."""
+    return "\n".join(shlex.quote(o) for o in overrides)

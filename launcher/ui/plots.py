@@ -35,24 +35,28 @@ def metric_names(records: Iterable[dict]) -> list:
     return [LOSS] + sorted(names)
 
 
+LOSS_SERIES = {"train": (("loss", "train"), ("reward", "reward")),
+               "eval": (("eval_loss", "eval"), ("eval/reward", "eval reward"))}
+"""The ``loss`` view's (key, series) per record kind: the losses, and the reward mean where the method logs one
+(GRPO/PPO: ``reward`` per step, ``eval/reward`` held out), so that an RL run's plot shows what it learns."""
+
+
 def metric_rows(records: Iterable[dict], metric: str = LOSS, label: str = "") -> list:
     """[{step, value, series}] of one run's records for ``metric``: for ``loss`` the series ``train`` and
-    ``eval``; for any other key its own name (``eval_*`` keys come from eval records). ``label`` (a run's name)
-    is put before each series, so that several runs' lines can be told apart."""
+    ``eval`` (and ``reward``, ``eval reward`` where logged: ``LOSS_SERIES``); for any other key its own name
+    (``eval_*`` keys come from eval records). ``label`` (a run's name) is put before each series, so that
+    several runs' lines can be told apart."""
     prefix = f"{label} " if label else ""
     rows = []
     for r in records:
         kind, step = r.get("kind"), r.get("step")
         if step is None or kind not in ("train", "eval"):
             continue
-        if metric == LOSS:
-            key = "loss" if kind == "train" else "eval_loss"
-            series = kind
-        else:
-            key, series = metric, metric
-        value = r.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            rows.append({"step": int(step), "value": float(value), "series": prefix + series})
+        pairs = LOSS_SERIES[kind] if metric == LOSS else ((metric, metric),)
+        for key, series in pairs:
+            value = r.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                rows.append({"step": int(step), "value": float(value), "series": prefix + series})
     return rows
 
 

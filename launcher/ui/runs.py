@@ -461,3 +461,32 @@ def cancel(run_dir: Path) -> Note:
         if stop(folder):
             return Note("cancel_local", folder=folder)
     return Note("cancel_nothing", run_dir=run_dir)
+
+
+def remove_run(root: Path, run_dir: Path, state: str, typed_name: str = "") -> "Note":
+    """Delete a run dir the user asked the page to remove (a failed submission, a half-made or finished run),
+    and its date/name folders when they are left empty. Never a running or queued run (cancel it first); a run
+    holding checkpoints or a trained model only when ``typed_name`` is its name as the table shows it (its
+    path under the root): what training made is not lost to a stray click."""
+    import shutil
+
+    from launcher.ui.i18n import Note
+
+    root, run_dir = Path(root).resolve(), Path(run_dir).resolve()
+    rel = str(run_dir.relative_to(root))
+    if state in RUNNING_STATES:
+        return Note("remove_running", run=rel, state=state)
+    made = (run_dir / "checkpoints").is_dir() or (run_dir / MODEL_DIR).is_dir()
+    if made and (typed_name or "").strip() != rel:
+        return Note("remove_needs_name", run=rel)
+    shutil.rmtree(run_dir)
+    _cache_forget(run_dir)
+    for parent in list(run_dir.parents)[:2]:  # ROOT/<name>/<date>: gone with their last run
+        if parent != root and root in parent.parents and not any(parent.iterdir()):
+            parent.rmdir()
+    return Note("removed", run=rel)
+
+
+def _cache_forget(run_dir: Path) -> None:
+    for key in [k for k in _cache if k[1].parent == run_dir]:
+        del _cache[key]

@@ -10,11 +10,15 @@
    - in headless Chromium (/usr/bin/chromium): open the page, click the Runs tab, until the table says
      "RUNS run(s)", and until the first run's loss curve is drawn.
 Job ids in slurm_job.json are made up (9000000+): squeue/sacct are asked about them like any other.
+3. Submit -> first training point: in Chromium, the default form (the tiny model and data of conf/train.yaml)
+   with max steps 20 and log every 1, Submit, the Runs tab on the new run, until its plot draws a training-loss
+   point (a detached local run: process start, imports, model and data load, the first step, the 2 s refresh).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -64,6 +68,35 @@ def page_times(url: str, runs: int) -> tuple:
         curve_s = time.perf_counter() - start
         browser.close()
     return table_s, curve_s
+
+
+def submit_to_first_point(url: str, root: Path) -> tuple:
+    """(seconds from the Submit click to the first training-loss point on the Runs tab's plot, to the run's end)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.wait_for_selector("#group-method")
+        for elem, value in (("field-train-max_steps", "20"), ("field-train-log_every", "1"), ("run-name", "bench-submit")):
+            box = page.locator(f"#{elem} input, #{elem} textarea").first
+            box.fill(value)
+            box.dispatch_event("input")
+        start = time.perf_counter()
+        page.locator("#submit-btn").click()
+        expect(page.locator("#compose-status textarea")).to_have_value(re.compile("started locally"), timeout=300_000)
+        rel = str(next(root.glob("bench-submit/*/*/config.yaml")).parent.relative_to(root))
+        page.get_by_role("tab", name="Runs").click()
+        page.locator("#run-select input").click()
+        page.locator(f"#run-select [role=option][aria-label='{rel}']").click()
+        train = page.locator("#loss-plot path[aria-roledescription='point'][aria-label*='series: train']")
+        expect(train.first).to_be_attached(timeout=600_000)
+        first_s = time.perf_counter() - start
+        expect(page.locator("#run-progress-bar")).to_have_attribute("data-phase", "finished", timeout=600_000)
+        done_s = time.perf_counter() - start
+        browser.close()
+    return first_s, done_s
 
 
 def main() -> int:
@@ -116,6 +149,17 @@ def main() -> int:
         print(f"page open -> Runs tab lists {args.runs} runs: median {statistics.median(tables):.2f} s"
               f" (runs: {', '.join(f'{s:.2f}' for s in tables)})")
         print(f"page open -> first run's loss curve drawn: median {statistics.median(curves):.2f} s")
+
+        fresh = tmp / "submit"
+        port = free_port()
+        proc = start_ui(fresh, port, tmp / "server.log")
+        try:
+            wait_for_page(f"http://127.0.0.1:{port}/", proc, tmp / "server.log")
+            first_s, done_s = submit_to_first_point(f"http://127.0.0.1:{port}/", fresh)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        print(f"Submit -> first training point on the plot: {first_s:.1f} s (run finished, 20 steps: {done_s:.1f} s)")
     return 0
 
 

@@ -6,7 +6,11 @@ typed into the folder field and its datasets picked; learning rate, gradient acc
 interval, LoRA+ ratio 16, LoRA targets all and an output name are set in their fields (the free overrides box
 stays empty); preview, start; while it runs the plot's own points hold at least 5 training losses; evaluate
 (the ROUGE table); chat with a picture and a system prompt, then the base; export HF and GGUF; reload: the form
-and the run are as they were. Then the Chinese page, and Compare with three runs (six labelled lines).
+and the run are as they were. The form's arguments are saved to a YAML file that ``launcher train --args-file``
+runs (its dry run resolves the config the UI submitted) and loaded back after a change. A half-made run is
+removed from the Runs tab. Then the journey's views again in Chinese on the same run (every tab's name, labels,
+states, counts, axes, a preview, a prediction and a chat turn in Chinese), and Compare with three runs (six
+labelled lines).
 
 One test: the session's server and browser, one tiny run. Screenshots of each view go to docs/ui/ with
 LAUNCHER_UI_SCREENSHOTS=1.
@@ -16,14 +20,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.ui.conftest import SHOTS, screenshot
+from tests.ui.conftest import REPO_ROOT, SHOTS, screenshot
 from tests.ui.test_browser import choose, expect, fill, open_tab, textbox
 
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
 STEPS = 8
 RUN_S = 600
 """A tiny VL LoRA run of 12 steps, its final eval and save, on a shared 2-core machine."""
@@ -134,6 +142,14 @@ def test_journey_by_clicking(ui_server, browser, tmp_path_factory):
     expect()(page.locator("#precision-note")).to_contain_text("float32 weights and compute")  # a CPU: as the dry run says
     shot(page, "compose")
 
+    # ---- saved arguments: the form to a YAML file (its default place: the run name's); the CLI runs it
+    page.locator("#args-save-btn").click()
+    saved_args = root / "saved-args" / "journey.yaml"
+    expect()(textbox(page, "args-result")).to_have_value(f"saved: {saved_args} (launcher train --args-file {saved_args})")
+    expect()(textbox(page, "args-path")).to_have_value(str(saved_args))
+    cli_dry_run = subprocess.Popen([sys.executable, "-m", "launcher", "train", "--args-file", str(saved_args), "--dry-run"],
+                                   cwd=str(REPO_ROOT), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
     started = time.perf_counter()
     page.locator("#submit-btn").click()
     expect()(textbox(page, "compose-status")).to_have_value(re.compile("started locally"), timeout=120_000)
@@ -163,7 +179,16 @@ def test_journey_by_clicking(ui_server, browser, tmp_path_factory):
     print(f"submit -> first training point on the plot: {first_point_s:.1f} s")
     expect()(page.locator("#run-progress")).to_contain_text(f"step {STEPS}/{STEPS}")
     expect()(page.locator("#loss-plot path[aria-roledescription='line mark'][aria-label*='series: eval']")).to_have_count(1)
+    expect()(page.locator("#run-health")).to_contain_text(re.compile(r"rank 0: done, step \d+, last progress \d+ s ago"))
     shot(page, "runs")
+
+    # the CLI's dry run of the saved file resolves the config this run was submitted with
+    out, _ = cli_dry_run.communicate(timeout=RUN_S)
+    assert cli_dry_run.returncode == 0, out
+    cli_config = yaml.safe_load(out.split("# resolved config\n", 1)[1].split("\n# ", 1)[0])
+    submitted = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cli_config["run"].pop("dir"), submitted["run"].pop("dir")
+    assert cli_config == submitted
 
     # ---- evaluate: the ROUGE table and the predictions file
     open_tab(page, "Evaluate & export")
@@ -215,27 +240,89 @@ def test_journey_by_clicking(ui_server, browser, tmp_path_factory):
     expect()(page.locator("#field-model-name_or_path input")).to_have_value(str(model))
     expect()(textbox(page, "field-method-lora-plus_lr_ratio")).to_have_value("16")
     expect()(textbox(page, "run-name")).to_have_value("journey")
+    # a change, then Load (the run name's saved file): the saved arguments are back
+    fill(page, "field-method-lr", "0.5")
+    choose(page, "field-model-dtype", "float32")
+    page.locator("#args-load-btn").click()
+    expect()(textbox(page, "args-result")).to_have_value(f"loaded: {saved_args}")
+    expect()(textbox(page, "field-method-lr")).to_have_value("0.0001")
+    expect()(page.locator("#field-model-dtype input")).to_have_value("bfloat16")
+    expect()(page.locator("#field-data-datasets")).to_contain_text("mine")
+    assert textbox(page, "overrides").input_value() == ""
     open_tab(page, "Runs")
     expect()(page.locator("#runs-table")).to_contain_text(rel)
 
-    # ---- the same page in Chinese: the switch at the top, remembered across a reload. (Gradio words the names
-    # of tabs not yet opened only in the language the page started in: they are clicked by position here.)
+    # ---- remove: a half-made run (as a submission that died before starting leaves one) goes after a confirm;
+    # the trained run is kept until its name is typed
+    from launcher.config.compose import compose_config
+    from launcher.launch.rundir import make_run_dir, write_run_config
+
+    half = make_run_dir(root, "half-made")
+    write_run_config(half, compose_config([f"run.output_root={root}"]))
+    half_rel = str(half.relative_to(root))
+    page.locator("#refresh-btn").click()
+    page.locator("#run-select input").click()
+    page.locator(f"#run-select [role=option][aria-label='{half_rel}']").click()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#remove-btn").click()
+    expect()(page.locator("#cancel-result")).to_contain_text(f"removed {half_rel}")
+    assert not (root / "half-made").exists()
+    expect()(page.locator("#runs-table")).not_to_contain_text(half_rel)
+    page.locator("#run-select input").click()
+    page.locator(f"#run-select [role=option][aria-label='{rel}']").click()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#remove-btn").click()
+    expect()(page.locator("#cancel-result")).to_contain_text("type its name")
+    assert run_dir.is_dir()
+
+    # ---- the same journey in Chinese, on the same run: the switch at the top (every tab's name at once, the
+    # tabs not yet opened too), remembered across a reload; each view's labels, states, counts and axes
+    tabs_zh = ["配置", "运行", "对比", "对话", "评估与导出"]
     page.locator("#lang-switch label", has_text="中文").click()
     expect()(page.get_by_role("heading", level=2)).to_contain_text("配置、检查、提交")
+    expect()(page.locator("[role=tab]")).to_have_text(tabs_zh)
     page.reload()
     expect()(page.get_by_role("heading", level=2)).to_contain_text("配置、检查、提交")
     expect()(page.get_by_role("radio", name="中文")).to_be_checked()
-    page.locator("[role=tab]").nth(1).click()
+    expect()(page.locator("[role=tab]")).to_have_text(tabs_zh)
+
+    # compose: the restored form previewed and saved, in Chinese
+    expect()(page.locator("#field-method-lora-plus_lr_ratio")).to_contain_text("LoRA+ 学习率比例")
+    page.locator("#preview-btn").click()
+    expect()(textbox(page, "compose-status")).to_have_value(re.compile("^通过：预检已通过"), timeout=120_000)
+    expect()(page.locator("#precision-note")).to_contain_text("实际计算精度")
+    page.locator("#args-save-btn").click()
+    expect()(textbox(page, "args-result")).to_have_value(re.compile("^已保存："))
+    shot(page, "compose-zh")
+
+    # runs: states, counts, phase, rank health, the plot's axis and series
+    open_tab(page, "运行")
     expect()(page.locator("#runs-table")).to_contain_text("已完成", timeout=30_000)
     # the session's runs root holds other tests' runs too: the count is whatever it is, worded in Chinese
     expect()(page.locator("#runs-summary")).to_contain_text(re.compile(r"已完成 \d+ 个"))
     page.locator("#run-select input").click()
     page.locator(f"#run-select [role=option][aria-label='{rel}']").click()
     expect()(page.locator("#run-progress")).to_contain_text("已完成")
+    expect()(page.locator("#run-health")).to_contain_text(re.compile(r"进程 0：完成，步数 \d+"))
     expect()(page.locator("#loss-plot")).to_contain_text("步数", timeout=30_000)  # the x axis
+    expect()(page.locator("#loss-plot path[aria-roledescription='line mark'][aria-label*='series: 训练']")).to_have_count(1)
     shot(page, "runs-zh")
-    page.locator("[role=tab]").nth(0).click()
-    shot(page, "compose-zh")
+
+    # evaluate: a prediction, its result in Chinese
+    open_tab(page, "评估与导出")
+    page.locator("#eval-run input").click()
+    page.locator(f"#eval-run [role=option][aria-label='{rel}']").click()
+    fill(page, "predict-limit", "2")
+    fill(page, "eval-max-new-tokens", "4")
+    page.locator("#predict-btn").click()
+    expect()(textbox(page, "after-result")).to_have_value(re.compile(r"mine_eval：2 个样本；rouge-1 "),
+                                                          timeout=RUN_S * 1000)
+    shot(page, "evaluate-zh")
+
+    # chat: its labels
+    open_tab(page, "对话")
+    expect()(page.locator("#system-prompt")).to_contain_text("系统提示词")
+    expect()(page.locator("#send-btn")).to_have_text("发送")
 
     # ---- Compare: three runs (this one and two made from it), six labelled lines
     import shutil

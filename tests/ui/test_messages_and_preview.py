@@ -38,8 +38,9 @@ def test_every_message_the_ui_names_exists():
         used |= set(re.findall(r"""(?:Note|message)\(\s*["']([a-z_]+)["']""", path.read_text()))
         kinds |= set(re.findall(r"""worded\(\s*["']([a-z]+)["']""", path.read_text()))
     assert used - set(MESSAGES) == set()
-    # worded("state", ...) words states, phases and metrics by their name: each such key is used that way
-    assert kinds == {"state", "phase", "metric"}
+    # worded("state", ...) words states, phases, metrics, rank phases and plot series by their name: each such
+    # key is used that way
+    assert kinds == {"state", "phase", "metric", "rankphase", "series"}
     assert set(MESSAGES) - used - {k for k in MESSAGES if k.split("_")[0] in kinds and k != "state_count"} == set()
 
 

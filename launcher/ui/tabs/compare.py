@@ -9,7 +9,7 @@ from typing import Callable
 import gradio as gr
 
 from launcher.ui import plots, runs
-from launcher.ui.tabs.page import Page, curve_chart
+from launcher.ui.tabs.page import Page, curve_chart, metric_choices
 
 
 @dataclass
@@ -78,7 +78,7 @@ def wire(page: Page, tab: CompareTab, on_sweep: Callable) -> None:
             names += [n for n in plots.metric_names(records) if n not in names]
             rows += plots.metric_rows(records, metric or plots.LOSS, label=rel)
         metric = metric if metric in names else plots.LOSS
-        return curve_chart(rows, metric, lang), gr.update(choices=names, value=metric)
+        return curve_chart(rows, metric, lang), gr.update(choices=metric_choices(names, lang), value=metric)
 
     page.on(tab.compare_runs.change, on_compare, [tab.compare_runs, tab.compare_metric],
             [tab.compare_plot, tab.compare_metric], show_progress="hidden", trigger_mode="always_last")

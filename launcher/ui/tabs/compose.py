@@ -50,6 +50,12 @@ class ComposeTab:
     data_stats: gr.Markdown
     data_text: gr.HighlightedText
     data_images: gr.Gallery
+    args_path: gr.Textbox
+    """Saved arguments: the YAML file Save writes and Load reads (``launcher train --args-file``); empty: the
+    run name's file under ROOT/saved-args."""
+    save_btn: gr.Button
+    load_btn: gr.Button
+    args_result: gr.Textbox
 
 
 def field_box(t, f, value, model_choices: list, data_choices: list):
@@ -73,7 +79,7 @@ def field_box(t, f, value, model_choices: list, data_choices: list):
         return gr.Checkbox(value=value, label=label, elem_id=elem_id, min_width=120)
     if f.kind == "choice":
         return gr.Dropdown(list(f.choices), value=value, label=label, elem_id=elem_id)
-    if f.kind in ("str", "modules") or f.optional:
+    if f.kind in ("str", "modules", "words") or f.optional:
         return gr.Textbox(value="" if value is None else str(value), label=label, elem_id=elem_id)
     return gr.Number(value=value, label=label, precision=0 if f.kind == "int" else None, elem_id=elem_id)
 
@@ -112,6 +118,12 @@ def layout(t, options: dict, group_defaults: dict, initial: dict, model_choices:
             data_btn = gr.Button(t("data_preview_btn"), variant="secondary", elem_id="data-preview-btn")
             data_n = gr.Number(value=3, precision=0, minimum=1, maximum=DATA_PREVIEW_MAX, label=t("data_n"),
                                elem_id="data-n", scale=0, min_width=120)
+        with gr.Row(equal_height=True):
+            args_path = gr.Textbox(label=t("args_file"), elem_id="args-path", scale=3,
+                                   placeholder="ROOT/saved-args/NAME.yaml")
+            save_btn = gr.Button(t("args_save"), elem_id="args-save-btn", scale=0, min_width=120)
+            load_btn = gr.Button(t("args_load"), elem_id="args-load-btn", scale=0, min_width=120)
+            args_result = gr.Textbox(label=t("args_result"), interactive=False, elem_id="args-result", scale=3)
         status = gr.Textbox(label=t("status"), interactive=False, elem_id="compose-status", lines=2)
         command = gr.Textbox(label=t("command"), interactive=False, elem_id="command", buttons=["copy"])
         verdict = gr.Textbox(label=t("preflight"), interactive=False, elem_id="verdict", lines=3)
@@ -128,7 +140,8 @@ def layout(t, options: dict, group_defaults: dict, initial: dict, model_choices:
             data_images = gr.Gallery(label=t("data_images"), elem_id="data-images", columns=4, height=260,
                                      interactive=False, visible=False)  # shown for rows with images
     return ComposeTab(group_boxes, field_boxes, section_rows, precision, run_name, free, sweep, preview_btn, submit_btn, data_btn, data_n,
-                      status, command, verdict, plan, config_view, data_stats, data_text, data_images)
+                      status, command, verdict, plan, config_view, data_stats, data_text, data_images,
+                      args_path, save_btn, load_btn, args_result)
 
 
 def say(lang, note) -> str:
@@ -198,6 +211,7 @@ def wire(page: Page, tab: ComposeTab, last_defaults: gr.State, app: gr.Blocks) -
 
     form_inputs = group_boxes + field_boxes + [tab.run_name, tab.free, tab.sweep]
     remember_form(app, form_inputs, last_defaults, all_rows, row_updates)
+    wire_saved_args(page, tab, form_inputs, last_defaults, all_rows, row_updates, overrides_of)
 
     def on_preview(*values):
         *values, lang = values
@@ -282,21 +296,88 @@ def remember_form(app: gr.Blocks, form_inputs: list, last_defaults: gr.State, al
         box.change(remember, form_inputs, [saved], queue=False, show_progress="hidden")
 
     def restore(stored):
-        if not stored or set(stored) != set(keys):  # nothing kept, or kept by a form of other fields
-            return [gr.update()] * (1 + len(form_inputs) + len(all_rows))
-        groups = {g: stored[f"group:{g}"] for g in form.GROUPS}
-        try:
-            defaults = compose_defaults(groups)
-        except Exception:  # noqa: BLE001 - a kept group that conf/ no longer has: start afresh
-            return [gr.update()] * (1 + len(form_inputs) + len(all_rows))
-        updates = []
-        for key, box in zip(keys, form_inputs):
-            value = stored[key]
-            if key in ("data.datasets", "data.eval_datasets"):
-                names = form.dataset_names(stored.get("data.dataset_dir") or "")
-                updates.append(gr.update(choices=list(dict.fromkeys(names + list(value or []))), value=value))
-            else:
-                updates.append(gr.update(value=value))
-        return [defaults] + updates + row_updates(groups.get("method"))
+        return form_updates(stored, form_inputs, len(all_rows), row_updates)
 
     app.load(restore, [saved], [last_defaults] + form_inputs + all_rows, show_progress="hidden")
+
+
+def form_updates(stored: dict, form_inputs: list, n_rows: int, row_updates) -> list:
+    """[defaults, one update per form input, the rows' visibility] that put ``stored`` ({``form_keys()``:
+    value}) into the form; no change where ``stored`` is empty or was kept by a form of other fields."""
+    keys = form_keys()
+    if not stored or set(stored) != set(keys):
+        return [gr.update()] * (1 + len(form_inputs) + n_rows)
+    groups = {g: stored[f"group:{g}"] for g in form.GROUPS}
+    try:
+        defaults = compose_defaults(groups)
+    except Exception:  # noqa: BLE001 - a kept group that conf/ no longer has: start afresh
+        return [gr.update()] * (1 + len(form_inputs) + n_rows)
+    updates = []
+    for key, box in zip(keys, form_inputs):
+        value = stored[key]
+        if key in ("data.datasets", "data.eval_datasets"):
+            names = form.dataset_names(stored.get("data.dataset_dir") or "")
+            updates.append(gr.update(choices=list(dict.fromkeys(names + list(value or []))), value=value))
+        else:
+            updates.append(gr.update(value=value))
+    return [defaults] + updates + row_updates(groups.get("method"))
+
+
+SAVED_ARGS_DIR = "saved-args"
+"""Where Save writes when no file is named: ROOT/saved-args/<run name or 'form'>.yaml."""
+
+
+def saved_args_path(root, typed: str, name: str):
+    """The file Save writes: the typed path (relative: under the root), else the run name's under the root."""
+    from pathlib import Path
+
+    typed = (typed or "").strip()
+    if not typed:
+        stem = form.model_short_name((name or "").strip() or "form")
+        return Path(root) / SAVED_ARGS_DIR / f"{stem}.yaml"
+    path = Path(typed).expanduser()
+    return path if path.is_absolute() else Path(root) / path
+
+
+def wire_saved_args(page: Page, tab: ComposeTab, form_inputs: list, last_defaults: gr.State, all_rows: list,
+                    row_updates, overrides_of) -> None:
+    """Save: the form's overrides (as Preview and Submit compose them) to a YAML file that ``launcher train
+    --args-file`` runs; Load: such a file back into the form (its groups and fields in their boxes, the rest
+    in the free and sweep boxes)."""
+    from launcher.config.args_file import read_args_file, write_args_file
+
+    root = page.root
+    n = len(form.GROUPS) + len(form.FIELDS)
+
+    def on_save(path_text, *values):
+        *values, lang = values
+        try:
+            overrides, name = overrides_of(values)
+            sweep = form.split_overrides(values[-1])
+            plain = overrides[:len(overrides) - len(sweep) - 1] + overrides[-1:]  # the grid kept apart
+            path = page.allowed.check(saved_args_path(root, path_text, name), "saved arguments file")
+            write_args_file(path, plain, name, sweep)
+        except Exception as exc:  # noqa: BLE001
+            return gr.update(), failure(exc, lang)
+        return str(path), message("args_saved", lang, path=path)
+
+    page.on(tab.save_btn.click, on_save, [tab.args_path] + form_inputs, [tab.args_path, tab.args_result])
+
+    def on_load(path_text, name, lang):
+        """The named file, else the one Save writes for the run name in the form."""
+        nothing = [gr.update()] * (1 + len(form_inputs) + len(all_rows))
+        try:
+            path = page.allowed.check(saved_args_path(root, path_text, name), "saved arguments file")
+            saved = read_args_file(path)
+            with actions.HYDRA_LOCK:
+                groups, values, free = form.form_from_overrides(saved.overrides, compose_defaults,
+                                                                ignore_keys=("run.output_root",))
+        except Exception as exc:  # noqa: BLE001
+            return nothing + [failure(exc, lang)]
+        stored = {f"group:{g}": groups[g] for g in form.GROUPS}
+        stored.update({f.key: values[f.key] for f in form.FIELDS})
+        stored.update(run_name=saved.name or "", free=form.join_overrides(free),
+                      sweep=form.join_overrides(saved.sweep))
+        return form_updates(stored, form_inputs, len(all_rows), row_updates) + [message("args_loaded", lang, path=path)]
+
+    page.on(tab.load_btn.click, on_load, [tab.args_path, tab.run_name], [last_defaults] + form_inputs + all_rows + [tab.args_result])

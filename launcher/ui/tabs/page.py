@@ -21,6 +21,18 @@ LANG_CODES = {"English": "en", "中文": "zh-CN"}
 LANG_STORE = "launcher-ui-lang"
 """The browser's localStorage key that remembers the switch across reloads."""
 
+TABS = ("compose", "runs", "compare", "chat", "evaluate")
+"""The tabs' ids (``gr.Tab(id=...)``); each is named by the label ``tab_<id>``."""
+
+
+def _tab_names() -> str:
+    import json
+
+    from launcher.ui.i18n import LABELS, key
+
+    return json.dumps({tab: LABELS[key(f"tab_{tab}")] for tab in TABS}, ensure_ascii=False)
+
+
 _CHANGE_LOCALE = r"""
 async function launcherSetLang(code) {
   // Gradio's own language store (what its settings panel sets): the module that exports changeLocale.
@@ -28,6 +40,15 @@ async function launcherSetLang(code) {
       .find(n => /\/core-[^/]*\.js(\?|$)/.test(n));
   if (url) { try { (await import(url)).changeLocale(code); } catch (e) { console.error(e); } }
   document.documentElement.lang = code;
+  // Gradio words a tab's name once its tab has been opened: the others keep the page's first language. Their
+  // text node is reworded in place (the node Svelte holds, so its own later updates still land).
+  const names = """ + _tab_names() + r""";
+  const zh = code.toLowerCase().startsWith('zh');
+  for (const button of document.querySelectorAll('button[role=tab][data-tab-id]')) {
+    const name = names[button.dataset.tabId];
+    const node = name && [...button.childNodes].find(c => c.nodeType === 3 && c.nodeValue.trim());
+    if (node) { node.nodeValue = name[zh ? 1 : 0]; }
+  }
 }
 """
 
@@ -58,13 +79,36 @@ class Page:
 
 
 def curve_chart(rows: list, metric: str, lang: str):
-    """The chart of ``rows`` (``launcher.ui.plots``) with its axes named in the page's language."""
+    """The chart of ``rows`` (``launcher.ui.plots``) with its axes and series named in the page's language
+    (a run's name before a series stays as it is)."""
     from launcher.ui import plots
     from launcher.ui.i18n import message, worded
 
-    y_title = message("axis_loss", lang) if metric == plots.LOSS else (
-        worded("metric", metric, lang))
-    return plots.chart(rows, y_title=y_title, x_title=message("axis_step", lang))
+    if metric == plots.LOSS:
+        rewards = any(r["series"].endswith("reward") for r in rows)
+        y_title = message("axis_loss_reward", lang) if rewards else message("axis_loss", lang)
+    else:
+        y_title = worded("metric", metric, lang)
+    return plots.chart([dict(r, series=series_word(r["series"], lang)) for r in rows], y_title=y_title,
+                       x_title=message("axis_step", lang))
+
+
+def metric_choices(names: list, lang: str) -> list:
+    """A metric picker's choices: (the metric in the page's language, its key) -- the key is what handlers get."""
+    from launcher.ui.i18n import worded
+
+    return [(worded("metric", name, lang), name) for name in names]
+
+
+def series_word(series: str, lang: str) -> str:
+    """``[RUN ]train`` -> ``[RUN ]训练`` in Chinese: the loss view's series names (``plots.LOSS_SERIES``)."""
+    from launcher.ui import plots
+    from launcher.ui.i18n import worded
+
+    for _, name in sorted((p for pairs in plots.LOSS_SERIES.values() for p in pairs), key=lambda p: -len(p[1])):
+        if series == name or series.endswith(" " + name):
+            return series[: len(series) - len(name)] + worded("series", name, lang)
+    return series
 
 
 def one_line(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ import gradio as gr
 
 from launcher.ui import plots, runs
 from launcher.ui.i18n import message, worded
-from launcher.ui.tabs.page import LANG_JS, Page, curve_chart, one_line
+from launcher.ui.tabs.page import LANG_JS, Page, curve_chart, metric_choices, one_line
 
 
 def runs_frame(rows: list, lang: str):
@@ -45,6 +45,21 @@ class RunsTab:
     """What the plot shows now (run, metric, rows): a tick that changes nothing leaves the chart alone."""
     log_select: gr.Dropdown
     log_view: gr.Textbox
+    remove_btn: gr.Button
+    remove_name: gr.Textbox
+    """The run's name typed to remove a run that holds checkpoints or a model."""
+    remove_confirmed: gr.Textbox
+    """Hidden: the run the browser's confirm() said yes to ('' for no)."""
+    health: gr.Markdown
+    """``launcher status``'s rank lines: phase, each rank's last progress, stalls and restarts."""
+
+
+REMOVE_CONFIRM_JS = """(rel) => {
+  if (!rel) { return ''; }
+  const zh = (document.documentElement.lang || '').toLowerCase().startsWith('zh');
+  return confirm(zh ? '删除运行 ' + rel + '？其目录将被删除。' : 'Remove run ' + rel + '? Its folder is deleted.')
+      ? rel : '';
+}"""
 
 
 def layout(t) -> RunsTab:
@@ -61,9 +76,14 @@ def layout(t) -> RunsTab:
             resume_checkpoint = gr.Dropdown([LATEST], value=LATEST, label=t("resume_from"),
                                             elem_id="resume-checkpoint", scale=1)
             resume_btn = gr.Button(t("resume"), elem_id="resume-btn", scale=0)
+        with gr.Row():
+            remove_name = gr.Textbox(label=t("remove_confirm"), elem_id="remove-name", scale=3)
+            remove_btn = gr.Button(t("remove"), variant="stop", elem_id="remove-btn", scale=0, min_width=140)
+            remove_confirmed = gr.Textbox(visible=False, elem_id="remove-confirmed")
         cancel_result = gr.Markdown(elem_id="cancel-result")
         run_info = gr.Markdown(elem_id="run-info")
         progress = gr.HTML(elem_id="run-progress")
+        health = gr.Markdown(elem_id="run-health", label=t("run_health"))
         metric = gr.Dropdown([plots.LOSS], value=plots.LOSS, label=t("metric"), elem_id="run-metric",
                              interactive=True)
         loss_plot = gr.Plot(label=t("loss_curve"), elem_id="loss-plot")
@@ -73,7 +93,31 @@ def layout(t) -> RunsTab:
         log_view = gr.Textbox(label=t("log_tail"), lines=12, max_lines=20, interactive=False,
                               elem_id="log-tail", autoscroll=True)
     return RunsTab(refresh_btn, summary, table, run_select, cancel_btn, resume_checkpoint, resume_btn, cancel_result, run_info, progress, metric,
-                   loss_plot, plot_key, log_select, log_view)
+                   loss_plot, plot_key, log_select, log_view, remove_btn, remove_name, remove_confirmed, health)
+
+
+def health_markdown(run_dir, lang: str) -> str:
+    """``launcher status``'s view of the ranks (``launcher.training.progress.run_health``, the same reader) in
+    the page's language: the phase, each rank's last progress, restarts, and every stall with its stack
+    folder. Empty for a run whose ranks never reported (queued, or from before progress files)."""
+    from launcher.training.progress import run_health
+
+    health = run_health(run_dir)
+    if health["phase"] is None and not health["stalls"] and not health["attempts"]:
+        return ""
+    lines = [message("health_phase", lang, phase=worded("rankphase", health["phase"], lang), step=health["step"])
+             if health["phase"] is not None else message("health_none", lang)]
+    for r in health["ranks"]:
+        lines.append(message("health_rank", lang, rank=r["rank"], phase=worded("rankphase", r["phase"], lang),
+                             step=r["step"], since=f"{r['since_progress_s']:.0f}", host=r["host"], pid=r["pid"]))
+    if health["restarts"]:
+        lines.append(message("health_restarts", lang, n=health["restarts"]))
+    for stall in health["stalls"]:
+        lines.append(message("health_stall", lang, time=stall["time"],
+                             ranks=", ".join(map(str, stall["stalled_ranks"] or [])),
+                             phase=worded("rankphase", stall["phase"] or "?", lang), step=stall["step"],
+                             folder=stall["folder"]))
+    return "  \n".join(lines)
 
 
 def progress_html(info, lang: str) -> str:
@@ -161,7 +205,7 @@ def wire(page: Page, tab: RunsTab, *, app: gr.Blocks, timer: gr.Timer, chat_run:
         path = run_path(rel)
         if path is None:
             return ["", "", gr.update(choices=[plots.LOSS], value=plots.LOSS), None, "",
-                    gr.update(choices=[], value=None), ""]
+                    gr.update(choices=[], value=None), "", ""]
         info = next((i for i in (infos or runs.scan(root)) if i.rel == rel), None)
         lines = [f"**{rel}**"]
         if info is not None:
@@ -188,10 +232,11 @@ def wire(page: Page, tab: RunsTab, *, app: gr.Blocks, timer: gr.Timer, chat_run:
         new_key = json.dumps([rel, metric, lang, rows])
         plot = gr.update() if new_key == key else curve_chart(rows, metric, lang)
         bar = progress_html(info, lang) if info is not None else ""
-        return ["  \n".join(lines), bar, gr.update(choices=names, value=metric), plot, new_key,
-                gr.update(choices=logs, value=log_rel), tail]
+        return ["  \n".join(lines), bar, gr.update(choices=metric_choices(names, lang), value=metric), plot, new_key,
+                gr.update(choices=logs, value=log_rel), tail, health_markdown(path, lang)]
 
-    details = [tab.run_info, tab.progress, tab.metric, tab.loss_plot, tab.plot_key, tab.log_select, tab.log_view]
+    details = [tab.run_info, tab.progress, tab.metric, tab.loss_plot, tab.plot_key, tab.log_select, tab.log_view,
+               tab.health]
     refresh_outputs = [tab.summary, tab.table, tab.run_select, *details,
                        chat_run, eval_run, compare_runs, sweep_select, sweep_table, sweep_plot]
     refresh_inputs = [tab.run_select, tab.log_select, tab.metric, tab.plot_key, chat_run, eval_run, compare_runs, sweep_select]
@@ -236,6 +281,26 @@ def wire(page: Page, tab: RunsTab, *, app: gr.Blocks, timer: gr.Timer, chat_run:
             return message("error", lang, detail=one_line(exc))
 
     on(tab.resume_btn.click, on_resume, [tab.run_select, tab.resume_checkpoint], [tab.cancel_result])
+
+    def on_remove(rel, typed_name, lang):
+        """Remove the run the browser's confirm() said yes to (``runs.remove_run`` refuses running runs, and
+        runs with checkpoints or a model unless their name is typed)."""
+        # The selector keeps the removed name: clearing it would fire on_pick, which clears this message.
+        if not rel:
+            return message("remove_not_confirmed", lang)
+        path = run_path(rel)
+        if path is None:
+            return message("no_run_selected", lang)
+        try:
+            info = next((i for i in runs.scan(root) if i.path == path), None)
+            return runs.remove_run(root, path, info.state if info else "UNKNOWN", typed_name).text(lang)
+        except Exception as exc:  # noqa: BLE001
+            return message("error", lang, detail=one_line(exc))
+
+    tab.remove_btn.click(None, [tab.run_select], [tab.remove_confirmed], js=REMOVE_CONFIRM_JS, queue=False,
+                         show_progress="hidden").then(
+        None, None, [page.lang_box], js=LANG_JS, queue=False, show_progress="hidden").then(
+        on_remove, [tab.remove_confirmed, tab.remove_name, page.lang_box], [tab.cancel_result])
 
     def on_pick(rel):
         from launcher.ui.after import checkpoints

@@ -66,6 +66,10 @@ FIELDS = (
     Field("method.grpo.rewards", "words", section="grpo"),
     Field("method.grpo.loss_type", "choice", choices=("grpo", "dr_grpo", "dapo", "bnpo"), section="grpo"),
     Field("method.grpo.beta", "float", section="grpo"),
+    Field("method.ppo.reward_model", "str", optional=True, section="ppo"),
+    Field("method.ppo.max_completion_length", "int", section="ppo"),
+    Field("method.ppo.ppo_epochs", "int", section="ppo"),
+    Field("method.ppo.kl_coef", "float", section="ppo"),
     Field("cluster.nodes", "int"),
     Field("cluster.nproc_per_node", "int"),
     Field("cluster.gpus_per_node", "int"),
@@ -75,7 +79,7 @@ FIELDS = (
 )
 
 
-SECTIONS = ("model", "data", "train", LORA, "dpo", "kto", "grpo", "cluster")
+SECTIONS = ("model", "data", "train", LORA, "dpo", "kto", "grpo", "ppo", "cluster")
 """The form's rows, in order (a field's ``section``; cluster keys sit in the cluster row)."""
 
 

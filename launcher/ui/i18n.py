@@ -132,6 +132,11 @@ LABELS = {
                                      "奖励函数（exact_match、format、length、module:function、rm:RUN_DIR）"),
     "lx_field_method_grpo_loss_type": ("GRPO loss type", "GRPO 损失类型"),
     "lx_field_method_grpo_beta": ("KL beta (0: no reference)", "KL 系数 beta（0：不用参考模型）"),
+    "lx_field_method_ppo_reward_model": ("reward model (RUN_DIR of a finished method=rm run)",
+                                         "奖励模型（已完成的 method=rm 运行目录）"),
+    "lx_field_method_ppo_max_completion_length": ("max completion length (tokens)", "最大生成长度（词元）"),
+    "lx_field_method_ppo_ppo_epochs": ("PPO optimizer steps per generation batch", "每批生成的 PPO 优化步数"),
+    "lx_field_method_ppo_kl_coef": ("KL coefficient to the reference", "相对参考模型的 KL 系数"),
 }
 
 LANGUAGES = ("en", "zh-CN")
@@ -226,6 +231,10 @@ MESSAGES = {
     "health_restarts": ("restarts: {n} (torchrun restarts and requeues)", "重启：{n} 次（torchrun 重启与重新排队）"),
     "health_stall": ("stall at {time}: rank(s) {ranks} in phase {phase} at step {step}; stacks in `{folder}`",
                      "停滞于 {time}：进程 {ranks} 在阶段 {phase}、步数 {step}；堆栈见 `{folder}`"),
+    "health_reshard": ("resharded at step {step}: world size {from_world} -> {to_world} ({strategy}), grad_accum"
+                       " {from_accum} -> {to_accum} (global batch {batch} kept)",
+                       "于步数 {step} 重新分片：进程数 {from_world} -> {to_world}（{strategy}），梯度累积"
+                       " {from_accum} -> {to_accum}（全局批量 {batch} 不变）"),
     "rankphase_rendezvous": ("rendezvous", "会合"),
     "rankphase_data": ("data", "数据处理"),
     "rankphase_model load": ("model load", "加载模型"),

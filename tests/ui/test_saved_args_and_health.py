@@ -124,6 +124,14 @@ def test_runs_tab_health_is_launcher_status_reader_worded(tmp_path):
     assert "rank 0: forward/backward, step 5, last progress" in en and "rank 1:" in en
     assert "restarts: 1" in en and f"stacks in `{run_dir / 'stacks' / 'a'}`" in en
     assert "阶段 **前向/反向**（步数 4）" in zh and "重启：1 次" in zh and "集合通信" in zh
+    assert "resharded" not in en  # no reshard recorded: no line
+    from launcher.engines.reshard import describe_reshard
+
+    prog.record_reshard(run_dir, describe_reshard({"step": 2, "world_size": 2, "parallelism": "fsdp",
+                                                   "micro_batch_size": 4, "grad_accum": 1}, "fsdp", 1, 2))
+    en, zh = health_markdown(run_dir, "en"), health_markdown(run_dir, "zh-CN")
+    assert "resharded at step 2: world size 2 -> 1 (fsdp), grad_accum 1 -> 2 (global batch 8 kept)" in en
+    assert "于步数 2 重新分片：进程数 2 -> 1（fsdp），梯度累积 1 -> 2（全局批量 8 不变）" in zh
 
 
 def test_grpo_keys_show_for_grpo_only_and_its_rewards_are_drawn():
@@ -134,6 +142,7 @@ def test_grpo_keys_show_for_grpo_only_and_its_rewards_are_drawn():
     for method in methods:  # every method file, as conf/method holds them: its block's row and no other
         shown = {f.section for f in form.FIELDS if form.applies(f, method)} - {"model", "data", "train", "cluster"}
         assert ("grpo" in shown) == method.startswith("grpo"), (method, shown)
+        assert ("ppo" in shown) == method.startswith("ppo"), (method, shown)  # reward model, KL, epochs
     rewards = form.Field("method.grpo.rewards", "words", section="grpo")
     assert form.coerce(rewards, "exact_match, rm:/runs/a/b/c,mod:fn") == ["exact_match", "rm:/runs/a/b/c", "mod:fn"]
     records = [{"kind": "train", "step": 1, "loss": 0.1, "reward": 0.25},

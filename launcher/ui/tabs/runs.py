@@ -117,6 +117,12 @@ def health_markdown(run_dir, lang: str) -> str:
                              ranks=", ".join(map(str, stall["stalled_ranks"] or [])),
                              phase=worded("rankphase", stall["phase"] or "?", lang), step=stall["step"],
                              folder=stall["folder"]))
+    for r in health.get("reshards", []):  # the key only where the run resumed on another topology
+        before, after = r.get("from_parallelism"), r.get("to_parallelism")
+        lines.append(message("health_reshard", lang, step=r.get("step"), from_world=r.get("from_world"),
+                             to_world=r.get("to_world"), strategy=f"{before} -> {after}" if before != after else after,
+                             from_accum=r.get("from_grad_accum"), to_accum=r.get("to_grad_accum"),
+                             batch=r.get("global_batch")))
     return "  \n".join(lines)
 
 

@@ -26,7 +26,8 @@ from torch import nn
 from launcher.engines.distributed import all_reduce_sum
 from launcher.training.grpo_loss import aggregate, group_advantages, per_token_loss
 from launcher.training.loss import backbone_hidden
-from launcher.training.objectives.base import Objective, first_and_last_eval, forwards_for, to_device
+from launcher.training.objectives.base import first_and_last_eval, forwards_for, to_device
+from launcher.training.objectives.generation_batches import GenerationBatchObjective
 from launcher.training.rewards import Completion, score_completions, weighted_total
 
 log = logging.getLogger("launcher.grpo")
@@ -157,7 +158,7 @@ def generation_weights(engine) -> Callable[[], contextlib.AbstractContextManager
     return engine.inference_context
 
 
-class GRPOObjective(Objective):
+class GRPOObjective(GenerationBatchObjective):
     name = "grpo"
 
     def __init__(self, data, cfg, tokenizer, reward_functions: list, pad_token_id: int):
@@ -176,10 +177,8 @@ class GRPOObjective(Objective):
         self.collective = False
         """The engine's forwards are collective (ZeRO-3, FSDP): every rank runs as many."""
         self.dist = None
-        self._cache: Optional[list] = None
-        self._cache_index = -1
-        self._times = {"generation": 0.0, "scoring": 0.0}
-        self._prepared_at = time.monotonic()
+        self.optimizer_steps_per_batch = self.g.num_iterations
+        self.init_generation_batches()
         self._errors = {n: 0 for n in self.names}
 
     # ------------------------------------------------------------------------------------ the Trainer's hooks
@@ -190,28 +189,12 @@ class GRPOObjective(Objective):
     def collate(self, rows: list) -> dict:
         return collate_completions(rows, self.pad_id)
 
-    def data_step(self, step: int) -> int:
-        """Each generation batch (one step of the data plan) trains num_iterations optimizer steps."""
-        return step // self.g.num_iterations
-
-    def rows_for_step(self, trainer, step: int, micro_rows: list[list]) -> list[list]:
-        """Prompt rows per micro-batch -> completion rows per micro-batch (G per prompt): fresh ones at the first
-        step of a generation batch, the kept ones at the others."""
-        index = self.data_step(step)
-        if self._cache is None or self._cache_index != index:
-            self._cache = self.rollout(trainer, index, micro_rows)
-            self._cache_index = index
-        else:
-            self._times = {"generation": 0.0, "scoring": 0.0}
-        self._prepared_at = time.monotonic()
-        return self._cache
-
     def state_dict(self) -> dict:
-        """What a checkpoint keeps for an exact resume mid generation batch: its completion rows."""
-        return {"index": self._cache_index, "rows": self._cache, "errors": dict(self._errors)}
+        """The generation batch's completion rows, and the reward errors counted so far."""
+        return {**super().state_dict(), "errors": dict(self._errors)}
 
     def load_state_dict(self, state: dict) -> None:
-        self._cache_index, self._cache = state["index"], state["rows"]
+        super().load_state_dict(state)
         self._errors.update(state.get("errors", {}))
 
     # ------------------------------------------------------------------------------------ rollouts

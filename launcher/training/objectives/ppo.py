@@ -32,7 +32,8 @@ from torch import nn
 
 from launcher.engines.distributed import all_reduce_sum
 from launcher.training.loss import backbone_hidden
-from launcher.training.objectives.base import Objective, first_and_last_eval, forwards_for, to_device
+from launcher.training.objectives.base import first_and_last_eval, forwards_for, to_device
+from launcher.training.objectives.generation_batches import GenerationBatchObjective
 from launcher.training.ppo_loss import gae, masked_moments, policy_loss, token_rewards, value_loss, whiten
 from launcher.training.reward_model_run import reward_model_run_dir
 from launcher.training.rewards import Completion, RewardModelReward, score_completions
@@ -161,7 +162,7 @@ def collate_rollout(rows: list, pad_id: int) -> dict:
     return batch
 
 
-class PPOObjective(Objective):
+class PPOObjective(GenerationBatchObjective):
     name = "ppo"
     stat_keys = STAT_KEYS
 
@@ -178,10 +179,8 @@ class PPOObjective(Objective):
         """The GenerationEngine of the rollouts (launcher.inference.rollout)."""
         self.collective = False
         """The engine's forwards are collective (ZeRO-3, FSDP): every rank runs as many."""
-        self._cache: Optional[list] = None
-        self._cache_index = -1
-        self._times = {"generation": 0.0, "scoring": 0.0}
-        self._prepared_at = time.monotonic()
+        self.optimizer_steps_per_batch = self.p.ppo_epochs
+        self.init_generation_batches()
 
     # ------------------------------------------------------------------------------------ the Trainer's hooks
 
@@ -190,28 +189,6 @@ class PPOObjective(Objective):
 
     def collate(self, rows: list) -> dict:
         return collate_rollout(rows, self.pad_id)
-
-    def data_step(self, step: int) -> int:
-        """Each generation batch (one step of the data plan) trains ppo_epochs optimizer steps."""
-        return step // self.p.ppo_epochs
-
-    def rows_for_step(self, trainer, step: int, micro_rows: list[list]) -> list[list]:
-        index = self.data_step(step)
-        if self._cache is None or self._cache_index != index:
-            self._cache = self.rollout(trainer, index, micro_rows)
-            self._cache_index = index
-        else:
-            self._times = {"generation": 0.0, "scoring": 0.0}
-        self._prepared_at = time.monotonic()
-        return self._cache
-
-    def state_dict(self) -> dict:
-        """What a checkpoint keeps for an exact resume mid generation batch: its rows (completions, old
-        log-probs and values, advantages, returns)."""
-        return {"index": self._cache_index, "rows": self._cache}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._cache_index, self._cache = state["index"], state["rows"]
 
     # ------------------------------------------------------------------------------------ rollouts
 

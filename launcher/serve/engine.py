@@ -31,7 +31,7 @@ from typing import Callable, Iterator, Optional
 from launcher.errors import LauncherError
 from launcher.paths import CONFIG_FILE
 from launcher.serve.images import ImagePolicy
-from launcher.serve.openai_protocol import ChatRequest, bad_request, find_stop, stop_holdback
+from launcher.serve.openai_protocol import ChatRequest, bad_request, releasable
 
 # Config keys that hold a context length, across families (GPT-2: n_positions; MPT: max_seq_len; ...).
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length")
@@ -297,18 +297,13 @@ class TransformersEngine:
         try:
             for piece in streamer:
                 text += piece
-                cut = find_stop(text, request.stop) if request.stop else None
-                if cut is not None:
-                    stopped = True
+                out, sent, stopped = releasable(text, sent, request.stop)
+                if stopped:
                     cancel.set()
-                    if cut > sent:
-                        yield text[sent:cut]
-                    sent = cut
+                if out:
+                    yield out
+                if stopped:
                     break
-                safe = len(text) - stop_holdback(text, request.stop)
-                if safe > sent:
-                    yield text[sent:safe]
-                    sent = safe
         finally:
             cancel.set()  # a consumer that left (client gone) ends generation at the next token
             worker.join()

@@ -303,6 +303,16 @@ def stop_holdback(text: str, stops: list) -> int:
     return best
 
 
+def releasable(text: str, sent: int, stops: list) -> tuple[str, int, bool]:
+    """What a stream may send of ``text`` (``sent`` characters of it already sent): (piece, new sent, stopped).
+    Up to the earliest stop sequence, which ends the stream; else all but what could begin one."""
+    cut = find_stop(text, stops) if stops else None
+    if cut is not None:
+        return (text[sent:cut] if cut > sent else ""), cut, True
+    safe = len(text) - stop_holdback(text, stops)
+    return (text[sent:safe], safe, False) if safe > sent else ("", sent, False)
+
+
 # ----------------------------------------------------------------------------------------- responses
 
 

@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 from launcher.errors import LauncherError
 from launcher.serve.engine import Finished, LoadedModel, TransformersEngine
 from launcher.serve.images import ImagePolicy
-from launcher.serve.openai_protocol import ChatRequest, find_stop, stop_holdback
+from launcher.serve.openai_protocol import ChatRequest, releasable
 
 
 class VLLMServeEngine(TransformersEngine):
@@ -63,18 +63,11 @@ class VLLMServeEngine(TransformersEngine):
                 if decoded.endswith("\ufffd"):
                     continue  # a multi-byte character not complete yet
                 text = decoded
-                cut = find_stop(text, request.stop) if request.stop else None
-                if cut is not None:
-                    stopped = True
-                    cancel.set()
-                    if cut > sent:
-                        yield text[sent:cut]
-                    sent = cut
-                    continue
-                safe = len(text) - stop_holdback(text, request.stop)
-                if safe > sent:
-                    yield text[sent:safe]
-                    sent = safe
+                out, sent, stopped = releasable(text, sent, request.stop)
+                if stopped:
+                    cancel.set()  # the next reply asks the server to abort; the rest is drained
+                if out:
+                    yield out
         finally:
             if not aborted and cancel.is_set():
                 self.server.send({"op": "abort"})

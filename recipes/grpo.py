@@ -24,14 +24,12 @@ import logging
 import math
 import sys
 
-import torch
-
 from launcher.data.prompt_rows import build_prompt_datasets
 from launcher.inference.generation import eos_ids
 from launcher.inference.rollout_engines import rollout_engine
 from launcher.training.entry import recipe_main
 from launcher.training.objectives import unwrap_loss_module
-from launcher.training.objectives.grpo import CompletionLogProbs, GRPOObjective, generation_weights, sharded_forward
+from launcher.training.objectives.grpo import GRPOObjective, completion_reference, generation_weights, sharded_forward
 from launcher.training.objectives.reference import frozen_copy
 from launcher.training.recipe import Recipe
 from launcher.training.rewards import build_reward_functions
@@ -89,16 +87,7 @@ class GRPORecipe(Recipe):
         """batch -> the reference's per-token log-probs (beta > 0), or None."""
         if self.cfg.method.grpo.beta == 0:
             return None
-        if ref_model is not None:
-            ref = CompletionLogProbs(ref_model, share_prompts=not sharded_forward(self.cfg))
-            return torch.no_grad()(lambda batch: ref(**batch)[0])
-
-        @torch.no_grad()
-        def adapters_off(batch):
-            with scorer.model.disable_adapter():  # LoRA: the base model is the reference
-                return scorer(**batch)[0]
-
-        return adapters_off
+        return completion_reference(scorer, ref_model, share_prompts=not sharded_forward(self.cfg))
 
 
 RECIPE = GRPORecipe

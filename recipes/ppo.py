@@ -24,14 +24,12 @@ import logging
 import math
 import sys
 
-import torch
-
 from launcher.data.prompt_rows import build_prompt_datasets
 from launcher.inference.generation import eos_ids
 from launcher.inference.rollout import TransformersEngine
 from launcher.training.entry import recipe_main
 from launcher.training.objectives import unwrap_loss_module
-from launcher.training.objectives.grpo import CompletionLogProbs, generation_weights
+from launcher.training.objectives.grpo import completion_reference, generation_weights
 from launcher.training.objectives.ppo import PPOObjective, attach_value_head, load_reward_model, zero_value_head
 from launcher.training.objectives.reference import frozen_copy
 from launcher.training.recipe import Recipe
@@ -89,16 +87,7 @@ class PPORecipe(Recipe):
         """batch -> the reference's per-token log-probs (kl_coef > 0), or None."""
         if self.cfg.method.ppo.kl_coef == 0:
             return None
-        if ref_model is not None:
-            ref = CompletionLogProbs(ref_model)
-            return torch.no_grad()(lambda batch: ref(**batch)[0])
-
-        @torch.no_grad()
-        def adapters_off(batch):
-            with scorer.model.disable_adapter():  # LoRA: the base model is the reference
-                return scorer(**batch)[0]
-
-        return adapters_off
+        return completion_reference(scorer, ref_model)
 
 
 RECIPE = PPORecipe

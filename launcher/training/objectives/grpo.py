@@ -158,6 +158,23 @@ def generation_weights(engine) -> Callable[[], contextlib.AbstractContextManager
     return engine.inference_context
 
 
+def completion_reference(scorer: nn.Module, ref_model: Optional[nn.Module],
+                         share_prompts: bool = False) -> Callable[[dict], torch.Tensor]:
+    """batch -> the reference's per-token log-probs of the completions (online RL's KL term): a frozen copy's
+    (``ref_model``), or for LoRA the policy's own ``scorer`` (its loss module, whose first output they are) with
+    the adapters off for that forward."""
+    if ref_model is not None:
+        ref = CompletionLogProbs(ref_model, share_prompts=share_prompts)
+        return torch.no_grad()(lambda batch: ref(**batch)[0])
+
+    @torch.no_grad()
+    def adapters_off(batch):
+        with scorer.model.disable_adapter():  # LoRA: the base model is the reference
+            return scorer(**batch)[0]
+
+    return adapters_off
+
+
 class GRPOObjective(GenerationBatchObjective):
     name = "grpo"
 

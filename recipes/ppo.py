@@ -26,7 +26,7 @@ import sys
 
 from launcher.data.prompt_rows import build_prompt_datasets
 from launcher.inference.generation import eos_ids
-from launcher.inference.rollout import TransformersEngine
+from launcher.inference.rollout_engines import rollout_engine
 from launcher.training.entry import recipe_main
 from launcher.training.objectives import unwrap_loss_module
 from launcher.training.objectives.grpo import completion_reference, generation_weights
@@ -63,10 +63,10 @@ class PPORecipe(Recipe):
         objective.scorer = unwrap_loss_module(engine.module)
         objective.collective = engine.forward_is_collective
         objective.reference = self.reference_scorer(objective.scorer, ref_model)
-        objective.generation = TransformersEngine(
-            engine.model, pad_id, eos_ids(engine.model, self.tokenizer), dist.device,
-            weights=generation_weights(engine), collective=engine.forward_is_collective,
-            autocast=self.precision.autocast)
+        objective.generation = rollout_engine(  # generation.engine: transformers (vllm is refused for ppo)
+            cfg, engine.model, pad_id, eos_ids(engine.model, self.tokenizer), dist.device,
+            cfg.data.cutoff_len + p.max_completion_length, weights=generation_weights(engine),
+            collective=engine.forward_is_collective, autocast=self.precision.autocast, rank=dist.rank)
         self.make_trainer(engine, self.data, objective)  # resumes: the value head from the checkpoint too
         if dist.is_main:
             log.info("ppo: %d prompts per micro-batch, completions up to %d tokens, reward model %s, kl_coef %g"

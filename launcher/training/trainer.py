@@ -334,18 +334,25 @@ class Trainer:
         self.meter.start_window()
         self._last_save = time.monotonic()  # the clock of timed saves counts training time, not setup
         last_loss = None
-        while self.step < self.total_steps:
-            stats = self._train_one_step(progress)
-            last_loss = stats["loss"]
-            self._log_train(stats)
-            saved = self._scheduled_eval_and_save()
-            stop, save_due = self._boundary_decision()
-            if stop:
-                return self._stop_early(progress, summary)
-            if save_due and not saved:
-                if self.dist.is_main:
-                    log.info("train.save_every_minutes=%g passed since the last checkpoint", self.save_minutes)
-                self.save_checkpoint()
+        try:
+            while self.step < self.total_steps:
+                stats = self._train_one_step(progress)
+                last_loss = stats["loss"]
+                self._log_train(stats)
+                saved = self._scheduled_eval_and_save()
+                stop, save_due = self._boundary_decision()
+                if stop:
+                    return self._stop_early(progress, summary)
+                if save_due and not saved:
+                    if self.dist.is_main:
+                        log.info("train.save_every_minutes=%g passed since the last checkpoint", self.save_minutes)
+                    self.save_checkpoint()
+        except BaseException:
+            # The bar's line ends before the error is printed: `error: ...` on a line of its own, not after a
+            # half-drawn bar where a user skimming the log misses it.
+            if progress is not None:
+                progress.close()
+            raise
         if progress is not None:
             progress.close()
         return self._finish(summary, last_loss)

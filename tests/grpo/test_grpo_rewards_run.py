@@ -68,8 +68,10 @@ def test_a_raising_reward_stops_the_run_naming_the_function_and_the_row(output_r
                           capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1"))
     assert proc.returncode == 2, proc.stderr[-3000:]
-    # (a progress bar may still hold the line: the error is read from where it starts)
-    errors = [line[line.index("error: "):] for line in proc.stderr.splitlines() if "error: " in line]
+    # the progress bar's line is ended first: the error starts a line of its own in the log ("\n", not "\r",
+    # which the bar uses to redraw)
+    errors = [line for line in proc.stderr.split("\n") if "error: " in line]
+    assert all(line.startswith("error: ") for line in errors), proc.stderr[-3000:]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert re.search(rf"reward {RAISES} raised ValueError: no odd rows here on row \S*tasks_train.json: row \d+",
                      errors[0]), errors[0]

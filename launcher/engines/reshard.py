@@ -118,6 +118,16 @@ def kept_grad_accum(meta: dict, micro_batch_size: int, world: int, name: str = "
     return global_batch // per_pass
 
 
+def ignored_grad_accum(given: int, meta: dict, kept: int, global_batch: int) -> Optional[str]:
+    """The warning for a ``train.grad_accum`` set for this launch that a reshard overrides (neither the
+    checkpoint's value nor the kept one): without it the user's value would vanish without a word."""
+    if given in (meta.get("grad_accum"), kept):
+        return None
+    return (f"train.grad_accum={given} is not used: a resume keeps the checkpoint's global batch {global_batch}"
+            f" (train.grad_accum {kept} here); to train with another global batch, `launcher export` the run and"
+            " start a new run from the export")
+
+
 def _batch_advice(global_batch: int, world: int) -> str:
     if global_batch % world == 0:
         return (f"set train.micro_batch_size to a divisor of {global_batch // world} (the per-rank share of the"

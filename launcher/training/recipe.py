@@ -131,7 +131,7 @@ class Recipe:
         the checkpoint's global batch, said in the log; None otherwise. The checkpoint is the one the trainer will
         pick (its integrity is checked there)."""
         from launcher.engines.checkpoint_layout import latest_checkpoint
-        from launcher.engines.reshard import (kept_grad_accum, read_meta, reshard_refusal,
+        from launcher.engines.reshard import (ignored_grad_accum, kept_grad_accum, read_meta, reshard_refusal,
                                               sequence_parallel_reshard_refusal)
         from launcher.training.preemption import choose_resume_checkpoint
 
@@ -153,6 +153,9 @@ class Recipe:
                      Path(directory).name, meta["world_size"], meta.get("parallelism"), world, cfg.parallelism.name,
                      meta["grad_accum"], accum, cfg.train.micro_batch_size * accum * world,
                      cfg.train.micro_batch_size)
+            ignored = ignored_grad_accum(cfg.train.grad_accum, meta, accum, cfg.train.micro_batch_size * accum * world)
+            if ignored:
+                log.warning("%s", ignored)
         return accum
 
     def build_policy(self, prepare: Optional[Callable[[nn.Module], None]] = None) -> nn.Module:

@@ -20,7 +20,7 @@ import pytest
 
 from launcher.checks.preflight import PreflightError, run_preflight
 from launcher.config.compose import compose_config
-from launcher.engines.reshard import kept_grad_accum
+from launcher.engines.reshard import ignored_grad_accum, kept_grad_accum
 from launcher.errors import ConfigError
 from launcher.launch.rundir import make_run_dir, write_run_config
 from launcher.training.batching import epoch_order, epoch_plan, steps_per_epoch
@@ -153,3 +153,10 @@ def test_ledger_plan_continues_the_epoch_at_any_world():
             assert sorted(i for r in range(world) for mb in rest[r][s] for i in mb) == want
         after = [i for r in range(world) for s in rest[r] for mb in s for i in mb]
         assert len(done + after) == len(set(done + after)) == 6 * 8
+
+
+def test_a_grad_accum_given_at_resume_that_the_kept_global_batch_overrides_is_said():
+    meta = {"world_size": 2, "micro_batch_size": 4, "grad_accum": 1}
+    assert ignored_grad_accum(1, meta, 2, 8) is None and ignored_grad_accum(2, meta, 2, 8) is None
+    line = ignored_grad_accum(4, meta, 2, 8)
+    assert line.startswith("train.grad_accum=4 is not used") and "global batch 8" in line and "export" in line

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from launcher.config.llamafactory import TEMPLATES, _Reading, _names, _path, read_yaml
+from launcher.data.templates import TEXT_TEMPLATES
 from launcher.errors import ConfigError
 from launcher.paths import BASE_MODEL_DIR, CONFIG_FILE, MODEL_DIR
 
@@ -58,8 +59,8 @@ REFUSED = {
     "default_system": "not supported here: launcher chat --system TEXT, or the run's template's system prompt",
     "enable_thinking": "not supported: the run's template decides; remove the key",
     "image_max_pixels": "not supported after training: images are resized as the run's data.image_max_pixels says",
-    "video_fps": "not supported yet: videos (images only); remove the key",
-    "video_maxlen": "not supported yet: videos (images only); remove the key",
+    "video_fps": "not supported after training: videos are sampled as the run's data.video_fps says",
+    "video_maxlen": "not supported after training: videos are sampled as the run's data.video_maxlen says",
 }
 # Generation keys: LLaMA-Factory's generating arguments -> our flags, per command.
 GENERATION = {"max_new_tokens": "--max-new-tokens", "do_sample": "--do-sample", "temperature": "--temperature",
@@ -67,7 +68,6 @@ GENERATION = {"max_new_tokens": "--max-new-tokens", "do_sample": "--do-sample", 
 GENERATION_BY_COMMAND = {"predict": set(GENERATION), "chat": set(GENERATION), "serve": {"max_new_tokens"},
                          "export": set()}
 INFER_DTYPES = {"auto": "auto", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
-SERVE_TEMPLATES = ("chatml", "qwen", "qwen3_nothink", "llama3", "mistral", "plain")
 
 
 @dataclass
@@ -164,7 +164,7 @@ def template(r: _Reading, command: str, cfg) -> None:
         r.notes.append(f"template: '{lf_name}' -> the run's (data.template={trained or 'the tokenizer' + chr(39) + 's'})")
     elif command == "predict":
         r.put("data.template", ours)
-    elif command == "serve" and ours in SERVE_TEMPLATES:
+    elif command == "serve" and ours in TEXT_TEMPLATES:
         r.out += ["--template", ours]
     elif command == "serve" and ours == "auto":
         r.notes.append(f"template: '{lf_name}' -> the model folder's own chat template")

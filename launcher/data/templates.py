@@ -26,7 +26,9 @@ from typing import Any, Optional
 from launcher.errors import DataError
 from launcher.data.formats import ANSWER_ROLES
 
-NAMED_TEMPLATES = ("chatml", "qwen", "qwen3_nothink", "llama3", "mistral", "plain", "qwen2_vl", "qwen3_vl",
+TEXT_TEMPLATES = ("chatml", "qwen", "qwen3_nothink", "llama3", "mistral", "plain")
+"""The named text templates: the ones ``launcher serve --template`` can force."""
+NAMED_TEMPLATES = (*TEXT_TEMPLATES, "qwen2_vl", "qwen3_vl",
                    "qwen3_vl_nothink", "qwen2_audio")
 IMAGE_TEMPLATES = ("qwen2_vl", "qwen3_vl", "qwen3_vl_nothink")
 """Named templates with an image slot (LLaMA-Factory's names): ChatML whose user turns carry vision spans.

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 
+from launcher.data.templates import TEXT_TEMPLATES
 from launcher.errors import ConfigError
 from launcher.network import is_loopback
 
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-name", default=None, help="the model id clients send (default: the run or folder name)")
     parser.add_argument("--checkpoint", default=None, help="serve checkpoint step-N of a run instead of its final model")
     parser.add_argument("--template", default=None,
-                        choices=["chatml", "qwen", "qwen3_nothink", "llama3", "mistral", "plain"],
+                        choices=TEXT_TEMPLATES,
                         help="force a named chat template (default: the run's, else the tokenizer's)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--max-new-tokens", type=int, default=512, help="answer length when a request sets none")

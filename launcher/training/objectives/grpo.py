@@ -28,6 +28,7 @@ from launcher.training.grpo_loss import aggregate, group_advantages, per_token_l
 from launcher.training.loss import backbone_hidden
 from launcher.training.objectives.base import first_and_last_eval, forwards_for, to_device
 from launcher.training.objectives.generation_batches import GenerationBatchObjective
+from launcher.training.objectives.reference import reference_logps
 from launcher.training.rewards import Completion, score_completions, weighted_total
 
 log = logging.getLogger("launcher.grpo")
@@ -163,16 +164,8 @@ def completion_reference(scorer: nn.Module, ref_model: Optional[nn.Module],
     """batch -> the reference's per-token log-probs of the completions (online RL's KL term): a frozen copy's
     (``ref_model``), or for LoRA the policy's own ``scorer`` (its loss module, whose first output they are) with
     the adapters off for that forward."""
-    if ref_model is not None:
-        ref = CompletionLogProbs(ref_model, share_prompts=share_prompts)
-        return torch.no_grad()(lambda batch: ref(**batch)[0])
-
-    @torch.no_grad()
-    def adapters_off(batch):
-        with scorer.model.disable_adapter():  # LoRA: the base model is the reference
-            return scorer(**batch)[0]
-
-    return adapters_off
+    ref_scorer = CompletionLogProbs(ref_model, share_prompts=share_prompts) if ref_model is not None else None
+    return reference_logps(scorer, ref_scorer, adapters_off=True)
 
 
 class GRPOObjective(GenerationBatchObjective):

@@ -52,22 +52,30 @@ def frozen_copy(model: nn.Module, device, cfg=None, tokenizer=None, attn_impleme
     return copy.deepcopy(model).to(device).eval().requires_grad_(False)
 
 
-def reference_scorer(cfg, scorer: nn.Module, ref_model: Optional[nn.Module]) -> Callable[[dict], torch.Tensor]:
-    """batch -> the reference's summed log-probs per row. ``scorer``: the policy's unwrapped SequenceLogProbs."""
-    if ref_model is not None:
-        ref_scorer = SequenceLogProbs(ref_model, cfg.train.loss_chunk_size)
+def reference_logps(scorer: nn.Module, ref_scorer: Optional[nn.Module],
+                    adapters_off: bool) -> Callable[[dict], torch.Tensor]:
+    """batch -> the reference's log-probs (whatever ``scorer``'s first output is: per row for DPO/KTO, per
+    completion token for GRPO/PPO), without gradients: a frozen copy's ``ref_scorer`` when there is one, else the
+    policy's own ``scorer`` with its LoRA adapters switched off for that forward (``adapters_off``: the base model
+    is the reference) or, for full fine-tuning without a copy, as it is (only while precomputing, before the
+    policy has moved)."""
+    if ref_scorer is not None:
         return torch.no_grad()(lambda batch: ref_scorer(**batch)[0])
 
     @torch.no_grad()
     def policy_as_reference(batch):
-        if cfg.method.finetuning == "lora":
-            # The base model is the reference; the adapters are switched off for this forward only.
+        if adapters_off:
             with scorer.model.disable_adapter():
                 return scorer(**batch)[0]
-        # Full fine-tuning without a copy: only while precomputing, before the policy has moved.
         return scorer(**batch)[0]
 
     return policy_as_reference
+
+
+def reference_scorer(cfg, scorer: nn.Module, ref_model: Optional[nn.Module]) -> Callable[[dict], torch.Tensor]:
+    """batch -> the reference's summed log-probs per row. ``scorer``: the policy's unwrapped SequenceLogProbs."""
+    ref_scorer = SequenceLogProbs(ref_model, cfg.train.loss_chunk_size) if ref_model is not None else None
+    return reference_logps(scorer, ref_scorer, adapters_off=cfg.method.finetuning == "lora")
 
 
 def describe_reference(cfg, ref_model: Optional[nn.Module], precomputed: bool, uses_reference: bool = True) -> str:

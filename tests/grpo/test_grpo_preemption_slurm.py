@@ -21,9 +21,10 @@ from tests.rm.helpers import SMALL_MODEL
 
 STEPS = 12
 PER_BATCH = 6  # optimizer steps per generation batch (method.grpo.num_iterations): two batches
-# USR2 once step 2 is logged (and checkpointed: train.save_every=2): the ranks stop at the next step boundary they
-# agree on, 3, 4 or 5 (steps 2-6 reuse the completions of step 1 and take a fraction of a second each), so the
-# stop falls in the middle of the first generation batch with steps to spare on a loaded host.
+# USR2 once step 2 is logged: the ranks stop at the first step boundary where they agree on it, 2 (the boundary
+# comes after a step's metrics are written), 3, 4 or 5 (steps 2-6 reuse the completions of step 1 and take a
+# fraction of a second each), so the stop falls in the middle of the first generation batch with steps to spare
+# on a loaded host.
 SIGNAL_AFTER = 2
 ARGS = [
     "method=grpo", *SMALL_MODEL, "data.max_samples=24", "data.eval_datasets=[]", "train.micro_batch_size=2",

@@ -13,7 +13,7 @@ from tests.ppo.conftest import ppo_data
 from tests.resume.rl_slurm import assert_usr2_mid_batch_resume_is_exact, submit
 
 STEPS = 12
-PER_BATCH = 6  # method.ppo.ppo_epochs: two generation batches; USR2 after step 2 stops at 3, 4 or 5
+PER_BATCH = 6  # method.ppo.ppo_epochs: two generation batches; USR2 after step 2 stops at 2, 3, 4 or 5
 SIGNAL_AFTER = 2
 
 

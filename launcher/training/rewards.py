@@ -14,6 +14,7 @@ counted. Empty and truncated completions are scored like any other.
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import re
 from dataclasses import dataclass
@@ -98,6 +99,19 @@ class CallableReward(RewardFunction):
         if not callable(fn):
             raise ConfigError(f"method.grpo.rewards: '{attr}' in module '{module_name}' is not a function (reward"
                               f" '{spec}')")
+        # Found here, at the dry run, rather than at the first generation batch of a queued job (or, with
+        # reward_errors=zero, never: every completion would quietly score 0).
+        try:
+            signature = inspect.signature(fn)
+        except (TypeError, ValueError):  # no signature to read (some builtins): the first call will tell
+            signature = None
+        if signature is not None:
+            try:
+                signature.bind(prompt="", completion="", row={})
+            except TypeError as exc:
+                raise ConfigError(f"method.grpo.rewards: reward '{spec}' cannot be called as {attr}(prompt=...,"
+                                  f" completion=..., row=...) ({exc}); define it as def {attr}(prompt: str,"
+                                  " completion: str, row: dict) -> float (or add **kwargs)") from None
         self.fn: Callable = fn
 
     def score(self, items):

@@ -27,6 +27,10 @@ def test_impossible_grpo_configs_are_refused_when_composed(overrides, match):
     (["method.grpo.rewards=[no_such_module_x:f]"], "cannot import module 'no_such_module_x'"),
     (["method.grpo.rewards=[tests.grpo.rewards_for_tests:nope]"], "'nope' in module 'tests.grpo.rewards_for_tests'"
                                                                  " is not a function"),
+    (["method.grpo.rewards=[tests.grpo.rewards_for_tests:scores_text]"],
+     r"reward 'tests.grpo.rewards_for_tests:scores_text' cannot be called as scores_text\(prompt=..., completion=...,"
+     r" row=...\) \(missing a required argument: 'text'\); define it as def scores_text\(prompt: str"),
+    (["method.grpo.rewards=[os:getcwd]"], r"cannot be called as getcwd\(prompt=..., completion=..., row=...\)"),
     (["method.grpo.rewards=[rm:/no/such/run]"], "holds no model/"),
     (["method.grpo.rewards=[format]", "method.grpo.format_pattern='[a'"], "format_pattern: '\\[a' is not a regular"),
     (["data=prefs"], "method=grpo samples answers to prompts, but 'prefs'.* with no answer column for the"
@@ -45,3 +49,23 @@ def test_a_good_grpo_config_passes_the_preflight():
     assert cfg.method.finetuning == "lora" and cfg.method.grpo.num_generations == 4
     run_preflight(cfg)
 
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["method.grpo.num_generations=1"], "method.grpo.num_generations: must be >= 2"),
+    (["method.grpo.rewards=[]"], "method.grpo.rewards: no reward function"),
+    (["data=prefs", "method.grpo.rewards=[exact_match]"], "no answer column for the exact_match reward"),
+    (["method.grpo.rewards=[no_such_module_x:score]"], "cannot import module 'no_such_module_x'"),
+    (["method.grpo.rewards=[tests.grpo.rewards_for_tests:scores_text]"], "cannot be called as scores_text("),
+])
+def test_the_dry_run_refuses_bad_rl_config_in_one_line(overrides, key, tmp_path, capsys):
+    from launcher.cli import main as cli_main
+
+    out_root = tmp_path / "out"
+    rc = cli_main(["train", "--dry-run", "method=grpo", "cluster=slurm_local", "cluster.nodes=2",
+                   f"run.output_root={out_root}", *overrides])
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if not line.startswith("note:")]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert key in lines[0], lines[0]
+    assert not any(out_root.rglob("*"))  # refused before a run dir is made or anything is queued

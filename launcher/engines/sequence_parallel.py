@@ -8,9 +8,11 @@ inside the data-parallel world, so DDP / ZeRO / FSDP still average over every ra
    collates them as one rank would: positions (mRoPE included) are computed on the whole row.
 2. ``shard_batch`` pads the row to a multiple of N and keeps this rank's slice of the targets (shift_labels), so
    the trained-token counts the loss is normalized by add up to one rank's over the group.
-3. The model runs its own forward on the whole row up to the text decoder: the embedding and, for Qwen2-VL, the
-   vision tower and the placement of its features on the image/video tokens. A forward pre-hook on the decoder
-   then keeps this rank's slice of the embeddings and of the position ids (3/4-row mRoPE positions included).
+3. A forward pre-hook on the text decoder keeps this rank's slice of its inputs and of the position ids (3/4-row
+   mRoPE positions included). A text model's decoder gets token ids, so only this rank's tokens are embedded;
+   Qwen2-VL runs its own forward on the whole row up to the decoder (the embedding, the vision tower and the
+   placement of its features on the image/video tokens), and the hook keeps a copy of this rank's slice of
+   the embeddings, so the whole row's are freed when that forward returns.
 4. In every attention layer the registered ``ulysses_*`` attention function (transformers' AttentionInterface:
    no model code is patched) trades heads for sequence with one all-to-all (local tokens x all heads ->
    all tokens x heads/N), attends over the whole row, and trades back.
@@ -199,16 +201,15 @@ def sequence_to_heads(x: torch.Tensor, sp: SequenceParallel) -> torch.Tensor:
 def segment_causal_sdpa(module: nn.Module, query, key, value, doc_spans, scaling, dropout: float) -> torch.Tensor:
     """Causal attention inside each document ([B, H, T, d] in, [B, T, H, d] out): one sdpa call per
     (row, document), so no [T, T] mask exists; sdpa's own causal kernels keep memory linear in T."""
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:  # grouped-query attention: each kv head serves ``groups`` query heads
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
+    # Grouped-query attention: sdpa reads each kv head for its query heads (enable_gqa, as transformers' sdpa
+    # does without a mask); repeated kv heads would be kept for backward, over the whole row, in every layer.
+    gqa = query.shape[1] != key.shape[1]
     out = torch.empty_like(query)
     for b, spans in enumerate(doc_spans):
         for start, end in spans:
             out[b:b + 1, :, start:end] = F.scaled_dot_product_attention(
                 query[b:b + 1, :, start:end], key[b:b + 1, :, start:end], value[b:b + 1, :, start:end],
-                is_causal=True, scale=scaling, dropout_p=dropout)
+                is_causal=True, scale=scaling, dropout_p=dropout, enable_gqa=gqa)
     return out.transpose(1, 2)
 
 
@@ -296,7 +297,9 @@ def enable_sequence_parallel(model: nn.Module, sp: SequenceParallel) -> str:
         if ids is not None:
             kwargs["input_ids"] = ids[:, part]
         if embeds is not None:
-            kwargs["inputs_embeds"] = embeds[:, part]
+            # A copy, not a view: the first layer keeps its input for backward, and a view would keep the whole
+            # row's embeddings alive until then (a VL model embeds the whole row to place its vision features).
+            kwargs["inputs_embeds"] = embeds[:, part].clone()
         kwargs["position_ids"] = positions[..., part]
         kwargs["attention_mask"] = None
         return args, kwargs

@@ -1,6 +1,6 @@
 """Peak memory per rank and tokens/s for one long row, with parallelism.sequence_parallel 1 and 2.
 
-    python tests/benchmarks/bench_seq_parallel.py [--tokens 16384] [--steps 3] [--model tiny_qwen2]
+    python tests/benchmarks/bench_seq_parallel.py [--tokens 16384] [--steps 2] [--model tiny_qwen2]
 
 Each setting runs in processes of its own (torchrun, gloo on CPU, NCCL on a GPU): sequence_parallel=1 is one
 rank holding the whole row, sequence_parallel=2 is two ranks sharing it (one sequence group). Every rank builds
@@ -8,17 +8,24 @@ the same random-init model (conf/model/<model>.yaml, fp32, no gradient checkpoin
 grows with the row) and runs forward + backward of the training loss (launcher.training.loss.CausalLMLoss: the
 chunked LM head, the loss at every position) on one row of ``--tokens`` tokens, ``--steps`` times.
 
-Printed per rank: the resident memory after the model is built, the peak during the steps (on CPU: the
-process's peak RSS, ``ru_maxrss``; on a GPU: ``torch.cuda.max_memory_allocated``), their difference (the
-step's activations, gradients and buffers) and the tokens/s of the group (the row's tokens over the mean step
-time). With 2 ranks the step memory per rank should be about half of one rank's.
+Printed per rank: the memory after the model is built, the peak during the last step, their difference (the
+step's activations, gradients and buffers: what grows with the row) and the tokens/s of the group (the row's
+tokens over the mean time of the steps after the first). With 2 ranks the step memory per rank should be about
+half of one rank's.
+
+On a GPU the memory is ``torch.cuda.memory_allocated`` before the step and ``max_memory_allocated`` during it.
+On a CPU it is the process's resident memory before the step and its peak during it (VmRSS, and VmHWM reset
+before each step through /proc/self/clear_refs), with glibc's malloc told to give every block over 128 KB its own
+mapping (MALLOC_MMAP_THRESHOLD_): by default the threshold rises after the first large block is freed, later
+tensors then come from the heap, and what the heap keeps after a step (about 140 MB per process at 4,096 tokens)
+read as memory that did not shrink with the row. The last step is measured, not the first: the first also
+allocates the gradients and the communication buffers once.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,9 +35,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def status_mb(field: str) -> float:
+    """A memory line of /proc/self/status (VmRSS: resident now; VmHWM: its peak since the last reset), in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """VmHWM back to the resident memory now (Linux 4.0+: writing 5 to clear_refs resets the peak)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def worker(args) -> None:
@@ -61,32 +78,36 @@ def worker(args) -> None:
     ids = torch.randint(10, min(len(tokenizer), 1000), (args.tokens,), generator=torch.Generator().manual_seed(1))
     row = {"input_ids": ids.tolist(), "labels": ids.tolist()}
     batch = collate_rows([row], tokenizer.pad_token_id or 0, attn)
+    # One document, no padding: plain causal attention, with no mask for transformers to expand to [T, T]
+    # (256 MB at 16k tokens, which would flatter the split).
+    batch["attention_mask"] = None
     if sp is not None:
         batch = shard_batch(batch, sp.size, sp.rank)
     batch = {k: v.to(info.device) if torch.is_tensor(v) else v for k, v in batch.items() if k != "labels"}
-    if info.device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated() / 2**20
-    else:
-        before = rss_mb()
+    cuda = info.device.type == "cuda"
+    built = torch.cuda.memory_allocated() / 2**20 if cuda else status_mb("VmRSS")
     times = []
     for _ in range(args.steps):
         if dist.is_initialized():
             dist.barrier()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated() / 2**20
+        else:
+            reset_peak_rss()
+            before = status_mb("VmRSS")
         start = time.perf_counter()
         loss = loss_module(**batch)
         loss.backward()
-        if info.device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+        peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else status_mb("VmHWM")
         model.zero_grad(set_to_none=True)
-    if info.device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     mean = sum(times[1:] or times) / len(times[1:] or times)
-    result = {"sp": args.sp, "rank": info.rank, "before_mb": round(before, 1), "peak_mb": round(peak, 1),
+    result = {"sp": args.sp, "rank": info.rank, "built_mb": round(built, 1), "before_mb": round(before, 1),
+              "peak_mb": round(peak, 1),
               "step_mb": round(peak - before, 1), "step_s": round(mean, 3),
               "tokens_per_s": round(args.tokens / mean, 1), "device": str(info.device)}
     Path(args.out, f"sp{args.sp}_rank{info.rank}.json").write_text(json.dumps(result))
@@ -97,7 +118,7 @@ def worker(args) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=16384)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--model", default="tiny_qwen2")
     parser.add_argument("--flash", action="store_true", help="on a GPU: flash_attention_2 inside (else sdpa)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -109,6 +130,7 @@ def main() -> int:
         return 0
     env = dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false")
     env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))  # see the module docstring
     rows = []
     with tempfile.TemporaryDirectory() as out:
         for sp in (1, 2):
@@ -121,12 +143,12 @@ def main() -> int:
                 return proc.returncode
             rows += [json.loads(p.read_text()) for p in sorted(Path(out).glob(f"sp{sp}_rank*.json"))]
     print(f"one row of {args.tokens} tokens, model {args.model}, {rows[0]['device']},"
-          f" OMP_NUM_THREADS={env['OMP_NUM_THREADS']}")
-    print(f"{'sequence_parallel':>17} {'rank':>4} {'after build MB':>14} {'peak MB':>9} {'step MB':>8}"
-          f" {'step s':>7} {'tokens/s':>9}")
+          f" OMP_NUM_THREADS={env['OMP_NUM_THREADS']}, {args.steps} step(s), the last one measured")
+    print(f"{'sequence_parallel':>17} {'rank':>4} {'model MB':>9} {'before step':>11} {'step peak':>9}"
+          f" {'step MB':>8} {'step s':>7} {'tokens/s':>9}")
     for r in rows:
-        print(f"{r['sp']:>17} {r['rank']:>4} {r['before_mb']:>14} {r['peak_mb']:>9} {r['step_mb']:>8}"
-              f" {r['step_s']:>7} {r['tokens_per_s']:>9}")
+        print(f"{r['sp']:>17} {r['rank']:>4} {r['built_mb']:>9} {r['before_mb']:>11} {r['peak_mb']:>9}"
+              f" {r['step_mb']:>8} {r['step_s']:>7} {r['tokens_per_s']:>9}")
     one = [r["step_mb"] for r in rows if r["sp"] == 1][0]
     two = max(r["step_mb"] for r in rows if r["sp"] == 2)
     print(f"step memory per rank, sequence_parallel 2 / 1: {two / one:.2f}")

@@ -109,10 +109,11 @@ def measured(r: dict, strategy: str, phase: str) -> int:
     return (r[mark] - r["rss_before_model_kib"]) * 1024
 
 
-def run_load(root: Path, name: str, folder: Path, overrides: list[str],
-             checkpoint: bool = False) -> tuple[Path, list[dict]]:
+def run_load(root: Path, name: str, folder: Path, overrides: list[str], checkpoint: bool = False,
+             evaluations: bool = False) -> tuple[Path, list[dict]]:
     """Set up and train one step on NPROC gloo ranks; the run dir and each rank's measurements. ``checkpoint``:
-    then write a checkpoint of that step (RUN_DIR/checkpoints/step-0000001)."""
+    then write a checkpoint of that step (RUN_DIR/checkpoints/step-0000001). ``evaluations``: keep the recipe's
+    held-out passes before and after the step (measured as phases)."""
     from launcher.config.compose import compose_config
     from launcher.launch.rundir import make_run_dir, write_run_config
 
@@ -126,7 +127,7 @@ def run_load(root: Path, name: str, folder: Path, overrides: list[str],
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={NPROC}",
            str(LOAD_WORKER), "--run-dir", str(run_dir), "--probe", ",".join(map(str, PROBE)),
-           *(["--checkpoint-after"] if checkpoint else [])]
+           *(["--checkpoint-after"] if checkpoint else []), *(["--evaluations"] if evaluations else [])]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200)
     if proc.returncode != 0:

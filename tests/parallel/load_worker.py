@@ -119,6 +119,7 @@ def measure(recipe, args) -> None:
         phases.wrap(owner, attr, name)
     recipe.train()
     marks["peak_step_kib"] = phases.peak()
+    marks["held"]["optimizer_state"] = optimizer_state_bytes(engine.optimizer)
     marks["peak_between_kib"] = phases.between
     marks["phases"] = phases.rows
     marks["report"] = engine.report()
@@ -127,6 +128,18 @@ def measure(recipe, args) -> None:
     (args.run_dir / f"load_rank{dist_info.rank}.json").write_text(json.dumps(marks))
     if dist_info.is_main:
         torch.save(logits.float().cpu(), args.run_dir / "load_logits.pt")
+
+
+def optimizer_state_bytes(optimizer) -> int:
+    """Bytes of this rank's optimizer state tensors (AdamW's moments of its share)."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # DeepSpeed's ZeRO wrapper holds the torch optimizer
+    total = 0
+    for state in inner.state.values():
+        for v in state.values():
+            if torch.is_tensor(v):
+                v = v.to_local() if hasattr(v, "to_local") else v
+                total += v.numel() * v.element_size()
+    return total
 
 
 def held_bytes(engine) -> dict:

@@ -158,6 +158,32 @@ def figures(name: str, shape: Shape, strategy: str, lora: bool, ranks: list[dict
     return out
 
 
+def phase_lines(r: dict) -> list[str]:
+    """Each measured phase of one rank: RSS at its start, its peak and its end, in MiB above the pre-model RSS."""
+    base = r["rss_before_model_kib"]
+    return [f"  {p['phase']:<15} start +{(p['start_kib'] - base) / 1024:5.0f}  peak +{(p['peak_kib'] - base) / 1024:5.0f}"
+            f"  end +{(p['end_kib'] - base) / 1024:5.0f} MiB" for p in r["phases"]]
+
+
+def breakdown(r: dict) -> dict[str, int]:
+    """Where one rank's peak RSS goes, in bytes (absolute: the parts add up to the peak).
+
+    imports/data: the RSS before the model; weights: this rank's own parameter bytes (its shards, ZeRO-3
+    partition, or the whole model under DDP); grads: this rank's share of the trainable parameters' fp32
+    gradients (the size of its trainable weights); optimizer state: the bytes of its optimizer's state tensors;
+    gathered params + activations/logits: the peak phase's rise above what it started with (layers gathered for
+    that forward or backward, its activations, the loss's logits chunks); allocator/other: the rest (freed
+    memory the heap kept, the loading's leftovers, gloo buffers, DeepSpeed's flat buffers)."""
+    top = max(r["phases"], key=lambda p: p["peak_kib"])
+    peak = max(r["peak_step_kib"], top["peak_kib"]) * 1024
+    held = r["held"]
+    parts = {"imports/data": r["rss_before_model_kib"] * 1024, "weights": held["weights"],
+             "grads": held["trainable"], "optimizer state": held.get("optimizer_state", 0),
+             f"gathered params + activations/logits ({top['phase']})": (top["peak_kib"] - top["start_kib"]) * 1024}
+    parts["allocator/other"] = peak - sum(parts.values())
+    return {"peak": peak, **parts}
+
+
 EXPORT_PEAK = r"""
 import sys
 from pathlib import Path

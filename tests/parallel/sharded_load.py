@@ -171,15 +171,19 @@ def breakdown(r: dict) -> dict[str, int]:
     imports/data: the RSS before the model; weights: this rank's own parameter bytes (its shards, ZeRO-3
     partition, or the whole model under DDP); grads: this rank's share of the trainable parameters' fp32
     gradients (the size of its trainable weights); optimizer state: the bytes of its optimizer's state tensors;
-    gathered params + activations/logits: the peak phase's rise above what it started with (layers gathered for
-    that forward or backward, its activations, the loss's logits chunks); allocator/other: the rest (freed
+    gathered params + activations/logits: the peak phase's rise above the RSS its step (or pass) started with
+    (layers gathered, activations kept for backward, the loss's logits chunks); allocator/other: the rest (freed
     memory the heap kept, the loading's leftovers, gloo buffers, DeepSpeed's flat buffers)."""
-    top = max(r["phases"], key=lambda p: p["peak_kib"])
+    rows = r["phases"]
+    at = max(range(len(rows)), key=lambda i: rows[i]["peak_kib"])
+    top, start = rows[at], rows[at]["start_kib"]
+    if top["phase"] in ("backward", "optimizer step"):  # the step began at its forward
+        start = next(p["start_kib"] for p in reversed(rows[:at]) if p["phase"] == "forward")
     peak = max(r["peak_step_kib"], top["peak_kib"]) * 1024
     held = r["held"]
     parts = {"imports/data": r["rss_before_model_kib"] * 1024, "weights": held["weights"],
              "grads": held["trainable"], "optimizer state": held.get("optimizer_state", 0),
-             f"gathered params + activations/logits ({top['phase']})": (top["peak_kib"] - top["start_kib"]) * 1024}
+             f"gathered params + activations/logits ({top['phase']})": (top["peak_kib"] - start) * 1024}
     parts["allocator/other"] = peak - sum(parts.values())
     return {"peak": peak, **parts}
 

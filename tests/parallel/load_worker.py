@@ -5,7 +5,10 @@ model, then train one step and record the peak again. Writes ``load_rank{R}.json
 into the run dir.
 
 Peak RSS is the kernel's high-water mark (VmHWM), reset (``/proc/self/clear_refs`` = 5) right before the
-model is built, so imports and data do not count; ``rss_before_model`` is what the process held then.
+model is built, so imports and data do not count; ``rss_before_model`` is what the process held then. Each
+phase (build, engine, probe, the evaluations when kept, forward, backward, optimizer step, final save) also
+records its RSS at start and end and its own peak (``phases``), and ``held`` this rank's parameter, trainable
+and optimizer-state bytes: tests/parallel/sharded_load.breakdown says from them where the peak goes.
 """
 from __future__ import annotations
 

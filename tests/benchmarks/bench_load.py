@@ -24,9 +24,15 @@ LORA_LIMIT = 2.0e9
 """Issue 32: the largest rank of a sharded LoRA run of this model at most 2.0 GB."""
 
 
+def where(parts: dict) -> str:
+    """One line: the peak, its phase and its parts in MiB."""
+    shown = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in parts.items() if k not in ("peak", "phase"))
+    return f"  peak {parts['peak'] / 2**20:.0f} MiB in {parts['phase']}: {shown} MiB"
+
+
 def main(argv=None) -> int:
-    from tests.parallel.sharded_load import (BENCH, bound, breakdown, make_model_folder, measured, model_shape,
-                                             phase_lines, plain_logits, run_load)
+    from tests.parallel.sharded_load import (BENCH, LOADING_PHASES, bound, breakdown, make_model_folder, measured,
+                                             model_shape, phase_lines, plain_logits, run_load)
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "launcher-bench-load")
@@ -56,8 +62,9 @@ def main(argv=None) -> int:
         for rank, r in enumerate(ranks):
             print(f" rank {rank}, phases (RSS before the model {r['rss_before_model_kib'] / 1024:.0f} MiB):")
             print("\n".join(phase_lines(r)))
-            print("  where the peak goes: " + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in parts[rank].items()
-                                                       if k != "peak") + " MiB")
+            print(where(parts[rank]))
+            if parts[rank]["phase"] in LOADING_PHASES:
+                print(where(breakdown(r, after_loading=True)))
         if strategy != "ddp":
             over = [r for r in ranks if measured(r, strategy, "load") > bound(shape, strategy, bool(lora), "load")]
             print(f" loading: +{max(measured(r, strategy, 'load') for r in ranks) / 2**20:.0f} MiB, bound"

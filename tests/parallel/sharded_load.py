@@ -165,27 +165,36 @@ def phase_lines(r: dict) -> list[str]:
             f"  end +{(p['end_kib'] - base) / 1024:5.0f} MiB" for p in r["phases"]]
 
 
-def breakdown(r: dict) -> dict[str, int]:
-    """Where one rank's peak RSS goes, in bytes (absolute: the parts add up to the peak).
+LOADING_PHASES = ("build", "engine")
+
+
+def breakdown(r: dict, after_loading: bool = False) -> dict[str, int]:
+    """Where one rank's peak RSS goes, in bytes (absolute: the parts add up to the peak). ``after_loading``: the
+    peak of the phases after the model is loaded (the step's), not of the whole run.
 
     imports/data: the RSS before the model; weights: this rank's own parameter bytes (its shards, ZeRO-3
     partition, or the whole model under DDP); grads: this rank's share of the trainable parameters' fp32
     gradients (the size of its trainable weights); optimizer state: the bytes of its optimizer's state tensors;
     gathered params + activations/logits: the peak phase's rise above the RSS its step (or pass) started with
-    (layers gathered, activations kept for backward, the loss's logits chunks); allocator/other: the rest (freed
-    memory the heap kept, the loading's leftovers, gloo buffers, DeepSpeed's flat buffers)."""
+    (layers gathered, activations kept for backward, the loss's logits chunks); loading temporaries: when the
+    peak is in loading, what it held beyond the weights (a checkpoint read, full tensors); allocator/other: the
+    rest (freed memory the heap kept, the loading's leftovers, gloo buffers, DeepSpeed's flat buffers)."""
     rows = r["phases"]
-    at = max(range(len(rows)), key=lambda i: rows[i]["peak_kib"])
+    candidates = [i for i, p in enumerate(rows) if not (after_loading and p["phase"] in LOADING_PHASES)]
+    at = max(candidates, key=lambda i: rows[i]["peak_kib"])
     top, start = rows[at], rows[at]["start_kib"]
+    peak = top["peak_kib"] * 1024 if after_loading else max(r["peak_step_kib"], top["peak_kib"]) * 1024
+    held = r["held"]
+    parts = {"imports/data": r["rss_before_model_kib"] * 1024, "weights": held["weights"]}
+    if top["phase"] in LOADING_PHASES:
+        parts[f"loading temporaries ({top['phase']})"] = peak - sum(parts.values())
+        return {"peak": peak, **parts, "phase": top["phase"]}
     if top["phase"] in ("backward", "optimizer step"):  # the step began at its forward
         start = next(p["start_kib"] for p in reversed(rows[:at]) if p["phase"] == "forward")
-    peak = max(r["peak_step_kib"], top["peak_kib"]) * 1024
-    held = r["held"]
-    parts = {"imports/data": r["rss_before_model_kib"] * 1024, "weights": held["weights"],
-             "grads": held["trainable"], "optimizer state": held.get("optimizer_state", 0),
-             f"gathered params + activations/logits ({top['phase']})": (top["peak_kib"] - start) * 1024}
+    parts.update({"grads": held["trainable"], "optimizer state": held.get("optimizer_state", 0),
+                  "gathered params + activations/logits": (top["peak_kib"] - start) * 1024})
     parts["allocator/other"] = peak - sum(parts.values())
-    return {"peak": peak, **parts}
+    return {"peak": peak, **parts, "phase": top["phase"]}
 
 
 EXPORT_PEAK = r"""

@@ -41,7 +41,8 @@ def held_after_churn(mode: str) -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_freed_tensors_leave_a_sharded_rank_and_stay_in_a_default_heap():
     default, returned = held_after_churn("default"), held_after_churn("return")
-    print(f"RSS held after freeing 23 of 24 8 MB tensors: default heap {default} MiB, return_freed_memory {returned} MiB")
+    print(f"RSS held after freeing 23 of 24 8 MB tensors: default heap {default} MiB,"
+          f" return_freed_memory {returned} MiB")
     assert default > 120  # the setting has something to fix: the holes stay in the process
     assert returned < 40  # one 8 MB tensor still alive, the rest given back
 

@@ -161,8 +161,9 @@ def figures(name: str, shape: Shape, strategy: str, lora: bool, ranks: list[dict
 def phase_lines(r: dict) -> list[str]:
     """Each measured phase of one rank: RSS at its start, its peak and its end, in MiB above the pre-model RSS."""
     base = r["rss_before_model_kib"]
-    return [f"  {p['phase']:<15} start +{(p['start_kib'] - base) / 1024:5.0f}  peak +{(p['peak_kib'] - base) / 1024:5.0f}"
-            f"  end +{(p['end_kib'] - base) / 1024:5.0f} MiB" for p in r["phases"]]
+    return [f"  {p['phase']:<15} start +{(p['start_kib'] - base) / 1024:5.0f}"
+            f"  peak +{(p['peak_kib'] - base) / 1024:5.0f}  end +{(p['end_kib'] - base) / 1024:5.0f} MiB"
+            for p in r["phases"]]
 
 
 LOADING_PHASES = ("build", "engine")

@@ -17,7 +17,8 @@ Through the first step, on top of that: gradients and AdamW state of this rank's
 parameters 12T/N (DeepSpeed also keeps a separate fp32 master partition and a flat gradient partition, 8T/N),
 and a working set W = 4 x 4P that is measured, not derived: on CPU/gloo the first step's gathered layers,
 unsharded gradients, collective staging and the probe forward's gathered model took 1.1-2.4 x the fp32 model
-at N=2, and ZeRO-3 came within 5% of a 3 x allowance (tests/benchmarks/bench_load.py prints the figures).
+at N=2, and ZeRO-3 came within 5% of a 3 x allowance (tests/benchmarks/bench_load.py prints the figures; measured
+before the ranks handed freed tensors back to the kernel, launcher.training.host_heap.return_freed_memory).
 ``SLACK`` covers the allocator and the tiny
 batch's activations.
 """

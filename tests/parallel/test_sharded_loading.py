@@ -7,7 +7,8 @@ through the first step below that plus the training state and a measured working
 -s beside the measured peaks); the loading bound is below what a full fp32 copy per rank would take (so the
 check has teeth), and the freshly loaded sharded model gives the logits
 of a plain single-process load. The full fine-tunes' checkpoint then exports tensor by tensor, its peak RSS
-printed and bounded against the model's size. The ~0.35B figures: tests/benchmarks/bench_load.py.
+printed and bounded against the model's size. A LoRA step (cutoff 256) adds at most one fp32 model to FSDP's
+loading bound under both strategies (issue 32). The ~0.35B figures: tests/benchmarks/bench_load.py.
 """
 from __future__ import annotations
 

@@ -20,8 +20,8 @@ default raises its mmap threshold to the size of each large block freed (up to 3
 gathered layer (0.5-15 MB tensors for a 0.35B model) every later gather, activation and logits buffer of that
 size comes from the heap, and the heap's holes are not given back: on 2 gloo ranks a LoRA run of the 0.35B
 model of tests/benchmarks/bench_load.py (FSDP, evaluations on) kept 0.8-1.6 GB above its shards this way, as
-much as one unsharded process holds. A fixed threshold (which also stops the dynamic one) maps each such tensor alone and unmaps
-it when freed; the price is the page faults ``keep_freed_memory`` avoids.
+much as one unsharded process holds. A fixed threshold (which also stops the dynamic one) maps each such
+tensor alone and unmaps it when freed; the price is the page faults ``keep_freed_memory`` avoids.
 """
 from __future__ import annotations
 

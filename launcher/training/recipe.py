@@ -23,6 +23,7 @@ from launcher.models.build import choose_attn_implementation, count_parameters
 from launcher.models.tokenizers import load_tokenizer
 from launcher.paths import BASE_MODEL_DIR
 from launcher.training import progress
+from launcher.training.host_heap import return_freed_memory, sharded_cpu_rank
 from launcher.training.batching import steps_per_epoch
 from launcher.training.meter import StepMeter
 from launcher.training.preemption import StopFlag
@@ -44,6 +45,8 @@ class Recipe:
         self._stop_flag: Optional[StopFlag] = None
         self.evaluations = True
         """False (launcher bench): no held-out loss, exact match or probes before, during or after training."""
+        if sharded_cpu_rank(cfg.parallelism.strategy, dist_info.device.type, dist_info.world_size):
+            return_freed_memory()  # before the model: freed gathers must leave the rank (launcher.training.host_heap)
 
     # -------------------------------------------------------------------- what tests and the entry point use
 

@@ -17,7 +17,8 @@ Through the first step, on top of that: gradients and AdamW state of this rank's
 parameters 12T/N (DeepSpeed also keeps a separate fp32 master partition and a flat gradient partition, 8T/N),
 and a working set W = 4 x 4P that is measured, not derived: on CPU/gloo the first step's gathered layers,
 unsharded gradients, collective staging and the probe forward's gathered model took 1.1-2.4 x the fp32 model
-at N=2, and ZeRO-3 came within 5% of a 3 x allowance (tests/benchmarks/bench_load.py prints the figures).
+at N=2, and ZeRO-3 came within 5% of a 3 x allowance (tests/benchmarks/bench_load.py prints the figures; measured
+before the ranks handed freed tensors back to the kernel, launcher.training.host_heap.return_freed_memory).
 ``SLACK`` covers the allocator and the tiny
 batch's activations.
 """
@@ -109,10 +110,11 @@ def measured(r: dict, strategy: str, phase: str) -> int:
     return (r[mark] - r["rss_before_model_kib"]) * 1024
 
 
-def run_load(root: Path, name: str, folder: Path, overrides: list[str],
-             checkpoint: bool = False) -> tuple[Path, list[dict]]:
+def run_load(root: Path, name: str, folder: Path, overrides: list[str], checkpoint: bool = False,
+             evaluations: bool = False) -> tuple[Path, list[dict]]:
     """Set up and train one step on NPROC gloo ranks; the run dir and each rank's measurements. ``checkpoint``:
-    then write a checkpoint of that step (RUN_DIR/checkpoints/step-0000001)."""
+    then write a checkpoint of that step (RUN_DIR/checkpoints/step-0000001). ``evaluations``: keep the recipe's
+    held-out passes before and after the step (measured as phases)."""
     from launcher.config.compose import compose_config
     from launcher.launch.rundir import make_run_dir, write_run_config
 
@@ -126,7 +128,7 @@ def run_load(root: Path, name: str, folder: Path, overrides: list[str],
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={NPROC}",
            str(LOAD_WORKER), "--run-dir", str(run_dir), "--probe", ",".join(map(str, PROBE)),
-           *(["--checkpoint-after"] if checkpoint else [])]
+           *(["--checkpoint-after"] if checkpoint else []), *(["--evaluations"] if evaluations else [])]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200)
     if proc.returncode != 0:
@@ -155,6 +157,46 @@ def figures(name: str, shape: Shape, strategy: str, lora: bool, ranks: list[dict
                        f" {bound(shape, strategy, lora, phase) / 2**20:.0f} MiB (model fp32 {4 * shape.params / 2**20:.0f}"
                        f" MiB, file bf16 {2 * shape.params / 2**20:.0f} MiB)")
     return out
+
+
+def phase_lines(r: dict) -> list[str]:
+    """Each measured phase of one rank: RSS at its start, its peak and its end, in MiB above the pre-model RSS."""
+    base = r["rss_before_model_kib"]
+    return [f"  {p['phase']:<15} start +{(p['start_kib'] - base) / 1024:5.0f}"
+            f"  peak +{(p['peak_kib'] - base) / 1024:5.0f}  end +{(p['end_kib'] - base) / 1024:5.0f} MiB"
+            for p in r["phases"]]
+
+
+LOADING_PHASES = ("build", "engine")
+
+
+def breakdown(r: dict, after_loading: bool = False) -> dict[str, int]:
+    """Where one rank's peak RSS goes, in bytes (absolute: the parts add up to the peak). ``after_loading``: the
+    peak of the phases after the model is loaded (the step's), not of the whole run.
+
+    imports/data: the RSS before the model; weights: this rank's own parameter bytes (its shards, ZeRO-3
+    partition, or the whole model under DDP); grads: this rank's share of the trainable parameters' fp32
+    gradients (the size of its trainable weights); optimizer state: the bytes of its optimizer's state tensors;
+    gathered params + activations/logits: the peak phase's rise above the RSS its step (or pass) started with
+    (layers gathered, activations kept for backward, the loss's logits chunks); loading temporaries: when the
+    peak is in loading, what it held beyond the weights (a checkpoint read, full tensors); allocator/other: the
+    rest (freed memory the heap kept, the loading's leftovers, gloo buffers, DeepSpeed's flat buffers)."""
+    rows = r["phases"]
+    candidates = [i for i, p in enumerate(rows) if not (after_loading and p["phase"] in LOADING_PHASES)]
+    at = max(candidates, key=lambda i: rows[i]["peak_kib"])
+    top, start = rows[at], rows[at]["start_kib"]
+    peak = top["peak_kib"] * 1024 if after_loading else max(r["peak_step_kib"], top["peak_kib"]) * 1024
+    held = r["held"]
+    parts = {"imports/data": r["rss_before_model_kib"] * 1024, "weights": held["weights"]}
+    if top["phase"] in LOADING_PHASES:
+        parts[f"loading temporaries ({top['phase']})"] = peak - sum(parts.values())
+        return {"peak": peak, **parts, "phase": top["phase"]}
+    if top["phase"] in ("backward", "optimizer step"):  # the step began at its forward
+        start = next(p["start_kib"] for p in reversed(rows[:at]) if p["phase"] == "forward")
+    parts.update({"grads": held["trainable"], "optimizer state": held.get("optimizer_state", 0),
+                  "gathered params + activations/logits": (top["peak_kib"] - start) * 1024})
+    parts["allocator/other"] = peak - sum(parts.values())
+    return {"peak": peak, **parts, "phase": top["phase"]}
 
 
 EXPORT_PEAK = r"""

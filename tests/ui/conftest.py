@@ -33,7 +33,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_page(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120) -> float:
+def wait_for_page(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 300) -> float:
     """Seconds until ``url`` answers 200; fails with the server's output if it dies first."""
     start = time.perf_counter()
     while time.perf_counter() - start < timeout_s:

@@ -43,6 +43,8 @@ def test_preview_shows_video_frames_and_audio_players(ui_server, page):
         "sample 0, video 0: 20 frames sampled of 243 (7 shown), 341x192, grid 10x14x24, 840 video tokens")
     expect()(page.locator("#data-preview")).to_contain_text("<|video_pad|>*840")
     expect()(page.locator("#data-stats")).to_contain_text("videos=3")
+    strips.first.scroll_into_view_if_needed()
+    page.wait_for_function("() => document.querySelector('#data-videos img')?.naturalHeight > 0", timeout=60_000)
     width = strips.first.evaluate("img => img.naturalWidth")
     height = strips.first.evaluate("img => img.naturalHeight")
     assert height == 96 and width > 5 * 96  # a strip of small frames, not a full frame

@@ -302,6 +302,20 @@ def frame_strip(plan) -> "object":
     return strip, len(shown)
 
 
+def stack_strips(strips: list) -> "object":
+    """The strips one under the other (row k is video k of the captions), on white."""
+    from PIL import Image
+
+    gap = 8
+    out = Image.new("RGB", (max(s.width for s in strips), sum(s.height for s in strips) + gap * (len(strips) - 1)),
+                    (255, 255, 255))
+    y = 0
+    for strip in strips:
+        out.paste(strip, (0, y))
+        y += strip.height + gap
+    return out
+
+
 def preview_videos(samples: list, dataset_dir: Path, cfg) -> list:
     """[(strip of sampled frames or None, caption Note)] for each video of each sample: the frames, frame count
     and video tokens ``launcher data preview`` prints."""

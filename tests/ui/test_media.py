@@ -38,21 +38,24 @@ def test_preview_shows_video_frames_and_audio_players(ui_server, page):
     page.goto(url)
     preview(page, "tiny_qwen2_vl", "mllm_video_demo")
     strips = page.locator("#data-videos img")
-    expect()(strips).to_have_count(3, timeout=30_000)
-    expect()(page.locator("#data-videos")).to_contain_text(
-        "sample 0, video 0: 20 frames sampled of 243 (7 shown), 341x192, grid 10x14x24, 840 video tokens")
+    expect()(strips).to_have_count(1, timeout=30_000)  # one image, a row of sampled frames per video
+    notes = page.locator("#data-video-notes")
+    expect()(notes).to_contain_text(
+        "[1] sample 0, video 0: 20 frames sampled of 243 (7 shown), 341x192, grid 10x14x24, 840 video tokens")
+    expect()(notes).to_contain_text("[3] sample 2, video 0: ")
     expect()(page.locator("#data-preview")).to_contain_text("<|video_pad|>*840")
     expect()(page.locator("#data-stats")).to_contain_text("videos=3")
     strips.first.scroll_into_view_if_needed()
     page.wait_for_function("() => document.querySelector('#data-videos img')?.naturalHeight > 0", timeout=60_000)
     width = strips.first.evaluate("img => img.naturalWidth")
     height = strips.first.evaluate("img => img.naturalHeight")
-    assert height == 96 and width > 5 * 96  # a strip of small frames, not a full frame
+    assert height == 3 * 96 + 2 * 8 and 5 * 96 < width <= 8 * 4 * 96  # small frames, not full ones
     assert not page.locator("#data-audio-0").is_visible()
     screenshot(page, "compose-data-video")
 
     preview(page, "tiny_qwen2_audio", "mllm_audio_demo")
     expect()(page.locator("#data-videos")).to_be_hidden()
+    expect()(page.locator("#data-video-notes")).to_be_hidden()
     first = page.locator("#data-audio-0")
     expect()(first).to_contain_text("sample 0, audio 0: 4.03 s, 404 frames, 101 audio tokens (1.mp3)")
     expect()(page.locator("#data-audio-2")).to_contain_text("audio 0: ")

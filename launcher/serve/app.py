@@ -126,6 +126,7 @@ def create_app(engine, model_name: str, api_key: Optional[str] = None, max_queue
     timeout = limits.request_timeout_s
     preparing = ThreadPoolExecutor(limits.prepare_threads, thread_name_prefix="prepare")
     has_vision = getattr(engine, "has_vision", False)
+    has_audio = getattr(engine, "has_audio", False)
 
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError):
@@ -172,7 +173,7 @@ def create_app(engine, model_name: str, api_key: Optional[str] = None, max_queue
 
     def prepare(raw: bytes):
         """Body bytes -> a ChatRequest tokenized, its images read and decoded. Blocking: a preparation thread."""
-        chat = parse_chat_request(parse_json_body(raw), has_vision, engine.context)
+        chat = parse_chat_request(parse_json_body(raw), has_vision, engine.context, has_audio)
         if chat.model != model_name:
             raise APIError(404, f"the model '{chat.model}' does not exist; this server serves '{model_name}'",
                            "not_found_error", "model", "model_not_found")

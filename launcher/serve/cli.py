@@ -2,9 +2,10 @@
 
 Binds to loopback unless told otherwise; any other address needs an API key (``--api-key`` or the
 ``LAUNCHER_API_KEY`` environment variable, which keeps it out of ``ps``), checked as
-``Authorization: Bearer KEY`` on every /v1 route. A VL model reads images from data URLs, and from server
-paths only under the folders named with ``--image-root``. Requests are bounded in body size, time, prompt
-length (the model's context) and image pixels. Prints one line when it is ready: what it serves, the engine
+``Authorization: Bearer KEY`` on every /v1 route. A VL model reads images and videos from data URLs, and from
+server paths only under the folders named with ``--image-root``; an audio model reads ``input_audio`` clips
+(base64 wav or mp3). Requests are bounded in body size, time, prompt length (the model's context), image and
+video frame pixels, video frames and audio length (launcher.serve.media). Prints one line when it is ready: what it serves, the engine
 and device, the URL, the context length, and how long loading took.
 """
 from __future__ import annotations
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds a request may take, queue and generation included (default 300)")
     parser.add_argument("--max-image-pixels", type=int, default=40_000_000,
                         help="largest image decoded, width x height (default 40 million)")
+    parser.add_argument("--max-video-frames", type=int, default=20_000,
+                        help="most frames a request's video may have (default 20000; its frames are then sampled"
+                             " as data.video_fps / video_maxlen say)")
     parser.add_argument("--context-length", type=int, default=None,
                         help="prompt + answer tokens allowed (default: the smallest the model declares; never past its"
                              " position embeddings)")
@@ -66,9 +70,10 @@ def serve_main(argv: list[str]) -> int:
         raise ConfigError(f"--port: {args.port} is not a TCP port (1-65535)")
     if args.max_new_tokens < 1 or args.max_queue < 1:
         raise ConfigError("--max-new-tokens and --max-queue must be >= 1")
-    if not (args.max_body_mb > 0 and args.request_timeout > 0 and args.max_image_pixels > 0
+    if not (args.max_body_mb > 0 and args.request_timeout > 0 and args.max_image_pixels > 0 and args.max_video_frames > 0
             and (args.context_length is None or args.context_length > 1)):
-        raise ConfigError("--max-body-mb, --request-timeout and --max-image-pixels must be > 0, --context-length > 1")
+        raise ConfigError("--max-body-mb, --request-timeout, --max-image-pixels and --max-video-frames must be > 0,"
+                          " --context-length > 1")
     if args.engine == "vllm":
         from launcher.inference.vllm_engine import missing_message, vllm_python
 
@@ -80,7 +85,7 @@ def serve_main(argv: list[str]) -> int:
     from launcher.serve.limits import ServeLimits
 
     limits = ServeLimits(max_body_bytes=int(args.max_body_mb * (1 << 20)), request_timeout_s=args.request_timeout)
-    images = ImagePolicy.build(args.image_root, limits.max_body_bytes, args.max_image_pixels)
+    images = ImagePolicy.build(args.image_root, limits.max_body_bytes, args.max_image_pixels, args.max_video_frames)
 
     import uvicorn
 
@@ -104,7 +109,8 @@ def serve_main(argv: list[str]) -> int:
     print(f"serving '{loaded.name}' ({loaded.source}) on http://{args.host}:{args.port}/v1"
           f" | engine: {engine.name} on {engine.device} ({vllm_status()}) | {auth}"
           f" | context {engine.context} tokens ({engine.context_source})"
-          + (f" | image paths under: {roots}" if engine.has_vision else "")
+          + (f" | image and video paths under: {roots}" if engine.has_vision else "")
+          + (" | audio: input_audio parts (wav, mp3)" if getattr(engine, "has_audio", False) else "")
           + f" | loaded in {time.perf_counter() - started:.1f} s", flush=True)
     server.run()
     return 0 if server.started else 1

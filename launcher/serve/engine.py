@@ -14,7 +14,10 @@ vLLM in its own venv instead (launcher.serve.vllm_serving).
 Vision-language models (Qwen2-VL, Qwen2.5-VL, Qwen3-VL runs, exports or folders): a request's images (data URLs
 or server paths, parsed by openai_protocol, read and decoded under launcher.serve.images' rules) are expanded
 into vision spans and turned into pixels exactly as ``launcher chat --image`` does (launcher.data.vision,
-launcher.inference.generation.vision_inputs).
+launcher.inference.generation.vision_inputs); so are their videos (``video_url`` parts, ``launcher chat
+--video``'s frames and tokens). Audio models (Qwen2-Audio): a request's ``input_audio`` clips become audio
+spans and log-mel features as ``launcher chat --audio`` makes them. Video and audio bytes are checked and
+held in a private temp folder under launcher.serve.media's bounds, removed when the request ends.
 
 The context length is found wherever the model keeps it (``context_length``) and a server without one does
 not start. A request is held to it before any costly work: first by its characters (no tokenizer turns more
@@ -102,6 +105,8 @@ class LoadedModel:
     """The model id clients send."""
     vision: object = None
     """A VL model's VisionData (image processor, limits, vision token ids); None for a text model."""
+    audio: object = None
+    """An audio model's AudioData (feature extractor, audio token ids); None for other models."""
 
 
 def load_for_serving(path: Path, checkpoint: Optional[str] = None, template: Optional[str] = None,
@@ -157,6 +162,16 @@ def load_for_serving(path: Path, checkpoint: Optional[str] = None, template: Opt
             cfg = Config()
             cfg.model.name_or_path = str(path)
         vision, _ = vision_data(cfg, tokenizer)
+    audio = None
+    from launcher.models.audio import is_audio_model
+
+    if is_audio_model(model):
+        from launcher.data import audio_data
+
+        if cfg is None:  # a model folder: its own preprocessor_config.json
+            cfg = Config()
+            cfg.model.name_or_path = str(path)
+        audio, _ = audio_data(cfg, tokenizer)
     if template:
         cfg = cfg if cfg is not None else Config()
         cfg.data.template = template
@@ -164,7 +179,7 @@ def load_for_serving(path: Path, checkpoint: Optional[str] = None, template: Opt
     renderer = prompt_renderer(tokenizer, cfg)
     renderer([{"role": "user", "content": "probe"}], None)  # a broken template fails here, not on a request
     return LoadedModel(model, tokenizer, lambda messages: renderer(messages, None), source, name or default_name,
-                       vision)
+                       vision, audio)
 
 
 @dataclass
@@ -209,17 +224,48 @@ class TransformersEngine:
                                 " pass --context-length N")
         self.context = declared
         self.max_prompt_chars = self.context * longest_token_chars(loaded.tokenizer)
+        from launcher.serve.media import MediaFiles
+
+        self.media = MediaFiles()
 
     @property
     def has_vision(self) -> bool:
         return self.loaded.vision is not None
 
+    @property
+    def has_audio(self) -> bool:
+        return self.loaded.audio is not None
+
+    def media_file(self, request: ChatRequest, source, kind: str) -> str:
+        """A request's video or audio clip as a checked file in the server's media folder (removed with the
+        request): a data URL's bytes, or a path's under the image roots."""
+        from launcher.serve.media import MediaPath, check_audio, check_video
+
+        if isinstance(source, MediaPath):
+            data = self.images.read_path(source.path, source.label, "video")
+            demuxer, suffix = None, Path(source.path).suffix.lower()[:8]
+        else:
+            data, demuxer, suffix = source.data, source.demuxer, f".{source.demuxer}"
+        path = self.media.write(data, suffix)
+        request.files.append(path)
+        if kind == "audio":
+            check_audio(path, demuxer, self.loaded.audio.max_seconds, source.label)
+        else:
+            check_video(path, demuxer, self.images.max_pixels, self.images.max_video_frames, source.label)
+        return path
+
+    def release(self, request: ChatRequest) -> None:
+        """Remove the files a request's media were written to."""
+        self.media.release(request.files)
+        request.files.clear()
+
     def check_size(self, request: ChatRequest) -> None:
         """Refuse, before tokenizing or opening an image, a request that cannot fit the context: every image
         takes at least one token, and the text at least chars / longest-token tokens."""
         chars = sum(len(m["content"]) for m in request.messages)
-        if chars > self.max_prompt_chars or len(request.images) >= self.context:
-            raise bad_request(f"the messages hold {chars:,} characters and {len(request.images)} images; this"
+        media = len(request.images) + len(request.videos) + len(request.audios)
+        if chars > self.max_prompt_chars or media >= self.context:
+            raise bad_request(f"the messages hold {chars:,} characters and {media} images, videos and audios; this"
                               f" model's context of {self.context} tokens holds at most {self.max_prompt_chars:,}"
                               " characters", "messages", "context_length_exceeded")
 
@@ -228,25 +274,68 @@ class TransformersEngine:
         decoded under the server's rules, image placeholders expanded to vision spans. Blocking: call it from
         a worker thread."""
         if request.prepared is None:
-            self.check_size(request)
-            messages, images = request.messages, []
-            if self.has_vision:
-                from launcher.data.vision import expand_prompt
-                from launcher.errors import DataError
-
-                sources = [self.images.read(source) for source in request.images]
-                for image in sources:
-                    self.images.check(image)
-                try:
-                    messages, grids = expand_prompt(messages, sources, self.loaded.vision, "messages")
-                except DataError as exc:
-                    raise bad_request(str(exc), "messages", "invalid_image") from None
-                images = list(zip(sources, grids))
-            prompt = self.loaded.render(messages)
-            ids = self.loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            self.budget(request, len(ids))
-            request.prepared = (ids, images)
+            try:
+                request.prepared = self._prepare(request)
+            except BaseException:
+                self.release(request)
+                raise
         return request.prepared
+
+    def _prepare(self, request: ChatRequest) -> tuple:
+        from launcher.errors import DataError
+
+        self.check_size(request)
+        messages, images, media = request.messages, [], {}
+        if self.has_vision:
+            from launcher.data.vision import expand_prompt
+
+            sources = [self.images.read(source) for source in request.images]
+            for image in sources:
+                self.images.check(image)
+            videos = [self.media_file(request, source, "video") for source in request.videos]
+            try:
+                expanded = expand_prompt(messages, sources, self.loaded.vision, "messages", videos=videos)
+            except DataError as exc:
+                raise bad_request(str(exc), "messages", "invalid_video" if videos else "invalid_image") from None
+            messages, grids = expanded[0], expanded[1]
+            images = list(zip(sources, grids))
+            media["video_plans"] = expanded[2] if videos else []
+        if self.has_audio and request.audios:
+            from launcher.data.audio import expand_audio_placeholders, plan_audio
+
+            clips = [self.media_file(request, source, "audio") for source in request.audios]
+            try:
+                plans = [plan_audio(clip, self.loaded.audio, source.label)
+                         for clip, source in zip(clips, request.audios)]
+            except DataError as exc:
+                raise bad_request(str(exc), "messages", "invalid_audio") from None
+            messages = expand_audio_placeholders(messages, plans, self.loaded.audio)
+            media["audio_plans"] = plans
+        prompt = self.loaded.render(messages)
+        ids = self.loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        self.budget(request, len(ids))
+        return ids, images, media
+
+    def media_inputs(self, inputs, images: list, media: dict) -> dict:
+        """The model's vision and audio inputs for a prepared request (pixels in the model's dtype)."""
+        extra = {}
+        dtype = next(self.loaded.model.parameters()).dtype
+        if self.has_vision:
+            from launcher.inference.generation import vision_inputs
+
+            extra = vision_inputs({"input_ids": inputs}, [images], self.loaded.vision, self.device,
+                                  [media.get("video_plans", [])])
+            for key in ("pixel_values", "pixel_values_videos"):
+                if key in extra:
+                    extra[key] = extra[key].to(dtype)
+        plans = media.get("audio_plans")
+        if plans:
+            from launcher.data.audio import load_audio_features
+
+            features = load_audio_features([p.source for p in plans], [p.grid() for p in plans], self.loaded.audio)
+            extra.update(input_features=features["input_features"].to(self.device, dtype),
+                         feature_attention_mask=features["feature_attention_mask"].to(self.device))
+        return extra
 
     def budget(self, request: ChatRequest, prompt_tokens: int) -> int:
         """New tokens allowed: the request's max_tokens (or the server's cap) within the context length."""
@@ -264,20 +353,17 @@ class TransformersEngine:
         from launcher.inference.generation import answer_ids, sampling_kwargs
 
         model, tokenizer = self.loaded.model, self.loaded.tokenizer
-        ids, images = self.prepare(request)
+        ids, images, media = self.prepare(request)
         max_new = self.budget(request, len(ids))
         if request.seed is not None:
             torch.manual_seed(request.seed)
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         result: dict = {}
         inputs = torch.tensor([ids], device=self.device)
-        extra = {}
-        if self.has_vision:
-            from launcher.inference.generation import vision_inputs
-
-            extra = vision_inputs({"input_ids": inputs}, [images], self.loaded.vision, self.device)
-            if "pixel_values" in extra:
-                extra["pixel_values"] = extra["pixel_values"].to(next(model.parameters()).dtype)
+        try:
+            extra = self.media_inputs(inputs, images, media)
+        finally:
+            self.release(request)  # decoded: the files are not read again
 
         def work():
             try:

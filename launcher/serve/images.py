@@ -26,10 +26,11 @@ FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 """Decoders a client may reach. PIL knows dozens more (EPS would run Ghostscript); none is needed here."""
 
 
-def refused_path(param: str):
-    return bad_request(f"{param}: this server does not read that path. Image paths must name an image file under"
-                       " a folder the server was started with (--image-root); otherwise send the image as a data"
-                       " URL (data:image/png;base64,...)", param, "image_path_refused")
+def refused_path(param: str, kind: str = "image"):
+    example = "data:image/png;base64,..." if kind == "image" else "data:video/mp4;base64,..."
+    return bad_request(f"{param}: this server does not read that path. {kind.capitalize()} paths must name {'an' if kind == 'image' else 'a'}"
+                       f" {kind} file under a folder the server was started with (--image-root); otherwise send the"
+                       f" {kind} as a data URL ({example})", param, f"{kind}_path_refused")
 
 
 def too_large(param: str, size: str, limit: int):
@@ -46,9 +47,12 @@ class ImagePolicy:
     max_pixels: int = 40_000_000
     """Largest image decoded, width x height (40 MP: 120 MB of RGB). PIL only warns from 89 MP and refuses
     from 179 MP."""
+    max_video_frames: int = 20_000
+    """Most frames a request's video may have (11 min at 30 fps): decoding walks the stream up to the last
+    sampled frame, so its length bounds the work, whatever few frames are kept."""
 
     @classmethod
-    def build(cls, roots, max_bytes: int, max_pixels: int) -> "ImagePolicy":
+    def build(cls, roots, max_bytes: int, max_pixels: int, max_video_frames: int = 20_000) -> "ImagePolicy":
         resolved = []
         for root in roots:
             path = Path(root).expanduser().resolve()
@@ -57,19 +61,23 @@ class ImagePolicy:
 
                 raise ConfigError(f"--image-root {root}: not a folder; name a folder of images the clients may use")
             resolved.append(path)
-        return cls(tuple(resolved), max_bytes, max_pixels)
+        return cls(tuple(resolved), max_bytes, max_pixels, max_video_frames)
 
     def read(self, source) -> InlineImage:
         """The bytes of a request's image (an InlineImage or an ImagePath): a data URL's as they are, a
         path's when the roots allow it."""
         if isinstance(source, InlineImage):
             return source
-        data = self._read_path(source.path, source.label)
-        if data is None:
-            raise refused_path(source.label)
-        return InlineImage(data, source.label)
+        return InlineImage(self.read_path(source.path, source.label), source.label)
 
-    def _read_path(self, given: str, param: str) -> Optional[bytes]:
+    def read_path(self, given: str, param: str, kind: str = "image") -> bytes:
+        """The bytes of a file a request names (an image, or a video: the same roots and size limit)."""
+        data = self._read_path(given, param, kind)
+        if data is None:
+            raise refused_path(param, kind)
+        return data
+
+    def _read_path(self, given: str, param: str, kind: str = "image") -> Optional[bytes]:
         if not self.roots or "\0" in given:
             return None
         candidates = [Path(given)] if os.path.isabs(given) else [root / given for root in self.roots]
@@ -92,8 +100,8 @@ class ImagePolicy:
                     continue
                 data = f.read(self.max_bytes + 1)
             if len(data) > self.max_bytes:
-                raise bad_request(f"{param}: the image file is larger than {self.max_bytes >> 20} MB", param,
-                                  "image_too_large")
+                raise bad_request(f"{param}: the {kind} file is larger than {self.max_bytes >> 20} MB", param,
+                                  f"{kind}_too_large")
             return data
         return None
 

@@ -8,6 +8,9 @@ Message contents may be a string or a list of parts; text parts are joined. Imag
 ``data:image/...;base64,`` URL, a local file path or a ``file://`` URL) become ``<image>`` placeholders where
 they stand, their sources collected in order (``ChatRequest.images``) for a vision-language model; a text
 model refuses them with a 400 naming the reason. Remote http(s) URLs are refused: the server does not fetch.
+Likewise video parts (vLLM's ``video_url``: a ``data:video/...;base64,`` URL or a path) become ``<video>`` for
+a VL model, and audio parts (OpenAI's ``input_audio``: base64 ``data`` in ``wav`` or ``mp3`` ``format``)
+become ``<audio>`` for an audio model; a model without the tower refuses them with a 400 naming the part.
 Whether a path may be read at all is the server's decision (launcher.serve.images), not this module's.
 
 Every value a client sends is checked before any work is done on it: the body is JSON without NaN/Infinity
@@ -89,11 +92,19 @@ class ChatRequest:
     include_usage: bool = False
     images: list = field(default_factory=list)
     """Image sources in placeholder order: ``InlineImage`` (a data URL's bytes) or ``ImagePath``."""
+    videos: list = field(default_factory=list)
+    """Video sources in placeholder order: ``InlineMedia`` or ``MediaPath`` (launcher.serve.media)."""
+    audios: list = field(default_factory=list)
+    """Audio sources in placeholder order: ``InlineMedia``."""
+    files: list = field(default_factory=list)
+    """Files the engine wrote for this request (its videos and audio), removed when it ends."""
     prepared: Any = None
     """The engine's prompt for this request, made once (``TransformersEngine.prepare``)."""
 
 
 IMAGE_PLACEHOLDER = "<image>"
+VIDEO_PLACEHOLDER = "<video>"
+AUDIO_PLACEHOLDER = "<audio>"
 
 
 @dataclass(frozen=True)
@@ -131,6 +142,51 @@ def image_source(part: dict, param: str):
     return ImagePath(url[len("file://"):] if url.startswith("file://") else url, param)
 
 
+def _base64(payload: str, param: str) -> bytes:
+    import base64
+    import binascii
+
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_request(f"{param}: the base64 payload does not decode", param) from None
+
+
+def video_source(part: dict, param: str):
+    """The video a ``video_url`` part names: an InlineMedia of a data URL's bytes, or a MediaPath."""
+    from launcher.serve.media import VIDEO_CONTAINERS, InlineMedia, MediaPath
+
+    value = part.get("video_url")
+    url = value.get("url") if isinstance(value, dict) else value
+    if not isinstance(url, str) or not url:
+        raise bad_request(f"{param}: a video part needs video_url.url (a data URL or a file path)", param)
+    if url.startswith("data:"):
+        head, _, payload = url.partition(",")
+        kind = head[len("data:video/"):-len(";base64")] if head.startswith("data:video/") else None
+        if not head.endswith(";base64") or kind not in VIDEO_CONTAINERS:
+            raise bad_request(f"{param}: a video data URL must look like data:video/mp4;base64,... (video/"
+                              f"{', video/'.join(VIDEO_CONTAINERS)})", param)
+        return InlineMedia(_base64(payload, param), VIDEO_CONTAINERS[kind], param)
+    if url.startswith(("http://", "https://")):
+        raise bad_request(f"{param}: this server does not fetch URLs; send the video as a data URL"
+                          " (data:video/mp4;base64,...) or a path on the server", param, "video_url_not_supported")
+    return MediaPath(url[len("file://"):] if url.startswith("file://") else url, param)
+
+
+def audio_source(part: dict, param: str):
+    """The clip an ``input_audio`` part carries: an InlineMedia of its base64 data, read with its format's demuxer."""
+    from launcher.serve.media import AUDIO_FORMATS, InlineMedia
+
+    value = part.get("input_audio")
+    if not isinstance(value, dict) or not isinstance(value.get("data"), str) or not value["data"]:
+        raise bad_request(f"{param}: an audio part needs input_audio.data (base64) and input_audio.format"
+                          f" ({' or '.join(AUDIO_FORMATS)})", param)
+    fmt = value.get("format")
+    if fmt not in AUDIO_FORMATS:
+        raise bad_request(f"{param}: input_audio.format must be {' or '.join(AUDIO_FORMATS)}, got {fmt!r}", param)
+    return InlineMedia(_base64(value["data"], param), AUDIO_FORMATS[fmt], param)
+
+
 def _number(body: dict, key: str, default: float, low: float, high: float, low_open: bool = False) -> float:
     value = body.get(key)
     if value is None:
@@ -157,8 +213,10 @@ def _integer(body: dict, key: str, low: int, high: int, what: str) -> Optional[i
     return value
 
 
-def _content_text(content: Any, i: int, has_vision: bool, images: Optional[list] = None) -> str:
-    """The message's text; image parts become <image> placeholders, their sources appended to ``images``."""
+def _content_text(content: Any, i: int, has_vision: bool, images: Optional[list] = None,
+                  has_audio: bool = False, videos: Optional[list] = None, audios: Optional[list] = None) -> str:
+    """The message's text; image, video and audio parts become <image>, <video> and <audio> placeholders, their
+    sources appended to ``images``, ``videos`` and ``audios``."""
     param = f"messages[{i}].content"
     if content is None:
         return ""
@@ -177,17 +235,34 @@ def _content_text(content: Any, i: int, has_vision: bool, images: Optional[list]
                                   f"{param}[{j}]", "image_not_supported")
             images.append(image_source(part, f"{param}[{j}]"))
             texts.append(IMAGE_PLACEHOLDER)
-        elif kind in ("input_audio", "audio", "file", "video_url"):
-            raise bad_request(f"{param}[{j}]: '{kind}' parts are not supported; send text", f"{param}[{j}]")
+        elif kind == "video_url":
+            if not has_vision:
+                raise bad_request(f"{param}[{j}]: this model has no vision tower; it takes no video",
+                                  f"{param}[{j}]", "video_not_supported")
+            videos.append(video_source(part, f"{param}[{j}]"))
+            texts.append(VIDEO_PLACEHOLDER)
+        elif kind == "input_audio":
+            if not has_audio:
+                raise bad_request(f"{param}[{j}]: this model has no audio tower; it takes no audio",
+                                  f"{param}[{j}]", "audio_not_supported")
+            audios.append(audio_source(part, f"{param}[{j}]"))
+            texts.append(AUDIO_PLACEHOLDER)
+        elif kind in ("audio", "file"):
+            raise bad_request(f"{param}[{j}]: '{kind}' parts are not supported; send text (audio as an"
+                              " input_audio part)", f"{param}[{j}]")
         else:
             raise bad_request(f"{param}[{j}]: expected a content part like {{\"type\": \"text\", \"text\": ...}}",
                               f"{param}[{j}]")
     return "".join(texts)
 
 
-def parse_messages(messages: Any, has_vision: bool = False, images: Optional[list] = None) -> list:
-    """Canonical messages; with ``has_vision``, image parts' sources are appended to ``images`` in order."""
+def parse_messages(messages: Any, has_vision: bool = False, images: Optional[list] = None, has_audio: bool = False,
+                   videos: Optional[list] = None, audios: Optional[list] = None) -> list:
+    """Canonical messages; with ``has_vision``, image and video parts' sources are appended to ``images`` and
+    ``videos`` in order; with ``has_audio``, audio parts' to ``audios``."""
     images = images if images is not None else []
+    videos = videos if videos is not None else []
+    audios = audios if audios is not None else []
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty list of {role, content} objects", "messages")
     out = []
@@ -201,7 +276,8 @@ def parse_messages(messages: Any, has_vision: bool = False, images: Optional[lis
         if role not in ROLES:
             raise bad_request(f"messages[{i}].role: '{role}' is not one of system, developer, user, assistant",
                               f"messages[{i}].role")
-        out.append({"role": ROLES[role], "content": _content_text(message.get("content"), i, has_vision, images)})
+        out.append({"role": ROLES[role], "content": _content_text(message.get("content"), i, has_vision, images,
+                                                                  has_audio, videos, audios)})
     if out[-1]["role"] == "assistant":
         raise bad_request("the last message is the assistant's; end with a user message to get an answer",
                           "messages")
@@ -233,7 +309,8 @@ UNSUPPORTED = {
 }
 
 
-def parse_chat_request(body: Any, has_vision: bool = False, max_tokens_limit: Optional[int] = None) -> ChatRequest:
+def parse_chat_request(body: Any, has_vision: bool = False, max_tokens_limit: Optional[int] = None,
+                       has_audio: bool = False) -> ChatRequest:
     """The request, every field checked. ``max_tokens_limit``: the model's context length (max_tokens above it
     could never be honoured)."""
     if not isinstance(body, dict):
@@ -269,10 +346,14 @@ def parse_chat_request(body: Any, has_vision: bool = False, max_tokens_limit: Op
         raise bad_request(f"'temperature' must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {temperature}",
                           "temperature")
     images: list = []
+    videos: list = []
+    audios: list = []
     return ChatRequest(
         model=model,
-        messages=parse_messages(body.get("messages"), has_vision, images),
+        messages=parse_messages(body.get("messages"), has_vision, images, has_audio, videos, audios),
         images=images,
+        videos=videos,
+        audios=audios,
         stream=stream,
         temperature=temperature,
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),

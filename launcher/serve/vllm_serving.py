@@ -22,9 +22,9 @@ class VLLMServeEngine(TransformersEngine):
 
     def __init__(self, loaded: LoadedModel, max_new_tokens: int, images: Optional[ImagePolicy] = None,
                  context: Optional[int] = None, python=None, kv_cache_gib: float = 1.0):
-        if loaded.vision is not None:
-            raise LauncherError("--engine vllm serves text models here; serve this vision-language model with"
-                                " --engine transformers")
+        if loaded.vision is not None or loaded.audio is not None:
+            raise LauncherError("--engine vllm serves text models here; serve this vision-language or audio model"
+                                " with --engine transformers")
         super().__init__(loaded, max_new_tokens, images, context)
         from launcher.inference.vllm_engine import missing_message, start_server, vllm_python
 
@@ -39,7 +39,7 @@ class VLLMServeEngine(TransformersEngine):
         from launcher.inference.generation import answer_ids
 
         tokenizer = self.loaded.tokenizer
-        ids, _ = self.prepare(request)
+        ids = self.prepare(request)[0]
         max_new = self.budget(request, len(ids))
         self._requests += 1
         greedy = request.temperature <= 0

@@ -192,6 +192,10 @@ class DataPreview:
     stats: dict
     images: list = field(default_factory=list)
     """[(PIL image or None, Note caption)] for every image of the samples shown, in order."""
+    videos: list = field(default_factory=list)
+    """[(PIL strip of sampled frames or None, Note caption)] for every video of the samples shown."""
+    audios: list = field(default_factory=list)
+    """[(path of a WAV the page may play, or None, Note caption)] for every audio of the samples shown."""
 
 
 def image_file(dataset_dir: Path, name: str) -> Path:
@@ -230,7 +234,9 @@ def data_preview(overrides: Sequence[str], n: int = 3) -> DataPreview:
 
         cfg = compose_config(list(overrides))
     samples, stats = preview_config(cfg, n)
-    return DataPreview(samples, stats, preview_images(samples, resolve_dataset_dir(cfg.data)))
+    dataset_dir = resolve_dataset_dir(cfg.data)
+    return DataPreview(samples, stats, preview_images(samples, dataset_dir),
+                       preview_videos(samples, dataset_dir, cfg), preview_audios(samples, dataset_dir))
 
 
 def preview_images(samples: list, dataset_dir: Path) -> list:
@@ -248,6 +254,147 @@ def preview_images(samples: list, dataset_dir: Path) -> list:
             else:
                 note = Note("data_image_caption_unknown", index=sample.index, k=k, size=size)
             out.append((image, note))
+    return out
+
+
+PREVIEW_FRAME_PX = 96
+"""Height of one frame in a video's strip."""
+PREVIEW_STRIP_FRAMES = 8
+"""Frames a strip shows at most, spread over the sampled ones (a 20-frame video would be a 2,000 px strip)."""
+
+
+def video_source(dataset_dir: Path, name: str) -> str:
+    """A video a row names (a file, a frame folder, or frame paths joined by newlines), every path of it under
+    the dataset dir (``image_file``'s rule); the source as the data code reads it."""
+    from launcher.data.video import FRAME_LIST_SEPARATOR
+    from launcher.errors import DataError
+
+    if FRAME_LIST_SEPARATOR in name:
+        return FRAME_LIST_SEPARATOR.join(str(image_file(dataset_dir, frame)) for frame in name.split(FRAME_LIST_SEPARATOR))
+    root = Path(dataset_dir).resolve()
+    path = (root / name).resolve()
+    if path.is_dir():
+        if root not in path.parents:
+            raise DataError(f"{name}: not under the dataset dir {root}; the preview shows only the dataset's own files")
+        return str(path)
+    return str(image_file(dataset_dir, name))
+
+
+def frame_strip(plan) -> "object":
+    """The plan's sampled frames (the ones training decodes), at most PREVIEW_STRIP_FRAMES spread evenly, each
+    PREVIEW_FRAME_PX high, side by side in one small image."""
+    from PIL import Image
+
+    from launcher.data.video import decode_frames
+
+    frames = decode_frames(plan, "preview")[: len(plan.frames)]  # without the temporal patch's repeated frame
+    step = max(1, -(-len(frames) // PREVIEW_STRIP_FRAMES))
+    shown = []
+    for frame in frames[::step][:PREVIEW_STRIP_FRAMES]:
+        small = frame.convert("RGB")
+        small.thumbnail((PREVIEW_FRAME_PX * 4, PREVIEW_FRAME_PX))
+        shown.append(small)
+    strip = Image.new("RGB", (sum(f.width for f in shown) + 4 * (len(shown) - 1), PREVIEW_FRAME_PX), (255, 255, 255))
+    x = 0
+    for small in shown:
+        strip.paste(small, (x, (PREVIEW_FRAME_PX - small.height) // 2))
+        x += small.width + 4
+    return strip, len(shown)
+
+
+def stack_strips(strips: list) -> "object":
+    """The strips one under the other (row k is video k of the captions), on white."""
+    from PIL import Image
+
+    gap = 8
+    out = Image.new("RGB", (max(s.width for s in strips), sum(s.height for s in strips) + gap * (len(strips) - 1)),
+                    (255, 255, 255))
+    y = 0
+    for strip in strips:
+        out.paste(strip, (0, y))
+        y += strip.height + gap
+    return out
+
+
+def preview_videos(samples: list, dataset_dir: Path, cfg) -> list:
+    """[(strip of sampled frames or None, caption Note)] for each video of each sample: the frames, frame count
+    and video tokens ``launcher data preview`` prints."""
+    from launcher.data import video_settings
+    from launcher.data.video import plan_video
+    from launcher.errors import DataError
+    from launcher.models.vision import vision_info
+
+    if not any(sample.videos for sample in samples):
+        return []
+    info = vision_info(cfg.model)
+    out = []
+    for sample in samples:
+        for k, name in enumerate(sample.videos):
+            label = name.splitlines()[0] + (" ..." if "\n" in name else "")
+            try:
+                if info is None:
+                    raise DataError(f"{label}: {cfg.model.name} has no vision tower, so it takes no video")
+                settings = video_settings(cfg, info)
+                plan = plan_video(video_source(dataset_dir, name), settings, f"video {label}")
+                strip, shown = frame_strip(plan)
+            except (LauncherError, OSError) as exc:
+                out.append((None, Note("data_video_missing", index=sample.index, k=k, detail=str(exc))))
+                continue
+            spans = sample.video_spans[k] if k < len(sample.video_spans) else []
+            frames = sample.video_frames[k] if k < len(sample.video_frames) else None
+            of = frames["of"] if frames and frames.get("of") else len(plan.frames)
+            sampled = len(plan.frames) + len(plan.frames) % 2  # as the CLI counts: the temporal patch's copy too
+            out.append((strip, Note("data_video_caption", index=sample.index, k=k, sampled=sampled,
+                                    of=of, shown=shown, tokens=sum(s["video_tokens"] for s in spans)
+                                    or plan.token_count(settings.merge_size),
+                                    grid="x".join(map(str, plan.grid)),
+                                    size=f"{plan.frame_size[0]}x{plan.frame_size[1]}")))
+    return out
+
+
+PREVIEW_AUDIO_DIR = "preview-audio"
+"""Under Gradio's upload folder (the page's own, which Gradio serves): the preview's audio, as the model hears it."""
+
+
+def playable_audio(path: Path, max_seconds: float = 30.0) -> tuple:
+    """(a WAV of what the model hears: mono, 16 kHz, at most ``max_seconds``, written under the upload folder,
+    which the page may serve, its name the content's hash; its seconds). A dataset file is never served itself."""
+    import hashlib
+    import wave
+
+    import numpy as np
+
+    from launcher.data.audio import LF_AUDIO_SAMPLING_RATE, load_waveform
+    from launcher.ui.roots import upload_folder
+
+    wave_f32 = load_waveform(str(path), LF_AUDIO_SAMPLING_RATE, f"audio {path}")[: int(max_seconds * LF_AUDIO_SAMPLING_RATE)]
+    pcm = (np.clip(wave_f32, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    target = upload_folder() / PREVIEW_AUDIO_DIR / f"{hashlib.sha256(pcm).hexdigest()[:16]}.wav"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with wave.open(str(target), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(LF_AUDIO_SAMPLING_RATE)
+            out.writeframes(pcm)
+    return target, len(wave_f32) / LF_AUDIO_SAMPLING_RATE
+
+
+def preview_audios(samples: list, dataset_dir: Path) -> list:
+    """[(WAV path or None, caption Note)] for each audio of each sample: its seconds, feature frames and audio
+    tokens (from the tokenized rows, as ``launcher data preview`` prints them)."""
+    out = []
+    for sample in samples:
+        for k, name in enumerate(sample.audios):
+            try:
+                path, seconds = playable_audio(image_file(dataset_dir, name))
+            except (LauncherError, OSError) as exc:
+                out.append((None, Note("data_audio_missing", index=sample.index, k=k, detail=str(exc))))
+                continue
+            samples_16k, frames, tokens = sample.audio_grids[k] if k < len(sample.audio_grids) else (None, "?", "?")
+            seconds = samples_16k / 16000 if isinstance(samples_16k, int) else seconds
+            out.append((str(path), Note("data_audio_caption", index=sample.index, k=k, seconds=f"{seconds:.2f}",
+                                        frames=frames, tokens=tokens, file=Path(name).name)))
     return out
 
 

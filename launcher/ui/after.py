@@ -3,8 +3,9 @@
 Chat: ``load_run_model`` (trained or base model), a ``ChatSession`` built per reply from the conversation the
 page holds (its turns and, for a VL model, its images; several tabs can chat with one loaded model), its
 streamer feeding a queue that the page reads piece by piece. Loaded models are kept (a few) so that each turn
-does not reload. An uploaded image is copied into RUN_DIR/chat/images/ and attached to the turn
-(``ChatSession.attach``, as ``launcher chat``'s /image does); a text model's run refuses it.
+does not reload. An uploaded image, video or audio clip is copied into RUN_DIR/chat/images|videos|audios/
+and attached to the turn (``ChatSession.attach`` / ``attach_video`` / ``attach_audio``, as ``launcher chat``'s
+/image, /video and /audio do); a run whose model does not take it refuses it.
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ _lock = threading.Lock()
 
 
 def load(run_dir: Path, base: bool = False, checkpoint: Optional[str] = None) -> tuple:
-    """(model, tokenizer, cfg, source, device, vision), cached by (run dir, base, checkpoint); vision is None
-    for a text model. ``checkpoint``: ``step-N`` of the run's checkpoints (None: the final model)."""
+    """(model, tokenizer, cfg, source, device, vision, audio), cached by (run dir, base, checkpoint); vision is
+    None but for a VL model, audio None but for an audio model. ``checkpoint``: ``step-N`` of the run's
+    checkpoints (None: the final model)."""
     from launcher.engines.distributed import choose_device
     from launcher.inference.trained import load_run_model
 
@@ -37,7 +39,7 @@ def load(run_dir: Path, base: bool = False, checkpoint: Optional[str] = None) ->
         device = choose_device()
         model, tokenizer, cfg, source = load_run_model(Path(run_dir), merge=True, base=base, device=device,
                                                        checkpoint=checkpoint)
-        _models[key] = (model, tokenizer, cfg, source, device, vision_for(cfg, tokenizer))
+        _models[key] = (model, tokenizer, cfg, source, device, vision_for(cfg, tokenizer), audio_for(cfg, tokenizer))
         while len(_models) > MAX_LOADED:
             _models.popitem(last=False)
         return _models[key]
@@ -51,6 +53,45 @@ def vision_for(cfg, tokenizer):
     except ImportError:
         return None
     return vision_data(cfg, tokenizer)[0]
+
+
+def audio_for(cfg, tokenizer):
+    """The AudioData ``launcher chat`` gives a ChatSession for an audio model; None for others."""
+    from launcher.data import audio_data
+
+    return audio_data(cfg, tokenizer)[0]
+
+
+MEDIA = ("image", "video", "audio")
+"""What a chat turn may carry besides its text."""
+
+
+def run_takes(run_dir: Path) -> set:
+    """The media a run's model takes, from its config alone (no model loaded): image and video for a VL model,
+    audio for an audio model, nothing for a text model."""
+    from launcher.config.schema import load_run_config
+    from launcher.models.audio import audio_info
+
+    model = load_run_config(Path(run_dir)).model
+    takes = {"image", "video"} if run_sees_images(run_dir) else set()
+    return takes | ({"audio"} if audio_info(model) is not None else set())
+
+
+def keep_upload(run_dir: Path, upload: str, kind: str) -> str:
+    """An uploaded video or audio clip copied to RUN_DIR/chat/videos|audios/ under its content hash (Gradio's
+    upload folder is a cache; the chat log names this copy). Whether it decodes is the session's check
+    (``attach_video`` / ``attach_audio``), made before the model is asked."""
+    import hashlib
+    import shutil
+
+    if kind == "image":
+        return keep_image(run_dir, upload)
+    digest = hashlib.sha256(Path(upload).read_bytes()).hexdigest()[:16]
+    target = Path(run_dir) / "chat" / f"{kind}s" / f"{digest}{Path(upload).suffix.lower()}"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(upload, target)
+    return str(target)
 
 
 def run_sees_images(run_dir: Path) -> bool:
@@ -103,30 +144,36 @@ class _QueueWriter:
 
 
 def new_conversation() -> dict:
-    """What the page keeps of one model's conversation: the session's turns (with a VL session's ``<image>``
-    placeholders) and its images, in placeholder order."""
-    return {"turns": [], "images": []}
+    """What the page keeps of one model's conversation: the session's turns (with their ``<image>``,
+    ``<video>`` and ``<audio>`` placeholders) and its media, each in placeholder order."""
+    return {"turns": [], "images": [], "videos": [], "audios": []}
 
 
 def stream_reply(run_dir: Path, conversation: dict, user_text: str, system: Optional[str], base: bool = False,
                  image: Optional[str] = None, max_new_tokens: int = 256, temperature: float = 0.0,
-                 top_p: float = 1.0, checkpoint: Optional[str] = None) -> Iterator[str]:
-    """Yield the growing answer to ``user_text`` (with ``image`` attached, for a VL model) after the
-    ``conversation`` so far; once answered, ``conversation`` holds the session's turns and images."""
+                 top_p: float = 1.0, checkpoint: Optional[str] = None, video: Optional[str] = None,
+                 audio: Optional[str] = None) -> Iterator[str]:
+    """Yield the growing answer to ``user_text`` (with ``image`` / ``video`` attached for a VL model, ``audio``
+    for an audio model) after the ``conversation`` so far; once answered, ``conversation`` holds the
+    session's turns and media. DataError, before the model is asked, for a file the session cannot read."""
     from launcher.inference.chat_session import ChatSession, GenerationOptions
     from launcher.inference.prompts import prompt_renderer
 
-    model, tokenizer, cfg, _, device, vision = load(run_dir, base, checkpoint)
-    extra = {"vision": vision} if vision is not None else {}  # a text-only ChatSession takes no vision
+    model, tokenizer, cfg, _, device, vision, audio_data = load(run_dir, base, checkpoint)
     options = GenerationOptions(max_new_tokens=int(max_new_tokens), do_sample=bool(temperature and temperature > 0),
                                 temperature=float(temperature or 1.0), top_p=float(top_p or 1.0))
     session = ChatSession(model, tokenizer, prompt_renderer(tokenizer, cfg), device, options,
-                          system=system or None, **extra)
+                          system=system or None, vision=vision, audio=audio_data)
     session.history = [dict(m) for m in conversation["turns"]]
-    if vision is not None:
-        session.images = list(conversation["images"])
-        if image:
-            session.attach(image)
+    session.images = list(conversation.get("images", []))
+    session.videos = list(conversation.get("videos", []))
+    session.audios = list(conversation.get("audios", []))
+    if image:
+        session.attach(image)
+    if video:
+        session.attach_video(video)
+    if audio:
+        session.attach_audio(audio)
     pieces: "queue.Queue" = queue.Queue()
     done = object()
     result: dict = {}
@@ -150,8 +197,9 @@ def stream_reply(run_dir: Path, conversation: dict, user_text: str, system: Opti
     if "error" in result:
         raise result["error"]
     conversation["turns"] = session.history
-    conversation["images"] = list(getattr(session, "images", []))
-    log_turn(run_dir, base, system, user_text, result["answer"], result["prompt"], [image] if image else [])
+    conversation.update(images=list(session.images), videos=list(session.videos), audios=list(session.audios))
+    log_turn(run_dir, base, system, user_text, result["answer"], result["prompt"], [image] if image else [],
+             [video] if video else [], [audio] if audio else [])
     yield result["answer"]  # the cleaned answer (end-of-turn cut), as the history keeps it
 
 
@@ -163,11 +211,12 @@ def chat_log_path(run_dir: Path) -> Path:
 
 
 def log_turn(run_dir: Path, base: bool, system: Optional[str], user: str, answer: str, prompt: str,
-             images: list = ()) -> None:
+             images: list = (), videos: list = (), audios: list = ()) -> None:
     from launcher.inference.chat import TurnLog
 
     TurnLog(chat_log_path(run_dir)).write({"event": "turn", "source": "ui", "model": "base" if base else "trained",
                                            "system": system or None, "user": user, "images": list(images),
+                                           "videos": list(videos), "audios": list(audios),
                                            "assistant": answer, "prompt": prompt})
 
 

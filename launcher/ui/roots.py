@@ -59,8 +59,23 @@ def conf_dataset_dirs(conf_dir: Optional[Path] = None) -> list:
             data = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError):
             continue
-        dirs += [Path(d) if Path(d).is_absolute() else REPO_ROOT / d for d in found(data)]
+        for d in map(resolve_env, found(data)):
+            dirs.append(Path(d) if Path(d).is_absolute() else REPO_ROOT / d)
     return dirs
+
+
+def resolve_env(value: str) -> str:
+    """A conf value with ``${oc.env:VAR,default}`` in it as a run resolves it (LF's demo data folder is
+    ``${oc.env:LLAMAFACTORY_DATA,data/llamafactory}``); anything else unchanged."""
+    if "${" not in value:
+        return value
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return str(OmegaConf.create({"v": value}).v)
+    except OmegaConfBaseException:  # another interpolation: not a folder the page can know
+        return value
 
 
 def upload_folder() -> Path:

@@ -57,6 +57,25 @@ def private_upload_folder() -> str:
     return os.environ["GRADIO_TEMP_DIR"]
 
 
+def patient_url_ok(url: str, within_s: float = 120.0) -> bool:
+    """Gradio's start-up check that its own page answers, with patience: Gradio's (``networking.url_ok``) gives
+    up at the first 3 s timeout, and then ``launch`` refuses to start without a public share link; a busy
+    login node (load 25 on 2 cores, seen here) can take longer than that to answer its first request."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.head(url, timeout=10, verify=False).status_code in (200, 401, 301, 302, 303, 307, 308):
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
 def default_root() -> Path:
     from launcher.config.compose import compose_dict
 
@@ -80,7 +99,10 @@ def ui_main(argv: Optional[list] = None) -> int:
     app = build_app(root, data_roots=args.data_root)
     print(f"launcher ui: runs under {root}; http://{args.host}:{args.port}/"
           + (f" (login: user '{USER}')" if token else ""), flush=True)
+    from gradio import networking
     from starlette.middleware import Middleware
+
+    networking.url_ok = patient_url_ok
 
     from launcher.ui.login_gate import LoginGate
 

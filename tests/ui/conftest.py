@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SHARED_DEMO
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("LAUNCHER_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -31,7 +33,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_page(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 120) -> float:
+def wait_for_page(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 300) -> float:
     """Seconds until ``url`` answers 200; fails with the server's output if it dies first."""
     start = time.perf_counter()
     while time.perf_counter() - start < timeout_s:
@@ -51,6 +53,8 @@ def start_ui(root: Path, port: int, log: Path, extra_args: tuple = ()) -> subpro
     """``launcher ui`` as a user starts it; its output goes to ``log`` (a pipe nobody reads would block it)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
            "GRADIO_ANALYTICS_ENABLED": "False"}
+    if SHARED_DEMO.is_dir():  # LF's demo data (its videos and audio) for data=mllm_video_demo / mllm_audio_demo
+        env.setdefault("LLAMAFACTORY_DATA", str(SHARED_DEMO))
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "launcher", "ui", "--port", str(port), "--root", str(root),
                                  *extra_args], cwd=str(REPO_ROOT), env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -152,3 +152,25 @@ def test_a_text_run_does_not_see_images(tmp_path):
     run_dir = make_run_dir(tmp_path, "text")
     write_run_config(run_dir, compose_config([f"run.output_root={tmp_path}"]))
     assert run_sees_images(run_dir) is False
+
+
+def test_what_a_run_takes_and_where_uploads_are_kept(tmp_path):
+    """Images and videos for a VL run, audio for an audio run, nothing for a text run (from the config alone);
+    an uploaded video or clip is copied under RUN_DIR/chat/videos|audios/ once, by its content."""
+    from launcher.config.compose import compose_config
+    from launcher.launch.rundir import make_run_dir, write_run_config
+    from launcher.ui.after import keep_upload, run_takes
+
+    takes = {}
+    for model in ("tiny_qwen2", "tiny_qwen2_vl", "tiny_qwen2_audio"):
+        run_dir = make_run_dir(tmp_path, model)
+        write_run_config(run_dir, compose_config([f"model={model}", f"run.output_root={tmp_path}"], check=False))
+        takes[model] = run_takes(run_dir)
+    assert takes == {"tiny_qwen2": set(), "tiny_qwen2_vl": {"image", "video"}, "tiny_qwen2_audio": {"audio"}}
+    clip = tmp_path / "upload" / "Clip.MP4"
+    clip.parent.mkdir()
+    clip.write_bytes(b"frames")
+    kept = Path(keep_upload(tmp_path / "run", str(clip), "video"))
+    assert kept.parent == tmp_path / "run" / "chat" / "videos" and kept.suffix == ".mp4"
+    assert keep_upload(tmp_path / "run", str(clip), "video") == str(kept) and kept.read_bytes() == b"frames"
+    assert Path(keep_upload(tmp_path / "run", str(clip), "audio")).parent.name == "audios"

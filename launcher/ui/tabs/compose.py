@@ -12,6 +12,8 @@ from launcher.ui.roots import check_overrides
 from launcher.ui.tabs.page import Page, failure
 
 DATA_PREVIEW_MAX = 20
+AUDIO_PLAYERS = 4
+"""Audio players the data preview has (a page's components are fixed; further audios are listed, not played)."""
 
 
 def compose_defaults(groups: dict) -> dict:
@@ -50,6 +52,12 @@ class ComposeTab:
     data_stats: gr.Markdown
     data_text: gr.HighlightedText
     data_images: gr.Gallery
+    data_videos: gr.Image
+    """The videos' strips of sampled frames, one row each, in order."""
+    data_video_notes: gr.Markdown
+    """Per video, its row's caption: frames sampled, size, grid, video tokens."""
+    data_audios: list
+    """AUDIO_PLAYERS gr.Audio: the first audios as the model hears them, captioned with their counts."""
     args_path: gr.Textbox
     """Saved arguments: the YAML file Save writes and Load reads (``launcher train --args-file``); empty: the
     run name's file under ROOT/saved-args."""
@@ -139,8 +147,16 @@ def layout(t, options: dict, group_defaults: dict, initial: dict, model_choices:
                                                       for lang in ("en", "zh-CN")})
             data_images = gr.Gallery(label=t("data_images"), elem_id="data-images", columns=4, height=260,
                                      interactive=False, visible=False)  # shown for rows with images
+            # One image of the strips, one row per video (a Gallery of such wide images draws nothing in Gradio 6)
+            data_videos = gr.Image(label=t("data_videos"), elem_id="data-videos", type="pil", interactive=False,
+                                   visible=False, buttons=["fullscreen"])
+            data_video_notes = gr.Markdown(elem_id="data-video-notes", visible=False)
+            with gr.Row():
+                data_audios = [gr.Audio(type="filepath", interactive=False, visible=False, elem_id=f"data-audio-{k}")
+                               for k in range(AUDIO_PLAYERS)]
     return ComposeTab(group_boxes, field_boxes, section_rows, precision, run_name, free, sweep, preview_btn, submit_btn, data_btn, data_n,
                       status, command, verdict, plan, config_view, data_stats, data_text, data_images,
+                      data_videos, data_video_notes, data_audios,
                       args_path, save_btn, load_btn, args_result)
 
 
@@ -250,7 +266,7 @@ def wire(page: Page, tab: ComposeTab, last_defaults: gr.State, app: gr.Blocks) -
             overrides, _ = overrides_of(values)
             shown = actions.data_preview(overrides, n)
         except Exception as exc:  # noqa: BLE001
-            return failure(exc, lang), None, gr.update(value=None, visible=False)
+            return (failure(exc, lang), None, *[gr.update(value=None, visible=False)] * (3 + AUDIO_PLAYERS))
         trained = message("data_trained", lang)
         spans = []
         for sample in shown.samples:
@@ -259,6 +275,10 @@ def wire(page: Page, tab: ComposeTab, last_defaults: gr.State, app: gr.Blocks) -
                            trained=sample.trained)
             if sample.images:
                 head += message("data_images", lang, count=len(sample.images))
+            if sample.videos:
+                head += message("data_videos", lang, count=len(sample.videos))
+            if sample.audios:
+                head += message("data_audios", lang, count=len(sample.audios))
             spans.append((("\n" if spans else "") + f"── {head} ──\n", None))
             spans += [(text, trained if is_trained else None) for text, is_trained in sample.spans]
         stats = "  ".join(f"{k}={v}" for k, v in shown.stats.items()
@@ -266,12 +286,23 @@ def wire(page: Page, tab: ComposeTab, last_defaults: gr.State, app: gr.Blocks) -
         if shown.stats.get("template_note"):
             stats += "  \n" + str(shown.stats["template_note"])
         gallery = [(image, note.text(lang)) for image, note in shown.images if image is not None]
-        problems = [note.text(lang) for image, note in shown.images if image is None]
+        strips = [(strip, note.text(lang)) for strip, note in shown.videos if strip is not None]
+        notes = "  \n".join(f"[{k + 1}] {caption}" for k, (_, caption) in enumerate(strips))
+        clips = [(path, note.text(lang)) for path, note in shown.audios if path is not None]
+        problems = [note.text(lang) for item, note in shown.images + shown.videos + shown.audios if item is None]
+        if len(clips) > AUDIO_PLAYERS:
+            problems += [note for _, note in clips[AUDIO_PLAYERS:]]
+            problems.append(message("data_audio_more", lang, shown=AUDIO_PLAYERS, count=len(clips)))
+        players = [gr.update(value=path, label=caption, visible=True) for path, caption in clips[:AUDIO_PLAYERS]]
+        players += [gr.update(value=None, visible=False)] * (AUDIO_PLAYERS - len(players))
         text = message("data_stats", lang, count=len(shown.samples), stats=stats)
-        return "  \n".join([text] + problems), spans, gr.update(value=gallery or None, visible=bool(gallery))
+        return ("  \n".join([text] + problems), spans, gr.update(value=gallery or None, visible=bool(gallery)),
+                gr.update(value=actions.stack_strips([strip for strip, _ in strips]) if strips else None,
+                          visible=bool(strips)),
+                gr.update(value=notes, visible=bool(strips)), *players)
 
     on(tab.data_btn.click, on_data_preview, form_inputs[:-1] + [tab.data_n],
-       [tab.data_stats, tab.data_text, tab.data_images])
+       [tab.data_stats, tab.data_text, tab.data_images, tab.data_videos, tab.data_video_notes, *tab.data_audios])
 
 
 FORM_STORE = "launcher-ui-form"

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", action="append", default=[], metavar="DIR",
                         help="a folder whose datasets the page may preview and train on, besides the data folders"
                              " of conf/data (repeatable)")
+    parser.add_argument("--max-upload-mb", type=float, default=256,
+                        help="largest file a browser may upload (chat images, videos, audio; default 256 MB)")
     parser.add_argument("--token", default=None, help=f"login password (user '{USER}'); better: set {TOKEN_ENV}")
     return parser
 
@@ -108,6 +110,8 @@ def ui_main(argv: Optional[list] = None) -> int:
 
     app.queue(default_concurrency_limit=4).launch(
         server_name=args.host, server_port=args.port, auth=(USER, token) if token else None, share=False,
+        # A bound on what a browser may send: Gradio's own default is no limit at all.
+        max_file_size=int(args.max_upload_mb * 2**20),
         inbrowser=False, quiet=True, show_error=True, i18n=app.launcher_i18n, footer_links=["settings"],
         app_kwargs={"middleware": [Middleware(LoginGate)]},
     )

@@ -23,6 +23,8 @@ CHROMIUM = os.environ.get("LAUNCHER_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 SHOTS = REPO_ROOT / "docs" / "ui"
+UPLOAD_LIMIT_MB = 16
+"""The session server's --max-upload-mb: above every file the tests upload, low enough to test cheaply."""
 """Where the README's screenshots live. Tests write there only when LAUNCHER_UI_SCREENSHOTS=1 (to refresh them);
 otherwise to a temporary folder, so that a test run leaves the checkout as it found it."""
 
@@ -84,7 +86,7 @@ def ui_server(request, ui_root):
         pass
     port = free_port()
     log = ui_root.parent / "ui-server.log"
-    proc = start_ui(ui_root, port, log)
+    proc = start_ui(ui_root, port, log, extra_args=("--max-upload-mb", str(UPLOAD_LIMIT_MB)))
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_for_page(url, proc, log)

@@ -49,6 +49,8 @@ class AudioData:
     audio_pad: str = "<|AUDIO|>"
     ids: dict = field(default_factory=dict)
     """Token ids of audio_bos, audio_eos, audio_pad (filled by ``with_tokenizer``)."""
+    use_audio_in_video: bool = False
+    """data.use_audio_in_video (the Qwen2.5-Omni thinker: launcher.data.omni)."""
 
     @property
     def max_seconds(self) -> float:
@@ -60,15 +62,17 @@ class AudioData:
             token = getattr(self, key)
             token_id = tokenizer.convert_tokens_to_ids(token)
             if token_id is None or token_id == tokenizer.unk_token_id:
-                raise DataError(f"model.tokenizer: has no {token} token; a Qwen2-Audio model needs its own tokenizer"
-                                " (model.tokenizer=builtin:qwen2_audio for a random-init one)")
+                raise DataError(f"model.tokenizer: has no {token} token; a Qwen2-Audio or Qwen2.5-Omni model needs its"
+                                " own tokenizer (model.tokenizer=builtin:qwen2_audio or builtin:qwen2_5_omni for a"
+                                " random-init one)")
             self.ids[key] = token_id
         return self
 
     def fingerprint(self) -> dict:
         f = self.feature_extractor
         return {"class": type(f).__name__, "bins": f.feature_size, "rate": f.sampling_rate, "hop": f.hop_length,
-                "n_fft": f.n_fft, "chunk": f.chunk_length, "resample_to": self.sampling_rate}
+                "n_fft": f.n_fft, "chunk": f.chunk_length, "resample_to": self.sampling_rate,
+                **({"in_video": True} if self.use_audio_in_video else {})}
 
 
 @dataclass(frozen=True)

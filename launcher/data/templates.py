@@ -27,8 +27,8 @@ from launcher.errors import DataError
 from launcher.data.formats import ANSWER_ROLES
 
 NAMED_TEMPLATES = ("chatml", "qwen", "qwen3_nothink", "llama3", "mistral", "plain", "qwen2_vl", "qwen3_vl",
-                   "qwen3_vl_nothink", "qwen2_audio")
-IMAGE_TEMPLATES = ("qwen2_vl", "qwen3_vl", "qwen3_vl_nothink")
+                   "qwen3_vl_nothink", "qwen2_audio", "qwen2_omni")
+IMAGE_TEMPLATES = ("qwen2_vl", "qwen3_vl", "qwen3_vl_nothink", "qwen2_omni")
 """Named templates with an image slot (LLaMA-Factory's names): ChatML whose user turns carry vision spans.
 qwen2_vl (Qwen2-VL, Qwen2.5-VL) adds LF's default system prompt; qwen3_vl starts every answer that has no
 think block with an empty one, trained (LF's ReasoningTemplate with enable_thinking, its default);

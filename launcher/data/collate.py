@@ -291,7 +291,8 @@ def collate_omni_rows(rows: list[dict], pad_token_id: int, attn_implementation: 
             [s for r in rows for s in (r.get("video_second_per_grid") or [])], dtype=torch.float32)
     sources = [p for r in rows for p in (r.get("audios") or [])]
     if sources:
-        batch.update(load_audio_features(sources, [g for r in rows for g in (r.get("audio_grid") or [])], audio))
+        batch.update(load_audio_features(sources, [g for r in rows for g in (r.get("audio_grid") or [])], audio,
+                                         pad_to_chunk=False))
     if audio.use_audio_in_video and videos:
         batch["use_audio_in_video"] = True
     return batch

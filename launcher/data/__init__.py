@@ -337,6 +337,9 @@ def build_datasets(cfg: Config, tokenizer, *, attn_implementation: Optional[str]
     kind = data_kind(train_specs + eval_specs)
     vision, info = vision_data(cfg, tokenizer)
     audio, audio_model = audio_data(cfg, tokenizer)
+    if vision is not None and audio is not None and data.packing:
+        raise DataError("data.packing: packed rows are not supported for the Qwen2.5-Omni thinker (it computes its"
+                        " positions per row); set data.packing=false")
     info = info or audio_model
     renderer, note = choose_renderer(tokenizer, template_request(data, kind, info, tokenizer))
     if progress is None:

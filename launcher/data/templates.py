@@ -34,7 +34,8 @@ qwen2_vl (Qwen2-VL, Qwen2.5-VL) adds LF's default system prompt; qwen3_vl starts
 think block with an empty one, trained (LF's ReasoningTemplate with enable_thinking, its default);
 qwen3_vl_nothink is LF's plain copy of the qwen template (no think block added, no default system)."""
 DEFAULT_SYSTEM = {"qwen": "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
-                  "qwen2_vl": "You are a helpful assistant.", "qwen2_audio": "You are a helpful assistant."}
+                  "qwen2_vl": "You are a helpful assistant.", "qwen2_audio": "You are a helpful assistant.",
+                  "qwen2_omni": "You are a helpful assistant."}
 """LLaMA-Factory's default_system of the templates of that name: used when a conversation has no system prompt or an
 empty one (LF: ``system or default_system``). chatml, qwen3_nothink and the others have none."""
 EMPTY_THINK = "<think>\n\n</think>\n\n"

@@ -175,6 +175,10 @@ def save_audio_files(out_dir: Path, cfg) -> None:
     info = audio_info(cfg.model)
     if info is None:
         return
+    if info.family == "qwen2_5_omni_thinker":
+        from launcher.models.omni import save_omni_files
+
+        return save_omni_files(out_dir, build_feature_extractor(info))
     out_dir = Path(out_dir)
     (out_dir / "chat_template.jinja").write_text(_CHAT_TEMPLATE)
     extractor = build_feature_extractor(info)

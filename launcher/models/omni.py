@@ -89,3 +89,38 @@ def omni_vision_info(model_cfg):
         return None
     folder = model_cfg.name_or_path if model_cfg.name_or_path and Path(model_cfg.name_or_path).is_dir() else None
     return VisionModelInfo(OMNI_ARCH, OMNI_TEMPLATE, folder)
+
+
+CHAT_TEMPLATE = (
+    # Qwen2.5-Omni's released template's media parts (one pad token each, which the processor expands), with
+    # LF's qwen2_omni default system prompt. Plain-string contents render as training did.
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nDEFAULT_SYSTEM<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'audio' or 'audio' in part or 'audio_url' in part %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+    "{% elif part['type'] == 'image' or 'image' in part or 'image_url' in part %}<|vision_bos|><|IMAGE|><|vision_eos|>"
+    "{% elif part['type'] == 'video' or 'video' in part %}<|vision_bos|><|VIDEO|><|vision_eos|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def save_omni_files(out_dir: Path, feature_extractor) -> None:
+    """preprocessor_config.json (the feature extractor's and the image processor's values in one file, as
+    Qwen2.5-Omni ships it, processor_class Qwen2_5OmniProcessor) and a chat template with audio, image and
+    video slots beside a saved thinker."""
+    from launcher.data.templates import DEFAULT_SYSTEM
+
+    out_dir = Path(out_dir)
+    (out_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE.replace("DEFAULT_SYSTEM", DEFAULT_SYSTEM[OMNI_TEMPLATE]))
+    feature_extractor.save_pretrained(out_dir)
+    config_file = out_dir / "preprocessor_config.json"
+    saved = json.loads(config_file.read_text())
+    image = dict(RELEASED_IMAGE_PROCESSOR)
+    saved.update(image, min_pixels=image["size"]["shortest_edge"], max_pixels=image["size"]["longest_edge"],
+                 image_processor_type="Qwen2VLImageProcessor", processor_class="Qwen2_5OmniProcessor")
+    config_file.write_text(json.dumps(saved, indent=2) + "\n")

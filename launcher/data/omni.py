@@ -20,7 +20,7 @@ import re
 from typing import Sequence
 
 from launcher.errors import DataError
-from launcher.data.audio import AUDIO_PLACEHOLDER, AudioData, AudioPlan, audio_text, sample_audios
+from launcher.data.audio import AUDIO_PLACEHOLDER, AudioData, audio_text, sample_audios
 from launcher.data.video import VIDEO_PLACEHOLDER
 from launcher.data.vision import (IGNORE_INDEX, IMAGE_PLACEHOLDER, VisionData, image_token_count, sample_grids,
                                   sample_videos)
@@ -171,6 +171,3 @@ def tokenize_omni_sample(tokenizer, renderer, sample: dict, cutoff_len: int, tra
         rows.append(row)
     return rows, dropped
 
-
-def describe_audio(plans: Sequence[AudioPlan]) -> list[str]:
-    return [f"{p.seconds:.2f} s, {p.frames} frames -> {p.tokens} tokens" for p in plans]

@@ -147,3 +147,21 @@ def test_trains_on_mllm_video_audio_demo(tmp_path, method):
     assert saved["patch_size"] == 14 and saved["feature_size"] == 128
     template = (run_dir / "model" / "chat_template.jinja").read_text()
     assert "<|vision_bos|><|VIDEO|><|vision_eos|>" in template and "<|audio_bos|><|AUDIO|><|audio_eos|>" in template
+
+
+@needs_demo
+def test_dry_run_passes_the_demo_and_names_a_bad_pair(tmp_path, clip_dir):
+    """The dry run (check_datasets) takes LF's video+audio demo for the thinker, and names a video without its
+    audio under use_audio_in_video."""
+    from launcher.checks.data import check_datasets
+    from launcher.checks.problems import Problems
+
+    problems = Problems()
+    check_datasets(problems, vl_config(MODEL, DEMO, ["mllm_video_audio_demo"], use_audio_in_video=True))
+    assert not problems.errors, problems.errors
+    (tmp_path / "v.mp4").symlink_to(clip_dir / "v.mp4")
+    _write(tmp_path, [{"messages": turn("<video>What?"), "videos": ["v.mp4"]}])
+    problems = Problems()
+    check_datasets(problems, vl_config(MODEL, tmp_path, ["d"], use_audio_in_video=True))
+    assert any(re.search(r"row 0: data.use_audio_in_video pairs each video with an audio", str(p))
+               for p in problems.errors), problems.errors

@@ -165,3 +165,11 @@ def test_dry_run_passes_the_demo_and_names_a_bad_pair(tmp_path, clip_dir):
     check_datasets(problems, vl_config(MODEL, tmp_path, ["d"], use_audio_in_video=True))
     assert any(re.search(r"row 0: data.use_audio_in_video pairs each video with an audio", str(p))
                for p in problems.errors), problems.errors
+
+
+def test_preflight_knows_the_thinker():
+    """model.arch qwen2_5_omni_thinker lives in transformers' qwen2_5_omni folder; builtin:qwen2_5_omni is built in."""
+    from launcher.checks.model import BUILTIN_TOKENIZERS, check_random_init_arch
+
+    check_random_init_arch("qwen2_5_omni_thinker")
+    assert "builtin:qwen2_5_omni" in BUILTIN_TOKENIZERS

@@ -92,7 +92,7 @@ def check_pairs(messages: Sequence[dict], n_videos: int, n_audios: int, where: s
                                 f" its {VIDEO_PLACEHOLDER}")
 
 
-def expand_omni(messages: list[dict], image_counts: list[int], video_texts: list[str], audio_texts: list[str],
+def expand_omni(messages: list[dict], image_texts: list[str], video_texts: list[str], audio_texts: list[str],
                 use_audio_in_video: bool) -> list[dict]:
     """A copy of the messages with each placeholder replaced, in text order (kind by kind, as LF counts them);
     with use_audio_in_video the video's text holds its audio and the ``<audio>`` after it is removed."""
@@ -103,7 +103,7 @@ def expand_omni(messages: list[dict], image_counts: list[int], video_texts: list
             pieces.append(m["content"][last: match.start()])
             last = match.end()
             if match.group() == IMAGE_PLACEHOLDER:
-                pieces.append(image_counts[k])
+                pieces.append(image_texts[k])
                 k += 1
             elif match.group() == VIDEO_PLACEHOLDER:
                 pieces.append(video_texts[v])
@@ -114,7 +114,7 @@ def expand_omni(messages: list[dict], image_counts: list[int], video_texts: list
             else:
                 pieces.append(audio_texts[a])
                 a += 1
-        out.append(dict(m, content="".join(str(p) for p in pieces) + m["content"][last:]))
+        out.append(dict(m, content="".join(pieces) + m["content"][last:]))
     return out
 
 

@@ -50,13 +50,43 @@ def test_rows_equal_llamafactory(case):
 
 def test_interleaved_chunks_and_thinker_positions():
     """use_audio_in_video: a 5 s video at 2 fps (5 temporal patches of 1 s) and 5 s of audio interleave in 2 s
-    chunks of 50 time positions; the thinker's own get_rope_index reads the span (video then audio per chunk)."""
+    chunks of 50 time positions; the thinker's own get_rope_index gives the span's video tokens their patch
+    times and its audio tokens their index (so our chunk order is the one it lays out)."""
     from launcher.data.omni import chunked_index, video_token_times
 
     times = video_token_times([5, 4, 4], 1.0, 2)  # 4 tokens per temporal patch
     assert times == [0] * 4 + [25] * 4 + [50] * 4 + [75] * 4 + [100] * 4
     assert chunked_index(times) == [(0, 8), (8, 16), (16, 20)]
     assert chunked_index(list(range(125))) == [(0, 50), (50, 100), (100, 125)]
+    # the thinker's own get_rope_index (no weights: it reads only the config) on the span our text makes
+    import types
+
+    import torch
+    from transformers import AutoConfig
+    from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import (
+        Qwen2_5OmniPreTrainedModelForConditionalGeneration as Thinker)
+
+    from launcher.data.omni import interleaved_text
+    from tests.vl.helpers import model_yaml
+
+    bundle_tokens = tokenizer_for(MODEL)
+    vision = types.SimpleNamespace(vision_start="<|vision_bos|>", vision_end="<|vision_eos|>", video_pad="<|VIDEO|>")
+    audio = types.SimpleNamespace(audio_bos="<|audio_bos|>", audio_eos="<|audio_eos|>", audio_pad="<|AUDIO|>")
+    text = "Hi" + interleaved_text(20, times, 125, vision, audio) + "?"
+    ids = bundle_tokens(text)["input_ids"]
+    config = AutoConfig.for_model("qwen2_5_omni_thinker", **model_yaml(MODEL)["config"])
+    index = types.SimpleNamespace(config=config, spatial_merge_size=2)
+    for name in ("get_llm_pos_ids_for_vision", "get_chunked_index"):
+        setattr(index, name, types.MethodType(getattr(Thinker, name), index))
+    positions, _ = Thinker.get_rope_index(index, torch.tensor([ids]), video_grid_thw=torch.tensor([[5, 4, 4]]),
+                                          attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                          use_audio_in_video=True, audio_seqlens=torch.tensor([500]),
+                                          second_per_grids=torch.tensor([1.0]))
+    temporal = positions[0, 0].tolist()
+    ids_t = torch.tensor(ids)
+    start = temporal[ids.index(151647)] + 1  # after <|vision_bos|><|audio_bos|>, which share one position
+    assert [temporal[i] - start for i in torch.nonzero(ids_t == 151656).flatten().tolist()] == times
+    assert [temporal[i] - start for i in torch.nonzero(ids_t == 151646).flatten().tolist()] == list(range(125))
 
 
 @pytest.fixture(scope="module")

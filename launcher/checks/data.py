@@ -82,7 +82,10 @@ def media_checker(cfg: Config) -> Callable:
 
     from launcher.models.audio import audio_info
 
-    info = vision_info(cfg.model)
+    from launcher.models.omni import omni_vision_info
+
+    omni = omni_vision_info(cfg.model)  # the Qwen2.5-Omni thinker: images, videos and audio in one row
+    info = vision_info(cfg.model) or omni
     audio_model = audio_info(cfg.model)
     # as training asks for it (launcher.data.template_request): unset/auto is the VL family's own template
     template = None if cfg.data.template in (None, "auto") else cfg.data.template
@@ -93,8 +96,13 @@ def media_checker(cfg: Config) -> Callable:
 
     def check(sample: dict, where: str) -> None:
         nonlocal vision, audio
-        check_media(sample, template, image_slot, info is not None, cfg.model.name_or_path or cfg.model.name, where,
-                    info.template if info is not None else None, audio_model=audio_model is not None)
+        if omni is None:
+            check_media(sample, template, image_slot, info is not None, cfg.model.name_or_path or cfg.model.name,
+                        where, info.template if info is not None else None, audio_model=audio_model is not None)
+        elif cfg.data.use_audio_in_video and sample.get("videos"):
+            from launcher.data.omni import check_pairs
+
+            check_pairs(sample["messages"], len(sample["videos"]), len(sample.get("audios") or []), where)
         if sample.get("audios") and opened[0] < IMAGE_FILE_ROWS:
             # each audio decoded (its exact length): missing, unreadable, empty, longer than the model hears or
             # than data.cutoff_len alone

@@ -84,9 +84,13 @@ def check_hub_model(problems, cfg: Config) -> None:
     )
 
 
-BUILTIN_TOKENIZERS = ("builtin:chars", "builtin:qwen", "builtin:qwen2_audio")  # all carry a chat template
+BUILTIN_TOKENIZERS = ("builtin:chars", "builtin:qwen", "builtin:qwen2_audio",  # all carry a chat template
+                      "builtin:qwen2_5_omni")
 # Vocab sizes of the builtin tokenizers, for the memory estimate of random-init models.
-BUILTIN_VOCAB = {"builtin:chars": 512, "builtin:qwen": 151_669, "builtin:qwen2_audio": 151_669}
+BUILTIN_VOCAB = {"builtin:chars": 512, "builtin:qwen": 151_669, "builtin:qwen2_audio": 151_669,
+                 "builtin:qwen2_5_omni": 151_669}
+SUBMODEL_FOLDERS = {"qwen2_5_omni_thinker": "qwen2_5_omni"}
+"""model_types that live in another model's folder of transformers (the Omni thinker in qwen2_5_omni/)."""
 
 
 # ------------------------------------------------------------------------------------- config
@@ -98,7 +102,8 @@ def check_random_init_arch(arch: str) -> None:
     import importlib.util
 
     spec = importlib.util.find_spec("transformers")
-    known = spec is not None and spec.origin and (Path(spec.origin).parent / "models" / arch.replace("-", "_")).is_dir()
+    folder = SUBMODEL_FOLDERS.get(arch, arch.replace("-", "_"))
+    known = spec is not None and spec.origin and (Path(spec.origin).parent / "models" / folder).is_dir()
     if not known:
         raise ConfigError(f"model.arch: '{arch}' is not a transformers model_type (e.g. qwen2, llama, mistral)")
 

@@ -74,8 +74,6 @@ UNSUPPORTED = {
     "predict_with_generate": "not supported in training: run `launcher predict RUN_DIR` after training",
     "neftune_noise_alpha": "not supported yet: NEFTune; remove the key",
     "upcast_layernorm": "not supported: remove the key",
-    "use_audio_in_video": "not supported: a video's audio track interleaved with its frames is the Qwen2.5-Omni"
-                          " thinker's, which is not supported (audio trains Qwen2-Audio); remove the key",
     "audio_sampling_rate": "not supported: audio is resampled to the model's feature extractor's rate (16 kHz for"
                            " Qwen2-Audio, LF's default; another rate fails in its feature extractor); remove the key",
     "mixture_of_depths": "not supported: mixture-of-depths (LLaMA-Factory converts the model with the MoD package,"
@@ -89,7 +87,8 @@ VISION_KEYS = {"image_max_pixels": "data.image_max_pixels", "image_min_pixels": 
                "freeze_multi_modal_projector": "model.freeze_projector",
                "freeze_language_model": "model.freeze_language_model",
                "video_max_pixels": "data.video_max_pixels", "video_min_pixels": "data.video_min_pixels",
-               "video_fps": "data.video_fps", "video_maxlen": "data.video_maxlen"}
+               "video_fps": "data.video_fps", "video_maxlen": "data.video_maxlen",
+               "use_audio_in_video": "data.use_audio_in_video"}
 
 STAGES = {"sft": "sft", "dpo": "dpo", "kto": "kto", "pt": "pt", "rm": "rm", "ppo": "ppo"}
 # (stage, finetuning_type) -> our method option; a finetuning kind the option does not name is set on top.

@@ -119,6 +119,10 @@ class DataConfig:
     """VL videos: frames sampled per second of video (evenly spread), at most video_maxlen in all."""
     video_maxlen: int = 128
     """VL videos: the most frames sampled from one video (LLaMA-Factory's default); lower it for long videos."""
+    use_audio_in_video: bool = False
+    """Qwen2.5-Omni thinker: each ``<video>`` and the ``<audio>`` after it (the video's sound: its own file, or a
+    separate one) become one span, frames and audio interleaved in 2 s chunks with time-aligned positions
+    (LLaMA-Factory's use_audio_in_video); rows need as many audios as videos."""
 
 
 @dataclass
@@ -978,7 +982,8 @@ def check_combinations(cfg: Config) -> None:
     _choice(d.mix_strategy, ("concat", "interleave"), "data.mix_strategy")
     if d.template is not None:
         _choice(d.template, ("auto", "chatml", "qwen", "qwen3_nothink", "llama3", "mistral", "plain", "qwen2_vl",
-                               "qwen3_vl", "qwen3_vl_nothink", "qwen2_audio"), "data.template")
+                               "qwen3_vl", "qwen3_vl_nothink", "qwen2_audio", "qwen2_omni"),
+                "data.template")
     _choice(cfg.model.dtype, ("auto", "float32", "bfloat16", "float16"), "model.dtype")
     _choice(
         cfg.model.attn_implementation,

@@ -337,6 +337,9 @@ def build_datasets(cfg: Config, tokenizer, *, attn_implementation: Optional[str]
     kind = data_kind(train_specs + eval_specs)
     vision, info = vision_data(cfg, tokenizer)
     audio, audio_model = audio_data(cfg, tokenizer)
+    if vision is not None and audio is not None and data.packing:
+        raise DataError("data.packing: packed rows are not supported for the Qwen2.5-Omni thinker (it computes its"
+                        " positions per row); set data.packing=false")
     info = info or audio_model
     renderer, note = choose_renderer(tokenizer, template_request(data, kind, info, tokenizer))
     if progress is None:
@@ -364,14 +367,15 @@ def build_datasets(cfg: Config, tokenizer, *, attn_implementation: Optional[str]
     attn = resolve_attn_implementation(attn_implementation or cfg.model.attn_implementation)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rope_index = None
-    if vision is not None:
+    if vision is not None and audio is None:  # (the Omni thinker computes its positions in its forward)
         from launcher.models.vision import model_config, rope_index_for
 
         rope_index = rope_index_for(model_config(cfg.model))
     return DataBundle(train, eval_rows, meta["eval_samples"],
                       # VL: a batch without images runs a zero-weight dummy image, so that every rank runs the
                       # vision tower (ZeRO-3/FSDP gather in forward, DDP expects the same used parameters)
-                      make_collate(kind, pad_id, attn, vision, rope_index, dummy_image=vision is not None,
+                      make_collate(kind, pad_id, attn, vision, rope_index,
+                                   dummy_image=vision is not None and audio is None,
                                    cutoff_len=data.cutoff_len, audio=audio),
                       stats, kind=kind, packed=data.packing and kind in PACKABLE_KINDS, attn_implementation=attn,
                       pad_token_id=pad_id, vision=vision, rope_index=rope_index,
@@ -387,7 +391,11 @@ def audio_data(cfg: Config, tokenizer):
     if info is None:
         return None, None
     extractor = build_feature_extractor(info)
-    return AudioData(extractor, extractor.sampling_rate).with_tokenizer(tokenizer), info
+    if cfg.data.use_audio_in_video and info.family != "qwen2_5_omni_thinker":
+        raise DataError(f"data.use_audio_in_video: only the Qwen2.5-Omni thinker takes a video with its audio;"
+                        f" model '{cfg.model.name_or_path or cfg.model.name}' is {info.family}: set it to false")
+    audio = AudioData(extractor, extractor.sampling_rate, use_audio_in_video=cfg.data.use_audio_in_video)
+    return audio.with_tokenizer(tokenizer), info
 
 
 def audio_stats(folder: Path, records: np.ndarray) -> dict:
@@ -412,7 +420,16 @@ def vision_data(cfg: Config, tokenizer):
 
     info = vision_info(cfg.model)
     if info is None:
-        return None, None
+        from launcher.models.omni import TOKENS, omni_vision_info
+
+        info = omni_vision_info(cfg.model)
+        if info is None:
+            return None, None
+        vision = VisionData(build_image_processor(info), cfg.data.image_max_pixels, cfg.data.image_min_pixels,
+                            vision_start=TOKENS["vision_start"], vision_end=TOKENS["vision_end"],
+                            image_pad=TOKENS["image_pad"], video_pad=TOKENS["video_pad"],
+                            video=video_settings(cfg, info))
+        return vision.with_tokenizer(tokenizer), info
     if cfg.data.image_min_pixels > cfg.data.image_max_pixels:
         raise DataError(f"data.image_min_pixels ({cfg.data.image_min_pixels}) is above data.image_max_pixels"
                         f" ({cfg.data.image_max_pixels}); lower it")

@@ -49,6 +49,8 @@ class AudioData:
     audio_pad: str = "<|AUDIO|>"
     ids: dict = field(default_factory=dict)
     """Token ids of audio_bos, audio_eos, audio_pad (filled by ``with_tokenizer``)."""
+    use_audio_in_video: bool = False
+    """data.use_audio_in_video (the Qwen2.5-Omni thinker: launcher.data.omni)."""
 
     @property
     def max_seconds(self) -> float:
@@ -60,15 +62,17 @@ class AudioData:
             token = getattr(self, key)
             token_id = tokenizer.convert_tokens_to_ids(token)
             if token_id is None or token_id == tokenizer.unk_token_id:
-                raise DataError(f"model.tokenizer: has no {token} token; a Qwen2-Audio model needs its own tokenizer"
-                                " (model.tokenizer=builtin:qwen2_audio for a random-init one)")
+                raise DataError(f"model.tokenizer: has no {token} token; a Qwen2-Audio or Qwen2.5-Omni model needs its"
+                                " own tokenizer (model.tokenizer=builtin:qwen2_audio or builtin:qwen2_5_omni for a"
+                                " random-init one)")
             self.ids[key] = token_id
         return self
 
     def fingerprint(self) -> dict:
         f = self.feature_extractor
         return {"class": type(f).__name__, "bins": f.feature_size, "rate": f.sampling_rate, "hop": f.hop_length,
-                "n_fft": f.n_fft, "chunk": f.chunk_length, "resample_to": self.sampling_rate}
+                "n_fft": f.n_fft, "chunk": f.chunk_length, "resample_to": self.sampling_rate,
+                **({"in_video": True} if self.use_audio_in_video else {})}
 
 
 @dataclass(frozen=True)
@@ -311,9 +315,15 @@ def tokenize_audio_sample(tokenizer, renderer, sample: dict, cutoff_len: int, tr
 # --------------------------------------------------------------------------------------- features
 
 
-def load_audio_features(sources: list[str], grids: list, audio: AudioData) -> dict:
+def load_audio_features(sources: list[str], grids: list, audio: AudioData, pad_to_chunk: bool = True) -> dict:
     """{input_features [n, bins, frames of 30 s], feature_attention_mask [n, frames]} for the audios of a batch,
-    in order (LF's ``_get_mm_inputs``: padded to the chunk); each must make the frames its tokens were counted for."""
+    in order (LF's ``_get_mm_inputs``: padded to the chunk); each must make the frames its tokens were counted for.
+
+    ``pad_to_chunk=False`` (the Qwen2.5-Omni thinker, whose tower reads only the masked frames, in windows of any
+    count): padded with zeros to the batch's longest audio plus 10 frames instead of the 300 s chunk, 50x less
+    log-mel work for short clips. The unmasked frames are the same numbers as with the chunk: each sees the same
+    zeros past its audio's end (the STFT window is 400 samples), and the log-mel's clamp (max - 8) takes its
+    maximum from the audio's frames either way."""
     import numpy as np
     import torch
 
@@ -327,8 +337,10 @@ def load_audio_features(sources: list[str], grids: list, audio: AudioData) -> di
                             f" {grid[0]}; the file changed since the data was cached: delete the data cache"
                             " (data.cache_dir) and rerun")
         waves.append(wave)
+    hop = audio.feature_extractor.hop_length
+    length = {} if pad_to_chunk else {"max_length": (max(len(w) for w in waves) // hop + 10) * hop}
     out = audio.feature_extractor(waves, sampling_rate=audio.sampling_rate, return_attention_mask=True,
-                                  padding="max_length", return_tensors="np")
+                                  padding="max_length", return_tensors="np", **length)
     mask = torch.from_numpy(np.asarray(out["attention_mask"])).long()
     expected = [int(g[1]) for g in grids]
     if mask.sum(-1).tolist() != expected:

@@ -61,7 +61,7 @@ def split_segments(row: dict) -> list[dict]:
 
 def compress_image_runs(text: str) -> str:
     """Runs of image (and video) pad tokens as ``<|image_pad|>*N``."""
-    for pad in ("<|image_pad|>", "<|video_pad|>", "<|AUDIO|>"):
+    for pad in ("<|image_pad|>", "<|video_pad|>", "<|AUDIO|>", "<|IMAGE|>", "<|VIDEO|>"):  # (the last two: Omni's)
         text = re.sub(f"(?:{re.escape(pad)})+", lambda m, pad=pad: f"{pad}*{m.group(0).count(pad)}", text)
     return text
 

@@ -266,11 +266,49 @@ def collate_audio_rows(rows: list[dict], pad_token_id: int, attn_implementation:
     return batch
 
 
+def collate_omni_rows(rows: list[dict], pad_token_id: int, attn_implementation: str, vision, audio) -> dict:
+    """Qwen2.5-Omni thinker rows -> a batch: ``collate_rows``' batch plus the images' pixels, the videos' frames
+    (and video_second_per_grid), the audios' features, and use_audio_in_video. No position ids: the thinker
+    computes its time-aligned 3-D positions from these in its forward (its get_rope_index needs the audio
+    feature lengths, which only the features give), so the batch leaves them out."""
+    from launcher.data.audio import load_audio_features
+    from launcher.data.vision import load_pixels
+
+    if any("segment_lengths" in r for r in rows):
+        raise ValueError("packed rows are not supported for the Qwen2.5-Omni thinker (data.packing=false)")
+    batch = collate_rows(rows, pad_token_id, attn_implementation)
+    batch.pop("position_ids", None)
+    paths = [p for r in rows for p in (r.get("images") or [])]
+    if paths:
+        batch.update(load_pixels(paths, [g for r in rows for g in (r.get("image_grid_thw") or [])], vision))
+    videos = [p for r in rows for p in (r.get("videos") or [])]
+    if videos:  # decoded here, per batch, in the data-loader workers (launcher/data/video.py)
+        from launcher.data.video import load_video_pixels
+
+        batch.update(load_video_pixels(videos, [g for r in rows for g in (r.get("video_grid_thw") or [])],
+                                       vision.video))
+        batch["video_second_per_grid"] = torch.tensor(
+            [s for r in rows for s in (r.get("video_second_per_grid") or [])], dtype=torch.float32)
+    sources = [p for r in rows for p in (r.get("audios") or [])]
+    if sources:
+        batch.update(load_audio_features(sources, [g for r in rows for g in (r.get("audio_grid") or [])], audio,
+                                         pad_to_chunk=False))
+    if audio.use_audio_in_video and videos:
+        batch["use_audio_in_video"] = True
+    return batch
+
+
 def make_collate(kind: str, pad_token_id: int, attn_implementation: str = "sdpa", vision=None, rope_index=None,
                  dummy_image: bool = False, cutoff_len: Optional[int] = None, audio=None) -> Callable[[list[dict]], dict]:
     """The collate function for rows of ``kind`` (sft, pt, preference or kto; KTO's KL rows cut at cutoff_len);
     with ``vision`` (a VisionData) and ``rope_index`` (``launcher.models.vision.rope_index_for``), for a VL
     model's rows; with ``audio`` (an AudioData), for an audio model's."""
+    if audio is not None and vision is not None:  # the Qwen2.5-Omni thinker
+        if kind != "sft":
+            raise ValueError(f"{kind} data is not supported for the Qwen2.5-Omni thinker; use SFT (method=sft_lora or"
+                             " sft_full)")
+        return partial(collate_omni_rows, pad_token_id=pad_token_id, attn_implementation=attn_implementation,
+                       vision=vision, audio=audio)
     if audio is not None:
         if kind == "kto":
             raise ValueError("KTO with audio is not supported; use method=dpo or dpo_lora for audio preference data")

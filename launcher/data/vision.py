@@ -158,9 +158,9 @@ def check_media(sample: dict, template: str, image_slot: bool, vision_model: boo
     """Media the model or template cannot take: one line naming the row and what to do."""
     if sample.get("audios") and (sample.get("videos") or sample.get("images")):
         raise DataError(f"{where}: the row has audios and {'videos' if sample.get('videos') else 'images'}: a model"
-                        " that takes both (the Qwen2.5-Omni thinker, LF's mllm_video_audio_demo) is not supported;"
-                        " drop one column from dataset_info.json (audio trains Qwen2-Audio, images and videos the"
-                        " Qwen-VL models)")
+                        " that takes both (the Qwen2.5-Omni thinker, LF's mllm_video_audio_demo) is needed: use"
+                        " model=tiny_qwen2_5_omni (or model=hf with a Qwen2.5-Omni thinker), or drop one column from"
+                        " dataset_info.json (audio trains Qwen2-Audio, images and videos the Qwen-VL models)")
     if sample.get("audios") and not audio_model:
         raise DataError(f"{where}: the row has audios but model '{model_name}' has no audio tower; use a Qwen2-Audio"
                         " model (model=tiny_qwen2_audio, or model=hf with a Qwen2-Audio checkpoint), or drop the audios"

@@ -140,6 +140,12 @@ def tokenize_with_media(sample: dict, opt: EncodeOptions, where: str) -> tuple[l
     if not ("images" in sample or "videos" in sample or "audios" in sample):  # text rows: the common case, first
         return tokenize_sample(opt.tokenizer, opt.renderer, sample, opt.cutoff_len, opt.train_on_prompt,
                                opt.mask_history, where), 0
+    if opt.audio is not None and opt.vision is not None:  # the Qwen2.5-Omni thinker: all three in one row
+        from launcher.data.omni import tokenize_omni_sample
+
+        return tokenize_omni_sample(opt.tokenizer, opt.renderer, sample, opt.cutoff_len, opt.train_on_prompt,
+                                    opt.mask_history, opt.vision, opt.audio, opt.audio.use_audio_in_video,
+                                    opt.lenient, where)
     check_media(sample, opt.renderer.name, getattr(opt.renderer, "image_slot", True), opt.vision is not None,
                 opt.model_name, where, audio_model=opt.audio is not None)
     if sample.get("audios"):  # an audio model's row (check_media refused audio elsewhere)

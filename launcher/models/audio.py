@@ -5,8 +5,8 @@ The feature extractor is transformers' own (``WhisperFeatureExtractor``, what Qw
 random-init model gets one built in code with the values of Qwen2-Audio-7B-Instruct's
 ``preprocessor_config.json``; a model folder's own ``preprocessor_config.json`` wins where there is one.
 
-The Qwen2.5-Omni thinker (``qwen2_5_omni_thinker``, audio + images + video with audio-interleaved mRoPE) is
-not supported: see the README's multimodal section.
+The Qwen2.5-Omni thinker (``qwen2_5_omni_thinker``) is an audio model here too (its audio tower, feature
+extractor and audio tokens are handled the same way); launcher.models.omni has what it adds (images, video).
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-AUDIO_ARCHS = ("qwen2_audio",)
+AUDIO_ARCHS = ("qwen2_audio", "qwen2_5_omni_thinker")
 """config.model_type of the supported audio families."""
 
-AUDIO_TEMPLATE = {"qwen2_audio": "qwen2_audio"}
+AUDIO_TEMPLATE = {"qwen2_audio": "qwen2_audio", "qwen2_5_omni_thinker": "qwen2_omni"}
 """LLaMA-Factory's template name for each family."""
 
 RELEASED_FEATURE_EXTRACTOR = {
@@ -26,6 +26,9 @@ RELEASED_FEATURE_EXTRACTOR = {
     "qwen2_audio": dict(feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30, n_fft=400,
                         padding_value=0.0, return_attention_mask=True),
 }
+from launcher.models.omni import RELEASED_FEATURE_EXTRACTOR as _OMNI_FEATURE_EXTRACTOR  # noqa: E402
+
+RELEASED_FEATURE_EXTRACTOR["qwen2_5_omni_thinker"] = _OMNI_FEATURE_EXTRACTOR
 
 AUDIO_TOKENS = {"audio_bos": "<|audio_bos|>", "audio_eos": "<|audio_eos|>", "audio_pad": "<|AUDIO|>"}
 """Qwen2-Audio's tokens: ids 151647, 151648, 151646 in its tokenizer (config.audio_token_id 151646)."""
@@ -61,7 +64,8 @@ def audio_info(model_cfg) -> Optional[AudioModelInfo]:
     model_type = read_model_type(model_cfg)
     if model_type is None and model_cfg.name_or_path:
         name = model_cfg.name_or_path.lower().replace("-", "").replace("_", "")
-        model_type = "qwen2_audio" if "qwen2audio" in name else None
+        model_type = ("qwen2_audio" if "qwen2audio" in name else
+                      "qwen2_5_omni_thinker" if "qwen25omni" in name.replace(".", "") else None)
     if model_type not in AUDIO_ARCHS:
         return None
     folder = model_cfg.name_or_path if model_cfg.name_or_path and Path(model_cfg.name_or_path).is_dir() else None
@@ -99,6 +103,12 @@ def is_audio_model(model) -> bool:
     return getattr(getattr(unwrap(model), "config", None), "model_type", None) in AUDIO_ARCHS
 
 
+def unwrap_type(model) -> Optional[str]:
+    from launcher.models.vision import unwrap
+
+    return getattr(getattr(unwrap(model), "config", None), "model_type", None)
+
+
 def freeze_audio_parts(model, freeze_tower: bool, freeze_projector: bool, freeze_language_model: bool) -> list[str]:
     """``model.freeze_vision_tower`` / ``freeze_projector`` / ``freeze_language_model`` on an audio model (the
     tower is the audio tower, as in LLaMA-Factory); returns the frozen group names."""
@@ -106,12 +116,17 @@ def freeze_audio_parts(model, freeze_tower: bool, freeze_projector: bool, freeze
 
     chosen = [g for g, on in (("vision_tower", freeze_tower), ("projector", freeze_projector),
                               ("language_model", freeze_language_model)) if on]
-    prefixes = tuple(p for g in chosen for p in FREEZE_GROUPS[g])
+    from launcher.models.omni import FREEZE_GROUPS as OMNI_GROUPS, OMNI_ARCH
+
+    groups = OMNI_GROUPS if unwrap_type(model) == OMNI_ARCH else FREEZE_GROUPS
+    prefixes = tuple(p for g in chosen for p in groups[g])
     if not prefixes:
         return []
     for name, param in multimodal_backbone(model).named_parameters():
         if name.startswith(prefixes):
             param.requires_grad_(False)
+    if groups is OMNI_GROUPS:
+        return chosen
     return [{"vision_tower": "audio_tower"}.get(g, g) for g in chosen]
 
 
@@ -134,7 +149,7 @@ def audio_lora_targets(model, requested, include_tower: bool = False):
     else:
         names = list(requested)
     alternatives = "|".join(re.escape(n) for n in names)
-    scope = "" if include_tower else r"(?!.*\b(audio_tower|multi_modal_projector)\b)"
+    scope = "" if include_tower else r"(?!.*\b(audio_tower|multi_modal_projector|visual)\b)"  # visual: Omni's
     return rf"^{scope}.*\.({alternatives})$"
 
 
@@ -160,6 +175,10 @@ def save_audio_files(out_dir: Path, cfg) -> None:
     info = audio_info(cfg.model)
     if info is None:
         return
+    if info.family == "qwen2_5_omni_thinker":
+        from launcher.models.omni import save_omni_files
+
+        return save_omni_files(out_dir, build_feature_extractor(info))
     out_dir = Path(out_dir)
     (out_dir / "chat_template.jinja").write_text(_CHAT_TEMPLATE)
     extractor = build_feature_extractor(info)

@@ -90,6 +90,10 @@ def load_tokenizer(model_cfg: ModelConfig):
         from launcher.models.audio import build_audio_tokenizer
 
         tokenizer = build_audio_tokenizer(qwen_tokenizer_dir())
+    elif source == "builtin:qwen2_5_omni":  # Qwen's BPE with Qwen2.5-Omni's token names (launcher.models.omni)
+        from launcher.models.omni import build_omni_tokenizer
+
+        tokenizer = build_omni_tokenizer(qwen_tokenizer_dir())
     else:
         if source == "builtin:qwen":
             source = str(qwen_tokenizer_dir())

@@ -32,6 +32,8 @@ RELEASED_PROCESSOR = {
                      merge_size=2, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]),
 }
 RELEASED_PROCESSOR["qwen2_5_vl"] = RELEASED_PROCESSOR["qwen2_vl"]
+# the Qwen2.5-Omni thinker's images and videos (launcher.models.omni): Qwen2.5-VL's processor values
+RELEASED_PROCESSOR["qwen2_5_omni_thinker"] = RELEASED_PROCESSOR["qwen2_vl"]
 
 RELEASED_VIDEO_SIZE = {
     # the video processor's pixel limits: Qwen2-VL/2.5-VL read them from preprocessor_config.json
@@ -39,6 +41,7 @@ RELEASED_VIDEO_SIZE = {
     "qwen2_vl": {"shortest_edge": 3136, "longest_edge": 12845056},
     "qwen2_5_vl": {"shortest_edge": 3136, "longest_edge": 12845056},
     "qwen3_vl": {"shortest_edge": 4096, "longest_edge": 25165824},
+    "qwen2_5_omni_thinker": {"shortest_edge": 3136, "longest_edge": 12845056},
 }
 
 VISION_TOKENS = {"vision_start": "<|vision_start|>", "vision_end": "<|vision_end|>", "image_pad": "<|image_pad|>",
@@ -376,7 +379,7 @@ def auto_class_for(folder) -> type:
         from launcher.models.reward import reward_model_class
 
         return reward_model_class()
-    if model_type == "qwen2_audio":  # launcher.models.audio's family (its auto class: multimodal LMs)
+    if model_type in ("qwen2_audio", "qwen2_5_omni_thinker"):  # launcher.models.audio's (multimodal LMs)
         from transformers import AutoModelForMultimodalLM
 
         return AutoModelForMultimodalLM

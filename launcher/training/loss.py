@@ -217,7 +217,10 @@ class CausalLMLoss(nn.Module):
                                       ref_hidden, ref_head)
 
 
-AUDIO_INPUTS = ("input_features", "feature_attention_mask")
+AUDIO_INPUTS = ("input_features", "feature_attention_mask",
+                # the Qwen2.5-Omni thinker's images and videos (it computes its own position ids from them)
+                "pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "video_second_per_grid",
+                "use_audio_in_video")
 VISION_INPUTS = ("pixel_values", "image_grid_thw", "mm_token_type_ids", "pixel_values_videos", "video_grid_thw",
                  "second_per_grid_ts")
 

@@ -45,7 +45,8 @@ def job_processes(run_dir) -> list:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if any(str(run_dir) in part for part in proc.info["cmdline"] or ()) and proc.status() != psutil.STATUS_ZOMBIE:
+            names_it = any(str(run_dir) in part for part in proc.info["cmdline"] or ())
+            if names_it and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc.pid)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass

@@ -113,3 +113,37 @@ def slurm_cluster():
 def runs_root(tmp_path_factory) -> Path:
     """A fresh output root per test: job ids restart at 1 after a purge, so never reuse a submitit folder."""
     return tmp_path_factory.mktemp("runs")
+
+
+# ----------------------------------------------------------------------------- one VL server
+# tests/vl/test_serve_vl.py and tests/vl/test_serve_limits.py ask the same `launcher serve` over a tiny Qwen2-VL
+# folder: one server per session instead of one per module.
+
+
+@pytest.fixture(scope="session")
+def vl_serve(tmp_path_factory):
+    """(server, image root): ``launcher serve`` over a tiny Qwen2-VL whose weights are redrawn at std 0.5 (its
+    greedy answer depends on the picture), ``--image-root`` a folder with one real image, a FIFO, a symlink out
+    of the root and a subfolder, and a sibling folder outside it that shares its name as a prefix."""
+    pytest.importorskip("openai")
+    pytest.importorskip("httpx")
+    from PIL import Image
+
+    from tests.after.test_serve_api import Server
+    from tests.vl.helpers import REPO, save_tiny_vl_folder
+
+    root = tmp_path_factory.mktemp("images")
+    Image.new("RGB", (56, 56), (220, 30, 30)).save(root / "red.png")
+    os.mkfifo(root / "pipe.png")
+    (root / "out.png").symlink_to("/etc/hostname")
+    (root / "sub").mkdir()
+    outside = root.parent / (root.name + "-sibling")
+    outside.mkdir()
+    Image.new("RGB", (56, 56), (0, 0, 0)).save(outside / "black.png")
+
+    folder = save_tiny_vl_folder(tmp_path_factory.mktemp("hf") / "tiny-qwen2-vl", weight_std=0.5)
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    server = Server([str(folder), "--model-name", "vl", "--image-root", str(root)], env,
+                    tmp_path_factory.mktemp("serve") / "server.log")
+    yield server, root
+    server.stop()

@@ -33,20 +33,21 @@ RESUME_ATOL = 1e-6
 COMMON = ["train.max_steps=4", "train.exact_match_samples=0", "data.max_samples=200", "train.micro_batch_size=4", "train.grad_accum=2",
           "train.log_every=1", "train.eval_every=0", "train.eval_max_batches=2", "train.warmup_ratio=0",
           "method.lr=2e-3"]
-LORA = ["method=lora", "method.lr=5e-3"]
 TIMINGS: dict[str, float] = {}
 LOSS_DIFFS: dict[str, float] = {}
 
 
-def launch(root: Path, name: str, overrides: list[str], run_dir: Path | None = None) -> Path:
-    """Train under torchrun with NPROC processes; returns the run dir."""
+def launch(root: Path, name: str, overrides: list[str], run_dir: Path | None = None,
+           checkpoint_after: bool = False) -> Path:
+    """Train under torchrun with NPROC processes (``checkpoint_after``: the final step checkpointed too); returns
+    the run dir."""
     if run_dir is None:
         cfg = compose_config([f"run.output_root={root}", *COMMON, *overrides])
         run_dir = make_run_dir(root, name)
         write_run_config(run_dir, cfg)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={NPROC}",
-           str(WORKER), "--run-dir", str(run_dir)]
+           str(WORKER), "--run-dir", str(run_dir), *(["--checkpoint-after"] if checkpoint_after else [])]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     TIMINGS[name] = round(time.time() - t0, 1)
@@ -97,9 +98,10 @@ def resume_from_checkpoint(root: Path, name: str, first: Path) -> Path:
     shutil.copy(first / "config.yaml", second / "config.yaml")
     cfg_text = (second / "config.yaml").read_text().replace(str(first), str(second))
     (second / "config.yaml").write_text(cfg_text)
-    shutil.copytree(first / "checkpoints", second / "checkpoints")
-    (ckpt,) = list((second / "checkpoints").glob("step-*"))
-    assert ckpt.name == "step-0000002"
+    # ``first`` also checkpointed its final step (for test_export_sharded): only step 2 comes along.
+    assert sorted(p.name for p in (first / "checkpoints").glob("step-*")) == ["step-0000002", "step-0000004"]
+    shutil.copytree(first / "checkpoints" / "step-0000002", second / "checkpoints" / "step-0000002")
+    ckpt = second / "checkpoints" / "step-0000002"
     meta = json.loads((ckpt / "meta.json").read_text())
     assert meta["world_size"] == NPROC
     if (first / "base_model").exists():
@@ -108,25 +110,23 @@ def resume_from_checkpoint(root: Path, name: str, first: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("parallel")
+def root(parallel_root) -> Path:
+    return parallel_root
 
 
 @pytest.fixture(scope="module")
-def ddp_full(root) -> Path:
-    return launch(root, "ddp", ["parallelism=ddp"])
+def ddp_full(parallel_run) -> Path:
+    return parallel_run("ddp")
 
 
 @pytest.fixture(scope="module")
-def ddp_lora(root) -> Path:
-    return launch(root, "ddp-lora", ["parallelism=ddp", *LORA])
+def ddp_lora(parallel_run) -> Path:
+    return parallel_run("ddp-lora")
 
 
 @pytest.mark.parametrize("parallelism", ["zero2", "zero3", "fsdp"])
-def test_full_finetune_matches_ddp_saves_and_resumes(root, ddp_full, parallelism):
-    # Gradient checkpointing changes no number, so the ZeRO-2 run also covers it under full fine-tuning.
-    extra = ["train.gradient_checkpointing=true"] if parallelism == "zero2" else []
-    run_dir = launch(root, parallelism, [f"parallelism={parallelism}", "train.save_every=2", *extra])
+def test_full_finetune_matches_ddp_saves_and_resumes(root, parallel_run, ddp_full, parallelism):
+    run_dir = parallel_run(parallelism)  # tests/parallel/conftest.py RUNS: ZeRO-2 with gradient checkpointing
     assert_losses_match(run_dir, ddp_full)
     assert_reload_matches_probe(run_dir)
     assert (run_dir / "model" / "model.safetensors").stat().st_size > 1_000_000
@@ -157,9 +157,8 @@ def test_full_finetune_matches_ddp_saves_and_resumes(root, ddp_full, parallelism
 # ZeRO-3 without offload is where the empty adapter was seen; FSDP is run with its CPU offload, so one run
 # covers both (the gather on save is the same code with or without offload).
 @pytest.mark.parametrize("parallelism", ["zero3", "fsdp_offload"])
-def test_lora_with_gradient_checkpointing_matches_ddp_and_saves_adapter(root, ddp_lora, parallelism):
-    run_dir = launch(root, f"{parallelism}-lora",
-                     [f"parallelism={parallelism}", *LORA, "train.gradient_checkpointing=true"])
+def test_lora_with_gradient_checkpointing_matches_ddp_and_saves_adapter(parallel_run, ddp_lora, parallelism):
+    run_dir = parallel_run(f"{parallelism}-lora")
     assert_losses_match(run_dir, ddp_lora)
     model_dir = run_dir / "model"
     assert not (model_dir / "model.safetensors").exists()
@@ -179,8 +178,8 @@ def test_lora_with_gradient_checkpointing_matches_ddp_and_saves_adapter(root, dd
         assert report["zero3_partitioned_params"] == report["total_params"]
 
 
-def test_zero3_offload_with_gradient_checkpointing_matches_ddp(root, ddp_full):
-    run_dir = launch(root, "zero3_offload", ["parallelism=zero3_offload", "train.gradient_checkpointing=true"])
+def test_zero3_offload_with_gradient_checkpointing_matches_ddp(parallel_run, ddp_full):
+    run_dir = parallel_run("zero3_offload")
     assert_losses_match(run_dir, ddp_full)
     assert_reload_matches_probe(run_dir)
     report = summary(run_dir)["parallelism"]

@@ -38,6 +38,21 @@ def reference_run(jobs):
     return run_dir
 
 
+def job_processes(run_dir) -> list:
+    """The live processes of a job of ``run_dir`` (the node launcher, torchrun and the ranks name it)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            names_it = any(str(run_dir) in part for part in proc.info["cmdline"] or ())
+            if names_it and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
 def test_sigterm_checkpoints_requeues_and_resumes_exactly(jobs):
     run_dir, job_id = jobs["term"]
     wait_until("step 4", lambda: last_step(run_dir) >= 4, run_dir)
@@ -77,7 +92,10 @@ def test_scancel_is_not_undone_by_a_requeue(root, jobs):
     wait_until("step 3", lambda: last_step(run_dir) >= 3, run_dir)
     subprocess.run(["scancel", job_id], check=True, timeout=30)
     assert wait_done(run_dir, job_id) == "CANCELLED"
-    time.sleep(15)  # a requeued job would be back within cred_expire (10 s) on the test cluster
+    # The node launcher decides on a requeue (and runs `scontrol requeue`) before it exits: once no process of the
+    # job is left, a requeued job would already show PENDING or REQUEUED instead of CANCELLED.
+    wait_until("the job's processes to end", lambda: not job_processes(run_dir), run_dir, timeout_s=60)
+    time.sleep(1)
     assert job_state(job_id)["state"] == "CANCELLED", node_logs(run_dir)[-3000:]
     assert not requeue_history(run_dir)
     logs = node_logs(run_dir)

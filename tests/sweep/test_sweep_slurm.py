@@ -39,7 +39,7 @@ def wait_until_done(sweep_dir: Path, timeout_s: float = 200) -> list:
             return rows
         if time.time() > deadline:
             raise AssertionError(f"sweep {sweep_dir} not done after {timeout_s} s: {[r['state'] for r in rows]}")
-        time.sleep(2)
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import base64
 import contextlib
 import io
 import json
-import os
 import socket
 import struct
 import threading
@@ -21,37 +20,21 @@ import pytest
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-from tests.after.test_serve_api import Server  # noqa: E402
-from tests.vl.helpers import REPO, save_tiny_vl_folder  # noqa: E402
 
 BODY_LIMIT = 32 << 20  # the server's default --max-body-mb
 HEALTH_WITHIN = 1.0  # seconds
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    """The --image-root: one real image, a FIFO, a symlink out of the root, a subfolder."""
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("images")
-    Image.new("RGB", (56, 56), (220, 30, 30)).save(folder / "red.png")
-    os.mkfifo(folder / "pipe.png")
-    (folder / "out.png").symlink_to("/etc/hostname")
-    (folder / "sub").mkdir()
-    outside = folder.parent / (folder.name + "-sibling")  # shares the root's name as a prefix
-    outside.mkdir()
-    Image.new("RGB", (56, 56), (0, 0, 0)).save(outside / "black.png")
-    return folder
+def root(vl_serve):
+    """The --image-root: one real image, a FIFO, a symlink out of the root, a subfolder (tests/conftest.py)."""
+    return vl_serve[1]
 
 
 @pytest.fixture(scope="module")
-def vl(tmp_path_factory, root):
-    folder = save_tiny_vl_folder(tmp_path_factory.mktemp("hf") / "tiny-qwen2-vl")
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    server = Server([str(folder), "--model-name", "vl", "--image-root", str(root)], env,
-                    tmp_path_factory.mktemp("serve") / "server.log")
-    yield server
-    server.stop()
+def vl(vl_serve):
+    """The session's server over a tiny Qwen2-VL folder (shared with test_serve_vl.py)."""
+    return vl_serve[0]
 
 
 def client(server):

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 
 import pytest
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("httpx")
 
-from tests.after.test_serve_api import Server  # noqa: E402
-from tests.vl.helpers import REPO, save_tiny_vl_folder  # noqa: E402
 
 
 def png(colour, side=56) -> bytes:
@@ -29,18 +26,14 @@ def data_url(colour) -> str:
 
 
 @pytest.fixture(scope="module")
-def image_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("images")
+def image_root(vl_serve):
+    return vl_serve[1]
 
 
 @pytest.fixture(scope="module")
-def vl_server(tmp_path_factory, image_root):
-    folder = save_tiny_vl_folder(tmp_path_factory.mktemp("hf") / "tiny-qwen2-vl", weight_std=0.5)
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    server = Server([str(folder), "--model-name", "vl", "--image-root", str(image_root)], env,
-                    tmp_path_factory.mktemp("serve") / "server.log")
-    yield server
-    server.stop()
+def vl_server(vl_serve):
+    """The session's server over a tiny Qwen2-VL folder (tests/conftest.py, shared with test_serve_limits.py)."""
+    return vl_serve[0]
 
 
 def ask(server, content):

@@ -268,7 +268,7 @@ def plot_loss(run_dir: Path, out: Optional[Path] = None) -> Optional[Path]:
         if held_out:
             ax2.plot(*zip(*held_out), "s--", color="tab:red", lw=1.2, label="held-out reward (greedy)")
         ax2.set_ylabel("reward")
-        ax2.legend(loc="center right")
+        ax2.legend(loc="lower right")  # a rising reward leaves the lower right free
     fig.tight_layout()
     out = out or Path(run_dir) / "loss.png"
     fig.savefig(out, dpi=110)

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 GRPO_SETTINGS = [
-    "method=grpo", "method.lr=1e-4", "train.warmup_ratio=0", "train.lr_scheduler=constant",
+    "method=grpo", "method.lr=2e-4", "train.warmup_ratio=0", "train.lr_scheduler=constant",
     "train.micro_batch_size=16", "method.grpo.num_generations=8", "method.grpo.max_completion_length=6",
     "method.grpo.temperature=0.7", "method.grpo.beta=0.04", "method.grpo.eval_prompts=0", "train.log_every=1",
 ]
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sft-run", help="reuse this SFT run dir instead of training one")
     ap.add_argument("--sft-steps", type=int, default=600)
     ap.add_argument("--sft-more-steps", type=int, default=350, help="a second SFT from the first (0: none)")
-    ap.add_argument("--grpo-steps", type=int, default=140)
+    ap.add_argument("--grpo-steps", type=int, default=300)
     ap.add_argument("--every", type=int, default=10, help="print the mean training reward of every N steps")
     ap.add_argument("--eval", type=int, default=120, help="held-out prompts for exact match (tasks_eval)")
     ap.add_argument("grpo_overrides", nargs="*", help="more Hydra overrides for the GRPO run")

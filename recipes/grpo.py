@@ -87,7 +87,8 @@ class GRPORecipe(Recipe):
         """batch -> the reference's per-token log-probs (beta > 0), or None."""
         if self.cfg.method.grpo.beta == 0:
             return None
-        return completion_reference(scorer, ref_model, share_prompts=not sharded_forward(self.cfg))
+        return completion_reference(scorer, ref_model, share_prompts=not sharded_forward(self.cfg),
+                                    temperature=self.cfg.method.grpo.temperature)
 
 
 RECIPE = GRPORecipe

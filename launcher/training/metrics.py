@@ -256,11 +256,19 @@ def plot_loss(run_dir: Path, out: Optional[Path] = None) -> Optional[Path]:
     if rewards or held_out:
         ax2 = ax.twinx()
         if rewards:
-            ax2.plot(*zip(*rewards), color="tab:green", lw=1.2, label="reward (training completions)")
+            ax2.plot(*zip(*rewards), color="tab:green", lw=1.2, alpha=0.4 if len(rewards) >= 20 else 1.0,
+                     label="reward (training completions)")
+            if len(rewards) >= 20:  # one step's reward is noisy (a few dozen 0/1 scores): its trend, smoothed
+                window = len(rewards) // 10
+                values = [v for _, v in rewards]
+                smooth = [sum(values[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1))
+                          for i in range(len(values))]
+                ax2.plot([s for s, _ in rewards], smooth, color="darkgreen", lw=2,
+                         label=f"reward, mean of the last {window} steps")
         if held_out:
             ax2.plot(*zip(*held_out), "s--", color="tab:red", lw=1.2, label="held-out reward (greedy)")
         ax2.set_ylabel("reward")
-        ax2.legend(loc="center right")
+        ax2.legend(loc="lower right")  # a rising reward leaves the lower right free
     fig.tight_layout()
     out = out or Path(run_dir) / "loss.png"
     fig.savefig(out, dpi=110)

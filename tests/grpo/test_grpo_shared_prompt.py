@@ -53,3 +53,27 @@ def test_rollout_reads_each_prompt_once_and_gives_the_same_completions():
     sampled = engine.generate(prompts, 3, 6, generator=torch.Generator().manual_seed(0))
     again = engine.generate([p for p in prompts for _ in range(3)], 1, 6, generator=torch.Generator().manual_seed(0))
     assert sampled.completions == again.completions and sampled.truncated == again.truncated
+
+
+def test_log_probs_are_the_sampling_distributions_at_the_rollout_temperature():
+    """As TRL's GRPOTrainer: the loss scores each completion token under the tempered distribution it was sampled
+    from (logits / method.grpo.temperature), for the policy and for a frozen reference."""
+    from launcher.training.objectives.grpo import GRPOObjective, completion_reference
+
+    model = tiny()
+    cfg = compose_config(["method=grpo", *SMALL_MODEL, "method.grpo.temperature=0.5"])
+    rows = [{"prompt_ids": [1, 40, 41, 42], "completion_ids": c, "advantage": 0.0, "rewards": [0.0], "reward": 0.0,
+             "truncated": False, "group_std": 0.0} for c in ([60, 61, 2], [62, 2])]
+    batch = collate_completions(rows, pad_id=0)
+    args = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "completion_ids", "prompt_groups")}
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=batch["position_ids"]).logits[:, -4:-1].float()
+    tempered = (logits / 0.5).log_softmax(-1)
+    expected = tempered.gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    mask = batch["completion_mask"]
+    logps, entropy = GRPOObjective.loss_module(None, model, cfg)(**args)
+    torch.testing.assert_close(logps * mask, expected * mask, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(entropy * mask, -(tempered.exp() * tempered).sum(-1) * mask, rtol=1e-5, atol=1e-5)
+    reference = completion_reference(None, model, temperature=cfg.method.grpo.temperature)(batch)
+    torch.testing.assert_close(reference * mask, expected * mask, rtol=1e-5, atol=1e-5)

@@ -41,7 +41,9 @@ BASE_KEYS = ("loss", "completions", "completion_tokens", "kl", "entropy", "clipp
 class CompletionLogProbs(nn.Module):
     """``forward(input_ids, attention_mask, position_ids, completion_ids, prompt_groups)`` -> (log p of each
     completion token [B, C], its entropy [B, C], no gradient). Only the C completion positions go through the LM
-    head.
+    head. The logits are divided by ``temperature``, the rollouts' sampling temperature (as TRL's GRPOTrainer
+    does): the log-probs and entropy are those of the distribution the completions were drawn from, so the policy
+    gradient and the KL term are the sampling policy's, not the untempered model's.
 
     With ``prompt_groups`` (each row's prompt among the batch's distinct prompts) and ``share_prompts``, each
     prompt runs once and its key/value cache (with its gradient) is repeated for its completions: a group of G
@@ -50,10 +52,11 @@ class CompletionLogProbs(nn.Module):
 
     What the engine wraps for GRPO (DDP / FSDP / DeepSpeed see an ordinary module); also the reference scorer."""
 
-    def __init__(self, model: nn.Module, share_prompts: bool = True):
+    def __init__(self, model: nn.Module, share_prompts: bool = True, temperature: float = 1.0):
         super().__init__()
         self.model = model
         self.share_prompts = share_prompts
+        self.temperature = temperature
 
     def _shared_prompt_hidden(self, input_ids, attention_mask, position_ids, c: int, groups: torch.Tensor):
         """[B, C, H]: the hidden state before each completion token, each distinct prompt run once."""
@@ -91,7 +94,7 @@ class CompletionLogProbs(nn.Module):
         else:
             # the state before each completion token predicts it
             hidden = backbone_hidden(self.model, input_ids, attention_mask, position_ids, {})[:, -c - 1:-1]
-        logits = self.model.get_output_embeddings()(hidden).float()
+        logits = self.model.get_output_embeddings()(hidden).float() / self.temperature
         logps = logits.log_softmax(-1)
         token_logps = logps.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
@@ -159,12 +162,13 @@ def generation_weights(engine) -> Callable[[], contextlib.AbstractContextManager
     return engine.inference_context
 
 
-def completion_reference(scorer: nn.Module, ref_model: Optional[nn.Module],
-                         share_prompts: bool = False) -> Callable[[dict], torch.Tensor]:
+def completion_reference(scorer: nn.Module, ref_model: Optional[nn.Module], share_prompts: bool = False,
+                         temperature: float = 1.0) -> Callable[[dict], torch.Tensor]:
     """batch -> the reference's per-token log-probs of the completions (online RL's KL term): a frozen copy's
-    (``ref_model``), or for LoRA the policy's own ``scorer`` (its loss module, whose first output they are) with
-    the adapters off for that forward."""
-    ref_scorer = CompletionLogProbs(ref_model, share_prompts=share_prompts) if ref_model is not None else None
+    (``ref_model``, its logits divided by ``temperature`` as the policy's are), or for LoRA the policy's own
+    ``scorer`` (its loss module, whose first output they are) with the adapters off for that forward."""
+    ref_scorer = (CompletionLogProbs(ref_model, share_prompts=share_prompts, temperature=temperature)
+                  if ref_model is not None else None)
     return reference_logps(scorer, ref_scorer, adapters_off=True)
 
 
@@ -194,7 +198,8 @@ class GRPOObjective(GenerationBatchObjective):
     # ------------------------------------------------------------------------------------ the Trainer's hooks
 
     def loss_module(self, model: nn.Module, cfg) -> nn.Module:
-        return CompletionLogProbs(model, share_prompts=not sharded_forward(cfg))
+        return CompletionLogProbs(model, share_prompts=not sharded_forward(cfg),
+                                  temperature=cfg.method.grpo.temperature)
 
     def collate(self, rows: list) -> dict:
         return collate_completions(rows, self.pad_id)

@@ -84,19 +84,6 @@ def build_feature_extractor(info: AudioModelInfo):
     return WhisperFeatureExtractor(**values)
 
 
-def build_audio_tokenizer(qwen_dir: Path):
-    """``builtin:qwen2_audio`` (QWEN_TOKENS_RENAMED says what it is)."""
-    from tokenizers import Tokenizer
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(qwen_dir))
-    text = tokenizer._tokenizer.to_str()
-    for old, new in QWEN_TOKENS_RENAMED.items():
-        text = text.replace(json.dumps(old), json.dumps(new))
-    tokenizer._tokenizer = Tokenizer.from_str(text)
-    return tokenizer
-
-
 def is_audio_model(model) -> bool:
     from launcher.models.vision import unwrap
 

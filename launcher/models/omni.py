@@ -59,19 +59,6 @@ FREEZE_GROUPS = {
 }
 
 
-def build_omni_tokenizer(qwen_dir: Path):
-    """``builtin:qwen2_5_omni`` (QWEN_TOKENS_RENAMED says what it is)."""
-    from tokenizers import Tokenizer
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(qwen_dir))
-    text = tokenizer._tokenizer.to_str()
-    for old, new in QWEN_TOKENS_RENAMED.items():
-        text = text.replace(json.dumps(old), json.dumps(new))
-    tokenizer._tokenizer = Tokenizer.from_str(text)
-    return tokenizer
-
-
 def is_omni(model_cfg) -> bool:
     """The model config is the Qwen2.5-Omni thinker's (launcher.models.audio.audio_info's family)."""
     from launcher.models.audio import audio_info

@@ -80,6 +80,22 @@ def load_saved_tokenizer(source, trust_remote_code: bool = False):
     return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
 
 
+def renamed_qwen_tokenizer(renames: dict):
+    """Qwen's BPE (``builtin:qwen``) with some added tokens renamed, their ids kept: the builtin tokenizers of the
+    Qwen audio models, whose special tokens sit at those ids under other names."""
+    import json
+
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(qwen_tokenizer_dir()))
+    text = tokenizer._tokenizer.to_str()
+    for old, new in renames.items():
+        text = text.replace(json.dumps(old), json.dumps(new))
+    tokenizer._tokenizer = Tokenizer.from_str(text)
+    return tokenizer
+
+
 def load_tokenizer(model_cfg: ModelConfig):
     source = model_cfg.tokenizer or model_cfg.name_or_path
     if source is None:
@@ -87,13 +103,13 @@ def load_tokenizer(model_cfg: ModelConfig):
     if source == "builtin:chars":
         tokenizer = build_char_tokenizer()
     elif source == "builtin:qwen2_audio":  # Qwen's BPE with Qwen2-Audio's three audio tokens (launcher.models.audio)
-        from launcher.models.audio import build_audio_tokenizer
+        from launcher.models.audio import QWEN_TOKENS_RENAMED
 
-        tokenizer = build_audio_tokenizer(qwen_tokenizer_dir())
+        tokenizer = renamed_qwen_tokenizer(QWEN_TOKENS_RENAMED)
     elif source == "builtin:qwen2_5_omni":  # Qwen's BPE with Qwen2.5-Omni's token names (launcher.models.omni)
-        from launcher.models.omni import build_omni_tokenizer
+        from launcher.models.omni import QWEN_TOKENS_RENAMED
 
-        tokenizer = build_omni_tokenizer(qwen_tokenizer_dir())
+        tokenizer = renamed_qwen_tokenizer(QWEN_TOKENS_RENAMED)
     else:
         if source == "builtin:qwen":
             source = str(qwen_tokenizer_dir())

@@ -35,6 +35,10 @@ def make_streamer(tokenizer, out: TextIO):
 class ChatSession:
     def __init__(self, model, tokenizer, render: Callable[[list, Optional[list]], str], device,
                  options: GenerationOptions, system: Optional[str] = None, vision=None, audio=None):
+        if vision is not None and audio is not None:  # only the Qwen2.5-Omni thinker has both towers
+            from launcher.models.omni import refuse_omni_generation
+
+            refuse_omni_generation("chat")
         self.model, self.tokenizer, self.render, self.device = model, tokenizer, render, device
         self.options = options
         self.system = system

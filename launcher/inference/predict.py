@@ -125,6 +125,10 @@ def run_predict(cfg: Config, run_dir: Path, args: PredictArgs, progress: Optiona
     from launcher.data import vision_data
     from launcher.data.vision import expand_prompt
 
+    from launcher.models.omni import is_omni, refuse_omni_generation
+
+    if is_omni(cfg.model):
+        refuse_omni_generation("launcher predict")
     vision, _ = vision_data(cfg, tokenizer)
     images: list = []
     if vision is not None:  # VL: vision spans in the prompt text, the images beside it

@@ -111,3 +111,14 @@ def save_omni_files(out_dir: Path, feature_extractor) -> None:
     saved.update(image, min_pixels=image["size"]["shortest_edge"], max_pixels=image["size"]["longest_edge"],
                  image_processor_type="Qwen2VLImageProcessor", processor_class="Qwen2_5OmniProcessor")
     config_file.write_text(json.dumps(saved, indent=2) + "\n")
+
+
+def refuse_omni_generation(where: str) -> None:
+    """Generation after training (chat, predict, serve, the UI's chat) builds prompts for a VL model or an audio
+    model, not for the thinker's images, videos and audio in one prompt: refused in one line rather than
+    rendering the audio model's prompt and dropping the images and videos without a word."""
+    from launcher.errors import ConfigError
+
+    raise ConfigError(f"{where}: the Qwen2.5-Omni thinker trains and exports here, but generating with it (chat,"
+                      " predict, serve) is not supported yet; load the exported model with transformers'"
+                      " Qwen2_5OmniThinkerForConditionalGeneration and its processor")

@@ -172,6 +172,10 @@ def load_for_serving(path: Path, checkpoint: Optional[str] = None, template: Opt
             cfg = Config()
             cfg.model.name_or_path = str(path)
         audio, _ = audio_data(cfg, tokenizer)
+    if vision is not None and audio is not None:  # only the Qwen2.5-Omni thinker has both towers
+        from launcher.models.omni import refuse_omni_generation
+
+        refuse_omni_generation("launcher serve")
     if template:
         cfg = cfg if cfg is not None else Config()
         cfg.data.template = template

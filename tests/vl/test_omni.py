@@ -203,3 +203,13 @@ def test_preflight_knows_the_thinker():
 
     check_random_init_arch("qwen2_5_omni_thinker")
     assert "builtin:qwen2_5_omni" in BUILTIN_TOKENIZERS
+
+
+def test_generation_with_the_omni_thinker_is_refused_in_one_line():
+    """chat/serve/predict render a VL or an audio model's prompt; with both towers (the thinker) that would drop
+    the images and videos without a word."""
+    from launcher.errors import ConfigError
+    from launcher.inference.chat_session import ChatSession, GenerationOptions
+
+    with pytest.raises(ConfigError, match="chat: the Qwen2.5-Omni thinker trains and exports here, but generating"):
+        ChatSession(None, None, None, "cpu", GenerationOptions(), vision=object(), audio=object())

@@ -87,7 +87,7 @@ class PPORecipe(Recipe):
         """batch -> the reference's per-token log-probs (kl_coef > 0), or None."""
         if self.cfg.method.ppo.kl_coef == 0:
             return None
-        return completion_reference(scorer, ref_model)
+        return completion_reference(scorer, ref_model, temperature=self.cfg.method.ppo.temperature)
 
 
 RECIPE = PPORecipe

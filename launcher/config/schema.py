@@ -195,7 +195,8 @@ class GrpoConfig:
     max_completion_length: int = 16
     """Most tokens generated per completion (tokens); a completion cut here is still scored (truncated)."""
     temperature: float = 1.0
-    """Sampling temperature of the rollouts (> 0); the held-out reward is scored greedily."""
+    """Sampling temperature of the rollouts (> 0); the loss scores their tokens at it too (logits / temperature, as
+    TRL does); the held-out reward is scored greedily."""
     top_p: float = 1.0
     """Nucleus sampling of the rollouts: keep the smallest set of tokens whose probability reaches top_p."""
     rewards: list = field(default_factory=lambda: ["exact_match"])
@@ -250,7 +251,8 @@ class PpoConfig:
     max_completion_length: int = 16
     """Most tokens generated per completion (tokens); a completion cut here is still scored (truncated)."""
     temperature: float = 1.0
-    """Sampling temperature of the rollouts (> 0); the held-out reward is scored greedily."""
+    """Sampling temperature of the rollouts (> 0); the loss scores their tokens at it too (logits / temperature, as
+    TRL does); the held-out reward is scored greedily."""
     top_p: float = 1.0
     """Nucleus sampling of the rollouts: keep the smallest set of tokens whose probability reaches top_p."""
     ppo_epochs: int = 4

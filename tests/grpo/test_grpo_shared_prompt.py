@@ -77,3 +77,15 @@ def test_log_probs_are_the_sampling_distributions_at_the_rollout_temperature():
     torch.testing.assert_close(entropy * mask, -(tempered.exp() * tempered).sum(-1) * mask, rtol=1e-5, atol=1e-5)
     reference = completion_reference(None, model, temperature=cfg.method.grpo.temperature)(batch)
     torch.testing.assert_close(reference * mask, expected * mask, rtol=1e-5, atol=1e-5)
+
+    # PPO's policy module does the same (TRL's PPOTrainer divides by the temperature too)
+    from types import SimpleNamespace
+
+    from launcher.training.objectives.ppo import PPOObjective, attach_value_head
+
+    ppo_cfg = compose_config(["method=ppo", *SMALL_MODEL, "method.ppo.temperature=0.5"])
+    attach_value_head(model)
+    policy = PPOObjective.loss_module(SimpleNamespace(p=ppo_cfg.method.ppo), model, ppo_cfg)
+    ppo_logps, ppo_entropy, _ = policy(**{k: v for k, v in args.items() if k != "prompt_groups"})
+    torch.testing.assert_close(ppo_logps * mask, expected * mask, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ppo_entropy * mask, -(tempered.exp() * tempered).sum(-1) * mask, rtol=1e-5, atol=1e-5)

@@ -113,16 +113,19 @@ class PolicyAndValue(nn.Module):
     [B, C], its entropy [B, C] (no gradient), the value of the state before each completion token [B, C]).
     One backbone pass; only the C completion positions go through the LM head and the value head.
 
-    What the engine wraps for PPO (DDP / FSDP / DeepSpeed see an ordinary module)."""
+    What the engine wraps for PPO (DDP / FSDP / DeepSpeed see an ordinary module). The logits are divided by
+    ``temperature``, the rollouts' sampling temperature, as TRL's PPOTrainer does: the ratio and the KL then
+    compare the distribution the completions were sampled from."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, temperature: float = 1.0):
         super().__init__()
         self.model = model
+        self.temperature = temperature
 
     def forward(self, input_ids, attention_mask, position_ids, completion_ids, **_unused):
         c = completion_ids.shape[1]
         hidden = backbone_hidden(self.model, input_ids, attention_mask, position_ids, {})[:, -c - 1:-1]
-        logps = self.model.get_output_embeddings()(hidden).float().log_softmax(-1)
+        logps = (self.model.get_output_embeddings()(hidden).float() / self.temperature).log_softmax(-1)
         token_logps = logps.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
             entropy = -(logps.exp() * logps).sum(-1)
@@ -185,7 +188,7 @@ class PPOObjective(GenerationBatchObjective):
     # ------------------------------------------------------------------------------------ the Trainer's hooks
 
     def loss_module(self, model: nn.Module, cfg) -> nn.Module:
-        return PolicyAndValue(model)
+        return PolicyAndValue(model, temperature=self.p.temperature)
 
     def collate(self, rows: list) -> dict:
         return collate_rollout(rows, self.pad_id)

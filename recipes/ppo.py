@@ -63,7 +63,7 @@ class PPORecipe(Recipe):
         objective.scorer = unwrap_loss_module(engine.module)
         objective.collective = engine.forward_is_collective
         objective.reference = self.reference_scorer(objective.scorer, ref_model)
-        objective.generation = rollout_engine(  # generation.engine: transformers (vllm is refused for ppo)
+        objective.generation = rollout_engine(  # generation.engine: transformers or vllm (the value head stays here)
             cfg, engine.model, pad_id, eos_ids(engine.model, self.tokenizer), dist.device,
             cfg.data.cutoff_len + p.max_completion_length, weights=generation_weights(engine),
             collective=engine.forward_is_collective, autocast=self.precision.autocast, rank=dist.rank)

@@ -846,7 +846,7 @@ def _choice(value: str, allowed: tuple, key: str) -> None:
         raise ConfigError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
 
 
-GENERATION_METHODS = ("grpo",)  # ppo asks rollout_engine too, but its value head is not pushed to vLLM yet
+GENERATION_METHODS = ("grpo", "ppo")
 """Methods whose rollouts generation.engine chooses the engine of."""
 
 

@@ -62,8 +62,10 @@ def missing_message(key: str, configured: Optional[str] = None) -> str:
 
 def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights under the plain model's names, LoRA adapters merged in (base + delta), without
-    changing ``model``. Tied weights appear once (vLLM ties them itself)."""
+    changing ``model``. Tied weights appear once (vLLM ties them itself). What the model leaves out of its saved
+    files (``_keys_to_ignore_on_save``: PPO's value head) is not the language model's, and left out here too."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    not_saved = set(getattr(base, "_keys_to_ignore_on_save", None) or ())
     deltas = {}
     for name, module in base.named_modules():
         if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
@@ -75,6 +77,8 @@ def plain_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         if "lora_" in name or ".original_module." in name or "lora_magnitude_vector" in name:
             continue
         plain = name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
+        if plain in not_saved:
+            continue
         if tensor.data_ptr() in seen and tensor.numel() > 0:
             continue  # a tied copy (lm_head = embed_tokens)
         seen.add(tensor.data_ptr())

@@ -33,7 +33,7 @@ def tiny_model(seed=0):
 def test_config_refuses_vllm_where_it_cannot_serve():
     with pytest.raises(ConfigError, match="generation.engine: 'fast' is not one of transformers, vllm"):
         compose_config(["method=grpo", "generation.engine=fast"])
-    with pytest.raises(ConfigError, match="method=sft_full generates no rollouts"):
+    with pytest.raises(ConfigError, match="method=sft_full generates no rollouts; vllm is for grpo, ppo"):
         compose_config(["generation.engine=vllm"])
     with pytest.raises(ConfigError, match="parallelism=zero3"):
         compose_config(["method=grpo", "parallelism=zero3", "generation.engine=vllm"])
@@ -70,6 +70,17 @@ def test_merged_lora_weights_equal_peft_merge_and_the_model_is_untouched():
     assert set(state) == set(merged) - {"lm_head.weight"}  # tied: vLLM ties lm_head to the embedding itself
     for name, value in state.items():
         torch.testing.assert_close(value, merged[name], rtol=1e-5, atol=1e-6)
+
+
+def test_the_weights_given_to_vllm_leave_out_ppos_value_head():
+    """PPO's value head lives on the policy (left out of its saved files); vLLM gets the language model alone."""
+    from launcher.training.objectives.ppo import attach_value_head
+
+    model, _ = tiny_model()
+    before = plain_state_dict(model)
+    attach_value_head(model)
+    assert any(name.startswith("v_head.") for name in model.state_dict())
+    assert plain_state_dict(model).keys() == before.keys()
 
 
 def test_weights_version_moves_with_an_optimizer_step():

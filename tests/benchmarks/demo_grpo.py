@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 GRPO_SETTINGS = [
-    "method=grpo", "method.lr=2e-4", "train.warmup_ratio=0", "train.lr_scheduler=constant",
-    "train.micro_batch_size=16", "method.grpo.num_generations=8", "method.grpo.max_completion_length=6",
+    "method=grpo", "method.lr=3e-4", "train.warmup_ratio=0", "train.lr_scheduler=constant",
+    "train.micro_batch_size=16", "method.grpo.num_generations=16", "method.grpo.max_completion_length=6",
     "method.grpo.temperature=0.7", "method.grpo.beta=0.04", "method.grpo.eval_prompts=0", "train.log_every=1",
 ]
 """The demo's GRPO run (``--grpo-steps`` steps); the SFT model and the held-out count are added."""

@@ -39,6 +39,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", default="ddp-lora,fsdp-lora,zero3-lora")
     parser.add_argument("--cutoff", type=int, default=256)
     parser.add_argument("--evaluations", action="store_true")
+    parser.add_argument("--steps", type=int, default=1,
+                        help="optimizer steps to train (the peak over all; ZeRO-3 may keep gathered parameters once"
+                             " it has traced a step)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     folder = make_model_folder(args.out / "qwen2-0.35b-bf16", BENCH)
@@ -49,7 +52,8 @@ def main(argv=None) -> int:
     want = plain_logits(folder)
     for case in args.cases.split(","):
         strategy, _, lora = case.partition("-")
-        overrides = [f"parallelism={strategy}", f"data.cutoff_len={args.cutoff}", *(["method=lora"] if lora else [])]
+        overrides = [f"parallelism={strategy}", f"data.cutoff_len={args.cutoff}", f"train.max_steps={args.steps}",
+                     *(["method=lora"] if lora else [])]
         run_dir, ranks = run_load(args.out / "runs", case, folder, overrides, evaluations=args.evaluations)
         parts = [breakdown(r) for r in ranks]
         largest = max(range(len(ranks)), key=lambda i: parts[i]["peak"])

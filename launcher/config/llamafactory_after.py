@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from launcher.config.llamafactory import TEMPLATES, _Reading, _names, _path, read_yaml
-from launcher.data.templates import TEXT_TEMPLATES
+from launcher.config.schema import TEXT_TEMPLATES
 from launcher.errors import ConfigError
 from launcher.paths import BASE_MODEL_DIR, CONFIG_FILE, MODEL_DIR
 

@@ -846,6 +846,13 @@ def _choice(value: str, allowed: tuple, key: str) -> None:
         raise ConfigError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
 
 
+TEXT_TEMPLATES = ("chatml", "qwen", "qwen3_nothink", "llama3", "mistral", "plain")
+"""The named text templates (launcher.data.templates renders them): the ones ``launcher serve --template`` can
+force."""
+NAMED_TEMPLATES = (*TEXT_TEMPLATES, "qwen2_vl", "qwen3_vl", "qwen3_vl_nothink", "qwen2_audio", "qwen2_omni")
+"""Every ``data.template`` name but ``auto``."""
+
+
 GENERATION_METHODS = ("grpo", "ppo")
 """Methods whose rollouts generation.engine chooses the engine of."""
 
@@ -983,9 +990,7 @@ def check_combinations(cfg: Config) -> None:
         raise ConfigError("data.datasets: name at least one dataset (e.g. data.datasets=[alpaca_en_demo])")
     _choice(d.mix_strategy, ("concat", "interleave"), "data.mix_strategy")
     if d.template is not None:
-        _choice(d.template, ("auto", "chatml", "qwen", "qwen3_nothink", "llama3", "mistral", "plain", "qwen2_vl",
-                               "qwen3_vl", "qwen3_vl_nothink", "qwen2_audio", "qwen2_omni"),
-                "data.template")
+        _choice(d.template, ("auto", *NAMED_TEMPLATES), "data.template")
     _choice(cfg.model.dtype, ("auto", "float32", "bfloat16", "float16"), "model.dtype")
     _choice(
         cfg.model.attn_implementation,

@@ -26,9 +26,9 @@ from typing import Any, Optional
 from launcher.errors import DataError
 from launcher.data.formats import ANSWER_ROLES
 
-TEXT_TEMPLATES = ("chatml", "qwen", "qwen3_nothink", "llama3", "mistral", "plain")
-"""The named text templates: the ones ``launcher serve --template`` can force."""
-NAMED_TEMPLATES = (*TEXT_TEMPLATES, "qwen2_vl", "qwen3_vl", "qwen3_vl_nothink", "qwen2_audio", "qwen2_omni")
+from launcher.config.schema import NAMED_TEMPLATES, TEXT_TEMPLATES  # noqa: F401  (the names, in the config layer)
+from launcher.models.omni import OMNI_DEFAULT_SYSTEM
+
 IMAGE_TEMPLATES = ("qwen2_vl", "qwen3_vl", "qwen3_vl_nothink", "qwen2_omni")
 """Named templates with an image slot (LLaMA-Factory's names): ChatML whose user turns carry vision spans.
 qwen2_vl (Qwen2-VL, Qwen2.5-VL) adds LF's default system prompt; qwen3_vl starts every answer that has no
@@ -36,7 +36,7 @@ think block with an empty one, trained (LF's ReasoningTemplate with enable_think
 qwen3_vl_nothink is LF's plain copy of the qwen template (no think block added, no default system)."""
 DEFAULT_SYSTEM = {"qwen": "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
                   "qwen2_vl": "You are a helpful assistant.", "qwen2_audio": "You are a helpful assistant.",
-                  "qwen2_omni": "You are a helpful assistant."}
+                  "qwen2_omni": OMNI_DEFAULT_SYSTEM}
 """LLaMA-Factory's default_system of the templates of that name: used when a conversation has no system prompt or an
 empty one (LF: ``system or default_system``). chatml, qwen3_nothink and the others have none."""
 EMPTY_THINK = "<think>\n\n</think>\n\n"

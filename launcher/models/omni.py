@@ -22,6 +22,8 @@ OMNI_ARCH = "qwen2_5_omni_thinker"
 """config.model_type of the thinker (the full ``qwen2_5_omni`` checkpoint's thinker_config has it too)."""
 
 OMNI_TEMPLATE = "qwen2_omni"
+OMNI_DEFAULT_SYSTEM = "You are a helpful assistant."
+"""LF's qwen2_omni template's default_system (launcher.data.templates.DEFAULT_SYSTEM takes it from here)."""
 """LLaMA-Factory's template for it."""
 
 RELEASED_FEATURE_EXTRACTOR = dict(
@@ -100,10 +102,8 @@ def save_omni_files(out_dir: Path, feature_extractor) -> None:
     """preprocessor_config.json (the feature extractor's and the image processor's values in one file, as
     Qwen2.5-Omni ships it, processor_class Qwen2_5OmniProcessor) and a chat template with audio, image and
     video slots beside a saved thinker."""
-    from launcher.data.templates import DEFAULT_SYSTEM
-
     out_dir = Path(out_dir)
-    (out_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE.replace("DEFAULT_SYSTEM", DEFAULT_SYSTEM[OMNI_TEMPLATE]))
+    (out_dir / "chat_template.jinja").write_text(CHAT_TEMPLATE.replace("DEFAULT_SYSTEM", OMNI_DEFAULT_SYSTEM))
     feature_extractor.save_pretrained(out_dir)
     config_file = out_dir / "preprocessor_config.json"
     saved = json.loads(config_file.read_text())

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from launcher.data.templates import TEXT_TEMPLATES
+from launcher.config.schema import TEXT_TEMPLATES
 from launcher.errors import ConfigError
 from launcher.network import is_loopback
 

@@ -142,14 +142,39 @@ def test_sampled_rollouts_are_reproducible_and_grouped(engines):
     assert a.truncated == [len(c) == 8 and c[-1] not in theirs.eos for c in a.completions]
 
 
+def assert_trains_on_vllm(recipe_class, cfg, run_dir, max_completion: int) -> None:
+    """Train ``cfg`` (3 steps, one optimizer step per rollout) with generation.engine=vllm: every step generates on
+    vLLM, the weights are pushed before the rollouts of steps 2 and 3, and afterwards vLLM's greedy completions
+    equal the trained policy's own (transformers engine). Shared by the GRPO and PPO (tests/ppo) runs."""
+    from launcher.engines.distributed import init_distributed
+    from launcher.inference.rollout import TransformersEngine
+    from launcher.launch.rundir import write_run_config
+    from launcher.training.metrics import read_metrics
+
+    write_run_config(run_dir, cfg)
+    recipe = recipe_class(cfg, run_dir, init_distributed())
+    recipe.setup()
+    try:
+        vllm = recipe.trainer.objective.generation
+        assert vllm.name == "vllm"
+        recipe.train()
+        steps = read_metrics(run_dir, "train")
+        assert [r["step"] for r in steps] == [1, 2, 3]
+        assert all(r["time/generation"] > 0 and 1 <= r["completion_length"] <= max_completion for r in steps)
+        assert vllm.syncs == 2  # pushed before the rollouts of steps 2 and 3
+        ours = TransformersEngine(vllm.model, vllm.pad, vllm.eos, torch.device("cpu"))
+        prompts = [r["prompt_ids"] for r in recipe.data.train[:4]]
+        assert greedy(vllm, prompts, 6) == greedy(ours, prompts, 6)
+    finally:
+        recipe.cleanup()
+        recipe.trainer.objective.generation.close()
+
+
 @needs_vllm
 def test_grpo_lora_on_vllm_trains_and_vllm_keeps_the_policys_weights(tmp_path):
     """method=grpo_lora with generation.engine=vllm: rollouts on vLLM, the merged weights pushed after each update;
     after training vLLM's greedy completions equal the trained policy's own (transformers engine)."""
-    from launcher.engines.distributed import init_distributed
-    from launcher.inference.rollout import TransformersEngine
-    from launcher.launch.rundir import make_run_dir, write_run_config
-    from launcher.training.metrics import read_metrics
+    from launcher.launch.rundir import make_run_dir
     from recipes.grpo import GRPORecipe
 
     # the default tiny model: vLLM's CPU attention has no kernel for head_dim 16 (tests.rm.helpers.SMALL_MODEL)
@@ -159,21 +184,4 @@ def test_grpo_lora_on_vllm_trains_and_vllm_keeps_the_policys_weights(tmp_path):
                           "method.grpo.num_generations=3", "method.grpo.max_completion_length=6",
                           "method.grpo.eval_prompts=0", "method.grpo.rewards=[length]", "generation.engine=vllm",
                           "data.cutoff_len=128"])
-    run_dir = make_run_dir(tmp_path, "grpo-vllm")
-    write_run_config(run_dir, cfg)
-    recipe = GRPORecipe(cfg, run_dir, init_distributed())
-    recipe.setup()
-    try:
-        vllm = recipe.trainer.objective.generation
-        assert vllm.name == "vllm"
-        recipe.train()
-        steps = read_metrics(run_dir, "train")
-        assert [r["step"] for r in steps] == [1, 2, 3]
-        assert all(r["time/generation"] > 0 and 1 <= r["completion_length"] <= 6 for r in steps)
-        assert vllm.syncs == 2  # pushed before the rollouts of steps 2 and 3
-        ours = TransformersEngine(vllm.model, vllm.pad, vllm.eos, torch.device("cpu"))
-        prompts = [r["prompt_ids"] for r in recipe.data.train[:4]]
-        assert greedy(vllm, prompts, 6) == greedy(ours, prompts, 6)
-    finally:
-        recipe.cleanup()
-        recipe.trainer.objective.generation.close()
+    assert_trains_on_vllm(GRPORecipe, cfg, make_run_dir(tmp_path, "grpo-vllm"), max_completion=6)

@@ -98,3 +98,19 @@ def write_video(path: Path, frames: int = 8, size: tuple[int, int] = (64, 48), f
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def run_length_decoded(ids: list) -> list:
+    """A fixture's run-length coded ids (``[token, count]`` for runs of 4 or more) back to the ids."""
+    return [t for x in ids for t in ([x[0]] * x[1] if isinstance(x, list) else [x])]
+
+
+def assert_audio_rows_equal(rows: list, expected: list) -> None:
+    """Our tokenized audio rows against an LF fixture's: ids, labels, and each audio's samples at 16 kHz, feature
+    frames and audio tokens."""
+    for k, (ours, lf) in enumerate(zip(rows, expected)):
+        assert ours["input_ids"] == run_length_decoded(lf["input_ids"]), f"row {k}"
+        assert ours["labels"] == run_length_decoded(lf["labels"]), f"row {k}"
+        assert [g[0] for g in ours["audio_grid"]] == lf["samples"], f"row {k}"
+        assert [g[1] for g in ours["audio_grid"]] == lf["feature_frames"], f"row {k}"
+        assert [g[2] for g in ours["audio_grid"]] == lf["audio_tokens"], f"row {k}"

@@ -14,7 +14,7 @@ from launcher.checks.data import check_datasets
 from launcher.checks.problems import Problems
 from launcher.data import build_datasets
 from launcher.errors import DataError
-from tests.vl.helpers import lf_demo_dir, tokenizer_for, vl_config
+from tests.vl.helpers import assert_audio_rows_equal, lf_demo_dir, tokenizer_for, vl_config
 
 DEMO = lf_demo_dir()
 AUDIO_FIXTURE = Path(__file__).with_name("fixtures") / "lf_mllm_audio_demo.json"
@@ -22,10 +22,6 @@ MODEL = "tiny_qwen2_audio"
 ENTRY = {"formatting": "sharegpt", "columns": {"messages": "messages", "audios": "audios"},
          "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}
 needs_demo = pytest.mark.skipif(DEMO is None, reason="LLaMA-Factory demo data not found (../shared/datasets)")
-
-
-def run_length_decoded(ids: list) -> list:
-    return [t for x in ids for t in ([x[0]] * x[1] if isinstance(x, list) else [x])]
 
 
 def write_wav(path: Path, seconds: float, rate: int = 22050, channels: int = 2) -> Path:
@@ -58,12 +54,7 @@ def test_mllm_audio_demo_equals_llamafactory():
     bundle = build_datasets(vl_config(MODEL, DEMO, ["mllm_audio_demo"], cutoff_len=8192), tokenizer_for(MODEL))
     assert bundle.stats["template"] == "qwen2_audio"  # the model family's, as LF users name it
     assert len(bundle.train) == len(expected) == 3
-    for k, (ours, lf) in enumerate(zip(bundle.train, expected)):
-        assert ours["input_ids"] == run_length_decoded(lf["input_ids"]), f"row {k}"
-        assert ours["labels"] == run_length_decoded(lf["labels"]), f"row {k}"
-        assert [g[0] for g in ours["audio_grid"]] == lf["samples"], f"row {k}"
-        assert [g[1] for g in ours["audio_grid"]] == lf["feature_frames"], f"row {k}"
-        assert [g[2] for g in ours["audio_grid"]] == lf["audio_tokens"], f"row {k}"
+    assert_audio_rows_equal(bundle.train, expected)
     assert bundle.stats["audios"] == 3
     assert bundle.stats["audio_tokens"] == sum(sum(r["audio_tokens"]) for r in expected)
     # the features LF's feature extractor makes of LF's resampled waveform (sums over 128 x 3000 log-mels)

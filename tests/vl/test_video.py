@@ -11,16 +11,12 @@ from launcher.checks.data import check_datasets
 from launcher.checks.problems import Problems
 from launcher.data import build_datasets
 from launcher.errors import DataError
-from tests.vl.helpers import lf_demo_dir, tokenizer_for, vl_config, write_video
+from tests.vl.helpers import lf_demo_dir, run_length_decoded, tokenizer_for, vl_config, write_video
 
 DEMO = lf_demo_dir()
 VIDEO_FIXTURE = __import__("pathlib").Path(__file__).with_name("fixtures") / "lf_mllm_video_demo.json"
 ENTRY = {"formatting": "sharegpt", "columns": {"messages": "messages", "videos": "videos"},
          "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}
-
-
-def run_length_decoded(ids: list) -> list:
-    return [t for x in ids for t in ([x[0]] * x[1] if isinstance(x, list) else [x])]
 
 
 def write(folder, rows):

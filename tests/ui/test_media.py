@@ -8,7 +8,6 @@ gets it as LLAMAFACTORY_DATA); the tests skip where it is missing.
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from tests.conftest import SHARED_DEMO
 from tests.ui.conftest import screenshot
 from tests.ui.test_browser import choose, expect, fill, open_tab
-from tests.ui.test_page_extras import CHAT_S, TINY, VL, chat_logs, train_locally
+from tests.ui.test_page_extras import TINY, VL, chat_logs, send_and_read_trained_turn, train_locally
 
 pytestmark = [pytest.mark.skipif(not (SHARED_DEMO / "mllm_demo_data" / "1.mp4").is_file(),
                                  reason=f"LF's demo data is missing ({SHARED_DEMO})"),
@@ -88,15 +87,7 @@ def test_chat_with_a_video(ui_server, page):
 
     video = CLIPS / "4.mp4"
     page.locator("#chat-video input[type=file]").set_input_files(str(video))
-    fill(page, "chat-message", "What is in this video?")
-    page.locator("#send-btn").click()
-    bot = page.locator("#chat-trained [data-testid='bot']").last
-    expect()(bot).not_to_have_text(re.compile(r"^\s*…?\s*$"), timeout=CHAT_S * 1000)
-    deadline, turns = time.time() + CHAT_S, []
-    while time.time() < deadline and not any(t["model"] == "trained" for t in turns):
-        time.sleep(0.5)
-        turns = chat_logs(run_dir)
-    turn = next(t for t in turns if t["model"] == "trained")
+    turn = send_and_read_trained_turn(page, run_dir, "What is in this video?")
     kept = Path(turn["videos"][0])
     assert kept.parent == run_dir / "chat" / "videos" and kept.read_bytes() == video.read_bytes()
     assert re.search(r"<\|vision_start\|>(<\|video_pad\|>)+<\|vision_end\|>What is in this video\?", turn["prompt"])

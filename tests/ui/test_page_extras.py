@@ -105,6 +105,20 @@ def chat_logs(run_dir: Path) -> list:
     return [json.loads(line) for p in (run_dir / "chat").glob("ui-*.jsonl") for line in p.read_text().splitlines()]
 
 
+def send_and_read_trained_turn(page, run_dir: Path, message: str) -> dict:
+    """Send ``message`` in the Chat tab, wait for the trained model's answer on the page, and return its turn from
+    the run's chat log (written once the answer is done)."""
+    fill(page, "chat-message", message)
+    page.locator("#send-btn").click()
+    bot = page.locator("#chat-trained [data-testid='bot']").last
+    expect()(bot).not_to_have_text(re.compile(r"^\s*…?\s*$"), timeout=CHAT_S * 1000)
+    deadline, turns = time.time() + CHAT_S, []
+    while time.time() < deadline and not any(t["model"] == "trained" for t in turns):
+        time.sleep(0.5)
+        turns = chat_logs(run_dir)
+    return next(t for t in turns if t["model"] == "trained")
+
+
 def picture(tmp_path: Path) -> Path:
     from PIL import Image
 
@@ -149,15 +163,7 @@ def test_vl_run_sees_an_uploaded_image_and_the_preview_shows_images(ui_server, p
     choose(page, "chat-run", rel)
     image = sorted((REPO_ROOT / "data" / "vl_shapes" / "eval").glob("*.png"))[0]
     page.locator("#chat-image input[type=file]").set_input_files(str(image))
-    fill(page, "chat-message", "What colour is the shape?")
-    page.locator("#send-btn").click()
-    bot = page.locator("#chat-trained [data-testid='bot']").last
-    expect()(bot).not_to_have_text(re.compile(r"^\s*…?\s*$"), timeout=CHAT_S * 1000)
-    deadline, turns = time.time() + CHAT_S, []
-    while time.time() < deadline and not any(t["model"] == "trained" for t in turns):
-        time.sleep(0.5)
-        turns = chat_logs(run_dir)
-    turn = next(t for t in turns if t["model"] == "trained")
+    turn = send_and_read_trained_turn(page, run_dir, "What colour is the shape?")
     kept = Path(turn["images"][0])
     assert kept.parent == run_dir / "chat" / "images" and kept.read_bytes() == image.read_bytes()
     assert "<|image_pad|>" in turn["prompt"]  # the picture went into the prompt as image tokens
